@@ -1,0 +1,3 @@
+from gongji.cli import app
+
+app()

@@ -1,0 +1,286 @@
+"""`gongji …`: the one command line for operators, developers and tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from redis.asyncio import Redis
+from rich.console import Console
+from rich.table import Table
+
+from gongji import infra, services
+from shared.ids import mask_person_id, validate_person_id
+from shared.money import format_fen
+from shared.policy import read_policy, write_policy
+from shared.settings import Settings
+
+app = typer.Typer(help="Gongji (共济): cross-provincial mutual aid of medical-insurance personal accounts.",
+                  no_args_is_help=True)
+infra_app = typer.Typer(help="The local Apache Kafka (KRaft) and Redis.", no_args_is_help=True)
+policy_app = typer.Typer(help="Run-time policy: opened regions, the cross-province date.", no_args_is_help=True)
+relationships_app = typer.Typer(help="Relationships (共济关系).", no_args_is_help=True)
+wallet_app = typer.Typer(help="Personal accounts and quotas (医保钱包).", no_args_is_help=True)
+claims_app = typer.Typer(help="Claims and their results.", no_args_is_help=True)
+clearing_app = typer.Typer(help="Monthly clearing between provinces (按月全额清算).", no_args_is_help=True)
+app.add_typer(wallet_app, name="wallet")
+app.add_typer(claims_app, name="claims")
+app.add_typer(clearing_app, name="clearing")
+app.add_typer(infra_app, name="infra")
+app.add_typer(policy_app, name="policy")
+app.add_typer(relationships_app, name="relationships")
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]{message}[/red]")
+    raise typer.Exit(1)
+
+
+@infra_app.command("up")
+def infra_up() -> None:
+    """Start Kafka and Redis unless running, wait until both answer, create the topics."""
+    try:
+        notes = infra.up(Settings())
+    except infra.InfraError as error:
+        _fail(str(error))
+    for note in notes or ["already running"]:
+        console.print(note)
+    for line in infra.status(Settings()).values():
+        console.print(line)
+
+
+@infra_app.command("down")
+def infra_down() -> None:
+    """Stop the Kafka and Redis that `infra up` started."""
+    for note in infra.down(Settings()) or ["nothing was running"]:
+        console.print(note)
+
+
+@infra_app.command("status")
+def infra_status() -> None:
+    """Name the Apache Kafka and Redis versions and whether they run."""
+    for line in infra.status(Settings()).values():
+        console.print(line)
+
+
+@infra_app.command("reset")
+def infra_reset() -> None:
+    """Stop both and delete their data (the cached Kafka jars stay)."""
+    for note in infra.reset(Settings()):
+        console.print(note)
+
+
+@app.command("run")
+def run(service: Annotated[str, typer.Argument(help="relationship | wallet | settlement | all")]) -> None:
+    """Run one service in this process, or `all` as three separate processes."""
+    settings = Settings()
+    if service == "all":
+        raise typer.Exit(services.run_all(settings))
+    if service not in services.SERVICE_NAMES:
+        _fail(f"unknown service {service!r}: choose relationship, wallet, settlement or all")
+    services.run_service(service, settings)
+
+
+async def _with_redis(action):
+    redis = Redis.from_url(Settings().redis_url)
+    try:
+        return await action(redis)
+    finally:
+        await redis.aclose()
+
+
+@policy_app.command("show")
+def policy_show() -> None:
+    policy = asyncio.run(_with_redis(read_policy))
+    console.print(f"cross-province relationships in force since {policy.cross_province_since.isoformat()}")
+    console.print(f"regions with the wallet closed: {' '.join(sorted(policy.closed_regions)) or '(none)'}")
+
+
+@policy_app.command("set")
+def policy_set(
+    cross_province_since: Annotated[str | None, typer.Option(help="YYYY-MM-DD")] = None,
+    close: Annotated[list[str], typer.Option(help="a region (6 digits) or province (2 digits)")] = [],  # noqa: B006
+    open_: Annotated[list[str], typer.Option("--open", help="a region or province to open again")] = [],  # noqa: B006
+) -> None:
+    """Change the policy; services pick it up within `GONGJI_POLICY_CACHE_SECONDS`."""
+
+    async def change(redis: Redis) -> None:
+        policy = await read_policy(redis)
+        closed = (set(policy.closed_regions) | set(close)) - set(open_)
+        since = date.fromisoformat(cross_province_since) if cross_province_since else policy.cross_province_since
+        await write_policy(redis, type(policy)(cross_province_since=since, closed_regions=frozenset(closed)))
+
+    asyncio.run(_with_redis(change))
+    policy_show()
+
+
+@relationships_app.command("show")
+def relationships_show(
+    person_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="full ids, machine-readable")] = False,
+) -> None:
+    """A person's relationships in both directions, from the relationship service's state."""
+    from services.relationship.store import RelationshipStore
+
+    try:
+        validate_person_id(person_id)
+    except ValueError as error:
+        _fail(str(error))
+    rows = asyncio.run(_with_redis(lambda redis: RelationshipStore(redis).relationships_of(person_id)))
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table(title=f"Relationships of {mask_person_id(person_id)}")
+    for column in ("provider", "recipient", "kinship", "state", "since"):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(mask_person_id(row["provider_id"]), mask_person_id(row["recipient_id"]), row["kinship"],
+                      row["state"], row["since"][:19])
+    console.print(table)
+
+
+@wallet_app.command("show")
+def wallet_show(person_id: str) -> None:
+    """A person's account: balance, frozen, the running totals and the quotas they granted."""
+    from services.wallet.store import WalletStore
+
+    snapshot = asyncio.run(_with_redis(lambda redis: WalletStore(redis).snapshot(person_id)))
+    table = Table(title=f"Wallet of {mask_person_id(person_id)}")
+    table.add_column("item")
+    table.add_column("fen", justify="right")
+    for name in ("balance", "frozen", "credited", "spent", "paid", "refunded"):
+        table.add_row(name, f"{getattr(snapshot, f'{name}_fen'):,}")
+    for recipient_id, remaining in snapshot.grants_fen.items():
+        table.add_row(f"quota for {mask_person_id(recipient_id)}", f"{remaining:,}")
+    console.print(table)
+    console.print(f"available: {format_fen(snapshot.balance_fen - snapshot.frozen_fen)}")
+
+
+@claims_app.command("show")
+def claims_show(claim_id: str) -> None:
+    """A claim's record and result, as JSON."""
+    from services.settlement.store import SettlementStore
+
+    settings = Settings()
+    record = asyncio.run(_with_redis(
+        lambda redis: SettlementStore(redis, settings.settlement_shards).claim(None, claim_id)))
+    if record is None:
+        _fail(f"no claim {claim_id}")
+    console.print_json(json.dumps(record))
+
+
+@clearing_app.command("close")
+def clearing_close(month: Annotated[str, typer.Argument(help="YYYY-MM")]) -> None:
+    """Close a month and publish its statement to gongji.clearing.v1 (the same however often run)."""
+    from gongji.kafka_io import publish_models
+    from services.settlement.clearing import close_month
+    from services.settlement.store import SettlementStore
+    from shared.clock import SystemClock, rfc3339
+    from shared.topics import CLEARING
+
+    if len(month) != 7 or month[4] != "-" or not (month[:4] + month[5:]).isdigit():
+        _fail("month must be YYYY-MM")
+    settings = Settings()
+
+    async def close(redis: Redis):
+        store = SettlementStore(redis, settings.settlement_shards)
+        await store.load()
+        return await close_month(store, month, rfc3339(SystemClock().now()))
+
+    rows = asyncio.run(_with_redis(close))
+    asyncio.run(publish_models(settings, CLEARING, rows))
+    table = Table(title=f"Clearing statement {month}")
+    for column in ("row", "payer", "payee / province", "amount", "claims"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.row, row.payer_province or "", row.payee_province or row.province or "",
+                      format_fen(row.amount_fen), str(row.claims))
+    console.print(table)
+
+
+@app.command("audit")
+def audit_command() -> None:
+    """Check the money invariants over the whole state; exit 1 on any breach."""
+    from gongji.audit import audit
+
+    settings = Settings()
+    report = asyncio.run(_with_redis(lambda redis: audit(redis, settings.settlement_shards)))
+    console.print(f"{report.accounts} accounts, {report.claims} claims ({report.pending_claims} in flight)")
+    for name, value in report.totals.items():
+        console.print(f"  {name}: {format_fen(value)}")
+    for breach in report.breaches:
+        console.print(f"[red]BREACH[/red] {breach}")
+    if not report.clean:
+        raise typer.Exit(1)
+    console.print("[green]all invariants hold[/green]")
+
+
+@app.command("publish")
+def publish(
+    topic: Annotated[str, typer.Argument(help="an input topic, e.g. gongji.wallet-commands.v1")],
+    message: Annotated[str, typer.Argument(help="the JSON message, or - to read lines from stdin")],
+) -> None:
+    """Validate messages against the contract and publish them (one JSON object per line)."""
+    from pydantic import ValidationError
+
+    from gongji.kafka_io import publish_models
+    from shared.topics import ALL_TOPICS
+
+    found = {known.name: known for known in ALL_TOPICS}.get(topic)
+    if found is None:
+        _fail(f"unknown topic {topic}")
+    lines = sys.stdin.read().splitlines() if message == "-" else [message]
+    try:
+        models = [found.model.model_validate_json(line) for line in lines if line.strip()]
+    except ValidationError as error:
+        _fail(f"not a valid {found.model.__name__}: {error}")
+    console.print(f"published {asyncio.run(publish_models(Settings(), found, models))} message(s) to {topic}")
+
+
+@app.command("docs")
+def docs(
+    serve: Annotated[bool, typer.Option(help="serve the rendered document on --port")] = False,
+    port: Annotated[int, typer.Option()] = 18090,
+) -> None:
+    """Write docs/asyncapi.json, generated from the three services' code (and optionally serve it)."""
+    from gongji.docs import serve_docs, write_docs
+
+    settings = Settings()
+    console.print(f"wrote {write_docs(settings)}")
+    if serve:
+        console.print(f"serving the AsyncAPI document on http://127.0.0.1:{port}/ (Ctrl-C stops)")
+        serve_docs(settings, port)
+
+
+@app.command("load")
+def load(
+    persons: Annotated[int, typer.Option(help="population size")] = 3_000,
+    rate: Annotated[float, typer.Option(help="claims per second offered")] = 1_000.0,
+    duration: Annotated[float, typer.Option(help="seconds of claims")] = 30.0,
+    duplicates: Annotated[float, typer.Option(help="share of claims sent again")] = 0.01,
+    malformed: Annotated[float, typer.Option(help="share of malformed messages")] = 0.001,
+    seed: Annotated[int, typer.Option(help="0: a new population each run")] = 0,
+    report_dir: Annotated[Path, typer.Option()] = Path("reports"),
+) -> None:
+    """Build a synthetic population, stream claims at a target rate, and report throughput,
+    latency percentiles, results by status and reason, and the audit."""
+    from gongji.load import LoadOptions, run_load, write_report
+
+    options = LoadOptions(persons=persons, rate=rate, duration_seconds=duration, duplicate_share=duplicates,
+                          malformed_share=malformed, seed=seed, report_dir=report_dir)
+    report = asyncio.run(run_load(Settings(), options, console))
+    json_path, png_path = write_report(report, report_dir)
+    summary = {key: report[key] for key in ("population", "claims", "throughput", "latency_ms", "by_status",
+                                            "rejections_by_reason", "dead_letters_seen", "audit")}
+    console.print_json(json.dumps(summary, ensure_ascii=False))
+    console.print(f"report: {json_path}\nplot:   {png_path}")
+    ok = report["audit"]["clean"] and not report["claims"]["without_result"] \
+        and not report["claims"]["with_more_than_one_result"]
+    if not ok:
+        raise typer.Exit(1)

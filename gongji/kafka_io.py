@@ -1,0 +1,77 @@
+"""Publishing contract messages from the command line and the load generator (plain aiokafka:
+these are clients of the system, not services)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import BaseModel
+
+from shared.settings import Settings
+from shared.topics import Topic
+
+
+def make_producer(settings: Settings, linger_ms: int = 5) -> AIOKafkaProducer:
+    return AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+                            linger_ms=linger_ms, max_batch_size=256 * 1024)
+
+
+async def publish_models(settings: Settings, topic: Topic, messages: Iterable[BaseModel]) -> int:
+    """Publishes and waits until Kafka confirmed every message; returns how many."""
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        pending = [
+            await producer.send(topic.name, message.model_dump_json().encode(),
+                                key=str(getattr(message, topic.key_field)).encode())
+            for message in messages
+        ]
+        for future in pending:
+            await future
+        return len(pending)
+    finally:
+        await producer.stop()
+
+
+class TopicWatcher:
+    """Reads every partition of some topics from their current end, handing each record's decoded
+    JSON to `on_message(topic, value)`; for clients that watch the system's outputs."""
+
+    def __init__(self, settings: Settings, topics: Iterable[Topic], on_message) -> None:
+        self._settings = settings
+        self._topics = list(topics)
+        self._on_message = on_message
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                          max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_wait_ms=20)
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        partitions = [TopicPartition(topic.name, number) for topic in self._topics
+                      for number in range(self._settings.topic_partitions)]
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_end(*partitions)
+        for partition in partitions:  # resolve the end offsets now, before anything is published
+            await self._consumer.position(partition)
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=100, max_records=5000)
+            for records in batches.values():
+                for record in records:
+                    try:
+                        value = json.loads(record.value)
+                    except ValueError:
+                        value = {"_raw": record.value}
+                    value["_key"] = record.key.decode() if record.key else None
+                    value["_partition"], value["_offset"] = record.partition, record.offset
+                    self._on_message(record.topic, value)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        await self._consumer.stop()

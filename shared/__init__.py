@@ -1,0 +1,1 @@
+"""What the three services share: contracts, topics, money, ids, regions, settings, clock."""

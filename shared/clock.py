@@ -1,0 +1,57 @@
+"""The injectable clock. Business days and months are Asia/Shanghai, whatever the host's zone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(SHANGHAI)
+
+
+@dataclass
+class FixedClock:
+    """A clock that stands still until moved: for tests and for replaying a given moment."""
+
+    at: datetime
+
+    def now(self) -> datetime:
+        return self.at.astimezone(SHANGHAI)
+
+    def set(self, at: datetime) -> None:
+        self.at = at
+
+
+def clock_from_setting(clock_fixed_at: str) -> Clock:
+    return FixedClock(datetime.fromisoformat(clock_fixed_at)) if clock_fixed_at else SystemClock()
+
+
+def shanghai_day(moment: datetime) -> str:
+    """The calendar day in China Standard Time, as YYYYMMDD (the daily-limit counter key)."""
+    return moment.astimezone(SHANGHAI).strftime("%Y%m%d")
+
+
+def shanghai_month(moment: datetime) -> str:
+    """The clearing month in China Standard Time, as YYYY-MM."""
+    return moment.astimezone(SHANGHAI).strftime("%Y-%m")
+
+
+def seconds_until_next_shanghai_day(moment: datetime) -> int:
+    local = moment.astimezone(SHANGHAI)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    elapsed = (local - midnight).total_seconds()
+    return max(1, int(24 * 3600 - elapsed) + 1)
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(SHANGHAI).isoformat(timespec="milliseconds")

@@ -1,0 +1,370 @@
+"""Wire contract v1: one pydantic model per public topic, plus the internal saga messages.
+
+This module is the single source of truth: services, tests, the AsyncAPI document and the load
+generator all import it. Inputs ignore unknown fields (senders may add fields freely); every
+field named in the contract keeps its name and meaning.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from shared.ids import validate_person_id, validate_region
+from shared.money import Fen, PositiveFen
+
+PersonId = Annotated[str, AfterValidator(validate_person_id)]
+Region = Annotated[str, AfterValidator(validate_region)]
+InputId = Annotated[str, Field(min_length=1, max_length=128)]
+Timestamp = AwareDatetime
+
+
+class ReasonCode(StrEnum):
+    NOT_CLOSE_RELATIVE = "NOT_CLOSE_RELATIVE"
+    KINSHIP_UNVERIFIED = "KINSHIP_UNVERIFIED"
+    SELF_RELATIONSHIP = "SELF_RELATIONSHIP"
+    DUPLICATE_RELATIONSHIP = "DUPLICATE_RELATIONSHIP"
+    PROVIDER_NOT_EMPLOYEE = "PROVIDER_NOT_EMPLOYEE"
+    PROVIDER_STATUS_ABNORMAL = "PROVIDER_STATUS_ABNORMAL"
+    RECIPIENT_NOT_INSURED = "RECIPIENT_NOT_INSURED"
+    RECIPIENT_STATUS_ABNORMAL = "RECIPIENT_STATUS_ABNORMAL"
+    RECIPIENT_MISMATCH = "RECIPIENT_MISMATCH"
+    REGION_WALLET_CLOSED = "REGION_WALLET_CLOSED"
+    CROSS_PROVINCE_NOT_IN_FORCE = "CROSS_PROVINCE_NOT_IN_FORCE"
+    NOT_AUTHORIZED = "NOT_AUTHORIZED"
+    RELATIONSHIP_NOT_ACTIVE = "RELATIONSHIP_NOT_ACTIVE"
+    TRANSFER_AMOUNT_OVER_LIMIT = "TRANSFER_AMOUNT_OVER_LIMIT"
+    DAILY_TRANSFER_LIMIT = "DAILY_TRANSFER_LIMIT"
+    INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
+    ACCOUNT_FROZEN = "ACCOUNT_FROZEN"
+    CATEGORY_NOT_ALLOWED = "CATEGORY_NOT_ALLOWED"
+    NOT_IN_CATALOGUE = "NOT_IN_CATALOGUE"
+    NO_QUOTA = "NO_QUOTA"
+    CONFLICT = "CONFLICT"
+    UNKNOWN_CLAIM = "UNKNOWN_CLAIM"
+    ALREADY_REVERSED = "ALREADY_REVERSED"
+    INSURANCE_CHANGED = "INSURANCE_CHANGED"
+    INVALID_MESSAGE = "INVALID_MESSAGE"
+
+
+class Kinship(StrEnum):
+    """What `relative_id` is to `person_id`: the close relatives of rule 2, and only these."""
+
+    SPOUSE = "spouse"
+    PARENT = "parent"
+    CHILD = "child"
+    SIBLING = "sibling"
+    GRANDPARENT = "grandparent"
+    MATERNAL_GRANDPARENT = "maternal_grandparent"
+    GRANDCHILD = "grandchild"
+    MATERNAL_GRANDCHILD = "maternal_grandchild"
+
+
+class ClaimCategory(StrEnum):
+    """Rule 12: the only uses of shared money."""
+
+    INSTITUTION = "institution"
+    PHARMACY = "pharmacy"
+    RESIDENT_PREMIUM = "resident_premium"
+    LTC_PREMIUM = "ltc_premium"
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _Output(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- inputs from provincial systems -------------------------------------------------------
+
+
+class EnrollmentChanged(_Input):
+    """`gongji.enrollment.v1`: a person's insurance relationship as the insured region records it."""
+
+    event_id: InputId
+    person_id: PersonId
+    insurance_type: Literal["employee", "resident"]
+    region: Region
+    status: Literal["normal", "suspended", "terminated"]
+    occurred_at: Timestamp
+
+
+class AccountCredited(_Input):
+    """`gongji.account-credits.v1`: money paid into an employee's personal account."""
+
+    event_id: InputId
+    person_id: PersonId
+    amount_fen: PositiveFen
+    occurred_at: Timestamp
+
+
+class AccountSpent(_Input):
+    """`gongji.account-spends.v1`: the employee spends their own account (never frozen funds)."""
+
+    event_id: InputId
+    person_id: PersonId
+    amount_fen: PositiveFen
+    occurred_at: Timestamp
+
+
+class KinshipRecorded(_Input):
+    """`gongji.kinship.v1`: civil-registry fact, *relative_id is person_id's kinship*."""
+
+    event_id: InputId
+    person_id: PersonId
+    relative_id: PersonId
+    kinship: Kinship
+    occurred_at: Timestamp
+
+
+class SupervisionActed(_Input):
+    """`gongji.supervision.v1`: misuse freezes an account (rule 16); unfreeze lifts it."""
+
+    event_id: InputId
+    person_id: PersonId
+    action: Literal["freeze", "unfreeze"]
+    reason: str = Field(max_length=500)
+    occurred_at: Timestamp
+
+
+class ClaimItem(_Input):
+    code: str = Field(min_length=1, max_length=64)
+    in_catalogue: bool
+    amount_fen: Fen
+
+
+class Claim(_Input):
+    """`gongji.claims.v1`: a settlement (`settle`) or a refund of a settled claim (`reverse`).
+
+    `category` is a plain string on the wire so that an unknown use is refused with
+    `CATEGORY_NOT_ALLOWED` (a business answer), not dead-lettered.
+    """
+
+    claim_id: InputId
+    kind: Literal["settle", "reverse"] = "settle"
+    recipient_id: PersonId
+    recipient_region: Region | None = None
+    category: str | None = Field(default=None, max_length=64)
+    institution_code: str | None = Field(default=None, max_length=64)
+    service_region: Region | None = None
+    amount_fen: PositiveFen | None = None
+    items: list[ClaimItem] | None = Field(default=None, max_length=1000)
+    reverses: InputId | None = None
+    occurred_at: Timestamp
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> "Claim":
+        if self.kind == "settle":
+            missing = [
+                name
+                for name in ("recipient_region", "category", "service_region", "amount_fen")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(f"a settle claim needs {', '.join(missing)}")
+        elif self.reverses is None:
+            raise ValueError("a reverse claim needs `reverses`: the claim_id it undoes")
+        return self
+
+
+# ---- inputs from the app channel ----------------------------------------------------------
+
+
+class RelationshipCommand(_Input):
+    """`gongji.relationship-commands.v1`. `kinship` is what the recipient is to the provider;
+    it is a plain string so that a relative who is not close is refused with `NOT_CLOSE_RELATIVE`."""
+
+    command_id: InputId
+    action: Literal["request", "accept", "decline", "dissolve"]
+    actor_id: PersonId
+    provider_id: PersonId
+    recipient_id: PersonId
+    recipient_region: Region | None = None
+    kinship: str | None = Field(default=None, max_length=64)
+    requested_at: Timestamp
+
+    @model_validator(mode="after")
+    def _request_is_complete(self) -> "RelationshipCommand":
+        if self.action == "request" and (self.recipient_region is None or self.kinship is None):
+            raise ValueError("a request needs recipient_region and kinship")
+        return self
+
+
+class WalletCommand(_Input):
+    """`gongji.wallet-commands.v1`: the provider sets quota for a recipient (irrevocable)."""
+
+    command_id: InputId
+    action: Literal["grant"]
+    actor_id: PersonId
+    provider_id: PersonId
+    recipient_id: PersonId
+    recipient_region: Region
+    amount_fen: PositiveFen
+    requested_at: Timestamp
+
+
+# ---- outputs ------------------------------------------------------------------------------
+
+
+class RelationshipEvent(_Output):
+    """`gongji.relationship-events.v1`, keyed by provider_id."""
+
+    event_id: str
+    cause_id: str
+    type: Literal["requested", "established", "rejected", "declined", "dissolved", "terminated"]
+    provider_id: str
+    recipient_id: str
+    recipient_region: str | None = None
+    kinship: str | None = None
+    reason: ReasonCode | None = None
+    occurred_at: datetime
+
+
+class WalletEvent(_Output):
+    """`gongji.wallet-events.v1`, keyed by provider_id (the account holder). Balance and frozen
+    are the account's after the change."""
+
+    event_id: str
+    cause_id: str
+    type: Literal[
+        "granted", "grant_rejected", "released", "credited", "spent",
+        "spend_rejected", "debited", "refunded", "frozen", "unfrozen",
+    ]
+    provider_id: str
+    recipient_id: str | None = None
+    amount_fen: int
+    balance_fen: int | None = None
+    frozen_fen: int | None = None
+    claim_id: str | None = None
+    reason: ReasonCode | None = None
+    occurred_at: datetime
+
+
+class Payer(_Output):
+    provider_id: str
+    provider_region: str
+    amount_fen: int
+
+
+class SettlementEvent(_Output):
+    """`gongji.settlements.v1`, keyed by recipient_id. For a reversal, `claim_id` is the
+    reversing claim's id, `reverses` the original's, and `paid_fen` what went back."""
+
+    event_id: str
+    cause_id: str
+    claim_id: str
+    recipient_id: str
+    status: Literal["settled", "partial", "rejected", "reversed"]
+    requested_fen: int
+    paid_fen: int
+    self_pay_fen: int
+    payers: list[Payer]
+    reason: ReasonCode | None = None
+    category: str | None = None
+    service_region: str | None = None
+    reverses: str | None = None
+    clearing_month: str | None = None
+    settled_at: datetime
+
+
+class ClearingRow(_Output):
+    """`gongji.clearing.v1`, keyed by month. `gross` rows: what payer_province's funds paid for
+    care in payee_province; `net` rows: one per province, positive = it receives; they sum to 0."""
+
+    event_id: str
+    month: str
+    row: Literal["gross", "net"]
+    payer_province: str | None = None
+    payee_province: str | None = None
+    province: str | None = None
+    amount_fen: int
+    claims: int
+    closed_at: datetime
+
+
+class DeadLetter(_Output):
+    """`gongji.dead-letters.v1`, keyed by the source message's key."""
+
+    source_topic: str
+    partition: int
+    offset: int
+    error: str
+    payload: str  # base64 of the raw value
+    at: datetime
+    service: str
+    source_key: str
+    reason: ReasonCode = ReasonCode.INVALID_MESSAGE
+
+
+class StatisticsCount(_Output):
+    key: str
+    count: int
+    amount_fen: int
+
+
+class StatisticsSnapshot(_Output):
+    """`gongji.statistics.v1`, keyed by minute: what one settlement instance settled in one
+    Asia/Shanghai minute so far. Sum the snapshots of all instances (`instance`) for the total;
+    a later snapshot of the same (instance, minute) replaces the earlier one."""
+
+    event_id: str
+    instance: str
+    minute: str
+    by_status: list[StatisticsCount]
+    by_category: list[StatisticsCount]
+    by_province_pair: list[StatisticsCount]
+    rejections_by_reason: list[StatisticsCount]
+    published_at: datetime
+
+
+# ---- internal saga between settlement and wallet ------------------------------------------
+
+
+class ClaimContext(_Output):
+    """What settlement needs to finish a claim, carried through the draw and echoed back by the
+    wallet, so that finishing needs no read."""
+
+    requested_fen: int
+    service_region: str
+    shortfall: ReasonCode | None = None
+
+
+class DrawRequested(_Output):
+    """Settlement asks wallet to pay `amount_fen` of claim `claim_id` from the recipient's grants."""
+
+    request_id: str
+    claim_id: str
+    recipient_id: str
+    amount_fen: int
+    context: ClaimContext
+    requested_at: datetime
+
+
+class DrawAnswered(_Output):
+    """Wallet's answer: what each provider's grant paid; the rest is self-pay."""
+
+    event_id: str
+    claim_id: str
+    recipient_id: str
+    requested_fen: int
+    paid_fen: int
+    payers: list[Payer]
+    reason: ReasonCode | None = None
+    context: ClaimContext
+    answered_at: datetime
+
+
+class RefundRequested(_Output):
+    """Settlement tells wallet to put back what a reversed claim drew: it cannot be refused."""
+
+    request_id: str
+    claim_id: str
+    original_claim_id: str
+    recipient_id: str
+    payers: list[Payer]
+    requested_at: datetime

@@ -1,0 +1,32 @@
+--[[
+Loaded in front of every service's Redis Functions library.
+
+Exactly-once effect:
+A function first asks `remembered`: an input id seen before with the same fingerprint returns
+{"duplicate", stored result}, with another fingerprint {"conflict", ""}; then it applies its
+effect and `remember`s the result in the same atomic step, returning {"applied", result}.
+]]
+
+local function remembered(seen_key, input_id, fingerprint)
+  local prior = redis.call('HGET', seen_key, input_id)
+  if not prior then return nil end
+  local bar = string.find(prior, '|', 1, true)
+  if string.sub(prior, 1, bar - 1) ~= fingerprint then return {'conflict', ''} end
+  return {'duplicate', string.sub(prior, bar + 1)}
+end
+
+local function remember(seen_key, input_id, fingerprint, result)
+  local encoded = cjson.encode(result)
+  redis.call('HSET', seen_key, input_id, fingerprint .. '|' .. encoded)
+  return {'applied', encoded}
+end
+
+-- A service's own copy of a person's enrollment (each service keeps its own; none reads another's).
+-- KEYS: seen, enrollment   ARGV: input_id, fingerprint, insurance_type, region, status
+local function record_enrollment_copy(keys, args)
+  local prior = remembered(keys[1], args[1], args[2])
+  if prior then return prior end
+  redis.call('HSET', keys[2], 'insurance_type', args[3], 'region', args[4], 'status', args[5])
+  return remember(keys[1], args[1], args[2], {})
+end
+

@@ -1,0 +1,62 @@
+"""Redis Functions: each service's library is its `.lua` file with shared/prelude.lua in front.
+
+Functions persist in Redis (unlike EVAL's script cache, which a restart or SCRIPT FLUSH empties);
+loading with REPLACE at every start keeps the library equal to the code that runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+PRELUDE_LUA = Path(__file__).with_name("prelude.lua")
+
+
+async def load_library(redis: Redis, name: str, lua_file: Path) -> None:
+    source = f"#!lua name={name}\n{PRELUDE_LUA.read_text()}\n{lua_file.read_text()}"
+    await redis.function_load(source, replace=True)
+
+
+@dataclass(frozen=True)
+class Step:
+    """The answer of one atomic step: `applied` now, a `duplicate` of an earlier input (the stored
+    result comes back unchanged), or a `conflict` (same id, other content: nothing changed)."""
+
+    outcome: Literal["applied", "duplicate", "conflict"]
+    result: dict[str, Any]
+
+    @property
+    def conflict(self) -> bool:
+        return self.outcome == "conflict"
+
+
+async def call_step(redis: Redis, function: str, keys: list[str], args: list[Any]) -> Step:
+    """One step on its own."""
+    (step,) = await run_steps(redis, [Call(function, keys, args)])
+    return step
+
+
+@dataclass(frozen=True)
+class Call:
+    """One atomic step to run: a function of a loaded library, its keys (one hash slot) and arguments."""
+
+    function: str
+    keys: list[str]
+    args: list[Any]
+
+
+async def run_steps(redis: Redis, calls: Sequence[Call]) -> list[Step]:
+    """Runs the steps in one pipeline, in order: steps on the same keys apply one after another
+    exactly as if awaited one by one, at a fraction of the round trips."""
+    if not calls:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for call in calls:
+            pipe.fcall(call.function, len(call.keys), *call.keys, *call.args)
+        replies = await pipe.execute()
+    return [Step(outcome.decode(), json.loads(encoded) if encoded else {}) for outcome, encoded in replies]  # type: ignore[arg-type]

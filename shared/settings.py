@@ -1,0 +1,42 @@
+"""Settings, read from the environment with the `GONGJI_` prefix (e.g. `GONGJI_KAFKA_BOOTSTRAP`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GONGJI_", extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_controller_port: int = 19093
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    # Where the launcher keeps the broker's jars, logs, data and pid files.
+    state_dir: Path = PROJECT_ROOT / ".gongji"
+    topic_partitions: int = 24
+    topic_replication_factor: int = 1
+    # Redis AOF fsync policy: `always` makes every acknowledged write durable before the
+    # service commits its Kafka offset, so a Redis crash can never lose an applied effect
+    # whose input Kafka would not replay. `everysec` is faster and is safe here too only
+    # because every effect is idempotent and offsets are committed after the effect.
+    redis_appendfsync: str = "always"
+    redis_max_connections: int = 128
+    # Health and metrics HTTP ports; a service listens on base + its index (0 = relationship).
+    http_port_base: int = 18080
+    # A consumer batch is bounded so that one slow batch cannot hold a partition for long.
+    batch_max_records: int = 500
+    batch_timeout_ms: int = 20
+    # Settlement spreads claim records and clearing accumulators over this many Redis hash
+    # slots; a month is closed shard by shard. Never change it on a live system.
+    settlement_shards: int = 64
+    # How long the policy (opened regions, the cross-province date) is cached by a service.
+    policy_cache_seconds: float = 1.0
+    # Statistics are published every this many seconds.
+    statistics_interval_seconds: float = 5.0
+    # A fixed processing time for every service process (RFC 3339), for demonstrations and tests
+    # of day and month edges; empty means the real clock.
+    clock_fixed_at: str = ""

@@ -1,0 +1,62 @@
+"""Session fixtures: the real infrastructure (started by the project's own launcher), a Kafka tap,
+and the three service processes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from redis.asyncio import Redis
+
+from gongji import infra
+from gongji.services import SERVICE_NAMES
+from shared.settings import PROJECT_ROOT, Settings
+from tests.support import Kafka, ServiceProcess
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def infrastructure(settings: Settings):
+    if os.environ.get("GONGJI_INFRA") == "docker":
+        # Opt-in on machines with a Docker engine: the official images from deploy/compose.yaml.
+        from testcontainers.compose import DockerCompose
+
+        with DockerCompose(PROJECT_ROOT / "deploy", compose_file_name="compose.yaml",
+                           services=["kafka", "redis", "topics"], wait=True):
+            yield settings
+        return
+    try:
+        infra.up(settings)
+    except infra.InfraError as error:
+        pytest.fail(f"the infrastructure did not come up: {error}")
+    yield settings
+
+
+@pytest.fixture(scope="session")
+async def redis(infrastructure: Settings):
+    client = Redis.from_url(infrastructure.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+async def kafka(infrastructure: Settings):
+    tap = Kafka(infrastructure)
+    await tap.start()
+    yield tap
+    await tap.stop()
+
+
+@pytest.fixture(scope="session")
+def service_processes(infrastructure: Settings):
+    processes = {name: ServiceProcess(name, infrastructure) for name in SERVICE_NAMES}
+    for process in processes.values():
+        process.start()
+    yield processes
+    for process in processes.values():
+        if process.running():
+            process.stop()

@@ -1,0 +1,22 @@
+"""Integration tests drive handlers directly against the real Redis, in a database of their own,
+so that what they do without the other services never mixes with the running system's state
+(which `gongji audit` checks as a whole)."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio import Redis
+
+INTEGRATION_DATABASE = 15
+
+
+def integration_redis_url(redis_url: str) -> str:
+    return redis_url.rsplit("/", 1)[0] + f"/{INTEGRATION_DATABASE}"
+
+
+@pytest.fixture(scope="session")
+async def redis(infrastructure):
+    client = Redis.from_url(integration_redis_url(infrastructure.redis_url))
+    await client.flushdb()
+    yield client
+    await client.aclose()

@@ -1,0 +1,47 @@
+"""The launcher: idempotent `up`, a status that names the broker, one clear sentence when a tool is missing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gongji import infra
+
+
+def gongji(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gongji", *args], capture_output=True, text=True, timeout=300)
+
+
+def listeners(port: int) -> set[str]:
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
+    return {part.split("pid=")[1].split(",")[0] for part in out.split() if "pid=" in part}
+
+
+def test_up_twice_leaves_one_broker_and_one_redis(infrastructure) -> None:
+    paths = infra.Paths(infrastructure.state_dir)
+    before = (paths.kafka_pid.read_text(), paths.redis_pid.read_text())
+    for _ in range(2):
+        result = gongji("infra", "up")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "already running" in result.stdout
+    assert (paths.kafka_pid.read_text(), paths.redis_pid.read_text()) == before
+    kafka_port = int(infrastructure.kafka_bootstrap.rsplit(":", 1)[1])
+    assert listeners(kafka_port) == {before[0]}
+    assert listeners(16379) == {before[1]}
+
+
+def test_status_names_the_apache_kafka_version(infrastructure) -> None:
+    result = gongji("infra", "status")
+    assert "Apache Kafka 4." in result.stdout and "(KRaft)" in result.stdout and "running" in result.stdout
+    assert "Redis 7." in result.stdout
+
+
+def test_a_missing_tool_is_one_sentence_naming_the_fix(monkeypatch) -> None:
+    monkeypatch.setattr(infra.shutil, "which", lambda tool: None)
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    with pytest.raises(infra.InfraError, match=r"`java` was not found on PATH: install a Java 17 runtime"):
+        infra._java()
+    with pytest.raises(infra.InfraError, match=r"`mvn` was not found on PATH: install Maven"):
+        infra.fetch_kafka_jars(infra.Paths(infra.Path("/nonexistent")))

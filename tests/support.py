@@ -1,0 +1,154 @@
+"""Helpers for tests against the real Kafka and Redis that `gongji infra up` starts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from pydantic import BaseModel
+
+from gongji.kafka_io import TopicWatcher
+from gongji.services import http_port
+from shared.clock import SHANGHAI
+from shared.ids import make_person_id
+from shared.settings import PROJECT_ROOT, Settings
+from shared.topics import ALL_TOPICS, Topic
+
+WAIT_SECONDS = 45.0
+
+
+def new_person_id() -> str:
+    """A valid, practically unique resident ID (random birth date and serial)."""
+    rng = random.Random(uuid.uuid4().int)
+    birth = f"{rng.randint(1940, 2015)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
+    return make_person_id(rng.choice(["110101", "120101", "310101"]), birth, rng.randint(0, 999))
+
+
+def new_id(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+def now_iso() -> str:
+    return datetime.now(SHANGHAI).isoformat()
+
+
+class Kafka:
+    """A producer for inputs and a tap that records every message of every topic from its start."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+                                         enable_idempotence=True, linger_ms=1)
+        self.watcher = TopicWatcher(settings, ALL_TOPICS, self._record)
+        self.seen: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self._arrived = asyncio.Event()
+
+    def _record(self, topic: str, value: dict[str, Any]) -> None:
+        self.seen[topic].append(value)
+        self._arrived.set()
+
+    async def start(self) -> None:
+        await self.producer.start()
+        await self.watcher.start()
+
+    async def stop(self) -> None:
+        await self.watcher.stop()
+        await self.producer.stop()
+
+    async def publish(self, topic: Topic, message: BaseModel | dict[str, Any] | bytes, key: str | None = None) -> None:
+        if isinstance(message, BaseModel):
+            value = message.model_dump_json().encode()
+            key = key or str(getattr(message, topic.key_field))
+        elif isinstance(message, dict):
+            value = json.dumps(message).encode()
+            key = key or str(message.get(topic.key_field, ""))
+        else:
+            value = message
+        await self.producer.send_and_wait(topic.name, value, key=(key or "").encode())
+
+    def matching(self, topic: Topic, predicate: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        return [message for message in self.seen[topic.name] if predicate(message)]
+
+    async def wait_for(
+        self, topic: Topic, predicate: Callable[[dict[str, Any]], bool], count: int = 1,
+        timeout: float = WAIT_SECONDS,
+    ) -> list[dict[str, Any]]:
+        """Waits (bounded) until at least `count` messages of `topic` match; returns them all."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.matching(topic, predicate)
+            if len(found) >= count:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"waited {timeout}s for {count} message(s) on {topic.name}; saw {len(found)}")
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout=min(remaining, 0.5))
+            except TimeoutError:
+                pass
+
+    async def settle_quietly(self, seconds: float = 2.0) -> None:
+        """Lets late duplicates arrive before a test asserts that something happened only once."""
+        await asyncio.sleep(seconds)
+
+
+class ServiceProcess:
+    """One service as a separate OS process (`python -m gongji run NAME`), as in production."""
+
+    def __init__(self, name: str, settings: Settings, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.settings = settings
+        self.env = {**os.environ, "GONGJI_POLICY_CACHE_SECONDS": "0", **(env or {})}
+        self.log = PROJECT_ROOT / ".gongji" / "test-logs" / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gongji", "run", self.name],
+            env=self.env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+        )
+        deadline = time.monotonic() + WAIT_SECONDS
+        url = f"http://127.0.0.1:{http_port(self.settings, self.name)}/health"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as answer:
+                    if answer.status in (200, 204):
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"{self.name} not healthy within {WAIT_SECONDS}s:\n{self.tail()}")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 40.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"{self.name} did not stop within {timeout}s:\n{self.tail()}") from None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(Path(self.log).read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
