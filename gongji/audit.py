@@ -1,0 +1,89 @@
+"""`gongji audit`: the money invariants of architecture.md over the whole Redis state.
+
+Read at a quiet moment (no claim in flight), every line must hold; while sagas are in flight the
+cross-service totals may differ by the claims in flight, and the audit says which are pending.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from redis.asyncio import Redis
+
+from services.settlement.store import SettlementStore
+from services.wallet.domain import account_breaches
+from services.wallet.store import WalletStore
+from shared.clock import SystemClock, shanghai_day
+
+
+@dataclass
+class AuditReport:
+    accounts: int = 0
+    claims: int = 0
+    pending_claims: int = 0
+    breaches: list[str] = field(default_factory=list)
+    totals: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def clean(self) -> bool:
+        return not self.breaches
+
+
+async def audit(redis: Redis, settlement_shards: int, now: datetime | None = None) -> AuditReport:
+    """`now` decides which daily grant counters are still alive to check: today's and yesterday's."""
+    now = now or SystemClock().now()
+    days = [shanghai_day(now - timedelta(days=1)), shanghai_day(now)]
+    report = AuditReport()
+    wallet = WalletStore(redis)
+    settlement = SettlementStore(redis, settlement_shards)
+    wallet_paid = wallet_refunded = 0
+    async for person_id in wallet.account_holders():
+        account = await wallet.snapshot(person_id, days)
+        report.accounts += 1
+        report.breaches += account_breaches(account)
+        wallet_paid += account.paid_fen
+        wallet_refunded += account.refunded_fen
+        for key in ("balance", "frozen", "credited", "spent"):
+            report.totals[key] = report.totals.get(key, 0) + getattr(account, f"{key}_fen")
+
+    paid_by_claims = reversed_by_claims = 0
+    owed_by_month: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    async for claim_id, record in settlement.all_claims():
+        report.claims += 1
+        if record["status"] == "pending":
+            report.pending_claims += 1
+            continue
+        result = record["result"]
+        sign = {"reversed": -1, "settled": 1, "partial": 1}.get(result["status"], 0)
+        if sign == 0 and result["paid"] != 0:
+            report.breaches.append(f"claim {claim_id}: rejected yet paid {result['paid']}")
+        if record["kind"] == "settle":
+            if result["paid"] > record["requested"]:
+                report.breaches.append(f"claim {claim_id}: paid {result['paid']} > requested {record['requested']}")
+            if sum(payer["amount_fen"] for payer in result["payers"] or []) != result["paid"]:
+                report.breaches.append(f"claim {claim_id}: payers do not add up to paid")
+            paid_by_claims += result["paid"]
+        elif result["status"] == "reversed":
+            reversed_by_claims += result["paid"]
+        for pair, amount in (result.get("owed") or {}).items():
+            owed_by_month[result["month"]][pair] += sign * amount
+
+    report.totals |= {"paid": wallet_paid, "refunded": wallet_refunded}
+    if report.pending_claims == 0:
+        # Each claim paid at most once: what the wallet took equals what settlement recorded.
+        if wallet_paid != paid_by_claims:
+            report.breaches.append(f"wallet paid {wallet_paid} != settled claims paid {paid_by_claims}")
+        if wallet_refunded > reversed_by_claims:
+            report.breaches.append(f"wallet refunded {wallet_refunded} > reversed claims {reversed_by_claims}")
+    ledger = report.totals.get("credited", 0) - report.totals.get("spent", 0) - wallet_paid + wallet_refunded
+    if ledger != report.totals.get("balance", 0):
+        report.breaches.append(f"credits - spends - paid + refunds = {ledger} != sum of balances")
+
+    for month, owed in owed_by_month.items():
+        accumulated = await settlement.accumulators(month)
+        for pair, amount in owed.items():
+            if accumulated.get(pair, 0) != amount:
+                report.breaches.append(f"clearing {month} {pair}: accumulated {accumulated.get(pair, 0)} != claims {amount}")
+    return report
