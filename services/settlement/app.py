@@ -1,0 +1,36 @@
+"""The settlement service process (the only module of this service that imports FastStream)."""
+
+from __future__ import annotations
+
+from faststream.asgi import AsgiFastStream
+
+from services.settlement.handlers import SettlementHandlers
+from services.settlement.store import SettlementStore
+from shared.clock import Clock, clock_from_setting
+from shared.redis_client import connect
+from shared.runtime import build_service_app
+from shared.settings import Settings
+from shared.topics import (
+    CLAIMS, DRAW_ANSWERS, DRAW_REQUESTS, ENROLLMENT, REFUND_REQUESTS, SETTLEMENT_GROUP, SETTLEMENTS, STATISTICS,
+)
+
+SERVICE = "settlement"
+
+
+def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
+    clock = clock or clock_from_setting(settings.clock_fixed_at)
+    redis = connect(settings)
+    store = SettlementStore(redis, settings.settlement_shards)
+    handlers = SettlementHandlers(store, clock, settings.statistics_interval_seconds)
+    return build_service_app(
+        SERVICE, settings, clock,
+        group_id=SETTLEMENT_GROUP,
+        routes=[
+            (ENROLLMENT, handlers.on_enrollment),
+            (CLAIMS, handlers.on_claims),
+            (DRAW_ANSWERS, handlers.on_draw_answers),
+        ],
+        outputs=[SETTLEMENTS, DRAW_REQUESTS, REFUND_REQUESTS, STATISTICS],
+        on_start=store.load,
+        on_stop=redis.aclose,
+    )

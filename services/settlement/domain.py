@@ -1,0 +1,105 @@
+"""Claims and clearing (rules 12–15): pure decisions, no Kafka or Redis."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from shared.contracts import Claim, ClaimCategory, Payer, ReasonCode
+from shared.ids import province_of
+
+ALLOWED_CATEGORIES: frozenset[str] = frozenset(category.value for category in ClaimCategory)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What the shared funds may be asked to pay for a claim, and why not all of it."""
+
+    payable_fen: int
+    refusal: ReasonCode | None = None  # nothing may be paid
+    shortfall: ReasonCode | None = None  # part of it must be self-paid
+
+
+def assess_claim(claim: Claim, recipient: tuple[str, str] | None) -> Assessment:
+    """Rule 12 (only medical uses; only catalogue items at pharmacies) and rule 4 (the recipient
+    is insured, status normal, in the region the claim states). `recipient` is (region, status)."""
+    assert claim.amount_fen is not None and claim.category is not None  # a settle claim has them
+    if claim.category not in ALLOWED_CATEGORIES:
+        return Assessment(0, ReasonCode.CATEGORY_NOT_ALLOWED)
+    if recipient is None:
+        return Assessment(0, ReasonCode.RECIPIENT_NOT_INSURED)
+    region, status = recipient
+    if status != "normal":
+        return Assessment(0, ReasonCode.RECIPIENT_STATUS_ABNORMAL)
+    if region != claim.recipient_region:
+        return Assessment(0, ReasonCode.RECIPIENT_MISMATCH)
+    if claim.category != ClaimCategory.PHARMACY:
+        return Assessment(claim.amount_fen)
+    in_catalogue = sum(item.amount_fen for item in claim.items or [] if item.in_catalogue)
+    payable = min(claim.amount_fen, in_catalogue)
+    if payable == 0:
+        return Assessment(0, ReasonCode.NOT_IN_CATALOGUE)
+    return Assessment(payable, shortfall=ReasonCode.NOT_IN_CATALOGUE if payable < claim.amount_fen else None)
+
+
+def settlement_status(requested_fen: int, paid_fen: int) -> str:
+    if paid_fen == 0:
+        return "rejected"
+    return "settled" if paid_fen == requested_fen else "partial"
+
+
+def clearing_contributions(payers: list[Payer], service_region: str) -> dict[str, int]:
+    """Rule 15: what each provider's province pays the service region's province, cross-province only.
+    Keys are "<payer province>><payee province>"."""
+    payee = province_of(service_region)
+    owed: dict[str, int] = defaultdict(int)
+    for payer in payers:
+        if province_of(payer.provider_region) != payee:
+            owed[f"{province_of(payer.provider_region)}>{payee}"] += payer.amount_fen
+    return dict(owed)
+
+
+@dataclass(frozen=True)
+class GrossLine:
+    payer_province: str
+    payee_province: str
+    amount_fen: int
+    claims: int
+
+
+def net_positions(lines: list[GrossLine]) -> dict[str, int]:
+    """One position per province: what it receives minus what it pays. They sum to zero."""
+    net: dict[str, int] = defaultdict(int)
+    for line in lines:
+        net[line.payee_province] += line.amount_fen
+        net[line.payer_province] -= line.amount_fen
+    assert sum(net.values()) == 0, "net positions must sum to zero"
+    return dict(sorted(net.items()))
+
+
+@dataclass
+class MinuteTally:
+    """Counts and amounts of final results in one Asia/Shanghai minute, for live dashboards."""
+
+    by_status: dict[str, list[int]]
+    by_category: dict[str, list[int]]
+    by_province_pair: dict[str, list[int]]
+    rejections_by_reason: dict[str, list[int]]
+
+    @classmethod
+    def empty(cls) -> "MinuteTally":
+        return cls(defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0]),
+                   defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0]))
+
+    def add(self, status: str, category: str, paid_fen: int, owed: dict[str, int], reason: str | None) -> None:
+        for table, key, amount in (
+            (self.by_status, status, paid_fen),
+            (self.by_category, category, paid_fen),
+        ):
+            table[key][0] += 1
+            table[key][1] += amount
+        for pair, amount in owed.items():
+            self.by_province_pair[pair][0] += 1
+            self.by_province_pair[pair][1] += amount
+        if status == "rejected" and reason:
+            self.rejections_by_reason[reason][0] += 1

@@ -1,0 +1,199 @@
+"""Settlement service: claims in, the saga with the wallet, settlements and statistics out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+from pydantic import BaseModel
+
+from services.settlement.domain import MinuteTally, assess_claim, clearing_contributions, settlement_status
+from services.settlement.store import SettlementStore
+from shared.clock import Clock, rfc3339, shanghai_month
+from shared.contracts import (
+    Claim, ClaimContext, DrawAnswered, DrawRequested, EnrollmentChanged, Payer, ReasonCode, RefundRequested,
+    SettlementEvent, StatisticsCount, StatisticsSnapshot,
+)
+from shared.ids import derived_event_id, fingerprint
+from shared.redis_functions import Call, Step
+from shared.runtime import CONFLICTS
+
+logger = logging.getLogger("gongji.settlement")
+
+
+def settlement_event(claim_id: str, record: dict) -> SettlementEvent:
+    """The published result of a final claim record; the same record always gives the same event."""
+    result = record["result"]
+    payers = [Payer(**payer) for payer in result.get("payers") or []]
+    reversal = record["kind"] == "reverse"
+    return SettlementEvent(
+        event_id=derived_event_id("settlement", claim_id, result["status"]),
+        cause_id=claim_id,
+        claim_id=claim_id,
+        recipient_id=record["recipient_id"],
+        status=result["status"],
+        requested_fen=record["requested"],
+        paid_fen=result["paid"],
+        self_pay_fen=0 if reversal else record["requested"] - result["paid"],
+        payers=payers,
+        reason=result.get("reason") or None,
+        category=record.get("category"),
+        service_region=record.get("service_region"),
+        reverses=record.get("reverses"),
+        clearing_month=result.get("month") or None,
+        settled_at=datetime.fromisoformat(result["at"]),
+    )
+
+
+class SettlementHandlers:
+    def __init__(self, store: SettlementStore, clock: Clock, statistics_interval_seconds: float) -> None:
+        self.store = store
+        self.clock = clock
+        self.instance = f"{socket.gethostname()}-{os.getpid()}"
+        self.tallies: dict[str, MinuteTally] = {}
+        self.statistics_interval_seconds = statistics_interval_seconds
+        self.statistics_published_at = time.monotonic()
+
+    async def on_enrollment(self, changes: Sequence[EnrollmentChanged]) -> list[BaseModel]:
+        """Keeps the service's own copy of who is insured where (for rule 4), in one pipeline."""
+        await self.store.run([
+            self.store.record_enrollment(change.event_id, fingerprint(change.model_dump_json()), change.person_id,
+                                         change.insurance_type, change.region, change.status)
+            for change in changes
+        ])
+        return []
+
+    async def on_claims(self, claims: Sequence[Claim]) -> list[BaseModel]:
+        """One round trip reads the recipients, one pipeline records every claim in batch order
+        (so a recipient's claims apply one after another), then the answers are built."""
+        now = self.clock.now()
+        recipients = await self.store.recipients([claim.recipient_id for claim in claims])
+        contents = [fingerprint(claim.model_dump_json()) for claim in claims]
+        calls = [
+            self._accept(claim, content, recipient, now) if claim.kind == "settle" else self._reverse(claim, content, now)
+            for claim, content, recipient in zip(claims, contents, recipients, strict=True)
+        ]
+        steps = await self.store.run(calls)
+        outputs: list[BaseModel] = []
+        for claim, content, step in zip(claims, contents, steps, strict=True):
+            if step.conflict:
+                outputs.append(self._conflict(claim, content, now))
+            elif claim.kind == "settle":
+                outputs.extend(self._accepted(claim, step, now))
+            else:
+                outputs.extend(self._reversed(claim, step, now))
+        return [*outputs, *self._statistics_due()]
+
+    def _accept(self, claim: Claim, content: str, recipient: tuple[str, str] | None, now: datetime) -> Call:
+        assessment = assess_claim(claim, recipient)
+        record = {
+            "fingerprint": content, "kind": "settle", "recipient_id": claim.recipient_id,
+            "category": claim.category, "service_region": claim.service_region,
+            "requested": claim.amount_fen, "payable": assessment.payable_fen, "shortfall": assessment.shortfall,
+            "status": "pending",
+        }
+        if assessment.refusal:
+            record |= {"status": "final", "result": {"status": "rejected", "paid": 0, "payers": [], "owed": {},
+                                                     "reason": assessment.refusal, "at": rfc3339(now)}}
+        return self.store.accept(claim.recipient_id, claim.claim_id, record)
+
+    def _accepted(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel]:
+        record = step.result
+        if record["status"] == "pending":  # new, or redelivered before the wallet answered: (re)ask
+            return [DrawRequested(
+                request_id=derived_event_id("settlement", claim.claim_id, "draw"), claim_id=claim.claim_id,
+                recipient_id=claim.recipient_id, amount_fen=record["payable"], requested_at=now,
+                context=ClaimContext(requested_fen=record["requested"], service_region=record["service_region"],
+                                     shortfall=record["shortfall"]),
+            )]
+        if step.outcome == "applied":
+            self._tally(record)
+        return [settlement_event(claim.claim_id, record)]
+
+    def _conflict(self, claim: Claim, content: str, now: datetime) -> SettlementEvent:
+        """A claim id used before for other content: refused, and the first result stands."""
+        CONFLICTS.labels("settlement", "claims").inc()
+        return SettlementEvent(
+            event_id=derived_event_id("settlement", claim.claim_id, "conflict", content),
+            cause_id=claim.claim_id, claim_id=claim.claim_id, recipient_id=claim.recipient_id, status="rejected",
+            requested_fen=claim.amount_fen or 0, paid_fen=0, self_pay_fen=claim.amount_fen or 0, payers=[],
+            reason=ReasonCode.CONFLICT, category=claim.category, service_region=claim.service_region,
+            reverses=claim.reverses, settled_at=now,
+        )
+
+    def _reverse(self, claim: Claim, content: str, now: datetime) -> Call:
+        assert claim.reverses is not None  # the contract requires it for a reversal
+        record = {"fingerprint": content, "kind": "reverse", "recipient_id": claim.recipient_id,
+                  "reverses": claim.reverses, "status": "pending"}
+        return self.store.reverse(claim.recipient_id, claim.claim_id, record, claim.reverses,
+                                  shanghai_month(now), rfc3339(now))
+
+    def _reversed(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel]:
+        if step.outcome == "applied":
+            self._tally(step.result)
+        outputs: list[BaseModel] = [settlement_event(claim.claim_id, step.result)]
+        if step.result["result"]["status"] == "reversed":
+            outputs.append(RefundRequested(
+                request_id=derived_event_id("settlement", claim.claim_id, "refund"), claim_id=claim.claim_id,
+                original_claim_id=claim.reverses, recipient_id=claim.recipient_id,
+                payers=[Payer(**payer) for payer in step.result["result"]["payers"] or []], requested_at=now,
+            ))
+        return outputs
+
+    async def on_draw_answers(self, answers: Sequence[DrawAnswered]) -> list[BaseModel]:
+        """The wallet's answers complete their claims: one pipeline, in batch order."""
+        now = self.clock.now()
+        steps = await self.store.run([self._finish(answer, now) for answer in answers])
+        outputs: list[BaseModel] = []
+        for answer, step in zip(answers, steps, strict=True):
+            if step.outcome == "applied":
+                self._tally(step.result)
+            outputs.append(settlement_event(answer.claim_id, step.result))
+        return [*outputs, *self._statistics_due()]
+
+    def _finish(self, answer: DrawAnswered, now: datetime) -> Call:
+        requested = answer.context.requested_fen
+        shortfall = answer.reason if answer.paid_fen < answer.requested_fen else answer.context.shortfall
+        result = {
+            "status": settlement_status(requested, answer.paid_fen), "paid": answer.paid_fen,
+            "payers": [payer.model_dump() for payer in answer.payers],
+            "owed": clearing_contributions(answer.payers, answer.context.service_region),
+            "reason": shortfall if answer.paid_fen < requested else None,
+            "at": rfc3339(now),
+        }
+        return self.store.finish(answer.recipient_id, answer.claim_id, result, shanghai_month(now))
+
+    def _tally(self, record: dict) -> None:
+        result = record["result"]
+        minute = datetime.fromisoformat(result["at"]).strftime("%Y-%m-%dT%H:%M")
+        tally = self.tallies.setdefault(minute, MinuteTally.empty())
+        tally.add(result["status"], record.get("category") or "reversal", result["paid"], result.get("owed") or {},
+                  result.get("reason"))
+
+    def _statistics_due(self) -> list[StatisticsSnapshot]:
+        """Snapshots of the minutes tallied since the last publication, at most once per interval."""
+        if not self.tallies or time.monotonic() - self.statistics_published_at < self.statistics_interval_seconds:
+            return []
+        self.statistics_published_at = time.monotonic()
+        now = self.clock.now()
+        snapshots = [
+            StatisticsSnapshot(
+                event_id=derived_event_id("statistics", self.instance, minute, now.isoformat()),
+                instance=self.instance, minute=minute,
+                by_status=_counts(tally.by_status), by_category=_counts(tally.by_category),
+                by_province_pair=_counts(tally.by_province_pair),
+                rejections_by_reason=_counts(tally.rejections_by_reason), published_at=now,
+            )
+            for minute, tally in sorted(self.tallies.items())
+        ]
+        current_minute = now.strftime("%Y-%m-%dT%H:%M")
+        self.tallies = {minute: tally for minute, tally in self.tallies.items() if minute >= current_minute}
+        return snapshots
+
+
+def _counts(table: dict[str, list[int]]) -> list[StatisticsCount]:
+    return [StatisticsCount(key=key, count=count, amount_fen=amount) for key, (count, amount) in sorted(table.items())]

@@ -1,0 +1,106 @@
+--[[
+Settlement service state. Claims are spread over shards ({s<N>}, N from the recipient id), so one
+claim, its reversal and the clearing accumulators they touch share one hash slot.
+Per shard S (prefix stl:{s<S>}):
+  :claims          hash  claim id -> record json (fingerprint, status pending|final, figures, result)
+  :clearing:<YYYY-MM>  hash  "<payer province>><payee province>" -> fen; "...#claims" -> count
+  :closed          hash  month -> the month's accumulator as closed (a statement never changes)
+Per person X: stl:{p:X}:seen, stl:{p:X}:enrollment (insurance_type, region, status).
+]]
+
+local function month_after(month)
+  local year, number = tonumber(string.sub(month, 1, 4)), tonumber(string.sub(month, 6, 7))
+  if number == 12 then return string.format('%04d-01', year + 1) end
+  return string.format('%04d-%02d', year, number + 1)
+end
+
+-- Claims arriving after their month was closed count in the next open month.
+local function open_month(closed_key, month)
+  while redis.call('HEXISTS', closed_key, month) == 1 do month = month_after(month) end
+  return month
+end
+
+-- Adds (sign 1) or takes back (sign -1) a claim's cross-province amounts.
+local function accumulate(prefix, month, owed, sign)
+  local key = prefix .. ':clearing:' .. month
+  for pair, amount in pairs(owed) do
+    redis.call('HINCRBY', key, pair, sign * amount)
+    redis.call('HINCRBY', key, pair .. '#claims', sign)
+  end
+end
+
+-- KEYS: claims   ARGV: claim_id, record json (with .fingerprint)
+local function accept(keys, args)
+  local existing = redis.call('HGET', keys[1], args[1])
+  if existing then
+    local record = cjson.decode(existing)
+    if record.fingerprint ~= cjson.decode(args[2]).fingerprint then return {'conflict', existing} end
+    return {'duplicate', existing}
+  end
+  redis.call('HSET', keys[1], args[1], args[2])
+  return {'applied', args[2]}
+end
+
+-- The wallet's answer completes a pending claim, once.
+-- KEYS: claims, closed   ARGV: claim_id, result json {status, paid, payers, reason, owed, at},
+--                               month, shard prefix
+local function finish(keys, args)
+  local record = cjson.decode(redis.call('HGET', keys[1], args[1]))
+  if record.status ~= 'pending' then return {'duplicate', cjson.encode(record)} end
+  local result = cjson.decode(args[2])
+  result.month = open_month(keys[2], args[3])
+  accumulate(args[4], result.month, result.owed, 1)
+  record.status, record.result = 'final', result
+  local encoded = cjson.encode(record)
+  redis.call('HSET', keys[1], args[1], encoded)
+  return {'applied', encoded}
+end
+
+-- A refund (退费) cancels a whole settled claim.
+-- KEYS: claims, closed   ARGV: reversal id, record json, original claim id, month, shard prefix, now
+local function reverse(keys, args)
+  local existing = redis.call('HGET', keys[1], args[1])
+  local record = cjson.decode(args[2])
+  if existing then
+    local stored = cjson.decode(existing)
+    if stored.fingerprint ~= record.fingerprint then return {'conflict', existing} end
+    return {'duplicate', existing}
+  end
+  local original = redis.call('HGET', keys[1], args[3])
+  original = original and cjson.decode(original) or nil
+  local result = {at = args[6], paid = 0, payers = {}, owed = {}}
+  if not original or original.status ~= 'final' or original.result.paid == 0 then
+    result.status, result.reason = 'rejected', 'UNKNOWN_CLAIM'
+  elseif original.reversed_by then
+    result.status, result.reason = 'rejected', 'ALREADY_REVERSED'
+  else
+    result.status, result.paid, result.payers, result.owed = 'reversed', original.result.paid,
+      original.result.payers, original.result.owed
+    result.month = open_month(keys[2], args[4])
+    accumulate(args[5], result.month, result.owed, -1)
+    original.reversed_by = args[1]
+    redis.call('HSET', keys[1], args[3], cjson.encode(original))
+  end
+  record.status, record.result, record.requested = 'final', result, original and original.result.paid or 0
+  local encoded = cjson.encode(record)
+  redis.call('HSET', keys[1], args[1], encoded)
+  return {'applied', encoded}
+end
+
+-- KEYS: closed, clearing:<month>   ARGV: month, now
+local function close_month(keys, args)
+  local closed = redis.call('HGET', keys[1], args[1])
+  if closed then return closed end
+  local totals = {_closed_at = args[2]}
+  local fields = redis.call('HGETALL', keys[2])
+  for i = 1, #fields, 2 do totals[fields[i]] = tonumber(fields[i + 1]) end
+  local encoded = cjson.encode(totals)
+  redis.call('HSET', keys[1], args[1], encoded)
+  return encoded
+end
+
+redis.register_function('settlement_accept', accept)
+redis.register_function('settlement_finish', finish)
+redis.register_function('settlement_reverse', reverse)
+redis.register_function('settlement_close_month', close_month)
+redis.register_function('settlement_record_enrollment', record_enrollment_copy)
