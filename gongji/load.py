@@ -1,0 +1,377 @@
+"""`gongji load`: builds a synthetic population through the public topics, then publishes claims at
+a target rate and measures each one from publish to its settlement event."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+from redis.asyncio import Redis
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from gongji.audit import audit
+from gongji.kafka_io import TopicWatcher, make_producer
+from gongji.population import Family, PopulationBuilder
+from shared.clock import SHANGHAI
+from shared.settings import Settings
+from shared.topics import (
+    ACCOUNT_CREDITS, CLAIMS, DEAD_LETTERS, ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, RELATIONSHIP_EVENTS,
+    SETTLEMENTS, WALLET_COMMANDS, WALLET_EVENTS, Topic,
+)
+
+# Refusals that only mean "the facts have not reached that service yet": try again shortly.
+NOT_YET = {"KINSHIP_UNVERIFIED", "RECIPIENT_NOT_INSURED", "PROVIDER_NOT_EMPLOYEE", "RELATIONSHIP_NOT_ACTIVE"}
+RETRY_SECONDS = 0.5
+LATENCY_MAX_US = 600_000_000
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    persons: int = 3_000
+    rate: float = 1_000.0
+    duration_seconds: float = 30.0
+    duplicate_share: float = 0.01
+    malformed_share: float = 0.001
+    seed: int = 0
+    report_dir: Path = Path("reports")
+    setup_timeout_seconds: float = 300.0
+    drain_timeout_seconds: float = 120.0
+
+
+def _now() -> str:
+    return datetime.now(SHANGHAI).isoformat()
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class LoadRun:
+    def __init__(self, settings: Settings, options: LoadOptions, console: Console) -> None:
+        self.settings = settings
+        self.options = options
+        self.console = console
+        self.builder = PopulationBuilder(options.seed or uuid.uuid4().int)
+        self.producer = make_producer(settings)
+        self.watcher = TopicWatcher(settings, [RELATIONSHIP_EVENTS, WALLET_EVENTS, SETTLEMENTS, DEAD_LETTERS],
+                                    self._on_message)
+        self.actions: asyncio.Queue = asyncio.Queue()
+        # Setup: what each command was for, and which relationships are ready for claims.
+        self.command_pairs: dict[str, tuple[str, str]] = {}
+        self.pairs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.ready: set[tuple[str, str]] = set()
+        self.refused: dict[tuple[str, str], str] = {}  # refused for good: "type: REASON"
+        self.credits_sent: set[str] = set()
+        self.credits_confirmed: set[str] = set()
+        # Claims: publish time, results and latencies.
+        self.published_ns: dict[str, int] = {}
+        self.result_ids: dict[str, set[str]] = defaultdict(set)
+        self.first_result: dict[str, dict] = {}
+        self.histogram = HdrHistogram(1, LATENCY_MAX_US, 3)
+        self.seconds: dict[int, dict[str, Any]] = defaultdict(lambda: {"published": 0, "settled": 0,
+                                                                        "hist": HdrHistogram(1, LATENCY_MAX_US, 2)})
+        self.claims_started_ns = 0
+        self.dead_letters = 0
+
+    async def send(self, topic: Topic, message: dict[str, Any] | bytes, key: str) -> None:
+        value = message if isinstance(message, bytes) else json.dumps(message).encode()
+        await self.producer.send(topic.name, value, key=key.encode())
+
+    # ---- watching the outputs ------------------------------------------------------------
+
+    def _on_message(self, topic: str, value: dict[str, Any]) -> None:
+        if topic == SETTLEMENTS.name:
+            self._on_settlement(value)
+        elif topic == RELATIONSHIP_EVENTS.name:
+            self._on_relationship_event(value)
+        elif topic == WALLET_EVENTS.name:
+            self._on_wallet_event(value)
+        elif topic == DEAD_LETTERS.name:
+            self.dead_letters += 1
+
+    def _on_settlement(self, value: dict[str, Any]) -> None:
+        claim_id = value["claim_id"]
+        started = self.published_ns.get(claim_id)
+        if started is None:
+            return
+        self.result_ids[claim_id].add(value["event_id"])
+        if claim_id in self.first_result:
+            return
+        arrived = time.monotonic_ns()
+        self.first_result[claim_id] = value
+        latency_us = max(1, (arrived - started) // 1000)
+        self.histogram.record_value(latency_us)
+        second = self.seconds[(arrived - self.claims_started_ns) // 1_000_000_000]
+        second["settled"] += 1
+        second["hist"].record_value(latency_us)
+
+    def _on_relationship_event(self, value: dict[str, Any]) -> None:
+        pair = self.command_pairs.get(value["cause_id"])
+        if pair is None:
+            return
+        if value["type"] == "requested":
+            self.actions.put_nowait(("accept", pair))
+        elif value["type"] == "established":
+            self.actions.put_nowait(("grant", pair))
+        elif value["type"] == "rejected":
+            self._refused_or_later(pair, "request", value)
+
+    def _on_wallet_event(self, value: dict[str, Any]) -> None:
+        if value["type"] == "credited" and value["cause_id"] in self.credits_sent:
+            self.credits_confirmed.add(value["cause_id"])
+            return
+        pair = self.command_pairs.get(value["cause_id"])
+        if pair is None:
+            return
+        if value["type"] == "granted":
+            self.ready.add(pair)
+        elif value["type"] == "grant_rejected":
+            self._refused_or_later(pair, "grant", value)
+
+    def _refused_or_later(self, pair: tuple[str, str], action: str, value: dict[str, Any]) -> None:
+        """A refusal that only means "not yet" is retried; any other ends that family's setup,
+        and the report says why (say, DUPLICATE_RELATIONSHIP when a seed is run twice on one state)."""
+        if value["reason"] in NOT_YET:
+            self._later((action, pair))
+        else:
+            self.refused[pair] = f"{value['type']}: {value['reason']}"
+
+    def _later(self, action: tuple[str, tuple[str, str]]) -> None:
+        """Retries after a short pause, without holding up the other families."""
+        asyncio.get_running_loop().call_later(RETRY_SECONDS, self.actions.put_nowait, action)
+
+    # ---- phase 1: the population ---------------------------------------------------------
+
+    async def build_population(self, families: list[Family]) -> float:
+        started = time.monotonic()
+        for family in families:
+            people = [family.provider, *(recipient for recipient, _ in family.recipients)]
+            for person in people:
+                await self.send(ENROLLMENT, {"event_id": _id("enr"), "person_id": person.person_id,
+                                             "insurance_type": person.insurance_type, "region": person.region,
+                                             "status": "normal", "occurred_at": _now()}, person.person_id)
+            credit_id = _id("cred")
+            self.credits_sent.add(credit_id)
+            await self.send(ACCOUNT_CREDITS, {"event_id": credit_id, "person_id": family.provider.person_id,
+                                              "amount_fen": family.balance_fen, "occurred_at": _now()},
+                            family.provider.person_id)
+            for recipient, kinship in family.recipients:
+                pair = (family.provider.person_id, recipient.person_id)
+                self.pairs[pair] = {"region": recipient.region, "kinship": kinship,
+                                    "quota": min(200_000, family.balance_fen // len(family.recipients))}
+                await self.send(KINSHIP, {"event_id": _id("kin"), "person_id": pair[0], "relative_id": pair[1],
+                                          "kinship": kinship, "occurred_at": _now()}, pair[0])
+        await self.producer.flush()
+        deadline = time.monotonic() + self.options.setup_timeout_seconds
+        with self._progress() as progress:
+            # Grants need the money there first; the registry facts have no answer, refusals retry them.
+            task = progress.add_task("accounts credited", total=len(self.credits_sent))
+            while self.credits_confirmed != self.credits_sent and time.monotonic() < deadline:
+                progress.update(task, completed=len(self.credits_confirmed))
+                await asyncio.sleep(0.1)
+            progress.update(task, completed=len(self.credits_confirmed))
+            worker = asyncio.create_task(self._act())
+            for pair in self.pairs:
+                await self._command("request", pair)
+            task = progress.add_task("relationships and grants", total=len(self.pairs))
+            while len(self.ready) + len(self.refused) < len(self.pairs) and time.monotonic() < deadline:
+                progress.update(task, completed=len(self.ready))
+                await asyncio.sleep(0.2)
+            progress.update(task, completed=len(self.ready))
+        worker.cancel()
+        return time.monotonic() - started
+
+    async def _command(self, action: str, pair: tuple[str, str]) -> None:
+        """Sends a family's next command; its answer, matched by command_id, decides the step after."""
+        provider_id, recipient_id = pair
+        details = self.pairs[pair]
+        command_id = _id(action)
+        self.command_pairs[command_id] = pair
+        message = {"command_id": command_id, "action": action,
+                   "actor_id": recipient_id if action == "accept" else provider_id,
+                   "provider_id": provider_id, "recipient_id": recipient_id, "requested_at": _now()}
+        if action == "request":
+            message |= {"recipient_region": details["region"], "kinship": details["kinship"]}
+        elif action == "grant":
+            message |= {"recipient_region": details["region"], "amount_fen": details["quota"]}
+        await self.send(WALLET_COMMANDS if action == "grant" else RELATIONSHIP_COMMANDS, message, provider_id)
+
+    async def _act(self) -> None:
+        while True:
+            await self._command(*await self.actions.get())
+
+    # ---- phase 2: claims at a target rate -------------------------------------------------
+
+    def _claim(self, recipient_id: str, region: str) -> dict[str, Any]:
+        category = self.builder.category()
+        amount = self.builder.claim_amount(category)
+        rng = self.builder.rng
+        service_region = region if rng.random() < 0.7 else f"{rng.choice(['11', '31', '44', '51'])}0100"
+        claim = {"claim_id": _id("claim"), "kind": "settle", "recipient_id": recipient_id, "recipient_region": region,
+                 "category": category.name, "service_region": service_region, "amount_fen": amount,
+                 "institution_code": f"{'P' if category.name == 'pharmacy' else 'H'}{service_region}{rng.randrange(10**5):05d}",
+                 "occurred_at": _now()}
+        if category.name == "pharmacy":
+            in_catalogue = amount if rng.random() < 0.9 else amount // 2
+            claim["items"] = [{"code": "XB01AC06", "in_catalogue": True, "amount_fen": in_catalogue}]
+            if in_catalogue < amount:
+                claim["items"].append({"code": "NON-CAT", "in_catalogue": False, "amount_fen": amount - in_catalogue})
+        return claim
+
+    async def publish_claims(self) -> dict[str, int]:
+        recipients = sorted({(pair[1], self.pairs[pair]["region"]) for pair in self.ready})
+        if not recipients:
+            refused = dict(Counter(self.refused.values()))
+            raise RuntimeError(f"no relationship became ready (refused: {refused or 'none'}; "
+                               f"unanswered: {len(self.pairs) - len(self.refused)}): "
+                               "are the services running (`gongji run all`)?")
+        rng = self.builder.rng
+        sent: list[tuple[bytes, str]] = []
+        counts = Counter()
+        self.claims_started_ns = time.monotonic_ns()
+        total = int(self.options.rate * self.options.duration_seconds)
+        with self._progress() as progress:
+            task = progress.add_task(f"claims at {self.options.rate:,.0f}/s", total=total)
+            while counts["claims"] < total:
+                elapsed = (time.monotonic_ns() - self.claims_started_ns) / 1e9
+                due = min(total, int(self.options.rate * elapsed)) - counts["claims"]
+                for _ in range(due):
+                    roll = rng.random()
+                    if roll < self.options.malformed_share:
+                        await self.producer.send(CLAIMS.name, b'{"claim_id": "broken', key=b"load")
+                        counts["malformed"] += 1
+                    elif roll < self.options.malformed_share + self.options.duplicate_share and sent:
+                        value, key = rng.choice(sent)
+                        await self.producer.send(CLAIMS.name, value, key=key.encode())
+                        counts["duplicates"] += 1
+                    else:
+                        recipient_id, region = rng.choice(recipients)
+                        claim = self._claim(recipient_id, region)
+                        value = json.dumps(claim).encode()
+                        self.published_ns[claim["claim_id"]] = time.monotonic_ns()
+                        self.seconds[int(elapsed)]["published"] += 1
+                        await self.producer.send(CLAIMS.name, value, key=recipient_id.encode())
+                        if len(sent) < 10_000:
+                            sent.append((value, recipient_id))
+                        counts["claims"] += 1
+                progress.update(task, completed=counts["claims"])
+                await asyncio.sleep(0.005)
+        await self.producer.flush()
+        return dict(counts)
+
+    async def drain(self) -> None:
+        deadline = time.monotonic() + self.options.drain_timeout_seconds
+        with self._progress() as progress:
+            task = progress.add_task("waiting for every settlement", total=len(self.published_ns))
+            while len(self.first_result) < len(self.published_ns) and time.monotonic() < deadline:
+                progress.update(task, completed=len(self.first_result))
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1.0)  # late duplicates would show as a second result
+            progress.update(task, completed=len(self.first_result))
+
+    def _progress(self) -> Progress:
+        return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
+                        TimeElapsedColumn(), console=self.console, transient=False)
+
+
+def _percentiles_ms(histogram: HdrHistogram) -> dict[str, float]:
+    return {name: round(histogram.get_value_at_percentile(p) / 1000, 2)
+            for name, p in (("p50", 50), ("p95", 95), ("p99", 99))} | {
+        "max": round(histogram.get_max_value() / 1000, 2), "mean": round(histogram.get_mean_value() / 1000, 2)}
+
+
+async def run_load(settings: Settings, options: LoadOptions, console: Console) -> dict[str, Any]:
+    run = LoadRun(settings, options, console)
+    await run.producer.start()
+    await run.watcher.start()
+    try:
+        families = run.builder.families(options.persons)
+        setup_seconds = await run.build_population(families)
+        counts = await run.publish_claims()
+        await run.drain()
+    finally:
+        await run.watcher.stop()
+        await run.producer.stop()
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        report_audit = await audit(redis, settings.settlement_shards)
+    finally:
+        await redis.aclose()
+
+    results = run.first_result
+    last_result_second = max((s for s, v in run.seconds.items() if v["settled"]), default=0) + 1
+    window = max(options.duration_seconds, last_result_second)
+    timeline = [{"second": second, "published": v["published"], "settled": v["settled"],
+                 **({"p50_ms": v["hist"].get_value_at_percentile(50) / 1000,
+                     "p99_ms": v["hist"].get_value_at_percentile(99) / 1000} if v["settled"] else {})}
+                for second, v in sorted(run.seconds.items())]
+    steady = [point["settled"] for point in timeline[2:-2]] or [0]
+    report = {
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
+        "population": {"persons": sum(1 + len(f.recipients) for f in families), "families": len(families),
+                       "relationships": len(run.pairs), "ready": len(run.ready),
+                       "refused": dict(Counter(run.refused.values())),
+                       "unanswered": len(run.pairs) - len(run.ready) - len(run.refused),
+                       "setup_seconds": round(setup_seconds, 1)},
+        "claims": {"published": counts.get("claims", 0), "duplicates_sent": counts.get("duplicates", 0),
+                   "malformed_sent": counts.get("malformed", 0), "with_result": len(results),
+                   "without_result": len(run.published_ns) - len(results),
+                   "with_more_than_one_result": sum(1 for ids in run.result_ids.values() if len(ids) > 1)},
+        "throughput": {"offered_per_second": options.rate,
+                       "settled_per_second": round(len(results) / window, 1),
+                       "settled_per_second_median_of_seconds": sorted(steady)[len(steady) // 2]},
+        "latency_ms": _percentiles_ms(run.histogram),
+        "by_status": dict(Counter(r["status"] for r in results.values())),
+        "by_category": dict(Counter(r.get("category") for r in results.values())),
+        "rejections_by_reason": dict(Counter(r["reason"] for r in results.values() if r["reason"])),
+        "dead_letters_seen": run.dead_letters,
+        "audit": {"clean": report_audit.clean, "breaches": report_audit.breaches[:20],
+                  "accounts": report_audit.accounts, "claims": report_audit.claims},
+        "timeline": timeline,
+    }
+    return report
+
+
+def write_report(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(SHANGHAI).strftime("%Y%m%d-%H%M%S")
+    json_path = directory / f"load-{stamp}.json"
+    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    png_path = directory / f"load-{stamp}.png"
+    _plot(report, png_path)
+    return json_path, png_path
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timeline = report["timeline"]
+    seconds = [point["second"] for point in timeline]
+    figure, (throughput, latency) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    throughput.plot(seconds, [p["published"] for p in timeline], label="published /s")
+    throughput.plot(seconds, [p["settled"] for p in timeline], label="settled /s")
+    throughput.set_ylabel("claims per second")
+    throughput.legend()
+    throughput.set_title(f"gongji load: {report['options']['rate']:,.0f}/s offered, "
+                         f"{report['throughput']['settled_per_second']:,.0f}/s settled")
+    latency.plot(seconds, [p.get("p50_ms") for p in timeline], label="p50")
+    latency.plot(seconds, [p.get("p99_ms") for p in timeline], label="p99")
+    latency.set_ylabel("publish → settlement (ms)")
+    latency.set_xlabel("second of the claim phase")
+    latency.set_yscale("log")
+    latency.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)

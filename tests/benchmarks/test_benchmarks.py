@@ -1,0 +1,180 @@
+"""Speed, measured and printed (never asserted as a timing):
+
+1. End to end versus a baseline on the same broker: the same claim messages through a raw aiokafka
+   consume → produce pass-through, and through Gongji (claims → settlement → wallet → settlement);
+   prints both rates and their ratio.
+2. Cost per claim at two population sizes: the settlement and wallet handlers against the real
+   Redis with 10^4 and a larger preloaded population; prints µs per claim for each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from datetime import datetime
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from hdrh.histogram import HdrHistogram
+from redis.asyncio import Redis
+
+from gongji.load import LoadOptions, run_load
+from services.settlement.handlers import SettlementHandlers
+from services.settlement.store import SettlementStore
+from services.wallet.handlers import WalletHandlers
+from services.wallet.store import WalletStore
+from shared.clock import FixedClock
+from shared.contracts import (
+    AccountCredited, Claim, DrawAnswered, DrawRequested, EnrollmentChanged, RelationshipEvent, WalletCommand,
+)
+from shared.ids import make_person_id
+from shared.settings import Settings
+
+pytestmark = [pytest.mark.benchmark, pytest.mark.timeout(1800)]
+NOON = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
+CLAIMS = int(os.environ.get("GONGJI_BENCH_CLAIMS", "20000"))
+
+
+async def _pass_through(settings: Settings, messages: list[tuple[bytes, bytes]]) -> float:
+    """Raw aiokafka: consume each message and produce it to another topic, committing per batch."""
+    source, sink = f"bench-in-{uuid.uuid4().hex[:8]}", f"bench-out-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(source, settings.topic_partitions, 1), NewTopic(sink, settings.topic_partitions, 1)])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+                                linger_ms=2)
+    await producer.start()
+    for value, key in messages:
+        await producer.send(source, value, key=key)
+    await producer.flush()
+    consumer = AIOKafkaConsumer(source, bootstrap_servers=settings.kafka_bootstrap, group_id=source,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    started, moved = time.perf_counter(), 0
+    while moved < len(messages):
+        batches = await consumer.getmany(timeout_ms=100, max_records=500)
+        pending = []
+        for records in batches.values():
+            for record in records:
+                json.loads(record.value)  # a fair baseline parses what it forwards
+                pending.append(await producer.send(sink, record.value, key=record.key))
+        await asyncio.gather(*pending)
+        await consumer.commit()
+        moved += len(pending)
+    elapsed = time.perf_counter() - started
+    await consumer.stop()
+    await producer.stop()
+    return len(messages) / elapsed
+
+
+async def test_end_to_end_against_a_raw_pass_through(infrastructure) -> None:
+    settings = infrastructure
+    report = await run_load(settings, LoadOptions(persons=3000, rate=float(os.environ.get("GONGJI_BENCH_RATE", "3000")),
+                                                  duration_seconds=CLAIMS / 3000, duplicate_share=0,
+                                                  malformed_share=0), console=_quiet_console())
+    ours = report["throughput"]["settled_per_second"]
+    sample = {"claim_id": "x", "kind": "settle", "recipient_id": make_person_id("110101", "19800101", 1),
+              "recipient_region": "110100", "category": "institution", "service_region": "110100",
+              "amount_fen": 12_850, "occurred_at": NOON.isoformat()}
+    messages = [(json.dumps({**sample, "claim_id": f"b-{n}"}).encode(), str(n % 997).encode()) for n in range(CLAIMS)]
+    baseline = await _pass_through(settings, messages)
+    print(f"\nraw aiokafka pass-through: {baseline:,.0f} messages/s")
+    print(f"gongji claims settled:     {ours:,.0f} claims/s (offered {report['throughput']['offered_per_second']:,.0f}/s)")
+    print(f"ratio ours / baseline:     {ours / baseline:.2f}")
+    print(f"latency ms: {report['latency_ms']}")
+    assert report["claims"]["without_result"] == 0 and report["audit"]["clean"]
+
+
+def _quiet_console():
+    from rich.console import Console
+
+    return Console(quiet=True)
+
+
+async def _preload(wallet: WalletHandlers, settlement: SettlementHandlers, first: int, families: int
+                   ) -> list[tuple[str, str]]:
+    """Families of one provider and one recipient, written straight through the handlers."""
+    pairs = [(_person(2 * number), _person(2 * number + 1)) for number in range(first, first + families)]
+    chunk = 500
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start:start + chunk]
+        await wallet.on_enrollment([EnrollmentChanged(event_id=f"e{p}", person_id=p, insurance_type="employee",
+                                                      region="440300", status="normal", occurred_at=NOON)
+                                    for p, _ in part])
+        enrollment = [EnrollmentChanged(event_id=f"e{r}", person_id=r, insurance_type="resident",
+                                        region="510100", status="normal", occurred_at=NOON) for _, r in part]
+        await settlement.on_enrollment(enrollment)
+        await wallet.on_credits([AccountCredited(event_id=f"c{p}", person_id=p, amount_fen=10_000_000,
+                                                 occurred_at=NOON) for p, _ in part])
+        await wallet.on_relationship_events([RelationshipEvent(
+            event_id=f"r{p}", cause_id="bench", type="established", provider_id=p, recipient_id=r,
+            recipient_region="510100", occurred_at=NOON) for p, r in part])
+        await wallet.on_commands([WalletCommand(
+            command_id=f"g{p}", action="grant", actor_id=p, provider_id=p, recipient_id=r, recipient_region="510100",
+            amount_fen=200_000, requested_at=NOON) for p, r in part])
+    return pairs
+
+
+def _person(number: int) -> str:
+    """A valid ID per number: 1,000 serials for each day of birth from 1950."""
+    day, serial = divmod(number, 1000)
+    birth = datetime.fromordinal(datetime(1950, 1, 1).toordinal() + day).strftime("%Y%m%d")
+    return make_person_id("110101", birth, serial)
+
+
+async def _cost_per_claim(redis: Redis, pairs: list[tuple[str, str]], claims: int) -> tuple[float, HdrHistogram]:
+    """Settle `claims` claims of random families through settlement → wallet → settlement handlers."""
+    import random
+
+    clock = FixedClock(NOON)
+    settlement = SettlementHandlers(SettlementStore(redis, 64), clock, statistics_interval_seconds=3600)
+    wallet = WalletHandlers(WalletStore(redis), clock)
+    histogram = HdrHistogram(1, 10_000_000, 3)
+    rng = random.Random(7)
+    batch = 200
+    started = time.perf_counter()
+    for _ in range(claims // batch):
+        messages = []
+        for _ in range(batch):
+            _, recipient = rng.choice(pairs)
+            messages.append(Claim(claim_id=f"bench-{uuid.uuid4().hex}", kind="settle", recipient_id=recipient,
+                                  recipient_region="510100", category="institution", service_region="510100",
+                                  amount_fen=100, occurred_at=NOON))
+        t0 = time.perf_counter()
+        requests = [m for m in await settlement.on_claims(messages) if isinstance(m, DrawRequested)]
+        answers = [m for m in await wallet.on_draw_requests(requests) if isinstance(m, DrawAnswered)]
+        await settlement.on_draw_answers(answers)
+        histogram.record_value(max(1, int((time.perf_counter() - t0) / batch * 1e6)))
+    return (time.perf_counter() - started) / claims * 1e6, histogram
+
+
+async def test_cost_per_claim_stays_flat_as_the_population_grows(infrastructure) -> None:
+    sizes = [int(size) for size in os.environ.get("GONGJI_BENCH_POPULATIONS", "10000,100000").split(",")]
+    redis = Redis.from_url(infrastructure.redis_url.rsplit("/", 1)[0] + "/14")
+    await redis.flushdb()
+    wallet_store, settlement_store = WalletStore(redis), SettlementStore(redis, 64)
+    await wallet_store.load()
+    await settlement_store.load()
+    clock = FixedClock(NOON)
+    wallet = WalletHandlers(wallet_store, clock)
+    settlement = SettlementHandlers(settlement_store, clock, statistics_interval_seconds=3600)
+    results = []
+    loaded: list[tuple[str, str]] = []
+    for persons in sizes:
+        families = persons // 2
+        started = time.perf_counter()
+        loaded += await _preload(wallet, settlement, len(loaded), max(0, families - len(loaded)))
+        preload_seconds = time.perf_counter() - started
+        cost_us, histogram = await _cost_per_claim(redis, loaded, min(CLAIMS, 10_000))
+        results.append((persons, cost_us, histogram))
+        print(f"\n{persons:>9,} persons (preloaded in {preload_seconds:.0f}s, {await redis.dbsize():,} keys): "
+              f"{cost_us:,.0f} µs per claim; per-batch p50 {histogram.get_value_at_percentile(50)} µs, "
+              f"p99 {histogram.get_value_at_percentile(99)} µs")
+    print(f"cost ratio largest / smallest population: {results[-1][1] / results[0][1]:.2f}")
+    await redis.flushdb()
+    await redis.aclose()
