@@ -155,6 +155,9 @@ def subscribe(
         batch=True,
         group_id=group_id,
         auto_offset_reset="earliest",
+        # A crashed instance's partitions move on once its session lapses: the broker's minimum.
+        session_timeout_ms=6_000,
+        heartbeat_interval_ms=1_500,
         # Commit only after the batch's effects and outputs are done; on an unexpected error
         # seek back and retry (the effects are idempotent), never skip.
         ack_policy=AckPolicy.NACK_ON_ERROR,
