@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime
 
-from services.settlement.domain import GrossLine, net_positions
+from services.settlement.domain import gross_lines, net_positions
 from services.settlement.store import SettlementStore
 from shared.contracts import ClearingRow
 from shared.ids import derived_event_id
@@ -22,11 +22,7 @@ async def close_month(store: SettlementStore, month: str, now: str) -> list[Clea
         closed_at = min(closed_at, totals.pop("_closed_at"))
         for field, value in totals.items():
             amounts[field] += value
-    lines = [
-        GrossLine(pair[:2], pair[3:], amount, amounts[f"{pair}#claims"])
-        for pair, amount in sorted(amounts.items())
-        if "#" not in pair and amount != 0
-    ]
+    lines = gross_lines(amounts)
     at = datetime.fromisoformat(closed_at)
     rows = [
         ClearingRow(

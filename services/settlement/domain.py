@@ -67,6 +67,15 @@ class GrossLine:
     claims: int
 
 
+def gross_lines(totals: dict[str, int]) -> list[GrossLine]:
+    """A month's accumulator (`"35>53"`: fen, `"35>53#claims"`: count) as sorted gross lines."""
+    return [
+        GrossLine(pair[:2], pair[3:], amount, totals.get(f"{pair}#claims", 0))
+        for pair, amount in sorted(totals.items())
+        if "#" not in pair and amount != 0
+    ]
+
+
 def net_positions(lines: list[GrossLine]) -> dict[str, int]:
     """One position per province: what it receives minus what it pays. They sum to zero."""
     net: dict[str, int] = defaultdict(int)

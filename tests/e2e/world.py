@@ -10,6 +10,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from services.settlement.store import SettlementStore
+from shared.settings import Settings
 from shared.topics import (
     ACCOUNT_CREDITS, CLAIMS, ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, RELATIONSHIP_EVENTS, SETTLEMENTS,
     WALLET_COMMANDS, WALLET_EVENTS,
@@ -32,6 +34,14 @@ class World:
     def __init__(self, kafka: Kafka, redis: Redis) -> None:
         self.kafka = kafka
         self.redis = redis
+
+    async def clearing_totals(self) -> dict[str, dict[str, int]]:
+        """Every month's clearing accumulators as they stand: what other tests and load runs put
+        there, so that a test can tell its own share of a statement."""
+        store = SettlementStore(self.redis, Settings().settlement_shards)
+        keys = self.redis.scan_iter("stl:*:clearing:*", count=1000)
+        months = {key.decode().rsplit(":", 1)[1] async for key in keys}
+        return {month: await store.accumulators(month) for month in months}
 
     async def person(self, insurance_type: str = "employee", region: str = "440300", status: str = "normal") -> str:
         person_id = new_person_id()
