@@ -153,6 +153,21 @@ def _java() -> str:
     return _require("java", "install a Java 17 runtime (e.g. `apt-get install openjdk-17-jre-headless`).")
 
 
+def format_kafka_storage(java: str, paths: Paths, cluster_id: str) -> None:
+    """Formats the KRaft storage once. `--cluster-id=` keeps an id that starts with '-' (one in
+    64 random ids) from being read as an option."""
+    formatted = subprocess.run(
+        [java, "-cp", f"{paths.kafka_libs}/*", "kafka.tools.StorageTool", "format", "--standalone",
+         f"--cluster-id={cluster_id}", "-c", str(paths.kafka_config)],
+        capture_output=True, text=True,
+    )
+    if formatted.returncode != 0:
+        # The tool's own sentence: its usage text comes before it, a Java stack trace after it.
+        said = [line for line in (formatted.stderr or formatted.stdout).splitlines()
+                if line.strip() and not line.lstrip().startswith("at ")]
+        raise InfraError(f"formatting Kafka's storage in {paths.kafka_data} failed: {said[-1] if said else '?'}")
+
+
 def start_kafka(settings: Settings, paths: Paths) -> bool:
     """Start the broker unless ours is running; return True if it was started now."""
     host, port = _host_port(settings.kafka_bootstrap)
@@ -165,12 +180,7 @@ def start_kafka(settings: Settings, paths: Paths) -> bool:
     _write_kafka_config(settings, paths)
     classpath = f"{paths.kafka_libs}/*"
     if not (paths.kafka_data / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        subprocess.run(
-            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
-             "-t", cluster_id, "-c", str(paths.kafka_config)],
-            check=True, capture_output=True,
-        )
+        format_kafka_storage(java, paths, base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
     log = paths.kafka_log.open("ab")
     process = subprocess.Popen(
         [java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",

@@ -45,3 +45,16 @@ def test_a_missing_tool_is_one_sentence_naming_the_fix(monkeypatch) -> None:
         infra._java()
     with pytest.raises(infra.InfraError, match=r"`mvn` was not found on PATH: install Maven"):
         infra.fetch_kafka_jars(infra.Paths(infra.Path("/nonexistent")))
+
+
+def test_kafka_storage_formats_with_a_cluster_id_that_starts_with_a_dash(infrastructure, tmp_path) -> None:
+    own = infra.Paths(infrastructure.state_dir)
+    scratch = infra.Paths(tmp_path)
+    scratch.kafka_config.parent.mkdir(parents=True)
+    config = own.kafka_config.read_text().replace(f"log.dirs={own.kafka_data}", f"log.dirs={scratch.kafka_data}")
+    scratch.kafka_config.write_text(config)
+    scratch.kafka_libs.symlink_to(own.kafka_libs)
+    infra.format_kafka_storage(infra._java(), scratch, "-iBg2lTuRKWv6CqVtSPNbg")
+    assert "cluster.id=-iBg2lTuRKWv6CqVtSPNbg" in (scratch.kafka_data / "meta.properties").read_text()
+    with pytest.raises(infra.InfraError, match="formatting Kafka's storage .* failed: .*Invalid cluster.id"):
+        infra.format_kafka_storage(infra._java(), scratch, "AAAAAAAAAAAAAAAAAAAAAA")
