@@ -29,14 +29,18 @@ local function accumulate(prefix, month, owed, sign)
   end
 end
 
+-- An id recorded before: the same content is a duplicate, other content a conflict; nothing changes.
+local function recorded_before(claims_key, id, fingerprint)
+  local existing = redis.call('HGET', claims_key, id)
+  if not existing then return nil end
+  if cjson.decode(existing).fingerprint ~= fingerprint then return {'conflict', existing} end
+  return {'duplicate', existing}
+end
+
 -- KEYS: claims   ARGV: claim_id, record json (with .fingerprint)
 local function accept(keys, args)
-  local existing = redis.call('HGET', keys[1], args[1])
-  if existing then
-    local record = cjson.decode(existing)
-    if record.fingerprint ~= cjson.decode(args[2]).fingerprint then return {'conflict', existing} end
-    return {'duplicate', existing}
-  end
+  local prior = recorded_before(keys[1], args[1], cjson.decode(args[2]).fingerprint)
+  if prior then return prior end
   redis.call('HSET', keys[1], args[1], args[2])
   return {'applied', args[2]}
 end
@@ -59,13 +63,9 @@ end
 -- A refund (退费) cancels a whole settled claim.
 -- KEYS: claims, closed   ARGV: reversal id, record json, original claim id, month, shard prefix, now
 local function reverse(keys, args)
-  local existing = redis.call('HGET', keys[1], args[1])
   local record = cjson.decode(args[2])
-  if existing then
-    local stored = cjson.decode(existing)
-    if stored.fingerprint ~= record.fingerprint then return {'conflict', existing} end
-    return {'duplicate', existing}
-  end
+  local prior = recorded_before(keys[1], args[1], record.fingerprint)
+  if prior then return prior end
   local original = redis.call('HGET', keys[1], args[3])
   original = original and cjson.decode(original) or nil
   local result = {at = args[6], paid = 0, payers = {}, owed = {}}
