@@ -7,11 +7,12 @@ field named in the contract keeps its name and meaning.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from shared.ids import validate_person_id, validate_region
 from shared.money import Fen, PositiveFen
@@ -19,7 +20,18 @@ from shared.money import Fen, PositiveFen
 PersonId = Annotated[str, AfterValidator(validate_person_id)]
 Region = Annotated[str, AfterValidator(validate_region)]
 InputId = Annotated[str, Field(min_length=1, max_length=128)]
-Timestamp = AwareDatetime
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339_text(value: Any) -> Any:
+    """Times on the wire are RFC 3339 strings with an offset: an epoch number is not a time."""
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 time with an offset, e.g. 2026-03-02T10:15:00+08:00")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
 
 
 class ReasonCode(StrEnum):
@@ -48,6 +60,11 @@ class ReasonCode(StrEnum):
     ALREADY_REVERSED = "ALREADY_REVERSED"
     INSURANCE_CHANGED = "INSURANCE_CHANGED"
     INVALID_MESSAGE = "INVALID_MESSAGE"
+    # wave 2
+    SERVICE_REGION_MISMATCH = "SERVICE_REGION_MISMATCH"
+    NOT_REVERSIBLE = "NOT_REVERSIBLE"
+    CLAIM_TOO_OLD = "CLAIM_TOO_OLD"
+    AMOUNT_OUT_OF_RANGE = "AMOUNT_OUT_OF_RANGE"
 
 
 class Kinship(StrEnum):
@@ -123,12 +140,16 @@ class KinshipRecorded(_Input):
 
 
 class SupervisionActed(_Input):
-    """`gongji.supervision.v1`: misuse freezes an account (rule 16); unfreeze lifts it."""
+    """`gongji.supervision.v1`: misuse freezes an account (rule 16); an unfreeze lifts one freeze.
+
+    Each freeze stands on its own: the account stays frozen while any freeze stands. An unfreeze
+    lifts the freeze whose `event_id` it names in `lifts`, or without `lifts` the oldest standing one."""
 
     event_id: InputId
     person_id: PersonId
     action: Literal["freeze", "unfreeze"]
-    reason: str = Field(max_length=500)
+    reason: str = Field(min_length=1, max_length=500, pattern=r"\S")
+    lifts: InputId | None = None
     occurred_at: Timestamp
 
 
@@ -222,6 +243,9 @@ class RelationshipEvent(_Output):
     recipient_region: str | None = None
     kinship: str | None = None
     reason: ReasonCode | None = None
+    # Every change of one (provider, recipient) pair gets the next version: a consumer applies an
+    # event only if it is newer than what it holds, so a late, older event never undoes a newer one.
+    version: int | None = None
     occurred_at: datetime
 
 
@@ -288,8 +312,12 @@ class ClearingRow(_Output):
 
 
 class DeadLetter(_Output):
-    """`gongji.dead-letters.v1`, keyed by the source message's key."""
+    """`gongji.dead-letters.v1`, keyed by the source message's key. `event_id` is derived from
+    (topic, partition, offset): a record is dead-lettered under one id however often it is seen.
+    `reason`: `INVALID_MESSAGE` (it breaks the contract, or it failed every try: `error` says how),
+    `AMOUNT_OUT_OF_RANGE`, or `CONFLICT` (its id was used before for other content)."""
 
+    event_id: str | None = None
     source_topic: str
     partition: int
     offset: int

@@ -8,8 +8,12 @@ from pydantic import Field, StrictInt
 
 FEN_PER_YUAN = 100
 
-Fen = Annotated[StrictInt, Field(ge=0)]
-PositiveFen = Annotated[StrictInt, Field(gt=0)]
+# Every amount on the wire is at most 10^12 fen (10 billion yuan): far above any real payment, and
+# small enough that sums of many stay exact in Redis (int64) and in Lua (a double, exact to 2^53).
+MAX_AMOUNT_FEN = 10**12
+
+Fen = Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT_FEN)]
+PositiveFen = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT_FEN)]
 
 
 def yuan(amount: int) -> int:

@@ -25,8 +25,10 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import Counter, Histogram, make_asgi_app
 from pydantic import BaseModel, ValidationError
 
+from dataclasses import dataclass
+
 from shared.clock import Clock
-from shared.contracts import DeadLetter
+from shared.contracts import DeadLetter, ReasonCode
 from shared.settings import Settings
 from shared.topics import DEAD_LETTERS, Topic
 
@@ -39,6 +41,17 @@ BATCH_SECONDS = Histogram(
     "gongji_batch_seconds", "Time to handle one batch, outputs confirmed", ["service", "topic"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A handler's answer for an input that has no event stream of its own to carry a refusal
+    (enrollment, kinship, credits, supervision): the runtime sends the input's record to the
+    dead-letter topic with this reason, so that the sender can see it."""
+
+    message: BaseModel  # the input, exactly as the handler received it
+    reason: ReasonCode
+    error: str  # what is wrong, in words; never personal data
 
 
 def make_broker(settings: Settings) -> KafkaBroker:

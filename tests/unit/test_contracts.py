@@ -12,7 +12,7 @@ from stdnum.cn import ric
 
 from shared.contracts import AccountCredited, Claim, RelationshipCommand, WalletCommand
 from shared.ids import PROVINCE_CODES, make_person_id, mask_person_id, validate_person_id, validate_region
-from shared.money import format_fen, yuan
+from shared.money import MAX_AMOUNT_FEN, format_fen, yuan
 from shared.topics import ALL_TOPICS
 
 VALID_ID = make_person_id("110101", "19800101", 12)
@@ -64,9 +64,22 @@ def _credit(amount: object) -> dict:
     return {"event_id": "e1", "person_id": VALID_ID, "amount_fen": amount, "occurred_at": "2026-03-02T10:15:00+08:00"}
 
 
-@given(st.integers(min_value=1, max_value=10**15))
+@given(st.integers(min_value=1, max_value=MAX_AMOUNT_FEN))
 def test_positive_integer_fen_is_money(amount: int) -> None:
     assert AccountCredited.model_validate(_credit(amount)).amount_fen == amount
+
+
+@pytest.mark.parametrize("amount", [MAX_AMOUNT_FEN + 1, 10**15 + 1, 2**63, 2**64 + 5])
+def test_money_above_the_bound_is_refused(amount: int) -> None:
+    with pytest.raises(ValidationError, match="less than or equal"):
+        AccountCredited.model_validate_json(json.dumps(_credit(amount)))
+
+
+@pytest.mark.parametrize("when", [1772417700, 1772417700.5, "1772417700", "2026-03-02", "yesterday",
+                                  "2026-03-02T10:15:00"])
+def test_a_time_is_an_rfc3339_string_with_an_offset(when: object) -> None:
+    with pytest.raises(ValidationError, match="RFC 3339"):
+        AccountCredited.model_validate_json(json.dumps({**_credit(100), "occurred_at": when}))
 
 
 @pytest.mark.parametrize("amount", [0, -1, 1.5, 100.0, "100", True, None])
