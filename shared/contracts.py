@@ -25,7 +25,10 @@ _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-
 
 
 def _rfc3339_text(value: Any) -> Any:
-    """Times on the wire are RFC 3339 strings with an offset: an epoch number is not a time."""
+    """Times on the wire are RFC 3339 strings with an offset: an epoch number is not a time.
+    (An aware datetime built in code is a time already.)"""
+    if isinstance(value, datetime):
+        return value
     if not isinstance(value, str) or not _RFC3339.fullmatch(value):
         raise ValueError("must be an RFC 3339 time with an offset, e.g. 2026-03-02T10:15:00+08:00")
     return value
@@ -266,6 +269,8 @@ class WalletEvent(_Output):
     frozen_fen: int | None = None
     claim_id: str | None = None
     reason: ReasonCode | None = None
+    # On `frozen`/`unfrozen`: how many supervision freezes stand after this one (0: free to use).
+    standing_freezes: int | None = None
     occurred_at: datetime
 
 
