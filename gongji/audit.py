@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 
 from redis.asyncio import Redis
 
 from services.settlement.store import SettlementStore
 from services.wallet.domain import account_breaches
 from services.wallet.store import WalletStore
-from shared.clock import SystemClock, shanghai_day
 
 
 @dataclass
@@ -31,16 +29,13 @@ class AuditReport:
         return not self.breaches
 
 
-async def audit(redis: Redis, settlement_shards: int, now: datetime | None = None) -> AuditReport:
-    """`now` decides which daily grant counters are still alive to check: today's and yesterday's."""
-    now = now or SystemClock().now()
-    days = [shanghai_day(now - timedelta(days=1)), shanghai_day(now)]
+async def audit(redis: Redis, settlement_shards: int) -> AuditReport:
     report = AuditReport()
     wallet = WalletStore(redis)
     settlement = SettlementStore(redis, settlement_shards)
     wallet_paid = wallet_refunded = 0
     async for person_id in wallet.account_holders():
-        account = await wallet.snapshot(person_id, days)
+        account = await wallet.snapshot(person_id)
         report.accounts += 1
         report.breaches += account_breaches(account)
         wallet_paid += account.paid_fen

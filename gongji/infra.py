@@ -213,7 +213,7 @@ def start_redis(settings: Settings, paths: Paths) -> bool:
     paths.redis_dir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
         [server, "--bind", host, "--port", str(port), "--dir", str(paths.redis_dir),
-         "--appendonly", "yes", "--appendfsync", settings.redis_appendfsync,
+         "--appendonly", "yes", "--appendfsync", "always",
          "--save", "", "--protected-mode", "no", "--logfile", str(paths.redis_log),
          "--daemonize", "no"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

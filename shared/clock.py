@@ -46,12 +46,5 @@ def shanghai_month(moment: datetime) -> str:
     return moment.astimezone(SHANGHAI).strftime("%Y-%m")
 
 
-def seconds_until_next_shanghai_day(moment: datetime) -> int:
-    local = moment.astimezone(SHANGHAI)
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    elapsed = (local - midnight).total_seconds()
-    return max(1, int(24 * 3600 - elapsed) + 1)
-
-
 def rfc3339(moment: datetime) -> str:
     return moment.astimezone(SHANGHAI).isoformat(timespec="milliseconds")

@@ -12,3 +12,19 @@ def connect(settings: Settings) -> Redis:
     pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=settings.redis_max_connections,
                                            timeout=30)
     return Redis(connection_pool=pool)
+
+
+class RedisNotDurable(RuntimeError):
+    pass
+
+
+async def require_durable(redis: Redis) -> None:
+    """Refuses to run on a Redis that may lose acknowledged writes. A service commits its Kafka
+    offset once Redis has answered; with `appendfsync everysec` a crash could then roll back a
+    debit whose answer was already published as paid. Only AOF with `appendfsync always` is safe."""
+    config = await redis.config_get("appendonly")
+    config |= await redis.config_get("appendfsync")
+    if (config.get("appendonly"), config.get("appendfsync")) != ("yes", "always"):
+        raise RedisNotDurable(
+            f"Redis runs with appendonly={config.get('appendonly')}, appendfsync={config.get('appendfsync')}: "
+            "Gongji needs appendonly yes and appendfsync always (see README, Redis durability)")

@@ -14,10 +14,15 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
+from shared.redis_client import require_durable
+
 PRELUDE_LUA = Path(__file__).with_name("prelude.lua")
 
 
 async def load_library(redis: Redis, name: str, lua_file: Path) -> None:
+    """Every service loads its library before it consumes anything: the moment to refuse a Redis
+    that may lose acknowledged writes."""
+    await require_durable(redis)
     source = f"#!lua name={name}\n{PRELUDE_LUA.read_text()}\n{lua_file.read_text()}"
     await redis.function_load(source, replace=True)
 

@@ -1,11 +1,13 @@
 """The Kafka side that the three services share, built on FastStream: the broker, batch subscribers
 that acknowledge only after the effect, the dead-letter path, the outbox, health and metrics.
 
-Every subscriber consumes bounded batches from one partition. Its decoder validates each record
-against the topic's contract; a record that fails goes to `gongji.dead-letters.v1` with the reason
-and the batch goes on without it. The handler's outputs are all confirmed by Kafka before the batch
-is acknowledged (`NACK_ON_ERROR`: an unexpected error re-delivers the batch, whose effects are
-idempotent in Redis), so a crash at any point loses nothing and repeats no effect.
+Every subscriber consumes bounded batches. Its decoder validates each record against the topic's
+contract (and its Kafka key against the contract's key field); a record that fails goes to
+`gongji.dead-letters.v1` with the reason and the batch goes on without it. A record that the
+handler keeps failing on is dead-lettered alone after a few tries; its neighbours are not held up.
+The handler's outputs are all confirmed by Kafka before the batch is acknowledged (`NACK_ON_ERROR`:
+a transient error — Kafka or Redis unreachable — re-delivers the batch, whose effects are idempotent
+in Redis), so a crash at any point loses nothing and repeats no effect.
 """
 
 from __future__ import annotations
@@ -15,20 +17,25 @@ import base64
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
+
 from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream, make_ping_asgi
 from faststream.specification import AsyncAPI
 from faststream.kafka import KafkaBroker
 from prometheus_client import Counter, Histogram, make_asgi_app
 from pydantic import BaseModel, ValidationError
-
-from dataclasses import dataclass
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.clock import Clock
 from shared.contracts import DeadLetter, ReasonCode
+from shared.ids import derived_event_id
 from shared.settings import Settings
 from shared.topics import DEAD_LETTERS, Topic
 
@@ -91,31 +98,48 @@ class Outbox:
 
 
 class DeadLetterDecoder:
-    """Validates every record of a batch against its contract; sends the invalid ones, with the
-    reason, to the dead-letter topic and returns the valid ones as contract models."""
+    """Validates every record of a batch against its contract. The invalid ones become dead
+    letters, held until the batch's outputs are published (so that a batch retried after an
+    outage writes each of them once); the valid ones go to the handler as contract models."""
 
-    def __init__(self, service: str, topic: Topic, dead_letters: Outbox, clock: Clock) -> None:
+    def __init__(self, service: str, topic: Topic, clock: Clock) -> None:
         self._service = service
         self._topic = topic
-        self._dead_letters = dead_letters
         self._clock = clock
+        self.batch: list[tuple[ConsumerRecord, BaseModel]] = []
+        self.dead_letters: list[DeadLetter] = []
 
     async def __call__(self, message: Any) -> list[BaseModel]:
         records: Sequence[ConsumerRecord] = message.raw_message
-        valid, invalid = [], []
+        self.batch, self.dead_letters = [], []
         for record in records:
             try:
-                valid.append(self._topic.model.model_validate_json(record.value or b""))
+                model = self._topic.model.model_validate_json(record.value or b"")
             except ValidationError as error:
-                invalid.append(self._dead_letter(record, _describe(error)))
-        if invalid:
-            MESSAGES.labels(self._service, self._topic.name, "dead_lettered").inc(len(invalid))
-            await self._dead_letters.publish(invalid)
-        return valid
+                self.dead_letters.append(self.dead_letter(record, _describe(error), _reason(error)))
+                continue
+            if (wrong_key := self._wrong_key(record, model)) is not None:
+                self.dead_letters.append(self.dead_letter(record, wrong_key, ReasonCode.INVALID_MESSAGE))
+                continue
+            self.batch.append((record, model))
+        if self.dead_letters:
+            MESSAGES.labels(self._service, self._topic.name, "dead_lettered").inc(len(self.dead_letters))
+        return [model for _, model in self.batch]
 
-    def _dead_letter(self, record: ConsumerRecord, error: str) -> DeadLetter:
-        logger.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, error)
+    def _wrong_key(self, record: ConsumerRecord, model: BaseModel) -> str | None:
+        """Per-key order rests on the Kafka key: it must be the contract's key field, exactly."""
+        expected = str(getattr(model, self._topic.key_field))
+        if record.key is None:
+            return f"the Kafka key is missing: it must be the message's {self._topic.key_field}"
+        if record.key != expected.encode():
+            return f"the Kafka key differs from the message's {self._topic.key_field}"
+        return None
+
+    def dead_letter(self, record: ConsumerRecord, error: str, reason: ReasonCode) -> DeadLetter:
+        logger.warning("dead-lettered %s[%d]@%d (%s): %s", record.topic, record.partition, record.offset,
+                       reason.value, error)
         return DeadLetter(
+            event_id=derived_event_id("dead-letter", record.topic, str(record.partition), str(record.offset)),
             source_topic=record.topic,
             partition=record.partition,
             offset=record.offset,
@@ -124,19 +148,93 @@ class DeadLetterDecoder:
             at=self._clock.now(),
             service=self._service,
             source_key=(record.key or b"").decode(errors="replace"),
+            reason=reason,
         )
 
 
 def _describe(error: ValidationError) -> str:
     """A short, readable reason: which field, what is wrong (never the personal data itself)."""
     parts = []
-    for detail in error.errors(include_url=False, include_input=False)[:5]:
+    for detail in error.errors(include_url=False, include_input=False, include_context=False)[:5]:
         where = ".".join(str(step) for step in detail["loc"]) or "message"
         parts.append(f"{where}: {detail['msg']}")
     return "; ".join(parts)
 
 
-BatchHandler = Callable[[list[Any]], Awaitable[Sequence[BaseModel]]]
+def _reason(error: ValidationError) -> ReasonCode:
+    """An amount above the contract's bound has a reason of its own."""
+    for detail in error.errors(include_url=False, include_input=False):
+        if detail["type"] == "less_than_equal" and str(detail["loc"][-1]).endswith("_fen"):
+            return ReasonCode.AMOUNT_OUT_OF_RANGE
+    return ReasonCode.INVALID_MESSAGE
+
+
+# Errors that say the infrastructure is unwell, not the message: the batch is retried as a whole
+# (nothing is skipped) until Kafka or Redis answers again.
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, KafkaError, OSError, asyncio.TimeoutError)
+_TRANSIENT_REPLIES = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOPERM",
+                      "NOSCRIPT", "ERR Function not found")
+
+
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, _TRANSIENT):
+        return True
+    return isinstance(error, ResponseError) and str(error).startswith(_TRANSIENT_REPLIES)
+
+
+BatchHandler = Callable[[list[Any]], Awaitable[Sequence[BaseModel | Refused]]]
+
+
+async def handle_isolating_poison(
+    handler: BatchHandler, decoder: DeadLetterDecoder, attempts: int
+) -> list[BaseModel]:
+    """Runs the batch; if a record in it fails for a reason of its own, runs the records one by one
+    in their order (effects are idempotent, so the ones already applied answer as duplicates), and a
+    record that fails `attempts` times is dead-lettered alone: its neighbours and its partition go on.
+    A transient error is raised, so that the whole batch is retried and nothing is skipped."""
+    batch = decoder.batch
+    try:
+        answers = list(await handler([model for _, model in batch]))
+    except Exception as error:  # noqa: BLE001 - sorted below: transient, or one poisonous record
+        if is_transient(error):
+            raise
+        logger.warning("batch of %d failed (%s); handling its records one by one", len(batch), type(error).__name__)
+        answers = []
+        for record, model in batch:
+            answers.extend(await _handle_alone(handler, decoder, record, model, attempts))
+    records = {id(model): record for record, model in batch}
+    outputs: list[BaseModel] = []
+    for answer in answers:
+        if isinstance(answer, Refused):
+            outputs.append(decoder.dead_letter(records[id(answer.message)], answer.error, answer.reason))
+        else:
+            outputs.append(answer)
+    return [*decoder.dead_letters, *outputs]
+
+
+async def _handle_alone(handler: BatchHandler, decoder: DeadLetterDecoder, record: ConsumerRecord, model: BaseModel,
+                        attempts: int) -> Sequence[BaseModel | Refused]:
+    for attempt in range(1, attempts + 1):
+        try:
+            return await handler([model])
+        except Exception as error:  # noqa: BLE001
+            if is_transient(error):
+                raise
+            logger.warning("%s[%d]@%d failed (try %d of %d): %s", record.topic, record.partition, record.offset,
+                           attempt, attempts, type(error).__name__)
+            failure = f"processing failed {attempts} times: {type(error).__name__}"
+    return [Refused(model, ReasonCode.INVALID_MESSAGE, failure)]
+
+
+async def _without_instructions(records: tuple[ConsumerRecord, ...], parse: Callable) -> Any:
+    """Kafka headers are data, never instructions: `reply_to` is dropped (FastStream would publish
+    the handler's result to whatever topic it names), and a header that is not UTF-8 is kept
+    readable instead of failing the whole batch."""
+    return await parse(tuple(
+        replace(record, headers=[(name, (value or b"").decode(errors="replace").encode())
+                                 for name, value in record.headers if name != "reply_to"])
+        for record in records
+    ))
 
 
 def subscribe(
@@ -148,15 +246,15 @@ def subscribe(
     group_id: str,
     settings: Settings,
     outbox: Outbox,
-    dead_letters: Outbox,
     clock: Clock,
 ) -> None:
-    """Registers `handler` for bounded batches of `topic`; its outputs go through `outbox`."""
+    """Registers `handler` for bounded batches of `topic`; its outputs and the batch's dead
+    letters go through `outbox`, confirmed before the batch is acknowledged."""
+    decoder = DeadLetterDecoder(service, topic, clock)
 
     async def consume(batch: list[BaseModel]) -> None:
         with BATCH_SECONDS.labels(service, topic.name).time():
-            outputs = await handler(batch)
-            await outbox.publish(outputs)
+            await outbox.publish(await handle_isolating_poison(handler, decoder, settings.poison_attempts))
         MESSAGES.labels(service, topic.name, "processed").inc(len(batch))
 
     # FastStream reads the payload's schema (for validation and AsyncAPI) from the annotation.
@@ -171,12 +269,14 @@ def subscribe(
         # A crashed instance's partitions move on once its session lapses: the broker's minimum.
         session_timeout_ms=6_000,
         heartbeat_interval_ms=1_500,
-        # Commit only after the batch's effects and outputs are done; on an unexpected error
-        # seek back and retry (the effects are idempotent), never skip.
+        # Commit only after the batch's effects and outputs are done; on a transient error seek
+        # back and retry (the effects are idempotent), never skip.
         ack_policy=AckPolicy.NACK_ON_ERROR,
         max_records=settings.batch_max_records,
         batch_timeout_ms=settings.batch_timeout_ms,
-        decoder=DeadLetterDecoder(service, topic, dead_letters, clock),
+        parser=_without_instructions,
+        decoder=decoder,
+        no_reply=True,
         title=f"{topic.name}:{service}",
     )(consume)
 
@@ -199,11 +299,10 @@ def build_service_app(
     """One service process: its batch subscribers, `/health` (Kafka answers), `/metrics`
     (Prometheus) and `/docs/asyncapi` (its part of the contract, generated from the code)."""
     broker = broker or make_broker(settings)
-    outbox = Outbox(broker, service, outputs)
-    dead_letters = Outbox(broker, service, [DEAD_LETTERS])
+    outbox = Outbox(broker, service, [*outputs, DEAD_LETTERS])
     for topic, handler in routes:
         subscribe(broker, topic, handler, service=service, group_id=group_id, settings=settings,
-                  outbox=outbox, dead_letters=dead_letters, clock=clock)
+                  outbox=outbox, clock=clock)
 
     @asynccontextmanager
     async def lifespan(*_: Any, **__: Any):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -19,17 +20,14 @@ class Settings(BaseSettings):
     state_dir: Path = PROJECT_ROOT / ".gongji"
     topic_partitions: int = 24
     topic_replication_factor: int = 1
-    # Redis AOF fsync policy: `always` makes every acknowledged write durable before the
-    # service commits its Kafka offset, so a Redis crash can never lose an applied effect
-    # whose input Kafka would not replay. `everysec` is faster and is safe here too only
-    # because every effect is idempotent and offsets are committed after the effect.
-    redis_appendfsync: str = "always"
     redis_max_connections: int = 128
     # Health and metrics HTTP ports; a service listens on base + its index (0 = relationship).
     http_port_base: int = 18080
     # A consumer batch is bounded so that one slow batch cannot hold a partition for long.
     batch_max_records: int = 500
     batch_timeout_ms: int = 20
+    # A record that fails this many times for a reason of its own is dead-lettered alone.
+    poison_attempts: int = Field(default=3, ge=1)
     # Settlement spreads claim records and clearing accumulators over this many Redis hash
     # slots; a month is closed shard by shard. Never change it on a live system.
     settlement_shards: int = 64

@@ -7,6 +7,7 @@ from faststream.asgi import AsgiFastStream
 from services.wallet.handlers import WalletHandlers
 from services.wallet.store import WalletStore
 from shared.clock import Clock, clock_from_setting
+from shared.policy import PolicyCache
 from shared.redis_client import connect
 from shared.runtime import build_service_app
 from shared.settings import Settings
@@ -22,7 +23,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
     clock = clock or clock_from_setting(settings.clock_fixed_at)
     redis = connect(settings)
     store = WalletStore(redis)
-    handlers = WalletHandlers(store, clock)
+    handlers = WalletHandlers(store, clock, PolicyCache(redis, settings.policy_cache_seconds))
     return build_service_app(
         SERVICE, settings, clock,
         group_id=WALLET_GROUP,

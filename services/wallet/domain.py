@@ -7,6 +7,7 @@ limits below passed in, so that this module stays the one place where the number
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from shared.contracts import ReasonCode, WalletCommand
 from shared.money import yuan
@@ -14,6 +15,14 @@ from shared.money import yuan
 # Rule 9: each wallet account may make at most 3 transfers a day, each at most 2,000 yuan.
 MAX_GRANT_FEN = yuan(2000)
 MAX_GRANTS_PER_DAY = 3
+
+
+@dataclass(frozen=True)
+class GrantLimits:
+    """The daily limit, and how long the daily counts are kept (days older are dropped)."""
+
+    max_per_day: int = MAX_GRANTS_PER_DAY
+    counters_kept: timedelta = timedelta(days=7)
 
 
 def check_grant(command: WalletCommand) -> ReasonCode | None:

@@ -1,25 +1,38 @@
 --[[
 Wallet service state. Each function touches the keys of one person's hash slot ({p:<person_id>}).
 Per person X (prefix wal:{p:X}):
-  :seen           hash  input id -> "<fingerprint>|<result json>"
+  :seen:<topic>   hash  input id -> "<fingerprint>|<result json>", one hash per input topic, so
+                        that an id of one topic never meets another topic's or an internal one
   :account        hash  balance, frozen, credited, spent, paid, refunded (fen, integers);
-                        insurance_type, region, status; supervision ('' or the freeze reason)
+                        insurance_type, region, status; freezes (standing supervision freezes)
+  :freezes        zset  event id of each standing freeze, in the order they were made
   :grants         hash  recipient id -> remaining quota (fen): what X froze for that recipient
   :relationships  hash  recipient id -> recipient region, for X's active relationships
-  :draws          hash  claim id -> fen that claim drew from X's grants (kept until refunded)
-  :grants-on:<YYYYMMDD>  counter of X's successful grants that Asia/Shanghai day (expires)
+  :rel-versions   hash  recipient id -> version of the newest relationship event applied
+  :grants-by-day  hash  YYYYMMDD (Asia/Shanghai) -> X's successful grants that day; days older
+                        than a week are dropped as grants are made (the injected clock decides)
+  :takes          hash  claim id -> what that claim drew from X's grants (json, kept)
+  :refunds        hash  refund id -> result json
+As a recipient:
   :providers      zset  providers who granted to X, scored by their first grant (draw order)
+  :plans          hash  claim id -> the draw's plan, fixed at its first step (until answered)
+  :answers        hash  claim id -> the draw's answer (the first one stored stands)
+Balances go out as strings: cjson keeps only 14 significant digits of a number.
 ]]
 
 local function num(value) return tonumber(value) or 0 end
 
 local function account_view(account_key, result)
   local values = redis.call('HMGET', account_key, 'balance', 'frozen')
-  result.balance, result.frozen = num(values[1]), num(values[2])
+  result.balance, result.frozen = values[1] or '0', values[2] or '0'
   return result
 end
 
--- KEYS: seen, account   ARGV: input_id, fingerprint, amount, now
+local function is_frozen(account_key)
+  return num(redis.call('HGET', account_key, 'freezes')) > 0
+end
+
+-- KEYS: seen:credits, account   ARGV: input_id, fingerprint, amount, now
 local function credit(keys, args)
   local prior = remembered(keys[1], args[1], args[2])
   if prior then return prior end
@@ -28,14 +41,14 @@ local function credit(keys, args)
   return remember(keys[1], args[1], args[2], account_view(keys[2], {type = 'credited', amount = num(args[3]), at = args[4]}))
 end
 
--- KEYS: seen, account   ARGV: input_id, fingerprint, amount, now
+-- KEYS: seen:spends, account   ARGV: input_id, fingerprint, amount, now
 local function spend(keys, args)
   local prior = remembered(keys[1], args[1], args[2])
   if prior then return prior end
   local amount = num(args[3])
-  local state = redis.call('HMGET', keys[2], 'balance', 'frozen', 'supervision')
+  local state = redis.call('HMGET', keys[2], 'balance', 'frozen')
   local result = {type = 'spend_rejected', amount = amount, at = args[4]}
-  if state[3] and state[3] ~= '' then
+  if is_frozen(keys[2]) then
     result.reason = 'ACCOUNT_FROZEN'
   elseif num(state[1]) - num(state[2]) < amount then
     result.reason = 'INSUFFICIENT_BALANCE'   -- frozen quota is not the holder's to spend
@@ -47,38 +60,58 @@ local function spend(keys, args)
   return remember(keys[1], args[1], args[2], account_view(keys[2], result))
 end
 
--- KEYS: seen, account, grants, relationships, grants-on:<today>
--- ARGV: input_id, fingerprint, recipient, recipient_region, amount, refusal, max_per_day,
---       counter_ttl_seconds, now
+-- Rule 1 at grant time: both regions opened, and cross-province sharing in force.
+local function policy_refusal(provider_region, recipient_region, closed, cross_province_in_force)
+  for _, region in ipairs({provider_region, recipient_region}) do
+    if closed[region] or closed[string.sub(region, 1, 2)] then return 'REGION_WALLET_CLOSED' end
+  end
+  if string.sub(provider_region, 1, 2) ~= string.sub(recipient_region, 1, 2) and cross_province_in_force ~= '1' then
+    return 'CROSS_PROVINCE_NOT_IN_FORCE'
+  end
+  return nil
+end
+
+-- KEYS: seen:commands, account, grants, relationships, grants-by-day
+-- ARGV: input_id, fingerprint, recipient, recipient_region, amount, refusal, max_per_day, today,
+--       oldest day kept, closed regions (space-separated), cross-province in force ('1'/'0'), now
 local function grant(keys, args)
   local prior = remembered(keys[1], args[1], args[2])
   if prior then return prior end
-  local recipient, amount = args[3], num(args[5])
-  local state = redis.call('HMGET', keys[2], 'balance', 'frozen', 'supervision', 'insurance_type', 'status')
+  local recipient, amount, today = args[3], num(args[5]), args[8]
+  local state = redis.call('HMGET', keys[2], 'balance', 'frozen', 'insurance_type', 'status', 'region')
   local related_region = redis.call('HGET', keys[4], recipient)
-  local result = {type = 'grant_rejected', amount = amount, recipient = recipient, at = args[9]}
+  local closed = {}
+  for region in string.gmatch(args[10], '%S+') do closed[region] = true end
+  local result = {type = 'grant_rejected', amount = amount, recipient = recipient, at = args[12]}
   if args[6] ~= '' then
     result.reason = args[6]
-  elseif state[3] and state[3] ~= '' then
+  elseif is_frozen(keys[2]) then
     result.reason = 'ACCOUNT_FROZEN'
-  elseif state[4] ~= 'employee' then
+  elseif state[3] ~= 'employee' then
     result.reason = 'PROVIDER_NOT_EMPLOYEE'
-  elseif state[5] ~= 'normal' then
+  elseif state[4] ~= 'normal' then
     result.reason = 'PROVIDER_STATUS_ABNORMAL'
   elseif not related_region then
     result.reason = 'RELATIONSHIP_NOT_ACTIVE'
   elseif related_region ~= args[4] then
     result.reason = 'RECIPIENT_MISMATCH'
-  elseif num(redis.call('GET', keys[5])) >= num(args[7]) then
-    result.reason = 'DAILY_TRANSFER_LIMIT'
-  elseif num(state[1]) - num(state[2]) < amount then
-    result.reason = 'INSUFFICIENT_BALANCE'
   else
-    redis.call('HINCRBY', keys[2], 'frozen', amount)
-    redis.call('HINCRBY', keys[3], recipient, amount)
-    redis.call('INCR', keys[5])
-    redis.call('EXPIRE', keys[5], args[8])
-    result.type = 'granted'
+    result.reason = policy_refusal(state[5], related_region, closed, args[11])
+  end
+  if not result.reason then
+    if num(redis.call('HGET', keys[5], today)) >= num(args[7]) then
+      result.reason = 'DAILY_TRANSFER_LIMIT'
+    elseif num(state[1]) - num(state[2]) < amount then
+      result.reason = 'INSUFFICIENT_BALANCE'
+    else
+      redis.call('HINCRBY', keys[2], 'frozen', amount)
+      redis.call('HINCRBY', keys[3], recipient, amount)
+      redis.call('HINCRBY', keys[5], today, 1)
+      for _, day in ipairs(redis.call('HKEYS', keys[5])) do
+        if day < args[9] then redis.call('HDEL', keys[5], day) end
+      end
+      result.type = 'granted'
+    end
   end
   return remember(keys[1], args[1], args[2], account_view(keys[2], result))
 end
@@ -89,13 +122,22 @@ local function index_provider(keys, args)
   return redis.call('ZADD', keys[1], 'NX', args[2], args[1])
 end
 
--- Rule 11. KEYS: seen, account, grants, relationships
--- ARGV: input_id, fingerprint, event type, recipient, recipient region, now
+-- Rules 8 and 11, in the order the relationship service decided them: an event older than one
+-- already applied to the pair (lower version) changes nothing, so a late `established` never
+-- revives a relationship that has ended.
+-- KEYS: seen:relationship-events, account, grants, relationships, rel-versions
+-- ARGV: input_id, fingerprint, event type, recipient, recipient region, version ('' if none), now
 local function relationship_changed(keys, args)
   local prior = remembered(keys[1], args[1], args[2])
   if prior then return prior end
   local recipient = args[4]
-  local result = {type = '', recipient = recipient, at = args[6]}
+  local version = args[6] ~= '' and num(args[6]) or nil
+  local result = {type = '', recipient = recipient, at = args[7]}
+  if version and version <= num(redis.call('HGET', keys[5], recipient)) then
+    result.stale = true
+    return remember(keys[1], args[1], args[2], result)
+  end
+  if version then redis.call('HSET', keys[5], recipient, version) end
   if args[3] == 'established' then
     redis.call('HSET', keys[4], recipient, args[5])
   elseif redis.call('HDEL', keys[4], recipient) == 1 then
@@ -110,79 +152,107 @@ local function relationship_changed(keys, args)
   return remember(keys[1], args[1], args[2], result)
 end
 
--- Rule 16. KEYS: seen, account   ARGV: input_id, fingerprint, action, reason, now
+-- Rule 16: each freeze stands until an unfreeze lifts it (the one named, else the oldest).
+-- KEYS: seen:supervision, account, freezes   ARGV: input_id, fingerprint, action, lifts, now
 local function supervise(keys, args)
   local prior = remembered(keys[1], args[1], args[2])
   if prior then return prior end
-  local frozen = args[3] == 'freeze'
-  redis.call('HSET', keys[2], 'supervision', frozen and args[4] or '')
-  return remember(keys[1], args[1], args[2],
-    account_view(keys[2], {type = frozen and 'frozen' or 'unfrozen', amount = 0, at = args[5]}))
+  local result = {type = 'unfrozen', amount = 0, at = args[5]}
+  if args[3] == 'freeze' then
+    redis.call('ZADD', keys[3], redis.call('HINCRBY', keys[2], 'freeze_seq', 1), args[1])
+    result.type = 'frozen'
+  elseif args[4] ~= '' then
+    result.lifted = redis.call('ZREM', keys[3], args[4]) == 1 and args[4] or nil
+  else
+    result.lifted = redis.call('ZPOPMIN', keys[3])[1]
+  end
+  local standing = redis.call('ZCARD', keys[3])
+  redis.call('HSET', keys[2], 'freezes', standing)
+  result.freezes = standing
+  return remember(keys[1], args[1], args[2], account_view(keys[2], result))
 end
 
--- Draw, step 1, in the recipient's slot: the stored answer if this claim was drawn before,
--- else the providers in draw order and whether the recipient's account is frozen.
--- KEYS: seen, providers, account   ARGV: claim_id
+-- Draw, step 1, in the recipient's slot: the stored answer if this claim was answered before;
+-- else its plan — the providers in draw order and whether the recipient is frozen — made now if
+-- this is the first step, and replayed unchanged on every later try (crash, redelivery, a second
+-- instance after a rebalance), so that a retry can never draw on another plan.
+-- KEYS: plans, answers, providers, account   ARGV: claim_id
 local function draw_begin(keys, args)
-  local answered = redis.call('HGET', keys[1], 'draw:' .. args[1])
-  if answered then return {'duplicate', answered} end
-  local supervision = redis.call('HGET', keys[3], 'supervision')
-  local frozen = (supervision and supervision ~= '') and '1' or '0'
-  return {'open', frozen, unpack(redis.call('ZRANGE', keys[2], 0, -1))}
+  local answered = redis.call('HGET', keys[2], args[1])
+  if answered then return {'answered', answered} end
+  local plan = redis.call('HGET', keys[1], args[1])
+  if not plan then
+    local providers = redis.call('ZRANGE', keys[3], 0, -1)
+    plan = cjson.encode({frozen = is_frozen(keys[4]), providers = #providers > 0 and providers or nil})
+    redis.call('HSET', keys[1], args[1], plan)
+  end
+  return {'planned', plan}
 end
 
 -- Draw, step 2, in each provider's slot: take up to `needed` from the grant, once per claim.
--- KEYS: seen, account, grants, draws   ARGV: claim_id, recipient, needed, now
+-- The claim id belongs to one recipient: another recipient's draw under it takes nothing.
+-- KEYS: account, grants, takes   ARGV: claim_id, recipient, needed, now
 local function draw_from_grant(keys, args)
-  local prior = remembered(keys[1], 'draw:' .. args[1], '-')
-  if prior then return prior end
-  local recipient, needed = args[2], num(args[3])
-  local state = redis.call('HMGET', keys[2], 'supervision', 'region')
+  local recipient = args[2]
+  local prior = redis.call('HGET', keys[3], args[1])
+  if prior then
+    if cjson.decode(prior).recipient ~= recipient then return {'conflict', ''} end
+    return {'duplicate', prior}
+  end
   local take = 0
-  if not (state[1] and state[1] ~= '') then   -- a frozen provider's quota pays nothing
-    take = math.min(num(redis.call('HGET', keys[3], recipient)), needed)
+  if not is_frozen(keys[1]) then   -- a frozen provider's quota pays nothing
+    take = math.min(num(redis.call('HGET', keys[2], recipient)), num(args[3]))
   end
-  local result = {amount = take, region = state[2] or '', at = args[4]}
   if take > 0 then
-    redis.call('HINCRBY', keys[3], recipient, -take)
-    redis.call('HINCRBY', keys[2], 'frozen', -take)
-    redis.call('HINCRBY', keys[2], 'balance', -take)
-    redis.call('HINCRBY', keys[2], 'paid', take)
-    redis.call('HSET', keys[4], args[1], take)
+    redis.call('HINCRBY', keys[2], recipient, -take)
+    redis.call('HINCRBY', keys[1], 'frozen', -take)
+    redis.call('HINCRBY', keys[1], 'balance', -take)
+    redis.call('HINCRBY', keys[1], 'paid', take)
   end
-  return remember(keys[1], 'draw:' .. args[1], '-', account_view(keys[2], result))
+  local result = account_view(keys[1], {recipient = recipient, amount = take,
+    region = redis.call('HGET', keys[1], 'region') or '', at = args[4]})
+  local encoded = cjson.encode(result)
+  redis.call('HSET', keys[3], args[1], encoded)
+  return {'applied', encoded}
 end
 
--- Draw, step 3, in the recipient's slot: store the answer (the first one stands).
--- KEYS: seen   ARGV: claim_id, answer json
+-- Draw, step 3, in the recipient's slot: store the answer (the first one stands); the plan is done.
+-- KEYS: plans, answers   ARGV: claim_id, answer json
 local function draw_finish(keys, args)
-  if redis.call('HSETNX', keys[1], 'draw:' .. args[1], args[2]) == 1 then return {'applied', args[2]} end
-  return {'duplicate', redis.call('HGET', keys[1], 'draw:' .. args[1])}
+  redis.call('HDEL', keys[1], args[1])
+  if redis.call('HSETNX', keys[2], args[1], args[2]) == 1 then return {'applied', args[2]} end
+  return {'duplicate', redis.call('HGET', keys[2], args[1])}
 end
 
--- Reversal (退费), in the provider's slot: what the original claim drew from this provider goes
--- back to the grant while the relationship lasts, else to the provider's own account.
--- KEYS: seen, account, grants, relationships, draws
+-- Reversal (退费), in the provider's slot: what the original claim drew from this provider for
+-- this recipient goes back, once, to the grant while the relationship lasts, else to the account.
+-- KEYS: account, grants, relationships, takes, refunds
 -- ARGV: refund_id, original_claim_id, recipient, now
 local function refund(keys, args)
-  local prior = remembered(keys[1], 'refund:' .. args[1], '-')
-  if prior then return prior end
+  local prior = redis.call('HGET', keys[5], args[1])
+  if prior then return {'duplicate', prior} end
   local recipient = args[3]
-  local amount = num(redis.call('HGET', keys[5], args[2]))
-  local result = {amount = amount, recipient = recipient, to = 'none', at = args[4]}
-  if amount > 0 then
-    redis.call('HDEL', keys[5], args[2])
-    redis.call('HINCRBY', keys[2], 'balance', amount)
-    redis.call('HINCRBY', keys[2], 'refunded', amount)
-    if redis.call('HEXISTS', keys[4], recipient) == 1 then
-      redis.call('HINCRBY', keys[3], recipient, amount)
-      redis.call('HINCRBY', keys[2], 'frozen', amount)
+  local take = redis.call('HGET', keys[4], args[2])
+  take = take and cjson.decode(take) or nil
+  local result = {amount = 0, recipient = recipient, to = 'none', at = args[4]}
+  if take and take.recipient == recipient and not take.refunded_by and take.amount > 0 then
+    local amount = take.amount
+    take.refunded_by = args[1]
+    redis.call('HSET', keys[4], args[2], cjson.encode(take))
+    redis.call('HINCRBY', keys[1], 'balance', amount)
+    redis.call('HINCRBY', keys[1], 'refunded', amount)
+    if redis.call('HEXISTS', keys[3], recipient) == 1 then
+      redis.call('HINCRBY', keys[2], recipient, amount)
+      redis.call('HINCRBY', keys[1], 'frozen', amount)
       result.to = 'grant'
     else
       result.to = 'account'
     end
+    result.amount = amount
   end
-  return remember(keys[1], 'refund:' .. args[1], '-', account_view(keys[2], result))
+  local encoded = cjson.encode(account_view(keys[1], result))
+  redis.call('HSET', keys[5], args[1], encoded)
+  return {'applied', encoded}
 end
 
 redis.register_function('wallet_credit', credit)

@@ -12,6 +12,7 @@ from services.wallet.domain import account_breaches
 from services.wallet.handlers import WalletHandlers
 from services.wallet.store import WalletStore
 from shared.clock import FixedClock
+from shared.policy import PolicyCache
 from shared.contracts import (
     AccountCredited, AccountSpent, ClaimContext, DrawRequested, EnrollmentChanged, Payer, RefundRequested, RelationshipEvent,
     SupervisionActed, WalletCommand,
@@ -25,7 +26,7 @@ NOON = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
 async def wallet(redis) -> WalletHandlers:
     store = WalletStore(redis)
     await store.load()
-    return WalletHandlers(store, FixedClock(NOON))
+    return WalletHandlers(store, FixedClock(NOON), PolicyCache(redis, 0))
 
 
 async def provider_with(wallet: WalletHandlers, balance_fen: int, recipients: int = 1) -> tuple[str, list[str]]:
@@ -111,11 +112,22 @@ async def test_the_day_turns_at_midnight_asia_shanghai(wallet) -> None:
     wallet.clock.set(NOON)
 
 
-async def test_the_day_counter_expires_by_itself(wallet, redis) -> None:
-    provider, (recipient,) = await provider_with(wallet, 1_000)
+async def test_daily_counts_follow_the_injected_clock_not_real_time(wallet, redis) -> None:
+    """A count never expires in real time (under a fixed clock a 4th grant once passed ~25 h later):
+    days older than a week, by the injected clock, are dropped as grants are made."""
+    provider, (recipient,) = await provider_with(wallet, 1_000_000)
+    for _ in range(3):
+        await grant(wallet, provider, recipient, 100)
+    counts = f"wal:{{p:{provider}}}:grants-by-day"
+    assert await redis.ttl(counts) == -1
+    assert (await grant(wallet, provider, recipient, 100)).reason == "DAILY_TRANSFER_LIMIT"
+    wallet.clock.set(datetime.fromisoformat("2026-03-09T12:00:00+08:00"))
+    assert (await grant(wallet, provider, recipient, 100)).type == "granted"
+    assert await redis.hgetall(counts) == {b"20260302": b"3", b"20260309": b"1"}  # a week is kept
+    wallet.clock.set(datetime.fromisoformat("2026-03-10T12:00:00+08:00"))
     await grant(wallet, provider, recipient, 100)
-    ttl = await redis.ttl(f"wal:{{p:{provider}}}:grants-on:20260302")
-    assert 12 * 3600 < ttl <= 13 * 3600 + 1  # the rest of the day, plus an hour's margin
+    assert await redis.hgetall(counts) == {b"20260309": b"1", b"20260310": b"1"}
+    wallet.clock.set(NOON)
 
 
 async def test_only_available_money_can_be_granted(wallet) -> None:

@@ -18,13 +18,13 @@ from shared.contracts import (
     AccountCredited, AccountSpent, DrawRequested, EnrollmentChanged, RefundRequested, RelationshipEvent,
     SupervisionActed, WalletCommand,
 )
+from shared.policy import PolicyCache
 from shared.settings import Settings
 from tests.integration.conftest import integration_redis_url
 from tests.integration.test_wallet_rules import NOON, context
 from tests.support import new_id, new_person_id
 
 amounts = st.integers(min_value=1, max_value=250_000)
-GRANT_DAYS = ["20260301", "20260302", "20260303"]
 
 
 class WalletMachine(RuleBasedStateMachine):
@@ -32,7 +32,7 @@ class WalletMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.redis = Redis.from_url(integration_redis_url(Settings().redis_url))
-        self.wallet = WalletHandlers(WalletStore(self.redis), FixedClock(NOON))
+        self.wallet = WalletHandlers(WalletStore(self.redis), FixedClock(NOON), PolicyCache(self.redis, 0))
         self.providers = [new_person_id() for _ in range(2)]
         self.recipients = [new_person_id() for _ in range(2)]
         self.related: set[tuple[str, str]] = set()
@@ -105,7 +105,7 @@ class WalletMachine(RuleBasedStateMachine):
     @invariant()
     def every_account_is_sound(self) -> None:
         for provider in self.providers:
-            snapshot = self.run(self.wallet.store.snapshot(provider, GRANT_DAYS))
+            snapshot = self.run(self.wallet.store.snapshot(provider))
             assert account_breaches(snapshot) == []
 
 

@@ -2,7 +2,7 @@
 
 from datetime import datetime, timedelta, timezone
 
-from shared.clock import FixedClock, seconds_until_next_shanghai_day, shanghai_day, shanghai_month
+from shared.clock import FixedClock, shanghai_day, shanghai_month
 
 
 def test_a_shanghai_day_starts_at_16_00_utc() -> None:
@@ -13,11 +13,6 @@ def test_a_shanghai_day_starts_at_16_00_utc() -> None:
 def test_the_month_turns_at_shanghai_midnight() -> None:
     assert shanghai_month(datetime(2026, 3, 31, 15, 59, 59, tzinfo=timezone.utc)) == "2026-03"
     assert shanghai_month(datetime(2026, 3, 31, 16, 0, 0, tzinfo=timezone.utc)) == "2026-04"
-
-
-def test_a_day_counter_lives_until_the_next_shanghai_day() -> None:
-    at = datetime.fromisoformat("2026-03-02T23:59:00+08:00")
-    assert seconds_until_next_shanghai_day(at) == 61
 
 
 def test_fixed_clock_moves_only_when_told() -> None:

@@ -1,0 +1,123 @@
+"""The runtime's poison handling, in isolation: a record that keeps failing is dead-lettered alone,
+its neighbours are answered, a transient error retries the whole batch, and the decoder holds
+every record to the contract and its key."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from types import SimpleNamespace
+
+import pytest
+from aiokafka import ConsumerRecord
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from shared.clock import FixedClock
+from shared.contracts import AccountCredited, ReasonCode, WalletEvent
+from shared.ids import make_person_id
+from shared.runtime import DeadLetterDecoder, Refused, _without_instructions, handle_isolating_poison
+from shared.topics import ACCOUNT_CREDITS
+
+PERSON = make_person_id("110101", "19800101", 7)
+NOW = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
+
+
+def record(offset: int, value: dict | bytes, key: bytes | None = PERSON.encode(), headers=()) -> ConsumerRecord:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return ConsumerRecord(topic=ACCOUNT_CREDITS.name, partition=3, offset=offset, timestamp=0, timestamp_type=0,
+                          key=key, value=raw, checksum=None, serialized_key_size=0, serialized_value_size=len(raw),
+                          headers=list(headers))
+
+
+def credit(event_id: str, amount_fen: int = 100, **fields) -> dict:
+    return {"event_id": event_id, "person_id": PERSON, "amount_fen": amount_fen,
+            "occurred_at": "2026-03-02T12:00:00+08:00", **fields}
+
+
+async def decoded(*records: ConsumerRecord) -> DeadLetterDecoder:
+    decoder = DeadLetterDecoder("wallet", ACCOUNT_CREDITS, FixedClock(NOW))
+    await decoder(SimpleNamespace(raw_message=records))
+    return decoder
+
+
+def answer(message: AccountCredited) -> WalletEvent:
+    return WalletEvent(event_id=f"out-{message.event_id}", cause_id=message.event_id, type="credited",
+                       provider_id=message.person_id, amount_fen=message.amount_fen, occurred_at=NOW)
+
+
+async def test_a_record_that_keeps_failing_is_dead_lettered_alone_and_its_neighbours_are_answered() -> None:
+    decoder = await decoded(*(record(offset, credit(f"e{offset}")) for offset in range(10, 20)))
+    tries: dict[str, int] = {}
+
+    async def handler(batch: list[AccountCredited]) -> list:
+        for message in batch:
+            if message.event_id == "e14":
+                tries["e14"] = tries.get("e14", 0) + 1
+                raise ValueError("a Lua step failed on this one")
+        return [answer(message) for message in batch]
+
+    outputs = await handle_isolating_poison(handler, decoder, attempts=3)
+    answered = [o.cause_id for o in outputs if isinstance(o, WalletEvent)]
+    assert answered == [f"e{n}" for n in range(10, 20) if n != 14]
+    (letter,) = [o for o in outputs if not isinstance(o, WalletEvent)]
+    assert (letter.offset, letter.partition, letter.reason) == (14, 3, ReasonCode.INVALID_MESSAGE)
+    assert "failed 3 times" in letter.error and "ValueError" in letter.error
+    assert tries["e14"] == 1 + 3  # the whole batch once, then three tries alone
+
+
+@pytest.mark.parametrize("error", [RedisConnectionError("down"), ResponseError("LOADING Redis is loading"),
+                                   TimeoutError()])
+async def test_a_transient_error_retries_the_whole_batch_and_skips_nothing(error: Exception) -> None:
+    decoder = await decoded(record(1, credit("a")), record(2, credit("b")))
+
+    async def handler(batch: list) -> list:
+        raise error
+
+    with pytest.raises(type(error)):
+        await handle_isolating_poison(handler, decoder, attempts=3)
+
+
+async def test_a_refusal_becomes_a_dead_letter_of_that_record_with_its_reason() -> None:
+    decoder = await decoded(record(5, credit("a")), record(6, credit("b")))
+
+    async def handler(batch: list[AccountCredited]) -> list:
+        return [Refused(m, ReasonCode.CONFLICT, "used before") if m.event_id == "b" else answer(m) for m in batch]
+
+    first, letter = await handle_isolating_poison(handler, decoder, attempts=3)
+    assert first.cause_id == "a"
+    assert (letter.offset, letter.reason, letter.error) == (6, ReasonCode.CONFLICT, "used before")
+
+
+async def test_a_dead_letter_has_one_id_however_often_its_record_is_seen() -> None:
+    again = [(await decoded(record(8, b"not json"))).dead_letters[0] for _ in range(2)]
+    assert again[0].event_id == again[1].event_id
+    assert (await decoded(record(9, b"not json"))).dead_letters[0].event_id != again[0].event_id
+
+
+@pytest.mark.parametrize(("key", "why"), [(None, "missing"), (b"", "differs"), (b"someone else", "differs"),
+                                          (b"\xff\xfe", "differs")])
+async def test_the_kafka_key_must_be_the_contracts_key_field(key: bytes | None, why: str) -> None:
+    decoder = await decoded(record(1, credit("a"), key=key))
+    (letter,) = decoder.dead_letters
+    assert decoder.batch == [] and why in letter.error and letter.reason == ReasonCode.INVALID_MESSAGE
+
+
+async def test_an_amount_above_the_bound_has_its_own_reason() -> None:
+    decoder = await decoded(record(1, credit("a", 2**63)), record(2, credit("b", 0)))
+    assert [letter.reason for letter in decoder.dead_letters] == [ReasonCode.AMOUNT_OUT_OF_RANGE,
+                                                                  ReasonCode.INVALID_MESSAGE]
+
+
+async def test_headers_are_data_reply_to_is_dropped_and_bytes_that_are_not_utf8_are_kept_readable() -> None:
+    parsed = {}
+
+    async def parse(records):
+        parsed["records"] = records
+        return records
+
+    await _without_instructions((record(1, credit("a"), headers=[("reply_to", b"gongji.settlements.v1"),
+                                                                 ("trace", b"\xff\xfe"), ("empty", None)]),), parse)
+    (only,) = parsed["records"]
+    assert [name for name, _ in only.headers] == ["trace", "empty"]
+    assert all(isinstance(value, bytes) and value.decode() is not None for _, value in only.headers)
