@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from stdnum.cn import ric
 
-from shared.contracts import AccountCredited, Claim, RelationshipCommand, WalletCommand
+from shared.contracts import AccountCredited, Claim, RelationshipCommand, SupervisionActed, WalletCommand
 from shared.ids import PROVINCE_CODES, make_person_id, mask_person_id, validate_person_id, validate_region
 from shared.money import MAX_AMOUNT_FEN, format_fen, yuan
 from shared.topics import ALL_TOPICS
@@ -136,3 +136,11 @@ def test_topic_registry_is_unique_and_every_key_field_exists() -> None:
     assert len(names) == len(set(names))
     for topic in ALL_TOPICS:
         assert topic.key_field in topic.model.model_fields, topic.name
+
+
+@pytest.mark.parametrize("reason", ["", "   ", "\t\n"])
+def test_a_supervision_action_needs_a_reason_in_words(reason: str) -> None:
+    """An empty reason once froze nothing: the reason string was the flag."""
+    with pytest.raises(ValidationError):
+        SupervisionActed.model_validate({"event_id": "s1", "person_id": VALID_ID, "action": "freeze", "reason": reason,
+                                         "occurred_at": "2026-03-02T10:15:00+08:00"})
