@@ -17,7 +17,7 @@ from rich.table import Table
 from gongji import infra, services
 from shared.ids import mask_person_id, validate_person_id
 from shared.money import format_fen
-from shared.policy import read_policy, write_policy
+from shared.policy import read_policy, validate_area, write_policy
 from shared.settings import Settings
 
 app = typer.Typer(help="Gongji (共济): cross-provincial mutual aid of medical-insurance personal accounts.",
@@ -108,12 +108,18 @@ def policy_set(
     close: Annotated[list[str], typer.Option(help="a region (6 digits) or province (2 digits)")] = [],  # noqa: B006
     open_: Annotated[list[str], typer.Option("--open", help="a region or province to open again")] = [],  # noqa: B006
 ) -> None:
-    """Change the policy; services pick it up within `GONGJI_POLICY_CACHE_SECONDS`."""
+    """Change the policy; services pick it up within `GONGJI_POLICY_CACHE_SECONDS`. Nothing changes
+    unless every option is valid."""
+    try:
+        closing, opening = {validate_area(code) for code in close}, {validate_area(code) for code in open_}
+        new_since = date.fromisoformat(cross_province_since) if cross_province_since else None
+    except ValueError as error:
+        _fail(str(error))
 
     async def change(redis: Redis) -> None:
         policy = await read_policy(redis)
-        closed = (set(policy.closed_regions) | set(close)) - set(open_)
-        since = date.fromisoformat(cross_province_since) if cross_province_since else policy.cross_province_since
+        closed = (set(policy.closed_regions) | closing) - opening
+        since = new_since or policy.cross_province_since
         await write_policy(redis, type(policy)(cross_province_since=since, closed_regions=frozenset(closed)))
 
     asyncio.run(_with_redis(change))
@@ -179,21 +185,25 @@ def claims_show(claim_id: str) -> None:
 def clearing_close(month: Annotated[str, typer.Argument(help="YYYY-MM")]) -> None:
     """Close a month and publish its statement to gongji.clearing.v1 (the same however often run)."""
     from gongji.kafka_io import publish_models
-    from services.settlement.clearing import close_month
+    from services.settlement.clearing import MonthNotEnded, close_month
     from services.settlement.store import SettlementStore
-    from shared.clock import SystemClock, rfc3339
+    from shared.clock import clock_from_setting
     from shared.topics import CLEARING
 
     if len(month) != 7 or month[4] != "-" or not (month[:4] + month[5:]).isdigit():
         _fail("month must be YYYY-MM")
     settings = Settings()
+    now = clock_from_setting(settings.clock_fixed_at).now()
 
     async def close(redis: Redis):
         store = SettlementStore(redis, settings.settlement_shards)
         await store.load()
-        return await close_month(store, month, rfc3339(SystemClock().now()))
+        return await close_month(store, month, now)
 
-    rows = asyncio.run(_with_redis(close))
+    try:
+        rows = asyncio.run(_with_redis(close))
+    except MonthNotEnded as error:
+        _fail(f"not closed: {error}")
     asyncio.run(publish_models(settings, CLEARING, rows))
     table = Table(title=f"Clearing statement {month}")
     for column in ("row", "payer", "payee / province", "amount", "claims"):

@@ -303,7 +303,10 @@ class SettlementEvent(_Output):
 
 class ClearingRow(_Output):
     """`gongji.clearing.v1`, keyed by month. `gross` rows: what payer_province's funds paid for
-    care in payee_province; `net` rows: one per province, positive = it receives; they sum to 0."""
+    care in payee_province in the month, less what reversals in the month took back; `net` rows:
+    one per province, positive = it receives; they sum to 0. `claims` counts the claims paid in the
+    month and `reversals` the reversals made in it, apart: a reversal of a claim of an earlier,
+    closed month takes its amount back in the open month without changing any month's claims."""
 
     event_id: str
     month: str
@@ -313,6 +316,7 @@ class ClearingRow(_Output):
     province: str | None = None
     amount_fen: int
     claims: int
+    reversals: int = 0
     closed_at: datetime
 
 

@@ -11,7 +11,7 @@ from datetime import date, datetime
 from redis.asyncio import Redis
 
 from shared.clock import SHANGHAI
-from shared.ids import province_of
+from shared.ids import PROVINCE_CODES, province_of, validate_region
 
 POLICY_KEY = "gongji:policy"
 CROSS_PROVINCE_SINCE_DEFAULT = date(2026, 1, 9)
@@ -29,6 +29,18 @@ class Policy:
 
     def cross_province_in_force(self, moment: datetime) -> bool:
         return moment.astimezone(SHANGHAI).date() >= self.cross_province_since
+
+
+def validate_area(code: str) -> str:
+    """An entry of the closed list must name something: a known 2-digit province code or a valid
+    6-digit region. A typo would otherwise be stored and silently close or open nothing."""
+    if code in PROVINCE_CODES:
+        return code
+    try:
+        return validate_region(code)
+    except ValueError:
+        raise ValueError(f"{code!r} is neither a known province code (2 digits, e.g. 66) "
+                         "nor a 6-digit region of a known province (e.g. 510100)") from None
 
 
 async def read_policy(redis: Redis) -> Policy:

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 
+from shared.clock import shanghai_month
 from shared.contracts import Claim, ClaimCategory, Payer, ReasonCode
-from shared.ids import province_of
+from shared.ids import derived_event_id, province_of, validate_region
+
+SERVICE = "settlement"
+NATIONAL = "national"  # the scope of claim ids; other input ids are unique per person (scope: the person id)
 
 ALLOWED_CATEGORIES: frozenset[str] = frozenset(category.value for category in ClaimCategory)
+# An institution code's first letter says what it is: H a hospital or clinic, P a pharmacy.
+CODE_LETTERS: dict[str, str] = {ClaimCategory.INSTITUTION: "H", ClaimCategory.PHARMACY: "P"}
+
+
+def output_event_id(input_topic: str, scope: str, input_id: str, *what: str) -> str:
+    """The id of an output of one input (`what` tells several outputs of one input apart), so that
+    two different inputs never give the same id. The input id is JSON-escaped: it may hold any
+    character, the parts' separator too, while the other parts never do."""
+    return derived_event_id(SERVICE, input_topic, scope, json.dumps(input_id), *what)
 
 
 @dataclass(frozen=True)
@@ -26,6 +41,8 @@ def assess_claim(claim: Claim, recipient: tuple[str, str] | None) -> Assessment:
     assert claim.amount_fen is not None and claim.category is not None  # a settle claim has them
     if claim.category not in ALLOWED_CATEGORIES:
         return Assessment(0, ReasonCode.CATEGORY_NOT_ALLOWED)
+    if code_refusal := _institution_code_refusal(claim):
+        return Assessment(0, code_refusal)
     if recipient is None:
         return Assessment(0, ReasonCode.RECIPIENT_NOT_INSURED)
     region, status = recipient
@@ -40,6 +57,24 @@ def assess_claim(claim: Claim, recipient: tuple[str, str] | None) -> Assessment:
     if payable == 0:
         return Assessment(0, ReasonCode.NOT_IN_CATALOGUE)
     return Assessment(payable, shortfall=ReasonCode.NOT_IN_CATALOGUE if payable < claim.amount_fen else None)
+
+
+def _institution_code_refusal(claim: Claim) -> ReasonCode | None:
+    """An institution code, when given, must be of the claim's kind (else a pharmacy could pass as
+    an institution and skip the catalogue check) and lie in the service region's province (the
+    service region decides who is paid in clearing)."""
+    letter = CODE_LETTERS.get(claim.category or "")
+    code = claim.institution_code
+    if code is None or letter is None:
+        return None
+    if not code.startswith(letter):
+        return ReasonCode.CATEGORY_NOT_ALLOWED
+    try:
+        region = validate_region(code[1:7])
+    except ValueError:
+        return ReasonCode.SERVICE_REGION_MISMATCH
+    assert claim.service_region is not None  # a settle claim has it
+    return None if province_of(region) == province_of(claim.service_region) else ReasonCode.SERVICE_REGION_MISMATCH
 
 
 def settlement_status(requested_fen: int, paid_fen: int) -> str:
@@ -59,21 +94,29 @@ def clearing_contributions(payers: list[Payer], service_region: str) -> dict[str
     return dict(owed)
 
 
+def month_has_ended(month: str, now: datetime) -> bool:
+    """Only an ended month may be closed: its last claims may still come until midnight Asia/Shanghai."""
+    return shanghai_month(now) > month
+
+
 @dataclass(frozen=True)
 class GrossLine:
     payer_province: str
     payee_province: str
-    amount_fen: int
-    claims: int
+    amount_fen: int  # paid less reversed in the month
+    claims: int  # claims paid in the month
+    reversals: int = 0  # reversals in the month, whatever month their claims were paid in
 
 
 def gross_lines(totals: dict[str, int]) -> list[GrossLine]:
-    """A month's accumulator (`"35>53"`: fen, `"35>53#claims"`: count) as sorted gross lines."""
-    return [
-        GrossLine(pair[:2], pair[3:], amount, totals.get(f"{pair}#claims", 0))
+    """A month's accumulator (`"35>53"`: fen, `"35>53#claims"`, `"35>53#reversals"`: counts) as
+    sorted gross lines; a pair with nothing in the month is left out."""
+    lines = [
+        GrossLine(pair[:2], pair[3:], amount, totals.get(f"{pair}#claims", 0), totals.get(f"{pair}#reversals", 0))
         for pair, amount in sorted(totals.items())
-        if "#" not in pair and amount != 0
+        if "#" not in pair
     ]
+    return [line for line in lines if line.amount_fen or line.claims or line.reversals]
 
 
 def net_positions(lines: list[GrossLine]) -> dict[str, int]:

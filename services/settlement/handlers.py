@@ -11,8 +11,10 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from services.settlement.domain import MinuteTally, assess_claim, clearing_contributions, settlement_status
-from services.settlement.store import SettlementStore
+from services.settlement.domain import (
+    NATIONAL, SERVICE, MinuteTally, assess_claim, clearing_contributions, output_event_id, settlement_status,
+)
+from services.settlement.store import ClaimFacts, SettlementStore
 from shared.clock import Clock, rfc3339, shanghai_month
 from shared.contracts import (
     Claim, ClaimContext, DrawAnswered, DrawRequested, EnrollmentChanged, Payer, ReasonCode, RefundRequested,
@@ -20,18 +22,25 @@ from shared.contracts import (
 )
 from shared.ids import derived_event_id, fingerprint
 from shared.redis_functions import Call, Step
-from shared.runtime import CONFLICTS
+from shared.runtime import CONFLICTS, Refused
+from shared.topics import CLAIMS, ENROLLMENT, STATISTICS
 
 logger = logging.getLogger("gongji.settlement")
 
 
+def claim_output_id(claim_id: str, *what: str) -> str:
+    """Every output of the saga stems from one claim (the wallet's answer only completes it)."""
+    return output_event_id(CLAIMS.name, NATIONAL, claim_id, *what)
+
+
 def settlement_event(claim_id: str, record: dict) -> SettlementEvent:
-    """The published result of a final claim record; the same record always gives the same event."""
+    """The published result of a final claim record; the same record always gives the same event,
+    whether a redelivered claim or the wallet's answer brings it out."""
     result = record["result"]
     payers = [Payer(**payer) for payer in result.get("payers") or []]
     reversal = record["kind"] == "reverse"
     return SettlementEvent(
-        event_id=derived_event_id("settlement", claim_id, result["status"]),
+        event_id=claim_output_id(claim_id, "settlement"),
         cause_id=claim_id,
         claim_id=claim_id,
         recipient_id=record["recipient_id"],
@@ -58,29 +67,38 @@ class SettlementHandlers:
         self.statistics_interval_seconds = statistics_interval_seconds
         self.statistics_published_at = time.monotonic()
 
-    async def on_enrollment(self, changes: Sequence[EnrollmentChanged]) -> list[BaseModel]:
-        """Keeps the service's own copy of who is insured where (for rule 4), in one pipeline."""
-        await self.store.run([
+    async def on_enrollment(self, changes: Sequence[EnrollmentChanged]) -> list[Refused]:
+        """Keeps the service's own copy of who is insured where (for rule 4), in one pipeline. An
+        event id used before for other content changes nothing and is refused visibly."""
+        steps = await self.store.run([
             self.store.record_enrollment(change.event_id, fingerprint(change.model_dump_json()), change.person_id,
                                          change.insurance_type, change.region, change.status)
             for change in changes
         ])
-        return []
+        refusals = [
+            Refused(message=change, reason=ReasonCode.CONFLICT,
+                    error="event_id used before for other content; the first enrollment stands")
+            for change, step in zip(changes, steps, strict=True) if step.conflict
+        ]
+        CONFLICTS.labels(SERVICE, ENROLLMENT.name).inc(len(refusals))
+        return refusals
 
     async def on_claims(self, claims: Sequence[Claim]) -> list[BaseModel]:
-        """One round trip reads the recipients, one pipeline records every claim in batch order
-        (so a recipient's claims apply one after another), then the answers are built."""
+        """One pipeline registers the claim ids and reads what the steps need, one pipeline
+        records every claim in batch order (so a recipient's claims apply one after another),
+        then the answers are built. A claim id owned by another recipient is a conflict, with no step."""
         now = self.clock.now()
-        recipients = await self.store.recipients([claim.recipient_id for claim in claims])
+        facts = await self.store.claim_facts(claims)
         contents = [fingerprint(claim.model_dump_json()) for claim in claims]
-        calls = [
-            self._accept(claim, content, recipient, now) if claim.kind == "settle" else self._reverse(claim, content, now)
-            for claim, content, recipient in zip(claims, contents, recipients, strict=True)
-        ]
-        steps = await self.store.run(calls)
+        owned = [fact.owner == claim.recipient_id for claim, fact in zip(claims, facts, strict=True)]
+        steps = iter(await self.store.run([
+            self._accept(claim, content, fact, now) if claim.kind == "settle" else self._reverse(claim, content, fact, now)
+            for claim, content, fact, own in zip(claims, contents, facts, owned, strict=True) if own
+        ]))
         outputs: list[BaseModel] = []
-        for claim, content, step in zip(claims, contents, steps, strict=True):
-            if step.conflict:
+        for claim, content, own in zip(claims, contents, owned, strict=True):
+            step = next(steps) if own else None
+            if step is None or step.conflict:
                 outputs.append(self._conflict(claim, content, now))
             elif claim.kind == "settle":
                 outputs.extend(self._accepted(claim, step, now))
@@ -88,8 +106,8 @@ class SettlementHandlers:
                 outputs.extend(self._reversed(claim, step, now))
         return [*outputs, *self._statistics_due()]
 
-    def _accept(self, claim: Claim, content: str, recipient: tuple[str, str] | None, now: datetime) -> Call:
-        assessment = assess_claim(claim, recipient)
+    def _accept(self, claim: Claim, content: str, facts: ClaimFacts, now: datetime) -> Call:
+        assessment = assess_claim(claim, facts.recipient)
         record = {
             "fingerprint": content, "kind": "settle", "recipient_id": claim.recipient_id,
             "category": claim.category, "service_region": claim.service_region,
@@ -105,7 +123,7 @@ class SettlementHandlers:
         record = step.result
         if record["status"] == "pending":  # new, or redelivered before the wallet answered: (re)ask
             return [DrawRequested(
-                request_id=derived_event_id("settlement", claim.claim_id, "draw"), claim_id=claim.claim_id,
+                request_id=claim_output_id(claim.claim_id, "draw"), claim_id=claim.claim_id,
                 recipient_id=claim.recipient_id, amount_fen=record["payable"], requested_at=now,
                 context=ClaimContext(requested_fen=record["requested"], service_region=record["service_region"],
                                      shortfall=record["shortfall"]),
@@ -115,22 +133,23 @@ class SettlementHandlers:
         return [settlement_event(claim.claim_id, record)]
 
     def _conflict(self, claim: Claim, content: str, now: datetime) -> SettlementEvent:
-        """A claim id used before for other content: refused, and the first result stands."""
-        CONFLICTS.labels("settlement", "claims").inc()
+        """A claim id used before for other content, or by another recipient: refused, and the
+        first result stands."""
+        CONFLICTS.labels(SERVICE, CLAIMS.name).inc()
         return SettlementEvent(
-            event_id=derived_event_id("settlement", claim.claim_id, "conflict", content),
+            event_id=claim_output_id(claim.claim_id, "conflict", content),
             cause_id=claim.claim_id, claim_id=claim.claim_id, recipient_id=claim.recipient_id, status="rejected",
             requested_fen=claim.amount_fen or 0, paid_fen=0, self_pay_fen=claim.amount_fen or 0, payers=[],
             reason=ReasonCode.CONFLICT, category=claim.category, service_region=claim.service_region,
             reverses=claim.reverses, settled_at=now,
         )
 
-    def _reverse(self, claim: Claim, content: str, now: datetime) -> Call:
+    def _reverse(self, claim: Claim, content: str, facts: ClaimFacts, now: datetime) -> Call:
         assert claim.reverses is not None  # the contract requires it for a reversal
         record = {"fingerprint": content, "kind": "reverse", "recipient_id": claim.recipient_id,
                   "reverses": claim.reverses, "status": "pending"}
         return self.store.reverse(claim.recipient_id, claim.claim_id, record, claim.reverses,
-                                  shanghai_month(now), rfc3339(now))
+                                  shanghai_month(now), rfc3339(now), facts.reverses_owner)
 
     def _reversed(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel]:
         if step.outcome == "applied":
@@ -138,7 +157,7 @@ class SettlementHandlers:
         outputs: list[BaseModel] = [settlement_event(claim.claim_id, step.result)]
         if step.result["result"]["status"] == "reversed":
             outputs.append(RefundRequested(
-                request_id=derived_event_id("settlement", claim.claim_id, "refund"), claim_id=claim.claim_id,
+                request_id=claim_output_id(claim.claim_id, "refund"), claim_id=claim.claim_id,
                 original_claim_id=claim.reverses, recipient_id=claim.recipient_id,
                 payers=[Payer(**payer) for payer in step.result["result"]["payers"] or []], requested_at=now,
             ))
@@ -182,7 +201,7 @@ class SettlementHandlers:
         now = self.clock.now()
         snapshots = [
             StatisticsSnapshot(
-                event_id=derived_event_id("statistics", self.instance, minute, now.isoformat()),
+                event_id=derived_event_id(SERVICE, STATISTICS.name, self.instance, minute, now.isoformat()),
                 instance=self.instance, minute=minute,
                 by_status=_counts(tally.by_status), by_category=_counts(tally.by_category),
                 by_province_pair=_counts(tally.by_province_pair),

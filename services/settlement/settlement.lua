@@ -3,9 +3,13 @@ Settlement service state. Claims are spread over shards ({s<N>}, N from the reci
 claim, its reversal and the clearing accumulators they touch share one hash slot.
 Per shard S (prefix stl:{s<S>}):
   :claims          hash  claim id -> record json (fingerprint, status pending|final, figures, result)
-  :clearing:<YYYY-MM>  hash  "<payer province>><payee province>" -> fen; "...#claims" -> count
+  :clearing:<YYYY-MM>  hash  "<payer province>><payee province>" -> fen (paid less reversed);
+                         "...#claims" -> claims paid, "...#reversals" -> reversals, in that month
   :closed          hash  month -> the month's accumulator as closed (a statement never changes)
-Per person X: stl:{p:X}:seen, stl:{p:X}:enrollment (insurance_type, region, status).
+The national claim-id registry, sharded by the claim id (prefix stl:{c<N>}, N from the claim id):
+  :owners          hash  claim id -> the recipient who used it first (claim ids are unique nationally)
+Per person X: stl:{p:X}:seen:enrollment (ids of gongji.enrollment.v1), stl:{p:X}:enrollment
+(insurance_type, region, status).
 ]]
 
 local function month_after(month)
@@ -20,12 +24,14 @@ local function open_month(closed_key, month)
   return month
 end
 
--- Adds (sign 1) or takes back (sign -1) a claim's cross-province amounts.
+-- Adds a claim's cross-province amounts (sign 1) or takes them back for a reversal (sign -1).
+-- Reversals are counted on their own: one of a claim from a closed month changes no month's claims.
 local function accumulate(prefix, month, owed, sign)
   local key = prefix .. ':clearing:' .. month
+  local count = sign == 1 and '#claims' or '#reversals'
   for pair, amount in pairs(owed) do
     redis.call('HINCRBY', key, pair, sign * amount)
-    redis.call('HINCRBY', key, pair .. '#claims', sign)
+    redis.call('HINCRBY', key, pair .. count, 1)
   end
 end
 
@@ -35,6 +41,13 @@ local function recorded_before(claims_key, id, fingerprint)
   if not existing then return nil end
   if cjson.decode(existing).fingerprint ~= fingerprint then return {'conflict', existing} end
   return {'duplicate', existing}
+end
+
+-- Claim ids are unique nationally: the first recipient to use one owns it. Answers the owner.
+-- KEYS: owners   ARGV: claim_id, recipient_id
+local function register_claim(keys, args)
+  redis.call('HSETNX', keys[1], args[1], args[2])
+  return redis.call('HGET', keys[1], args[1])
 end
 
 -- KEYS: claims   ARGV: claim_id, record json (with .fingerprint)
@@ -60,8 +73,21 @@ local function finish(keys, args)
   return {'applied', encoded}
 end
 
+-- Why a reversal cannot apply, or nil: only a settled or partial claim of the same recipient may
+-- be reversed, once. `owner` (from the registry, '' if never seen) tells a claim recorded in
+-- another shard, or not yet recorded, from an id never seen.
+local function reversal_refusal(original, recipient_id, owner)
+  if not original then return owner == '' and 'UNKNOWN_CLAIM' or 'NOT_REVERSIBLE' end
+  local paid = original.status == 'final'
+    and (original.result.status == 'settled' or original.result.status == 'partial')
+  if original.kind ~= 'settle' or original.recipient_id ~= recipient_id or not paid then return 'NOT_REVERSIBLE' end
+  if original.reversed_by then return 'ALREADY_REVERSED' end
+  return nil
+end
+
 -- A refund (退费) cancels a whole settled claim.
--- KEYS: claims, closed   ARGV: reversal id, record json, original claim id, month, shard prefix, now
+-- KEYS: claims, closed
+-- ARGV: reversal id, record json, original claim id, month, shard prefix, now, owner of the original id
 local function reverse(keys, args)
   local record = cjson.decode(args[2])
   local prior = recorded_before(keys[1], args[1], record.fingerprint)
@@ -69,10 +95,9 @@ local function reverse(keys, args)
   local original = redis.call('HGET', keys[1], args[3])
   original = original and cjson.decode(original) or nil
   local result = {at = args[6], paid = 0, payers = {}, owed = {}}
-  if not original or original.status ~= 'final' or original.result.paid == 0 then
-    result.status, result.reason = 'rejected', 'UNKNOWN_CLAIM'
-  elseif original.reversed_by then
-    result.status, result.reason = 'rejected', 'ALREADY_REVERSED'
+  local refusal = reversal_refusal(original, record.recipient_id, args[7])
+  if refusal then
+    result.status, result.reason = 'rejected', refusal
   else
     result.status, result.paid, result.payers, result.owed = 'reversed', original.result.paid,
       original.result.payers, original.result.owed
@@ -81,24 +106,27 @@ local function reverse(keys, args)
     original.reversed_by = args[1]
     redis.call('HSET', keys[1], args[3], cjson.encode(original))
   end
-  record.status, record.result, record.requested = 'final', result, original and original.result.paid or 0
+  -- A refused reversal asks for nothing back and tells nothing of the claim it named.
+  record.status, record.result, record.requested = 'final', result, result.paid
   local encoded = cjson.encode(record)
   redis.call('HSET', keys[1], args[1], encoded)
   return {'applied', encoded}
 end
 
 -- KEYS: closed, clearing:<month>   ARGV: month, now
+-- The totals stay the strings Redis holds: as Lua numbers cjson would keep only 14 digits.
 local function close_month(keys, args)
   local closed = redis.call('HGET', keys[1], args[1])
   if closed then return closed end
   local totals = {_closed_at = args[2]}
   local fields = redis.call('HGETALL', keys[2])
-  for i = 1, #fields, 2 do totals[fields[i]] = tonumber(fields[i + 1]) end
+  for i = 1, #fields, 2 do totals[fields[i]] = fields[i + 1] end
   local encoded = cjson.encode(totals)
   redis.call('HSET', keys[1], args[1], encoded)
   return encoded
 end
 
+redis.register_function('settlement_register_claim', register_claim)
 redis.register_function('settlement_accept', accept)
 redis.register_function('settlement_finish', finish)
 redis.register_function('settlement_reverse', reverse)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from redis.asyncio import Redis
 
+from shared.contracts import Claim
 from shared.redis_functions import Call, Step, load_library, run_steps
 
 LIBRARY = Path(__file__).with_name("settlement.lua")
@@ -17,6 +19,15 @@ PREFIX = "stl:"
 
 def _person_key(person_id: str, part: str) -> str:
     return f"{PREFIX}{{p:{person_id}}}:{part}"
+
+
+@dataclass(frozen=True)
+class ClaimFacts:
+    """What a claim's step needs to know first, read for a whole batch in one round trip."""
+
+    owner: str  # the recipient its claim id is registered to: the first to use the id
+    recipient: tuple[str, str] | None = None  # a settle claim's recipient: (region, status), None if never enrolled
+    reverses_owner: str = ""  # a reversal: the recipient the reversed id is registered to, "" if never seen
 
 
 class SettlementStore:
@@ -34,6 +45,32 @@ class SettlementStore:
     def all_shard_prefixes(self) -> list[str]:
         return [f"{PREFIX}{{s{shard}}}" for shard in range(self.shards)]
 
+    def _owners_key(self, claim_id: str) -> str:
+        """The registry of claim ids is sharded by the claim id: ids are national, not per recipient."""
+        return f"{PREFIX}{{c{zlib.crc32(claim_id.encode()) % self.shards}}}:owners"
+
+    async def claim_facts(self, claims: Sequence[Claim]) -> list[ClaimFacts]:
+        """In one pipeline, in batch order: registers each claim id to its recipient unless another
+        owns it already, reads a settle claim's recipient (this service's enrollment copy) and a
+        reversal's original owner. Each step touches one hash slot."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for claim in claims:
+                pipe.fcall("settlement_register_claim", 1, self._owners_key(claim.claim_id), claim.claim_id,
+                           claim.recipient_id)
+                if claim.kind == "settle":
+                    pipe.hmget(_person_key(claim.recipient_id, "enrollment"), "region", "status")
+                else:
+                    pipe.hget(self._owners_key(claim.reverses), claim.reverses)
+            replies = await pipe.execute()
+        facts = []
+        for claim, owner, read in zip(claims, replies[::2], replies[1::2], strict=True):
+            if claim.kind == "settle":
+                region, status = read
+                facts.append(ClaimFacts(owner.decode(), recipient=(region.decode(), status.decode()) if region else None))
+            else:
+                facts.append(ClaimFacts(owner.decode(), reverses_owner=read.decode() if read else ""))
+        return facts
+
     def accept(self, recipient_id: str, claim_id: str, record: dict) -> Call:
         """Records a new claim (pending, or final if refused), or answers a redelivery or a conflict."""
         return Call("settlement_accept", [f"{self.shard_prefix(recipient_id)}:claims"], [claim_id, json.dumps(record)])
@@ -45,35 +82,32 @@ class SettlementStore:
                     [claim_id, json.dumps(result), month, prefix])
 
     def reverse(self, recipient_id: str, reversal_id: str, record: dict, original_claim_id: str, month: str,
-                now: str) -> Call:
-        """Cancels a whole settled claim, once, taking its clearing amounts back."""
+                now: str, original_owner: str) -> Call:
+        """Cancels a whole settled claim of the recipient, once, taking its clearing amounts back.
+        `original_owner`: whom the registry says the original id belongs to ("" if never seen)."""
         prefix = self.shard_prefix(recipient_id)
         return Call("settlement_reverse", [f"{prefix}:claims", f"{prefix}:closed"],
-                    [reversal_id, json.dumps(record), original_claim_id, month, prefix, now])
+                    [reversal_id, json.dumps(record), original_claim_id, month, prefix, now, original_owner])
 
     async def run(self, calls: Sequence[Call]) -> list[Step]:
         return await run_steps(self.redis, calls)
 
-    async def close_month(self, shard_prefix: str, month: str, now: str) -> dict:
-        """Closes the month in one shard (once: later calls return the same totals), with `_closed_at`."""
+    async def close_month(self, shard_prefix: str, month: str, now: str) -> tuple[str, dict[str, int]]:
+        """Closes the month in one shard (once: later calls return the same totals): when it was
+        closed, and its exact totals."""
         encoded = await self.redis.fcall(
             "settlement_close_month", 2, f"{shard_prefix}:closed", f"{shard_prefix}:clearing:{month}", month, now
         )
-        return json.loads(encoded)
+        totals = json.loads(encoded)
+        closed_at = totals.pop("_closed_at")
+        return closed_at, {field: int(value) for field, value in totals.items()}
 
     def record_enrollment(self, input_id: str, fingerprint: str, person_id: str, insurance_type: str,
                           region: str, status: str) -> Call:
+        """The enrollment copy, once per input id of gongji.enrollment.v1 (its ids are its own)."""
         return Call("settlement_record_enrollment",
-                    [_person_key(person_id, "seen"), _person_key(person_id, "enrollment")],
+                    [_person_key(person_id, "seen:enrollment"), _person_key(person_id, "enrollment")],
                     [input_id, fingerprint, insurance_type, region, status])
-
-    async def recipients(self, person_ids: Sequence[str]) -> list[tuple[str, str] | None]:
-        """(region, status) of each insured person, or None if never enrolled; one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for person_id in person_ids:
-                pipe.hmget(_person_key(person_id, "enrollment"), "region", "status")
-            replies = await pipe.execute()
-        return [(region.decode(), status.decode()) if region else None for region, status in replies]
 
     async def claim(self, recipient_id: str | None, claim_id: str) -> dict | None:
         prefixes = [self.shard_prefix(recipient_id)] if recipient_id else self.all_shard_prefixes()

@@ -5,6 +5,7 @@ its statement checked against figures computed by hand; then duplicates, conflic
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -19,8 +20,16 @@ from tests.support import new_id, new_person_id, now_iso
 pytestmark = pytest.mark.timeout(300)
 
 
-def gongji(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gongji", *args], capture_output=True, text=True, timeout=120)
+def gongji(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gongji", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def after_the_month(month: str) -> dict[str, str]:
+    """A clock at midnight Asia/Shanghai after `month`: only an ended month may be closed."""
+    year, number = int(month[:4]), int(month[5:])
+    year, number = (year + 1, 1) if number == 12 else (year, number + 1)
+    return {"GONGJI_CLOCK_FIXED_AT": f"{year:04d}-{number:02d}-01T00:00:00+08:00"}
 
 
 async def test_the_whole_story_and_its_monthly_statement(world: World, kafka) -> None:
@@ -78,31 +87,31 @@ async def test_the_whole_story_and_its_monthly_statement(world: World, kafka) ->
     months = {event["clearing_month"] for event in (clinic, pharmacy, premium, care, short, refund)}
     assert len(months) == 1
     month = months.pop()
-    closed = gongji("clearing", "close", month)
+    assert gongji("clearing", "close", month).returncode == 1  # the month has not ended yet
+    closed = gongji("clearing", "close", month, env=after_the_month(month))
     assert closed.returncode == 0, closed.stderr
     await kafka.wait_for(CLEARING, lambda m: m["month"] == month and m.get("province") in {"35", "62", "53"}, count=3)
     await kafka.settle_quietly()  # the rest of the statement, published in the same go
     rows = kafka.matching(CLEARING, lambda m: m["month"] == month)
-    gross = {(r["payer_province"], r["payee_province"]): (r["amount_fen"], r["claims"])
+    gross = {(r["payer_province"], r["payee_province"]): (r["amount_fen"], r["claims"], r["reversals"])
              for r in rows if r["row"] == "gross"}
     net = {r["province"]: r["amount_fen"] for r in rows if r["row"] == "net"}
     earlier_lines = gross_lines(before_by_month.get(month, {}))
-    earlier = {(line.payer_province, line.payee_province): (line.amount_fen, line.claims) for line in earlier_lines}
+    earlier = {(line.payer_province, line.payee_province): (line.amount_fen, line.claims, line.reversals)
+               for line in earlier_lines}
     earlier_net = net_positions(earlier_lines)
 
-    def this_test(pair: tuple[str, str]) -> tuple[int, int]:
-        amount, claims = gross[pair]
-        earlier_amount, earlier_claims = earlier.get(pair, (0, 0))
-        return amount - earlier_amount, claims - earlier_claims
+    def this_test(pair: tuple[str, str]) -> tuple[int, int, int]:
+        return tuple(now - before for now, before in zip(gross[pair], earlier.get(pair, (0, 0, 0)), strict=True))
 
-    # Daughter (35) paid 30,000 + 8,000 + 38,000 + 24,000, less the 8,000 reversed: 4 claims − 1.
-    assert this_test(("35", "53")) == (92_000, 3)
-    assert this_test(("62", "53")) == (20_000, 2)  # the son: 6,000 + 14,000
+    # Daughter (35) paid 30,000 + 8,000 + 38,000 + 24,000 in 4 claims, less the 8,000 of 1 reversal.
+    assert this_test(("35", "53")) == (92_000, 4, 1)
+    assert this_test(("62", "53")) == (20_000, 2, 0)  # the son: 6,000 + 14,000
     assert {province: net[province] - earlier_net.get(province, 0) for province in ("35", "62", "53")} == \
         {"35": -92_000, "62": -20_000, "53": 112_000}
     assert sum(net.values()) == 0
 
-    again = gongji("clearing", "close", month)  # the same statement however often it is run
+    again = gongji("clearing", "close", month, env=after_the_month(month))  # the same statement, however often
     assert again.returncode == 0
     await kafka.settle_quietly()
     ours = kafka.matching(CLEARING, lambda m: m["month"] == month)

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from services.settlement.domain import (
-    Assessment, GrossLine, assess_claim, clearing_contributions, net_positions, settlement_status,
+    NATIONAL, Assessment, GrossLine, assess_claim, clearing_contributions, gross_lines, month_has_ended,
+    net_positions, output_event_id, settlement_status,
 )
 from shared.contracts import Claim, Payer, ReasonCode
 from shared.ids import make_person_id
+from shared.topics import CLAIMS, ENROLLMENT
 
 RECIPIENT = make_person_id("310101", "19900101", 2)
 INSURED = ("510100", "normal")
 
 
-def claim(category: str = "institution", amount_fen: int = 10_000, items=None) -> Claim:
+def claim(category: str = "institution", amount_fen: int = 10_000, items=None, **fields) -> Claim:
     return Claim.model_validate({
         "claim_id": "c", "kind": "settle", "recipient_id": RECIPIENT, "recipient_region": "510100",
         "category": category, "service_region": "510100", "amount_fen": amount_fen, "items": items,
-        "occurred_at": "2026-03-02T10:00:00+08:00",
+        "occurred_at": "2026-03-02T10:00:00+08:00", **fields,
     })
 
 
@@ -45,6 +49,36 @@ def test_a_pharmacy_claim_with_nothing_in_the_catalogue_is_refused() -> None:
     items = [{"code": "B", "in_catalogue": False, "amount_fen": 4_000}]
     assert assess_claim(claim("pharmacy", 4_000, items), INSURED).refusal == ReasonCode.NOT_IN_CATALOGUE
     assert assess_claim(claim("pharmacy", 4_000, None), INSURED).refusal == ReasonCode.NOT_IN_CATALOGUE
+
+
+CATALOGUE = [{"code": "A", "in_catalogue": True, "amount_fen": 10_000}]
+
+
+@pytest.mark.parametrize(("category", "code"), [("institution", "H51010500012"), ("pharmacy", "P51010700003"),
+                                                ("institution", None), ("pharmacy", None)])
+def test_an_institution_code_of_the_right_kind_in_the_service_province_is_payable(category, code) -> None:
+    assessment = assess_claim(claim(category, items=CATALOGUE, institution_code=code), INSURED)
+    assert assessment == Assessment(10_000)
+
+
+@pytest.mark.parametrize(("category", "code"), [("institution", "P51010700003"), ("pharmacy", "H51010500012"),
+                                                ("institution", "X51010500012"), ("pharmacy", "")])
+def test_a_code_of_the_other_kind_is_not_allowed(category, code) -> None:
+    """A pharmacy's P code sent as an institution would skip the catalogue check."""
+    assessment = assess_claim(claim(category, items=CATALOGUE, institution_code=code), INSURED)
+    assert assessment.refusal == ReasonCode.CATEGORY_NOT_ALLOWED
+
+
+@pytest.mark.parametrize("code", ["H44030500012", "P44030500012", "H999999", "H51", "P51010"])
+def test_the_code_must_name_a_region_in_the_service_province(code) -> None:
+    """The service region decides who is paid in clearing: it must be where the institution is."""
+    category = "institution" if code.startswith("H") else "pharmacy"
+    assessment = assess_claim(claim(category, items=CATALOGUE, institution_code=code), INSURED)
+    assert assessment.refusal == ReasonCode.SERVICE_REGION_MISMATCH
+
+
+def test_the_code_may_name_another_region_of_the_same_province() -> None:
+    assert assess_claim(claim(institution_code="H51070000001"), INSURED) == Assessment(10_000)
 
 
 @pytest.mark.parametrize(
@@ -78,3 +112,39 @@ def test_net_positions_always_sum_to_zero(lines) -> None:
 def test_net_positions_by_hand() -> None:
     lines = [GrossLine("44", "51", 1_000, 2), GrossLine("51", "44", 300, 1), GrossLine("11", "51", 200, 1)]
     assert net_positions(lines) == {"11": -200, "44": -700, "51": 900}
+
+
+def test_gross_lines_count_claims_and_reversals_apart() -> None:
+    totals = {"44>51": -2_000, "44>51#claims": 1, "44>51#reversals": 1, "11>51": 0, "11>51#claims": 1,
+              "11>51#reversals": 1, "12>51": 0}
+    assert gross_lines(totals) == [GrossLine("11", "51", 0, 1, 1), GrossLine("44", "51", -2_000, 1, 1)]
+
+
+@pytest.mark.parametrize(("month", "now", "ended"), [
+    ("2026-03", "2026-03-31T23:59:59.999+08:00", False),
+    ("2026-03", "2026-04-01T00:00:00+08:00", True),
+    ("2026-03", "2026-03-31T16:00:00+00:00", True),  # midnight in Shanghai, still March in UTC
+    ("2026-12", "2026-12-31T23:00:00+08:00", False),
+    ("2026-12", "2027-01-01T00:00:00+08:00", True),
+    ("2099-01", "2026-03-02T12:00:00+08:00", False),
+    ("2025-02", "2026-03-02T12:00:00+08:00", True),
+])
+def test_a_month_has_ended_at_midnight_asia_shanghai(month, now, ended) -> None:
+    assert month_has_ended(month, datetime.fromisoformat(now)) is ended
+
+
+def test_an_input_id_holding_the_separator_cannot_pose_as_another_output() -> None:
+    assert output_event_id(CLAIMS.name, NATIONAL, "c\x1fdraw") != output_event_id(CLAIMS.name, NATIONAL, "c", "draw")
+
+
+OUTPUT_KINDS = st.sampled_from([("settlement",), ("draw",), ("refund",), ("conflict", "0" * 32), ("conflict", "f" * 32)])
+INPUTS = st.tuples(st.sampled_from([CLAIMS.name, ENROLLMENT.name]), st.sampled_from([NATIONAL, RECIPIENT]),
+                   st.text(min_size=1, max_size=20, alphabet=st.sampled_from("ab\x1f|:\\\"")), OUTPUT_KINDS)
+
+
+@given(INPUTS, INPUTS)
+def test_different_inputs_never_give_the_same_output_id(first, second) -> None:
+    def identify(topic, scope, input_id, what):
+        return output_event_id(topic, scope, input_id, *what)
+
+    assert (identify(*first) == identify(*second)) is (first == second)
