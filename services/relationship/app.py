@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from faststream.asgi import AsgiFastStream
 
-from services.relationship.handlers import RelationshipHandlers
+from services.relationship.handlers import SERVICE, RelationshipHandlers
 from services.relationship.store import RelationshipStore
 from shared.clock import Clock, clock_from_setting
 from shared.policy import PolicyCache
@@ -12,8 +12,6 @@ from shared.redis_client import connect
 from shared.runtime import build_service_app
 from shared.settings import Settings
 from shared.topics import ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, RELATIONSHIP_EVENTS, RELATIONSHIP_GROUP
-
-SERVICE = "relationship"
 
 
 def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:

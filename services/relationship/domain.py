@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from shared.contracts import Kinship, ReasonCode, RelationshipCommand
@@ -29,20 +29,49 @@ class Enrollment:
     insurance_type: str
     region: str
     status: str
+    # How many times type, region or status changed: a decision made on generation g is stale once
+    # the person is at another. It counts changes; it is not itself part of the enrollment.
+    generation: int = field(default=0, compare=False)
 
     def differs_from(self, other: "Enrollment") -> bool:
         """Rule 7: a change of type, region or status is an insurance-relationship change."""
         return self != other
 
 
+def generation_of(enrollment: Enrollment | None) -> int:
+    return enrollment.generation if enrollment else 0
+
+
 @dataclass(frozen=True)
 class Facts:
     """What the service knows when it decides a command: both parties' enrollment and the
-    civil-registry kinship of the recipient to the provider (None when no fact is recorded)."""
+    civil-registry kinship of the recipient to the provider (None when unverified: see
+    `registry_kinship`)."""
 
     provider: Enrollment | None
     recipient: Enrollment | None
     recorded_kinship: str | None
+
+
+@dataclass(frozen=True)
+class Relationship:
+    """A (provider, recipient) pair as stored: its state, what the request recorded, and the pair's
+    version (one more at each change of the pair)."""
+
+    state: str  # pending | active
+    recipient_region: str
+    recipient_generation: int  # the recipient's enrollment generation the request was decided on
+    version: int
+
+
+def registry_kinship(providers_fact: str | None, recipients_fact: str | None) -> str | None:
+    """Rule 2: what the civil registry says the recipient is to the provider. A fact may be recorded
+    by either side (the recipient's, about the provider, is inverted); each side's fact is its own
+    latest, so no side can overwrite the other's. Two sides that disagree verify nothing."""
+    inverted = INVERSE[Kinship(recipients_fact)].value if recipients_fact else None
+    if providers_fact and inverted and providers_fact != inverted:
+        return None
+    return providers_fact or inverted
 
 
 def check_actor(command: RelationshipCommand) -> ReasonCode | None:
@@ -92,9 +121,16 @@ def check_request(command: RelationshipCommand, facts: Facts, policy: Policy, no
     return check_eligibility(command.provider_id, command.recipient_id, command.recipient_region, facts, policy, now)
 
 
-def check_accept(command: RelationshipCommand, facts: Facts, policy: Policy, now: datetime) -> ReasonCode | None:
-    """Acceptance re-checks eligibility: the world may have changed since the request."""
+def check_accept(
+    command: RelationshipCommand, facts: Facts, requested: Relationship | None, policy: Policy, now: datetime
+) -> ReasonCode | None:
+    """Acceptance re-checks eligibility against what the request recorded: the world may have
+    changed since. A recipient whose insurance changed since the request is refused, whatever it
+    changed to (rule 7 ends the request); the store ends it."""
     if reason := check_actor(command):
         return reason
-    recipient_region = facts.recipient.region if facts.recipient else ""
-    return check_eligibility(command.provider_id, command.recipient_id, recipient_region, facts, policy, now)
+    if requested is None or requested.state != "pending":
+        return ReasonCode.RELATIONSHIP_NOT_ACTIVE
+    if generation_of(facts.recipient) != requested.recipient_generation:
+        return ReasonCode.INSURANCE_CHANGED
+    return check_eligibility(command.provider_id, command.recipient_id, requested.recipient_region, facts, policy, now)

@@ -6,38 +6,51 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 
-from services.relationship.domain import INVERSE, Enrollment, Facts, check_accept, check_actor, check_request
+from services.relationship.domain import (
+    Enrollment, Facts, check_accept, check_actor, check_request, generation_of, registry_kinship,
+)
 from services.relationship.store import RelationshipStore
 from shared.clock import Clock, rfc3339
 from shared.concurrency import gather_by_key
 from shared.contracts import EnrollmentChanged, KinshipRecorded, ReasonCode, RelationshipCommand, RelationshipEvent
 from shared.ids import derived_event_id, fingerprint, mask_person_id
 from shared.policy import PolicyCache
-from shared.runtime import CONFLICTS
+from shared.runtime import CONFLICTS, Refused
+from shared.topics import ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, Topic
+
+SERVICE = "relationship"
 
 logger = logging.getLogger("gongji.relationship")
 
 
-def _event(cause_id: str, step_result: dict, provider_id: str, recipient_id: str, **fields) -> RelationshipEvent:
-    event_type = fields.pop("type", None) or step_result["type"]
+def _event_id(topic: Topic, scope: str, input_id: str, *distinguishing: str) -> str:
+    """An input id is unique only for its topic and scope (the person whose id space it is in);
+    `distinguishing` tells one input's several outputs apart."""
+    return derived_event_id(SERVICE, topic.name, scope, input_id, *distinguishing)
+
+
+def _event(event_id: str, cause_id: str, event_type: str, result: dict, provider_id: str,
+           recipient_id: str) -> RelationshipEvent:
     return RelationshipEvent(
-        event_id=derived_event_id("relationship", cause_id, provider_id, recipient_id, event_type),
+        event_id=event_id,
         cause_id=cause_id,
         type=event_type,
         provider_id=provider_id,
         recipient_id=recipient_id,
-        recipient_region=step_result.get("recipient_region"),
-        kinship=step_result.get("kinship"),
-        reason=step_result.get("reason"),
-        occurred_at=datetime.fromisoformat(step_result["at"]),
-        **fields,
+        recipient_region=result.get("recipient_region"),
+        kinship=result.get("kinship"),
+        reason=result.get("reason"),
+        # A refusal reports no change of the pair; every other event reports the pair's new version.
+        version=None if event_type == "rejected" else result["version"],
+        occurred_at=datetime.fromisoformat(result["at"]),
     )
 
 
 def _conflict_event(command: RelationshipCommand, content: str, now: datetime) -> RelationshipEvent:
     """The refusal of a command whose id was used before for other content; nothing changed."""
+    CONFLICTS.labels(SERVICE, RELATIONSHIP_COMMANDS.name).inc()
     return RelationshipEvent(
-        event_id=derived_event_id("relationship", command.command_id, "conflict", content),
+        event_id=_event_id(RELATIONSHIP_COMMANDS, command.provider_id, command.command_id, "conflict", content),
         cause_id=command.command_id,
         type="rejected",
         provider_id=command.provider_id,
@@ -46,6 +59,13 @@ def _conflict_event(command: RelationshipCommand, content: str, now: datetime) -
         reason=ReasonCode.CONFLICT,
         occurred_at=now,
     )
+
+
+def _refused_as_conflict(topic: Topic, message: EnrollmentChanged | KinshipRecorded) -> Refused:
+    """Enrollment and kinship have no event stream of their own: the refusal is a dead letter."""
+    CONFLICTS.labels(SERVICE, topic.name).inc()
+    return Refused(message, ReasonCode.CONFLICT,
+                   f"event_id {message.event_id!r} was used before on {topic.name} for other content")
 
 
 class RelationshipHandlers:
@@ -60,7 +80,8 @@ class RelationshipHandlers:
         return Facts(
             provider=await self.store.enrollment(provider_id),
             recipient=await self.store.enrollment(recipient_id),
-            recorded_kinship=await self.store.recorded_kinship(provider_id, recipient_id),
+            recorded_kinship=registry_kinship(await self.store.recorded_kinship(provider_id, recipient_id),
+                                              await self.store.recorded_kinship(recipient_id, provider_id)),
         )
 
     async def on_commands(self, commands: Sequence[RelationshipCommand]) -> list[RelationshipEvent]:
@@ -68,66 +89,85 @@ class RelationshipHandlers:
 
     async def _command(self, command: RelationshipCommand) -> list[RelationshipEvent]:
         now = self.clock.now()
+        provider_id, recipient_id = command.provider_id, command.recipient_id
+        facts = Facts(None, None, None)
+        requested = None
         if command.action == "request":
-            refusal = check_request(command, await self._facts(command.provider_id, command.recipient_id),
-                                    await self.policy.get(), now)
+            facts = await self._facts(provider_id, recipient_id)
+            refusal = check_request(command, facts, await self.policy.get(), now)
         elif command.action == "accept":
-            refusal = check_accept(command, await self._facts(command.provider_id, command.recipient_id),
-                                   await self.policy.get(), now)
+            facts = await self._facts(provider_id, recipient_id)
+            requested = await self.store.relationship(provider_id, recipient_id)
+            refusal = check_accept(command, facts, requested, await self.policy.get(), now)
         else:
             refusal = check_actor(command)
+        if command.action == "request" and refusal is None and \
+                not await self.store.command_seen(provider_id, command.command_id):
+            # Index first: a change of the recipient's insurance from now on reaches the request.
+            # Not for a redelivery, which must change nothing.
+            await self.store.expect_provider(provider_id, recipient_id)
         content = fingerprint(command.model_dump_json())
         step = await self.store.apply_command(
-            command.command_id, content, command.action, command.provider_id, command.recipient_id,
-            refusal or "", command.kinship or "", command.recipient_region or "", rfc3339(now),
+            command.command_id, content, command.action, provider_id, recipient_id, refusal or "",
+            command.kinship or "", command.recipient_region or "", generation_of(facts.recipient),
+            generation_of(facts.provider), requested.version if requested else 0, rfc3339(now),
         )
         if step.conflict:
-            CONFLICTS.labels("relationship", "relationship-commands").inc()
             return [_conflict_event(command, content, now)]
-        await self.store.index_incoming(command.provider_id, command.recipient_id, step.result["index"])
-        return [_event(command.command_id, step.result, command.provider_id, command.recipient_id)]
+        result = step.result
 
-    async def on_enrollment(self, changes: Sequence[EnrollmentChanged]) -> list[RelationshipEvent]:
-        return await gather_by_key(changes, lambda change: change.person_id, self._enrollment)
+        def answer(event_type: str) -> RelationshipEvent:
+            event_id = _event_id(RELATIONSHIP_COMMANDS, provider_id, command.command_id, event_type)
+            return _event(event_id, command.command_id, event_type, result, provider_id, recipient_id)
 
-    async def _enrollment(self, change: EnrollmentChanged) -> list[RelationshipEvent]:
-        """Rule 7: a change of insurance type, region or status ends all the person's relationships."""
-        enrollment = Enrollment(change.insurance_type, change.region, change.status)
-        step = await self.store.record_enrollment(
-            change.event_id, fingerprint(change.model_dump_json()), change.person_id, enrollment,
-            rfc3339(self.clock.now()),
-        )
-        if step.conflict:
-            CONFLICTS.labels("relationship", "enrollment").inc()
-            logger.warning("enrollment %s refused: CONFLICT (same event_id, other content)", change.event_id)
-            return []
-        if not step.result["changed"]:
-            return []
-        logger.info("insurance of %s changed: ending its relationships", mask_person_id(change.person_id))
-        ended = {"type": "terminated", "reason": ReasonCode.INSURANCE_CHANGED, "at": step.result["at"]}
-        events = []
-        for relationship in step.result["ended_as_provider"] or []:
-            recipient_id = relationship["recipient_id"]
-            await self.store.index_incoming(change.person_id, recipient_id, "remove")
-            events.append(_event(change.event_id, {**ended, **relationship}, change.person_id, recipient_id))
-        for provider_id in step.result["providers"] or []:
-            ending = await self.store.end_relationship(
-                f"{change.event_id}/{change.person_id}", provider_id, change.person_id, step.result["at"]
-            )
-            if ending.result["ended"]:
-                events.append(_event(change.event_id, {**ended, **ending.result, "at": step.result["at"]},
-                                     provider_id, change.person_id))
+        events = [answer(result["type"])]
+        if "version" in result:
+            # Also on a redelivery: a crash may have come between the step and the index.
+            await self.store.index_provider(provider_id, recipient_id, result["version"], result["state"])
+            if result["type"] == "rejected":
+                # The refusal ended the pending request (rule 7, see check_accept): that is a change too.
+                events.append(answer("terminated"))
         return events
 
-    async def on_kinship(self, facts: Sequence[KinshipRecorded]) -> list[RelationshipEvent]:
-        return await gather_by_key(facts, lambda fact: fact.person_id, self._kinship)
+    async def on_enrollment(self, changes: Sequence[EnrollmentChanged]) -> list[RelationshipEvent | Refused]:
+        return await gather_by_key(changes, lambda change: change.person_id, self._enrollment)
 
-    async def _kinship(self, fact: KinshipRecorded) -> list[RelationshipEvent]:
-        step = await self.store.record_kinship(
-            fact.event_id, fingerprint(fact.model_dump_json()), fact.person_id, fact.relative_id,
-            fact.kinship.value, INVERSE[fact.kinship].value,
+    async def _enrollment(self, change: EnrollmentChanged) -> list[RelationshipEvent | Refused]:
+        """Rule 7: a change of insurance type, region or status ends all the person's relationships."""
+        person_id = change.person_id
+        enrollment = Enrollment(change.insurance_type, change.region, change.status)
+        step = await self.store.record_enrollment(
+            change.event_id, fingerprint(change.model_dump_json()), person_id, enrollment, rfc3339(self.clock.now()),
         )
         if step.conflict:
-            CONFLICTS.labels("relationship", "kinship").inc()
-            logger.warning("kinship fact %s refused: CONFLICT (same event_id, other content)", fact.event_id)
-        return []
+            return [_refused_as_conflict(ENROLLMENT, change)]
+        if not step.result["changed"]:
+            return []
+        logger.info("insurance of %s changed: ending its relationships", mask_person_id(person_id))
+        ended = {"reason": ReasonCode.INSURANCE_CHANGED, "at": step.result["at"]}
+        events: list[RelationshipEvent | Refused] = []
+
+        def terminated(provider_id: str, recipient_id: str, relationship: dict) -> RelationshipEvent:
+            event_id = _event_id(ENROLLMENT, person_id, change.event_id, provider_id, recipient_id)
+            return _event(event_id, change.event_id, "terminated", {**ended, **relationship}, provider_id, recipient_id)
+
+        for relationship in step.result["ended_as_provider"] or []:
+            recipient_id = relationship["recipient_id"]
+            await self.store.index_provider(person_id, recipient_id, relationship["version"], "ended")
+            events.append(terminated(person_id, recipient_id, relationship))
+        for provider_id in step.result["providers"] or []:
+            ending = await self.store.end_relationship(provider_id, person_id, step.result["generation"])
+            if ending.result["ended"]:
+                await self.store.index_provider(provider_id, person_id, ending.result["version"], "ended")
+                events.append(terminated(provider_id, person_id, ending.result))
+        return events
+
+    async def on_kinship(self, facts: Sequence[KinshipRecorded]) -> list[Refused]:
+        return await gather_by_key(facts, lambda fact: fact.person_id, self._kinship)
+
+    async def _kinship(self, fact: KinshipRecorded) -> list[Refused]:
+        # Only the person's own fact: the relative's side is read, inverted, when a request is checked.
+        step = await self.store.record_kinship(
+            fact.event_id, fingerprint(fact.model_dump_json()), fact.person_id, fact.relative_id, fact.kinship.value,
+        )
+        return [_refused_as_conflict(KINSHIP, fact)] if step.conflict else []

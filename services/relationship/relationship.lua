@@ -3,42 +3,75 @@ Relationship service state. Every function touches the keys of one person's hash
 ({p:<person_id>}), so each is one atomic step that also works on Redis Cluster.
 
 Per person P (prefix rel:{p:P}):
-  :seen        hash  input id -> "<fingerprint>|<result json>"  (exactly-once effect)
-  :enrollment  hash  insurance_type, region, status
-  :kinship     hash  relative id -> what the relative is to P
-  :rels        hash  recipient id -> json {state = pending|active, kinship, recipient_region, since}
-  :incoming    set   providers with a pending or active relationship to P
+  :seen:<topic>  hash  input id -> "<fingerprint>|<result json>"  (exactly-once effect), one hash per
+                       input topic (commands, enrollment, kinship): ids are unique per sender and topic only
+  :enrollment    hash  insurance_type, region, status, generation (one more at each change of the three)
+  :kinship       hash  relative id -> what the relative is to P (P's own registry facts only)
+  :rels          hash  recipient id -> json {state = pending|active, kinship, recipient_region,
+                       recipient_generation (the recipient's, as the request was decided), since}
+  :versions      hash  recipient id -> version of the pair (P, recipient): one more in the step of each
+                       change of the pair, never reset, so it orders everything said about the pair
+  :providers     hash  provider id -> "<version>|<state>" of the pair (provider, P), state
+                       requesting|pending|active|ended: whom P's insurance change must reach (rule 7)
+  :terminations  hash  "<recipient id>|<recipient generation>" -> "-|<result json>": rule 7 from the
+                       recipient's side, ended once; internal records, never in an input's seen hash
 `remembered` and `remember` come from shared/prelude.lua, loaded in front of this file.
+Versions and generations are small counters: safe in cjson.
 ]]
 
--- KEYS: seen, rels   ARGV: input_id, fingerprint, action, recipient_id, refusal ('' when none),
---                          kinship, recipient_region, now
+local function version_of(indexed)
+  return tonumber(string.match(indexed, '^%d+'))
+end
+
+-- KEYS: seen:commands, rels, versions, enrollment (all the provider's)
+-- ARGV: input_id, fingerprint, action, recipient_id, refusal ('' when none), kinship, recipient_region,
+--       recipient_generation, provider_generation (both as the decision read them),
+--       version (of the pending request an accept was decided on), now
 local function relationship_command(keys, args)
   local prior = remembered(keys[1], args[1], args[2])
   if prior then return prior end
-  local action, recipient, refusal, now = args[3], args[4], args[5], args[8]
+  local action, recipient, refusal, now = args[3], args[4], args[5], args[11]
   local current = redis.call('HGET', keys[2], recipient)
   current = current and cjson.decode(current) or nil
-  local result = {at = now, index = ''}
+  local as_decided = current and current.state == 'pending' and
+    tonumber(redis.call('HGET', keys[3], recipient) or '0') == tonumber(args[10])
+  local result = {at = now}
+  local function changed(state)
+    result.version, result.state = redis.call('HINCRBY', keys[3], recipient, 1), state
+  end
   if refusal ~= '' then
     result.type, result.reason = 'rejected', refusal
+    if action == 'accept' and refusal == 'INSURANCE_CHANGED' and as_decided then
+      -- The recipient's insurance changed after the request, unseen by rule 7 (a race): it ends now.
+      redis.call('HDEL', keys[2], recipient)
+      changed('ended')
+    end
+  elseif (action == 'request' or action == 'accept') and
+      tonumber(redis.call('HGET', keys[4], 'generation') or '0') ~= tonumber(args[9]) then
+    -- The provider's insurance changed after the decision read it: the decision is stale.
+    result.type, result.reason = 'rejected', 'INSURANCE_CHANGED'
   elseif action == 'request' then
     if current then
       result.type, result.reason = 'rejected', 'DUPLICATE_RELATIONSHIP'
     else
-      current = {state = 'pending', kinship = args[6], recipient_region = args[7], since = now}
+      current = {state = 'pending', kinship = args[6], recipient_region = args[7],
+                 recipient_generation = tonumber(args[8]), since = now}
       redis.call('HSET', keys[2], recipient, cjson.encode(current))
-      result.type, result.index = 'requested', 'add'
+      result.type = 'requested'
+      changed('pending')
     end
-  elseif not current or (action ~= 'dissolve' and current.state ~= 'pending') then
+  elseif not current or (action == 'accept' and not as_decided) or
+      (action == 'decline' and current.state ~= 'pending') then
     result.type, result.reason = 'rejected', 'RELATIONSHIP_NOT_ACTIVE'
   elseif action == 'accept' then
     current.state, current.since = 'active', now
     redis.call('HSET', keys[2], recipient, cjson.encode(current))
     result.type = 'established'
+    changed('active')
   else
     redis.call('HDEL', keys[2], recipient)
-    result.type, result.index = (action == 'decline') and 'declined' or 'dissolved', 'remove'
+    result.type = (action == 'decline') and 'declined' or 'dissolved'
+    changed('ended')
   end
   if current then
     result.kinship, result.recipient_region = current.kinship, current.recipient_region
@@ -46,46 +79,63 @@ local function relationship_command(keys, args)
   return remember(keys[1], args[1], args[2], result)
 end
 
--- Rule 7. KEYS: seen, enrollment, rels, incoming
+-- Rule 7. KEYS: seen:enrollment, enrollment, rels, versions, providers (all the person's)
 -- ARGV: input_id, fingerprint, insurance_type, region, status, now
 -- Ends every relationship where the person is the provider (here) and returns the providers
--- whose relationships to the person the caller must end in their own slots.
+-- whose relationships to the person the caller must end in their own slots, with the generation
+-- the person's enrollment reached.
 local function record_enrollment(keys, args)
   local prior = remembered(keys[1], args[1], args[2])
   if prior then return prior end
   local before = redis.call('HMGET', keys[2], 'insurance_type', 'region', 'status')
-  redis.call('HSET', keys[2], 'insurance_type', args[3], 'region', args[4], 'status', args[5])
   local result = {at = args[6], changed = false, ended_as_provider = {}, providers = {}}
-  if before[1] and (before[1] ~= args[3] or before[2] ~= args[4] or before[3] ~= args[5]) then
+  if before[1] ~= args[3] or before[2] ~= args[4] or before[3] ~= args[5] then
+    result.generation = redis.call('HINCRBY', keys[2], 'generation', 1)
+    redis.call('HSET', keys[2], 'insurance_type', args[3], 'region', args[4], 'status', args[5])
+  end
+  if before[1] and result.generation then
     result.changed = true
     local rels = redis.call('HGETALL', keys[3])
     for i = 1, #rels, 2 do
       local rel = cjson.decode(rels[i + 1])
-      table.insert(result.ended_as_provider,
-        {recipient_id = rels[i], kinship = rel.kinship, recipient_region = rel.recipient_region})
+      table.insert(result.ended_as_provider, {recipient_id = rels[i], kinship = rel.kinship,
+        recipient_region = rel.recipient_region, version = redis.call('HINCRBY', keys[4], rels[i], 1)})
     end
-    result.providers = redis.call('SMEMBERS', keys[4])
-    redis.call('DEL', keys[3], keys[4])
+    redis.call('DEL', keys[3])
+    local providers = redis.call('HGETALL', keys[5])
+    for i = 1, #providers, 2 do
+      if not string.find(providers[i + 1], '|ended', 1, true) then
+        table.insert(result.providers, providers[i])
+      end
+    end
   end
   -- cjson encodes an empty table as an object; the caller reads both as "none".
   return remember(keys[1], args[1], args[2], result)
 end
 
--- KEYS: seen, rels (of the provider)   ARGV: input_id, fingerprint, recipient_id, now
+-- Rule 7 from the recipient's side, in the provider's slot: the recipient's enrollment reached
+-- `generation`. Ends the relationship if it was requested on an earlier generation; one requested
+-- since knew the change and stays. Once per (recipient, generation), however often it is asked.
+-- KEYS: terminations, rels, versions (the provider's)   ARGV: recipient_id, generation
 local function end_relationship(keys, args)
-  local prior = remembered(keys[1], args[1], args[2])
+  local record = args[1] .. '|' .. args[2]
+  local prior = remembered(keys[1], record, '-')
   if prior then return prior end
-  local current = redis.call('HGET', keys[2], args[3])
-  local result = {at = args[4], ended = false}
+  local current = redis.call('HGET', keys[2], args[1])
+  local result = {ended = false}
   if current then
     current = cjson.decode(current)
-    redis.call('HDEL', keys[2], args[3])
-    result.ended, result.kinship, result.recipient_region = true, current.kinship, current.recipient_region
+    -- (A relationship stored before generations existed counts as requested on generation 0.)
+    if (current.recipient_generation or 0) < tonumber(args[2]) then
+      redis.call('HDEL', keys[2], args[1])
+      result.ended, result.kinship, result.recipient_region = true, current.kinship, current.recipient_region
+      result.version = redis.call('HINCRBY', keys[3], args[1], 1)
+    end
   end
-  return remember(keys[1], args[1], args[2], result)
+  return remember(keys[1], record, '-', result)
 end
 
--- KEYS: seen, kinship   ARGV: input_id, fingerprint, relative_id, kinship
+-- KEYS: seen:kinship, kinship   ARGV: input_id, fingerprint, relative_id, kinship
 local function record_kinship(keys, args)
   local prior = remembered(keys[1], args[1], args[2])
   if prior then return prior end
@@ -93,7 +143,32 @@ local function record_kinship(keys, args)
   return remember(keys[1], args[1], args[2], {})
 end
 
+-- The recipient's index after a change of the pair (provider, recipient). It applies only if it is
+-- newer than what the index holds: a replayed, older update does nothing, while one lost in a
+-- crash is made by the redelivery. KEYS: providers (the recipient's)   ARGV: provider_id, version, state
+local function index_provider(keys, args)
+  local held = redis.call('HGET', keys[1], args[1])
+  if held and version_of(held) >= tonumber(args[2]) then return 0 end
+  redis.call('HSET', keys[1], args[1], args[2] .. '|' .. args[3])
+  return 1
+end
+
+-- Before a request's step: the recipient's index names the provider as live, so that a change of
+-- the recipient's insurance from now on reaches the provider's slot (rule 7). The version stays:
+-- the request's own update, newer, replaces it. KEYS: providers (the recipient's)   ARGV: provider_id
+local function expect_provider(keys, args)
+  local held = redis.call('HGET', keys[1], args[1])
+  if not held then
+    redis.call('HSET', keys[1], args[1], '0|requesting')
+  elseif string.find(held, '|ended', 1, true) then
+    redis.call('HSET', keys[1], args[1], version_of(held) .. '|requesting')
+  end
+  return 0
+end
+
 redis.register_function('relationship_command', relationship_command)
 redis.register_function('relationship_record_enrollment', record_enrollment)
 redis.register_function('relationship_end', end_relationship)
 redis.register_function('relationship_record_kinship', record_kinship)
+redis.register_function('relationship_index_provider', index_provider)
+redis.register_function('relationship_expect_provider', expect_provider)

@@ -6,7 +6,9 @@ from datetime import date, datetime
 
 import pytest
 
-from services.relationship.domain import INVERSE, Enrollment, Facts, check_accept, check_actor, check_request
+from services.relationship.domain import (
+    INVERSE, Enrollment, Facts, Relationship, check_accept, check_actor, check_request, registry_kinship,
+)
 from shared.contracts import Kinship, ReasonCode, RelationshipCommand
 from shared.ids import make_person_id
 from shared.policy import Policy
@@ -19,6 +21,7 @@ BEFORE = datetime.fromisoformat("2026-01-08T23:59:59+08:00")
 EMPLOYEE = Enrollment("employee", "440300", "normal")
 RESIDENT_SICHUAN = Enrollment("resident", "510100", "normal")
 GOOD = Facts(EMPLOYEE, RESIDENT_SICHUAN, "parent")
+REQUESTED = Relationship("pending", "510100", recipient_generation=0, version=1)
 
 
 def command(action: str = "request", actor: str = PROVIDER, **fields) -> RelationshipCommand:
@@ -117,9 +120,48 @@ def test_who_may_act() -> None:
 
 def test_acceptance_rechecks_eligibility() -> None:
     suspended = Facts(EMPLOYEE, Enrollment("resident", "510100", "suspended"), "parent")
-    assert check_accept(command("accept", actor=RECIPIENT), GOOD, Policy(), AFTER) is None
-    assert check_accept(command("accept", actor=RECIPIENT), suspended, Policy(), AFTER) == \
+    assert check_accept(command("accept", actor=RECIPIENT), GOOD, REQUESTED, Policy(), AFTER) is None
+    assert check_accept(command("accept", actor=RECIPIENT), suspended, REQUESTED, Policy(), AFTER) == \
         ReasonCode.RECIPIENT_STATUS_ABNORMAL
+
+
+def test_acceptance_compares_the_recipients_region_with_the_region_of_the_request() -> None:
+    moved = Facts(EMPLOYEE, Enrollment("resident", "510700", "normal"), "parent")
+    assert check_accept(command("accept", actor=RECIPIENT), moved, REQUESTED, Policy(), AFTER) == \
+        ReasonCode.RECIPIENT_MISMATCH
+
+
+def test_acceptance_refuses_when_the_recipients_insurance_changed_since_the_request() -> None:
+    changed = Facts(EMPLOYEE, Enrollment("resident", "510100", "normal", generation=1), "parent")
+    assert check_accept(command("accept", actor=RECIPIENT), changed, REQUESTED, Policy(), AFTER) == \
+        ReasonCode.INSURANCE_CHANGED
+
+
+def test_only_a_pending_request_can_be_accepted() -> None:
+    active = Relationship("active", "510100", recipient_generation=0, version=2)
+    for relationship in (None, active):
+        assert check_accept(command("accept", actor=RECIPIENT), GOOD, relationship, Policy(), AFTER) == \
+            ReasonCode.RELATIONSHIP_NOT_ACTIVE
+
+
+def test_the_generation_counts_changes_but_is_no_part_of_the_enrollment() -> None:
+    assert not EMPLOYEE.differs_from(Enrollment("employee", "440300", "normal", generation=7))
+
+
+@pytest.mark.parametrize(
+    ("providers_fact", "recipients_fact", "kinship"),
+    [
+        ("parent", None, "parent"),  # recorded by the provider: the recipient is their parent
+        (None, "child", "parent"),  # recorded by the recipient: the provider is their child
+        ("parent", "child", "parent"),  # both sides agree
+        ("parent", "sibling", None),  # both sides disagree: neither is trusted
+        (None, None, None),
+    ],
+)
+def test_the_registry_may_be_recorded_from_either_side_and_the_sides_must_agree(
+    providers_fact, recipients_fact, kinship
+) -> None:
+    assert registry_kinship(providers_fact, recipients_fact) == kinship
 
 
 def test_kinship_inverse_is_an_involution() -> None:
