@@ -65,9 +65,11 @@ class TopicWatcher:
                 for record in records:
                     try:
                         value = json.loads(record.value)
-                    except ValueError:
+                    except (TypeError, ValueError):
+                        value = None
+                    if not isinstance(value, dict):  # watched input topics may carry anything
                         value = {"_raw": record.value}
-                    value["_key"] = record.key.decode() if record.key else None
+                    value["_key"] = record.key.decode(errors="replace") if record.key is not None else None
                     value["_partition"], value["_offset"] = record.partition, record.offset
                     self._on_message(record.topic, value)
 

@@ -322,7 +322,7 @@ class ClearingRow(_Output):
 
 class DeadLetter(_Output):
     """`gongji.dead-letters.v1`, keyed by the source message's key. `event_id` is derived from
-    (topic, partition, offset): a record is dead-lettered under one id however often it is seen.
+    (service, topic, partition, offset): a record is dead-lettered under one id however often it is seen.
     `reason`: `INVALID_MESSAGE` (it breaks the contract, or it failed every try: `error` says how),
     `AMOUNT_OUT_OF_RANGE`, or `CONFLICT` (its id was used before for other content)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 
 from stdnum.cn import ric
@@ -45,8 +46,10 @@ def mask_person_id(person_id: str) -> str:
 
 
 def derived_event_id(*parts: str) -> str:
-    """A deterministic id for an output, so that re-publishing after a crash repeats the same id."""
-    return str(uuid.uuid5(_EVENT_NAMESPACE, "\x1f".join(parts)))
+    """A deterministic id for an output, so that re-publishing after a crash repeats the same id.
+    The parts are JSON-encoded as a list: a part may hold any character, and no two different lists
+    of parts give the same name."""
+    return str(uuid.uuid5(_EVENT_NAMESPACE, json.dumps(parts)))
 
 
 def fingerprint(canonical_json: str) -> str:

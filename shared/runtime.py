@@ -139,7 +139,8 @@ class DeadLetterDecoder:
         logger.warning("dead-lettered %s[%d]@%d (%s): %s", record.topic, record.partition, record.offset,
                        reason.value, error)
         return DeadLetter(
-            event_id=derived_event_id("dead-letter", record.topic, str(record.partition), str(record.offset)),
+            event_id=derived_event_id("dead-letter", self._service, record.topic, str(record.partition),
+                                      str(record.offset)),
             source_topic=record.topic,
             partition=record.partition,
             offset=record.offset,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,9 +20,8 @@ CODE_LETTERS: dict[str, str] = {ClaimCategory.INSTITUTION: "H", ClaimCategory.PH
 
 def output_event_id(input_topic: str, scope: str, input_id: str, *what: str) -> str:
     """The id of an output of one input (`what` tells several outputs of one input apart), so that
-    two different inputs never give the same id. The input id is JSON-escaped: it may hold any
-    character, the parts' separator too, while the other parts never do."""
-    return derived_event_id(SERVICE, input_topic, scope, json.dumps(input_id), *what)
+    two different inputs never give the same id."""
+    return derived_event_id(SERVICE, input_topic, scope, input_id, *what)
 
 
 @dataclass(frozen=True)
