@@ -29,7 +29,7 @@ def test_up_twice_leaves_one_broker_and_one_redis(infrastructure) -> None:
     assert (paths.kafka_pid.read_text(), paths.redis_pid.read_text()) == before
     kafka_port = int(infrastructure.kafka_bootstrap.rsplit(":", 1)[1])
     assert listeners(kafka_port) == {before[0]}
-    assert listeners(16379) == {before[1]}
+    assert listeners(int(infrastructure.redis_url.rsplit(":", 1)[1].split("/")[0])) == {before[1]}
 
 
 def test_status_names_the_apache_kafka_version(infrastructure) -> None:

@@ -10,7 +10,8 @@ from shared.topics import ALL_TOPICS
 
 
 def _document() -> dict:
-    return asyncapi_specification(Settings()).to_jsonable()
+    # The document kept in the repository names the default servers, whatever this machine's settings.
+    return asyncapi_specification(Settings.model_construct()).to_jsonable()
 
 
 def test_every_public_topic_appears_with_its_schema() -> None:
