@@ -331,7 +331,9 @@ class DeadLetter(_Output):
     partition: int
     offset: int
     error: str
-    payload: str  # base64 of the raw value
+    payload: str  # base64 of the raw value, its first 64 KiB when it is larger
+    payload_bytes: int | None = None  # the raw value's size
+    payload_sha256: str | None = None  # of the whole raw value
     at: datetime
     service: str
     source_key: str

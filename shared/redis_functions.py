@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from shared.redis_client import require_durable
 
@@ -40,6 +41,17 @@ class Step:
         return self.outcome == "conflict"
 
 
+async def execute(pipe: Pipeline) -> list[Any]:
+    """Runs a pipeline and raises the first error as Redis gave it: redis-py would rewrite its text
+    ("Command # n (…) of pipeline caused error: …"), and the runtime reads the error to tell an
+    unwell Redis (retry the batch) from a record's own failure."""
+    replies = await pipe.execute(raise_on_error=False)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
 async def call_step(redis: Redis, function: str, keys: list[str], args: list[Any]) -> Step:
     """One step on its own."""
     (step,) = await run_steps(redis, [Call(function, keys, args)])
@@ -63,5 +75,5 @@ async def run_steps(redis: Redis, calls: Sequence[Call]) -> list[Step]:
     async with redis.pipeline(transaction=False) as pipe:
         for call in calls:
             pipe.fcall(call.function, len(call.keys), *call.keys, *call.args)
-        replies = await pipe.execute()
+        replies = await execute(pipe)
     return [Step(outcome.decode(), json.loads(encoded) if encoded else {}) for outcome, encoded in replies]  # type: ignore[arg-type]

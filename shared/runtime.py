@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -29,8 +30,11 @@ from faststream.specification import AsyncAPI
 from faststream.kafka import KafkaBroker
 from prometheus_client import Counter, Histogram, make_asgi_app
 from pydantic import BaseModel, ValidationError
+from redis.exceptions import (
+    ClusterDownError, MasterDownError, NoPermissionError, NoScriptError, OutOfMemoryError, ReadOnlyError,
+    ResponseError, TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.clock import Clock
@@ -40,6 +44,10 @@ from shared.settings import Settings
 from shared.topics import DEAD_LETTERS, Topic
 
 logger = logging.getLogger("gongji")
+
+# A dead letter carries at most this much of its record (base64 adds a third): a record as large
+# as the broker accepts must still fit in its dead letter, or the partition would stall for good.
+DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
 
 MESSAGES = Counter("gongji_messages_total", "Input messages by topic and outcome", ["service", "topic", "outcome"])
 OUTPUTS = Counter("gongji_outputs_total", "Messages published by topic", ["service", "topic"])
@@ -136,6 +144,7 @@ class DeadLetterDecoder:
         return None
 
     def dead_letter(self, record: ConsumerRecord, error: str, reason: ReasonCode) -> DeadLetter:
+        value = record.value or b""
         logger.warning("dead-lettered %s[%d]@%d (%s): %s", record.topic, record.partition, record.offset,
                        reason.value, error)
         return DeadLetter(
@@ -145,7 +154,9 @@ class DeadLetterDecoder:
             partition=record.partition,
             offset=record.offset,
             error=error,
-            payload=base64.b64encode(record.value or b"").decode(),
+            payload=base64.b64encode(value[:DEAD_LETTER_PAYLOAD_BYTES]).decode(),
+            payload_bytes=len(value),
+            payload_sha256=hashlib.sha256(value).hexdigest(),
             at=self._clock.now(),
             service=self._service,
             source_key=(record.key or b"").decode(errors="replace"),
@@ -171,15 +182,19 @@ def _reason(error: ValidationError) -> ReasonCode:
 
 
 # Errors that say the infrastructure is unwell, not the message: the batch is retried as a whole
-# (nothing is skipped) until Kafka or Redis answers again.
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, KafkaError, OSError, asyncio.TimeoutError)
-_TRANSIENT_REPLIES = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOPERM",
-                      "NOSCRIPT", "ERR Function not found")
+# (nothing is skipped) until Kafka or Redis answers again. redis-py raises its own class for the
+# replies it knows (and strips their code); the others keep the code at the start of their text.
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError, NoPermissionError,
+              NoScriptError, ClusterDownError, MasterDownError, TryAgainError, OSError, asyncio.TimeoutError)
+_TRANSIENT_REPLIES = ("BUSY", "MISCONF", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "LOADING",
+                      "Function not found")
 
 
 def is_transient(error: BaseException) -> bool:
     if isinstance(error, _TRANSIENT):
         return True
+    if isinstance(error, KafkaError):
+        return error.retriable
     return isinstance(error, ResponseError) and str(error).startswith(_TRANSIENT_REPLIES)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from shared.contracts import Claim
-from shared.redis_functions import Call, Step, load_library, run_steps
+from shared.redis_functions import Call, Step, execute, load_library, run_steps
 
 LIBRARY = Path(__file__).with_name("settlement.lua")
 PREFIX = "stl:"
@@ -61,7 +61,7 @@ class SettlementStore:
                     pipe.hmget(_person_key(claim.recipient_id, "enrollment"), "region", "status")
                 else:
                     pipe.hget(self._owners_key(claim.reverses), claim.reverses)
-            replies = await pipe.execute()
+            replies = await execute(pipe)
         facts = []
         for claim, owner, read in zip(claims, replies[::2], replies[1::2], strict=True):
             if claim.kind == "settle":

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from services.wallet.domain import AccountSnapshot, GrantLimits
 from shared.clock import rfc3339, shanghai_day
 from shared.policy import Policy
-from shared.redis_functions import Call, Step, call_step, load_library, run_steps
+from shared.redis_functions import Call, Step, call_step, execute, load_library, run_steps
 
 LIBRARY = Path(__file__).with_name("wallet.lua")
 PREFIX = "wal:"
@@ -90,7 +90,7 @@ class WalletStore:
             for claim_id, recipient_id in requests:
                 keys = [_key(recipient_id, part) for part in ("plans", "answers", "providers", "account")]
                 pipe.fcall("wallet_draw_begin", len(keys), *keys, claim_id)
-            replies = await pipe.execute()
+            replies = await execute(pipe)
         plans = []
         for outcome, encoded in replies:
             stored = json.loads(encoded)
@@ -124,7 +124,7 @@ class WalletStore:
             pipe.hgetall(_key(person_id, "account"))
             pipe.hgetall(_key(person_id, "grants"))
             pipe.hgetall(_key(person_id, "grants-by-day"))
-            account_raw, grants_raw, days_raw = await pipe.execute()
+            account_raw, grants_raw, days_raw = await execute(pipe)
         account = {k.decode(): v.decode() for k, v in account_raw.items()}
         grants = {k.decode(): int(v) for k, v in grants_raw.items()}
         by_day = {day.decode(): int(count) for day, count in days_raw.items()}

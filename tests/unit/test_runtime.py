@@ -4,19 +4,26 @@ every record to the contract and its key."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from datetime import datetime
 from types import SimpleNamespace
 
 import pytest
 from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
+from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from shared.clock import FixedClock
 from shared.contracts import AccountCredited, ReasonCode, WalletEvent
 from shared.ids import make_person_id
-from shared.runtime import DeadLetterDecoder, Refused, _without_instructions, handle_isolating_poison
+from shared.runtime import (
+    DEAD_LETTER_PAYLOAD_BYTES, DeadLetterDecoder, Refused, _without_instructions, handle_isolating_poison, is_transient,
+)
 from shared.topics import ACCOUNT_CREDITS
 
 PERSON = make_person_id("110101", "19800101", 7)
@@ -67,15 +74,42 @@ async def test_a_record_that_keeps_failing_is_dead_lettered_alone_and_its_neighb
 
 
 @pytest.mark.parametrize("error", [RedisConnectionError("down"), ResponseError("LOADING Redis is loading"),
-                                   TimeoutError()])
+                                   TimeoutError(), *(BaseParser.parse_error(reply) for reply in (
+                                       "OOM command not allowed when used memory > 'maxmemory'.",
+                                       "READONLY You can't write against a read only replica.",
+                                       "MASTERDOWN Link with MASTER is down",
+                                       "BUSY Redis is busy running a script.",
+                                       "NOPERM User gongji has no permissions to run the 'fcall' command",
+                                       "MISCONF Errors writing to the AOF file: No space left on device",
+                                       "TRYAGAIN Multiple keys request during rehashing of slot",
+                                       "CLUSTERDOWN The cluster is down",
+                                       "ERR Function not found"))])
 async def test_a_transient_error_retries_the_whole_batch_and_skips_nothing(error: Exception) -> None:
     decoder = await decoded(record(1, credit("a")), record(2, credit("b")))
 
     async def handler(batch: list) -> list:
         raise error
 
+    assert is_transient(error)
     with pytest.raises(type(error)):
         await handle_isolating_poison(handler, decoder, attempts=3)
+
+
+def test_a_record_s_own_failure_is_not_mistaken_for_an_unwell_redis() -> None:
+    lua_error = BaseParser.parse_error("ERR user_script:12: attempt to compare nil with number script: x, on @user_script")
+    assert not is_transient(lua_error) and not is_transient(ValueError("BUSY"))
+    assert not is_transient(MessageSizeTooLargeError())  # never retried: it would fail the same way forever
+
+
+async def test_a_dead_letter_of_a_record_as_large_as_the_broker_takes_can_be_published() -> None:
+    """A dead letter once carried its whole record, base64: above the producer's request size,
+    its partition would have stalled for good. It carries the first 64 KiB, the size and a hash."""
+    value = b"{" + b" " * 1_000_000
+    (letter,) = (await decoded(record(3, value))).dead_letters
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")  # never started: its own size check only
+    producer._serialize(letter.source_key.encode(), letter.model_dump_json().encode(), [])
+    assert (letter.payload_bytes, letter.payload_sha256) == (len(value), hashlib.sha256(value).hexdigest())
+    assert base64.b64decode(letter.payload) == value[:DEAD_LETTER_PAYLOAD_BYTES]
 
 
 async def test_a_refusal_becomes_a_dead_letter_of_that_record_with_its_reason() -> None:
