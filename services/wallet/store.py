@@ -68,7 +68,7 @@ class WalletStore:
         recipient_region: str, version: int | None, now: str,
     ) -> Step:
         keys = [_key(provider_id, part) for part in ("seen:relationship-events", "account", "grants",
-                                                      "relationships", "rel-versions")]
+                                                      "relationships", "rel-versions", "rel-since")]
         return await call_step(self.redis, "wallet_relationship_changed", keys, [
             input_id, fingerprint, event_type, recipient_id, recipient_region, "" if version is None else version, now])
 
@@ -102,7 +102,7 @@ class WalletStore:
 
     def draw_from_grant(self, claim_id: str, provider_id: str, recipient_id: str, needed_fen: int, now: str) -> Call:
         """Step 2: take up to `needed_fen` from the provider's grant to the recipient, once per claim."""
-        keys = [_key(provider_id, part) for part in ("account", "grants", "takes")]
+        keys = [_key(provider_id, part) for part in ("account", "grants", "takes", "rel-since")]
         return Call("wallet_draw_from_grant", keys, [claim_id, recipient_id, needed_fen, now])
 
     def draw_finish(self, claim_id: str, recipient_id: str, answer: dict) -> Call:
@@ -115,7 +115,7 @@ class WalletStore:
 
     async def refund(self, refund_id: str, original_claim_id: str, provider_id: str, recipient_id: str,
                      now: str) -> Step:
-        keys = [_key(provider_id, part) for part in ("account", "grants", "relationships", "takes", "refunds")]
+        keys = [_key(provider_id, part) for part in ("account", "grants", "relationships", "takes", "refunds", "rel-since")]
         return await call_step(self.redis, "wallet_refund", keys, [refund_id, original_claim_id, recipient_id, now])
 
     async def snapshot(self, person_id: str) -> AccountSnapshot:

@@ -9,6 +9,7 @@ Per person X (prefix wal:{p:X}):
   :grants         hash  recipient id -> remaining quota (fen): what X froze for that recipient
   :relationships  hash  recipient id -> recipient region, for X's active relationships
   :rel-versions   hash  recipient id -> version of the newest relationship event applied
+  :rel-since      hash  recipient id -> version at which the active relationship was established
   :grants-by-day  hash  YYYYMMDD (Asia/Shanghai) -> X's successful grants that day; days older
                         than a week are dropped as grants are made (the injected clock decides)
   :takes          hash  claim id -> what that claim drew from X's grants (json, kept)
@@ -122,10 +123,24 @@ local function index_provider(keys, args)
   return redis.call('ZADD', keys[1], 'NX', args[2], args[1])
 end
 
+-- Rule 11: the relationship with `recipient` has ended; its unused quota is unfrozen.
+local function release(account_key, grants_key, relationships_key, since_key, recipient, result)
+  if redis.call('HDEL', relationships_key, recipient) == 0 then return end
+  redis.call('HDEL', since_key, recipient)
+  local remaining = num(redis.call('HGET', grants_key, recipient))
+  redis.call('HDEL', grants_key, recipient)
+  if remaining > 0 then
+    redis.call('HINCRBY', account_key, 'frozen', -remaining)
+    result.type, result.amount = 'released', remaining
+    account_view(account_key, result)
+  end
+end
+
 -- Rules 8 and 11, in the order the relationship service decided them: an event older than one
 -- already applied to the pair (lower version) changes nothing, so a late `established` never
--- revives a relationship that has ended.
--- KEYS: seen:relationship-events, account, grants, relationships, rel-versions
+-- revives a relationship that has ended. A newer `established` while an older relationship is
+-- held means that one ended in between (its end is still on its way): its quota is released now.
+-- KEYS: seen:relationship-events, account, grants, relationships, rel-versions, rel-since
 -- ARGV: input_id, fingerprint, event type, recipient, recipient region, version ('' if none), now
 local function relationship_changed(keys, args)
   local prior = remembered(keys[1], args[1], args[2])
@@ -138,16 +153,10 @@ local function relationship_changed(keys, args)
     return remember(keys[1], args[1], args[2], result)
   end
   if version then redis.call('HSET', keys[5], recipient, version) end
+  release(keys[2], keys[3], keys[4], keys[6], recipient, result)
   if args[3] == 'established' then
     redis.call('HSET', keys[4], recipient, args[5])
-  elseif redis.call('HDEL', keys[4], recipient) == 1 then
-    local remaining = num(redis.call('HGET', keys[3], recipient))
-    redis.call('HDEL', keys[3], recipient)
-    if remaining > 0 then
-      redis.call('HINCRBY', keys[2], 'frozen', -remaining)
-      result.type, result.amount = 'released', remaining
-      account_view(keys[2], result)
-    end
+    redis.call('HSET', keys[6], recipient, version or 0)
   end
   return remember(keys[1], args[1], args[2], result)
 end
@@ -190,8 +199,9 @@ local function draw_begin(keys, args)
 end
 
 -- Draw, step 2, in each provider's slot: take up to `needed` from the grant, once per claim.
--- The claim id belongs to one recipient: another recipient's draw under it takes nothing.
--- KEYS: account, grants, takes   ARGV: claim_id, recipient, needed, now
+-- The claim id belongs to one recipient: another recipient's draw under it takes nothing. The take
+-- names the relationship it drew under (its `since` version), for a refund.
+-- KEYS: account, grants, takes, rel-since   ARGV: claim_id, recipient, needed, now
 local function draw_from_grant(keys, args)
   local recipient = args[2]
   local prior = redis.call('HGET', keys[3], args[1])
@@ -210,7 +220,8 @@ local function draw_from_grant(keys, args)
     redis.call('HINCRBY', keys[1], 'paid', take)
   end
   local result = account_view(keys[1], {recipient = recipient, amount = take,
-    region = redis.call('HGET', keys[1], 'region') or '', at = args[4]})
+    region = redis.call('HGET', keys[1], 'region') or '', since = redis.call('HGET', keys[4], recipient) or '',
+    at = args[4]})
   local encoded = cjson.encode(result)
   redis.call('HSET', keys[3], args[1], encoded)
   return {'applied', encoded}
@@ -225,8 +236,9 @@ local function draw_finish(keys, args)
 end
 
 -- Reversal (退费), in the provider's slot: what the original claim drew from this provider for
--- this recipient goes back, once, to the grant while the relationship lasts, else to the account.
--- KEYS: account, grants, relationships, takes, refunds
+-- this recipient goes back, once, to the grant while the relationship it drew under lasts, else to
+-- the account (a relationship set up again since is another one).
+-- KEYS: account, grants, relationships, takes, refunds, rel-since
 -- ARGV: refund_id, original_claim_id, recipient, now
 local function refund(keys, args)
   local prior = redis.call('HGET', keys[5], args[1])
@@ -241,7 +253,7 @@ local function refund(keys, args)
     redis.call('HSET', keys[4], args[2], cjson.encode(take))
     redis.call('HINCRBY', keys[1], 'balance', amount)
     redis.call('HINCRBY', keys[1], 'refunded', amount)
-    if redis.call('HEXISTS', keys[3], recipient) == 1 then
+    if redis.call('HEXISTS', keys[3], recipient) == 1 and redis.call('HGET', keys[6], recipient) == take.since then
       redis.call('HINCRBY', keys[2], recipient, amount)
       redis.call('HINCRBY', keys[1], 'frozen', amount)
       result.to = 'grant'

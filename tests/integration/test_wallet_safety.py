@@ -207,3 +207,38 @@ async def test_balances_beyond_14_significant_digits_stay_exact(wallet) -> None:
     # Before: 10^15 + 1 came back as 10^15 (cjson keeps 14 significant digits).
     assert events[-1].balance_fen == 10**15 + 1
     assert (await wallet.store.snapshot(provider)).balance_fen == 10**15 + 1
+
+
+async def test_the_quota_of_an_ended_relationship_is_released_when_its_successor_arrives_first(wallet) -> None:
+    """(P, R) established (v2), 100 granted; R moves (terminated v3, from the relationship service's
+    enrollment consumer); P asks again and R accepts (established v5, from its command consumer).
+    The two publish independently, so v5 may overtake v3."""
+    provider, _ = await provider_with(wallet, 10_000, recipients=0)
+    recipient = new_person_id()
+    await wallet.on_relationship_events([relationship_event(provider, recipient, "established", 2)])
+    await grant(wallet, provider, recipient, 100)
+    outputs = await wallet.on_relationship_events([relationship_event(provider, recipient, "established", 5)])
+    outputs += await wallet.on_relationship_events([relationship_event(provider, recipient, "terminated", 3)])
+    # Before: the 100 stayed frozen for good, and the new relationship could draw it.
+    assert [(event.type, event.amount_fen) for event in outputs] == [("released", 100)]
+    snapshot = await wallet.store.snapshot(provider)
+    assert (snapshot.frozen_fen, snapshot.grants_fen.get(recipient, 0)) == (0, 0)
+    assert (await draw(wallet, recipient, 100)).paid_fen == 0
+
+
+async def test_a_reversal_of_a_claim_drawn_under_an_ended_relationship_goes_to_the_account(wallet) -> None:
+    """The money goes back to the grant while the relationship it was drawn under lasts; one set
+    up again since is another relationship."""
+    provider, _ = await provider_with(wallet, 10_000, recipients=0)
+    recipient = new_person_id()
+    await wallet.on_relationship_events([relationship_event(provider, recipient, "established", 2)])
+    await grant(wallet, provider, recipient, 100)
+    answer = await draw(wallet, recipient, 60)
+    await wallet.on_relationship_events([relationship_event(provider, recipient, "dissolved", 3)])
+    await wallet.on_relationship_events([relationship_event(provider, recipient, "established", 5)])
+    refund = RefundRequested(request_id=new_id(), claim_id=new_id("rev"), original_claim_id=answer.claim_id,
+                             recipient_id=recipient, payers=answer.payers, requested_at=NOON)
+    (refunded,) = await wallet.on_refund_requests([refund])
+    # Before: the 60 was frozen into a grant the provider never made under the new relationship.
+    snapshot = await wallet.store.snapshot(provider)
+    assert (refunded.amount_fen, snapshot.balance_fen, snapshot.frozen_fen) == (60, 10_000, 0)
