@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from services.relationship.domain import (
@@ -95,17 +96,20 @@ class RelationshipHandlers:
         if command.action == "request":
             facts = await self._facts(provider_id, recipient_id)
             refusal = check_request(command, facts, await self.policy.get(), now)
+            if refusal is None and not await self.store.command_seen(provider_id, command.command_id):
+                # Rule 7: index first, then read the recipient's enrollment the request is decided
+                # on. A change before the index is in what is read; a change after it reaches the
+                # provider's slot, which ends the request or, if the step has not come yet, makes
+                # it refuse the stale request. Not for a redelivery, which must change nothing.
+                await self.store.expect_provider(provider_id, recipient_id)
+                facts = replace(facts, recipient=await self.store.enrollment(recipient_id))
+                refusal = check_request(command, facts, await self.policy.get(), now)
         elif command.action == "accept":
             facts = await self._facts(provider_id, recipient_id)
             requested = await self.store.relationship(provider_id, recipient_id)
             refusal = check_accept(command, facts, requested, await self.policy.get(), now)
         else:
             refusal = check_actor(command)
-        if command.action == "request" and refusal is None and \
-                not await self.store.command_seen(provider_id, command.command_id):
-            # Index first: a change of the recipient's insurance from now on reaches the request.
-            # Not for a redelivery, which must change nothing.
-            await self.store.expect_provider(provider_id, recipient_id)
         content = fingerprint(command.model_dump_json())
         step = await self.store.apply_command(
             command.command_id, content, command.action, provider_id, recipient_id, refusal or "",

@@ -15,6 +15,9 @@ Per person P (prefix rel:{p:P}):
                        requesting|pending|active|ended: whom P's insurance change must reach (rule 7)
   :terminations  hash  "<recipient id>|<recipient generation>" -> "-|<result json>": rule 7 from the
                        recipient's side, ended once; internal records, never in an input's seen hash
+  :recipient-generations  hash  recipient id -> the highest generation of the recipient's enrollment
+                       that rule 7 brought to P's slot (only ever raised): a request decided on an
+                       older one is stale, since that change found nothing here to end
 `remembered` and `remember` come from shared/prelude.lua, loaded in front of this file.
 Versions and generations are small counters: safe in cjson.
 ]]
@@ -23,7 +26,7 @@ local function version_of(indexed)
   return tonumber(string.match(indexed, '^%d+'))
 end
 
--- KEYS: seen:commands, rels, versions, enrollment (all the provider's)
+-- KEYS: seen:commands, rels, versions, enrollment, recipient-generations (all the provider's)
 -- ARGV: input_id, fingerprint, action, recipient_id, refusal ('' when none), kinship, recipient_region,
 --       recipient_generation, provider_generation (both as the decision read them),
 --       version (of the pending request an accept was decided on), now
@@ -49,6 +52,11 @@ local function relationship_command(keys, args)
   elseif (action == 'request' or action == 'accept') and
       tonumber(redis.call('HGET', keys[4], 'generation') or '0') ~= tonumber(args[9]) then
     -- The provider's insurance changed after the decision read it: the decision is stale.
+    result.type, result.reason = 'rejected', 'INSURANCE_CHANGED'
+  elseif action == 'request' and
+      tonumber(redis.call('HGET', keys[5], recipient) or '0') > tonumber(args[8]) then
+    -- The recipient's insurance changed after the decision read it, and rule 7 already came by
+    -- here (finding no request to end): stored now, the request would outlive the change.
     result.type, result.reason = 'rejected', 'INSURANCE_CHANGED'
   elseif action == 'request' then
     if current then
@@ -116,8 +124,15 @@ end
 -- Rule 7 from the recipient's side, in the provider's slot: the recipient's enrollment reached
 -- `generation`. Ends the relationship if it was requested on an earlier generation; one requested
 -- since knew the change and stays. Once per (recipient, generation), however often it is asked.
--- KEYS: terminations, rels, versions (the provider's)   ARGV: recipient_id, generation
+-- It also records the generation reached, so that a request decided on an earlier one, whose step
+-- comes after this, is refused (relationship_command): a change at any moment reaches it.
+-- KEYS: terminations, rels, versions, recipient-generations (the provider's)
+-- ARGV: recipient_id, generation
 local function end_relationship(keys, args)
+  -- Only ever raised, so asking again (or late, for an older generation) changes nothing.
+  if tonumber(redis.call('HGET', keys[4], args[1]) or '0') < tonumber(args[2]) then
+    redis.call('HSET', keys[4], args[1], args[2])
+  end
   local record = args[1] .. '|' .. args[2]
   local prior = remembered(keys[1], record, '-')
   if prior then return prior end
@@ -153,9 +168,11 @@ local function index_provider(keys, args)
   return 1
 end
 
--- Before a request's step: the recipient's index names the provider as live, so that a change of
--- the recipient's insurance from now on reaches the provider's slot (rule 7). The version stays:
--- the request's own update, newer, replaces it. KEYS: providers (the recipient's)   ARGV: provider_id
+-- Before a request reads the recipient's enrollment it is decided on: the recipient's index names
+-- the provider as live, so that a change of the recipient's insurance from now on reaches the
+-- provider's slot (rule 7, relationship_end), before or after the request's step. The version
+-- stays: the request's own update, newer, replaces it.
+-- KEYS: providers (the recipient's)   ARGV: provider_id
 local function expect_provider(keys, args)
   local held = redis.call('HGET', keys[1], args[1])
   if not held then

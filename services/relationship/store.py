@@ -33,7 +33,8 @@ class RelationshipStore:
     ) -> Step:
         return await call_step(
             self.redis, "relationship_command",
-            [_key(provider_id, part) for part in ("seen:commands", "rels", "versions", "enrollment")],
+            [_key(provider_id, part)
+             for part in ("seen:commands", "rels", "versions", "enrollment", "recipient-generations")],
             [input_id, fingerprint, action, recipient_id, refusal, kinship, recipient_region, recipient_generation,
              provider_generation, version, now],
         )
@@ -53,7 +54,7 @@ class RelationshipStore:
     async def end_relationship(self, provider_id: str, recipient_id: str, generation: int) -> Step:
         return await call_step(
             self.redis, "relationship_end",
-            [_key(provider_id, part) for part in ("terminations", "rels", "versions")],
+            [_key(provider_id, part) for part in ("terminations", "rels", "versions", "recipient-generations")],
             [recipient_id, generation],
         )
 

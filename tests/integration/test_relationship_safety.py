@@ -328,12 +328,74 @@ async def test_a_recipient_who_moves_just_before_the_request_step_is_not_accepte
 
     around(service.store, monkeypatch, "apply_command", before=move)
     (requested,) = await act(service, "request", provider, recipient)
-    assert requested.type == "requested"  # decided on the facts read before the move
-    accepted = await act(service, "accept", provider, recipient)
-    assert [(e.type, e.reason, e.version) for e in accepted] == [
-        ("rejected", "INSURANCE_CHANGED", None), ("terminated", "INSURANCE_CHANGED", 2)]
-    assert pairs(moves) + pairs(await act(service, "accept", provider, recipient)) == [
-        ("rejected", provider, recipient)]
+    # Decided on the facts read before the move, which already reached the provider's slot: stale.
+    assert (requested.type, requested.reason, requested.version) == ("rejected", "INSURANCE_CHANGED", None)
+    (accepted,) = await act(service, "accept", provider, recipient)
+    assert (accepted.type, accepted.reason) == ("rejected", "RELATIONSHIP_NOT_ACTIVE")
+    assert moves == []  # nothing was pending to end
+
+
+async def test_a_request_whose_recipient_moves_after_the_index_before_its_step_does_not_stay_pending(
+    service, monkeypatch
+) -> None:
+    """Rule 7 ends every *pending* relationship of a person whose insurance changes. The recipient
+    moves after the request read the facts and named the provider in the recipient's index, just
+    before the request's step: the move's handler asks the provider's slot to end the pair before
+    the pair exists. The request must not then be stored pending on the recipient's old insurance."""
+    provider, recipient = await family(service)
+    moves: list = []
+
+    async def move() -> None:
+        moves.extend(await enroll(service, recipient, "resident", "510700"))
+
+    around(service.store, monkeypatch, "apply_command", before=move)
+    (requested,) = await act(service, "request", provider, recipient)
+    assert (requested.type, requested.reason) == ("rejected", "INSURANCE_CHANGED")
+    assert moves == []
+    assert [row["state"] for row in await service.store.relationships_of(provider)] == []
+    assert await service.store.relationships_of(recipient) == []
+
+
+async def test_a_request_refused_as_stale_never_blocks_the_request_for_the_recipients_new_region(
+    service, redis, monkeypatch
+) -> None:
+    provider, recipient = await family(service)
+    change = enrollment(recipient, "resident", "510700")
+    stale = command("request", provider, recipient)
+
+    async def move() -> None:
+        await service.on_enrollment([change])
+
+    around(service.store, monkeypatch, "apply_command", before=move)
+    (refused,) = await service.on_commands([stale])
+    assert (refused.type, refused.reason) == ("rejected", "INSURANCE_CHANGED")
+    (again,) = await act(service, "request", provider, recipient, recipient_region="510700")
+    assert (again.type, again.reason, again.version) == ("requested", None, 1)
+    # Redelivered, the stale request and the move answer as before and change nothing.
+    before = await state_of(redis, provider, recipient)
+    assert await service.on_commands([stale]) == [refused]
+    assert await service.on_enrollment([change]) == []
+    assert await state_of(redis, provider, recipient) == before
+    (established,) = await act(service, "accept", provider, recipient)
+    assert (established.type, established.recipient_region) == ("established", "510700")
+
+
+async def test_a_request_whose_recipient_moves_between_the_facts_and_the_index_does_not_stay_pending(
+    service, monkeypatch
+) -> None:
+    """Same, one step earlier: the recipient moves before the provider is named in the recipient's
+    index, so the move's handler asks no provider to end anything."""
+    provider, recipient = await family(service)
+
+    async def move() -> None:
+        await enroll(service, recipient, "resident", "510700")
+
+    around(service.store, monkeypatch, "expect_provider", before=move)
+    (requested,) = await act(service, "request", provider, recipient)
+    assert requested.type == "rejected"
+    assert await service.store.relationships_of(provider) == []
+    (again,) = await act(service, "request", provider, recipient, recipient_region="510700")
+    assert again.type == "requested"
 
 
 async def test_a_recipient_who_moves_just_after_the_request_step_ends_the_request(service, monkeypatch) -> None:
