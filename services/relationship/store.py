@@ -10,7 +10,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.relationship.domain import Enrollment, Relationship
-from shared.redis_functions import Step, call_step, load_library
+from shared.redis_functions import Step, call_step, execute, load_library
 
 LIBRARY = Path(__file__).with_name("relationship.lua")
 
@@ -87,7 +87,7 @@ class RelationshipStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(_key(provider_id, "rels"), recipient_id)
             pipe.hget(_key(provider_id, "versions"), recipient_id)
-            raw, version = await pipe.execute()
+            raw, version = await execute(pipe)
         if raw is None:
             return None
         stored = json.loads(raw)
