@@ -7,6 +7,12 @@ A function first asks `remembered`: an input id seen before with the same finger
 effect and `remember`s the result in the same atomic step, returning {"applied", result}.
 ]]
 
+-- Registers `fn` under this release's name (LIBRARY_VERSION is set by the loader, see
+-- shared/redis_functions.py): two releases running side by side each call their own functions.
+local function register(name, fn)
+  redis.register_function(name .. '_v' .. LIBRARY_VERSION, fn)
+end
+
 local function remembered(seen_key, input_id, fingerprint)
   local prior = redis.call('HGET', seen_key, input_id)
   if not prior then return nil end

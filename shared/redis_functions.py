@@ -1,11 +1,15 @@
 """Redis Functions: each service's library is its `.lua` file with shared/prelude.lua in front.
 
-Functions persist in Redis (unlike EVAL's script cache, which a restart or SCRIPT FLUSH empties);
-loading with REPLACE at every start keeps the library equal to the code that runs.
+Functions persist in Redis (unlike EVAL's script cache, which a restart or SCRIPT FLUSH empties).
+Every library and function name carries the version of its source (a hash): instances of two
+releases running side by side during a rolling deploy each call their own release's functions,
+so an old instance never calls a function whose keys or arguments have changed under it (which
+could write half a step and then fail).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +24,24 @@ from shared.redis_client import require_durable
 PRELUDE_LUA = Path(__file__).with_name("prelude.lua")
 
 
-async def load_library(redis: Redis, name: str, lua_file: Path) -> None:
-    """Every service loads its library before it consumes anything: the moment to refuse a Redis
-    that may lose acknowledged writes."""
-    await require_durable(redis)
-    source = f"#!lua name={name}\n{PRELUDE_LUA.read_text()}\n{lua_file.read_text()}"
-    await redis.function_load(source, replace=True)
+class Library:
+    """One service's Redis Functions, named by the version of their source."""
+
+    def __init__(self, name: str, lua_file: Path) -> None:
+        self._code = f"{PRELUDE_LUA.read_text()}\n{lua_file.read_text()}"
+        self.version = hashlib.sha256(self._code.encode()).hexdigest()[:12]
+        self.name = f"{name}_v{self.version}"
+
+    def function(self, name: str) -> str:
+        """The name under which this release's `name` is registered (see `register` in prelude.lua)."""
+        return f"{name}_v{self.version}"
+
+    async def load(self, redis: Redis) -> None:
+        """Every service loads its library before it consumes anything: the moment to refuse a Redis
+        that may lose acknowledged writes. Loading the same release again changes nothing."""
+        await require_durable(redis)
+        source = f"#!lua name={self.name}\nlocal LIBRARY_VERSION = '{self.version}'\n{self._code}"
+        await redis.function_load(source, replace=True)
 
 
 @dataclass(frozen=True)

@@ -183,9 +183,9 @@ local function expect_provider(keys, args)
   return 0
 end
 
-redis.register_function('relationship_command', relationship_command)
-redis.register_function('relationship_record_enrollment', record_enrollment)
-redis.register_function('relationship_end', end_relationship)
-redis.register_function('relationship_record_kinship', record_kinship)
-redis.register_function('relationship_index_provider', index_provider)
-redis.register_function('relationship_expect_provider', expect_provider)
+register('relationship_command', relationship_command)
+register('relationship_record_enrollment', record_enrollment)
+register('relationship_end', end_relationship)
+register('relationship_record_kinship', record_kinship)
+register('relationship_index_provider', index_provider)
+register('relationship_expect_provider', expect_provider)

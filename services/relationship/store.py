@@ -10,9 +10,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.relationship.domain import Enrollment, Relationship
-from shared.redis_functions import Step, call_step, execute, load_library
+from shared.redis_functions import Library, Step, call_step, execute
 
-LIBRARY = Path(__file__).with_name("relationship.lua")
+LIBRARY = Library("gongji_relationship", Path(__file__).with_name("relationship.lua"))
 
 
 def _key(person_id: str, part: str) -> str:
@@ -24,7 +24,7 @@ class RelationshipStore:
         self.redis = redis
 
     async def load(self) -> None:
-        await load_library(self.redis, "gongji_relationship", LIBRARY)
+        await LIBRARY.load(self.redis)
 
     async def apply_command(
         self, input_id: str, fingerprint: str, action: str, provider_id: str, recipient_id: str,
@@ -32,7 +32,7 @@ class RelationshipStore:
         version: int, now: str,
     ) -> Step:
         return await call_step(
-            self.redis, "relationship_command",
+            self.redis, LIBRARY.function("relationship_command"),
             [_key(provider_id, part)
              for part in ("seen:commands", "rels", "versions", "enrollment", "recipient-generations")],
             [input_id, fingerprint, action, recipient_id, refusal, kinship, recipient_region, recipient_generation,
@@ -46,14 +46,14 @@ class RelationshipStore:
         self, input_id: str, fingerprint: str, person_id: str, enrollment: Enrollment, now: str
     ) -> Step:
         return await call_step(
-            self.redis, "relationship_record_enrollment",
+            self.redis, LIBRARY.function("relationship_record_enrollment"),
             [_key(person_id, part) for part in ("seen:enrollment", "enrollment", "rels", "versions", "providers")],
             [input_id, fingerprint, enrollment.insurance_type, enrollment.region, enrollment.status, now],
         )
 
     async def end_relationship(self, provider_id: str, recipient_id: str, generation: int) -> Step:
         return await call_step(
-            self.redis, "relationship_end",
+            self.redis, LIBRARY.function("relationship_end"),
             [_key(provider_id, part) for part in ("terminations", "rels", "versions", "recipient-generations")],
             [recipient_id, generation],
         )
@@ -62,7 +62,7 @@ class RelationshipStore:
         self, input_id: str, fingerprint: str, person_id: str, relative_id: str, kinship: str
     ) -> Step:
         return await call_step(
-            self.redis, "relationship_record_kinship",
+            self.redis, LIBRARY.function("relationship_record_kinship"),
             [_key(person_id, "seen:kinship"), _key(person_id, "kinship")],
             [input_id, fingerprint, relative_id, kinship],
         )
@@ -70,11 +70,12 @@ class RelationshipStore:
     async def index_provider(self, provider_id: str, recipient_id: str, version: int, state: str) -> None:
         """Keeps the recipient's index of providers, used to end them when the recipient's insurance
         changes; an update older than the index's holds nothing."""
-        await self.redis.fcall("relationship_index_provider", 1, _key(recipient_id, "providers"),
+        await self.redis.fcall(LIBRARY.function("relationship_index_provider"), 1, _key(recipient_id, "providers"),
                                provider_id, version, state)
 
     async def expect_provider(self, provider_id: str, recipient_id: str) -> None:
-        await self.redis.fcall("relationship_expect_provider", 1, _key(recipient_id, "providers"), provider_id)
+        await self.redis.fcall(LIBRARY.function("relationship_expect_provider"), 1, _key(recipient_id, "providers"),
+                               provider_id)
 
     async def enrollment(self, person_id: str) -> Enrollment | None:
         values = await self.redis.hmget(_key(person_id, "enrollment"),

@@ -126,9 +126,9 @@ local function close_month(keys, args)
   return encoded
 end
 
-redis.register_function('settlement_register_claim', register_claim)
-redis.register_function('settlement_accept', accept)
-redis.register_function('settlement_finish', finish)
-redis.register_function('settlement_reverse', reverse)
-redis.register_function('settlement_close_month', close_month)
-redis.register_function('settlement_record_enrollment', record_enrollment_copy)
+register('settlement_register_claim', register_claim)
+register('settlement_accept', accept)
+register('settlement_finish', finish)
+register('settlement_reverse', reverse)
+register('settlement_close_month', close_month)
+register('settlement_record_enrollment', record_enrollment_copy)

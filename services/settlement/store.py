@@ -11,9 +11,9 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from shared.contracts import Claim
-from shared.redis_functions import Call, Step, execute, load_library, run_steps
+from shared.redis_functions import Call, Library, Step, execute, run_steps
 
-LIBRARY = Path(__file__).with_name("settlement.lua")
+LIBRARY = Library("gongji_settlement", Path(__file__).with_name("settlement.lua"))
 PREFIX = "stl:"
 
 
@@ -36,7 +36,7 @@ class SettlementStore:
         self.shards = shards
 
     async def load(self) -> None:
-        await load_library(self.redis, "gongji_settlement", LIBRARY)
+        await LIBRARY.load(self.redis)
 
     def shard_prefix(self, recipient_id: str) -> str:
         """A recipient's claims, reversals and their clearing share one shard (one hash slot)."""
@@ -55,8 +55,8 @@ class SettlementStore:
         reversal's original owner. Each step touches one hash slot."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for claim in claims:
-                pipe.fcall("settlement_register_claim", 1, self._owners_key(claim.claim_id), claim.claim_id,
-                           claim.recipient_id)
+                pipe.fcall(LIBRARY.function("settlement_register_claim"), 1, self._owners_key(claim.claim_id),
+                           claim.claim_id, claim.recipient_id)
                 if claim.kind == "settle":
                     pipe.hmget(_person_key(claim.recipient_id, "enrollment"), "region", "status")
                 else:
@@ -73,12 +73,13 @@ class SettlementStore:
 
     def accept(self, recipient_id: str, claim_id: str, record: dict) -> Call:
         """Records a new claim (pending, or final if refused), or answers a redelivery or a conflict."""
-        return Call("settlement_accept", [f"{self.shard_prefix(recipient_id)}:claims"], [claim_id, json.dumps(record)])
+        return Call(LIBRARY.function("settlement_accept"), [f"{self.shard_prefix(recipient_id)}:claims"],
+                    [claim_id, json.dumps(record)])
 
     def finish(self, recipient_id: str, claim_id: str, result: dict, month: str) -> Call:
         """Completes a pending claim with the wallet's answer and adds its clearing amounts, once."""
         prefix = self.shard_prefix(recipient_id)
-        return Call("settlement_finish", [f"{prefix}:claims", f"{prefix}:closed"],
+        return Call(LIBRARY.function("settlement_finish"), [f"{prefix}:claims", f"{prefix}:closed"],
                     [claim_id, json.dumps(result), month, prefix])
 
     def reverse(self, recipient_id: str, reversal_id: str, record: dict, original_claim_id: str, month: str,
@@ -86,7 +87,7 @@ class SettlementStore:
         """Cancels a whole settled claim of the recipient, once, taking its clearing amounts back.
         `original_owner`: whom the registry says the original id belongs to ("" if never seen)."""
         prefix = self.shard_prefix(recipient_id)
-        return Call("settlement_reverse", [f"{prefix}:claims", f"{prefix}:closed"],
+        return Call(LIBRARY.function("settlement_reverse"), [f"{prefix}:claims", f"{prefix}:closed"],
                     [reversal_id, json.dumps(record), original_claim_id, month, prefix, now, original_owner])
 
     async def run(self, calls: Sequence[Call]) -> list[Step]:
@@ -96,7 +97,8 @@ class SettlementStore:
         """Closes the month in one shard (once: later calls return the same totals): when it was
         closed, and its exact totals."""
         encoded = await self.redis.fcall(
-            "settlement_close_month", 2, f"{shard_prefix}:closed", f"{shard_prefix}:clearing:{month}", month, now
+            LIBRARY.function("settlement_close_month"), 2, f"{shard_prefix}:closed", f"{shard_prefix}:clearing:{month}",
+            month, now,
         )
         totals = json.loads(encoded)
         closed_at = totals.pop("_closed_at")
@@ -105,7 +107,7 @@ class SettlementStore:
     def record_enrollment(self, input_id: str, fingerprint: str, person_id: str, insurance_type: str,
                           region: str, status: str) -> Call:
         """The enrollment copy, once per input id of gongji.enrollment.v1 (its ids are its own)."""
-        return Call("settlement_record_enrollment",
+        return Call(LIBRARY.function("settlement_record_enrollment"),
                     [_person_key(person_id, "seen:enrollment"), _person_key(person_id, "enrollment")],
                     [input_id, fingerprint, insurance_type, region, status])
 
