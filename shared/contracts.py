@@ -92,12 +92,22 @@ class ClaimCategory(StrEnum):
     LTC_PREMIUM = "ltc_premium"
 
 
+CODED_CATEGORIES = frozenset({ClaimCategory.INSTITUTION, ClaimCategory.PHARMACY})
+
+
 class _Input(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class _Output(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _ConsumedOutput(BaseModel):
+    """An output that another service consumes: like an input, it ignores fields it does not know,
+    so that a release which adds a field never has its messages refused by the release before it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 # ---- inputs from provincial systems -------------------------------------------------------
@@ -191,6 +201,10 @@ class Claim(_Input):
             ]
             if missing:
                 raise ValueError(f"a settle claim needs {', '.join(missing)}")
+            # The code's letter tells a clinic from a pharmacy: without it a pharmacy could claim as
+            # an institution and have items outside the catalogue paid.
+            if self.category in CODED_CATEGORIES and self.institution_code is None:
+                raise ValueError(f"a claim of category {self.category} needs institution_code")
         elif self.reverses is None:
             raise ValueError("a reverse claim needs `reverses`: the claim_id it undoes")
         return self
@@ -235,7 +249,7 @@ class WalletCommand(_Input):
 # ---- outputs ------------------------------------------------------------------------------
 
 
-class RelationshipEvent(_Output):
+class RelationshipEvent(_ConsumedOutput):
     """`gongji.relationship-events.v1`, keyed by provider_id."""
 
     event_id: str
@@ -274,7 +288,7 @@ class WalletEvent(_Output):
     occurred_at: datetime
 
 
-class Payer(_Output):
+class Payer(_ConsumedOutput):
     provider_id: str
     provider_region: str
     amount_fen: int
@@ -364,7 +378,7 @@ class StatisticsSnapshot(_Output):
 # ---- internal saga between settlement and wallet ------------------------------------------
 
 
-class ClaimContext(_Output):
+class ClaimContext(_ConsumedOutput):
     """What settlement needs to finish a claim, carried through the draw and echoed back by the
     wallet, so that finishing needs no read."""
 
@@ -373,7 +387,7 @@ class ClaimContext(_Output):
     shortfall: ReasonCode | None = None
 
 
-class DrawRequested(_Output):
+class DrawRequested(_ConsumedOutput):
     """Settlement asks wallet to pay `amount_fen` of claim `claim_id` from the recipient's grants."""
 
     request_id: str
@@ -384,7 +398,7 @@ class DrawRequested(_Output):
     requested_at: datetime
 
 
-class DrawAnswered(_Output):
+class DrawAnswered(_ConsumedOutput):
     """Wallet's answer: what each provider's grant paid; the rest is self-pay."""
 
     event_id: str
@@ -398,7 +412,7 @@ class DrawAnswered(_Output):
     answered_at: datetime
 
 
-class RefundRequested(_Output):
+class RefundRequested(_ConsumedOutput):
     """Settlement tells wallet to put back what a reversed claim drew: it cannot be refused."""
 
     request_id: str

@@ -47,9 +47,10 @@ class Library:
 @dataclass(frozen=True)
 class Step:
     """The answer of one atomic step: `applied` now, a `duplicate` of an earlier input (the stored
-    result comes back unchanged), or a `conflict` (same id, other content: nothing changed)."""
+    result comes back unchanged), a `conflict` (same id, other content: nothing changed), or
+    `refused` (the input does not fit the state it names: nothing changed; `result` says why)."""
 
-    outcome: Literal["applied", "duplicate", "conflict"]
+    outcome: Literal["applied", "duplicate", "conflict", "refused"]
     result: dict[str, Any]
 
     @property

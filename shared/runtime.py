@@ -186,7 +186,7 @@ def _reason(error: ValidationError) -> ReasonCode:
 # replies it knows (and strips their code); the others keep the code at the start of their text.
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError, NoPermissionError,
               NoScriptError, ClusterDownError, MasterDownError, TryAgainError, OSError, asyncio.TimeoutError)
-_TRANSIENT_REPLIES = ("BUSY", "MISCONF", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "LOADING",
+_TRANSIENT_REPLIES = ("BUSY", "MISCONF", "NOREPLICAS", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "LOADING",
                       "Function not found")
 
 

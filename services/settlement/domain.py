@@ -75,6 +75,24 @@ def _institution_code_refusal(claim: Claim) -> ReasonCode | None:
     return None if province_of(region) == province_of(claim.service_region) else ReasonCode.SERVICE_REGION_MISMATCH
 
 
+def answer_mismatch(requested_fen: int, paid_fen: int, payer_amounts: list[int]) -> str | None:
+    """Why the wallet's answer cannot be right, or None: it pays between 0 and what was asked, and
+    its payers add up to what it pays."""
+    if not 0 <= paid_fen <= requested_fen:
+        return f"paid {paid_fen} is outside 0..{requested_fen} asked"
+    if sum(payer_amounts) != paid_fen or any(amount <= 0 for amount in payer_amounts):
+        return f"the payers' amounts do not add up to paid {paid_fen}"
+    return None
+
+
+def statistics_category(record: dict) -> str:
+    """The category a result is counted under on the dashboard: one of the allowed uses, `reversal`,
+    or `not_allowed` for any other text a sender wrote (so that the table stays small)."""
+    if record["kind"] == "reverse":
+        return "reversal"
+    return record["category"] if record.get("category") in ALLOWED_CATEGORIES else "not_allowed"
+
+
 def settlement_status(requested_fen: int, paid_fen: int) -> str:
     if paid_fen == 0:
         return "rejected"

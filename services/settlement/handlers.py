@@ -12,7 +12,8 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from services.settlement.domain import (
-    NATIONAL, SERVICE, MinuteTally, assess_claim, clearing_contributions, output_event_id, settlement_status,
+    NATIONAL, SERVICE, MinuteTally, answer_mismatch, statistics_category, assess_claim, clearing_contributions, output_event_id,
+    settlement_status,
 )
 from services.settlement.store import ClaimFacts, SettlementStore
 from shared.clock import Clock, rfc3339, shanghai_month
@@ -163,16 +164,40 @@ class SettlementHandlers:
             ))
         return outputs
 
-    async def on_draw_answers(self, answers: Sequence[DrawAnswered]) -> list[BaseModel]:
-        """The wallet's answers complete their claims: one pipeline, in batch order."""
+    async def on_draw_answers(self, answers: Sequence[DrawAnswered]) -> list[BaseModel | Refused]:
+        """The wallet's answers complete their claims: one pipeline, in batch order. An answer whose
+        figures do not add up, or that fits no claim recorded here, changes no claim; money drawn
+        for a claim that was never recorded is given back."""
         now = self.clock.now()
-        steps = await self.store.run([self._finish(answer, now) for answer in answers])
-        outputs: list[BaseModel] = []
-        for answer, step in zip(answers, steps, strict=True):
+        checked = [(answer, answer_mismatch(answer.requested_fen, answer.paid_fen,
+                                            [payer.amount_fen for payer in answer.payers])) for answer in answers]
+        sound = [answer for answer, why in checked if why is None]
+        steps = await self.store.run([self._finish(answer, now) for answer in sound])
+        outputs: list[BaseModel | Refused] = [
+            Refused(answer, ReasonCode.INVALID_MESSAGE, why) for answer, why in checked if why is not None
+        ]
+        for answer, step in zip(sound, steps, strict=True):
+            if step.outcome == "refused":
+                outputs.extend(self._refused_answer(answer, step.result["why"], now))
+                continue
             if step.outcome == "applied":
                 self._tally(step.result)
             outputs.append(settlement_event(answer.claim_id, step.result))
         return [*outputs, *self._statistics_due()]
+
+    def _refused_answer(self, answer: DrawAnswered, why: str, now: datetime) -> list[BaseModel | Refused]:
+        logger.error("draw answer for claim %s refused: %s", answer.claim_id, why)
+        if why == "mismatch":
+            return [Refused(answer, ReasonCode.INVALID_MESSAGE, "the answer is not for this claim as recorded "
+                                                                 "(recipient or amount asked differ)")]
+        # No such claim: nothing will ever settle or reverse what was drawn, so it goes back now.
+        return [
+            Refused(answer, ReasonCode.INVALID_MESSAGE, "no such claim was recorded: what it drew is given back"),
+            RefundRequested(request_id=claim_output_id(answer.claim_id, "unclaimed draw"),
+                            claim_id=claim_output_id(answer.claim_id, "unclaimed draw"),
+                            original_claim_id=answer.claim_id, recipient_id=answer.recipient_id,
+                            payers=answer.payers, requested_at=now),
+        ]
 
     def _finish(self, answer: DrawAnswered, now: datetime) -> Call:
         requested = answer.context.requested_fen
@@ -184,13 +209,14 @@ class SettlementHandlers:
             "reason": shortfall if answer.paid_fen < requested else None,
             "at": rfc3339(now),
         }
-        return self.store.finish(answer.recipient_id, answer.claim_id, result, shanghai_month(now))
+        return self.store.finish(answer.recipient_id, answer.claim_id, answer.requested_fen, result,
+                                 shanghai_month(now))
 
     def _tally(self, record: dict) -> None:
         result = record["result"]
         minute = datetime.fromisoformat(result["at"]).strftime("%Y-%m-%dT%H:%M")
         tally = self.tallies.setdefault(minute, MinuteTally.empty())
-        tally.add(result["status"], record.get("category") or "reversal", result["paid"], result.get("owed") or {},
+        tally.add(result["status"], statistics_category(record), result["paid"], result.get("owed") or {},
                   result.get("reason"))
 
     def _statistics_due(self) -> list[StatisticsSnapshot]:

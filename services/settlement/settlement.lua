@@ -58,12 +58,19 @@ local function accept(keys, args)
   return {'applied', args[2]}
 end
 
--- The wallet's answer completes a pending claim, once.
+-- The wallet's answer completes a pending claim, once. An answer for no claim recorded here, or
+-- not for this claim as recorded, is refused and changes nothing.
 -- KEYS: claims, closed   ARGV: claim_id, result json {status, paid, payers, reason, owed, at},
---                               month, shard prefix
+--                               month, shard prefix, recipient id, fen asked of the grants
 local function finish(keys, args)
-  local record = cjson.decode(redis.call('HGET', keys[1], args[1]))
-  if record.status ~= 'pending' then return {'duplicate', cjson.encode(record)} end
+  local stored = redis.call('HGET', keys[1], args[1])
+  if not stored then return {'refused', cjson.encode({why = 'unknown'})} end
+  local record = cjson.decode(stored)
+  -- An answer must be for this claim as recorded: its recipient, and what was asked of the grants.
+  if record.kind ~= 'settle' or record.recipient_id ~= args[5] or tostring(record.payable) ~= args[6] then
+    return {'refused', cjson.encode({why = 'mismatch'})}
+  end
+  if record.status ~= 'pending' then return {'duplicate', stored} end
   local result = cjson.decode(args[2])
   result.month = open_month(keys[2], args[3])
   accumulate(args[4], result.month, result.owed, 1)

@@ -76,11 +76,12 @@ class SettlementStore:
         return Call(LIBRARY.function("settlement_accept"), [f"{self.shard_prefix(recipient_id)}:claims"],
                     [claim_id, json.dumps(record)])
 
-    def finish(self, recipient_id: str, claim_id: str, result: dict, month: str) -> Call:
-        """Completes a pending claim with the wallet's answer and adds its clearing amounts, once."""
+    def finish(self, recipient_id: str, claim_id: str, asked_fen: int, result: dict, month: str) -> Call:
+        """Completes a pending claim with the wallet's answer and adds its clearing amounts, once;
+        refuses an answer for no claim, or not for this recipient and amount asked."""
         prefix = self.shard_prefix(recipient_id)
         return Call(LIBRARY.function("settlement_finish"), [f"{prefix}:claims", f"{prefix}:closed"],
-                    [claim_id, json.dumps(result), month, prefix])
+                    [claim_id, json.dumps(result), month, prefix, recipient_id, asked_fen])
 
     def reverse(self, recipient_id: str, reversal_id: str, record: dict, original_claim_id: str, month: str,
                 now: str, original_owner: str) -> Call:

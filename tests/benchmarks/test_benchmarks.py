@@ -79,7 +79,8 @@ async def test_end_to_end_against_a_raw_pass_through(infrastructure) -> None:
                                                   malformed_share=0), console=_quiet_console())
     ours = report["throughput"]["settled_per_second"]
     sample = {"claim_id": "x", "kind": "settle", "recipient_id": make_person_id("110101", "19800101", 1),
-              "recipient_region": "110100", "category": "institution", "service_region": "110100",
+              "recipient_region": "110100", "category": "institution", "institution_code": "H11010000001",
+              "service_region": "110100",
               "amount_fen": 12_850, "occurred_at": NOON.isoformat()}
     messages = [(json.dumps({**sample, "claim_id": f"b-{n}"}).encode(), str(n % 997).encode()) for n in range(CLAIMS)]
     baseline = await _pass_through(settings, messages)
@@ -143,7 +144,8 @@ async def _cost_per_claim(redis: Redis, pairs: list[tuple[str, str]], claims: in
         for _ in range(batch):
             _, recipient = rng.choice(pairs)
             messages.append(Claim(claim_id=f"bench-{uuid.uuid4().hex}", kind="settle", recipient_id=recipient,
-                                  recipient_region="510100", category="institution", service_region="510100",
+                                  recipient_region="510100", category="institution",
+                                  institution_code="H51010000001", service_region="510100",
                                   amount_fen=100, occurred_at=NOON))
         t0 = time.perf_counter()
         requests = [m for m in await settlement.on_claims(messages) if isinstance(m, DrawRequested)]

@@ -54,10 +54,11 @@ async def insured(settlement: SettlementHandlers, near: str | None = None, far: 
 
 
 def settle_claim(recipient: str, amount_fen: int = 10_000, **fields) -> Claim:
+    service_region = fields.pop("service_region", "510100")
     return Claim.model_validate({
         "claim_id": new_id("claim"), "kind": "settle", "recipient_id": recipient, "recipient_region": "510100",
-        "category": "institution", "service_region": "510100", "amount_fen": amount_fen,
-        "occurred_at": NOON.isoformat(), **fields,
+        "category": "institution", "institution_code": f"H{service_region}00001", "service_region": service_region,
+        "amount_fen": amount_fen, "occurred_at": NOON.isoformat(), **fields,
     })
 
 

@@ -81,6 +81,7 @@ async def test_a_record_that_keeps_failing_is_dead_lettered_alone_and_its_neighb
                                        "BUSY Redis is busy running a script.",
                                        "NOPERM User gongji has no permissions to run the 'fcall' command",
                                        "MISCONF Errors writing to the AOF file: No space left on device",
+                                       "NOREPLICAS Not enough good replicas to write.",
                                        "TRYAGAIN Multiple keys request during rehashing of slot",
                                        "CLUSTERDOWN The cluster is down",
                                        "ERR Function not found"))])

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from services.settlement.domain import (
     NATIONAL, Assessment, GrossLine, assess_claim, clearing_contributions, gross_lines, month_has_ended,
-    net_positions, output_event_id, settlement_status,
+    net_positions, output_event_id, settlement_status, statistics_category,
 )
 from shared.contracts import Claim, Payer, ReasonCode
 from shared.ids import make_person_id
@@ -20,11 +20,14 @@ RECIPIENT = make_person_id("310101", "19900101", 2)
 INSURED = ("510100", "normal")
 
 
+CODES = {"institution": "H51010500012", "pharmacy": "P51010700003"}
+
+
 def claim(category: str = "institution", amount_fen: int = 10_000, items=None, **fields) -> Claim:
     return Claim.model_validate({
         "claim_id": "c", "kind": "settle", "recipient_id": RECIPIENT, "recipient_region": "510100",
-        "category": category, "service_region": "510100", "amount_fen": amount_fen, "items": items,
-        "occurred_at": "2026-03-02T10:00:00+08:00", **fields,
+        "category": category, "institution_code": CODES.get(category), "service_region": "510100",
+        "amount_fen": amount_fen, "items": items, "occurred_at": "2026-03-02T10:00:00+08:00", **fields,
     })
 
 
@@ -54,8 +57,15 @@ def test_a_pharmacy_claim_with_nothing_in_the_catalogue_is_refused() -> None:
 CATALOGUE = [{"code": "A", "in_catalogue": True, "amount_fen": 10_000}]
 
 
-@pytest.mark.parametrize(("category", "code"), [("institution", "H51010500012"), ("pharmacy", "P51010700003"),
-                                                ("institution", None), ("pharmacy", None)])
+@pytest.mark.parametrize("category", ["institution", "pharmacy"])
+def test_a_clinic_or_pharmacy_claim_must_name_its_institution(category: str) -> None:
+    """Without the code's letter a pharmacy could claim as an institution: items outside the
+    catalogue would be paid."""
+    with pytest.raises(ValueError, match="needs institution_code"):
+        claim(category, items=CATALOGUE, institution_code=None)
+
+
+@pytest.mark.parametrize(("category", "code"), [("institution", "H51010500012"), ("pharmacy", "P51010700003")])
 def test_an_institution_code_of_the_right_kind_in_the_service_province_is_payable(category, code) -> None:
     assessment = assess_claim(claim(category, items=CATALOGUE, institution_code=code), INSURED)
     assert assessment == Assessment(10_000)
@@ -148,3 +158,9 @@ def test_different_inputs_never_give_the_same_output_id(first, second) -> None:
         return output_event_id(topic, scope, input_id, *what)
 
     assert (identify(*first) == identify(*second)) is (first == second)
+
+
+def test_the_dashboard_counts_any_other_category_text_under_one_name() -> None:
+    assert [statistics_category({"kind": "settle", "category": text}) for text in
+            ("pharmacy", "cash", "emoji 🙂", None)] == ["pharmacy", "not_allowed", "not_allowed", "not_allowed"]
+    assert statistics_category({"kind": "reverse", "category": None}) == "reversal"
