@@ -286,11 +286,12 @@ def load(
                           malformed_share=malformed, seed=seed, report_dir=report_dir)
     report = asyncio.run(run_load(Settings(), options, console))
     json_path, png_path = write_report(report, report_dir)
-    summary = {key: report[key] for key in ("population", "claims", "throughput", "latency_ms", "by_status",
+    summary = {key: report[key] for key in ("population", "claims", "mix", "throughput", "latency_ms", "by_status",
                                             "rejections_by_reason", "dead_letters_seen", "audit")}
     console.print_json(json.dumps(summary, ensure_ascii=False))
     console.print(f"report: {json_path}\nplot:   {png_path}")
     ok = report["audit"]["clean"] and not report["claims"]["without_result"] \
-        and not report["claims"]["with_more_than_one_result"]
+        and not report["claims"]["with_more_than_one_result"] \
+        and all(entry["answered"] == entry["sent"] for entry in report["mix"].values())
     if not ok:
         raise typer.Exit(1)

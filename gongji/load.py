@@ -1,5 +1,8 @@
 """`gongji load`: builds a synthetic population through the public topics, then publishes claims at
-a target rate and measures each one from publish to its settlement event."""
+a target rate and measures each one from publish to its settlement event. Beside the claims it sends
+the rest of a day's mix at their shares: reversals (退费) of settled claims, providers spending their
+own accounts, supervision freezes (each lifted a little later), insurance changes (rule 7) and
+dissolved relationships; each must be answered."""
 
 from __future__ import annotations
 
@@ -24,13 +27,14 @@ from gongji.population import Family, PopulationBuilder
 from shared.clock import SHANGHAI
 from shared.settings import Settings
 from shared.topics import (
-    ACCOUNT_CREDITS, CLAIMS, DEAD_LETTERS, ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, RELATIONSHIP_EVENTS,
-    SETTLEMENTS, WALLET_COMMANDS, WALLET_EVENTS, Topic,
+    ACCOUNT_CREDITS, ACCOUNT_SPENDS, CLAIMS, DEAD_LETTERS, ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS,
+    RELATIONSHIP_EVENTS, SETTLEMENTS, SUPERVISION, WALLET_COMMANDS, WALLET_EVENTS, Topic,
 )
 
 # Refusals that only mean "the facts have not reached that service yet": try again shortly.
 NOT_YET = {"KINSHIP_UNVERIFIED", "RECIPIENT_NOT_INSURED", "PROVIDER_NOT_EMPLOYEE", "RELATIONSHIP_NOT_ACTIVE"}
 RETRY_SECONDS = 0.5
+FREEZE_SECONDS = 2.0  # a supervision freeze of the mix is lifted this much later
 LATENCY_MAX_US = 600_000_000
 
 
@@ -41,6 +45,14 @@ class LoadOptions:
     duration_seconds: float = 30.0
     duplicate_share: float = 0.01
     malformed_share: float = 0.001
+    # The rest of the mix, as shares of the claims sent (assumed; the seeds give no figures): a
+    # refund cancels about one settlement in fifty, employees spend their own accounts often,
+    # supervision, insurance changes and dissolved relationships are rare.
+    reversal_share: float = 0.02
+    spend_share: float = 0.05
+    freeze_share: float = 0.0005
+    enrollment_change_share: float = 0.001
+    dissolve_share: float = 0.001
     seed: int = 0
     report_dir: Path = Path("reports")
     setup_timeout_seconds: float = 300.0
@@ -69,6 +81,7 @@ class LoadRun:
         self.command_pairs: dict[str, tuple[str, str]] = {}
         self.pairs: dict[tuple[str, str], dict[str, Any]] = {}
         self.ready: set[tuple[str, str]] = set()
+        self.ready_after_setup = 0
         self.refused: dict[tuple[str, str], str] = {}  # refused for good: "type: REASON"
         self.credits_sent: set[str] = set()
         self.credits_confirmed: set[str] = set()
@@ -81,6 +94,10 @@ class LoadRun:
                                                                         "hist": HdrHistogram(1, LATENCY_MAX_US, 2)})
         self.claims_started_ns = 0
         self.dead_letters = 0
+        # The rest of the mix: input id -> (kind, the answer's type or status once it came).
+        self.mix: dict[str, tuple[str, str | None]] = {}
+        self.reversible: list[tuple[str, str]] = []  # (claim id, recipient) of settled claims
+        self.lifting: set[asyncio.Task] = set()  # unfreezes waiting for their moment
 
     async def send(self, topic: Topic, message: dict[str, Any] | bytes, key: str) -> None:
         value = message if isinstance(message, bytes) else json.dumps(message).encode()
@@ -98,8 +115,18 @@ class LoadRun:
         elif topic == DEAD_LETTERS.name:
             self.dead_letters += 1
 
+    def _answered(self, input_id: str, answer: str) -> bool:
+        """Records the first answer to an operation of the mix; False if the id is not one."""
+        if input_id not in self.mix:
+            return False
+        kind, earlier = self.mix[input_id]
+        self.mix[input_id] = (kind, earlier or answer)
+        return True
+
     def _on_settlement(self, value: dict[str, Any]) -> None:
         claim_id = value["claim_id"]
+        if self._answered(claim_id, value["status"]):
+            return
         started = self.published_ns.get(claim_id)
         if started is None:
             return
@@ -108,6 +135,8 @@ class LoadRun:
             return
         arrived = time.monotonic_ns()
         self.first_result[claim_id] = value
+        if value["status"] in ("settled", "partial"):
+            self.reversible.append((claim_id, value["recipient_id"]))
         latency_us = max(1, (arrived - started) // 1000)
         self.histogram.record_value(latency_us)
         second = self.seconds[(arrived - self.claims_started_ns) // 1_000_000_000]
@@ -115,6 +144,8 @@ class LoadRun:
         second["hist"].record_value(latency_us)
 
     def _on_relationship_event(self, value: dict[str, Any]) -> None:
+        if self._answered(value["cause_id"], value["type"]):
+            return
         pair = self.command_pairs.get(value["cause_id"])
         if pair is None:
             return
@@ -126,6 +157,8 @@ class LoadRun:
             self._refused_or_later(pair, "request", value)
 
     def _on_wallet_event(self, value: dict[str, Any]) -> None:
+        if self._answered(value["cause_id"], value["type"]):
+            return
         if value["type"] == "credited" and value["cause_id"] in self.credits_sent:
             self.credits_confirmed.add(value["cause_id"])
             return
@@ -188,6 +221,7 @@ class LoadRun:
                 await asyncio.sleep(0.2)
             progress.update(task, completed=len(self.ready))
         worker.cancel()
+        self.ready_after_setup = len(self.ready)
         return time.monotonic() - started
 
     async def _command(self, action: str, pair: tuple[str, str]) -> None:
@@ -263,20 +297,91 @@ class LoadRun:
                         if len(sent) < 10_000:
                             sent.append((value, recipient_id))
                         counts["claims"] += 1
+                        await self._rest_of_the_mix(recipients)
                 progress.update(task, completed=counts["claims"])
                 await asyncio.sleep(0.005)
         await self.producer.flush()
         return dict(counts)
 
+    async def _rest_of_the_mix(self, recipients: list[tuple[str, str]]) -> None:
+        """After a claim, each other kind of operation at its share of the claims."""
+        rng, options = self.builder.rng, self.options
+        if rng.random() < options.reversal_share and self.reversible:
+            original, recipient_id = self.reversible.pop(rng.randrange(len(self.reversible)))
+            reversal_id = _id("rev")
+            self.mix[reversal_id] = ("reversal", None)
+            await self.send(CLAIMS, {"claim_id": reversal_id, "kind": "reverse", "recipient_id": recipient_id,
+                                     "reverses": original, "occurred_at": _now()}, recipient_id)
+        providers = sorted({provider for provider, _ in self.ready})
+        if rng.random() < options.spend_share and providers:
+            provider = rng.choice(providers)
+            await self._mixed("spend", ACCOUNT_SPENDS, provider, {"event_id": _id("spend"), "person_id": provider,
+                                                                 "amount_fen": rng.randint(100, 5_000)})
+        if rng.random() < options.freeze_share and providers:
+            provider = rng.choice(providers)
+            freeze_id = _id("freeze")
+            await self._mixed("freeze", SUPERVISION, provider, {"event_id": freeze_id, "person_id": provider,
+                                                                "action": "freeze", "reason": "load: suspected misuse"})
+            unfreeze = {"event_id": _id("unfreeze"), "person_id": provider, "action": "unfreeze",
+                        "reason": "load: cleared", "lifts": freeze_id}
+            self.mix[unfreeze["event_id"]] = ("unfreeze", None)  # the drain waits for it too
+            self.lifting.add(asyncio.create_task(self._lift_later(provider, unfreeze)))
+        # Claims need relationships in force: at most half of them end during a run.
+        may_end = len(self.ready) > len(self.pairs) // 2
+        if rng.random() < options.dissolve_share and may_end:
+            provider, recipient_id = pair = rng.choice(sorted(self.ready))
+            self._no_longer_ready(lambda other: other == pair, recipients)
+            await self._mixed("dissolve", RELATIONSHIP_COMMANDS, provider, {
+                "command_id": _id("dissolve"), "action": "dissolve", "actor_id": provider, "provider_id": provider,
+                "recipient_id": recipient_id, "requested_at": _now()})
+        if rng.random() < options.enrollment_change_share and may_end:
+            _, recipient_id = pair = rng.choice(sorted(self.ready))
+            region = self.pairs[pair]["region"]
+            moved_to = f"{region[:2]}0100" if region[2:] != "0100" else f"{region[:2]}0200"
+            self._no_longer_ready(lambda other: other[1] == recipient_id, recipients)
+            await self._mixed("insurance change", ENROLLMENT, recipient_id, {
+                "event_id": _id("move"), "person_id": recipient_id, "insurance_type": "resident", "region": moved_to,
+                "status": "normal"})
+
+    async def _lift_later(self, provider: str, unfreeze: dict[str, Any]) -> None:
+        await asyncio.sleep(FREEZE_SECONDS)
+        await self._mixed("unfreeze", SUPERVISION, provider, unfreeze)
+
+    async def _mixed(self, kind: str, topic: Topic, key: str, message: dict[str, Any]) -> None:
+        input_id = message.get("event_id") or message["command_id"]
+        self.mix[input_id] = (kind, None)
+        time_field = "requested_at" if "command_id" in message else "occurred_at"
+        await self.send(topic, {**message, time_field: _now()}, key)
+
+    def _no_longer_ready(self, ended, recipients: list[tuple[str, str]]) -> None:
+        """Claims go on only to recipients with a relationship still in force."""
+        self.ready = {pair for pair in self.ready if not ended(pair)}
+        still = {recipient for _, recipient in self.ready}
+        recipients[:] = [(recipient, region) for recipient, region in recipients if recipient in still]
+
     async def drain(self) -> None:
         deadline = time.monotonic() + self.options.drain_timeout_seconds
         with self._progress() as progress:
             task = progress.add_task("waiting for every settlement", total=len(self.published_ns))
-            while len(self.first_result) < len(self.published_ns) and time.monotonic() < deadline:
+            while (len(self.first_result) < len(self.published_ns) or self._mix_unanswered()) \
+                    and time.monotonic() < deadline:
                 progress.update(task, completed=len(self.first_result))
                 await asyncio.sleep(0.2)
             await asyncio.sleep(1.0)  # late duplicates would show as a second result
             progress.update(task, completed=len(self.first_result))
+
+    def _mix_unanswered(self) -> int:
+        return sum(1 for _, answer in self.mix.values() if answer is None)
+
+    def mix_report(self) -> dict[str, dict[str, Any]]:
+        report: dict[str, dict[str, Any]] = {}
+        for kind, answer in self.mix.values():
+            entry = report.setdefault(kind, {"sent": 0, "answered": 0, "answers": Counter()})
+            entry["sent"] += 1
+            if answer is not None:
+                entry["answered"] += 1
+                entry["answers"][answer] += 1
+        return {kind: {**entry, "answers": dict(entry["answers"])} for kind, entry in sorted(report.items())}
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
@@ -318,9 +423,10 @@ async def run_load(settings: Settings, options: LoadOptions, console: Console) -
     report = {
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
         "population": {"persons": sum(1 + len(f.recipients) for f in families), "families": len(families),
-                       "relationships": len(run.pairs), "ready": len(run.ready),
+                       "relationships": len(run.pairs), "ready": run.ready_after_setup,
                        "refused": dict(Counter(run.refused.values())),
-                       "unanswered": len(run.pairs) - len(run.ready) - len(run.refused),
+                       "unanswered": len(run.pairs) - run.ready_after_setup - len(run.refused),
+                       "ended_during_run": run.ready_after_setup - len(run.ready),
                        "setup_seconds": round(setup_seconds, 1)},
         "claims": {"published": counts.get("claims", 0), "duplicates_sent": counts.get("duplicates", 0),
                    "malformed_sent": counts.get("malformed", 0), "with_result": len(results),
@@ -333,6 +439,7 @@ async def run_load(settings: Settings, options: LoadOptions, console: Console) -
         "by_status": dict(Counter(r["status"] for r in results.values())),
         "by_category": dict(Counter(r.get("category") for r in results.values())),
         "rejections_by_reason": dict(Counter(r["reason"] for r in results.values() if r["reason"])),
+        "mix": run.mix_report(),
         "dead_letters_seen": run.dead_letters,
         "audit": {"clean": report_audit.clean, "breaches": report_audit.breaches[:20],
                   "accounts": report_audit.accounts, "claims": report_audit.claims},

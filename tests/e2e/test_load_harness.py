@@ -18,7 +18,9 @@ async def test_a_small_load_run_reports_every_claim_once(infrastructure, service
     # A new population each run (no seed), so that a second run on the same state is not refused
     # DUPLICATE_RELATIONSHIP; the harness's own deadlines end well before the test's.
     options = LoadOptions(persons=60, rate=100, duration_seconds=3, duplicate_share=0.05, malformed_share=0.02,
-                          report_dir=tmp_path, setup_timeout_seconds=90, drain_timeout_seconds=60)
+                          reversal_share=0.2, spend_share=0.1, freeze_share=0.02, enrollment_change_share=0.02,
+                          dissolve_share=0.02, report_dir=tmp_path, setup_timeout_seconds=90,
+                          drain_timeout_seconds=60)
     report = await run_load(infrastructure, options, Console(quiet=True))
     population = report["population"]
     assert population["ready"] == population["relationships"] > 0, population
@@ -27,6 +29,11 @@ async def test_a_small_load_run_reports_every_claim_once(infrastructure, service
     assert claims["with_result"] == claims["published"] and claims["with_more_than_one_result"] == 0
     assert claims["duplicates_sent"] > 0 and report["dead_letters_seen"] >= claims["malformed_sent"] > 0
     assert sum(report["by_status"].values()) == claims["published"]
+    # The rest of the mix went out and every operation was answered.
+    mix = report["mix"]
+    assert {"reversal", "spend", "freeze"} <= set(mix), mix
+    assert all(entry["answered"] == entry["sent"] > 0 for entry in mix.values()), mix
+    assert set(mix["reversal"]["answers"]) <= {"reversed", "rejected"} and "reversed" in mix["reversal"]["answers"]
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"] <= report["latency_ms"]["max"]
     assert report["audit"]["clean"], report["audit"]["breaches"]
     json_path, png_path = write_report(report, tmp_path)
