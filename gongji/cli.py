@@ -15,9 +15,11 @@ from rich.console import Console
 from rich.table import Table
 
 from gongji import infra, services
-from shared.ids import mask_person_id, validate_person_id
+from shared.credentials import CredentialsMissing, kafka_client_settings, redis_options
+from shared.ids import mask_person_id, mask_person_ids, mask_person_ids_in_logs, validate_person_id
 from shared.money import format_fen
 from shared.policy import read_policy, validate_area, write_policy
+from shared.principals import OPERATOR, principal
 from shared.settings import Settings
 
 app = typer.Typer(help="Gongji (共济): cross-provincial mutual aid of medical-insurance personal accounts.",
@@ -28,6 +30,8 @@ relationships_app = typer.Typer(help="Relationships (共济关系).", no_args_is
 wallet_app = typer.Typer(help="Personal accounts and quotas (医保钱包).", no_args_is_help=True)
 claims_app = typer.Typer(help="Claims and their results.", no_args_is_help=True)
 clearing_app = typer.Typer(help="Monthly clearing between provinces (按月全额清算).", no_args_is_help=True)
+credentials_app = typer.Typer(help="Each principal's credentials (shared/principals.py).", no_args_is_help=True)
+app.add_typer(credentials_app, name="credentials")
 app.add_typer(wallet_app, name="wallet")
 app.add_typer(claims_app, name="claims")
 app.add_typer(clearing_app, name="clearing")
@@ -35,6 +39,17 @@ app.add_typer(infra_app, name="infra")
 app.add_typer(policy_app, name="policy")
 app.add_typer(relationships_app, name="relationships")
 console = Console()
+FullIds = Annotated[bool, typer.Option("--full-ids", help="show person ids in full (personal data)")]
+
+
+def _shown(person_id: str, full_ids: bool) -> str:
+    return person_id if full_ids else mask_person_id(person_id)
+
+
+@app.callback()
+def _every_command() -> None:
+    """Person ids are personal data: every log line of every command masks them."""
+    mask_person_ids_in_logs()
 
 
 def _fail(message: str) -> None:
@@ -87,8 +102,9 @@ def run(service: Annotated[str, typer.Argument(help="relationship | wallet | set
     services.run_service(service, settings)
 
 
-async def _with_redis(action):
-    redis = Redis.from_url(Settings().redis_url)
+async def _with_redis(action, as_principal: str = OPERATOR.name):
+    settings = Settings()
+    redis = Redis.from_url(settings.redis_url, **redis_options(settings, as_principal))
     try:
         return await action(redis)
     finally:
@@ -129,7 +145,8 @@ def policy_set(
 @relationships_app.command("show")
 def relationships_show(
     person_id: str,
-    as_json: Annotated[bool, typer.Option("--json", help="full ids, machine-readable")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+    full_ids: FullIds = False,
 ) -> None:
     """A person's relationships in both directions, from the relationship service's state."""
     from services.relationship.store import RelationshipStore
@@ -140,37 +157,39 @@ def relationships_show(
         _fail(str(error))
     rows = asyncio.run(_with_redis(lambda redis: RelationshipStore(redis).relationships_of(person_id)))
     if as_json:
-        print(json.dumps(rows, ensure_ascii=False))
+        print(json.dumps([row | {"provider_id": _shown(row["provider_id"], full_ids),
+                                 "recipient_id": _shown(row["recipient_id"], full_ids)} for row in rows],
+                         ensure_ascii=False))
         return
-    table = Table(title=f"Relationships of {mask_person_id(person_id)}")
+    table = Table(title=f"Relationships of {_shown(person_id, full_ids)}")
     for column in ("provider", "recipient", "kinship", "state", "since"):
         table.add_column(column, no_wrap=True)
     for row in rows:
-        table.add_row(mask_person_id(row["provider_id"]), mask_person_id(row["recipient_id"]), row["kinship"],
+        table.add_row(_shown(row["provider_id"], full_ids), _shown(row["recipient_id"], full_ids), row["kinship"],
                       row["state"], row["since"][:19])
     console.print(table)
 
 
 @wallet_app.command("show")
-def wallet_show(person_id: str) -> None:
+def wallet_show(person_id: str, full_ids: FullIds = False) -> None:
     """A person's account: balance, frozen, the running totals and the quotas they granted."""
     from services.wallet.store import WalletStore
 
     snapshot = asyncio.run(_with_redis(lambda redis: WalletStore(redis).snapshot(person_id)))
-    table = Table(title=f"Wallet of {mask_person_id(person_id)}")
+    table = Table(title=f"Wallet of {_shown(person_id, full_ids)}")
     table.add_column("item")
     table.add_column("fen", justify="right")
     for name in ("balance", "frozen", "credited", "spent", "paid", "refunded"):
         table.add_row(name, f"{getattr(snapshot, f'{name}_fen'):,}")
     for recipient_id, remaining in snapshot.grants_fen.items():
-        table.add_row(f"quota for {mask_person_id(recipient_id)}", f"{remaining:,}")
+        table.add_row(f"quota for {_shown(recipient_id, full_ids)}", f"{remaining:,}")
     console.print(table)
     console.print(f"available: {format_fen(snapshot.balance_fen - snapshot.frozen_fen)}")
 
 
 @claims_app.command("show")
-def claims_show(claim_id: str) -> None:
-    """A claim's record and result, as JSON."""
+def claims_show(claim_id: str, full_ids: FullIds = False) -> None:
+    """A claim's record and result, as JSON (person ids masked unless --full-ids)."""
     from services.settlement.store import SettlementStore
 
     settings = Settings()
@@ -178,17 +197,20 @@ def claims_show(claim_id: str) -> None:
         lambda redis: SettlementStore(redis, settings.settlement_shards).claim(None, claim_id)))
     if record is None:
         _fail(f"no claim {claim_id}")
-    console.print_json(json.dumps(record))
+    shown = json.dumps(record, ensure_ascii=False)
+    console.print_json(shown if full_ids else mask_person_ids(shown))
 
 
 @clearing_app.command("close")
 def clearing_close(month: Annotated[str, typer.Argument(help="YYYY-MM")]) -> None:
-    """Close a month and publish its statement to gongji.clearing.v1 (the same however often run)."""
-    from gongji.kafka_io import publish_models
-    from services.settlement.clearing import MonthNotEnded, close_month
+    """Close a month and publish its statement to gongji.clearing.v1, and each row to the topics of
+    the provinces it concerns (the same however often run). Runs as the settlement principal: the
+    monthly job of the settlement service."""
+    from gongji.kafka_io import publish_routed
+    from services.settlement.app import SERVICE
+    from services.settlement.clearing import MonthNotEnded, close_month, statement_destinations
     from services.settlement.store import SettlementStore
     from shared.clock import clock_from_setting
-    from shared.topics import CLEARING
 
     if len(month) != 7 or month[4] != "-" or not (month[:4] + month[5:]).isdigit():
         _fail("month must be YYYY-MM")
@@ -197,14 +219,14 @@ def clearing_close(month: Annotated[str, typer.Argument(help="YYYY-MM")]) -> Non
 
     async def close(redis: Redis):
         store = SettlementStore(redis, settings.settlement_shards)
-        await store.load()
+        await store.ready()
         return await close_month(store, month, now)
 
     try:
-        rows = asyncio.run(_with_redis(close))
+        rows = asyncio.run(_with_redis(close, SERVICE))
     except MonthNotEnded as error:
         _fail(f"not closed: {error}")
-    asyncio.run(publish_models(settings, CLEARING, rows))
+    asyncio.run(publish_routed(settings, statement_destinations(rows), SERVICE))
     table = Table(title=f"Clearing statement {month}")
     for column in ("row", "payer", "payee / province", "amount", "claims"):
         table.add_column(column)
@@ -212,6 +234,36 @@ def clearing_close(month: Annotated[str, typer.Argument(help="YYYY-MM")]) -> Non
         table.add_row(row.row, row.payer_province or "", row.payee_province or row.province or "",
                       format_fen(row.amount_fen), str(row.claims))
     console.print(table)
+
+
+@credentials_app.command("show")
+def credentials_show(
+    name: Annotated[str, typer.Argument(help="a principal, e.g. province-11 or operator")],
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object: the aiokafka client settings")] = False,
+) -> None:
+    """A principal's aiokafka client settings, password included (secret: keep it off logs)."""
+    try:
+        principal(name)
+        client = kafka_client_settings(Settings(), name)
+    except (ValueError, CredentialsMissing) as error:
+        _fail(str(error))
+    if as_json:
+        print(json.dumps(client))
+        return
+    for key, value in client.items():
+        console.print(f"{key}: {value}", markup=False)
+
+
+@credentials_app.command("rotate")
+def credentials_rotate(name: Annotated[str, typer.Argument(help="a principal, e.g. wallet")]) -> None:
+    """Give a principal a new password, on the running broker (SCRAM) and Redis (ACL), no restart.
+    Connections already open stay authenticated; new ones need the new password."""
+    try:
+        principal(name)
+        for note in infra.rotate(Settings(), name):
+            console.print(note)
+    except (ValueError, CredentialsMissing, infra.InfraError) as error:
+        _fail(str(error))
 
 
 @app.command("audit")
@@ -235,33 +287,37 @@ def audit_command() -> None:
 def publish(
     topic: Annotated[str, typer.Argument(help="an input topic, e.g. gongji.wallet-commands.v1")],
     message: Annotated[str, typer.Argument(help="the JSON message, or - to read lines from stdin")],
+    as_principal: Annotated[str, typer.Option("--as", help="publish as this principal")] = OPERATOR.name,
 ) -> None:
     """Validate messages against the contract and publish them (one JSON object per line)."""
     from pydantic import ValidationError
 
     from gongji.kafka_io import publish_models
-    from shared.topics import ALL_TOPICS
+    from shared.runtime import describe_validation_error
+    from shared.topics import ALL_TOPICS, PROVINCE_TOPICS
 
-    found = {known.name: known for known in ALL_TOPICS}.get(topic)
+    found = {known.name: known for known in (*ALL_TOPICS, *PROVINCE_TOPICS)}.get(topic)
     if found is None:
         _fail(f"unknown topic {topic}")
     lines = sys.stdin.read().splitlines() if message == "-" else [message]
     try:
         models = [found.model.model_validate_json(line) for line in lines if line.strip()]
     except ValidationError as error:
-        _fail(f"not a valid {found.model.__name__}: {error}")
-    console.print(f"published {asyncio.run(publish_models(Settings(), found, models))} message(s) to {topic}")
+        _fail(f"not a valid {found.model.__name__}: {describe_validation_error(error)}")
+    count = asyncio.run(publish_models(Settings(), found, models, as_principal))
+    console.print(f"published {count} message(s) to {topic} as {as_principal}")
 
 
 @app.command("docs")
 def docs(
     serve: Annotated[bool, typer.Option(help="serve the rendered document on --port")] = False,
-    port: Annotated[int, typer.Option()] = 18090,
+    port: Annotated[int | None, typer.Option(help="default: GONGJI_DOCS_PORT")] = None,
 ) -> None:
     """Write docs/asyncapi.json, generated from the three services' code (and optionally serve it)."""
     from gongji.docs import serve_docs, write_docs
 
     settings = Settings()
+    port = port or settings.docs_port
     console.print(f"wrote {write_docs(settings)}")
     if serve:
         console.print(f"serving the AsyncAPI document on http://127.0.0.1:{port}/ (Ctrl-C stops)")

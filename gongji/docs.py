@@ -12,18 +12,33 @@ from faststream.specification.base import Specification
 
 from gongji.services import SERVICE_NAMES, app_factory
 from shared.settings import PROJECT_ROOT, Settings
-from shared.topics import CLEARING
+from shared.contracts import Claim
+from shared.topics import CLEARING, province_claims, province_clearing, province_settlements
 
 DOCS_DIR = PROJECT_ROOT / "docs"
 
 
 def asyncapi_specification(settings: Settings) -> Specification:
     brokers = [app_factory(name)(settings).brokers[0] for name in SERVICE_NAMES]
+    settlement = brokers[SERVICE_NAMES.index("settlement")]
     # The monthly statement is the settlement service's, published by `gongji clearing close`.
-    brokers[SERVICE_NAMES.index("settlement")].publisher(
+    settlement.publisher(
         CLEARING.name, schema=CLEARING.model, title=f"{CLEARING.name}:settlement",
         description="Published by `gongji clearing close YYYY-MM`, keyed by month.",
     )
+    # Every province's own topics, once each by name pattern (the service leaves the 32 copies out).
+    each = "{PP}"
+    for topic, what in ((province_settlements(each), "the results of the province's own claims"),
+                        (province_clearing(each), "the statement rows that concern the province")):
+        settlement.publisher(topic.name, schema=topic.model, title=f"{topic.name}:settlement",
+                             description=f"{what}; PP is its two-digit code, readable only by `province-PP`.")
+
+    @settlement.subscriber(province_claims(each).name, title=f"{province_claims(each).name}:settlement",
+                           description="A province's own claims (writable only by `province-PP`): each must be "
+                                       "for care in that province, else SERVICE_REGION_MISMATCH.")
+    async def each_province_claims(batch: list[Claim]) -> None:
+        """Read by one consumer for all 32 provinces."""
+
     return AsyncAPI(
         *brokers, title="Gongji (共济) — wire contract v1", version="1.0.0",
         description="Cross-provincial mutual aid of employee medical-insurance personal accounts. "

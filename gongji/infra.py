@@ -1,10 +1,13 @@
 """Starts and stops the real infrastructure on loopback: Apache Kafka (KRaft) from its Maven Central
-jars and the OS's redis-server, each with its own port, data directory and pid file."""
+jars and the OS's redis-server, each with its own port, data directory and pid file, secure by
+default: TLS from a local CA, SCRAM users bootstrapped when the storage is formatted, the ACLs and
+Redis users of shared/principals.py, and secrets that never appear in a process's arguments."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
 import shutil
 import signal
@@ -17,14 +20,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import (
+    AclBinding, AclBindingFilter, AclOperation, AclPermissionType, AdminClient, NewTopic, ResourcePatternType,
+    ResourceType, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion,
+)
 
+from gongji.tls import BROKER_NAME, broker_keystore, ensure_certificates
+from services.relationship.store import LIBRARY as RELATIONSHIP_LIBRARY
+from services.settlement.store import LIBRARY as SETTLEMENT_LIBRARY
+from services.wallet.store import LIBRARY as WALLET_LIBRARY
+from shared.credentials import (
+    SCRAM_MECHANISM, CredentialsMissing, ca_file, ensure_passwords, kafka_client_settings, new_password, password,
+    redis_options, secrets_dir, set_password, write_secret,
+)
+from shared.principals import BROKER, BY_NAME, OPERATOR, PRINCIPALS, KafkaRight, Principal, redis_acl_rules
 from shared.settings import PROJECT_ROOT, Settings
-from shared.topics import ALL_TOPICS
+from shared.topics import ALL_TOPICS, PROVINCE_TOPICS
 
 POM = PROJECT_ROOT / "deploy" / "kafka" / "pom.xml"
 READY_TIMEOUT_SECONDS = 120
+SCRAM_ITERATIONS = 8192
+FUNCTION_LIBRARIES = (RELATIONSHIP_LIBRARY, WALLET_LIBRARY, SETTLEMENT_LIBRARY)
 
 
 class InfraError(RuntimeError):
@@ -54,6 +71,17 @@ class Paths:
     @property
     def kafka_pid(self) -> Path:
         return self.root / "kafka" / "broker.pid"
+
+    @property
+    def java_arguments(self) -> Path:
+        """An @argfile: the Java launcher reads arguments that hold secrets from it, so that they
+        never show in the process's command line. Written 0600, deleted once read."""
+        return self.root / "secrets" / "java-arguments"
+
+    @property
+    def redis_users(self) -> Path:
+        """Redis's ACL file: its users, with SHA-256 hashes of their passwords."""
+        return self.root / "secrets" / "redis-users.acl"
 
     @property
     def redis_dir(self) -> Path:
@@ -120,16 +148,41 @@ def fetch_kafka_jars(paths: Paths) -> None:
 def _write_kafka_config(settings: Settings, paths: Paths) -> None:
     host, port = _host_port(settings.kafka_bootstrap)
     controller = f"{host}:{settings.kafka_controller_port}"
+    listeners = {"CLIENT": (f"{host}:{port}", "SASL_SSL"), "CONTROLLER": (controller, "SSL")}
+    if settings.kafka_plaintext_dev:
+        listeners["DEV"] = (f"{host}:{settings.kafka_plaintext_dev_port}", "SASL_PLAINTEXT")
+    advertised = [f"{name}://{address}" for name, (address, _) in listeners.items() if name != "CONTROLLER"]
     paths.kafka_config.parent.mkdir(parents=True, exist_ok=True)
     paths.kafka_config.write_text(
         "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers={controller}",
-            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{controller}",
-            f"advertised.listeners=PLAINTEXT://{host}:{port}",
+            f"listeners={','.join(f'{name}://{address}' for name, (address, _) in listeners.items())}",
+            # The controller's listener is never advertised, so clients are never sent there.
+            f"advertised.listeners={','.join(advertised)}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "inter.broker.listener.name=CLIENT",
+            f"listener.security.protocol.map={','.join(f'{name}:{kind}' for name, (_, kind) in listeners.items())}",
+            f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
+            f"sasl.mechanism.inter.broker.protocol={SCRAM_MECHANISM}",
+            # SCRAM servers need a login module per listener; the broker's own password comes
+            # from the @argfile (see start_kafka).
+            "listener.name.dev.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            # TLS from the local CA, as PEM files.
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={broker_keystore(settings)}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={ca_file(settings)}",
+            # The controller's listener takes only a client certificate signed by the local CA,
+            # and only the broker holds one: a client (which holds the CA's certificate, not its
+            # key) cannot even finish the handshake. Its certificate's CN is its principal.
+            "listener.name.controller.ssl.client.auth=required",
+            "ssl.principal.mapping.rules=RULE:^CN=([^,]+)$/$1/,DEFAULT",
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found=false",
+            f"super.users=User:{BROKER.name};User:{OPERATOR.name}",
             f"log.dirs={paths.kafka_data}",
             # One local broker: internal topics cannot have more replicas than brokers.
             "offsets.topic.replication.factor=1",
@@ -146,6 +199,15 @@ def _write_kafka_config(settings: Settings, paths: Paths) -> None:
     )
 
 
+def _write_java_arguments(paths: Paths, arguments: list[str]) -> str:
+    """Writes arguments that hold secrets to the @argfile, one per line, each quoted (the
+    launcher splits on white space outside quotes); returns the `@path` argument."""
+    assert all("'" not in argument and "\\" not in argument for argument in arguments)
+    paths.java_arguments.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_secret(paths.java_arguments, "".join(f"'{argument}'\n" for argument in arguments).encode())
+    return f"@{paths.java_arguments}"
+
+
 def _java() -> str:
     java_home = os.environ.get("JAVA_HOME")
     if java_home and (Path(java_home) / "bin" / "java").exists():
@@ -153,14 +215,25 @@ def _java() -> str:
     return _require("java", "install a Java 17 runtime (e.g. `apt-get install openjdk-17-jre-headless`).")
 
 
-def format_kafka_storage(java: str, paths: Paths, cluster_id: str) -> None:
-    """Formats the KRaft storage once. `--cluster-id=` keeps an id that starts with '-' (one in
-    64 random ids) from being read as an option."""
-    formatted = subprocess.run(
-        [java, "-cp", f"{paths.kafka_libs}/*", "kafka.tools.StorageTool", "format", "--standalone",
-         f"--cluster-id={cluster_id}", "-c", str(paths.kafka_config)],
-        capture_output=True, text=True,
-    )
+def _scram(settings: Settings, principal: Principal) -> str:
+    return f"{SCRAM_MECHANISM}=[name={principal.name},password={password(settings, principal.name)}," \
+           f"iterations={SCRAM_ITERATIONS}]"
+
+
+def format_kafka_storage(java: str, paths: Paths, cluster_id: str, settings: Settings) -> None:
+    """Formats the KRaft storage once, with every principal's SCRAM credentials in it (KIP-900):
+    the broker authenticates from its very first start, with no window without users.
+    `--cluster-id=` keeps an id that starts with '-' (one in 64 random ids) from being read as an option."""
+    users = [argument for principal in PRINCIPALS for argument in ("--add-scram", _scram(settings, principal))]
+    try:
+        formatted = subprocess.run(
+            [java, "-cp", f"{paths.kafka_libs}/*", _write_java_arguments(paths, [
+                "kafka.tools.StorageTool", "format", "--standalone", f"--cluster-id={cluster_id}",
+                "-c", str(paths.kafka_config), *users])],
+            capture_output=True, text=True,
+        )
+    finally:
+        paths.java_arguments.unlink(missing_ok=True)
     if formatted.returncode != 0:
         # The tool's own sentence: its usage text comes before it, a Java stack trace after it.
         said = [line for line in (formatted.stderr or formatted.stdout).splitlines()
@@ -180,12 +253,17 @@ def start_kafka(settings: Settings, paths: Paths) -> bool:
     _write_kafka_config(settings, paths)
     classpath = f"{paths.kafka_libs}/*"
     if not (paths.kafka_data / "meta.properties").exists():
-        format_kafka_storage(java, paths, base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        format_kafka_storage(java, paths, base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
+                             settings)
+    broker_login = ("listener.name.client.scram-sha-512.sasl.jaas.config="
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                    f'username="{BROKER_NAME}" password="{password(settings, BROKER.name)}";')
+    arguments = _write_java_arguments(paths, ["kafka.Kafka", str(paths.kafka_config), "--override", broker_login])
     log = paths.kafka_log.open("ab")
     process = subprocess.Popen(
-        [java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-         "-cp", classpath, "kafka.Kafka", str(paths.kafka_config)],
+        [java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true", "-cp", classpath, arguments],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        umask=0o077,  # its data is personal data: only its owner reads the files it writes
     )
     paths.kafka_pid.write_text(str(process.pid))
     return True
@@ -202,86 +280,237 @@ def _redis_server() -> str:
     return _require("redis-server", "install it with `apt-get install redis-server`.")
 
 
+def _redis_user_line(settings: Settings, principal: Principal) -> str:
+    """One user of the ACL file: its rules and the SHA-256 of its password (never the password)."""
+    assert principal.redis is not None
+    digest = hashlib.sha256(password(settings, principal.name).encode()).hexdigest()
+    return " ".join(["user", principal.name, *redis_acl_rules(principal.redis), f"#{digest}"])
+
+
+def _redis_address(settings: Settings) -> tuple[str, int]:
+    kwargs = redis.Redis.from_url(settings.redis_url).connection_pool.connection_kwargs
+    return kwargs["host"], kwargs["port"]
+
+
 def start_redis(settings: Settings, paths: Paths) -> bool:
-    client = redis.Redis.from_url(settings.redis_url)
-    host, port = client.connection_pool.connection_kwargs["host"], client.connection_pool.connection_kwargs["port"]
+    host, port = _redis_address(settings)
     if _pid_alive(paths.redis_pid):
         return False
     if _port_open(host, port):
         raise InfraError(f"port {port} is taken by another process: stop it or set GONGJI_REDIS_URL.")
     server = _redis_server()
     paths.redis_dir.mkdir(parents=True, exist_ok=True)
+    if not paths.redis_users.exists():
+        # No anonymous access from the first moment: the default user is off.
+        users = [_redis_user_line(settings, principal) for principal in PRINCIPALS if principal.redis]
+        write_secret(paths.redis_users, "\n".join(["user default off resetpass -@all", *users, ""]).encode())
     process = subprocess.Popen(
         [server, "--bind", host, "--port", str(port), "--dir", str(paths.redis_dir),
-         "--appendonly", "yes", "--appendfsync", "always",
-         "--save", "", "--protected-mode", "no", "--logfile", str(paths.redis_log),
+         "--appendonly", "yes", "--appendfsync", "always", "--aclfile", str(paths.redis_users),
+         "--save", "", "--protected-mode", "yes", "--logfile", str(paths.redis_log),
          "--daemonize", "no"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        start_new_session=True, umask=0o077,  # its data and its ACL file (rewritten by ACL SAVE) stay 0600
     )
     paths.redis_pid.write_text(str(process.pid))
     return True
 
 
-def _wait_for_redis(settings: Settings, deadline: float) -> None:
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=1)
+def operator_redis(settings: Settings, **options) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, **redis_options(settings, OPERATOR.name), **options)
+
+
+def _wait_for_redis(settings: Settings, deadline: float) -> redis.Redis:
+    client = operator_redis(settings, socket_timeout=5)
     while time.monotonic() < deadline:
         try:
             if client.ping():
-                return
+                return client
+        except redis.exceptions.AuthenticationError:
+            raise InfraError("Redis refuses the operator's credentials: it was started without Gongji's users "
+                             "(before security?) — `gongji infra down && gongji infra up`") from None
         except redis.exceptions.RedisError:
             time.sleep(0.2)
     raise InfraError(f"Redis did not answer within {READY_TIMEOUT_SECONDS}s; see {Paths(settings.state_dir).redis_log}")
 
 
-async def _create_topics(settings: Settings, deadline: float) -> None:
+def sync_redis_users(settings: Settings, client: redis.Redis) -> None:
+    """Makes Redis's users exactly the declared ones (rules and current passwords), and saves them
+    to the ACL file: a right taken out of the declaration is taken out of Redis too."""
+    declared = {principal.name: principal for principal in PRINCIPALS if principal.redis}
+    for principal in declared.values():
+        digest = hashlib.sha256(password(settings, principal.name).encode()).hexdigest()
+        client.execute_command("ACL", "SETUSER", principal.name, *redis_acl_rules(principal.redis), "resetpass",
+                               f"#{digest}")
+    client.execute_command("ACL", "SETUSER", "default", "reset")
+    for name in client.execute_command("ACL", "USERS"):
+        if name.decode() not in declared and name.decode() != "default":
+            client.execute_command("ACL", "DELUSER", name)
+    client.execute_command("ACL", "SAVE")
+
+
+def load_functions(client: redis.Redis) -> None:
+    """The operator loads every service's Redis Functions library: a service's own user may call
+    functions but never load one (FUNCTION LOAD could replace another service's library)."""
+    for library in FUNCTION_LIBRARIES:
+        client.function_load(library.source, replace=True)
+
+
+def _librdkafka_log() -> logging.Logger:
+    quiet = logging.getLogger("gongji.infra.librdkafka")
+    quiet.setLevel(logging.CRITICAL)  # refused connections while the broker starts; the deadline reports failure
+    return quiet
+
+
+def kafka_admin(settings: Settings) -> AdminClient:
+    """The operator's admin client (librdkafka: aiokafka has no API for ACLs or SCRAM users)."""
+    options = kafka_client_settings(settings, OPERATOR.name)
+    return AdminClient({
+        "bootstrap.servers": options["bootstrap_servers"], "security.protocol": options["security_protocol"],
+        "sasl.mechanism": options["sasl_mechanism"], "sasl.username": options["sasl_plain_username"],
+        "sasl.password": options["sasl_plain_password"], "ssl.ca.location": options["ssl_cafile"],
+        "logger": _librdkafka_log(),
+    })
+
+
+def _wait_for_kafka(settings: Settings, admin: AdminClient, deadline: float) -> None:
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000)
         try:
-            await admin.start()
-            break
-        except Exception:  # noqa: BLE001 - the broker is still starting; retry until the deadline
-            await admin.close()
+            admin.list_topics(timeout=5)
+            return
+        except KafkaException as error:
+            if error.args[0].code() == KafkaError._AUTHENTICATION:
+                raise InfraError("Kafka refuses the operator's credentials: its data may predate security or "
+                                 "the secrets were replaced — `gongji infra reset`") from None
             if time.monotonic() > deadline:
-                raise InfraError(
-                    f"Kafka did not answer within {READY_TIMEOUT_SECONDS}s; see "
-                    f"{Paths(settings.state_dir).kafka_log}"
-                ) from None
-            await asyncio.sleep(0.5)
-    try:
-        existing = set(await admin.list_topics())
-        missing = [
-            NewTopic(topic.name, settings.topic_partitions, settings.topic_replication_factor)
-            for topic in ALL_TOPICS
-            if topic.name not in existing
-        ]
-        if missing:
-            try:
-                await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
-    finally:
-        await admin.close()
+                raise InfraError(f"Kafka did not answer within {READY_TIMEOUT_SECONDS}s; see "
+                                 f"{Paths(settings.state_dir).kafka_log}") from None
 
 
-def create_topics_now(settings: Settings | None = None) -> None:
-    """Creates the topics on a broker started by someone else (the compose file's Kafka)."""
-    asyncio.run(_create_topics(settings or Settings(), time.monotonic() + READY_TIMEOUT_SECONDS))
+def _settle(futures: dict, tolerated: tuple[int, ...] = ()) -> None:
+    for future in futures.values():
+        try:
+            future.result()
+        except KafkaException as error:
+            if error.args[0].code() not in tolerated:
+                raise
+
+
+def create_topics(settings: Settings, admin: AdminClient) -> None:
+    """The national topics and every province's own, each with its partition count."""
+    existing = set(admin.list_topics(timeout=10).topics)
+    missing = [NewTopic(topic.name, topic.partitions(settings), settings.topic_replication_factor)
+               for topic in (*ALL_TOPICS, *PROVINCE_TOPICS) if topic.name not in existing]
+    if missing:
+        _settle(admin.create_topics(missing, request_timeout=30), tolerated=(KafkaError.TOPIC_ALREADY_EXISTS,))
+
+
+def ensure_scram_users(settings: Settings, admin: AdminClient) -> None:
+    """Principals declared after the storage was formatted get their SCRAM credentials now."""
+    known = set()
+    for name, future in admin.describe_user_scram_credentials([p.name for p in PRINCIPALS]).items():
+        try:
+            if future.result().scram_credential_infos:
+                known.add(name)
+        except KafkaException:  # RESOURCE_NOT_FOUND: no credentials for that user yet
+            pass
+    missing = {p.name: password(settings, p.name) for p in PRINCIPALS if p.name not in known}
+    if missing:
+        set_scram_passwords(admin, missing)
+
+
+def set_scram_passwords(admin: AdminClient, passwords: dict[str, str]) -> None:
+    _settle(admin.alter_user_scram_credentials([
+        UserScramCredentialUpsertion(name, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS),
+                                     value.encode())
+        for name, value in passwords.items()]))
+
+
+def _binding(principal: str, right: KafkaRight) -> AclBinding:
+    return AclBinding(
+        ResourceType.GROUP if right.resource == "group" else ResourceType.TOPIC, right.name,
+        ResourcePatternType.PREFIXED if right.prefixed else ResourcePatternType.LITERAL,
+        f"User:{principal}", "*", AclOperation.WRITE if right.operation == "write" else AclOperation.READ,
+        AclPermissionType.ALLOW,
+    )
+
+
+def declared_acls() -> set[AclBinding]:
+    return {_binding(principal.name, right) for principal in PRINCIPALS for right in principal.kafka}
+
+
+def sync_acls(admin: AdminClient) -> tuple[int, int]:
+    """Makes the broker's ACLs exactly the declared ones; returns (created, deleted)."""
+    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,
+                                  AclPermissionType.ANY)
+    existing = set(admin.describe_acls(everything, request_timeout=30).result())
+    declared = declared_acls()
+    missing, extra = declared - existing, existing - declared
+    if missing:
+        _settle(admin.create_acls(list(missing), request_timeout=30))
+    if extra:
+        _settle(admin.delete_acls([AclBindingFilter(binding.restype, binding.name, binding.resource_pattern_type,
+                                                    binding.principal, binding.host, binding.operation,
+                                                    binding.permission_type) for binding in extra],
+                                  request_timeout=30))
+    return len(missing), len(extra)
+
+
+def rotate(settings: Settings, name: str) -> list[str]:
+    """A new password for a principal: set on the running broker (SCRAM, through the admin API) and
+    in Redis (ACL SETUSER), then kept. The new one waits in a file of its own until both have it,
+    so that a rotation cut short can be run again and finish with the same password."""
+    pending = secrets_dir(settings) / f"{name}.password.next"
+    if not pending.exists():
+        write_secret(pending, new_password().encode())
+    value = pending.read_text().strip()
+    set_scram_passwords(kafka_admin(settings), {name: value})
+    notes = [f"Kafka: {name}'s SCRAM password changed"]
+    if BY_NAME[name].redis is not None:
+        with operator_redis(settings) as client:
+            client.execute_command("ACL", "SETUSER", name, "resetpass", f"#{hashlib.sha256(value.encode()).hexdigest()}")
+            client.execute_command("ACL", "SAVE")
+        notes.append(f"Redis: {name}'s password changed")
+    set_password(settings, name, value)
+    pending.unlink()
+    return notes
+
+
+def configure_now(settings: Settings | None = None) -> None:
+    """Topics, SCRAM users and ACLs on a broker started by someone else (the compose file's Kafka)."""
+    settings = settings or Settings()
+    admin = kafka_admin(settings)
+    _wait_for_kafka(settings, admin, time.monotonic() + READY_TIMEOUT_SECONDS)
+    create_topics(settings, admin)
+    ensure_scram_users(settings, admin)
+    sync_acls(admin)
 
 
 def up(settings: Settings) -> list[str]:
-    """Idempotent: starts what is not running, waits until both answer, creates the topics."""
-    # While the broker starts, every refused connection would be logged; the deadline reports failure.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    """Idempotent: makes the secrets and certificates that are missing, starts what is not running,
+    waits until both answer, then makes the topics, users, ACLs and Functions what the code declares."""
     paths = Paths(settings.state_dir)
-    notes = []
+    notes = [f"generated credentials for {len(made)} principals" for made in [ensure_passwords(settings)] if made]
+    notes += [f"made {what}" for what in ensure_certificates(settings, _host_port(settings.kafka_bootstrap)[0])]
     if start_redis(settings, paths):
         notes.append("started redis-server")
-    if start_kafka(settings, paths):
-        notes.append(f"started Apache Kafka {kafka_version(paths)} (KRaft)")
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    _wait_for_redis(settings, deadline)
-    asyncio.run(_create_topics(settings, deadline))
+    try:
+        if start_kafka(settings, paths):
+            notes.append(f"started Apache Kafka {kafka_version(paths)} (KRaft, SASL_SSL)")
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        client = _wait_for_redis(settings, deadline)
+        sync_redis_users(settings, client)
+        load_functions(client)
+        client.close()
+        admin = kafka_admin(settings)
+        _wait_for_kafka(settings, admin, deadline)
+    finally:
+        paths.java_arguments.unlink(missing_ok=True)  # read by the launcher at start
+    create_topics(settings, admin)
+    ensure_scram_users(settings, admin)
+    created, deleted = sync_acls(admin)
+    if created or deleted:
+        notes.append(f"ACLs: {created} created, {deleted} removed")
     return notes
 
 
@@ -324,9 +553,9 @@ def status(settings: Settings) -> dict[str, str]:
         + ("running" if _pid_alive(paths.kafka_pid) and _port_open(kafka_host, kafka_port) else "not running"),
     }
     try:
-        info = redis.Redis.from_url(settings.redis_url, socket_timeout=1).info("server")
+        info = operator_redis(settings, socket_timeout=1).info("server")
         report["redis"] = f"Redis {info['redis_version']} at {settings.redis_url}: running"
-    except redis.exceptions.RedisError:
+    except (redis.exceptions.RedisError, CredentialsMissing):
         report["redis"] = f"Redis at {settings.redis_url}: not running"
     return report
 

@@ -1,5 +1,5 @@
 """Publishing contract messages from the command line and the load generator (plain aiokafka:
-these are clients of the system, not services)."""
+these are clients of the system, not services), each as a principal with its credentials."""
 
 from __future__ import annotations
 
@@ -10,24 +10,32 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import BaseModel
 
+from shared.credentials import aiokafka_options
+from shared.principals import OPERATOR
 from shared.settings import Settings
 from shared.topics import Topic
 
 
-def make_producer(settings: Settings, linger_ms: int = 5) -> AIOKafkaProducer:
-    return AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+def make_producer(settings: Settings, principal: str, linger_ms: int = 5) -> AIOKafkaProducer:
+    return AIOKafkaProducer(**aiokafka_options(settings, principal), acks="all", enable_idempotence=True,
                             linger_ms=linger_ms, max_batch_size=256 * 1024)
 
 
-async def publish_models(settings: Settings, topic: Topic, messages: Iterable[BaseModel]) -> int:
-    """Publishes and waits until Kafka confirmed every message; returns how many."""
-    producer = make_producer(settings)
+async def publish_models(settings: Settings, topic: Topic, messages: Iterable[BaseModel],
+                         principal: str = OPERATOR.name) -> int:
+    """Publishes as `principal` and waits until Kafka confirmed every message; returns how many."""
+    return await publish_routed(settings, ((topic, message) for message in messages), principal)
+
+
+async def publish_routed(settings: Settings, messages: Iterable[tuple[Topic, BaseModel]], principal: str) -> int:
+    """Publishes each message to its topic as `principal`; waits until Kafka confirmed them all."""
+    producer = make_producer(settings, principal)
     await producer.start()
     try:
         pending = [
             await producer.send(topic.name, message.model_dump_json().encode(),
                                 key=str(getattr(message, topic.key_field)).encode())
-            for message in messages
+            for topic, message in messages
         ]
         for future in pending:
             await future
@@ -38,20 +46,21 @@ async def publish_models(settings: Settings, topic: Topic, messages: Iterable[Ba
 
 class TopicWatcher:
     """Reads every partition of some topics from their current end, handing each record's decoded
-    JSON to `on_message(topic, value)`; for clients that watch the system's outputs."""
+    JSON to `on_message(topic, value)`; for clients that watch the system's outputs (as the
+    operator unless told)."""
 
-    def __init__(self, settings: Settings, topics: Iterable[Topic], on_message) -> None:
+    def __init__(self, settings: Settings, topics: Iterable[Topic], on_message, principal: str = OPERATOR.name) -> None:
         self._settings = settings
         self._topics = list(topics)
         self._on_message = on_message
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+        self._consumer = AIOKafkaConsumer(**aiokafka_options(settings, principal), enable_auto_commit=False,
                                           max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_wait_ms=20)
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
         await self._consumer.start()
         partitions = [TopicPartition(topic.name, number) for topic in self._topics
-                      for number in range(self._settings.topic_partitions)]
+                      for number in range(topic.partitions(self._settings))]
         self._consumer.assign(partitions)
         await self._consumer.seek_to_end(*partitions)
         for partition in partitions:  # resolve the end offsets now, before anything is published

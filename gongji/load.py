@@ -2,7 +2,10 @@
 a target rate and measures each one from publish to its settlement event. Beside the claims it sends
 the rest of a day's mix at their shares: reversals (退费) of settled claims, providers spending their
 own accounts, supervision freezes (each lifted a little later), insurance changes (rule 7) and
-dissolved relationships; each must be answered."""
+dissolved relationships; each must be answered. Each kind of message is sent by the principal
+whose role it is: enrollment and kinship by `registry`, commands by `app`, claims by the province of
+their service region on its own topic, supervision by `supervisor`, the national platform's
+credits and spends by `operator`."""
 
 from __future__ import annotations
 
@@ -22,20 +25,30 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gongji.audit import audit
+from aiokafka import AIOKafkaProducer
+
 from gongji.kafka_io import TopicWatcher, make_producer
 from gongji.population import Family, PopulationBuilder
 from shared.clock import SHANGHAI
+from shared.credentials import redis_options
+from shared.ids import province_of
+from shared.principals import OPERATOR, province_principal
 from shared.settings import Settings
 from shared.topics import (
-    ACCOUNT_CREDITS, ACCOUNT_SPENDS, CLAIMS, DEAD_LETTERS, ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS,
-    RELATIONSHIP_EVENTS, SETTLEMENTS, SUPERVISION, WALLET_COMMANDS, WALLET_EVENTS, Topic,
+    ACCOUNT_CREDITS, ACCOUNT_SPENDS, DEAD_LETTERS, ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, RELATIONSHIP_EVENTS,
+    SETTLEMENTS, SUPERVISION, WALLET_COMMANDS, WALLET_EVENTS, Topic, province_claims,
 )
+
+# Who sends what (shared/principals.py grants each exactly that); claims go as their province.
+SENDERS = {ENROLLMENT: "registry", KINSHIP: "registry", RELATIONSHIP_COMMANDS: "app", WALLET_COMMANDS: "app",
+           SUPERVISION: "supervisor", ACCOUNT_CREDITS: OPERATOR.name, ACCOUNT_SPENDS: OPERATOR.name}
 
 # Refusals that only mean "the facts have not reached that service yet": try again shortly.
 NOT_YET = {"KINSHIP_UNVERIFIED", "RECIPIENT_NOT_INSURED", "PROVIDER_NOT_EMPLOYEE", "RELATIONSHIP_NOT_ACTIVE"}
 RETRY_SECONDS = 0.5
 FREEZE_SECONDS = 2.0  # a supervision freeze of the mix is lifted this much later
 LATENCY_MAX_US = 600_000_000
+CARE_AWAY = ("110100", "310100", "440100", "510100")  # where care away from home is given
 
 
 @dataclass(frozen=True)
@@ -73,7 +86,7 @@ class LoadRun:
         self.options = options
         self.console = console
         self.builder = PopulationBuilder(options.seed or uuid.uuid4().int)
-        self.producer = make_producer(settings)
+        self.producers: dict[str, AIOKafkaProducer] = {}  # by principal
         self.watcher = TopicWatcher(settings, [RELATIONSHIP_EVENTS, WALLET_EVENTS, SETTLEMENTS, DEAD_LETTERS],
                                     self._on_message)
         self.actions: asyncio.Queue = asyncio.Queue()
@@ -96,12 +109,28 @@ class LoadRun:
         self.dead_letters = 0
         # The rest of the mix: input id -> (kind, the answer's type or status once it came).
         self.mix: dict[str, tuple[str, str | None]] = {}
-        self.reversible: list[tuple[str, str]] = []  # (claim id, recipient) of settled claims
+        self.reversible: list[tuple[str, str, str]] = []  # (claim id, recipient, service region) of settled claims
         self.lifting: set[asyncio.Task] = set()  # unfreezes waiting for their moment
 
+    async def start_producers(self, principals: set[str]) -> None:
+        """Each sender's producer, connected before it is needed (a TLS handshake takes a while)."""
+        for principal in sorted(principals - set(self.producers)):
+            self.producers[principal] = make_producer(self.settings, principal)
+            await self.producers[principal].start()
+
+    async def stop_producers(self) -> None:
+        for producer in self.producers.values():
+            await producer.stop()
+
+    async def flush(self) -> None:
+        for producer in self.producers.values():
+            await producer.flush()
+
     async def send(self, topic: Topic, message: dict[str, Any] | bytes, key: str) -> None:
+        """Sends as the topic's sender, a claim as its province on its own topic."""
         value = message if isinstance(message, bytes) else json.dumps(message).encode()
-        await self.producer.send(topic.name, value, key=key.encode())
+        sender = province_principal(topic.province).name if topic.province else SENDERS[topic]
+        await self.producers[sender].send(topic.name, value, key=key.encode())
 
     # ---- watching the outputs ------------------------------------------------------------
 
@@ -136,7 +165,7 @@ class LoadRun:
         arrived = time.monotonic_ns()
         self.first_result[claim_id] = value
         if value["status"] in ("settled", "partial"):
-            self.reversible.append((claim_id, value["recipient_id"]))
+            self.reversible.append((claim_id, value["recipient_id"], value["service_region"]))
         latency_us = max(1, (arrived - started) // 1000)
         self.histogram.record_value(latency_us)
         second = self.seconds[(arrived - self.claims_started_ns) // 1_000_000_000]
@@ -203,7 +232,7 @@ class LoadRun:
                                     "quota": min(200_000, family.balance_fen // len(family.recipients))}
                 await self.send(KINSHIP, {"event_id": _id("kin"), "person_id": pair[0], "relative_id": pair[1],
                                           "kinship": kinship, "occurred_at": _now()}, pair[0])
-        await self.producer.flush()
+        await self.flush()
         deadline = time.monotonic() + self.options.setup_timeout_seconds
         with self._progress() as progress:
             # Grants need the money there first; the registry facts have no answer, refusals retry them.
@@ -249,7 +278,7 @@ class LoadRun:
         category = self.builder.category()
         amount = self.builder.claim_amount(category)
         rng = self.builder.rng
-        service_region = region if rng.random() < 0.7 else f"{rng.choice(['11', '31', '44', '51'])}0100"
+        service_region = region if rng.random() < 0.7 else rng.choice(CARE_AWAY)
         claim = {"claim_id": _id("claim"), "kind": "settle", "recipient_id": recipient_id, "recipient_region": region,
                  "category": category.name, "service_region": service_region, "amount_fen": amount,
                  "institution_code": f"{'P' if category.name == 'pharmacy' else 'H'}{service_region}{rng.randrange(10**5):05d}",
@@ -269,7 +298,9 @@ class LoadRun:
                                f"unanswered: {len(self.pairs) - len(self.refused)}): "
                                "are the services running (`gongji run all`)?")
         rng = self.builder.rng
-        sent: list[tuple[bytes, str]] = []
+        await self.start_producers({province_principal(province_of(region)).name
+                                    for region in {*(region for _, region in recipients), *CARE_AWAY}})
+        sent: list[tuple[Topic, bytes, str]] = []
         counts = Counter()
         self.claims_started_ns = time.monotonic_ns()
         total = int(self.options.rate * self.options.duration_seconds)
@@ -281,37 +312,41 @@ class LoadRun:
                 for _ in range(due):
                     roll = rng.random()
                     if roll < self.options.malformed_share:
-                        await self.producer.send(CLAIMS.name, b'{"claim_id": "broken', key=b"load")
+                        _, region = rng.choice(recipients)
+                        await self.send(province_claims(province_of(region)), b'{"claim_id": "broken', "load")
                         counts["malformed"] += 1
                     elif roll < self.options.malformed_share + self.options.duplicate_share and sent:
-                        value, key = rng.choice(sent)
-                        await self.producer.send(CLAIMS.name, value, key=key.encode())
+                        topic, value, key = rng.choice(sent)
+                        await self.send(topic, value, key)
                         counts["duplicates"] += 1
                     else:
                         recipient_id, region = rng.choice(recipients)
                         claim = self._claim(recipient_id, region)
+                        topic = province_claims(province_of(claim["service_region"]))
                         value = json.dumps(claim).encode()
                         self.published_ns[claim["claim_id"]] = time.monotonic_ns()
                         self.seconds[int(elapsed)]["published"] += 1
-                        await self.producer.send(CLAIMS.name, value, key=recipient_id.encode())
+                        await self.send(topic, value, recipient_id)
                         if len(sent) < 10_000:
-                            sent.append((value, recipient_id))
+                            sent.append((topic, value, recipient_id))
                         counts["claims"] += 1
                         await self._rest_of_the_mix(recipients)
                 progress.update(task, completed=counts["claims"])
                 await asyncio.sleep(0.005)
-        await self.producer.flush()
+        await self.flush()
         return dict(counts)
 
     async def _rest_of_the_mix(self, recipients: list[tuple[str, str]]) -> None:
         """After a claim, each other kind of operation at its share of the claims."""
         rng, options = self.builder.rng, self.options
         if rng.random() < options.reversal_share and self.reversible:
-            original, recipient_id = self.reversible.pop(rng.randrange(len(self.reversible)))
+            # A refund comes from the province that settled the claim.
+            original, recipient_id, service_region = self.reversible.pop(rng.randrange(len(self.reversible)))
             reversal_id = _id("rev")
             self.mix[reversal_id] = ("reversal", None)
-            await self.send(CLAIMS, {"claim_id": reversal_id, "kind": "reverse", "recipient_id": recipient_id,
-                                     "reverses": original, "occurred_at": _now()}, recipient_id)
+            await self.send(province_claims(province_of(service_region)),
+                            {"claim_id": reversal_id, "kind": "reverse", "recipient_id": recipient_id,
+                             "reverses": original, "occurred_at": _now()}, recipient_id)
         providers = sorted({provider for provider, _ in self.ready})
         if rng.random() < options.spend_share and providers:
             provider = rng.choice(providers)
@@ -396,7 +431,7 @@ def _percentiles_ms(histogram: HdrHistogram) -> dict[str, float]:
 
 async def run_load(settings: Settings, options: LoadOptions, console: Console) -> dict[str, Any]:
     run = LoadRun(settings, options, console)
-    await run.producer.start()
+    await run.start_producers(set(SENDERS.values()))
     await run.watcher.start()
     try:
         families = run.builder.families(options.persons)
@@ -405,8 +440,8 @@ async def run_load(settings: Settings, options: LoadOptions, console: Console) -
         await run.drain()
     finally:
         await run.watcher.stop()
-        await run.producer.stop()
-    redis = Redis.from_url(settings.redis_url)
+        await run.stop_producers()
+    redis = Redis.from_url(settings.redis_url, **redis_options(settings, OPERATOR.name))
     try:
         report_audit = await audit(redis, settings.settlement_shards)
     finally:

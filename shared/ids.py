@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 import uuid
 
 from stdnum.cn import ric
@@ -43,6 +45,44 @@ def province_of(region: str) -> str:
 def mask_person_id(person_id: str) -> str:
     """Logs show only the first 6 and last 4 characters of an ID."""
     return f"{person_id[:6]}********{person_id[-4:]}"
+
+
+# An 18-character resident ID standing alone in a text (not inside a longer run of letters or digits).
+_PERSON_ID_IN_TEXT = re.compile(r"(?<![0-9A-Za-z])(\d{6})\d{8}(\d{3}[0-9X])(?![0-9A-Za-z])")
+
+
+def mask_person_ids(text: str) -> str:
+    """Masks every resident ID in a text as mask_person_id does: for logs and tables."""
+    return _PERSON_ID_IN_TEXT.sub(r"\1********\2", text)
+
+
+class _MaskedLogRecord(logging.LogRecord):
+    """A log record whose message, exception and stack text show person ids masked, whichever
+    library logged it and whatever its handler: a traceback may quote a message's content."""
+
+    def getMessage(self) -> str:  # noqa: N802 - logging's interface
+        return mask_person_ids(super().getMessage())
+
+    @property
+    def exc_text(self) -> str | None:
+        return self._exc_text
+
+    @exc_text.setter
+    def exc_text(self, value: str | None) -> None:
+        self._exc_text = mask_person_ids(value) if value else value
+
+    @property
+    def stack_info(self) -> str | None:
+        return self._stack_info
+
+    @stack_info.setter
+    def stack_info(self, value: str | None) -> None:
+        self._stack_info = mask_person_ids(value) if value else value
+
+
+def mask_person_ids_in_logs() -> None:
+    """Every log record of this process from now on masks person ids."""
+    logging.setLogRecordFactory(_MaskedLogRecord)
 
 
 def derived_event_id(*parts: str) -> str:

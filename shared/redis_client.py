@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from shared.credentials import redis_options
 from shared.settings import Settings
 
 
-def connect(settings: Settings) -> Redis:
+def connect(settings: Settings, principal: str) -> Redis:
+    """A pool authenticated as `principal`'s Redis user (shared/principals.py says what it may do)."""
     pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=settings.redis_max_connections,
-                                           timeout=30)
+                                           timeout=30, **redis_options(settings, principal))
     return Redis(connection_pool=pool)
 
 

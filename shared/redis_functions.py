@@ -24,6 +24,10 @@ from shared.redis_client import require_durable
 PRELUDE_LUA = Path(__file__).with_name("prelude.lua")
 
 
+class LibraryNotLoaded(RuntimeError):
+    pass
+
+
 class Library:
     """One service's Redis Functions, named by the version of their source."""
 
@@ -36,12 +40,23 @@ class Library:
         """The name under which this release's `name` is registered (see `register` in prelude.lua)."""
         return f"{name}_v{self.version}"
 
+    @property
+    def source(self) -> str:
+        return f"#!lua name={self.name}\nlocal LIBRARY_VERSION = '{self.version}'\n{self._code}"
+
     async def load(self, redis: Redis) -> None:
-        """Every service loads its library before it consumes anything: the moment to refuse a Redis
-        that may lose acknowledged writes. Loading the same release again changes nothing."""
+        """Loads this release's library (the operator's right: `gongji infra up` loads all three).
+        Loading the same release again changes nothing."""
         await require_durable(redis)
-        source = f"#!lua name={self.name}\nlocal LIBRARY_VERSION = '{self.version}'\n{self._code}"
-        await redis.function_load(source, replace=True)
+        await redis.function_load(self.source, replace=True)
+
+    async def require_loaded(self, redis: Redis) -> None:
+        """Every service checks, before it consumes anything, that Redis keeps acknowledged writes
+        and that its release's library is there (its own user may call functions, never load one)."""
+        await require_durable(redis)
+        if not await redis.function_list(library=self.name):
+            raise LibraryNotLoaded(f"Redis has no library {self.name}: run `gongji infra up` "
+                                   "(the operator loads every service's Functions)")
 
 
 @dataclass(frozen=True)

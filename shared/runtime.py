@@ -16,6 +16,7 @@ import asyncio
 import base64
 import hashlib
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -28,6 +29,7 @@ from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream, make_ping_asgi
 from faststream.specification import AsyncAPI
 from faststream.kafka import KafkaBroker
+from faststream.security import SASLScram512
 from prometheus_client import Counter, Histogram, make_asgi_app
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import (
@@ -39,11 +41,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.clock import Clock
 from shared.contracts import DeadLetter, ReasonCode
+from shared.credentials import kafka_bootstrap, password, ssl_context
 from shared.ids import derived_event_id
 from shared.settings import Settings
 from shared.topics import DEAD_LETTERS, Topic
 
 logger = logging.getLogger("gongji")
+_PROVINCE_CODE = re.compile(r"(?<=province\.)\d\d(?=\.)")
 
 # A dead letter carries at most this much of its record (base64 adds a third): a record as large
 # as the broker accepts must still fit in its dead letter, or the partition would stall for good.
@@ -69,10 +73,30 @@ class Refused:
     error: str  # what is wrong, in words; never personal data
 
 
-def make_broker(settings: Settings) -> KafkaBroker:
+@dataclass(frozen=True)
+class Delivery:
+    """A message with the topic it came in on, for a handler that serves several topics with one
+    consumer (settlement: every province's claims topic)."""
+
+    topic: Topic
+    message: BaseModel
+
+
+@dataclass(frozen=True)
+class ToTopic:
+    """An output for a topic other than its model's own (a province's copy of a settlement)."""
+
+    topic: Topic
+    message: BaseModel
+
+
+def make_broker(settings: Settings, principal: str) -> KafkaBroker:
+    """A broker client authenticated as `principal` (SCRAM over TLS, the CA verified)."""
     # acks=all with idempotence: a confirmed output is on every in-sync replica, never doubled.
     return KafkaBroker(
-        settings.kafka_bootstrap,
+        kafka_bootstrap(settings),
+        security=SASLScram512(principal, password(settings, principal), ssl_context=ssl_context(settings)),
+        allow_auto_create_topics=False,  # topics are the operator's (`gongji infra up`), never a service's
         acks="all",
         enable_idempotence=True,
         linger_ms=2,
@@ -87,17 +111,21 @@ class Outbox:
 
     def __init__(self, broker: KafkaBroker, service: str, topics: Sequence[Topic]) -> None:
         self._service = service
+        # A province's topics are documented once, by name pattern (gongji/docs.py), not 32 times.
         self._publishers = {
             topic.name: broker.publisher(topic.name, schema=topic.model, title=f"{topic.name}:{service}",
-                                         description=topic.model.__doc__)
+                                         description=topic.model.__doc__, include_in_schema=not topic.province)
             for topic in topics
         }
-        self._topic_by_model = {topic.model: topic for topic in topics}
+        self._topic_by_model = {topic.model: topic for topic in topics if not topic.province}
 
-    async def publish(self, messages: Sequence[BaseModel]) -> None:
+    async def publish(self, messages: Sequence[BaseModel | ToTopic]) -> None:
         pending = []
         for message in messages:
-            topic = self._topic_by_model[type(message)]
+            if isinstance(message, ToTopic):
+                topic, message = message.topic, message.message
+            else:
+                topic = self._topic_by_model[type(message)]
             key = str(getattr(message, topic.key_field)).encode()
             pending.append(await self._publishers[topic.name].publish(message, key=key, no_confirm=True))
             OUTPUTS.labels(self._service, topic.name).inc()
@@ -110,38 +138,31 @@ class DeadLetterDecoder:
     letters, held until the batch's outputs are published (so that a batch retried after an
     outage writes each of them once); the valid ones go to the handler as contract models."""
 
-    def __init__(self, service: str, topic: Topic, clock: Clock) -> None:
+    def __init__(self, service: str, topics: Sequence[Topic], clock: Clock, deliveries: bool = False) -> None:
         self._service = service
-        self._topic = topic
+        self._topics = {topic.name: topic for topic in topics}
         self._clock = clock
-        self.batch: list[tuple[ConsumerRecord, BaseModel]] = []
+        self._deliveries = deliveries  # hand the handler Delivery(topic, message), not bare messages
+        self.batch: list[tuple[ConsumerRecord, Any]] = []
         self.dead_letters: list[DeadLetter] = []
 
-    async def __call__(self, message: Any) -> list[BaseModel]:
+    async def __call__(self, message: Any) -> list[Any]:
         records: Sequence[ConsumerRecord] = message.raw_message
         self.batch, self.dead_letters = [], []
         for record in records:
+            topic = self._topics[record.topic]
             try:
-                model = self._topic.model.model_validate_json(record.value or b"")
+                model = topic.model.model_validate_json(record.value or b"")
             except ValidationError as error:
-                self.dead_letters.append(self.dead_letter(record, _describe(error), _reason(error)))
+                self.dead_letters.append(self.dead_letter(record, describe_validation_error(error), _reason(error)))
                 continue
-            if (wrong_key := self._wrong_key(record, model)) is not None:
+            if (wrong_key := _wrong_key(topic, record, model)) is not None:
                 self.dead_letters.append(self.dead_letter(record, wrong_key, ReasonCode.INVALID_MESSAGE))
                 continue
-            self.batch.append((record, model))
-        if self.dead_letters:
-            MESSAGES.labels(self._service, self._topic.name, "dead_lettered").inc(len(self.dead_letters))
-        return [model for _, model in self.batch]
-
-    def _wrong_key(self, record: ConsumerRecord, model: BaseModel) -> str | None:
-        """Per-key order rests on the Kafka key: it must be the contract's key field, exactly."""
-        expected = str(getattr(model, self._topic.key_field))
-        if record.key is None:
-            return f"the Kafka key is missing: it must be the message's {self._topic.key_field}"
-        if record.key != expected.encode():
-            return f"the Kafka key differs from the message's {self._topic.key_field}"
-        return None
+            self.batch.append((record, Delivery(topic, model) if self._deliveries else model))
+        for letter in self.dead_letters:
+            MESSAGES.labels(self._service, letter.source_topic, "dead_lettered").inc()
+        return [item for _, item in self.batch]
 
     def dead_letter(self, record: ConsumerRecord, error: str, reason: ReasonCode) -> DeadLetter:
         value = record.value or b""
@@ -164,7 +185,17 @@ class DeadLetterDecoder:
         )
 
 
-def _describe(error: ValidationError) -> str:
+def _wrong_key(topic: Topic, record: ConsumerRecord, model: BaseModel) -> str | None:
+    """Per-key order rests on the Kafka key: it must be the contract's key field, exactly."""
+    expected = str(getattr(model, topic.key_field))
+    if record.key is None:
+        return f"the Kafka key is missing: it must be the message's {topic.key_field}"
+    if record.key != expected.encode():
+        return f"the Kafka key differs from the message's {topic.key_field}"
+    return None
+
+
+def describe_validation_error(error: ValidationError) -> str:
     """A short, readable reason: which field, what is wrong (never the personal data itself)."""
     parts = []
     for detail in error.errors(include_url=False, include_input=False, include_context=False)[:5]:
@@ -198,12 +229,12 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, ResponseError) and str(error).startswith(_TRANSIENT_REPLIES)
 
 
-BatchHandler = Callable[[list[Any]], Awaitable[Sequence[BaseModel | Refused]]]
+BatchHandler = Callable[[list[Any]], Awaitable[Sequence[BaseModel | ToTopic | Refused]]]
 
 
 async def handle_isolating_poison(
     handler: BatchHandler, decoder: DeadLetterDecoder, attempts: int
-) -> list[BaseModel]:
+) -> list[BaseModel | ToTopic]:
     """Runs the batch; if a record in it fails for a reason of its own, runs the records one by one
     in their order (effects are idempotent, so the ones already applied answer as duplicates), and a
     record that fails `attempts` times is dead-lettered alone: its neighbours and its partition go on.
@@ -219,7 +250,7 @@ async def handle_isolating_poison(
         for record, model in batch:
             answers.extend(await _handle_alone(handler, decoder, record, model, attempts))
     records = {id(model): record for record, model in batch}
-    outputs: list[BaseModel] = []
+    outputs: list[BaseModel | ToTopic] = []
     for answer in answers:
         if isinstance(answer, Refused):
             outputs.append(decoder.dead_letter(records[id(answer.message)], answer.error, answer.reason))
@@ -255,7 +286,7 @@ async def _without_instructions(records: tuple[ConsumerRecord, ...], parse: Call
 
 def subscribe(
     broker: KafkaBroker,
-    topic: Topic,
+    topics: Topic | tuple[Topic, ...],
     handler: BatchHandler,
     *,
     service: str,
@@ -264,21 +295,32 @@ def subscribe(
     outbox: Outbox,
     clock: Clock,
 ) -> None:
-    """Registers `handler` for bounded batches of `topic`; its outputs and the batch's dead
-    letters go through `outbox`, confirmed before the batch is acknowledged."""
-    decoder = DeadLetterDecoder(service, topic, clock)
+    """Registers `handler` for bounded batches of `topics`; its outputs and the batch's dead
+    letters go through `outbox`, confirmed before the batch is acknowledged. Several topics (a
+    tuple) are read by one consumer, and the handler gets each message as a Delivery that names
+    its topic."""
+    several = isinstance(topics, tuple)
+    topics = topics if isinstance(topics, tuple) else (topics,)
+    topic = topics[0]
+    label = _PROVINCE_CODE.sub("PP", topic.name) if several else topic.name
+    decoder = DeadLetterDecoder(service, topics, clock, deliveries=several)
 
     async def consume(batch: list[BaseModel]) -> None:
-        with BATCH_SECONDS.labels(service, topic.name).time():
+        with BATCH_SECONDS.labels(service, label).time():
             await outbox.publish(await handle_isolating_poison(handler, decoder, settings.poison_attempts))
-        MESSAGES.labels(service, topic.name, "processed").inc(len(batch))
+        counts: dict[str, int] = {}
+        for record, _ in decoder.batch:
+            counts[record.topic] = counts.get(record.topic, 0) + 1
+        for name, count in counts.items():
+            MESSAGES.labels(service, name, "processed").inc(count)
 
-    # FastStream reads the payload's schema (for validation and AsyncAPI) from the annotation.
-    consume.__annotations__ = {"batch": list[topic.model], "return": None}
-    consume.__name__ = f"{service}_{topic.name.replace('.', '_').replace('-', '_')}"
+    # FastStream reads the payload's schema (for validation and AsyncAPI) from the annotation;
+    # Deliveries were validated by the decoder already.
+    consume.__annotations__ = {"batch": list[Any] if several else list[topic.model], "return": None}
+    consume.__name__ = f"{service}_{label.replace('.', '_').replace('-', '_')}"
     consume.__doc__ = topic.model.__doc__
     broker.subscriber(
-        topic.name,
+        *(one.name for one in topics),
         batch=True,
         group_id=group_id,
         auto_offset_reset="earliest",
@@ -293,11 +335,14 @@ def subscribe(
         parser=_without_instructions,
         decoder=decoder,
         no_reply=True,
-        title=f"{topic.name}:{service}",
+        title=f"{label}:{service}",
+        # A province's topics are documented once, by name pattern (gongji/docs.py), not 32 times.
+        include_in_schema=not several,
     )(consume)
 
 
-Route = tuple[Topic, BatchHandler]
+# A route's topics are read by one consumer; a tuple of topics gives the handler Deliveries.
+Route = tuple[Topic | tuple[Topic, ...], BatchHandler]
 
 
 def build_service_app(
@@ -314,7 +359,7 @@ def build_service_app(
 ) -> AsgiFastStream:
     """One service process: its batch subscribers, `/health` (Kafka answers), `/metrics`
     (Prometheus) and `/docs/asyncapi` (its part of the contract, generated from the code)."""
-    broker = broker or make_broker(settings)
+    broker = broker or make_broker(settings, service)
     outbox = Outbox(broker, service, [*outputs, DEAD_LETTERS])
     for topic, handler in routes:
         subscribe(broker, topic, handler, service=service, group_id=group_id, settings=settings,

@@ -15,14 +15,23 @@ class Settings(BaseSettings):
 
     kafka_bootstrap: str = "127.0.0.1:19092"
     kafka_controller_port: int = 19093
+    # Development only: the broker also opens a SASL_PLAINTEXT listener (SCRAM, no TLS) on this
+    # loopback port, and every client uses it instead of the TLS one. Off by default.
+    kafka_plaintext_dev: bool = False
+    kafka_plaintext_dev_port: int = 19094
     redis_url: str = "redis://127.0.0.1:16379/0"
     # Where the launcher keeps the broker's jars, logs, data and pid files.
     state_dir: Path = PROJECT_ROOT / ".gongji"
     topic_partitions: int = 24
+    # Each province's own topics carry one province's traffic: fewer partitions keep 32 × 3 of
+    # them light on a small broker.
+    province_topic_partitions: int = 3
     topic_replication_factor: int = 1
     redis_max_connections: int = 128
     # Health and metrics HTTP ports; a service listens on base + its index (0 = relationship).
     http_port_base: int = 18080
+    # Where `gongji docs --serve` serves the AsyncAPI document.
+    docs_port: int = 18090
     # A consumer batch is bounded so that one slow batch cannot hold a partition for long.
     batch_max_records: int = 500
     batch_timeout_ms: int = 20

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from shared import contracts as c
+from shared.ids import PROVINCE_CODES
+from shared.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -14,6 +16,10 @@ class Topic:
     name: str
     key_field: str
     model: type[BaseModel]
+    province: str | None = None  # the province whose own topic this is; None for a national topic
+
+    def partitions(self, settings: Settings) -> int:
+        return settings.province_topic_partitions if self.province else settings.topic_partitions
 
 
 ENROLLMENT = Topic("gongji.enrollment.v1", "person_id", c.EnrollmentChanged)
@@ -42,7 +48,32 @@ ALL_TOPICS: tuple[Topic, ...] = (
     CLEARING, DEAD_LETTERS, STATISTICS, DRAW_REQUESTS, DRAW_ANSWERS, REFUND_REQUESTS,
 )
 
+# Per-province topics (wave 2), for provinces that connect directly: a province sends its claims on
+# its own topic and reads only its own results. Same payloads as the national topics.
+def province_claims(province: str) -> Topic:
+    return Topic(f"gongji.province.{province}.claims.v1", CLAIMS.key_field, CLAIMS.model, province)
+
+
+def province_settlements(province: str) -> Topic:
+    return Topic(f"gongji.province.{province}.settlements.v1", SETTLEMENTS.key_field, SETTLEMENTS.model, province)
+
+
+def province_clearing(province: str) -> Topic:
+    return Topic(f"gongji.province.{province}.clearing.v1", CLEARING.key_field, CLEARING.model, province)
+
+
+def province_topic_prefix(province: str) -> str:
+    return f"gongji.province.{province}."
+
+
+PROVINCES: tuple[str, ...] = tuple(sorted(PROVINCE_CODES))
+PROVINCE_CLAIMS: tuple[Topic, ...] = tuple(province_claims(province) for province in PROVINCES)
+PROVINCE_TOPICS: tuple[Topic, ...] = tuple(
+    topic(province) for province in PROVINCES for topic in (province_claims, province_settlements, province_clearing)
+)
+
 # One consumer group per service: N instances of a service share its partitions.
 RELATIONSHIP_GROUP = "gongji-relationship"
 WALLET_GROUP = "gongji-wallet"
 SETTLEMENT_GROUP = "gongji-settlement"
+SERVICE_GROUPS = (RELATIONSHIP_GROUP, WALLET_GROUP, SETTLEMENT_GROUP)

@@ -10,6 +10,8 @@ from redis.asyncio import Redis
 
 from gongji import infra
 from gongji.services import SERVICE_NAMES
+from shared.credentials import redis_options
+from shared.principals import OPERATOR
 from shared.settings import PROJECT_ROOT, Settings
 from tests.support import Kafka, ServiceProcess
 
@@ -38,7 +40,7 @@ def infrastructure(settings: Settings):
 
 @pytest.fixture(scope="session")
 async def redis(infrastructure: Settings):
-    client = Redis.from_url(infrastructure.redis_url)
+    client = Redis.from_url(infrastructure.redis_url, **redis_options(infrastructure, OPERATOR.name))
     yield client
     await client.aclose()
 

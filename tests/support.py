@@ -24,9 +24,11 @@ from pydantic import BaseModel
 from gongji.kafka_io import TopicWatcher
 from gongji.services import http_port
 from shared.clock import SHANGHAI
+from shared.credentials import aiokafka_options
 from shared.ids import make_person_id
+from shared.principals import OPERATOR
 from shared.settings import PROJECT_ROOT, Settings
-from shared.topics import ALL_TOPICS, Topic
+from shared.topics import ALL_TOPICS, PROVINCE_TOPICS, Topic
 
 WAIT_SECONDS = 45.0
 
@@ -47,12 +49,13 @@ def now_iso() -> str:
 
 
 class Kafka:
-    """A producer for inputs and a tap that records every message of every topic from its start."""
+    """A producer for inputs and a tap that records every message of every topic from its start,
+    both as the operator (tests act as the operator unless a test is about a door)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+        self.producer = AIOKafkaProducer(**aiokafka_options(settings, OPERATOR.name), acks="all",
                                          enable_idempotence=True, linger_ms=1)
-        self.watcher = TopicWatcher(settings, ALL_TOPICS, self._record)
+        self.watcher = TopicWatcher(settings, (*ALL_TOPICS, *PROVINCE_TOPICS), self._record)
         self.seen: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._arrived = asyncio.Event()
 
@@ -113,7 +116,7 @@ class ServiceProcess:
         self.name = name
         self.settings = settings
         self.env = {**os.environ, "GONGJI_POLICY_CACHE_SECONDS": "0", **(env or {})}
-        self.log = PROJECT_ROOT / ".gongji" / "test-logs" / f"{name}.log"
+        self.log = settings.state_dir / "test-logs" / f"{name}.log"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:

@@ -16,7 +16,7 @@ from shared.topics import ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, RELATIONSH
 
 def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
     clock = clock or clock_from_setting(settings.clock_fixed_at)
-    redis = connect(settings)
+    redis = connect(settings, SERVICE)
     store = RelationshipStore(redis)
     handlers = RelationshipHandlers(store, PolicyCache(redis, settings.policy_cache_seconds), clock)
     return build_service_app(
@@ -28,6 +28,6 @@ def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
             (RELATIONSHIP_COMMANDS, handlers.on_commands),
         ],
         outputs=[RELATIONSHIP_EVENTS],
-        on_start=store.load,
+        on_start=store.ready,
         on_stop=redis.aclose,
     )

@@ -26,6 +26,9 @@ class RelationshipStore:
     async def load(self) -> None:
         await LIBRARY.load(self.redis)
 
+    async def ready(self) -> None:
+        await LIBRARY.require_loaded(self.redis)
+
     async def apply_command(
         self, input_id: str, fingerprint: str, action: str, provider_id: str, recipient_id: str,
         refusal: str, kinship: str, recipient_region: str, recipient_generation: int, provider_generation: int,

@@ -11,7 +11,8 @@ from shared.redis_client import connect
 from shared.runtime import build_service_app
 from shared.settings import Settings
 from shared.topics import (
-    CLAIMS, DRAW_ANSWERS, DRAW_REQUESTS, ENROLLMENT, REFUND_REQUESTS, SETTLEMENT_GROUP, SETTLEMENTS, STATISTICS,
+    CLAIMS, DRAW_ANSWERS, DRAW_REQUESTS, ENROLLMENT, PROVINCE_CLAIMS, PROVINCES, REFUND_REQUESTS, SETTLEMENT_GROUP,
+    SETTLEMENTS, STATISTICS, province_settlements,
 )
 
 SERVICE = "settlement"
@@ -19,7 +20,7 @@ SERVICE = "settlement"
 
 def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
     clock = clock or clock_from_setting(settings.clock_fixed_at)
-    redis = connect(settings)
+    redis = connect(settings, SERVICE)
     store = SettlementStore(redis, settings.settlement_shards)
     handlers = SettlementHandlers(store, clock, settings.statistics_interval_seconds)
     return build_service_app(
@@ -28,9 +29,12 @@ def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
         routes=[
             (ENROLLMENT, handlers.on_enrollment),
             (CLAIMS, handlers.on_claims),
+            # Every province's claims topic, read by one consumer: 32 consumers would each hold
+            # their own connections, heartbeats and group membership.
+            (PROVINCE_CLAIMS, handlers.on_province_claims),
             (DRAW_ANSWERS, handlers.on_draw_answers),
         ],
-        outputs=[SETTLEMENTS, DRAW_REQUESTS, REFUND_REQUESTS, STATISTICS],
-        on_start=store.load,
+        outputs=[SETTLEMENTS, DRAW_REQUESTS, REFUND_REQUESTS, STATISTICS, *map(province_settlements, PROVINCES)],
+        on_start=store.ready,
         on_stop=redis.aclose,
     )

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime
 
-from services.settlement.domain import gross_lines, month_has_ended, net_positions
+from services.settlement.domain import clearing_row_provinces, gross_lines, month_has_ended, net_positions
 from services.settlement.store import SettlementStore
 from shared.clock import rfc3339
 from shared.contracts import ClearingRow
 from shared.ids import derived_event_id
+from shared.topics import CLEARING, Topic, province_clearing
 
 
 class MonthNotEnded(ValueError):
@@ -53,3 +54,9 @@ async def close_month(store: SettlementStore, month: str, now: datetime) -> list
         for province, net in net_positions(lines).items()
     ]
     return rows
+
+
+def statement_destinations(rows: list[ClearingRow]) -> list[tuple[Topic, ClearingRow]]:
+    """Every row to the national topic, and to the own topic of each province it concerns."""
+    return [(topic, row) for row in rows
+            for topic in (CLEARING, *map(province_clearing, clearing_row_provinces(row)))]

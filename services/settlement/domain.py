@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from shared.clock import shanghai_month
-from shared.contracts import Claim, ClaimCategory, Payer, ReasonCode
+from shared.contracts import Claim, ClaimCategory, ClearingRow, Payer, ReasonCode
 from shared.ids import derived_event_id, province_of, validate_region
 
 SERVICE = "settlement"
@@ -33,10 +33,15 @@ class Assessment:
     shortfall: ReasonCode | None = None  # part of it must be self-paid
 
 
-def assess_claim(claim: Claim, recipient: tuple[str, str] | None) -> Assessment:
+def assess_claim(claim: Claim, recipient: tuple[str, str] | None, province: str | None = None) -> Assessment:
     """Rule 12 (only medical uses; only catalogue items at pharmacies) and rule 4 (the recipient
-    is insured, status normal, in the region the claim states). `recipient` is (region, status)."""
+    is insured, status normal, in the region the claim states). `recipient` is (region, status).
+    A claim sent on a province's own topic (`province`) must be for care in that province: a
+    province settles, and is paid for, only its own institutions' claims."""
     assert claim.amount_fen is not None and claim.category is not None  # a settle claim has them
+    assert claim.service_region is not None
+    if province is not None and province_of(claim.service_region) != province:
+        return Assessment(0, ReasonCode.SERVICE_REGION_MISMATCH)
     if claim.category not in ALLOWED_CATEGORIES:
         return Assessment(0, ReasonCode.CATEGORY_NOT_ALLOWED)
     if code_refusal := _institution_code_refusal(claim):
@@ -108,6 +113,16 @@ def clearing_contributions(payers: list[Payer], service_region: str) -> dict[str
         if province_of(payer.provider_region) != payee:
             owed[f"{province_of(payer.provider_region)}>{payee}"] += payer.amount_fen
     return dict(owed)
+
+
+def clearing_row_provinces(row: ClearingRow) -> tuple[str, ...]:
+    """The provinces a statement row concerns, each of which gets it on its own topic: a gross
+    row its payer and its payee, a net row its province."""
+    if row.row == "net":
+        assert row.province is not None
+        return (row.province,)
+    assert row.payer_province is not None and row.payee_province is not None
+    return (row.payer_province, row.payee_province)
 
 
 def month_has_ended(month: str, now: datetime) -> bool:

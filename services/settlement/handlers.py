@@ -23,8 +23,8 @@ from shared.contracts import (
 )
 from shared.ids import derived_event_id, fingerprint
 from shared.redis_functions import Call, Step
-from shared.runtime import CONFLICTS, Refused
-from shared.topics import CLAIMS, ENROLLMENT, STATISTICS
+from shared.runtime import CONFLICTS, Delivery, Refused, ToTopic
+from shared.topics import CLAIMS, ENROLLMENT, STATISTICS, province_settlements
 
 logger = logging.getLogger("gongji.settlement")
 
@@ -84,7 +84,17 @@ class SettlementHandlers:
         CONFLICTS.labels(SERVICE, ENROLLMENT.name).inc(len(refusals))
         return refusals
 
-    async def on_claims(self, claims: Sequence[Claim]) -> list[BaseModel]:
+    async def on_claims(self, claims: Sequence[Claim]) -> list[BaseModel | ToTopic]:
+        """Claims of the national topic (the national platform's)."""
+        return await self._on_claims(claims, [None] * len(claims))
+
+    async def on_province_claims(self, deliveries: Sequence[Delivery]) -> list[BaseModel | ToTopic]:
+        """Claims of every province's own topic (one consumer): each is held to its province, and
+        its results go to that province's settlements topic as well as the national one."""
+        return await self._on_claims([delivery.message for delivery in deliveries],  # type: ignore[misc]
+                                     [delivery.topic.province for delivery in deliveries])
+
+    async def _on_claims(self, claims: Sequence[Claim], provinces: Sequence[str | None]) -> list[BaseModel | ToTopic]:
         """One pipeline registers the claim ids and reads what the steps need, one pipeline
         records every claim in batch order (so a recipient's claims apply one after another),
         then the answers are built. A claim id owned by another recipient is a conflict, with no step."""
@@ -93,34 +103,36 @@ class SettlementHandlers:
         contents = [fingerprint(claim.model_dump_json()) for claim in claims]
         owned = [fact.owner == claim.recipient_id for claim, fact in zip(claims, facts, strict=True)]
         steps = iter(await self.store.run([
-            self._accept(claim, content, fact, now) if claim.kind == "settle" else self._reverse(claim, content, fact, now)
-            for claim, content, fact, own in zip(claims, contents, facts, owned, strict=True) if own
+            self._accept(claim, content, fact, province, now) if claim.kind == "settle"
+            else self._reverse(claim, content, fact, province, now)
+            for claim, content, fact, own, province in zip(claims, contents, facts, owned, provinces, strict=True)
+            if own
         ]))
-        outputs: list[BaseModel] = []
-        for claim, content, own in zip(claims, contents, owned, strict=True):
+        outputs: list[BaseModel | ToTopic] = []
+        for claim, content, own, province in zip(claims, contents, owned, provinces, strict=True):
             step = next(steps) if own else None
             if step is None or step.conflict:
-                outputs.append(self._conflict(claim, content, now))
+                outputs.extend(_also_to_provinces(self._conflict(claim, content, now), province))
             elif claim.kind == "settle":
-                outputs.extend(self._accepted(claim, step, now))
+                outputs.extend(self._accepted(claim, step, province, now))
             else:
-                outputs.extend(self._reversed(claim, step, now))
+                outputs.extend(self._reversed(claim, step, province, now))
         return [*outputs, *self._statistics_due()]
 
-    def _accept(self, claim: Claim, content: str, facts: ClaimFacts, now: datetime) -> Call:
-        assessment = assess_claim(claim, facts.recipient)
+    def _accept(self, claim: Claim, content: str, facts: ClaimFacts, province: str | None, now: datetime) -> Call:
+        assessment = assess_claim(claim, facts.recipient, province)
         record = {
             "fingerprint": content, "kind": "settle", "recipient_id": claim.recipient_id,
             "category": claim.category, "service_region": claim.service_region,
             "requested": claim.amount_fen, "payable": assessment.payable_fen, "shortfall": assessment.shortfall,
-            "status": "pending",
+            "status": "pending", "province": province or "",
         }
         if assessment.refusal:
             record |= {"status": "final", "result": {"status": "rejected", "paid": 0, "payers": [], "owed": {},
                                                      "reason": assessment.refusal, "at": rfc3339(now)}}
         return self.store.accept(claim.recipient_id, claim.claim_id, record)
 
-    def _accepted(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel]:
+    def _accepted(self, claim: Claim, step: Step, province: str | None, now: datetime) -> list[BaseModel | ToTopic]:
         record = step.result
         if record["status"] == "pending":  # new, or redelivered before the wallet answered: (re)ask
             return [DrawRequested(
@@ -131,7 +143,7 @@ class SettlementHandlers:
             )]
         if step.outcome == "applied":
             self._tally(record)
-        return [settlement_event(claim.claim_id, record)]
+        return _also_to_provinces(settlement_event(claim.claim_id, record), record.get("province"), province)
 
     def _conflict(self, claim: Claim, content: str, now: datetime) -> SettlementEvent:
         """A claim id used before for other content, or by another recipient: refused, and the
@@ -145,17 +157,18 @@ class SettlementHandlers:
             reverses=claim.reverses, settled_at=now,
         )
 
-    def _reverse(self, claim: Claim, content: str, facts: ClaimFacts, now: datetime) -> Call:
+    def _reverse(self, claim: Claim, content: str, facts: ClaimFacts, province: str | None, now: datetime) -> Call:
         assert claim.reverses is not None  # the contract requires it for a reversal
         record = {"fingerprint": content, "kind": "reverse", "recipient_id": claim.recipient_id,
-                  "reverses": claim.reverses, "status": "pending"}
+                  "reverses": claim.reverses, "status": "pending", "province": province or ""}
         return self.store.reverse(claim.recipient_id, claim.claim_id, record, claim.reverses,
-                                  shanghai_month(now), rfc3339(now), facts.reverses_owner)
+                                  shanghai_month(now), rfc3339(now), facts.reverses_owner, province)
 
-    def _reversed(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel]:
+    def _reversed(self, claim: Claim, step: Step, province: str | None, now: datetime) -> list[BaseModel | ToTopic]:
         if step.outcome == "applied":
             self._tally(step.result)
-        outputs: list[BaseModel] = [settlement_event(claim.claim_id, step.result)]
+        outputs = _also_to_provinces(settlement_event(claim.claim_id, step.result), step.result.get("province"),
+                                     province)
         if step.result["result"]["status"] == "reversed":
             outputs.append(RefundRequested(
                 request_id=claim_output_id(claim.claim_id, "refund"), claim_id=claim.claim_id,
@@ -164,7 +177,7 @@ class SettlementHandlers:
             ))
         return outputs
 
-    async def on_draw_answers(self, answers: Sequence[DrawAnswered]) -> list[BaseModel | Refused]:
+    async def on_draw_answers(self, answers: Sequence[DrawAnswered]) -> list[BaseModel | ToTopic | Refused]:
         """The wallet's answers complete their claims: one pipeline, in batch order. An answer whose
         figures do not add up, or that fits no claim recorded here, changes no claim; money drawn
         for a claim that was never recorded is given back."""
@@ -173,7 +186,7 @@ class SettlementHandlers:
                                             [payer.amount_fen for payer in answer.payers])) for answer in answers]
         sound = [answer for answer, why in checked if why is None]
         steps = await self.store.run([self._finish(answer, now) for answer in sound])
-        outputs: list[BaseModel | Refused] = [
+        outputs: list[BaseModel | ToTopic | Refused] = [
             Refused(answer, ReasonCode.INVALID_MESSAGE, why) for answer, why in checked if why is not None
         ]
         for answer, step in zip(sound, steps, strict=True):
@@ -182,7 +195,8 @@ class SettlementHandlers:
                 continue
             if step.outcome == "applied":
                 self._tally(step.result)
-            outputs.append(settlement_event(answer.claim_id, step.result))
+            outputs.extend(_also_to_provinces(settlement_event(answer.claim_id, step.result),
+                                              step.result.get("province")))
         return [*outputs, *self._statistics_due()]
 
     def _refused_answer(self, answer: DrawAnswered, why: str, now: datetime) -> list[BaseModel | Refused]:
@@ -238,6 +252,13 @@ class SettlementHandlers:
         current_minute = now.strftime("%Y-%m-%dT%H:%M")
         self.tallies = {minute: tally for minute, tally in self.tallies.items() if minute >= current_minute}
         return snapshots
+
+
+def _also_to_provinces(event: SettlementEvent, *provinces: str | None) -> list[BaseModel | ToTopic]:
+    """A settlement goes to the national topic, and to the topic of the province that sent the
+    claim (recorded with it) and of the one it just came from, if any."""
+    return [event, *(ToTopic(province_settlements(province), event)
+                     for province in sorted({province for province in provinces if province}))]
 
 
 def _counts(table: dict[str, list[int]]) -> list[StatisticsCount]:

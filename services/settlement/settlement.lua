@@ -82,19 +82,25 @@ end
 
 -- Why a reversal cannot apply, or nil: only a settled or partial claim of the same recipient may
 -- be reversed, once. `owner` (from the registry, '' if never seen) tells a claim recorded in
--- another shard, or not yet recorded, from an id never seen.
-local function reversal_refusal(original, recipient_id, owner)
+-- another shard, or not yet recorded, from an id never seen. A reversal sent on a province's own
+-- topic (`province`, '' on the national one) may reverse only a claim of that province's care.
+local function reversal_refusal(original, recipient_id, owner, province)
   if not original then return owner == '' and 'UNKNOWN_CLAIM' or 'NOT_REVERSIBLE' end
+  if original.kind ~= 'settle' or original.recipient_id ~= recipient_id then return 'NOT_REVERSIBLE' end
+  if province ~= '' and string.sub(original.service_region, 1, 2) ~= province then
+    return 'SERVICE_REGION_MISMATCH'
+  end
   local paid = original.status == 'final'
     and (original.result.status == 'settled' or original.result.status == 'partial')
-  if original.kind ~= 'settle' or original.recipient_id ~= recipient_id or not paid then return 'NOT_REVERSIBLE' end
+  if not paid then return 'NOT_REVERSIBLE' end
   if original.reversed_by then return 'ALREADY_REVERSED' end
   return nil
 end
 
 -- A refund (退费) cancels a whole settled claim.
 -- KEYS: claims, closed
--- ARGV: reversal id, record json, original claim id, month, shard prefix, now, owner of the original id
+-- ARGV: reversal id, record json, original claim id, month, shard prefix, now, owner of the original id,
+--       the province whose topic it came on ('' for the national topic)
 local function reverse(keys, args)
   local record = cjson.decode(args[2])
   local prior = recorded_before(keys[1], args[1], record.fingerprint)
@@ -102,7 +108,7 @@ local function reverse(keys, args)
   local original = redis.call('HGET', keys[1], args[3])
   original = original and cjson.decode(original) or nil
   local result = {at = args[6], paid = 0, payers = {}, owed = {}}
-  local refusal = reversal_refusal(original, record.recipient_id, args[7])
+  local refusal = reversal_refusal(original, record.recipient_id, args[7], args[8])
   if refusal then
     result.status, result.reason = 'rejected', refusal
   else

@@ -38,6 +38,9 @@ class SettlementStore:
     async def load(self) -> None:
         await LIBRARY.load(self.redis)
 
+    async def ready(self) -> None:
+        await LIBRARY.require_loaded(self.redis)
+
     def shard_prefix(self, recipient_id: str) -> str:
         """A recipient's claims, reversals and their clearing share one shard (one hash slot)."""
         return f"{PREFIX}{{s{zlib.crc32(recipient_id.encode()) % self.shards}}}"
@@ -84,12 +87,14 @@ class SettlementStore:
                     [claim_id, json.dumps(result), month, prefix, recipient_id, asked_fen])
 
     def reverse(self, recipient_id: str, reversal_id: str, record: dict, original_claim_id: str, month: str,
-                now: str, original_owner: str) -> Call:
+                now: str, original_owner: str, province: str | None) -> Call:
         """Cancels a whole settled claim of the recipient, once, taking its clearing amounts back.
-        `original_owner`: whom the registry says the original id belongs to ("" if never seen)."""
+        `original_owner`: whom the registry says the original id belongs to ("" if never seen);
+        `province`: the province whose topic the reversal came on (it may reverse only its own care)."""
         prefix = self.shard_prefix(recipient_id)
         return Call(LIBRARY.function("settlement_reverse"), [f"{prefix}:claims", f"{prefix}:closed"],
-                    [reversal_id, json.dumps(record), original_claim_id, month, prefix, now, original_owner])
+                    [reversal_id, json.dumps(record), original_claim_id, month, prefix, now, original_owner,
+                     province or ""])
 
     async def run(self, calls: Sequence[Call]) -> list[Step]:
         return await run_steps(self.redis, calls)

@@ -21,7 +21,7 @@ SERVICE = "wallet"
 
 def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
     clock = clock or clock_from_setting(settings.clock_fixed_at)
-    redis = connect(settings)
+    redis = connect(settings, SERVICE)
     store = WalletStore(redis)
     handlers = WalletHandlers(store, clock, PolicyCache(redis, settings.policy_cache_seconds))
     return build_service_app(
@@ -38,6 +38,6 @@ def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
             (REFUND_REQUESTS, handlers.on_refund_requests),
         ],
         outputs=[WALLET_EVENTS, DRAW_ANSWERS],
-        on_start=store.load,
+        on_start=store.ready,
         on_stop=redis.aclose,
     )

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from shared.contracts import ReasonCode, WalletCommand
+from shared.ids import mask_person_id
 from shared.money import yuan
 
 # Rule 9: each wallet account may make at most 3 transfers a day, each at most 2,000 yuan.
@@ -73,4 +74,4 @@ def account_breaches(account: AccountSnapshot) -> list[str]:
     for day, count in account.grants_by_day.items():
         if count > MAX_GRANTS_PER_DAY:
             breaches.append(f"{count} grants on {day}, more than {MAX_GRANTS_PER_DAY}")
-    return [f"{account.person_id}: {breach}" for breach in breaches]
+    return [f"{mask_person_id(account.person_id)}: {breach}" for breach in breaches]

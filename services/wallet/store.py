@@ -40,6 +40,9 @@ class WalletStore:
     async def load(self) -> None:
         await LIBRARY.load(self.redis)
 
+    async def ready(self) -> None:
+        await LIBRARY.require_loaded(self.redis)
+
     async def credit(self, input_id: str, fingerprint: str, person_id: str, amount_fen: int, now: str) -> Step:
         keys = [_key(person_id, "seen:credits"), _key(person_id, "account")]
         return await call_step(self.redis, LIBRARY.function("wallet_credit"), keys,

@@ -9,6 +9,7 @@ from datetime import date
 
 import pytest
 
+from shared.ids import mask_person_id
 from shared.topics import RELATIONSHIP_EVENTS
 from tests.e2e.world import World
 from tests.support import new_id, new_person_id, now_iso
@@ -146,10 +147,13 @@ async def test_many_relatives_in_both_directions(world: World) -> None:
     for child in children:
         await world.establish(me, child, "440300", kinship="child")
     await world.establish(parent, me, "440300", kinship="child")
-    shown = subprocess.run([sys.executable, "-m", "gongji", "relationships", "show", me, "--json"],
+    shown = subprocess.run([sys.executable, "-m", "gongji", "relationships", "show", me, "--json", "--full-ids"],
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     rows = {(row["provider_id"], row["recipient_id"]): row for row in json.loads(shown.stdout)}
+    masked = subprocess.run([sys.executable, "-m", "gongji", "relationships", "show", me, "--json"],
+                            capture_output=True, text=True, timeout=60).stdout
+    assert me not in masked and mask_person_id(me) in masked  # full ids only when asked for
     assert set(rows) == {(me, children[0]), (me, children[1]), (parent, me)}
     assert {row["state"] for row in rows.values()} == {"active"}
     table = subprocess.run([sys.executable, "-m", "gongji", "relationships", "show", me],

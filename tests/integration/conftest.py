@@ -7,6 +7,9 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
+from shared.credentials import redis_options
+from shared.principals import OPERATOR
+
 INTEGRATION_DATABASE = 15
 
 
@@ -16,7 +19,8 @@ def integration_redis_url(redis_url: str) -> str:
 
 @pytest.fixture(scope="session")
 async def redis(infrastructure):
-    client = Redis.from_url(integration_redis_url(infrastructure.redis_url))
+    client = Redis.from_url(integration_redis_url(infrastructure.redis_url),
+                            **redis_options(infrastructure, OPERATOR.name))
     await client.flushdb()
     yield client
     await client.aclose()

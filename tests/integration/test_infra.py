@@ -54,7 +54,8 @@ def test_kafka_storage_formats_with_a_cluster_id_that_starts_with_a_dash(infrast
     config = own.kafka_config.read_text().replace(f"log.dirs={own.kafka_data}", f"log.dirs={scratch.kafka_data}")
     scratch.kafka_config.write_text(config)
     scratch.kafka_libs.symlink_to(own.kafka_libs)
-    infra.format_kafka_storage(infra._java(), scratch, "-iBg2lTuRKWv6CqVtSPNbg")
+    infra.format_kafka_storage(infra._java(), scratch, "-iBg2lTuRKWv6CqVtSPNbg", infrastructure)
     assert "cluster.id=-iBg2lTuRKWv6CqVtSPNbg" in (scratch.kafka_data / "meta.properties").read_text()
+    assert not scratch.java_arguments.exists()  # the users' passwords went in through it, and it is gone
     with pytest.raises(infra.InfraError, match="formatting Kafka's storage .* failed: .*Invalid cluster.id"):
-        infra.format_kafka_storage(infra._java(), scratch, "AAAAAAAAAAAAAAAAAAAAAA")
+        infra.format_kafka_storage(infra._java(), scratch, "AAAAAAAAAAAAAAAAAAAAAA", infrastructure)

@@ -19,7 +19,9 @@ from shared.clock import FixedClock
 from shared.contracts import (
     Claim, DrawAnswered, DrawRequested, EnrollmentChanged, Payer, ReasonCode, RefundRequested, SettlementEvent,
 )
+from shared.credentials import redis_options
 from shared.policy import POLICY_KEY
+from shared.principals import OPERATOR
 from shared.runtime import Refused
 from tests.integration.conftest import integration_redis_url
 from tests.support import new_id, new_person_id
@@ -308,7 +310,8 @@ def policy_command(infrastructure, *args: str):
 
 
 def stored_policy(infrastructure) -> dict:
-    with SyncRedis.from_url(integration_redis_url(infrastructure.redis_url)) as client:
+    with SyncRedis.from_url(integration_redis_url(infrastructure.redis_url),
+                            **redis_options(infrastructure, OPERATOR.name)) as client:
         return client.hgetall(POLICY_KEY)
 
 

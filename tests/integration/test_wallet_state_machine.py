@@ -18,7 +18,9 @@ from shared.contracts import (
     AccountCredited, AccountSpent, DrawRequested, EnrollmentChanged, RefundRequested, RelationshipEvent,
     SupervisionActed, WalletCommand,
 )
+from shared.credentials import redis_options
 from shared.policy import PolicyCache
+from shared.principals import OPERATOR
 from shared.settings import Settings
 from tests.integration.conftest import integration_redis_url
 from tests.integration.test_wallet_rules import NOON, context
@@ -31,7 +33,8 @@ class WalletMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.redis = Redis.from_url(integration_redis_url(Settings().redis_url))
+        self.redis = Redis.from_url(integration_redis_url(Settings().redis_url),
+                                    **redis_options(Settings(), OPERATOR.name))
         self.wallet = WalletHandlers(WalletStore(self.redis), FixedClock(NOON), PolicyCache(self.redis, 0))
         self.providers = [new_person_id() for _ in range(2)]
         self.recipients = [new_person_id() for _ in range(2)]

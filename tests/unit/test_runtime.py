@@ -43,7 +43,7 @@ def credit(event_id: str, amount_fen: int = 100, **fields) -> dict:
 
 
 async def decoded(*records: ConsumerRecord) -> DeadLetterDecoder:
-    decoder = DeadLetterDecoder("wallet", ACCOUNT_CREDITS, FixedClock(NOW))
+    decoder = DeadLetterDecoder("wallet", [ACCOUNT_CREDITS], FixedClock(NOW))
     await decoder(SimpleNamespace(raw_message=records))
     return decoder
 

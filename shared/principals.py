@@ -1,0 +1,178 @@
+"""Who may do what: the one declaration of every principal and its rights on Kafka and Redis.
+
+`gongji infra up` turns it into SCRAM users, Kafka ACLs (StandardAuthorizer, nothing allowed
+without an ACL) and Redis ACL users, removing any right it does not declare; the README's table is
+rendered from it by `rights_table()` (a test fails when the README's copy is stale). Pure data: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from shared.policy import POLICY_KEY
+from shared.topics import (
+    ACCOUNT_CREDITS, ACCOUNT_SPENDS, CLAIMS, CLEARING, DEAD_LETTERS, DRAW_ANSWERS, DRAW_REQUESTS, ENROLLMENT,
+    KINSHIP, PROVINCES, REFUND_REQUESTS, RELATIONSHIP_COMMANDS, RELATIONSHIP_EVENTS, RELATIONSHIP_GROUP,
+    SETTLEMENT_GROUP, SETTLEMENTS, STATISTICS, SUPERVISION, WALLET_COMMANDS, WALLET_EVENTS, WALLET_GROUP, Topic,
+    province_claims, province_clearing, province_settlements, province_topic_prefix,
+)
+
+Operation = Literal["read", "write"]
+
+
+@dataclass(frozen=True)
+class KafkaRight:
+    """READ of a topic (consume) or a consumer group (join, commit), or WRITE of a topic (produce);
+    a prefixed right covers every name that starts with `name`."""
+
+    resource: Literal["topic", "group"]
+    name: str
+    operation: Operation
+    prefixed: bool = False
+
+
+@dataclass(frozen=True)
+class RedisAccess:
+    """A Redis ACL user: its key patterns (read and write), keys it may only read, and the only
+    commands it may run (inside its Redis Functions too: Redis checks them as the calling user)."""
+
+    keys: tuple[str, ...]
+    read_only_keys: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: str
+    kafka: tuple[KafkaRight, ...] = ()
+    redis: RedisAccess | None = None
+    super_user: bool = False  # a Kafka super user: every ACL check passes
+
+
+def reads(*topics: Topic) -> tuple[KafkaRight, ...]:
+    return tuple(KafkaRight("topic", topic.name, "read") for topic in topics)
+
+
+def writes(*topics: Topic) -> tuple[KafkaRight, ...]:
+    return tuple(KafkaRight("topic", topic.name, "write") for topic in topics)
+
+
+def group(name: str, prefixed: bool = False) -> tuple[KafkaRight, ...]:
+    return (KafkaRight("group", name, "read", prefixed),)
+
+
+# What every service's Redis user may run besides its own functions' commands: the durability
+# check at start (CONFIG GET), the check that its library is loaded (FUNCTION LIST), FCALL itself,
+# and what redis-py may send on connecting (its CLIENT SETINFO may be refused: it ignores that).
+_SERVICE_COMMANDS = ("fcall", "config|get", "function|list", "ping", "select")
+
+BROKER = Principal("broker", "the Kafka broker itself (inter-broker and controller traffic)", super_user=True)
+OPERATOR = Principal(
+    "operator", "the national platform and the operator: CLI, audit, tools, tests, national topics, dead letters",
+    redis=RedisAccess(keys=("*",), commands=("@all",)), super_user=True)
+
+SERVICES: tuple[Principal, ...] = (
+    Principal(
+        "relationship", "the relationship service",
+        kafka=(*reads(ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS), *group(RELATIONSHIP_GROUP),
+               *writes(RELATIONSHIP_EVENTS, DEAD_LETTERS)),
+        redis=RedisAccess(keys=("rel:*",), read_only_keys=(POLICY_KEY,), commands=(
+            *_SERVICE_COMMANDS, "hget", "hmget", "hgetall", "hexists", "hkeys", "hset", "hdel", "hincrby", "del")),
+    ),
+    Principal(
+        "wallet", "the wallet service",
+        kafka=(*reads(ACCOUNT_CREDITS, ACCOUNT_SPENDS, WALLET_COMMANDS, RELATIONSHIP_EVENTS, ENROLLMENT, SUPERVISION,
+                      DRAW_REQUESTS, REFUND_REQUESTS), *group(WALLET_GROUP),
+               *writes(WALLET_EVENTS, DRAW_ANSWERS, DEAD_LETTERS)),
+        redis=RedisAccess(keys=("wal:*",), read_only_keys=(POLICY_KEY,), commands=(
+            *_SERVICE_COMMANDS, "hget", "hmget", "hgetall", "hexists", "hkeys", "hset", "hsetnx", "hdel", "hincrby",
+            "zadd", "zcard", "zpopmin", "zrange", "zrem")),
+    ),
+    Principal(
+        "settlement", "the settlement service (and `gongji clearing close`, its monthly job)",
+        kafka=(*reads(CLAIMS, ENROLLMENT, DRAW_ANSWERS), *reads(*map(province_claims, PROVINCES)),
+               *group(SETTLEMENT_GROUP),
+               *writes(SETTLEMENTS, CLEARING, STATISTICS, DRAW_REQUESTS, REFUND_REQUESTS, DEAD_LETTERS),
+               *writes(*map(province_settlements, PROVINCES)), *writes(*map(province_clearing, PROVINCES))),
+        redis=RedisAccess(keys=("stl:*",), commands=(
+            *_SERVICE_COMMANDS, "hget", "hmget", "hgetall", "hexists", "hset", "hsetnx", "hincrby")),
+    ),
+)
+
+
+def province_principal(province: str) -> Principal:
+    """A province's own system: sends its claims, reads its own results, never another's."""
+    return Principal(
+        f"province-{province}", f"province {province}'s own system",
+        kafka=(*writes(province_claims(province)),
+               KafkaRight("topic", province_topic_prefix(province), "read", prefixed=True),
+               *group(f"province-{province}", prefixed=True)),
+    )
+
+
+CLIENTS: tuple[Principal, ...] = (
+    *(province_principal(province) for province in PROVINCES),
+    Principal("registry", "civil-registry and enrollment facts", kafka=writes(KINSHIP, ENROLLMENT)),
+    Principal("app", "the national service platform's app channel: commands, and their answers",
+              kafka=(*writes(RELATIONSHIP_COMMANDS, WALLET_COMMANDS), *reads(RELATIONSHIP_EVENTS, WALLET_EVENTS),
+                     *group("app", prefixed=True))),
+    Principal("supervisor", "the fund supervisors: freezes and unfreezes", kafka=writes(SUPERVISION)),
+    Principal("dashboard", "live dashboards: aggregates only, no personal data",
+              kafka=(*reads(STATISTICS), *group("dashboard", prefixed=True))),
+)
+
+PRINCIPALS: tuple[Principal, ...] = (BROKER, OPERATOR, *SERVICES, *CLIENTS)
+BY_NAME: dict[str, Principal] = {principal.name: principal for principal in PRINCIPALS}
+
+
+def principal(name: str) -> Principal:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"no principal {name!r}; known: {', '.join(BY_NAME)}") from None
+
+
+def redis_acl_rules(access: RedisAccess) -> list[str]:
+    """The rules of `ACL SETUSER` (after the password) for one user: it starts from nothing."""
+    return ["on", "resetkeys", "resetchannels", *(f"~{pattern}" for pattern in access.keys),
+            *(f"%R~{pattern}" for pattern in access.read_only_keys), "-@all",
+            *(f"+{command}" for command in access.commands)]
+
+
+_PROVINCE_IN_NAME = re.compile(r"(?<=province[.-])\d\d(?=\.|$)")
+
+
+def _shown(right: KafkaRight) -> str:
+    """A name as the table shows it: a province code in it as `PP`, a prefix with `*`."""
+    name = _PROVINCE_IN_NAME.sub("PP", right.name)
+    return f"`{name}*`" if right.prefixed else f"`{name}`"
+
+
+def rights_table() -> str:
+    """The README's table: one line per principal, the 32 provinces as one (`PP` standing for each)."""
+    lines = ["| principal | role | writes | reads | consumer groups | Redis |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for one in PRINCIPALS:
+        if one.name.startswith("province-") and one.name != f"province-{PROVINCES[0]}":
+            continue
+        cells: dict[str, list[str]] = {"write": [], "read": [], "group": []}
+        for right in one.kafka:
+            cell = cells["group" if right.resource == "group" else right.operation]
+            if _shown(right) not in cell:
+                cell.append(_shown(right))
+        if one.super_user:
+            cells = {"write": ["every topic (super user)"], "read": ["every topic"], "group": ["any"]}
+        redis = "—"
+        if one.redis is not None:
+            redis = f"keys {', '.join(f'`{key}`' for key in one.redis.keys)}"
+            if one.redis.read_only_keys:
+                redis += f"; reads {', '.join(f'`{key}`' for key in one.redis.read_only_keys)}"
+            redis += f"; commands {', '.join(command.replace('|', ' ') for command in one.redis.commands)}"
+        name = _PROVINCE_IN_NAME.sub("PP", one.name)
+        role = one.role.replace(f"province {PROVINCES[0]}'s", "each province's")
+        lines.append(f"| `{name}` | {role} | {', '.join(cells['write']) or '—'} | {', '.join(cells['read']) or '—'} "
+                     f"| {', '.join(cells['group']) or '—'} | {redis} |")
+    return "\n".join(lines)
