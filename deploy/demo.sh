@@ -6,13 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/install.sh
 .venv/bin/gongji infra up
-mkdir -p .gongji/logs
-.venv/bin/gongji run all > .gongji/logs/services.log 2>&1 &
+logs=$(.venv/bin/python -c 'from shared.settings import Settings; print(Settings().state_dir / "logs")')
+mkdir -p "$logs"
+.venv/bin/gongji run all > "$logs/services.log" 2>&1 &
 services=$!
 trap 'kill -TERM $services 2>/dev/null; wait $services 2>/dev/null || true' EXIT
-for port in 18080 18081 18082; do
+# The services' HTTP ports follow the settings (GONGJI_HTTP_PORT_BASE).
+ports=$(.venv/bin/python -c 'from gongji.services import SERVICE_NAMES, http_port; from shared.settings import Settings
+print(*(http_port(Settings(), name) for name in SERVICE_NAMES))')
+for port in $ports; do
   for _ in $(seq 1 120); do curl -fs "http://127.0.0.1:$port/health" -o /dev/null && break; sleep 0.5; done
 done
-echo "services up: health and Prometheus metrics on http://127.0.0.1:1808{0,1,2}/health and /metrics"
+echo "services up: health and Prometheus metrics on $(for port in $ports; do printf 'http://127.0.0.1:%s ' "$port"; done)(/health, /metrics)"
 .venv/bin/gongji load "$@"
 .venv/bin/gongji audit

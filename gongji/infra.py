@@ -26,7 +26,7 @@ from confluent_kafka.admin import (
     ResourceType, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion,
 )
 
-from gongji.tls import BROKER_NAME, broker_keystore, ensure_certificates
+from gongji.tls import broker_keystore, ensure_certificates
 from services.relationship.store import LIBRARY as RELATIONSHIP_LIBRARY
 from services.settlement.store import LIBRARY as SETTLEMENT_LIBRARY
 from services.wallet.store import LIBRARY as WALLET_LIBRARY
@@ -101,7 +101,7 @@ def _host_port(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _port_open(host: str, port: int) -> bool:
+def port_open(host: str, port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(0.5)
         return probe.connect_ex((host, port)) == 0
@@ -246,7 +246,7 @@ def start_kafka(settings: Settings, paths: Paths) -> bool:
     host, port = _host_port(settings.kafka_bootstrap)
     if _pid_alive(paths.kafka_pid):
         return False
-    if _port_open(host, port):
+    if port_open(host, port):
         raise InfraError(f"port {port} is taken by another process: stop it or set GONGJI_KAFKA_BOOTSTRAP.")
     java = _java()
     fetch_kafka_jars(paths)
@@ -257,7 +257,7 @@ def start_kafka(settings: Settings, paths: Paths) -> bool:
                              settings)
     broker_login = ("listener.name.client.scram-sha-512.sasl.jaas.config="
                     "org.apache.kafka.common.security.scram.ScramLoginModule required "
-                    f'username="{BROKER_NAME}" password="{password(settings, BROKER.name)}";')
+                    f'username="{BROKER.name}" password="{password(settings, BROKER.name)}";')
     arguments = _write_java_arguments(paths, ["kafka.Kafka", str(paths.kafka_config), "--override", broker_login])
     log = paths.kafka_log.open("ab")
     process = subprocess.Popen(
@@ -280,11 +280,15 @@ def _redis_server() -> str:
     return _require("redis-server", "install it with `apt-get install redis-server`.")
 
 
+def _hashed(secret: str) -> str:
+    """A password as Redis keeps it (`#<sha256>`): its ACL file never holds the password itself."""
+    return f"#{hashlib.sha256(secret.encode()).hexdigest()}"
+
+
 def _redis_user_line(settings: Settings, principal: Principal) -> str:
-    """One user of the ACL file: its rules and the SHA-256 of its password (never the password)."""
+    """One user of the ACL file: its rules and its hashed password."""
     assert principal.redis is not None
-    digest = hashlib.sha256(password(settings, principal.name).encode()).hexdigest()
-    return " ".join(["user", principal.name, *redis_acl_rules(principal.redis), f"#{digest}"])
+    return " ".join(["user", principal.name, *redis_acl_rules(principal.redis), _hashed(password(settings, principal.name))])
 
 
 def _redis_address(settings: Settings) -> tuple[str, int]:
@@ -296,7 +300,7 @@ def start_redis(settings: Settings, paths: Paths) -> bool:
     host, port = _redis_address(settings)
     if _pid_alive(paths.redis_pid):
         return False
-    if _port_open(host, port):
+    if port_open(host, port):
         raise InfraError(f"port {port} is taken by another process: stop it or set GONGJI_REDIS_URL.")
     server = _redis_server()
     paths.redis_dir.mkdir(parents=True, exist_ok=True)
@@ -339,9 +343,8 @@ def sync_redis_users(settings: Settings, client: redis.Redis) -> None:
     to the ACL file: a right taken out of the declaration is taken out of Redis too."""
     declared = {principal.name: principal for principal in PRINCIPALS if principal.redis}
     for principal in declared.values():
-        digest = hashlib.sha256(password(settings, principal.name).encode()).hexdigest()
         client.execute_command("ACL", "SETUSER", principal.name, *redis_acl_rules(principal.redis), "resetpass",
-                               f"#{digest}")
+                               _hashed(password(settings, principal.name)))
     client.execute_command("ACL", "SETUSER", "default", "reset")
     for name in client.execute_command("ACL", "USERS"):
         if name.decode() not in declared and name.decode() != "default":
@@ -468,7 +471,7 @@ def rotate(settings: Settings, name: str) -> list[str]:
     notes = [f"Kafka: {name}'s SCRAM password changed"]
     if BY_NAME[name].redis is not None:
         with operator_redis(settings) as client:
-            client.execute_command("ACL", "SETUSER", name, "resetpass", f"#{hashlib.sha256(value.encode()).hexdigest()}")
+            client.execute_command("ACL", "SETUSER", name, "resetpass", _hashed(value))
             client.execute_command("ACL", "SAVE")
         notes.append(f"Redis: {name}'s password changed")
     set_password(settings, name, value)
@@ -490,7 +493,9 @@ def up(settings: Settings) -> list[str]:
     """Idempotent: makes the secrets and certificates that are missing, starts what is not running,
     waits until both answer, then makes the topics, users, ACLs and Functions what the code declares."""
     paths = Paths(settings.state_dir)
-    notes = [f"generated credentials for {len(made)} principals" for made in [ensure_passwords(settings)] if made]
+    notes = []
+    if made := ensure_passwords(settings):
+        notes.append(f"generated credentials for {len(made)} principals")
     notes += [f"made {what}" for what in ensure_certificates(settings, _host_port(settings.kafka_bootstrap)[0])]
     if start_redis(settings, paths):
         notes.append("started redis-server")
@@ -550,7 +555,7 @@ def status(settings: Settings) -> dict[str, str]:
     kafka_host, kafka_port = _host_port(settings.kafka_bootstrap)
     report = {
         "kafka": f"Apache Kafka {kafka_version(paths) or '(jars not fetched)'} (KRaft) at {settings.kafka_bootstrap}: "
-        + ("running" if _pid_alive(paths.kafka_pid) and _port_open(kafka_host, kafka_port) else "not running"),
+        + ("running" if _pid_alive(paths.kafka_pid) and port_open(kafka_host, kafka_port) else "not running"),
     }
     try:
         info = operator_redis(settings, socket_timeout=1).info("server")

@@ -14,13 +14,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.credentials import ca_file, secrets_dir, write_secret
+from shared.principals import BROKER
 from shared.settings import Settings
 
 CA_DAYS = 3650
 BROKER_DAYS = 397
 RENEW_BEFORE = datetime.timedelta(days=30)
-# The broker's certificate names it: its principal on the controller listener (mutual TLS) is `broker`.
-BROKER_NAME = "broker"
 
 
 def ca_key_file(settings: Settings) -> Path:
@@ -87,7 +86,8 @@ def _make_broker_certificate(settings: Settings, hosts: set[str]) -> None:
     ca_certificate = x509.load_pem_x509_certificate(ca_file(settings).read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     certificate = (
-        x509.CertificateBuilder().subject_name(_name(BROKER_NAME)).issuer_name(ca_certificate.subject)
+        # Its CN is its principal on the controller's listener (mutual TLS, ssl.principal.mapping.rules).
+        x509.CertificateBuilder().subject_name(_name(BROKER.name)).issuer_name(ca_certificate.subject)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(_now() - datetime.timedelta(minutes=5))
         .not_valid_after(_now() + datetime.timedelta(days=BROKER_DAYS))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka.helpers import create_ssl_context
+from redis.credentials import CredentialProvider
 
 from shared.principals import PRINCIPALS
 from shared.settings import Settings
@@ -114,6 +115,22 @@ def aiokafka_options(settings: Settings, name: str) -> dict[str, Any]:
     return options | {"ssl_context": ssl_context(settings)}
 
 
-def redis_options(settings: Settings, name: str) -> dict[str, str]:
-    """The Redis ACL user of a principal: username and password, for redis-py."""
-    return {"username": name, "password": password(settings, name)}
+class SecretFileCredentials(CredentialProvider):
+    """A principal's Redis user and password, read when a connection opens: after `gongji
+    credentials rotate`, new connections use the new password without a restart."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        password(settings, name)  # missing credentials fail now, with the sentence that names the fix
+        self._settings = settings
+        self._name = name
+
+    def get_credentials(self) -> tuple[str, str]:
+        return self._name, password(self._settings, self._name)
+
+    async def get_credentials_async(self) -> tuple[str, str]:
+        return self.get_credentials()
+
+
+def redis_options(settings: Settings, name: str) -> dict[str, CredentialProvider]:
+    """Keyword arguments for redis-py: the principal's Redis ACL user."""
+    return {"credential_provider": SecretFileCredentials(settings, name)}

@@ -1,8 +1,10 @@
 """Speed, measured and printed (never asserted as a timing):
 
-1. End to end versus a baseline on the same broker: the same claim messages through a raw aiokafka
-   consume → produce pass-through, and through Gongji (claims → settlement → wallet → settlement);
-   prints both rates and their ratio.
+1. End to end versus a baseline on the same broker, on the secure listener (SASL_SSL) and beside it
+   on the development one (SASL_PLAINTEXT, same SCRAM users and ACLs, no TLS), in the same run: the
+   same claim messages through a raw aiokafka consume → produce pass-through, and through Gongji
+   (province claims → settlement → wallet → settlement, three service processes started for each
+   listener); prints the rates, their ratio and what TLS costs.
 2. Cost per claim at two population sizes: the settlement and wallet handlers against the real
    Redis with 10^4 and a larger preloaded population; prints µs per claim for each.
 """
@@ -22,7 +24,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from hdrh.histogram import HdrHistogram
 from redis.asyncio import Redis
 
+from gongji.infra import port_open
 from gongji.load import LoadOptions, run_load
+from gongji.services import SERVICE_NAMES
 from services.settlement.handlers import SettlementHandlers
 from services.settlement.store import SettlementStore
 from services.wallet.handlers import WalletHandlers
@@ -31,8 +35,11 @@ from shared.clock import FixedClock
 from shared.contracts import (
     AccountCredited, Claim, DrawAnswered, DrawRequested, EnrollmentChanged, RelationshipEvent, WalletCommand,
 )
+from shared.credentials import aiokafka_options, redis_options
 from shared.ids import make_person_id
+from shared.principals import OPERATOR
 from shared.settings import Settings
+from tests.support import ServiceProcess
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.timeout(1800)]
 NOON = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
@@ -42,18 +49,18 @@ CLAIMS = int(os.environ.get("GONGJI_BENCH_CLAIMS", "20000"))
 async def _pass_through(settings: Settings, messages: list[tuple[bytes, bytes]]) -> float:
     """Raw aiokafka: consume each message and produce it to another topic, committing per batch."""
     source, sink = f"bench-in-{uuid.uuid4().hex[:8]}", f"bench-out-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    client = aiokafka_options(settings, OPERATOR.name)
+    admin = AIOKafkaAdminClient(**client)
     await admin.start()
     await admin.create_topics([NewTopic(source, settings.topic_partitions, 1), NewTopic(sink, settings.topic_partitions, 1)])
     await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
-                                linger_ms=2)
+    producer = AIOKafkaProducer(**client, acks="all", enable_idempotence=True, linger_ms=2)
     await producer.start()
     for value, key in messages:
         await producer.send(source, value, key=key)
     await producer.flush()
-    consumer = AIOKafkaConsumer(source, bootstrap_servers=settings.kafka_bootstrap, group_id=source,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(source, **client, group_id=source, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
     await consumer.start()
     started, moved = time.perf_counter(), 0
     while moved < len(messages):
@@ -72,23 +79,46 @@ async def _pass_through(settings: Settings, messages: list[tuple[bytes, bytes]])
     return len(messages) / elapsed
 
 
-async def test_end_to_end_against_a_raw_pass_through(infrastructure) -> None:
-    settings = infrastructure
-    report = await run_load(settings, LoadOptions(persons=3000, rate=float(os.environ.get("GONGJI_BENCH_RATE", "3000")),
-                                                  duration_seconds=CLAIMS / 3000, duplicate_share=0,
-                                                  malformed_share=0), console=_quiet_console())
-    ours = report["throughput"]["settled_per_second"]
+async def _claim_path(settings: Settings) -> dict:
+    """Gongji's three services on this listener, a load run through them, then the pass-through."""
+    processes = [ServiceProcess(name, settings, {"GONGJI_KAFKA_PLAINTEXT_DEV": str(int(settings.kafka_plaintext_dev))})
+                 for name in SERVICE_NAMES]
+    for process in processes:
+        process.start()
+    try:
+        report = await run_load(settings, LoadOptions(
+            persons=3000, rate=float(os.environ.get("GONGJI_BENCH_RATE", "3000")), duration_seconds=CLAIMS / 3000,
+            duplicate_share=0, malformed_share=0), console=_quiet_console())
+    finally:
+        for process in processes:
+            process.stop()
+    assert report["claims"]["without_result"] == 0 and report["audit"]["clean"]
     sample = {"claim_id": "x", "kind": "settle", "recipient_id": make_person_id("110101", "19800101", 1),
               "recipient_region": "110100", "category": "institution", "institution_code": "H11010000001",
               "service_region": "110100",
               "amount_fen": 12_850, "occurred_at": NOON.isoformat()}
     messages = [(json.dumps({**sample, "claim_id": f"b-{n}"}).encode(), str(n % 997).encode()) for n in range(CLAIMS)]
-    baseline = await _pass_through(settings, messages)
-    print(f"\nraw aiokafka pass-through: {baseline:,.0f} messages/s")
-    print(f"gongji claims settled:     {ours:,.0f} claims/s (offered {report['throughput']['offered_per_second']:,.0f}/s)")
-    print(f"ratio ours / baseline:     {ours / baseline:.2f}")
-    print(f"latency ms: {report['latency_ms']}")
-    assert report["claims"]["without_result"] == 0 and report["audit"]["clean"]
+    return {"ours": report["throughput"]["settled_per_second"], "latency_ms": report["latency_ms"],
+            "baseline": await _pass_through(settings, messages)}
+
+
+async def test_the_claim_path_on_the_secure_listener_beside_plaintext(infrastructure) -> None:
+    """Needs the broker started with the development listener: `gongji infra down &&
+    GONGJI_KAFKA_PLAINTEXT_DEV=1 gongji infra up` (clients still choose TLS unless they set it too)."""
+    host = infrastructure.kafka_bootstrap.rpartition(":")[0]
+    if not port_open(host, infrastructure.kafka_plaintext_dev_port):
+        pytest.fail("no development listener: restart the broker with GONGJI_KAFKA_PLAINTEXT_DEV=1 "
+                    "(`gongji infra down && GONGJI_KAFKA_PLAINTEXT_DEV=1 gongji infra up`)")
+    results = {}
+    for label, plaintext in (("SASL_SSL (default)", False), ("SASL_PLAINTEXT (dev)", True)):
+        results[label] = await _claim_path(infrastructure.model_copy(update={"kafka_plaintext_dev": plaintext}))
+    print()
+    for label, result in results.items():
+        print(f"{label:<21} raw pass-through {result['baseline']:>7,.0f} msg/s | gongji {result['ours']:>6,.0f} "
+              f"claims/s | ratio {result['ours'] / result['baseline']:.2f} | latency ms {result['latency_ms']}")
+    secure, plain = results.values()
+    print(f"TLS costs {1 - secure['baseline'] / plain['baseline']:.0%} of the raw pass-through and "
+          f"{1 - secure['ours'] / plain['ours']:.0%} of gongji's settled rate")
 
 
 def _quiet_console():
@@ -157,7 +187,8 @@ async def _cost_per_claim(redis: Redis, pairs: list[tuple[str, str]], claims: in
 
 async def test_cost_per_claim_stays_flat_as_the_population_grows(infrastructure) -> None:
     sizes = [int(size) for size in os.environ.get("GONGJI_BENCH_POPULATIONS", "10000,100000").split(",")]
-    redis = Redis.from_url(infrastructure.redis_url.rsplit("/", 1)[0] + "/14")
+    redis = Redis.from_url(infrastructure.redis_url.rsplit("/", 1)[0] + "/14",
+                           **redis_options(infrastructure, OPERATOR.name))
     await redis.flushdb()
     wallet_store, settlement_store = WalletStore(redis), SettlementStore(redis, 64)
     await wallet_store.load()

@@ -133,18 +133,8 @@ async def test_the_whole_story_and_its_monthly_statement(world: World, kafka) ->
     assert audit.returncode == 0, audit.stdout + audit.stderr
 
 
-async def _funded_family(world: World, provider_region: str = "440300", recipient_region: str = "510100",
-                         quota_fen: int = 100_000) -> tuple[str, str]:
-    provider = await world.person("employee", provider_region)
-    recipient = await world.person("resident", recipient_region)
-    await world.credit(provider, 1_000_000)
-    await world.establish(provider, recipient, recipient_region)
-    assert (await world.grant(provider, recipient, recipient_region, quota_fen))["type"] == "granted"
-    return provider, recipient
-
-
 async def test_the_same_claim_delivered_50_times_pays_once(world: World, kafka) -> None:
-    provider, recipient = await _funded_family(world)
+    provider, recipient = await world.funded_family()
     message = world.claim_message(recipient, "510100", 1_234)
     for _ in range(50):
         await kafka.publish(CLAIMS, message)
@@ -157,7 +147,7 @@ async def test_the_same_claim_delivered_50_times_pays_once(world: World, kafka) 
 
 
 async def test_a_conflicting_duplicate_is_refused_and_the_first_result_stands(world: World) -> None:
-    provider, recipient = await _funded_family(world)
+    provider, recipient = await world.funded_family()
     first = world.claim_message(recipient, "510100", 2_000)
     assert (await world.settle(first))["status"] == "settled"
     conflict = await world.settle({**first, "amount_fen": 9_000})
@@ -184,7 +174,7 @@ async def test_claims_for_people_not_insured_or_elsewhere_are_refused(world: Wor
 
 
 async def test_reversal_refusals_and_a_reversal_after_the_relationship_ended(world: World, kafka) -> None:
-    provider, recipient = await _funded_family(world)
+    provider, recipient = await world.funded_family()
     assert (await world.reverse(recipient, "no-such-claim"))["reason"] == "UNKNOWN_CLAIM"
     paid = await world.settle(world.claim_message(recipient, "510100", 3_000))
     dissolved = await world.relationship_command("dissolve", provider, provider, recipient)
@@ -198,7 +188,7 @@ async def test_reversal_refusals_and_a_reversal_after_the_relationship_ended(wor
 
 
 async def test_a_frozen_account_pays_no_claim(world: World, kafka) -> None:
-    provider, recipient = await _funded_family(world)
+    provider, recipient = await world.funded_family()
     event_id = new_id("sup")
     await kafka.publish(SUPERVISION, {"event_id": event_id, "person_id": recipient, "action": "freeze",
                                       "reason": "违规使用", "occurred_at": now_iso()})
@@ -208,7 +198,7 @@ async def test_a_frozen_account_pays_no_claim(world: World, kafka) -> None:
 
 
 async def test_grant_limits_through_the_wallet_service(world: World) -> None:
-    provider, recipient = await _funded_family(world, quota_fen=200_000)
+    provider, recipient = await world.funded_family(quota_fen=200_000)
     assert (await world.grant(provider, recipient, "510100", 200_001))["reason"] == "TRANSFER_AMOUNT_OVER_LIMIT"
     assert (await world.grant(provider, recipient, "510100", 1))["type"] == "granted"
     assert (await world.grant(provider, recipient, "510100", 1))["type"] == "granted"
@@ -219,7 +209,7 @@ async def test_grant_limits_through_the_wallet_service(world: World) -> None:
 
 
 async def test_an_insurance_change_releases_the_quota(world: World, kafka) -> None:
-    provider, recipient = await _funded_family(world, quota_fen=50_000)
+    provider, recipient = await world.funded_family(quota_fen=50_000)
     await world.enroll(recipient, "employee", "510100")  # became an employee: an insurance change
     released = await kafka.wait_for(WALLET_EVENTS, lambda m: m["type"] == "released" and
                                     m["provider_id"] == provider and m["recipient_id"] == recipient)
@@ -227,7 +217,7 @@ async def test_an_insurance_change_releases_the_quota(world: World, kafka) -> No
 
 
 async def test_statistics_are_published_for_dashboards(world: World, kafka) -> None:
-    provider, recipient = await _funded_family(world)
+    provider, recipient = await world.funded_family()
     await world.settle(world.claim_message(recipient, "510100", 700, "resident_premium"))
     await asyncio.sleep(5)  # the statistics interval
     await world.settle(world.claim_message(recipient, "510100", 700, "resident_premium"))
@@ -240,7 +230,7 @@ async def test_statistics_are_published_for_dashboards(world: World, kafka) -> N
 async def test_a_restart_mid_stream_leaves_every_claim_with_one_result_and_audit_clean(
     world: World, kafka, service_processes, service: str
 ) -> None:
-    provider, recipient = await _funded_family(world, quota_fen=200_000)
+    provider, recipient = await world.funded_family(quota_fen=200_000)
     claims = [world.claim_message(recipient, "510100", 1_000 + n) for n in range(120)]
     for number, claim in enumerate(claims):
         if number == 60:

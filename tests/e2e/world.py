@@ -99,6 +99,16 @@ class World:
         await until(lambda: self.redis.hexists(f"wal:{{p:{provider}}}:relationships", recipient),
                     "the wallet to learn the relationship")
 
+    async def funded_family(self, provider_region: str = "440300", recipient_region: str = "510100",
+                            quota_fen: int = 100_000) -> tuple[str, str]:
+        """A provider with money, a recipient in force and a quota granted: ready for claims."""
+        provider = await self.person("employee", provider_region)
+        recipient = await self.person("resident", recipient_region)
+        await self.credit(provider, 1_000_000)
+        await self.establish(provider, recipient, recipient_region)
+        assert (await self.grant(provider, recipient, recipient_region, quota_fen))["type"] == "granted"
+        return provider, recipient
+
     async def grant(self, provider: str, recipient: str, region: str, amount_fen: int, **fields) -> dict:
         command_id = fields.pop("command_id", None) or new_id("grant")
         message = {"command_id": command_id, "action": "grant", "actor_id": fields.pop("actor_id", provider),

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from gongji.cli import app
 from shared.settings import PROJECT_ROOT
 
-GROUPS = {"infra", "policy", "relationships", "wallet", "claims", "clearing"}
+GROUPS = {"infra", "policy", "relationships", "wallet", "claims", "clearing", "credentials"}
 
 
 def test_every_command_in_the_readme_exists() -> None:

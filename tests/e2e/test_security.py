@@ -1,0 +1,100 @@
+"""Province isolation through the running services: a province's claims come in on its own topic
+as its own principal, are held to its own care, and their results come back on its own topic
+(and the national one). After every refused attempt (here and in tests/integration/test_security.py)
+valid claims still settle and the money invariants hold."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import TopicAuthorizationFailedError
+
+from shared.credentials import aiokafka_options
+from shared.topics import SETTLEMENTS, province_claims, province_settlements
+from tests.e2e.world import World
+from tests.support import Kafka, new_id, now_iso
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+async def as_province(infrastructure):
+    """Producers of the provinces' own systems, each with its own credentials."""
+    producers: dict[str, AIOKafkaProducer] = {}
+
+    async def producer(province: str) -> AIOKafkaProducer:
+        if province not in producers:
+            producers[province] = AIOKafkaProducer(**aiokafka_options(infrastructure, f"province-{province}"),
+                                                   acks="all", enable_idempotence=True)
+            await producers[province].start()
+        return producers[province]
+
+    yield producer
+    for one in producers.values():
+        await one.stop()
+
+
+async def sent_by_province(kafka: Kafka, producer: AIOKafkaProducer, province: str, claim: dict) -> dict:
+    """Publishes a claim on `province`'s own topic and returns its result as the province sees it."""
+    seen = len(kafka.matching(province_settlements(province), lambda m: m["claim_id"] == claim["claim_id"]))
+    await producer.send_and_wait(province_claims(province).name, json.dumps(claim).encode(),
+                                 key=claim["recipient_id"].encode())
+    answers = await kafka.wait_for(province_settlements(province), lambda m: m["claim_id"] == claim["claim_id"],
+                                   count=seen + 1)
+    return answers[seen]
+
+
+async def test_a_province_claim_is_settled_and_its_result_goes_to_its_own_topic_and_the_national_one(
+    world: World, kafka: Kafka, as_province
+) -> None:
+    _, recipient = await world.funded_family(recipient_region="510100")
+    claim = world.claim_message(recipient, "510100", 1_500)
+    result = await sent_by_province(kafka, await as_province("51"), "51", claim)
+    assert (result["status"], result["paid_fen"], result["service_region"]) == ("settled", 1_500, "510100")
+    national = await kafka.wait_for(SETTLEMENTS, lambda m: m["claim_id"] == claim["claim_id"])
+    assert national[0]["event_id"] == result["event_id"]
+    await kafka.settle_quietly()
+    assert not kafka.matching(province_settlements("31"), lambda m: m["claim_id"] == claim["claim_id"])
+
+
+async def test_a_claim_for_care_in_another_province_is_refused_service_region_mismatch(
+    world: World, kafka: Kafka, as_province
+) -> None:
+    _, recipient = await world.funded_family(recipient_region="510100")
+    elsewhere = world.claim_message(recipient, "510100", 2_000, service_region="310100")
+    refused = await sent_by_province(kafka, await as_province("51"), "51", elsewhere)
+    assert (refused["status"], refused["reason"], refused["paid_fen"]) == ("rejected", "SERVICE_REGION_MISMATCH", 0)
+    # Province 51 cannot put it on 31's topic either: the broker refuses it.
+    with pytest.raises(TopicAuthorizationFailedError):
+        await (await as_province("51")).send_and_wait(province_claims("31").name, b"{}", key=recipient.encode())
+    # The claim of the right province, for the same care, settles.
+    right = world.claim_message(recipient, "510100", 2_000, service_region="310100")
+    assert (await sent_by_province(kafka, await as_province("31"), "31", right))["status"] == "settled"
+
+
+async def test_a_province_reverses_only_claims_of_its_own_care(world: World, kafka: Kafka, as_province) -> None:
+    _, recipient = await world.funded_family(recipient_region="510100")
+    claim = world.claim_message(recipient, "510100", 3_000, service_region="310100")
+    assert (await sent_by_province(kafka, await as_province("31"), "31", claim))["status"] == "settled"
+    reversal = {"claim_id": new_id("rev"), "kind": "reverse", "recipient_id": recipient,
+                "reverses": claim["claim_id"], "occurred_at": now_iso()}
+    refused = await sent_by_province(kafka, await as_province("51"), "51", reversal)
+    assert (refused["status"], refused["reason"]) == ("rejected", "SERVICE_REGION_MISMATCH")
+    reversed_ = await sent_by_province(kafka, await as_province("31"), "31", {**reversal, "claim_id": new_id("rev")})
+    assert (reversed_["status"], reversed_["paid_fen"]) == ("reversed", 3_000)
+
+
+async def test_after_every_refused_attempt_valid_claims_still_settle_and_the_audit_is_clean(
+    world: World, kafka: Kafka, as_province
+) -> None:
+    _, recipient = await world.funded_family(recipient_region="440300")
+    national = await world.settle(world.claim_message(recipient, "440300", 700))
+    assert national["status"] == "settled"
+    own = await sent_by_province(kafka, await as_province("44"), "44", world.claim_message(recipient, "440300", 800))
+    assert own["status"] == "settled"
+    audit = subprocess.run([sys.executable, "-m", "gongji", "audit"], capture_output=True, text=True, timeout=120)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
