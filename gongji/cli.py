@@ -215,8 +215,18 @@ def clearing_close(month: Annotated[str, typer.Argument(help="YYYY-MM")]) -> Non
 
 
 @app.command("audit")
-def audit_command() -> None:
-    """Check the money invariants over the whole state; exit 1 on any breach."""
+def audit_command(
+    deep: Annotated[bool, typer.Option("--deep", help="rebuild the books from the Kafka topics and compare "
+                                                       "them with Redis")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="with --deep: one JSON object, person ids masked")] = False,
+    full_ids: Annotated[bool, typer.Option("--full-ids", help="with --json: person ids unmasked")] = False,
+    wait: Annotated[float, typer.Option(help="with --deep: seconds to let what is in flight land")] = 0.0,
+) -> None:
+    """Check the money invariants over the whole state; exit 1 on any breach. `--deep` recomputes
+    the books from the topics instead of re-reading Redis's own totals."""
+    if deep:
+        _deep_audit(as_json, full_ids, wait)
+        return
     from gongji.audit import audit
 
     settings = Settings()
@@ -229,6 +239,20 @@ def audit_command() -> None:
     if not report.clean:
         raise typer.Exit(1)
     console.print("[green]all invariants hold[/green]")
+
+
+def _deep_audit(as_json: bool, full_ids: bool, wait: float) -> None:
+    from gongji.audit.deep import deep_audit, report_json, report_lines
+
+    settings = Settings()
+    result = asyncio.run(_with_redis(lambda redis: deep_audit(settings, redis, wait)))
+    if as_json:
+        print(json.dumps(report_json(result, full_ids), ensure_ascii=False))
+    else:
+        for line in report_lines(result):
+            console.print(line)
+    if not result.report.valid:
+        raise typer.Exit(1)
 
 
 @app.command("publish")
