@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gongji.audit.books import Books, InputKey
-from gongji.audit.state import RedisState, WalletAccount
+from gongji.audit.state import TOTALS, RedisState, WalletAccount
 from services.settlement.domain import NATIONAL, clearing_contributions, gross_lines, net_positions, settlement_status
 from services.settlement.handlers import claim_output_id
 from services.wallet.domain import MAX_GRANTS_PER_DAY
@@ -35,7 +35,6 @@ ANSWER = "answer"  # every input answered once with its own figures; every answe
 REPUBLISHED = "republished"  # an output published again under its id must carry the same figures
 HISTORY = "history"  # the topics must hold every record ever published, or the books cannot be rebuilt
 
-TOTALS = ("balance", "frozen", "credited", "spent", "paid", "refunded")
 PAID_STATUSES = frozenset({"settled", "partial"})
 WALLET_RELATIONSHIP_TYPES = frozenset({"established", "dissolved", "terminated"})  # what the wallet applies
 STATE_AFTER = {"requested": "pending", "established": "active"}  # any other change ends the pair
@@ -270,7 +269,9 @@ def _reversals(view: _View, found: _Findings) -> None:
         if claim_id in reversals:
             continue
         if view.result(claim_id) or claim_id in view.state.claims or claim_id in view.claim_inputs:
-            if view.refunds.get(claim_id):
+            # (A reversal settlement holds as made, whose result is on its way, is pending under claims.)
+            reversed_in_redis = view.state.claims.get(claim_id, {}).get("reversed_by")
+            if view.refunds.get(claim_id) and not reversed_in_redis:
                 found.differ(REFUND, "a refund for a claim that was not reversed", {"claim": claim_id}, 0,
                              sum(event.amount_fen for event in view.refunds[claim_id]))
         else:

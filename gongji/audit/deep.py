@@ -134,7 +134,7 @@ def report_lines(audit: DeepAudit) -> list[str]:
         f"{counts['records']:,} records read ({counts['foreign_records']:,} foreign, ignored) "
         f"in {audit.seconds:.1f} s, {audit.attempts} attempt(s)",
         f"persons {counts['persons']:,} · claims {counts['claims_final']:,} final, "
-        f"{counts['claims_pending']:,} pending · reversals {counts['reversals']:,} · "
+        f"{counts['claims_pending']:,} pending · reversals {counts['reversals']:,}",
         f"relationships {counts['relationships']:,} · months {counts['months']:,}",
     ]
     if report.pending:

@@ -31,6 +31,8 @@ _SHARD_KEY = re.compile(re.escape(SETTLEMENT_PREFIX)
 WALLET_PARTS = ("account", "grants", "relationships", "rel-versions", "takes", "refunds",
                 "seen:credits", "seen:spends", "seen:commands", "seen:relationship-events", "seen")
 _EARLIER_REFUND = "refund:"
+_CLEARING = "clearing:"
+TOTALS = ("balance", "frozen", "credited", "spent", "paid", "refunded")  # the account's running totals
 RELATIONSHIP_PARTS = ("rels", "versions")
 _READ_BATCH = 200  # persons (or shards) per MULTI: short enough never to hold Redis up for long
 
@@ -74,13 +76,12 @@ async def read_state(redis: Redis) -> RedisState:
     return state
 
 
-def _persons(keys: list[str], prefix: str, parts: tuple[str, ...]) -> dict[str, list[str]]:
-    """The keys of `parts` present for each person."""
-    found: dict[str, list[str]] = defaultdict(list)
-    for key in keys:
-        if (match := _PERSON_KEY.fullmatch(key)) and match["prefix"] == prefix and match["part"] in parts:
-            found[match["person"]].append(key)
-    return found
+def _persons(keys: list[str], prefix: str) -> list[str]:
+    """Everyone with a key of the prefix. Their keys are then read by name, every part at once: a
+    key made after the scan is read as it stands (one made after the end offsets holds nothing the
+    records read say)."""
+    return sorted({match["person"] for key in keys
+                   if (match := _PERSON_KEY.fullmatch(key)) and match["prefix"] == prefix})
 
 
 async def _hashes_in_batches(redis: Redis, groups: list[list[str]]) -> list[list[dict[bytes, bytes]]]:
@@ -101,6 +102,10 @@ def _text(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {name.decode(): value.decode() for name, value in raw.items()}
 
 
+def _numbers(raw: dict[bytes, bytes]) -> dict[str, int]:
+    return {name.decode(): int(value) for name, value in raw.items()}
+
+
 def _json(raw: dict[bytes, bytes]) -> dict[str, Any]:
     return {name.decode(): json.loads(value) for name, value in raw.items()}
 
@@ -111,61 +116,66 @@ def _seen(raw: dict[bytes, bytes]) -> dict[str, Any]:
 
 
 async def _read_settlement(redis: Redis, keys: list[str], state: RedisState) -> None:
-    by_shard: dict[int, list[str]] = defaultdict(list)
+    """Each shard's claims, closed months and clearing accumulators in one MULTI. The months are those
+    the scan found and those the claims name; a shard whose claims name one more is read again."""
+    months: dict[int, set[str]] = defaultdict(set)
     for key in keys:
         if match := _SHARD_KEY.fullmatch(key):
-            by_shard[int(match["shard"])].append(key)
-    shards = sorted(by_shard)
-    for shard, hashes in zip(shards, await _hashes_in_batches(redis, [by_shard[s] for s in shards]), strict=True):
-        for key, raw in zip(by_shard[shard], hashes, strict=True):
-            part = _SHARD_KEY.fullmatch(key)["part"]  # type: ignore[index]
-            if part == "claims":
-                state.claims.update(_json(raw))
-            elif part == "closed":
-                state.closed[shard] = {month: {name: int(value) for name, value in totals.items()
-                                               if not name.startswith("_")}
-                                       for month, totals in _json(raw).items()}
-            else:
-                month = part.split(":", 1)[1]
-                state.clearing.setdefault(shard, {})[month] = {name: int(value) for name, value in _text(raw).items()}
+            shard_months = months[int(match["shard"])]
+            if match["part"].startswith(_CLEARING):
+                shard_months.add(match["part"].removeprefix(_CLEARING))
+    shards = sorted(months)
+    while shards:
+        groups = [_shard_keys(shard, sorted(months[shard])) for shard in shards]
+        unread = []
+        for shard, (claims, closed, *clearing) in zip(shards, await _hashes_in_batches(redis, groups), strict=True):
+            records = _json(claims)
+            if not (named := {month for record in records.values() if (month := _month_of(record))}) <= months[shard]:
+                months[shard] |= named
+                unread.append(shard)
+                continue
+            state.claims.update(records)
+            state.closed[shard] = {month: {name: int(value) for name, value in totals.items() if name != "_closed_at"}
+                                   for month, totals in _json(closed).items()}
+            state.clearing[shard] = {month: _numbers(raw)
+                                     for month, raw in zip(sorted(months[shard]), clearing, strict=True)}
+        shards = unread
+
+
+def _shard_keys(shard: int, months: list[str]) -> list[str]:
+    prefix = f"{SETTLEMENT_PREFIX}{{s{shard}}}"
+    return [f"{prefix}:claims", f"{prefix}:closed", *(f"{prefix}:{_CLEARING}{month}" for month in months)]
+
+
+def _month_of(record: dict[str, Any]) -> str | None:
+    """The clearing month a final claim or reversal counted in, if it counted in one."""
+    return (record.get("result") or {}).get("month")
 
 
 async def _read_relationships(redis: Redis, keys: list[str], state: RedisState) -> None:
-    persons = _persons(keys, RELATIONSHIP_PREFIX, RELATIONSHIP_PARTS)
-    providers = list(persons)
-    for provider, hashes in zip(providers, await _hashes_in_batches(redis, [persons[p] for p in providers]),
-                                strict=True):
-        for key, raw in zip(persons[provider], hashes, strict=True):
-            if key.endswith(":rels"):
-                state.relationships.update({(provider, recipient): stored for recipient, stored in _json(raw).items()})
-            else:
-                state.relationship_versions.update({(provider, recipient): int(version)
-                                                    for recipient, version in _text(raw).items()})
+    providers = _persons(keys, RELATIONSHIP_PREFIX)
+    groups = [[f"{RELATIONSHIP_PREFIX}{{p:{provider}}}:{part}" for part in RELATIONSHIP_PARTS]
+              for provider in providers]
+    for provider, (rels, versions) in zip(providers, await _hashes_in_batches(redis, groups), strict=True):
+        state.relationships.update({(provider, recipient): stored for recipient, stored in _json(rels).items()})
+        state.relationship_versions.update({(provider, recipient): version
+                                            for recipient, version in _numbers(versions).items()})
 
 
 async def _read_wallets(redis: Redis, keys: list[str], state: RedisState) -> None:
-    persons = _persons(keys, WALLET_PREFIX, WALLET_PARTS)
-    ids = list(persons)
-    for person, hashes in zip(ids, await _hashes_in_batches(redis, [persons[p] for p in ids]), strict=True):
-        account = state.wallets.setdefault(person, WalletAccount())
-        for key, raw in zip(persons[person], hashes, strict=True):
-            part = _PERSON_KEY.fullmatch(key)["part"]  # type: ignore[index]
-            if part == "account":
-                account.totals = {name: int(value) for name, value in _text(raw).items()
-                                  if name in ("balance", "frozen", "credited", "spent", "paid", "refunded")}
-            elif part == "grants":
-                account.grants = {recipient: int(value) for recipient, value in _text(raw).items()}
-            elif part == "relationships":
-                account.relationships = _text(raw)
-            elif part == "rel-versions":
-                account.relationship_versions = {recipient: int(value) for recipient, value in _text(raw).items()}
-            elif part == "takes":
-                account.takes = _json(raw)
-            elif part == "refunds":
-                account.refunds.update(_json(raw))
-            elif part == "seen":
-                refunds = {name: value for name, value in raw.items() if name.startswith(_EARLIER_REFUND.encode())}
-                account.refunds.update({name.removeprefix(_EARLIER_REFUND): result
-                                        for name, result in _seen(refunds).items()})
-            else:
-                account.applied[part.split(":", 1)[1]] = _seen(raw)
+    persons = _persons(keys, WALLET_PREFIX)
+    groups = [[f"{WALLET_PREFIX}{{p:{person}}}:{part}" for part in WALLET_PARTS] for person in persons]
+    for person, hashes in zip(persons, await _hashes_in_batches(redis, groups), strict=True):
+        parts = dict(zip(WALLET_PARTS, hashes, strict=True))
+        earlier_refunds = {name: value for name, value in parts["seen"].items()
+                           if name.startswith(_EARLIER_REFUND.encode())}
+        state.wallets[person] = WalletAccount(
+            totals={name: int(value) for name, value in _text(parts["account"]).items() if name in TOTALS},
+            grants=_numbers(parts["grants"]),
+            relationships=_text(parts["relationships"]),
+            relationship_versions=_numbers(parts["rel-versions"]),
+            takes=_json(parts["takes"]),
+            refunds={**{name.removeprefix(_EARLIER_REFUND): stored for name, stored in _seen(earlier_refunds).items()},
+                     **_json(parts["refunds"])},
+            applied={part.split(":", 1)[1]: _seen(parts[part]) for part in WALLET_PARTS if part.startswith("seen:")},
+        )

@@ -326,3 +326,28 @@ async def test_topics_that_lost_their_first_records_make_the_audit_fail(bus: Bus
     report = await deep(bus, [record for record in bus.records if record is not first_credit])
     (lost,) = named(report, HISTORY, topic=ACCOUNT_CREDITS.name)
     assert (lost.ids["partition"], lost.found) == ("0", 1)
+
+
+async def test_keys_made_between_the_scan_and_the_reads_are_read_with_the_rest(bus: Bus, monkeypatch) -> None:
+    """Redis is scanned, then read person by person and shard by shard: a key a step makes meanwhile
+    (a provider's first refund, a shard's first claim of a month) is read with its neighbours."""
+    recipient = await bus.person("resident", REGION)
+    provider = await bus.person("employee", "440300")
+    await bus.credit(provider, 100_000)
+    await bus.establish(provider, recipient, REGION)
+    await bus.grant(provider, recipient, REGION, 50_000)
+    claim = bus.saga.settle(recipient, 30_000)
+    await bus.claim(claim)
+    scanned = [key async for key in bus.redis.scan_iter()]
+    await bus.claim(bus.saga.reverse(recipient, claim.claim_id))  # makes wal:{p:provider}:refunds
+    bus.clock.set(datetime.fromisoformat("2026-04-02T12:00:00+08:00"))
+    await bus.claim(bus.saga.settle(recipient, 1_000))  # makes the shard's clearing:2026-04
+
+    async def the_earlier_scan(**_):
+        for key in scanned:
+            yield key
+
+    monkeypatch.setattr(bus.redis, "scan_iter", the_earlier_scan)
+    assert f"wal:{{p:{provider}}}:refunds".encode() not in scanned
+    report = await deep(bus)
+    assert report.valid, report.differences
