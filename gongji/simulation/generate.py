@@ -32,14 +32,11 @@ class Generator:
         self.enrolled = {alias: (p.insurance_type, p.region, "normal") for alias, p in self.cast.people.items()}
         self.claims: list[tuple[str, str, str]] = []  # (claim id, recipient alias, kind)
         self.freezes: dict[str, list[str]] = defaultdict(list)
-        self.queue: list[Op | Callable[[], list[Op]]] = self._prelude()
+        self.prelude = self._prelude()
 
     def next(self) -> Op | None:
-        while self.queue:
-            item = self.queue.pop(0)
-            if isinstance(item, Op):
-                return item
-            self.queue[:0] = item()
+        if self.prelude:
+            return self.prelude.pop(0)
         if self.made >= self.steps:
             return None
         self.made += 1
@@ -50,40 +47,31 @@ class Generator:
 
     # ---- the prelude: families set up through the public topics ----------------------------
 
-    def _prelude(self) -> list[Op | Callable[[], list[Op]]]:
+    def _prelude(self) -> list[Op]:
         rng = self.rng
-        steps: list[Op | Callable[[], list[Op]]] = [self._enroll(alias, *self.enrolled[alias]) for alias in self.cast.people]
-        steps.append(self._deliver_everything)
+        everything = Op("deliver_all", {"inboxes": []})
+        steps = [self._enroll(alias, *self.enrolled[alias]) for alias in self.cast.people]
+        steps.append(everything)
         steps += [self._input("kinship", "k", person=link.provider, relative=link.recipient, kinship=link.kinship)
                   for link in self.cast.links]
         steps += [self._input("credit", "cr", person=alias, amount=rng.randrange(300_000, 3_000_000, 100))
                   for alias in self.cast.providers]
-        steps.append(self._deliver_everything)
+        steps.append(everything)
         related = [link for link in self.cast.links if rng.random() < 0.85]
         steps += [self._request(link.provider, link.recipient, link.kinship) for link in related]
-        steps.append(self._deliver_everything)
+        steps.append(everything)
         steps += [self._input("command", "cmd", action="accept", actor=link.recipient, provider=link.provider,
                               recipient=link.recipient) for link in related]
-        steps += [self._deliver_everything, self._deliver_everything]
+        steps.append(everything)
         steps += [self._grant(link.provider, link.recipient, rng.randrange(5_000, 150_000, 100)) for link in related]
-        steps.append(self._deliver_everything)
+        steps.append(everything)
         return steps
-
-    def _deliver_everything(self) -> list[Op]:
-        """A delivery of each key's messages in flight now, inbox by inbox."""
-        ops = []
-        for inbox, route in ROUTES.items():
-            by_key: dict[str, list[str]] = defaultdict(list)
-            for envelope in self.world.network.inflight[inbox]:
-                by_key[getattr(envelope.message, route.topic.key_field) if route.one_key else ""].append(envelope.label)
-            ops += [Op("deliver", {"inbox": inbox, "labels": labels}) for labels in by_key.values()]
-        return ops
 
     # ---- the random mix ---------------------------------------------------------------------
 
     def _menu(self) -> list[tuple[float, Callable[[], Op | None]]]:
         return [
-            (30, self._delivery), (3, self._crash), (2, self._twin), (3, self._redelivery), (2, self._zombie),
+            (30, self._delivery), (1, self._quiet_moment), (3, self._crash), (2, self._twin), (3, self._redelivery), (2, self._zombie),
             (1.5, self._race), (2, self._rebalance),
             (12, self._claim), (5, self._reversal), (6, self._random_grant), (2, self._credit), (2, self._spend),
             (1.5, self._freeze), (1.5, self._unfreeze), (6, self._relationship_command), (2.5, self._enrollment_change),
@@ -159,6 +147,10 @@ class Generator:
         if inbox is None:
             return None
         return Op("deliver", {"inbox": inbox, "labels": self._batch(inbox), **({"fault": fault} if fault else {})})
+
+    def _quiet_moment(self) -> Op:
+        """Everything in flight delivered: every saga has ended, so every invariant applies."""
+        return Op("deliver_all", {"inboxes": []})
 
     def _crash(self) -> Op | None:
         return self._delivery("crash")

@@ -60,7 +60,8 @@ async def execute(redis: Redis, seed: int, ops: list[Op] | None = None, steps: i
             done.append(op)
             log.append(f"{len(done)}. {op}")
             log[-1] += f" -> {await world.apply(op)}"
-            await world.check()
+            if world.stored:  # else nothing changed since the last check
+                await world.check()
         draining = True
         await world.drain()
         await world.check()
@@ -89,19 +90,23 @@ async def shrink(redis: Redis, outcome: Outcome, seconds: float = 60.0) -> Outco
         return candidate[:result.failure.step]  # what comes after the failure is not needed
 
     ops = outcome.ops[:outcome.failure.step]
-    chunks = 2
-    while len(ops) > 1 and time.monotonic() < deadline:
-        size = -(-len(ops) // chunks)
-        for start in range(0, len(ops), size):
-            if time.monotonic() >= deadline:
-                break
-            if smaller := await still_fails(ops[:start] + ops[start + size:]):
-                ops, chunks = smaller, max(chunks - 1, 2)
-                break
-        else:
-            if size == 1:
-                break
-            chunks = min(len(ops), chunks * 2)
+    # Operations that found nothing to do go first, in one try.
+    busy = [op for op, line in zip(ops, outcome.log, strict=False) if " -> nothing" not in line]
+    if len(busy) < len(ops) and (smaller := await still_fails(busy)):
+        ops = smaller
+    # Then halves, quarters, … and single operations until none can go, the last ones first (they
+    # depend on the earlier ones more often than the other way round).
+    size = max(1, len(ops) // 2)
+    while time.monotonic() < deadline:
+        before, end = len(ops), len(ops)
+        while end > 0 and time.monotonic() < deadline:
+            start = max(0, end - size)
+            if smaller := await still_fails(ops[:start] + ops[end:]):
+                ops = smaller
+            end = min(start, len(ops))
+        if size == 1 and len(ops) == before:
+            break
+        size = max(1, size // 2)
     outcome.shrunk, outcome.replays = ops, replays
     return outcome
 

@@ -50,9 +50,15 @@ class Op:
     args: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        shown = {name: value for name, value in self.args.items() if name != "at"}
-        return f"{self.kind} " + " ".join(f"{name}={value!r}" if isinstance(value, str) and " " in value else
-                                          f"{name}={value}" for name, value in shown.items())
+        shown = {name: value for name, value in self.args.items() if name != "at" and value not in (None, [])}
+        words = [self.kind]
+        if "inbox" in shown:
+            words.append(shown.pop("inbox"))
+        if "labels" in shown:
+            words.append("[" + "; ".join(shown.pop("labels")) + "]")
+        words += [f"{name}={value!r}" if isinstance(value, str) and " " in value else f"{name}={value}"
+                  for name, value in shown.items()]
+        return " ".join(words)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.args}
@@ -94,6 +100,49 @@ class PausingStore:
         self._resume.set()
 
 
+class Turnstile:
+    """Two instances handling one batch at once, taking their Redis steps in turn: interleaved as
+    concurrency allows, yet the same way on every replay (even of a wallet that is not idempotent)."""
+
+    def __init__(self) -> None:
+        self.turn = 0
+        self.finished = [False, False]
+        self.changed = asyncio.Condition()
+
+    def store(self, store: Any, me: int) -> Any:
+        turnstile = self
+
+        class InTurn:
+            def __getattr__(self, name: str) -> Any:
+                attribute = getattr(store, name)
+                if not inspect.iscoroutinefunction(attribute):
+                    return attribute
+
+                async def step(*args: Any, **kwargs: Any) -> Any:
+                    async with turnstile.changed:
+                        await turnstile.changed.wait_for(lambda: turnstile.turn == me or turnstile.finished[1 - me])
+                    try:
+                        return await attribute(*args, **kwargs)
+                    finally:
+                        await turnstile.pass_turn(1 - me)
+
+                return step
+
+        return InTurn()
+
+    async def pass_turn(self, to: int) -> None:
+        async with self.changed:
+            self.turn = to
+            self.changed.notify_all()
+
+    async def run(self, me: int, work) -> Any:
+        try:
+            return await work
+        finally:
+            self.finished[me] = True
+            await self.pass_turn(1 - me)
+
+
 class World:
     def __init__(self, redis: Redis, cast: Cast) -> None:
         self.redis = redis
@@ -110,6 +159,7 @@ class World:
         self.faults: Counter[str] = Counter()
         self.checks = 0
         self.last_outcome = ""
+        self.stored = False  # whether the last operation may have changed what Redis holds
 
     async def start(self) -> None:
         await self.redis.flushdb()
@@ -132,6 +182,7 @@ class World:
 
     async def apply(self, op: Op) -> str:
         """Runs one operation; returns what happened, in words (the run's log)."""
+        self.stored = False
         self.last_outcome = await getattr(self, f"_{op.kind}")(**op.args)
         return self.last_outcome
 
@@ -222,6 +273,7 @@ class World:
     # ---- deliveries -----------------------------------------------------------------------
 
     async def _handle(self, route: Route, batch: list[BaseModel], store: Any = None) -> list:
+        self.stored = True
         handlers = self.instances[route.service] if store is None else self.instance(route.service, store)
         return await getattr(handlers, route.handler)(batch)
 
@@ -257,8 +309,9 @@ class World:
         batch = [envelope.message for envelope in envelopes]
         if fault == "twin":
             self.faults["twin"] += 1
-            store = self.stores[route.service]
-            first, second = await asyncio.gather(self._handle(route, batch, store), self._handle(route, batch, store))
+            turnstile, store = Turnstile(), self.stores[route.service]
+            first, second = await asyncio.gather(*(turnstile.run(me, self._handle(route, batch, turnstile.store(store, me)))
+                                                   for me in (0, 1)))
             self._effects(route, batch, first)
             self._effects(route, batch, second)
             outputs = first
@@ -331,9 +384,12 @@ class World:
     async def _rebalance(self, labels: list[str], takes: int) -> str:
         """Instance A begins draws (plan and the first `takes` providers) and dies; the requests stay
         in flight for the next owner of the partition."""
-        self.faults["rebalance"] += 1
         wallet: WalletStore = self.stores["wallet"]
         envelopes = self.network.take("wallet/draw-requests", labels, keep=True)
+        if not envelopes:
+            return "nothing to draw"
+        self.faults["rebalance"] += 1
+        self.stored = True
         now = rfc3339(self.clock.now())
         taken = 0
         for request in (envelope.message for envelope in envelopes):
@@ -386,6 +442,7 @@ class World:
     async def _policy(self, closed: list[str], since: str) -> str:
         policy = Policy(cross_province_since=date.fromisoformat(since), closed_regions=frozenset(closed))
         await write_policy(self.redis, policy)
+        self.stored = True
         self.books.policy = policy
         return f"closed {closed or 'none'}, cross-province since {since}"
 
@@ -395,4 +452,5 @@ class World:
         except MonthNotEnded:
             return f"{month} has not ended"
         self.books.close_month(month, rows)
+        self.stored = True
         return f"closed {month}: {len(rows)} rows"
