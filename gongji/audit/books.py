@@ -81,7 +81,8 @@ class Books:
 
 
 def rebuild(records: Iterable[Record]) -> Books:
-    records = list(records)
+    # In each partition's order, whatever order they were read in: "first" means first published.
+    records = sorted(records, key=lambda record: (record.topic, record.partition, record.offset))
     books = Books()
     books.records.update(record.topic for record in records)
     first_offsets: dict[tuple[str, int], int] = {}
