@@ -73,8 +73,8 @@ class Generator:
         return [
             (30, self._delivery), (1, self._quiet_moment), (3, self._crash), (2, self._twin), (3, self._redelivery), (2, self._zombie),
             (1.5, self._race), (2, self._rebalance),
-            (12, self._claim), (5, self._reversal), (6, self._random_grant), (2, self._credit), (2, self._spend),
-            (1.5, self._freeze), (1.5, self._unfreeze), (6, self._relationship_command), (2.5, self._enrollment_change),
+            (12, self._claim), (5, self._reversal), (8, self._random_grant), (2, self._credit), (2, self._spend),
+            (0.7, self._freeze), (1.5, self._unfreeze), (8, self._relationship_command), (1.5, self._enrollment_change),
             (0.7, self._kinship_fact), (2, self._resend), (1.5, self._reuse), (3, self._advance),
             (0.7, self._policy_change), (0.7, self._close_month), (0.3, self._invalid),
         ]
@@ -192,7 +192,12 @@ class Generator:
 
     def _claim(self) -> Op:
         rng = self.rng
-        recipient = rng.choice(self.cast.recipients + ["P0"]) if rng.random() < 0.95 else self._someone()
+        with_quota = sorted({self.cast.alias(recipient) for account in self.world.books.accounts.values()
+                             for recipient, left in account.grants.items() if left > 0})
+        if with_quota and rng.random() < 0.6:
+            recipient = rng.choice(with_quota)
+        else:
+            recipient = rng.choice(self.cast.recipients + ["P0"]) if rng.random() < 0.95 else self._someone()
         away = rng.random() < 0.3
         service_region = self._elsewhere(recipient) if away else self._region_of(recipient)
         category = rng.choices(["institution", "pharmacy", "resident_premium", "ltc_premium", "massage"],
@@ -227,7 +232,11 @@ class Generator:
         return op
 
     def _random_grant(self) -> Op:
-        if self.rng.random() < 0.85:
+        active = [(self.cast.alias(p), self.cast.alias(r)) for (p, r), pair in self.world.books.wallet_pairs.items()
+                  if pair.active]
+        if active and self.rng.random() < 0.7:
+            provider, recipient = self.rng.choice(sorted(active))
+        elif self.rng.random() < 0.85:
             link = self.rng.choice(self.cast.links)
             provider, recipient = link.provider, link.recipient
         else:
@@ -249,10 +258,14 @@ class Generator:
         return op
 
     def _unfreeze(self) -> Op:
-        person = self._someone()
+        frozen = sorted(self.cast.alias(person) for person, account in self.world.books.accounts.items() if account.freezes)
+        person = self.rng.choice(frozen) if frozen and self.rng.random() < 0.8 else self._someone()
+        standing = self.world.books.accounts[self.cast.id(person)].freezes if person in frozen else []
         lifts = None
-        if self.freezes[person] and self.rng.random() < 0.6:
-            lifts = self.rng.choice(self.freezes[person])
+        if standing and self.rng.random() < 0.6:
+            lifts = self.rng.choice(standing)
+        elif self.freezes[person] and self.rng.random() < 0.2:
+            lifts = self.rng.choice(self.freezes[person])  # perhaps lifted already
         elif self.rng.random() < 0.1:
             lifts = "no-such-freeze"
         return self._input("supervise", "sv", person=person, action="unfreeze", reason="cleared", lifts=lifts)
@@ -264,9 +277,10 @@ class Generator:
             provider, recipient, kinship = link.provider, link.recipient, link.kinship
         else:
             provider, recipient, kinship = self._someone(0.8), self._someone(0.2), rng.choice(list(Kinship)).value
-        state = self.world.books.pairs[(self.cast.id(provider), self.cast.id(recipient))].state
+        held = self.world.books.pairs.get((self.cast.id(provider), self.cast.id(recipient)))
+        state = held.state if held else "none"
         action = rng.choices(["request", "accept", "decline", "dissolve"],
-                             {"none": [8, 1, 0.5, 0.5], "pending": [1, 6, 2, 2], "active": [1, 1, 1, 7]}[state])[0]
+                             {"none": [8, 1, 0.5, 0.5], "pending": [1, 8, 1, 1], "active": [1, 1, 1, 3]}[state])[0]
         if action == "request":
             return self._request(provider, recipient, kinship if rng.random() < 0.9 else rng.choice(["cousin", "sibling"]))
         actor = {"accept": recipient, "decline": recipient, "dissolve": rng.choice([provider, recipient])}[action]
@@ -277,7 +291,11 @@ class Generator:
     def _enrollment_change(self) -> Op:
         person = self._someone(0.4)
         insurance_type, region, status = self.enrolled[person]
-        change = self.rng.choice(["move", "district", "status", "type", "none"])
+        if status != "normal" and self.rng.random() < 0.6:
+            change = "status"  # a suspension usually ends
+        else:
+            change = self.rng.choices(["move", "district", "status", "type", "none"],
+                                      [2, 2, 2, 1 if person.startswith("R") else 0.2, 1])[0]
         if change == "move":
             region = self._elsewhere(person)
         elif change == "district":
