@@ -18,6 +18,7 @@ from gongji import infra, services
 from shared.ids import mask_person_id, validate_person_id
 from shared.money import format_fen
 from shared.policy import read_policy, validate_area, write_policy
+from shared.redis_client import in_database
 from shared.settings import Settings
 
 app = typer.Typer(help="Gongji (共济): cross-provincial mutual aid of medical-insurance personal accounts.",
@@ -283,12 +284,12 @@ def simulate_command(
     if scenario is not None and scenario not in SCENARIOS:
         _fail(f"no scenario {scenario!r}: see --list-scenarios")
     settings = Settings()
-    if db == Redis.from_url(settings.redis_url).connection_pool.connection_kwargs.get("db", 0):
+    if in_database(settings.redis_url, db) == settings.redis_url:
         _fail(f"database {db} is the services' own: the simulation flushes its database, choose another --db")
     logging.getLogger("gongji").setLevel(logging.CRITICAL)  # the handlers log the refusals the simulation provokes
 
     async def run():
-        redis = Redis.from_url(settings.redis_url, db=db)
+        redis = Redis.from_url(in_database(settings.redis_url, db))
         try:
             if scenario is not None:
                 return [await run_scenario(redis, scenario, seed)]

@@ -8,6 +8,11 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from shared.settings import Settings
 
 
+def in_database(redis_url: str, db: int) -> str:
+    """The same server, another database. (`Redis.from_url(url, db=n)` keeps the url's own `/0`.)"""
+    return redis_url.rsplit("/", 1)[0] + f"/{db}"
+
+
 def connect(settings: Settings) -> Redis:
     pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=settings.redis_max_connections,
                                            timeout=30)

@@ -13,17 +13,18 @@ from redis.asyncio import Redis
 from gongji.simulation import SCENARIOS, execute, run_scenario, shrink
 from gongji.simulation.run import Outcome
 from services.wallet.store import WalletStore
+from shared.redis_client import in_database
 from shared.redis_functions import Step
 
 # A database of the simulation's own: every run flushes it.
-SIMULATION_DATABASE = 13
+SIMULATION_DATABASE = 14
 SEEDS = int(os.environ.get("GONGJI_SIMULATION_SEEDS", "10"))
 STEPS = int(os.environ.get("GONGJI_SIMULATION_STEPS", "60"))
 
 
 @pytest.fixture(scope="module")
 async def redis(infrastructure):
-    client = Redis.from_url(infrastructure.redis_url, db=SIMULATION_DATABASE)
+    client = Redis.from_url(in_database(infrastructure.redis_url, SIMULATION_DATABASE))
     yield client
     await client.aclose()
 
