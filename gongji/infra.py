@@ -251,7 +251,9 @@ async def _create_topics(settings: Settings, deadline: float) -> None:
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(topic.name, settings.topic_partitions, settings.topic_replication_factor)
+            # The topics are the books the deep audit rebuilds: nothing expires from them.
+            NewTopic(topic.name, settings.topic_partitions, settings.topic_replication_factor,
+                     topic_configs={"retention.ms": "-1"})
             for topic in ALL_TOPICS
             if topic.name not in existing
         ]
