@@ -20,6 +20,7 @@ from shared.ids import mask_person_id, mask_person_ids, mask_person_ids_in_logs,
 from shared.money import format_fen
 from shared.policy import read_policy, validate_area, write_policy
 from shared.principals import OPERATOR, principal
+from shared.redis_client import in_database
 from shared.settings import Settings
 
 app = typer.Typer(help="Gongji (共济): cross-provincial mutual aid of medical-insurance personal accounts.",
@@ -267,8 +268,18 @@ def credentials_rotate(name: Annotated[str, typer.Argument(help="a principal, e.
 
 
 @app.command("audit")
-def audit_command() -> None:
-    """Check the money invariants over the whole state; exit 1 on any breach."""
+def audit_command(
+    deep: Annotated[bool, typer.Option("--deep", help="rebuild the books from the Kafka topics and compare "
+                                                       "them with Redis")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="with --deep: one JSON object, person ids masked")] = False,
+    full_ids: Annotated[bool, typer.Option("--full-ids", help="with --json: person ids unmasked")] = False,
+    wait: Annotated[float, typer.Option(help="with --deep: seconds to let what is in flight land")] = 0.0,
+) -> None:
+    """Check the money invariants over the whole state; exit 1 on any breach. `--deep` recomputes
+    the books from the topics instead of re-reading Redis's own totals."""
+    if deep:
+        _deep_audit(as_json, full_ids, wait)
+        return
     from gongji.audit import audit
 
     settings = Settings()
@@ -281,6 +292,73 @@ def audit_command() -> None:
     if not report.clean:
         raise typer.Exit(1)
     console.print("[green]all invariants hold[/green]")
+
+
+def _deep_audit(as_json: bool, full_ids: bool, wait: float) -> None:
+    from gongji.audit.deep import deep_audit, report_json, report_lines
+
+    settings = Settings()
+    result = asyncio.run(_with_redis(lambda redis: deep_audit(settings, redis, wait)))
+    if as_json:
+        print(json.dumps(report_json(result, full_ids), ensure_ascii=False))
+    else:
+        for line in report_lines(result):
+            console.print(line)
+    if not result.report.valid:
+        raise typer.Exit(1)
+
+
+@app.command("simulate")
+def simulate_command(
+    seed: Annotated[int, typer.Option(help="the (first) seed: the same seed and steps replay the same run")] = 0,
+    steps: Annotated[int, typer.Option(help="random operations after the prelude that sets the families up")] = 300,
+    seeds: Annotated[int, typer.Option(help="how many seeds to run, from --seed on")] = 1,
+    scenario: Annotated[str | None, typer.Option(help="run one named scenario instead (see --list-scenarios)")] = None,
+    list_scenarios: Annotated[bool, typer.Option("--list-scenarios", help="name every scenario and its defect")] = False,
+    replay: Annotated[Path | None, typer.Option(help="operations to run: a JSON list, or a --json report's shortest")] = None,
+    shrink_seconds: Annotated[float, typer.Option(help="time to shrink a failure to its shortest sequence")] = 120.0,
+    db: Annotated[int, typer.Option(help="the Redis database the simulation flushes and uses")] = 14,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+) -> None:
+    """A seeded, replayable simulation of the three services' handlers on the real Redis, with
+    faults between steps and every invariant checked after each; exit 1 on a breach, printing its
+    seed and the shortest sequence found."""
+    import logging
+
+    from gongji.simulation import SCENARIOS, execute, run_scenario, simulate
+    from gongji.simulation.report import as_json as report_json
+    from gongji.simulation.report import read_ops, render
+
+    if list_scenarios:
+        for known in SCENARIOS.values():
+            console.print(f"[bold]{known.name}[/bold]: {known.defect}")
+        return
+    if scenario is not None and scenario not in SCENARIOS:
+        _fail(f"no scenario {scenario!r}: see --list-scenarios")
+    settings = Settings()
+    if in_database(settings.redis_url, db) == settings.redis_url:
+        _fail(f"database {db} is the services' own: the simulation flushes its database, choose another --db")
+    logging.getLogger("gongji").setLevel(logging.CRITICAL)  # the handlers log the refusals the simulation provokes
+
+    async def run():
+        redis = Redis.from_url(in_database(settings.redis_url, db), **redis_options(settings, OPERATOR.name))
+        try:
+            if scenario is not None:
+                return [await run_scenario(redis, scenario, seed)]
+            if replay is not None:
+                return [await execute(redis, seed, read_ops(replay.read_text()))]
+            return [await simulate(redis, first, steps, shrink_seconds) for first in range(seed, seed + seeds)]
+        finally:
+            await redis.aclose()
+
+    outcomes = asyncio.run(run())
+    if as_json:
+        print(json.dumps(report_json(outcomes), ensure_ascii=False))
+    else:
+        render(console, outcomes, f"gongji simulate --scenario {scenario} --seed {{seed}}" if scenario else
+               f"gongji simulate --replay FILE --seed {{seed}}" if replay else f"gongji simulate --seed {{seed}} --steps {steps}")
+    if any(outcome.failure for outcome in outcomes):
+        raise typer.Exit(1)
 
 
 @app.command("publish")

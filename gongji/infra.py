@@ -402,8 +402,12 @@ def _settle(futures: dict, tolerated: tuple[int, ...] = ()) -> None:
 def create_topics(settings: Settings, admin: AdminClient) -> None:
     """The national topics and every province's own, each with its partition count."""
     existing = set(admin.list_topics(timeout=10).topics)
-    missing = [NewTopic(topic.name, topic.partitions(settings), settings.topic_replication_factor)
-               for topic in (*ALL_TOPICS, *PROVINCE_TOPICS) if topic.name not in existing]
+    missing = [
+        # The topics are the books the deep audit rebuilds: nothing expires from them.
+        NewTopic(topic.name, topic.partitions(settings), settings.topic_replication_factor,
+                 config={"retention.ms": "-1"})
+        for topic in (*ALL_TOPICS, *PROVINCE_TOPICS) if topic.name not in existing
+    ]
     if missing:
         _settle(admin.create_topics(missing, request_timeout=30), tolerated=(KafkaError.TOPIC_ALREADY_EXISTS,))
 

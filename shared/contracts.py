@@ -285,6 +285,9 @@ class WalletEvent(_Output):
     reason: ReasonCode | None = None
     # On `frozen`/`unfrozen`: how many supervision freezes stand after this one (0: free to use).
     standing_freezes: int | None = None
+    # On `refunded`: where the money went back, the recipient's grant (the relationship it was drawn
+    # under lasts) or the provider's account; the books of quotas follow it.
+    refunded_to: Literal["grant", "account"] | None = None
     occurred_at: datetime
 
 

@@ -9,6 +9,11 @@ from shared.credentials import redis_options
 from shared.settings import Settings
 
 
+def in_database(redis_url: str, db: int) -> str:
+    """The same server, another database. (`Redis.from_url(url, db=n)` keeps the url's own `/0`.)"""
+    return redis_url.rsplit("/", 1)[0] + f"/{db}"
+
+
 def connect(settings: Settings, principal: str) -> Redis:
     """A pool authenticated as `principal`'s Redis user (shared/principals.py says what it may do)."""
     pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=settings.redis_max_connections,

@@ -270,5 +270,6 @@ class WalletHandlers:
                              mask_person_id(payer.provider_id), step.result["amount"], payer.amount_fen)
             if step.result["amount"] > 0:
                 events.append(_wallet_event(REFUND_REQUESTS, request.claim_id, request.request_id, payer.provider_id,
-                                            step.result, type="refunded", claim_id=request.original_claim_id))
+                                            step.result, type="refunded", claim_id=request.original_claim_id,
+                                            refunded_to=step.result["to"]))
         return events

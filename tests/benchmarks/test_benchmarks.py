@@ -38,6 +38,7 @@ from shared.contracts import (
 from shared.credentials import aiokafka_options, redis_options
 from shared.ids import make_person_id
 from shared.principals import OPERATOR
+from shared.redis_client import in_database
 from shared.settings import Settings
 from tests.support import ServiceProcess
 
@@ -187,7 +188,7 @@ async def _cost_per_claim(redis: Redis, pairs: list[tuple[str, str]], claims: in
 
 async def test_cost_per_claim_stays_flat_as_the_population_grows(infrastructure) -> None:
     sizes = [int(size) for size in os.environ.get("GONGJI_BENCH_POPULATIONS", "10000,100000").split(",")]
-    redis = Redis.from_url(infrastructure.redis_url.rsplit("/", 1)[0] + "/14",
+    redis = Redis.from_url(in_database(infrastructure.redis_url, 14),
                            **redis_options(infrastructure, OPERATOR.name))
     await redis.flushdb()
     wallet_store, settlement_store = WalletStore(redis), SettlementStore(redis, 64)

@@ -6,6 +6,14 @@ from shared.policy import Policy, read_policy, write_policy
 from tests.e2e.world import World
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "after_all: runs after every other test, to check what they left behind")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("after_all") is not None)
+
+
 @pytest.fixture
 async def world(kafka, redis, service_processes) -> World:
     return World(kafka, redis)

@@ -9,12 +9,13 @@ from redis.asyncio import Redis
 
 from shared.credentials import redis_options
 from shared.principals import OPERATOR
+from shared.redis_client import in_database
 
 INTEGRATION_DATABASE = 15
 
 
 def integration_redis_url(redis_url: str) -> str:
-    return redis_url.rsplit("/", 1)[0] + f"/{INTEGRATION_DATABASE}"
+    return in_database(redis_url, INTEGRATION_DATABASE)
 
 
 @pytest.fixture(scope="session")

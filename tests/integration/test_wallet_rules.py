@@ -244,7 +244,8 @@ async def test_a_reversal_goes_back_to_the_grant_while_the_relationship_lasts(wa
     refund = RefundRequested(request_id=new_id(), claim_id=new_id("rev"), original_claim_id=answer.claim_id,
                              recipient_id=recipient, payers=answer.payers, requested_at=NOON)
     (refunded,) = await wallet.on_refund_requests([refund])
-    assert (refunded.amount_fen, refunded.balance_fen, refunded.frozen_fen) == (15_000, 100_000, 40_000)
+    assert (refunded.amount_fen, refunded.balance_fen, refunded.frozen_fen, refunded.refunded_to) == \
+        (15_000, 100_000, 40_000, "grant")
     assert await wallet.on_refund_requests([refund]) == [refunded]  # redelivered: the same, once
     await assert_sound(wallet, provider)
 
@@ -257,7 +258,8 @@ async def test_a_reversal_after_the_relationship_ended_goes_to_the_providers_acc
     refund = RefundRequested(request_id=new_id(), claim_id=new_id("rev"), original_claim_id=answer.claim_id,
                              recipient_id=recipient, payers=answer.payers, requested_at=NOON)
     (refunded,) = await wallet.on_refund_requests([refund])
-    assert (refunded.amount_fen, refunded.balance_fen, refunded.frozen_fen) == (15_000, 100_000, 0)
+    assert (refunded.amount_fen, refunded.balance_fen, refunded.frozen_fen, refunded.refunded_to) == \
+        (15_000, 100_000, 0, "account")
     # A second reversal of the same claim under another id finds nothing left to return.
     again = RefundRequested(request_id=new_id(), claim_id=new_id("rev"), original_claim_id=answer.claim_id,
                             recipient_id=recipient, payers=answer.payers, requested_at=NOON)

@@ -1,7 +1,9 @@
-"""`gongji audit`: the money invariants of architecture.md over the whole Redis state.
+"""`gongji audit` (quick): the money invariants over the whole Redis state, as Redis holds it.
 
-Read at a quiet moment (no claim in flight), every line must hold; while sagas are in flight the
-cross-service totals may differ by the claims in flight, and the audit says which are pending.
+It reads the records it checks, so it finds what breaks them in place, not what they lost: the
+deep audit (`gongji audit --deep`) recomputes the books from the topics. Read at a quiet moment
+(no claim in flight), every line must hold; while sagas are in flight the cross-service totals may
+differ by the claims in flight, and the audit says which are pending.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from services.wallet.store import WalletStore
 
 
 @dataclass
-class AuditReport:
+class QuickReport:
     accounts: int = 0
     claims: int = 0
     pending_claims: int = 0
@@ -29,8 +31,8 @@ class AuditReport:
         return not self.breaches
 
 
-async def audit(redis: Redis, settlement_shards: int) -> AuditReport:
-    report = AuditReport()
+async def audit(redis: Redis, settlement_shards: int) -> QuickReport:
+    report = QuickReport()
     wallet = WalletStore(redis)
     settlement = SettlementStore(redis, settlement_shards)
     wallet_paid = wallet_refunded = 0

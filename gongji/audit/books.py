@@ -1,0 +1,155 @@
+"""The deep audit's books: what the Kafka topics say happened, rebuilt from their records alone.
+
+Pure: records in, `Books` out. An output counts once per `event_id` (a service publishes an output
+again under the same id after a crash or a redelivery); an id published again with other figures is
+kept as a clash. An input counts if its service took it in: a record it dead-lettered (broken, the
+wrong key, an id used before for other content, poisonous) changed nothing. Of one input id, the
+first content stands; a later one is a redelivery (the same) or a conflict (refused).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from services.settlement.domain import NATIONAL
+from shared.contracts import ClearingRow, ReasonCode, RelationshipEvent, SettlementEvent, WalletEvent
+from shared.topics import (
+    ACCOUNT_CREDITS, ACCOUNT_SPENDS, CLAIMS, CLEARING, DEAD_LETTERS, ENROLLMENT, RELATIONSHIP_COMMANDS,
+    PROVINCE_CLAIMS, RELATIONSHIP_EVENTS, SETTLEMENTS, SUPERVISION, WALLET_COMMANDS, WALLET_EVENTS, Topic,
+)
+
+# Each input topic's id field and the field naming the person whose id space it is (claim ids are national).
+INPUT_IDS: dict[str, tuple[str, str | None]] = {
+    ENROLLMENT.name: ("event_id", "person_id"),
+    ACCOUNT_CREDITS.name: ("event_id", "person_id"),
+    ACCOUNT_SPENDS.name: ("event_id", "person_id"),
+    SUPERVISION.name: ("event_id", "person_id"),
+    RELATIONSHIP_COMMANDS.name: ("command_id", "provider_id"),
+    WALLET_COMMANDS.name: ("command_id", "provider_id"),
+    # A claim is one input whichever claims topic brought it, the national one or a province's own.
+    **{topic.name: ("claim_id", None) for topic in (CLAIMS, *PROVINCE_CLAIMS)},
+}
+OUTPUTS: tuple[Topic, ...] = (WALLET_EVENTS, RELATIONSHIP_EVENTS, SETTLEMENTS, CLEARING)
+AUDITED_TOPICS: tuple[Topic, ...] = (
+    ENROLLMENT, ACCOUNT_CREDITS, ACCOUNT_SPENDS, SUPERVISION, RELATIONSHIP_COMMANDS, WALLET_COMMANDS, CLAIMS,
+    *PROVINCE_CLAIMS, *OUTPUTS, DEAD_LETTERS,
+)
+# Times are when a service answered: an output published again keeps its figures, not always its time
+# (a refusal of a reused id is dated when it is refused).
+_TIMES = frozenset({"occurred_at", "settled_at", "closed_at"})
+
+
+@dataclass(frozen=True)
+class Record:
+    """One Kafka record as read: `value` is its decoded JSON, None if it is not a JSON object."""
+
+    topic: str
+    key: str | None
+    value: dict[str, Any] | None
+    partition: int
+    offset: int
+
+
+InputKey = tuple[str, str, str]  # (input topic, scope, input id)
+
+
+@dataclass
+class Books:
+    # Every content each input id was taken in with, in the order read: the first one stands.
+    inputs: dict[InputKey, list[dict[str, Any]]] = field(default_factory=dict)
+    wallet_events: list[WalletEvent] = field(default_factory=list)
+    relationship_events: list[RelationshipEvent] = field(default_factory=list)
+    # The results of claims; a refusal of a reused claim id (CONFLICT) is no claim's result.
+    settlements: list[SettlementEvent] = field(default_factory=list)
+    clearing_rows: list[ClearingRow] = field(default_factory=list)
+    # Where each output was first published: orders a pair's relationship events that carry no version.
+    offsets: dict[str, int] = field(default_factory=dict)
+    clashes: list[tuple[str, str]] = field(default_factory=list)  # (topic, event_id) published with other figures
+    # Partitions whose first record read is not their first ever (retention deleted the rest): books
+    # rebuilt without them would be wrong.
+    truncated: dict[tuple[str, int], int] = field(default_factory=dict)
+    records: Counter[str] = field(default_factory=Counter)
+    unreadable: Counter[str] = field(default_factory=Counter)  # output records that fit no contract
+
+    def input(self, key: InputKey) -> dict[str, Any] | None:
+        contents = self.inputs.get(key)
+        return contents[0] if contents else None
+
+
+def rebuild(records: Iterable[Record]) -> Books:
+    # In each partition's order, whatever order they were read in: "first" means first published.
+    records = sorted(records, key=lambda record: (record.topic, record.partition, record.offset))
+    books = Books()
+    books.records.update(record.topic for record in records)
+    first_offsets: dict[tuple[str, int], int] = {}
+    for record in records:
+        where = (record.topic, record.partition)
+        first_offsets[where] = min(first_offsets.get(where, record.offset), record.offset)
+    books.truncated = {where: offset for where, offset in first_offsets.items() if offset > 0}
+    dead_lettered = {
+        (value["source_topic"], value["partition"], value["offset"])
+        for record in records if record.topic == DEAD_LETTERS.name and (value := record.value)
+        and {"source_topic", "partition", "offset"} <= value.keys()
+    }
+    published: dict[str, dict[str, Any]] = {}
+    for record in records:
+        if record.topic in INPUT_IDS:
+            if (record.topic, record.partition, record.offset) not in dead_lettered:
+                _take_input(books, record)
+        elif (topic := _output_topic(record.topic)) is not None:
+            _take_output(books, topic, record, published)
+    return books
+
+
+def _output_topic(name: str) -> Topic | None:
+    return next((topic for topic in OUTPUTS if topic.name == name), None)
+
+
+def _take_input(books: Books, record: Record) -> None:
+    id_field, scope_field = INPUT_IDS[record.topic]
+    value = record.value
+    # A record not dead-lettered was taken in: one read before the audit caught up is pending.
+    if value is None or not isinstance(value.get(id_field), str):
+        return
+    scope = NATIONAL if scope_field is None else str(value.get(scope_field))
+    topic = CLAIMS.name if scope_field is None else record.topic  # claim ids are national, on every claims topic
+    contents = books.inputs.setdefault((topic, scope, value[id_field]), [])
+    if value not in contents:
+        contents.append(value)
+
+
+def _take_output(books: Books, topic: Topic, record: Record, published: dict[str, dict[str, Any]]) -> None:
+    try:
+        event = topic.model.model_validate(record.value)
+    except ValidationError:
+        books.unreadable[topic.name] += 1
+        return
+    event_id = event.event_id
+    figures = _figures(record.value or {})
+    if event_id in published:
+        before = published[event_id]
+        if any(before[name] != value for name, value in figures.items() if name in before):
+            books.clashes.append((topic.name, event_id))
+        return
+    published[event_id] = figures
+    books.offsets[event_id] = record.offset
+    if isinstance(event, WalletEvent):
+        books.wallet_events.append(event)
+    elif isinstance(event, RelationshipEvent):
+        books.relationship_events.append(event)
+    elif isinstance(event, SettlementEvent):
+        if event.reason != ReasonCode.CONFLICT:
+            books.settlements.append(event)
+    elif isinstance(event, ClearingRow):
+        books.clearing_rows.append(event)
+
+
+def _figures(value: dict[str, Any]) -> dict[str, Any]:
+    """What must not change when an output is published again: every field but the times; a field
+    a later release added (absent, None, in the earlier copy) is no change either."""
+    return {name: item for name, item in value.items() if name not in _TIMES and item is not None}

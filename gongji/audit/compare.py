@@ -1,0 +1,655 @@
+"""The deep audit's rules: the books rebuilt from the topics against what Redis holds.
+
+Pure. Redis may be ahead of the books, never behind them: the end offsets are taken before Redis is
+read, and a service publishes an output only once its step is stored. What Redis holds that no
+record read explains yet (a claim whose draw or result is on its way, a step whose event is not
+published yet, a relationship change not yet taken in) is pending: reported with its ids, and the
+checks it touches count it as Redis does. Everything else that differs is a difference.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from gongji.audit.books import Books, InputKey
+from gongji.audit.state import TOTALS, RedisState, WalletAccount
+from services.settlement.domain import NATIONAL, clearing_contributions, gross_lines, net_positions, settlement_status
+from services.settlement.handlers import claim_output_id
+from services.wallet.domain import MAX_GRANTS_PER_DAY
+from shared.clock import shanghai_day
+from shared.contracts import ReasonCode, RelationshipEvent, SettlementEvent, WalletEvent
+from shared.topics import (
+    ACCOUNT_CREDITS, ACCOUNT_SPENDS, CLAIMS, ENROLLMENT, RELATIONSHIP_COMMANDS, SUPERVISION, WALLET_COMMANDS,
+)
+
+# The invariants, as differences name them.
+ACCOUNT = "account"  # balance, frozen quota, running totals and quotas per person
+CLAIM = "claim"  # one result per claim; paid = Σ debits = Σ payers, each provider at most once
+REFUND = "refund"  # a reversal gives back what was paid, once, to the provider for its recipient
+RELATIONSHIP = "relationship"  # the relationship service and the wallet hold what the events say
+CLEARING = "clearing"  # per month and province pair: accumulated = Σ settlements; statements; net rows sum to 0
+DAILY_GRANTS = "daily-grants"  # at most 3 grants per provider per Asia/Shanghai day, counted from the events
+ANSWER = "answer"  # every input answered once with its own figures; every answer names an input
+REPUBLISHED = "republished"  # an output published again under its id must carry the same figures
+HISTORY = "history"  # the topics must hold every record ever published, or the books cannot be rebuilt
+
+PAID_STATUSES = frozenset({"settled", "partial"})
+WALLET_RELATIONSHIP_TYPES = frozenset({"established", "dissolved", "terminated"})  # what the wallet applies
+STATE_AFTER = {"requested": "pending", "established": "active"}  # any other change ends the pair
+# The wallet event that answers each wallet input, and the input topic of each answer's type.
+ANSWERED_BY_WALLET = {
+    "credited": ACCOUNT_CREDITS.name, "spent": ACCOUNT_SPENDS.name, "spend_rejected": ACCOUNT_SPENDS.name,
+    "granted": WALLET_COMMANDS.name, "grant_rejected": WALLET_COMMANDS.name,
+    "frozen": SUPERVISION.name, "unfrozen": SUPERVISION.name,
+}
+ANSWERED_TOPICS = frozenset({*ANSWERED_BY_WALLET.values(), CLAIMS.name, RELATIONSHIP_COMMANDS.name})
+SUPERVISION_ANSWER = {"freeze": "frozen", "unfreeze": "unfrozen"}
+
+
+@dataclass(frozen=True)
+class Difference:
+    invariant: str
+    what: str  # in words, without personal data
+    ids: dict[str, str]  # what each id is -> the id (claim, provider, month, …)
+    expected: Any
+    found: Any
+
+
+@dataclass(frozen=True)
+class Pending:
+    what: str
+    ids: dict[str, str]
+
+
+@dataclass
+class AuditReport:
+    differences: list[Difference]
+    pending: list[Pending]
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> bool:
+        return not self.differences
+
+    @property
+    def first(self) -> Difference | None:
+        return self.differences[0] if self.differences else None
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A change of money in one account: a wallet event's, or a step Redis recorded."""
+
+    kind: str  # credited | spent | granted | released | debited | refunded
+    effect_id: str  # the input's id; for a debit or a refund, the claim's
+    recipient: str | None
+    amount: int
+    to: str | None = None  # where a refund went back: grant or account
+
+    @property
+    def ids(self) -> dict[str, str]:
+        return {"claim" if self.kind in ("debited", "refunded") else "input": self.effect_id}
+
+
+class _Findings:
+    def __init__(self) -> None:
+        self.differences: list[Difference] = []
+        self.pending: list[Pending] = []
+        self.counts: Counter[str] = Counter()
+
+    def differ(self, invariant: str, what: str, ids: dict[str, str], expected: Any, found: Any) -> None:
+        self.differences.append(Difference(invariant, what, ids, expected, found))
+
+    def pend(self, what: str, ids: dict[str, str]) -> None:
+        self.pending.append(Pending(what, ids))
+
+
+class _View:
+    """The books and the state, indexed the ways the rules look them up."""
+
+    def __init__(self, books: Books, state: RedisState) -> None:
+        self.books = books
+        self.state = state
+        self.results: dict[str, list[SettlementEvent]] = defaultdict(list)
+        for result in books.settlements:
+            self.results[result.claim_id].append(result)
+        self.debits: dict[str, list[WalletEvent]] = defaultdict(list)
+        self.refunds: dict[str, list[WalletEvent]] = defaultdict(list)
+        self.wallet_events: dict[str, list[WalletEvent]] = defaultdict(list)
+        for event in books.wallet_events:
+            self.wallet_events[event.provider_id].append(event)
+            if event.type == "debited":
+                self.debits[event.claim_id or ""].append(event)
+            elif event.type == "refunded":
+                self.refunds[event.claim_id or ""].append(event)
+        self.claim_inputs = {key[2] for key in books.inputs if key[0] == CLAIMS.name}
+        self.takes: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)  # claim id -> provider -> take
+        for provider, account in state.wallets.items():
+            for claim_id, take in account.takes.items():
+                self.takes[claim_id][provider] = take
+        # The refund of a reversed claim is stored under the reversal's id (that of a draw for a claim
+        # never recorded, under its own).
+        self.refund_ids = {result.reverses: result.claim_id for result in books.settlements
+                           if result.status == "reversed" and result.reverses}
+        # Claims Redis holds as final whose result is not published yet: their money is counted as Redis has it.
+        self.unpublished = {claim_id: record for claim_id, record in state.claims.items()
+                            if record.get("status") == "final" and claim_id not in self.results}
+
+    def result(self, claim_id: str) -> SettlementEvent | None:
+        results = self.results.get(claim_id)
+        return results[0] if results else None
+
+    def wallet(self, person_id: str) -> WalletAccount:
+        return self.state.wallets.get(person_id) or WalletAccount()
+
+    def stored_refund(self, provider: str, claim_id: str) -> dict[str, Any] | None:
+        refund_id = self.refund_ids.get(claim_id) or claim_output_id(claim_id, "unclaimed draw")
+        return self.wallet(provider).refunds.get(refund_id)
+
+
+def compare(books: Books, state: RedisState) -> AuditReport:
+    view = _View(books, state)
+    found = _Findings()
+    for rule in (_history, _claims, _reversals, _accounts, _relationships, _clearing, _daily_grants, _answers,
+                 _republished):
+        rule(view, found)
+    return AuditReport(found.differences, found.pending, _counts(view, found))
+
+
+def _counts(view: _View, found: _Findings) -> dict[str, int]:
+    results = [view.result(claim_id) for claim_id in view.results]
+    months = {row.month for row in view.books.clearing_rows} | {
+        month for months in view.state.clearing.values() for month in months}
+    return {
+        "records": sum(view.books.records.values()),
+        # Output records no service of this system wrote: not of the contract, or a statement of a
+        # month its settlement never closed. Ignored, and counted.
+        "foreign_records": sum(view.books.unreadable.values()) + found.counts["foreign_records"],
+        "persons": len(set(view.state.wallets) | set(view.wallet_events)),
+        "claims_final": sum(1 for result in results if result and result.status != "reversed"),
+        "claims_pending": found.counts["claims_pending"],
+        "reversals": sum(1 for result in results if result and result.status == "reversed"),
+        "relationships": len({(event.provider_id, event.recipient_id) for event in view.books.relationship_events}),
+        "months": len(months),
+        "differences": len(found.differences),
+        "pending": len(found.pending),
+    }
+
+
+# ---- claims: one result each; paid = Σ debits = Σ payers ----------------------------------------
+
+
+def _claims(view: _View, found: _Findings) -> None:
+    for claim_id in sorted(view.claim_inputs | set(view.results) | set(view.state.claims)):
+        results = view.results.get(claim_id, [])
+        record = view.state.claims.get(claim_id)
+        ids = {"claim": claim_id}
+        if not results:
+            found.counts["claims_pending"] += 1
+            if record is None:
+                found.pend("claim not yet taken in by settlement", ids)
+            elif record["status"] == "pending":
+                found.pend("claim drawing: the wallet's answer is on its way", ids)
+            else:
+                found.pend("claim final in Redis, its result not yet published", ids)
+            continue
+        result = results[0]
+        ids["recipient"] = result.recipient_id
+        if len(results) > 1:
+            found.differ(CLAIM, "a claim has more than one result", ids, 1, len(results))
+        if record is None or record.get("status") != "final":
+            found.differ(CLAIM, "a result published for a claim settlement does not hold as final", ids,
+                         "final", record["status"] if record else "no record")
+        elif (record["result"]["status"], record["result"]["paid"]) != (result.status, result.paid_fen):
+            found.differ(CLAIM, "the published result differs from settlement's record", ids,
+                         record["result"]["paid"], result.paid_fen)
+        if result.status != "reversed":
+            _paid_once(view, result, ids, found)
+
+
+def _paid_once(view: _View, result: SettlementEvent, ids: dict[str, str], found: _Findings) -> None:
+    payers = {payer.provider_id: payer.amount_fen for payer in result.payers}
+    if len(payers) != len(result.payers):
+        found.differ(CLAIM, "a provider is named twice among a claim's payers", ids, len(payers), len(result.payers))
+    if sum(payers.values()) != result.paid_fen:
+        found.differ(CLAIM, "the payers do not add up to what was paid", ids, result.paid_fen, sum(payers.values()))
+    fitting = settlement_status(result.requested_fen, result.paid_fen)
+    if result.paid_fen > result.requested_fen or fitting != result.status:
+        found.differ(CLAIM, "the status does not fit the amounts", ids, fitting, result.status)
+    debits: dict[str, list[WalletEvent]] = defaultdict(list)
+    for debit in view.debits.get(result.claim_id, []):
+        debits[debit.provider_id].append(debit)
+    takes = view.takes.get(result.claim_id, {})
+    for provider in sorted(set(payers) | set(debits)):
+        by_provider = {**ids, "provider": provider}
+        events = debits.get(provider, [])
+        if not events and (takes.get(provider) or {}).get("amount") == payers.get(provider):
+            continue  # drawn, its debit event on its way: the account's books count it as pending
+        if len(events) > 1:
+            found.differ(CLAIM, "a provider was debited more than once for a claim", by_provider, 1, len(events))
+        debited = sum(event.amount_fen for event in events)
+        if debited != payers.get(provider, 0):
+            found.differ(CLAIM, "what the wallet debited differs from what settlement recorded", by_provider,
+                         payers.get(provider, 0), debited)
+        if any(event.recipient_id != result.recipient_id for event in events):
+            found.differ(CLAIM, "a debit for the claim names another recipient", by_provider, result.recipient_id,
+                         next(event.recipient_id for event in events if event.recipient_id != result.recipient_id))
+    for provider, take in sorted(takes.items()):
+        if take["recipient"] == result.recipient_id and take["amount"] != payers.get(provider, 0):
+            found.differ(CLAIM, "what the wallet holds as drawn differs from what settlement recorded",
+                         {**ids, "provider": provider}, payers.get(provider, 0), take["amount"])
+
+
+# ---- reversals: what was paid goes back, once, to the providers for the claim's recipient --------
+
+
+def _reversals(view: _View, found: _Findings) -> None:
+    reversals: dict[str, list[SettlementEvent]] = defaultdict(list)
+    for claim_id in view.results:
+        result = view.result(claim_id)
+        if result and result.status == "reversed":
+            reversals[result.reverses or ""].append(result)
+    for original_id, of_original in sorted(reversals.items()):
+        reversal = of_original[0]
+        ids = {"claim": original_id, "reversal": reversal.claim_id, "recipient": reversal.recipient_id}
+        if len(of_original) > 1:
+            found.differ(REFUND, "a claim was reversed more than once", ids, 1, len(of_original))
+        original = view.result(original_id)
+        if original is None or original.status not in PAID_STATUSES or original.recipient_id != reversal.recipient_id:
+            found.differ(REFUND, "a reversal of no paid claim of its recipient", ids,
+                         "a paid claim of the recipient", original.status if original else "no result")
+            continue
+        if reversal.paid_fen != original.paid_fen:
+            found.differ(REFUND, "a reversal gives back other than what was paid", ids, original.paid_fen,
+                         reversal.paid_fen)
+        _refunded_once(view, original, ids, found)
+    for claim_id in sorted(set(view.refunds) | set(view.debits)):
+        if claim_id in reversals:
+            continue
+        if view.result(claim_id) or claim_id in view.state.claims or claim_id in view.claim_inputs:
+            # (A reversal settlement holds as made, whose result is on its way, is pending under claims.)
+            reversed_in_redis = view.state.claims.get(claim_id, {}).get("reversed_by")
+            if view.refunds.get(claim_id) and not reversed_in_redis:
+                found.differ(REFUND, "a refund for a claim that was not reversed", {"claim": claim_id}, 0,
+                             sum(event.amount_fen for event in view.refunds[claim_id]))
+        else:
+            _unclaimed_draw_given_back(view, claim_id, found)
+
+
+def _refunded_once(view: _View, original: SettlementEvent, ids: dict[str, str], found: _Findings) -> None:
+    paid = {payer.provider_id: payer.amount_fen for payer in original.payers}
+    refunds: dict[str, list[WalletEvent]] = defaultdict(list)
+    for refund in view.refunds.get(original.claim_id, []):
+        refunds[refund.provider_id].append(refund)
+    for provider in sorted(set(paid) | set(refunds)):
+        by_provider = {**ids, "provider": provider}
+        events = refunds.get(provider, [])
+        if not events:
+            stored = view.stored_refund(provider, original.claim_id)
+            if stored is None:
+                found.pend("refund on its way to the wallet", by_provider)
+            elif stored["amount"] == 0:
+                found.differ(REFUND, "a refund gave nothing back", by_provider, paid[provider], 0)
+            continue  # applied, its event on its way: the account's books count it as pending
+        if len(events) > 1:
+            found.differ(REFUND, "a provider was refunded more than once for a claim", by_provider, 1, len(events))
+        refunded = sum(event.amount_fen for event in events)
+        if refunded != paid.get(provider, 0):
+            found.differ(REFUND, "refunded differs from what the provider paid", by_provider, paid.get(provider, 0),
+                         refunded)
+        if any(event.recipient_id != original.recipient_id for event in events):
+            found.differ(REFUND, "a refund went to the quota of another recipient", by_provider,
+                         original.recipient_id, next(event.recipient_id for event in events
+                                                     if event.recipient_id != original.recipient_id))
+
+
+def _unclaimed_draw_given_back(view: _View, claim_id: str, found: _Findings) -> None:
+    """Money drawn for a claim settlement never recorded is given back at once (in full)."""
+    debited: Counter[str] = Counter()
+    refunded: Counter[str] = Counter()
+    for debit in view.debits.get(claim_id, []):
+        debited[debit.provider_id] += debit.amount_fen
+    for refund in view.refunds.get(claim_id, []):
+        refunded[refund.provider_id] += refund.amount_fen
+    for provider in sorted(set(debited) | set(refunded)):
+        ids = {"claim": claim_id, "provider": provider}
+        if refunded[provider] > debited[provider]:
+            found.differ(REFUND, "more given back than a never-recorded claim drew", ids, debited[provider],
+                         refunded[provider])
+        elif refunded[provider] < debited[provider] and view.stored_refund(provider, claim_id) is None:
+            found.pend("draw for a claim never recorded, to be given back", ids)
+
+
+# ---- accounts: balance, frozen quota and quotas per person ---------------------------------------
+
+
+def _event_effect(view: _View, event: WalletEvent) -> Effect | None:
+    if event.type in ("credited", "spent"):
+        return Effect(event.type, event.cause_id, None, event.amount_fen)
+    if event.type in ("granted", "released"):
+        return Effect(event.type, event.cause_id, event.recipient_id, event.amount_fen)
+    if event.type == "debited":
+        return Effect("debited", event.claim_id or "", event.recipient_id, event.amount_fen)
+    if event.type == "refunded":
+        # A refund published before events said where it went: as the wallet stored it.
+        to = event.refunded_to or (view.stored_refund(event.provider_id, event.claim_id or "") or {}).get("to")
+        return Effect("refunded", event.claim_id or "", event.recipient_id, event.amount_fen, to)
+    return None
+
+
+def _stored_effects(account: WalletAccount) -> list[Effect]:
+    """The money steps Redis recorded for one account, by the ids the events carry."""
+    effects = []
+    for topic, kind in (("credits", "credited"), ("spends", "spent"), ("commands", "granted"),
+                        ("relationship-events", "released")):
+        effects += [Effect(kind, input_id, result.get("recipient"), result["amount"])
+                    for input_id, result in account.applied.get(topic, {}).items() if result.get("type") == kind]
+    for claim_id, take in account.takes.items():
+        if take["amount"] > 0:
+            effects.append(Effect("debited", claim_id, take["recipient"], take["amount"]))
+        if take.get("refunded_by"):
+            effects.append(Effect("refunded", claim_id, take["recipient"], take["amount"],
+                                  (account.refunds.get(take["refunded_by"]) or {}).get("to")))
+    return effects
+
+
+def _accounts(view: _View, found: _Findings) -> None:
+    for person in sorted(set(view.state.wallets) | set(view.wallet_events)):
+        account = view.wallet(person)
+        effects = [effect for event in view.wallet_events.get(person, [])
+                   if (effect := _event_effect(view, event)) is not None]
+        published = {(effect.kind, effect.effect_id) for effect in effects}
+        for effect in _stored_effects(account):
+            if (effect.kind, effect.effect_id) not in published:
+                found.pend(f"{effect.kind} in Redis, its event not yet published", {"person": person, **effect.ids})
+                effects.append(effect)
+        _account_books(person, account, effects, found)
+
+
+def _account_books(person: str, account: WalletAccount, effects: list[Effect], found: _Findings) -> None:
+    sums: Counter[str] = Counter()
+    quotas: Counter[str] = Counter()
+    for effect in effects:
+        sums[effect.kind] += effect.amount
+        change = {"granted": 1, "released": -1, "debited": -1,
+                  "refunded": 1 if effect.to == "grant" else 0}.get(effect.kind, 0)
+        if change:
+            quotas[effect.recipient or ""] += change * effect.amount
+    expected = {
+        "credited": sums["credited"], "spent": sums["spent"], "paid": sums["debited"], "refunded": sums["refunded"],
+        "balance": sums["credited"] - sums["spent"] - sums["debited"] + sums["refunded"],
+        "frozen": sum(quotas.values()),
+    }
+    for name in TOTALS:
+        if account.totals.get(name, 0) != expected[name]:
+            found.differ(ACCOUNT, f"{name} differs from the books", {"person": person}, expected[name],
+                         account.totals.get(name, 0))
+    for recipient in sorted(set(quotas) | set(account.grants)):
+        if account.grants.get(recipient, 0) != quotas[recipient]:
+            found.differ(ACCOUNT, "a quota differs from the books", {"provider": person, "recipient": recipient},
+                         quotas[recipient], account.grants.get(recipient, 0))
+
+
+# ---- relationships: the same state in the relationship service and the wallet -------------------
+
+
+def _relationships(view: _View, found: _Findings) -> None:
+    changes: dict[tuple[str, str], list[RelationshipEvent]] = defaultdict(list)
+    for event in view.books.relationship_events:
+        if event.type != "rejected":  # a refusal changes no pair
+            changes[(event.provider_id, event.recipient_id)].append(event)
+    wallet_pairs = {(provider, recipient) for provider, account in view.state.wallets.items()
+                    for recipient in (*account.relationships, *account.relationship_versions)}
+    for pair in sorted(set(changes) | set(view.state.relationships) | set(view.state.relationship_versions)
+                       | wallet_pairs):
+        history = sorted(changes.get(pair, []), key=lambda event: _change_order(view.books, event))
+        ids = {"provider": pair[0], "recipient": pair[1]}
+        versions = Counter(event.version for event in history if event.version is not None)
+        if (most := max(versions.values(), default=1)) > 1:
+            found.differ(RELATIONSHIP, "two changes of a pair carry one version", ids, 1, most)
+        _relationship_service(view, pair, history, ids, found)
+        _wallet_relationship(view, pair, [event for event in history if event.type in WALLET_RELATIONSHIP_TYPES],
+                             ids, found)
+
+
+def _change_order(books: Books, event: RelationshipEvent) -> tuple[bool, int]:
+    """A change carries the pair's version; the oldest events, from before versions, keep the order read."""
+    return (event.version is not None, event.version if event.version is not None else books.offsets[event.event_id])
+
+
+def _relationship_service(view: _View, pair: tuple[str, str], history: list[RelationshipEvent],
+                          ids: dict[str, str], found: _Findings) -> None:
+    newest = history[-1] if history else None
+    published = newest.version if newest and newest.version is not None else 0
+    held = view.state.relationship_versions.get(pair, 0)
+    if held > published:
+        found.pend("relationship change in the relationship service, its event not yet published", ids)
+    elif held < published:
+        found.differ(RELATIONSHIP, "the relationship service holds an older version than its events", ids,
+                     published, held)
+    else:
+        expected = STATE_AFTER.get(newest.type, "ended") if newest else "ended"
+        stored = view.state.relationships.get(pair)
+        holds = stored["state"] if stored else "ended"
+        if holds != expected:
+            found.differ(RELATIONSHIP, "the relationship service holds another state than its events", ids,
+                         expected, holds)
+
+
+def _wallet_relationship(view: _View, pair: tuple[str, str], history: list[RelationshipEvent],
+                         ids: dict[str, str], found: _Findings) -> None:
+    provider, recipient = pair
+    account = view.wallet(provider)
+    newest = history[-1] if history else None
+    published = newest.version if newest and newest.version is not None else 0
+    held = account.relationship_versions.get(recipient, 0)
+    if held > published:
+        found.pend("relationship change taken in by the wallet after the records read", ids)
+        return
+    if held < published:
+        found.pend("relationship change not yet taken in by the wallet", ids)
+        return
+    active = newest is not None and newest.type == "established"
+    holds = "active" if recipient in account.relationships else "ended"
+    if holds != ("active" if active else "ended"):
+        found.differ(RELATIONSHIP, "the wallet holds another relationship state than the relationship service",
+                     ids, "active" if active else "ended", holds)
+    elif active and newest and account.relationships[recipient] != newest.recipient_region:
+        found.differ(RELATIONSHIP, "the wallet holds another region for the recipient", ids,
+                     newest.recipient_region, account.relationships[recipient])
+    if not active and account.grants.get(recipient, 0):
+        found.differ(RELATIONSHIP, "a quota stands for a relationship that has ended", ids, 0,
+                     account.grants[recipient])
+
+
+# ---- clearing: per month and province pair, accumulated = Σ settlements -------------------------
+
+
+def _clearing(view: _View, found: _Findings) -> None:
+    books: dict[str, Counter[str]] = defaultdict(Counter)
+    for claim_id in view.results:
+        if (result := view.result(claim_id)) and (counted := _clearing_of(view, result)):
+            month, owed, sign = counted
+            _accumulate(books[month], owed, sign)
+    for record in view.unpublished.values():  # counted as Redis counted them; reported pending under claims
+        result = record["result"]
+        if result.get("owed"):
+            _accumulate(books[result["month"]], result["owed"], 1 if record["kind"] == "settle" else -1)
+    months = set(books) | {month for months in view.state.clearing.values() for month in months}
+    for month in sorted(months):
+        _same_lines(month, _lines(books[month]), _lines(view.state.accumulators(month)),
+                    "accumulated differs from the settlements of the month", found)
+    _statements(view, books, found)
+    for shard, closed_months in sorted(view.state.closed.items()):
+        for month, closed in sorted(closed_months.items()):
+            now = view.state.clearing.get(shard, {}).get(month, {})
+            if {k: v for k, v in closed.items() if v} != {k: v for k, v in now.items() if v}:
+                found.differ(CLEARING, "a month changed after it was closed", {"month": month, "shard": str(shard)},
+                             _lines(closed), _lines(now))
+
+
+def _clearing_of(view: _View, result: SettlementEvent) -> tuple[str, dict[str, int], int] | None:
+    """A paid claim adds its cross-province amounts in its month; a reversal takes its claim's back."""
+    if result.status in PAID_STATUSES and result.service_region:
+        return result.clearing_month or "", clearing_contributions(result.payers, result.service_region), 1
+    original = view.result(result.reverses or "") if result.status == "reversed" else None
+    if original and original.service_region:
+        return result.clearing_month or "", clearing_contributions(result.payers, original.service_region), -1
+    return None
+
+
+def _accumulate(month: Counter[str], owed: dict[str, int], sign: int) -> None:
+    count = "#claims" if sign == 1 else "#reversals"
+    for pair, amount in owed.items():
+        month[pair] += sign * amount
+        month[pair + count] += 1
+
+
+Line = tuple[int, int, int]  # amount, claims, reversals of one province pair in one month
+
+
+def _lines(totals: dict[str, int]) -> dict[str, Line]:
+    return {f"{line.payer_province}>{line.payee_province}": (line.amount_fen, line.claims, line.reversals)
+            for line in gross_lines(dict(totals))}
+
+
+def _same_lines(month: str, expected: dict[str, Line], found_lines: dict[str, Line], what: str,
+                found: _Findings) -> None:
+    for pair in sorted(set(expected) | set(found_lines)):
+        if not _counted_alike(expected.get(pair, (0, 0, 0)), found_lines.get(pair, (0, 0, 0))):
+            found.differ(CLEARING, what, {"month": month, "pair": pair}, expected.get(pair), found_lines.get(pair))
+
+
+def _counted_alike(expected: Line, held: Line) -> bool:
+    """The amount, and the claims less the reversals, always; the counts apart too, unless the month
+    was counted by the release before reversals were counted apart (it took a reversal off `claims`
+    and counted none)."""
+    (amount, claims, reversals), (held_amount, held_claims, held_reversals) = expected, held
+    return (amount == held_amount and claims - reversals == held_claims - held_reversals
+            and held_reversals in (0, reversals))
+
+
+def _statements(view: _View, books: dict[str, Counter[str]], found: _Findings) -> None:
+    """A published statement is the month's settlements: gross rows per pair, net rows summing to zero.
+    A statement of a month this system's settlement never closed is none of its own (counted apart)."""
+    closed_months = {month for months in view.state.closed.values() for month in months}
+    rows_by_month = defaultdict(list)
+    for row in view.books.clearing_rows:
+        if row.month in closed_months:
+            rows_by_month[row.month].append(row)
+        else:
+            found.counts["foreign_records"] += 1
+    for month, rows in sorted(rows_by_month.items()):
+        _same_lines(month, _lines(books[month]),
+                    {f"{row.payer_province}>{row.payee_province}": (row.amount_fen, row.claims, row.reversals)
+                     for row in rows if row.row == "gross"},
+                    "a statement's gross row differs from the settlements of the month", found)
+        net = {row.province or "": row.amount_fen for row in rows if row.row == "net"}
+        if sum(net.values()):
+            found.differ(CLEARING, "a statement's net rows do not sum to zero", {"month": month}, 0, sum(net.values()))
+        positions = net_positions(gross_lines(dict(books[month])))
+        for province in sorted(set(positions) | set(net)):
+            if positions.get(province, 0) != net.get(province, 0):
+                found.differ(CLEARING, "a statement's net row differs from the settlements of the month",
+                             {"month": month, "province": province}, positions.get(province, 0), net.get(province, 0))
+
+
+# ---- grants per provider per day, counted from the events ----------------------------------------
+
+
+def _daily_grants(view: _View, found: _Findings) -> None:
+    grants: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for event in view.books.wallet_events:
+        if event.type == "granted":
+            grants[(event.provider_id, shanghai_day(event.occurred_at))].append(event.cause_id)
+    for (provider, day), commands in sorted(grants.items()):
+        if len(commands) > MAX_GRANTS_PER_DAY:
+            found.differ(DAILY_GRANTS, "more grants in one Asia/Shanghai day than allowed",
+                         {"provider": provider, "day": day, "commands": " ".join(sorted(commands))},
+                         MAX_GRANTS_PER_DAY, len(commands))
+
+
+# ---- answers: every input answered once, with its figures ----------------------------------------
+
+
+def _answers(view: _View, found: _Findings) -> None:
+    answers: dict[InputKey, list[Any]] = defaultdict(list)
+    for event in view.books.wallet_events:
+        if event.type in ANSWERED_BY_WALLET and event.reason != ReasonCode.CONFLICT:
+            answers[(ANSWERED_BY_WALLET[event.type], event.provider_id, event.cause_id)].append(event)
+    for result in view.books.settlements:
+        answers[(CLAIMS.name, NATIONAL, result.claim_id)].append(result)
+    for change in view.books.relationship_events:
+        if change.reason != ReasonCode.CONFLICT:
+            answers[_relationship_cause(view.books, change)].append(change)
+    for key, events in sorted(answers.items(), key=lambda item: item[0]):
+        topic = key[0]
+        # An accept refused for a changed insurance also ends the request: two answers. An enrollment
+        # change ends every relationship of the person.
+        ends_request = topic == RELATIONSHIP_COMMANDS.name and {e.type for e in events} == {"rejected", "terminated"}
+        if topic != ENROLLMENT.name and len(events) > (2 if ends_request else 1):
+            found.differ(ANSWER, "an input has more than one answer", _input_ids(key), 1, len(events))
+        for event in events:
+            content = _standing_input(view.books, key, event)
+            if content is None:
+                found.differ(ANSWER, "an output names no input", _input_ids(key), "an input", "none")
+            elif mismatch := _answer_mismatch(topic, content, event):
+                figure, expected, answered = mismatch
+                found.differ(ANSWER, f"an answer's {figure} differs from its input's", _input_ids(key), expected,
+                             answered)
+    for key in sorted(view.books.inputs):
+        if key[0] in ANSWERED_TOPICS and key not in answers:
+            found.pend("input not yet answered", _input_ids(key))
+
+
+def _input_ids(key: InputKey) -> dict[str, str]:
+    topic, scope, input_id = key
+    return {"topic": topic, "input": input_id} | ({} if scope == NATIONAL else {"person": scope})
+
+
+def _relationship_cause(books: Books, change: RelationshipEvent) -> InputKey:
+    """A change answers a command of the provider, or ends the pair on an enrollment change of either party."""
+    for scope in (change.provider_id, change.recipient_id):
+        if change.type == "terminated" and (ENROLLMENT.name, scope, change.cause_id) in books.inputs:
+            return (ENROLLMENT.name, scope, change.cause_id)
+    return (RELATIONSHIP_COMMANDS.name, change.provider_id, change.cause_id)
+
+
+def _standing_input(books: Books, key: InputKey, answer: Any) -> dict[str, Any] | None:
+    """The content an answer is for: the first taken in; for a claim id, the first its recipient sent
+    (claim ids are national: another recipient's use of the id is refused)."""
+    if key[0] != CLAIMS.name:
+        return books.input(key)
+    return next((content for content in books.inputs.get(key, [])
+                 if content.get("recipient_id") == answer.recipient_id), None)
+
+
+def _answer_mismatch(topic: str, content: dict[str, Any], answer: Any) -> tuple[str, Any, Any] | None:
+    """(the figure, the input's, the answer's) for the first figure that differs, or None."""
+    pairs: list[tuple[str, Any, Any]] = []
+    if topic in (ACCOUNT_CREDITS.name, ACCOUNT_SPENDS.name, WALLET_COMMANDS.name):
+        pairs.append(("amount", content.get("amount_fen"), answer.amount_fen))
+    if topic in (WALLET_COMMANDS.name, RELATIONSHIP_COMMANDS.name):
+        pairs.append(("recipient", content.get("recipient_id"), answer.recipient_id))
+    if topic == SUPERVISION.name:
+        pairs.append(("type", SUPERVISION_ANSWER.get(content.get("action", "")), answer.type))
+    if topic == CLAIMS.name:
+        if content.get("kind", "settle") == "settle":
+            pairs.append(("amount", content.get("amount_fen"), answer.requested_fen))
+        else:
+            pairs.append(("reversed claim", content.get("reverses"), answer.reverses))
+    return next(((name, expected, got) for name, expected, got in pairs if expected != got), None)
+
+
+def _history(view: _View, found: _Findings) -> None:
+    for (topic, partition), offset in sorted(view.books.truncated.items()):
+        found.differ(HISTORY, "a partition no longer holds its first records (retention): the books are incomplete",
+                     {"topic": topic, "partition": str(partition)}, 0, offset)
+
+
+def _republished(view: _View, found: _Findings) -> None:
+    for topic, event_id in view.books.clashes:
+        found.differ(REPUBLISHED, "an output was published again under its id with other figures",
+                     {"topic": topic, "event": event_id}, "the same figures", "other figures")

@@ -1,0 +1,155 @@
+"""`gongji audit --deep`: the books rebuilt from the Kafka topics, compared with Redis.
+
+The order makes a running system safe to audit: the topics' end offsets are taken first, then Redis
+is read, then every record up to those offsets. An output up to them was published after its step
+was stored, so Redis holds all the books say; what Redis holds beyond them is reported pending, and
+records published meanwhile are not read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.asyncio import Redis
+from rich.markup import escape
+
+from gongji.audit.books import AUDITED_TOPICS, Record, rebuild
+from gongji.audit.compare import AuditReport, compare
+from gongji.audit.state import read_state
+from shared.credentials import aiokafka_options
+from shared.ids import mask_person_id
+from shared.principals import OPERATOR
+from shared.settings import Settings
+
+LISTED = 100  # differences and pending items a JSON report lists; its counts have them all
+_PERSON_ID = re.compile(r"\b\d{17}[\dX]\b")
+
+
+@dataclass(frozen=True)
+class DeepAudit:
+    report: AuditReport
+    seconds: float
+    attempts: int
+
+
+async def deep_audit(settings: Settings, redis: Redis, wait_seconds: float = 0.0) -> DeepAudit:
+    """Audits once; while something is pending, audits again (new end offsets, a new read of Redis)
+    until nothing is or `wait_seconds` have passed. What is still pending then is reported."""
+    started = time.monotonic()
+    attempts = 0
+    while True:
+        attempts += 1
+        report = await _audit_once(settings, redis)
+        if not report.pending or time.monotonic() - started >= wait_seconds:
+            return DeepAudit(report, time.monotonic() - started, attempts)
+        await asyncio.sleep(1.0)
+
+
+async def _audit_once(settings: Settings, redis: Redis) -> AuditReport:
+    consumer = AIOKafkaConsumer(**aiokafka_options(settings, OPERATOR.name), enable_auto_commit=False,
+                                max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic.name, number) for topic in AUDITED_TOPICS
+                      for number in range(topic.partitions(settings))]
+        ends = await consumer.end_offsets(partitions)
+        state = await read_state(redis)
+        records = await read_records(consumer, ends)
+    finally:
+        await consumer.stop()
+    # The records and the state live to the end and hold no cycles: the collector would only scan
+    # them again and again while the books are built.
+    gc.disable()
+    try:
+        return compare(rebuild(records), state)
+    finally:
+        gc.enable()
+
+
+async def read_records(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> list[Record]:
+    """Every record of the partitions from their beginning up to (not including) `ends`."""
+    consumer.assign(list(ends))
+    await consumer.seek_to_beginning(*ends)
+    records: list[Record] = []
+    open_partitions = {partition for partition, end in ends.items() if end > 0}
+    consumer.pause(*(set(ends) - open_partitions))
+    while open_partitions:
+        for partition, batch in (await consumer.getmany(*open_partitions, timeout_ms=1000, max_records=20_000)).items():
+            records += [Record(record.topic, record.key.decode(errors="replace") if record.key is not None else None,
+                               _decoded(record.value), record.partition, record.offset)
+                        for record in batch if record.offset < ends[partition]]
+        for partition in list(open_partitions):
+            if await consumer.position(partition) >= ends[partition]:
+                open_partitions.discard(partition)
+                consumer.pause(partition)
+    return records
+
+
+def _decoded(value: bytes | None) -> dict | None:
+    try:
+        decoded = json.loads(value or b"")
+    except ValueError:  # input topics carry whatever senders wrote; a service dead-letters it
+        return None
+    return decoded if isinstance(decoded, dict) else None
+
+
+def masked(value: Any) -> Any:
+    """Resident ID numbers masked wherever they appear: in ids, figures and words alike."""
+    if isinstance(value, str):
+        return _PERSON_ID.sub(lambda found: mask_person_id(found[0]), value)
+    if isinstance(value, dict):
+        return {name: masked(item) for name, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [masked(item) for item in value]
+    return value
+
+
+def report_json(audit: DeepAudit, full_ids: bool = False) -> dict[str, Any]:
+    """The report for tools, Jepsen-style: `valid?`, the counts, the first difference and the lists."""
+    report = audit.report
+    document = {
+        "valid?": report.valid,
+        "counts": report.counts,
+        "differences_by_invariant": dict(Counter(difference.invariant for difference in report.differences)),
+        "first": asdict(report.first) if report.first else None,
+        "differences": [asdict(difference) for difference in report.differences[:LISTED]],
+        "pending": [asdict(pending) for pending in report.pending[:LISTED]],
+        "seconds": round(audit.seconds, 2),
+        "attempts": audit.attempts,
+    }
+    return document if full_ids else masked(document)
+
+
+def report_lines(audit: DeepAudit) -> list[str]:
+    """The report for people (rich markup), ids masked."""
+    report, counts = audit.report, audit.report.counts
+    lines = [
+        f"[bold]valid?[/bold] {'[green]true[/green]' if report.valid else '[red]false[/red]'}",
+        f"{counts['records']:,} records read ({counts['foreign_records']:,} foreign, ignored) "
+        f"in {audit.seconds:.1f} s, {audit.attempts} attempt(s)",
+        f"persons {counts['persons']:,} · claims {counts['claims_final']:,} final, "
+        f"{counts['claims_pending']:,} pending · reversals {counts['reversals']:,}",
+        f"relationships {counts['relationships']:,} · months {counts['months']:,}",
+    ]
+    if report.pending:
+        kinds = Counter(pending.what for pending in report.pending).most_common()
+        lines.append(f"[yellow]pending {len(report.pending):,}[/yellow]: "
+                     + "; ".join(f"{what} ({count:,})" for what, count in kinds))
+    if first := report.first:
+        by_invariant = Counter(difference.invariant for difference in report.differences).most_common()
+        lines += [
+            f"[red]differences {len(report.differences):,}[/red]: "
+            + ", ".join(f"{invariant} {count:,}" for invariant, count in by_invariant),
+            f"first: [bold]{first.invariant}[/bold]: {escape(first.what)}",
+            "  " + escape(masked(" ".join(f"{role} {value}" for role, value in first.ids.items()))),
+            f"  expected {escape(str(masked(first.expected)))}, found {escape(str(masked(first.found)))}",
+        ]
+    return lines

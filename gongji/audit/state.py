@@ -1,0 +1,181 @@
+"""The deep audit's view of Redis: what each service holds, read by the key layouts documented at the
+top of services/*/*.lua.
+
+Each person's keys are read in one MULTI, and each settlement shard's (a recipient's claims and the
+clearing amounts they made) in another, so that what is compared inside one of them is one moment.
+Settlement is read before the wallet: a claim final when read had drawn before, so its takes are in
+the wallet read after it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from services.settlement.store import PREFIX as SETTLEMENT_PREFIX
+from services.wallet.store import PREFIX as WALLET_PREFIX
+from shared.redis_functions import execute
+
+RELATIONSHIP_PREFIX = "rel:"  # services/relationship/relationship.lua
+_PERSON_KEY = re.compile(r"(?P<prefix>[a-z]+:)\{p:(?P<person>[^}]+)\}:(?P<part>.+)")
+_SHARD_KEY = re.compile(re.escape(SETTLEMENT_PREFIX)
+                        + r"\{s(?P<shard>\d+)\}:(?P<part>claims|closed|clearing:\d{4}-\d{2})")
+
+# The wallet's per-person hashes the audit reads; `seen:<topic>` hold each applied input's result.
+# `seen` is where a release before per-topic ids kept every result, its refunds as `refund:<id>`.
+WALLET_PARTS = ("account", "grants", "relationships", "rel-versions", "takes", "refunds",
+                "seen:credits", "seen:spends", "seen:commands", "seen:relationship-events", "seen")
+_EARLIER_REFUND = "refund:"
+_CLEARING = "clearing:"
+TOTALS = ("balance", "frozen", "credited", "spent", "paid", "refunded")  # the account's running totals
+RELATIONSHIP_PARTS = ("rels", "versions")
+_READ_BATCH = 200  # persons (or shards) per MULTI: short enough never to hold Redis up for long
+
+
+@dataclass
+class WalletAccount:
+    totals: dict[str, int] = field(default_factory=dict)  # balance, frozen, credited, spent, paid, refunded
+    grants: dict[str, int] = field(default_factory=dict)  # recipient -> remaining quota
+    relationships: dict[str, str] = field(default_factory=dict)  # recipient -> region, while active
+    relationship_versions: dict[str, int] = field(default_factory=dict)
+    takes: dict[str, dict[str, Any]] = field(default_factory=dict)  # claim id -> what it drew here
+    refunds: dict[str, dict[str, Any]] = field(default_factory=dict)  # refund id -> what went back
+    applied: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # seen:<topic> -> id -> result
+
+
+@dataclass
+class RedisState:
+    wallets: dict[str, WalletAccount] = field(default_factory=dict)
+    # The relationship service: (provider, recipient) -> the pending or active relationship, and its version.
+    relationships: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    relationship_versions: dict[tuple[str, str], int] = field(default_factory=dict)
+    claims: dict[str, dict[str, Any]] = field(default_factory=dict)  # claim id -> record
+    clearing: dict[int, dict[str, dict[str, int]]] = field(default_factory=dict)  # shard -> month -> field -> fen
+    closed: dict[int, dict[str, dict[str, int]]] = field(default_factory=dict)  # shard -> month -> as closed
+
+    def accumulators(self, month: str) -> dict[str, int]:
+        """A month's clearing accumulators summed over the shards."""
+        totals: dict[str, int] = defaultdict(int)
+        for months in self.clearing.values():
+            for name, value in months.get(month, {}).items():
+                totals[name] += value
+        return dict(totals)
+
+
+async def read_state(redis: Redis) -> RedisState:
+    keys = [key.decode() async for key in redis.scan_iter(count=5000)]
+    state = RedisState()
+    await _read_settlement(redis, keys, state)
+    await _read_relationships(redis, keys, state)
+    await _read_wallets(redis, keys, state)
+    return state
+
+
+def _persons(keys: list[str], prefix: str) -> list[str]:
+    """Everyone with a key of the prefix. Their keys are then read by name, every part at once: a
+    key made after the scan is read as it stands (one made after the end offsets holds nothing the
+    records read say)."""
+    return sorted({match["person"] for key in keys
+                   if (match := _PERSON_KEY.fullmatch(key)) and match["prefix"] == prefix})
+
+
+async def _hashes_in_batches(redis: Redis, groups: list[list[str]]) -> list[list[dict[bytes, bytes]]]:
+    """HGETALL of each group's keys, every batch of groups in one MULTI."""
+    replies: list[list[dict[bytes, bytes]]] = []
+    for start in range(0, len(groups), _READ_BATCH):
+        batch = groups[start:start + _READ_BATCH]
+        async with redis.pipeline(transaction=True) as pipe:
+            for keys in batch:
+                for key in keys:
+                    pipe.hgetall(key)
+            flat = iter(await execute(pipe))
+        replies += [[next(flat) for _ in keys] for keys in batch]
+    return replies
+
+
+def _text(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {name.decode(): value.decode() for name, value in raw.items()}
+
+
+def _numbers(raw: dict[bytes, bytes]) -> dict[str, int]:
+    return {name.decode(): int(value) for name, value in raw.items()}
+
+
+def _json(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    return {name.decode(): json.loads(value) for name, value in raw.items()}
+
+
+def _seen(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    """A seen hash holds "<fingerprint>|<result json>" per input id (shared/prelude.lua)."""
+    return {name.decode(): json.loads(value.decode().split("|", 1)[1]) for name, value in raw.items()}
+
+
+async def _read_settlement(redis: Redis, keys: list[str], state: RedisState) -> None:
+    """Each shard's claims, closed months and clearing accumulators in one MULTI. The months are those
+    the scan found and those the claims name; a shard whose claims name one more is read again."""
+    months: dict[int, set[str]] = defaultdict(set)
+    for key in keys:
+        if match := _SHARD_KEY.fullmatch(key):
+            shard_months = months[int(match["shard"])]
+            if match["part"].startswith(_CLEARING):
+                shard_months.add(match["part"].removeprefix(_CLEARING))
+    shards = sorted(months)
+    while shards:
+        groups = [_shard_keys(shard, sorted(months[shard])) for shard in shards]
+        unread = []
+        for shard, (claims, closed, *clearing) in zip(shards, await _hashes_in_batches(redis, groups), strict=True):
+            records = _json(claims)
+            if not (named := {month for record in records.values() if (month := _month_of(record))}) <= months[shard]:
+                months[shard] |= named
+                unread.append(shard)
+                continue
+            state.claims.update(records)
+            state.closed[shard] = {month: {name: int(value) for name, value in totals.items() if name != "_closed_at"}
+                                   for month, totals in _json(closed).items()}
+            state.clearing[shard] = {month: _numbers(raw)
+                                     for month, raw in zip(sorted(months[shard]), clearing, strict=True)}
+        shards = unread
+
+
+def _shard_keys(shard: int, months: list[str]) -> list[str]:
+    prefix = f"{SETTLEMENT_PREFIX}{{s{shard}}}"
+    return [f"{prefix}:claims", f"{prefix}:closed", *(f"{prefix}:{_CLEARING}{month}" for month in months)]
+
+
+def _month_of(record: dict[str, Any]) -> str | None:
+    """The clearing month a final claim or reversal counted in, if it counted in one."""
+    return (record.get("result") or {}).get("month")
+
+
+async def _read_relationships(redis: Redis, keys: list[str], state: RedisState) -> None:
+    providers = _persons(keys, RELATIONSHIP_PREFIX)
+    groups = [[f"{RELATIONSHIP_PREFIX}{{p:{provider}}}:{part}" for part in RELATIONSHIP_PARTS]
+              for provider in providers]
+    for provider, (rels, versions) in zip(providers, await _hashes_in_batches(redis, groups), strict=True):
+        state.relationships.update({(provider, recipient): stored for recipient, stored in _json(rels).items()})
+        state.relationship_versions.update({(provider, recipient): version
+                                            for recipient, version in _numbers(versions).items()})
+
+
+async def _read_wallets(redis: Redis, keys: list[str], state: RedisState) -> None:
+    persons = _persons(keys, WALLET_PREFIX)
+    groups = [[f"{WALLET_PREFIX}{{p:{person}}}:{part}" for part in WALLET_PARTS] for person in persons]
+    for person, hashes in zip(persons, await _hashes_in_batches(redis, groups), strict=True):
+        parts = dict(zip(WALLET_PARTS, hashes, strict=True))
+        earlier_refunds = {name: value for name, value in parts["seen"].items()
+                           if name.startswith(_EARLIER_REFUND.encode())}
+        state.wallets[person] = WalletAccount(
+            totals={name: int(value) for name, value in _text(parts["account"]).items() if name in TOTALS},
+            grants=_numbers(parts["grants"]),
+            relationships=_text(parts["relationships"]),
+            relationship_versions=_numbers(parts["rel-versions"]),
+            takes=_json(parts["takes"]),
+            refunds={**{name.removeprefix(_EARLIER_REFUND): stored for name, stored in _seen(earlier_refunds).items()},
+                     **_json(parts["refunds"])},
+            applied={part.split(":", 1)[1]: _seen(parts[part]) for part in WALLET_PARTS if part.startswith("seen:")},
+        )

@@ -1,0 +1,357 @@
+"""The deep audit against planted breaches. Each test builds a small consistent world through the
+three services' handlers (Redis database 13, emptied first; the records kept as Kafka would keep
+them), checks that the audit finds it valid, then breaks one invariant, in Redis or in the topics,
+the way a defect would, and expects the audit to name the invariant and the ids."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+import pytest
+from redis.asyncio import Redis
+
+from gongji.audit import audit as quick_audit
+from gongji.audit.books import Record, rebuild
+from gongji.audit.compare import (
+    ACCOUNT, ANSWER, CLAIM, CLEARING, DAILY_GRANTS, HISTORY, REFUND, RELATIONSHIP, REPUBLISHED, AuditReport, Difference,
+    compare,
+)
+from gongji.audit.state import read_state
+from shared.contracts import SettlementEvent, WalletEvent
+from shared.credentials import redis_options
+from shared.principals import OPERATOR
+from shared.redis_client import in_database
+from shared.topics import ACCOUNT_CREDITS, CLEARING as CLEARING_TOPIC, DRAW_REQUESTS, SETTLEMENTS, WALLET_EVENTS
+from tests.integration.bus import Bus
+from tests.integration.saga import SHARDS
+from tests.support import new_id
+
+AUDIT_DATABASE = 13
+REGION = "510100"  # the recipient's, and where the care is given (province 51)
+MONTH, AFTER_THE_MONTH = "2026-03", datetime.fromisoformat("2026-04-01T00:00:00+08:00")
+
+
+@pytest.fixture
+async def bus(infrastructure):
+    redis = Redis.from_url(in_database(infrastructure.redis_url, AUDIT_DATABASE),
+                           **redis_options(infrastructure, OPERATOR.name))
+    await redis.flushdb()
+    yield await Bus(redis).load()
+    await redis.aclose()
+
+
+@dataclass
+class Story:
+    """Two providers in provinces 44 and 12 share with one recipient in 51: one claim paid by the
+    first, one split between both, the first reversed (back into the first's quota), a spend, the
+    second relationship dissolved (its quota released), and the month closed."""
+
+    recipient: str
+    first: str
+    second: str
+    reversed_claim: str
+    split_claim: str
+    reversal: str
+
+
+async def story(bus: Bus) -> Story:
+    recipient = await bus.person("resident", REGION)
+    first, second = await bus.person("employee", "440300"), await bus.person("employee", "120100")
+    for provider in (first, second):
+        await bus.credit(provider, 1_000_000)
+        await bus.establish(provider, recipient, REGION)
+        assert (await bus.grant(provider, recipient, REGION, 50_000)).type == "granted"
+        bus.clock.set(bus.clock.now() + timedelta(seconds=1))  # the first grant draws first
+    reversed_claim, split_claim = bus.saga.settle(recipient, 30_000), bus.saga.settle(recipient, 40_000)
+    for claim in (reversed_claim, split_claim):
+        await bus.claim(claim)
+    reversal = bus.saga.reverse(recipient, reversed_claim.claim_id)
+    await bus.claim(reversal)
+    await bus.command("dissolve", second, second, recipient)
+    await bus.close(MONTH, AFTER_THE_MONTH)
+    return Story(recipient, first, second, reversed_claim.claim_id, split_claim.claim_id, reversal.claim_id)
+
+
+async def deep(bus: Bus, records: list[Record] | None = None) -> AuditReport:
+    return compare(rebuild(bus.records if records is None else records), await read_state(bus.redis))
+
+
+def named(report: AuditReport, invariant: str, **ids: str) -> list[Difference]:
+    assert not report.valid and report.first is not None
+    return [difference for difference in report.differences
+            if difference.invariant == invariant and all(difference.ids.get(k) == v for k, v in ids.items())]
+
+
+def records_of(bus: Bus, topic: str, **fields) -> list[Record]:
+    return [record for record in bus.records
+            if record.topic == topic and all((record.value or {}).get(k) == v for k, v in fields.items())]
+
+
+def changed(record: Record, **changes) -> Record:
+    """The record as a defect would have written it, in its place."""
+    return replace(record, value={**(record.value or {}), **changes})
+
+
+def again(record: Record, **changes) -> Record:
+    """The record published once more, later, with `changes`."""
+    return replace(changed(record, **changes), offset=record.offset + 10_000)
+
+
+async def test_a_consistent_world_is_valid_and_counted(bus: Bus) -> None:
+    await story(bus)
+    report = await deep(bus)
+    assert report.valid, report.differences
+    assert report.pending == []
+    counts = report.counts
+    assert (counts["claims_final"], counts["reversals"], counts["months"], counts["relationships"]) == (2, 1, 1, 2)
+    assert counts["persons"] == 3 and counts["foreign_records"] == 0
+
+
+# ---- account: balance, frozen quota, quotas -----------------------------------------------------
+
+
+async def test_money_added_to_an_account_and_its_totals_in_redis_is_named(bus: Bus) -> None:
+    world = await story(bus)
+    account = f"wal:{{p:{world.first}}}:account"
+    await bus.redis.hincrby(account, "balance", 100)
+    await bus.redis.hincrby(account, "credited", 100)
+    assert (await quick_audit(bus.redis, SHARDS)).clean  # consistent within Redis: re-reading sees nothing
+    report = await deep(bus)
+    (balance,) = [d for d in named(report, ACCOUNT, person=world.first) if d.what.startswith("balance")]
+    assert balance.found - balance.expected == 100
+    assert [d for d in named(report, ACCOUNT, person=world.first) if d.what.startswith("credited")]
+
+
+async def test_a_quota_restored_in_redis_is_named(bus: Bus) -> None:
+    world = await story(bus)
+    await bus.redis.hincrby(f"wal:{{p:{world.second}}}:grants", world.recipient, 5_000)
+    await bus.redis.hincrby(f"wal:{{p:{world.second}}}:account", "frozen", 5_000)
+    assert (await quick_audit(bus.redis, SHARDS)).clean  # frozen = Σ quotas still holds
+    report = await deep(bus)
+    assert named(report, ACCOUNT, provider=world.second, recipient=world.recipient)
+    assert named(report, ACCOUNT, person=world.second)  # frozen
+    assert named(report, RELATIONSHIP, provider=world.second, recipient=world.recipient)  # quota after the end
+
+
+# ---- claims: paid = Σ debits = Σ payers, once -----------------------------------------------------
+
+
+async def test_a_debit_published_twice_under_two_ids_is_named_while_another_claim_is_pending(bus: Bus) -> None:
+    world = await story(bus)
+    drawing = bus.saga.settle(world.recipient, 10_000)
+    await bus.claim(drawing, hold=frozenset({DRAW_REQUESTS}))  # the old audit skipped its check for this
+    (debit,) = records_of(bus, WALLET_EVENTS.name, type="debited", claim_id=world.split_claim, provider_id=world.first)
+    report = await deep(bus, [*bus.records, again(debit, event_id=new_id())])
+    (twice, *_) = named(report, CLAIM, claim=world.split_claim, provider=world.first)
+    assert twice.what == "a provider was debited more than once for a claim"
+    assert {"claim": drawing.claim_id} in [pending.ids for pending in report.pending]
+
+
+async def test_a_claim_record_changed_in_redis_is_named(bus: Bus) -> None:
+    world = await story(bus)
+    claims = f"{bus.saga.sstore.shard_prefix(world.recipient)}:claims"
+    record = json.loads(await bus.redis.hget(claims, world.split_claim))
+    record["result"]["paid"] = 1
+    await bus.redis.hset(claims, world.split_claim, json.dumps(record))
+    assert named(await deep(bus), CLAIM, claim=world.split_claim)
+
+
+async def test_a_result_whose_payers_do_not_add_up_is_named(bus: Bus) -> None:
+    world = await story(bus)
+    (result,) = records_of(bus, SETTLEMENTS.name, claim_id=world.split_claim)
+    records = [changed(record, paid_fen=39_000) if record is result else record for record in bus.records]
+    report = await deep(bus, records)
+    assert {d.what for d in named(report, CLAIM, claim=world.split_claim)} >= {
+        "the payers do not add up to what was paid", "the published result differs from settlement's record"}
+
+
+# ---- reversals: refunded = paid, to the right recipient's quota or account ----------------------
+
+
+async def test_a_reversal_whose_refund_gives_nothing_back_is_named(bus: Bus) -> None:
+    recipient = await bus.person("resident", REGION)
+    provider = await bus.person("employee", "440300")
+    await bus.credit(provider, 100_000)
+    await bus.establish(provider, recipient, REGION)
+    await bus.grant(provider, recipient, REGION, 50_000)
+    claim = bus.saga.settle(recipient, 30_000)
+    await bus.claim(claim)
+    assert (await deep(bus)).valid
+    # A defect loses what the claim drew before the reversal comes: the refund finds nothing.
+    await bus.redis.hdel(f"wal:{{p:{provider}}}:takes", claim.claim_id)
+    reversal = bus.saga.reverse(recipient, claim.claim_id)
+    await bus.claim(reversal)
+    assert (await quick_audit(bus.redis, SHARDS)).clean  # it only ever flagged an over-refund
+    (short,) = named(await deep(bus), REFUND, claim=claim.claim_id, provider=provider)
+    assert (short.what, short.expected, short.found, short.ids["reversal"]) == \
+        ("a refund gave nothing back", 30_000, 0, reversal.claim_id)
+
+
+async def test_a_refund_published_twice_under_two_ids_is_named(bus: Bus) -> None:
+    world = await story(bus)
+    (refund,) = records_of(bus, WALLET_EVENTS.name, type="refunded", claim_id=world.reversed_claim)
+    report = await deep(bus, [*bus.records, again(refund, event_id=new_id())])
+    assert named(report, REFUND, claim=world.reversed_claim, provider=world.first)
+
+
+async def test_a_refund_into_another_recipients_quota_is_named(bus: Bus) -> None:
+    world = await story(bus)
+    (refund,) = records_of(bus, WALLET_EVENTS.name, type="refunded", claim_id=world.reversed_claim)
+    assert refund.value["refunded_to"] == "grant"  # the relationship lasts
+    stranger = await bus.person("resident", REGION)
+    records = [changed(r, recipient_id=stranger) if r is refund else r for r in bus.records]
+    report = await deep(bus, records)
+    assert named(report, REFUND, claim=world.reversed_claim, provider=world.first)
+    assert named(report, ACCOUNT, provider=world.first, recipient=stranger)
+
+
+# ---- relationships: the same state in both services ---------------------------------------------
+
+
+async def test_a_relationship_the_wallet_lost_is_named(bus: Bus) -> None:
+    world = await story(bus)
+    await bus.redis.hdel(f"wal:{{p:{world.first}}}:relationships", world.recipient)
+    (lost,) = named(await deep(bus), RELATIONSHIP, provider=world.first, recipient=world.recipient)
+    assert (lost.expected, lost.found) == ("active", "ended")
+
+
+async def test_a_relationship_the_relationship_service_revived_is_named(bus: Bus) -> None:
+    world = await story(bus)
+    revived = {"state": "active", "kinship": "parent", "recipient_region": REGION, "since": "2026-03-02T12:00:00+08:00"}
+    await bus.redis.hset(f"rel:{{p:{world.second}}}:rels", world.recipient, json.dumps(revived))
+    (revival,) = named(await deep(bus), RELATIONSHIP, provider=world.second, recipient=world.recipient)
+    assert (revival.expected, revival.found) == ("ended", "active")
+
+
+# ---- clearing: per month and province pair ------------------------------------------------------
+
+
+async def test_an_accumulator_pair_no_claim_made_is_named(bus: Bus) -> None:
+    world = await story(bus)
+    clearing = f"{bus.saga.sstore.shard_prefix(world.recipient)}:clearing:{MONTH}"
+    await bus.redis.hincrby(clearing, "11>51", 500)
+    await bus.redis.hincrby(clearing, "11>51#claims", 1)
+    report = await deep(bus)
+    (extra,) = named(report, CLEARING, month=MONTH, pair="11>51")
+    assert (extra.expected, extra.found) == (None, (500, 1, 0))
+    assert [d for d in named(report, CLEARING, month=MONTH) if d.what == "a month changed after it was closed"]
+
+
+async def test_a_statement_whose_net_rows_do_not_sum_to_zero_is_named(bus: Bus) -> None:
+    await story(bus)
+    (net, *_) = records_of(bus, CLEARING_TOPIC.name, row="net")
+    records = [changed(r, amount_fen=r.value["amount_fen"] + 1) if r is net else r for r in bus.records]
+    report = await deep(bus, records)
+    assert {d.what for d in named(report, CLEARING, month=MONTH)} >= {
+        "a statement's net rows do not sum to zero", "a statement's net row differs from the settlements of the month"}
+
+
+# ---- grants per day, from the events ------------------------------------------------------------
+
+
+async def test_a_fourth_grant_in_a_day_is_named_though_the_counter_agrees(bus: Bus) -> None:
+    recipient = await bus.person("resident", REGION)
+    provider = await bus.person("employee", "440300")
+    await bus.credit(provider, 100_000)
+    await bus.establish(provider, recipient, REGION)
+    granted = [await bus.grant(provider, recipient, REGION, 1_000) for _ in range(3)]
+    await bus.redis.delete(f"wal:{{p:{provider}}}:grants-by-day")  # the counter lost: the limit no longer holds
+    granted.append(await bus.grant(provider, recipient, REGION, 1_000))
+    assert [event.type for event in granted] == ["granted"] * 4
+    assert (await quick_audit(bus.redis, SHARDS)).clean  # it counted from the very counter
+    (too_many,) = named(await deep(bus), DAILY_GRANTS, provider=provider, day="20260302")
+    assert (too_many.expected, too_many.found) == (3, 4)
+    assert too_many.ids["commands"].split() == sorted(event.cause_id for event in granted)
+
+
+# ---- answers and outputs ------------------------------------------------------------------------
+
+
+async def test_a_credit_whose_input_is_missing_is_named(bus: Bus) -> None:
+    world = await story(bus)
+    (credit,) = records_of(bus, ACCOUNT_CREDITS.name, person_id=world.second)
+    assert credit.offset > 0  # (a topic without its first records is another difference)
+    report = await deep(bus, [record for record in bus.records if record is not credit])
+    (orphan,) = report.differences
+    assert (orphan.invariant, orphan.ids["person"]) == (ANSWER, world.second)
+    assert (orphan.what, orphan.ids["input"]) == ("an output names no input", credit.value["event_id"])
+
+
+async def test_a_credit_answered_with_another_amount_is_named(bus: Bus) -> None:
+    world = await story(bus)
+    (credited,) = records_of(bus, WALLET_EVENTS.name, type="credited", provider_id=world.first)
+    report = await deep(bus, [changed(r, amount_fen=2_000_000) if r is credited else r for r in bus.records])
+    assert named(report, ANSWER, person=world.first)
+    assert named(report, ACCOUNT, person=world.first)
+
+
+async def test_an_output_published_again_with_other_figures_is_named(bus: Bus) -> None:
+    world = await story(bus)
+    (result,) = records_of(bus, SETTLEMENTS.name, claim_id=world.split_claim)
+    report = await deep(bus, [*bus.records, again(result, paid_fen=1)])
+    (clash,) = named(report, REPUBLISHED, topic=SETTLEMENTS.name)
+    assert clash.ids["event"] == result.value["event_id"]
+    assert len(report.differences) == 1  # the first publication stands
+
+
+# ---- what is in flight is reported, not a difference --------------------------------------------
+
+
+async def test_a_claim_drawing_is_pending_not_a_difference(bus: Bus) -> None:
+    world = await story(bus)
+    claim = bus.saga.settle(world.recipient, 10_000)
+    await bus.claim(claim, hold=frozenset({DRAW_REQUESTS}))
+    report = await deep(bus)
+    assert report.valid, report.differences
+    assert {(pending.what, pending.ids.get("claim") or pending.ids.get("input")) for pending in report.pending} == {
+        ("claim drawing: the wallet's answer is on its way", claim.claim_id),
+        ("input not yet answered", claim.claim_id)}
+    assert report.counts["claims_pending"] == 1
+
+
+async def test_results_and_events_stored_but_not_yet_published_are_pending(bus: Bus) -> None:
+    """Redis is read after the end offsets are taken: a step stored since, whose outputs come later."""
+    world = await story(bus)
+    claim = bus.saga.settle(world.recipient, 10_000)
+    outputs = await bus.claim(claim)
+    unpublished = {output.event_id for output in outputs if isinstance(output, SettlementEvent | WalletEvent)}
+    report = await deep(bus, [r for r in bus.records if not (r.value and r.value.get("event_id") in unpublished)])
+    assert report.valid, report.differences
+    assert {pending.what for pending in report.pending} == {"claim final in Redis, its result not yet published",
+                                                           "debited in Redis, its event not yet published",
+                                                           "input not yet answered"}
+
+
+async def test_topics_that_lost_their_first_records_make_the_audit_fail(bus: Bus) -> None:
+    await story(bus)
+    (first_credit, *_) = records_of(bus, ACCOUNT_CREDITS.name)
+    report = await deep(bus, [record for record in bus.records if record is not first_credit])
+    (lost,) = named(report, HISTORY, topic=ACCOUNT_CREDITS.name)
+    assert (lost.ids["partition"], lost.found) == ("0", 1)
+
+
+async def test_keys_made_between_the_scan_and_the_reads_are_read_with_the_rest(bus: Bus, monkeypatch) -> None:
+    """Redis is scanned, then read person by person and shard by shard: a key a step makes meanwhile
+    (a provider's first refund, a shard's first claim of a month) is read with its neighbours."""
+    recipient = await bus.person("resident", REGION)
+    provider = await bus.person("employee", "440300")
+    await bus.credit(provider, 100_000)
+    await bus.establish(provider, recipient, REGION)
+    await bus.grant(provider, recipient, REGION, 50_000)
+    claim = bus.saga.settle(recipient, 30_000)
+    await bus.claim(claim)
+    scanned = [key async for key in bus.redis.scan_iter()]
+    await bus.claim(bus.saga.reverse(recipient, claim.claim_id))  # makes wal:{p:provider}:refunds
+    bus.clock.set(datetime.fromisoformat("2026-04-02T12:00:00+08:00"))
+    await bus.claim(bus.saga.settle(recipient, 1_000))  # makes the shard's clearing:2026-04
+
+    async def the_earlier_scan(**_):
+        for key in scanned:
+            yield key
+
+    monkeypatch.setattr(bus.redis, "scan_iter", the_earlier_scan)
+    assert f"wal:{{p:{provider}}}:refunds".encode() not in scanned
+    report = await deep(bus)
+    assert report.valid, report.differences
