@@ -5,7 +5,6 @@ Redis users of shared/principals.py, and secrets that never appear in a process'
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import os

@@ -7,6 +7,7 @@ rendered from it by `rights_table()` (a test fails when the README's copy is sta
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -103,6 +104,7 @@ SERVICES: tuple[Principal, ...] = (
 )
 
 
+@functools.cache  # the load generator asks for each claim's sender
 def province_principal(province: str) -> Principal:
     """A province's own system: sends its claims, reads its own results, never another's."""
     return Principal(

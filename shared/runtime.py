@@ -16,7 +16,6 @@ import asyncio
 import base64
 import hashlib
 import logging
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -47,7 +46,6 @@ from shared.settings import Settings
 from shared.topics import DEAD_LETTERS, Topic
 
 logger = logging.getLogger("gongji")
-_PROVINCE_CODE = re.compile(r"(?<=province\.)\d\d(?=\.)")
 
 # A dead letter carries at most this much of its record (base64 adds a third): a record as large
 # as the broker accepts must still fit in its dead letter, or the partition would stall for good.
@@ -302,7 +300,7 @@ def subscribe(
     several = isinstance(topics, tuple)
     topics = topics if isinstance(topics, tuple) else (topics,)
     topic = topics[0]
-    label = _PROVINCE_CODE.sub("PP", topic.name) if several else topic.name
+    label = topic.pattern
     decoder = DeadLetterDecoder(service, topics, clock, deliveries=several)
 
     async def consume(batch: list[BaseModel]) -> None:

@@ -18,6 +18,11 @@ class Topic:
     model: type[BaseModel]
     province: str | None = None  # the province whose own topic this is; None for a national topic
 
+    @property
+    def pattern(self) -> str:
+        """The name with the province's code as `PP`: how the 32 topics of one kind are named together."""
+        return self.name.replace(f".{self.province}.", ".PP.") if self.province else self.name
+
     def partitions(self, settings: Settings) -> int:
         return settings.province_topic_partitions if self.province else settings.topic_partitions
 
