@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from services.settlement.domain import gross_lines, net_positions
-from shared.topics import CLAIMS, CLEARING, SETTLEMENTS, STATISTICS, SUPERVISION, WALLET_EVENTS
+from shared.topics import CLAIMS, CLEARING, SETTLEMENTS, STATISTICS, SUPERVISION, WALLET_EVENTS, province_clearing
 from tests.e2e.world import World
 from tests.support import new_id, new_person_id, now_iso
 
@@ -110,6 +110,12 @@ async def test_the_whole_story_and_its_monthly_statement(world: World, kafka) ->
     assert {province: net[province] - earlier_net.get(province, 0) for province in ("35", "62", "53")} == \
         {"35": -92_000, "62": -20_000, "53": 112_000}
     assert sum(net.values()) == 0
+    # Each province gets the rows that concern it on its own topic, and no other province's.
+    for province in ("35", "62", "53"):
+        own = kafka.matching(province_clearing(province), lambda m: m["month"] == month)
+        assert {row["event_id"] for row in own} == {
+            row["event_id"] for row in rows if province in (row.get("payer_province"), row.get("payee_province"),
+                                                            row.get("province"))}
 
     again = gongji("clearing", "close", month, env=after_the_month(month))  # the same statement, however often
     assert again.returncode == 0
