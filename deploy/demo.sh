@@ -15,4 +15,4 @@ for port in 18080 18081 18082; do
 done
 echo "services up: health and Prometheus metrics on http://127.0.0.1:1808{0,1,2}/health and /metrics"
 .venv/bin/gongji load "$@"
-.venv/bin/gongji audit
+.venv/bin/gongji audit --deep --wait 60
