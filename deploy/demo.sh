@@ -19,4 +19,4 @@ for port in $ports; do
 done
 echo "services up: health and Prometheus metrics on $(for port in $ports; do printf 'http://127.0.0.1:%s ' "$port"; done)(/health, /metrics)"
 .venv/bin/gongji load "$@"
-.venv/bin/gongji audit
+.venv/bin/gongji audit --deep --wait 60

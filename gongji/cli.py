@@ -424,7 +424,7 @@ def load(
                                             "rejections_by_reason", "dead_letters_seen", "audit")}
     console.print_json(json.dumps(summary, ensure_ascii=False))
     console.print(f"report: {json_path}\nplot:   {png_path}")
-    ok = report["audit"]["clean"] and not report["claims"]["without_result"] \
+    ok = report["audit"]["valid?"] and not report["audit"]["pending"] and not report["claims"]["without_result"] \
         and not report["claims"]["with_more_than_one_result"] \
         and all(entry["answered"] == entry["sent"] for entry in report["mix"].values())
     if not ok:

@@ -19,14 +19,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from hdrh.histogram import HdrHistogram
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from gongji.audit import audit
-from aiokafka import AIOKafkaProducer
-
+from gongji.audit.deep import deep_audit, report_json
 from gongji.kafka_io import TopicWatcher, make_producer
 from gongji.population import Family, PopulationBuilder
 from shared.clock import SHANGHAI
@@ -47,6 +46,7 @@ SENDERS = {ENROLLMENT: "registry", KINSHIP: "registry", RELATIONSHIP_COMMANDS: "
 NOT_YET = {"KINSHIP_UNVERIFIED", "RECIPIENT_NOT_INSURED", "PROVIDER_NOT_EMPLOYEE", "RELATIONSHIP_NOT_ACTIVE"}
 RETRY_SECONDS = 0.5
 FREEZE_SECONDS = 2.0  # a supervision freeze of the mix is lifted this much later
+AUDIT_WAIT_SECONDS = 60.0  # the deep audit at the end waits this long for what is still in flight
 LATENCY_MAX_US = 600_000_000
 CARE_AWAY = ("110100", "310100", "440100", "510100")  # where care away from home is given
 
@@ -443,7 +443,8 @@ async def run_load(settings: Settings, options: LoadOptions, console: Console) -
         await run.stop_producers()
     redis = Redis.from_url(settings.redis_url, **redis_options(settings, OPERATOR.name))
     try:
-        report_audit = await audit(redis, settings.settlement_shards)
+        # The books rebuilt from the topics, against Redis; what is still in flight is waited for.
+        checked = await deep_audit(settings, redis, wait_seconds=AUDIT_WAIT_SECONDS)
     finally:
         await redis.aclose()
 
@@ -476,8 +477,7 @@ async def run_load(settings: Settings, options: LoadOptions, console: Console) -
         "rejections_by_reason": dict(Counter(r["reason"] for r in results.values() if r["reason"])),
         "mix": run.mix_report(),
         "dead_letters_seen": run.dead_letters,
-        "audit": {"clean": report_audit.clean, "breaches": report_audit.breaches[:20],
-                  "accounts": report_audit.accounts, "claims": report_audit.claims},
+        "audit": report_json(checked),
         "timeline": timeline,
     }
     return report

@@ -156,7 +156,10 @@ class Generator:
         return self._delivery("crash")
 
     def _twin(self) -> Op | None:
-        return self._delivery("twin")
+        op = self._delivery("twin")
+        if op is not None:
+            op.args["pattern"] = self.rng.getrandbits(12)
+        return op
 
     def _redelivery(self) -> Op | None:
         handled = {inbox: envelopes for inbox, envelopes in self.world.network.handled.items() if envelopes}

@@ -199,7 +199,7 @@ class Books:
         self.plans: dict[tuple[str, str], Plan] = {}
         self.answers: dict[tuple[str, str], Answer] = {}
         self.takes: dict[tuple[str, str], Take] = {}  # (claim, provider)
-        self.refunds: dict[tuple[str, str], int] = {}  # (refund id, provider) -> amount given back
+        self.refunds: dict[tuple[str, str], tuple[int, str]] = {}  # (refund id, provider) -> (amount, where to)
         # settlement
         self.settlement_enrollment: dict[str, tuple[str, str, str]] = {}
         self.owners: dict[str, str] = {}
@@ -453,18 +453,19 @@ class Books:
             key = (request.claim_id, payer.provider_id)
             if key not in self.refunds:
                 self.refunds[key] = self._give_back(request, payer.provider_id)
-            if self.refunds[key]:
+            if self.refunds[key][0]:
                 expected[payer.provider_id] = self.refunds[key]
-        got = {event.provider_id: event.amount_fen for event in _distinct(group)}
+        got = {event.provider_id: (event.amount_fen, event.refunded_to) for event in _distinct(group)}
         require(got == expected, "refund",
                 lambda: f"refund {request.claim_id} of {request.original_claim_id} for {self.a(request.recipient_id)}: "
                         f"wallet {[(self.a(p), n) for p, n in got.items()]}, books {[(self.a(p), n) for p, n in expected.items()]}")
 
-    def _give_back(self, request: RefundRequested, provider: str) -> int:
-        """What a refund returns from one provider: that claim's take for that recipient, once."""
+    def _give_back(self, request: RefundRequested, provider: str) -> tuple[int, str]:
+        """What a refund returns from one provider, and where to: that claim's take for that
+        recipient, once, into the grant while the relationship it was drawn under lasts."""
         take = self.takes.get((request.original_claim_id, provider))
         if take is None or take.recipient != request.recipient_id or take.refunded_by or take.amount <= 0:
-            return 0
+            return 0, "none"
         original = self.claims.get(request.original_claim_id)
         reversed_here = original is not None and original.reversed_by == request.claim_id
         unclaimed = request.claim_id == claim_output_id(request.original_claim_id, "unclaimed draw") and (
@@ -477,7 +478,8 @@ class Books:
         pair = self.wallet_pairs.get((provider, request.recipient_id))
         if pair is not None and pair.active and pair.since == take.since:
             account.grants[request.recipient_id] = account.grants.get(request.recipient_id, 0) + take.amount
-        return take.amount
+            return take.amount, "grant"
+        return take.amount, "account"
 
     # ---- settlement -------------------------------------------------------------------------
 

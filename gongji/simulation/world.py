@@ -101,11 +101,14 @@ class PausingStore:
 
 
 class Turnstile:
-    """Two instances handling one batch at once, taking their Redis steps in turn: interleaved as
-    concurrency allows, yet the same way on every replay (even of a wallet that is not idempotent)."""
+    """Two instances handling one batch at once, taking their Redis steps in turns that `pattern`
+    decides (bit k: who takes step k): interleaved as concurrency allows, yet the same way on every
+    replay (even of a wallet that is not idempotent)."""
 
-    def __init__(self) -> None:
-        self.turn = 0
+    def __init__(self, pattern: int) -> None:
+        self.pattern = pattern
+        self.steps = 0
+        self.turn = pattern & 1
         self.finished = [False, False]
         self.changed = asyncio.Condition()
 
@@ -124,7 +127,8 @@ class Turnstile:
                     try:
                         return await attribute(*args, **kwargs)
                     finally:
-                        await turnstile.pass_turn(1 - me)
+                        turnstile.steps += 1
+                        await turnstile.pass_turn(turnstile.pattern >> turnstile.steps & 1)
 
                 return step
 
@@ -299,9 +303,10 @@ class World:
         batch = [envelope.message for envelope in envelopes]
         return route, envelopes, batch, await self._handle(route, batch) if batch else []
 
-    async def _deliver(self, inbox: str, labels: list[str], fault: str = "") -> str:
+    async def _deliver(self, inbox: str, labels: list[str], fault: str = "", pattern: int = 0b1010101010) -> str:
         """A batch delivered; `crash`: the instance stored its steps and died before publishing
-        (the batch stays in flight); `twin`: two instances handle it at once."""
+        (the batch stays in flight); `twin`: two instances handle it at once, their steps
+        interleaved by `pattern`."""
         route = ROUTES[inbox]
         envelopes = self.network.take(inbox, labels, keep=fault == "crash")
         if not envelopes:
@@ -309,7 +314,7 @@ class World:
         batch = [envelope.message for envelope in envelopes]
         if fault == "twin":
             self.faults["twin"] += 1
-            turnstile, store = Turnstile(), self.stores[route.service]
+            turnstile, store = Turnstile(pattern), self.stores[route.service]
             first, second = await asyncio.gather(*(turnstile.run(me, self._handle(route, batch, turnstile.store(store, me)))
                                                    for me in (0, 1)))
             self._effects(route, batch, first)
