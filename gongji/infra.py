@@ -284,6 +284,12 @@ def _hashed(secret: str) -> str:
     return f"#{hashlib.sha256(secret.encode()).hexdigest()}"
 
 
+# No one can log in as the default user (`off`, no password), yet it keeps every right: Redis 7.0
+# replays the AOF's transactions — every Function's writes — checking each command against the
+# default user's rights, so a default user without them would lose those writes at every restart.
+REDIS_DEFAULT_USER = ("off", "resetpass", "~*", "&*", "+@all")
+
+
 def _redis_user_line(settings: Settings, principal: Principal) -> str:
     """One user of the ACL file: its rules and its hashed password."""
     assert principal.redis is not None
@@ -306,7 +312,7 @@ def start_redis(settings: Settings, paths: Paths) -> bool:
     if not paths.redis_users.exists():
         # No anonymous access from the first moment: the default user is off.
         users = [_redis_user_line(settings, principal) for principal in PRINCIPALS if principal.redis]
-        write_secret(paths.redis_users, "\n".join(["user default off resetpass -@all", *users, ""]).encode())
+        write_secret(paths.redis_users, "\n".join([" ".join(["user", "default", *REDIS_DEFAULT_USER]), *users, ""]).encode())
     process = subprocess.Popen(
         [server, "--bind", host, "--port", str(port), "--dir", str(paths.redis_dir),
          "--appendonly", "yes", "--appendfsync", "always", "--aclfile", str(paths.redis_users),
@@ -344,7 +350,7 @@ def sync_redis_users(settings: Settings, client: redis.Redis) -> None:
     for principal in declared.values():
         client.execute_command("ACL", "SETUSER", principal.name, *redis_acl_rules(principal.redis), "resetpass",
                                _hashed(password(settings, principal.name)))
-    client.execute_command("ACL", "SETUSER", "default", "reset")
+    client.execute_command("ACL", "SETUSER", "default", *REDIS_DEFAULT_USER)
     for name in client.execute_command("ACL", "USERS"):
         if name.decode() not in declared and name.decode() != "default":
             client.execute_command("ACL", "DELUSER", name)
@@ -522,7 +528,7 @@ def up(settings: Settings) -> list[str]:
     return notes
 
 
-def _stop(pid_file: Path, name: str) -> str | None:
+def stop(pid_file: Path, name: str) -> str | None:
     pid = _pid_alive(pid_file)
     pid_file.unlink(missing_ok=True)
     if pid is None:
@@ -541,7 +547,7 @@ def _stop(pid_file: Path, name: str) -> str | None:
 def down(settings: Settings) -> list[str]:
     """Stops only the processes this launcher started (from their pid files)."""
     paths = Paths(settings.state_dir)
-    return [note for note in (_stop(paths.kafka_pid, "Kafka"), _stop(paths.redis_pid, "Redis")) if note]
+    return [note for note in (stop(paths.kafka_pid, "Kafka"), stop(paths.redis_pid, "Redis")) if note]
 
 
 def reset(settings: Settings) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio as redis_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import (
     GroupAuthorizationFailedError, KafkaConnectionError, KafkaError, TopicAuthorizationFailedError,
@@ -21,6 +22,7 @@ from aiokafka.errors import (
 
 from gongji import infra
 from services.settlement.store import LIBRARY as SETTLEMENT_LIBRARY
+from services.wallet.store import WalletStore
 from shared.credentials import (
     aiokafka_options, ca_file, password, redis_options, secrets_dir, ssl_context,
 )
@@ -32,7 +34,8 @@ from shared.topics import (
     PROVINCE_TOPICS, REFUND_REQUESTS, RELATIONSHIP_EVENTS, SETTLEMENT_GROUP, SETTLEMENTS, STATISTICS, SUPERVISION,
     WALLET_COMMANDS, WALLET_EVENTS, WALLET_GROUP, Topic, province_claims, province_clearing, province_settlements,
 )
-from tests.support import new_id
+from tests.integration.conftest import integration_redis_url
+from tests.support import new_id, new_person_id
 
 pytestmark = pytest.mark.timeout(300)
 INTERNAL = (DRAW_REQUESTS, DRAW_ANSWERS, REFUND_REQUESTS)
@@ -237,6 +240,31 @@ def test_the_wallets_redis_user_cannot_touch_settlement_keys(infrastructure) -> 
         settlement.hgetall(f"wal:{{p:{new_id()}}}:account")
     with pytest.raises(redis.exceptions.NoPermissionError):
         settlement.hgetall(POLICY_KEY)  # settlement has no use for the policy
+
+
+async def test_a_redis_restart_keeps_every_functions_writes(infrastructure, redis) -> None:
+    """A Function's writes are kept in the AOF as transactions, which Redis 7.0 checks against the
+    default user's rights when it loads them: the default user is off, but not without rights, or
+    every restart would silently drop them."""
+    store = WalletStore(redis)
+    await store.load()
+    person = new_person_id()
+    assert (await store.credit(new_id("cred"), "fingerprint", person, 1_234, "2026-03-02T12:00:00+08:00")).outcome \
+        == "applied"
+    paths = infra.Paths(infrastructure.state_dir)
+    logged = paths.redis_log.stat().st_size
+    assert infra.stop(paths.redis_pid, "Redis") == "stopped Redis"
+    infra.up(infrastructure)
+    await redis.connection_pool.disconnect()  # the session's client: its connections died with the server
+    with paths.redis_log.open() as log:
+        log.seek(logged)
+        assert "AOF-loading-client" not in log.read()  # no transaction of the AOF refused
+    client = redis_asyncio.Redis.from_url(integration_redis_url(infrastructure.redis_url),
+                                          **redis_options(infrastructure, "operator"))
+    try:
+        assert await client.hget(f"wal:{{p:{person}}}:account", "balance") == b"1234"
+    finally:
+        await client.aclose()
 
 
 def test_redis_listens_on_loopback_only(infrastructure) -> None:
