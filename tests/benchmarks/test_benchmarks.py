@@ -93,7 +93,7 @@ async def _claim_path(settings: Settings) -> dict:
     finally:
         for process in processes:
             process.stop()
-    assert report["claims"]["without_result"] == 0 and report["audit"]["clean"]
+    assert report["claims"]["without_result"] == 0 and report["audit"]["valid?"], report["audit"]["first"]
     sample = {"claim_id": "x", "kind": "settle", "recipient_id": make_person_id("110101", "19800101", 1),
               "recipient_region": "110100", "category": "institution", "institution_code": "H11010000001",
               "service_region": "110100",
