@@ -16,6 +16,8 @@ ports=$(.venv/bin/python -c 'from gongji.services import SERVICE_NAMES, http_por
 print(*(http_port(Settings(), name) for name in SERVICE_NAMES))')
 for port in $ports; do
   for _ in $(seq 1 120); do curl -fs "http://127.0.0.1:$port/health" -o /dev/null && break; sleep 0.5; done
+  curl -fs "http://127.0.0.1:$port/health" -o /dev/null \
+    || { echo "the service on port $port did not start: see .gongji/logs/services.log" >&2; exit 1; }
 done
 echo "services up: health and Prometheus metrics on $(for port in $ports; do printf 'http://127.0.0.1:%s ' "$port"; done)(/health, /metrics)"
 .venv/bin/gongji load "$@"

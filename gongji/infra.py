@@ -5,6 +5,7 @@ Redis users of shared/principals.py, and secrets that never appear in a process'
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -19,12 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from aiokafka.errors import ClusterAuthorizationFailedError
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AclBinding, AclBindingFilter, AclOperation, AclPermissionType, AdminClient, NewTopic, ResourcePatternType,
     ResourceType, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion,
 )
 
+from gongji.kafka_io import make_producer
 from gongji.tls import broker_keystore, ensure_certificates
 from services.relationship.store import LIBRARY as RELATIONSHIP_LIBRARY
 from services.settlement.store import LIBRARY as SETTLEMENT_LIBRARY
@@ -33,7 +36,9 @@ from shared.credentials import (
     SCRAM_MECHANISM, CredentialsMissing, ca_file, ensure_passwords, kafka_client_settings, new_password, password,
     redis_options, secrets_dir, set_password, write_secret,
 )
-from shared.principals import BROKER, BY_NAME, OPERATOR, PRINCIPALS, KafkaRight, Principal, redis_acl_rules
+from shared.principals import (
+    BROKER, BY_NAME, OPERATOR, PRINCIPALS, SERVICES, KafkaRight, Principal, redis_acl_rules,
+)
 from shared.settings import PROJECT_ROOT, Settings
 from shared.topics import ALL_TOPICS, PROVINCE_TOPICS
 
@@ -525,7 +530,27 @@ def up(settings: Settings) -> list[str]:
     created, deleted = sync_acls(admin)
     if created or deleted:
         notes.append(f"ACLs: {created} created, {deleted} removed")
+    asyncio.run(_until_services_are_authorized(settings, deadline))
     return notes
+
+
+async def _until_services_are_authorized(settings: Settings, deadline: float) -> None:
+    """ACLs reach the broker's authorizer a moment after the admin API has accepted them: a service
+    started in that moment had its idempotent producer refused (ClusterAuthorizationFailed) and
+    stopped. Ready means each service's producer is accepted."""
+    for principal in SERVICES:
+        while True:
+            producer = make_producer(settings, principal.name)
+            try:
+                await producer.start()
+                break
+            except ClusterAuthorizationFailedError:
+                if time.monotonic() > deadline:
+                    raise InfraError(f"Kafka did not authorize {principal.name} within {READY_TIMEOUT_SECONDS}s "
+                                     "of its ACLs being made") from None
+                await asyncio.sleep(0.2)
+            finally:
+                await producer.stop()
 
 
 def stop(pid_file: Path, name: str) -> str | None:
