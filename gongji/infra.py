@@ -16,6 +16,7 @@ import subprocess
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -530,7 +531,9 @@ def up(settings: Settings) -> list[str]:
     created, deleted = sync_acls(admin)
     if created or deleted:
         notes.append(f"ACLs: {created} created, {deleted} removed")
-    asyncio.run(_until_services_are_authorized(settings, deadline))
+    # Its own loop in its own thread: `up` is called from event loops too (tests restarting Redis).
+    with ThreadPoolExecutor(1) as apart:
+        apart.submit(asyncio.run, _until_services_are_authorized(settings, deadline)).result()
     return notes
 
 
