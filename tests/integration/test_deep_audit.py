@@ -74,6 +74,15 @@ async def story(bus: Bus) -> Story:
     return Story(recipient, first, second, reversed_claim.claim_id, split_claim.claim_id, reversal.claim_id)
 
 
+async def related_pair(bus: Bus) -> tuple[str, str]:
+    """A provider with 100,000 fen and an established relationship to a recipient in REGION."""
+    recipient = await bus.person("resident", REGION)
+    provider = await bus.person("employee", "440300")
+    await bus.credit(provider, 100_000)
+    await bus.establish(provider, recipient, REGION)
+    return provider, recipient
+
+
 async def deep(bus: Bus, records: list[Record] | None = None) -> AuditReport:
     return compare(rebuild(bus.records if records is None else records), await read_state(bus.redis))
 
@@ -171,10 +180,7 @@ async def test_a_result_whose_payers_do_not_add_up_is_named(bus: Bus) -> None:
 
 
 async def test_a_reversal_whose_refund_gives_nothing_back_is_named(bus: Bus) -> None:
-    recipient = await bus.person("resident", REGION)
-    provider = await bus.person("employee", "440300")
-    await bus.credit(provider, 100_000)
-    await bus.establish(provider, recipient, REGION)
+    provider, recipient = await related_pair(bus)
     await bus.grant(provider, recipient, REGION, 50_000)
     claim = bus.saga.settle(recipient, 30_000)
     await bus.claim(claim)
@@ -252,10 +258,7 @@ async def test_a_statement_whose_net_rows_do_not_sum_to_zero_is_named(bus: Bus) 
 
 
 async def test_a_fourth_grant_in_a_day_is_named_though_the_counter_agrees(bus: Bus) -> None:
-    recipient = await bus.person("resident", REGION)
-    provider = await bus.person("employee", "440300")
-    await bus.credit(provider, 100_000)
-    await bus.establish(provider, recipient, REGION)
+    provider, recipient = await related_pair(bus)
     granted = [await bus.grant(provider, recipient, REGION, 1_000) for _ in range(3)]
     await bus.redis.delete(f"wal:{{p:{provider}}}:grants-by-day")  # the counter lost: the limit no longer holds
     granted.append(await bus.grant(provider, recipient, REGION, 1_000))
@@ -335,10 +338,7 @@ async def test_topics_that_lost_their_first_records_make_the_audit_fail(bus: Bus
 async def test_keys_made_between_the_scan_and_the_reads_are_read_with_the_rest(bus: Bus, monkeypatch) -> None:
     """Redis is scanned, then read person by person and shard by shard: a key a step makes meanwhile
     (a provider's first refund, a shard's first claim of a month) is read with its neighbours."""
-    recipient = await bus.person("resident", REGION)
-    provider = await bus.person("employee", "440300")
-    await bus.credit(provider, 100_000)
-    await bus.establish(provider, recipient, REGION)
+    provider, recipient = await related_pair(bus)
     await bus.grant(provider, recipient, REGION, 50_000)
     claim = bus.saga.settle(recipient, 30_000)
     await bus.claim(claim)
