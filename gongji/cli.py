@@ -423,6 +423,10 @@ def load(
     summary = {key: report[key] for key in ("population", "claims", "mix", "throughput", "latency_ms", "by_status",
                                             "rejections_by_reason", "dead_letters_seen", "audit")}
     console.print_json(json.dumps(summary, ensure_ascii=False))
+    if report["budget"]:
+        from gongji.budget import budget_table
+
+        console.print(budget_table(report["budget"]))
     console.print(f"report: {json_path}\nplot:   {png_path}")
     ok = report["audit"]["valid?"] and not report["audit"]["pending"] and not report["claims"]["without_result"] \
         and not report["claims"]["with_more_than_one_result"] \

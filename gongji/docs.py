@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 from faststream.specification.asyncapi.site import get_asyncapi_html
 from faststream.specification.base import Specification
@@ -13,7 +15,7 @@ from faststream.specification.base import Specification
 from gongji.services import SERVICE_NAMES, app_factory
 from shared.settings import PROJECT_ROOT, Settings
 from shared.contracts import Claim
-from shared.topics import CLEARING, province_claims, province_clearing, province_settlements
+from shared.topics import CLAIMS, CLEARING, DRAW_ANSWERS, Topic, province_claims, province_clearing, province_settlements
 
 DOCS_DIR = PROJECT_ROOT / "docs"
 
@@ -39,11 +41,23 @@ def asyncapi_specification(settings: Settings) -> Specification:
     async def each_province_claims(batch: list[Claim]) -> None:
         """Read by one consumer for all 32 provinces."""
 
+    # The claim path's consumer reads these with every province's claims; each is documented alone.
+    for topic in (CLAIMS, DRAW_ANSWERS):
+        _document_subscription(settlement, topic, "settlement")
+
     return AsyncAPI(
         *brokers, title="Gongji (共济) — wire contract v1", version="1.0.0",
         description="Cross-provincial mutual aid of employee medical-insurance personal accounts. "
                     "Money is integer fen; keys decide partitions; every input id is idempotent.",
     ).to_specification()
+
+
+def _document_subscription(broker: KafkaBroker, topic: Topic, service: str) -> None:
+    """A topic that a service reads with others in one consumer, as its own channel."""
+    async def read(batch: list[Any]) -> None: ...
+
+    read.__annotations__ = {"batch": list[topic.model], "return": None}
+    broker.subscriber(topic.name, batch=True, title=f"{topic.name}:{service}", description=topic.model.__doc__)(read)
 
 
 def write_docs(settings: Settings, directory: Path = DOCS_DIR) -> Path:

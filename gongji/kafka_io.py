@@ -16,9 +16,11 @@ from shared.settings import Settings
 from shared.topics import Topic
 
 
-def make_producer(settings: Settings, principal: str, linger_ms: int = 5) -> AIOKafkaProducer:
+def make_producer(settings: Settings, principal: str) -> AIOKafkaProducer:
+    # No linger: what a client sends in one go leaves together anyway, and a latency measured
+    # from the send should not include a wait of the client's own.
     return AIOKafkaProducer(**aiokafka_options(settings, principal), acks="all", enable_idempotence=True,
-                            linger_ms=linger_ms, max_batch_size=256 * 1024)
+                            linger_ms=0, max_batch_size=256 * 1024)
 
 
 async def publish_models(settings: Settings, topic: Topic, messages: Iterable[BaseModel],
@@ -80,6 +82,7 @@ class TopicWatcher:
                         value = {"_raw": record.value}
                     value["_key"] = record.key.decode(errors="replace") if record.key is not None else None
                     value["_partition"], value["_offset"] = record.partition, record.offset
+                    value["_timestamp_ms"] = record.timestamp  # when its producer sent it
                     self._on_message(record.topic, value)
 
     async def stop(self) -> None:

@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gongji.audit.deep import deep_audit, report_json
+from gongji.budget import claim_budget, snapshot
 from gongji.kafka_io import TopicWatcher, make_producer
 from gongji.population import Family, PopulationBuilder
 from shared.clock import SHANGHAI
@@ -106,6 +107,7 @@ class LoadRun:
         self.seconds: dict[int, dict[str, Any]] = defaultdict(lambda: {"published": 0, "settled": 0,
                                                                         "hist": HdrHistogram(1, LATENCY_MAX_US, 2)})
         self.claims_started_ns = 0
+        self.result_transit_ms = 0.0  # first results: from their producer's send to this client, summed
         self.dead_letters = 0
         # The rest of the mix: input id -> (kind, the answer's type or status once it came).
         self.mix: dict[str, tuple[str, str | None]] = {}
@@ -164,6 +166,7 @@ class LoadRun:
             return
         arrived = time.monotonic_ns()
         self.first_result[claim_id] = value
+        self.result_transit_ms += max(0.0, time.time() * 1000 - value["_timestamp_ms"])
         if value["status"] in ("settled", "partial"):
             self.reversible.append((claim_id, value["recipient_id"], value["service_region"]))
         latency_us = max(1, (arrived - started) // 1000)
@@ -253,6 +256,12 @@ class LoadRun:
         self.ready_after_setup = len(self.ready)
         return time.monotonic() - started
 
+    def setup_outcome(self) -> tuple[dict[tuple[str, str], str], int]:
+        """The families refused for good (a retried command may be refused after an earlier one
+        made the pair ready: that pair is ready, not refused), and how many pairs got no answer."""
+        refused = {pair: why for pair, why in self.refused.items() if pair not in self.ready}
+        return refused, len(self.pairs) - len(self.ready) - len(refused)
+
     async def _command(self, action: str, pair: tuple[str, str]) -> None:
         """Sends a family's next command; its answer, matched by command_id, decides the step after."""
         provider_id, recipient_id = pair
@@ -293,9 +302,9 @@ class LoadRun:
     async def publish_claims(self) -> dict[str, int]:
         recipients = sorted({(pair[1], self.pairs[pair]["region"]) for pair in self.ready})
         if not recipients:
-            refused = dict(Counter(self.refused.values()))
-            raise RuntimeError(f"no relationship became ready (refused: {refused or 'none'}; "
-                               f"unanswered: {len(self.pairs) - len(self.refused)}): "
+            refused, unanswered = self.setup_outcome()
+            raise RuntimeError(f"no relationship became ready (refused: {dict(Counter(refused.values())) or 'none'}; "
+                               f"unanswered: {unanswered}): "
                                "are the services running (`gongji run all`)?")
         rng = self.builder.rng
         await self.start_producers({province_principal(province_of(region)).name
@@ -436,8 +445,11 @@ async def run_load(settings: Settings, options: LoadOptions, console: Console) -
     try:
         families = run.builder.families(options.persons)
         setup_seconds = await run.build_population(families)
+        refused, unanswered = run.setup_outcome()
+        hops_before = snapshot(settings)
         counts = await run.publish_claims()
         await run.drain()
+        hops_after = snapshot(settings)
     finally:
         await run.watcher.stop()
         await run.stop_producers()
@@ -460,8 +472,7 @@ async def run_load(settings: Settings, options: LoadOptions, console: Console) -
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
         "population": {"persons": sum(1 + len(f.recipients) for f in families), "families": len(families),
                        "relationships": len(run.pairs), "ready": run.ready_after_setup,
-                       "refused": dict(Counter(run.refused.values())),
-                       "unanswered": len(run.pairs) - run.ready_after_setup - len(run.refused),
+                       "refused": dict(Counter(refused.values())), "unanswered": unanswered,
                        "ended_during_run": run.ready_after_setup - len(run.ready),
                        "setup_seconds": round(setup_seconds, 1)},
         "claims": {"published": counts.get("claims", 0), "duplicates_sent": counts.get("duplicates", 0),
@@ -472,6 +483,9 @@ async def run_load(settings: Settings, options: LoadOptions, console: Console) -
                        "settled_per_second": round(len(results) / window, 1),
                        "settled_per_second_median_of_seconds": sorted(steady)[len(steady) // 2]},
         "latency_ms": _percentiles_ms(run.histogram),
+        # Read from the services on this machine (absent when they run elsewhere).
+        "budget": claim_budget(hops_before, hops_after, run.result_transit_ms / max(1, len(results)),
+                               run.histogram.get_mean_value() / 1000) if hops_before and hops_after else None,
         "by_status": dict(Counter(r["status"] for r in results.values())),
         "by_category": dict(Counter(r.get("category") for r in results.values())),
         "rejections_by_reason": dict(Counter(r["reason"] for r in results.values() if r["reason"])),

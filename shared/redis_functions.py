@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Sequence
@@ -73,11 +75,19 @@ class Step:
         return self.outcome == "conflict"
 
 
+# The Redis time of the batch in hand (the runtime sets a fresh tally per batch; tasks a handler
+# starts share it): one phase of the per-hop latency budget.
+REDIS_SECONDS: ContextVar[list[float] | None] = ContextVar("redis_seconds", default=None)
+
+
 async def execute(pipe: Pipeline) -> list[Any]:
     """Runs a pipeline and raises the first error as Redis gave it: redis-py would rewrite its text
     ("Command # n (…) of pipeline caused error: …"), and the runtime reads the error to tell an
     unwell Redis (retry the batch) from a record's own failure."""
+    started = time.perf_counter()
     replies = await pipe.execute(raise_on_error=False)
+    if (tally := REDIS_SECONDS.get()) is not None:
+        tally[0] += time.perf_counter() - started
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply

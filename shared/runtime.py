@@ -16,9 +16,11 @@ import asyncio
 import base64
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from itertools import chain
 from typing import Any
 
 
@@ -42,8 +44,9 @@ from shared.clock import Clock
 from shared.contracts import DeadLetter, ReasonCode
 from shared.credentials import kafka_bootstrap, password, ssl_context
 from shared.ids import derived_event_id
+from shared.redis_functions import REDIS_SECONDS
 from shared.settings import Settings
-from shared.topics import DEAD_LETTERS, Topic
+from shared.topics import CLAIM_PATH, DEAD_LETTERS, Topic
 
 logger = logging.getLogger("gongji")
 
@@ -58,6 +61,53 @@ BATCH_SECONDS = Histogram(
     "gongji_batch_seconds", "Time to handle one batch, outputs confirmed", ["service", "topic"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+# Where a record's time goes on a hop (the latency budget of `gongji load`), summed over records:
+# a phase's total over the records' count is its mean per record. The phases follow one another:
+# `waiting` (created by its producer → handed to the handler: linger, broker, fetch, the queue),
+# `handler` (Python), `redis` (round trips), `publish` (outputs sent → all acknowledged), `commit`
+# (the batch's offsets, before the next batch is taken).
+HOP_SECONDS = Counter("gongji_hop_seconds", "Record-seconds spent in each phase of a hop", ["service", "topic", "phase"])
+HOP_RECORDS = Counter("gongji_hop_records", "Records timed by the hop budget", ["service", "topic"])
+HOP_PHASES = ("waiting", "handler", "redis", "publish", "commit")
+
+
+class HopBudget:
+    """Times the phases of one subscriber's batches for HOP_SECONDS, by the records' topics (a
+    consumer of several topics serves several hops)."""
+
+    def __init__(self, service: str, topics: Sequence[Topic]) -> None:
+        patterns = {topic.name: topic.pattern for topic in topics}
+        self._phase = {(name, phase): HOP_SECONDS.labels(service, pattern, phase)
+                       for name, pattern in patterns.items() for phase in HOP_PHASES}
+        self._records = {name: HOP_RECORDS.labels(service, pattern) for name, pattern in patterns.items()}
+        self._batch: dict[str, int] = {}  # records of the batch in hand, by topic
+        self._finished: float | None = None  # when the last batch's outputs were confirmed
+
+    def polled(self) -> None:
+        """The consumer asks for the next batch: the last one's offsets are committed."""
+        if self._finished is not None:
+            self._spend("commit", time.perf_counter() - self._finished)
+            self._finished = None
+
+    def handed(self, records: Sequence[ConsumerRecord]) -> None:
+        now_ms = time.time() * 1000
+        self._batch = {}
+        for record in records:
+            self._batch[record.topic] = self._batch.get(record.topic, 0) + 1
+            self._phase[(record.topic, "waiting")].inc(max(0.0, now_ms - record.timestamp) / 1000)
+        for name, count in self._batch.items():
+            self._records[name].inc(count)
+
+    def done(self, handler: float, redis: float, publish: float) -> None:
+        self._spend("handler", max(0.0, handler - redis))
+        self._spend("redis", redis)
+        self._spend("publish", publish)
+        self._finished = time.perf_counter()
+
+    def _spend(self, phase: str, seconds: float) -> None:
+        """Every record of the batch spent these seconds in this phase."""
+        for name, count in self._batch.items():
+            self._phase[(name, phase)].inc(seconds * count)
 
 
 @dataclass(frozen=True)
@@ -97,7 +147,9 @@ def make_broker(settings: Settings, principal: str) -> KafkaBroker:
         allow_auto_create_topics=False,  # topics are the operator's (`gongji infra up`), never a service's
         acks="all",
         enable_idempotence=True,
-        linger_ms=2,
+        # No linger: a batch's outputs are all handed to the producer before it next runs, so they
+        # leave together anyway; a linger would only add its milliseconds to every hop.
+        linger_ms=0,
         request_timeout_ms=30_000,
         client_id="gongji",
         logger=logger,
@@ -303,9 +355,21 @@ def subscribe(
     label = topic.pattern
     decoder = DeadLetterDecoder(service, topics, clock, deliveries=several)
 
+    budget = HopBudget(service, topics)
+
     async def consume(batch: list[BaseModel]) -> None:
-        with BATCH_SECONDS.labels(service, label).time():
-            await outbox.publish(await handle_isolating_poison(handler, decoder, settings.poison_attempts))
+        budget.handed([record for record, _ in decoder.batch])
+        redis_seconds = [0.0]
+        reset = REDIS_SECONDS.set(redis_seconds)
+        try:
+            with BATCH_SECONDS.labels(service, label).time():
+                started = time.perf_counter()
+                outputs = await handle_isolating_poison(handler, decoder, settings.poison_attempts)
+                handled = time.perf_counter()
+                await outbox.publish(outputs)
+            budget.done(handled - started, redis_seconds[0], time.perf_counter() - handled)
+        finally:
+            REDIS_SECONDS.reset(reset)
         counts: dict[str, int] = {}
         for record, _ in decoder.batch:
             counts[record.topic] = counts.get(record.topic, 0) + 1
@@ -317,7 +381,7 @@ def subscribe(
     consume.__annotations__ = {"batch": list[Any] if several else list[topic.model], "return": None}
     consume.__name__ = f"{service}_{label.replace('.', '_').replace('-', '_')}"
     consume.__doc__ = topic.model.__doc__
-    broker.subscriber(
+    subscriber = broker.subscriber(
         *(one.name for one in topics),
         batch=True,
         group_id=group_id,
@@ -325,18 +389,35 @@ def subscribe(
         # A crashed instance's partitions move on once its session lapses: the broker's minimum.
         session_timeout_ms=6_000,
         heartbeat_interval_ms=1_500,
+        # aiokafka keeps one fetch in flight per broker, for the partitions with nothing buffered:
+        # a partition just handed over is fetched again only when that fetch returns, which the
+        # broker holds until data comes or this wait ends (500 ms by default: the warm-up stall).
+        # A short wait costs idle fetches, so only the hops a claim waits on pay it.
+        fetch_max_wait_ms=settings.claim_path_fetch_max_wait_ms if topic.name in CLAIM_PATH else 500,
         # Commit only after the batch's effects and outputs are done; on a transient error seek
         # back and retry (the effects are idempotent), never skip.
         ack_policy=AckPolicy.NACK_ON_ERROR,
-        max_records=settings.batch_max_records,
-        batch_timeout_ms=settings.batch_timeout_ms,
         parser=_without_instructions,
         decoder=decoder,
         no_reply=True,
         title=f"{label}:{service}",
         # A province's topics are documented once, by name pattern (gongji/docs.py), not 32 times.
         include_in_schema=not several,
-    )(consume)
+    )
+    subscriber(consume)
+    subscriber.get_msg = _poll_without_pause(settings, budget)
+
+
+def _poll_without_pause(settings: Settings, budget: HopBudget) -> Callable[[Any], Awaitable[tuple]]:
+    """FastStream's batch poll sleeps a whole batch timeout after an empty poll, so a record that
+    arrives then waits for nothing (a third of a claim's time at 100 claims/s). This poll returns
+    as soon as any record is fetched, and only polls again after an empty wait."""
+    async def get_msg(consumer: Any) -> tuple[ConsumerRecord, ...]:
+        budget.polled()
+        batches = await consumer.getmany(timeout_ms=settings.poll_timeout_ms, max_records=settings.batch_max_records)
+        return tuple(chain.from_iterable(batches.values()))
+
+    return get_msg
 
 
 # A route's topics are read by one consumer; a tuple of topics gives the handler Deliveries.

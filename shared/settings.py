@@ -32,9 +32,14 @@ class Settings(BaseSettings):
     http_port_base: int = 18080
     # Where `gongji docs --serve` serves the AsyncAPI document.
     docs_port: int = 18090
-    # A consumer batch is bounded so that one slow batch cannot hold a partition for long.
+    # A consumer batch is bounded so that one slow batch cannot hold a partition for long. A poll
+    # returns as soon as any record is fetched (a batch is what arrived while the last one was
+    # handled: small when idle, large under load); an empty poll waits this long, then polls again.
     batch_max_records: int = 500
-    batch_timeout_ms: int = 20
+    poll_timeout_ms: int = 200
+    # The longest a claim-path consumer's fetch waits at the broker for data (see shared/runtime.py):
+    # it bounds the wait of a record on a partition that was just handed over; lower costs idle fetches.
+    claim_path_fetch_max_wait_ms: int = 10
     # A record that fails this many times for a reason of its own is dead-lettered alone.
     poison_attempts: int = Field(default=3, ge=1)
     # Settlement spreads claim records and clearing accumulators over this many Redis hash

@@ -73,6 +73,9 @@ def province_topic_prefix(province: str) -> str:
 
 PROVINCES: tuple[str, ...] = tuple(sorted(PROVINCE_CODES))
 PROVINCE_CLAIMS: tuple[Topic, ...] = tuple(province_claims(province) for province in PROVINCES)
+# The hops a claim waits on: their consumers fetch with a short wait (shared/runtime.py).
+CLAIM_PATH: frozenset[str] = frozenset({CLAIMS.name, DRAW_REQUESTS.name, DRAW_ANSWERS.name,
+                                        *(topic.name for topic in PROVINCE_CLAIMS)})
 PROVINCE_TOPICS: tuple[Topic, ...] = tuple(
     topic(province) for province in PROVINCES for topic in (province_claims, province_settlements, province_clearing)
 )

@@ -28,11 +28,10 @@ def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
         group_id=SETTLEMENT_GROUP,
         routes=[
             (ENROLLMENT, handlers.on_enrollment),
-            (CLAIMS, handlers.on_claims),
-            # Every province's claims topic, read by one consumer: 32 consumers would each hold
-            # their own connections, heartbeats and group membership.
-            (PROVINCE_CLAIMS, handlers.on_province_claims),
-            (DRAW_ANSWERS, handlers.on_draw_answers),
+            # The claim path, read by one consumer: the national and every province's claims topic
+            # and the draw answers. Separate consumers would each hold their own connections,
+            # heartbeats, group membership and fetch loop (a claim-path fetch loop polls often).
+            ((CLAIMS, *PROVINCE_CLAIMS, DRAW_ANSWERS), handlers.on_claim_path),
         ],
         outputs=[SETTLEMENTS, DRAW_REQUESTS, REFUND_REQUESTS, STATISTICS, *map(province_settlements, PROVINCES)],
         on_start=store.ready,

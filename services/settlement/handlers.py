@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -24,7 +25,7 @@ from shared.contracts import (
 from shared.ids import derived_event_id, fingerprint
 from shared.redis_functions import Call, Step
 from shared.runtime import CONFLICTS, Delivery, Refused, ToTopic
-from shared.topics import CLAIMS, ENROLLMENT, STATISTICS, province_settlements
+from shared.topics import CLAIMS, DRAW_ANSWERS, ENROLLMENT, STATISTICS, province_settlements
 
 logger = logging.getLogger("gongji.settlement")
 
@@ -84,6 +85,15 @@ class SettlementHandlers:
         CONFLICTS.labels(SERVICE, ENROLLMENT.name).inc(len(refusals))
         return refusals
 
+    async def on_claim_path(self, deliveries: Sequence[Delivery]) -> list[BaseModel | ToTopic | Refused]:
+        """Everything a claim waits on here, read by one consumer (one fetch loop, not three):
+        claims of the national and of every province's topic, and the wallet's draw answers."""
+        answers = [delivery.message for delivery in deliveries if delivery.topic.name == DRAW_ANSWERS.name]
+        claims = [delivery for delivery in deliveries if delivery.topic.name != DRAW_ANSWERS.name]
+        settled, answered = await asyncio.gather(self.on_province_claims(claims),
+                                                 self.on_draw_answers(answers))  # type: ignore[arg-type]
+        return [*settled, *answered]
+
     async def on_claims(self, claims: Sequence[Claim]) -> list[BaseModel | ToTopic]:
         """Claims of the national topic (the national platform's)."""
         return await self._on_claims(claims, [None] * len(claims))
@@ -98,6 +108,8 @@ class SettlementHandlers:
         """One pipeline registers the claim ids and reads what the steps need, one pipeline
         records every claim in batch order (so a recipient's claims apply one after another),
         then the answers are built. A claim id owned by another recipient is a conflict, with no step."""
+        if not claims:
+            return []
         now = self.clock.now()
         facts = await self.store.claim_facts(claims)
         contents = [fingerprint(claim.model_dump_json()) for claim in claims]
@@ -181,6 +193,8 @@ class SettlementHandlers:
         """The wallet's answers complete their claims: one pipeline, in batch order. An answer whose
         figures do not add up, or that fits no claim recorded here, changes no claim; money drawn
         for a claim that was never recorded is given back."""
+        if not answers:
+            return []
         now = self.clock.now()
         checked = [(answer, answer_mismatch(answer.requested_fen, answer.paid_fen,
                                             [payer.amount_fen for payer in answer.payers])) for answer in answers]
@@ -229,7 +243,9 @@ class SettlementHandlers:
     def _tally(self, record: dict) -> None:
         result = record["result"]
         minute = datetime.fromisoformat(result["at"]).strftime("%Y-%m-%dT%H:%M")
-        tally = self.tallies.setdefault(minute, MinuteTally.empty())
+        if minute not in self.tallies:
+            self.tallies[minute] = MinuteTally.empty()
+        tally = self.tallies[minute]
         tally.add(result["status"], statistics_category(record), result["paid"], result.get("owed") or {},
                   result.get("reason"))
 
