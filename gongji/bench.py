@@ -39,9 +39,9 @@ from shared.settings import Settings
 
 GENERATOR = "load generator"  # this process: it publishes the claims and watches their results
 BASELINE_RECIPIENTS = 1_000  # distinct keys, so the pass-through spreads over every partition
-# A saturated run leaves a backlog when its claims stop; it may drain at down to a tenth of the
-# offered rate before the run counts the claims left as without result.
-DRAIN_SECONDS_PER_SECOND_OFFERED = 10.0
+# A saturated run leaves a backlog when its claims stop; it may drain at down to about a twentieth
+# of the offered rate (a busy shared machine) before the claims left count as without result.
+DRAIN_SECONDS_PER_SECOND_OFFERED = 20.0
 DRAIN_SECONDS_MIN = 120.0
 
 
