@@ -262,11 +262,12 @@ def tables(result: dict[str, Any]) -> list[Table]:
     for label, row in rows:
         speed.add_row(label, _figure(row["baseline_msgs_per_s"]), _figure(row["claims_per_s"]),
                       _figure(row["ratio"], 3), _figure(row["p50_ms"], 1), _figure(row["p99_ms"], 1))
-    processes = list(result["cpu_us_per_claim_by_process"])
-    cpu = Table(title="CPU µs per claim with a result, from the first claim to the last result")
-    for column in ("run", "services", *processes):
-        cpu.add_column(column, justify="right")
-    for label, row in rows:
-        cpu.add_row(label, _figure(row["cpu_us_per_claim"]),
-                    *(_figure(row["cpu_us_per_claim_by_process"].get(name)) for name in processes))
+    # One row per process: a column per run stays narrow however many processes there are.
+    cpu = Table(title="CPU µs per claim (first claim to last result)")
+    cpu.add_column("process")
+    for label, _ in rows:
+        cpu.add_column(label if label == "median" else f"run {label}", justify="right")
+    cpu.add_row("services", *(_figure(row["cpu_us_per_claim"]) for _, row in rows))
+    for name in result["cpu_us_per_claim_by_process"]:
+        cpu.add_row(name, *(_figure(row["cpu_us_per_claim_by_process"].get(name)) for _, row in rows))
     return [speed, cpu]
