@@ -12,9 +12,12 @@ from gongji.bench import BenchOptions, CpuWindow, claim_messages, run_result, su
 
 def _report(with_result: int = 2_000, settled_per_second: float = 1_000.0, p50_ms: float = 180.0,
             p99_ms: float = 500.0, without_result: int = 0, valid: bool = True) -> dict:
-    """The parts of a `gongji load` report that the bench reads."""
-    return {"claims": {"with_result": with_result, "without_result": without_result,
+    """The parts of a `gongji load` report that the bench reads: here every claim was sent in 2 s."""
+    published = with_result + without_result
+    return {"claims": {"published": published, "with_result": with_result, "without_result": without_result,
                        "with_more_than_one_result": 0},
+            "timeline": [{"second": 0, "published": published // 2}, {"second": 1, "published": published // 2},
+                         {"second": 2, "published": 0}],
             "throughput": {"settled_per_second": settled_per_second},
             "latency_ms": {"p50": p50_ms, "p99": p99_ms},
             "audit": {"valid?": valid, "pending": [], "first": None if valid else "claim c-1: paid twice"}}
@@ -33,6 +36,7 @@ def test_cpu_per_claim_is_each_process_time_over_the_claims_and_services_add_up(
                                                   "kafka": 200.0, "redis": 50.0}
     assert run["cpu_us_per_claim"] == 410.0  # the three services only; the broker and Redis apart
     assert run["ratio"] == 0.1 and run["claims_per_s"] == 1_000.0 and run["baseline_msgs_per_s"] == 10_000.0
+    assert run["sent_per_s"] == 1_000.0  # 2,000 claims sent over the seconds 0 and 1
     assert (run["p50_ms"], run["p99_ms"], run["claims"], run["failures"]) == (180.0, 500.0, 2_000, [])
 
 
@@ -70,8 +74,8 @@ def test_the_json_line_is_one_object_with_the_figures_at_the_top() -> None:
     line = json.dumps(result, ensure_ascii=False)
     assert "\n" not in line
     parsed = json.loads(line)
-    assert {"baseline_msgs_per_s", "claims_per_s", "ratio", "p50_ms", "p99_ms", "cpu_us_per_claim", "runs",
-            "per_run"} <= set(parsed)
+    assert {"baseline_msgs_per_s", "sent_per_s", "claims_per_s", "ratio", "p50_ms", "p99_ms", "cpu_us_per_claim",
+            "runs", "per_run"} <= set(parsed)
     console = Console(record=True, width=160)
     for table in tables(result):
         console.print(table)
