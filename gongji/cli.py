@@ -433,3 +433,33 @@ def load(
         and all(entry["answered"] == entry["sent"] for entry in report["mix"].values())
     if not ok:
         raise typer.Exit(1)
+
+
+@app.command("bench")
+def bench(
+    duration: Annotated[float, typer.Option(min=1, help="seconds of claims in each run")] = 60.0,
+    runs: Annotated[int, typer.Option(min=1, help="runs, each with its own baseline; the medians are reported")] = 3,
+    rate: Annotated[float, typer.Option(min=1, help="claims per second offered: beyond what is settled, "
+                                                    "so that the run measures the maximum")] = 4_000.0,
+    persons: Annotated[int, typer.Option(min=10, help="population size")] = 3_000,
+    as_json: Annotated[bool, typer.Option("--json", help="also one JSON object on the last line")] = False,
+) -> None:
+    """Measure a raw Kafka consume → produce pass-through of claim messages on the services' broker
+    and listener, then Gongji end to end (it starts and stops the three services itself: `gongji
+    infra up` first, no `gongji run`), and the CPU per claim of each process; print each run and the
+    medians. Exit 1 if a claim lacks exactly one result or the audit is not valid."""
+    from gongji.bench import BenchOptions, run_bench, tables
+
+    options = BenchOptions(duration_seconds=duration, runs=runs, rate=rate, persons=persons)
+    try:
+        result = asyncio.run(run_bench(Settings(), options, console))
+    except RuntimeError as error:  # a service that did not start or stop, a population never ready
+        _fail(str(error))
+    for table in tables(result):
+        console.print(table)
+    for failure in result["failures"]:
+        console.print(f"[red]FAILED[/red] {failure}")
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+    if result["failures"]:
+        raise typer.Exit(1)

@@ -572,6 +572,13 @@ def stop(pid_file: Path, name: str) -> str | None:
     return f"killed {name} (it did not stop within 30s)"
 
 
+def running_pids(settings: Settings) -> dict[str, int]:
+    """The process ids of the broker and Redis that this launcher started and that still run."""
+    paths = Paths(settings.state_dir)
+    found = {"kafka": _pid_alive(paths.kafka_pid), "redis": _pid_alive(paths.redis_pid)}
+    return {name: pid for name, pid in found.items() if pid is not None}
+
+
 def down(settings: Settings) -> list[str]:
     """Stops only the processes this launcher started (from their pid files)."""
     paths = Paths(settings.state_dir)

@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -438,7 +439,10 @@ def _percentiles_ms(histogram: HdrHistogram) -> dict[str, float]:
         "max": round(histogram.get_max_value() / 1000, 2), "mean": round(histogram.get_mean_value() / 1000, 2)}
 
 
-async def run_load(settings: Settings, options: LoadOptions, console: Console) -> dict[str, Any]:
+async def run_load(settings: Settings, options: LoadOptions, console: Console,
+                   on_phase: Callable[[str], None] = lambda phase: None) -> dict[str, Any]:
+    """`on_phase` is told "claims" when the claims start and "drained" once they have their
+    results: `gongji bench` measures the processes' CPU between the two."""
     run = LoadRun(settings, options, console)
     await run.start_producers(set(SENDERS.values()))
     await run.watcher.start()
@@ -447,8 +451,10 @@ async def run_load(settings: Settings, options: LoadOptions, console: Console) -
         setup_seconds = await run.build_population(families)
         refused, unanswered = run.setup_outcome()
         hops_before = snapshot(settings)
+        on_phase("claims")
         counts = await run.publish_claims()
         await run.drain()
+        on_phase("drained")
         hops_after = snapshot(settings)
     finally:
         await run.watcher.stop()

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import uvicorn
 from faststream.asgi import AsgiFastStream
 
-from shared.settings import Settings
+from gongji.infra import port_open
+from shared.settings import PROJECT_ROOT, Settings
 
 SERVICE_NAMES = ("relationship", "wallet", "settlement")
+START_TIMEOUT_SECONDS = 45.0
+STOP_TIMEOUT_SECONDS = 40.0
 
 
 def app_factory(name: str) -> Callable[[Settings], AsgiFastStream]:
@@ -66,3 +73,60 @@ def run_all(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     return max(child.wait() for child in children)
+
+
+class ServiceFailed(RuntimeError):
+    """A service process that did not come up or did not stop in time; the message ends with its log."""
+
+
+class ServiceProcess:
+    """One service as a separate OS process (`python -m gongji run NAME`), as in production, logging
+    to `log_dir/NAME.log`; for the tests and `gongji bench`, which measures its CPU by its pid."""
+
+    def __init__(self, name: str, settings: Settings, log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.settings = settings
+        self.env = {**os.environ, **(env or {})}
+        self.log = log_dir / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        port = http_port(self.settings, self.name)
+        # Another instance on the port would answer the health check in this one's place.
+        if port_open("127.0.0.1", port):
+            raise ServiceFailed(f"port {port} of {self.name} is taken: is a service already running (`gongji run`)?")
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gongji", "run", self.name],
+            env=self.env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        url = f"http://127.0.0.1:{port}/health"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServiceFailed(f"{self.name} exited with {self.process.returncode}:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as answer:
+                    if answer.status in (200, 204):
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise ServiceFailed(f"{self.name} not healthy within {START_TIMEOUT_SECONDS}s:\n{self.tail()}")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = STOP_TIMEOUT_SECONDS) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise ServiceFailed(f"{self.name} did not stop within {timeout}s:\n{self.tail()}") from None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"

@@ -9,11 +9,11 @@ import pytest
 from redis.asyncio import Redis
 
 from gongji import infra
-from gongji.services import SERVICE_NAMES
+from gongji.services import SERVICE_NAMES, ServiceProcess
 from shared.credentials import redis_options
 from shared.principals import OPERATOR
 from shared.settings import PROJECT_ROOT, Settings
-from tests.support import Kafka, ServiceProcess
+from tests.support import Kafka
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +55,9 @@ async def kafka(infrastructure: Settings):
 
 @pytest.fixture(scope="session")
 def service_processes(infrastructure: Settings):
-    processes = {name: ServiceProcess(name, infrastructure) for name in SERVICE_NAMES}
+    # Tests change the policy and expect the services to see it at once.
+    processes = {name: ServiceProcess(name, infrastructure, infrastructure.state_dir / "test-logs",
+                                      {"GONGJI_POLICY_CACHE_SECONDS": "0"}) for name in SERVICE_NAMES}
     for process in processes.values():
         process.start()
     yield processes

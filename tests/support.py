@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
 from gongji.kafka_io import TopicWatcher
-from gongji.services import http_port
 from shared.clock import SHANGHAI
 from shared.credentials import aiokafka_options
 from shared.ids import make_person_id
 from shared.principals import OPERATOR
-from shared.settings import PROJECT_ROOT, Settings
+from shared.settings import Settings
 from shared.topics import ALL_TOPICS, PROVINCE_TOPICS, Topic
 
 WAIT_SECONDS = 45.0
@@ -107,51 +100,3 @@ class Kafka:
     async def settle_quietly(self, seconds: float = 2.0) -> None:
         """Lets late duplicates arrive before a test asserts that something happened only once."""
         await asyncio.sleep(seconds)
-
-
-class ServiceProcess:
-    """One service as a separate OS process (`python -m gongji run NAME`), as in production."""
-
-    def __init__(self, name: str, settings: Settings, env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.settings = settings
-        self.env = {**os.environ, "GONGJI_POLICY_CACHE_SECONDS": "0", **(env or {})}
-        self.log = settings.state_dir / "test-logs" / f"{name}.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gongji", "run", self.name],
-            env=self.env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
-        )
-        deadline = time.monotonic() + WAIT_SECONDS
-        url = f"http://127.0.0.1:{http_port(self.settings, self.name)}/health"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as answer:
-                    if answer.status in (200, 204):
-                        return
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError(f"{self.name} not healthy within {WAIT_SECONDS}s:\n{self.tail()}")
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 40.0) -> int:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise AssertionError(f"{self.name} did not stop within {timeout}s:\n{self.tail()}") from None
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(Path(self.log).read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"

@@ -1,32 +1,28 @@
 """Speed, measured and printed (never asserted as a timing):
 
 1. End to end versus a baseline on the same broker, on the secure listener (SASL_SSL) and beside it
-   on the development one (SASL_PLAINTEXT, same SCRAM users and ACLs, no TLS), in the same run: the
-   same claim messages through a raw aiokafka consume → produce pass-through, and through Gongji
-   (province claims → settlement → wallet → settlement, three service processes started for each
-   listener); prints the rates, their ratio and what TLS costs.
+   on the development one (SASL_PLAINTEXT, same SCRAM users and ACLs, no TLS), in the same run: one
+   run of `gongji bench` (gongji/bench.py) on each listener — claim messages through a raw aiokafka
+   consume → produce pass-through, and through Gongji (province claims → settlement → wallet →
+   settlement, three service processes started for each listener); prints the rates, their ratio,
+   the services' CPU per claim and what TLS costs.
 2. Cost per claim at two population sizes: the settlement and wallet handlers against the real
    Redis with 10^4 and a larger preloaded population; prints µs per claim for each.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import time
 import uuid
 from datetime import datetime
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from hdrh.histogram import HdrHistogram
 from redis.asyncio import Redis
 
+from gongji.bench import BenchOptions, bench_run
 from gongji.infra import port_open
-from gongji.load import LoadOptions, run_load
-from gongji.services import SERVICE_NAMES
 from services.settlement.handlers import SettlementHandlers
 from services.settlement.store import SettlementStore
 from services.wallet.handlers import WalletHandlers
@@ -35,72 +31,15 @@ from shared.clock import FixedClock
 from shared.contracts import (
     AccountCredited, Claim, DrawAnswered, DrawRequested, EnrollmentChanged, RelationshipEvent, WalletCommand,
 )
-from shared.credentials import aiokafka_options, redis_options
+from shared.credentials import redis_options
 from shared.ids import make_person_id
 from shared.principals import OPERATOR
 from shared.redis_client import in_database
-from shared.settings import Settings
-from tests.support import ServiceProcess
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.timeout(1800)]
 NOON = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
 CLAIMS = int(os.environ.get("GONGJI_BENCH_CLAIMS", "20000"))
-
-
-async def _pass_through(settings: Settings, messages: list[tuple[bytes, bytes]]) -> float:
-    """Raw aiokafka: consume each message and produce it to another topic, committing per batch."""
-    source, sink = f"bench-in-{uuid.uuid4().hex[:8]}", f"bench-out-{uuid.uuid4().hex[:8]}"
-    client = aiokafka_options(settings, OPERATOR.name)
-    admin = AIOKafkaAdminClient(**client)
-    await admin.start()
-    await admin.create_topics([NewTopic(source, settings.topic_partitions, 1), NewTopic(sink, settings.topic_partitions, 1)])
-    await admin.close()
-    producer = AIOKafkaProducer(**client, acks="all", enable_idempotence=True, linger_ms=2)
-    await producer.start()
-    for value, key in messages:
-        await producer.send(source, value, key=key)
-    await producer.flush()
-    consumer = AIOKafkaConsumer(source, **client, group_id=source, auto_offset_reset="earliest",
-                                enable_auto_commit=False)
-    await consumer.start()
-    started, moved = time.perf_counter(), 0
-    while moved < len(messages):
-        batches = await consumer.getmany(timeout_ms=100, max_records=500)
-        pending = []
-        for records in batches.values():
-            for record in records:
-                json.loads(record.value)  # a fair baseline parses what it forwards
-                pending.append(await producer.send(sink, record.value, key=record.key))
-        await asyncio.gather(*pending)
-        await consumer.commit()
-        moved += len(pending)
-    elapsed = time.perf_counter() - started
-    await consumer.stop()
-    await producer.stop()
-    return len(messages) / elapsed
-
-
-async def _claim_path(settings: Settings) -> dict:
-    """Gongji's three services on this listener, a load run through them, then the pass-through."""
-    processes = [ServiceProcess(name, settings, {"GONGJI_KAFKA_PLAINTEXT_DEV": str(int(settings.kafka_plaintext_dev))})
-                 for name in SERVICE_NAMES]
-    for process in processes:
-        process.start()
-    try:
-        report = await run_load(settings, LoadOptions(
-            persons=3000, rate=float(os.environ.get("GONGJI_BENCH_RATE", "3000")), duration_seconds=CLAIMS / 3000,
-            duplicate_share=0, malformed_share=0), console=_quiet_console())
-    finally:
-        for process in processes:
-            process.stop()
-    assert report["claims"]["without_result"] == 0 and report["audit"]["valid?"], report["audit"]["first"]
-    sample = {"claim_id": "x", "kind": "settle", "recipient_id": make_person_id("110101", "19800101", 1),
-              "recipient_region": "110100", "category": "institution", "institution_code": "H11010000001",
-              "service_region": "110100",
-              "amount_fen": 12_850, "occurred_at": NOON.isoformat()}
-    messages = [(json.dumps({**sample, "claim_id": f"b-{n}"}).encode(), str(n % 997).encode()) for n in range(CLAIMS)]
-    return {"ours": report["throughput"]["settled_per_second"], "latency_ms": report["latency_ms"],
-            "baseline": await _pass_through(settings, messages)}
+RATE = float(os.environ.get("GONGJI_BENCH_RATE", "3000"))
 
 
 async def test_the_claim_path_on_the_secure_listener_beside_plaintext(infrastructure) -> None:
@@ -110,16 +49,21 @@ async def test_the_claim_path_on_the_secure_listener_beside_plaintext(infrastruc
     if not port_open(host, infrastructure.kafka_plaintext_dev_port):
         pytest.fail("no development listener: restart the broker with GONGJI_KAFKA_PLAINTEXT_DEV=1 "
                     "(`gongji infra down && GONGJI_KAFKA_PLAINTEXT_DEV=1 gongji infra up`)")
+    options = BenchOptions(duration_seconds=CLAIMS / RATE, runs=1, rate=RATE)
     results = {}
     for label, plaintext in (("SASL_SSL (default)", False), ("SASL_PLAINTEXT (dev)", True)):
-        results[label] = await _claim_path(infrastructure.model_copy(update={"kafka_plaintext_dev": plaintext}))
+        listener = infrastructure.model_copy(update={"kafka_plaintext_dev": plaintext})
+        results[label] = await bench_run(listener, options, _quiet_console())
+        assert not results[label]["failures"], results[label]["failures"]
     print()
     for label, result in results.items():
-        print(f"{label:<21} raw pass-through {result['baseline']:>7,.0f} msg/s | gongji {result['ours']:>6,.0f} "
-              f"claims/s | ratio {result['ours'] / result['baseline']:.2f} | latency ms {result['latency_ms']}")
+        print(f"{label:<21} raw pass-through {result['baseline_msgs_per_s']:>7,.0f} msg/s | gongji "
+              f"{result['claims_per_s']:>6,.0f} claims/s | ratio {result['ratio']:.2f} | latency ms p50 "
+              f"{result['p50_ms']:,.0f}, p99 {result['p99_ms']:,.0f} | services' CPU {result['cpu_us_per_claim']:,.0f} "
+              "µs per claim")
     secure, plain = results.values()
-    print(f"TLS costs {1 - secure['baseline'] / plain['baseline']:.0%} of the raw pass-through and "
-          f"{1 - secure['ours'] / plain['ours']:.0%} of gongji's settled rate")
+    print(f"TLS costs {1 - secure['baseline_msgs_per_s'] / plain['baseline_msgs_per_s']:.0%} of the raw "
+          f"pass-through and {1 - secure['claims_per_s'] / plain['claims_per_s']:.0%} of gongji's settled rate")
 
 
 def _quiet_console():
