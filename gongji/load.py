@@ -357,12 +357,12 @@ class LoadRun:
             await self.send(province_claims(province_of(service_region)),
                             {"claim_id": reversal_id, "kind": "reverse", "recipient_id": recipient_id,
                              "reverses": original, "occurred_at": _now()}, recipient_id)
-        providers = sorted({provider for provider, _ in self.ready})
-        if rng.random() < options.spend_share and providers:
+        # The providers are listed (every ready pair, sorted) only when one is needed, not per claim.
+        if rng.random() < options.spend_share and (providers := self._providers()):
             provider = rng.choice(providers)
             await self._mixed("spend", ACCOUNT_SPENDS, provider, {"event_id": _id("spend"), "person_id": provider,
                                                                  "amount_fen": rng.randint(100, 5_000)})
-        if rng.random() < options.freeze_share and providers:
+        if rng.random() < options.freeze_share and (providers := self._providers()):
             provider = rng.choice(providers)
             freeze_id = _id("freeze")
             await self._mixed("freeze", SUPERVISION, provider, {"event_id": freeze_id, "person_id": provider,
@@ -387,6 +387,9 @@ class LoadRun:
             await self._mixed("insurance change", ENROLLMENT, recipient_id, {
                 "event_id": _id("move"), "person_id": recipient_id, "insurance_type": "resident", "region": moved_to,
                 "status": "normal"})
+
+    def _providers(self) -> list[str]:
+        return sorted({provider for provider, _ in self.ready})
 
     async def _lift_later(self, provider: str, unfreeze: dict[str, Any]) -> None:
         await asyncio.sleep(FREEZE_SECONDS)

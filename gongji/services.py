@@ -54,9 +54,10 @@ def run_service(name: str, settings: Settings) -> None:
     """Serves until SIGTERM/SIGINT; the app then stops its subscribers (the batch in hand is
     finished and committed), closes its producer and Redis, and the process exits 0."""
     app = app_factory(name)(settings)
-    # uvloop: the claim path spends much of its time in socket writes and callbacks (issue 14).
+    # The standard asyncio loop: on uvloop the claim path ran far slower here (aiokafka over TLS;
+    # one measurement at 500 claims/s: p50 9.6 s against 1.0 s).
     config = uvicorn.Config(app, host="127.0.0.1", port=http_port(settings, name), log_level="warning",
-                            lifespan="on", timeout_graceful_shutdown=30, loop="uvloop")
+                            lifespan="on", timeout_graceful_shutdown=30, loop="asyncio")
     _StopOnSignal(config).run()
 
 

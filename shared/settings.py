@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     # The longest a claim-path consumer's fetch waits at the broker for data (see shared/runtime.py):
     # it bounds the wait of a record on a partition that was just handed over; lower costs idle fetches.
     claim_path_fetch_max_wait_ms: int = 10
+    # ... unless this much data (about ten claims) came sooner: larger batches under load.
+    claim_path_fetch_min_bytes: int = 4096
     # A record that fails this many times for a reason of its own is dead-lettered alone.
     poison_attempts: int = Field(default=3, ge=1)
     # Settlement spreads claim records and clearing accumulators over this many Redis hash
