@@ -88,4 +88,12 @@ class TopicWatcher:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-        await self._consumer.stop()
+        try:
+            await self._consumer.stop()
+        except asyncio.CancelledError:
+            # aiokafka's close cancels its own fetch tasks, and one caught in its retry pause (a
+            # fetch that timed out across a broker restart) raises that here; only a
+            # cancellation of this task itself goes on.
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise

@@ -99,7 +99,8 @@ class HopBudget:
             self._records[name].inc(count)
 
     def done(self, handler: float, redis: float, publish: float) -> None:
-        self._spend("handler", max(0.0, handler - redis))
+        redis = min(redis, handler)  # round trips that overlapped (a handler's concurrent parts) count once
+        self._spend("handler", handler - redis)
         self._spend("redis", redis)
         self._spend("publish", publish)
         self._finished = time.perf_counter()
