@@ -37,12 +37,13 @@ from shared.principals import OPERATOR, province_principal
 from shared.settings import Settings
 from shared.topics import (
     ACCOUNT_CREDITS, ACCOUNT_SPENDS, DEAD_LETTERS, ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, RELATIONSHIP_EVENTS,
-    SETTLEMENTS, SUPERVISION, WALLET_COMMANDS, WALLET_EVENTS, Topic, province_claims,
+    SETTLEMENTS, SUPERVISION, WALLET_COMMANDS, WALLET_EVENTS, CLAIMS, Topic, province_claims,
 )
 
 # Who sends what (shared/principals.py grants each exactly that); claims go as their province.
 SENDERS = {ENROLLMENT: "registry", KINSHIP: "registry", RELATIONSHIP_COMMANDS: "app", WALLET_COMMANDS: "app",
-           SUPERVISION: "supervisor", ACCOUNT_CREDITS: OPERATOR.name, ACCOUNT_SPENDS: OPERATOR.name}
+           SUPERVISION: "supervisor", ACCOUNT_CREDITS: OPERATOR.name, ACCOUNT_SPENDS: OPERATOR.name,
+           CLAIMS: OPERATOR.name}
 
 # Refusals that only mean "the facts have not reached that service yet": try again shortly.
 NOT_YET = {"KINSHIP_UNVERIFIED", "RECIPIENT_NOT_INSURED", "PROVIDER_NOT_EMPLOYEE", "RELATIONSHIP_NOT_ACTIVE"}
@@ -69,6 +70,10 @@ class LoadOptions:
     enrollment_change_share: float = 0.001
     dissolve_share: float = 0.001
     seed: int = 0
+    # Claims (and reversals) on the national platform's topic, by one producer, instead of each on
+    # its province's own topic by that province's producer (`gongji bench` measures the national
+    # path: the baseline it compares with is one topic too).
+    national_claims: bool = False
     report_dir: Path = Path("reports")
     setup_timeout_seconds: float = 300.0
     drain_timeout_seconds: float = 120.0
@@ -308,8 +313,9 @@ class LoadRun:
                                f"unanswered: {unanswered}): "
                                "are the services running (`gongji run all`)?")
         rng = self.builder.rng
-        await self.start_producers({province_principal(province_of(region)).name
-                                    for region in {*(region for _, region in recipients), *CARE_AWAY}})
+        if not self.options.national_claims:
+            await self.start_producers({province_principal(province_of(region)).name
+                                        for region in {*(region for _, region in recipients), *CARE_AWAY}})
         sent: list[tuple[Topic, bytes, str]] = []
         counts = Counter()
         self.claims_started_ns = time.monotonic_ns()
@@ -323,7 +329,7 @@ class LoadRun:
                     roll = rng.random()
                     if roll < self.options.malformed_share:
                         _, region = rng.choice(recipients)
-                        await self.send(province_claims(province_of(region)), b'{"claim_id": "broken', "load")
+                        await self.send(self._claims_topic(region), b'{"claim_id": "broken', "load")
                         counts["malformed"] += 1
                     elif roll < self.options.malformed_share + self.options.duplicate_share and sent:
                         topic, value, key = rng.choice(sent)
@@ -332,7 +338,7 @@ class LoadRun:
                     else:
                         recipient_id, region = rng.choice(recipients)
                         claim = self._claim(recipient_id, region)
-                        topic = province_claims(province_of(claim["service_region"]))
+                        topic = self._claims_topic(claim["service_region"])
                         value = json.dumps(claim).encode()
                         self.published_ns[claim["claim_id"]] = time.monotonic_ns()
                         self.seconds[int(elapsed)]["published"] += 1
@@ -354,7 +360,7 @@ class LoadRun:
             original, recipient_id, service_region = self.reversible.pop(rng.randrange(len(self.reversible)))
             reversal_id = _id("rev")
             self.mix[reversal_id] = ("reversal", None)
-            await self.send(province_claims(province_of(service_region)),
+            await self.send(self._claims_topic(service_region),
                             {"claim_id": reversal_id, "kind": "reverse", "recipient_id": recipient_id,
                              "reverses": original, "occurred_at": _now()}, recipient_id)
         # The providers are listed (every ready pair, sorted) only when one is needed, not per claim.
@@ -387,6 +393,10 @@ class LoadRun:
             await self._mixed("insurance change", ENROLLMENT, recipient_id, {
                 "event_id": _id("move"), "person_id": recipient_id, "insurance_type": "resident", "region": moved_to,
                 "status": "normal"})
+
+    def _claims_topic(self, service_region: str) -> Topic:
+        """A claim goes from the province where the care was given (or from the national platform)."""
+        return CLAIMS if self.options.national_claims else province_claims(province_of(service_region))
 
     def _providers(self) -> list[str]:
         return sorted({provider for provider, _ in self.ready})
