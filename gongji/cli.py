@@ -405,7 +405,7 @@ def docs(
 @app.command("load")
 def load(
     persons: Annotated[int, typer.Option(help="population size")] = 3_000,
-    rate: Annotated[float, typer.Option(help="claims per second offered")] = 1_000.0,
+    rate: Annotated[float, typer.Option(help="claims per second offered")] = 400.0,
     duration: Annotated[float, typer.Option(help="seconds of claims")] = 30.0,
     duplicates: Annotated[float, typer.Option(help="share of claims sent again")] = 0.01,
     malformed: Annotated[float, typer.Option(help="share of malformed messages")] = 0.001,

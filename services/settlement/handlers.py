@@ -90,8 +90,13 @@ class SettlementHandlers:
         claims of the national and of every province's topic, and the wallet's draw answers."""
         answers = [delivery.message for delivery in deliveries if delivery.topic.name == DRAW_ANSWERS.name]
         claims = [delivery for delivery in deliveries if delivery.topic.name != DRAW_ANSWERS.name]
-        settled, answered = await asyncio.gather(self.on_province_claims(claims),
-                                                 self.on_draw_answers(answers))  # type: ignore[arg-type]
+        # Both run to their end before a failure of either is raised as it came (the runtime tells a
+        # transient one by its class): a retry never overlaps a step still running.
+        settled, answered = await asyncio.gather(self.on_province_claims(claims), self.on_draw_answers(answers),
+                                                 return_exceptions=True)  # type: ignore[arg-type]
+        for outcome in (settled, answered):
+            if isinstance(outcome, BaseException):
+                raise outcome
         return [*settled, *answered]
 
     async def on_claims(self, claims: Sequence[Claim]) -> list[BaseModel | ToTopic]:
