@@ -301,6 +301,8 @@ async def handle_isolating_poison(
         for record, model in batch:
             answers.extend(await _handle_alone(handler, decoder, record, model, attempts))
     records = {id(model): record for record, model in batch}
+    # A handler of several topics gets Deliveries and may refuse the message inside one.
+    records |= {id(model.message): record for record, model in batch if isinstance(model, Delivery)}
     outputs: list[BaseModel | ToTopic] = []
     for answer in answers:
         if isinstance(answer, Refused):

@@ -22,9 +22,10 @@ from shared.clock import FixedClock
 from shared.contracts import AccountCredited, ReasonCode, WalletEvent
 from shared.ids import make_person_id
 from shared.runtime import (
-    DEAD_LETTER_PAYLOAD_BYTES, DeadLetterDecoder, Refused, _without_instructions, handle_isolating_poison, is_transient,
+    DEAD_LETTER_PAYLOAD_BYTES, DeadLetterDecoder, Delivery, Refused, _without_instructions, handle_isolating_poison,
+    is_transient,
 )
-from shared.topics import ACCOUNT_CREDITS
+from shared.topics import ACCOUNT_CREDITS, ACCOUNT_SPENDS
 
 PERSON = make_person_id("110101", "19800101", 7)
 NOW = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
@@ -122,6 +123,20 @@ async def test_a_refusal_becomes_a_dead_letter_of_that_record_with_its_reason() 
     first, letter = await handle_isolating_poison(handler, decoder, attempts=3)
     assert first.cause_id == "a"
     assert (letter.offset, letter.reason, letter.error) == (6, ReasonCode.CONFLICT, "used before")
+
+
+async def test_a_consumer_of_several_topics_may_refuse_the_message_inside_a_delivery() -> None:
+    """Settlement's claim-path handler unwraps its Deliveries and refuses a bare draw answer."""
+    decoder = DeadLetterDecoder("wallet", [ACCOUNT_CREDITS, ACCOUNT_SPENDS], FixedClock(NOW), deliveries=True)
+    await decoder(SimpleNamespace(raw_message=(record(5, credit("a")), record(6, credit("b")))))
+
+    async def handler(batch: list[Delivery]) -> list:
+        return [Refused(d.message, ReasonCode.INVALID_MESSAGE, "no such claim") if d.message.event_id == "b"
+                else answer(d.message) for d in batch]
+
+    first, letter = await handle_isolating_poison(handler, decoder, attempts=3)
+    assert first.cause_id == "a"
+    assert (letter.offset, letter.reason, letter.error) == (6, ReasonCode.INVALID_MESSAGE, "no such claim")
 
 
 async def test_a_dead_letter_has_one_id_however_often_its_record_is_seen() -> None:
