@@ -458,7 +458,7 @@ def build_service_app(
         finally:
             await on_stop()
 
-    return AsgiFastStream(
+    app = AsgiFastStream(
         broker,
         asgi_routes=[("/health", make_ping_asgi(broker, timeout=5.0)), ("/metrics", make_asgi_app())],
         lifespan=lifespan,
@@ -466,3 +466,24 @@ def build_service_app(
                                description=f"The {service} service of Gongji (共济), contract v1."),
         asyncapi_path="/docs/asyncapi",
     )
+
+    @app.after_startup
+    async def learn_output_topics() -> None:
+        await _learn_output_topics(broker, [*outputs, DEAD_LETTERS])
+
+    return app
+
+
+async def _learn_output_topics(broker: KafkaBroker, topics: Sequence[Topic]) -> None:
+    """Fetches the partitions of every output topic once the producer is up. Otherwise the first
+    publish to each topic waits for its metadata, one topic after another (32 province topics):
+    after a start, at 400/s, the first second settled 129 of 398 claims at p50 373 ms; with this,
+    305–354 at p50 106–138 ms. FastStream 0.7.8 (pinned) offers no public handle on its aiokafka
+    producer: if the handle moves, the service starts anyway, only the first claims are slower."""
+    try:
+        producer = broker.config.producer._producer.producer  # noqa: SLF001 - see above
+    except AttributeError:
+        logger.warning("output topics not learned at start: FastStream's producer handle moved")
+        return
+    for topic in topics:
+        await producer.partitions_for(topic.name)

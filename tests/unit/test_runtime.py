@@ -22,8 +22,8 @@ from shared.clock import FixedClock
 from shared.contracts import AccountCredited, ReasonCode, WalletEvent
 from shared.ids import make_person_id
 from shared.runtime import (
-    DEAD_LETTER_PAYLOAD_BYTES, DeadLetterDecoder, Delivery, Refused, _without_instructions, handle_isolating_poison,
-    is_transient,
+    DEAD_LETTER_PAYLOAD_BYTES, DeadLetterDecoder, Delivery, Refused, _learn_output_topics, _without_instructions,
+    handle_isolating_poison, is_transient,
 )
 from shared.topics import ACCOUNT_CREDITS, ACCOUNT_SPENDS
 
@@ -171,3 +171,18 @@ async def test_headers_are_data_reply_to_is_dropped_and_bytes_that_are_not_utf8_
     (only,) = parsed["records"]
     assert [name for name, _ in only.headers] == ["trace", "empty"]
     assert all(isinstance(value, bytes) and value.decode() is not None for _, value in only.headers)
+
+
+async def test_a_service_learns_its_output_topics_at_start_and_starts_anyway_if_it_cannot() -> None:
+    asked: list[str] = []
+
+    async def partitions_for(topic: str) -> set[int]:
+        asked.append(topic)
+        return {0}
+
+    producer = SimpleNamespace(partitions_for=partitions_for)
+    broker = SimpleNamespace(config=SimpleNamespace(producer=SimpleNamespace(_producer=SimpleNamespace(producer=producer))))
+    await _learn_output_topics(broker, [ACCOUNT_CREDITS, ACCOUNT_SPENDS])
+    assert asked == [ACCOUNT_CREDITS.name, ACCOUNT_SPENDS.name]
+
+    await _learn_output_topics(SimpleNamespace(config=SimpleNamespace(producer=None)), [ACCOUNT_CREDITS])  # no raise
