@@ -89,7 +89,8 @@ class HopBudget:
             self._spend("commit", time.perf_counter() - self._finished)
             self._finished = None
 
-    def handed(self, records: Sequence[ConsumerRecord]) -> None:
+    def handed(self, records: Sequence[ConsumerRecord]) -> dict[str, int]:
+        """Starts timing a batch; returns how many of its records came on each topic."""
         now_ms = time.time() * 1000
         self._batch = {}
         for record in records:
@@ -97,6 +98,7 @@ class HopBudget:
             self._phase[(record.topic, "waiting")].inc(max(0.0, now_ms - record.timestamp) / 1000)
         for name, count in self._batch.items():
             self._records[name].inc(count)
+        return self._batch
 
     def done(self, handler: float, redis: float, publish: float) -> None:
         redis = min(redis, handler)  # round trips that overlapped (a handler's concurrent parts) count once
@@ -361,7 +363,7 @@ def subscribe(
     budget = HopBudget(service, topics)
 
     async def consume(batch: list[BaseModel]) -> None:
-        budget.handed([record for record, _ in decoder.batch])
+        counts = budget.handed([record for record, _ in decoder.batch])
         redis_seconds = [0.0]
         reset = REDIS_SECONDS.set(redis_seconds)
         try:
@@ -373,9 +375,6 @@ def subscribe(
             budget.done(handled - started, redis_seconds[0], time.perf_counter() - handled)
         finally:
             REDIS_SECONDS.reset(reset)
-        counts: dict[str, int] = {}
-        for record, _ in decoder.batch:
-            counts[record.topic] = counts.get(record.topic, 0) + 1
         for name, count in counts.items():
             MESSAGES.labels(service, name, "processed").inc(count)
 
