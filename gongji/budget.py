@@ -4,9 +4,10 @@ phase (`gongji_hop_seconds`, shared/runtime.py), read from their /metrics before
 A claim takes three hops — its province's claims topic to settlement, the draw request to the
 wallet, the draw answer back to settlement — and then its result travels to the client. On each
 hop a record spends `waiting` (from the moment its producer sent it until the service hands it
-to the handler), `handler` (Python) and `redis`; the hop's `publish` (until Kafka acknowledged its
-outputs) and `commit` are spent while the next hop's records already wait, so they are parts of
-the next waiting, shown for what they explain, not added again.
+to the handler), `handler` (Python), `redis`, and `publish` (the previous batch's outputs
+confirmed, its own handed to the producer, which stamps them). The phases follow one another, so
+with the client's part they add up to the end-to-end mean; Kafka's confirmation of the outputs and
+the commit overlap the next batch (shared/acknowledgements.py).
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ CLAIM_HOPS = (
     ("draw request → wallet", "wallet", DRAW_REQUESTS.name),
     ("draw answer → settlement", "settlement", DRAW_ANSWERS.name),
 )
-# The phases a claim waits through one after another; publish and commit overlap the next waiting.
-SEQUENTIAL_PHASES = ("waiting", "handler", "redis")
 Snapshot = Counter  # (metric, service, topic, phase) -> total
 
 
@@ -54,7 +53,7 @@ def snapshot(settings: Settings) -> Snapshot | None:
 
 def claim_budget(before: Snapshot, after: Snapshot, client_wait_ms: float, end_to_end_mean_ms: float) -> dict[str, Any]:
     """Mean milliseconds per record in each phase of each hop over the run, the client's wait for
-    the result, and how much of the measured end-to-end mean the sequential phases account for."""
+    the result, and how much of the measured end-to-end mean the phases account for."""
     hops: dict[str, dict[str, float]] = {}
     accounted = client_wait_ms
     for hop, service, topic in CLAIM_HOPS:
@@ -65,19 +64,19 @@ def claim_budget(before: Snapshot, after: Snapshot, client_wait_ms: float, end_t
                                        - before[("gongji_hop_seconds", service, topic, phase)]) / records, 2)
                   for phase in HOP_PHASES}
         hops[hop] = {"records": int(records), **phases}
-        accounted += sum(phases[phase] for phase in SEQUENTIAL_PHASES)
+        accounted += sum(phases.values())  # the phases follow one another
     return {"hops_ms": hops, "result_to_client_ms": round(client_wait_ms, 2),
             "accounted_ms": round(accounted, 2), "end_to_end_mean_ms": round(end_to_end_mean_ms, 2)}
 
 
 def budget_table(budget: dict[str, Any]) -> Table:
-    table = Table(title="where a claim's time goes (mean ms per claim; publish and commit lie inside the next waiting)")
+    table = Table(title="where a claim's time goes (mean ms per claim)")
     table.add_column("hop")
     for phase in HOP_PHASES:
         table.add_column(phase, justify="right")
     for hop, phases in budget["hops_ms"].items():
         table.add_row(hop, *(f"{phases[phase]:.2f}" for phase in HOP_PHASES))
     table.add_row("result → client", f"{budget['result_to_client_ms']:.2f}", *[""] * (len(HOP_PHASES) - 1))
-    table.caption = (f"waiting + handler + redis of every hop, and the result's way to the client: "
+    table.caption = (f"every phase of every hop, and the result's way to the client: "
                      f"{budget['accounted_ms']:.1f} ms of the {budget['end_to_end_mean_ms']:.1f} ms measured")
     return table

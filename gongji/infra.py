@@ -564,6 +564,10 @@ def stop(pid_file: Path, name: str) -> str | None:
     os.kill(pid, signal.SIGTERM)
     for _ in range(300):
         try:
+            os.waitpid(pid, os.WNOHANG)  # our own child (a test session started it) is reaped, not left a zombie
+        except ChildProcessError:
+            pass
+        try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return f"stopped {name}"

@@ -5,9 +5,10 @@ Every subscriber consumes bounded batches. Its decoder validates each record aga
 contract (and its Kafka key against the contract's key field); a record that fails goes to
 `gongji.dead-letters.v1` with the reason and the batch goes on without it. A record that the
 handler keeps failing on is dead-lettered alone after a few tries; its neighbours are not held up.
-The handler's outputs are all confirmed by Kafka before the batch is acknowledged (`NACK_ON_ERROR`:
-a transient error — Kafka or Redis unreachable — re-delivers the batch, whose effects are idempotent
-in Redis), so a crash at any point loses nothing and repeats no effect.
+The batch's offsets are committed only once all its outputs are confirmed by Kafka; confirmation
+and commit overlap the next batch (shared/acknowledgements.py). A transient error — Kafka or Redis
+unreachable — sends the consumer back to the first record not confirmed, whose effects are
+idempotent in Redis, so a crash at any point loses nothing and repeats no effect.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.acknowledgements import Acknowledgements, FlushOnRevoke
 from shared.clock import Clock
 from shared.contracts import DeadLetter, ReasonCode
 from shared.credentials import kafka_bootstrap, password, ssl_context
@@ -58,17 +60,17 @@ MESSAGES = Counter("gongji_messages_total", "Input messages by topic and outcome
 OUTPUTS = Counter("gongji_outputs_total", "Messages published by topic", ["service", "topic"])
 CONFLICTS = Counter("gongji_conflicting_inputs_total", "Inputs refused as CONFLICT", ["service", "topic"])
 BATCH_SECONDS = Histogram(
-    "gongji_batch_seconds", "Time to handle one batch, outputs confirmed", ["service", "topic"],
+    "gongji_batch_seconds", "Time to handle one batch, its outputs handed to the producer", ["service", "topic"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 # Where a record's time goes on a hop (the latency budget of `gongji load`), summed over records:
 # a phase's total over the records' count is its mean per record. The phases follow one another:
 # `waiting` (created by its producer → handed to the handler: linger, broker, fetch, the queue),
-# `handler` (Python), `redis` (round trips), `publish` (outputs sent → all acknowledged), `commit`
-# (the batch's offsets, before the next batch is taken).
+# `handler` (Python), `redis` (round trips), `publish` (the previous batch's outputs confirmed, this
+# batch's handed to the producer). Their confirmation and the commit overlap the next batch.
 HOP_SECONDS = Counter("gongji_hop_seconds", "Record-seconds spent in each phase of a hop", ["service", "topic", "phase"])
 HOP_RECORDS = Counter("gongji_hop_records", "Records timed by the hop budget", ["service", "topic"])
-HOP_PHASES = ("waiting", "handler", "redis", "publish", "commit")
+HOP_PHASES = ("waiting", "handler", "redis", "publish")
 
 
 class HopBudget:
@@ -81,13 +83,6 @@ class HopBudget:
                        for name, pattern in patterns.items() for phase in HOP_PHASES}
         self._records = {name: HOP_RECORDS.labels(service, pattern) for name, pattern in patterns.items()}
         self._batch: dict[str, int] = {}  # records of the batch in hand, by topic
-        self._finished: float | None = None  # when the last batch's outputs were confirmed
-
-    def polled(self) -> None:
-        """The consumer asks for the next batch: the last one's offsets are committed."""
-        if self._finished is not None:
-            self._spend("commit", time.perf_counter() - self._finished)
-            self._finished = None
 
     def handed(self, records: Sequence[ConsumerRecord]) -> dict[str, int]:
         """Starts timing a batch; returns how many of its records came on each topic."""
@@ -105,7 +100,6 @@ class HopBudget:
         self._spend("handler", handler - redis)
         self._spend("redis", redis)
         self._spend("publish", publish)
-        self._finished = time.perf_counter()
 
     def _spend(self, phase: str, seconds: float) -> None:
         """Every record of the batch spent these seconds in this phase."""
@@ -160,7 +154,8 @@ def make_broker(settings: Settings, principal: str) -> KafkaBroker:
 
 
 class Outbox:
-    """The outputs of one batch, published together and confirmed before the batch is acknowledged."""
+    """The outputs of one batch, handed to the producer together; their confirmations come back as
+    futures (shared/acknowledgements.py waits for them before the batch's offsets are committed)."""
 
     def __init__(self, broker: KafkaBroker, service: str, topics: Sequence[Topic]) -> None:
         self._service = service
@@ -172,7 +167,7 @@ class Outbox:
         }
         self._topic_by_model = {topic.model: topic for topic in topics if not topic.province}
 
-    async def publish(self, messages: Sequence[BaseModel | ToTopic]) -> None:
+    async def send(self, messages: Sequence[BaseModel | ToTopic]) -> list[asyncio.Future]:
         pending = []
         for message in messages:
             if isinstance(message, ToTopic):
@@ -182,8 +177,7 @@ class Outbox:
             key = str(getattr(message, topic.key_field)).encode()
             pending.append(await self._publishers[topic.name].publish(message, key=key, no_confirm=True))
             OUTPUTS.labels(self._service, topic.name).inc()
-        if pending:
-            await asyncio.gather(*pending)
+        return pending
 
 
 class DeadLetterDecoder:
@@ -196,13 +190,14 @@ class DeadLetterDecoder:
         self._topics = {topic.name: topic for topic in topics}
         self._clock = clock
         self._deliveries = deliveries  # hand the handler Delivery(topic, message), not bare messages
-        self.batch: list[tuple[ConsumerRecord, Any]] = []
+        self.records: Sequence[ConsumerRecord] = ()  # the batch in hand, every record
+        self.batch: list[tuple[ConsumerRecord, Any]] = []  # its valid records, with their models
         self.dead_letters: list[DeadLetter] = []
 
     async def __call__(self, message: Any) -> list[Any]:
-        records: Sequence[ConsumerRecord] = message.raw_message
+        self.records = message.raw_message
         self.batch, self.dead_letters = [], []
-        for record in records:
+        for record in self.records:
             topic = self._topics[record.topic]
             try:
                 model = topic.model.model_validate_json(record.value or b"")
@@ -349,11 +344,11 @@ def subscribe(
     settings: Settings,
     outbox: Outbox,
     clock: Clock,
-) -> None:
+) -> Acknowledgements:
     """Registers `handler` for bounded batches of `topics`; its outputs and the batch's dead
-    letters go through `outbox`, confirmed before the batch is acknowledged. Several topics (a
-    tuple) are read by one consumer, and the handler gets each message as a Delivery that names
-    its topic."""
+    letters go through `outbox`, confirmed before the batch's offsets are committed (the returned
+    pipeline). Several topics (a tuple) are read by one consumer, and the handler gets each message
+    as a Delivery that names its topic."""
     several = isinstance(topics, tuple)
     topics = topics if isinstance(topics, tuple) else (topics,)
     topic = topics[0]
@@ -361,17 +356,23 @@ def subscribe(
     decoder = DeadLetterDecoder(service, topics, clock, deliveries=several)
 
     budget = HopBudget(service, topics)
+    acknowledgements = Acknowledgements(f"{service} {label}")
 
     async def consume(batch: list[BaseModel]) -> None:
+        records = decoder.records
         counts = budget.handed([record for record, _ in decoder.batch])
         redis_seconds = [0.0]
         reset = REDIS_SECONDS.set(redis_seconds)
         try:
             with BATCH_SECONDS.labels(service, label).time():
                 started = time.perf_counter()
-                outputs = await handle_isolating_poison(handler, decoder, settings.poison_attempts)
+                try:
+                    outputs = await handle_isolating_poison(handler, decoder, settings.poison_attempts)
+                except Exception:
+                    acknowledgements.rewind(records)  # transient: the batch is read again, nothing skipped
+                    raise
                 handled = time.perf_counter()
-                await outbox.publish(outputs)
+                await acknowledgements.send(records, lambda: outbox.send(outputs))
             budget.done(handled - started, redis_seconds[0], time.perf_counter() - handled)
         finally:
             REDIS_SECONDS.reset(reset)
@@ -399,9 +400,10 @@ def subscribe(
         # p99 fell from 1.5 s to 0.5 s here (fewer requests, Redis round trips and commits).
         fetch_max_wait_ms=settings.claim_path_fetch_max_wait_ms if topic.name in CLAIM_PATH else 500,
         fetch_min_bytes=settings.claim_path_fetch_min_bytes if topic.name in CLAIM_PATH else 1,
-        # Commit only after the batch's effects and outputs are done; on a transient error seek
-        # back and retry (the effects are idempotent), never skip.
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        # `acknowledgements` commits, once the batch's effects are done and its outputs confirmed;
+        # on a transient error it seeks back (the effects are idempotent), never skips.
+        ack_policy=AckPolicy.MANUAL,
+        listener=FlushOnRevoke(acknowledgements),
         parser=_without_instructions,
         decoder=decoder,
         no_reply=True,
@@ -410,17 +412,20 @@ def subscribe(
         include_in_schema=not several,
     )
     subscriber(consume)
-    subscriber.get_msg = _poll_without_pause(settings, budget)
+    subscriber.get_msg = _poll_without_pause(settings, acknowledgements)
+    return acknowledgements
 
 
-def _poll_without_pause(settings: Settings, budget: HopBudget) -> Callable[[Any], Awaitable[tuple]]:
+def _poll_without_pause(settings: Settings, acknowledgements: Acknowledgements) -> Callable[[Any], Awaitable[tuple]]:
     """FastStream's batch poll sleeps a whole batch timeout after an empty poll, so a record that
     arrives then waits for nothing (a third of a claim's time at 100 claims/s). This poll returns
     as soon as any record is fetched, and only polls again after an empty wait."""
     async def get_msg(consumer: Any) -> tuple[ConsumerRecord, ...]:
-        budget.polled()
+        acknowledgements.polling(consumer)
         batches = await consumer.getmany(timeout_ms=settings.poll_timeout_ms, max_records=settings.batch_max_records)
-        return tuple(chain.from_iterable(batches.values()))
+        records = tuple(chain.from_iterable(batches.values()))
+        acknowledgements.polled(records)
+        return records
 
     return get_msg
 
@@ -445,9 +450,9 @@ def build_service_app(
     (Prometheus) and `/docs/asyncapi` (its part of the contract, generated from the code)."""
     broker = broker or make_broker(settings, service)
     outbox = Outbox(broker, service, [*outputs, DEAD_LETTERS])
-    for topic, handler in routes:
-        subscribe(broker, topic, handler, service=service, group_id=group_id, settings=settings,
-                  outbox=outbox, clock=clock)
+    pipelines = [subscribe(broker, topic, handler, service=service, group_id=group_id, settings=settings,
+                           outbox=outbox, clock=clock)
+                 for topic, handler in routes]
 
     @asynccontextmanager
     async def lifespan(*_: Any, **__: Any):
@@ -469,6 +474,12 @@ def build_service_app(
     @app.after_startup
     async def learn_output_topics() -> None:
         await _learn_output_topics(broker, [*outputs, DEAD_LETTERS])
+
+    @app.on_shutdown
+    async def commit_what_is_confirmed() -> None:
+        """Before the consumers close: the last batches' confirmations and commits (else their
+        records are only delivered again after the restart)."""
+        await asyncio.gather(*(pipeline.flush() for pipeline in pipelines))
 
     return app
 
