@@ -440,7 +440,7 @@ def bench(
     duration: Annotated[float, typer.Option(min=1, help="seconds of claims in each run")] = 60.0,
     runs: Annotated[int, typer.Option(min=1, help="runs, each with its own baseline; the medians are reported")] = 3,
     rate: Annotated[float, typer.Option(min=1, help="claims per second offered: beyond what is settled, "
-                                                    "so that the run measures the maximum")] = 1_500.0,
+                                                    "so that the run measures the maximum")] = 2_500.0,
     persons: Annotated[int, typer.Option(min=10, help="population size")] = 3_000,
     as_json: Annotated[bool, typer.Option("--json", help="also one JSON object on the last line")] = False,
 ) -> None:

@@ -57,7 +57,7 @@ CARE_AWAY = ("110100", "310100", "440100", "510100")  # where care away from hom
 @dataclass(frozen=True)
 class LoadOptions:
     persons: int = 3_000
-    rate: float = 400.0  # 80% of what this machine settles with the whole mix on the province topics
+    rate: float = 400.0  # well within what this machine settles with the whole mix on the province topics (500/s and more)
     duration_seconds: float = 30.0
     duplicate_share: float = 0.01
     malformed_share: float = 0.001
