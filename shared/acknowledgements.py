@@ -32,6 +32,9 @@ logger = logging.getLogger("gongji")
 # group's rebalance timeout (the session timeout, 6 s). An idempotent producer and the commit both
 # retry for as long as Kafka is unwell; giving up only means the records are delivered again.
 FLUSH_TIMEOUT_SECONDS = 2.0
+# A batch that keeps failing before its handler (it is never skipped) is polled again after a pause
+# that doubles up to this, so that it does not spin a core.
+MAX_PAUSE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -65,25 +68,34 @@ class Acknowledgements:
         self._subscriber = subscriber
         self.consumer: Any = None  # the AIOKafkaConsumer; FastStream builds a new one when it restarts
         self._in_hand: Sequence[ConsumerRecord] = ()  # polled, neither sent on nor rewound yet
+        self._read_under = 0  # the assignment the batch in hand was polled under
+        self._failed_before_handler = 0  # times in a row
         self._unconfirmed: _SentBatch | None = None
         self._confirmed: dict[TopicPartition, int] = {}  # next offsets confirmed, not yet committed
         self._committing: asyncio.Task | None = None
         self._assignment = 0  # counts the rebalances: offsets of an earlier assignment are not committed
 
-    def polling(self, consumer: Any) -> None:
+    def polling(self, consumer: Any) -> float:
         """Before each poll: the batch polled last, if it failed before it was handled, and a batch
-        whose outputs failed while no other batch was in hand are read again."""
+        whose outputs failed while no other batch was in hand are read again. Returns how long to
+        pause first (a batch that keeps failing before its handler)."""
         self.consumer = consumer
+        pause = 0.0
         if self._in_hand:
-            logger.warning("%s: a batch failed before its handler; it will be read again", self._subscriber)
+            self._failed_before_handler += 1
+            pause = min(MAX_PAUSE_SECONDS, 0.1 * 2 ** (self._failed_before_handler - 1))
+            logger.warning("%s: a batch failed before its handler (%d times); it will be read again in %.1f s",
+                           self._subscriber, self._failed_before_handler, pause)
             self.rewind(self._in_hand)
         batch = self._unconfirmed
         if batch is not None and batch.confirmation.done() and _failed(batch.confirmation):
             self._unconfirmed = None
             self.rewind(batch.records)
+        return pause
 
     def polled(self, records: Sequence[ConsumerRecord]) -> None:
         self._in_hand = records
+        self._read_under = self._assignment
 
     def reassigned(self) -> None:
         """After a rebalance the consumer starts again from the committed offsets: what was confirmed
@@ -95,7 +107,8 @@ class Acknowledgements:
                    send_outputs: Callable[[], Awaitable[Sequence[asyncio.Future]]]) -> None:
         """The batch's effects are done: its outputs go to the producer once the previous batch's are
         confirmed. If they were not, both batches are read again and the previous failure is raised."""
-        self._in_hand = ()
+        self._in_hand, self._failed_before_handler = (), 0
+        read_under = self._read_under  # a rebalance while the previous batch is confirmed must not count
         if (previous := self._unconfirmed) is not None:
             try:
                 # Shielded: a consumer stopped meanwhile must not cancel what `flush` waits for.
@@ -110,7 +123,7 @@ class Acknowledgements:
         except BaseException:
             self.rewind(records)
             raise
-        batch = _SentBatch(records, asyncio.ensure_future(asyncio.gather(*confirmations)), self._assignment)
+        batch = _SentBatch(records, asyncio.ensure_future(asyncio.gather(*confirmations)), read_under)
         batch.confirmation.add_done_callback(lambda _: self._settled(batch))
         self._unconfirmed = batch
 
@@ -161,6 +174,8 @@ class Acknowledgements:
         deadline = asyncio.get_running_loop().time() + timeout
         if (batch := self._unconfirmed) is not None:
             await asyncio.wait([batch.confirmation], timeout=timeout)
+        if self._confirmed and (self._committing is None or self._committing.done()):
+            self._committing = asyncio.create_task(self._commit())  # what an earlier failed commit left
         while self._committing is not None and not self._committing.done():
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:

@@ -421,7 +421,8 @@ def _poll_without_pause(settings: Settings, acknowledgements: Acknowledgements) 
     arrives then waits for nothing (a third of a claim's time at 100 claims/s). This poll returns
     as soon as any record is fetched, and only polls again after an empty wait."""
     async def get_msg(consumer: Any) -> tuple[ConsumerRecord, ...]:
-        acknowledgements.polling(consumer)
+        if pause := acknowledgements.polling(consumer):
+            await asyncio.sleep(pause)
         batches = await consumer.getmany(timeout_ms=settings.poll_timeout_ms, max_records=settings.batch_max_records)
         records = tuple(chain.from_iterable(batches.values()))
         acknowledgements.polled(records)

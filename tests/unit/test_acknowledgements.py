@@ -228,6 +228,7 @@ async def test_offsets_confirmed_under_an_earlier_assignment_are_never_committed
     await settle()
     fresh = asyncio.get_running_loop().create_future()
     fresh.set_result(None)
+    acknowledgements.polled(records(P0, 500))
     await acknowledgements.send(records(P0, 500), outputs(fresh))
     await acknowledgements.flush()
     assert consumer.commits == [{P0: 501}]  # never 101 or 102: another owner may have gone further
@@ -246,6 +247,57 @@ async def test_a_commit_that_fails_after_a_rebalance_is_not_carried_into_the_new
     await settle()
     fresh = asyncio.get_running_loop().create_future()
     fresh.set_result(None)
+    acknowledgements.polled(records(P1, 500))
     await acknowledgements.send(records(P1, 500), outputs(fresh))
     await acknowledgements.flush()
     assert consumer.commits == [{P1: 501}]  # not P0's stale 101: another owner may have gone further
+
+
+async def test_a_batch_held_while_partitions_move_away_and_back_is_not_committed() -> None:
+    consumer = Consumer(P0)
+    acknowledgements = pipeline(consumer)
+    first = asyncio.get_running_loop().create_future()
+    acknowledgements.polled(records(P0, 10, 11))
+    await acknowledgements.send(records(P0, 10, 11), outputs(first))
+    acknowledgements.polled(records(P0, 12, 13))  # read under this assignment...
+    held = asyncio.create_task(acknowledgements.send(records(P0, 12, 13), outputs(_confirmed_now())))
+    await settle()
+    listener = FlushOnRevoke(acknowledgements)
+    await listener.on_partitions_assigned({P0})  # ...P0 went to another owner and came back meanwhile
+    await listener.on_partitions_assigned({P0})
+    first.set_result(None)
+    await held
+    await acknowledgements.flush()
+    assert consumer.commits == []  # the other owner may have committed beyond 14
+
+
+async def test_a_batch_that_keeps_failing_before_its_handler_is_polled_again_after_a_growing_pause() -> None:
+    consumer = Consumer(P0)
+    acknowledgements = pipeline(consumer)
+    pauses = []
+    for _ in range(8):
+        acknowledgements.polled(records(P0, 7))  # and FastStream's parsing raises, every time
+        pauses.append(acknowledgements.polling(consumer))
+    assert pauses == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    assert consumer.seeks == [(P0, 7)] * 8  # never skipped
+
+    acknowledgements.polled(records(P0, 7))
+    await acknowledgements.send(records(P0, 7), outputs(_confirmed_now()))  # handled at last
+    assert acknowledgements.polling(consumer) == 0.0
+
+
+async def test_a_flush_commits_what_a_failed_commit_left() -> None:
+    consumer = Consumer(P0)
+    consumer.failing_commits = 1
+    acknowledgements = pipeline(consumer)
+    await acknowledgements.send(records(P0, 3), outputs(_confirmed_now()))
+    await settle()
+    assert consumer.commits == []
+    await acknowledgements.flush()
+    assert consumer.commits == [{P0: 4}]
+
+
+def _confirmed_now() -> asyncio.Future:
+    confirmation = asyncio.get_running_loop().create_future()
+    confirmation.set_result(None)
+    return confirmation
