@@ -50,6 +50,13 @@ def pipeline(consumer: Consumer) -> Acknowledgements:
     return acknowledgements
 
 
+async def polled_and_sent(acknowledgements: Acknowledgements, batch: list[SimpleNamespace],
+                          confirmation: asyncio.Future) -> None:
+    """As the runtime does: the batch is polled, handled, then its outputs are sent."""
+    acknowledgements.polled(batch)
+    await acknowledgements.send(batch, outputs(confirmation))
+
+
 def outputs(*confirmations: asyncio.Future):
     async def send() -> list[asyncio.Future]:
         return list(confirmations)
@@ -160,14 +167,12 @@ async def test_a_failed_commit_goes_with_the_next_one() -> None:
     consumer = Consumer(P0, P1)
     consumer.failing_commits = 1
     acknowledgements = pipeline(consumer)
-    done = asyncio.get_running_loop().create_future()
-    done.set_result(None)
+    done = _confirmed_now()
     await acknowledgements.send(records(P0, 1), outputs(done))
     await settle()
     assert consumer.commits == []
 
-    again = asyncio.get_running_loop().create_future()
-    again.set_result(None)
+    again = _confirmed_now()
     await acknowledgements.send(records(P1, 5), outputs(again))
     await settle()
     assert consumer.commits == [{P0: 2, P1: 6}]
@@ -182,8 +187,7 @@ async def test_a_batch_that_failed_before_its_handler_is_read_again_at_the_next_
 
     consumer.seeks.clear()
     acknowledgements.polled(records(P0, 4, 5))
-    done = asyncio.get_running_loop().create_future()
-    done.set_result(None)
+    done = _confirmed_now()
     await acknowledgements.send(records(P0, 4, 5), outputs(done))  # handled: nothing to read again
     acknowledgements.polling(consumer)
     assert consumer.seeks == []
@@ -215,8 +219,7 @@ async def test_offsets_confirmed_under_an_earlier_assignment_are_never_committed
     consumer = Consumer(P0)
     consumer.failing_commits = 1
     acknowledgements = pipeline(consumer)
-    first = asyncio.get_running_loop().create_future()
-    first.set_result(None)
+    first = _confirmed_now()
     await acknowledgements.send(records(P0, 100), outputs(first))
     await settle()  # its commit failed: it would go with the next one...
     late = asyncio.get_running_loop().create_future()
@@ -226,10 +229,8 @@ async def test_offsets_confirmed_under_an_earlier_assignment_are_never_committed
     await FlushOnRevoke(acknowledgements).on_partitions_assigned({P0})
     late.set_result(None)  # confirmed only now, read under the old assignment
     await settle()
-    fresh = asyncio.get_running_loop().create_future()
-    fresh.set_result(None)
-    acknowledgements.polled(records(P0, 500))
-    await acknowledgements.send(records(P0, 500), outputs(fresh))
+    fresh = _confirmed_now()
+    await polled_and_sent(acknowledgements, records(P0, 500), fresh)
     await acknowledgements.flush()
     assert consumer.commits == [{P0: 501}]  # never 101 or 102: another owner may have gone further
 
@@ -238,17 +239,14 @@ async def test_a_commit_that_fails_after_a_rebalance_is_not_carried_into_the_new
     consumer = Consumer(P0, P1)
     consumer.failing_commits, consumer.gate = 1, asyncio.Event()
     acknowledgements = pipeline(consumer)
-    first = asyncio.get_running_loop().create_future()
-    first.set_result(None)
+    first = _confirmed_now()
     await acknowledgements.send(records(P0, 100), outputs(first))
     await settle()  # its commit is in flight...
     await FlushOnRevoke(acknowledgements).on_partitions_assigned({P0, P1})
     consumer.gate.set()  # ...and fails once P0 was assigned again
     await settle()
-    fresh = asyncio.get_running_loop().create_future()
-    fresh.set_result(None)
-    acknowledgements.polled(records(P1, 500))
-    await acknowledgements.send(records(P1, 500), outputs(fresh))
+    fresh = _confirmed_now()
+    await polled_and_sent(acknowledgements, records(P1, 500), fresh)
     await acknowledgements.flush()
     assert consumer.commits == [{P1: 501}]  # not P0's stale 101: another owner may have gone further
 
@@ -257,8 +255,7 @@ async def test_a_batch_held_while_partitions_move_away_and_back_is_not_committed
     consumer = Consumer(P0)
     acknowledgements = pipeline(consumer)
     first = asyncio.get_running_loop().create_future()
-    acknowledgements.polled(records(P0, 10, 11))
-    await acknowledgements.send(records(P0, 10, 11), outputs(first))
+    await polled_and_sent(acknowledgements, records(P0, 10, 11), first)
     acknowledgements.polled(records(P0, 12, 13))  # read under this assignment...
     held = asyncio.create_task(acknowledgements.send(records(P0, 12, 13), outputs(_confirmed_now())))
     await settle()
