@@ -387,19 +387,12 @@ def publish(
 
 
 @app.command("docs")
-def docs(
-    serve: Annotated[bool, typer.Option(help="serve the rendered document on --port")] = False,
-    port: Annotated[int | None, typer.Option(help="default: GONGJI_DOCS_PORT")] = None,
-) -> None:
-    """Write docs/asyncapi.json, generated from the three services' code (and optionally serve it)."""
-    from gongji.docs import serve_docs, write_docs
+def docs() -> None:
+    """Write docs/asyncapi.json, generated from the three services' code (open it in any AsyncAPI
+    viewer; nothing serves it: a served page would load its scripts from public CDNs)."""
+    from gongji.docs import write_docs
 
-    settings = Settings()
-    port = port or settings.docs_port
-    console.print(f"wrote {write_docs(settings)}")
-    if serve:
-        console.print(f"serving the AsyncAPI document on http://127.0.0.1:{port}/ (Ctrl-C stops)")
-        serve_docs(settings, port)
+    console.print(f"wrote {write_docs(Settings())}")
 
 
 @app.command("load")

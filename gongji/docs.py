@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
-from faststream.specification.asyncapi.site import get_asyncapi_html
 from faststream.specification.base import Specification
 
 from gongji.services import SERVICE_NAMES, app_factory
@@ -66,19 +64,3 @@ def write_docs(settings: Settings, directory: Path = DOCS_DIR) -> Path:
     document = asyncapi_specification(settings).to_jsonable()
     target.write_text(json.dumps(document, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
     return target
-
-
-def serve_docs(settings: Settings, port: int) -> None:
-    """Serves the rendered document at / and the JSON at /asyncapi.json until interrupted."""
-    specification = asyncapi_specification(settings)
-    pages = {"json": specification.to_json().encode(), "html": get_asyncapi_html(specification).encode()}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the http.server interface
-            kind = "json" if self.path.endswith(".json") else "html"
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json" if kind == "json" else "text/html; charset=utf-8")
-            self.end_headers()
-            self.wfile.write(pages[kind])
-
-    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()

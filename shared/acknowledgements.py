@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+
+from shared.operations import end_process, is_fatal
 
 logger = logging.getLogger("gongji")
 
@@ -65,7 +68,11 @@ class Acknowledgements:
     """One subscriber's pipeline of confirmations and commits (see the module's docstring)."""
 
     def __init__(self, subscriber: str) -> None:
-        self._subscriber = subscriber
+        self.subscriber = subscriber
+        # For `/health`: whether the consumer has joined its group, and when it last made progress
+        # (a poll that found nothing to do, or a batch confirmed).
+        self.member = False
+        self.progressed_at = time.monotonic()
         self.consumer: Any = None  # the AIOKafkaConsumer; FastStream builds a new one when it restarts
         self._in_hand: Sequence[ConsumerRecord] = ()  # polled, neither sent on nor rewound yet
         self._read_under = 0  # the assignment the batch in hand was polled under
@@ -85,7 +92,7 @@ class Acknowledgements:
             self._failed_before_handler += 1
             pause = min(MAX_PAUSE_SECONDS, 0.1 * 2 ** (self._failed_before_handler - 1))
             logger.warning("%s: a batch failed before its handler (%d times); it will be read again in %.1f s",
-                           self._subscriber, self._failed_before_handler, pause)
+                           self.subscriber, self._failed_before_handler, pause)
             self.rewind(self._in_hand)
         batch = self._unconfirmed
         if batch is not None and batch.confirmation.done() and _failed(batch.confirmation):
@@ -96,12 +103,16 @@ class Acknowledgements:
     def polled(self, records: Sequence[ConsumerRecord]) -> None:
         self._in_hand = records
         self._read_under = self._assignment
+        batch = self._unconfirmed
+        if not records and (batch is None or batch.confirmation.done() and not _failed(batch.confirmation)):
+            self.progressed_at = time.monotonic()  # caught up, and nothing waits for Kafka
 
     def reassigned(self) -> None:
         """After a rebalance the consumer starts again from the committed offsets: what was confirmed
         before is read again, and committing it now could move another owner's offset back."""
         self._assignment += 1
         self._confirmed.clear()
+        self.member = True
 
     async def send(self, records: Sequence[ConsumerRecord],
                    send_outputs: Callable[[], Awaitable[Sequence[asyncio.Future]]]) -> None:
@@ -138,10 +149,13 @@ class Acknowledgements:
 
     def _settled(self, batch: _SentBatch) -> None:
         confirmation = batch.confirmation
+        if not confirmation.cancelled() and is_fatal(error := confirmation.exception()):
+            end_process(error, self.subscriber)
         if _failed(confirmation):
             logger.warning("%s: a batch's outputs were not confirmed (%r); it will be read again",
-                           self._subscriber, confirmation.exception() if not confirmation.cancelled() else "cancelled")
+                           self.subscriber, confirmation.exception() if not confirmation.cancelled() else "cancelled")
             return
+        self.progressed_at = time.monotonic()
         if batch.assignment != self._assignment:
             return  # read under an earlier assignment: the consumer reads it again from the committed offset
         for partition, offset in next_offsets(batch.records).items():
@@ -161,7 +175,7 @@ class Acknowledgements:
             try:
                 await self.consumer.commit(offsets)
             except Exception as error:  # noqa: BLE001 - see the docstring
-                logger.warning("%s: commit failed (%s); it goes with the next one", self._subscriber, error)
+                logger.warning("%s: commit failed (%s); it goes with the next one", self.subscriber, error)
                 if assignment != self._assignment:
                     return
                 for partition, offset in offsets.items():
@@ -180,7 +194,7 @@ class Acknowledgements:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 logger.warning("%s: the last commit did not finish in %.0f s; its records will be delivered again",
-                               self._subscriber, timeout)
+                               self.subscriber, timeout)
                 return
             await asyncio.wait([self._committing], timeout=left)
 

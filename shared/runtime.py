@@ -28,11 +28,10 @@ from typing import Any
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
 from faststream import AckPolicy
-from faststream.asgi import AsgiFastStream, make_ping_asgi
-from faststream.specification import AsyncAPI
+from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
 from faststream.security import SASLScram512
-from prometheus_client import Counter, Histogram, make_asgi_app
+from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import (
     ClusterDownError, MasterDownError, NoPermissionError, NoScriptError, OutOfMemoryError, ReadOnlyError,
@@ -46,6 +45,7 @@ from shared.clock import Clock
 from shared.contracts import DeadLetter, ReasonCode
 from shared.credentials import kafka_bootstrap, password, ssl_context
 from shared.ids import derived_event_id
+from shared.operations import end_process, is_fatal, operations_routes
 from shared.redis_functions import REDIS_SECONDS
 from shared.settings import Settings
 from shared.topics import CLAIM_PATH, DEAD_LETTERS, Topic
@@ -423,7 +423,13 @@ def _poll_without_pause(settings: Settings, acknowledgements: Acknowledgements) 
     async def get_msg(consumer: Any) -> tuple[ConsumerRecord, ...]:
         if pause := acknowledgements.polling(consumer):
             await asyncio.sleep(pause)
-        batches = await consumer.getmany(timeout_ms=settings.poll_timeout_ms, max_records=settings.batch_max_records)
+        try:
+            batches = await consumer.getmany(timeout_ms=settings.poll_timeout_ms,
+                                             max_records=settings.batch_max_records)
+        except KafkaError as error:
+            if is_fatal(error):
+                end_process(error, acknowledgements.subscriber)
+            raise
         records = tuple(chain.from_iterable(batches.values()))
         acknowledgements.polled(records)
         return records
@@ -447,8 +453,8 @@ def build_service_app(
     on_stop: Callable[[], Awaitable[None]],
     broker: KafkaBroker | None = None,
 ) -> AsgiFastStream:
-    """One service process: its batch subscribers, `/health` (Kafka answers), `/metrics`
-    (Prometheus) and `/docs/asyncapi` (its part of the contract, generated from the code)."""
+    """One service process: its batch subscribers, and its operations port (shared/operations.py):
+    `/health` (every consumer consuming) and `/metrics` (Prometheus)."""
     broker = broker or make_broker(settings, service)
     outbox = Outbox(broker, service, [*outputs, DEAD_LETTERS])
     pipelines = [subscribe(broker, topic, handler, service=service, group_id=group_id, settings=settings,
@@ -465,11 +471,8 @@ def build_service_app(
 
     app = AsgiFastStream(
         broker,
-        asgi_routes=[("/health", make_ping_asgi(broker, timeout=5.0)), ("/metrics", make_asgi_app())],
+        asgi_routes=operations_routes(pipelines, settings.health_stale_seconds, settings.http_allowed_hosts),
         lifespan=lifespan,
-        specification=AsyncAPI(broker, title=f"Gongji {service} service", version="1.0.0",
-                               description=f"The {service} service of Gongji (共济), contract v1."),
-        asyncapi_path="/docs/asyncapi",
     )
 
     @app.after_startup

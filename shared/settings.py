@@ -30,8 +30,12 @@ class Settings(BaseSettings):
     redis_max_connections: int = 128
     # Health and metrics HTTP ports; a service listens on base + its index (0 = relationship).
     http_port_base: int = 18080
-    # Where `gongji docs --serve` serves the AsyncAPI document.
-    docs_port: int = 18090
+    # Host names, besides the loopback ones, that the health and metrics port answers to (a
+    # Prometheus scraping it through a name of its own); any other `Host` is refused.
+    http_allowed_hosts: list[str] = []
+    # `/health` fails when a consumer has made no progress (a caught-up poll, a confirmed batch)
+    # for this long.
+    health_stale_seconds: float = 30.0
     # A consumer batch is bounded so that one slow batch cannot hold a partition for long. A poll
     # returns as soon as any record is fetched (a batch is what arrived while the last one was
     # handled: small when idle, large under load); an empty poll waits this long, then polls again.
