@@ -29,7 +29,7 @@ from confluent_kafka.admin import (
 )
 
 from gongji.kafka_io import make_producer
-from gongji.tls import broker_keystore, ensure_certificates
+from gongji.tls import CAKeyOffline, broker_keystore, ensure_certificates
 from services.relationship.store import LIBRARY as RELATIONSHIP_LIBRARY
 from services.settlement.store import LIBRARY as SETTLEMENT_LIBRARY
 from services.wallet.store import LIBRARY as WALLET_LIBRARY
@@ -46,6 +46,10 @@ from shared.topics import ALL_TOPICS, PROVINCE_TOPICS
 POM = PROJECT_ROOT / "deploy" / "kafka" / "pom.xml"
 READY_TIMEOUT_SECONDS = 120
 SCRAM_ITERATIONS = 8192
+REAUTHENTICATE_MS = 3_600_000
+# The JVM's perf data (hsperfdata, what `jps -m` reads) would hold the broker's arguments, its
+# password among them, in a file other local users can read: it is not written.
+JVM_OPTIONS = ("-XX:+PerfDisableSharedMem",)
 FUNCTION_LIBRARIES = (RELATIONSHIP_LIBRARY, WALLET_LIBRARY, SETTLEMENT_LIBRARY)
 
 
@@ -99,6 +103,19 @@ class Paths:
     @property
     def redis_log(self) -> Path:
         return self.root / "redis" / "redis.log"
+
+
+# What a process the launcher starts (the broker, Redis, a service) inherits of its environment:
+# what it needs to run, and Gongji's own settings; nothing else the operator's shell holds (tokens,
+# other programs' passwords) is handed on.
+INHERITED_VARIABLES = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "JAVA_HOME",
+                                 "VIRTUAL_ENV"})
+
+
+def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    inherited = {name: value for name, value in os.environ.items()
+                 if name in INHERITED_VARIABLES or name.startswith("GONGJI_")}
+    return {**inherited, **(extra or {})}
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -184,6 +201,13 @@ def _write_kafka_config(settings: Settings, paths: Paths) -> None:
             # and only the broker holds one: a client (which holds the CA's certificate, not its
             # key) cannot even finish the handshake. Its certificate's CN is its principal.
             "listener.name.controller.ssl.client.auth=required",
+            # TLS 1.3 only: its suites are all AEAD (1.2 still offers CBC ones), and every client
+            # here (Python's ssl, librdkafka, Java 17) speaks it.
+            "ssl.enabled.protocols=TLSv1.3",
+            "ssl.protocol=TLSv1.3",
+            # A SCRAM session authenticates again within the hour: a rotated or removed password
+            # shuts its old sessions out then, instead of never (0, Kafka's default).
+            f"connections.max.reauth.ms={REAUTHENTICATE_MS}",
             "ssl.principal.mapping.rules=RULE:^CN=([^,]+)$/$1/,DEFAULT",
             "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
             "allow.everyone.if.no.acl.found=false",
@@ -232,10 +256,10 @@ def format_kafka_storage(java: str, paths: Paths, cluster_id: str, settings: Set
     users = [argument for principal in PRINCIPALS for argument in ("--add-scram", _scram(settings, principal))]
     try:
         formatted = subprocess.run(
-            [java, "-cp", f"{paths.kafka_libs}/*", _write_java_arguments(paths, [
+            [java, *JVM_OPTIONS, "-cp", f"{paths.kafka_libs}/*", _write_java_arguments(paths, [
                 "kafka.tools.StorageTool", "format", "--standalone", f"--cluster-id={cluster_id}",
                 "-c", str(paths.kafka_config), *users])],
-            capture_output=True, text=True,
+            capture_output=True, text=True, env=child_environment(),
         )
     finally:
         paths.java_arguments.unlink(missing_ok=True)
@@ -266,8 +290,9 @@ def start_kafka(settings: Settings, paths: Paths) -> bool:
     arguments = _write_java_arguments(paths, ["kafka.Kafka", str(paths.kafka_config), "--override", broker_login])
     log = paths.kafka_log.open("ab")
     process = subprocess.Popen(
-        [java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true", "-cp", classpath, arguments],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        [java, *JVM_OPTIONS, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true", "-cp", classpath,
+         arguments],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=child_environment(),
         umask=0o077,  # its data is personal data: only its owner reads the files it writes
     )
     paths.kafka_pid.write_text(str(process.pid))
@@ -324,7 +349,7 @@ def start_redis(settings: Settings, paths: Paths) -> bool:
          "--appendonly", "yes", "--appendfsync", "always", "--aclfile", str(paths.redis_users),
          "--save", "", "--protected-mode", "yes", "--logfile", str(paths.redis_log),
          "--daemonize", "no"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_environment(),
         start_new_session=True, umask=0o077,  # its data and its ACL file (rewritten by ACL SAVE) stay 0600
     )
     paths.redis_pid.write_text(str(process.pid))
@@ -511,7 +536,10 @@ def up(settings: Settings) -> list[str]:
     notes = []
     if made := ensure_passwords(settings):
         notes.append(f"generated credentials for {len(made)} principals")
-    notes += [f"made {what}" for what in ensure_certificates(settings, _host_port(settings.kafka_bootstrap)[0])]
+    try:
+        notes += [f"made {what}" for what in ensure_certificates(settings, _host_port(settings.kafka_bootstrap)[0])]
+    except CAKeyOffline as error:
+        raise InfraError(str(error)) from None
     if start_redis(settings, paths):
         notes.append("started redis-server")
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import uvicorn
 from faststream.asgi import AsgiFastStream
 
-from gongji.infra import port_open
+from gongji.infra import child_environment, port_open
 from shared.settings import PROJECT_ROOT, Settings
 
 SERVICE_NAMES = ("relationship", "wallet", "settlement")
@@ -64,7 +64,8 @@ def run_service(name: str, settings: Settings) -> None:
 def run_all(settings: Settings) -> int:
     """Three separate processes, stopped together; returns the worst exit code."""
     children = [
-        subprocess.Popen([sys.executable, "-m", "gongji", "run", name]) for name in SERVICE_NAMES
+        subprocess.Popen([sys.executable, "-m", "gongji", "run", name], env=child_environment())
+        for name in SERVICE_NAMES
     ]
 
     def forward(signum: int, _frame: object) -> None:
@@ -87,7 +88,7 @@ class ServiceProcess:
     def __init__(self, name: str, settings: Settings, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.settings = settings
-        self.env = {**os.environ, **(env or {})}
+        self.env = child_environment(env)
         self.log = log_dir / f"{name}.log"
         self.process: subprocess.Popen | None = None
 

@@ -1,6 +1,9 @@
 """The local certificate authority that `gongji infra up` creates (with `cryptography`): a CA whose
 certificate clients trust, and the broker's key and certificate (for 127.0.0.1 and localhost),
-signed by it. Kafka reads both as PEM. The keys stay in `.gongji/secrets/` (0600)."""
+signed by it. Kafka reads both as PEM. The broker's key stays in `.gongji/secrets/` (0600); the
+CA's key apart from every service's secrets, in `.gongji/ca/` (GONGJI_CA_KEY_DIR), and it is read
+only to issue or renew the broker's certificate: an operator may keep it offline the rest of the
+time."""
 
 from __future__ import annotations
 
@@ -22,8 +25,12 @@ BROKER_DAYS = 397
 RENEW_BEFORE = datetime.timedelta(days=30)
 
 
+class CAKeyOffline(RuntimeError):
+    """A certificate must be issued and the CA's key is not where it is looked for."""
+
+
 def ca_key_file(settings: Settings) -> Path:
-    return secrets_dir(settings) / "ca-key.pem"
+    return (settings.ca_key_dir or settings.state_dir / "ca") / "ca-key.pem"
 
 
 def broker_keystore(settings: Settings) -> Path:
@@ -57,6 +64,7 @@ def _make_ca(settings: Settings) -> None:
                                      crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
         .sign(key, hashes.SHA256())
     )
+    ca_key_file(settings).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_secret(ca_key_file(settings), _private_pem(key))
     write_secret(ca_file(settings), certificate.public_bytes(serialization.Encoding.PEM))
 
@@ -82,7 +90,12 @@ def _broker_certificate_fits(settings: Settings, hosts: set[str]) -> bool:
 
 
 def _make_broker_certificate(settings: Settings, hosts: set[str]) -> None:
-    ca_key = serialization.load_pem_private_key(ca_key_file(settings).read_bytes(), password=None)
+    try:
+        ca_key = serialization.load_pem_private_key(ca_key_file(settings).read_bytes(), password=None)
+    except FileNotFoundError:
+        raise CAKeyOffline(f"the broker's certificate must be issued or renewed (it expires within "
+                           f"{RENEW_BEFORE.days} days, or misses a host name), and the CA's key is not at "
+                           f"{ca_key_file(settings)}: put it back (or set GONGJI_CA_KEY_DIR) and run again") from None
     ca_certificate = x509.load_pem_x509_certificate(ca_file(settings).read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     certificate = (
@@ -106,7 +119,10 @@ def ensure_certificates(settings: Settings, host: str) -> list[str]:
     """Creates the CA once, and the broker's certificate when missing, about to expire, or not
     covering `host`; returns what it made."""
     made = []
-    if not (ca_file(settings).exists() and ca_key_file(settings).exists()):
+    if (earlier := secrets_dir(settings) / "ca-key.pem").exists() and not ca_key_file(settings).exists():
+        ca_key_file(settings).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        earlier.replace(ca_key_file(settings))  # kept beside the services' secrets by earlier releases
+    if not ca_file(settings).exists():
         _make_ca(settings)
         broker_keystore(settings).unlink(missing_ok=True)
         made.append("a local CA")

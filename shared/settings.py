@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:16379/0"
     # Where the launcher keeps the broker's jars, logs, data and pid files.
     state_dir: Path = PROJECT_ROOT / ".gongji"
+    # Where the local CA's private key is kept (default: state_dir/ca), apart from the services'
+    # secrets; it is read only when the broker's certificate is issued or renewed.
+    ca_key_dir: Path | None = None
     topic_partitions: int = 24
     # Each province's own topics carry one province's traffic: fewer partitions keep 32 × 3 of
     # them light on a small broker.

@@ -3,13 +3,16 @@ who is refused, and that those allowed in can do exactly their part (shared/prin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import socket
 import ssl
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,7 +27,7 @@ from gongji import infra
 from services.settlement.store import LIBRARY as SETTLEMENT_LIBRARY
 from services.wallet.store import WalletStore
 from shared.credentials import (
-    aiokafka_options, ca_file, password, redis_options, secrets_dir, ssl_context,
+    aiokafka_options, ca_file, make_secrets_dir, password, redis_options, secrets_dir, ssl_context,
 )
 from shared.policy import POLICY_KEY
 from shared.principals import PRINCIPALS, SERVICES, principal
@@ -341,3 +344,69 @@ async def test_a_rotated_password_works_at_once_and_the_old_one_no_longer_does(i
         _redis(infrastructure, username="wallet", password=old).ping()
     # Redis keeps it across a restart too: ACL SAVE wrote the new hash to its ACL file.
     assert hashlib.sha256(new.encode()).hexdigest() in infra.Paths(infrastructure.state_dir).redis_users.read_text()
+
+
+# ---- round 2: what the broker's process and its TLS give away ------------------------------------
+
+
+def test_tls_below_1_3_is_refused(infrastructure) -> None:
+    """TLS 1.3's suites are all AEAD; 1.2 would still offer CBC ones (and 1.0, 1.1 worse)."""
+    host, port = infrastructure.kafka_bootstrap.rsplit(":", 1)
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        context = ssl.create_default_context(cafile=str(ca_file(infrastructure)))
+        context.minimum_version = context.maximum_version = version
+        with socket.create_connection((host, int(port)), timeout=5) as raw:
+            if version == ssl.TLSVersion.TLSv1_3:
+                with context.wrap_socket(raw, server_hostname=host) as tls:
+                    assert tls.version() == "TLSv1.3"
+            else:
+                with pytest.raises(ssl.SSLError):
+                    context.wrap_socket(raw, server_hostname=host)
+
+
+def test_sessions_authenticate_again_within_the_hour(infrastructure) -> None:
+    """Without it, a session opened before a password was rotated stays in for ever."""
+    from confluent_kafka.admin import ConfigResource
+
+    resource = ConfigResource(ConfigResource.Type.BROKER, "1")
+    admin = infra.kafka_admin(infrastructure)  # kept: its futures die with it
+    config = admin.describe_configs([resource])[resource].result()
+    assert config["connections.max.reauth.ms"].value == str(infra.REAUTHENTICATE_MS)
+
+
+def test_the_brokers_jvm_writes_no_perf_data(infrastructure) -> None:
+    """`jps -m` read the broker's arguments, its password among them, from /tmp/hsperfdata_USER/PID."""
+    broker = int(infra.Paths(infrastructure.state_dir).kafka_pid.read_text())
+    assert not list(Path(tempfile.gettempdir()).glob(f"hsperfdata_*/{broker}"))
+    secret = password(infrastructure, "broker").encode()
+    for data in Path(tempfile.gettempdir()).glob("hsperfdata_*/*"):
+        with contextlib.suppress(OSError):
+            assert secret not in data.read_bytes(), data
+
+
+def test_processes_the_launcher_starts_inherit_only_what_they_need(infrastructure, service_processes) -> None:
+    pids = [*_processes_of(infrastructure), *(process.process.pid for process in service_processes.values())]
+    for pid in pids:
+        names = {entry.split(b"=", 1)[0].decode() for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                 if entry}
+        assert {name for name in names if not name.startswith("GONGJI_")} <= infra.INHERITED_VARIABLES, pid
+
+
+def test_the_cas_key_is_kept_apart_and_may_be_kept_offline(infrastructure, tmp_path) -> None:
+    from gongji.tls import CAKeyOffline, broker_keystore, ca_key_file, ensure_certificates
+
+    assert ca_key_file(infrastructure).exists()
+    assert not list(secrets_dir(infrastructure).glob("*ca-key*"))  # not beside the services' passwords
+    assert stat.S_IMODE(ca_key_file(infrastructure).parent.stat().st_mode) == 0o700
+    apart = Settings(state_dir=tmp_path)
+    make_secrets_dir(apart)
+    assert ensure_certificates(apart, "127.0.0.1")  # a CA and the broker's certificate
+    offline = tmp_path / "offline-ca-key.pem"
+    ca_key_file(apart).replace(offline)
+    issued = broker_keystore(apart).read_bytes()
+    assert ensure_certificates(apart, "127.0.0.1") == []  # the certificate fits: no key needed, no new CA
+    assert broker_keystore(apart).read_bytes() == issued
+    with pytest.raises(CAKeyOffline, match="CA's key is not at"):
+        ensure_certificates(apart, "broker.example")  # a new name needs the key
+    offline.replace(ca_key_file(apart))
+    assert ensure_certificates(apart, "broker.example") == ["the broker's certificate for 127.0.0.1, broker.example, localhost"]
