@@ -80,9 +80,13 @@ def infra_down() -> None:
 
 @infra_app.command("status")
 def infra_status() -> None:
-    """Name the Apache Kafka and Redis versions and whether they run."""
-    for line in infra.status(Settings()).values():
+    """Name the Apache Kafka and Redis versions, whether they run, and Redis's memory; exits 2 when
+    Redis nears its memory bound (for a monitor to alert on)."""
+    report = infra.status(Settings())
+    for line in report.values():
         console.print(line)
+    if "redis_memory" in report:
+        raise typer.Exit(2)
 
 
 @infra_app.command("reset")

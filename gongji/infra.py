@@ -24,11 +24,13 @@ import redis
 from aiokafka.errors import ClusterAuthorizationFailedError
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
-    AclBinding, AclBindingFilter, AclOperation, AclPermissionType, AdminClient, NewTopic, ResourcePatternType,
-    ResourceType, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion,
+    AclBinding, AclBindingFilter, AclOperation, AclPermissionType, AdminClient, AlterConfigOpType, ConfigEntry,
+    ConfigResource, NewTopic, ResourcePatternType, ResourceType, ScramCredentialInfo, ScramMechanism,
+    UserScramCredentialUpsertion,
 )
 
 from gongji.kafka_io import make_producer
+from gongji.quotas import sync_quotas
 from gongji.tls import CAKeyOffline, broker_keystore, ensure_certificates
 from services.relationship.store import LIBRARY as RELATIONSHIP_LIBRARY
 from services.settlement.store import LIBRARY as SETTLEMENT_LIBRARY
@@ -41,7 +43,7 @@ from shared.principals import (
     BROKER, BY_NAME, OPERATOR, PRINCIPALS, SERVICES, KafkaRight, Principal, redis_acl_rules,
 )
 from shared.settings import PROJECT_ROOT, Settings
-from shared.topics import ALL_TOPICS, PROVINCE_TOPICS
+from shared.topics import ALL_TOPICS, PROVINCE_TOPICS, Topic
 
 POM = PROJECT_ROOT / "deploy" / "kafka" / "pom.xml"
 READY_TIMEOUT_SECONDS = 120
@@ -348,12 +350,30 @@ def start_redis(settings: Settings, paths: Paths) -> bool:
         [server, "--bind", host, "--port", str(port), "--dir", str(paths.redis_dir),
          "--appendonly", "yes", "--appendfsync", "always", "--aclfile", str(paths.redis_users),
          "--save", "", "--protected-mode", "yes", "--logfile", str(paths.redis_log),
+         *(argument for name, value in redis_memory_config(settings).items() for argument in (f"--{name}", value)),
          "--daemonize", "no"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_environment(),
         start_new_session=True, umask=0o077,  # its data and its ACL file (rewritten by ACL SAVE) stay 0600
     )
     paths.redis_pid.write_text(str(process.pid))
     return True
+
+
+def redis_memory_config(settings: Settings) -> dict[str, str]:
+    """A bound on Redis's memory, and writes refused (OOM) at the bound rather than keys evicted:
+    an evicted key would be a lost balance or a forgotten claim id. The services retry a refused
+    write until there is room (nothing is lost), their `/health` turns 503, and `gongji infra
+    status` warns from REDIS_MEMORY_WARNING of the bound on."""
+    return {"maxmemory": str(settings.redis_max_memory_bytes), "maxmemory-policy": "noeviction"}
+
+
+REDIS_MEMORY_WARNING = 0.8
+
+
+def redis_memory(client: redis.Redis) -> tuple[int, int]:
+    """(bytes used, the bound)."""
+    info = client.info("memory")
+    return int(info["used_memory"]), int(info["maxmemory"])
 
 
 def operator_redis(settings: Settings, **options) -> redis.Redis:
@@ -435,17 +455,29 @@ def _settle(futures: dict, tolerated: tuple[int, ...] = ()) -> None:
                 raise
 
 
+def topic_config(topic: Topic) -> dict[str, str]:
+    # The topics are the books the deep audit rebuilds: nothing expires from them.
+    config = {"retention.ms": "-1"}
+    if topic.max_message_bytes is not None:
+        config["max.message.bytes"] = str(topic.max_message_bytes)
+    return config
+
+
 def create_topics(settings: Settings, admin: AdminClient) -> None:
-    """The national topics and every province's own, each with its partition count."""
+    """The national topics and every province's own, each with its partition count and its
+    configuration (set again on the topics that exist: a release may change it)."""
+    topics = (*ALL_TOPICS, *PROVINCE_TOPICS)
     existing = set(admin.list_topics(timeout=10).topics)
-    missing = [
-        # The topics are the books the deep audit rebuilds: nothing expires from them.
-        NewTopic(topic.name, topic.partitions(settings), settings.topic_replication_factor,
-                 config={"retention.ms": "-1"})
-        for topic in (*ALL_TOPICS, *PROVINCE_TOPICS) if topic.name not in existing
-    ]
+    missing = [NewTopic(topic.name, topic.partitions(settings), settings.topic_replication_factor,
+                        config=topic_config(topic))
+               for topic in topics if topic.name not in existing]
     if missing:
         _settle(admin.create_topics(missing, request_timeout=30), tolerated=(KafkaError.TOPIC_ALREADY_EXISTS,))
+    _settle(admin.incremental_alter_configs([
+        ConfigResource(ResourceType.TOPIC, topic.name, incremental_configs=[
+            ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+            for name, value in topic_config(topic).items()])
+        for topic in topics if topic.name in existing], request_timeout=30))
 
 
 def ensure_scram_users(settings: Settings, admin: AdminClient) -> None:
@@ -527,6 +559,7 @@ def configure_now(settings: Settings | None = None) -> None:
     create_topics(settings, admin)
     ensure_scram_users(settings, admin)
     sync_acls(admin)
+    asyncio.run(sync_quotas(settings))
 
 
 def up(settings: Settings) -> list[str]:
@@ -547,6 +580,8 @@ def up(settings: Settings) -> list[str]:
             notes.append(f"started Apache Kafka {kafka_version(paths)} (KRaft, SASL_SSL)")
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         client = _wait_for_redis(settings, deadline)
+        for name, value in redis_memory_config(settings).items():  # also on a Redis started by an earlier release
+            client.config_set(name, value)
         sync_redis_users(settings, client)
         load_functions(client)
         client.close()
@@ -561,6 +596,7 @@ def up(settings: Settings) -> list[str]:
         notes.append(f"ACLs: {created} created, {deleted} removed")
     # Its own loop in its own thread: `up` is called from event loops too (tests restarting Redis).
     with ThreadPoolExecutor(1) as apart:
+        apart.submit(asyncio.run, sync_quotas(settings)).result()
         apart.submit(asyncio.run, _until_services_are_authorized(settings, deadline)).result()
     return notes
 
@@ -634,8 +670,14 @@ def status(settings: Settings) -> dict[str, str]:
         + ("running" if _pid_alive(paths.kafka_pid) and port_open(kafka_host, kafka_port) else "not running"),
     }
     try:
-        info = operator_redis(settings, socket_timeout=1).info("server")
-        report["redis"] = f"Redis {info['redis_version']} at {settings.redis_url}: running"
+        client = operator_redis(settings, socket_timeout=1)
+        used, bound = redis_memory(client)
+        report["redis"] = (f"Redis {client.info('server')['redis_version']} at {settings.redis_url}: running, "
+                           f"memory {used / 2**20:,.0f} MiB of {bound / 2**20:,.0f} MiB")
+        if used >= REDIS_MEMORY_WARNING * bound:
+            report["redis_memory"] = (f"WARNING: Redis uses {used / bound:.0%} of its memory bound; at 100% every "
+                                      "write is refused and the services stop until there is room "
+                                      "(raise GONGJI_REDIS_MAX_MEMORY_BYTES, or add memory)")
     except (redis.exceptions.RedisError, CredentialsMissing):
         report["redis"] = f"Redis at {settings.redis_url}: not running"
     return report

@@ -45,12 +45,35 @@ class RedisAccess:
 
 
 @dataclass(frozen=True)
+class KafkaQuota:
+    """What one principal may ask of the broker, all its connections together (Kafka client quotas):
+    bytes produced and fetched per second (beyond them the broker delays its answers), and the share
+    of the broker's request threads it may keep busy (percent of one thread)."""
+
+    producer_byte_rate: int
+    consumer_byte_rate: int
+    request_percentage: int
+
+    def shown(self) -> str:
+        return (f"produce {self.producer_byte_rate // 1024:,} KiB/s, fetch {self.consumer_byte_rate // 1024:,} KiB/s, "
+                f"{self.request_percentage}% of a request thread")
+
+
+# Every client outside the platform. A province sends about 1 M / 32 claims a day (12/s, ~1 KB
+# each) and reads its results: 1 MiB/s is a hundred times its peak, and a province that sends
+# more (a bug, a stolen password) is slowed instead of taking the broker from every other.
+CLIENT_QUOTA = KafkaQuota(producer_byte_rate=1024 * 1024, consumer_byte_rate=4 * 1024 * 1024, request_percentage=25)
+
+
+@dataclass(frozen=True)
 class Principal:
     name: str
     role: str
     kafka: tuple[KafkaRight, ...] = ()
     redis: RedisAccess | None = None
     super_user: bool = False  # a Kafka super user: every ACL check passes
+    # None: not throttled (the broker, the operator and the services, whose load follows the clients').
+    quota: KafkaQuota | None = None
 
 
 def reads(*topics: Topic) -> tuple[KafkaRight, ...]:
@@ -112,18 +135,21 @@ def province_principal(province: str) -> Principal:
         kafka=(*writes(province_claims(province)),
                KafkaRight("topic", province_topic_prefix(province), "read", prefixed=True),
                *group(f"province-{province}", prefixed=True)),
+        quota=CLIENT_QUOTA,
     )
 
 
 CLIENTS: tuple[Principal, ...] = (
     *(province_principal(province) for province in PROVINCES),
-    Principal("registry", "civil-registry and enrollment facts", kafka=writes(KINSHIP, ENROLLMENT)),
+    Principal("registry", "civil-registry and enrollment facts", kafka=writes(KINSHIP, ENROLLMENT),
+              quota=CLIENT_QUOTA),
     Principal("app", "the national service platform's app channel: commands, and their answers",
               kafka=(*writes(RELATIONSHIP_COMMANDS, WALLET_COMMANDS), *reads(RELATIONSHIP_EVENTS, WALLET_EVENTS),
-                     *group("app", prefixed=True))),
-    Principal("supervisor", "the fund supervisors: freezes and unfreezes", kafka=writes(SUPERVISION)),
+                     *group("app", prefixed=True)), quota=CLIENT_QUOTA),
+    Principal("supervisor", "the fund supervisors: freezes and unfreezes", kafka=writes(SUPERVISION),
+              quota=CLIENT_QUOTA),
     Principal("dashboard", "live dashboards: aggregates only, no personal data",
-              kafka=(*reads(STATISTICS), *group("dashboard", prefixed=True))),
+              kafka=(*reads(STATISTICS), *group("dashboard", prefixed=True)), quota=CLIENT_QUOTA),
 )
 
 PRINCIPALS: tuple[Principal, ...] = (BROKER, OPERATOR, *SERVICES, *CLIENTS)
@@ -155,8 +181,8 @@ def _shown(right: KafkaRight) -> str:
 
 def rights_table() -> str:
     """The README's table: one line per principal, the 32 provinces as one (`PP` standing for each)."""
-    lines = ["| principal | role | writes | reads | consumer groups | Redis |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| principal | role | writes | reads | consumer groups | Redis | Kafka quota |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for one in PRINCIPALS:
         if one.name.startswith("province-") and one.name != f"province-{PROVINCES[0]}":
             continue
@@ -176,5 +202,5 @@ def rights_table() -> str:
         name = _PROVINCE_IN_NAME.sub("PP", one.name)
         role = one.role.replace(f"province {PROVINCES[0]}'s", "each province's")
         lines.append(f"| `{name}` | {role} | {', '.join(cells['write']) or '—'} | {', '.join(cells['read']) or '—'} "
-                     f"| {', '.join(cells['group']) or '—'} | {redis} |")
+                     f"| {', '.join(cells['group']) or '—'} | {redis} | {one.quota.shown() if one.quota else '—'} |")
     return "\n".join(lines)

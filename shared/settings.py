@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     province_topic_partitions: int = 3
     topic_replication_factor: int = 1
     redis_max_connections: int = 128
+    # Redis's memory bound (`maxmemory`, with writes refused at it, never keys evicted).
+    redis_max_memory_bytes: int = 4 * 1024**3
     # Health and metrics HTTP ports; a service listens on base + its index (0 = relationship).
     http_port_base: int = 18080
     # Host names, besides the loopback ones, that the health and metrics port answers to (a

@@ -17,6 +17,8 @@ class Topic:
     key_field: str
     model: type[BaseModel]
     province: str | None = None  # the province whose own topic this is; None for a national topic
+    # The largest record batch the broker takes on this topic (None: the broker's 1 MiB).
+    max_message_bytes: int | None = None
 
     @property
     def pattern(self) -> str:
@@ -55,8 +57,15 @@ ALL_TOPICS: tuple[Topic, ...] = (
 
 # Per-province topics (wave 2), for provinces that connect directly: a province sends its claims on
 # its own topic and reads only its own results. Same payloads as the national topics.
+# A province's claims topic takes records the size the contract allows: the largest valid claim
+# (1,000 items with 64-character codes) is about 130 KB. Anything bigger is refused by the broker
+# before it costs the services or the disk anything.
+PROVINCE_CLAIM_MAX_BYTES = 192 * 1024
+
+
 def province_claims(province: str) -> Topic:
-    return Topic(f"gongji.province.{province}.claims.v1", CLAIMS.key_field, CLAIMS.model, province)
+    return Topic(f"gongji.province.{province}.claims.v1", CLAIMS.key_field, CLAIMS.model, province,
+                 max_message_bytes=PROVINCE_CLAIM_MAX_BYTES)
 
 
 def province_settlements(province: str) -> Topic:
