@@ -131,9 +131,9 @@ class SettlementHandlers:
             if step is None or step.conflict:
                 outputs.extend(_also_to_provinces(self._conflict(claim, content, now), province))
             elif claim.kind == "settle":
-                outputs.extend(self._accepted(claim, step, province, now))
+                outputs.extend(self._accepted(claim, step, now))
             else:
-                outputs.extend(self._reversed(claim, step, province, now))
+                outputs.extend(self._reversed(claim, step, now))
         return [*outputs, *self._statistics_due()]
 
     def _accept(self, claim: Claim, content: str, facts: ClaimFacts, province: str | None, now: datetime) -> Call:
@@ -149,7 +149,7 @@ class SettlementHandlers:
                                                      "reason": assessment.refusal, "at": rfc3339(now)}}
         return self.store.accept(claim.recipient_id, claim.claim_id, record)
 
-    def _accepted(self, claim: Claim, step: Step, province: str | None, now: datetime) -> list[BaseModel | ToTopic]:
+    def _accepted(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel | ToTopic]:
         record = step.result
         if record["status"] == "pending":  # new, or redelivered before the wallet answered: (re)ask
             return [DrawRequested(
@@ -160,7 +160,7 @@ class SettlementHandlers:
             )]
         if step.outcome == "applied":
             self._tally(record)
-        return _also_to_provinces(settlement_event(claim.claim_id, record), record.get("province"), province)
+        return _also_to_provinces(settlement_event(claim.claim_id, record), record.get("province"))
 
     def _conflict(self, claim: Claim, content: str, now: datetime) -> SettlementEvent:
         """A claim id used before for other content, or by another recipient: refused, and the
@@ -181,11 +181,10 @@ class SettlementHandlers:
         return self.store.reverse(claim.recipient_id, claim.claim_id, record, claim.reverses,
                                   shanghai_month(now), rfc3339(now), facts.reverses_owner, province)
 
-    def _reversed(self, claim: Claim, step: Step, province: str | None, now: datetime) -> list[BaseModel | ToTopic]:
+    def _reversed(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel | ToTopic]:
         if step.outcome == "applied":
             self._tally(step.result)
-        outputs = _also_to_provinces(settlement_event(claim.claim_id, step.result), step.result.get("province"),
-                                     province)
+        outputs = _also_to_provinces(settlement_event(claim.claim_id, step.result), step.result.get("province"))
         if step.result["result"]["status"] == "reversed":
             outputs.append(RefundRequested(
                 request_id=claim_output_id(claim.claim_id, "refund"), claim_id=claim.claim_id,
@@ -277,7 +276,8 @@ class SettlementHandlers:
 
 def _also_to_provinces(event: SettlementEvent, *provinces: str | None) -> list[BaseModel | ToTopic]:
     """A settlement goes to the national topic, and to the topic of the province that sent the
-    claim (recorded with it) and of the one it just came from, if any."""
+    claim (recorded with it), never to another: a province that sends another's claim again, byte
+    for byte, is answered nothing of it (it would have read the payers' ids and what they paid)."""
     return [event, *(ToTopic(province_settlements(province), event)
                      for province in sorted({province for province in provinces if province}))]
 

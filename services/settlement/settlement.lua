@@ -80,16 +80,24 @@ local function finish(keys, args)
   return {'applied', encoded}
 end
 
+-- Whether a province may know of `original`: a claim of its own care (a reversal: one it sent)
+-- for the recipient it names.
+local function known_to(original, recipient_id, province)
+  if not original or original.recipient_id ~= recipient_id then return false end
+  if original.kind == 'settle' then return string.sub(original.service_region, 1, 2) == province end
+  return original.province == province
+end
+
 -- Why a reversal cannot apply, or nil: only a settled or partial claim of the same recipient may
 -- be reversed, once. `owner` (from the registry, '' if never seen) tells a claim recorded in
 -- another shard, or not yet recorded, from an id never seen. A reversal sent on a province's own
--- topic (`province`, '' on the national one) may reverse only a claim of that province's care.
+-- topic (`province`, '' on the national one) may reverse only a claim of that province's care, and
+-- every other claim id is unknown to it, whether it exists or not, for whom, and where: a province
+-- cannot probe other provinces' claims by naming their ids.
 local function reversal_refusal(original, recipient_id, owner, province)
+  if province ~= '' and not known_to(original, recipient_id, province) then return 'UNKNOWN_CLAIM' end
   if not original then return owner == '' and 'UNKNOWN_CLAIM' or 'NOT_REVERSIBLE' end
   if original.kind ~= 'settle' or original.recipient_id ~= recipient_id then return 'NOT_REVERSIBLE' end
-  if province ~= '' and string.sub(original.service_region, 1, 2) ~= province then
-    return 'SERVICE_REGION_MISMATCH'
-  end
   local paid = original.status == 'final'
     and (original.result.status == 'settled' or original.result.status == 'partial')
   if not paid then return 'NOT_REVERSIBLE' end

@@ -5,6 +5,7 @@ valid claims still settle and the money invariants hold."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -83,9 +84,49 @@ async def test_a_province_reverses_only_claims_of_its_own_care(world: World, kaf
     reversal = {"claim_id": new_id("rev"), "kind": "reverse", "recipient_id": recipient,
                 "reverses": claim["claim_id"], "occurred_at": now_iso()}
     refused = await sent_by_province(kafka, await as_province("51"), "51", reversal)
-    assert (refused["status"], refused["reason"]) == ("rejected", "SERVICE_REGION_MISMATCH")
+    assert (refused["status"], refused["reason"]) == ("rejected", "UNKNOWN_CLAIM")
     reversed_ = await sent_by_province(kafka, await as_province("31"), "31", {**reversal, "claim_id": new_id("rev")})
     assert (reversed_["status"], reversed_["paid_fen"]) == ("reversed", 3_000)
+
+
+async def test_another_provinces_claim_looks_exactly_like_an_unknown_one(world: World, kafka: Kafka, as_province) -> None:
+    """Naming claim ids in reversals, a province learns nothing: not whether a claim exists, nor
+    for whom, nor whether it was reversed, paid or of its care (the national platform is told)."""
+    _, recipient = await world.funded_family(recipient_region="510100")
+    _, someone_else = await world.funded_family(recipient_region="510100")
+    theirs = world.claim_message(recipient, "510100", 1_000, service_region="310100")
+    assert (await sent_by_province(kafka, await as_province("31"), "31", theirs))["status"] == "settled"
+    probe = await as_province("51")
+
+    async def reason(recipient_id: str, claim_id: str) -> str:
+        reversal = {"claim_id": new_id("probe"), "kind": "reverse", "recipient_id": recipient_id,
+                    "reverses": claim_id, "occurred_at": now_iso()}
+        return (await sent_by_province(kafka, probe, "51", reversal))["reason"]
+
+    assert await reason(recipient, theirs["claim_id"]) == "UNKNOWN_CLAIM"  # exists, for this person
+    assert await reason(someone_else, theirs["claim_id"]) == "UNKNOWN_CLAIM"  # exists, for someone else
+    assert await reason(recipient, new_id("never")) == "UNKNOWN_CLAIM"  # never seen
+    national = await world.reverse(someone_else, theirs["claim_id"])
+    assert national["reason"] == "NOT_REVERSIBLE"  # the national platform keeps its precise answer
+
+
+async def test_a_province_that_replays_anothers_claim_is_answered_nothing_of_it(
+    world: World, kafka: Kafka, as_province
+) -> None:
+    """The stored settlement carries the payers' resident ids: it goes back only to the national
+    topic and to the province that sent the claim, never to one that sends it again."""
+    _, recipient = await world.funded_family(recipient_region="510100")
+    claim = world.claim_message(recipient, "510100", 1_200, service_region="310100")
+    assert (await sent_by_province(kafka, await as_province("31"), "31", claim))["status"] == "settled"
+    await (await as_province("51")).send_and_wait(province_claims("51").name, json.dumps(claim).encode(),
+                                                  key=recipient.encode())
+    # Answered again on the national topic (the same event, for the national platform) ...
+    await kafka.wait_for(SETTLEMENTS, lambda m: m["claim_id"] == claim["claim_id"], count=2)
+    await asyncio.sleep(1)  # ... published with any province copy in the same batch
+    assert kafka.matching(province_settlements("51"), lambda m: m["claim_id"] == claim["claim_id"]) == []
+    # The province that sent it hears the duplicate, as the national platform does: the same event.
+    own = kafka.matching(province_settlements("31"), lambda m: m["claim_id"] == claim["claim_id"])
+    assert len(own) == 2 and own[0]["event_id"] == own[1]["event_id"]
 
 
 async def test_after_every_refused_attempt_valid_claims_still_settle_and_the_audit_is_clean(
