@@ -14,5 +14,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}"
 fi
 [ -x .venv/bin/python ] || python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
-.venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e ".[test]"
+# Every dependency, tests' included, at the version and with the hashes of requirements.lock (made
+# by pip-compile from pyproject.toml; tests/unit/test_supply_chain.py keeps the two in step): a
+# package that differs from the one locked is refused. Then the project itself, with nothing more.
+.venv/bin/pip install -q --require-hashes -r requirements.lock
+.venv/bin/pip install -q --no-deps --no-build-isolation -e .

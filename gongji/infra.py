@@ -46,6 +46,7 @@ from shared.settings import PROJECT_ROOT, Settings
 from shared.topics import ALL_TOPICS, PROVINCE_TOPICS, Topic
 
 POM = PROJECT_ROOT / "deploy" / "kafka" / "pom.xml"
+JARS_LOCK = PROJECT_ROOT / "deploy" / "kafka" / "jars.sha256"
 READY_TIMEOUT_SECONDS = 120
 SCRAM_ITERATIONS = 8192
 REAUTHENTICATE_MS = 3_600_000
@@ -154,19 +155,39 @@ def _require(tool: str, fix: str) -> str:
     return found
 
 
+def _locked_jars() -> dict[str, str]:
+    """{jar name: its SHA-256}, from deploy/kafka/jars.sha256 (`sha256sum` lines; # comments)."""
+    lines = [line.split() for line in JARS_LOCK.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return {name: digest for digest, name in lines}
+
+
+def kafka_jars_verified(paths: Paths) -> bool:
+    """The libs folder holds exactly the locked jars, each with its locked hash: no jar missing,
+    none added, none changed since it was fetched."""
+    locked = _locked_jars()
+    present = {jar.name: jar for jar in paths.kafka_libs.glob("*.jar")}
+    return set(present) == set(locked) and all(
+        hashlib.sha256(jar.read_bytes()).hexdigest() == locked[name] for name, jar in present.items())
+
+
 def fetch_kafka_jars(paths: Paths) -> None:
-    if kafka_version(paths):
+    if kafka_jars_verified(paths):
         return
     mvn = _require("mvn", "install Maven (e.g. `apt-get install maven`) so the Kafka jars can be fetched.")
+    shutil.rmtree(paths.kafka_libs, ignore_errors=True)
     paths.kafka_libs.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+        # -C: a jar whose checksum differs from the one Maven Central publishes fails the fetch.
+        [mvn, "-q", "-B", "-C", "-f", str(POM), "dependency:copy-dependencies",
          f"-DoutputDirectory={paths.kafka_libs}"],
         capture_output=True, text=True,
     )
-    if result.returncode != 0 or not kafka_version(paths):
+    if result.returncode != 0:
         shutil.rmtree(paths.kafka_libs, ignore_errors=True)
         raise InfraError(f"Maven could not fetch Apache Kafka from Maven Central:\n{result.stdout}{result.stderr}")
+    if not kafka_jars_verified(paths):
+        shutil.rmtree(paths.kafka_libs, ignore_errors=True)
+        raise InfraError(f"the jars Maven fetched differ from {JARS_LOCK.relative_to(PROJECT_ROOT)}: none is run")
 
 
 def _write_kafka_config(settings: Settings, paths: Paths) -> None:

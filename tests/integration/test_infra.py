@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -59,3 +60,22 @@ def test_kafka_storage_formats_with_a_cluster_id_that_starts_with_a_dash(infrast
     assert not scratch.java_arguments.exists()  # the users' passwords went in through it, and it is gone
     with pytest.raises(infra.InfraError, match="formatting Kafka's storage .* failed: .*Invalid cluster.id"):
         infra.format_kafka_storage(infra._java(), scratch, "AAAAAAAAAAAAAAAAAAAAAA", infrastructure)
+
+
+def test_only_the_locked_kafka_jars_are_run(infrastructure, tmp_path) -> None:
+    """The broker runs exactly the jars of deploy/kafka/jars.sha256: one jar present is not trusted,
+    and a jar changed, added or missing sends `infra up` back to Maven Central (checksums enforced)."""
+    assert infra.kafka_jars_verified(infra.Paths(infrastructure.state_dir))
+    copy = infra.Paths(tmp_path)
+    copy.kafka_libs.mkdir(parents=True)
+    (copy.kafka_libs / "kafka_2.13-4.4.0.jar").write_bytes(b"not Kafka")
+    assert not infra.kafka_jars_verified(copy)
+    shutil.rmtree(copy.kafka_libs)
+    shutil.copytree(infra.Paths(infrastructure.state_dir).kafka_libs, copy.kafka_libs)
+    assert infra.kafka_jars_verified(copy)
+    with (copy.kafka_libs / "kafka-clients-4.4.0.jar").open("ab") as jar:
+        jar.write(b"\0")
+    assert not infra.kafka_jars_verified(copy)
+    shutil.copy(infra.Paths(infrastructure.state_dir).kafka_libs / "kafka-clients-4.4.0.jar", copy.kafka_libs)
+    (copy.kafka_libs / "extra.jar").write_bytes(b"")
+    assert not infra.kafka_jars_verified(copy)
