@@ -494,11 +494,12 @@ def create_topics(settings: Settings, admin: AdminClient) -> None:
                for topic in topics if topic.name not in existing]
     if missing:
         _settle(admin.create_topics(missing, request_timeout=30), tolerated=(KafkaError.TOPIC_ALREADY_EXISTS,))
-    _settle(admin.incremental_alter_configs([
-        ConfigResource(ResourceType.TOPIC, topic.name, incremental_configs=[
-            ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
-            for name, value in topic_config(topic).items()])
-        for topic in topics if topic.name in existing], request_timeout=30))
+    configured = [ConfigResource(ResourceType.TOPIC, topic.name, incremental_configs=[
+                      ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+                      for name, value in topic_config(topic).items()])
+                  for topic in topics if topic.name in existing]
+    if configured:
+        _settle(admin.incremental_alter_configs(configured, request_timeout=30))
 
 
 def ensure_scram_users(settings: Settings, admin: AdminClient) -> None:

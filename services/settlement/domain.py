@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from shared.clock import shanghai_month
-from shared.contracts import Claim, ClaimCategory, ClearingRow, Payer, ReasonCode
-from shared.ids import derived_event_id, province_of, validate_region
+from shared.contracts import Claim, ClaimCategory, ClearingRow, Payer, ReasonCode, SettlementEvent
+from shared.ids import derived_event_id, mask_person_id, province_of, validate_region
 
 SERVICE = "settlement"
 NATIONAL = "national"  # the scope of claim ids; other input ids are unique per person (scope: the person id)
@@ -113,6 +113,14 @@ def clearing_contributions(payers: list[Payer], service_region: str) -> dict[str
         if province_of(payer.provider_region) != payee:
             owed[f"{province_of(payer.provider_region)}>{payee}"] += payer.amount_fen
     return dict(owed)
+
+
+def for_province(event: SettlementEvent) -> SettlementEvent:
+    """A province's copy of a settlement: the payers are other people than the province's patient
+    (their relatives, insured elsewhere), so their resident ids are masked; their regions and
+    amounts, which the province's books need, stay. The national platform's copy has them whole."""
+    return event.model_copy(update={"payers": [payer.model_copy(update={"provider_id": mask_person_id(payer.provider_id)})
+                                               for payer in event.payers]})
 
 
 def clearing_row_provinces(row: ClearingRow) -> tuple[str, ...]:

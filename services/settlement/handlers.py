@@ -13,8 +13,8 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from services.settlement.domain import (
-    NATIONAL, SERVICE, MinuteTally, answer_mismatch, statistics_category, assess_claim, clearing_contributions, output_event_id,
-    settlement_status,
+    NATIONAL, SERVICE, MinuteTally, answer_mismatch, assess_claim, clearing_contributions, for_province,
+    output_event_id, settlement_status, statistics_category,
 )
 from services.settlement.store import ClaimFacts, SettlementStore
 from shared.clock import Clock, rfc3339, shanghai_month
@@ -276,9 +276,9 @@ class SettlementHandlers:
 
 def _also_to_provinces(event: SettlementEvent, *provinces: str | None) -> list[BaseModel | ToTopic]:
     """A settlement goes to the national topic, and to the topic of the province that sent the
-    claim (recorded with it), never to another: a province that sends another's claim again, byte
+    claim (recorded with it; its payers' ids masked), never to another: a province that sends another's claim again, byte
     for byte, is answered nothing of it (it would have read the payers' ids and what they paid)."""
-    return [event, *(ToTopic(province_settlements(province), event)
+    return [event, *(ToTopic(province_settlements(province), for_province(event))
                      for province in sorted({province for province in provinces if province}))]
 
 

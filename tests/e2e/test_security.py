@@ -58,6 +58,9 @@ async def test_a_province_claim_is_settled_and_its_result_goes_to_its_own_topic_
     assert (result["status"], result["paid_fen"], result["service_region"]) == ("settled", 1_500, "510100")
     national = await kafka.wait_for(SETTLEMENTS, lambda m: m["claim_id"] == claim["claim_id"])
     assert national[0]["event_id"] == result["event_id"]
+    # The payers are not the province's patients: it reads their ids masked, the national platform whole.
+    provider = national[0]["payers"][0]["provider_id"]
+    assert result["payers"] == [{**national[0]["payers"][0], "provider_id": f"{provider[:6]}********{provider[-4:]}"}]
     await kafka.settle_quietly()
     assert not kafka.matching(province_settlements("31"), lambda m: m["claim_id"] == claim["claim_id"])
 

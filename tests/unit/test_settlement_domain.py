@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.settlement.domain import (
-    NATIONAL, Assessment, GrossLine, assess_claim, clearing_contributions, gross_lines, month_has_ended,
-    net_positions, output_event_id, settlement_status, statistics_category,
+    NATIONAL, Assessment, GrossLine, assess_claim, clearing_contributions, for_province, gross_lines,
+    month_has_ended, net_positions, output_event_id, settlement_status, statistics_category,
 )
-from shared.contracts import Claim, Payer, ReasonCode
+from shared.contracts import Claim, Payer, ReasonCode, SettlementEvent
 from shared.ids import make_person_id
 from shared.topics import CLAIMS, ENROLLMENT
 
@@ -164,3 +164,17 @@ def test_the_dashboard_counts_any_other_category_text_under_one_name() -> None:
     assert [statistics_category({"kind": "settle", "category": text}) for text in
             ("pharmacy", "cash", "emoji 🙂", None)] == ["pharmacy", "not_allowed", "not_allowed", "not_allowed"]
     assert statistics_category({"kind": "reverse", "category": None}) == "reversal"
+
+
+def test_a_provinces_copy_masks_the_payers_ids_and_keeps_their_regions_and_amounts() -> None:
+    provider = make_person_id("440305", "19600101", 17)
+    event = SettlementEvent(
+        event_id="e", cause_id="c", claim_id="c", recipient_id=make_person_id("310101", "19900101", 5),
+        status="settled", requested_fen=900, paid_fen=900, self_pay_fen=0,
+        payers=[Payer(provider_id=provider, provider_region="440305", amount_fen=900)],
+        settled_at=datetime.fromisoformat("2026-12-04T10:00:00+08:00"))
+    copy = for_province(event)
+    assert copy.payers[0].provider_id == f"{provider[:6]}********{provider[-4:]}"
+    assert (copy.payers[0].provider_region, copy.payers[0].amount_fen) == ("440305", 900)
+    assert copy.model_dump(exclude={"payers"}) == event.model_dump(exclude={"payers"})
+    assert event.payers[0].provider_id == provider  # the national copy keeps it whole
