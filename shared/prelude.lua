@@ -13,6 +13,11 @@ local function register(name, fn)
   redis.register_function(name .. '_v' .. LIBRARY_VERSION, fn)
 end
 
+-- A service asks this, not FUNCTION LIST (which would show it every library's code), whether its
+-- release's library is loaded: the name carries the release's version.
+redis.register_function{function_name = 'library_loaded_v' .. LIBRARY_VERSION, callback = function() return 1 end,
+                        flags = {'no-writes'}}
+
 local function remembered(seen_key, input_id, fingerprint)
   local prior = redis.call('HGET', seen_key, input_id)
   if not prior then return nil end

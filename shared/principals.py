@@ -89,9 +89,10 @@ def group(name: str, prefixed: bool = False) -> tuple[KafkaRight, ...]:
 
 
 # What every service's Redis user may run besides its own functions' commands: the durability
-# check at start (CONFIG GET), the check that its library is loaded (FUNCTION LIST), FCALL itself,
+# check at start (CONFIG GET: no narrower command tells `appendfsync`), FCALL itself, FCALL_RO
+# (the check that its release's library is loaded; FUNCTION LIST would show every library's code),
 # and what redis-py may send on connecting (its CLIENT SETINFO may be refused: it ignores that).
-_SERVICE_COMMANDS = ("fcall", "config|get", "function|list", "ping", "select")
+_SERVICE_COMMANDS = ("fcall", "fcall_ro", "config|get", "ping", "select")
 
 BROKER = Principal("broker", "the Kafka broker itself (inter-broker and controller traffic)", super_user=True)
 OPERATOR = Principal(

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
 
 from shared.redis_client import require_durable
 
@@ -56,9 +57,13 @@ class Library:
         """Every service checks, before it consumes anything, that Redis keeps acknowledged writes
         and that its release's library is there (its own user may call functions, never load one)."""
         await require_durable(redis)
-        if not await redis.function_list(library=self.name):
+        try:
+            await redis.fcall_ro(self.function("library_loaded"), 0)
+        except ResponseError as error:
+            if "Function not found" not in str(error):
+                raise
             raise LibraryNotLoaded(f"Redis has no library {self.name}: run `gongji infra up` "
-                                   "(the operator loads every service's Functions)")
+                                   "(the operator loads every service's Functions)") from None
 
 
 @dataclass(frozen=True)

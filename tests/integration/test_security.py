@@ -232,6 +232,7 @@ def test_the_wallets_redis_user_cannot_touch_settlement_keys(infrastructure) -> 
         lambda: wallet.flushdb(),
         lambda: wallet.config_set("appendfsync", "everysec"),
         lambda: wallet.acl_list(),
+        lambda: wallet.function_list(withcode=True),  # every library's code
     ]
     for attempt in refused:
         with pytest.raises(redis.exceptions.NoPermissionError):
@@ -410,3 +411,18 @@ def test_the_cas_key_is_kept_apart_and_may_be_kept_offline(infrastructure, tmp_p
         ensure_certificates(apart, "broker.example")  # a new name needs the key
     offline.replace(ca_key_file(apart))
     assert ensure_certificates(apart, "broker.example") == ["the broker's certificate for 127.0.0.1, broker.example, localhost"]
+
+
+async def test_a_service_tells_its_library_is_loaded_with_its_own_narrow_rights(infrastructure) -> None:
+    from shared.redis_client import connect
+    from shared.redis_functions import Library, LibraryNotLoaded
+    from services.wallet.store import LIBRARY as WALLET_LIBRARY
+
+    wallet = connect(infrastructure, "wallet")
+    try:
+        await WALLET_LIBRARY.require_loaded(wallet)
+        elsewhere = Library("gongji_wallet", Path(__file__))  # another release: its source differs
+        with pytest.raises(LibraryNotLoaded):
+            await elsewhere.require_loaded(wallet)
+    finally:
+        await wallet.aclose()
