@@ -68,6 +68,8 @@ class ReasonCode(StrEnum):
     NOT_REVERSIBLE = "NOT_REVERSIBLE"
     CLAIM_TOO_OLD = "CLAIM_TOO_OLD"
     AMOUNT_OUT_OF_RANGE = "AMOUNT_OUT_OF_RANGE"
+    # A province sent more claims than it may (per recipient a day, or in a minute).
+    RATE_LIMITED = "RATE_LIMITED"
 
 
 class Kinship(StrEnum):

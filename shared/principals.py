@@ -123,7 +123,7 @@ SERVICES: tuple[Principal, ...] = (
                *writes(SETTLEMENTS, CLEARING, STATISTICS, DRAW_REQUESTS, REFUND_REQUESTS, DEAD_LETTERS),
                *writes(*map(province_settlements, PROVINCES)), *writes(*map(province_clearing, PROVINCES))),
         redis=RedisAccess(keys=("stl:*",), commands=(
-            *_SERVICE_COMMANDS, "hget", "hmget", "hgetall", "hexists", "hset", "hsetnx", "hincrby")),
+            *_SERVICE_COMMANDS, "hget", "hmget", "hgetall", "hexists", "hset", "hsetnx", "hincrby", "expire")),
     ),
 )
 

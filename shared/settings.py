@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     # Settlement spreads claim records and clearing accumulators over this many Redis hash
     # slots; a month is closed shard by shard. Never change it on a live system.
     settlement_shards: int = 64
+    # What one province's own claims topic may carry, beyond which a claim is refused RATE_LIMITED:
+    # claims for one recipient in an Asia/Shanghai day (a patient has a few; a province looping on
+    # one person is stopped at this), and claims in a minute (60,000: about eighty times a
+    # province's average at a million claims a day nationally). The national topic has none.
+    claims_per_recipient_per_day: int = Field(default=100, ge=1)
+    province_claims_per_minute: int = Field(default=60_000, ge=1)
     # How long the policy (opened regions, the cross-province date) is cached by a service.
     policy_cache_seconds: float = 1.0
     # Statistics are published every this many seconds.

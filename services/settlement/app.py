@@ -5,7 +5,7 @@ from __future__ import annotations
 from faststream.asgi import AsgiFastStream
 
 from services.settlement.handlers import SettlementHandlers
-from services.settlement.store import SettlementStore
+from services.settlement.store import ClaimLimits, SettlementStore
 from shared.clock import Clock, clock_from_setting
 from shared.redis_client import connect
 from shared.runtime import build_service_app
@@ -22,7 +22,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
     clock = clock or clock_from_setting(settings.clock_fixed_at)
     redis = connect(settings, SERVICE)
     store = SettlementStore(redis, settings.settlement_shards)
-    handlers = SettlementHandlers(store, clock, settings.statistics_interval_seconds)
+    handlers = SettlementHandlers(store, clock, settings.statistics_interval_seconds, ClaimLimits.from_settings(settings))
     return build_service_app(
         SERVICE, settings, clock,
         group_id=SETTLEMENT_GROUP,

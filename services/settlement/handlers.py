@@ -16,8 +16,8 @@ from services.settlement.domain import (
     NATIONAL, SERVICE, MinuteTally, answer_mismatch, assess_claim, clearing_contributions, for_province,
     output_event_id, settlement_status, statistics_category,
 )
-from services.settlement.store import ClaimFacts, SettlementStore
-from shared.clock import Clock, rfc3339, shanghai_month
+from services.settlement.store import ClaimFacts, ClaimLimits, SettlementStore
+from shared.clock import SHANGHAI, Clock, rfc3339, shanghai_day, shanghai_month
 from shared.contracts import (
     Claim, ClaimContext, DrawAnswered, DrawRequested, EnrollmentChanged, Payer, ReasonCode, RefundRequested,
     SettlementEvent, StatisticsCount, StatisticsSnapshot,
@@ -25,6 +25,7 @@ from shared.contracts import (
 from shared.ids import derived_event_id, fingerprint
 from shared.redis_functions import Call, Step
 from shared.runtime import CONFLICTS, Delivery, Refused, ToTopic
+from shared.settings import Settings
 from shared.topics import CLAIMS, DRAW_ANSWERS, ENROLLMENT, STATISTICS, province_settlements
 
 logger = logging.getLogger("gongji.settlement")
@@ -61,9 +62,11 @@ def settlement_event(claim_id: str, record: dict) -> SettlementEvent:
 
 
 class SettlementHandlers:
-    def __init__(self, store: SettlementStore, clock: Clock, statistics_interval_seconds: float) -> None:
+    def __init__(self, store: SettlementStore, clock: Clock, statistics_interval_seconds: float,
+                 limits: ClaimLimits | None = None) -> None:
         self.store = store
         self.clock = clock
+        self.limits = limits or ClaimLimits.from_settings(Settings())
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self.tallies: dict[str, MinuteTally] = {}
         self.statistics_interval_seconds = statistics_interval_seconds
@@ -145,9 +148,10 @@ class SettlementHandlers:
             "status": "pending", "province": province or "",
         }
         if assessment.refusal:
-            record |= {"status": "final", "result": {"status": "rejected", "paid": 0, "payers": [], "owed": {},
-                                                     "reason": assessment.refusal, "at": rfc3339(now)}}
-        return self.store.accept(claim.recipient_id, claim.claim_id, record)
+            record |= {"status": "final", "result": _refusal(assessment.refusal, now)}
+        return self.store.accept(claim.recipient_id, claim.claim_id, record, self.limits, shanghai_day(now),
+                                 now.astimezone(SHANGHAI).strftime("%Y-%m-%dT%H:%M"),
+                                 _refusal(ReasonCode.RATE_LIMITED, now))
 
     def _accepted(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel | ToTopic]:
         record = step.result
@@ -272,6 +276,10 @@ class SettlementHandlers:
         current_minute = now.strftime("%Y-%m-%dT%H:%M")
         self.tallies = {minute: tally for minute, tally in self.tallies.items() if minute >= current_minute}
         return snapshots
+
+
+def _refusal(reason: ReasonCode, now: datetime) -> dict:
+    return {"status": "rejected", "paid": 0, "payers": [], "owed": {}, "reason": reason, "at": rfc3339(now)}
 
 
 def _also_to_provinces(event: SettlementEvent, *provinces: str | None) -> list[BaseModel | ToTopic]:

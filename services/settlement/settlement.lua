@@ -6,6 +6,8 @@ Per shard S (prefix stl:{s<S>}):
   :clearing:<YYYY-MM>  hash  "<payer province>><payee province>" -> fen (paid less reversed);
                          "...#claims" -> claims paid, "...#reversals" -> reversals, in that month
   :closed          hash  month -> the month's accumulator as closed (a statement never changes)
+  :limits:<YYYYMMDD>:<province>  hash  recipient -> the province's claims for them that day (expires)
+  :limits:<YYYY-MM-DDTHH:MM>     hash  province -> its claims in that minute, in this shard (expires)
 The national claim-id registry, sharded by the claim id (prefix stl:{c<N>}, N from the claim id):
   :owners          hash  claim id -> the recipient who used it first (claim ids are unique nationally)
 Per person X: stl:{p:X}:seen:enrollment (ids of gongji.enrollment.v1), stl:{p:X}:enrollment
@@ -50,12 +52,34 @@ local function register_claim(keys, args)
   return redis.call('HGET', keys[1], args[1])
 end
 
--- KEYS: claims   ARGV: claim_id, record json (with .fingerprint)
+-- Counts a province's new claim; true if it is beyond the province's bounds: claims for this
+-- recipient this day, or claims in this minute (counted per shard: the bound is the province's
+-- over the shards, and claims of many recipients spread evenly over them). The counts expire
+-- with their day or minute.
+local function beyond_bounds(day_key, minute_key, record, per_recipient_day, per_shard_minute)
+  local today = redis.call('HINCRBY', day_key, record.recipient_id, 1)
+  redis.call('EXPIRE', day_key, 2 * 86400)
+  local this_minute = redis.call('HINCRBY', minute_key, record.province, 1)
+  redis.call('EXPIRE', minute_key, 120)
+  return today > per_recipient_day or this_minute > per_shard_minute
+end
+
+-- A new claim is recorded (pending, or final if refused); a claim of a province beyond its bounds
+-- is refused RATE_LIMITED, final like any refusal: every redelivery gets the same answer.
+-- KEYS: claims, the shard's counts for the day, the shard's counts for the minute
+-- ARGV: claim_id, record json (with .fingerprint, .province, .recipient_id), claims a recipient
+--       may have a day, claims a province may send a minute in this shard, the refusal's result json
 local function accept(keys, args)
-  local prior = recorded_before(keys[1], args[1], cjson.decode(args[2]).fingerprint)
+  local record = cjson.decode(args[2])
+  local prior = recorded_before(keys[1], args[1], record.fingerprint)
   if prior then return prior end
-  redis.call('HSET', keys[1], args[1], args[2])
-  return {'applied', args[2]}
+  local encoded = args[2]
+  if record.province ~= '' and beyond_bounds(keys[2], keys[3], record, tonumber(args[3]), tonumber(args[4])) then
+    record.status, record.result = 'final', cjson.decode(args[5])
+    encoded = cjson.encode(record)
+  end
+  redis.call('HSET', keys[1], args[1], encoded)
+  return {'applied', encoded}
 end
 
 -- The wallet's answer completes a pending claim, once. An answer for no claim recorded here, or

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from shared.contracts import Claim
 from shared.redis_functions import Call, Library, Step, execute, run_steps
+from shared.settings import Settings
 
 LIBRARY = Library("gongji_settlement", Path(__file__).with_name("settlement.lua"))
 PREFIX = "stl:"
@@ -19,6 +20,18 @@ PREFIX = "stl:"
 
 def _person_key(person_id: str, part: str) -> str:
     return f"{PREFIX}{{p:{person_id}}}:{part}"
+
+
+@dataclass(frozen=True)
+class ClaimLimits:
+    """What one province may send on its own topic (shared/settings.py says why these figures)."""
+
+    per_recipient_per_day: int
+    province_per_minute: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ClaimLimits:
+        return cls(settings.claims_per_recipient_per_day, settings.province_claims_per_minute)
 
 
 @dataclass(frozen=True)
@@ -74,10 +87,15 @@ class SettlementStore:
                 facts.append(ClaimFacts(owner.decode(), reverses_owner=read.decode() if read else ""))
         return facts
 
-    def accept(self, recipient_id: str, claim_id: str, record: dict) -> Call:
-        """Records a new claim (pending, or final if refused), or answers a redelivery or a conflict."""
-        return Call(LIBRARY.function("settlement_accept"), [f"{self.shard_prefix(recipient_id)}:claims"],
-                    [claim_id, json.dumps(record)])
+    def accept(self, recipient_id: str, claim_id: str, record: dict, limits: ClaimLimits, day: str, minute: str,
+               refusal: dict) -> Call:
+        """Records a new claim (pending, or final if refused: `refusal` is its result when its province
+        is beyond `limits` on this `day` or in this `minute`), or answers a redelivery or a conflict."""
+        prefix = self.shard_prefix(recipient_id)
+        per_shard_minute = -(-limits.province_per_minute // self.shards)  # rounded up
+        return Call(LIBRARY.function("settlement_accept"),
+                    [f"{prefix}:claims", f"{prefix}:limits:{day}:{record['province']}", f"{prefix}:limits:{minute}"],
+                    [claim_id, json.dumps(record), limits.per_recipient_per_day, per_shard_minute, json.dumps(refusal)])
 
     def finish(self, recipient_id: str, claim_id: str, asked_fen: int, result: dict, month: str) -> Call:
         """Completes a pending claim with the wallet's answer and adds its clearing amounts, once;

@@ -1,0 +1,71 @@
+"""What one province may send on its own claims topic: claims for one recipient in a day, and
+claims in a minute. A claim beyond either is refused RATE_LIMITED, final like any refusal (a
+redelivery gets the same answer); the national topic has no such bound, and one province's
+claims never use up another's."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from services.settlement.handlers import SettlementHandlers
+from services.settlement.store import ClaimLimits, SettlementStore
+from shared.clock import FixedClock
+from shared.contracts import Claim, DrawRequested, SettlementEvent
+from shared.runtime import Delivery
+from shared.topics import province_claims
+from tests.integration.test_settlement_safety import NOON, SHARDS, insured, settle_claim
+
+
+async def handlers(redis, per_recipient_per_day: int, province_per_minute: int) -> SettlementHandlers:
+    store = SettlementStore(redis, SHARDS)
+    await store.load()
+    return SettlementHandlers(store, FixedClock(NOON), statistics_interval_seconds=3600,
+                              limits=ClaimLimits(per_recipient_per_day, province_per_minute))
+
+
+async def from_province(settlement: SettlementHandlers, province: str, claim: Claim) -> str:
+    """What the claim gets: `drawing` (accepted, the wallet asked) or the refusal's reason."""
+    (output, *_) = await settlement.on_province_claims([Delivery(province_claims(province), claim)])
+    return "drawing" if isinstance(output, DrawRequested) else output.reason
+
+
+async def test_a_province_may_send_so_many_claims_for_one_recipient_a_day(redis) -> None:
+    settlement = await handlers(redis, per_recipient_per_day=2, province_per_minute=10_000)
+    recipient = await insured(settlement)
+    first, second, third = (settle_claim(recipient, 1_000) for _ in range(3))
+    assert await from_province(settlement, "51", first) == "drawing"
+    assert await from_province(settlement, "51", second) == "drawing"
+    assert await from_province(settlement, "51", third) == "RATE_LIMITED"
+    assert await from_province(settlement, "51", third) == "RATE_LIMITED"  # redelivered: the same answer
+    assert await from_province(settlement, "51", first) == "drawing"  # a redelivery is no new claim
+    # Another province's claims for the same person are its own count; the national topic has none.
+    care_in_31 = settle_claim(recipient, 1_000, service_region="310100")
+    assert await from_province(settlement, "31", care_in_31) == "drawing"
+    (national,) = await settlement.on_claims([settle_claim(recipient, 1_000)])
+    assert isinstance(national, DrawRequested)
+    settlement.clock = FixedClock(NOON + timedelta(days=1))  # a new Asia/Shanghai day
+    assert await from_province(settlement, "51", settle_claim(recipient, 1_000)) == "drawing"
+
+
+async def test_a_province_may_send_so_many_claims_a_minute(redis) -> None:
+    """Province 44 here, whose minute no other test counts (the clock is fixed at NOON)."""
+    settlement = await handlers(redis, per_recipient_per_day=100, province_per_minute=SHARDS)  # one a shard
+    recipient = await insured(settlement)
+    neighbour = await insured(settlement, near=recipient)  # in the same shard
+    assert await from_province(settlement, "44", settle_claim(recipient, 1_000, service_region="440300")) == "drawing"
+    refused = settle_claim(neighbour, 1_000, service_region="440300")
+    (event, *_) = await settlement.on_province_claims([Delivery(province_claims("44"), refused)])
+    assert isinstance(event, SettlementEvent)
+    assert (event.status, event.reason, event.paid_fen, event.self_pay_fen) == ("rejected", "RATE_LIMITED", 0, 1_000)
+    assert settlement.tallies[NOON.strftime("%Y-%m-%dT%H:%M")].rejections_by_reason["RATE_LIMITED"] == [1, 0]
+    settlement.clock = FixedClock(NOON + timedelta(minutes=1))
+    assert await from_province(settlement, "44", settle_claim(neighbour, 1_000, service_region="440300")) == "drawing"
+
+
+async def test_the_counts_expire_with_their_day_and_minute(redis) -> None:
+    settlement = await handlers(redis, per_recipient_per_day=100, province_per_minute=10_000)
+    recipient = await insured(settlement)
+    await from_province(settlement, "51", settle_claim(recipient, 1_000))
+    prefix = settlement.store.shard_prefix(recipient)
+    assert 0 < await redis.ttl(f"{prefix}:limits:20260302:51") <= 2 * 86_400
+    assert 0 < await redis.ttl(f"{prefix}:limits:2026-03-02T12:00") <= 120
