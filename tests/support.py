@@ -97,6 +97,15 @@ class Kafka:
             except TimeoutError:
                 pass
 
+    async def wait_for_each(self, topic: Topic, field: str, ids: set[str], timeout: float = WAIT_SECONDS
+                            ) -> list[dict[str, Any]]:
+        """Waits (bounded) until every one of `ids` has a message whose `field` names it (counting
+        messages would count one published again twice); returns every message that names one."""
+        deadline = time.monotonic() + timeout
+        for one in ids:
+            await self.wait_for(topic, lambda m, one=one: m[field] == one, timeout=max(0.0, deadline - time.monotonic()))
+        return self.matching(topic, lambda m: m[field] in ids)
+
     async def settle_quietly(self, seconds: float = 2.0) -> None:
         """Lets late duplicates arrive before a test asserts that something happened only once."""
         await asyncio.sleep(seconds)

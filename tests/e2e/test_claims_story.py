@@ -244,11 +244,11 @@ async def test_a_restart_mid_stream_leaves_every_claim_with_one_result_and_audit
             service_processes[service].start()
         await kafka.publish(CLAIMS, claim)
     ids = {claim["claim_id"] for claim in claims}
-    results = await kafka.wait_for(SETTLEMENTS, lambda m: m["claim_id"] in ids, count=len(ids), timeout=120)
+    results = await kafka.wait_for_each(SETTLEMENTS, "claim_id", ids, timeout=120)
     by_claim: dict[str, set] = {}
     for result in results:
         by_claim.setdefault(result["claim_id"], set()).add((result["event_id"], result["status"], result["paid_fen"]))
-    assert all(len(outcomes) == 1 for outcomes in by_claim.values())  # one result each, however often sent
+    assert len(by_claim) == len(ids) and all(len(outcomes) == 1 for outcomes in by_claim.values())
     paid = sum(next(iter(outcomes))[2] for outcomes in by_claim.values())
     assert paid == 200_000 or paid == sum(claim["amount_fen"] for claim in claims)
     balance = int(await world.redis.hget(f"wal:{{p:{provider}}}:account", "balance"))

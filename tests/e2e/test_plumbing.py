@@ -83,7 +83,7 @@ async def _stream_of_credits_across_a_stop(world: World, kafka, service_processe
         assert exit_code == 0, wallet.tail()
     wallet.start()
     ids = {c[0] for c in credits}
-    await kafka.wait_for(WALLET_EVENTS, lambda m: m["cause_id"] in ids, count=len(ids), timeout=90)
+    await kafka.wait_for_each(WALLET_EVENTS, "cause_id", ids, timeout=90)
     for person in people:
         expected = sum(amount for _, who, amount in credits if who == person)
         balance = await until(lambda person=person: world.redis.hget(f"wal:{{p:{person}}}:account", "balance"),
