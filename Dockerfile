@@ -7,4 +7,4 @@ COPY services services
 COPY gongji gongji
 COPY deploy deploy
 # The locked versions and hashes (requirements.lock), then the project alone.
-RUN pip install --no-cache-dir --require-hashes -r requirements.lock && pip install --no-cache-dir --no-deps .
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock && pip install --no-cache-dir --no-deps --no-build-isolation .

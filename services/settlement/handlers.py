@@ -150,8 +150,7 @@ class SettlementHandlers:
         if assessment.refusal:
             record |= {"status": "final", "result": _refusal(assessment.refusal, now)}
         return self.store.accept(claim.recipient_id, claim.claim_id, record, self.limits, shanghai_day(now),
-                                 now.astimezone(SHANGHAI).strftime("%Y-%m-%dT%H:%M"),
-                                 _refusal(ReasonCode.RATE_LIMITED, now))
+                                 _minute(now), _refusal(ReasonCode.RATE_LIMITED, now))
 
     def _accepted(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel | ToTopic]:
         record = step.result
@@ -183,7 +182,8 @@ class SettlementHandlers:
         record = {"fingerprint": content, "kind": "reverse", "recipient_id": claim.recipient_id,
                   "reverses": claim.reverses, "status": "pending", "province": province or ""}
         return self.store.reverse(claim.recipient_id, claim.claim_id, record, claim.reverses,
-                                  shanghai_month(now), rfc3339(now), facts.reverses_owner, province)
+                                  shanghai_month(now), rfc3339(now), facts.reverses_owner, province, self.limits,
+                                  shanghai_day(now), _minute(now))
 
     def _reversed(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel | ToTopic]:
         if step.outcome == "applied":
@@ -276,6 +276,11 @@ class SettlementHandlers:
         current_minute = now.strftime("%Y-%m-%dT%H:%M")
         self.tallies = {minute: tally for minute, tally in self.tallies.items() if minute >= current_minute}
         return snapshots
+
+
+def _minute(now: datetime) -> str:
+    """The Asia/Shanghai minute, as a province's claims are counted."""
+    return now.astimezone(SHANGHAI).strftime("%Y-%m-%dT%H:%M")
 
 
 def _refusal(reason: ReasonCode, now: datetime) -> dict:

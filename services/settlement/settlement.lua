@@ -104,12 +104,13 @@ local function finish(keys, args)
   return {'applied', encoded}
 end
 
--- Whether a province may know of `original`: a claim of its own care (a reversal: one it sent)
--- for the recipient it names.
+-- Whether a province may know of `original`: for the recipient it names, one it sent itself, or
+-- one of its care sent on the national topic.
 local function known_to(original, recipient_id, province)
   if not original or original.recipient_id ~= recipient_id then return false end
-  if original.kind == 'settle' then return string.sub(original.service_region, 1, 2) == province end
-  return original.province == province
+  local sender = original.province or ''
+  if sender ~= '' then return sender == province end
+  return original.kind == 'settle' and string.sub(original.service_region, 1, 2) == province
 end
 
 -- Why a reversal cannot apply, or nil: only a settled or partial claim of the same recipient may
@@ -129,18 +130,25 @@ local function reversal_refusal(original, recipient_id, owner, province)
   return nil
 end
 
--- A refund (退费) cancels a whole settled claim.
--- KEYS: claims, closed
+-- A refund (退费) cancels a whole settled claim. A province's reversals count against its bounds
+-- as its claims do (refused RATE_LIMITED beyond them, before anything is read of the claim named).
+-- KEYS: claims, closed, the shard's counts for the day, the shard's counts for the minute
 -- ARGV: reversal id, record json, original claim id, month, shard prefix, now, owner of the original id,
---       the province whose topic it came on ('' for the national topic)
+--       the province whose topic it came on ('' for the national topic), claims a recipient may have
+--       a day, claims a province may send a minute in this shard
 local function reverse(keys, args)
   local record = cjson.decode(args[2])
   local prior = recorded_before(keys[1], args[1], record.fingerprint)
   if prior then return prior end
-  local original = redis.call('HGET', keys[1], args[3])
-  original = original and cjson.decode(original) or nil
   local result = {at = args[6], paid = 0, payers = {}, owed = {}}
-  local refusal = reversal_refusal(original, record.recipient_id, args[7], args[8])
+  local original, refusal = nil, nil
+  if args[8] ~= '' and beyond_bounds(keys[3], keys[4], record, tonumber(args[9]), tonumber(args[10])) then
+    refusal = 'RATE_LIMITED'
+  else
+    original = redis.call('HGET', keys[1], args[3])
+    original = original and cjson.decode(original) or nil
+    refusal = reversal_refusal(original, record.recipient_id, args[7], args[8])
+  end
   if refusal then
     result.status, result.reason = 'rejected', refusal
   else

@@ -92,10 +92,18 @@ class SettlementStore:
         """Records a new claim (pending, or final if refused: `refusal` is its result when its province
         is beyond `limits` on this `day` or in this `minute`), or answers a redelivery or a conflict."""
         prefix = self.shard_prefix(recipient_id)
-        per_shard_minute = -(-limits.province_per_minute // self.shards)  # rounded up
         return Call(LIBRARY.function("settlement_accept"),
-                    [f"{prefix}:claims", f"{prefix}:limits:{day}:{record['province']}", f"{prefix}:limits:{minute}"],
-                    [claim_id, json.dumps(record), limits.per_recipient_per_day, per_shard_minute, json.dumps(refusal)])
+                    [f"{prefix}:claims", *self._count_keys(prefix, record["province"], day, minute)],
+                    [claim_id, json.dumps(record), *self._bounds(limits), json.dumps(refusal)])
+
+    @staticmethod
+    def _count_keys(prefix: str, province: str, day: str, minute: str) -> list[str]:
+        """Where a province's claims are counted in one shard: per recipient for the day, per minute."""
+        return [f"{prefix}:limits:{day}:{province}", f"{prefix}:limits:{minute}"]
+
+    def _bounds(self, limits: ClaimLimits) -> list[int]:
+        """The bounds as one shard applies them: a province's minute is shared by the shards."""
+        return [limits.per_recipient_per_day, -(-limits.province_per_minute // self.shards)]  # rounded up
 
     def finish(self, recipient_id: str, claim_id: str, asked_fen: int, result: dict, month: str) -> Call:
         """Completes a pending claim with the wallet's answer and adds its clearing amounts, once;
@@ -105,14 +113,17 @@ class SettlementStore:
                     [claim_id, json.dumps(result), month, prefix, recipient_id, asked_fen])
 
     def reverse(self, recipient_id: str, reversal_id: str, record: dict, original_claim_id: str, month: str,
-                now: str, original_owner: str, province: str | None) -> Call:
+                now: str, original_owner: str, province: str | None, limits: ClaimLimits, day: str,
+                minute: str) -> Call:
         """Cancels a whole settled claim of the recipient, once, taking its clearing amounts back.
         `original_owner`: whom the registry says the original id belongs to ("" if never seen);
-        `province`: the province whose topic the reversal came on (it may reverse only its own care)."""
+        `province`: the province whose topic the reversal came on (it may reverse only its own care,
+        and its reversals count against `limits` as its claims do)."""
         prefix = self.shard_prefix(recipient_id)
-        return Call(LIBRARY.function("settlement_reverse"), [f"{prefix}:claims", f"{prefix}:closed"],
+        return Call(LIBRARY.function("settlement_reverse"),
+                    [f"{prefix}:claims", f"{prefix}:closed", *self._count_keys(prefix, province or "", day, minute)],
                     [reversal_id, json.dumps(record), original_claim_id, month, prefix, now, original_owner,
-                     province or ""])
+                     province or "", *self._bounds(limits)])
 
     async def run(self, calls: Sequence[Call]) -> list[Step]:
         return await run_steps(self.redis, calls)

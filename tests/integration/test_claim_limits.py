@@ -13,7 +13,8 @@ from shared.clock import FixedClock
 from shared.contracts import Claim, DrawRequested, SettlementEvent
 from shared.runtime import Delivery
 from shared.topics import province_claims
-from tests.integration.test_settlement_safety import NOON, SHARDS, insured, settle_claim
+from tests.integration.test_settlement_safety import NOON, SHARDS, insured, reverse_claim, settle_claim
+from tests.support import new_id
 
 
 async def handlers(redis, per_recipient_per_day: int, province_per_minute: int) -> SettlementHandlers:
@@ -69,3 +70,26 @@ async def test_the_counts_expire_with_their_day_and_minute(redis) -> None:
     prefix = settlement.store.shard_prefix(recipient)
     assert 0 < await redis.ttl(f"{prefix}:limits:20260302:51") <= 2 * 86_400
     assert 0 < await redis.ttl(f"{prefix}:limits:2026-03-02T12:00") <= 120
+
+
+async def test_a_provinces_reversals_count_against_its_bounds_as_its_claims_do(redis) -> None:
+    """Else a province could send refused reversals without end: to probe, or to fill Redis."""
+    settlement = await handlers(redis, per_recipient_per_day=1, province_per_minute=10_000)
+    recipient = await insured(settlement)
+    assert await from_province(settlement, "51", settle_claim(recipient, 1_000)) == "drawing"
+    probe = reverse_claim(recipient, new_id("anything"))
+    assert await from_province(settlement, "51", probe) == "RATE_LIMITED"
+    assert await from_province(settlement, "51", probe) == "RATE_LIMITED"  # redelivered: the same answer
+    (national,) = await settlement.on_claims([reverse_claim(recipient, new_id("anything"))])
+    assert national.reason == "UNKNOWN_CLAIM"  # the national topic has no bound
+
+
+async def test_a_claim_one_province_sent_stays_unknown_to_the_province_of_its_care(redis) -> None:
+    """Province 51 sent a claim for care in 31 (refused SERVICE_REGION_MISMATCH): it is 51's; 31
+    naming it learns nothing, 51 hears it is not reversible (nothing was paid)."""
+    settlement = await handlers(redis, per_recipient_per_day=100, province_per_minute=10_000)
+    recipient = await insured(settlement)
+    misplaced = settle_claim(recipient, 1_000, service_region="310100")
+    assert await from_province(settlement, "51", misplaced) == "SERVICE_REGION_MISMATCH"
+    assert await from_province(settlement, "31", reverse_claim(recipient, misplaced.claim_id)) == "UNKNOWN_CLAIM"
+    assert await from_province(settlement, "51", reverse_claim(recipient, misplaced.claim_id)) == "NOT_REVERSIBLE"
