@@ -371,7 +371,6 @@ def start_redis(settings: Settings, paths: Paths) -> bool:
         [server, "--bind", host, "--port", str(port), "--dir", str(paths.redis_dir),
          "--appendonly", "yes", "--appendfsync", "always", "--aclfile", str(paths.redis_users),
          "--save", "", "--protected-mode", "yes", "--logfile", str(paths.redis_log),
-         *(argument for name, value in redis_memory_config(settings).items() for argument in (f"--{name}", value)),
          "--daemonize", "no"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_environment(),
         start_new_session=True, umask=0o077,  # its data and its ACL file (rewritten by ACL SAVE) stay 0600
@@ -602,7 +601,7 @@ def up(settings: Settings) -> list[str]:
             notes.append(f"started Apache Kafka {kafka_version(paths)} (KRaft, SASL_SSL)")
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         client = _wait_for_redis(settings, deadline)
-        for name, value in redis_memory_config(settings).items():  # also on a Redis started by an earlier release
+        for name, value in redis_memory_config(settings).items():  # on any Redis, one an earlier release started too
             client.config_set(name, value)
         sync_redis_users(settings, client)
         load_functions(client)

@@ -41,6 +41,11 @@ def shanghai_day(moment: datetime) -> str:
     return moment.astimezone(SHANGHAI).strftime("%Y%m%d")
 
 
+def shanghai_minute(moment: datetime) -> str:
+    """The minute in China Standard Time, as YYYY-MM-DDTHH:MM (statistics, a province's claim counts)."""
+    return moment.astimezone(SHANGHAI).strftime("%Y-%m-%dT%H:%M")
+
+
 def shanghai_month(moment: datetime) -> str:
     """The clearing month in China Standard Time, as YYYY-MM."""
     return moment.astimezone(SHANGHAI).strftime("%Y-%m")

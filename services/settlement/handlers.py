@@ -17,7 +17,7 @@ from services.settlement.domain import (
     output_event_id, settlement_status, statistics_category,
 )
 from services.settlement.store import ClaimFacts, ClaimLimits, SettlementStore
-from shared.clock import SHANGHAI, Clock, rfc3339, shanghai_day, shanghai_month
+from shared.clock import Clock, rfc3339, shanghai_day, shanghai_minute, shanghai_month
 from shared.contracts import (
     Claim, ClaimContext, DrawAnswered, DrawRequested, EnrollmentChanged, Payer, ReasonCode, RefundRequested,
     SettlementEvent, StatisticsCount, StatisticsSnapshot,
@@ -150,7 +150,7 @@ class SettlementHandlers:
         if assessment.refusal:
             record |= {"status": "final", "result": _refusal(assessment.refusal, now)}
         return self.store.accept(claim.recipient_id, claim.claim_id, record, self.limits, shanghai_day(now),
-                                 _minute(now), _refusal(ReasonCode.RATE_LIMITED, now))
+                                 shanghai_minute(now), _refusal(ReasonCode.RATE_LIMITED, now))
 
     def _accepted(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel | ToTopic]:
         record = step.result
@@ -183,7 +183,7 @@ class SettlementHandlers:
                   "reverses": claim.reverses, "status": "pending", "province": province or ""}
         return self.store.reverse(claim.recipient_id, claim.claim_id, record, claim.reverses,
                                   shanghai_month(now), rfc3339(now), facts.reverses_owner, province, self.limits,
-                                  shanghai_day(now), _minute(now))
+                                  shanghai_day(now), shanghai_minute(now))
 
     def _reversed(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel | ToTopic]:
         if step.outcome == "applied":
@@ -250,7 +250,7 @@ class SettlementHandlers:
 
     def _tally(self, record: dict) -> None:
         result = record["result"]
-        minute = datetime.fromisoformat(result["at"]).strftime("%Y-%m-%dT%H:%M")
+        minute = shanghai_minute(datetime.fromisoformat(result["at"]))
         if minute not in self.tallies:
             self.tallies[minute] = MinuteTally.empty()
         tally = self.tallies[minute]
@@ -273,26 +273,21 @@ class SettlementHandlers:
             )
             for minute, tally in sorted(self.tallies.items())
         ]
-        current_minute = now.strftime("%Y-%m-%dT%H:%M")
+        current_minute = shanghai_minute(now)
         self.tallies = {minute: tally for minute, tally in self.tallies.items() if minute >= current_minute}
         return snapshots
-
-
-def _minute(now: datetime) -> str:
-    """The Asia/Shanghai minute, as a province's claims are counted."""
-    return now.astimezone(SHANGHAI).strftime("%Y-%m-%dT%H:%M")
 
 
 def _refusal(reason: ReasonCode, now: datetime) -> dict:
     return {"status": "rejected", "paid": 0, "payers": [], "owed": {}, "reason": reason, "at": rfc3339(now)}
 
 
-def _also_to_provinces(event: SettlementEvent, *provinces: str | None) -> list[BaseModel | ToTopic]:
+def _also_to_provinces(event: SettlementEvent, province: str | None) -> list[BaseModel | ToTopic]:
     """A settlement goes to the national topic, and to the topic of the province that sent the
-    claim (recorded with it; its payers' ids masked), never to another: a province that sends another's claim again, byte
-    for byte, is answered nothing of it (it would have read the payers' ids and what they paid)."""
-    return [event, *(ToTopic(province_settlements(province), for_province(event))
-                     for province in sorted({province for province in provinces if province}))]
+    claim (recorded with it; its payers' ids masked), never to another: a province that sends
+    another's claim again, byte for byte, is answered nothing of it (it would have read the payers'
+    ids and what they paid)."""
+    return [event, ToTopic(province_settlements(province), for_province(event))] if province else [event]
 
 
 def _counts(table: dict[str, list[int]]) -> list[StatisticsCount]:
