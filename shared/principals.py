@@ -1,8 +1,8 @@
 """Who may do what: the one declaration of every principal and its rights on Kafka and Redis.
 
 `gongji infra up` turns it into SCRAM users, Kafka ACLs (StandardAuthorizer, nothing allowed
-without an ACL) and Redis ACL users, removing any right it does not declare; the README's table is
-rendered from it by `rights_table()` (a test fails when the README's copy is stale). Pure data: no I/O.
+without an ACL) and Redis ACL users, removing any right it does not declare; docs/security.md's table is
+rendered from it by `rights_table()` (a test fails when that copy is stale). Pure data: no I/O.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def _shown(right: KafkaRight) -> str:
 
 
 def rights_table() -> str:
-    """The README's table: one line per principal, the 32 provinces as one (`PP` standing for each)."""
+    """docs/security.md's table: one line per principal, the 32 provinces as one (`PP` standing for each)."""
     lines = ["| principal | role | writes | reads | consumer groups | Redis | Kafka quota |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for one in PRINCIPALS:

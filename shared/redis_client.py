@@ -34,4 +34,4 @@ async def require_durable(redis: Redis) -> None:
     if (config.get("appendonly"), config.get("appendfsync")) != ("yes", "always"):
         raise RedisNotDurable(
             f"Redis runs with appendonly={config.get('appendonly')}, appendfsync={config.get('appendfsync')}: "
-            "Gongji needs appendonly yes and appendfsync always (see README, Redis durability)")
+            "Gongji needs appendonly yes and appendfsync always (see docs/architecture.md, Redis durability)")

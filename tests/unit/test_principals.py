@@ -1,4 +1,4 @@
-"""The one declaration of who may do what (shared/principals.py): the README shows it as it is, and
+"""The one declaration of who may do what (shared/principals.py): docs/security.md shows it as it is, and
 each service is granted exactly what its app consumes and publishes, no more."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from shared.settings import PROJECT_ROOT, Settings
 from shared.topics import CLEARING, PROVINCES, province_clearing
 
 
-def test_the_readme_shows_the_declared_rights() -> None:
-    assert rights_table() in (PROJECT_ROOT / "README.md").read_text(), \
-        "paste shared.principals.rights_table() into the README's principal table"
+def test_the_security_doc_shows_the_declared_rights() -> None:
+    assert rights_table() in (PROJECT_ROOT / "docs" / "security.md").read_text(), \
+        "paste shared.principals.rights_table() into docs/security.md's principal table"
 
 
 def _rights(name: str, resource: str, operation: str) -> set[str]:

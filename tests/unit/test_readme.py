@@ -1,4 +1,5 @@
-"""The README's command line section names real commands, so it cannot rot."""
+"""The README is the entry: short, its command line names real commands, and every document it
+links to exists, so it cannot rot."""
 
 from __future__ import annotations
 
@@ -23,3 +24,10 @@ def test_every_command_in_the_readme_exists() -> None:
         for invocation in invocations:
             result = runner.invoke(app, [*invocation, "--help"])
             assert result.exit_code == 0, (line, result.output)
+
+
+def test_the_readme_is_an_entry_and_its_links_lead_somewhere() -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 8 * 1024, "each subject has its home in docs/: move it there"
+    links = re.findall(r"\]\(([^)#]+)\)", readme)
+    assert links and all((PROJECT_ROOT / link).exists() for link in links), links
