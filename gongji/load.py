@@ -299,7 +299,7 @@ class LoadRun:
                  "institution_code": f"{'P' if category.name == 'pharmacy' else 'H'}{service_region}{rng.randrange(10**5):05d}",
                  "occurred_at": _now()}
         if category.name == "pharmacy":
-            in_catalogue = amount if rng.random() < 0.9 else amount // 2
+            in_catalogue = amount if rng.random() < 0.9 else max(1, amount // 2)
             claim["items"] = [{"code": "XB01AC06", "in_catalogue": True, "amount_fen": in_catalogue}]
             if in_catalogue < amount:
                 claim["items"].append({"code": "NON-CAT", "in_catalogue": False, "amount_fen": amount - in_catalogue})

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from shared.ids import validate_person_id, validate_region
-from shared.money import Fen, PositiveFen
+from shared.money import PositiveFen
 
 PersonId = Annotated[str, AfterValidator(validate_person_id)]
 Region = Annotated[str, AfterValidator(validate_region)]
@@ -171,7 +171,7 @@ class SupervisionActed(_Input):
 class ClaimItem(_Input):
     code: str = Field(min_length=1, max_length=64)
     in_catalogue: bool
-    amount_fen: Fen
+    amount_fen: PositiveFen
 
 
 class Claim(_Input):

@@ -12,7 +12,6 @@ FEN_PER_YUAN = 100
 # small enough that sums of many stay exact in Redis (int64) and in Lua (a double, exact to 2^53).
 MAX_AMOUNT_FEN = 10**12
 
-Fen = Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT_FEN)]
 PositiveFen = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT_FEN)]
 
 

@@ -216,7 +216,7 @@ class Generator:
             code_region = service_region if rng.random() < 0.95 else self._elsewhere(recipient)
             args["code"] = f"{letter}{code_region}0001"
         if category == "pharmacy":
-            args["items"] = [[f"drug{i}", rng.random() < 0.7, rng.randint(0, amount)] for i in range(rng.randint(1, 3))]
+            args["items"] = [[f"drug{i}", rng.random() < 0.7, rng.randint(1, amount)] for i in range(rng.randint(1, 3))]
         op = self._input("settle", "cl", **args)
         self.claims.append((op.args["id"], recipient, "settle"))
         return op

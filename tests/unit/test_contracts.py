@@ -109,6 +109,15 @@ def test_settle_claim_needs_its_figures_and_reverse_needs_what_it_reverses() -> 
         Claim.model_validate({**base, "kind": "refund", "reverses": "c0"})
 
 
+def test_an_item_of_no_amount_is_refused_every_fen_amount_is_1_to_10_to_the_12() -> None:
+    claim = {"claim_id": "440300-P44030500012-1", "recipient_id": VALID_ID, "recipient_region": "440300",
+             "category": "pharmacy", "institution_code": "P44030500012", "service_region": "440300",
+             "amount_fen": 100, "occurred_at": "2026-03-02T10:15:00+08:00"}
+    with pytest.raises(ValidationError, match="items.0.amount_fen"):
+        Claim.model_validate({**claim, "items": [{"code": "x", "in_catalogue": True, "amount_fen": 0}]})
+    assert Claim.model_validate({**claim, "items": [{"code": "x", "in_catalogue": True, "amount_fen": 1}]}).items
+
+
 def test_a_request_needs_region_and_kinship_and_other_actions_do_not() -> None:
     base = {"command_id": "k1", "actor_id": VALID_ID, "provider_id": VALID_ID, "recipient_id": VALID_ID,
             "requested_at": "2026-03-02T10:15:00+08:00"}
