@@ -63,7 +63,7 @@ def claim_messages(count: int) -> list[tuple[bytes, bytes]]:
     messages = []
     for number in range(count):
         recipient_id = recipients[number % BASELINE_RECIPIENTS]
-        claim = {"claim_id": f"claim-{uuid.uuid4().hex}", "kind": "settle", "recipient_id": recipient_id,
+        claim = {"claim_id": f"110100-H11010012345-{uuid.uuid4().hex}", "kind": "settle", "recipient_id": recipient_id,
                  "recipient_region": "110100", "category": "institution", "service_region": "110100",
                  "amount_fen": 12_850, "institution_code": "H11010012345", "occurred_at": occurred_at}
         messages.append((json.dumps(claim).encode(), recipient_id.encode()))

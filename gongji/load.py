@@ -32,7 +32,7 @@ from gongji.kafka_io import TopicWatcher, make_producer
 from gongji.population import Family, PopulationBuilder
 from shared.clock import SHANGHAI
 from shared.credentials import redis_options
-from shared.ids import province_of
+from shared.ids import claim_id_prefix, province_of
 from shared.principals import OPERATOR, province_principal
 from shared.settings import Settings
 from shared.topics import (
@@ -237,7 +237,7 @@ class LoadRun:
                             family.provider.person_id)
             for recipient, kinship in family.recipients:
                 pair = (family.provider.person_id, recipient.person_id)
-                self.pairs[pair] = {"region": recipient.region, "kinship": kinship,
+                self.pairs[pair] = {"region": recipient.region, "insurance": recipient.insurance_type, "kinship": kinship,
                                     "quota": min(200_000, family.balance_fen // len(family.recipients))}
                 await self.send(KINSHIP, {"event_id": _id("kin"), "person_id": pair[0], "relative_id": pair[1],
                                           "kinship": kinship, "occurred_at": _now()}, pair[0])
@@ -289,14 +289,18 @@ class LoadRun:
 
     # ---- phase 2: claims at a target rate -------------------------------------------------
 
-    def _claim(self, recipient_id: str, region: str) -> dict[str, Any]:
-        category = self.builder.category()
+    def _claim(self, recipient_id: str, region: str, insurance: str) -> dict[str, Any]:
+        category = self.builder.category(insurance)
         amount = self.builder.claim_amount(category)
         rng = self.builder.rng
         service_region = region if rng.random() < 0.7 else rng.choice(CARE_AWAY)
-        claim = {"claim_id": _id("claim"), "kind": "settle", "recipient_id": recipient_id, "recipient_region": region,
-                 "category": category.name, "service_region": service_region, "amount_fen": amount,
-                 "institution_code": f"{'P' if category.name == 'pharmacy' else 'H'}{service_region}{rng.randrange(10**5):05d}",
+        if category.name.endswith("_premium"):  # owed to the recipient's own region, collected there
+            service_region, institution_code = region, None
+        else:
+            institution_code = f"{'P' if category.name == 'pharmacy' else 'H'}{service_region}{rng.randrange(10**5):05d}"
+        claim = {"claim_id": claim_id_prefix(service_region, institution_code) + _id("claim"), "kind": "settle",
+                 "recipient_id": recipient_id, "recipient_region": region, "category": category.name,
+                 "service_region": service_region, "amount_fen": amount, "institution_code": institution_code,
                  "occurred_at": _now()}
         if category.name == "pharmacy":
             in_catalogue = amount if rng.random() < 0.9 else max(1, amount // 2)
@@ -306,7 +310,7 @@ class LoadRun:
         return claim
 
     async def publish_claims(self) -> dict[str, int]:
-        recipients = sorted({(pair[1], self.pairs[pair]["region"]) for pair in self.ready})
+        recipients = sorted({(pair[1], self.pairs[pair]["region"], self.pairs[pair]["insurance"]) for pair in self.ready})
         if not recipients:
             refused, unanswered = self.setup_outcome()
             raise RuntimeError(f"no relationship became ready (refused: {dict(Counter(refused.values())) or 'none'}; "
@@ -315,7 +319,7 @@ class LoadRun:
         rng = self.builder.rng
         if not self.options.national_claims:
             await self.start_producers({province_principal(province_of(region)).name
-                                        for region in {*(region for _, region in recipients), *CARE_AWAY}})
+                                        for region in {*(region for _, region, _ in recipients), *CARE_AWAY}})
         sent: list[tuple[Topic, bytes, str]] = []
         counts = Counter()
         self.claims_started_ns = time.monotonic_ns()
@@ -328,7 +332,7 @@ class LoadRun:
                 for _ in range(due):
                     roll = rng.random()
                     if roll < self.options.malformed_share:
-                        _, region = rng.choice(recipients)
+                        _, region, _ = rng.choice(recipients)
                         await self.send(self._claims_topic(region), b'{"claim_id": "broken', "load")
                         counts["malformed"] += 1
                     elif roll < self.options.malformed_share + self.options.duplicate_share and sent:
@@ -336,8 +340,8 @@ class LoadRun:
                         await self.send(topic, value, key)
                         counts["duplicates"] += 1
                     else:
-                        recipient_id, region = rng.choice(recipients)
-                        claim = self._claim(recipient_id, region)
+                        recipient_id, region, insurance = rng.choice(recipients)
+                        claim = self._claim(recipient_id, region, insurance)
                         topic = self._claims_topic(claim["service_region"])
                         value = json.dumps(claim).encode()
                         self.published_ns[claim["claim_id"]] = time.monotonic_ns()
@@ -352,13 +356,13 @@ class LoadRun:
         await self.flush()
         return dict(counts)
 
-    async def _rest_of_the_mix(self, recipients: list[tuple[str, str]]) -> None:
+    async def _rest_of_the_mix(self, recipients: list[tuple[str, str, str]]) -> None:
         """After a claim, each other kind of operation at its share of the claims."""
         rng, options = self.builder.rng, self.options
         if rng.random() < options.reversal_share and self.reversible:
             # A refund comes from the province that settled the claim.
             original, recipient_id, service_region = self.reversible.pop(rng.randrange(len(self.reversible)))
-            reversal_id = _id("rev")
+            reversal_id = f"{service_region}-{_id('rev')}"  # of the region its claim's id names
             self.mix[reversal_id] = ("reversal", None)
             await self.send(self._claims_topic(service_region),
                             {"claim_id": reversal_id, "kind": "reverse", "recipient_id": recipient_id,
@@ -411,11 +415,11 @@ class LoadRun:
         time_field = "requested_at" if "command_id" in message else "occurred_at"
         await self.send(topic, {**message, time_field: _now()}, key)
 
-    def _no_longer_ready(self, ended, recipients: list[tuple[str, str]]) -> None:
+    def _no_longer_ready(self, ended, recipients: list[tuple[str, str, str]]) -> None:
         """Claims go on only to recipients with a relationship still in force."""
         self.ready = {pair for pair in self.ready if not ended(pair)}
         still = {recipient for _, recipient in self.ready}
-        recipients[:] = [(recipient, region) for recipient, region in recipients if recipient in still]
+        recipients[:] = [recipient for recipient in recipients if recipient[0] in still]
 
     async def drain(self) -> None:
         deadline = time.monotonic() + self.options.drain_timeout_seconds

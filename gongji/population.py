@@ -103,5 +103,8 @@ class PopulationBuilder:
         mu = math.log(category.mean_fen) - sigma * sigma / 2
         return max(100, int(self.rng.lognormvariate(mu, sigma)))
 
-    def category(self) -> UseCategory:
-        return self.rng.choices(CATEGORIES, weights=COUNT_WEIGHTS)[0]
+    def category(self, insurance_type: str) -> UseCategory:
+        """A use for a recipient of this insurance: only the resident-insured pay resident premiums."""
+        allowed = [(category, weight) for category, weight in zip(CATEGORIES, COUNT_WEIGHTS, strict=True)
+                   if insurance_type == "resident" or category.name != "resident_premium"]
+        return self.rng.choices([category for category, _ in allowed], weights=[weight for _, weight in allowed])[0]

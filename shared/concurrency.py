@@ -34,5 +34,9 @@ async def gather_by_key(
                 outputs.extend(await handle(item))
         return outputs
 
-    results = await asyncio.gather(*(handle_group(group) for group in groups.values()))
-    return [output for group_outputs in results for output in group_outputs]
+    # Every key runs to its end before a failure is raised: a retry of the batch (or of its records
+    # one by one) never overlaps a step still running.
+    results = await asyncio.gather(*(handle_group(group) for group in groups.values()), return_exceptions=True)
+    if failure := next((result for result in results if isinstance(result, BaseException)), None):
+        raise failure
+    return [output for group_outputs in results for output in group_outputs]  # type: ignore[union-attr]

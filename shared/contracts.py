@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from shared.ids import validate_person_id, validate_region
+from shared.ids import claim_id_prefix, claim_id_region, validate_person_id, validate_region
 from shared.money import PositiveFen
 
 PersonId = Annotated[str, AfterValidator(validate_person_id)]
@@ -70,6 +70,13 @@ class ReasonCode(StrEnum):
     AMOUNT_OUT_OF_RANGE = "AMOUNT_OUT_OF_RANGE"
     # A province sent more claims than it may (per recipient a day, or in a minute).
     RATE_LIMITED = "RATE_LIMITED"
+
+
+# A claim refused for one of these reasons was never recorded: they are decided from the claim and
+# the topic it came on alone (or its id is another's already), before its id is taken, so that the id
+# stays free for the one sender it names. Every other refusal of a claim is its recorded result.
+REFUSED_BEFORE_ID: frozenset[ReasonCode] = frozenset(
+    {ReasonCode.CONFLICT, ReasonCode.INVALID_MESSAGE, ReasonCode.SERVICE_REGION_MISMATCH})
 
 
 class Kinship(StrEnum):
@@ -207,9 +214,23 @@ class Claim(_Input):
             # an institution and have items outside the catalogue paid.
             if self.category in CODED_CATEGORIES and self.institution_code is None:
                 raise ValueError(f"a claim of category {self.category} needs institution_code")
+            assert self.service_region is not None
+            _check_claim_id(self.claim_id, claim_id_prefix(self.service_region, self.institution_code),
+                            "the service region, then the institution code (for care at an institution or pharmacy)")
         elif self.reverses is None:
             raise ValueError("a reverse claim needs `reverses`: the claim_id it undoes")
+        else:
+            region = claim_id_region(self.reverses)
+            _check_claim_id(self.claim_id, f"{region or '<service region>'}-",
+                            "the service region its reversed claim's id begins with")
         return self
+
+
+def _check_claim_id(claim_id: str, prefix: str, what: str) -> None:
+    """A claim id names who may use it (its service region and institution): one sent by anyone
+    else is refused before the id is taken, so that the id stays its owner's."""
+    if not claim_id.startswith(prefix) or len(claim_id) == len(prefix) or "<" in prefix:
+        raise ValueError(f"claim_id must be {prefix}<serial>: {what}, then the sender's own serial")
 
 
 # ---- inputs from the app channel ----------------------------------------------------------

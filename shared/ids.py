@@ -50,6 +50,26 @@ def province_of(region: str) -> str:
     return region[:2]
 
 
+def claim_id_prefix(service_region: str, institution_code: str | None) -> str:
+    """What a claim's id begins with: its service region and, for care at an institution or a
+    pharmacy, the institution's code (`440300-H44030500012-`, then the institution's own serial).
+    An id names its sender, so that no one else can take it first."""
+    return f"{service_region}-{institution_code}-" if institution_code else f"{service_region}-"
+
+
+def claim_id_region(claim_id: str) -> str | None:
+    """The service region a claim id begins with, or None if it begins with none."""
+    region, dash, _ = claim_id.partition("-")
+    return region_or_none(region) if dash else None
+
+
+def region_or_none(value: str) -> str | None:
+    try:
+        return validate_region(value)
+    except ValueError:
+        return None
+
+
 def mask_person_id(person_id: str) -> str:
     """Logs show only the first 6 and last 4 characters of an ID."""
     return f"{person_id[:6]}********{person_id[-4:]}"

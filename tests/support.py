@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from gongji.kafka_io import TopicWatcher
 from shared.clock import SHANGHAI
 from shared.credentials import aiokafka_options
-from shared.ids import make_person_id
+from shared.ids import claim_id_prefix, make_person_id
 from shared.principals import OPERATOR
 from shared.settings import Settings
 from shared.topics import ALL_TOPICS, PROVINCE_TOPICS, Topic
@@ -35,6 +35,23 @@ def new_person_id() -> str:
 
 def new_id(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+def with_claim_id(claim: dict[str, Any]) -> dict[str, Any]:
+    """A settle claim with an id of its own as the contract has it, unless it has one: its service
+    region, its institution's code, then a serial."""
+    prefix = claim_id_prefix(claim["service_region"], claim.get("institution_code"))
+    return {"claim_id": prefix + uuid.uuid4().hex[:16], **claim}
+
+
+def another_claim_id(claim: dict[str, Any]) -> str:
+    """A new id for a claim like `claim`: the same service region and institution, another serial."""
+    return with_claim_id({name: value for name, value in claim.items() if name != "claim_id"})["claim_id"]
+
+
+def new_reversal_id(reverses: str) -> str:
+    """A reversal's id begins with the service region its reversed claim's id begins with."""
+    return f"{reverses.partition('-')[0]}-R{uuid.uuid4().hex[:16]}"
 
 
 def now_iso() -> str:

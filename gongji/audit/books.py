@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.settlement.domain import NATIONAL
-from shared.contracts import ClearingRow, ReasonCode, RelationshipEvent, SettlementEvent, WalletEvent
+from shared.contracts import REFUSED_BEFORE_ID, ClearingRow, RelationshipEvent, SettlementEvent, WalletEvent
 from shared.topics import (
     ACCOUNT_CREDITS, ACCOUNT_SPENDS, CLAIMS, CLEARING, DEAD_LETTERS, ENROLLMENT, RELATIONSHIP_COMMANDS,
     PROVINCE_CLAIMS, RELATIONSHIP_EVENTS, SETTLEMENTS, SUPERVISION, WALLET_COMMANDS, WALLET_EVENTS, Topic,
@@ -64,8 +64,10 @@ class Books:
     inputs: dict[InputKey, list[dict[str, Any]]] = field(default_factory=dict)
     wallet_events: list[WalletEvent] = field(default_factory=list)
     relationship_events: list[RelationshipEvent] = field(default_factory=list)
-    # The results of claims; a refusal of a reused claim id (CONFLICT) is no claim's result.
+    # The results of claims recorded; a claim refused before its id was taken (a reused id, one sent
+    # where it does not belong) has an answer, not a result.
     settlements: list[SettlementEvent] = field(default_factory=list)
+    refused_before_id: list[SettlementEvent] = field(default_factory=list)
     clearing_rows: list[ClearingRow] = field(default_factory=list)
     # Where each output was first published: orders a pair's relationship events that carry no version.
     offsets: dict[str, int] = field(default_factory=dict)
@@ -143,8 +145,7 @@ def _take_output(books: Books, topic: Topic, record: Record, published: dict[str
     elif isinstance(event, RelationshipEvent):
         books.relationship_events.append(event)
     elif isinstance(event, SettlementEvent):
-        if event.reason != ReasonCode.CONFLICT:
-            books.settlements.append(event)
+        (books.refused_before_id if event.reason in REFUSED_BEFORE_ID else books.settlements).append(event)
     elif isinstance(event, ClearingRow):
         books.clearing_rows.append(event)
 

@@ -19,7 +19,7 @@ from services.settlement.domain import NATIONAL, clearing_contributions, gross_l
 from services.settlement.handlers import claim_output_id
 from services.wallet.domain import MAX_GRANTS_PER_DAY
 from shared.clock import shanghai_day
-from shared.contracts import ReasonCode, RelationshipEvent, SettlementEvent, WalletEvent
+from shared.contracts import REFUSED_BEFORE_ID, ReasonCode, RelationshipEvent, SettlementEvent, WalletEvent
 from shared.topics import (
     ACCOUNT_CREDITS, ACCOUNT_SPENDS, CLAIMS, ENROLLMENT, RELATIONSHIP_COMMANDS, SUPERVISION, WALLET_COMMANDS,
 )
@@ -115,6 +115,7 @@ class _View:
         self.results: dict[str, list[SettlementEvent]] = defaultdict(list)
         for result in books.settlements:
             self.results[result.claim_id].append(result)
+        self.refused_before_id = {refusal.claim_id for refusal in books.refused_before_id}
         self.debits: dict[str, list[WalletEvent]] = defaultdict(list)
         self.refunds: dict[str, list[WalletEvent]] = defaultdict(list)
         self.wallet_events: dict[str, list[WalletEvent]] = defaultdict(list)
@@ -187,6 +188,8 @@ def _claims(view: _View, found: _Findings) -> None:
         record = view.state.claims.get(claim_id)
         ids = {"claim": claim_id}
         if not results:
+            if record is None and claim_id in view.refused_before_id:
+                continue  # answered, never recorded: its id stays free
             found.counts["claims_pending"] += 1
             if record is None:
                 found.pend("claim not yet taken in by settlement", ids)
@@ -581,6 +584,11 @@ def _answers(view: _View, found: _Findings) -> None:
             answers[(ANSWERED_BY_WALLET[event.type], event.provider_id, event.cause_id)].append(event)
     for result in view.books.settlements:
         answers[(CLAIMS.name, NATIONAL, result.claim_id)].append(result)
+    for refusal in view.books.refused_before_id:
+        key = (CLAIMS.name, NATIONAL, refusal.claim_id)
+        if _standing_input(view.books, key, refusal) is None:
+            found.differ(ANSWER, "a refusal describes no claim sent under its id", _input_ids(key),
+                         "a claim of its figures", "none")
     for change in view.books.relationship_events:
         if change.reason != ReasonCode.CONFLICT:
             answers[_relationship_cause(view.books, change)].append(change)
@@ -599,8 +607,9 @@ def _answers(view: _View, found: _Findings) -> None:
                 figure, expected, answered = mismatch
                 found.differ(ANSWER, f"an answer's {figure} differs from its input's", _input_ids(key), expected,
                              answered)
+    refused = {(CLAIMS.name, NATIONAL, refusal.claim_id) for refusal in view.books.refused_before_id}
     for key in sorted(view.books.inputs):
-        if key[0] in ANSWERED_TOPICS and key not in answers:
+        if key[0] in ANSWERED_TOPICS and key not in answers and key not in refused:
             found.pend("input not yet answered", _input_ids(key))
 
 
@@ -618,12 +627,17 @@ def _relationship_cause(books: Books, change: RelationshipEvent) -> InputKey:
 
 
 def _standing_input(books: Books, key: InputKey, answer: Any) -> dict[str, Any] | None:
-    """The content an answer is for: the first taken in; for a claim id, the first its recipient sent
-    (claim ids are national: another recipient's use of the id is refused)."""
+    """The content an answer is for: the first taken in; for a claim id, one its recipient sent with
+    the answer's figures, else the first its recipient sent (claim ids are national: another
+    recipient's use of the id is refused; and which of the claims topics was read first is no
+    order of sending)."""
     if key[0] != CLAIMS.name:
         return books.input(key)
-    return next((content for content in books.inputs.get(key, [])
-                 if content.get("recipient_id") == answer.recipient_id), None)
+    own = [content for content in books.inputs.get(key, []) if content.get("recipient_id") == answer.recipient_id]
+    if isinstance(answer, SettlementEvent) and answer.reason in REFUSED_BEFORE_ID:
+        return next((content for content in own if _answer_mismatch(CLAIMS.name, content, answer) is None), None)
+    return next((content for content in own if _answer_mismatch(CLAIMS.name, content, answer) is None),
+                own[0] if own else None)
 
 
 def _answer_mismatch(topic: str, content: dict[str, Any], answer: Any) -> tuple[str, Any, Any] | None:

@@ -57,6 +57,9 @@ class Cast:
             self.people[alias] = Person(alias, person_id, insurance_type, self.region(rng.choice(self.provinces)))
         self.links = LINKS
         self._aliases = {person.person_id: alias for alias, person in self.people.items()}
+        # A claim's id begins with its service region (and institution): a script names it by its serial.
+        self._claim_ids: dict[str, str] = {}
+        self._claim_aliases: dict[str, str] = {}
 
     @staticmethod
     def region(province: str, district: int = 1) -> str:
@@ -69,6 +72,19 @@ class Cast:
         if person_id is None:
             return "-"
         return self._aliases.get(person_id) or mask_person_id(person_id)
+
+    def name_claim(self, alias: str, prefix: str) -> str:
+        """The claim id a sender gives the claim a script calls `alias`: the prefix, then the alias."""
+        claim_id = prefix + alias
+        self._claim_ids[alias], self._claim_aliases[claim_id] = claim_id, alias
+        return claim_id
+
+    def claim_id(self, alias: str) -> str | None:
+        """The id last given to the claim called `alias`, None if none was."""
+        return self._claim_ids.get(alias)
+
+    def claim_alias(self, claim_id: str) -> str:
+        return self._claim_aliases.get(claim_id, claim_id)
 
     @property
     def providers(self) -> list[str]:

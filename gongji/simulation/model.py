@@ -30,7 +30,7 @@ from shared.contracts import (
     EnrollmentChanged, KinshipRecorded, ReasonCode, RefundRequested, RelationshipCommand, RelationshipEvent,
     SettlementEvent, SupervisionActed, WalletCommand, WalletEvent,
 )
-from shared.ids import province_of
+from shared.ids import PROVINCE_CODES, province_of
 from shared.policy import Policy
 from shared.redis_functions import Step
 from shared.runtime import Refused
@@ -224,7 +224,8 @@ class Books:
             groups[output_key(inbox, output)].append(output)
         if inbox == "settlement/claims":
             for claim in batch:  # every id of the batch is registered before any claim is decided
-                self.owners.setdefault(claim.claim_id, claim.recipient_id)
+                if not self.misplaced(claim):
+                    self.owners.setdefault(claim.claim_id, claim.recipient_id)
         explain = getattr(self, "_" + inbox.split("/")[0] + "_" + inbox.split("/")[1].replace("-", "_"))
         for message in batch:
             explain(message, groups.get(input_key(message), []))
@@ -489,17 +490,32 @@ class Books:
             self.settlement_enrollment[change.person_id] = (change.insurance_type, change.region, change.status)
             require(not effects, "answer", f"settlement enrollment {change.event_id}: {effects}")
 
+    @staticmethod
+    def misplaced(claim: Claim) -> bool:
+        """Refused before its id is taken: an institution's code, or a premium's insured region, in
+        another province than the service region (every claim here comes on the national topic)."""
+        if claim.kind != "settle":
+            return False
+        service_province = (claim.service_region or "")[:2]
+        if claim.category in ("resident_premium", "ltc_premium"):
+            return (claim.recipient_region or "")[:2] != service_province
+        code = claim.institution_code or ""
+        if claim.category in ("institution", "pharmacy"):
+            return not (len(code) >= 7 and code[1:7].isdigit() and code[1:3] in PROVINCE_CODES) or code[1:3] != service_province
+        return False
+
     def payable(self, claim: Claim) -> int:
         """Rules 4, 12, 13, 15: what the shared funds may be asked to pay for a claim."""
         assert claim.amount_fen is not None
         if claim.category not in {category.value for category in ClaimCategory}:
             return 0
         if letter := CODE_LETTERS.get(claim.category):
-            code = claim.institution_code or ""
-            if not code.startswith(letter) or not code[1:7].isdigit() or province_of(code[1:7]) != province_of(claim.service_region or ""):
+            if not (claim.institution_code or "").startswith(letter):
                 return 0
         enrollment = self.settlement_enrollment.get(claim.recipient_id)
         if enrollment is None or enrollment[2] != "normal" or enrollment[1] != claim.recipient_region:
+            return 0
+        if claim.category == ClaimCategory.RESIDENT_PREMIUM and enrollment[0] != "resident":
             return 0
         if claim.category == ClaimCategory.PHARMACY:
             return min(claim.amount_fen, sum(item.amount_fen for item in claim.items or [] if item.in_catalogue))
@@ -519,6 +535,12 @@ class Books:
 
     def _settlement_claims(self, claim: Claim, group: list) -> None:
         what = f"{claim.kind} {claim.claim_id} of {self.a(claim.recipient_id)}"
+        if self.misplaced(claim):
+            refusals = [output for output in _distinct(group) if getattr(output, "reason", None) == ReasonCode.SERVICE_REGION_MISMATCH
+                        and output.requested_fen == claim.amount_fen]
+            require(len(refusals) == 1 and refusals[0].status == "rejected", "claim-decision",
+                    lambda: f"{what}: misplaced, refused before its id is taken, yet {group}")
+            return
         record = self.claims.get(claim.claim_id)
         if self.owners[claim.claim_id] != claim.recipient_id or (record and record.content != claim.model_dump_json()):
             require(any(_is_conflict(output) for output in group), "reused-id",

@@ -69,7 +69,7 @@ def key_of(route: Route, message: BaseModel) -> str:
 
 def label(message: BaseModel, cast: Cast) -> str:
     """A short name of a message, stable across replays: what delivery operations refer to."""
-    a = cast.alias
+    a, c = cast.alias, cast.claim_alias
     match message:
         case EnrollmentChanged():
             return f"enrollment {message.event_id} {a(message.person_id)} {message.insurance_type} {message.region} {message.status}"
@@ -86,18 +86,18 @@ def label(message: BaseModel, cast: Cast) -> str:
         case WalletCommand():
             return f"grant {message.command_id} {a(message.provider_id)}>{a(message.recipient_id)} {message.amount_fen}"
         case Claim(kind="settle"):
-            return f"claim {message.claim_id} {a(message.recipient_id)} {message.category} {message.amount_fen}"
+            return f"claim {c(message.claim_id)} {a(message.recipient_id)} {message.category} {message.amount_fen}"
         case Claim():
-            return f"reversal {message.claim_id} {a(message.recipient_id)} of {message.reverses}"
+            return f"reversal {c(message.claim_id)} {a(message.recipient_id)} of {c(message.reverses or '')}"
         case RelationshipEvent():
             version = f" v{message.version}" if message.version is not None else ""
             return f"{message.type}{version} {a(message.provider_id)}>{a(message.recipient_id)} ({message.cause_id}) #{message.event_id[:6]}"
         case DrawRequested():
-            return f"draw {message.claim_id} {a(message.recipient_id)} {message.amount_fen}"
+            return f"draw {c(message.claim_id)} {a(message.recipient_id)} {message.amount_fen}"
         case DrawAnswered():
-            return f"answer {message.claim_id} {a(message.recipient_id)} paid {message.paid_fen}"
+            return f"answer {c(message.claim_id)} {a(message.recipient_id)} paid {message.paid_fen}"
         case RefundRequested():
-            return f"refund {message.claim_id} of {message.original_claim_id} {a(message.recipient_id)}"
+            return f"refund {c(message.claim_id)} of {c(message.original_claim_id)} {a(message.recipient_id)}"
     raise TypeError(f"no label for {type(message).__name__}")
 
 

@@ -178,7 +178,7 @@ def _(s: Script) -> Script:
           "a provider's take was keyed by claim only: another recipient's draw under the same id was paid from it")
 def _(s: Script) -> Script:
     s.families(("P0", "R0", 30_000), ("P0", "R1", 30_000)).settled("R0", "c1", 10_000)
-    s.claim("R1", "c1", 5_000).deliver("settlement/claims", "claim c1").expect("1 rejected")
+    s.claim("R1", "c1", 5_000, service_region=s.regions["R0"]).deliver("settlement/claims", "claim c1").expect("1 rejected")
     s.add("inject", topic="gongji.internal.draw-requests.v1", message={
         "request_id": "forged-draw", "claim_id": "c1", "recipient_id": "R1", "amount_fen": 5_000,
         "context": {"requested_fen": 5_000, "service_region": s.regions["R1"]}, "requested_at": AT})

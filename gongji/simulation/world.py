@@ -26,6 +26,7 @@ from services.settlement.store import SettlementStore
 from services.wallet.handlers import WalletHandlers
 from services.wallet.store import WalletStore
 from shared.clock import FixedClock, rfc3339
+from shared.ids import claim_id_prefix
 from shared.policy import Policy, PolicyCache, write_policy
 from shared.topics import (
     ACCOUNT_CREDITS, ACCOUNT_SPENDS, ALL_TOPICS, CLAIMS, ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, SUPERVISION,
@@ -251,21 +252,27 @@ class World:
 
     async def _settle(self, recipient: str, id: str, category: str, service_region: str, recipient_region: str,
                       amount: int, at: str, code: str | None = None, items: list | None = None, invalid: bool = False) -> str:
+        claim_id = self.cast.name_claim(id, claim_id_prefix(service_region, code))
         return self._send(CLAIMS, {
-            "claim_id": id, "kind": "settle", "recipient_id": self.person(recipient), "recipient_region": recipient_region,
+            "claim_id": claim_id, "kind": "settle", "recipient_id": self.person(recipient), "recipient_region": recipient_region,
             "category": category, "institution_code": code, "service_region": service_region, "amount_fen": amount,
             "items": [{"code": c, "in_catalogue": listed, "amount_fen": n} for c, listed, n in items] if items else None,
             "occurred_at": at}, invalid)
 
     async def _reverse(self, recipient: str, id: str, reverses: str, at: str) -> str:
-        return self._send(CLAIMS, {"claim_id": id, "kind": "reverse", "recipient_id": self.person(recipient),
-                                   "reverses": reverses, "occurred_at": at})
+        original = self.cast.claim_id(reverses) or f"110100-{reverses}"  # a claim never sent
+        claim_id = self.cast.name_claim(id, f"{original.partition('-')[0]}-")
+        return self._send(CLAIMS, {"claim_id": claim_id, "kind": "reverse", "recipient_id": self.person(recipient),
+                                   "reverses": original, "occurred_at": at})
 
     async def _inject(self, topic: str, message: dict[str, Any]) -> str:
         """An internal message no service sent (a scenario's forgery), as if it were on the topic."""
         found = next(known for known in ALL_TOPICS if known.name == topic)
         people = {name: self.person(value) if name.endswith("_id") and isinstance(value, str) else value
                   for name, value in message.items()}
+        for name in ("claim_id", "original_claim_id"):
+            if name in people:
+                people[name] = self.cast.claim_id(people[name]) or people[name]
         if "payers" in people:
             people["payers"] = [{**payer, "provider_id": self.person(payer["provider_id"])} for payer in people["payers"]]
         parsed = found.model.model_validate(people)

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from shared.clock import shanghai_month
 from shared.contracts import Claim, ClaimCategory, ClearingRow, Payer, ReasonCode, SettlementEvent
-from shared.ids import derived_event_id, mask_person_id, province_of, validate_region
+from shared.ids import claim_id_region, derived_event_id, mask_person_id, province_of, region_or_none
 
 SERVICE = "settlement"
 NATIONAL = "national"  # the scope of claim ids; other input ids are unique per person (scope: the person id)
@@ -33,26 +33,60 @@ class Assessment:
     shortfall: ReasonCode | None = None  # part of it must be self-paid
 
 
-def assess_claim(claim: Claim, recipient: tuple[str, str] | None, province: str | None = None) -> Assessment:
-    """Rule 12 (only medical uses; only catalogue items at pharmacies) and rule 4 (the recipient
-    is insured, status normal, in the region the claim states). `recipient` is (region, status).
-    A claim sent on a province's own topic (`province`) must be for care in that province: a
-    province settles, and is paid for, only its own institutions' claims."""
+PREMIUMS: frozenset[str] = frozenset({ClaimCategory.RESIDENT_PREMIUM, ClaimCategory.LTC_PREMIUM})
+
+
+def refusal_before_id(claim: Claim, province: str | None) -> ReasonCode | None:
+    """Why a claim does not belong where it was sent, decided from it and its topic alone, before its
+    id is taken (SERVICE_REGION_MISMATCH, so that the id stays free for its own sender): a claim sent
+    on a province's own topic (`province`) is for care in that province (a reversal: its id's region
+    is), an institution's code lies in the service region's province (the service region decides who
+    is paid in clearing), and a premium is owed to the recipient's own insured province (rule 12c)."""
+    region = claim.service_region if claim.kind == "settle" else claim_id_region(claim.claim_id)
+    assert region is not None  # the contract requires it of either kind
+    if province is not None and province_of(region) != province:
+        return ReasonCode.SERVICE_REGION_MISMATCH
+    if claim.kind != "settle":
+        return None
+    assert claim.recipient_region is not None  # a settle claim has it
+    if claim.category in PREMIUMS and province_of(region) != province_of(claim.recipient_region):
+        return ReasonCode.SERVICE_REGION_MISMATCH
+    code = claim.institution_code
+    if claim.category in CODE_LETTERS and code is not None:
+        code_region = region_or_none(code[1:7])
+        if code_region is None or province_of(code_region) != province_of(region):
+            return ReasonCode.SERVICE_REGION_MISMATCH
+    return None
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """What settlement's copy of the enrollment says of a recipient."""
+
+    insurance_type: str  # employee | resident
+    region: str
+    status: str  # normal | suspended | terminated
+
+
+def assess_claim(claim: Claim, recipient: Enrolled | None) -> Assessment:
+    """Rule 12 (only medical uses; only catalogue items at pharmacies; a resident-insurance premium
+    only for a resident-insured recipient, a long-term-care premium for either scheme) and rule 4
+    (the recipient is insured, status normal, in the region the claim states)."""
     assert claim.amount_fen is not None and claim.category is not None  # a settle claim has them
-    assert claim.service_region is not None
-    if province is not None and province_of(claim.service_region) != province:
-        return Assessment(0, ReasonCode.SERVICE_REGION_MISMATCH)
     if claim.category not in ALLOWED_CATEGORIES:
         return Assessment(0, ReasonCode.CATEGORY_NOT_ALLOWED)
-    if code_refusal := _institution_code_refusal(claim):
-        return Assessment(0, code_refusal)
+    letter = CODE_LETTERS.get(claim.category)
+    if letter is not None and not (claim.institution_code or "").startswith(letter):
+        # A pharmacy passing as an institution would skip the catalogue check.
+        return Assessment(0, ReasonCode.CATEGORY_NOT_ALLOWED)
     if recipient is None:
         return Assessment(0, ReasonCode.RECIPIENT_NOT_INSURED)
-    region, status = recipient
-    if status != "normal":
+    if recipient.status != "normal":
         return Assessment(0, ReasonCode.RECIPIENT_STATUS_ABNORMAL)
-    if region != claim.recipient_region:
+    if recipient.region != claim.recipient_region:
         return Assessment(0, ReasonCode.RECIPIENT_MISMATCH)
+    if claim.category == ClaimCategory.RESIDENT_PREMIUM and recipient.insurance_type != "resident":
+        return Assessment(0, ReasonCode.CATEGORY_NOT_ALLOWED)
     if claim.category != ClaimCategory.PHARMACY:
         return Assessment(claim.amount_fen)
     in_catalogue = sum(item.amount_fen for item in claim.items or [] if item.in_catalogue)
@@ -60,24 +94,6 @@ def assess_claim(claim: Claim, recipient: tuple[str, str] | None, province: str 
     if payable == 0:
         return Assessment(0, ReasonCode.NOT_IN_CATALOGUE)
     return Assessment(payable, shortfall=ReasonCode.NOT_IN_CATALOGUE if payable < claim.amount_fen else None)
-
-
-def _institution_code_refusal(claim: Claim) -> ReasonCode | None:
-    """An institution code, when given, must be of the claim's kind (else a pharmacy could pass as
-    an institution and skip the catalogue check) and lie in the service region's province (the
-    service region decides who is paid in clearing)."""
-    letter = CODE_LETTERS.get(claim.category or "")
-    code = claim.institution_code
-    if code is None or letter is None:
-        return None
-    if not code.startswith(letter):
-        return ReasonCode.CATEGORY_NOT_ALLOWED
-    try:
-        region = validate_region(code[1:7])
-    except ValueError:
-        return ReasonCode.SERVICE_REGION_MISMATCH
-    assert claim.service_region is not None  # a settle claim has it
-    return None if province_of(region) == province_of(claim.service_region) else ReasonCode.SERVICE_REGION_MISMATCH
 
 
 def answer_mismatch(requested_fen: int, paid_fen: int, payer_amounts: list[int]) -> str | None:

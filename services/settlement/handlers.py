@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from services.settlement.domain import (
     NATIONAL, SERVICE, MinuteTally, answer_mismatch, assess_claim, clearing_contributions, for_province,
-    output_event_id, settlement_status, statistics_category,
+    output_event_id, refusal_before_id, settlement_status, statistics_category,
 )
 from services.settlement.store import ClaimFacts, ClaimLimits, SettlementStore
 from shared.clock import Clock, rfc3339, shanghai_day, shanghai_minute, shanghai_month
@@ -113,26 +113,32 @@ class SettlementHandlers:
                                      [delivery.topic.province for delivery in deliveries])
 
     async def _on_claims(self, claims: Sequence[Claim], provinces: Sequence[str | None]) -> list[BaseModel | ToTopic]:
-        """One pipeline registers the claim ids and reads what the steps need, one pipeline
-        records every claim in batch order (so a recipient's claims apply one after another),
-        then the answers are built. A claim id owned by another recipient is a conflict, with no step."""
+        """A claim that does not belong where it was sent is refused before its id is taken. One
+        pipeline registers the other claims' ids and reads what their steps need, one pipeline
+        records every claim in batch order (so a recipient's claims apply one after another), then
+        the answers are built. A claim id owned by another recipient is a conflict, with no step."""
         if not claims:
             return []
         now = self.clock.now()
-        facts = await self.store.claim_facts(claims)
         contents = [fingerprint(claim.model_dump_json()) for claim in claims]
-        owned = [fact.owner == claim.recipient_id for claim, fact in zip(claims, facts, strict=True)]
+        refusals = [refusal_before_id(claim, province) for claim, province in zip(claims, provinces, strict=True)]
+        entering = [index for index, refusal in enumerate(refusals) if refusal is None]
+        facts = dict(zip(entering, await self.store.claim_facts([claims[index] for index in entering]), strict=True))
+        for index, fact in facts.items():
+            if fact.owner != claims[index].recipient_id:
+                refusals[index] = ReasonCode.CONFLICT
         steps = iter(await self.store.run([
-            self._accept(claim, content, fact, province, now) if claim.kind == "settle"
-            else self._reverse(claim, content, fact, province, now)
-            for claim, content, fact, own, province in zip(claims, contents, facts, owned, provinces, strict=True)
-            if own
+            self._accept(claim, content, facts[index], province, now) if claim.kind == "settle"
+            else self._reverse(claim, content, facts[index], province, now)
+            for index, (claim, content, province) in enumerate(zip(claims, contents, provinces, strict=True))
+            if refusals[index] is None
         ]))
         outputs: list[BaseModel | ToTopic] = []
-        for claim, content, own, province in zip(claims, contents, owned, provinces, strict=True):
-            step = next(steps) if own else None
+        for claim, content, refusal, province in zip(claims, contents, refusals, provinces, strict=True):
+            step = next(steps) if refusal is None else None
             if step is None or step.conflict:
-                outputs.extend(_also_to_provinces(self._conflict(claim, content, now), province))
+                answer = self._refused_before_id(claim, content, refusal or ReasonCode.CONFLICT, now)
+                outputs.extend(_also_to_provinces(answer, province))
             elif claim.kind == "settle":
                 outputs.extend(self._accepted(claim, step, now))
             else:
@@ -140,7 +146,7 @@ class SettlementHandlers:
         return [*outputs, *self._statistics_due()]
 
     def _accept(self, claim: Claim, content: str, facts: ClaimFacts, province: str | None, now: datetime) -> Call:
-        assessment = assess_claim(claim, facts.recipient, province)
+        assessment = assess_claim(claim, facts.recipient)
         record = {
             "fingerprint": content, "kind": "settle", "recipient_id": claim.recipient_id,
             "category": claim.category, "service_region": claim.service_region,
@@ -165,15 +171,17 @@ class SettlementHandlers:
             self._tally(record)
         return _also_to_provinces(settlement_event(claim.claim_id, record), record.get("province"))
 
-    def _conflict(self, claim: Claim, content: str, now: datetime) -> SettlementEvent:
-        """A claim id used before for other content, or by another recipient: refused, and the
-        first result stands."""
-        CONFLICTS.labels(SERVICE, CLAIMS.name).inc()
+    def _refused_before_id(self, claim: Claim, content: str, reason: ReasonCode, now: datetime) -> SettlementEvent:
+        """A claim refused before its id was taken (shared/contracts.py: REFUSED_BEFORE_ID): nothing
+        is recorded, and a claim id used before for other content, or by another recipient, keeps
+        its first result. The answer describes this claim, under an id of its own content."""
+        if reason == ReasonCode.CONFLICT:
+            CONFLICTS.labels(SERVICE, CLAIMS.name).inc()
         return SettlementEvent(
-            event_id=claim_output_id(claim.claim_id, "conflict", content),
+            event_id=claim_output_id(claim.claim_id, "conflict" if reason == ReasonCode.CONFLICT else reason, content),
             cause_id=claim.claim_id, claim_id=claim.claim_id, recipient_id=claim.recipient_id, status="rejected",
             requested_fen=claim.amount_fen or 0, paid_fen=0, self_pay_fen=claim.amount_fen or 0, payers=[],
-            reason=ReasonCode.CONFLICT, category=claim.category, service_region=claim.service_region,
+            reason=reason, category=claim.category, service_region=claim.service_region,
             reverses=claim.reverses, settled_at=now,
         )
 
@@ -188,7 +196,10 @@ class SettlementHandlers:
     def _reversed(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel | ToTopic]:
         if step.outcome == "applied":
             self._tally(step.result)
-        outputs = _also_to_provinces(settlement_event(claim.claim_id, step.result), step.result.get("province"))
+        # A reversal sent on a province's topic reverses only claims of that province's care (or
+        # the national platform's): the two provinces, when both are named, are one.
+        province = step.result.get("province") or step.result.get("claim_province")
+        outputs = _also_to_provinces(settlement_event(claim.claim_id, step.result), province)
         if step.result["result"]["status"] == "reversed":
             outputs.append(RefundRequested(
                 request_id=claim_output_id(claim.claim_id, "refund"), claim_id=claim.claim_id,

@@ -156,6 +156,8 @@ local function reverse(keys, args)
       original.result.payers, original.result.owed
     result.month = open_month(keys[2], args[4])
     accumulate(args[5], result.month, result.owed, -1)
+    -- The province that sent the claim hears of its refund, whoever sent the refund.
+    record.claim_province = original.province or ''
     original.reversed_by = args[1]
     redis.call('HSET', keys[1], args[3], cjson.encode(original))
   end

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from services.settlement.domain import Enrolled
 from shared.contracts import Claim
 from shared.redis_functions import Call, Library, Step, execute, run_steps
 from shared.settings import Settings
@@ -39,7 +40,7 @@ class ClaimFacts:
     """What a claim's step needs to know first, read for a whole batch in one round trip."""
 
     owner: str  # the recipient its claim id is registered to: the first to use the id
-    recipient: tuple[str, str] | None = None  # a settle claim's recipient: (region, status), None if never enrolled
+    recipient: Enrolled | None = None  # a settle claim's recipient, None if never enrolled
     reverses_owner: str = ""  # a reversal: the recipient the reversed id is registered to, "" if never seen
 
 
@@ -74,15 +75,15 @@ class SettlementStore:
                 pipe.fcall(LIBRARY.function("settlement_register_claim"), 1, self._owners_key(claim.claim_id),
                            claim.claim_id, claim.recipient_id)
                 if claim.kind == "settle":
-                    pipe.hmget(_person_key(claim.recipient_id, "enrollment"), "region", "status")
+                    pipe.hmget(_person_key(claim.recipient_id, "enrollment"), "insurance_type", "region", "status")
                 else:
                     pipe.hget(self._owners_key(claim.reverses), claim.reverses)
             replies = await execute(pipe)
         facts = []
         for claim, owner, read in zip(claims, replies[::2], replies[1::2], strict=True):
             if claim.kind == "settle":
-                region, status = read
-                facts.append(ClaimFacts(owner.decode(), recipient=(region.decode(), status.decode()) if region else None))
+                enrolled = Enrolled(*(field.decode() for field in read)) if read[1] else None
+                facts.append(ClaimFacts(owner.decode(), recipient=enrolled))
             else:
                 facts.append(ClaimFacts(owner.decode(), reverses_owner=read.decode() if read else ""))
         return facts

@@ -20,8 +20,10 @@ MAX_GRANTS_PER_DAY = 3
 
 @dataclass(frozen=True)
 class GrantLimits:
-    """The daily limit, and how long the daily counts are kept (days older are dropped)."""
+    """The size of one grant and the daily count (the Redis step refuses beyond them too), and how
+    long the daily counts are kept (days older are dropped)."""
 
+    max_amount_fen: int = MAX_GRANT_FEN
     max_per_day: int = MAX_GRANTS_PER_DAY
     counters_kept: timedelta = timedelta(days=7)
 

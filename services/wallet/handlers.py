@@ -160,8 +160,8 @@ class WalletHandlers:
         content = fingerprint(command.model_dump_json())
         refusal = check_grant(command)
         step = await self.store.grant(
-            command.command_id, content, command.provider_id, command.recipient_id, command.recipient_region,
-            command.amount_fen, refusal or "", self.limits, await self.policy.get(), now,
+            command.command_id, content, command.actor_id, command.provider_id, command.recipient_id,
+            command.recipient_region, command.amount_fen, refusal or "", self.limits, await self.policy.get(), now,
         )
         if step.conflict:
             return [_conflict(WALLET_COMMANDS, command.provider_id, command.command_id, content, command.provider_id,

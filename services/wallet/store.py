@@ -54,15 +54,16 @@ class WalletStore:
                                [input_id, fingerprint, amount_fen, now])
 
     async def grant(
-        self, input_id: str, fingerprint: str, provider_id: str, recipient_id: str, recipient_region: str,
-        amount_fen: int, refusal: str, limits: GrantLimits, policy: Policy, now: datetime,
+        self, input_id: str, fingerprint: str, actor_id: str, provider_id: str, recipient_id: str,
+        recipient_region: str, amount_fen: int, refusal: str, limits: GrantLimits, policy: Policy, now: datetime,
     ) -> Step:
         keys = [_key(provider_id, part) for part in ("seen:commands", "account", "grants", "relationships",
                                                       "grants-by-day")]
         return await call_step(self.redis, LIBRARY.function("wallet_grant"), keys, [
             input_id, fingerprint, recipient_id, recipient_region, amount_fen, refusal, limits.max_per_day,
             shanghai_day(now), shanghai_day(now - limits.counters_kept), " ".join(sorted(policy.closed_regions)),
-            "1" if policy.cross_province_in_force(now) else "0", rfc3339(now),
+            "1" if policy.cross_province_in_force(now) else "0", rfc3339(now), actor_id, provider_id,
+            limits.max_amount_fen,
         ])
 
     async def index_provider(self, recipient_id: str, provider_id: str, first_grant_ms: int) -> None:

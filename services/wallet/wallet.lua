@@ -74,7 +74,9 @@ end
 
 -- KEYS: seen:commands, account, grants, relationships, grants-by-day
 -- ARGV: input_id, fingerprint, recipient, recipient_region, amount, refusal, max_per_day, today,
---       oldest day kept, closed regions (space-separated), cross-province in force ('1'/'0'), now
+--       oldest day kept, closed regions (space-separated), cross-province in force ('1'/'0'), now,
+--       actor, provider, the most one grant may be (fen)
+-- Every limit that guards money is refused here, where the money moves, whatever Python checked.
 local function grant(keys, args)
   local prior = remembered(keys[1], args[1], args[2])
   if prior then return prior end
@@ -86,6 +88,10 @@ local function grant(keys, args)
   local result = {type = 'grant_rejected', amount = amount, recipient = recipient, at = args[12]}
   if args[6] ~= '' then
     result.reason = args[6]
+  elseif args[13] ~= args[14] then  -- checked in Python too; here, where the money moves, as well
+    result.reason = 'NOT_AUTHORIZED'
+  elseif amount > num(args[15]) then
+    result.reason = 'TRANSFER_AMOUNT_OVER_LIMIT'
   elseif is_frozen(keys[2]) then
     result.reason = 'ACCOUNT_FROZEN'
   elseif state[3] ~= 'employee' then

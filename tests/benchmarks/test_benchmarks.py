@@ -118,7 +118,7 @@ async def _cost_per_claim(redis: Redis, pairs: list[tuple[str, str]], claims: in
         messages = []
         for _ in range(batch):
             _, recipient = rng.choice(pairs)
-            messages.append(Claim(claim_id=f"bench-{uuid.uuid4().hex}", kind="settle", recipient_id=recipient,
+            messages.append(Claim(claim_id=f"510100-H51010000001-{uuid.uuid4().hex}", kind="settle", recipient_id=recipient,
                                   recipient_region="510100", category="institution",
                                   institution_code="H51010000001", service_region="510100",
                                   amount_fen=100, occurred_at=NOON))

@@ -181,7 +181,7 @@ async def test_claims_for_people_not_insured_or_elsewhere_are_refused(world: Wor
 
 async def test_reversal_refusals_and_a_reversal_after_the_relationship_ended(world: World, kafka) -> None:
     provider, recipient = await world.funded_family()
-    assert (await world.reverse(recipient, "no-such-claim"))["reason"] == "UNKNOWN_CLAIM"
+    assert (await world.reverse(recipient, "510100-no-such-claim"))["reason"] == "UNKNOWN_CLAIM"
     paid = await world.settle(world.claim_message(recipient, "510100", 3_000))
     dissolved = await world.relationship_command("dissolve", provider, provider, recipient)
     await kafka.wait_for(WALLET_EVENTS, lambda m: m["type"] == "released" and m["cause_id"] == dissolved["event_id"])

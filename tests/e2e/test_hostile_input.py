@@ -19,7 +19,7 @@ from shared.topics import (
     RELATIONSHIP_EVENTS, SETTLEMENTS, SUPERVISION, WALLET_COMMANDS, WALLET_EVENTS, Topic,
 )
 from tests.e2e.world import World, until
-from tests.support import new_id, new_person_id, now_iso
+from tests.support import another_claim_id, new_id, new_person_id, now_iso, with_claim_id
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -50,9 +50,9 @@ def bases(person: str, relative: str) -> dict[Topic, dict[str, Any]]:
                   "occurred_at": now_iso()},
         SUPERVISION: {"event_id": new_id("sup"), "person_id": person, "action": "unfreeze", "reason": "review",
                       "occurred_at": now_iso()},
-        CLAIMS: {"claim_id": new_id("claim"), "kind": "settle", "recipient_id": person, "recipient_region": "440300",
-                 "category": "institution", "institution_code": "H44030500001", "service_region": "440300",
-                 "amount_fen": 100, "occurred_at": now_iso()},
+        CLAIMS: with_claim_id({"kind": "settle", "recipient_id": person, "recipient_region": "440300",
+                               "category": "institution", "institution_code": "H44030500001",
+                               "service_region": "440300", "amount_fen": 100, "occurred_at": now_iso()}),
         RELATIONSHIP_COMMANDS: {"command_id": new_id("cmd"), "action": "dissolve", "actor_id": person,
                                 "provider_id": person, "recipient_id": relative, "requested_at": now_iso()},
         WALLET_COMMANDS: {"command_id": new_id("grant"), "action": "grant", "actor_id": person, "provider_id": person,
@@ -128,15 +128,15 @@ def hostile_cases(person: str, relative: str) -> list[Case]:
              encoded({"claim_id": new_id("h"), "kind": "reverse", "recipient_id": person, "occurred_at": now_iso()}),
              key),
         Case("a settle claim without an amount", CLAIMS,
-             encoded({name: value for name, value in {**claim, "claim_id": new_id("h")}.items() if name != "amount_fen"}),
+             encoded({name: value for name, value in {**claim, "claim_id": another_claim_id(claim)}.items() if name != "amount_fen"}),
              key),
-        Case("a pharmacy claim with 1001 items", CLAIMS, encoded({**claim, "claim_id": new_id("h"), "category": "pharmacy",
+        Case("a pharmacy claim with 1001 items", CLAIMS, encoded({**claim, "claim_id": another_claim_id(claim), "category": "pharmacy",
              "items": [{"code": "X", "in_catalogue": True, "amount_fen": 1}] * 1001}), key),
-        Case("an item amount above the bound", CLAIMS, encoded({**claim, "claim_id": new_id("h"), "category": "pharmacy",
+        Case("an item amount above the bound", CLAIMS, encoded({**claim, "claim_id": another_claim_id(claim), "category": "pharmacy",
              "items": [{"code": "X", "in_catalogue": True, "amount_fen": 10**13}]}), key, reason="AMOUNT_OUT_OF_RANGE"),
     ]
     # Business refusals: valid messages that the rules refuse, answered on the service's own topic.
-    cash_id, thief_id, grant_id = new_id("cash"), new_id("thief"), new_id("big")
+    cash_id, thief_id, grant_id = another_claim_id(claim), new_id("thief"), new_id("big")
     cases += [
         Case("a claim for a use that is not medical", CLAIMS,
              encoded({**claim, "claim_id": cash_id, "category": "cash_withdrawal"}), key, "CATEGORY_NOT_ALLOWED",

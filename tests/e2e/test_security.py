@@ -17,7 +17,7 @@ from aiokafka.errors import TopicAuthorizationFailedError
 from shared.credentials import aiokafka_options
 from shared.topics import SETTLEMENTS, province_claims, province_settlements
 from tests.e2e.world import World
-from tests.support import Kafka, new_id, now_iso
+from tests.support import Kafka, another_claim_id, new_reversal_id, now_iso
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -75,20 +75,31 @@ async def test_a_claim_for_care_in_another_province_is_refused_service_region_mi
     # Province 51 cannot put it on 31's topic either: the broker refuses it.
     with pytest.raises(TopicAuthorizationFailedError):
         await (await as_province("51")).send_and_wait(province_claims("31").name, b"{}", key=recipient.encode())
-    # The claim of the right province, for the same care, settles.
-    right = world.claim_message(recipient, "510100", 2_000, service_region="310100")
-    assert (await sent_by_province(kafka, await as_province("31"), "31", right))["status"] == "settled"
+    # The claim of the right province, for the same care and under the same id, settles: the id was not taken.
+    assert (await sent_by_province(kafka, await as_province("31"), "31", elsewhere))["status"] == "settled"
+
+
+async def test_another_province_cannot_take_a_hospitals_claim_id(world: World, kafka: Kafka, as_province) -> None:
+    """Province 11 sends, on its own topic, a 100-fen premium under a Shenzhen hospital's next claim
+    id: it is refused before the id is taken, and the hospital's claim under that id is paid."""
+    _, patient = await world.funded_family(recipient_region="440300")
+    hospital = world.claim_message(patient, "440300", 12_850, institution_code="H44030500012")
+    squat = {**hospital, "category": "resident_premium", "institution_code": None, "amount_fen": 100}
+    refused = await sent_by_province(kafka, await as_province("11"), "11", squat)
+    assert (refused["status"], refused["reason"], refused["requested_fen"]) == ("rejected", "SERVICE_REGION_MISMATCH", 100)
+    paid = await sent_by_province(kafka, await as_province("44"), "44", hospital)
+    assert (paid["status"], paid["reason"], paid["requested_fen"], paid["paid_fen"]) == ("settled", None, 12_850, 12_850)
 
 
 async def test_a_province_reverses_only_claims_of_its_own_care(world: World, kafka: Kafka, as_province) -> None:
     _, recipient = await world.funded_family(recipient_region="510100")
     claim = world.claim_message(recipient, "510100", 3_000, service_region="310100")
     assert (await sent_by_province(kafka, await as_province("31"), "31", claim))["status"] == "settled"
-    reversal = {"claim_id": new_id("rev"), "kind": "reverse", "recipient_id": recipient,
+    reversal = {"claim_id": new_reversal_id(claim["claim_id"]), "kind": "reverse", "recipient_id": recipient,
                 "reverses": claim["claim_id"], "occurred_at": now_iso()}
     refused = await sent_by_province(kafka, await as_province("51"), "51", reversal)
-    assert (refused["status"], refused["reason"]) == ("rejected", "UNKNOWN_CLAIM")
-    reversed_ = await sent_by_province(kafka, await as_province("31"), "31", {**reversal, "claim_id": new_id("rev")})
+    assert (refused["status"], refused["reason"]) == ("rejected", "SERVICE_REGION_MISMATCH")
+    reversed_ = await sent_by_province(kafka, await as_province("31"), "31", reversal)  # its id was not taken
     assert (reversed_["status"], reversed_["paid_fen"]) == ("reversed", 3_000)
 
 
@@ -99,16 +110,22 @@ async def test_another_provinces_claim_looks_exactly_like_an_unknown_one(world: 
     _, someone_else = await world.funded_family(recipient_region="510100")
     theirs = world.claim_message(recipient, "510100", 1_000, service_region="310100")
     assert (await sent_by_province(kafka, await as_province("31"), "31", theirs))["status"] == "settled"
+    own = world.claim_message(recipient, "510100", 1_000)
+    assert (await sent_by_province(kafka, await as_province("51"), "51", own))["status"] == "settled"
     probe = await as_province("51")
 
     async def reason(recipient_id: str, claim_id: str) -> str:
-        reversal = {"claim_id": new_id("probe"), "kind": "reverse", "recipient_id": recipient_id,
+        reversal = {"claim_id": new_reversal_id(claim_id), "kind": "reverse", "recipient_id": recipient_id,
                     "reverses": claim_id, "occurred_at": now_iso()}
         return (await sent_by_province(kafka, probe, "51", reversal))["reason"]
 
-    assert await reason(recipient, theirs["claim_id"]) == "UNKNOWN_CLAIM"  # exists, for this person
-    assert await reason(someone_else, theirs["claim_id"]) == "UNKNOWN_CLAIM"  # exists, for someone else
-    assert await reason(recipient, new_id("never")) == "UNKNOWN_CLAIM"  # never seen
+    # Another province's claim ids are refused before anything is read, whether they exist or not.
+    assert await reason(recipient, theirs["claim_id"]) == "SERVICE_REGION_MISMATCH"  # exists, for this person
+    assert await reason(someone_else, theirs["claim_id"]) == "SERVICE_REGION_MISMATCH"  # exists, for someone else
+    assert await reason(recipient, another_claim_id(theirs)) == "SERVICE_REGION_MISMATCH"  # never seen
+    # Of its own region's ids, another recipient's claim reads as one never seen.
+    assert await reason(someone_else, own["claim_id"]) == "UNKNOWN_CLAIM"
+    assert await reason(someone_else, own["claim_id"] + "0") == "UNKNOWN_CLAIM"
     national = await world.reverse(someone_else, theirs["claim_id"])
     assert national["reason"] == "NOT_REVERSIBLE"  # the national platform keeps its precise answer
 
@@ -117,19 +134,18 @@ async def test_a_province_that_replays_anothers_claim_is_answered_nothing_of_it(
     world: World, kafka: Kafka, as_province
 ) -> None:
     """The stored settlement carries the payers' resident ids: it goes back only to the national
-    topic and to the province that sent the claim, never to one that sends it again."""
+    topic and to the province that sent the claim, never to one that sends it again. (A province can
+    send again only claims of its own care: the national platform's, here.)"""
     _, recipient = await world.funded_family(recipient_region="510100")
-    claim = world.claim_message(recipient, "510100", 1_200, service_region="310100")
-    assert (await sent_by_province(kafka, await as_province("31"), "31", claim))["status"] == "settled"
+    claim = world.claim_message(recipient, "510100", 1_200)
+    assert (await world.settle(claim))["status"] == "settled"
     await (await as_province("51")).send_and_wait(province_claims("51").name, json.dumps(claim).encode(),
                                                   key=recipient.encode())
     # Answered again on the national topic (the same event, for the national platform) ...
-    await kafka.wait_for(SETTLEMENTS, lambda m: m["claim_id"] == claim["claim_id"], count=2)
+    national = await kafka.wait_for(SETTLEMENTS, lambda m: m["claim_id"] == claim["claim_id"], count=2)
+    assert national[0]["event_id"] == national[1]["event_id"]
     await asyncio.sleep(1)  # ... published with any province copy in the same batch
     assert kafka.matching(province_settlements("51"), lambda m: m["claim_id"] == claim["claim_id"]) == []
-    # The province that sent it hears the duplicate, as the national platform does: the same event.
-    own = kafka.matching(province_settlements("31"), lambda m: m["claim_id"] == claim["claim_id"])
-    assert len(own) == 2 and own[0]["event_id"] == own[1]["event_id"]
 
 
 async def test_after_every_refused_attempt_valid_claims_still_settle_and_the_audit_is_clean(

@@ -16,7 +16,7 @@ from shared.topics import (
     ACCOUNT_CREDITS, CLAIMS, ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, RELATIONSHIP_EVENTS, SETTLEMENTS,
     WALLET_COMMANDS, WALLET_EVENTS,
 )
-from tests.support import WAIT_SECONDS, Kafka, new_id, new_person_id, now_iso
+from tests.support import WAIT_SECONDS, Kafka, new_id, new_person_id, new_reversal_id, now_iso, with_claim_id
 
 
 async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = WAIT_SECONDS) -> Any:
@@ -119,16 +119,15 @@ class World:
     def claim_message(self, recipient: str, recipient_region: str, amount_fen: int, category: str = "institution",
                       service_region: str | None = None, **fields: Any) -> dict:
         service_region = service_region or recipient_region
-        return {"claim_id": fields.pop("claim_id", None) or new_id("claim"), "kind": "settle",
-                "recipient_id": recipient, "recipient_region": recipient_region, "category": category,
-                "institution_code": f"{'P' if category == 'pharmacy' else 'H'}{service_region}00001",
-                "service_region": service_region, "amount_fen": amount_fen,
-                "occurred_at": now_iso(), **fields}
+        return with_claim_id({
+            "kind": "settle", "recipient_id": recipient, "recipient_region": recipient_region, "category": category,
+            "institution_code": f"{'P' if category == 'pharmacy' else 'H'}{service_region}00001",
+            "service_region": service_region, "amount_fen": amount_fen, "occurred_at": now_iso(), **fields})
 
     async def settle(self, message: dict) -> dict:
         return await self._answer(CLAIMS, message, SETTLEMENTS, "claim_id", message["claim_id"])
 
     async def reverse(self, recipient: str, original_claim_id: str, claim_id: str | None = None) -> dict:
-        message = {"claim_id": claim_id or new_id("rev"), "kind": "reverse", "recipient_id": recipient,
+        message = {"claim_id": claim_id or new_reversal_id(original_claim_id), "kind": "reverse", "recipient_id": recipient,
                    "reverses": original_claim_id, "occurred_at": now_iso()}
         return await self.settle(message)

@@ -19,7 +19,7 @@ from shared.contracts import (
     SettlementEvent, WalletCommand, WalletEvent,
 )
 from shared.policy import PolicyCache
-from tests.support import new_id, new_person_id
+from tests.support import new_id, new_person_id, new_reversal_id, with_claim_id
 
 NOON = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
 SHARDS = 64
@@ -87,14 +87,14 @@ class Saga:
 
     # ---- claims ----
     def settle(self, recipient: str, amount_fen: int, **fields) -> Claim:
-        return Claim.model_validate({
-            "claim_id": new_id("claim"), "kind": "settle", "recipient_id": recipient, "recipient_region": "510100",
+        return Claim.model_validate(with_claim_id({
+            "kind": "settle", "recipient_id": recipient, "recipient_region": "510100",
             "category": "institution", "institution_code": "H51010000001", "service_region": "510100",
             "amount_fen": amount_fen,
-            "occurred_at": self.clock.now().isoformat(), **fields})
+            "occurred_at": self.clock.now().isoformat(), **fields}))
 
     def reverse(self, recipient: str, reverses: str, **fields) -> Claim:
-        return Claim.model_validate({"claim_id": new_id("rev"), "kind": "reverse", "recipient_id": recipient,
+        return Claim.model_validate({"claim_id": new_reversal_id(reverses), "kind": "reverse", "recipient_id": recipient,
                                      "reverses": reverses, "occurred_at": self.clock.now().isoformat(), **fields})
 
     async def run_claims(self, claims: list[Claim]) -> list[BaseModel]:

@@ -77,19 +77,22 @@ async def test_a_provinces_reversals_count_against_its_bounds_as_its_claims_do(r
     settlement = await handlers(redis, per_recipient_per_day=1, province_per_minute=10_000)
     recipient = await insured(settlement)
     assert await from_province(settlement, "51", settle_claim(recipient, 1_000)) == "drawing"
-    probe = reverse_claim(recipient, new_id("anything"))
+    probe = reverse_claim(recipient, f"510100-{new_id('anything')}")
     assert await from_province(settlement, "51", probe) == "RATE_LIMITED"
     assert await from_province(settlement, "51", probe) == "RATE_LIMITED"  # redelivered: the same answer
-    (national,) = await settlement.on_claims([reverse_claim(recipient, new_id("anything"))])
+    (national,) = await settlement.on_claims([reverse_claim(recipient, f"510100-{new_id('anything')}")])
     assert national.reason == "UNKNOWN_CLAIM"  # the national topic has no bound
 
 
-async def test_a_claim_one_province_sent_stays_unknown_to_the_province_of_its_care(redis) -> None:
-    """Province 51 sent a claim for care in 31 (refused SERVICE_REGION_MISMATCH): it is 51's; 31
-    naming it learns nothing, 51 hears it is not reversible (nothing was paid)."""
-    settlement = await handlers(redis, per_recipient_per_day=100, province_per_minute=10_000)
+async def test_a_claim_sent_by_another_province_is_not_recorded_and_its_id_stays_free(redis) -> None:
+    """Province 51 sent a claim for care in 31: refused SERVICE_REGION_MISMATCH before its id is
+    taken and before it counts; 31 knows no such claim, and its own claim under the id is taken in."""
+    settlement = await handlers(redis, per_recipient_per_day=2, province_per_minute=10_000)
     recipient = await insured(settlement)
     misplaced = settle_claim(recipient, 1_000, service_region="310100")
     assert await from_province(settlement, "51", misplaced) == "SERVICE_REGION_MISMATCH"
+    assert await settlement.store.claim(recipient, misplaced.claim_id) is None
+    assert await from_province(settlement, "51", reverse_claim(recipient, misplaced.claim_id)) == \
+        "SERVICE_REGION_MISMATCH"
     assert await from_province(settlement, "31", reverse_claim(recipient, misplaced.claim_id)) == "UNKNOWN_CLAIM"
-    assert await from_province(settlement, "51", reverse_claim(recipient, misplaced.claim_id)) == "NOT_REVERSIBLE"
+    assert await from_province(settlement, "31", misplaced) == "drawing"  # 51's attempts counted nowhere

@@ -69,7 +69,7 @@ async def test_a_province_that_sends_beyond_its_byte_rate_is_slowed(infrastructu
 def _largest_valid_claim() -> bytes:
     items = [{"code": "C" * 64, "in_catalogue": True, "amount_fen": 10**12} for _ in range(1000)]
     return Claim.model_validate({
-        "claim_id": "9" * 64, "recipient_id": new_person_id(), "recipient_region": "110101", "category": "p" * 64,
+        "claim_id": f"110101-{'P' * 64}-{'9' * 56}", "recipient_id": new_person_id(), "recipient_region": "110101", "category": "p" * 64,
         "institution_code": "P" * 64, "service_region": "110101", "amount_fen": 10**12, "items": items,
         "occurred_at": "2026-12-04T10:00:00.000000+08:00"}).model_dump_json().encode()
 

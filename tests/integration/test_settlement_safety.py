@@ -22,9 +22,10 @@ from shared.contracts import (
 from shared.credentials import redis_options
 from shared.policy import POLICY_KEY
 from shared.principals import OPERATOR
-from shared.runtime import Refused
+from shared.runtime import Delivery, Refused
+from shared.topics import province_claims, province_settlements
 from tests.integration.conftest import integration_redis_url
-from tests.support import new_id, new_person_id
+from tests.support import new_id, new_person_id, new_reversal_id, with_claim_id
 
 NOON = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
 SHARDS = 4  # few shards, so that two recipients easily share one
@@ -57,15 +58,15 @@ async def insured(settlement: SettlementHandlers, near: str | None = None, far: 
 
 def settle_claim(recipient: str, amount_fen: int = 10_000, **fields) -> Claim:
     service_region = fields.pop("service_region", "510100")
-    return Claim.model_validate({
-        "claim_id": new_id("claim"), "kind": "settle", "recipient_id": recipient, "recipient_region": "510100",
+    return Claim.model_validate(with_claim_id({
+        "kind": "settle", "recipient_id": recipient, "recipient_region": "510100",
         "category": "institution", "institution_code": f"H{service_region}00001", "service_region": service_region,
         "amount_fen": amount_fen, "occurred_at": NOON.isoformat(), **fields,
-    })
+    }))
 
 
 def reverse_claim(recipient: str, reverses: str, **fields) -> Claim:
-    return Claim.model_validate({"claim_id": new_id("refund"), "kind": "reverse", "recipient_id": recipient,
+    return Claim.model_validate({"claim_id": new_reversal_id(reverses), "kind": "reverse", "recipient_id": recipient,
                                  "reverses": reverses, "occurred_at": NOON.isoformat(), **fields})
 
 
@@ -157,7 +158,22 @@ async def test_a_partial_claim_is_reversible_and_only_once(settlement) -> None:
 
 async def test_a_claim_id_never_seen_stays_unknown(settlement) -> None:
     recipient = await insured(settlement)
-    assert refused(await reverse(settlement, recipient, new_id("nowhere")), "UNKNOWN_CLAIM")
+    assert refused(await reverse(settlement, recipient, f"510100-{new_id('nowhere')}"), "UNKNOWN_CLAIM")
+
+
+async def test_a_reversal_on_the_national_topic_is_told_to_the_province_that_sent_the_claim(settlement) -> None:
+    """The province's books must hear of the refund of a claim it sent, whoever sent the refund."""
+    recipient = await insured(settlement)
+    claim = settle_claim(recipient, 6_000)
+    (request,) = await settlement.on_province_claims([Delivery(province_claims("51"), claim)])
+    paid = await settlement.on_draw_answers([answer(request, 6_000)])
+    assert [getattr(output, "topic", None) for output in paid] == [None, province_settlements("51")]
+    reversal = await reverse(settlement, recipient, claim.claim_id)
+    assert [(type(output).__name__, getattr(output, "topic", None)) for output in reversal] == \
+        [("SettlementEvent", None), ("ToTopic", province_settlements("51")), ("RefundRequested", None)]
+    assert reversal[1].message.status == "reversed" and reversal[1].message.paid_fen == 6_000
+    # A refused reversal tells the province nothing of its claim.
+    assert refused(await reverse(settlement, recipient, claim.claim_id), "ALREADY_REVERSED")
 
 
 # ---- claim ids are unique nationally -------------------------------------------------------
@@ -169,7 +185,7 @@ async def test_a_claim_id_used_by_another_recipient_is_a_conflict_and_changes_no
     claim = settle_claim(first, 10_000)
     await settled(settlement, claim)
     for reused in (settle_claim(second, 10_000, claim_id=claim.claim_id),
-                   reverse_claim(second, new_id(), claim_id=claim.claim_id)):
+                   reverse_claim(second, f"510100-{new_id()}", claim_id=claim.claim_id)):
         (conflict,) = await settlement.on_claims([reused])  # no draw request, nothing recorded
         assert (conflict.status, conflict.reason, conflict.recipient_id, conflict.cause_id) == \
             ("rejected", "CONFLICT", second, claim.claim_id)

@@ -298,3 +298,20 @@ async def test_a_refund_names_the_providers_it_returns_to(wallet) -> None:
     await grant(wallet, provider, recipient, 40_000)
     answer = await draw(wallet, recipient, 5_000)
     assert answer.payers == [Payer(provider_id=provider, provider_region="440300", amount_fen=5_000)]
+
+
+async def test_the_atomic_step_refuses_what_a_grant_may_not_do_even_if_the_python_check_regressed(
+    wallet, monkeypatch
+) -> None:
+    """Every limit that guards money is refused where the money moves, in the Redis step: the actor,
+    the 2,000-yuan cap (and the count and a frozen account, which only the step can know)."""
+    monkeypatch.setattr("services.wallet.handlers.check_grant", lambda command: None)
+    provider, (recipient,) = await provider_with(wallet, 1_000_000)
+    stranger = new_person_id()
+    by_someone_else = grant_command(provider, recipient, 1_000).model_copy(update={"actor_id": stranger})
+    (refused,) = await wallet.on_commands([by_someone_else])
+    assert (refused.type, refused.reason) == ("grant_rejected", "NOT_AUTHORIZED")
+    over = await grant(wallet, provider, recipient, 200_001)
+    assert (over.type, over.reason) == ("grant_rejected", "TRANSFER_AMOUNT_OVER_LIMIT")
+    at_the_cap = await grant(wallet, provider, recipient, 200_000)
+    assert (at_the_cap.type, at_the_cap.frozen_fen) == ("granted", 200_000)

@@ -1,6 +1,8 @@
 import asyncio
 import random
 
+import pytest
+
 from shared.concurrency import gather_by_key
 
 
@@ -25,3 +27,21 @@ async def test_each_key_keeps_its_order_while_keys_overlap() -> None:
         assert [n for k, n in outputs if k == key] == list(range(20))
     assert sorted(outputs) == sorted(items)
     assert most_in_flight > 1
+
+
+async def test_a_failing_key_is_raised_only_after_every_other_key_has_ended() -> None:
+    """Else the runtime's one-by-one retry would overlap a step still running for another key."""
+    ended: list[str] = []
+
+    async def handle(item: str) -> list[str]:
+        if item == "poison":
+            raise ValueError("poison")
+        await asyncio.sleep(0.05)
+        ended.append(item)
+        return [item]
+
+    with pytest.raises(ValueError, match="poison"):
+        await gather_by_key(["slow-1", "poison", "slow-2"], lambda item: item, handle)
+    assert sorted(ended) == ["slow-1", "slow-2"]
+    await asyncio.sleep(0.1)
+    assert sorted(ended) == ["slow-1", "slow-2"]

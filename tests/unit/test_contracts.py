@@ -98,15 +98,46 @@ def test_unknown_fields_are_ignored_so_senders_may_add_fields() -> None:
 
 
 def test_settle_claim_needs_its_figures_and_reverse_needs_what_it_reverses() -> None:
-    base = {"claim_id": "c1", "recipient_id": VALID_ID, "occurred_at": "2026-03-02T10:15:00+08:00"}
+    base = {"claim_id": "440300-H44030500012-2", "recipient_id": VALID_ID, "occurred_at": "2026-03-02T10:15:00+08:00"}
     with pytest.raises(ValidationError, match="amount_fen"):
         Claim.model_validate({**base, "kind": "settle", "recipient_region": "440300",
                               "category": "institution", "service_region": "440300"})
     with pytest.raises(ValidationError, match="reverses"):
         Claim.model_validate({**base, "kind": "reverse"})
-    assert Claim.model_validate({**base, "kind": "reverse", "reverses": "c0"}).reverses == "c0"
+    reversal = {**base, "kind": "reverse", "reverses": "440300-H44030500012-1"}
+    assert Claim.model_validate(reversal).reverses == "440300-H44030500012-1"
     with pytest.raises(ValidationError):
-        Claim.model_validate({**base, "kind": "refund", "reverses": "c0"})
+        Claim.model_validate({**reversal, "kind": "refund"})
+
+
+HOSPITAL_CLAIM = {"claim_id": "440300-H44030500012-000000871", "kind": "settle", "recipient_id": VALID_ID,
+                  "recipient_region": "440300", "category": "institution", "institution_code": "H44030500012",
+                  "service_region": "440300", "amount_fen": 12850, "occurred_at": "2026-03-02T10:15:00+08:00"}
+
+
+@pytest.mark.parametrize(("fields", "why"), [
+    ({"claim_id": "110100-H44030500012-000000871"}, "claim_id must be 440300-H44030500012-<serial>"),
+    ({"institution_code": "H44030500013"}, "claim_id must be 440300-H44030500013-<serial>"),
+    ({"claim_id": "440300-H44030500012-"}, "claim_id must be"),
+    ({"claim_id": "000000871"}, "claim_id must be"),
+    ({"category": "resident_premium", "institution_code": None, "claim_id": "440301-1"}, "must be 440300-<serial>"),
+])
+def test_a_claim_id_begins_with_its_service_region_and_institution_code(fields, why) -> None:
+    """Else another sender could take an institution's next id first (issue 20): the id names its sender."""
+    assert Claim.model_validate(HOSPITAL_CLAIM).claim_id == HOSPITAL_CLAIM["claim_id"]
+    with pytest.raises(ValidationError, match=why):
+        Claim.model_validate({**HOSPITAL_CLAIM, **fields})
+    premium = {**HOSPITAL_CLAIM, "category": "ltc_premium", "institution_code": None, "claim_id": "440300-2026-03-77"}
+    assert Claim.model_validate(premium).institution_code is None
+
+
+@pytest.mark.parametrize("claim_id", ["110100-H44030500012-9", "reversal-9", "440300", "440301-H44030500012-9"])
+def test_a_reversal_id_begins_with_the_service_region_of_the_claim_it_reverses(claim_id) -> None:
+    reversal = {"claim_id": claim_id, "kind": "reverse", "recipient_id": VALID_ID,
+                "reverses": HOSPITAL_CLAIM["claim_id"], "occurred_at": "2026-03-02T10:15:00+08:00"}
+    with pytest.raises(ValidationError, match="claim_id must be 440300-<serial>"):
+        Claim.model_validate(reversal)
+    assert Claim.model_validate({**reversal, "claim_id": "440300-H44030500012-R9"}).kind == "reverse"
 
 
 def test_an_item_of_no_amount_is_refused_every_fen_amount_is_1_to_10_to_the_12() -> None:

@@ -9,31 +9,59 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.settlement.domain import (
-    NATIONAL, Assessment, GrossLine, assess_claim, clearing_contributions, for_province, gross_lines,
-    month_has_ended, net_positions, output_event_id, settlement_status, statistics_category,
+    NATIONAL, Assessment, Enrolled, GrossLine, assess_claim, clearing_contributions, for_province, gross_lines,
+    month_has_ended, net_positions, output_event_id, refusal_before_id, settlement_status, statistics_category,
 )
 from shared.contracts import Claim, Payer, ReasonCode, SettlementEvent
-from shared.ids import make_person_id
+from shared.ids import claim_id_prefix, make_person_id
 from shared.topics import CLAIMS, ENROLLMENT
 
 RECIPIENT = make_person_id("310101", "19900101", 2)
-INSURED = ("510100", "normal")
+INSURED = Enrolled("employee", "510100", "normal")
+RESIDENT = Enrolled("resident", "510100", "normal")
 
 
 CODES = {"institution": "H51010500012", "pharmacy": "P51010700003"}
 
 
 def claim(category: str = "institution", amount_fen: int = 10_000, items=None, **fields) -> Claim:
-    return Claim.model_validate({
-        "claim_id": "c", "kind": "settle", "recipient_id": RECIPIENT, "recipient_region": "510100",
-        "category": category, "institution_code": CODES.get(category), "service_region": "510100",
-        "amount_fen": amount_fen, "items": items, "occurred_at": "2026-03-02T10:00:00+08:00", **fields,
-    })
+    message = {"kind": "settle", "recipient_id": RECIPIENT, "recipient_region": "510100",
+               "category": category, "institution_code": CODES.get(category), "service_region": "510100",
+               "amount_fen": amount_fen, "items": items, "occurred_at": "2026-03-02T10:00:00+08:00", **fields}
+    message.setdefault("claim_id", claim_id_prefix(message["service_region"], message["institution_code"]) + "871")
+    return Claim.model_validate(message)
 
 
-@pytest.mark.parametrize("category", ["institution", "resident_premium", "ltc_premium"])
-def test_the_allowed_uses_are_payable_in_full(category: str) -> None:
-    assert assess_claim(claim(category), INSURED) == Assessment(10_000)
+@pytest.mark.parametrize(("category", "recipient"), [("institution", INSURED), ("institution", RESIDENT),
+                                                     ("resident_premium", RESIDENT), ("ltc_premium", INSURED),
+                                                     ("ltc_premium", RESIDENT)])
+def test_the_allowed_uses_are_payable_in_full(category: str, recipient: Enrolled) -> None:
+    assert refusal_before_id(claim(category), None) is None
+    assert assess_claim(claim(category), recipient) == Assessment(10_000)
+
+
+def test_a_resident_premium_is_not_paid_for_an_employee_insured_recipient() -> None:
+    """Rule 12(c): the recipient's own contribution to resident insurance; an employee pays none."""
+    assert assess_claim(claim("resident_premium"), INSURED).refusal == ReasonCode.CATEGORY_NOT_ALLOWED
+
+
+@pytest.mark.parametrize("category", ["resident_premium", "ltc_premium"])
+def test_a_premium_is_owed_to_the_recipients_own_insured_province(category: str) -> None:
+    """Else the monthly clearing would pay the province that billed it (44 -> 11 here)."""
+    billed_elsewhere = claim(category, recipient_region="440300", service_region="110100")
+    assert refusal_before_id(billed_elsewhere, None) == ReasonCode.SERVICE_REGION_MISMATCH
+    assert refusal_before_id(billed_elsewhere, "11") == ReasonCode.SERVICE_REGION_MISMATCH
+    assert refusal_before_id(claim(category, recipient_region="440300", service_region="440100"), "44") is None
+
+
+def test_a_claim_on_a_provinces_own_topic_is_for_care_in_that_province() -> None:
+    assert refusal_before_id(claim(), "51") is None
+    assert refusal_before_id(claim(), "44") == ReasonCode.SERVICE_REGION_MISMATCH
+    reversal = Claim.model_validate({"claim_id": "510100-H51010500012-872", "kind": "reverse",
+                                     "recipient_id": RECIPIENT, "reverses": "510100-H51010500012-871",
+                                     "occurred_at": "2026-03-02T10:00:00+08:00"})
+    assert refusal_before_id(reversal, "51") is None
+    assert refusal_before_id(reversal, "44") == ReasonCode.SERVICE_REGION_MISMATCH
 
 
 @pytest.mark.parametrize("category", ["cash", "withdrawal", "supermarket", "cosmetics", ""])
@@ -83,18 +111,20 @@ def test_a_code_of_the_other_kind_is_not_allowed(category, code) -> None:
 def test_the_code_must_name_a_region_in_the_service_province(code) -> None:
     """The service region decides who is paid in clearing: it must be where the institution is."""
     category = "institution" if code.startswith("H") else "pharmacy"
-    assessment = assess_claim(claim(category, items=CATALOGUE, institution_code=code), INSURED)
-    assert assessment.refusal == ReasonCode.SERVICE_REGION_MISMATCH
+    refused = claim(category, items=CATALOGUE, institution_code=code)
+    assert refusal_before_id(refused, None) == ReasonCode.SERVICE_REGION_MISMATCH
 
 
 def test_the_code_may_name_another_region_of_the_same_province() -> None:
+    assert refusal_before_id(claim(institution_code="H51070000001"), None) is None
     assert assess_claim(claim(institution_code="H51070000001"), INSURED) == Assessment(10_000)
 
 
 @pytest.mark.parametrize(
     ("recipient", "reason"),
-    [(None, ReasonCode.RECIPIENT_NOT_INSURED), (("510100", "suspended"), ReasonCode.RECIPIENT_STATUS_ABNORMAL),
-     (("440300", "normal"), ReasonCode.RECIPIENT_MISMATCH)],
+    [(None, ReasonCode.RECIPIENT_NOT_INSURED),
+     (Enrolled("employee", "510100", "suspended"), ReasonCode.RECIPIENT_STATUS_ABNORMAL),
+     (Enrolled("employee", "440300", "normal"), ReasonCode.RECIPIENT_MISMATCH)],
 )
 def test_the_recipient_must_be_insured_normally_where_the_claim_says(recipient, reason) -> None:
     assert assess_claim(claim(), recipient).refusal == reason
