@@ -75,8 +75,8 @@ class ReasonCode(StrEnum):
 # A claim refused for one of these reasons was never recorded: they are decided from the claim and
 # the topic it came on alone (or its id is another's already), before its id is taken, so that the id
 # stays free for the one sender it names. Every other refusal of a claim is its recorded result.
-REFUSED_BEFORE_ID: frozenset[ReasonCode] = frozenset(
-    {ReasonCode.CONFLICT, ReasonCode.INVALID_MESSAGE, ReasonCode.SERVICE_REGION_MISMATCH})
+REFUSED_BEFORE_ID: frozenset[ReasonCode] = frozenset({
+    ReasonCode.CONFLICT, ReasonCode.INVALID_MESSAGE, ReasonCode.AMOUNT_OUT_OF_RANGE, ReasonCode.SERVICE_REGION_MISMATCH})
 
 
 class Kinship(StrEnum):
@@ -339,6 +339,8 @@ class SettlementEvent(_Output):
     reverses: str | None = None
     clearing_month: str | None = None
     settled_at: datetime
+    # Why a claim that breaks the contract was refused (reason INVALID_MESSAGE or AMOUNT_OUT_OF_RANGE).
+    error: str | None = None
 
 
 class ClearingRow(_Output):

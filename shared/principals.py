@@ -14,10 +14,11 @@ from typing import Literal
 
 from shared.policy import POLICY_KEY
 from shared.topics import (
-    ACCOUNT_CREDITS, ACCOUNT_SPENDS, CLAIMS, CLEARING, DEAD_LETTERS, DRAW_ANSWERS, DRAW_REQUESTS, ENROLLMENT,
-    KINSHIP, PROVINCES, REFUND_REQUESTS, RELATIONSHIP_COMMANDS, RELATIONSHIP_EVENTS, RELATIONSHIP_GROUP,
-    SETTLEMENT_GROUP, SETTLEMENTS, STATISTICS, SUPERVISION, WALLET_COMMANDS, WALLET_EVENTS, WALLET_GROUP, Topic,
-    province_claims, province_clearing, province_settlements, province_topic_prefix,
+    ACCOUNT_CREDITS, ACCOUNT_SPENDS, APP_DEAD_LETTERS, CLAIMS, CLEARING, DEAD_LETTERS, DRAW_ANSWERS, DRAW_REQUESTS,
+    ENROLLMENT, KINSHIP, PROVINCES, REFUND_REQUESTS, REGISTRY_DEAD_LETTERS, RELATIONSHIP_COMMANDS,
+    RELATIONSHIP_EVENTS, RELATIONSHIP_GROUP, SETTLEMENT_GROUP, SETTLEMENTS, STATISTICS, SUPERVISION,
+    SUPERVISOR_DEAD_LETTERS, WALLET_COMMANDS, WALLET_EVENTS, WALLET_GROUP, Topic, province_claims, province_clearing,
+    province_dead_letters, province_settlements, province_topic_prefix,
 )
 
 Operation = Literal["read", "write"]
@@ -103,7 +104,7 @@ SERVICES: tuple[Principal, ...] = (
     Principal(
         "relationship", "the relationship service",
         kafka=(*reads(ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS), *group(RELATIONSHIP_GROUP),
-               *writes(RELATIONSHIP_EVENTS, DEAD_LETTERS)),
+               *writes(RELATIONSHIP_EVENTS, DEAD_LETTERS, REGISTRY_DEAD_LETTERS, APP_DEAD_LETTERS)),
         redis=RedisAccess(keys=("rel:*",), read_only_keys=(POLICY_KEY,), commands=(
             *_SERVICE_COMMANDS, "hget", "hmget", "hgetall", "hexists", "hkeys", "hset", "hdel", "hincrby", "del")),
     ),
@@ -111,7 +112,8 @@ SERVICES: tuple[Principal, ...] = (
         "wallet", "the wallet service",
         kafka=(*reads(ACCOUNT_CREDITS, ACCOUNT_SPENDS, WALLET_COMMANDS, RELATIONSHIP_EVENTS, ENROLLMENT, SUPERVISION,
                       DRAW_REQUESTS, REFUND_REQUESTS), *group(WALLET_GROUP),
-               *writes(WALLET_EVENTS, DRAW_ANSWERS, DEAD_LETTERS)),
+               *writes(WALLET_EVENTS, DRAW_ANSWERS, DEAD_LETTERS, REGISTRY_DEAD_LETTERS, APP_DEAD_LETTERS,
+                       SUPERVISOR_DEAD_LETTERS)),
         redis=RedisAccess(keys=("wal:*",), read_only_keys=(POLICY_KEY,), commands=(
             *_SERVICE_COMMANDS, "hget", "hmget", "hgetall", "hexists", "hkeys", "hset", "hsetnx", "hdel", "hincrby",
             "zadd", "zcard", "zpopmin", "zrange", "zrem")),
@@ -120,8 +122,10 @@ SERVICES: tuple[Principal, ...] = (
         "settlement", "the settlement service (and `gongji clearing close`, its monthly job)",
         kafka=(*reads(CLAIMS, ENROLLMENT, DRAW_ANSWERS), *reads(*map(province_claims, PROVINCES)),
                *group(SETTLEMENT_GROUP),
-               *writes(SETTLEMENTS, CLEARING, STATISTICS, DRAW_REQUESTS, REFUND_REQUESTS, DEAD_LETTERS),
-               *writes(*map(province_settlements, PROVINCES)), *writes(*map(province_clearing, PROVINCES))),
+               *writes(SETTLEMENTS, CLEARING, STATISTICS, DRAW_REQUESTS, REFUND_REQUESTS, DEAD_LETTERS,
+                       REGISTRY_DEAD_LETTERS),
+               *writes(*map(province_settlements, PROVINCES)), *writes(*map(province_clearing, PROVINCES)),
+               *writes(*map(province_dead_letters, PROVINCES))),
         redis=RedisAccess(keys=("stl:*",), commands=(
             *_SERVICE_COMMANDS, "hget", "hmget", "hgetall", "hexists", "hset", "hsetnx", "hincrby", "expire")),
     ),
@@ -142,12 +146,15 @@ def province_principal(province: str) -> Principal:
 
 CLIENTS: tuple[Principal, ...] = (
     *(province_principal(province) for province in PROVINCES),
-    Principal("registry", "civil-registry and enrollment facts", kafka=writes(KINSHIP, ENROLLMENT),
+    Principal("registry", "civil-registry and enrollment facts, and their refusals",
+              kafka=(*writes(KINSHIP, ENROLLMENT), *reads(REGISTRY_DEAD_LETTERS), *group("registry", prefixed=True)),
               quota=CLIENT_QUOTA),
     Principal("app", "the national service platform's app channel: commands, and their answers",
-              kafka=(*writes(RELATIONSHIP_COMMANDS, WALLET_COMMANDS), *reads(RELATIONSHIP_EVENTS, WALLET_EVENTS),
-                     *group("app", prefixed=True)), quota=CLIENT_QUOTA),
-    Principal("supervisor", "the fund supervisors: freezes and unfreezes", kafka=writes(SUPERVISION),
+              kafka=(*writes(RELATIONSHIP_COMMANDS, WALLET_COMMANDS),
+                     *reads(RELATIONSHIP_EVENTS, WALLET_EVENTS, APP_DEAD_LETTERS), *group("app", prefixed=True)),
+              quota=CLIENT_QUOTA),
+    Principal("supervisor", "the fund supervisors: freezes and unfreezes, and their refusals",
+              kafka=(*writes(SUPERVISION), *reads(SUPERVISOR_DEAD_LETTERS), *group("supervisor", prefixed=True)),
               quota=CLIENT_QUOTA),
     Principal("dashboard", "live dashboards: aggregates only, no personal data",
               kafka=(*reads(STATISTICS), *group("dashboard", prefixed=True)), quota=CLIENT_QUOTA),

@@ -3,8 +3,9 @@ that acknowledge only after the effect, the dead-letter path, the outbox, health
 
 Every subscriber consumes bounded batches. Its decoder validates each record against the topic's
 contract (and its Kafka key against the contract's key field); a record that fails goes to
-`gongji.dead-letters.v1` with the reason and the batch goes on without it. A record that the
-handler keeps failing on is dead-lettered alone after a few tries; its neighbours are not held up.
+`gongji.dead-letters.v1` with the reason and the batch goes on without it, and its sender hears of
+it (an answer on its own topics, or its own dead-letter topic). A record that the handler keeps
+failing on is dead-lettered alone after a few tries; its neighbours are not held up.
 The batch's offsets are committed only once all its outputs are confirmed by Kafka; confirmation
 and commit overlap the next batch (shared/acknowledgements.py). A transient error — Kafka or Redis
 unreachable — sends the consumer back to the first record not confirmed, whose effects are
@@ -44,7 +45,7 @@ from shared.acknowledgements import Acknowledgements, FlushOnRevoke
 from shared.clock import Clock
 from shared.contracts import DeadLetter, ReasonCode
 from shared.credentials import kafka_bootstrap, password, ssl_context
-from shared.ids import derived_event_id
+from shared.ids import derived_event_id, mask_person_ids
 from shared.operations import end_process, is_fatal, operations_routes
 from shared.redis_functions import REDIS_SECONDS
 from shared.settings import Settings
@@ -165,7 +166,11 @@ class Outbox:
                                          description=topic.model.__doc__, include_in_schema=not topic.province)
             for topic in topics
         }
-        self._topic_by_model = {topic.model: topic for topic in topics if not topic.province}
+        # A model's own topic is the first listed of it; the others (a province's copy, a sender's
+        # dead letters) are written as ToTopic.
+        self._topic_by_model: dict[type[BaseModel], Topic] = {}
+        for topic in topics:
+            self._topic_by_model.setdefault(topic.model, topic)
 
     async def send(self, messages: Sequence[BaseModel | ToTopic]) -> list[asyncio.Future]:
         pending = []
@@ -180,37 +185,61 @@ class Outbox:
         return pending
 
 
+# A service's answer to a sender for a record it dead-lettered, on the sender's own topics (a claim
+# whose id can be read: rejected on its settlements topics), or None to send the dead letter instead.
+SenderAnswer = Callable[[Topic, bytes, DeadLetter], list[BaseModel | ToTopic] | None]
+
+
 class DeadLetterDecoder:
     """Validates every record of a batch against its contract. The invalid ones become dead
     letters, held until the batch's outputs are published (so that a batch retried after an
     outage writes each of them once); the valid ones go to the handler as contract models."""
 
-    def __init__(self, service: str, topics: Sequence[Topic], clock: Clock, deliveries: bool = False) -> None:
+    def __init__(self, service: str, topics: Sequence[Topic], clock: Clock, deliveries: bool = False,
+                 answer_sender: SenderAnswer | None = None) -> None:
         self._service = service
         self._topics = {topic.name: topic for topic in topics}
         self._clock = clock
         self._deliveries = deliveries  # hand the handler Delivery(topic, message), not bare messages
+        self._answer_sender = answer_sender
         self.records: Sequence[ConsumerRecord] = ()  # the batch in hand, every record
         self.batch: list[tuple[ConsumerRecord, Any]] = []  # its valid records, with their models
         self.dead_letters: list[DeadLetter] = []
+        self.to_senders: list[BaseModel | ToTopic] = []  # what the dead letters' senders are told
 
     async def __call__(self, message: Any) -> list[Any]:
         self.records = message.raw_message
-        self.batch, self.dead_letters = [], []
+        self.batch, self.dead_letters, self.to_senders = [], [], []
         for record in self.records:
             topic = self._topics[record.topic]
             try:
                 model = topic.model.model_validate_json(record.value or b"")
             except ValidationError as error:
-                self.dead_letters.append(self.dead_letter(record, describe_validation_error(error), _reason(error)))
+                self._refuse(record, describe_validation_error(error), _reason(error))
                 continue
             if (wrong_key := _wrong_key(topic, record, model)) is not None:
-                self.dead_letters.append(self.dead_letter(record, wrong_key, ReasonCode.INVALID_MESSAGE))
+                self._refuse(record, wrong_key, ReasonCode.INVALID_MESSAGE)
                 continue
             self.batch.append((record, Delivery(topic, model) if self._deliveries else model))
         for letter in self.dead_letters:
             MESSAGES.labels(self._service, letter.source_topic, "dead_lettered").inc()
         return [item for _, item in self.batch]
+
+    def _refuse(self, record: ConsumerRecord, error: str, reason: ReasonCode) -> None:
+        letter, *to_sender = self.refusal(record, error, reason)
+        self.dead_letters.append(letter)  # type: ignore[arg-type]
+        self.to_senders.extend(to_sender)
+
+    def refusal(self, record: ConsumerRecord, error: str, reason: ReasonCode) -> list[BaseModel | ToTopic]:
+        """A refused record's dead letter, then what its sender is told: the service's answer on
+        the sender's own topics if it gives one, else the dead letter on the sender's dead-letter
+        topic with person ids masked (nothing more for the national platform's own inputs: it reads
+        the national one)."""
+        letter = self.dead_letter(record, error, reason)
+        topic = self._topics[record.topic]
+        if self._answer_sender and (answer := self._answer_sender(topic, record.value or b"", letter)) is not None:
+            return [letter, *answer]
+        return [letter, *([ToTopic(topic.refusals_to, masked(letter))] if topic.refusals_to else [])]
 
     def dead_letter(self, record: ConsumerRecord, error: str, reason: ReasonCode) -> DeadLetter:
         value = record.value or b""
@@ -231,6 +260,16 @@ class DeadLetterDecoder:
             source_key=(record.key or b"").decode(errors="replace"),
             reason=reason,
         )
+
+
+def masked(letter: DeadLetter) -> DeadLetter:
+    """A dead letter as its sender reads it: every resident id in its payload, key and error masked
+    (its size and hash stay those of the record as sent, so that the sender can tell which it was)."""
+    shown = base64.b64decode(letter.payload).decode(errors="surrogateescape")
+    return letter.model_copy(update={
+        "payload": base64.b64encode(mask_person_ids(shown).encode(errors="surrogateescape")).decode(),
+        "source_key": mask_person_ids(letter.source_key), "error": mask_person_ids(letter.error),
+    })
 
 
 def _wrong_key(topic: Topic, record: ConsumerRecord, model: BaseModel) -> str | None:
@@ -303,10 +342,10 @@ async def handle_isolating_poison(
     outputs: list[BaseModel | ToTopic] = []
     for answer in answers:
         if isinstance(answer, Refused):
-            outputs.append(decoder.dead_letter(records[id(answer.message)], answer.error, answer.reason))
+            outputs.extend(decoder.refusal(records[id(answer.message)], answer.error, answer.reason))
         else:
             outputs.append(answer)
-    return [*decoder.dead_letters, *outputs]
+    return [*decoder.dead_letters, *decoder.to_senders, *outputs]
 
 
 async def _handle_alone(handler: BatchHandler, decoder: DeadLetterDecoder, record: ConsumerRecord, model: BaseModel,
@@ -344,6 +383,7 @@ def subscribe(
     settings: Settings,
     outbox: Outbox,
     clock: Clock,
+    answer_sender: SenderAnswer | None = None,
 ) -> Acknowledgements:
     """Registers `handler` for bounded batches of `topics`; its outputs and the batch's dead
     letters go through `outbox`, confirmed before the batch's offsets are committed (the returned
@@ -353,7 +393,7 @@ def subscribe(
     topics = topics if isinstance(topics, tuple) else (topics,)
     topic = topics[0]
     label = topic.pattern
-    decoder = DeadLetterDecoder(service, topics, clock, deliveries=several)
+    decoder = DeadLetterDecoder(service, topics, clock, deliveries=several, answer_sender=answer_sender)
 
     budget = HopBudget(service, topics)
     acknowledgements = Acknowledgements(f"{service} {label}")
@@ -452,13 +492,17 @@ def build_service_app(
     on_start: Callable[[], Awaitable[None]],
     on_stop: Callable[[], Awaitable[None]],
     broker: KafkaBroker | None = None,
+    answer_sender: SenderAnswer | None = None,
 ) -> AsgiFastStream:
     """One service process: its batch subscribers, and its operations port (shared/operations.py):
-    `/health` (every consumer consuming) and `/metrics` (Prometheus)."""
+    `/health` (every consumer consuming) and `/metrics` (Prometheus). `answer_sender` answers the
+    senders of records it dead-letters where it can (shared/runtime.py: SenderAnswer)."""
     broker = broker or make_broker(settings, service)
-    outbox = Outbox(broker, service, [*outputs, DEAD_LETTERS])
+    inputs = [one for topics, _ in routes for one in (topics if isinstance(topics, tuple) else (topics,))]
+    outputs = [*outputs, DEAD_LETTERS, *dict.fromkeys(one.refusals_to for one in inputs if one.refusals_to)]
+    outbox = Outbox(broker, service, outputs)
     pipelines = [subscribe(broker, topic, handler, service=service, group_id=group_id, settings=settings,
-                           outbox=outbox, clock=clock)
+                           outbox=outbox, clock=clock, answer_sender=answer_sender)
                  for topic, handler in routes]
 
     @asynccontextmanager
@@ -477,7 +521,7 @@ def build_service_app(
 
     @app.after_startup
     async def learn_output_topics() -> None:
-        await _learn_output_topics(broker, [*outputs, DEAD_LETTERS])
+        await _learn_output_topics(broker, outputs)
 
     @app.on_shutdown
     async def commit_what_is_confirmed() -> None:

@@ -19,6 +19,9 @@ class Topic:
     province: str | None = None  # the province whose own topic this is; None for a national topic
     # The largest record batch the broker takes on this topic (None: the broker's 1 MiB).
     max_message_bytes: int | None = None
+    # An input's: where its sender reads the dead letters of its records (None: the national
+    # platform's own inputs, whose dead letters it reads on gongji.dead-letters.v1).
+    refusals_to: Topic | None = None
 
     @property
     def pattern(self) -> str:
@@ -29,14 +32,21 @@ class Topic:
         return settings.province_topic_partitions if self.province else settings.topic_partitions
 
 
-ENROLLMENT = Topic("gongji.enrollment.v1", "person_id", c.EnrollmentChanged)
+# Every refusal reaches its sender: each sender reads the dead letters of its own records, person
+# ids masked (the national one, whole, is the operator's).
+REGISTRY_DEAD_LETTERS = Topic("gongji.registry.dead-letters.v1", "source_key", c.DeadLetter)
+APP_DEAD_LETTERS = Topic("gongji.app.dead-letters.v1", "source_key", c.DeadLetter)
+SUPERVISOR_DEAD_LETTERS = Topic("gongji.supervisor.dead-letters.v1", "source_key", c.DeadLetter)
+
+ENROLLMENT = Topic("gongji.enrollment.v1", "person_id", c.EnrollmentChanged, refusals_to=REGISTRY_DEAD_LETTERS)
 ACCOUNT_CREDITS = Topic("gongji.account-credits.v1", "person_id", c.AccountCredited)
 ACCOUNT_SPENDS = Topic("gongji.account-spends.v1", "person_id", c.AccountSpent)
-KINSHIP = Topic("gongji.kinship.v1", "person_id", c.KinshipRecorded)
+KINSHIP = Topic("gongji.kinship.v1", "person_id", c.KinshipRecorded, refusals_to=REGISTRY_DEAD_LETTERS)
 CLAIMS = Topic("gongji.claims.v1", "recipient_id", c.Claim)
-SUPERVISION = Topic("gongji.supervision.v1", "person_id", c.SupervisionActed)
-RELATIONSHIP_COMMANDS = Topic("gongji.relationship-commands.v1", "provider_id", c.RelationshipCommand)
-WALLET_COMMANDS = Topic("gongji.wallet-commands.v1", "provider_id", c.WalletCommand)
+SUPERVISION = Topic("gongji.supervision.v1", "person_id", c.SupervisionActed, refusals_to=SUPERVISOR_DEAD_LETTERS)
+RELATIONSHIP_COMMANDS = Topic("gongji.relationship-commands.v1", "provider_id", c.RelationshipCommand,
+                              refusals_to=APP_DEAD_LETTERS)
+WALLET_COMMANDS = Topic("gongji.wallet-commands.v1", "provider_id", c.WalletCommand, refusals_to=APP_DEAD_LETTERS)
 RELATIONSHIP_EVENTS = Topic("gongji.relationship-events.v1", "provider_id", c.RelationshipEvent)
 WALLET_EVENTS = Topic("gongji.wallet-events.v1", "provider_id", c.WalletEvent)
 SETTLEMENTS = Topic("gongji.settlements.v1", "recipient_id", c.SettlementEvent)
@@ -53,6 +63,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     ENROLLMENT, ACCOUNT_CREDITS, ACCOUNT_SPENDS, KINSHIP, CLAIMS, SUPERVISION,
     RELATIONSHIP_COMMANDS, WALLET_COMMANDS, RELATIONSHIP_EVENTS, WALLET_EVENTS, SETTLEMENTS,
     CLEARING, DEAD_LETTERS, STATISTICS, DRAW_REQUESTS, DRAW_ANSWERS, REFUND_REQUESTS,
+    REGISTRY_DEAD_LETTERS, APP_DEAD_LETTERS, SUPERVISOR_DEAD_LETTERS,
 )
 
 # Per-province topics (wave 2), for provinces that connect directly: a province sends its claims on
@@ -65,7 +76,13 @@ PROVINCE_CLAIM_MAX_BYTES = 192 * 1024
 
 def province_claims(province: str) -> Topic:
     return Topic(f"gongji.province.{province}.claims.v1", CLAIMS.key_field, CLAIMS.model, province,
-                 max_message_bytes=PROVINCE_CLAIM_MAX_BYTES)
+                 max_message_bytes=PROVINCE_CLAIM_MAX_BYTES, refusals_to=province_dead_letters(province))
+
+
+def province_dead_letters(province: str) -> Topic:
+    """The province's own records that could not be read at all (a claim whose id can be read is
+    answered on its settlements topic instead)."""
+    return Topic(f"gongji.province.{province}.dead-letters.v1", DEAD_LETTERS.key_field, DEAD_LETTERS.model, province)
 
 
 def province_settlements(province: str) -> Topic:
@@ -86,7 +103,8 @@ PROVINCE_CLAIMS: tuple[Topic, ...] = tuple(province_claims(province) for provinc
 CLAIM_PATH: frozenset[str] = frozenset({CLAIMS.name, DRAW_REQUESTS.name, DRAW_ANSWERS.name,
                                         *(topic.name for topic in PROVINCE_CLAIMS)})
 PROVINCE_TOPICS: tuple[Topic, ...] = tuple(
-    topic(province) for province in PROVINCES for topic in (province_claims, province_settlements, province_clearing)
+    topic(province) for province in PROVINCES
+    for topic in (province_claims, province_settlements, province_clearing, province_dead_letters)
 )
 
 # One consumer group per service: N instances of a service share its partitions.

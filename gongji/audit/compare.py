@@ -46,6 +46,7 @@ ANSWERED_BY_WALLET = {
 }
 ANSWERED_TOPICS = frozenset({*ANSWERED_BY_WALLET.values(), CLAIMS.name, RELATIONSHIP_COMMANDS.name})
 SUPERVISION_ANSWER = {"freeze": "frozen", "unfreeze": "unfrozen"}
+UNREADABLE = frozenset({ReasonCode.INVALID_MESSAGE, ReasonCode.AMOUNT_OUT_OF_RANGE})  # a claim dead-lettered
 
 
 @dataclass(frozen=True)
@@ -586,6 +587,8 @@ def _answers(view: _View, found: _Findings) -> None:
         answers[(CLAIMS.name, NATIONAL, result.claim_id)].append(result)
     for refusal in view.books.refused_before_id:
         key = (CLAIMS.name, NATIONAL, refusal.claim_id)
+        if refusal.reason in UNREADABLE:
+            continue  # its claim broke the contract: the dead letter is its record, not taken in
         if _standing_input(view.books, key, refusal) is None:
             found.differ(ANSWER, "a refusal describes no claim sent under its id", _input_ids(key),
                          "a claim of its figures", "none")

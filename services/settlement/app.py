@@ -36,4 +36,5 @@ def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
         outputs=[SETTLEMENTS, DRAW_REQUESTS, REFUND_REQUESTS, STATISTICS, *map(province_settlements, PROVINCES)],
         on_start=store.ready,
         on_stop=redis.aclose,
+        answer_sender=handlers.answer_unreadable_claim,
     )

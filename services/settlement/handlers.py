@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -19,14 +20,15 @@ from services.settlement.domain import (
 from services.settlement.store import ClaimFacts, ClaimLimits, SettlementStore
 from shared.clock import Clock, rfc3339, shanghai_day, shanghai_minute, shanghai_month
 from shared.contracts import (
-    Claim, ClaimContext, DrawAnswered, DrawRequested, EnrollmentChanged, Payer, ReasonCode, RefundRequested,
-    SettlementEvent, StatisticsCount, StatisticsSnapshot,
+    Claim, ClaimContext, DeadLetter, DrawAnswered, DrawRequested, EnrollmentChanged, Payer, ReasonCode,
+    RefundRequested, SettlementEvent, StatisticsCount, StatisticsSnapshot,
 )
-from shared.ids import derived_event_id, fingerprint
+from shared.ids import derived_event_id, fingerprint, mask_person_ids
+from shared.money import MAX_AMOUNT_FEN
 from shared.redis_functions import Call, Step
 from shared.runtime import CONFLICTS, Delivery, Refused, ToTopic
 from shared.settings import Settings
-from shared.topics import CLAIMS, DRAW_ANSWERS, ENROLLMENT, STATISTICS, province_settlements
+from shared.topics import CLAIMS, DRAW_ANSWERS, ENROLLMENT, STATISTICS, Topic, province_settlements
 
 logger = logging.getLogger("gongji.settlement")
 
@@ -208,6 +210,25 @@ class SettlementHandlers:
             ))
         return outputs
 
+    def answer_unreadable_claim(self, topic: Topic, value: bytes, letter: DeadLetter) -> list[BaseModel | ToTopic] | None:
+        """A claim that breaks the contract, but whose claim_id can be read, is answered where its
+        sender reads answers: rejected, with the dead letter's reason and error, on the national
+        settlements topic and its province's own. None for any other record (its sender gets the
+        dead letter)."""
+        fields = _json_object(value) if topic.model is Claim else None
+        claim_id = (fields or {}).get("claim_id")
+        if fields is None or not isinstance(claim_id, str) or not 1 <= len(claim_id) <= 128:
+            return None
+        recipient_id, amount = fields.get("recipient_id"), fields.get("amount_fen")
+        requested = amount if type(amount) is int and 1 <= amount <= MAX_AMOUNT_FEN else 0
+        event = SettlementEvent(
+            event_id=claim_output_id(claim_id, "unreadable", letter.payload_sha256 or ""), cause_id=claim_id,
+            claim_id=claim_id, recipient_id=recipient_id if isinstance(recipient_id, str) and len(recipient_id) <= 64 else "",
+            status="rejected", requested_fen=requested, paid_fen=0, self_pay_fen=requested, payers=[],
+            reason=letter.reason, error=mask_person_ids(letter.error), settled_at=self.clock.now(),
+        )
+        return _also_to_provinces(event, topic.province)
+
     async def on_draw_answers(self, answers: Sequence[DrawAnswered]) -> list[BaseModel | ToTopic | Refused]:
         """The wallet's answers complete their claims: one pipeline, in batch order. An answer whose
         figures do not add up, or that fits no claim recorded here, changes no claim; money drawn
@@ -299,6 +320,15 @@ def _also_to_provinces(event: SettlementEvent, province: str | None) -> list[Bas
     another's claim again, byte for byte, is answered nothing of it (it would have read the payers'
     ids and what they paid)."""
     return [event, ToTopic(province_settlements(province), for_province(event))] if province else [event]
+
+
+def _json_object(value: bytes) -> dict | None:
+    """A record's JSON object, or None if it is none (broken, too deeply nested, not an object)."""
+    try:
+        decoded = json.loads(value)
+    except (ValueError, RecursionError):
+        return None
+    return decoded if isinstance(decoded, dict) else None
 
 
 def _counts(table: dict[str, list[int]]) -> list[StatisticsCount]:

@@ -6,16 +6,19 @@ valid claims still settle and the money invariants hold."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import hashlib
 import json
 import subprocess
 import sys
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import TopicAuthorizationFailedError
 
 from shared.credentials import aiokafka_options
-from shared.topics import SETTLEMENTS, province_claims, province_settlements
+from shared.topics import SETTLEMENTS, province_claims, province_dead_letters, province_settlements
 from tests.e2e.world import World
 from tests.support import Kafka, another_claim_id, new_reversal_id, now_iso
 
@@ -158,3 +161,47 @@ async def test_after_every_refused_attempt_valid_claims_still_settle_and_the_aud
     assert own["status"] == "settled"
     audit = subprocess.run([sys.executable, "-m", "gongji", "audit"], capture_output=True, text=True, timeout=120)
     assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+async def read_as(settings, principal: str, topic: str, predicate, timeout: float = 20.0) -> dict:
+    """The first record of `topic` that `predicate` takes, read with `principal`'s own credentials
+    (no consumer group: assigned partitions, from the start)."""
+    consumer = AIOKafkaConsumer(topic, **aiokafka_options(settings, principal), group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:  # the security probes left records of no contract here too
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        if predicate(value := json.loads(record.value)):
+                            return value
+        raise AssertionError(f"{principal} read nothing of the kind on {topic} within {timeout}s")
+    finally:
+        await consumer.stop()
+
+
+async def test_a_province_reads_the_refusal_of_a_malformed_claim_with_its_own_credentials(
+    world: World, infrastructure, as_province
+) -> None:
+    """Tried as a provincial system would (issue 20): a claim with a bad ID check digit on its own
+    topic is answered on its own settlements topic; a record it cannot name reaches its own
+    dead-letter topic, person ids masked; another province reads neither."""
+    _, patient = await world.funded_family(recipient_region="440300")
+    claim = world.claim_message(patient, "440300", 12_850)
+    claim["recipient_id"] = patient[:-1] + ("0" if patient[-1] != "0" else "1")
+    producer = await as_province("44")
+    await producer.send_and_wait(province_claims("44").name, json.dumps(claim).encode(), key=claim["recipient_id"].encode())
+    refusal = await read_as(infrastructure, "province-44", province_settlements("44").name,
+                            lambda m: m["claim_id"] == claim["claim_id"])
+    assert (refusal["status"], refusal["reason"], refusal["requested_fen"]) == ("rejected", "INVALID_MESSAGE", 12_850)
+    assert "recipient_id" in refusal["error"]
+    unreadable = b'{"recipient_id": "' + patient.encode() + b'", "claim_id": ' + b"[" * 5 + b"}"
+    await producer.send_and_wait(province_claims("44").name, unreadable, key=patient.encode())
+    digest = hashlib.sha256(unreadable).hexdigest()
+    letter = await read_as(infrastructure, "province-44", province_dead_letters("44").name,
+                           lambda m: m["payload_sha256"] == digest)
+    assert patient not in base64.b64decode(letter["payload"]).decode() and patient[:6] in letter["source_key"]
+    with pytest.raises(TopicAuthorizationFailedError):
+        await read_as(infrastructure, "province-11", province_dead_letters("44").name, lambda m: True, timeout=3)

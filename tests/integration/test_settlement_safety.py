@@ -5,9 +5,12 @@ clearing commands refusing what they cannot mean."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
+from types import SimpleNamespace
 
 import pytest
+from aiokafka import ConsumerRecord
 from redis import Redis as SyncRedis
 from typer.testing import CliRunner
 
@@ -22,8 +25,8 @@ from shared.contracts import (
 from shared.credentials import redis_options
 from shared.policy import POLICY_KEY
 from shared.principals import OPERATOR
-from shared.runtime import Delivery, Refused
-from shared.topics import province_claims, province_settlements
+from shared.runtime import DeadLetterDecoder, Delivery, Refused
+from shared.topics import province_claims, province_dead_letters, province_settlements
 from tests.integration.conftest import integration_redis_url
 from tests.support import new_id, new_person_id, new_reversal_id, with_claim_id
 
@@ -346,3 +349,35 @@ def test_the_policy_command_takes_a_province_or_a_region(infrastructure) -> None
     assert {"66", "510100"} <= set(stored_policy(infrastructure)[b"closed_regions"].decode().split())
     assert policy_command(infrastructure, "--open", "66", "--open", "510100").exit_code == 0
     assert not {"66", "510100"} & set(stored_policy(infrastructure)[b"closed_regions"].decode().split())
+
+
+def province_record(province: str, offset: int, value: bytes) -> ConsumerRecord:
+    return ConsumerRecord(topic=province_claims(province).name, partition=0, offset=offset, timestamp=0,
+                          timestamp_type=0, key=b"k", value=value, checksum=None, serialized_key_size=1,
+                          serialized_value_size=len(value), headers=[])
+
+
+async def test_a_claim_that_breaks_the_contract_is_answered_to_its_province_when_its_id_can_be_read(settlement):
+    """A province's system waits for an answer: a claim it can name gets one on its own settlements
+    topic (and the national one); a record it cannot name goes to its own dead-letter topic."""
+    decoder = DeadLetterDecoder("settlement", [province_claims("44")], settlement.clock, deliveries=True,
+                                answer_sender=settlement.answer_unreadable_claim)
+    patient = new_person_id()
+    bad_check_digit = patient[:-1] + ("0" if patient[-1] != "0" else "1")
+    claim = with_claim_id({"kind": "settle", "recipient_id": bad_check_digit, "recipient_region": "440300",
+                           "category": "institution", "institution_code": "H44030500012",
+                           "service_region": "440300", "amount_fen": 12_850, "occurred_at": NOON.isoformat()})
+    nested = b'{"claim_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    await decoder(SimpleNamespace(raw_message=(province_record("44", 1, json.dumps(claim).encode()),
+                                               province_record("44", 2, b'{"claim_id": "broken'),
+                                               province_record("44", 3, nested))))
+    national, province, unreadable, too_deep = decoder.to_senders
+    assert province.topic == province_settlements("44") and province.message == national
+    assert (national.claim_id, national.status, national.reason, national.requested_fen, national.recipient_id) == \
+        (claim["claim_id"], "rejected", "INVALID_MESSAGE", 12_850, bad_check_digit)
+    assert "recipient_id" in national.error and "check" in national.error
+    assert unreadable.topic == too_deep.topic == province_dead_letters("44")
+    again = DeadLetterDecoder("settlement", [province_claims("44")], settlement.clock, deliveries=True,
+                              answer_sender=settlement.answer_unreadable_claim)
+    await again(SimpleNamespace(raw_message=(province_record("44", 7, json.dumps(claim).encode()),)))
+    assert again.to_senders[0].event_id == national.event_id  # the same record again: the same answer

@@ -20,12 +20,12 @@ from redis.exceptions import ResponseError
 
 from shared.clock import FixedClock
 from shared.contracts import AccountCredited, ReasonCode, WalletEvent
-from shared.ids import make_person_id
+from shared.ids import make_person_id, mask_person_id
 from shared.runtime import (
     DEAD_LETTER_PAYLOAD_BYTES, DeadLetterDecoder, Delivery, Refused, _learn_output_topics, _without_instructions,
     handle_isolating_poison, is_transient,
 )
-from shared.topics import ACCOUNT_CREDITS, ACCOUNT_SPENDS
+from shared.topics import ACCOUNT_CREDITS, ACCOUNT_SPENDS, ENROLLMENT, REGISTRY_DEAD_LETTERS
 
 PERSON = make_person_id("110101", "19800101", 7)
 NOW = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
@@ -186,3 +186,46 @@ async def test_a_service_learns_its_output_topics_at_start_and_starts_anyway_if_
     assert asked == [ACCOUNT_CREDITS.name, ACCOUNT_SPENDS.name]
 
     await _learn_output_topics(SimpleNamespace(config=SimpleNamespace(producer=None)), [ACCOUNT_CREDITS])  # no raise
+
+
+def enrollment_record(offset: int, value: bytes, key: bytes = PERSON.encode()) -> ConsumerRecord:
+    return ConsumerRecord(topic=ENROLLMENT.name, partition=0, offset=offset, timestamp=0, timestamp_type=0,
+                          key=key, value=value, checksum=None, serialized_key_size=0, serialized_value_size=len(value),
+                          headers=[])
+
+
+async def test_every_refusal_reaches_its_sender_on_its_own_dead_letter_topic_person_ids_masked() -> None:
+    """The registry cannot read gongji.dead-letters.v1 (the operator's); it reads its own, masked."""
+    decoder = DeadLetterDecoder("relationship", [ENROLLMENT], FixedClock(NOW))
+    broken = json.dumps({"event_id": "e1", "person_id": PERSON, "status": "normal"}).encode()
+    await decoder(SimpleNamespace(raw_message=(enrollment_record(4, broken),)))
+    (letter,), (copy,) = decoder.dead_letters, decoder.to_senders
+    assert copy.topic == REGISTRY_DEAD_LETTERS
+    assert PERSON in base64.b64decode(letter.payload).decode() and letter.source_key == PERSON  # the operator's: whole
+    shown = copy.message
+    assert PERSON not in base64.b64decode(shown.payload).decode() and mask_person_id(PERSON) in base64.b64decode(
+        shown.payload).decode()
+    assert shown.source_key == mask_person_id(PERSON) and shown.payload_sha256 == letter.payload_sha256
+    # A refusal the handler gives (a reused id) reaches the sender the same way.
+    outputs = decoder.refusal(enrollment_record(5, broken), "event_id used before", ReasonCode.CONFLICT)
+    assert [type(output).__name__ for output in outputs] == ["DeadLetter", "ToTopic"]
+    assert outputs[1].topic == REGISTRY_DEAD_LETTERS and outputs[1].message.reason == ReasonCode.CONFLICT
+
+
+async def test_the_national_platforms_own_inputs_have_only_the_national_dead_letter() -> None:
+    decoder = await decoded(record(8, b"not json"))
+    assert len(decoder.dead_letters) == 1 and decoder.to_senders == []
+
+
+async def test_a_service_may_answer_the_sender_instead_on_its_own_topics() -> None:
+    answered: list = []
+
+    def answer_sender(topic, value, letter):
+        answered.append((topic, value, letter.reason))
+        return [answer(AccountCredited.model_validate(credit("x")))] if value.startswith(b"{") else None
+
+    decoder = DeadLetterDecoder("relationship", [ENROLLMENT], FixedClock(NOW), answer_sender=answer_sender)
+    await decoder(SimpleNamespace(raw_message=(enrollment_record(1, b'{"event_id": 1}'),
+                                               enrollment_record(2, b"not json"))))
+    assert [type(output).__name__ for output in decoder.to_senders] == ["WalletEvent", "ToTopic"]
+    assert [value for _, value, _ in answered] == [b'{"event_id": 1}', b"not json"]
