@@ -13,7 +13,10 @@ from faststream.specification.base import Specification
 from gongji.services import SERVICE_NAMES, app_factory
 from shared.settings import PROJECT_ROOT, Settings
 from shared.contracts import Claim
-from shared.topics import CLAIMS, CLEARING, DRAW_ANSWERS, Topic, province_claims, province_clearing, province_settlements
+from shared.topics import (
+    CLAIMS, CLEARING, DRAW_ANSWERS, Topic, province_claims, province_clearing, province_dead_letters,
+    province_settlements,
+)
 
 DOCS_DIR = PROJECT_ROOT / "docs"
 
@@ -28,14 +31,18 @@ def asyncapi_specification(settings: Settings) -> Specification:
     )
     # Every province's own topics, once each by name pattern (the service leaves the 32 copies out).
     each = "{PP}"
-    for topic, what in ((province_settlements(each), "the results of the province's own claims"),
-                        (province_clearing(each), "the statement rows that concern the province")):
+    for topic, what in ((province_settlements(each), "the results of the province's own claims, and the "
+                                                     "refusals of those that broke the contract (INVALID_MESSAGE)"),
+                        (province_clearing(each), "the statement rows that concern the province"),
+                        (province_dead_letters(each), "the province's own records that could not be read at all, "
+                                                      "person ids masked")):
         settlement.publisher(topic.name, schema=topic.model, title=f"{topic.name}:settlement",
                              description=f"{what}; PP is its two-digit code, readable only by `province-PP`.")
 
     @settlement.subscriber(province_claims(each).name, title=f"{province_claims(each).name}:settlement",
                            description="A province's own claims (writable only by `province-PP`): each must be "
-                                       "for care in that province, else SERVICE_REGION_MISMATCH.")
+                                       "for care in that province, else SERVICE_REGION_MISMATCH, refused "
+                                       "before its claim id is taken.")
     async def each_province_claims(batch: list[Claim]) -> None:
         """Read by one consumer for all 32 provinces."""
 

@@ -184,6 +184,12 @@ class ClaimItem(_Input):
 class Claim(_Input):
     """`gongji.claims.v1`: a settlement (`settle`) or a refund of a settled claim (`reverse`).
 
+    `claim_id` names its sender: the service region, then for care at an institution or pharmacy
+    its `institution_code`, then the sender's serial (`440300-H44030500012-000000871`, a premium
+    `440300-<serial>`); a reversal's begins with the service region of the claim it reverses. A
+    premium (`resident_premium`, `ltc_premium`) is owed to the recipient's insured province; a
+    `resident_premium` only for the resident-insured. A claim that breaks the contract but whose id
+    can be read is answered `rejected`, `INVALID_MESSAGE`, on its sender's settlements topics.
     `category` is a plain string on the wire so that an unknown use is refused with
     `CATEGORY_NOT_ALLOWED` (a business answer), not dead-lettered.
     """
@@ -366,7 +372,9 @@ class DeadLetter(_Output):
     """`gongji.dead-letters.v1`, keyed by the source message's key. `event_id` is derived from
     (service, topic, partition, offset): a record is dead-lettered under one id however often it is seen.
     `reason`: `INVALID_MESSAGE` (it breaks the contract, or it failed every try: `error` says how),
-    `AMOUNT_OUT_OF_RANGE`, or `CONFLICT` (its id was used before for other content)."""
+    `AMOUNT_OUT_OF_RANGE`, or `CONFLICT` (its id was used before for other content). The operator
+    reads them whole; each sender reads its own on its own topic, person ids masked
+    (`gongji.province.PP.dead-letters.v1`, `gongji.registry.…`, `gongji.app.…`, `gongji.supervisor.…`)."""
 
     event_id: str | None = None
     source_topic: str
