@@ -217,7 +217,7 @@ def clearing_close(month: Annotated[str, typer.Argument(help="YYYY-MM")]) -> Non
     from services.settlement.store import SettlementStore
     from shared.clock import clock_from_setting
 
-    if len(month) != 7 or month[4] != "-" or not (month[:4] + month[5:]).isdigit():
+    if len(month) != 7 or month[4] != "-" or not (month[:4] + month[5:]).isascii() or not (month[:4] + month[5:]).isdigit():
         _fail("month must be YYYY-MM")
     settings = Settings()
     now = clock_from_setting(settings.clock_fixed_at).now()

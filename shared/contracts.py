@@ -225,17 +225,18 @@ class Claim(_Input):
                             "the service region, then the institution code (for care at an institution or pharmacy)")
         elif self.reverses is None:
             raise ValueError("a reverse claim needs `reverses`: the claim_id it undoes")
-        else:
-            region = claim_id_region(self.reverses)
-            _check_claim_id(self.claim_id, f"{region or '<service region>'}-",
-                            "the service region its reversed claim's id begins with")
+        elif region := claim_id_region(self.reverses):
+            _check_claim_id(self.claim_id, f"{region}-", "the service region its reversed claim's id begins with")
+        elif claim_id_region(self.claim_id) is None:  # it reverses a claim recorded before the id rule
+            raise ValueError("claim_id must be <a service region>-<serial>: a region of the sender's, "
+                             "then the sender's own serial")
         return self
 
 
 def _check_claim_id(claim_id: str, prefix: str, what: str) -> None:
     """A claim id names who may use it (its service region and institution): one sent by anyone
     else is refused before the id is taken, so that the id stays its owner's."""
-    if not claim_id.startswith(prefix) or len(claim_id) == len(prefix) or "<" in prefix:
+    if not claim_id.startswith(prefix) or len(claim_id) == len(prefix):
         raise ValueError(f"claim_id must be {prefix}<serial>: {what}, then the sender's own serial")
 
 

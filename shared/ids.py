@@ -39,7 +39,7 @@ def _check_person_id(value: str) -> None:
 
 
 def validate_region(value: str) -> str:
-    if len(value) != 6 or not value.isdigit():
+    if len(value) != 6 or not (value.isascii() and value.isdigit()):  # "٤٤" is a digit to isdigit
         raise ValueError("region must be a 6-digit pooling-region code")
     if value[:2] not in PROVINCE_CODES:
         raise ValueError(f"region {value} names no province (first two digits {value[:2]})")

@@ -230,14 +230,18 @@ class DeadLetterDecoder:
         self.dead_letters.append(letter)  # type: ignore[arg-type]
         self.to_senders.extend(to_sender)
 
-    def refusal(self, record: ConsumerRecord, error: str, reason: ReasonCode) -> list[BaseModel | ToTopic]:
+    def refusal(self, record: ConsumerRecord, error: str, reason: ReasonCode,
+                broke_the_contract: bool = True) -> list[BaseModel | ToTopic]:
         """A refused record's dead letter, then what its sender is told: the service's answer on
-        the sender's own topics if it gives one, else the dead letter on the sender's dead-letter
-        topic with person ids masked (nothing more for the national platform's own inputs: it reads
-        the national one)."""
+        the sender's own topics if it gives one (only for a record that broke the contract: one the
+        handler refused or kept failing on may have changed state), else the dead letter on the
+        sender's dead-letter topic with person ids masked (nothing more for the national platform's
+        own inputs: it reads the national one)."""
         letter = self.dead_letter(record, error, reason)
         topic = self._topics[record.topic]
-        if self._answer_sender and (answer := self._answer_sender(topic, record.value or b"", letter)) is not None:
+        answer = self._answer_sender(topic, record.value or b"", letter) \
+            if self._answer_sender and broke_the_contract else None
+        if answer is not None:
             return [letter, *answer]
         return [letter, *([ToTopic(topic.refusals_to, masked(letter))] if topic.refusals_to else [])]
 
@@ -342,7 +346,8 @@ async def handle_isolating_poison(
     outputs: list[BaseModel | ToTopic] = []
     for answer in answers:
         if isinstance(answer, Refused):
-            outputs.extend(decoder.refusal(records[id(answer.message)], answer.error, answer.reason))
+            outputs.extend(decoder.refusal(records[id(answer.message)], answer.error, answer.reason,
+                                           broke_the_contract=False))
         else:
             outputs.append(answer)
     return [*decoder.dead_letters, *decoder.to_senders, *outputs]

@@ -9,6 +9,8 @@ first content stands; a later one is a redelivery (the same) or a conflict (refu
 
 from __future__ import annotations
 
+import base64
+import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -68,6 +70,8 @@ class Books:
     # where it does not belong) has an answer, not a result.
     settlements: list[SettlementEvent] = field(default_factory=list)
     refused_before_id: list[SettlementEvent] = field(default_factory=list)
+    # The claim ids that dead-lettered claims (broken, but their id readable) were sent under.
+    dead_lettered_claims: set[str] = field(default_factory=set)
     clearing_rows: list[ClearingRow] = field(default_factory=list)
     # Where each output was first published: orders a pair's relationship events that carry no version.
     offsets: dict[str, int] = field(default_factory=dict)
@@ -93,11 +97,11 @@ def rebuild(records: Iterable[Record]) -> Books:
         where = (record.topic, record.partition)
         first_offsets[where] = min(first_offsets.get(where, record.offset), record.offset)
     books.truncated = {where: offset for where, offset in first_offsets.items() if offset > 0}
-    dead_lettered = {
-        (value["source_topic"], value["partition"], value["offset"])
-        for record in records if record.topic == DEAD_LETTERS.name and (value := record.value)
-        and {"source_topic", "partition", "offset"} <= value.keys()
-    }
+    letters = [value for record in records if record.topic == DEAD_LETTERS.name and (value := record.value)
+               and {"source_topic", "partition", "offset"} <= value.keys()]
+    dead_lettered = {(value["source_topic"], value["partition"], value["offset"]) for value in letters}
+    books.dead_lettered_claims = {claim_id for value in letters if INPUT_IDS.get(str(value["source_topic"])) == ("claim_id", None)
+                                  if (claim_id := _claim_id_of(value.get("payload")))}
     published: dict[str, dict[str, Any]] = {}
     for record in records:
         if record.topic in INPUT_IDS:
@@ -106,6 +110,16 @@ def rebuild(records: Iterable[Record]) -> Books:
         elif (topic := _output_topic(record.topic)) is not None:
             _take_output(books, topic, record, published)
     return books
+
+
+def _claim_id_of(payload: object) -> str | None:
+    """The claim id a dead letter's record was sent under, if it can be read."""
+    try:
+        value = json.loads(base64.b64decode(str(payload)))
+    except (ValueError, RecursionError):
+        return None
+    claim_id = value.get("claim_id") if isinstance(value, dict) else None
+    return claim_id if isinstance(claim_id, str) else None
 
 
 def _output_topic(name: str) -> Topic | None:

@@ -116,7 +116,10 @@ class _View:
         self.results: dict[str, list[SettlementEvent]] = defaultdict(list)
         for result in books.settlements:
             self.results[result.claim_id].append(result)
-        self.refused_before_id = {refusal.claim_id for refusal in books.refused_before_id}
+        self.refusals: dict[str, list[SettlementEvent]] = defaultdict(list)  # of claims taken in, never recorded
+        for refusal in books.refused_before_id:
+            if refusal.reason not in UNREADABLE:
+                self.refusals[refusal.claim_id].append(refusal)
         self.debits: dict[str, list[WalletEvent]] = defaultdict(list)
         self.refunds: dict[str, list[WalletEvent]] = defaultdict(list)
         self.wallet_events: dict[str, list[WalletEvent]] = defaultdict(list)
@@ -138,6 +141,14 @@ class _View:
         # Claims Redis holds as final whose result is not published yet: their money is counted as Redis has it.
         self.unpublished = {claim_id: record for claim_id, record in state.claims.items()
                             if record.get("status") == "final" and claim_id not in self.results}
+
+    def unanswered(self, claim_id: str) -> list[dict[str, Any]]:
+        """The contents sent under a claim id that no refusal before the id answers: one of them
+        must be recorded (a refusal answers only the claim whose figures it carries)."""
+        refusals = self.refusals.get(claim_id, [])
+        return [content for content in self.books.inputs.get((CLAIMS.name, NATIONAL, claim_id), [])
+                if not any(content.get("recipient_id") == refusal.recipient_id
+                           and _answer_mismatch(CLAIMS.name, content, refusal) is None for refusal in refusals)]
 
     def result(self, claim_id: str) -> SettlementEvent | None:
         results = self.results.get(claim_id)
@@ -189,8 +200,8 @@ def _claims(view: _View, found: _Findings) -> None:
         record = view.state.claims.get(claim_id)
         ids = {"claim": claim_id}
         if not results:
-            if record is None and claim_id in view.refused_before_id:
-                continue  # answered, never recorded: its id stays free
+            if record is None and claim_id in view.refusals and not view.unanswered(claim_id):
+                continue  # every claim sent under it refused before the id was taken
             found.counts["claims_pending"] += 1
             if record is None:
                 found.pend("claim not yet taken in by settlement", ids)
@@ -587,9 +598,14 @@ def _answers(view: _View, found: _Findings) -> None:
         answers[(CLAIMS.name, NATIONAL, result.claim_id)].append(result)
     for refusal in view.books.refused_before_id:
         key = (CLAIMS.name, NATIONAL, refusal.claim_id)
-        if refusal.reason in UNREADABLE:
-            continue  # its claim broke the contract: the dead letter is its record, not taken in
-        if _standing_input(view.books, key, refusal) is None:
+        if (refusal.status, refusal.paid_fen, refusal.payers) != ("rejected", 0, []):
+            found.differ(ANSWER, "a refusal before the claim id was taken pays or names payers", _input_ids(key),
+                         "rejected, nothing paid", f"{refusal.status}, {refusal.paid_fen} paid")
+        elif refusal.reason in UNREADABLE:
+            if refusal.claim_id not in view.books.dead_lettered_claims:
+                found.differ(ANSWER, "a refusal of a broken claim names no dead-lettered claim", _input_ids(key),
+                             "a dead letter of a claim with this id", "none")
+        elif _standing_input(view.books, key, refusal) is None:
             found.differ(ANSWER, "a refusal describes no claim sent under its id", _input_ids(key),
                          "a claim of its figures", "none")
     for change in view.books.relationship_events:
@@ -610,9 +626,10 @@ def _answers(view: _View, found: _Findings) -> None:
                 figure, expected, answered = mismatch
                 found.differ(ANSWER, f"an answer's {figure} differs from its input's", _input_ids(key), expected,
                              answered)
-    refused = {(CLAIMS.name, NATIONAL, refusal.claim_id) for refusal in view.books.refused_before_id}
     for key in sorted(view.books.inputs):
-        if key[0] in ANSWERED_TOPICS and key not in answers and key not in refused:
+        if key[0] == CLAIMS.name and key not in answers and key[2] in view.refusals and not view.unanswered(key[2]):
+            continue  # every claim sent under the id was refused before it was taken
+        if key[0] in ANSWERED_TOPICS and key not in answers:
             found.pend("input not yet answered", _input_ids(key))
 
 

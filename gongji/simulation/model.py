@@ -501,7 +501,7 @@ class Books:
             return (claim.recipient_region or "")[:2] != service_province
         code = claim.institution_code or ""
         if claim.category in ("institution", "pharmacy"):
-            return not (len(code) >= 7 and code[1:7].isdigit() and code[1:3] in PROVINCE_CODES) or code[1:3] != service_province
+            return not (len(code) >= 7 and code[1:7].isascii() and code[1:7].isdigit() and code[1:3] in PROVINCE_CODES) or code[1:3] != service_province
         return False
 
     def payable(self, claim: Claim) -> int:
@@ -536,9 +536,10 @@ class Books:
     def _settlement_claims(self, claim: Claim, group: list) -> None:
         what = f"{claim.kind} {claim.claim_id} of {self.a(claim.recipient_id)}"
         if self.misplaced(claim):
-            refusals = [output for output in _distinct(group) if getattr(output, "reason", None) == ReasonCode.SERVICE_REGION_MISMATCH
-                        and output.requested_fen == claim.amount_fen]
-            require(len(refusals) == 1 and refusals[0].status == "rejected", "claim-decision",
+            outputs = _distinct(group)
+            require(len(outputs) == 1 and isinstance(outputs[0], SettlementEvent) and outputs[0].status == "rejected"
+                    and outputs[0].reason == ReasonCode.SERVICE_REGION_MISMATCH
+                    and outputs[0].requested_fen == claim.amount_fen, "claim-decision",
                     lambda: f"{what}: misplaced, refused before its id is taken, yet {group}")
             return
         record = self.claims.get(claim.claim_id)

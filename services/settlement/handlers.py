@@ -222,7 +222,7 @@ class SettlementHandlers:
         recipient_id, amount = fields.get("recipient_id"), fields.get("amount_fen")
         requested = amount if type(amount) is int and 1 <= amount <= MAX_AMOUNT_FEN else 0
         event = SettlementEvent(
-            event_id=claim_output_id(claim_id, "unreadable", letter.payload_sha256 or ""), cause_id=claim_id,
+            event_id=claim_output_id(claim_id, "unreadable", letter.event_id or ""), cause_id=claim_id,
             claim_id=claim_id, recipient_id=recipient_id if isinstance(recipient_id, str) and len(recipient_id) <= 64 else "",
             status="rejected", requested_fen=requested, paid_fen=0, self_pay_fen=requested, payers=[],
             reason=letter.reason, error=mask_person_ids(letter.error), settled_at=self.clock.now(),

@@ -90,6 +90,11 @@ async def test_another_province_cannot_take_a_hospitals_claim_id(world: World, k
     squat = {**hospital, "category": "resident_premium", "institution_code": None, "amount_fen": 100}
     refused = await sent_by_province(kafka, await as_province("11"), "11", squat)
     assert (refused["status"], refused["reason"], refused["requested_fen"]) == ("rejected", "SERVICE_REGION_MISMATCH", 100)
+    # Billed to its own region instead, the id is not one a claim of 110100 may have: refused, and told.
+    own_region = {**squat, "service_region": "110100", "amount_fen": 101}
+    refused = await sent_by_province(kafka, await as_province("11"), "11", own_region)
+    assert (refused["status"], refused["reason"], refused["requested_fen"]) == ("rejected", "INVALID_MESSAGE", 101)
+    assert "claim_id must be 110100-<serial>" in refused["error"]
     paid = await sent_by_province(kafka, await as_province("44"), "44", hospital)
     assert (paid["status"], paid["reason"], paid["requested_fen"], paid["paid_fen"]) == ("settled", None, 12_850, 12_850)
 

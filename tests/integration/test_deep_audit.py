@@ -23,7 +23,7 @@ from shared.contracts import SettlementEvent, WalletEvent
 from shared.credentials import redis_options
 from shared.principals import OPERATOR
 from shared.redis_client import in_database
-from shared.topics import ACCOUNT_CREDITS, CLEARING as CLEARING_TOPIC, DRAW_REQUESTS, SETTLEMENTS, WALLET_EVENTS
+from shared.topics import ACCOUNT_CREDITS, CLAIMS, CLEARING as CLEARING_TOPIC, DRAW_REQUESTS, SETTLEMENTS, WALLET_EVENTS
 from tests.integration.bus import Bus
 from tests.integration.saga import SHARDS
 from tests.support import new_id
@@ -355,3 +355,43 @@ async def test_keys_made_between_the_scan_and_the_reads_are_read_with_the_rest(b
     assert f"wal:{{p:{provider}}}:refunds".encode() not in scanned
     report = await deep(bus)
     assert report.valid, report.differences
+
+
+# ---- refusals before the claim id was taken answer only their own claim --------------------------
+
+
+def refusal_of(claim, reason: str, **fields) -> SettlementEvent:
+    figures = {"status": "rejected", "requested_fen": claim.amount_fen, "paid_fen": 0,
+               "self_pay_fen": claim.amount_fen, "payers": []} | fields
+    return SettlementEvent(event_id=new_id("refusal"), cause_id=claim.claim_id, claim_id=claim.claim_id,
+                           recipient_id=claim.recipient_id, reason=reason,
+                           settled_at=datetime.fromisoformat("2026-03-02T12:00:00+08:00"), **figures)
+
+
+async def test_a_claim_never_taken_in_is_not_hidden_by_a_refusal_of_another_claim_under_its_id(bus: Bus) -> None:
+    """Province 45 sends a claim under 44's id and is refused before the id is taken: 44's own
+    claim under the id, if it is never taken in, is still waited for (issue 20's review)."""
+    world = await story(bus)
+    squat = bus.saga.settle(world.recipient, 100)
+    bus.record(CLAIMS, squat)
+    bus.record(SETTLEMENTS, refusal_of(squat, "SERVICE_REGION_MISMATCH"))
+    report = await deep(bus)
+    assert report.valid and report.pending == [], (report.differences, report.pending)
+    bus.record(CLAIMS, squat.model_copy(update={"amount_fen": 12_850}))
+    report = await deep(bus)
+    assert ("claim not yet taken in by settlement", squat.claim_id) in {
+        (pending.what, pending.ids.get("claim")) for pending in report.pending}
+
+
+async def test_a_refusal_that_pays_or_names_no_claim_is_named(bus: Bus) -> None:
+    world = await story(bus)
+    claim = bus.saga.settle(world.recipient, 700)
+    bus.record(CLAIMS, claim)
+    bus.record(SETTLEMENTS, refusal_of(claim, "CONFLICT", status="partial", paid_fen=700, self_pay_fen=0))
+    assert named(await deep(bus), ANSWER, input=claim.claim_id)
+    broken = bus.saga.settle(world.recipient, 800)
+    bus.records = [record for record in bus.records if record.topic != SETTLEMENTS.name
+                   or record.value.get("claim_id") != claim.claim_id]
+    bus.record(SETTLEMENTS, refusal_of(broken, "INVALID_MESSAGE", error="recipient_id: invalid"))
+    assert [difference.what for difference in named(await deep(bus), ANSWER, input=broken.claim_id)] == [
+        "a refusal of a broken claim names no dead-lettered claim"]

@@ -379,5 +379,7 @@ async def test_a_claim_that_breaks_the_contract_is_answered_to_its_province_when
     assert unreadable.topic == too_deep.topic == province_dead_letters("44")
     again = DeadLetterDecoder("settlement", [province_claims("44")], settlement.clock, deliveries=True,
                               answer_sender=settlement.answer_unreadable_claim)
-    await again(SimpleNamespace(raw_message=(province_record("44", 7, json.dumps(claim).encode()),)))
+    await again(SimpleNamespace(raw_message=(province_record("44", 1, json.dumps(claim).encode()),
+                                             province_record("44", 7, json.dumps(claim).encode()))))
     assert again.to_senders[0].event_id == national.event_id  # the same record again: the same answer
+    assert again.to_senders[2].event_id != national.event_id  # the same bytes sent again: an answer of its own

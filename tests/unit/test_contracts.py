@@ -120,6 +120,7 @@ HOSPITAL_CLAIM = {"claim_id": "440300-H44030500012-000000871", "kind": "settle",
     ({"institution_code": "H44030500013"}, "claim_id must be 440300-H44030500013-<serial>"),
     ({"claim_id": "440300-H44030500012-"}, "claim_id must be"),
     ({"claim_id": "000000871"}, "claim_id must be"),
+    ({"service_region": "44٠٣٠٠"}, "region must be a 6-digit"),
     ({"category": "resident_premium", "institution_code": None, "claim_id": "440301-1"}, "must be 440300-<serial>"),
 ])
 def test_a_claim_id_begins_with_its_service_region_and_institution_code(fields, why) -> None:
@@ -138,6 +139,15 @@ def test_a_reversal_id_begins_with_the_service_region_of_the_claim_it_reverses(c
     with pytest.raises(ValidationError, match="claim_id must be 440300-<serial>"):
         Claim.model_validate(reversal)
     assert Claim.model_validate({**reversal, "claim_id": "440300-H44030500012-R9"}).kind == "reverse"
+
+
+def test_a_claim_recorded_before_the_id_rule_may_still_be_reversed_by_an_id_of_a_region() -> None:
+    """Its id names no region: the reversal's own id names one (the province's topic checks it)."""
+    reversal = {"claim_id": "440300-R9", "kind": "reverse", "recipient_id": VALID_ID, "reverses": "claim-1f2e",
+                "occurred_at": "2026-03-02T10:15:00+08:00"}
+    assert Claim.model_validate(reversal).reverses == "claim-1f2e"
+    with pytest.raises(ValidationError, match="claim_id must be <a service region>-<serial>"):
+        Claim.model_validate({**reversal, "claim_id": "R9"})
 
 
 def test_an_item_of_no_amount_is_refused_every_fen_amount_is_1_to_10_to_the_12() -> None:

@@ -207,7 +207,8 @@ async def test_every_refusal_reaches_its_sender_on_its_own_dead_letter_topic_per
         shown.payload).decode()
     assert shown.source_key == mask_person_id(PERSON) and shown.payload_sha256 == letter.payload_sha256
     # A refusal the handler gives (a reused id) reaches the sender the same way.
-    outputs = decoder.refusal(enrollment_record(5, broken), "event_id used before", ReasonCode.CONFLICT)
+    outputs = decoder.refusal(enrollment_record(5, broken), "event_id used before", ReasonCode.CONFLICT,
+                              broke_the_contract=False)
     assert [type(output).__name__ for output in outputs] == ["DeadLetter", "ToTopic"]
     assert outputs[1].topic == REGISTRY_DEAD_LETTERS and outputs[1].message.reason == ReasonCode.CONFLICT
 
@@ -229,3 +230,8 @@ async def test_a_service_may_answer_the_sender_instead_on_its_own_topics() -> No
                                                enrollment_record(2, b"not json"))))
     assert [type(output).__name__ for output in decoder.to_senders] == ["WalletEvent", "ToTopic"]
     assert [value for _, value, _ in answered] == [b'{"event_id": 1}', b"not json"]
+    # A record the handler refused or kept failing on may have changed state: it is not answered as
+    # one that broke the contract (whose id stays free), only dead-lettered to its sender.
+    refused = decoder.refusal(enrollment_record(3, b'{"event_id": 1}'), "failed 3 times", ReasonCode.INVALID_MESSAGE,
+                              broke_the_contract=False)
+    assert [type(output).__name__ for output in refused] == ["DeadLetter", "ToTopic"] and len(answered) == 2
