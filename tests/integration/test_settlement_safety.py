@@ -383,3 +383,18 @@ async def test_a_claim_that_breaks_the_contract_is_answered_to_its_province_when
                                              province_record("44", 7, json.dumps(claim).encode()))))
     assert again.to_senders[0].event_id == national.event_id  # the same record again: the same answer
     assert again.to_senders[2].event_id != national.event_id  # the same bytes sent again: an answer of its own
+
+
+async def test_a_resident_premium_is_refused_for_an_employee_insured_recipient_and_paid_for_a_resident(settlement):
+    """Rule 12(c), read from settlement's own copy of the enrollment (its insurance type)."""
+    resident = await insured(settlement)
+    employee = new_person_id()
+    await settlement.on_enrollment([enrollment(employee).model_copy(update={"insurance_type": "employee"})])
+    (refused,) = await settlement.on_claims([settle_claim(employee, 10_500, category="resident_premium",
+                                                          institution_code=None)])
+    assert (refused.status, refused.reason) == ("rejected", "CATEGORY_NOT_ALLOWED")
+    (asked,) = await settlement.on_claims([settle_claim(employee, 10_500, category="ltc_premium", institution_code=None)])
+    assert isinstance(asked, DrawRequested)  # long-term care: either scheme
+    (asked,) = await settlement.on_claims([settle_claim(resident, 10_500, category="resident_premium",
+                                                        institution_code=None)])
+    assert isinstance(asked, DrawRequested)
