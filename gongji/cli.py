@@ -277,7 +277,8 @@ def audit_command(
                                                        "them with Redis")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="with --deep: one JSON object, person ids masked")] = False,
     full_ids: Annotated[bool, typer.Option("--full-ids", help="with --json: person ids unmasked")] = False,
-    wait: Annotated[float, typer.Option(help="with --deep: seconds to let what is in flight land")] = 0.0,
+    wait: Annotated[float, typer.Option(help="with --deep: seconds to let what is in flight land; what was "
+                                             "pending at the start and still is after them is a difference")] = 30.0,
 ) -> None:
     """Check the money invariants over the whole state; exit 1 on any breach. `--deep` recomputes
     the books from the topics instead of re-reading Redis's own totals."""
@@ -299,10 +300,13 @@ def audit_command(
 
 
 def _deep_audit(as_json: bool, full_ids: bool, wait: float) -> None:
-    from gongji.audit.deep import deep_audit, report_json, report_lines
+    from gongji.audit.deep import AuditUnavailable, deep_audit, report_json, report_lines
 
     settings = Settings()
-    result = asyncio.run(_with_redis(lambda redis: deep_audit(settings, redis, wait)))
+    try:
+        result = asyncio.run(_with_redis(lambda redis: deep_audit(settings, redis, wait)))
+    except AuditUnavailable as error:
+        _fail(str(error))
     if as_json:
         print(json.dumps(report_json(result, full_ids), ensure_ascii=False))
     else:

@@ -76,7 +76,7 @@ class TopicWatcher:
                 for record in records:
                     try:
                         value = json.loads(record.value)
-                    except (TypeError, ValueError):
+                    except (TypeError, ValueError, RecursionError):  # senders write anything, nested without end too
                         value = None
                     if not isinstance(value, dict):  # watched input topics may carry anything
                         value = {"_raw": record.value}

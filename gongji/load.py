@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from gongji.audit.deep import deep_audit, report_json
+from gongji.audit.deep import AuditUnavailable, deep_audit, report_json
 from gongji.budget import claim_budget, snapshot
 from gongji.kafka_io import TopicWatcher, make_producer
 from gongji.population import Family, PopulationBuilder
@@ -479,7 +479,9 @@ async def run_load(settings: Settings, options: LoadOptions, console: Console,
     redis = Redis.from_url(settings.redis_url, **redis_options(settings, OPERATOR.name))
     try:
         # The books rebuilt from the topics, against Redis; what is still in flight is waited for.
-        checked = await deep_audit(settings, redis, wait_seconds=AUDIT_WAIT_SECONDS)
+        audit = report_json(await deep_audit(settings, redis, wait_seconds=AUDIT_WAIT_SECONDS))
+    except AuditUnavailable as error:
+        audit = {"valid?": False, "first": str(error), "pending": [], "unavailable": str(error)}
     finally:
         await redis.aclose()
 
@@ -514,7 +516,7 @@ async def run_load(settings: Settings, options: LoadOptions, console: Console,
         "rejections_by_reason": dict(Counter(r["reason"] for r in results.values() if r["reason"])),
         "mix": run.mix_report(),
         "dead_letters_seen": run.dead_letters,
-        "audit": report_json(checked),
+        "audit": audit,
         "timeline": timeline,
     }
     return report

@@ -36,6 +36,9 @@ INPUT_IDS: dict[str, tuple[str, str | None]] = {
     # A claim is one input whichever claims topic brought it, the national one or a province's own.
     **{topic.name: ("claim_id", None) for topic in (CLAIMS, *PROVINCE_CLAIMS)},
 }
+INPUT_TOPICS: dict[str, Topic] = {topic.name: topic for topic in (
+    ENROLLMENT, ACCOUNT_CREDITS, ACCOUNT_SPENDS, SUPERVISION, RELATIONSHIP_COMMANDS, WALLET_COMMANDS, CLAIMS,
+    *PROVINCE_CLAIMS)}
 OUTPUTS: tuple[Topic, ...] = (WALLET_EVENTS, RELATIONSHIP_EVENTS, SETTLEMENTS, CLEARING)
 AUDITED_TOPICS: tuple[Topic, ...] = (
     ENROLLMENT, ACCOUNT_CREDITS, ACCOUNT_SPENDS, SUPERVISION, RELATIONSHIP_COMMANDS, WALLET_COMMANDS, CLAIMS,
@@ -72,6 +75,8 @@ class Books:
     refused_before_id: list[SettlementEvent] = field(default_factory=list)
     # The claim ids that dead-lettered claims (broken, but their id readable) were sent under.
     dead_lettered_claims: set[str] = field(default_factory=set)
+    # Input records that break the contract and have no dead letter (yet): (topic, partition, offset).
+    undead: list[tuple[str, int, int]] = field(default_factory=list)
     clearing_rows: list[ClearingRow] = field(default_factory=list)
     # Where each output was first published: orders a pair's relationship events that carry no version.
     offsets: dict[str, int] = field(default_factory=dict)
@@ -105,11 +110,28 @@ def rebuild(records: Iterable[Record]) -> Books:
     published: dict[str, dict[str, Any]] = {}
     for record in records:
         if record.topic in INPUT_IDS:
-            if (record.topic, record.partition, record.offset) not in dead_lettered:
+            where = (record.topic, record.partition, record.offset)
+            if where in dead_lettered:
+                continue
+            if _breaks_the_contract(INPUT_TOPICS[record.topic], record):
+                books.undead.append(where)
+            else:
                 _take_input(books, record)
         elif (topic := _output_topic(record.topic)) is not None:
             _take_output(books, topic, record, published)
     return books
+
+
+def _breaks_the_contract(topic: Topic, record: Record) -> bool:
+    """Whether the services must dead-letter the record: it is no JSON object of the topic's
+    contract, or its Kafka key is not the contract's key field."""
+    if record.value is None:
+        return True
+    try:
+        message = topic.model.model_validate(record.value)
+    except ValidationError:
+        return True
+    return record.key != str(getattr(message, topic.key_field))
 
 
 def _claim_id_of(payload: object) -> str | None:

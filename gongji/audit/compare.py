@@ -15,11 +15,10 @@ from typing import Any
 
 from gongji.audit.books import Books, InputKey
 from gongji.audit.state import TOTALS, RedisState, WalletAccount
-from services.settlement.domain import NATIONAL, clearing_contributions, gross_lines, net_positions, settlement_status
+from gongji.audit.rules import check_rules
+from services.settlement.domain import NATIONAL
 from services.settlement.handlers import claim_output_id
-from services.wallet.domain import MAX_GRANTS_PER_DAY
-from shared.clock import shanghai_day
-from shared.contracts import REFUSED_BEFORE_ID, ReasonCode, RelationshipEvent, SettlementEvent, WalletEvent
+from shared.contracts import REFUSED_BEFORE_ID, Payer, ReasonCode, RelationshipEvent, SettlementEvent, WalletEvent
 from shared.topics import (
     ACCOUNT_CREDITS, ACCOUNT_SPENDS, CLAIMS, ENROLLMENT, RELATIONSHIP_COMMANDS, SUPERVISION, WALLET_COMMANDS,
 )
@@ -30,10 +29,10 @@ CLAIM = "claim"  # one result per claim; paid = Σ debits = Σ payers, each prov
 REFUND = "refund"  # a reversal gives back what was paid, once, to the provider for its recipient
 RELATIONSHIP = "relationship"  # the relationship service and the wallet hold what the events say
 CLEARING = "clearing"  # per month and province pair: accumulated = Σ settlements; statements; net rows sum to 0
-DAILY_GRANTS = "daily-grants"  # at most 3 grants per provider per Asia/Shanghai day, counted from the events
 ANSWER = "answer"  # every input answered once with its own figures; every answer names an input
 REPUBLISHED = "republished"  # an output published again under its id must carry the same figures
 HISTORY = "history"  # the topics must hold every record ever published, or the books cannot be rebuilt
+IN_FLIGHT = "in-flight"  # what is pending lands within the audit's wait: a step stuck past it is a difference
 
 PAID_STATUSES = frozenset({"settled", "partial"})
 WALLET_RELATIONSHIP_TYPES = frozenset({"established", "dissolved", "terminated"})  # what the wallet applies
@@ -165,9 +164,10 @@ class _View:
 def compare(books: Books, state: RedisState) -> AuditReport:
     view = _View(books, state)
     found = _Findings()
-    for rule in (_history, _claims, _reversals, _accounts, _relationships, _clearing, _daily_grants, _answers,
+    for rule in (_history, _dead_lettered, _claims, _reversals, _accounts, _relationships, _clearing, _answers,
                  _republished):
         rule(view, found)
+    check_rules(books, found.differ)
     return AuditReport(found.differences, found.pending, _counts(view, found))
 
 
@@ -230,7 +230,7 @@ def _paid_once(view: _View, result: SettlementEvent, ids: dict[str, str], found:
         found.differ(CLAIM, "a provider is named twice among a claim's payers", ids, len(payers), len(result.payers))
     if sum(payers.values()) != result.paid_fen:
         found.differ(CLAIM, "the payers do not add up to what was paid", ids, result.paid_fen, sum(payers.values()))
-    fitting = settlement_status(result.requested_fen, result.paid_fen)
+    fitting = "rejected" if result.paid_fen == 0 else "settled" if result.paid_fen == result.requested_fen else "partial"
     if result.paid_fen > result.requested_fen or fitting != result.status:
         found.differ(CLAIM, "the status does not fit the amounts", ids, fitting, result.status)
     debits: dict[str, list[WalletEvent]] = defaultdict(list)
@@ -397,6 +397,13 @@ def _account_books(person: str, account: WalletAccount, effects: list[Effect], f
         "balance": sums["credited"] - sums["spent"] - sums["debited"] + sums["refunded"],
         "frozen": sum(quotas.values()),
     }
+    if not 0 <= expected["frozen"] <= expected["balance"]:  # rule 8: quota is frozen out of the account
+        found.differ(ACCOUNT, "the books freeze more than the balance, or hold a balance below zero",
+                     {"person": person}, f"0 <= frozen <= balance {expected['balance']}", expected["frozen"])
+    for recipient, quota in sorted(quotas.items()):
+        if quota < 0:
+            found.differ(ACCOUNT, "the books hold a quota below zero", {"provider": person, "recipient": recipient},
+                         ">= 0", quota)
     for name in TOTALS:
         if account.totals.get(name, 0) != expected[name]:
             found.differ(ACCOUNT, f"{name} differs from the books", {"person": person}, expected[name],
@@ -508,11 +515,20 @@ def _clearing(view: _View, found: _Findings) -> None:
 def _clearing_of(view: _View, result: SettlementEvent) -> tuple[str, dict[str, int], int] | None:
     """A paid claim adds its cross-province amounts in its month; a reversal takes its claim's back."""
     if result.status in PAID_STATUSES and result.service_region:
-        return result.clearing_month or "", clearing_contributions(result.payers, result.service_region), 1
+        return result.clearing_month or "", _cross_province(result.payers, result.service_region), 1
     original = view.result(result.reverses or "") if result.status == "reversed" else None
     if original and original.service_region:
-        return result.clearing_month or "", clearing_contributions(result.payers, original.service_region), -1
+        return result.clearing_month or "", _cross_province(result.payers, original.service_region), -1
     return None
+
+
+def _cross_province(payers: list[Payer], service_region: str) -> dict[str, int]:
+    """Rule 15, the audit's own: what each payer's province owes the service region's, cross-province only."""
+    owed: Counter[str] = Counter()
+    for payer in payers:
+        if payer.provider_region[:2] != service_region[:2]:
+            owed[f"{payer.provider_region[:2]}>{service_region[:2]}"] += payer.amount_fen
+    return dict(owed)
 
 
 def _accumulate(month: Counter[str], owed: dict[str, int], sign: int) -> None:
@@ -526,8 +542,11 @@ Line = tuple[int, int, int]  # amount, claims, reversals of one province pair in
 
 
 def _lines(totals: dict[str, int]) -> dict[str, Line]:
-    return {f"{line.payer_province}>{line.payee_province}": (line.amount_fen, line.claims, line.reversals)
-            for line in gross_lines(dict(totals))}
+    """A month's totals (`"44>51"`: fen, `"44>51#claims"`, `"44>51#reversals"`) per province pair;
+    a pair with nothing in the month is left out."""
+    lines = {pair: (amount, totals.get(f"{pair}#claims", 0), totals.get(f"{pair}#reversals", 0))
+             for pair, amount in totals.items() if "#" not in pair}
+    return {pair: line for pair, line in sorted(lines.items()) if any(line)}
 
 
 def _same_lines(month: str, expected: dict[str, Line], found_lines: dict[str, Line], what: str,
@@ -564,26 +583,14 @@ def _statements(view: _View, books: dict[str, Counter[str]], found: _Findings) -
         net = {row.province or "": row.amount_fen for row in rows if row.row == "net"}
         if sum(net.values()):
             found.differ(CLEARING, "a statement's net rows do not sum to zero", {"month": month}, 0, sum(net.values()))
-        positions = net_positions(gross_lines(dict(books[month])))
+        positions: Counter[str] = Counter()
+        for pair, (amount, _, _) in _lines(books[month]).items():
+            positions[pair[3:]] += amount  # the payee receives
+            positions[pair[:2]] -= amount  # the payer pays
         for province in sorted(set(positions) | set(net)):
             if positions.get(province, 0) != net.get(province, 0):
                 found.differ(CLEARING, "a statement's net row differs from the settlements of the month",
                              {"month": month, "province": province}, positions.get(province, 0), net.get(province, 0))
-
-
-# ---- grants per provider per day, counted from the events ----------------------------------------
-
-
-def _daily_grants(view: _View, found: _Findings) -> None:
-    grants: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for event in view.books.wallet_events:
-        if event.type == "granted":
-            grants[(event.provider_id, shanghai_day(event.occurred_at))].append(event.cause_id)
-    for (provider, day), commands in sorted(grants.items()):
-        if len(commands) > MAX_GRANTS_PER_DAY:
-            found.differ(DAILY_GRANTS, "more grants in one Asia/Shanghai day than allowed",
-                         {"provider": provider, "day": day, "commands": " ".join(sorted(commands))},
-                         MAX_GRANTS_PER_DAY, len(commands))
 
 
 # ---- answers: every input answered once, with its figures ----------------------------------------
@@ -675,6 +682,13 @@ def _answer_mismatch(topic: str, content: dict[str, Any], answer: Any) -> tuple[
         else:
             pairs.append(("reversed claim", content.get("reverses"), answer.reverses))
     return next(((name, expected, got) for name, expected, got in pairs if expected != got), None)
+
+
+def _dead_lettered(view: _View, found: _Findings) -> None:
+    """An input that breaks the contract is answered by its dead letter: until it is, it is pending."""
+    for topic, partition, offset in view.books.undead:
+        found.pend("an input that breaks the contract, not yet dead-lettered",
+                   {"topic": topic, "partition": str(partition), "offset": str(offset)})
 
 
 def _history(view: _View, found: _Findings) -> None:

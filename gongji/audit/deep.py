@@ -19,11 +19,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
+from redis.exceptions import BusyLoadingError
 from rich.markup import escape
 
 from gongji.audit.books import AUDITED_TOPICS, Record, rebuild
-from gongji.audit.compare import AuditReport, compare
-from gongji.audit.state import read_state
+from gongji.audit.compare import IN_FLIGHT, AuditReport, Difference, Pending, compare
+from gongji.audit.state import RedisState, read_state
 from shared.credentials import aiokafka_options
 from shared.ids import mask_person_id
 from shared.principals import OPERATOR
@@ -33,27 +34,71 @@ LISTED = 100  # differences and pending items a JSON report lists; its counts ha
 _PERSON_ID = re.compile(r"\b\d{17}[\dX]\b")
 
 
+# How long the audit waits for a Redis that is loading its data (after a restart with a large
+# append-only file) before it gives up and says so.
+REDIS_LOADING_SECONDS = 120.0
+
+
 @dataclass(frozen=True)
 class DeepAudit:
     report: AuditReport
     seconds: float
     attempts: int
+    redis_loading_seconds: float = 0.0  # how long Redis was loading its data while the audit waited
 
 
 async def deep_audit(settings: Settings, redis: Redis, wait_seconds: float = 0.0) -> DeepAudit:
     """Audits once; while something is pending, audits again (new end offsets, a new read of Redis)
-    until nothing is or `wait_seconds` have passed. What is still pending then is reported."""
+    until nothing is or `wait_seconds` have passed. In flight has a limit: what was pending at the
+    first attempt and still is once `wait_seconds` have passed is stuck, a difference."""
     started = time.monotonic()
-    attempts = 0
+    attempts, loading = 0, 0.0
+    first: set[tuple] = set()
     while True:
         attempts += 1
-        report = await _audit_once(settings, redis)
-        if not report.pending or time.monotonic() - started >= wait_seconds:
-            return DeepAudit(report, time.monotonic() - started, attempts)
+        report, waited = await _audit_once(settings, redis)
+        loading += waited
+        if attempts == 1:
+            first = {_identity(pending) for pending in report.pending}
+        elapsed = time.monotonic() - started
+        if not report.pending or elapsed >= wait_seconds:
+            if wait_seconds > 0:
+                _stuck_as_differences(report, first, wait_seconds)
+            return DeepAudit(report, elapsed, attempts, loading)
         await asyncio.sleep(1.0)
 
 
-async def _audit_once(settings: Settings, redis: Redis) -> AuditReport:
+def _identity(pending: Pending) -> tuple:
+    return pending.what, tuple(sorted(pending.ids.items()))
+
+
+def _stuck_as_differences(report: AuditReport, first: set[tuple], wait_seconds: float) -> None:
+    stuck = [pending for pending in report.pending if _identity(pending) in first]
+    report.differences += [Difference(IN_FLIGHT, f"still pending after {wait_seconds:g} s: {pending.what}",
+                                      pending.ids, "landed", "pending") for pending in stuck]
+    report.pending = [pending for pending in report.pending if _identity(pending) not in first]
+    report.counts["differences"], report.counts["pending"] = len(report.differences), len(report.pending)
+
+
+async def _read_state_once_loaded(redis: Redis) -> tuple[RedisState, float]:
+    """Redis's state, waiting (up to REDIS_LOADING_SECONDS) while it loads its data after a
+    restart; how long it waited."""
+    started = time.monotonic()
+    while True:
+        try:
+            return await read_state(redis), time.monotonic() - started
+        except BusyLoadingError:
+            if time.monotonic() - started >= REDIS_LOADING_SECONDS:
+                raise AuditUnavailable(f"Redis was still loading its data after {REDIS_LOADING_SECONDS:g} s: "
+                                       "audit again once it has") from None
+            await asyncio.sleep(0.5)
+
+
+class AuditUnavailable(Exception):
+    """The audit could not read what it checks (said in words, never a traceback)."""
+
+
+async def _audit_once(settings: Settings, redis: Redis) -> tuple[AuditReport, float]:
     consumer = AIOKafkaConsumer(**aiokafka_options(settings, OPERATOR.name), enable_auto_commit=False,
                                 max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
     await consumer.start()
@@ -61,7 +106,7 @@ async def _audit_once(settings: Settings, redis: Redis) -> AuditReport:
         partitions = [TopicPartition(topic.name, number) for topic in AUDITED_TOPICS
                       for number in range(topic.partitions(settings))]
         ends = await consumer.end_offsets(partitions)
-        state = await read_state(redis)
+        state, loading = await _read_state_once_loaded(redis)
         records = await read_records(consumer, ends)
     finally:
         await consumer.stop()
@@ -69,7 +114,7 @@ async def _audit_once(settings: Settings, redis: Redis) -> AuditReport:
     # them again and again while the books are built.
     gc.disable()
     try:
-        return compare(rebuild(records), state)
+        return compare(rebuild(records), state), loading
     finally:
         gc.enable()
 
@@ -96,7 +141,7 @@ async def read_records(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, in
 def _decoded(value: bytes | None) -> dict | None:
     try:
         decoded = json.loads(value or b"")
-    except ValueError:  # input topics carry whatever senders wrote; a service dead-letters it
+    except (ValueError, RecursionError):  # input topics carry whatever senders wrote; a service dead-letters it
         return None
     return decoded if isinstance(decoded, dict) else None
 
@@ -124,6 +169,7 @@ def report_json(audit: DeepAudit, full_ids: bool = False) -> dict[str, Any]:
         "pending": [asdict(pending) for pending in report.pending[:LISTED]],
         "seconds": round(audit.seconds, 2),
         "attempts": audit.attempts,
+        "redis_loading_seconds": round(audit.redis_loading_seconds, 2),
     }
     return document if full_ids else masked(document)
 
@@ -139,6 +185,8 @@ def report_lines(audit: DeepAudit) -> list[str]:
         f"{counts['claims_pending']:,} pending · reversals {counts['reversals']:,}",
         f"relationships {counts['relationships']:,} · months {counts['months']:,}",
     ]
+    if audit.redis_loading_seconds >= 1:
+        lines.append(f"waited {audit.redis_loading_seconds:.0f} s for Redis to load its data")
     if report.pending:
         kinds = Counter(pending.what for pending in report.pending).most_common()
         lines.append(f"[yellow]pending {len(report.pending):,}[/yellow]: "

@@ -92,6 +92,7 @@ def hostile_cases(person: str, relative: str) -> list[Case]:
             Case("a JSON array", topic, b"[1, 2, 3]", key),
             Case("an empty value", topic, b"", key),
             Case("bytes that are not UTF-8", topic, b"\xff\xfe\xfa{", key),
+            Case("JSON nested 50,000 deep", topic, b'{"a": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", key),
             Case("no Kafka key", topic, encoded(fresh()), None),
             Case("a Kafka key other than the key field", topic, encoded(fresh()), new_person_id().encode()),
             Case("an epoch number for a time", topic, encoded(fresh(**{time_field: 1772417700})), key),

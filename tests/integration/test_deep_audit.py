@@ -15,15 +15,21 @@ from redis.asyncio import Redis
 from gongji.audit import audit as quick_audit
 from gongji.audit.books import Record, rebuild
 from gongji.audit.compare import (
-    ACCOUNT, ANSWER, CLAIM, CLEARING, DAILY_GRANTS, HISTORY, REFUND, RELATIONSHIP, REPUBLISHED, AuditReport, Difference,
+    ACCOUNT, ANSWER, CLAIM, CLEARING, HISTORY, REFUND, RELATIONSHIP, REPUBLISHED, AuditReport, Difference,
     compare,
 )
+from gongji.audit.rules import RULE
 from gongji.audit.state import read_state
-from shared.contracts import SettlementEvent, WalletEvent
+from services.settlement.domain import Assessment
+from services.wallet.domain import GrantLimits
+from shared.contracts import SettlementEvent, WalletCommand, WalletEvent
 from shared.credentials import redis_options
 from shared.principals import OPERATOR
 from shared.redis_client import in_database
-from shared.topics import ACCOUNT_CREDITS, CLAIMS, CLEARING as CLEARING_TOPIC, DRAW_REQUESTS, SETTLEMENTS, WALLET_EVENTS
+from shared.topics import (
+    ACCOUNT_CREDITS, CLAIMS, CLEARING as CLEARING_TOPIC, DRAW_REQUESTS, RELATIONSHIP_EVENTS, SETTLEMENTS,
+    WALLET_COMMANDS, WALLET_EVENTS,
+)
 from tests.integration.bus import Bus
 from tests.integration.saga import SHARDS
 from tests.support import new_id
@@ -264,7 +270,7 @@ async def test_a_fourth_grant_in_a_day_is_named_though_the_counter_agrees(bus: B
     granted.append(await bus.grant(provider, recipient, REGION, 1_000))
     assert [event.type for event in granted] == ["granted"] * 4
     assert (await quick_audit(bus.redis, SHARDS)).clean  # it counted from the very counter
-    (too_many,) = named(await deep(bus), DAILY_GRANTS, provider=provider, day="20260302")
+    (too_many,) = named(await deep(bus), RULE, provider=provider, day="20260302")
     assert (too_many.expected, too_many.found) == (3, 4)
     assert too_many.ids["commands"].split() == sorted(event.cause_id for event in granted)
 
@@ -395,3 +401,84 @@ async def test_a_refusal_that_pays_or_names_no_claim_is_named(bus: Bus) -> None:
     bus.record(SETTLEMENTS, refusal_of(broken, "INVALID_MESSAGE", error="recipient_id: invalid"))
     assert [difference.what for difference in named(await deep(bus), ANSWER, input=broken.claim_id)] == [
         "a refusal of a broken claim names no dead-lettered claim"]
+
+
+# ---- the rules themselves: breaches that Redis and the records agree on ---------------------------
+# Each plants a one-line regression in the code that decides (the services' own checks bypassed),
+# so that Redis and the topics hold the breach consistently; the audit names the rule from the
+# records alone.
+
+
+def rules_broken(report: AuditReport) -> list[str]:
+    return [difference.what for difference in report.differences if difference.invariant == RULE]
+
+
+async def test_a_grant_above_2000_yuan_is_named(bus: Bus, monkeypatch) -> None:
+    monkeypatch.setattr("services.wallet.handlers.check_grant", lambda command: None)
+    monkeypatch.setattr(bus.saga.wallet, "limits", GrantLimits(max_amount_fen=10**9))
+    provider, recipient = await related_pair(bus)
+    await bus.credit(provider, 1_000_000)
+    assert (await bus.grant(provider, recipient, REGION, 50_000)).type == "granted"
+    report = await deep(bus)
+    assert report.valid, report.differences
+    big = await bus.grant(provider, recipient, REGION, 200_001)
+    assert big.type == "granted" and big.amount_fen == 200_001
+    assert rules_broken(await deep(bus)) == ["rule 9: a grant above 2,000 yuan"]
+
+
+async def test_a_grant_made_by_someone_other_than_the_provider_is_named(bus: Bus, monkeypatch) -> None:
+    monkeypatch.setattr("services.wallet.handlers.check_grant", lambda command: None)
+    store_grant = bus.saga.wstore.grant
+
+    async def as_if_the_provider(input_id, content, actor, provider, *rest):
+        return await store_grant(input_id, content, provider, provider, *rest)
+
+    monkeypatch.setattr(bus.saga.wstore, "grant", as_if_the_provider)
+    provider, recipient = await related_pair(bus)
+    (granted, *_) = await bus.publish(WALLET_COMMANDS, WalletCommand(
+        command_id=new_id("grant"), action="grant", actor_id=recipient, provider_id=provider, recipient_id=recipient,
+        recipient_region=REGION, amount_fen=1_000, requested_at=bus.clock.now()))
+    assert granted.type == "granted"
+    assert rules_broken(await deep(bus)) == ["rule 10: a grant made by someone other than the provider"]
+
+
+async def test_a_use_that_is_not_medical_paid_is_named(bus: Bus, monkeypatch) -> None:
+    monkeypatch.setattr("services.settlement.handlers.assess_claim",
+                        lambda claim, recipient: Assessment(claim.amount_fen or 0))
+    provider, recipient = await related_pair(bus)
+    await bus.grant(provider, recipient, REGION, 50_000)
+    massage = bus.saga.settle(recipient, 20_000, category="massage", institution_code=None)
+    (result, *_) = [output for output in await bus.claim(massage) if isinstance(output, SettlementEvent)]
+    assert (result.status, result.paid_fen) == ("settled", 20_000)
+    assert rules_broken(await deep(bus)) == ["rule 12: a use that is not medical (massage) was paid"]
+
+
+@pytest.mark.parametrize(("category", "insured", "service_region", "broken"), [
+    ("ltc_premium", "resident", "110100", "rule 12: a premium paid to a province other than the recipient's insured one"),
+    ("resident_premium", "employee", REGION,
+     "rule 12: a resident-insurance premium paid for a recipient never insured as a resident"),
+])
+async def test_a_premium_paid_where_it_is_not_owed_is_named(bus: Bus, monkeypatch, category, insured, service_region,
+                                                             broken) -> None:
+    """Issue 20's defects 1 and 2, put back: the premium billed by another province, the resident
+    premium of an employee."""
+    monkeypatch.setattr("services.settlement.handlers.refusal_before_id", lambda claim, province: None)
+    monkeypatch.setattr("services.settlement.handlers.assess_claim",
+                        lambda claim, recipient: Assessment(claim.amount_fen or 0))
+    recipient = await bus.person(insured, REGION)
+    provider = await bus.person("employee", "440300")
+    await bus.credit(provider, 100_000)
+    await bus.establish(provider, recipient, REGION)
+    await bus.grant(provider, recipient, REGION, 50_000)
+    premium = bus.saga.settle(recipient, 10_500, category=category, institution_code=None, service_region=service_region)
+    (result, *_) = [output for output in await bus.claim(premium) if isinstance(output, SettlementEvent)]
+    assert result.status == "settled"
+    assert rules_broken(await deep(bus)) == [broken]
+
+
+async def test_quota_for_someone_never_related_is_named(bus: Bus) -> None:
+    provider, recipient = await related_pair(bus)
+    await bus.grant(provider, recipient, REGION, 1_000)
+    records = [record for record in bus.records if not (record.topic == RELATIONSHIP_EVENTS.name
+                                                         and (record.value or {}).get("type") == "established")]
+    assert "rules 2, 8: quota granted to someone never related to the provider" in rules_broken(await deep(bus, records))

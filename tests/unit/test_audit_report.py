@@ -38,3 +38,11 @@ def test_the_json_masks_ids_unless_full_ids_are_asked_for() -> None:
 def test_a_valid_report_has_no_first_difference() -> None:
     report = report_json(DeepAudit(AuditReport([], [], COUNTS), seconds=0.5, attempts=2))
     assert (report["valid?"], report["first"], report["attempts"]) == (True, None, 2)
+
+
+def test_a_record_nested_too_deep_to_decode_is_read_as_no_object_not_a_crash() -> None:
+    """The services dead-letter it; the audit once died on it with RecursionError, for good."""
+    from gongji.audit.deep import _decoded
+
+    assert _decoded(b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}") is None
+    assert _decoded(b'{"a": 1}') == {"a": 1}

@@ -1,0 +1,136 @@
+"""The brief's rules, checked from the records alone, with the audit's own arithmetic.
+
+The rest of the audit proves that the records and Redis agree; this module proves that what they
+agree on is allowed. It is a second, plain implementation of the rules: it imports nothing of the
+services (not their limits, not their clearing or status arithmetic), so that a rule written wrong
+there is not written wrong here too. Its figures are the brief's, written again on purpose.
+
+What it can judge from records alone, it judges; where an order between two topics would be needed
+(a recipient's enrollment against a claim), it checks what holds whatever the order. Rule 16 (no
+grant or draw while a freeze stands) is not judged here yet: a provider's wallet events come from
+several consumers, so their order on the topic is not the order of the steps in Redis (a freeze
+published before a draw may have been applied after it); the events need a per-account sequence.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from gongji.audit.books import Books
+from shared.contracts import SettlementEvent, WalletEvent
+from shared.topics import CLAIMS, ENROLLMENT, WALLET_COMMANDS
+
+RULE = "rule"  # a rule of the brief broken, though records and Redis may agree
+
+# Rule 9: at most 3 transfers a day, each at most 2,000 yuan (200,000 fen), a day in Asia/Shanghai.
+MOST_PER_GRANT_FEN = 200_000
+MOST_GRANTS_A_DAY = 3
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+# Rule 12: the only uses; an institution's code begins with H, a pharmacy's with P.
+USES = frozenset({"institution", "pharmacy", "resident_premium", "ltc_premium"})
+CODE_LETTER = {"institution": "H", "pharmacy": "P"}
+PREMIUMS = frozenset({"resident_premium", "ltc_premium"})
+NATIONAL = "national"  # the scope of claim ids in the books
+
+Differ = Callable[[str, str, dict[str, str], Any, Any], None]
+
+
+def check_rules(books: Books, differ: Differ) -> None:
+    for rule in (_grants, _paid_claims, _related_before_quota):
+        rule(books, differ)
+
+
+# ---- rules 8-10: a grant is the provider's own, within the limits ------------------------------
+
+
+def _grants(books: Books, differ: Differ) -> None:
+    per_day: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for event in books.wallet_events:
+        if event.type != "granted":
+            continue
+        ids = {"provider": event.provider_id, "input": event.cause_id}
+        if not 1 <= event.amount_fen <= MOST_PER_GRANT_FEN:
+            differ(RULE, "rule 9: a grant above 2,000 yuan", ids, MOST_PER_GRANT_FEN, event.amount_fen)
+        command = books.input((WALLET_COMMANDS.name, event.provider_id, event.cause_id))
+        if command is not None and command.get("actor_id") != event.provider_id:
+            differ(RULE, "rule 10: a grant made by someone other than the provider", ids, event.provider_id,
+                   command.get("actor_id"))
+        per_day[(event.provider_id, shanghai_day(event.occurred_at))].append(event.cause_id)
+    for (provider, day), commands in sorted(per_day.items()):
+        if len(commands) > MOST_GRANTS_A_DAY:
+            differ(RULE, "rule 9: more grants in one Asia/Shanghai day than allowed",
+                   {"provider": provider, "day": day, "commands": " ".join(sorted(commands))},
+                   MOST_GRANTS_A_DAY, len(commands))
+
+
+def shanghai_day(moment: datetime) -> str:
+    return moment.astimezone(SHANGHAI).strftime("%Y%m%d")
+
+
+def _related_before_quota(books: Books, differ: Differ) -> None:
+    """Rules 2, 5, 8: quota is set only for a close relative the provider is related to."""
+    established = {(event.provider_id, event.recipient_id) for event in books.relationship_events
+                   if event.type == "established"}
+    for event in books.wallet_events:
+        if event.type == "granted" and (event.provider_id, event.recipient_id or "") not in established:
+            differ(RULE, "rules 2, 8: quota granted to someone never related to the provider",
+                   {"provider": event.provider_id, "recipient": event.recipient_id or "", "input": event.cause_id},
+                   "an established relationship", "none")
+
+
+# ---- rules 12, 13: only medical uses are paid, and only the recipient's own share --------------
+
+
+def _paid_claims(books: Books, differ: Differ) -> None:
+    resident_insured = {key[1] for key, contents in books.inputs.items() if key[0] == ENROLLMENT.name
+                        and any(content.get("insurance_type") == "resident" for content in contents)}
+    for result in books.settlements:
+        if result.status not in ("settled", "partial"):
+            continue
+        ids = {"claim": result.claim_id, "recipient": result.recipient_id}
+        claim = _claim_of(books, result)
+        if claim is None:
+            continue  # the answers check names a result of no claim
+        why = _not_payable(claim, result, resident_insured)
+        if why is not None:
+            differ(RULE, f"rule 12: {why}", ids, "nothing paid", result.paid_fen)
+        elif result.paid_fen > _payable(claim):
+            differ(RULE, "rule 13: more paid than the claim's own share (catalogue items at a pharmacy)", ids,
+                   _payable(claim), result.paid_fen)
+
+
+def _claim_of(books: Books, result: SettlementEvent) -> dict[str, Any] | None:
+    contents = books.inputs.get((CLAIMS.name, NATIONAL, result.claim_id), [])
+    return next((content for content in contents if content.get("recipient_id") == result.recipient_id
+                 and content.get("amount_fen") == result.requested_fen), None)
+
+
+def _not_payable(claim: dict[str, Any], result: SettlementEvent, resident_insured: set[str]) -> str | None:
+    category = claim.get("category")
+    service_province = str(claim.get("service_region"))[:2]
+    if category not in USES:
+        return f"a use that is not medical ({str(category)[:32]}) was paid"
+    if category in CODE_LETTER:
+        code = str(claim.get("institution_code") or "")
+        if not code.startswith(CODE_LETTER[category]):
+            return f"a {category} claim paid under a code of another kind"
+        if code[1:3] != service_province:
+            return "a claim paid for an institution outside the service region's province"
+    if category in PREMIUMS and str(claim.get("recipient_region"))[:2] != service_province:
+        return "a premium paid to a province other than the recipient's insured one"
+    if category == "resident_premium" and result.recipient_id not in resident_insured:
+        return "a resident-insurance premium paid for a recipient never insured as a resident"
+    return None
+
+
+def _payable(claim: dict[str, Any]) -> int:
+    """At a pharmacy, only the catalogue items; elsewhere the amount asked (the recipient's share)."""
+    amount = int(claim.get("amount_fen") or 0)
+    if claim.get("category") != "pharmacy":
+        return amount
+    return min(amount, sum(int(item.get("amount_fen") or 0) for item in claim.get("items") or []
+                           if item.get("in_catalogue") is True))
