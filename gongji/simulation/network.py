@@ -4,19 +4,26 @@ how often, and in what order."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import json
+from collections import Counter, defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 
 from pydantic import BaseModel
 
+from gongji.audit.books import Record
 from gongji.simulation.cast import Cast
 from shared.contracts import (
-    AccountCredited, AccountSpent, Claim, DrawAnswered, DrawRequested, EnrollmentChanged, KinshipRecorded,
-    RefundRequested, RelationshipCommand, RelationshipEvent, SupervisionActed, WalletCommand,
+    AccountCredited, AccountSpent, Claim, ClearingRow, DeadLetter, DrawAnswered, DrawRequested, EnrollmentChanged,
+    KinshipRecorded, RefundRequested, RelationshipCommand, RelationshipEvent, SettlementEvent, StatisticsSnapshot,
+    SupervisionActed, WalletCommand, WalletEvent,
 )
+from shared.ids import derived_event_id
+from shared.runtime import Refused
 from shared.topics import (
-    ACCOUNT_CREDITS, ACCOUNT_SPENDS, CLAIMS, DRAW_ANSWERS, DRAW_REQUESTS, ENROLLMENT, KINSHIP, REFUND_REQUESTS,
-    RELATIONSHIP_COMMANDS, RELATIONSHIP_EVENTS, SUPERVISION, WALLET_COMMANDS, Topic,
+    ACCOUNT_CREDITS, ACCOUNT_SPENDS, CLAIMS, CLEARING, DEAD_LETTERS, DRAW_ANSWERS, DRAW_REQUESTS, ENROLLMENT, KINSHIP,
+    REFUND_REQUESTS, RELATIONSHIP_COMMANDS, RELATIONSHIP_EVENTS, SETTLEMENTS, STATISTICS, SUPERVISION,
+    WALLET_COMMANDS, WALLET_EVENTS, Topic,
 )
 
 
@@ -56,6 +63,11 @@ CONSUMED_OUTPUTS: dict[type[BaseModel], Topic] = {
     DrawRequested: DRAW_REQUESTS,
     DrawAnswered: DRAW_ANSWERS,
     RefundRequested: REFUND_REQUESTS,
+}
+# Where every output is published (the topics the deep audit reads among them).
+OUTPUT_TOPICS: dict[type[BaseModel], Topic] = {
+    **CONSUMED_OUTPUTS, WalletEvent: WALLET_EVENTS, SettlementEvent: SETTLEMENTS, ClearingRow: CLEARING,
+    StatisticsSnapshot: STATISTICS,
 }
 
 
@@ -110,6 +122,38 @@ def named(envelope: "Envelope", wanted: str) -> bool:
 class Envelope:
     label: str
     message: BaseModel
+
+
+class Topics:
+    """What the run's topics hold, as Kafka would keep it (one partition each): every input, every
+    output published, a dead letter for every refusal. The deep audit reads them at the end of a
+    run, as it reads the real topics. An input is recorded when a service first takes it in: the
+    simulator may deliver one key's messages in another order than they were sent, and Kafka's
+    order is the order they are taken in."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        # An input message (kept, so that its id is never another's) -> its record.
+        self._inputs: dict[int, tuple[BaseModel, Record]] = {}
+        self._offsets: Counter[str] = Counter()
+
+    def publish(self, topic: Topic, message: BaseModel) -> Record:
+        value = json.loads(message.model_dump_json())
+        record = Record(topic.name, str(value.get(topic.key_field)), value, 0, self._offsets[topic.name])
+        self._offsets[topic.name] += 1
+        self.records.append(record)
+        return record
+
+    def taken_in(self, topic: Topic, message: BaseModel) -> None:
+        if id(message) not in self._inputs:
+            self._inputs[id(message)] = (message, self.publish(topic, message))
+
+    def dead_letter(self, refused: Refused, at: datetime) -> None:
+        _, record = self._inputs[id(refused.message)]
+        self.publish(DEAD_LETTERS, DeadLetter(
+            event_id=derived_event_id("dead-letter", record.topic, str(record.offset)), source_topic=record.topic,
+            partition=record.partition, offset=record.offset, error=refused.error, payload="", at=at,
+            service="simulation", source_key=record.key or "", reason=refused.reason))
 
 
 class Network:

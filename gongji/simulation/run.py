@@ -65,6 +65,7 @@ async def execute(redis: Redis, seed: int, ops: list[Op] | None = None, steps: i
         draining = True
         await world.drain()
         await world.check()
+        await world.deep_audit()
     except Breach as breach:
         failure = Failure(len(done) + draining, breach.invariant, breach.detail)
     except Exception as error:  # a handler that raises is a finding too

@@ -16,8 +16,13 @@ from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
 from gongji.simulation.cast import Cast
+from gongji.audit.books import rebuild
+from gongji.audit.compare import compare
+from gongji.audit.state import read_state
 from gongji.simulation.model import Books, Breach, require
-from gongji.simulation.network import CONSUMED_OUTPUTS, ROUTES, Envelope, Network, Route, inboxes_of, label
+from gongji.simulation.network import (
+    CONSUMED_OUTPUTS, OUTPUT_TOPICS, ROUTES, Envelope, Network, Route, Topics, inboxes_of, label,
+)
 from services.relationship.handlers import RelationshipHandlers
 from services.relationship.store import RelationshipStore
 from services.settlement.clearing import MonthNotEnded, close_month
@@ -29,9 +34,10 @@ from shared.clock import FixedClock, rfc3339
 from shared.ids import claim_id_prefix
 from shared.policy import Policy, PolicyCache, write_policy
 from shared.topics import (
-    ACCOUNT_CREDITS, ACCOUNT_SPENDS, ALL_TOPICS, CLAIMS, ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, SUPERVISION,
-    WALLET_COMMANDS, Topic,
+    ACCOUNT_CREDITS, ACCOUNT_SPENDS, ALL_TOPICS, CLAIMS, CLEARING, ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS,
+    SUPERVISION, WALLET_COMMANDS, Topic,
 )
+from shared.runtime import Refused
 
 # Near a month's end, so that runs close months and reverse claims of closed ones.
 START = datetime.fromisoformat("2026-03-27T09:00:00+08:00")
@@ -160,6 +166,7 @@ class World:
         }
         self.instances = {service: self.instance(service) for service in self.stores}
         self.network = Network()
+        self.topics = Topics()
         self.books = Books(cast, self.clock, self.stores["settlement"].shard_prefix)
         self.faults: Counter[str] = Counter()
         self.checks = 0
@@ -285,6 +292,8 @@ class World:
 
     async def _handle(self, route: Route, batch: list[BaseModel], store: Any = None) -> list:
         self.stored = True
+        for message in batch:
+            self.topics.taken_in(route.topic, message)
         handlers = self.instances[route.service] if store is None else self.instance(route.service, store)
         return await getattr(handlers, route.handler)(batch)
 
@@ -294,6 +303,10 @@ class World:
         self.books.observe(route.inbox, batch, outputs)
         if publish:
             for output in outputs:
+                if isinstance(output, Refused):
+                    self.topics.dead_letter(output, self.clock.now())
+                    continue
+                self.topics.publish(OUTPUT_TOPICS[type(output)], output)
                 if topic := CONSUMED_OUTPUTS.get(type(output)):
                     for inbox in inboxes_of(topic):
                         self.network.send(inbox, Envelope(label(output, self.cast), output))
@@ -445,6 +458,18 @@ class World:
         """The end of every saga: everything in flight delivered, each step checked."""
         await self._deliver_all(after_each=self.check)
 
+    async def deep_audit(self) -> None:
+        """The end of every run: `gongji audit --deep`'s books rebuilt from what the topics hold,
+        against Redis, and the rules judged from the records. Everything has landed: nothing may be
+        pending either."""
+        report = compare(rebuild(self.topics.records), await read_state(self.redis))
+        if not report.valid:
+            first = report.differences[0]
+            raise Breach("deep-audit", f"{first.invariant}: {first.what} {first.ids}: expected {first.expected}, "
+                                       f"found {first.found} ({len(report.differences)} differences)")
+        if report.pending:
+            raise Breach("deep-audit", f"still pending once everything landed: {report.pending[0]}")
+
     # ---- the world around --------------------------------------------------------------------
 
     async def _advance(self, minutes: int) -> str:
@@ -464,5 +489,7 @@ class World:
         except MonthNotEnded:
             return f"{month} has not ended"
         self.books.close_month(month, rows)
+        for row in rows:
+            self.topics.publish(CLEARING, row)
         self.stored = True
         return f"closed {month}: {len(rows)} rows"

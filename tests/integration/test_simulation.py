@@ -12,6 +12,8 @@ from redis.asyncio import Redis
 
 from gongji.simulation import SCENARIOS, execute, run_scenario, shrink
 from gongji.simulation.run import Outcome
+from services.settlement import handlers
+from services.settlement.domain import Enrolled
 from services.wallet.store import WalletStore
 from shared.credentials import redis_options
 from shared.principals import OPERATOR
@@ -92,3 +94,23 @@ async def test_the_simulation_catches_a_money_bug_and_shrinks_it_to_a_short_repl
     assert caught.shrunk is not None and len(caught.shrunk) < caught.failure.step
     again = await execute(redis, caught.seed, caught.shrunk)
     assert again.failure is not None and again.failure.invariant == caught.failure.invariant, explained(caught)
+
+
+def _employee_pays_resident_premiums(assess):
+    """Issue 20's defect 2 put back: the recipient's insurance type is not read."""
+    def assess_claim(claim, recipient):
+        return assess(claim, recipient and Enrolled("resident", recipient.region, recipient.status))
+    return assess_claim
+
+
+@pytest.mark.parametrize("defect", ["a premium billed by another province", "a resident premium for an employee"])
+async def test_money_round_3s_defects_put_back_are_found_by_the_simulation(redis, monkeypatch, defect) -> None:
+    if defect == "a premium billed by another province":
+        refusal = handlers.refusal_before_id
+        monkeypatch.setattr(handlers, "refusal_before_id", lambda claim, province: None if claim.category
+                            in ("resident_premium", "ltc_premium") else refusal(claim, province))
+    else:
+        monkeypatch.setattr(handlers, "assess_claim", _employee_pays_resident_premiums(handlers.assess_claim))
+    failures = [outcome.failure for seed in range(12) if (outcome := await execute(redis, seed, steps=300)).failure]
+    assert failures, f"no seed of 12 found {defect}"
+    assert "error" not in {failure.invariant for failure in failures}, failures  # found by a rule, not a crash
