@@ -318,6 +318,9 @@ class WalletEvent(_Output):
     # On `refunded`: where the money went back, the recipient's grant (the relationship it was drawn
     # under lasts) or the provider's account; the books of quotas follow it.
     refunded_to: Literal["grant", "account"] | None = None
+    # The account's step number (from 1, never reused): one account's events come from several
+    # consumers, so their order on the topic is not the order the steps were applied; this is.
+    account_seq: int | None = None
     occurred_at: datetime
 
 

@@ -6,10 +6,9 @@ services (not their limits, not their clearing or status arithmetic), so that a 
 there is not written wrong here too. Its figures are the brief's, written again on purpose.
 
 What it can judge from records alone, it judges; where an order between two topics would be needed
-(a recipient's enrollment against a claim), it checks what holds whatever the order. Rule 16 (no
-grant or draw while a freeze stands) is not judged here yet: a provider's wallet events come from
-several consumers, so their order on the topic is not the order of the steps in Redis (a freeze
-published before a draw may have been applied after it); the events need a per-account sequence.
+(a recipient's enrollment against a claim), it checks what holds whatever the order. One account's
+wallet events come from several consumers, so their order on the topic is not the order of the
+steps in Redis; each carries the account's step number (`account_seq`), which is.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ Differ = Callable[[str, str, dict[str, str], Any, Any], None]
 
 
 def check_rules(books: Books, differ: Differ) -> None:
-    for rule in (_grants, _paid_claims, _related_before_quota):
+    for rule in (_grants, _frozen_accounts, _paid_claims, _related_before_quota):
         rule(books, differ)
 
 
@@ -80,6 +79,30 @@ def _related_before_quota(books: Books, differ: Differ) -> None:
             differ(RULE, "rules 2, 8: quota granted to someone never related to the provider",
                    {"provider": event.provider_id, "recipient": event.recipient_id or "", "input": event.cause_id},
                    "an established relationship", "none")
+
+
+# ---- rule 16: a frozen account grants and pays nothing ------------------------------------------
+
+
+def _frozen_accounts(books: Books, differ: Differ) -> None:
+    """Walking one account's events in the order of its steps, the freezes standing before a grant
+    or a draw must be none. (An account with events of a release before step numbers is skipped.)"""
+    by_account: dict[str, list[WalletEvent]] = defaultdict(list)
+    for event in books.wallet_events:
+        by_account[event.provider_id].append(event)
+    for provider, events in sorted(by_account.items()):
+        stepped = [event for event in events if event.account_seq is not None]
+        if len(stepped) < len(events):
+            continue
+        standing = 0
+        for event in sorted(stepped, key=lambda one: one.account_seq or 0):
+            if event.type == "frozen":
+                standing += 1
+            elif event.type == "unfrozen":
+                standing = max(0, standing - 1)
+            elif event.type in ("granted", "debited") and event.amount_fen and standing:
+                differ(RULE, f"rule 16: {'a grant' if event.type == 'granted' else 'a draw'} from a frozen account",
+                       {"provider": provider, "input": event.claim_id or event.cause_id}, 0, event.amount_fen)
 
 
 # ---- rules 12, 13: only medical uses are paid, and only the recipient's own share --------------

@@ -57,6 +57,7 @@ def _wallet_event(topic: Topic, scope: str, input_id: str, provider_id: str, res
         balance_fen=_fen(result.get("balance")),
         frozen_fen=_fen(result.get("frozen")),
         reason=result.get("reason"),
+        account_seq=result.get("seq"),
         occurred_at=datetime.fromisoformat(result["at"]),
         **fields,
     )

@@ -4,7 +4,8 @@ Per person X (prefix wal:{p:X}):
   :seen:<topic>   hash  input id -> "<fingerprint>|<result json>", one hash per input topic, so
                         that an id of one topic never meets another topic's or an internal one
   :account        hash  balance, frozen, credited, spent, paid, refunded (fen, integers);
-                        insurance_type, region, status; freezes (standing supervision freezes)
+                        insurance_type, region, status; freezes (standing supervision freezes);
+                        seq (the account's steps so far: each event carries its own)
   :freezes        zset  event id of each standing freeze, in the order they were made
   :grants         hash  recipient id -> remaining quota (fen): what X froze for that recipient
   :relationships  hash  recipient id -> recipient region, for X's active relationships
@@ -26,6 +27,9 @@ local function num(value) return tonumber(value) or 0 end
 local function account_view(account_key, result)
   local values = redis.call('HMGET', account_key, 'balance', 'frozen')
   result.balance, result.frozen = values[1] or '0', values[2] or '0'
+  -- The account's step number: one account's events come from several consumers, and only this
+  -- orders them as Redis applied them (a freeze, then a draw it must stop).
+  result.seq = redis.call('HINCRBY', account_key, 'seq', 1)
   return result
 end
 

@@ -22,12 +22,12 @@ from gongji.audit.rules import RULE
 from gongji.audit.state import read_state
 from services.settlement.domain import Assessment
 from services.wallet.domain import GrantLimits
-from shared.contracts import SettlementEvent, WalletCommand, WalletEvent
+from shared.contracts import SettlementEvent, SupervisionActed, WalletCommand, WalletEvent
 from shared.credentials import redis_options
 from shared.principals import OPERATOR
 from shared.redis_client import in_database
 from shared.topics import (
-    ACCOUNT_CREDITS, CLAIMS, CLEARING as CLEARING_TOPIC, DRAW_REQUESTS, RELATIONSHIP_EVENTS, SETTLEMENTS,
+    ACCOUNT_CREDITS, CLAIMS, CLEARING as CLEARING_TOPIC, DRAW_REQUESTS, RELATIONSHIP_EVENTS, SETTLEMENTS, SUPERVISION,
     WALLET_COMMANDS, WALLET_EVENTS,
 )
 from tests.integration.bus import Bus
@@ -474,6 +474,24 @@ async def test_a_premium_paid_where_it_is_not_owed_is_named(bus: Bus, monkeypatc
     (result, *_) = [output for output in await bus.claim(premium) if isinstance(output, SettlementEvent)]
     assert result.status == "settled"
     assert rules_broken(await deep(bus)) == [broken]
+
+
+async def test_a_grant_from_a_frozen_account_is_named(bus: Bus) -> None:
+    """Planted in the account's step numbers: the freeze applied before the grant it should have
+    refused. (Their order on the topic says nothing: the grant and the freeze come from two
+    consumers.)"""
+    provider, recipient = await related_pair(bus)
+    await bus.grant(provider, recipient, REGION, 1_000)
+    await bus.publish(SUPERVISION, SupervisionActed(event_id=new_id("sup"), person_id=provider, action="freeze",
+                                                    reason="违规使用", occurred_at=bus.clock.now()))
+    assert (await deep(bus)).valid
+    (grant,) = records_of(bus, WALLET_EVENTS.name, type="granted", provider_id=provider)
+    (freeze,) = records_of(bus, WALLET_EVENTS.name, type="frozen", provider_id=provider)
+    assert grant.value["account_seq"] < freeze.value["account_seq"]
+    swapped = {id(grant): changed(grant, account_seq=freeze.value["account_seq"]),
+               id(freeze): changed(freeze, account_seq=grant.value["account_seq"])}
+    records = [swapped.get(id(record), record) for record in bus.records]
+    assert rules_broken(await deep(bus, records)) == ["rule 16: a grant from a frozen account"]
 
 
 async def test_quota_for_someone_never_related_is_named(bus: Bus) -> None:
