@@ -134,13 +134,23 @@ def _breaks_the_contract(topic: Topic, record: Record) -> bool:
     return record.key != str(getattr(message, topic.key_field))
 
 
+def json_object(raw: bytes | None) -> dict[str, Any] | None:
+    """A record's JSON object, or None: input topics carry whatever senders wrote (broken, nested
+    too deep to decode, not an object), which a service dead-letters."""
+    try:
+        decoded = json.loads(raw or b"")
+    except (ValueError, RecursionError):
+        return None
+    return decoded if isinstance(decoded, dict) else None
+
+
 def _claim_id_of(payload: object) -> str | None:
     """The claim id a dead letter's record was sent under, if it can be read."""
     try:
-        value = json.loads(base64.b64decode(str(payload)))
-    except (ValueError, RecursionError):
+        raw = base64.b64decode(str(payload))
+    except ValueError:
         return None
-    claim_id = value.get("claim_id") if isinstance(value, dict) else None
+    claim_id = (json_object(raw) or {}).get("claim_id")
     return claim_id if isinstance(claim_id, str) else None
 
 

@@ -661,10 +661,10 @@ def _standing_input(books: Books, key: InputKey, answer: Any) -> dict[str, Any] 
     if key[0] != CLAIMS.name:
         return books.input(key)
     own = [content for content in books.inputs.get(key, []) if content.get("recipient_id") == answer.recipient_id]
-    if isinstance(answer, SettlementEvent) and answer.reason in REFUSED_BEFORE_ID:
-        return next((content for content in own if _answer_mismatch(CLAIMS.name, content, answer) is None), None)
-    return next((content for content in own if _answer_mismatch(CLAIMS.name, content, answer) is None),
-                own[0] if own else None)
+    alike = next((content for content in own if _answer_mismatch(CLAIMS.name, content, answer) is None), None)
+    if alike is not None or (isinstance(answer, SettlementEvent) and answer.reason in REFUSED_BEFORE_ID):
+        return alike  # a refusal before the id describes only a claim of its own figures
+    return own[0] if own else None
 
 
 def _answer_mismatch(topic: str, content: dict[str, Any], answer: Any) -> tuple[str, Any, Any] | None:

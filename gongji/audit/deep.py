@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import re
 import time
 from collections import Counter
@@ -22,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import BusyLoadingError
 from rich.markup import escape
 
-from gongji.audit.books import AUDITED_TOPICS, Record, rebuild
+from gongji.audit.books import AUDITED_TOPICS, Record, json_object, rebuild
 from gongji.audit.compare import IN_FLIGHT, AuditReport, Difference, Pending, compare
 from gongji.audit.state import RedisState, read_state
 from shared.credentials import aiokafka_options
@@ -129,21 +128,13 @@ async def read_records(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, in
     while open_partitions:
         for partition, batch in (await consumer.getmany(*open_partitions, timeout_ms=1000, max_records=20_000)).items():
             records += [Record(record.topic, record.key.decode(errors="replace") if record.key is not None else None,
-                               _decoded(record.value), record.partition, record.offset)
+                               json_object(record.value), record.partition, record.offset)
                         for record in batch if record.offset < ends[partition]]
         for partition in list(open_partitions):
             if await consumer.position(partition) >= ends[partition]:
                 open_partitions.discard(partition)
                 consumer.pause(partition)
     return records
-
-
-def _decoded(value: bytes | None) -> dict | None:
-    try:
-        decoded = json.loads(value or b"")
-    except (ValueError, RecursionError):  # input topics carry whatever senders wrote; a service dead-letters it
-        return None
-    return decoded if isinstance(decoded, dict) else None
 
 
 def masked(value: Any) -> Any:

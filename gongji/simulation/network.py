@@ -150,10 +150,15 @@ class Topics:
 
     def dead_letter(self, refused: Refused, at: datetime) -> None:
         _, record = self._inputs[id(refused.message)]
-        self.publish(DEAD_LETTERS, DeadLetter(
-            event_id=derived_event_id("dead-letter", record.topic, str(record.offset)), source_topic=record.topic,
-            partition=record.partition, offset=record.offset, error=refused.error, payload="", at=at,
-            service="simulation", source_key=record.key or "", reason=refused.reason))
+        self.publish(DEAD_LETTERS, dead_letter_of(record, refused, at))
+
+
+def dead_letter_of(record: Record, refused: Refused, at: datetime) -> DeadLetter:
+    """The dead letter the runtime would publish for a refused record (its payload left out)."""
+    return DeadLetter(event_id=derived_event_id("dead-letter", record.topic, str(record.offset)),
+                      source_topic=record.topic, partition=record.partition, offset=record.offset,
+                      error=refused.error, payload="", at=at, service="simulation", source_key=record.key or "",
+                      reason=refused.reason)
 
 
 class Network:

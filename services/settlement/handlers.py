@@ -179,13 +179,10 @@ class SettlementHandlers:
         its first result. The answer describes this claim, under an id of its own content."""
         if reason == ReasonCode.CONFLICT:
             CONFLICTS.labels(SERVICE, CLAIMS.name).inc()
-        return SettlementEvent(
-            event_id=claim_output_id(claim.claim_id, "conflict" if reason == ReasonCode.CONFLICT else reason, content),
-            cause_id=claim.claim_id, claim_id=claim.claim_id, recipient_id=claim.recipient_id, status="rejected",
-            requested_fen=claim.amount_fen or 0, paid_fen=0, self_pay_fen=claim.amount_fen or 0, payers=[],
-            reason=reason, category=claim.category, service_region=claim.service_region,
-            reverses=claim.reverses, settled_at=now,
-        )
+        what = "conflict" if reason == ReasonCode.CONFLICT else reason
+        return _rejected(claim_output_id(claim.claim_id, what, content), claim.claim_id, claim.recipient_id,
+                         claim.amount_fen or 0, reason, now, category=claim.category,
+                         service_region=claim.service_region, reverses=claim.reverses)
 
     def _reverse(self, claim: Claim, content: str, facts: ClaimFacts, province: str | None, now: datetime) -> Call:
         assert claim.reverses is not None  # the contract requires it for a reversal
@@ -220,13 +217,10 @@ class SettlementHandlers:
         if fields is None or not isinstance(claim_id, str) or not 1 <= len(claim_id) <= 128:
             return None
         recipient_id, amount = fields.get("recipient_id"), fields.get("amount_fen")
-        requested = amount if type(amount) is int and 1 <= amount <= MAX_AMOUNT_FEN else 0
-        event = SettlementEvent(
-            event_id=claim_output_id(claim_id, "unreadable", letter.event_id or ""), cause_id=claim_id,
-            claim_id=claim_id, recipient_id=recipient_id if isinstance(recipient_id, str) and len(recipient_id) <= 64 else "",
-            status="rejected", requested_fen=requested, paid_fen=0, self_pay_fen=requested, payers=[],
-            reason=letter.reason, error=mask_person_ids(letter.error), settled_at=self.clock.now(),
-        )
+        event = _rejected(claim_output_id(claim_id, "unreadable", letter.event_id or ""), claim_id,
+                          recipient_id if isinstance(recipient_id, str) and len(recipient_id) <= 64 else "",
+                          amount if type(amount) is int and 1 <= amount <= MAX_AMOUNT_FEN else 0,
+                          letter.reason, self.clock.now(), error=mask_person_ids(letter.error))
         return _also_to_provinces(event, topic.province)
 
     async def on_draw_answers(self, answers: Sequence[DrawAnswered]) -> list[BaseModel | ToTopic | Refused]:
@@ -308,6 +302,14 @@ class SettlementHandlers:
         current_minute = shanghai_minute(now)
         self.tallies = {minute: tally for minute, tally in self.tallies.items() if minute >= current_minute}
         return snapshots
+
+
+def _rejected(event_id: str, claim_id: str, recipient_id: str, requested_fen: int, reason: ReasonCode, now: datetime,
+              **fields: str | None) -> SettlementEvent:
+    """The answer to a claim refused before anything was recorded: nothing paid, all self-paid."""
+    return SettlementEvent(event_id=event_id, cause_id=claim_id, claim_id=claim_id, recipient_id=recipient_id,
+                           status="rejected", requested_fen=requested_fen, paid_fen=0, self_pay_fen=requested_fen,
+                           payers=[], reason=reason, settled_at=now, **fields)
 
 
 def _refusal(reason: ReasonCode, now: datetime) -> dict:

@@ -4,13 +4,13 @@ change any record or any key afterwards, as a defect would."""
 
 from __future__ import annotations
 
-import json
-from collections import Counter, deque
+from collections import deque
 from datetime import datetime
 
 from pydantic import BaseModel
 
 from gongji.audit.books import Record
+from gongji.simulation.network import Topics, dead_letter_of
 from services.relationship.handlers import RelationshipHandlers
 from services.relationship.store import RelationshipStore
 from services.settlement.clearing import close_month
@@ -19,7 +19,6 @@ from shared.contracts import (
     RefundRequested, RelationshipCommand, RelationshipEvent, SettlementEvent, StatisticsSnapshot, WalletCommand,
     WalletEvent,
 )
-from shared.ids import derived_event_id
 from shared.policy import PolicyCache
 from shared.runtime import Refused
 from shared.topics import (
@@ -60,20 +59,19 @@ class Bus:
             CLAIMS.name: [settlement.on_claims],
             DRAW_ANSWERS.name: [settlement.on_draw_answers],
         }
-        self.records: list[Record] = []
-        self._offsets: Counter[str] = Counter()
+        self.topics = Topics()
 
     async def load(self) -> "Bus":
         await self.saga.load()
         await self.relationship_store.load()
         return self
 
+    @property
+    def records(self) -> list[Record]:
+        return self.topics.records
+
     def record(self, topic: Topic, message: BaseModel) -> Record:
-        record = Record(topic.name, str(getattr(message, topic.key_field)), json.loads(message.model_dump_json()),
-                        0, self._offsets[topic.name])
-        self._offsets[topic.name] += 1
-        self.records.append(record)
-        return record
+        return self.topics.publish(topic, message)
 
     async def publish(self, topic: Topic, message: BaseModel, hold: frozenset[Topic] = frozenset()) -> list[BaseModel]:
         """Publishes a message and delivers it and everything it leads to, until nothing is left in
@@ -87,16 +85,10 @@ class Bus:
             for handler in [] if topic in hold else self.routes.get(topic.name, []):
                 for output in await handler([message]):
                     if isinstance(output, Refused):
-                        output = self._dead_letter(record, output)
+                        output = dead_letter_of(record, output, self.clock.now())
                     outputs.append(output)
                     queue.append((OUTPUT_TOPICS[type(output)], output))
         return outputs
-
-    def _dead_letter(self, record: Record, refused: Refused) -> DeadLetter:
-        return DeadLetter(event_id=derived_event_id("dead-letter", record.topic, str(record.offset)),
-                          source_topic=record.topic, partition=record.partition, offset=record.offset,
-                          error=refused.error, payload="", at=self.clock.now(), service="test",
-                          source_key=record.key or "", reason=refused.reason)
 
     # ---- the world, through the public topics ----
 

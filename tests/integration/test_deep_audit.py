@@ -396,10 +396,10 @@ async def test_a_refusal_that_pays_or_names_no_claim_is_named(bus: Bus) -> None:
     bus.record(SETTLEMENTS, refusal_of(claim, "CONFLICT", status="partial", paid_fen=700, self_pay_fen=0))
     assert named(await deep(bus), ANSWER, input=claim.claim_id)
     broken = bus.saga.settle(world.recipient, 800)
-    bus.records = [record for record in bus.records if record.topic != SETTLEMENTS.name
-                   or record.value.get("claim_id") != claim.claim_id]
     bus.record(SETTLEMENTS, refusal_of(broken, "INVALID_MESSAGE", error="recipient_id: invalid"))
-    assert [difference.what for difference in named(await deep(bus), ANSWER, input=broken.claim_id)] == [
+    records = [record for record in bus.records if record.topic != SETTLEMENTS.name
+               or record.value.get("claim_id") != claim.claim_id]
+    assert [difference.what for difference in named(await deep(bus, records), ANSWER, input=broken.claim_id)] == [
         "a refusal of a broken claim names no dead-lettered claim"]
 
 

@@ -42,7 +42,7 @@ def test_a_valid_report_has_no_first_difference() -> None:
 
 def test_a_record_nested_too_deep_to_decode_is_read_as_no_object_not_a_crash() -> None:
     """The services dead-letter it; the audit once died on it with RecursionError, for good."""
-    from gongji.audit.deep import _decoded
+    from gongji.audit.books import json_object
 
-    assert _decoded(b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}") is None
-    assert _decoded(b'{"a": 1}') == {"a": 1}
+    assert json_object(b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}") is None
+    assert json_object(b'{"a": 1}') == {"a": 1}
