@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import logging
 import time
@@ -166,11 +167,7 @@ class Outbox:
                                          description=topic.model.__doc__, include_in_schema=not topic.province)
             for topic in topics
         }
-        # A model's own topic is the first listed of it; the others (a province's copy, a sender's
-        # dead letters) are written as ToTopic.
-        self._topic_by_model: dict[type[BaseModel], Topic] = {}
-        for topic in topics:
-            self._topic_by_model.setdefault(topic.model, topic)
+        self._topic_by_model = topics_by_model(topics)
 
     async def send(self, messages: Sequence[BaseModel | ToTopic]) -> list[asyncio.Future]:
         pending = []
@@ -380,7 +377,7 @@ async def _without_instructions(records: tuple[ConsumerRecord, ...], parse: Call
 
 def subscribe(
     broker: KafkaBroker,
-    topics: Topic | tuple[Topic, ...],
+    topics: tuple[Topic, ...],
     handler: BatchHandler,
     *,
     service: str,
@@ -392,10 +389,9 @@ def subscribe(
 ) -> Acknowledgements:
     """Registers `handler` for bounded batches of `topics`; its outputs and the batch's dead
     letters go through `outbox`, confirmed before the batch's offsets are committed (the returned
-    pipeline). Several topics (a tuple) are read by one consumer, and the handler gets each message
-    as a Delivery that names its topic."""
-    several = isinstance(topics, tuple)
-    topics = topics if isinstance(topics, tuple) else (topics,)
+    pipeline). Several topics are read by one consumer, and the handler gets each message as a
+    Delivery that names its topic (Route.handed)."""
+    several = len(topics) > 1
     topic = topics[0]
     label = topic.pattern
     decoder = DeadLetterDecoder(service, topics, clock, deliveries=several, answer_sender=answer_sender)
@@ -482,8 +478,35 @@ def _poll_without_pause(settings: Settings, acknowledgements: Acknowledgements) 
     return get_msg
 
 
-# A route's topics are read by one consumer; a tuple of topics gives the handler Deliveries.
-Route = tuple[Topic | tuple[Topic, ...], BatchHandler]
+@dataclass(frozen=True)
+class Route:
+    """One subscription of a service: the topics one consumer reads, and the method of the service's
+    handlers class that takes their batches. Each app.py declares its routes once, as data; the app
+    binds them to its handlers, and the integration buses and the simulation wire themselves from
+    the same declaration. A route of several topics hands its handler Deliveries."""
+
+    topics: tuple[Topic, ...]
+    method: Callable[..., Awaitable[Sequence[BaseModel | ToTopic | Refused]]]  # unbound: Handlers.on_x
+
+    @property
+    def name(self) -> str:
+        return self.method.__name__
+
+    def handed(self, topic: Topic, message: BaseModel) -> BaseModel | Delivery:
+        """A message as this route's handler takes it."""
+        return Delivery(topic, message) if len(self.topics) > 1 else message
+
+    def bound(self, handlers: object) -> BatchHandler:
+        return functools.partial(self.method, handlers)
+
+
+def topics_by_model(topics: Sequence[Topic]) -> dict[type[BaseModel], Topic]:
+    """Where a service's output of each model goes: the first topic listed of it. Its others (a
+    province's copy, a sender's dead letters) are written as ToTopic."""
+    found: dict[type[BaseModel], Topic] = {}
+    for topic in topics:
+        found.setdefault(topic.model, topic)
+    return found
 
 
 def build_service_app(
@@ -492,6 +515,7 @@ def build_service_app(
     clock: Clock,
     *,
     group_id: str,
+    handlers: object,
     routes: Sequence[Route],
     outputs: Sequence[Topic],
     on_start: Callable[[], Awaitable[None]],
@@ -499,16 +523,16 @@ def build_service_app(
     broker: KafkaBroker | None = None,
     answer_sender: SenderAnswer | None = None,
 ) -> AsgiFastStream:
-    """One service process: its batch subscribers, and its operations port (shared/operations.py):
-    `/health` (every consumer consuming) and `/metrics` (Prometheus). `answer_sender` answers the
-    senders of records it dead-letters where it can (shared/runtime.py: SenderAnswer)."""
+    """One service process: its batch subscribers (`routes` bound to `handlers`), and its operations
+    port (shared/operations.py): `/health` (every consumer consuming) and `/metrics` (Prometheus).
+    `answer_sender` answers the senders of records it dead-letters where it can (SenderAnswer)."""
     broker = broker or make_broker(settings, service)
-    inputs = [one for topics, _ in routes for one in (topics if isinstance(topics, tuple) else (topics,))]
+    inputs = [topic for route in routes for topic in route.topics]
     outputs = [*outputs, DEAD_LETTERS, *dict.fromkeys(one.refusals_to for one in inputs if one.refusals_to)]
     outbox = Outbox(broker, service, outputs)
-    pipelines = [subscribe(broker, topic, handler, service=service, group_id=group_id, settings=settings,
-                           outbox=outbox, clock=clock, answer_sender=answer_sender)
-                 for topic, handler in routes]
+    pipelines = [subscribe(broker, route.topics, route.bound(handlers), service=service, group_id=group_id,
+                           settings=settings, outbox=outbox, clock=clock, answer_sender=answer_sender)
+                 for route in routes]
 
     @asynccontextmanager
     async def lifespan(*_: Any, **__: Any):

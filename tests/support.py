@@ -21,7 +21,9 @@ from shared.credentials import aiokafka_options
 from shared.ids import claim_id_prefix, make_person_id
 from shared.principals import OPERATOR
 from shared.settings import Settings
-from shared.topics import ALL_TOPICS, PROVINCE_TOPICS, Topic
+from shared.contracts import DrawAnswered
+from shared.runtime import Delivery
+from shared.topics import ALL_TOPICS, CLAIMS, DRAW_ANSWERS, PROVINCE_TOPICS, Topic
 
 WAIT_SECONDS = 45.0
 
@@ -52,6 +54,13 @@ def another_claim_id(claim: dict[str, Any]) -> str:
 def new_reversal_id(reverses: str) -> str:
     """A reversal's id begins with the service region its reversed claim's id begins with."""
     return f"{reverses.partition('-')[0]}-R{uuid.uuid4().hex[:16]}"
+
+
+async def through_claim_path(settlement: Any, messages: list[BaseModel], topic: Topic = CLAIMS) -> list[Any]:
+    """Claims (sent on `topic`) and draw answers through settlement's claim path, as its consumer
+    hands them over (services/settlement/app.py: ROUTES)."""
+    return await settlement.on_claim_path([Delivery(DRAW_ANSWERS if isinstance(message, DrawAnswered) else topic, message)
+                                           for message in messages])
 
 
 def now_iso() -> str:

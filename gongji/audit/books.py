@@ -73,6 +73,8 @@ class Books:
     # where it does not belong) has an answer, not a result.
     settlements: list[SettlementEvent] = field(default_factory=list)
     refused_before_id: list[SettlementEvent] = field(default_factory=list)
+    # Each claim taken in from a province's own topic, with that province: (province, content).
+    sent_by_provinces: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     # The claim ids that dead-lettered claims (broken, but their id readable) were sent under.
     dead_lettered_claims: set[str] = field(default_factory=set)
     # Input records that break the contract and have no dead letter (yet): (topic, partition, offset).
@@ -169,6 +171,8 @@ def _take_input(books: Books, record: Record) -> None:
     contents = books.inputs.setdefault((topic, scope, value[id_field]), [])
     if value not in contents:
         contents.append(value)
+    if (province := INPUT_TOPICS[record.topic].province) is not None:
+        books.sent_by_provinces.append((province, value))
 
 
 def _take_output(books: Books, topic: Topic, record: Record, published: dict[str, dict[str, Any]]) -> None:

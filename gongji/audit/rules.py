@@ -39,7 +39,7 @@ Differ = Callable[[str, str, dict[str, str], Any, Any], None]
 
 
 def check_rules(books: Books, differ: Differ) -> None:
-    for rule in (_grants, _frozen_accounts, _paid_claims, _related_before_quota):
+    for rule in (_grants, _frozen_accounts, _paid_claims, _claims_of_their_own_care, _related_before_quota):
         rule(books, differ)
 
 
@@ -124,6 +124,23 @@ def _paid_claims(books: Books, differ: Differ) -> None:
         elif result.paid_fen > _payable(claim):
             differ(RULE, "rule 13: more paid than the claim's own share (catalogue items at a pharmacy)", ids,
                    _payable(claim), result.paid_fen)
+
+
+def _claims_of_their_own_care(books: Books, differ: Differ) -> None:
+    """A province sends on its own topic only claims of its own care (a reversal: of a claim whose
+    id names its region). Another province's claim is refused SERVICE_REGION_MISMATCH before its id
+    is looked at, so that no province can take a hospital's claim id, or learn whether it exists."""
+    refused = {(refusal.claim_id, refusal.recipient_id, refusal.requested_fen) for refusal in books.refused_before_id
+               if refusal.reason == "SERVICE_REGION_MISMATCH"}
+    answered = {result.claim_id for result in books.settlements} | {refusal.claim_id for refusal in books.refused_before_id}
+    for province, claim in books.sent_by_provinces:
+        claim_id = str(claim.get("claim_id"))
+        region = claim.get("service_region") if claim.get("kind") == "settle" else claim_id.split("-")[0]
+        if str(region)[:2] == province or claim_id not in answered:  # unanswered: the answers check waits for it
+            continue
+        if (claim_id, claim.get("recipient_id"), claim.get("amount_fen") or 0) not in refused:
+            differ(RULE, "province topics: a claim of another province's care was judged by its claim id",
+                   {"claim": claim_id, "province": province}, "SERVICE_REGION_MISMATCH before the id", "judged by the id")
 
 
 def _claim_of(books: Books, result: SettlementEvent) -> dict[str, Any] | None:

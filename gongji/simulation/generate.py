@@ -9,7 +9,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable
 
-from gongji.simulation.network import ROUTES
+from gongji.simulation.network import ROUTES, alike
 from gongji.simulation.world import Op, World
 from services.relationship.domain import INVERSE
 from shared.clock import shanghai_month
@@ -30,7 +30,7 @@ class Generator:
         self.counter = 0
         self.published: list[Op] = []  # inputs, to send again (same id and content, or other content)
         self.enrolled = {alias: (p.insurance_type, p.region, "normal") for alias, p in self.cast.people.items()}
-        self.claims: list[tuple[str, str, str]] = []  # (claim id, recipient alias, kind)
+        self.claims: list[tuple[str, str, str]] = []  # (claim id, recipient alias, the region its id names)
         self.freezes: dict[str, list[str]] = defaultdict(list)
         self.prelude = self._prelude()
 
@@ -136,9 +136,8 @@ class Generator:
         deliveries overtake each other across producers and partitions."""
         route = ROUTES[inbox]
         queue = self.world.network.inflight[inbox]
-        if route.one_key:
-            key = getattr(self.rng.choice(queue).message, route.topic.key_field)
-            queue = [envelope for envelope in queue if getattr(envelope.message, route.topic.key_field) == key]
+        first = self.rng.choice(queue)
+        queue = [envelope for envelope in queue if alike(route, first, envelope)]
         chosen = self.rng.sample(queue, self.rng.randint(1, min(most, len(queue))))
         return [envelope.label for envelope in chosen]
 
@@ -167,6 +166,8 @@ class Generator:
             return None
         inbox = self.rng.choice(sorted(handled))
         envelopes = handled[inbox][-12:]  # a consumer rewinds a little, not to the beginning
+        first = envelopes[-1]
+        envelopes = [envelope for envelope in envelopes if envelope.topic.model is first.topic.model]
         chosen = self.rng.sample(envelopes, self.rng.randint(1, min(3, len(envelopes))))
         return Op("redeliver", {"inbox": inbox, "labels": [envelope.label for envelope in chosen]})
 
@@ -217,21 +218,30 @@ class Generator:
             args["code"] = f"{letter}{code_region}0001"
         if category == "pharmacy":
             args["items"] = [[f"drug{i}", rng.random() < 0.7, rng.randint(1, amount)] for i in range(rng.randint(1, 3))]
-        op = self._input("settle", "cl", **args)
-        self.claims.append((op.args["id"], recipient, "settle"))
+        op = self._input("settle", "cl", **args, via=self._sender(service_region))
+        self.claims.append((op.args["id"], recipient, service_region))
         return op
+
+    def _sender(self, region: str) -> str | None:
+        """Who sends a claim about care in `region`: the national platform (None), the region's
+        province on its own topic, or now and then another province (a claim it must not send)."""
+        roll = self.rng.random()
+        if roll < 0.5:
+            return None
+        here = province_of(region)
+        return here if roll < 0.93 else self.rng.choice([p for p in self.cast.provinces if p != here])
 
     def _reversal(self) -> Op | None:
         if not self.claims:
             return None
-        claim_id, recipient, _ = self.rng.choice(self.claims)
+        claim_id, recipient, region = self.rng.choice(self.claims)
         roll = self.rng.random()
         if roll < 0.12:
             recipient = self.rng.choice(self.cast.recipients)  # another recipient tries
         elif roll < 0.2:
-            claim_id = f"never-{self.counter}"
-        op = self._input("reverse", "rv", recipient=recipient, reverses=claim_id)
-        self.claims.append((op.args["id"], recipient, "reverse"))
+            claim_id, region = f"never-{self.counter}", "110100"  # the world's region of a claim never sent
+        op = self._input("reverse", "rv", recipient=recipient, reverses=claim_id, via=self._sender(region))
+        self.claims.append((op.args["id"], recipient, region))
         return op
 
     def _random_grant(self) -> Op:

@@ -32,7 +32,7 @@ from shared.contracts import (
 from shared.ids import PROVINCE_CODES, province_of
 from shared.policy import Policy
 from shared.redis_functions import Step
-from shared.runtime import Refused
+from shared.runtime import Delivery, Refused, ToTopic
 
 TIMES = {"occurred_at", "settled_at", "answered_at", "requested_at"}
 WALLET_RELEVANT = ("established", "dissolved", "terminated")
@@ -118,6 +118,7 @@ class ClaimBook:
     month: str | None = None
     reverses: str | None = None
     reversed_by: str | None = None
+    province: str | None = None  # whose own topic sent it (None: the national one)
 
 
 @dataclass
@@ -172,7 +173,9 @@ def _is_conflict(output) -> bool:
     return getattr(output, "reason", None) == ReasonCode.CONFLICT
 
 
-def input_key(message: BaseModel) -> tuple:
+def input_key(message: BaseModel | Delivery) -> tuple:
+    if isinstance(message, Delivery):
+        message = message.message
     if isinstance(message, (Claim, DrawRequested, DrawAnswered)):
         return (message.claim_id, message.recipient_id)
     if isinstance(message, RefundRequested):
@@ -182,15 +185,15 @@ def input_key(message: BaseModel) -> tuple:
     return (message.event_id,)  # type: ignore[attr-defined]
 
 
-def output_key(inbox: str, output) -> tuple:
-    """The input an output answers (within one batch)."""
+def output_key(inputs: set[tuple], output) -> tuple:
+    """The input of the batch (`inputs`: their keys) that an output answers."""
     if isinstance(output, Refused):
         return input_key(output.message)
     if isinstance(output, (SettlementEvent, DrawRequested, DrawAnswered)):
         return (output.claim_id, output.recipient_id)
-    if isinstance(output, RefundRequested):
-        claim = output.claim_id if inbox == "settlement/claims" else output.original_claim_id
-        return (claim, output.recipient_id)
+    if isinstance(output, RefundRequested):  # of a reversal, or of a draw answer that fits no claim
+        reversal = (output.claim_id, output.recipient_id)
+        return reversal if reversal in inputs else (output.original_claim_id, output.recipient_id)
     if isinstance(output, WalletEvent) and output.type == "debited":
         return (output.claim_id, output.recipient_id)
     return (output.cause_id,)
@@ -228,22 +231,37 @@ class Books:
 
     # ---- what the handlers did ------------------------------------------------------------
 
-    def observe(self, inbox: str, batch: list[BaseModel], outputs: list) -> None:
+    def observe(self, inbox: str, batch: list[BaseModel | Delivery], outputs: list) -> None:
+        """`batch`: what the handler took (Deliveries on the claim path), `outputs`: what it returned."""
+        copies = [output for output in outputs if isinstance(output, ToTopic)]
+        outputs = [output for output in outputs if not isinstance(output, ToTopic)]
+        for copy in copies:
+            self._province_copy(inbox, copy, outputs)
         for output in outputs:
             if not isinstance(output, Refused):
                 self._same_id_same_content(output)
+        inputs = {input_key(message) for message in batch}
         groups: dict[tuple, list] = defaultdict(list)
         for output in outputs:
-            groups[output_key(inbox, output)].append(output)
-        if inbox == "settlement/claims":
-            for claim in batch:  # every id of the batch is registered before any claim is decided
-                if not self.misplaced(claim):
+            groups[output_key(inputs, output)].append(output)
+        for item in batch:  # every claim id of the batch is registered before any claim is decided
+            if isinstance(item, Delivery) and isinstance(claim := item.message, Claim):
+                if not self.misplaced(claim, item.topic.province):
                     self.owners.setdefault(claim.claim_id, claim.recipient_id)
         explain = getattr(self, "_" + inbox.split("/")[0] + "_" + inbox.split("/")[1].replace("-", "_"))
         for message in batch:
             explain(message, groups.get(input_key(message), []))
-        unexplained = set(groups) - {input_key(message) for message in batch}
+        unexplained = set(groups) - inputs
         require(not unexplained, "unexplained-output", lambda: f"{inbox}: outputs for no input of the batch {unexplained}")
+
+    def _province_copy(self, inbox: str, copy: ToTopic, outputs: list) -> None:
+        """A province's copy of an answer on its own topic: the same answer, the payers' ids masked."""
+        answer = next((output for output in outputs if getattr(output, "event_id", None) == copy.message.event_id), None)
+        require(isinstance(answer, SettlementEvent) and isinstance(copy.message, SettlementEvent)
+                and copy.message.model_dump(exclude={"payers"}) == answer.model_dump(exclude={"payers"})
+                and [payer.amount_fen for payer in copy.message.payers] == [payer.amount_fen for payer in answer.payers]
+                and not {payer.provider_id for payer in copy.message.payers} & {payer.provider_id for payer in answer.payers},
+                "province-copy", lambda: f"{inbox}: {copy.topic.name} got {copy.message}, the answer is {answer}")
 
     def _same_id_same_content(self, output: BaseModel) -> None:
         identity = _identity(output)
@@ -504,9 +522,13 @@ class Books:
             require(not effects, "answer", f"settlement enrollment {change.event_id}: {effects}")
 
     @staticmethod
-    def misplaced(claim: Claim) -> bool:
-        """Refused before its id is taken: an institution's code, or a premium's insured region, in
-        another province than the service region (every claim here comes on the national topic)."""
+    def misplaced(claim: Claim, province: str | None) -> bool:
+        """Refused before its id is taken: a claim sent on a province's own topic (`province`) for
+        care in another province (a reversal: its id names the region), an institution's code or a
+        premium's insured region in another province than the service region."""
+        region = claim.service_region if claim.kind == "settle" else claim.claim_id.split("-")[0]
+        if province is not None and (region or "")[:2] != province:
+            return True
         if claim.kind != "settle":
             return False
         service_province = (claim.service_region or "")[:2]
@@ -546,13 +568,19 @@ class Books:
             self.clearing[month][pair] += sign * amount
             self.clearing[month][pair + ("#claims" if sign == 1 else "#reversals")] += 1
 
-    def _settlement_claims(self, claim: Claim, group: list) -> None:
-        what = f"{claim.kind} {claim.claim_id} of {self.a(claim.recipient_id)}"
-        if self.misplaced(claim):
-            outputs = _distinct(group)
-            require(len(outputs) == 1 and isinstance(outputs[0], SettlementEvent) and outputs[0].status == "rejected"
-                    and outputs[0].reason == ReasonCode.SERVICE_REGION_MISMATCH
-                    and outputs[0].requested_fen == claim.amount_fen, "claim-decision",
+    def _settlement_claim_path(self, delivery: Delivery, group: list) -> None:
+        if isinstance(delivery.message, Claim):
+            self._settlement_claim(delivery.message, delivery.topic.province, group)
+        else:
+            self._settlement_draw_answer(delivery.message, group)  # type: ignore[arg-type]
+
+    def _settlement_claim(self, claim: Claim, province: str | None, group: list) -> None:
+        what = f"{claim.kind} {claim.claim_id} of {self.a(claim.recipient_id)}" + (f" from {province}" if province else "")
+        if self.misplaced(claim, province):  # its id's other claims in the batch answer in the same group
+            require(any(isinstance(output, SettlementEvent) and output.status == "rejected"
+                        and output.reason == ReasonCode.SERVICE_REGION_MISMATCH
+                        and (output.requested_fen, output.category) == (claim.amount_fen or 0, claim.category)
+                        for output in group), "claim-decision",
                     lambda: f"{what}: misplaced, refused before its id is taken, yet {group}")
             return
         record = self.claims.get(claim.claim_id)
@@ -564,7 +592,8 @@ class Books:
             return  # a redelivery: its stored result (or its draw request) again
         effects = [output for output in _distinct(group) if not _is_conflict(output)]  # a reuse of its id may share the batch
         record = self.claims[claim.claim_id] = ClaimBook(claim.claim_id, claim.kind, claim.recipient_id,
-                                                         claim.model_dump_json(), reverses=claim.reverses)
+                                                         claim.model_dump_json(), reverses=claim.reverses,
+                                                         province=province)
         if claim.kind == "settle":
             record.requested, record.payable, record.service_region = claim.amount_fen, self.payable(claim), claim.service_region
             if record.payable == 0:
@@ -583,6 +612,8 @@ class Books:
     def _reverse(self, reversal: Claim, record: ClaimBook, effects: list) -> None:
         what = f"reversal {reversal.claim_id} of {reversal.reverses} by {self.a(reversal.recipient_id)}"
         original = self.claims.get(reversal.reverses or "")
+        if record.province is not None and not self.known_to(original, record.province):
+            original = None  # another province's claim looks to a province exactly like an unknown one
         reversible = (original is not None and original.kind == "settle" and original.recipient == reversal.recipient_id
                       and original.result in ("settled", "partial") and original.reversed_by is None)
         event = self._one(effects, SettlementEvent, what)
@@ -609,7 +640,16 @@ class Books:
                 == [(p, n) for p, _, n in original.payers], "reversal-decision",
                 lambda: f"{what}: refund requests {refunds}, books: {original.payers}")
 
-    def _settlement_draw_answers(self, answer: DrawAnswered, group: list) -> None:
+    @staticmethod
+    def known_to(original: ClaimBook | None, province: str) -> bool:
+        """A province may reverse a claim it sent itself, or one of its care sent on the national topic."""
+        if original is None:
+            return False
+        if original.province is not None:
+            return original.province == province
+        return original.kind == "settle" and (original.service_region or "")[:2] == province
+
+    def _settlement_draw_answer(self, answer: DrawAnswered, group: list) -> None:
         what = f"answer for {answer.claim_id} of {self.a(answer.recipient_id)}"
         effects = _distinct(group)
         amounts = [payer.amount_fen for payer in answer.payers]

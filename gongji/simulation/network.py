@@ -13,70 +13,70 @@ from pydantic import BaseModel
 
 from gongji.audit.books import Record
 from gongji.simulation.cast import Cast
+from services.relationship import app as relationship_app
+from services.settlement import app as settlement_app
+from services.wallet import app as wallet_app
 from shared.contracts import (
-    AccountCredited, AccountSpent, Claim, ClearingRow, DeadLetter, DrawAnswered, DrawRequested, EnrollmentChanged,
-    KinshipRecorded, RefundRequested, RelationshipCommand, RelationshipEvent, SettlementEvent, StatisticsSnapshot,
-    SupervisionActed, WalletCommand, WalletEvent,
+    AccountCredited, AccountSpent, Claim, DeadLetter, DrawAnswered, DrawRequested, EnrollmentChanged, KinshipRecorded,
+    RefundRequested, RelationshipCommand, RelationshipEvent, SupervisionActed, WalletCommand,
 )
 from shared.ids import derived_event_id
 from shared.runtime import Refused
-from shared.topics import (
-    ACCOUNT_CREDITS, ACCOUNT_SPENDS, CLAIMS, CLEARING, DEAD_LETTERS, DRAW_ANSWERS, DRAW_REQUESTS, ENROLLMENT, KINSHIP,
-    REFUND_REQUESTS, RELATIONSHIP_COMMANDS, RELATIONSHIP_EVENTS, SETTLEMENTS, STATISTICS, SUPERVISION,
-    WALLET_COMMANDS, WALLET_EVENTS, Topic,
-)
+from shared.runtime import Route as ServiceRoute
+from shared.runtime import topics_by_model
+from shared.topics import CLEARING, DEAD_LETTERS, Topic
+
+# Every service's subscriptions and outputs, as its app.py declares them.
+SERVICE_ROUTES: dict[str, tuple[ServiceRoute, ...]] = {
+    "relationship": relationship_app.ROUTES, "wallet": wallet_app.ROUTES, "settlement": settlement_app.ROUTES}
+# Where every output is published (the topics the deep audit reads among them); the monthly
+# clearing job publishes its rows.
+OUTPUT_TOPICS: dict[type[BaseModel], Topic] = topics_by_model(
+    [*relationship_app.OUTPUTS, *wallet_app.OUTPUTS, *settlement_app.OUTPUTS, CLEARING])
+# The handlers that run a batch as one pipeline in batch order, not key by key concurrently
+# (gather_by_key): their batches may mix keys and still replay exactly.
+MIXED_KEYS = frozenset({"wallet/draw-requests", "settlement/enrollment", "settlement/claim-path"})
 
 
 @dataclass(frozen=True)
 class Route:
-    """One subscription, as the service's app.py declares it. `one_key`: the handler runs keys
-    concurrently (gather_by_key), so a batch holds one key's messages and every run replays exactly."""
+    """One subscription of a service, as its app.py declares it, under the name the simulator's
+    operations use (`settlement/claim-path`). `one_key`: a batch holds one key's messages."""
 
     inbox: str
     service: str
-    topic: Topic
-    handler: str
-    one_key: bool = True
+    subscription: ServiceRoute
+
+    @property
+    def one_key(self) -> bool:
+        return self.inbox not in MIXED_KEYS
+
+    def reads(self, topic: Topic) -> bool:
+        return topic in self.subscription.topics
 
 
-ROUTES: dict[str, Route] = {route.inbox: route for route in (
-    Route("relationship/enrollment", "relationship", ENROLLMENT, "on_enrollment"),
-    Route("relationship/kinship", "relationship", KINSHIP, "on_kinship"),
-    Route("relationship/commands", "relationship", RELATIONSHIP_COMMANDS, "on_commands"),
-    Route("wallet/enrollment", "wallet", ENROLLMENT, "on_enrollment"),
-    Route("wallet/credits", "wallet", ACCOUNT_CREDITS, "on_credits"),
-    Route("wallet/spends", "wallet", ACCOUNT_SPENDS, "on_spends"),
-    Route("wallet/supervision", "wallet", SUPERVISION, "on_supervision"),
-    Route("wallet/relationship-events", "wallet", RELATIONSHIP_EVENTS, "on_relationship_events"),
-    Route("wallet/commands", "wallet", WALLET_COMMANDS, "on_commands"),
-    Route("wallet/draw-requests", "wallet", DRAW_REQUESTS, "on_draw_requests", one_key=False),
-    Route("wallet/refund-requests", "wallet", REFUND_REQUESTS, "on_refund_requests"),
-    Route("settlement/enrollment", "settlement", ENROLLMENT, "on_enrollment", one_key=False),
-    Route("settlement/claims", "settlement", CLAIMS, "on_claims", one_key=False),
-    Route("settlement/draw-answers", "settlement", DRAW_ANSWERS, "on_draw_answers", one_key=False),
-)}
-
-# The outputs another service consumes; every other output (wallet events, settlements, refusals)
-# leaves the system and is only observed.
-CONSUMED_OUTPUTS: dict[type[BaseModel], Topic] = {
-    RelationshipEvent: RELATIONSHIP_EVENTS,
-    DrawRequested: DRAW_REQUESTS,
-    DrawAnswered: DRAW_ANSWERS,
-    RefundRequested: REFUND_REQUESTS,
+ROUTES: dict[str, Route] = {
+    inbox: Route(inbox, service, subscription)
+    for service, subscriptions in SERVICE_ROUTES.items() for subscription in subscriptions
+    if (inbox := f"{service}/{subscription.name.removeprefix('on_').replace('_', '-')}")
 }
-# Where every output is published (the topics the deep audit reads among them).
-OUTPUT_TOPICS: dict[type[BaseModel], Topic] = {
-    **CONSUMED_OUTPUTS, WalletEvent: WALLET_EVENTS, SettlementEvent: SETTLEMENTS, ClearingRow: CLEARING,
-    StatisticsSnapshot: STATISTICS,
-}
+
+
+def alike(route: Route, first: "Envelope", other: "Envelope") -> bool:
+    """Whether `other` may share a batch with `first`: one kind of message (the claim path runs a
+    batch's claims and its draw answers side by side, and the order of their Redis steps would not
+    replay), and one key where the handler runs keys concurrently."""
+    return other.topic.model is first.topic.model and (not route.one_key or other.key == first.key)
 
 
 def inboxes_of(topic: Topic) -> list[str]:
-    return [route.inbox for route in ROUTES.values() if route.topic == topic]
+    return [route.inbox for route in ROUTES.values() if route.reads(topic)]
 
 
-def key_of(route: Route, message: BaseModel) -> str:
-    return getattr(message, route.topic.key_field)
+def consumed(topic: Topic) -> bool:
+    """An output another service consumes; every other output (wallet events, settlements,
+    refusals) leaves the system and is only observed."""
+    return bool(inboxes_of(topic))
 
 
 def label(message: BaseModel, cast: Cast) -> str:
@@ -122,6 +122,11 @@ def named(envelope: "Envelope", wanted: str) -> bool:
 class Envelope:
     label: str
     message: BaseModel
+    topic: Topic  # the topic it was sent on
+
+    @property
+    def key(self) -> str:
+        return str(getattr(self.message, self.topic.key_field))
 
 
 class Topics:

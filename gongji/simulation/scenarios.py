@@ -71,8 +71,8 @@ class Script:
     def settled(self, recipient: str, id: str, amount: int, status: str = "settled", **fields) -> "Script":
         """A claim through the whole saga."""
         self.claim(recipient, id, amount, **fields)
-        self.deliver("settlement/claims", f"claim {id}").expect("DrawRequested")
-        self.deliver("wallet/draw-requests", f"draw {id}").deliver("settlement/draw-answers", f"answer {id}")
+        self.deliver("settlement/claim-path", f"claim {id}").expect("DrawRequested")
+        self.deliver("wallet/draw-requests", f"draw {id}").deliver("settlement/claim-path", f"answer {id}")
         return self.expect(f"1 {status}")
 
     def reverse(self, recipient: str, id: str, reverses: str) -> "Script":
@@ -128,49 +128,49 @@ def scenario_ops(name: str, cast: Cast) -> list[Op]:
 @scenario("reversal-of-a-reversal", "a reversal could itself be reversed, paying the claim back twice")
 def _(s: Script) -> Script:
     s.families(("P0", "R0", 50_000)).settled("R0", "c1", 20_000)
-    s.reverse("R0", "r1", "c1").deliver("settlement/claims", "reversal r1").expect("1 reversed")
-    s.reverse("R0", "r2", "r1").deliver("settlement/claims", "reversal r2").expect("1 rejected")
+    s.reverse("R0", "r1", "c1").deliver("settlement/claim-path", "reversal r1").expect("1 reversed")
+    s.reverse("R0", "r2", "r1").deliver("settlement/claim-path", "reversal r2").expect("1 rejected")
     return s.everything()
 
 
 @scenario("reversal-by-another-recipient", "another recipient could reverse a claim and have its money put back")
 def _(s: Script) -> Script:
     s.families(("P0", "R0", 50_000), ("P0", "R1", 50_000)).settled("R0", "c1", 20_000)
-    s.reverse("R1", "r1", "c1").deliver("settlement/claims", "reversal r1").expect("1 rejected")
-    s.reverse("R0", "r2", "c1").deliver("settlement/claims", "reversal r2").expect("1 reversed")
+    s.reverse("R1", "r1", "c1").deliver("settlement/claim-path", "reversal r1").expect("1 rejected")
+    s.reverse("R0", "r2", "c1").deliver("settlement/claim-path", "reversal r2").expect("1 reversed")
     return s.everything()
 
 
 @scenario("reversal-of-a-pending-claim", "a claim still drawing could be reversed, and its draw then paid too")
 def _(s: Script) -> Script:
-    s.families(("P0", "R0", 50_000)).claim("R0", "c1", 20_000).deliver("settlement/claims", "claim c1")
-    s.reverse("R0", "r1", "c1").deliver("settlement/claims", "reversal r1").expect("1 rejected")
-    s.deliver("wallet/draw-requests", "draw c1").deliver("settlement/draw-answers", "answer c1").expect("1 settled")
-    s.reverse("R0", "r2", "c1").deliver("settlement/claims", "reversal r2").expect("1 reversed")
+    s.families(("P0", "R0", 50_000)).claim("R0", "c1", 20_000).deliver("settlement/claim-path", "claim c1")
+    s.reverse("R0", "r1", "c1").deliver("settlement/claim-path", "reversal r1").expect("1 rejected")
+    s.deliver("wallet/draw-requests", "draw c1").deliver("settlement/claim-path", "answer c1").expect("1 settled")
+    s.reverse("R0", "r2", "c1").deliver("settlement/claim-path", "reversal r2").expect("1 reversed")
     return s.everything()
 
 
 @scenario("replayed-draw-after-the-recipient-froze",
           "a draw retried after a freeze planned again: it answered 'frozen, nothing paid' while a provider stayed debited")
 def _(s: Script) -> Script:
-    s.families(("P0", "R0", 40_000), ("P1", "R0", 40_000)).claim("R0", "c1", 60_000).deliver("settlement/claims", "claim c1")
+    s.families(("P0", "R0", 40_000), ("P1", "R0", 40_000)).claim("R0", "c1", 60_000).deliver("settlement/claim-path", "claim c1")
     s.add("rebalance", labels=["draw c1"], takes=1).expect("took 40000")
     s.supervise("R0", "freeze", "f1").deliver("wallet/supervision", "freeze f1")
     s.deliver("wallet/draw-requests", "draw c1").expect("2 debited")
-    s.deliver("settlement/draw-answers", "answer c1").expect("1 settled")
+    s.deliver("settlement/claim-path", "answer c1").expect("1 settled")
     return s.everything()
 
 
 @scenario("replayed-draw-after-a-provider-was-indexed",
           "a draw retried after another provider granted planned again and paid more than the claim asked")
 def _(s: Script) -> Script:
-    s.families(("P0", "R0", 20_000), ("P1", "R0", None)).claim("R0", "c1", 30_000).deliver("settlement/claims", "claim c1")
+    s.families(("P0", "R0", 20_000), ("P1", "R0", None)).claim("R0", "c1", 30_000).deliver("settlement/claim-path", "claim c1")
     s.add("rebalance", labels=["draw c1"], takes=1).expect("took 20000")
     s.add("advance", minutes=-24 * 60)  # the new provider's first grant sorts ahead of the first one's
     s.grant("P1", "R0", 15_000, "g2").deliver("wallet/commands", "grant g2").expect("1 granted")
     s.add("advance", minutes=24 * 60)
     s.deliver("wallet/draw-requests", "draw c1").expect("1 debited")
-    s.deliver("settlement/draw-answers", "answer c1").expect("1 partial")
+    s.deliver("settlement/claim-path", "answer c1").expect("1 partial")
     return s.everything()
 
 
@@ -178,7 +178,7 @@ def _(s: Script) -> Script:
           "a provider's take was keyed by claim only: another recipient's draw under the same id was paid from it")
 def _(s: Script) -> Script:
     s.families(("P0", "R0", 30_000), ("P0", "R1", 30_000)).settled("R0", "c1", 10_000)
-    s.claim("R1", "c1", 5_000, service_region=s.regions["R0"]).deliver("settlement/claims", "claim c1").expect("1 rejected")
+    s.claim("R1", "c1", 5_000, service_region=s.regions["R0"]).deliver("settlement/claim-path", "claim c1").expect("1 rejected")
     s.add("inject", topic="gongji.internal.draw-requests.v1", message={
         "request_id": "forged-draw", "claim_id": "c1", "recipient_id": "R1", "amount_fen": 5_000,
         "context": {"requested_fen": 5_000, "service_region": s.regions["R1"]}, "requested_at": AT})
@@ -286,8 +286,8 @@ def _(s: Script) -> Script:
     s.supervise("P0", "freeze", "f1").supervise("P0", "freeze", "f2").supervise("P0", "unfreeze", "u1")
     s.deliver("wallet/supervision", "freeze f1", "freeze f2", "unfreeze u1").expect("1 unfrozen")
     s.grant("P0", "R0", 10_000, "g2").deliver("wallet/commands", "grant g2").expect("1 grant_rejected")
-    s.claim("R0", "c1", 5_000).deliver("settlement/claims", "claim c1").deliver("wallet/draw-requests", "draw c1")
-    s.deliver("settlement/draw-answers", "answer c1").expect("1 rejected")
+    s.claim("R0", "c1", 5_000).deliver("settlement/claim-path", "claim c1").deliver("wallet/draw-requests", "draw c1")
+    s.deliver("settlement/claim-path", "answer c1").expect("1 rejected")
     s.supervise("P0", "unfreeze", "u2", lifts="f2").deliver("wallet/supervision", "unfreeze u2")
     s.grant("P0", "R0", 10_000, "g3").deliver("wallet/commands", "grant g3").expect("1 granted")
     return s.everything()
@@ -318,7 +318,7 @@ def _(s: Script) -> Script:
     s.deliver("wallet/supervision", "freeze 7", "unfreeze draw:7").expect("1 unfrozen")
     for claim_id in ("draw:7", "refund:7", "E/P", "7"):
         s.settled("R0", claim_id, 1_000)
-    s.reverse("R0", "refund:draw:7", "draw:7").deliver("settlement/claims", "reversal refund:draw:7").expect("1 reversed")
+    s.reverse("R0", "refund:draw:7", "draw:7").deliver("settlement/claim-path", "reversal refund:draw:7").expect("1 reversed")
     return s.everything()
 
 
@@ -344,7 +344,7 @@ def _(s: Script) -> Script:
     s.settled("R0", "c1", 20_000, service_region=s.cast.region(away))
     to_april = (START.replace(month=4, day=1, hour=10) - START) // timedelta(minutes=1)
     s.add("advance", minutes=to_april).add("close", month="2026-03").expect("closed 2026-03")
-    s.reverse("R0", "r1", "c1").deliver("settlement/claims", "reversal r1").expect("1 reversed")
+    s.reverse("R0", "r1", "c1").deliver("settlement/claim-path", "reversal r1").expect("1 reversed")
     return s.everything()
 
 
@@ -363,8 +363,8 @@ def _(s: Script) -> Script:
 def _(s: Script) -> Script:
     s.families(("P0", "R0", 50_000))
     region = s.regions["R0"]
-    s.claim("R0", "c1", 5_000, code=f"P{region}0001").deliver("settlement/claims", "claim c1").expect("1 rejected")
-    s.claim("R0", "c2", 5_000, category="pharmacy", code=f"H{region}0001").deliver("settlement/claims", "claim c2")
+    s.claim("R0", "c1", 5_000, code=f"P{region}0001").deliver("settlement/claim-path", "claim c1").expect("1 rejected")
+    s.claim("R0", "c2", 5_000, category="pharmacy", code=f"H{region}0001").deliver("settlement/claim-path", "claim c2")
     s.expect("1 rejected")
     s.settled("R0", "c3", 5_000, status="partial", category="pharmacy",
               items=[["listed", True, 3_000], ["unlisted", False, 2_000]])
@@ -378,7 +378,7 @@ def _(s: Script) -> Script:
         "request_id": "forged-draw", "claim_id": "ghost", "recipient_id": "R0", "amount_fen": 8_000,
         "context": {"requested_fen": 8_000, "service_region": s.regions["R0"]}, "requested_at": AT})
     s.deliver("wallet/draw-requests", "draw ghost").expect("1 debited")
-    s.deliver("settlement/draw-answers", "answer ghost").expect("1 RefundRequested")
+    s.deliver("settlement/claim-path", "answer ghost").expect("1 RefundRequested")
     s.deliver("wallet/refund-requests", "refund").expect("1 refunded")
     return s.everything()
 
@@ -386,14 +386,14 @@ def _(s: Script) -> Script:
 @scenario("answer-not-matching-its-claim", "a draw answer for another recipient or amount completed the claim")
 def _(s: Script) -> Script:
     s.families(("P0", "R0", 30_000), ("P0", "R1", 30_000))
-    s.claim("R0", "c1", 10_000).deliver("settlement/claims", "claim c1")
+    s.claim("R0", "c1", 10_000).deliver("settlement/claim-path", "claim c1")
     for recipient, asked in (("R1", 10_000), ("R0", 9_999)):
         s.add("inject", topic="gongji.internal.draw-answers.v1", message={
             "event_id": f"forged-{recipient}", "claim_id": "c1", "recipient_id": recipient, "requested_fen": asked,
             "paid_fen": 0, "payers": [], "context": {"requested_fen": asked, "service_region": s.regions["R0"]},
             "answered_at": AT})
-        s.deliver("settlement/draw-answers", "answer c1").expect("Refused")
-    s.deliver("wallet/draw-requests", "draw c1").deliver("settlement/draw-answers", "answer c1").expect("1 settled")
+        s.deliver("settlement/claim-path", "answer c1").expect("Refused")
+    s.deliver("wallet/draw-requests", "draw c1").deliver("settlement/claim-path", "answer c1").expect("1 settled")
     return s.everything()
 
 
@@ -404,16 +404,16 @@ def _(s: Script) -> Script:
         "request_id": "forged-refund", "claim_id": "forged-refund", "original_claim_id": "c1", "recipient_id": "R1",
         "payers": [{"provider_id": "P0", "provider_region": s.regions["P0"], "amount_fen": 10_000}], "requested_at": AT})
     s.deliver("wallet/refund-requests", "refund forged-refund").expect("out: nothing")
-    s.reverse("R0", "r1", "c1").everything("settlement/claims").deliver("wallet/refund-requests", "refund r1")
+    s.reverse("R0", "r1", "c1").everything("settlement/claim-path").deliver("wallet/refund-requests", "refund r1")
     return s.expect("1 refunded").everything()
 
 
 @scenario("rebalance-mid-draw", "two instances drawing one claim during a rebalance could each take from the grants")
 def _(s: Script) -> Script:
     s.families(("P0", "R0", 20_000), ("P1", "R0", 20_000))
-    s.claim("R0", "c1", 30_000).claim("R0", "c2", 5_000).deliver("settlement/claims", "claim c1", "claim c2")
+    s.claim("R0", "c1", 30_000).claim("R0", "c2", 5_000).deliver("settlement/claim-path", "claim c1", "claim c2")
     s.add("zombie", inbox="wallet/draw-requests", labels=["draw c1"], pause=2).expect("meanwhile 1 in, out: 1 DrawAnswered, 2 debited")
-    s.deliver("wallet/draw-requests", "draw c2", fault="twin").deliver("settlement/draw-answers", "answer c1", fault="twin")
+    s.deliver("wallet/draw-requests", "draw c2", fault="twin").deliver("settlement/claim-path", "answer c1", fault="twin")
     return s.expect("1 settled").everything()
 
 
@@ -421,10 +421,10 @@ def _(s: Script) -> Script:
 def _(s: Script) -> Script:
     s.families(("P0", "R0", 30_000))
     s.claim("R0", "c1", 10_000)
-    for inbox, message in (("settlement/claims", "claim c1"), ("wallet/draw-requests", "draw c1"),
-                           ("settlement/draw-answers", "answer c1")):
+    for inbox, message in (("settlement/claim-path", "claim c1"), ("wallet/draw-requests", "draw c1"),
+                           ("settlement/claim-path", "answer c1")):
         s.deliver(inbox, message, fault="crash").expect("crashed before publishing").deliver(inbox, message)
-    s.reverse("R0", "r1", "c1").deliver("settlement/claims", "reversal r1", fault="crash")
-    s.deliver("settlement/claims", "reversal r1").deliver("wallet/refund-requests", "refund r1", fault="crash")
+    s.reverse("R0", "r1", "c1").deliver("settlement/claim-path", "reversal r1", fault="crash")
+    s.deliver("settlement/claim-path", "reversal r1").deliver("wallet/refund-requests", "refund r1", fault="crash")
     s.deliver("wallet/refund-requests", "refund r1").expect("1 refunded")
     return s.everything()

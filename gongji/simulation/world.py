@@ -21,13 +21,13 @@ from gongji.audit.compare import compare
 from gongji.audit.state import read_state
 from gongji.simulation.model import Books, Breach, require
 from gongji.simulation.network import (
-    CONSUMED_OUTPUTS, OUTPUT_TOPICS, ROUTES, Envelope, Network, Route, Topics, inboxes_of, label,
+    OUTPUT_TOPICS, ROUTES, Envelope, Network, Route, Topics, alike, inboxes_of, label,
 )
 from services.relationship.handlers import RelationshipHandlers
 from services.relationship.store import RelationshipStore
 from services.settlement.clearing import MonthNotEnded, close_month
 from services.settlement.handlers import SettlementHandlers
-from services.settlement.store import SettlementStore
+from services.settlement.store import ClaimLimits, SettlementStore
 from services.wallet.handlers import WalletHandlers
 from services.wallet.store import WalletStore
 from shared.clock import FixedClock, rfc3339
@@ -35,14 +35,17 @@ from shared.ids import claim_id_prefix
 from shared.policy import Policy, PolicyCache, write_policy
 from shared.topics import (
     ACCOUNT_CREDITS, ACCOUNT_SPENDS, ALL_TOPICS, CLAIMS, CLEARING, ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS,
-    SUPERVISION, WALLET_COMMANDS, Topic,
+    SUPERVISION, WALLET_COMMANDS, Topic, province_claims,
 )
-from shared.runtime import Refused
+from shared.runtime import Refused, ToTopic
 
 # Near a month's end, so that runs close months and reverse claims of closed ones.
 START = datetime.fromisoformat("2026-03-27T09:00:00+08:00")
 # Few shards, so that recipients share them (a claim id of one recipient found in another's shard).
 SHARDS = 4
+# A province's bounds on its own topic are the integration tests' subject (test_claim_limits.py);
+# here they never bind, so that every run's outcome is the rules'.
+UNBOUNDED = ClaimLimits(per_recipient_per_day=10**6, province_per_minute=10**6)
 # The steps that decide what an instance publishes: once one ran, the instance's outputs describe
 # a change made before whatever ran while it was stopped.
 DECISIVE_STEPS = {"apply_command", "record_enrollment", "end_relationship", "grant", "credit", "spend", "supervise",
@@ -185,7 +188,7 @@ class World:
             return RelationshipHandlers(store, PolicyCache(self.redis, 0), self.clock)
         if service == "wallet":
             return WalletHandlers(store, self.clock, PolicyCache(self.redis, 0))
-        return SettlementHandlers(store, self.clock, statistics_interval_seconds=3600)
+        return SettlementHandlers(store, self.clock, statistics_interval_seconds=3600, limits=UNBOUNDED)
 
     def person(self, alias: str) -> str:
         return self.cast.id(alias) if alias in self.cast.people else alias
@@ -220,10 +223,10 @@ class World:
             return f"refused at the edge ({refusal})"
         if invalid:
             raise Breach("edge", f"the contract let through {message!r}")
-        envelope = Envelope(label(message, self.cast), message)
+        envelope = Envelope(label(message, self.cast), message, topic)
         for inbox in inboxes_of(topic):
             self.network.send(inbox, envelope)
-        return f"sent {envelope.label}"
+        return f"sent {envelope.label}" + (f" on {topic.province}'s topic" if topic.province else "")
 
     async def _enroll(self, person: str, insurance_type: str, region: str, status: str, id: str, at: str) -> str:
         return self._send(ENROLLMENT, {"event_id": id, "person_id": self.person(person), "insurance_type": insurance_type,
@@ -258,18 +261,20 @@ class World:
             "recipient_id": self.person(recipient), "recipient_region": region, "amount_fen": amount, "requested_at": at})
 
     async def _settle(self, recipient: str, id: str, category: str, service_region: str, recipient_region: str,
-                      amount: int, at: str, code: str | None = None, items: list | None = None, invalid: bool = False) -> str:
+                      amount: int, at: str, code: str | None = None, items: list | None = None, invalid: bool = False,
+                      via: str | None = None) -> str:
+        """A claim, sent on the national topic or on province `via`'s own."""
         claim_id = self.cast.name_claim(id, claim_id_prefix(service_region, code))
-        return self._send(CLAIMS, {
+        return self._send(CLAIMS if via is None else province_claims(via), {
             "claim_id": claim_id, "kind": "settle", "recipient_id": self.person(recipient), "recipient_region": recipient_region,
             "category": category, "institution_code": code, "service_region": service_region, "amount_fen": amount,
             "items": [{"code": c, "in_catalogue": listed, "amount_fen": n} for c, listed, n in items] if items else None,
             "occurred_at": at}, invalid)
 
-    async def _reverse(self, recipient: str, id: str, reverses: str, at: str) -> str:
+    async def _reverse(self, recipient: str, id: str, reverses: str, at: str, via: str | None = None) -> str:
         original = self.cast.claim_id(reverses) or f"110100-{reverses}"  # a claim never sent
         claim_id = self.cast.name_claim(id, f"{original.partition('-')[0]}-")
-        return self._send(CLAIMS, {"claim_id": claim_id, "kind": "reverse", "recipient_id": self.person(recipient),
+        return self._send(CLAIMS if via is None else province_claims(via), {"claim_id": claim_id, "kind": "reverse", "recipient_id": self.person(recipient),
                                    "reverses": original, "occurred_at": at})
 
     async def _inject(self, topic: str, message: dict[str, Any]) -> str:
@@ -283,45 +288,51 @@ class World:
         if "payers" in people:
             people["payers"] = [{**payer, "provider_id": self.person(payer["provider_id"])} for payer in people["payers"]]
         parsed = found.model.model_validate(people)
-        envelope = Envelope(label(parsed, self.cast), parsed)
+        envelope = Envelope(label(parsed, self.cast), parsed, found)
         for inbox in inboxes_of(found):
             self.network.send(inbox, envelope)
         return f"injected {envelope.label}"
 
     # ---- deliveries -----------------------------------------------------------------------
 
-    async def _handle(self, route: Route, batch: list[BaseModel], store: Any = None) -> list:
-        self.stored = True
-        for message in batch:
-            self.topics.taken_in(route.topic, message)
-        handlers = self.instances[route.service] if store is None else self.instance(route.service, store)
-        return await getattr(handlers, route.handler)(batch)
+    @staticmethod
+    def _batch(route: Route, envelopes: list[Envelope]) -> list[Any]:
+        """A batch as the route's handler takes it (Deliveries where one consumer reads several topics)."""
+        return [route.subscription.handed(envelope.topic, envelope.message) for envelope in envelopes]
 
-    def _effects(self, route: Route, batch: list[BaseModel], outputs: list, publish: bool = True) -> None:
+    async def _handle(self, route: Route, envelopes: list[Envelope], store: Any = None) -> list:
+        self.stored = True
+        for envelope in envelopes:
+            self.topics.taken_in(envelope.topic, envelope.message)
+        handlers = self.instances[route.service] if store is None else self.instance(route.service, store)
+        return list(await route.subscription.method(handlers, self._batch(route, envelopes)))
+
+    def _effects(self, route: Route, envelopes: list[Envelope], outputs: list, publish: bool = True) -> None:
         """The model takes note of what the handler did; its outputs go on their way unless the
         instance crashed before publishing them."""
-        self.books.observe(route.inbox, batch, outputs)
+        self.books.observe(route.inbox, self._batch(route, envelopes), outputs)
         if publish:
             for output in outputs:
                 if isinstance(output, Refused):
                     self.topics.dead_letter(output, self.clock.now())
-                    continue
-                self.topics.publish(OUTPUT_TOPICS[type(output)], output)
-                if topic := CONSUMED_OUTPUTS.get(type(output)):
+                elif isinstance(output, ToTopic):
+                    self.topics.publish(output.topic, output.message)
+                else:
+                    topic = OUTPUT_TOPICS[type(output)]
+                    self.topics.publish(topic, output)
                     for inbox in inboxes_of(topic):
-                        self.network.send(inbox, Envelope(label(output, self.cast), output))
+                        self.network.send(inbox, Envelope(label(output, self.cast), output, topic))
 
     @staticmethod
-    def _summary(batch: list[BaseModel], outputs: list) -> str:
+    def _summary(batch: list[Envelope], outputs: list) -> str:
         kinds = Counter(getattr(output, "type", None) or getattr(output, "status", None) or type(output).__name__
-                        for output in outputs)
+                        for output in outputs if not isinstance(output, ToTopic))
         return f"{len(batch)} in, out: " + (", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "nothing")
 
     async def _take_and_handle(self, inbox: str, labels: list[str]):
         route = ROUTES[inbox]
         envelopes = self.network.take(inbox, labels)
-        batch = [envelope.message for envelope in envelopes]
-        return route, envelopes, batch, await self._handle(route, batch) if batch else []
+        return route, envelopes, await self._handle(route, envelopes) if envelopes else []
 
     async def _deliver(self, inbox: str, labels: list[str], fault: str = "", pattern: int = 0b1010101010) -> str:
         """A batch delivered; `crash`: the instance stored its steps and died before publishing
@@ -331,23 +342,22 @@ class World:
         envelopes = self.network.take(inbox, labels, keep=fault == "crash")
         if not envelopes:
             return "nothing to deliver"
-        batch = [envelope.message for envelope in envelopes]
         if fault == "twin":
             self.faults["twin"] += 1
             turnstile, store = Turnstile(pattern), self.stores[route.service]
-            first, second = await asyncio.gather(*(turnstile.run(me, self._handle(route, batch, turnstile.store(store, me)))
+            first, second = await asyncio.gather(*(turnstile.run(me, self._handle(route, envelopes, turnstile.store(store, me)))
                                                    for me in (0, 1)))
-            self._effects(route, batch, first)
-            self._effects(route, batch, second)
+            self._effects(route, envelopes, first)
+            self._effects(route, envelopes, second)
             outputs = first
         else:
-            outputs = await self._handle(route, batch)
-            self._effects(route, batch, outputs, publish=fault != "crash")
+            outputs = await self._handle(route, envelopes)
+            self._effects(route, envelopes, outputs, publish=fault != "crash")
         if fault == "crash":
             self.faults["crash"] += 1
-            return f"crashed before publishing: {self._summary(batch, outputs)}"
+            return f"crashed before publishing: {self._summary(envelopes, outputs)}"
         self.network.acknowledge(inbox, envelopes)
-        return self._summary(batch, outputs)
+        return self._summary(envelopes, outputs)
 
     async def _redeliver(self, inbox: str, labels: list[str]) -> str:
         """A batch handled before comes again (a consumer rewound to its last committed offset)."""
@@ -356,10 +366,9 @@ class World:
             return "nothing handled to redeliver"
         self.faults["redeliver"] += 1
         route = ROUTES[inbox]
-        batch = [envelope.message for envelope in envelopes]
-        outputs = await self._handle(route, batch)
-        self._effects(route, batch, outputs)
-        return "again: " + self._summary(batch, outputs)
+        outputs = await self._handle(route, envelopes)
+        self._effects(route, envelopes, outputs)
+        return "again: " + self._summary(envelopes, outputs)
 
     async def _interleaved(self, inbox: str, labels: list[str], pause: int, other_inbox: str | None,
                            other_labels: list[str]) -> str:
@@ -370,22 +379,22 @@ class World:
         envelopes = self.network.take(inbox, labels)
         if not envelopes:
             return "nothing to deliver"
-        batch = [envelope.message for envelope in envelopes]
         store = PausingStore(self.stores[route.service], pause)
-        first = asyncio.create_task(self._handle(route, batch, store))
+        first = asyncio.create_task(self._handle(route, envelopes, store))
         paused = asyncio.create_task(store.paused.wait())
         await asyncio.wait({first, paused}, return_when=asyncio.FIRST_COMPLETED)
         paused.cancel()
         try:
             if other_inbox is None:
-                other_route, other_envelopes, other_batch = route, [], batch
-                other_outputs = await self._handle(route, batch, self.stores[route.service])
+                other_route, other_envelopes, other_batch = route, [], envelopes
+                other_outputs = await self._handle(route, envelopes, self.stores[route.service])
             else:
-                other_route, other_envelopes, other_batch, other_outputs = await self._take_and_handle(other_inbox, other_labels)
+                other_route, other_envelopes, other_outputs = await self._take_and_handle(other_inbox, other_labels)
+                other_batch = other_envelopes
         finally:
             store.resume()
             outputs = await first
-        effects = [(route, batch, outputs), (other_route, other_batch, other_outputs)]
+        effects = [(route, envelopes, outputs), (other_route, other_batch, other_outputs)]
         if store.paused.is_set() and not DECISIVE_STEPS & set(store.steps_before_pause):
             effects.reverse()  # A had decided nothing yet: what it decides comes after the other
         for effect in effects:
@@ -393,7 +402,7 @@ class World:
         self.network.acknowledge(inbox, envelopes)
         if other_inbox is not None:
             self.network.acknowledge(other_inbox, other_envelopes)
-        return f"A: {self._summary(batch, outputs)}; meanwhile {self._summary(other_batch, other_outputs)}"
+        return f"A: {self._summary(envelopes, outputs)}; meanwhile {self._summary(other_batch, other_outputs)}"
 
     async def _zombie(self, inbox: str, labels: list[str], pause: int) -> str:
         """A rebalance: the partition moves to instance B while A is stopped mid-batch; B handles
@@ -445,9 +454,7 @@ class World:
             for inbox in waiting:
                 route = ROUTES[inbox]
                 while queue := self.network.inflight[inbox]:
-                    first_key = getattr(queue[0].message, route.topic.key_field)
-                    batch = [envelope for envelope in queue
-                             if not route.one_key or getattr(envelope.message, route.topic.key_field) == first_key][:20]
+                    batch = [envelope for envelope in queue if alike(route, queue[0], envelope)][:20]
                     await self._deliver(inbox, [envelope.label for envelope in batch])
                     delivered += 1
                     if after_each:

@@ -9,9 +9,16 @@ from services.relationship.store import RelationshipStore
 from shared.clock import Clock, clock_from_setting
 from shared.policy import PolicyCache
 from shared.redis_client import connect
-from shared.runtime import build_service_app
+from shared.runtime import Route, build_service_app
 from shared.settings import Settings
 from shared.topics import ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, RELATIONSHIP_EVENTS, RELATIONSHIP_GROUP
+
+ROUTES = (
+    Route((ENROLLMENT,), RelationshipHandlers.on_enrollment),
+    Route((KINSHIP,), RelationshipHandlers.on_kinship),
+    Route((RELATIONSHIP_COMMANDS,), RelationshipHandlers.on_commands),
+)
+OUTPUTS = (RELATIONSHIP_EVENTS,)
 
 
 def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
@@ -22,12 +29,9 @@ def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
     return build_service_app(
         SERVICE, settings, clock,
         group_id=RELATIONSHIP_GROUP,
-        routes=[
-            (ENROLLMENT, handlers.on_enrollment),
-            (KINSHIP, handlers.on_kinship),
-            (RELATIONSHIP_COMMANDS, handlers.on_commands),
-        ],
-        outputs=[RELATIONSHIP_EVENTS],
+        handlers=handlers,
+        routes=ROUTES,
+        outputs=OUTPUTS,
         on_start=store.ready,
         on_stop=redis.aclose,
     )

@@ -8,7 +8,7 @@ from services.settlement.handlers import SettlementHandlers
 from services.settlement.store import ClaimLimits, SettlementStore
 from shared.clock import Clock, clock_from_setting
 from shared.redis_client import connect
-from shared.runtime import build_service_app
+from shared.runtime import Route, build_service_app
 from shared.settings import Settings
 from shared.topics import (
     CLAIMS, DRAW_ANSWERS, DRAW_REQUESTS, ENROLLMENT, PROVINCE_CLAIMS, PROVINCES, REFUND_REQUESTS, SETTLEMENT_GROUP,
@@ -16,6 +16,15 @@ from shared.topics import (
 )
 
 SERVICE = "settlement"
+
+ROUTES = (
+    Route((ENROLLMENT,), SettlementHandlers.on_enrollment),
+    # The claim path, read by one consumer: the national and every province's claims topic and the
+    # draw answers. Separate consumers would each hold their own connections, heartbeats, group
+    # membership and fetch loop (a claim-path fetch loop polls often).
+    Route((CLAIMS, *PROVINCE_CLAIMS, DRAW_ANSWERS), SettlementHandlers.on_claim_path),
+)
+OUTPUTS = (SETTLEMENTS, DRAW_REQUESTS, REFUND_REQUESTS, STATISTICS, *map(province_settlements, PROVINCES))
 
 
 def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
@@ -26,14 +35,9 @@ def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
     return build_service_app(
         SERVICE, settings, clock,
         group_id=SETTLEMENT_GROUP,
-        routes=[
-            (ENROLLMENT, handlers.on_enrollment),
-            # The claim path, read by one consumer: the national and every province's claims topic
-            # and the draw answers. Separate consumers would each hold their own connections,
-            # heartbeats, group membership and fetch loop (a claim-path fetch loop polls often).
-            ((CLAIMS, *PROVINCE_CLAIMS, DRAW_ANSWERS), handlers.on_claim_path),
-        ],
-        outputs=[SETTLEMENTS, DRAW_REQUESTS, REFUND_REQUESTS, STATISTICS, *map(province_settlements, PROVINCES)],
+        handlers=handlers,
+        routes=ROUTES,
+        outputs=OUTPUTS,
         on_start=store.ready,
         on_stop=redis.aclose,
         answer_sender=handlers.answer_unreadable_claim,

@@ -97,25 +97,21 @@ class SettlementHandlers:
         claims = [delivery for delivery in deliveries if delivery.topic.name != DRAW_ANSWERS.name]
         # Both run to their end before a failure of either is raised as it came (the runtime tells a
         # transient one by its class): a retry never overlaps a step still running.
-        settled, answered = await asyncio.gather(self.on_province_claims(claims), self.on_draw_answers(answers),
-                                                 return_exceptions=True)  # type: ignore[arg-type]
+        settled, answered = await asyncio.gather(
+            self._on_claims([delivery.message for delivery in claims],  # type: ignore[misc]
+                            [delivery.topic.province for delivery in claims]),
+            self._on_draw_answers(answers),  # type: ignore[arg-type]
+            return_exceptions=True)
         for outcome in (settled, answered):
             if isinstance(outcome, BaseException):
                 raise outcome
         return [*settled, *answered]
 
-    async def on_claims(self, claims: Sequence[Claim]) -> list[BaseModel | ToTopic]:
-        """Claims of the national topic (the national platform's)."""
-        return await self._on_claims(claims, [None] * len(claims))
-
-    async def on_province_claims(self, deliveries: Sequence[Delivery]) -> list[BaseModel | ToTopic]:
-        """Claims of every province's own topic (one consumer): each is held to its province, and
-        its results go to that province's settlements topic as well as the national one."""
-        return await self._on_claims([delivery.message for delivery in deliveries],  # type: ignore[misc]
-                                     [delivery.topic.province for delivery in deliveries])
-
     async def _on_claims(self, claims: Sequence[Claim], provinces: Sequence[str | None]) -> list[BaseModel | ToTopic]:
-        """A claim that does not belong where it was sent is refused before its id is taken. One
+        """Claims of the national topic (province None) and of each province's own: a claim sent on
+        a province's topic is held to its province, and its results go to that province's
+        settlements topic as well as the national one. A claim that does not belong where it was
+        sent is refused before its id is taken. One
         pipeline registers the other claims' ids and reads what their steps need, one pipeline
         records every claim in batch order (so a recipient's claims apply one after another), then
         the answers are built. A claim id owned by another recipient is a conflict, with no step."""
@@ -223,7 +219,7 @@ class SettlementHandlers:
                           letter.reason, self.clock.now(), error=mask_person_ids(letter.error))
         return _also_to_provinces(event, topic.province)
 
-    async def on_draw_answers(self, answers: Sequence[DrawAnswered]) -> list[BaseModel | ToTopic | Refused]:
+    async def _on_draw_answers(self, answers: Sequence[DrawAnswered]) -> list[BaseModel | ToTopic | Refused]:
         """The wallet's answers complete their claims: one pipeline, in batch order. An answer whose
         figures do not add up, or that fits no claim recorded here, changes no claim; money drawn
         for a claim that was never recorded is given back."""

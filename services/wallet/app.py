@@ -9,7 +9,7 @@ from services.wallet.store import WalletStore
 from shared.clock import Clock, clock_from_setting
 from shared.policy import PolicyCache
 from shared.redis_client import connect
-from shared.runtime import build_service_app
+from shared.runtime import Route, build_service_app
 from shared.settings import Settings
 from shared.topics import (
     ACCOUNT_CREDITS, ACCOUNT_SPENDS, DRAW_ANSWERS, DRAW_REQUESTS, ENROLLMENT, REFUND_REQUESTS,
@@ -17,6 +17,18 @@ from shared.topics import (
 )
 
 SERVICE = "wallet"
+
+ROUTES = (
+    Route((ACCOUNT_CREDITS,), WalletHandlers.on_credits),
+    Route((ACCOUNT_SPENDS,), WalletHandlers.on_spends),
+    Route((WALLET_COMMANDS,), WalletHandlers.on_commands),
+    Route((RELATIONSHIP_EVENTS,), WalletHandlers.on_relationship_events),
+    Route((ENROLLMENT,), WalletHandlers.on_enrollment),
+    Route((SUPERVISION,), WalletHandlers.on_supervision),
+    Route((DRAW_REQUESTS,), WalletHandlers.on_draw_requests),
+    Route((REFUND_REQUESTS,), WalletHandlers.on_refund_requests),
+)
+OUTPUTS = (WALLET_EVENTS, DRAW_ANSWERS)
 
 
 def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
@@ -27,17 +39,9 @@ def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
     return build_service_app(
         SERVICE, settings, clock,
         group_id=WALLET_GROUP,
-        routes=[
-            (ACCOUNT_CREDITS, handlers.on_credits),
-            (ACCOUNT_SPENDS, handlers.on_spends),
-            (WALLET_COMMANDS, handlers.on_commands),
-            (RELATIONSHIP_EVENTS, handlers.on_relationship_events),
-            (ENROLLMENT, handlers.on_enrollment),
-            (SUPERVISION, handlers.on_supervision),
-            (DRAW_REQUESTS, handlers.on_draw_requests),
-            (REFUND_REQUESTS, handlers.on_refund_requests),
-        ],
-        outputs=[WALLET_EVENTS, DRAW_ANSWERS],
+        handlers=handlers,
+        routes=ROUTES,
+        outputs=OUTPUTS,
         on_start=store.ready,
         on_stop=redis.aclose,
     )

@@ -35,6 +35,7 @@ from shared.credentials import redis_options
 from shared.ids import make_person_id
 from shared.principals import OPERATOR
 from shared.redis_client import in_database
+from tests.support import through_claim_path
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.timeout(1800)]
 NOON = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
@@ -123,9 +124,9 @@ async def _cost_per_claim(redis: Redis, pairs: list[tuple[str, str]], claims: in
                                   institution_code="H51010000001", service_region="510100",
                                   amount_fen=100, occurred_at=NOON))
         t0 = time.perf_counter()
-        requests = [m for m in await settlement.on_claims(messages) if isinstance(m, DrawRequested)]
+        requests = [m for m in await through_claim_path(settlement, messages) if isinstance(m, DrawRequested)]
         answers = [m for m in await wallet.on_draw_requests(requests) if isinstance(m, DrawAnswered)]
-        await settlement.on_draw_answers(answers)
+        await through_claim_path(settlement, answers)
         histogram.record_value(max(1, int((time.perf_counter() - t0) / batch * 1e6)))
     return (time.perf_counter() - started) / claims * 1e6, histogram
 

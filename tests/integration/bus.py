@@ -10,30 +10,21 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from gongji.audit.books import Record
-from gongji.simulation.network import Topics, dead_letter_of
+from gongji.simulation.network import OUTPUT_TOPICS, SERVICE_ROUTES, Topics, dead_letter_of
 from services.relationship.handlers import RelationshipHandlers
 from services.relationship.store import RelationshipStore
 from services.settlement.clearing import close_month
 from shared.contracts import (
-    AccountCredited, Claim, ClearingRow, DeadLetter, DrawAnswered, DrawRequested, EnrollmentChanged, KinshipRecorded,
-    RefundRequested, RelationshipCommand, RelationshipEvent, SettlementEvent, StatisticsSnapshot, WalletCommand,
+    AccountCredited, Claim, ClearingRow, EnrollmentChanged, KinshipRecorded, RelationshipCommand, WalletCommand,
     WalletEvent,
 )
 from shared.policy import PolicyCache
-from shared.runtime import Refused
+from shared.runtime import Refused, ToTopic
 from shared.topics import (
-    ACCOUNT_CREDITS, ACCOUNT_SPENDS, CLAIMS, CLEARING, DEAD_LETTERS, DRAW_ANSWERS, DRAW_REQUESTS, ENROLLMENT, KINSHIP,
-    REFUND_REQUESTS, RELATIONSHIP_COMMANDS, RELATIONSHIP_EVENTS, SETTLEMENTS, STATISTICS, SUPERVISION,
-    WALLET_COMMANDS, WALLET_EVENTS, Topic,
+    ACCOUNT_CREDITS, CLAIMS, CLEARING, DEAD_LETTERS, ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, WALLET_COMMANDS, Topic,
 )
 from tests.integration.saga import Saga
 from tests.support import new_id, new_person_id
-
-OUTPUT_TOPICS: dict[type[BaseModel], Topic] = {
-    WalletEvent: WALLET_EVENTS, DrawAnswered: DRAW_ANSWERS, SettlementEvent: SETTLEMENTS, DrawRequested: DRAW_REQUESTS,
-    RefundRequested: REFUND_REQUESTS, StatisticsSnapshot: STATISTICS, RelationshipEvent: RELATIONSHIP_EVENTS,
-    ClearingRow: CLEARING, DeadLetter: DEAD_LETTERS,
-}
 
 
 class Bus:
@@ -43,22 +34,7 @@ class Bus:
         self.clock = self.saga.clock
         self.relationship_store = RelationshipStore(redis)
         relationship = RelationshipHandlers(self.relationship_store, PolicyCache(redis, 0), self.clock)
-        wallet, settlement = self.saga.wallet, self.saga.settlement
-        # As services/*/app.py subscribe them.
-        self.routes = {
-            ENROLLMENT.name: [relationship.on_enrollment, wallet.on_enrollment, settlement.on_enrollment],
-            KINSHIP.name: [relationship.on_kinship],
-            RELATIONSHIP_COMMANDS.name: [relationship.on_commands],
-            RELATIONSHIP_EVENTS.name: [wallet.on_relationship_events],
-            ACCOUNT_CREDITS.name: [wallet.on_credits],
-            ACCOUNT_SPENDS.name: [wallet.on_spends],
-            WALLET_COMMANDS.name: [wallet.on_commands],
-            SUPERVISION.name: [wallet.on_supervision],
-            DRAW_REQUESTS.name: [wallet.on_draw_requests],
-            REFUND_REQUESTS.name: [wallet.on_refund_requests],
-            CLAIMS.name: [settlement.on_claims],
-            DRAW_ANSWERS.name: [settlement.on_draw_answers],
-        }
+        self.handlers = {"relationship": relationship, "wallet": self.saga.wallet, "settlement": self.saga.settlement}
         self.topics = Topics()
 
     async def load(self) -> "Bus":
@@ -82,13 +58,22 @@ class Bus:
         while queue:
             topic, message = queue.popleft()
             record = self.record(topic, message)
-            for handler in [] if topic in hold else self.routes.get(topic.name, []):
-                for output in await handler([message]):
-                    if isinstance(output, Refused):
-                        output = dead_letter_of(record, output, self.clock.now())
-                    outputs.append(output)
-                    queue.append((OUTPUT_TOPICS[type(output)], output))
+            for service, route in [] if topic in hold else self._routes(topic):
+                for output in await route.method(self.handlers[service], [route.handed(topic, message)]):
+                    if isinstance(output, ToTopic):
+                        self.record(output.topic, output.message)  # a province's copy: read by no service
+                    elif isinstance(output, Refused):
+                        outputs.append(letter := dead_letter_of(record, output, self.clock.now()))
+                        queue.append((DEAD_LETTERS, letter))
+                    else:
+                        outputs.append(output)
+                        queue.append((OUTPUT_TOPICS[type(output)], output))
         return outputs
+
+    @staticmethod
+    def _routes(topic: Topic):
+        """Who reads `topic`, as services/*/app.py declare it."""
+        return [(service, route) for service, routes in SERVICE_ROUTES.items() for route in routes if topic in route.topics]
 
     # ---- the world, through the public topics ----
 
@@ -121,8 +106,8 @@ class Bus:
             recipient_region=region, amount_fen=amount_fen, requested_at=self.clock.now()))
         return answer
 
-    async def claim(self, claim: Claim, hold: frozenset[Topic] = frozenset()) -> list[BaseModel]:
-        return await self.publish(CLAIMS, claim, hold)
+    async def claim(self, claim: Claim, hold: frozenset[Topic] = frozenset(), topic: Topic = CLAIMS) -> list[BaseModel]:
+        return await self.publish(topic, claim, hold)
 
     async def close(self, month: str, now: datetime) -> list[ClearingRow]:
         rows = await close_month(self.saga.sstore, month, now)

@@ -19,7 +19,7 @@ from shared.contracts import (
     SettlementEvent, WalletCommand, WalletEvent,
 )
 from shared.policy import PolicyCache
-from tests.support import new_id, new_person_id, new_reversal_id, with_claim_id
+from tests.support import new_id, new_person_id, new_reversal_id, through_claim_path, with_claim_id
 
 NOON = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
 SHARDS = 64
@@ -100,14 +100,14 @@ class Saga:
     async def run_claims(self, claims: list[Claim]) -> list[BaseModel]:
         """Claims through settlement, its draw requests through the wallet, the answers back, and the
         refund requests through the wallet. Returns every output."""
-        outputs = list(await self.settlement.on_claims(claims))
+        outputs = list(await through_claim_path(self.settlement, claims))
         draws = [o for o in outputs if isinstance(o, DrawRequested)]
         refunds = [o for o in outputs if isinstance(o, RefundRequested)]
         if draws:
             wallet_out = await self.wallet.on_draw_requests(draws)
             outputs += wallet_out
             answers = [o for o in wallet_out if isinstance(o, DrawAnswered)]
-            outputs += await self.settlement.on_draw_answers(answers)
+            outputs += await through_claim_path(self.settlement, answers)
         if refunds:
             outputs += await self.wallet.on_refund_requests(refunds)
         return outputs

@@ -14,7 +14,7 @@ from shared.contracts import Claim, DrawRequested, SettlementEvent
 from shared.runtime import Delivery
 from shared.topics import province_claims
 from tests.integration.test_settlement_safety import NOON, SHARDS, insured, reverse_claim, settle_claim
-from tests.support import new_id
+from tests.support import new_id, through_claim_path
 
 
 async def handlers(redis, per_recipient_per_day: int, province_per_minute: int) -> SettlementHandlers:
@@ -26,7 +26,7 @@ async def handlers(redis, per_recipient_per_day: int, province_per_minute: int) 
 
 async def from_province(settlement: SettlementHandlers, province: str, claim: Claim) -> str:
     """What the claim gets: `drawing` (accepted, the wallet asked) or the refusal's reason."""
-    (output, *_) = await settlement.on_province_claims([Delivery(province_claims(province), claim)])
+    (output, *_) = await settlement.on_claim_path([Delivery(province_claims(province), claim)])
     return "drawing" if isinstance(output, DrawRequested) else output.reason
 
 
@@ -42,7 +42,7 @@ async def test_a_province_may_send_so_many_claims_for_one_recipient_a_day(redis)
     # Another province's claims for the same person are its own count; the national topic has none.
     care_in_31 = settle_claim(recipient, 1_000, service_region="310100")
     assert await from_province(settlement, "31", care_in_31) == "drawing"
-    (national,) = await settlement.on_claims([settle_claim(recipient, 1_000)])
+    (national,) = await through_claim_path(settlement, [settle_claim(recipient, 1_000)])
     assert isinstance(national, DrawRequested)
     settlement.clock = FixedClock(NOON + timedelta(days=1))  # a new Asia/Shanghai day
     assert await from_province(settlement, "51", settle_claim(recipient, 1_000)) == "drawing"
@@ -55,7 +55,7 @@ async def test_a_province_may_send_so_many_claims_a_minute(redis) -> None:
     neighbour = await insured(settlement, near=recipient)  # in the same shard
     assert await from_province(settlement, "44", settle_claim(recipient, 1_000, service_region="440300")) == "drawing"
     refused = settle_claim(neighbour, 1_000, service_region="440300")
-    (event, *_) = await settlement.on_province_claims([Delivery(province_claims("44"), refused)])
+    (event, *_) = await settlement.on_claim_path([Delivery(province_claims("44"), refused)])
     assert isinstance(event, SettlementEvent)
     assert (event.status, event.reason, event.paid_fen, event.self_pay_fen) == ("rejected", "RATE_LIMITED", 0, 1_000)
     assert settlement.tallies[NOON.strftime("%Y-%m-%dT%H:%M")].rejections_by_reason["RATE_LIMITED"] == [1, 0]
@@ -80,7 +80,7 @@ async def test_a_provinces_reversals_count_against_its_bounds_as_its_claims_do(r
     probe = reverse_claim(recipient, f"510100-{new_id('anything')}")
     assert await from_province(settlement, "51", probe) == "RATE_LIMITED"
     assert await from_province(settlement, "51", probe) == "RATE_LIMITED"  # redelivered: the same answer
-    (national,) = await settlement.on_claims([reverse_claim(recipient, f"510100-{new_id('anything')}")])
+    (national,) = await through_claim_path(settlement, [reverse_claim(recipient, f"510100-{new_id('anything')}")])
     assert national.reason == "UNKNOWN_CLAIM"  # the national topic has no bound
 
 

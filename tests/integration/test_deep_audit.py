@@ -20,6 +20,7 @@ from gongji.audit.compare import (
 )
 from gongji.audit.rules import RULE
 from gongji.audit.state import read_state
+from services.settlement import handlers
 from services.settlement.domain import Assessment
 from services.wallet.domain import GrantLimits
 from shared.contracts import SettlementEvent, SupervisionActed, WalletCommand, WalletEvent
@@ -28,11 +29,11 @@ from shared.principals import OPERATOR
 from shared.redis_client import in_database
 from shared.topics import (
     ACCOUNT_CREDITS, CLAIMS, CLEARING as CLEARING_TOPIC, DRAW_REQUESTS, RELATIONSHIP_EVENTS, SETTLEMENTS, SUPERVISION,
-    WALLET_COMMANDS, WALLET_EVENTS,
+    WALLET_COMMANDS, WALLET_EVENTS, province_claims,
 )
 from tests.integration.bus import Bus
 from tests.integration.saga import SHARDS
-from tests.support import new_id
+from tests.support import another_claim_id, new_id
 
 AUDIT_DATABASE = 13
 REGION = "510100"  # the recipient's, and where the care is given (province 51)
@@ -474,6 +475,30 @@ async def test_a_premium_paid_where_it_is_not_owed_is_named(bus: Bus, monkeypatc
     (result, *_) = [output for output in await bus.claim(premium) if isinstance(output, SettlementEvent)]
     assert result.status == "settled"
     assert rules_broken(await deep(bus)) == [broken]
+
+
+async def test_a_claim_id_squatted_by_another_province_is_named(bus: Bus, monkeypatch) -> None:
+    """Issue 20's defect 3, put back (the province whose topic brought a claim is not asked):
+    province 11 sends a 100-fen premium under a Shenzhen hospital's claim id on its own topic, and
+    the hospital's own claim under that id is then refused as a conflict. Redis and the records
+    agree; the rule does not."""
+    refusal = handlers.refusal_before_id
+    monkeypatch.setattr(handlers, "refusal_before_id", lambda claim, province: refusal(claim, None))
+    recipient = await bus.person("resident", "440300")
+    hospital = bus.saga.settle(recipient, 12_850, recipient_region="440300", service_region="440300",
+                               institution_code="H44030500012")
+    squat = hospital.model_copy(update={"category": "ltc_premium", "institution_code": None, "amount_fen": 100})
+    (squatted, *_) = [output for output in await bus.claim(squat, topic=province_claims("11"))
+                      if isinstance(output, SettlementEvent)]
+    (conflict,) = [output for output in await bus.claim(hospital, topic=province_claims("44"))
+                   if isinstance(output, SettlementEvent)]
+    assert (squatted.claim_id, conflict.reason) == (hospital.claim_id, "CONFLICT")
+    assert rules_broken(await deep(bus)) == [
+        "province topics: a claim of another province's care was judged by its claim id"]
+    monkeypatch.setattr(handlers, "refusal_before_id", refusal)
+    squat_again = squat.model_copy(update={"claim_id": another_claim_id(hospital.model_dump(mode="json"))})
+    await bus.claim(squat_again, topic=province_claims("11"))
+    assert len(rules_broken(await deep(bus))) == 1  # refused as it should be: nothing more to name
 
 
 async def test_a_grant_from_a_frozen_account_is_named(bus: Bus) -> None:

@@ -28,7 +28,7 @@ from shared.principals import OPERATOR
 from shared.runtime import DeadLetterDecoder, Delivery, Refused
 from shared.topics import province_claims, province_dead_letters, province_settlements
 from tests.integration.conftest import integration_redis_url
-from tests.support import new_id, new_person_id, new_reversal_id, with_claim_id
+from tests.support import new_id, new_person_id, new_reversal_id, through_claim_path, with_claim_id
 
 NOON = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
 SHARDS = 4  # few shards, so that two recipients easily share one
@@ -86,14 +86,14 @@ def answer(request: DrawRequested, paid_fen: int, provider_region: str = "440300
 
 async def settled(settlement: SettlementHandlers, claim: Claim, paid_fen: int | None = None,
                   provider_region: str = "440300") -> SettlementEvent:
-    (request,) = await settlement.on_claims([claim])
+    (request,) = await through_claim_path(settlement, [claim])
     paid = claim.amount_fen if paid_fen is None else paid_fen
-    (event,) = await settlement.on_draw_answers([answer(request, paid, provider_region)])
+    (event,) = await through_claim_path(settlement, [answer(request, paid, provider_region)])
     return event
 
 
 async def reverse(settlement: SettlementHandlers, recipient: str, reverses: str) -> list:
-    return await settlement.on_claims([reverse_claim(recipient, reverses)])
+    return await through_claim_path(settlement, [reverse_claim(recipient, reverses)])
 
 
 def refused(outputs: list, reason: str) -> bool:
@@ -134,16 +134,16 @@ async def test_another_recipient_cannot_reverse_a_claim_in_the_same_shard_or_in_
 
 async def test_a_pending_claim_is_not_reversible_and_can_still_be_reversed_once_paid(settlement) -> None:
     recipient = await insured(settlement)
-    (request,) = await settlement.on_claims([settle_claim(recipient, 5_000)])  # the wallet has not answered
+    (request,) = await through_claim_path(settlement, [settle_claim(recipient, 5_000)])  # the wallet has not answered
     assert refused(await reverse(settlement, recipient, request.claim_id), "NOT_REVERSIBLE")
-    (paid,) = await settlement.on_draw_answers([answer(request, 5_000)])
+    (paid,) = await through_claim_path(settlement, [answer(request, 5_000)])
     assert paid.status == "settled"
     assert (await reverse(settlement, recipient, request.claim_id))[0].paid_fen == 5_000
 
 
 async def test_a_claim_that_paid_nothing_is_not_reversible(settlement) -> None:
     recipient = await insured(settlement)
-    (not_allowed,) = await settlement.on_claims([settle_claim(recipient, category="cash_withdrawal")])
+    (not_allowed,) = await through_claim_path(settlement, [settle_claim(recipient, category="cash_withdrawal")])
     no_quota = await settled(settlement, settle_claim(recipient), paid_fen=0)
     assert (not_allowed.reason, no_quota.reason) == ("CATEGORY_NOT_ALLOWED", "NO_QUOTA")
     for claim in (not_allowed, no_quota):
@@ -168,8 +168,8 @@ async def test_a_reversal_on_the_national_topic_is_told_to_the_province_that_sen
     """The province's books must hear of the refund of a claim it sent, whoever sent the refund."""
     recipient = await insured(settlement)
     claim = settle_claim(recipient, 6_000)
-    (request,) = await settlement.on_province_claims([Delivery(province_claims("51"), claim)])
-    paid = await settlement.on_draw_answers([answer(request, 6_000)])
+    (request,) = await settlement.on_claim_path([Delivery(province_claims("51"), claim)])
+    paid = await through_claim_path(settlement, [answer(request, 6_000)])
     assert [getattr(output, "topic", None) for output in paid] == [None, province_settlements("51")]
     reversal = await reverse(settlement, recipient, claim.claim_id)
     assert [(type(output).__name__, getattr(output, "topic", None)) for output in reversal] == \
@@ -189,11 +189,11 @@ async def test_a_claim_id_used_by_another_recipient_is_a_conflict_and_changes_no
     await settled(settlement, claim)
     for reused in (settle_claim(second, 10_000, claim_id=claim.claim_id),
                    reverse_claim(second, f"510100-{new_id()}", claim_id=claim.claim_id)):
-        (conflict,) = await settlement.on_claims([reused])  # no draw request, nothing recorded
+        (conflict,) = await through_claim_path(settlement, [reused])  # no draw request, nothing recorded
         assert (conflict.status, conflict.reason, conflict.recipient_id, conflict.cause_id) == \
             ("rejected", "CONFLICT", second, claim.claim_id)
     assert await settlement.store.claim(second, claim.claim_id) is None
-    (again,) = await settlement.on_claims([claim])  # the owner's redelivery is still a duplicate
+    (again,) = await through_claim_path(settlement, [claim])  # the owner's redelivery is still a duplicate
     assert (again.status, again.paid_fen) == ("settled", 10_000)
 
 
@@ -201,7 +201,7 @@ async def test_in_one_batch_the_first_recipient_to_use_a_claim_id_owns_it(settle
     first = await insured(settlement)
     second = await insured(settlement, far=first)
     claim = settle_claim(first)
-    outputs = await settlement.on_claims([claim, settle_claim(second, claim_id=claim.claim_id), claim])
+    outputs = await through_claim_path(settlement, [claim, settle_claim(second, claim_id=claim.claim_id), claim])
     assert [type(o) for o in outputs] == [DrawRequested, SettlementEvent, DrawRequested]
     assert (outputs[1].reason, outputs[0].request_id) == ("CONFLICT", outputs[2].request_id)
 
@@ -210,7 +210,7 @@ async def test_a_reversal_naming_another_recipients_claim_in_the_same_batch_is_n
     owner = await insured(settlement)
     other = await insured(settlement, far=owner)
     claim = settle_claim(owner)
-    request, refusal = await settlement.on_claims([claim, reverse_claim(other, claim.claim_id)])
+    request, refusal = await through_claim_path(settlement, [claim, reverse_claim(other, claim.claim_id)])
     assert isinstance(request, DrawRequested) and refused([refusal], "NOT_REVERSIBLE")
 
 
@@ -224,7 +224,7 @@ async def test_a_batch_of_claims_takes_two_pipelined_round_trips(settlement, mon
     monkeypatch.setattr(redis, "execute_command", lambda *a, **k: commands.append(a) or execute_command(*a, **k))
     batch = [settle_claim(recipient) for recipient in recipients] + \
         [reverse_claim(recipient, event.claim_id) for recipient, event in zip(recipients, paid, strict=True)]
-    outputs = await settlement.on_claims(batch)
+    outputs = await through_claim_path(settlement, batch)
     assert len(outputs) == 15 and (len(pipelines), commands) == (2, [])
 
 
@@ -258,8 +258,8 @@ async def test_closing_keeps_totals_exact_beyond_fourteen_digits(settlement) -> 
     settlement.clock.set(datetime.fromisoformat("2025-09-15T12:00:00+08:00"))
     claims = [settle_claim(recipient, 10**12, service_region="530100") for _ in range(100)]
     claims.append(settle_claim(recipient, 1, service_region="530100"))
-    requests = await settlement.on_claims(claims)
-    await settlement.on_draw_answers([answer(request, request.amount_fen, "140100") for request in requests])
+    requests = await through_claim_path(settlement, claims)
+    await through_claim_path(settlement, [answer(request, request.amount_fen, "140100") for request in requests])
     rows = await close_month(settlement.store, "2025-09", datetime.fromisoformat("2025-10-01T00:00:00+08:00"))
     assert [(r.payer_province, r.payee_province, r.amount_fen, r.claims) for r in rows if r.row == "gross"] == \
         [("14", "53", 100_000_000_000_001, 101)]
@@ -310,11 +310,11 @@ async def test_an_enrollment_id_reused_for_other_content_is_refused_visibly(sett
 async def test_every_output_of_a_claims_story_has_its_own_id_and_names_its_input(settlement) -> None:
     recipient = await insured(settlement)
     claim = settle_claim(recipient)
-    (request,) = await settlement.on_claims([claim])
-    (paid,) = await settlement.on_draw_answers([answer(request, claim.amount_fen)])
+    (request,) = await through_claim_path(settlement, [claim])
+    (paid,) = await through_claim_path(settlement, [answer(request, claim.amount_fen)])
     reversal = reverse_claim(recipient, claim.claim_id)
-    reversed_, refund = await settlement.on_claims([reversal])
-    (conflict,) = await settlement.on_claims([settle_claim(recipient, 1, claim_id=claim.claim_id)])
+    reversed_, refund = await through_claim_path(settlement, [reversal])
+    (conflict,) = await through_claim_path(settlement, [settle_claim(recipient, 1, claim_id=claim.claim_id)])
     ids = [request.request_id, paid.event_id, reversed_.event_id, refund.request_id, conflict.event_id]
     assert len(set(ids)) == len(ids)
     assert (paid.cause_id, reversed_.cause_id, conflict.cause_id) == (claim.claim_id, reversal.claim_id, claim.claim_id)
@@ -390,11 +390,11 @@ async def test_a_resident_premium_is_refused_for_an_employee_insured_recipient_a
     resident = await insured(settlement)
     employee = new_person_id()
     await settlement.on_enrollment([enrollment(employee).model_copy(update={"insurance_type": "employee"})])
-    (refused,) = await settlement.on_claims([settle_claim(employee, 10_500, category="resident_premium",
+    (refused,) = await through_claim_path(settlement, [settle_claim(employee, 10_500, category="resident_premium",
                                                           institution_code=None)])
     assert (refused.status, refused.reason) == ("rejected", "CATEGORY_NOT_ALLOWED")
-    (asked,) = await settlement.on_claims([settle_claim(employee, 10_500, category="ltc_premium", institution_code=None)])
+    (asked,) = await through_claim_path(settlement, [settle_claim(employee, 10_500, category="ltc_premium", institution_code=None)])
     assert isinstance(asked, DrawRequested)  # long-term care: either scheme
-    (asked,) = await settlement.on_claims([settle_claim(resident, 10_500, category="resident_premium",
+    (asked,) = await through_claim_path(settlement, [settle_claim(resident, 10_500, category="resident_premium",
                                                         institution_code=None)])
     assert isinstance(asked, DrawRequested)

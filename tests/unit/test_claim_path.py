@@ -15,7 +15,7 @@ async def test_a_failure_of_one_side_is_raised_as_it_came_once_the_other_side_ha
     handlers = SettlementHandlers.__new__(SettlementHandlers)  # no store: both sides are stand-ins
     ended: list[str] = []
 
-    async def claims(_deliveries):
+    async def claims(_claims, _provinces):
         await asyncio.sleep(0.05)  # still running when the answers fail
         ended.append("claims")
         return []
@@ -23,8 +23,8 @@ async def test_a_failure_of_one_side_is_raised_as_it_came_once_the_other_side_ha
     async def answers(_answers):
         raise RedisConnectionError("Redis went away")
 
-    handlers.on_province_claims = claims  # type: ignore[method-assign]
-    handlers.on_draw_answers = answers  # type: ignore[method-assign]
+    handlers._on_claims = claims  # type: ignore[method-assign]
+    handlers._on_draw_answers = answers  # type: ignore[method-assign]
     with pytest.raises(RedisConnectionError) as raised:
         await handlers.on_claim_path([])
     assert is_transient(raised.value)  # so the runtime retries the whole batch, and dead-letters nothing
