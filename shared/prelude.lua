@@ -33,11 +33,12 @@ local function remember(seen_key, input_id, fingerprint, result)
 end
 
 -- A service's own copy of a person's enrollment (each service keeps its own; none reads another's).
--- KEYS: seen, enrollment   ARGV: input_id, fingerprint, insurance_type, region, status
 local function record_enrollment_copy(keys, args)
-  local prior = remembered(keys[1], args[1], args[2])
+  local seen_key, enrollment_key = unpack(keys)
+  local input_id, fingerprint, insurance_type, region, status = unpack(args)
+  local prior = remembered(seen_key, input_id, fingerprint)
   if prior then return prior end
-  redis.call('HSET', keys[2], 'insurance_type', args[3], 'region', args[4], 'status', args[5])
-  return remember(keys[1], args[1], args[2], {})
+  redis.call('HSET', enrollment_key, 'insurance_type', insurance_type, 'region', region, 'status', status)
+  return remember(seen_key, input_id, fingerprint, {})
 end
 

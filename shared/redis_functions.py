@@ -35,13 +35,20 @@ class Library:
     """One service's Redis Functions, named by the version of their source."""
 
     def __init__(self, name: str, lua_file: Path) -> None:
+        self.lua_file = lua_file
         self._code = f"{PRELUDE_LUA.read_text()}\n{lua_file.read_text()}"
         self.version = hashlib.sha256(self._code.encode()).hexdigest()[:12]
         self.name = f"{name}_v{self.version}"
+        self.functions: list[Function] = []
 
     def function(self, name: str) -> str:
         """The name under which this release's `name` is registered (see `register` in prelude.lua)."""
         return f"{name}_v{self.version}"
+
+    def declare(self, name: str, keys: tuple[str, ...], args: tuple[str, ...]) -> Function:
+        declared = Function(self, name, keys, args)
+        self.functions.append(declared)
+        return declared
 
     @property
     def source(self) -> str:
@@ -64,6 +71,36 @@ class Library:
                 raise
             raise LibraryNotLoaded(f"Redis has no library {self.name}: run `gongji infra up` "
                                    "(the operator loads every service's Functions)") from None
+
+
+@dataclass(frozen=True)
+class Function:
+    """One Redis Function, declared once: its KEYS and its ARGV by name, in order. Its Lua function
+    reads them into locals of the same names (`local seen_key, account_key = unpack(keys)`), and
+    tests/unit/test_redis_functions.py holds the two together: a value follows its name across
+    `fcall`, never a position."""
+
+    library: Library
+    name: str
+    keys: tuple[str, ...]  # each named `…_key`
+    args: tuple[str, ...]
+
+    def call(self, **values: Any) -> Call:
+        """The step with every key and argument named. None travels as '' and a bool as '1' or '0'
+        (Redis takes strings and numbers only); a name missing or unknown is an error here."""
+        names = {*self.keys, *self.args}
+        if set(values) != names:
+            raise TypeError(f"{self.name}: missing {sorted(names - set(values))}, unknown {sorted(set(values) - names)}")
+        return Call(self.library.function(self.name), [values[name] for name in self.keys],
+                    [_as_argument(values[name]) for name in self.args])
+
+
+def _as_argument(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return value
 
 
 @dataclass(frozen=True)
@@ -99,9 +136,9 @@ async def execute(pipe: Pipeline) -> list[Any]:
     return replies
 
 
-async def call_step(redis: Redis, function: str, keys: list[str], args: list[Any]) -> Step:
+async def call_step(redis: Redis, call: Call) -> Step:
     """One step on its own."""
-    (step,) = await run_steps(redis, [Call(function, keys, args)])
+    (step,) = await run_steps(redis, [call])
     return step
 
 
@@ -113,6 +150,10 @@ class Call:
     keys: list[str]
     args: list[Any]
 
+    def on(self, client: Redis | Pipeline) -> Any:
+        """Sends it: on a client, its reply; on a pipeline, queued."""
+        return client.fcall(self.function, len(self.keys), *self.keys, *self.args)
+
 
 async def run_steps(redis: Redis, calls: Sequence[Call]) -> list[Step]:
     """Runs the steps in one pipeline, in order: steps on the same keys apply one after another
@@ -121,6 +162,6 @@ async def run_steps(redis: Redis, calls: Sequence[Call]) -> list[Step]:
         return []
     async with redis.pipeline(transaction=False) as pipe:
         for call in calls:
-            pipe.fcall(call.function, len(call.keys), *call.keys, *call.args)
+            call.on(pipe)
         replies = await execute(pipe)
     return [Step(outcome.decode(), json.loads(encoded) if encoded else {}) for outcome, encoded in replies]  # type: ignore[arg-type]

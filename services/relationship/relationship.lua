@@ -26,35 +26,36 @@ local function version_of(indexed)
   return tonumber(string.match(indexed, '^%d+'))
 end
 
--- KEYS: seen:commands, rels, versions, enrollment, recipient-generations (all the provider's)
--- ARGV: input_id, fingerprint, action, recipient_id, refusal ('' when none), kinship, recipient_region,
---       recipient_generation, provider_generation (both as the decision read them),
---       version (of the pending request an accept was decided on), now
+-- All keys are the provider's. `refusal`: '' when none; `recipient_generation` and
+-- `provider_generation`: as the decision read them; `version`: of the pending request an accept
+-- was decided on.
 local function relationship_command(keys, args)
-  local prior = remembered(keys[1], args[1], args[2])
+  local seen_key, rels_key, versions_key, enrollment_key, generations_key = unpack(keys)
+  local input_id, fingerprint, action, recipient, refusal, kinship, recipient_region, recipient_generation,
+        provider_generation, version, now = unpack(args)
+  local prior = remembered(seen_key, input_id, fingerprint)
   if prior then return prior end
-  local action, recipient, refusal, now = args[3], args[4], args[5], args[11]
-  local current = redis.call('HGET', keys[2], recipient)
+  local current = redis.call('HGET', rels_key, recipient)
   current = current and cjson.decode(current) or nil
   local as_decided = current and current.state == 'pending' and
-    tonumber(redis.call('HGET', keys[3], recipient) or '0') == tonumber(args[10])
+    tonumber(redis.call('HGET', versions_key, recipient) or '0') == tonumber(version)
   local result = {at = now}
   local function changed(state)
-    result.version, result.state = redis.call('HINCRBY', keys[3], recipient, 1), state
+    result.version, result.state = redis.call('HINCRBY', versions_key, recipient, 1), state
   end
   if refusal ~= '' then
     result.type, result.reason = 'rejected', refusal
     if action == 'accept' and refusal == 'INSURANCE_CHANGED' and as_decided then
       -- The recipient's insurance changed after the request, unseen by rule 7 (a race): it ends now.
-      redis.call('HDEL', keys[2], recipient)
+      redis.call('HDEL', rels_key, recipient)
       changed('ended')
     end
   elseif (action == 'request' or action == 'accept') and
-      tonumber(redis.call('HGET', keys[4], 'generation') or '0') ~= tonumber(args[9]) then
+      tonumber(redis.call('HGET', enrollment_key, 'generation') or '0') ~= tonumber(provider_generation) then
     -- The provider's insurance changed after the decision read it: the decision is stale.
     result.type, result.reason = 'rejected', 'INSURANCE_CHANGED'
   elseif action == 'request' and
-      tonumber(redis.call('HGET', keys[5], recipient) or '0') > tonumber(args[8]) then
+      tonumber(redis.call('HGET', generations_key, recipient) or '0') > tonumber(recipient_generation) then
     -- The recipient's insurance changed after the decision read it, and rule 7 already came by
     -- here (finding no request to end): stored now, the request would outlive the change.
     result.type, result.reason = 'rejected', 'INSURANCE_CHANGED'
@@ -62,9 +63,9 @@ local function relationship_command(keys, args)
     if current then
       result.type, result.reason = 'rejected', 'DUPLICATE_RELATIONSHIP'
     else
-      current = {state = 'pending', kinship = args[6], recipient_region = args[7],
-                 recipient_generation = tonumber(args[8]), since = now}
-      redis.call('HSET', keys[2], recipient, cjson.encode(current))
+      current = {state = 'pending', kinship = kinship, recipient_region = recipient_region,
+                 recipient_generation = tonumber(recipient_generation), since = now}
+      redis.call('HSET', rels_key, recipient, cjson.encode(current))
       result.type = 'requested'
       changed('pending')
     end
@@ -73,44 +74,44 @@ local function relationship_command(keys, args)
     result.type, result.reason = 'rejected', 'RELATIONSHIP_NOT_ACTIVE'
   elseif action == 'accept' then
     current.state, current.since = 'active', now
-    redis.call('HSET', keys[2], recipient, cjson.encode(current))
+    redis.call('HSET', rels_key, recipient, cjson.encode(current))
     result.type = 'established'
     changed('active')
   else
-    redis.call('HDEL', keys[2], recipient)
+    redis.call('HDEL', rels_key, recipient)
     result.type = (action == 'decline') and 'declined' or 'dissolved'
     changed('ended')
   end
   if current then
     result.kinship, result.recipient_region = current.kinship, current.recipient_region
   end
-  return remember(keys[1], args[1], args[2], result)
+  return remember(seen_key, input_id, fingerprint, result)
 end
 
--- Rule 7. KEYS: seen:enrollment, enrollment, rels, versions, providers (all the person's)
--- ARGV: input_id, fingerprint, insurance_type, region, status, now
--- Ends every relationship where the person is the provider (here) and returns the providers
--- whose relationships to the person the caller must end in their own slots, with the generation
--- the person's enrollment reached.
+-- Rule 7, all keys the person's. Ends every relationship where the person is the provider (here)
+-- and returns the providers whose relationships to the person the caller must end in their own
+-- slots, with the generation the person's enrollment reached.
 local function record_enrollment(keys, args)
-  local prior = remembered(keys[1], args[1], args[2])
+  local seen_key, enrollment_key, rels_key, versions_key, providers_key = unpack(keys)
+  local input_id, fingerprint, insurance_type, region, status, now = unpack(args)
+  local prior = remembered(seen_key, input_id, fingerprint)
   if prior then return prior end
-  local before = redis.call('HMGET', keys[2], 'insurance_type', 'region', 'status')
-  local result = {at = args[6], changed = false, ended_as_provider = {}, providers = {}}
-  if before[1] ~= args[3] or before[2] ~= args[4] or before[3] ~= args[5] then
-    result.generation = redis.call('HINCRBY', keys[2], 'generation', 1)
-    redis.call('HSET', keys[2], 'insurance_type', args[3], 'region', args[4], 'status', args[5])
+  local before = redis.call('HMGET', enrollment_key, 'insurance_type', 'region', 'status')
+  local result = {at = now, changed = false, ended_as_provider = {}, providers = {}}
+  if before[1] ~= insurance_type or before[2] ~= region or before[3] ~= status then
+    result.generation = redis.call('HINCRBY', enrollment_key, 'generation', 1)
+    redis.call('HSET', enrollment_key, 'insurance_type', insurance_type, 'region', region, 'status', status)
   end
   if before[1] and result.generation then
     result.changed = true
-    local rels = redis.call('HGETALL', keys[3])
+    local rels = redis.call('HGETALL', rels_key)
     for i = 1, #rels, 2 do
       local rel = cjson.decode(rels[i + 1])
       table.insert(result.ended_as_provider, {recipient_id = rels[i], kinship = rel.kinship,
-        recipient_region = rel.recipient_region, version = redis.call('HINCRBY', keys[4], rels[i], 1)})
+        recipient_region = rel.recipient_region, version = redis.call('HINCRBY', versions_key, rels[i], 1)})
     end
-    redis.call('DEL', keys[3])
-    local providers = redis.call('HGETALL', keys[5])
+    redis.call('DEL', rels_key)
+    local providers = redis.call('HGETALL', providers_key)
     for i = 1, #providers, 2 do
       if not string.find(providers[i + 1], '|ended', 1, true) then
         table.insert(result.providers, providers[i])
@@ -118,53 +119,57 @@ local function record_enrollment(keys, args)
     end
   end
   -- cjson encodes an empty table as an object; the caller reads both as "none".
-  return remember(keys[1], args[1], args[2], result)
+  return remember(seen_key, input_id, fingerprint, result)
 end
 
--- Rule 7 from the recipient's side, in the provider's slot: the recipient's enrollment reached
--- `generation`. Ends the relationship if it was requested on an earlier generation; one requested
--- since knew the change and stays. Once per (recipient, generation), however often it is asked.
--- It also records the generation reached, so that a request decided on an earlier one, whose step
--- comes after this, is refused (relationship_command): a change at any moment reaches it.
--- KEYS: terminations, rels, versions, recipient-generations (the provider's)
--- ARGV: recipient_id, generation
+-- Rule 7 from the recipient's side, in the provider's slot (all keys the provider's): the
+-- recipient's enrollment reached `generation`. Ends the relationship if it was requested on an
+-- earlier generation; one requested since knew the change and stays. Once per (recipient,
+-- generation), however often it is asked. It also records the generation reached, so that a
+-- request decided on an earlier one, whose step comes after this, is refused
+-- (relationship_command): a change at any moment reaches it.
 local function end_relationship(keys, args)
+  local terminations_key, rels_key, versions_key, generations_key = unpack(keys)
+  local recipient, generation = unpack(args)
   -- Only ever raised, so asking again (or late, for an older generation) changes nothing.
-  if tonumber(redis.call('HGET', keys[4], args[1]) or '0') < tonumber(args[2]) then
-    redis.call('HSET', keys[4], args[1], args[2])
+  if tonumber(redis.call('HGET', generations_key, recipient) or '0') < tonumber(generation) then
+    redis.call('HSET', generations_key, recipient, generation)
   end
-  local record = args[1] .. '|' .. args[2]
-  local prior = remembered(keys[1], record, '-')
+  local record = recipient .. '|' .. generation
+  local prior = remembered(terminations_key, record, '-')
   if prior then return prior end
-  local current = redis.call('HGET', keys[2], args[1])
+  local current = redis.call('HGET', rels_key, recipient)
   local result = {ended = false}
   if current then
     current = cjson.decode(current)
     -- (A relationship stored before generations existed counts as requested on generation 0.)
-    if (current.recipient_generation or 0) < tonumber(args[2]) then
-      redis.call('HDEL', keys[2], args[1])
+    if (current.recipient_generation or 0) < tonumber(generation) then
+      redis.call('HDEL', rels_key, recipient)
       result.ended, result.kinship, result.recipient_region = true, current.kinship, current.recipient_region
-      result.version = redis.call('HINCRBY', keys[3], args[1], 1)
+      result.version = redis.call('HINCRBY', versions_key, recipient, 1)
     end
   end
-  return remember(keys[1], record, '-', result)
+  return remember(terminations_key, record, '-', result)
 end
 
--- KEYS: seen:kinship, kinship   ARGV: input_id, fingerprint, relative_id, kinship
 local function record_kinship(keys, args)
-  local prior = remembered(keys[1], args[1], args[2])
+  local seen_key, kinship_key = unpack(keys)
+  local input_id, fingerprint, relative, kinship = unpack(args)
+  local prior = remembered(seen_key, input_id, fingerprint)
   if prior then return prior end
-  redis.call('HSET', keys[2], args[3], args[4])
-  return remember(keys[1], args[1], args[2], {})
+  redis.call('HSET', kinship_key, relative, kinship)
+  return remember(seen_key, input_id, fingerprint, {})
 end
 
 -- The recipient's index after a change of the pair (provider, recipient). It applies only if it is
 -- newer than what the index holds: a replayed, older update does nothing, while one lost in a
--- crash is made by the redelivery. KEYS: providers (the recipient's)   ARGV: provider_id, version, state
+-- crash is made by the redelivery.
 local function index_provider(keys, args)
-  local held = redis.call('HGET', keys[1], args[1])
-  if held and version_of(held) >= tonumber(args[2]) then return 0 end
-  redis.call('HSET', keys[1], args[1], args[2] .. '|' .. args[3])
+  local providers_key = unpack(keys)
+  local provider, version, state = unpack(args)
+  local held = redis.call('HGET', providers_key, provider)
+  if held and version_of(held) >= tonumber(version) then return 0 end
+  redis.call('HSET', providers_key, provider, version .. '|' .. state)
   return 1
 end
 
@@ -172,13 +177,14 @@ end
 -- the provider as live, so that a change of the recipient's insurance from now on reaches the
 -- provider's slot (rule 7, relationship_end), before or after the request's step. The version
 -- stays: the request's own update, newer, replaces it.
--- KEYS: providers (the recipient's)   ARGV: provider_id
 local function expect_provider(keys, args)
-  local held = redis.call('HGET', keys[1], args[1])
+  local providers_key = unpack(keys)
+  local provider = unpack(args)
+  local held = redis.call('HGET', providers_key, provider)
   if not held then
-    redis.call('HSET', keys[1], args[1], '0|requesting')
+    redis.call('HSET', providers_key, provider, '0|requesting')
   elseif string.find(held, '|ended', 1, true) then
-    redis.call('HSET', keys[1], args[1], version_of(held) .. '|requesting')
+    redis.call('HSET', providers_key, provider, version_of(held) .. '|requesting')
   end
   return 0
 end

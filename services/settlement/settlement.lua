@@ -46,10 +46,11 @@ local function recorded_before(claims_key, id, fingerprint)
 end
 
 -- Claim ids are unique nationally: the first recipient to use one owns it. Answers the owner.
--- KEYS: owners   ARGV: claim_id, recipient_id
 local function register_claim(keys, args)
-  redis.call('HSETNX', keys[1], args[1], args[2])
-  return redis.call('HGET', keys[1], args[1])
+  local owners_key = unpack(keys)
+  local claim_id, recipient = unpack(args)
+  redis.call('HSETNX', owners_key, claim_id, recipient)
+  return redis.call('HGET', owners_key, claim_id)
 end
 
 -- Counts a province's new claim; true if it is beyond the province's bounds: claims for this
@@ -66,41 +67,43 @@ end
 
 -- A new claim is recorded (pending, or final if refused); a claim of a province beyond its bounds
 -- is refused RATE_LIMITED, final like any refusal: every redelivery gets the same answer.
--- KEYS: claims, the shard's counts for the day, the shard's counts for the minute
--- ARGV: claim_id, record json (with .fingerprint, .province, .recipient_id), claims a recipient
---       may have a day, claims a province may send a minute in this shard, the refusal's result json
+-- `record`: json with .fingerprint, .province, .recipient_id; the bounds are what a recipient may
+-- have a day and what a province may send a minute in this shard; `refusal`: the result json then.
 local function accept(keys, args)
-  local record = cjson.decode(args[2])
-  local prior = recorded_before(keys[1], args[1], record.fingerprint)
+  local claims_key, day_counts_key, minute_counts_key = unpack(keys)
+  local claim_id, encoded, per_recipient_day, per_shard_minute, refusal = unpack(args)
+  local record = cjson.decode(encoded)
+  local prior = recorded_before(claims_key, claim_id, record.fingerprint)
   if prior then return prior end
-  local encoded = args[2]
-  if record.province ~= '' and beyond_bounds(keys[2], keys[3], record, tonumber(args[3]), tonumber(args[4])) then
-    record.status, record.result = 'final', cjson.decode(args[5])
+  if record.province ~= '' and beyond_bounds(day_counts_key, minute_counts_key, record, tonumber(per_recipient_day),
+                                             tonumber(per_shard_minute)) then
+    record.status, record.result = 'final', cjson.decode(refusal)
     encoded = cjson.encode(record)
   end
-  redis.call('HSET', keys[1], args[1], encoded)
+  redis.call('HSET', claims_key, claim_id, encoded)
   return {'applied', encoded}
 end
 
 -- The wallet's answer completes a pending claim, once. An answer for no claim recorded here, or
 -- not for this claim as recorded, is refused and changes nothing.
--- KEYS: claims, closed   ARGV: claim_id, result json {status, paid, payers, reason, owed, at},
---                               month, shard prefix, recipient id, fen asked of the grants
+-- `result`: json {status, paid, payers, reason, owed, at}; `asked`: fen asked of the grants.
 local function finish(keys, args)
-  local stored = redis.call('HGET', keys[1], args[1])
+  local claims_key, closed_key = unpack(keys)
+  local claim_id, result, month, shard_prefix, recipient, asked = unpack(args)
+  local stored = redis.call('HGET', claims_key, claim_id)
   if not stored then return {'refused', cjson.encode({why = 'unknown'})} end
   local record = cjson.decode(stored)
   -- An answer must be for this claim as recorded: its recipient, and what was asked of the grants.
-  if record.kind ~= 'settle' or record.recipient_id ~= args[5] or tostring(record.payable) ~= args[6] then
+  if record.kind ~= 'settle' or record.recipient_id ~= recipient or tostring(record.payable) ~= asked then
     return {'refused', cjson.encode({why = 'mismatch'})}
   end
   if record.status ~= 'pending' then return {'duplicate', stored} end
-  local result = cjson.decode(args[2])
-  result.month = open_month(keys[2], args[3])
-  accumulate(args[4], result.month, result.owed, 1)
+  result = cjson.decode(result)
+  result.month = open_month(closed_key, month)
+  accumulate(shard_prefix, result.month, result.owed, 1)
   record.status, record.result = 'final', result
   local encoded = cjson.encode(record)
-  redis.call('HSET', keys[1], args[1], encoded)
+  redis.call('HSET', claims_key, claim_id, encoded)
   return {'applied', encoded}
 end
 
@@ -132,52 +135,55 @@ end
 
 -- A refund (退费) cancels a whole settled claim. A province's reversals count against its bounds
 -- as its claims do (refused RATE_LIMITED beyond them, before anything is read of the claim named).
--- KEYS: claims, closed, the shard's counts for the day, the shard's counts for the minute
--- ARGV: reversal id, record json, original claim id, month, shard prefix, now, owner of the original id,
---       the province whose topic it came on ('' for the national topic), claims a recipient may have
---       a day, claims a province may send a minute in this shard
+-- `owner`: whom the registry says the original id belongs to ('' if never seen); `province`: the
+-- province whose topic it came on ('' for the national topic); the bounds as for `accept`.
 local function reverse(keys, args)
-  local record = cjson.decode(args[2])
-  local prior = recorded_before(keys[1], args[1], record.fingerprint)
+  local claims_key, closed_key, day_counts_key, minute_counts_key = unpack(keys)
+  local reversal_id, encoded, original_id, month, shard_prefix, now, owner, province, per_recipient_day,
+        per_shard_minute = unpack(args)
+  local record = cjson.decode(encoded)
+  local prior = recorded_before(claims_key, reversal_id, record.fingerprint)
   if prior then return prior end
-  local result = {at = args[6], paid = 0, payers = {}, owed = {}}
+  local result = {at = now, paid = 0, payers = {}, owed = {}}
   local original, refusal = nil, nil
-  if args[8] ~= '' and beyond_bounds(keys[3], keys[4], record, tonumber(args[9]), tonumber(args[10])) then
+  if province ~= '' and beyond_bounds(day_counts_key, minute_counts_key, record, tonumber(per_recipient_day),
+                                      tonumber(per_shard_minute)) then
     refusal = 'RATE_LIMITED'
   else
-    original = redis.call('HGET', keys[1], args[3])
+    original = redis.call('HGET', claims_key, original_id)
     original = original and cjson.decode(original) or nil
-    refusal = reversal_refusal(original, record.recipient_id, args[7], args[8])
+    refusal = reversal_refusal(original, record.recipient_id, owner, province)
   end
   if refusal then
     result.status, result.reason = 'rejected', refusal
   else
     result.status, result.paid, result.payers, result.owed = 'reversed', original.result.paid,
       original.result.payers, original.result.owed
-    result.month = open_month(keys[2], args[4])
-    accumulate(args[5], result.month, result.owed, -1)
+    result.month = open_month(closed_key, month)
+    accumulate(shard_prefix, result.month, result.owed, -1)
     -- The province that sent the claim hears of its refund, whoever sent the refund.
     record.claim_province = original.province or ''
-    original.reversed_by = args[1]
-    redis.call('HSET', keys[1], args[3], cjson.encode(original))
+    original.reversed_by = reversal_id
+    redis.call('HSET', claims_key, original_id, cjson.encode(original))
   end
   -- A refused reversal asks for nothing back and tells nothing of the claim it named.
   record.status, record.result, record.requested = 'final', result, result.paid
-  local encoded = cjson.encode(record)
-  redis.call('HSET', keys[1], args[1], encoded)
+  encoded = cjson.encode(record)
+  redis.call('HSET', claims_key, reversal_id, encoded)
   return {'applied', encoded}
 end
 
--- KEYS: closed, clearing:<month>   ARGV: month, now
 -- The totals stay the strings Redis holds: as Lua numbers cjson would keep only 14 digits.
 local function close_month(keys, args)
-  local closed = redis.call('HGET', keys[1], args[1])
+  local closed_key, clearing_key = unpack(keys)
+  local month, now = unpack(args)
+  local closed = redis.call('HGET', closed_key, month)
   if closed then return closed end
-  local totals = {_closed_at = args[2]}
-  local fields = redis.call('HGETALL', keys[2])
+  local totals = {_closed_at = now}
+  local fields = redis.call('HGETALL', clearing_key)
   for i = 1, #fields, 2 do totals[fields[i]] = fields[i + 1] end
   local encoded = cjson.encode(totals)
-  redis.call('HSET', keys[1], args[1], encoded)
+  redis.call('HSET', closed_key, month, encoded)
   return encoded
 end
 

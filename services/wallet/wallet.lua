@@ -20,6 +20,9 @@ As a recipient:
   :plans          hash  claim id -> the draw's plan, fixed at its first step (until answered)
   :answers        hash  claim id -> the draw's answer (the first one stored stands)
 Balances go out as strings: cjson keeps only 14 significant digits of a number.
+Each function's KEYS and ARGV are declared once, by name, in services/wallet/store.py; the
+function reads them into locals of the same names (tests/unit/test_redis_functions.py holds the
+two together).
 ]]
 
 local function num(value) return tonumber(value) or 0 end
@@ -37,32 +40,35 @@ local function is_frozen(account_key)
   return num(redis.call('HGET', account_key, 'freezes')) > 0
 end
 
--- KEYS: seen:credits, account   ARGV: input_id, fingerprint, amount, now
 local function credit(keys, args)
-  local prior = remembered(keys[1], args[1], args[2])
+  local seen_key, account_key = unpack(keys)
+  local input_id, fingerprint, amount, now = unpack(args)
+  local prior = remembered(seen_key, input_id, fingerprint)
   if prior then return prior end
-  redis.call('HINCRBY', keys[2], 'balance', args[3])
-  redis.call('HINCRBY', keys[2], 'credited', args[3])
-  return remember(keys[1], args[1], args[2], account_view(keys[2], {type = 'credited', amount = num(args[3]), at = args[4]}))
+  redis.call('HINCRBY', account_key, 'balance', amount)
+  redis.call('HINCRBY', account_key, 'credited', amount)
+  return remember(seen_key, input_id, fingerprint,
+                  account_view(account_key, {type = 'credited', amount = num(amount), at = now}))
 end
 
--- KEYS: seen:spends, account   ARGV: input_id, fingerprint, amount, now
 local function spend(keys, args)
-  local prior = remembered(keys[1], args[1], args[2])
+  local seen_key, account_key = unpack(keys)
+  local input_id, fingerprint, amount, now = unpack(args)
+  local prior = remembered(seen_key, input_id, fingerprint)
   if prior then return prior end
-  local amount = num(args[3])
-  local state = redis.call('HMGET', keys[2], 'balance', 'frozen')
-  local result = {type = 'spend_rejected', amount = amount, at = args[4]}
-  if is_frozen(keys[2]) then
+  amount = num(amount)
+  local state = redis.call('HMGET', account_key, 'balance', 'frozen')
+  local result = {type = 'spend_rejected', amount = amount, at = now}
+  if is_frozen(account_key) then
     result.reason = 'ACCOUNT_FROZEN'
   elseif num(state[1]) - num(state[2]) < amount then
     result.reason = 'INSUFFICIENT_BALANCE'   -- frozen quota is not the holder's to spend
   else
-    redis.call('HINCRBY', keys[2], 'balance', -amount)
-    redis.call('HINCRBY', keys[2], 'spent', amount)
+    redis.call('HINCRBY', account_key, 'balance', -amount)
+    redis.call('HINCRBY', account_key, 'spent', amount)
     result.type = 'spent'
   end
-  return remember(keys[1], args[1], args[2], account_view(keys[2], result))
+  return remember(seen_key, input_id, fingerprint, account_view(account_key, result))
 end
 
 -- Rule 1 at grant time: both regions opened, and cross-province sharing in force.
@@ -76,27 +82,27 @@ local function policy_refusal(provider_region, recipient_region, closed, cross_p
   return nil
 end
 
--- KEYS: seen:commands, account, grants, relationships, grants-by-day
--- ARGV: input_id, fingerprint, recipient, recipient_region, amount, refusal, max_per_day, today,
---       oldest day kept, closed regions (space-separated), cross-province in force ('1'/'0'), now,
---       actor, provider, the most one grant may be (fen)
+-- `refusal`: what Python found ('' if nothing); `closed_regions`: space-separated.
 -- Every limit that guards money is refused here, where the money moves, whatever Python checked.
 local function grant(keys, args)
-  local prior = remembered(keys[1], args[1], args[2])
+  local seen_key, account_key, grants_key, relationships_key, by_day_key = unpack(keys)
+  local input_id, fingerprint, recipient, recipient_region, amount, refusal, max_per_day, today, oldest_day_kept,
+        closed_regions, cross_province_in_force, now, actor, provider, max_amount = unpack(args)
+  local prior = remembered(seen_key, input_id, fingerprint)
   if prior then return prior end
-  local recipient, amount, today = args[3], num(args[5]), args[8]
-  local state = redis.call('HMGET', keys[2], 'balance', 'frozen', 'insurance_type', 'status', 'region')
-  local related_region = redis.call('HGET', keys[4], recipient)
+  amount = num(amount)
+  local state = redis.call('HMGET', account_key, 'balance', 'frozen', 'insurance_type', 'status', 'region')
+  local related_region = redis.call('HGET', relationships_key, recipient)
   local closed = {}
-  for region in string.gmatch(args[10], '%S+') do closed[region] = true end
-  local result = {type = 'grant_rejected', amount = amount, recipient = recipient, at = args[12]}
-  if args[6] ~= '' then
-    result.reason = args[6]
-  elseif args[13] ~= args[14] then  -- checked in Python too; here, where the money moves, as well
+  for region in string.gmatch(closed_regions, '%S+') do closed[region] = true end
+  local result = {type = 'grant_rejected', amount = amount, recipient = recipient, at = now}
+  if refusal ~= '' then
+    result.reason = refusal
+  elseif actor ~= provider then  -- checked in Python too; here, where the money moves, as well
     result.reason = 'NOT_AUTHORIZED'
-  elseif amount > num(args[15]) then
+  elseif amount > num(max_amount) then
     result.reason = 'TRANSFER_AMOUNT_OVER_LIMIT'
-  elseif is_frozen(keys[2]) then
+  elseif is_frozen(account_key) then
     result.reason = 'ACCOUNT_FROZEN'
   elseif state[3] ~= 'employee' then
     result.reason = 'PROVIDER_NOT_EMPLOYEE'
@@ -104,33 +110,34 @@ local function grant(keys, args)
     result.reason = 'PROVIDER_STATUS_ABNORMAL'
   elseif not related_region then
     result.reason = 'RELATIONSHIP_NOT_ACTIVE'
-  elseif related_region ~= args[4] then
+  elseif related_region ~= recipient_region then
     result.reason = 'RECIPIENT_MISMATCH'
   else
-    result.reason = policy_refusal(state[5], related_region, closed, args[11])
+    result.reason = policy_refusal(state[5], related_region, closed, cross_province_in_force)
   end
   if not result.reason then
-    if num(redis.call('HGET', keys[5], today)) >= num(args[7]) then
+    if num(redis.call('HGET', by_day_key, today)) >= num(max_per_day) then
       result.reason = 'DAILY_TRANSFER_LIMIT'
     elseif num(state[1]) - num(state[2]) < amount then
       result.reason = 'INSUFFICIENT_BALANCE'
     else
-      redis.call('HINCRBY', keys[2], 'frozen', amount)
-      redis.call('HINCRBY', keys[3], recipient, amount)
-      redis.call('HINCRBY', keys[5], today, 1)
-      for _, day in ipairs(redis.call('HKEYS', keys[5])) do
-        if day < args[9] then redis.call('HDEL', keys[5], day) end
+      redis.call('HINCRBY', account_key, 'frozen', amount)
+      redis.call('HINCRBY', grants_key, recipient, amount)
+      redis.call('HINCRBY', by_day_key, today, 1)
+      for _, day in ipairs(redis.call('HKEYS', by_day_key)) do
+        if day < oldest_day_kept then redis.call('HDEL', by_day_key, day) end
       end
       result.type = 'granted'
     end
   end
-  return remember(keys[1], args[1], args[2], account_view(keys[2], result))
+  return remember(seen_key, input_id, fingerprint, account_view(account_key, result))
 end
 
 -- The recipient's side of a grant: remember the provider for draws (first grant decides the order).
--- KEYS: providers   ARGV: provider, first_grant_ms
 local function index_provider(keys, args)
-  return redis.call('ZADD', keys[1], 'NX', args[2], args[1])
+  local providers_key = unpack(keys)
+  local provider, first_grant_ms = unpack(args)
+  return redis.call('ZADD', providers_key, 'NX', first_grant_ms, provider)
 end
 
 -- Rule 11: the relationship with `recipient` has ended; its unused quota is unfrozen.
@@ -150,60 +157,63 @@ end
 -- already applied to the pair (lower version) changes nothing, so a late `established` never
 -- revives a relationship that has ended. A newer `established` while an older relationship is
 -- held means that one ended in between (its end is still on its way): its quota is released now.
--- KEYS: seen:relationship-events, account, grants, relationships, rel-versions, rel-since
--- ARGV: input_id, fingerprint, event type, recipient, recipient region, version ('' if none), now
+-- `version`: '' if the event has none.
 local function relationship_changed(keys, args)
-  local prior = remembered(keys[1], args[1], args[2])
+  local seen_key, account_key, grants_key, relationships_key, versions_key, since_key = unpack(keys)
+  local input_id, fingerprint, event_type, recipient, recipient_region, version, now = unpack(args)
+  local prior = remembered(seen_key, input_id, fingerprint)
   if prior then return prior end
-  local recipient = args[4]
-  local version = args[6] ~= '' and num(args[6]) or nil
-  local result = {type = '', recipient = recipient, at = args[7]}
-  if version and version <= num(redis.call('HGET', keys[5], recipient)) then
+  version = version ~= '' and num(version) or nil
+  local result = {type = '', recipient = recipient, at = now}
+  if version and version <= num(redis.call('HGET', versions_key, recipient)) then
     result.stale = true
-    return remember(keys[1], args[1], args[2], result)
+    return remember(seen_key, input_id, fingerprint, result)
   end
-  if version then redis.call('HSET', keys[5], recipient, version) end
-  release(keys[2], keys[3], keys[4], keys[6], recipient, result)
-  if args[3] == 'established' then
-    redis.call('HSET', keys[4], recipient, args[5])
-    redis.call('HSET', keys[6], recipient, version or 0)
+  if version then redis.call('HSET', versions_key, recipient, version) end
+  release(account_key, grants_key, relationships_key, since_key, recipient, result)
+  if event_type == 'established' then
+    redis.call('HSET', relationships_key, recipient, recipient_region)
+    redis.call('HSET', since_key, recipient, version or 0)
   end
-  return remember(keys[1], args[1], args[2], result)
+  return remember(seen_key, input_id, fingerprint, result)
 end
 
 -- Rule 16: each freeze stands until an unfreeze lifts it (the one named, else the oldest).
--- KEYS: seen:supervision, account, freezes   ARGV: input_id, fingerprint, action, lifts, now
+-- `lifts`: '' if the unfreeze names none.
 local function supervise(keys, args)
-  local prior = remembered(keys[1], args[1], args[2])
+  local seen_key, account_key, freezes_key = unpack(keys)
+  local input_id, fingerprint, action, lifts, now = unpack(args)
+  local prior = remembered(seen_key, input_id, fingerprint)
   if prior then return prior end
-  local result = {type = 'unfrozen', amount = 0, at = args[5]}
-  if args[3] == 'freeze' then
-    redis.call('ZADD', keys[3], redis.call('HINCRBY', keys[2], 'freeze_seq', 1), args[1])
+  local result = {type = 'unfrozen', amount = 0, at = now}
+  if action == 'freeze' then
+    redis.call('ZADD', freezes_key, redis.call('HINCRBY', account_key, 'freeze_seq', 1), input_id)
     result.type = 'frozen'
-  elseif args[4] ~= '' then
-    result.lifted = redis.call('ZREM', keys[3], args[4]) == 1 and args[4] or nil
+  elseif lifts ~= '' then
+    result.lifted = redis.call('ZREM', freezes_key, lifts) == 1 and lifts or nil
   else
-    result.lifted = redis.call('ZPOPMIN', keys[3])[1]
+    result.lifted = redis.call('ZPOPMIN', freezes_key)[1]
   end
-  local standing = redis.call('ZCARD', keys[3])
-  redis.call('HSET', keys[2], 'freezes', standing)
+  local standing = redis.call('ZCARD', freezes_key)
+  redis.call('HSET', account_key, 'freezes', standing)
   result.freezes = standing
-  return remember(keys[1], args[1], args[2], account_view(keys[2], result))
+  return remember(seen_key, input_id, fingerprint, account_view(account_key, result))
 end
 
 -- Draw, step 1, in the recipient's slot: the stored answer if this claim was answered before;
 -- else its plan — the providers in draw order and whether the recipient is frozen — made now if
 -- this is the first step, and replayed unchanged on every later try (crash, redelivery, a second
 -- instance after a rebalance), so that a retry can never draw on another plan.
--- KEYS: plans, answers, providers, account   ARGV: claim_id
 local function draw_begin(keys, args)
-  local answered = redis.call('HGET', keys[2], args[1])
+  local plans_key, answers_key, providers_key, account_key = unpack(keys)
+  local claim_id = unpack(args)
+  local answered = redis.call('HGET', answers_key, claim_id)
   if answered then return {'answered', answered} end
-  local plan = redis.call('HGET', keys[1], args[1])
+  local plan = redis.call('HGET', plans_key, claim_id)
   if not plan then
-    local providers = redis.call('ZRANGE', keys[3], 0, -1)
-    plan = cjson.encode({frozen = is_frozen(keys[4]), providers = #providers > 0 and providers or nil})
-    redis.call('HSET', keys[1], args[1], plan)
+    local providers = redis.call('ZRANGE', providers_key, 0, -1)
+    plan = cjson.encode({frozen = is_frozen(account_key), providers = #providers > 0 and providers or nil})
+    redis.call('HSET', plans_key, claim_id, plan)
   end
   return {'planned', plan}
 end
@@ -211,69 +221,70 @@ end
 -- Draw, step 2, in each provider's slot: take up to `needed` from the grant, once per claim.
 -- The claim id belongs to one recipient: another recipient's draw under it takes nothing. The take
 -- names the relationship it drew under (its `since` version), for a refund.
--- KEYS: account, grants, takes, rel-since   ARGV: claim_id, recipient, needed, now
 local function draw_from_grant(keys, args)
-  local recipient = args[2]
-  local prior = redis.call('HGET', keys[3], args[1])
+  local account_key, grants_key, takes_key, since_key = unpack(keys)
+  local claim_id, recipient, needed, now = unpack(args)
+  local prior = redis.call('HGET', takes_key, claim_id)
   if prior then
     if cjson.decode(prior).recipient ~= recipient then return {'conflict', ''} end
     return {'duplicate', prior}
   end
   local take = 0
-  if not is_frozen(keys[1]) then   -- a frozen provider's quota pays nothing
-    take = math.min(num(redis.call('HGET', keys[2], recipient)), num(args[3]))
+  if not is_frozen(account_key) then   -- a frozen provider's quota pays nothing
+    take = math.min(num(redis.call('HGET', grants_key, recipient)), num(needed))
   end
   if take > 0 then
-    redis.call('HINCRBY', keys[2], recipient, -take)
-    redis.call('HINCRBY', keys[1], 'frozen', -take)
-    redis.call('HINCRBY', keys[1], 'balance', -take)
-    redis.call('HINCRBY', keys[1], 'paid', take)
+    redis.call('HINCRBY', grants_key, recipient, -take)
+    redis.call('HINCRBY', account_key, 'frozen', -take)
+    redis.call('HINCRBY', account_key, 'balance', -take)
+    redis.call('HINCRBY', account_key, 'paid', take)
   end
-  local result = account_view(keys[1], {recipient = recipient, amount = take,
-    region = redis.call('HGET', keys[1], 'region') or '', since = redis.call('HGET', keys[4], recipient) or '',
-    at = args[4]})
+  local result = account_view(account_key, {recipient = recipient, amount = take,
+    region = redis.call('HGET', account_key, 'region') or '', since = redis.call('HGET', since_key, recipient) or '',
+    at = now})
   local encoded = cjson.encode(result)
-  redis.call('HSET', keys[3], args[1], encoded)
+  redis.call('HSET', takes_key, claim_id, encoded)
   return {'applied', encoded}
 end
 
 -- Draw, step 3, in the recipient's slot: store the answer (the first one stands); the plan is done.
--- KEYS: plans, answers   ARGV: claim_id, answer json
 local function draw_finish(keys, args)
-  redis.call('HDEL', keys[1], args[1])
-  if redis.call('HSETNX', keys[2], args[1], args[2]) == 1 then return {'applied', args[2]} end
-  return {'duplicate', redis.call('HGET', keys[2], args[1])}
+  local plans_key, answers_key = unpack(keys)
+  local claim_id, answer = unpack(args)
+  redis.call('HDEL', plans_key, claim_id)
+  if redis.call('HSETNX', answers_key, claim_id, answer) == 1 then return {'applied', answer} end
+  return {'duplicate', redis.call('HGET', answers_key, claim_id)}
 end
 
 -- Reversal (退费), in the provider's slot: what the original claim drew from this provider for
 -- this recipient goes back, once, to the grant while the relationship it drew under lasts, else to
 -- the account (a relationship set up again since is another one).
--- KEYS: account, grants, relationships, takes, refunds, rel-since
--- ARGV: refund_id, original_claim_id, recipient, now
 local function refund(keys, args)
-  local prior = redis.call('HGET', keys[5], args[1])
+  local account_key, grants_key, relationships_key, takes_key, refunds_key, since_key = unpack(keys)
+  local refund_id, original_claim_id, recipient, now = unpack(args)
+  local prior = redis.call('HGET', refunds_key, refund_id)
   if prior then return {'duplicate', prior} end
-  local recipient = args[3]
-  local take = redis.call('HGET', keys[4], args[2])
+  local take = redis.call('HGET', takes_key, original_claim_id)
   take = take and cjson.decode(take) or nil
-  local result = {amount = 0, recipient = recipient, to = 'none', at = args[4]}
+  local result = {amount = 0, recipient = recipient, to = 'none', at = now}
   if take and take.recipient == recipient and not take.refunded_by and take.amount > 0 then
     local amount = take.amount
-    take.refunded_by = args[1]
-    redis.call('HSET', keys[4], args[2], cjson.encode(take))
-    redis.call('HINCRBY', keys[1], 'balance', amount)
-    redis.call('HINCRBY', keys[1], 'refunded', amount)
-    if redis.call('HEXISTS', keys[3], recipient) == 1 and redis.call('HGET', keys[6], recipient) == take.since then
-      redis.call('HINCRBY', keys[2], recipient, amount)
-      redis.call('HINCRBY', keys[1], 'frozen', amount)
+    take.refunded_by = refund_id
+    redis.call('HSET', takes_key, original_claim_id, cjson.encode(take))
+    redis.call('HINCRBY', account_key, 'balance', amount)
+    redis.call('HINCRBY', account_key, 'refunded', amount)
+    if redis.call('HEXISTS', relationships_key, recipient) == 1
+        and redis.call('HGET', since_key, recipient) == take.since then
+      redis.call('HINCRBY', grants_key, recipient, amount)
+      redis.call('HINCRBY', account_key, 'frozen', amount)
       result.to = 'grant'
     else
       result.to = 'account'
     end
     result.amount = amount
   end
-  local encoded = cjson.encode(account_view(keys[1], result))
-  redis.call('HSET', keys[5], args[1], encoded)
+  local encoded = cjson.encode(account_view(account_key, result))
+  redis.call('HSET', refunds_key, refund_id, encoded)
   return {'applied', encoded}
 end
 

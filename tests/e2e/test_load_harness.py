@@ -17,7 +17,8 @@ pytestmark = pytest.mark.timeout(240)
 async def test_a_small_load_run_reports_every_claim_once(infrastructure, service_processes, tmp_path) -> None:
     # A new population each run (no seed), so that a second run on the same state is not refused
     # DUPLICATE_RELATIONSHIP; the harness's own deadlines end well before the test's.
-    options = LoadOptions(persons=60, rate=100, duration_seconds=3, duplicate_share=0.05, malformed_share=0.02,
+    # Shares high enough that a run without a duplicate or a malformed claim is one in millions.
+    options = LoadOptions(persons=60, rate=100, duration_seconds=3, duplicate_share=0.05, malformed_share=0.05,
                           reversal_share=0.2, spend_share=0.1, freeze_share=0.02, enrollment_change_share=0.02,
                           dissolve_share=0.02, report_dir=tmp_path, setup_timeout_seconds=90,
                           drain_timeout_seconds=60)

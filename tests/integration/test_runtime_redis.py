@@ -9,7 +9,7 @@ import pytest
 from redis.exceptions import ResponseError
 
 from services.wallet.store import LIBRARY, WalletStore
-from shared.redis_functions import Library, call_step
+from shared.redis_functions import Call, Library, call_step
 from shared.runtime import is_transient
 from tests.support import new_id, new_person_id
 
@@ -20,7 +20,7 @@ async def test_a_missing_library_is_an_unwell_redis_not_a_poisonous_record(redis
     """What a step raises on a Redis that came back without the service's library (a failover to a
     node never loaded), through the real client and pipeline."""
     with pytest.raises(ResponseError) as caught:
-        await call_step(redis, f"gongji_missing_{new_id().replace('-', '_')}", [f"x:{{p:{new_person_id()}}}"], [])
+        await call_step(redis, Call(f"gongji_missing_{new_id().replace('-', '_')}", [f"x:{{p:{new_person_id()}}}"], []))
     assert "pipeline" not in str(caught.value)  # the reply as Redis gave it
     assert is_transient(caught.value)
 
