@@ -63,9 +63,17 @@ def claim_messages(count: int) -> list[tuple[bytes, bytes]]:
     messages = []
     for number in range(count):
         recipient_id = recipients[number % BASELINE_RECIPIENTS]
-        claim = {"claim_id": f"110100-H11010012345-{uuid.uuid4().hex}", "kind": "settle", "recipient_id": recipient_id,
-                 "recipient_region": "110100", "category": "institution", "service_region": "110100",
-                 "amount_fen": 12_850, "institution_code": "H11010012345", "occurred_at": occurred_at}
+        claim = {
+            "claim_id": f"110100-H11010012345-{uuid.uuid4().hex}",
+            "kind": "settle",
+            "recipient_id": recipient_id,
+            "recipient_region": "110100",
+            "category": "institution",
+            "service_region": "110100",
+            "amount_fen": 12_850,
+            "institution_code": "H11010012345",
+            "occurred_at": occurred_at,
+        }
         messages.append((json.dumps(claim).encode(), recipient_id.encode()))
     return messages
 
@@ -80,18 +88,26 @@ async def pass_through(settings: Settings, messages: list[tuple[bytes, bytes]]) 
     admin = AIOKafkaAdminClient(**client)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(source, settings.topic_partitions, settings.topic_replication_factor),
-                                   NewTopic(sink, settings.topic_partitions, settings.topic_replication_factor)])
+        await admin.create_topics(
+            [
+                NewTopic(source, settings.topic_partitions, settings.topic_replication_factor),
+                NewTopic(sink, settings.topic_partitions, settings.topic_replication_factor),
+            ]
+        )
         producer = AIOKafkaProducer(**client, acks="all", enable_idempotence=True, linger_ms=2)
-        consumer = AIOKafkaConsumer(**client, group_id=source, auto_offset_reset="earliest",
-                                    enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**client, group_id=source, auto_offset_reset="earliest", enable_auto_commit=False)
         await producer.start()
         await consumer.start()
         try:
             # A new partition refuses records for a moment after its creation (NOT_LEADER, retried
             # with a warning each); asking for its offsets waits, quietly, until it takes them.
-            await consumer.end_offsets([TopicPartition(topic, partition) for topic in (source, sink)
-                                        for partition in range(settings.topic_partitions)])
+            await consumer.end_offsets(
+                [
+                    TopicPartition(topic, partition)
+                    for topic in (source, sink)
+                    for partition in range(settings.topic_partitions)
+                ]
+            )
             for value, key in messages:
                 await producer.send(source, value, key=key)
             await producer.flush()
@@ -203,7 +219,8 @@ def summary(options: BenchOptions, runs: list[dict[str, Any]]) -> dict[str, Any]
     return {
         **{figure: _median([run[figure] for run in runs]) for figure in figures},
         "cpu_us_per_claim_by_process": {
-            name: _median([run["cpu_us_per_claim_by_process"].get(name) for run in runs]) for name in processes},
+            name: _median([run["cpu_us_per_claim_by_process"].get(name) for run in runs]) for name in processes
+        },
         "runs": len(runs),
         "duration_s": options.duration_seconds,
         "offered_per_s": options.rate,
@@ -222,19 +239,41 @@ async def bench_run(settings: Settings, options: BenchOptions, console: Console)
     """One run: the baseline, then the services started, a load run through them, and stopped."""
     offered = int(options.rate * options.duration_seconds)
     baseline_msgs_per_s = await pass_through(settings, claim_messages(offered))
-    processes = [ServiceProcess(name, settings, settings.state_dir / "logs" / "bench", _services_env(settings))
-                 for name in SERVICE_NAMES]
+    processes = [
+        ServiceProcess(name, settings, settings.state_dir / "logs" / "bench", _services_env(settings))
+        for name in SERVICE_NAMES
+    ]
     try:
         for process in processes:
             process.start()
-        window = CpuWindow({**{process.name: process.process.pid for process in processes},
-                            **running_pids(settings), GENERATOR: os.getpid()})
-        report = await run_load(settings, LoadOptions(
-            persons=options.persons, rate=options.rate, duration_seconds=options.duration_seconds,
-            duplicate_share=0, malformed_share=0, reversal_share=0, spend_share=0, freeze_share=0,
-            enrollment_change_share=0, dissolve_share=0, national_claims=True,
-            drain_timeout_seconds=max(DRAIN_SECONDS_MIN, DRAIN_SECONDS_PER_SECOND_OFFERED * options.duration_seconds)),
-            console, window.on_phase)
+        window = CpuWindow(
+            {
+                **{process.name: process.process.pid for process in processes},
+                **running_pids(settings),
+                GENERATOR: os.getpid(),
+            }
+        )
+        report = await run_load(
+            settings,
+            LoadOptions(
+                persons=options.persons,
+                rate=options.rate,
+                duration_seconds=options.duration_seconds,
+                duplicate_share=0,
+                malformed_share=0,
+                reversal_share=0,
+                spend_share=0,
+                freeze_share=0,
+                enrollment_change_share=0,
+                dissolve_share=0,
+                national_claims=True,
+                drain_timeout_seconds=max(
+                    DRAIN_SECONDS_MIN, DRAIN_SECONDS_PER_SECOND_OFFERED * options.duration_seconds
+                ),
+            ),
+            console,
+            window.on_phase,
+        )
     finally:
         for process in processes:
             if process.running():
@@ -253,14 +292,22 @@ def _figure(value: float | None, digits: int = 0) -> str:
 def tables(result: dict[str, Any]) -> list[Table]:
     """Throughput and latency per run and their medians; then CPU per claim by process."""
     rows = [(str(number), run) for number, run in enumerate(result["per_run"], 1)] + [("median", result)]
-    speed = Table(title=f"gongji bench: {result['offered_per_s']:,.0f} claims/s offered for "
-                        f"{result['duration_s']:,.0f} s, {result['persons']:,} persons")
+    speed = Table(
+        title=f"gongji bench: {result['offered_per_s']:,.0f} claims/s offered for "
+        f"{result['duration_s']:,.0f} s, {result['persons']:,} persons"
+    )
     for column in ("run", "baseline msg/s", "sent claims/s", "gongji claims/s", "ratio", "p50 ms", "p99 ms"):
         speed.add_column(column, justify="right")
     for label, row in rows:
-        speed.add_row(label, _figure(row["baseline_msgs_per_s"]), _figure(row["sent_per_s"]),
-                      _figure(row["claims_per_s"]), _figure(row["ratio"], 3), _figure(row["p50_ms"], 1),
-                      _figure(row["p99_ms"], 1))
+        speed.add_row(
+            label,
+            _figure(row["baseline_msgs_per_s"]),
+            _figure(row["sent_per_s"]),
+            _figure(row["claims_per_s"]),
+            _figure(row["ratio"], 3),
+            _figure(row["p50_ms"], 1),
+            _figure(row["p99_ms"], 1),
+        )
     # One row per process: a column per run stays narrow however many processes there are.
     cpu = Table(title="CPU µs per claim (first claim to last result)")
     cpu.add_column("process")

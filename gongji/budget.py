@@ -47,7 +47,9 @@ def snapshot(settings: Settings) -> Snapshot | None:
                 for sample in family.samples:
                     if sample.name.endswith("_total"):
                         labels = sample.labels
-                        totals[(family.name, labels["service"], labels["topic"], labels.get("phase", ""))] += sample.value
+                        totals[(family.name, labels["service"], labels["topic"], labels.get("phase", ""))] += (
+                            sample.value
+                        )
     return totals
 
 
@@ -60,13 +62,26 @@ def claim_budget(before: Snapshot, after: Snapshot, client_wait_ms: float, end_t
         records = after[("gongji_hop_records", service, topic, "")] - before[("gongji_hop_records", service, topic, "")]
         if records <= 0:
             continue
-        phases = {phase: round(1000 * (after[("gongji_hop_seconds", service, topic, phase)]
-                                       - before[("gongji_hop_seconds", service, topic, phase)]) / records, 2)
-                  for phase in HOP_PHASES}
+        phases = {
+            phase: round(
+                1000
+                * (
+                    after[("gongji_hop_seconds", service, topic, phase)]
+                    - before[("gongji_hop_seconds", service, topic, phase)]
+                )
+                / records,
+                2,
+            )
+            for phase in HOP_PHASES
+        }
         hops[hop] = {"records": int(records), **phases}
         accounted += sum(phases.values())  # the phases follow one another
-    return {"hops_ms": hops, "result_to_client_ms": round(client_wait_ms, 2),
-            "accounted_ms": round(accounted, 2), "end_to_end_mean_ms": round(end_to_end_mean_ms, 2)}
+    return {
+        "hops_ms": hops,
+        "result_to_client_ms": round(client_wait_ms, 2),
+        "accounted_ms": round(accounted, 2),
+        "end_to_end_mean_ms": round(end_to_end_mean_ms, 2),
+    }
 
 
 def budget_table(budget: dict[str, Any]) -> Table:
@@ -77,6 +92,8 @@ def budget_table(budget: dict[str, Any]) -> Table:
     for hop, phases in budget["hops_ms"].items():
         table.add_row(hop, *(f"{phases[phase]:.2f}" for phase in HOP_PHASES))
     table.add_row("result → client", f"{budget['result_to_client_ms']:.2f}", *[""] * (len(HOP_PHASES) - 1))
-    table.caption = (f"every phase of every hop, and the result's way to the client: "
-                     f"{budget['accounted_ms']:.1f} ms of the {budget['end_to_end_mean_ms']:.1f} ms measured")
+    table.caption = (
+        f"every phase of every hop, and the result's way to the client: "
+        f"{budget['accounted_ms']:.1f} ms of the {budget['end_to_end_mean_ms']:.1f} ms measured"
+    )
     return table

@@ -23,8 +23,9 @@ from shared.principals import OPERATOR, principal
 from shared.redis_client import in_database
 from shared.settings import Settings
 
-app = typer.Typer(help="Gongji (共济): cross-provincial mutual aid of medical-insurance personal accounts.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Gongji (共济): cross-provincial mutual aid of medical-insurance personal accounts.", no_args_is_help=True
+)
 infra_app = typer.Typer(help="The local Apache Kafka (KRaft) and Redis.", no_args_is_help=True)
 policy_app = typer.Typer(help="Run-time policy: opened regions, the cross-province date.", no_args_is_help=True)
 relationships_app = typer.Typer(help="Relationships (共济关系).", no_args_is_help=True)
@@ -162,16 +163,31 @@ def relationships_show(
         _fail(str(error))
     rows = asyncio.run(_with_redis(lambda redis: RelationshipStore(redis).relationships_of(person_id)))
     if as_json:
-        print(json.dumps([row | {"provider_id": _shown(row["provider_id"], full_ids),
-                                 "recipient_id": _shown(row["recipient_id"], full_ids)} for row in rows],
-                         ensure_ascii=False))
+        print(
+            json.dumps(
+                [
+                    row
+                    | {
+                        "provider_id": _shown(row["provider_id"], full_ids),
+                        "recipient_id": _shown(row["recipient_id"], full_ids),
+                    }
+                    for row in rows
+                ],
+                ensure_ascii=False,
+            )
+        )
         return
     table = Table(title=f"Relationships of {_shown(person_id, full_ids)}")
     for column in ("provider", "recipient", "kinship", "state", "since"):
         table.add_column(column, no_wrap=True)
     for row in rows:
-        table.add_row(_shown(row["provider_id"], full_ids), _shown(row["recipient_id"], full_ids), row["kinship"],
-                      row["state"], row["since"][:19])
+        table.add_row(
+            _shown(row["provider_id"], full_ids),
+            _shown(row["recipient_id"], full_ids),
+            row["kinship"],
+            row["state"],
+            row["since"][:19],
+        )
     console.print(table)
 
 
@@ -198,8 +214,9 @@ def claims_show(claim_id: str, full_ids: FullIds = False) -> None:
     from services.settlement.store import SettlementStore
 
     settings = Settings()
-    record = asyncio.run(_with_redis(
-        lambda redis: SettlementStore(redis, settings.settlement_shards).claim(None, claim_id)))
+    record = asyncio.run(
+        _with_redis(lambda redis: SettlementStore(redis, settings.settlement_shards).claim(None, claim_id))
+    )
     if record is None:
         _fail(f"no claim {claim_id}")
     shown = json.dumps(record, ensure_ascii=False)
@@ -217,7 +234,12 @@ def clearing_close(month: Annotated[str, typer.Argument(help="YYYY-MM")]) -> Non
     from services.settlement.store import SettlementStore
     from shared.clock import clock_from_setting
 
-    if len(month) != 7 or month[4] != "-" or not (month[:4] + month[5:]).isascii() or not (month[:4] + month[5:]).isdigit():
+    if (
+        len(month) != 7
+        or month[4] != "-"
+        or not (month[:4] + month[5:]).isascii()
+        or not (month[:4] + month[5:]).isdigit()
+    ):
         _fail("month must be YYYY-MM")
     settings = Settings()
     now = clock_from_setting(settings.clock_fixed_at).now()
@@ -236,8 +258,13 @@ def clearing_close(month: Annotated[str, typer.Argument(help="YYYY-MM")]) -> Non
     for column in ("row", "payer", "payee / province", "amount", "claims"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row.row, row.payer_province or "", row.payee_province or row.province or "",
-                      format_fen(row.amount_fen), str(row.claims))
+        table.add_row(
+            row.row,
+            row.payer_province or "",
+            row.payee_province or row.province or "",
+            format_fen(row.amount_fen),
+            str(row.claims),
+        )
     console.print(table)
 
 
@@ -273,12 +300,18 @@ def credentials_rotate(name: Annotated[str, typer.Argument(help="a principal, e.
 
 @app.command("audit")
 def audit_command(
-    deep: Annotated[bool, typer.Option("--deep", help="rebuild the books from the Kafka topics and compare "
-                                                       "them with Redis")] = False,
+    deep: Annotated[
+        bool, typer.Option("--deep", help="rebuild the books from the Kafka topics and compare them with Redis")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="with --deep: one JSON object, person ids masked")] = False,
     full_ids: Annotated[bool, typer.Option("--full-ids", help="with --json: person ids unmasked")] = False,
-    wait: Annotated[float, typer.Option(help="with --deep: seconds to let what is in flight land; what was "
-                                             "pending at the start and still is after them is a difference")] = 30.0,
+    wait: Annotated[
+        float,
+        typer.Option(
+            help="with --deep: seconds to let what is in flight land; what was "
+            "pending at the start and still is after them is a difference"
+        ),
+    ] = 30.0,
 ) -> None:
     """Check the money invariants over the whole state; exit 1 on any breach. `--deep` recomputes
     the books from the topics instead of re-reading Redis's own totals."""
@@ -322,8 +355,12 @@ def simulate_command(
     steps: Annotated[int, typer.Option(help="random operations after the prelude that sets the families up")] = 300,
     seeds: Annotated[int, typer.Option(help="how many seeds to run, from --seed on")] = 1,
     scenario: Annotated[str | None, typer.Option(help="run one named scenario instead (see --list-scenarios)")] = None,
-    list_scenarios: Annotated[bool, typer.Option("--list-scenarios", help="name every scenario and its defect")] = False,
-    replay: Annotated[Path | None, typer.Option(help="operations to run: a JSON list, or a --json report's shortest")] = None,
+    list_scenarios: Annotated[
+        bool, typer.Option("--list-scenarios", help="name every scenario and its defect")
+    ] = False,
+    replay: Annotated[
+        Path | None, typer.Option(help="operations to run: a JSON list, or a --json report's shortest")
+    ] = None,
     shrink_seconds: Annotated[float, typer.Option(help="time to shrink a failure to its shortest sequence")] = 120.0,
     db: Annotated[int, typer.Option(help="the Redis database the simulation flushes and uses")] = 14,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
@@ -363,8 +400,15 @@ def simulate_command(
     if as_json:
         print(json.dumps(report_json(outcomes), ensure_ascii=False))
     else:
-        render(console, outcomes, f"gongji simulate --scenario {scenario} --seed {{seed}}" if scenario else
-               f"gongji simulate --replay FILE --seed {{seed}}" if replay else f"gongji simulate --seed {{seed}} --steps {steps}")
+        render(
+            console,
+            outcomes,
+            f"gongji simulate --scenario {scenario} --seed {{seed}}"
+            if scenario
+            else "gongji simulate --replay FILE --seed {seed}"
+            if replay
+            else f"gongji simulate --seed {{seed}} --steps {steps}",
+        )
     if any(outcome.failure for outcome in outcomes):
         raise typer.Exit(1)
 
@@ -417,21 +461,44 @@ def load(
     latency percentiles, results by status and reason, and the audit."""
     from gongji.load import LoadOptions, run_load, write_report
 
-    options = LoadOptions(persons=persons, rate=rate, duration_seconds=duration, duplicate_share=duplicates,
-                          malformed_share=malformed, seed=seed, report_dir=report_dir)
+    options = LoadOptions(
+        persons=persons,
+        rate=rate,
+        duration_seconds=duration,
+        duplicate_share=duplicates,
+        malformed_share=malformed,
+        seed=seed,
+        report_dir=report_dir,
+    )
     report = asyncio.run(run_load(Settings(), options, console))
     json_path, png_path = write_report(report, report_dir)
-    summary = {key: report[key] for key in ("population", "claims", "mix", "throughput", "latency_ms", "by_status",
-                                            "rejections_by_reason", "dead_letters_seen", "audit")}
+    summary = {
+        key: report[key]
+        for key in (
+            "population",
+            "claims",
+            "mix",
+            "throughput",
+            "latency_ms",
+            "by_status",
+            "rejections_by_reason",
+            "dead_letters_seen",
+            "audit",
+        )
+    }
     console.print_json(json.dumps(summary, ensure_ascii=False))
     if report["budget"]:
         from gongji.budget import budget_table
 
         console.print(budget_table(report["budget"]))
     console.print(f"report: {json_path}\nplot:   {png_path}")
-    ok = report["audit"]["valid?"] and not report["audit"]["pending"] and not report["claims"]["without_result"] \
-        and not report["claims"]["with_more_than_one_result"] \
+    ok = (
+        report["audit"]["valid?"]
+        and not report["audit"]["pending"]
+        and not report["claims"]["without_result"]
+        and not report["claims"]["with_more_than_one_result"]
         and all(entry["answered"] == entry["sent"] for entry in report["mix"].values())
+    )
     if not ok:
         raise typer.Exit(1)
 
@@ -440,8 +507,12 @@ def load(
 def bench(
     duration: Annotated[float, typer.Option(min=1, help="seconds of claims in each run")] = 60.0,
     runs: Annotated[int, typer.Option(min=1, help="runs, each with its own baseline; the medians are reported")] = 3,
-    rate: Annotated[float, typer.Option(min=1, help="claims per second offered: beyond what is settled, "
-                                                    "so that the run measures the maximum")] = 2_500.0,
+    rate: Annotated[
+        float,
+        typer.Option(
+            min=1, help="claims per second offered: beyond what is settled, so that the run measures the maximum"
+        ),
+    ] = 2_500.0,
     persons: Annotated[int, typer.Option(min=10, help="population size")] = 3_000,
     as_json: Annotated[bool, typer.Option("--json", help="also one JSON object on the last line")] = False,
 ) -> None:

@@ -11,10 +11,16 @@ from faststream.specification import AsyncAPI
 from faststream.specification.base import Specification
 
 from gongji.services import SERVICE_NAMES, app_factory
-from shared.settings import PROJECT_ROOT, Settings
 from shared.contracts import Claim
+from shared.settings import PROJECT_ROOT, Settings
 from shared.topics import (
-    CLAIMS, CLEARING, DRAW_ANSWERS, Topic, province_claims, province_clearing, province_dead_letters,
+    CLAIMS,
+    CLEARING,
+    DRAW_ANSWERS,
+    Topic,
+    province_claims,
+    province_clearing,
+    province_dead_letters,
     province_settlements,
 )
 
@@ -26,23 +32,36 @@ def asyncapi_specification(settings: Settings) -> Specification:
     settlement = brokers[SERVICE_NAMES.index("settlement")]
     # The monthly statement is the settlement service's, published by `gongji clearing close`.
     settlement.publisher(
-        CLEARING.name, schema=CLEARING.model, title=f"{CLEARING.name}:settlement",
+        CLEARING.name,
+        schema=CLEARING.model,
+        title=f"{CLEARING.name}:settlement",
         description="Published by `gongji clearing close YYYY-MM`, keyed by month.",
     )
     # Every province's own topics, once each by name pattern (the service leaves the 32 copies out).
     each = "{PP}"
-    for topic, what in ((province_settlements(each), "the results of the province's own claims, and the "
-                                                     "refusals of those that broke the contract (INVALID_MESSAGE)"),
-                        (province_clearing(each), "the statement rows that concern the province"),
-                        (province_dead_letters(each), "the province's own records that could not be read at all, "
-                                                      "person ids masked")):
-        settlement.publisher(topic.name, schema=topic.model, title=f"{topic.name}:settlement",
-                             description=f"{what}; PP is its two-digit code, readable only by `province-PP`.")
+    for topic, what in (
+        (
+            province_settlements(each),
+            "the results of the province's own claims, and the "
+            "refusals of those that broke the contract (INVALID_MESSAGE)",
+        ),
+        (province_clearing(each), "the statement rows that concern the province"),
+        (province_dead_letters(each), "the province's own records that could not be read at all, person ids masked"),
+    ):
+        settlement.publisher(
+            topic.name,
+            schema=topic.model,
+            title=f"{topic.name}:settlement",
+            description=f"{what}; PP is its two-digit code, readable only by `province-PP`.",
+        )
 
-    @settlement.subscriber(province_claims(each).name, title=f"{province_claims(each).name}:settlement",
-                           description="A province's own claims (writable only by `province-PP`): each must be "
-                                       "for care in that province, else SERVICE_REGION_MISMATCH, refused "
-                                       "before its claim id is taken.")
+    @settlement.subscriber(
+        province_claims(each).name,
+        title=f"{province_claims(each).name}:settlement",
+        description="A province's own claims (writable only by `province-PP`): each must be "
+        "for care in that province, else SERVICE_REGION_MISMATCH, refused "
+        "before its claim id is taken.",
+    )
     async def each_province_claims(batch: list[Claim]) -> None:
         """Read by one consumer for all 32 provinces."""
 
@@ -51,14 +70,17 @@ def asyncapi_specification(settings: Settings) -> Specification:
         _document_subscription(settlement, topic, "settlement")
 
     return AsyncAPI(
-        *brokers, title="Gongji (共济) — wire contract v1", version="1.0.0",
+        *brokers,
+        title="Gongji (共济) — wire contract v1",
+        version="1.0.0",
         description="Cross-provincial mutual aid of employee medical-insurance personal accounts. "
-                    "Money is integer fen; keys decide partitions; every input id is idempotent.",
+        "Money is integer fen; keys decide partitions; every input id is idempotent.",
     ).to_specification()
 
 
 def _document_subscription(broker: KafkaBroker, topic: Topic, service: str) -> None:
     """A topic that a service reads with others in one consumer, as its own channel."""
+
     async def read(batch: list[Any]) -> None: ...
 
     read.__annotations__ = {"batch": list[topic.model], "return": None}

@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +24,19 @@ import redis
 from aiokafka.errors import ClusterAuthorizationFailedError
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
-    AclBinding, AclBindingFilter, AclOperation, AclPermissionType, AdminClient, AlterConfigOpType, ConfigEntry,
-    ConfigResource, NewTopic, ResourcePatternType, ResourceType, ScramCredentialInfo, ScramMechanism,
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+    ScramCredentialInfo,
+    ScramMechanism,
     UserScramCredentialUpsertion,
 )
 
@@ -36,11 +47,27 @@ from services.relationship.store import LIBRARY as RELATIONSHIP_LIBRARY
 from services.settlement.store import LIBRARY as SETTLEMENT_LIBRARY
 from services.wallet.store import LIBRARY as WALLET_LIBRARY
 from shared.credentials import (
-    SCRAM_MECHANISM, CredentialsMissing, ca_file, ensure_passwords, kafka_client_settings, new_password, password,
-    redis_options, secrets_dir, set_password, write_secret,
+    SCRAM_MECHANISM,
+    CredentialsMissing,
+    ca_file,
+    ensure_passwords,
+    kafka_client_settings,
+    new_password,
+    password,
+    redis_options,
+    secrets_dir,
+    set_password,
+    write_secret,
 )
 from shared.principals import (
-    BROKER, BY_NAME, OPERATOR, PRINCIPALS, SERVICES, KafkaRight, Principal, redis_acl_rules,
+    BROKER,
+    BY_NAME,
+    OPERATOR,
+    PRINCIPALS,
+    SERVICES,
+    KafkaRight,
+    Principal,
+    redis_acl_rules,
 )
 from shared.settings import PROJECT_ROOT, Settings
 from shared.topics import ALL_TOPICS, PROVINCE_TOPICS, Topic
@@ -111,13 +138,15 @@ class Paths:
 # What a process the launcher starts (the broker, Redis, a service) inherits of its environment:
 # what it needs to run, and Gongji's own settings; nothing else the operator's shell holds (tokens,
 # other programs' passwords) is handed on.
-INHERITED_VARIABLES = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "JAVA_HOME",
-                                 "VIRTUAL_ENV"})
+INHERITED_VARIABLES = frozenset(
+    {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "JAVA_HOME", "VIRTUAL_ENV"}
+)
 
 
 def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    inherited = {name: value for name, value in os.environ.items()
-                 if name in INHERITED_VARIABLES or name.startswith("GONGJI_")}
+    inherited = {
+        name: value for name, value in os.environ.items() if name in INHERITED_VARIABLES or name.startswith("GONGJI_")
+    }
     return {**inherited, **(extra or {})}
 
 
@@ -167,7 +196,8 @@ def kafka_jars_verified(paths: Paths) -> bool:
     locked = _locked_jars()
     present = {jar.name: jar for jar in paths.kafka_libs.glob("*.jar")}
     return set(present) == set(locked) and all(
-        hashlib.sha256(jar.read_bytes()).hexdigest() == locked[name] for name, jar in present.items())
+        hashlib.sha256(jar.read_bytes()).hexdigest() == locked[name] for name, jar in present.items()
+    )
 
 
 def fetch_kafka_jars(paths: Paths) -> None:
@@ -178,9 +208,18 @@ def fetch_kafka_jars(paths: Paths) -> None:
     paths.kafka_libs.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         # -C: a jar whose checksum differs from the one Maven Central publishes fails the fetch.
-        [mvn, "-q", "-B", "-C", "-f", str(POM), "dependency:copy-dependencies",
-         f"-DoutputDirectory={paths.kafka_libs}"],
-        capture_output=True, text=True,
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-C",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={paths.kafka_libs}",
+        ],
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         shutil.rmtree(paths.kafka_libs, ignore_errors=True)
@@ -199,55 +238,57 @@ def _write_kafka_config(settings: Settings, paths: Paths) -> None:
     advertised = [f"{name}://{address}" for name, (address, _) in listeners.items() if name != "CONTROLLER"]
     paths.kafka_config.parent.mkdir(parents=True, exist_ok=True)
     paths.kafka_config.write_text(
-        "\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers={controller}",
-            f"listeners={','.join(f'{name}://{address}' for name, (address, _) in listeners.items())}",
-            # The controller's listener is never advertised, so clients are never sent there.
-            f"advertised.listeners={','.join(advertised)}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=CLIENT",
-            f"listener.security.protocol.map={','.join(f'{name}:{kind}' for name, (_, kind) in listeners.items())}",
-            f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
-            f"sasl.mechanism.inter.broker.protocol={SCRAM_MECHANISM}",
-            # SCRAM servers need a login module per listener; the broker's own password comes
-            # from the @argfile (see start_kafka).
-            "listener.name.dev.scram-sha-512.sasl.jaas.config="
-            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
-            # TLS from the local CA, as PEM files.
-            "ssl.keystore.type=PEM",
-            f"ssl.keystore.location={broker_keystore(settings)}",
-            "ssl.truststore.type=PEM",
-            f"ssl.truststore.location={ca_file(settings)}",
-            # The controller's listener takes only a client certificate signed by the local CA,
-            # and only the broker holds one: a client (which holds the CA's certificate, not its
-            # key) cannot even finish the handshake. Its certificate's CN is its principal.
-            "listener.name.controller.ssl.client.auth=required",
-            # TLS 1.3 only: its suites are all AEAD (1.2 still offers CBC ones), and every client
-            # here (Python's ssl, librdkafka, Java 17) speaks it.
-            "ssl.enabled.protocols=TLSv1.3",
-            "ssl.protocol=TLSv1.3",
-            # A SCRAM session authenticates again within the hour: a rotated or removed password
-            # shuts its old sessions out then, instead of never (0, Kafka's default).
-            f"connections.max.reauth.ms={REAUTHENTICATE_MS}",
-            "ssl.principal.mapping.rules=RULE:^CN=([^,]+)$/$1/,DEFAULT",
-            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-            "allow.everyone.if.no.acl.found=false",
-            f"super.users=User:{BROKER.name};User:{OPERATOR.name}",
-            f"log.dirs={paths.kafka_data}",
-            # One local broker: internal topics cannot have more replicas than brokers.
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=12",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            # Topics are created by the launcher with their partition counts; a typo must fail.
-            "auto.create.topics.enable=false",
-            "",
-        ])
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.bootstrap.servers={controller}",
+                f"listeners={','.join(f'{name}://{address}' for name, (address, _) in listeners.items())}",
+                # The controller's listener is never advertised, so clients are never sent there.
+                f"advertised.listeners={','.join(advertised)}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=CLIENT",
+                f"listener.security.protocol.map={','.join(f'{name}:{kind}' for name, (_, kind) in listeners.items())}",
+                f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
+                f"sasl.mechanism.inter.broker.protocol={SCRAM_MECHANISM}",
+                # SCRAM servers need a login module per listener; the broker's own password comes
+                # from the @argfile (see start_kafka).
+                "listener.name.dev.scram-sha-512.sasl.jaas.config="
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+                # TLS from the local CA, as PEM files.
+                "ssl.keystore.type=PEM",
+                f"ssl.keystore.location={broker_keystore(settings)}",
+                "ssl.truststore.type=PEM",
+                f"ssl.truststore.location={ca_file(settings)}",
+                # The controller's listener takes only a client certificate signed by the local CA,
+                # and only the broker holds one: a client (which holds the CA's certificate, not its
+                # key) cannot even finish the handshake. Its certificate's CN is its principal.
+                "listener.name.controller.ssl.client.auth=required",
+                # TLS 1.3 only: its suites are all AEAD (1.2 still offers CBC ones), and every client
+                # here (Python's ssl, librdkafka, Java 17) speaks it.
+                "ssl.enabled.protocols=TLSv1.3",
+                "ssl.protocol=TLSv1.3",
+                # A SCRAM session authenticates again within the hour: a rotated or removed password
+                # shuts its old sessions out then, instead of never (0, Kafka's default).
+                f"connections.max.reauth.ms={REAUTHENTICATE_MS}",
+                "ssl.principal.mapping.rules=RULE:^CN=([^,]+)$/$1/,DEFAULT",
+                "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                "allow.everyone.if.no.acl.found=false",
+                f"super.users=User:{BROKER.name};User:{OPERATOR.name}",
+                f"log.dirs={paths.kafka_data}",
+                # One local broker: internal topics cannot have more replicas than brokers.
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=12",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                # Topics are created by the launcher with their partition counts; a typo must fail.
+                "auto.create.topics.enable=false",
+                "",
+            ]
+        )
     )
 
 
@@ -268,8 +309,10 @@ def _java() -> str:
 
 
 def _scram(settings: Settings, principal: Principal) -> str:
-    return f"{SCRAM_MECHANISM}=[name={principal.name},password={password(settings, principal.name)}," \
-           f"iterations={SCRAM_ITERATIONS}]"
+    return (
+        f"{SCRAM_MECHANISM}=[name={principal.name},password={password(settings, principal.name)},"
+        f"iterations={SCRAM_ITERATIONS}]"
+    )
 
 
 def format_kafka_storage(java: str, paths: Paths, cluster_id: str, settings: Settings) -> None:
@@ -279,17 +322,37 @@ def format_kafka_storage(java: str, paths: Paths, cluster_id: str, settings: Set
     users = [argument for principal in PRINCIPALS for argument in ("--add-scram", _scram(settings, principal))]
     try:
         formatted = subprocess.run(
-            [java, *JVM_OPTIONS, "-cp", f"{paths.kafka_libs}/*", _write_java_arguments(paths, [
-                "kafka.tools.StorageTool", "format", "--standalone", f"--cluster-id={cluster_id}",
-                "-c", str(paths.kafka_config), *users])],
-            capture_output=True, text=True, env=child_environment(),
+            [
+                java,
+                *JVM_OPTIONS,
+                "-cp",
+                f"{paths.kafka_libs}/*",
+                _write_java_arguments(
+                    paths,
+                    [
+                        "kafka.tools.StorageTool",
+                        "format",
+                        "--standalone",
+                        f"--cluster-id={cluster_id}",
+                        "-c",
+                        str(paths.kafka_config),
+                        *users,
+                    ],
+                ),
+            ],
+            capture_output=True,
+            text=True,
+            env=child_environment(),
         )
     finally:
         paths.java_arguments.unlink(missing_ok=True)
     if formatted.returncode != 0:
         # The tool's own sentence: its usage text comes before it, a Java stack trace after it.
-        said = [line for line in (formatted.stderr or formatted.stdout).splitlines()
-                if line.strip() and not line.lstrip().startswith("at ")]
+        said = [
+            line
+            for line in (formatted.stderr or formatted.stdout).splitlines()
+            if line.strip() and not line.lstrip().startswith("at ")
+        ]
         raise InfraError(f"formatting Kafka's storage in {paths.kafka_data} failed: {said[-1] if said else '?'}")
 
 
@@ -305,17 +368,31 @@ def start_kafka(settings: Settings, paths: Paths) -> bool:
     _write_kafka_config(settings, paths)
     classpath = f"{paths.kafka_libs}/*"
     if not (paths.kafka_data / "meta.properties").exists():
-        format_kafka_storage(java, paths, base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
-                             settings)
-    broker_login = ("listener.name.client.scram-sha-512.sasl.jaas.config="
-                    "org.apache.kafka.common.security.scram.ScramLoginModule required "
-                    f'username="{BROKER.name}" password="{password(settings, BROKER.name)}";')
+        format_kafka_storage(java, paths, base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="), settings)
+    broker_login = (
+        "listener.name.client.scram-sha-512.sasl.jaas.config="
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{BROKER.name}" password="{password(settings, BROKER.name)}";'
+    )
     arguments = _write_java_arguments(paths, ["kafka.Kafka", str(paths.kafka_config), "--override", broker_login])
     log = paths.kafka_log.open("ab")
     process = subprocess.Popen(
-        [java, *JVM_OPTIONS, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true", "-cp", classpath,
-         arguments],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=child_environment(),
+        [
+            java,
+            *JVM_OPTIONS,
+            "-Xms256m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            "-cp",
+            classpath,
+            arguments,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=child_environment(),
         umask=0o077,  # its data is personal data: only its owner reads the files it writes
     )
     paths.kafka_pid.write_text(str(process.pid))
@@ -328,8 +405,11 @@ def _redis_server() -> str:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
         subprocess.run(["apt-get", "update", "-qq"], check=False)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=False,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "redis-server"],
+            check=False,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
     return _require("redis-server", "install it with `apt-get install redis-server`.")
 
 
@@ -347,7 +427,9 @@ REDIS_DEFAULT_USER = ("off", "resetpass", "~*", "&*", "+@all")
 def _redis_user_line(settings: Settings, principal: Principal) -> str:
     """One user of the ACL file: its rules and its hashed password."""
     assert principal.redis is not None
-    return " ".join(["user", principal.name, *redis_acl_rules(principal.redis), _hashed(password(settings, principal.name))])
+    return " ".join(
+        ["user", principal.name, *redis_acl_rules(principal.redis), _hashed(password(settings, principal.name))]
+    )
 
 
 def _redis_address(settings: Settings) -> tuple[str, int]:
@@ -366,14 +448,39 @@ def start_redis(settings: Settings, paths: Paths) -> bool:
     if not paths.redis_users.exists():
         # No anonymous access from the first moment: the default user is off.
         users = [_redis_user_line(settings, principal) for principal in PRINCIPALS if principal.redis]
-        write_secret(paths.redis_users, "\n".join([" ".join(["user", "default", *REDIS_DEFAULT_USER]), *users, ""]).encode())
+        write_secret(
+            paths.redis_users, "\n".join([" ".join(["user", "default", *REDIS_DEFAULT_USER]), *users, ""]).encode()
+        )
     process = subprocess.Popen(
-        [server, "--bind", host, "--port", str(port), "--dir", str(paths.redis_dir),
-         "--appendonly", "yes", "--appendfsync", "always", "--aclfile", str(paths.redis_users),
-         "--save", "", "--protected-mode", "yes", "--logfile", str(paths.redis_log),
-         "--daemonize", "no"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_environment(),
-        start_new_session=True, umask=0o077,  # its data and its ACL file (rewritten by ACL SAVE) stay 0600
+        [
+            server,
+            "--bind",
+            host,
+            "--port",
+            str(port),
+            "--dir",
+            str(paths.redis_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--aclfile",
+            str(paths.redis_users),
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+            "--logfile",
+            str(paths.redis_log),
+            "--daemonize",
+            "no",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=child_environment(),
+        start_new_session=True,
+        umask=0o077,  # its data and its ACL file (rewritten by ACL SAVE) stay 0600
     )
     paths.redis_pid.write_text(str(process.pid))
     return True
@@ -407,8 +514,10 @@ def _wait_for_redis(settings: Settings, deadline: float) -> redis.Redis:
             if client.ping():
                 return client
         except redis.exceptions.AuthenticationError:
-            raise InfraError("Redis refuses the operator's credentials: it was started without Gongji's users "
-                             "(before security?) — `gongji infra down && gongji infra up`") from None
+            raise InfraError(
+                "Redis refuses the operator's credentials: it was started without Gongji's users "
+                "(before security?) — `gongji infra down && gongji infra up`"
+            ) from None
         except redis.exceptions.RedisError:
             time.sleep(0.2)
     raise InfraError(f"Redis did not answer within {READY_TIMEOUT_SECONDS}s; see {Paths(settings.state_dir).redis_log}")
@@ -419,8 +528,14 @@ def sync_redis_users(settings: Settings, client: redis.Redis) -> None:
     to the ACL file: a right taken out of the declaration is taken out of Redis too."""
     declared = {principal.name: principal for principal in PRINCIPALS if principal.redis}
     for principal in declared.values():
-        client.execute_command("ACL", "SETUSER", principal.name, *redis_acl_rules(principal.redis), "resetpass",
-                               _hashed(password(settings, principal.name)))
+        client.execute_command(
+            "ACL",
+            "SETUSER",
+            principal.name,
+            *redis_acl_rules(principal.redis),
+            "resetpass",
+            _hashed(password(settings, principal.name)),
+        )
     client.execute_command("ACL", "SETUSER", "default", *REDIS_DEFAULT_USER)
     for name in client.execute_command("ACL", "USERS"):
         if name.decode() not in declared and name.decode() != "default":
@@ -444,12 +559,17 @@ def _librdkafka_log() -> logging.Logger:
 def kafka_admin(settings: Settings) -> AdminClient:
     """The operator's admin client (librdkafka: aiokafka has no API for ACLs or SCRAM users)."""
     options = kafka_client_settings(settings, OPERATOR.name)
-    return AdminClient({
-        "bootstrap.servers": options["bootstrap_servers"], "security.protocol": options["security_protocol"],
-        "sasl.mechanism": options["sasl_mechanism"], "sasl.username": options["sasl_plain_username"],
-        "sasl.password": options["sasl_plain_password"], "ssl.ca.location": options["ssl_cafile"],
-        "logger": _librdkafka_log(),
-    })
+    return AdminClient(
+        {
+            "bootstrap.servers": options["bootstrap_servers"],
+            "security.protocol": options["security_protocol"],
+            "sasl.mechanism": options["sasl_mechanism"],
+            "sasl.username": options["sasl_plain_username"],
+            "sasl.password": options["sasl_plain_password"],
+            "ssl.ca.location": options["ssl_cafile"],
+            "logger": _librdkafka_log(),
+        }
+    )
 
 
 def _wait_for_kafka(settings: Settings, admin: AdminClient, deadline: float) -> None:
@@ -459,11 +579,14 @@ def _wait_for_kafka(settings: Settings, admin: AdminClient, deadline: float) -> 
             return
         except KafkaException as error:
             if error.args[0].code() == KafkaError._AUTHENTICATION:
-                raise InfraError("Kafka refuses the operator's credentials: its data may predate security or "
-                                 "the secrets were replaced — `gongji infra reset`") from None
+                raise InfraError(
+                    "Kafka refuses the operator's credentials: its data may predate security or "
+                    "the secrets were replaced — `gongji infra reset`"
+                ) from None
             if time.monotonic() > deadline:
-                raise InfraError(f"Kafka did not answer within {READY_TIMEOUT_SECONDS}s; see "
-                                 f"{Paths(settings.state_dir).kafka_log}") from None
+                raise InfraError(
+                    f"Kafka did not answer within {READY_TIMEOUT_SECONDS}s; see {Paths(settings.state_dir).kafka_log}"
+                ) from None
 
 
 def _settle(futures: dict, tolerated: tuple[int, ...] = ()) -> None:
@@ -488,15 +611,25 @@ def create_topics(settings: Settings, admin: AdminClient) -> None:
     configuration (set again on the topics that exist: a release may change it)."""
     topics = (*ALL_TOPICS, *PROVINCE_TOPICS)
     existing = set(admin.list_topics(timeout=10).topics)
-    missing = [NewTopic(topic.name, topic.partitions(settings), settings.topic_replication_factor,
-                        config=topic_config(topic))
-               for topic in topics if topic.name not in existing]
+    missing = [
+        NewTopic(topic.name, topic.partitions(settings), settings.topic_replication_factor, config=topic_config(topic))
+        for topic in topics
+        if topic.name not in existing
+    ]
     if missing:
         _settle(admin.create_topics(missing, request_timeout=30), tolerated=(KafkaError.TOPIC_ALREADY_EXISTS,))
-    configured = [ConfigResource(ResourceType.TOPIC, topic.name, incremental_configs=[
-                      ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
-                      for name, value in topic_config(topic).items()])
-                  for topic in topics if topic.name in existing]
+    configured = [
+        ConfigResource(
+            ResourceType.TOPIC,
+            topic.name,
+            incremental_configs=[
+                ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+                for name, value in topic_config(topic).items()
+            ],
+        )
+        for topic in topics
+        if topic.name in existing
+    ]
     if configured:
         _settle(admin.incremental_alter_configs(configured, request_timeout=30))
 
@@ -516,17 +649,26 @@ def ensure_scram_users(settings: Settings, admin: AdminClient) -> None:
 
 
 def set_scram_passwords(admin: AdminClient, passwords: dict[str, str]) -> None:
-    _settle(admin.alter_user_scram_credentials([
-        UserScramCredentialUpsertion(name, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS),
-                                     value.encode())
-        for name, value in passwords.items()]))
+    _settle(
+        admin.alter_user_scram_credentials(
+            [
+                UserScramCredentialUpsertion(
+                    name, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS), value.encode()
+                )
+                for name, value in passwords.items()
+            ]
+        )
+    )
 
 
 def _binding(principal: str, right: KafkaRight) -> AclBinding:
     return AclBinding(
-        ResourceType.GROUP if right.resource == "group" else ResourceType.TOPIC, right.name,
+        ResourceType.GROUP if right.resource == "group" else ResourceType.TOPIC,
+        right.name,
         ResourcePatternType.PREFIXED if right.prefixed else ResourcePatternType.LITERAL,
-        f"User:{principal}", "*", AclOperation.WRITE if right.operation == "write" else AclOperation.READ,
+        f"User:{principal}",
+        "*",
+        AclOperation.WRITE if right.operation == "write" else AclOperation.READ,
         AclPermissionType.ALLOW,
     )
 
@@ -537,18 +679,32 @@ def declared_acls() -> set[AclBinding]:
 
 def sync_acls(admin: AdminClient) -> tuple[int, int]:
     """Makes the broker's ACLs exactly the declared ones; returns (created, deleted)."""
-    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,
-                                  AclPermissionType.ANY)
+    everything = AclBindingFilter(
+        ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY, AclPermissionType.ANY
+    )
     existing = set(admin.describe_acls(everything, request_timeout=30).result())
     declared = declared_acls()
     missing, extra = declared - existing, existing - declared
     if missing:
         _settle(admin.create_acls(list(missing), request_timeout=30))
     if extra:
-        _settle(admin.delete_acls([AclBindingFilter(binding.restype, binding.name, binding.resource_pattern_type,
-                                                    binding.principal, binding.host, binding.operation,
-                                                    binding.permission_type) for binding in extra],
-                                  request_timeout=30))
+        _settle(
+            admin.delete_acls(
+                [
+                    AclBindingFilter(
+                        binding.restype,
+                        binding.name,
+                        binding.resource_pattern_type,
+                        binding.principal,
+                        binding.host,
+                        binding.operation,
+                        binding.permission_type,
+                    )
+                    for binding in extra
+                ],
+                request_timeout=30,
+            )
+        )
     return len(missing), len(extra)
 
 
@@ -634,8 +790,10 @@ async def _until_services_are_authorized(settings: Settings, deadline: float) ->
                 break
             except ClusterAuthorizationFailedError:
                 if time.monotonic() > deadline:
-                    raise InfraError(f"Kafka did not authorize {principal.name} within {READY_TIMEOUT_SECONDS}s "
-                                     "of its ACLs being made") from None
+                    raise InfraError(
+                        f"Kafka did not authorize {principal.name} within {READY_TIMEOUT_SECONDS}s "
+                        "of its ACLs being made"
+                    ) from None
                 await asyncio.sleep(0.2)
             finally:
                 await producer.stop()
@@ -693,13 +851,16 @@ def status(settings: Settings) -> dict[str, str]:
     try:
         client = operator_redis(settings, socket_timeout=1)
         used, bound = redis_memory(client)
-        report["redis"] = (f"Redis {client.info('server')['redis_version']} at {settings.redis_url}: running, "
-                           f"memory {used / 2**20:,.0f} MiB of {bound / 2**20:,.0f} MiB")
+        report["redis"] = (
+            f"Redis {client.info('server')['redis_version']} at {settings.redis_url}: running, "
+            f"memory {used / 2**20:,.0f} MiB of {bound / 2**20:,.0f} MiB"
+        )
         if used >= REDIS_MEMORY_WARNING * bound:
-            report["redis_memory"] = (f"WARNING: Redis uses {used / bound:.0%} of its memory bound; at 100% every "
-                                      "write is refused and the services stop until there is room "
-                                      "(raise GONGJI_REDIS_MAX_MEMORY_BYTES, or add memory)")
+            report["redis_memory"] = (
+                f"WARNING: Redis uses {used / bound:.0%} of its memory bound; at 100% every "
+                "write is refused and the services stop until there is room "
+                "(raise GONGJI_REDIS_MAX_MEMORY_BYTES, or add memory)"
+            )
     except (redis.exceptions.RedisError, CredentialsMissing):
         report["redis"] = f"Redis at {settings.redis_url}: not running"
     return report
-

@@ -19,12 +19,18 @@ from shared.topics import Topic
 def make_producer(settings: Settings, principal: str) -> AIOKafkaProducer:
     # No linger: what a client sends in one go leaves together anyway, and a latency measured
     # from the send should not include a wait of the client's own.
-    return AIOKafkaProducer(**aiokafka_options(settings, principal), acks="all", enable_idempotence=True,
-                            linger_ms=0, max_batch_size=256 * 1024)
+    return AIOKafkaProducer(
+        **aiokafka_options(settings, principal),
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=0,
+        max_batch_size=256 * 1024,
+    )
 
 
-async def publish_models(settings: Settings, topic: Topic, messages: Iterable[BaseModel],
-                         principal: str = OPERATOR.name) -> int:
+async def publish_models(
+    settings: Settings, topic: Topic, messages: Iterable[BaseModel], principal: str = OPERATOR.name
+) -> int:
     """Publishes as `principal` and waits until Kafka confirmed every message; returns how many."""
     return await publish_routed(settings, ((topic, message) for message in messages), principal)
 
@@ -35,8 +41,9 @@ async def publish_routed(settings: Settings, messages: Iterable[tuple[Topic, Bas
     await producer.start()
     try:
         pending = [
-            await producer.send(topic.name, message.model_dump_json().encode(),
-                                key=str(getattr(message, topic.key_field)).encode())
+            await producer.send(
+                topic.name, message.model_dump_json().encode(), key=str(getattr(message, topic.key_field)).encode()
+            )
             for topic, message in messages
         ]
         for future in pending:
@@ -55,14 +62,21 @@ class TopicWatcher:
         self._settings = settings
         self._topics = list(topics)
         self._on_message = on_message
-        self._consumer = AIOKafkaConsumer(**aiokafka_options(settings, principal), enable_auto_commit=False,
-                                          max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_wait_ms=20)
+        self._consumer = AIOKafkaConsumer(
+            **aiokafka_options(settings, principal),
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_wait_ms=20,
+        )
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
         await self._consumer.start()
-        partitions = [TopicPartition(topic.name, number) for topic in self._topics
-                      for number in range(topic.partitions(self._settings))]
+        partitions = [
+            TopicPartition(topic.name, number)
+            for topic in self._topics
+            for number in range(topic.partitions(self._settings))
+        ]
         self._consumer.assign(partitions)
         await self._consumer.seek_to_end(*partitions)
         for partition in partitions:  # resolve the end offsets now, before anything is published

@@ -36,14 +36,33 @@ from shared.ids import claim_id_prefix, province_of
 from shared.principals import OPERATOR, province_principal
 from shared.settings import Settings
 from shared.topics import (
-    ACCOUNT_CREDITS, ACCOUNT_SPENDS, DEAD_LETTERS, ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, RELATIONSHIP_EVENTS,
-    SETTLEMENTS, SUPERVISION, WALLET_COMMANDS, WALLET_EVENTS, CLAIMS, Topic, province_claims,
+    ACCOUNT_CREDITS,
+    ACCOUNT_SPENDS,
+    CLAIMS,
+    DEAD_LETTERS,
+    ENROLLMENT,
+    KINSHIP,
+    RELATIONSHIP_COMMANDS,
+    RELATIONSHIP_EVENTS,
+    SETTLEMENTS,
+    SUPERVISION,
+    WALLET_COMMANDS,
+    WALLET_EVENTS,
+    Topic,
+    province_claims,
 )
 
 # Who sends what (shared/principals.py grants each exactly that); claims go as their province.
-SENDERS = {ENROLLMENT: "registry", KINSHIP: "registry", RELATIONSHIP_COMMANDS: "app", WALLET_COMMANDS: "app",
-           SUPERVISION: "supervisor", ACCOUNT_CREDITS: OPERATOR.name, ACCOUNT_SPENDS: OPERATOR.name,
-           CLAIMS: OPERATOR.name}
+SENDERS = {
+    ENROLLMENT: "registry",
+    KINSHIP: "registry",
+    RELATIONSHIP_COMMANDS: "app",
+    WALLET_COMMANDS: "app",
+    SUPERVISION: "supervisor",
+    ACCOUNT_CREDITS: OPERATOR.name,
+    ACCOUNT_SPENDS: OPERATOR.name,
+    CLAIMS: OPERATOR.name,
+}
 
 # Refusals that only mean "the facts have not reached that service yet": try again shortly.
 NOT_YET = {"KINSHIP_UNVERIFIED", "RECIPIENT_NOT_INSURED", "PROVIDER_NOT_EMPLOYEE", "RELATIONSHIP_NOT_ACTIVE"}
@@ -57,7 +76,9 @@ CARE_AWAY = ("110100", "310100", "440100", "510100")  # where care away from hom
 @dataclass(frozen=True)
 class LoadOptions:
     persons: int = 3_000
-    rate: float = 400.0  # well within what this machine settles with the whole mix on the province topics (500/s and more)
+    rate: float = (
+        400.0  # well within what this machine settles with the whole mix on the province topics (500/s and more)
+    )
     duration_seconds: float = 30.0
     duplicate_share: float = 0.01
     malformed_share: float = 0.001
@@ -94,8 +115,9 @@ class LoadRun:
         self.console = console
         self.builder = PopulationBuilder(options.seed or uuid.uuid4().int)
         self.producers: dict[str, AIOKafkaProducer] = {}  # by principal
-        self.watcher = TopicWatcher(settings, [RELATIONSHIP_EVENTS, WALLET_EVENTS, SETTLEMENTS, DEAD_LETTERS],
-                                    self._on_message)
+        self.watcher = TopicWatcher(
+            settings, [RELATIONSHIP_EVENTS, WALLET_EVENTS, SETTLEMENTS, DEAD_LETTERS], self._on_message
+        )
         self.actions: asyncio.Queue = asyncio.Queue()
         # Setup: what each command was for, and which relationships are ready for claims.
         self.command_pairs: dict[str, tuple[str, str]] = {}
@@ -110,8 +132,9 @@ class LoadRun:
         self.result_ids: dict[str, set[str]] = defaultdict(set)
         self.first_result: dict[str, dict] = {}
         self.histogram = HdrHistogram(1, LATENCY_MAX_US, 3)
-        self.seconds: dict[int, dict[str, Any]] = defaultdict(lambda: {"published": 0, "settled": 0,
-                                                                        "hist": HdrHistogram(1, LATENCY_MAX_US, 2)})
+        self.seconds: dict[int, dict[str, Any]] = defaultdict(
+            lambda: {"published": 0, "settled": 0, "hist": HdrHistogram(1, LATENCY_MAX_US, 2)}
+        )
         self.claims_started_ns = 0
         self.result_transit_ms = 0.0  # first results: from their producer's send to this client, summed
         self.dead_letters = 0
@@ -227,20 +250,49 @@ class LoadRun:
         for family in families:
             people = [family.provider, *(recipient for recipient, _ in family.recipients)]
             for person in people:
-                await self.send(ENROLLMENT, {"event_id": _id("enr"), "person_id": person.person_id,
-                                             "insurance_type": person.insurance_type, "region": person.region,
-                                             "status": "normal", "occurred_at": _now()}, person.person_id)
+                await self.send(
+                    ENROLLMENT,
+                    {
+                        "event_id": _id("enr"),
+                        "person_id": person.person_id,
+                        "insurance_type": person.insurance_type,
+                        "region": person.region,
+                        "status": "normal",
+                        "occurred_at": _now(),
+                    },
+                    person.person_id,
+                )
             credit_id = _id("cred")
             self.credits_sent.add(credit_id)
-            await self.send(ACCOUNT_CREDITS, {"event_id": credit_id, "person_id": family.provider.person_id,
-                                              "amount_fen": family.balance_fen, "occurred_at": _now()},
-                            family.provider.person_id)
+            await self.send(
+                ACCOUNT_CREDITS,
+                {
+                    "event_id": credit_id,
+                    "person_id": family.provider.person_id,
+                    "amount_fen": family.balance_fen,
+                    "occurred_at": _now(),
+                },
+                family.provider.person_id,
+            )
             for recipient, kinship in family.recipients:
                 pair = (family.provider.person_id, recipient.person_id)
-                self.pairs[pair] = {"region": recipient.region, "insurance": recipient.insurance_type, "kinship": kinship,
-                                    "quota": min(200_000, family.balance_fen // len(family.recipients))}
-                await self.send(KINSHIP, {"event_id": _id("kin"), "person_id": pair[0], "relative_id": pair[1],
-                                          "kinship": kinship, "occurred_at": _now()}, pair[0])
+                self.pairs[pair] = {
+                    "region": recipient.region,
+                    "insurance": recipient.insurance_type,
+                    "kinship": kinship,
+                    "quota": min(200_000, family.balance_fen // len(family.recipients)),
+                }
+                await self.send(
+                    KINSHIP,
+                    {
+                        "event_id": _id("kin"),
+                        "person_id": pair[0],
+                        "relative_id": pair[1],
+                        "kinship": kinship,
+                        "occurred_at": _now(),
+                    },
+                    pair[0],
+                )
         await self.flush()
         deadline = time.monotonic() + self.options.setup_timeout_seconds
         with self._progress() as progress:
@@ -274,9 +326,14 @@ class LoadRun:
         details = self.pairs[pair]
         command_id = _id(action)
         self.command_pairs[command_id] = pair
-        message = {"command_id": command_id, "action": action,
-                   "actor_id": recipient_id if action == "accept" else provider_id,
-                   "provider_id": provider_id, "recipient_id": recipient_id, "requested_at": _now()}
+        message = {
+            "command_id": command_id,
+            "action": action,
+            "actor_id": recipient_id if action == "accept" else provider_id,
+            "provider_id": provider_id,
+            "recipient_id": recipient_id,
+            "requested_at": _now(),
+        }
         if action == "request":
             message |= {"recipient_region": details["region"], "kinship": details["kinship"]}
         elif action == "grant":
@@ -297,11 +354,20 @@ class LoadRun:
         if category.name.endswith("_premium"):  # owed to the recipient's own region, collected there
             service_region, institution_code = region, None
         else:
-            institution_code = f"{'P' if category.name == 'pharmacy' else 'H'}{service_region}{rng.randrange(10**5):05d}"
-        claim = {"claim_id": claim_id_prefix(service_region, institution_code) + _id("claim"), "kind": "settle",
-                 "recipient_id": recipient_id, "recipient_region": region, "category": category.name,
-                 "service_region": service_region, "amount_fen": amount, "institution_code": institution_code,
-                 "occurred_at": _now()}
+            institution_code = (
+                f"{'P' if category.name == 'pharmacy' else 'H'}{service_region}{rng.randrange(10**5):05d}"
+            )
+        claim = {
+            "claim_id": claim_id_prefix(service_region, institution_code) + _id("claim"),
+            "kind": "settle",
+            "recipient_id": recipient_id,
+            "recipient_region": region,
+            "category": category.name,
+            "service_region": service_region,
+            "amount_fen": amount,
+            "institution_code": institution_code,
+            "occurred_at": _now(),
+        }
         if category.name == "pharmacy":
             in_catalogue = amount if rng.random() < 0.9 else max(1, amount // 2)
             claim["items"] = [{"code": "XB01AC06", "in_catalogue": True, "amount_fen": in_catalogue}]
@@ -310,16 +376,24 @@ class LoadRun:
         return claim
 
     async def publish_claims(self) -> dict[str, int]:
-        recipients = sorted({(pair[1], self.pairs[pair]["region"], self.pairs[pair]["insurance"]) for pair in self.ready})
+        recipients = sorted(
+            {(pair[1], self.pairs[pair]["region"], self.pairs[pair]["insurance"]) for pair in self.ready}
+        )
         if not recipients:
             refused, unanswered = self.setup_outcome()
-            raise RuntimeError(f"no relationship became ready (refused: {dict(Counter(refused.values())) or 'none'}; "
-                               f"unanswered: {unanswered}): "
-                               "are the services running (`gongji run all`)?")
+            raise RuntimeError(
+                f"no relationship became ready (refused: {dict(Counter(refused.values())) or 'none'}; "
+                f"unanswered: {unanswered}): "
+                "are the services running (`gongji run all`)?"
+            )
         rng = self.builder.rng
         if not self.options.national_claims:
-            await self.start_producers({province_principal(province_of(region)).name
-                                        for region in {*(region for _, region, _ in recipients), *CARE_AWAY}})
+            await self.start_producers(
+                {
+                    province_principal(province_of(region)).name
+                    for region in {*(region for _, region, _ in recipients), *CARE_AWAY}
+                }
+            )
         sent: list[tuple[Topic, bytes, str]] = []
         counts = Counter()
         self.claims_started_ns = time.monotonic_ns()
@@ -364,21 +438,42 @@ class LoadRun:
             original, recipient_id, service_region = self.reversible.pop(rng.randrange(len(self.reversible)))
             reversal_id = f"{service_region}-{_id('rev')}"  # of the region its claim's id names
             self.mix[reversal_id] = ("reversal", None)
-            await self.send(self._claims_topic(service_region),
-                            {"claim_id": reversal_id, "kind": "reverse", "recipient_id": recipient_id,
-                             "reverses": original, "occurred_at": _now()}, recipient_id)
+            await self.send(
+                self._claims_topic(service_region),
+                {
+                    "claim_id": reversal_id,
+                    "kind": "reverse",
+                    "recipient_id": recipient_id,
+                    "reverses": original,
+                    "occurred_at": _now(),
+                },
+                recipient_id,
+            )
         # The providers are listed (every ready pair, sorted) only when one is needed, not per claim.
         if rng.random() < options.spend_share and (providers := self._providers()):
             provider = rng.choice(providers)
-            await self._mixed("spend", ACCOUNT_SPENDS, provider, {"event_id": _id("spend"), "person_id": provider,
-                                                                 "amount_fen": rng.randint(100, 5_000)})
+            await self._mixed(
+                "spend",
+                ACCOUNT_SPENDS,
+                provider,
+                {"event_id": _id("spend"), "person_id": provider, "amount_fen": rng.randint(100, 5_000)},
+            )
         if rng.random() < options.freeze_share and (providers := self._providers()):
             provider = rng.choice(providers)
             freeze_id = _id("freeze")
-            await self._mixed("freeze", SUPERVISION, provider, {"event_id": freeze_id, "person_id": provider,
-                                                                "action": "freeze", "reason": "load: suspected misuse"})
-            unfreeze = {"event_id": _id("unfreeze"), "person_id": provider, "action": "unfreeze",
-                        "reason": "load: cleared", "lifts": freeze_id}
+            await self._mixed(
+                "freeze",
+                SUPERVISION,
+                provider,
+                {"event_id": freeze_id, "person_id": provider, "action": "freeze", "reason": "load: suspected misuse"},
+            )
+            unfreeze = {
+                "event_id": _id("unfreeze"),
+                "person_id": provider,
+                "action": "unfreeze",
+                "reason": "load: cleared",
+                "lifts": freeze_id,
+            }
             self.mix[unfreeze["event_id"]] = ("unfreeze", None)  # the drain waits for it too
             self.lifting.add(asyncio.create_task(self._lift_later(provider, unfreeze)))
         # Claims need relationships in force: at most half of them end during a run.
@@ -386,17 +481,36 @@ class LoadRun:
         if rng.random() < options.dissolve_share and may_end:
             provider, recipient_id = pair = rng.choice(sorted(self.ready))
             self._no_longer_ready(lambda other: other == pair, recipients)
-            await self._mixed("dissolve", RELATIONSHIP_COMMANDS, provider, {
-                "command_id": _id("dissolve"), "action": "dissolve", "actor_id": provider, "provider_id": provider,
-                "recipient_id": recipient_id, "requested_at": _now()})
+            await self._mixed(
+                "dissolve",
+                RELATIONSHIP_COMMANDS,
+                provider,
+                {
+                    "command_id": _id("dissolve"),
+                    "action": "dissolve",
+                    "actor_id": provider,
+                    "provider_id": provider,
+                    "recipient_id": recipient_id,
+                    "requested_at": _now(),
+                },
+            )
         if rng.random() < options.enrollment_change_share and may_end:
             _, recipient_id = pair = rng.choice(sorted(self.ready))
             region = self.pairs[pair]["region"]
             moved_to = f"{region[:2]}0100" if region[2:] != "0100" else f"{region[:2]}0200"
             self._no_longer_ready(lambda other: other[1] == recipient_id, recipients)
-            await self._mixed("insurance change", ENROLLMENT, recipient_id, {
-                "event_id": _id("move"), "person_id": recipient_id, "insurance_type": "resident", "region": moved_to,
-                "status": "normal"})
+            await self._mixed(
+                "insurance change",
+                ENROLLMENT,
+                recipient_id,
+                {
+                    "event_id": _id("move"),
+                    "person_id": recipient_id,
+                    "insurance_type": "resident",
+                    "region": moved_to,
+                    "status": "normal",
+                },
+            )
 
     def _claims_topic(self, service_region: str) -> Topic:
         """A claim goes from the province where the care was given (or from the national platform)."""
@@ -425,8 +539,9 @@ class LoadRun:
         deadline = time.monotonic() + self.options.drain_timeout_seconds
         with self._progress() as progress:
             task = progress.add_task("waiting for every settlement", total=len(self.published_ns))
-            while (len(self.first_result) < len(self.published_ns) or self._mix_unanswered()) \
-                    and time.monotonic() < deadline:
+            while (
+                len(self.first_result) < len(self.published_ns) or self._mix_unanswered()
+            ) and time.monotonic() < deadline:
                 progress.update(task, completed=len(self.first_result))
                 await asyncio.sleep(0.2)
             await asyncio.sleep(1.0)  # late duplicates would show as a second result
@@ -446,18 +561,26 @@ class LoadRun:
         return {kind: {**entry, "answers": dict(entry["answers"])} for kind, entry in sorted(report.items())}
 
     def _progress(self) -> Progress:
-        return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
-                        TimeElapsedColumn(), console=self.console, transient=False)
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:,}/{task.total:,}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
 
 
 def _percentiles_ms(histogram: HdrHistogram) -> dict[str, float]:
-    return {name: round(histogram.get_value_at_percentile(p) / 1000, 2)
-            for name, p in (("p50", 50), ("p95", 95), ("p99", 99))} | {
-        "max": round(histogram.get_max_value() / 1000, 2), "mean": round(histogram.get_mean_value() / 1000, 2)}
+    return {
+        name: round(histogram.get_value_at_percentile(p) / 1000, 2)
+        for name, p in (("p50", 50), ("p95", 95), ("p99", 99))
+    } | {"max": round(histogram.get_max_value() / 1000, 2), "mean": round(histogram.get_mean_value() / 1000, 2)}
 
 
-async def run_load(settings: Settings, options: LoadOptions, console: Console,
-                   on_phase: Callable[[str], None] = lambda phase: None) -> dict[str, Any]:
+async def run_load(
+    settings: Settings, options: LoadOptions, console: Console, on_phase: Callable[[str], None] = lambda phase: None
+) -> dict[str, Any]:
     """`on_phase` is told "claims" when the claims start and "drained" once they have their
     results: `gongji bench` measures the processes' CPU between the two."""
     run = LoadRun(settings, options, console)
@@ -488,29 +611,55 @@ async def run_load(settings: Settings, options: LoadOptions, console: Console,
     results = run.first_result
     last_result_second = max((s for s, v in run.seconds.items() if v["settled"]), default=0) + 1
     window = max(options.duration_seconds, last_result_second)
-    timeline = [{"second": second, "published": v["published"], "settled": v["settled"],
-                 **({"p50_ms": v["hist"].get_value_at_percentile(50) / 1000,
-                     "p99_ms": v["hist"].get_value_at_percentile(99) / 1000} if v["settled"] else {})}
-                for second, v in sorted(run.seconds.items())]
+    timeline = [
+        {
+            "second": second,
+            "published": v["published"],
+            "settled": v["settled"],
+            **(
+                {
+                    "p50_ms": v["hist"].get_value_at_percentile(50) / 1000,
+                    "p99_ms": v["hist"].get_value_at_percentile(99) / 1000,
+                }
+                if v["settled"]
+                else {}
+            ),
+        }
+        for second, v in sorted(run.seconds.items())
+    ]
     steady = [point["settled"] for point in timeline[2:-2]] or [0]
     report = {
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
-        "population": {"persons": sum(1 + len(f.recipients) for f in families), "families": len(families),
-                       "relationships": len(run.pairs), "ready": run.ready_after_setup,
-                       "refused": dict(Counter(refused.values())), "unanswered": unanswered,
-                       "ended_during_run": run.ready_after_setup - len(run.ready),
-                       "setup_seconds": round(setup_seconds, 1)},
-        "claims": {"published": counts.get("claims", 0), "duplicates_sent": counts.get("duplicates", 0),
-                   "malformed_sent": counts.get("malformed", 0), "with_result": len(results),
-                   "without_result": len(run.published_ns) - len(results),
-                   "with_more_than_one_result": sum(1 for ids in run.result_ids.values() if len(ids) > 1)},
-        "throughput": {"offered_per_second": options.rate,
-                       "settled_per_second": round(len(results) / window, 1),
-                       "settled_per_second_median_of_seconds": sorted(steady)[len(steady) // 2]},
+        "population": {
+            "persons": sum(1 + len(f.recipients) for f in families),
+            "families": len(families),
+            "relationships": len(run.pairs),
+            "ready": run.ready_after_setup,
+            "refused": dict(Counter(refused.values())),
+            "unanswered": unanswered,
+            "ended_during_run": run.ready_after_setup - len(run.ready),
+            "setup_seconds": round(setup_seconds, 1),
+        },
+        "claims": {
+            "published": counts.get("claims", 0),
+            "duplicates_sent": counts.get("duplicates", 0),
+            "malformed_sent": counts.get("malformed", 0),
+            "with_result": len(results),
+            "without_result": len(run.published_ns) - len(results),
+            "with_more_than_one_result": sum(1 for ids in run.result_ids.values() if len(ids) > 1),
+        },
+        "throughput": {
+            "offered_per_second": options.rate,
+            "settled_per_second": round(len(results) / window, 1),
+            "settled_per_second_median_of_seconds": sorted(steady)[len(steady) // 2],
+        },
         "latency_ms": _percentiles_ms(run.histogram),
         # Read from the services on this machine (absent when they run elsewhere).
-        "budget": claim_budget(hops_before, hops_after, run.result_transit_ms / max(1, len(results)),
-                               run.histogram.get_mean_value() / 1000) if hops_before and hops_after else None,
+        "budget": claim_budget(
+            hops_before, hops_after, run.result_transit_ms / max(1, len(results)), run.histogram.get_mean_value() / 1000
+        )
+        if hops_before and hops_after
+        else None,
         "by_status": dict(Counter(r["status"] for r in results.values())),
         "by_category": dict(Counter(r.get("category") for r in results.values())),
         "rejections_by_reason": dict(Counter(r["reason"] for r in results.values() if r["reason"])),
@@ -545,8 +694,10 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     throughput.plot(seconds, [p["settled"] for p in timeline], label="settled /s")
     throughput.set_ylabel("claims per second")
     throughput.legend()
-    throughput.set_title(f"gongji load: {report['options']['rate']:,.0f}/s offered, "
-                         f"{report['throughput']['settled_per_second']:,.0f}/s settled")
+    throughput.set_title(
+        f"gongji load: {report['options']['rate']:,.0f}/s offered, "
+        f"{report['throughput']['settled_per_second']:,.0f}/s settled"
+    )
     latency.plot(seconds, [p.get("p50_ms") for p in timeline], label="p50")
     latency.plot(seconds, [p.get("p99_ms") for p in timeline], label="p99")
     latency.set_ylabel("publish → settlement (ms)")

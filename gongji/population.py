@@ -71,8 +71,9 @@ class PopulationBuilder:
     def _person_id(self) -> str:
         while True:
             birth = date(1940, 1, 1) + timedelta(days=self.rng.randrange(70 * 365))
-            candidate = make_person_id(self.rng.choice(birth_places()), birth.strftime("%Y%m%d"),
-                                       self.rng.randrange(1000))
+            candidate = make_person_id(
+                self.rng.choice(birth_places()), birth.strftime("%Y%m%d"), self.rng.randrange(1000)
+            )
             if candidate not in self.used:
                 self.used.add(candidate)
                 return candidate
@@ -86,8 +87,10 @@ class PopulationBuilder:
         made = 0
         while made < persons:
             home = self.rng.choice(PROVINCES)
-            family = Family(Person(self._person_id(), "employee", self._region(home)),
-                            balance_fen=self.rng.randint(2_000, 20_000) * 100)
+            family = Family(
+                Person(self._person_id(), "employee", self._region(home)),
+                balance_fen=self.rng.randint(2_000, 20_000) * 100,
+            )
             for _ in range(self.rng.choice([1, 1, 2, 2, 3])):
                 province = home if self.rng.random() < 0.5 else self.rng.choice(PROVINCES)
                 insurance = "resident" if self.rng.random() < 0.6 else "employee"
@@ -105,6 +108,9 @@ class PopulationBuilder:
 
     def category(self, insurance_type: str) -> UseCategory:
         """A use for a recipient of this insurance: only the resident-insured pay resident premiums."""
-        allowed = [(category, weight) for category, weight in zip(CATEGORIES, COUNT_WEIGHTS, strict=True)
-                   if insurance_type == "resident" or category.name != "resident_premium"]
+        allowed = [
+            (category, weight)
+            for category, weight in zip(CATEGORIES, COUNT_WEIGHTS, strict=True)
+            if insurance_type == "resident" or category.name != "resident_premium"
+        ]
         return self.rng.choices([category for category, _ in allowed], weights=[weight for _, weight in allowed])[0]

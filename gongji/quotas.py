@@ -41,8 +41,12 @@ class AlterClientQuotasRequest_v0(RequestStruct):  # noqa: N801
     API_VERSION = 0
     RESPONSE_TYPE = AlterClientQuotasResponse_v0
     SCHEMA = Schema(
-        ("entries", Array(("entity", _ENTITY),
-                          ("ops", Array(("key", String("utf-8")), ("value", Float64), ("remove", Boolean))))),
+        (
+            "entries",
+            Array(
+                ("entity", _ENTITY), ("ops", Array(("key", String("utf-8")), ("value", Float64), ("remove", Boolean)))
+            ),
+        ),
         ("validate_only", Boolean),
     )
 
@@ -91,8 +95,9 @@ async def described_quotas(settings: Settings, entity_type: str) -> dict[str | N
     client = await _client(settings)
     try:
         # match_type 2: any entity of this type, the default included.
-        response = await client.send(client.get_random_node(),
-                                     DescribeClientQuotasRequest([(entity_type, 2, None)], False))
+        response = await client.send(
+            client.get_random_node(), DescribeClientQuotasRequest([(entity_type, 2, None)], False)
+        )
     finally:
         await client.close()
     if response.error_code:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -56,8 +55,15 @@ def run_service(name: str, settings: Settings) -> None:
     app = app_factory(name)(settings)
     # The standard asyncio loop: on uvloop the claim path ran far slower here (aiokafka over TLS;
     # one measurement at 500 claims/s: p50 9.6 s against 1.0 s).
-    config = uvicorn.Config(app, host="127.0.0.1", port=http_port(settings, name), log_level="warning",
-                            lifespan="on", timeout_graceful_shutdown=30, loop="asyncio")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=http_port(settings, name),
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=30,
+        loop="asyncio",
+    )
     _StopOnSignal(config).run()
 
 
@@ -100,7 +106,10 @@ class ServiceProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gongji", "run", self.name],
-            env=self.env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+            env=self.env,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            cwd=PROJECT_ROOT,
         )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         url = f"http://127.0.0.1:{port}/health"

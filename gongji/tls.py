@@ -39,7 +39,7 @@ def broker_keystore(settings: Settings) -> Path:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -47,21 +47,36 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _make_ca(settings: Settings) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     certificate = (
-        x509.CertificateBuilder().subject_name(_name("Gongji local CA")).issuer_name(_name("Gongji local CA"))
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        x509.CertificateBuilder()
+        .subject_name(_name("Gongji local CA"))
+        .issuer_name(_name("Gongji local CA"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(_now() - datetime.timedelta(minutes=5))
         .not_valid_after(_now() + datetime.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .sign(key, hashes.SHA256())
     )
     ca_key_file(settings).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -93,25 +108,33 @@ def _make_broker_certificate(settings: Settings, hosts: set[str]) -> None:
     try:
         ca_key = serialization.load_pem_private_key(ca_key_file(settings).read_bytes(), password=None)
     except FileNotFoundError:
-        raise CAKeyOffline(f"the broker's certificate must be issued or renewed (it expires within "
-                           f"{RENEW_BEFORE.days} days, or misses a host name), and the CA's key is not at "
-                           f"{ca_key_file(settings)}: put it back (or set GONGJI_CA_KEY_DIR) and run again") from None
+        raise CAKeyOffline(
+            f"the broker's certificate must be issued or renewed (it expires within "
+            f"{RENEW_BEFORE.days} days, or misses a host name), and the CA's key is not at "
+            f"{ca_key_file(settings)}: put it back (or set GONGJI_CA_KEY_DIR) and run again"
+        ) from None
     ca_certificate = x509.load_pem_x509_certificate(ca_file(settings).read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     certificate = (
         # Its CN is its principal on the controller's listener (mutual TLS, ssl.principal.mapping.rules).
-        x509.CertificateBuilder().subject_name(_name(BROKER.name)).issuer_name(ca_certificate.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        x509.CertificateBuilder()
+        .subject_name(_name(BROKER.name))
+        .issuer_name(ca_certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(_now() - datetime.timedelta(minutes=5))
         .not_valid_after(_now() + datetime.timedelta(days=BROKER_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(_names(hosts)), critical=False)
         # Server on every listener, and client of the controller listener (mutual TLS).
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
-    chain = certificate.public_bytes(serialization.Encoding.PEM) + ca_certificate.public_bytes(serialization.Encoding.PEM)
+    chain = certificate.public_bytes(serialization.Encoding.PEM) + ca_certificate.public_bytes(
+        serialization.Encoding.PEM
+    )
     write_secret(broker_keystore(settings), _private_pem(key) + chain)
 
 

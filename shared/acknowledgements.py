@@ -91,8 +91,12 @@ class Acknowledgements:
         if self._in_hand:
             self._failed_before_handler += 1
             pause = min(MAX_PAUSE_SECONDS, 0.1 * 2 ** (self._failed_before_handler - 1))
-            logger.warning("%s: a batch failed before its handler (%d times); it will be read again in %.1f s",
-                           self.subscriber, self._failed_before_handler, pause)
+            logger.warning(
+                "%s: a batch failed before its handler (%d times); it will be read again in %.1f s",
+                self.subscriber,
+                self._failed_before_handler,
+                pause,
+            )
             self.rewind(self._in_hand)
         batch = self._unconfirmed
         if batch is not None and batch.confirmation.done() and _failed(batch.confirmation):
@@ -114,8 +118,9 @@ class Acknowledgements:
         self._confirmed.clear()
         self.member = True
 
-    async def send(self, records: Sequence[ConsumerRecord],
-                   send_outputs: Callable[[], Awaitable[Sequence[asyncio.Future]]]) -> None:
+    async def send(
+        self, records: Sequence[ConsumerRecord], send_outputs: Callable[[], Awaitable[Sequence[asyncio.Future]]]
+    ) -> None:
         """The batch's effects are done: its outputs go to the producer once the previous batch's are
         confirmed. If they were not, both batches are read again and the previous failure is raised."""
         self._in_hand, self._failed_before_handler = (), 0
@@ -152,8 +157,11 @@ class Acknowledgements:
         if not confirmation.cancelled() and is_fatal(error := confirmation.exception()):
             end_process(error, self.subscriber)
         if _failed(confirmation):
-            logger.warning("%s: a batch's outputs were not confirmed (%r); it will be read again",
-                           self.subscriber, confirmation.exception() if not confirmation.cancelled() else "cancelled")
+            logger.warning(
+                "%s: a batch's outputs were not confirmed (%r); it will be read again",
+                self.subscriber,
+                confirmation.exception() if not confirmation.cancelled() else "cancelled",
+            )
             return
         self.progressed_at = time.monotonic()
         if batch.assignment != self._assignment:
@@ -193,8 +201,11 @@ class Acknowledgements:
         while self._committing is not None and not self._committing.done():
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
-                logger.warning("%s: the last commit did not finish in %.0f s; its records will be delivered again",
-                               self.subscriber, timeout)
+                logger.warning(
+                    "%s: the last commit did not finish in %.0f s; its records will be delivered again",
+                    self.subscriber,
+                    timeout,
+                )
                 return
             await asyncio.wait([self._committing], timeout=left)
 

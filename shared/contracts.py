@@ -75,8 +75,14 @@ class ReasonCode(StrEnum):
 # A claim refused for one of these reasons was never recorded: they are decided from the claim and
 # the topic it came on alone (or its id is another's already), before its id is taken, so that the id
 # stays free for the one sender it names. Every other refusal of a claim is its recorded result.
-REFUSED_BEFORE_ID: frozenset[ReasonCode] = frozenset({
-    ReasonCode.CONFLICT, ReasonCode.INVALID_MESSAGE, ReasonCode.AMOUNT_OUT_OF_RANGE, ReasonCode.SERVICE_REGION_MISMATCH})
+REFUSED_BEFORE_ID: frozenset[ReasonCode] = frozenset(
+    {
+        ReasonCode.CONFLICT,
+        ReasonCode.INVALID_MESSAGE,
+        ReasonCode.AMOUNT_OUT_OF_RANGE,
+        ReasonCode.SERVICE_REGION_MISMATCH,
+    }
+)
 
 
 class Kinship(StrEnum):
@@ -207,7 +213,7 @@ class Claim(_Input):
     occurred_at: Timestamp
 
     @model_validator(mode="after")
-    def _fields_of_kind(self) -> "Claim":
+    def _fields_of_kind(self) -> Claim:
         if self.kind == "settle":
             missing = [
                 name
@@ -221,15 +227,19 @@ class Claim(_Input):
             if self.category in CODED_CATEGORIES and self.institution_code is None:
                 raise ValueError(f"a claim of category {self.category} needs institution_code")
             assert self.service_region is not None
-            _check_claim_id(self.claim_id, claim_id_prefix(self.service_region, self.institution_code),
-                            "the service region, then the institution code (for care at an institution or pharmacy)")
+            _check_claim_id(
+                self.claim_id,
+                claim_id_prefix(self.service_region, self.institution_code),
+                "the service region, then the institution code (for care at an institution or pharmacy)",
+            )
         elif self.reverses is None:
             raise ValueError("a reverse claim needs `reverses`: the claim_id it undoes")
         elif region := claim_id_region(self.reverses):
             _check_claim_id(self.claim_id, f"{region}-", "the service region its reversed claim's id begins with")
         elif claim_id_region(self.claim_id) is None:  # it reverses a claim recorded before the id rule
-            raise ValueError("claim_id must be <a service region>-<serial>: a region of the sender's, "
-                             "then the sender's own serial")
+            raise ValueError(
+                "claim_id must be <a service region>-<serial>: a region of the sender's, then the sender's own serial"
+            )
         return self
 
 
@@ -257,7 +267,7 @@ class RelationshipCommand(_Input):
     requested_at: Timestamp
 
     @model_validator(mode="after")
-    def _request_is_complete(self) -> "RelationshipCommand":
+    def _request_is_complete(self) -> RelationshipCommand:
         if self.action == "request" and (self.recipient_region is None or self.kinship is None):
             raise ValueError("a request needs recipient_region and kinship")
         return self
@@ -303,8 +313,16 @@ class WalletEvent(_Output):
     event_id: str
     cause_id: str
     type: Literal[
-        "granted", "grant_rejected", "released", "credited", "spent",
-        "spend_rejected", "debited", "refunded", "frozen", "unfrozen",
+        "granted",
+        "grant_rejected",
+        "released",
+        "credited",
+        "spent",
+        "spend_rejected",
+        "debited",
+        "refunded",
+        "frozen",
+        "unfrozen",
     ]
     provider_id: str
     recipient_id: str | None = None

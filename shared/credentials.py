@@ -75,8 +75,9 @@ def password(settings: Settings, name: str) -> str:
     try:
         return _password_file(settings, name).read_text().strip()
     except FileNotFoundError:
-        raise CredentialsMissing(f"no credentials for {name!r} in {secrets_dir(settings)}: "
-                                 "run `gongji infra up` (it makes them)") from None
+        raise CredentialsMissing(
+            f"no credentials for {name!r} in {secrets_dir(settings)}: run `gongji infra up` (it makes them)"
+        ) from None
 
 
 def set_password(settings: Settings, name: str, value: str) -> None:

@@ -21,8 +21,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import (
-    ClusterAuthorizationFailedError, GroupAuthorizationFailedError, ProducerFenced, SaslAuthenticationFailed,
-    TopicAuthorizationFailedError, TransactionalIdAuthorizationFailed,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ProducerFenced,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
 )
 from faststream.asgi import AsgiResponse
 from faststream.asgi.types import ASGIApp, Receive, Scope, Send
@@ -36,8 +40,14 @@ logger = logging.getLogger("gongji")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 # The process's exit status when Kafka refuses it for good (an authorization or fencing error).
 EXIT_FATAL = 3
-_FATAL = (GroupAuthorizationFailedError, TopicAuthorizationFailedError, ClusterAuthorizationFailedError,
-          TransactionalIdAuthorizationFailed, SaslAuthenticationFailed, ProducerFenced)
+_FATAL = (
+    GroupAuthorizationFailedError,
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+    SaslAuthenticationFailed,
+    ProducerFenced,
+)
 
 
 def is_fatal(error: BaseException) -> bool:
@@ -76,8 +86,9 @@ def only_for_hosts(app: ASGIApp, allowed: frozenset[str]) -> ASGIApp:
     return guarded
 
 
-def consumption_problems(pipelines: Sequence[Acknowledgements], stale_after: float,
-                         now: float | None = None) -> list[str]:
+def consumption_problems(
+    pipelines: Sequence[Acknowledgements], stale_after: float, now: float | None = None
+) -> list[str]:
     """What keeps each consumer from consuming: not (yet) a member of its group, or no progress
     (a caught-up poll or a confirmed batch) for longer than `stale_after` seconds."""
     now = time.monotonic() if now is None else now
@@ -92,17 +103,22 @@ def consumption_problems(pipelines: Sequence[Acknowledgements], stale_after: flo
 
 def health_route(pipelines: Sequence[Acknowledgements], stale_after: float) -> ASGIApp:
     """204 while every consumer consumes, else 503 with what is wrong."""
+
     async def health(scope: Scope, receive: Receive, send: Send) -> None:
         problems = consumption_problems(pipelines, stale_after)
         body = "".join(f"{problem}\n" for problem in problems).encode()
         await AsgiResponse(body, 503 if problems else 204, {"Content-Type": "text/plain; charset=utf-8"})(
-            scope, receive, send)
+            scope, receive, send
+        )
 
     return health
 
 
-def operations_routes(pipelines: Sequence[Acknowledgements], stale_after: float,
-                      extra_hosts: Sequence[str] = ()) -> list[tuple[str, Any]]:
+def operations_routes(
+    pipelines: Sequence[Acknowledgements], stale_after: float, extra_hosts: Sequence[str] = ()
+) -> list[tuple[str, Any]]:
     allowed = LOOPBACK_HOSTS | {host.lower() for host in extra_hosts}
-    return [("/health", only_for_hosts(health_route(pipelines, stale_after), allowed)),
-            ("/metrics", only_for_hosts(make_asgi_app(), allowed))]
+    return [
+        ("/health", only_for_hosts(health_route(pipelines, stale_after), allowed)),
+        ("/metrics", only_for_hosts(make_asgi_app(), allowed)),
+    ]

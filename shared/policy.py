@@ -39,8 +39,10 @@ def validate_area(code: str) -> str:
     try:
         return validate_region(code)
     except ValueError:
-        raise ValueError(f"{code!r} is neither a known province code (2 digits, e.g. 66) "
-                         "nor a 6-digit region of a known province (e.g. 510100)") from None
+        raise ValueError(
+            f"{code!r} is neither a known province code (2 digits, e.g. 66) "
+            "nor a 6-digit region of a known province (e.g. 510100)"
+        ) from None
 
 
 async def read_policy(redis: Redis) -> Policy:
@@ -54,10 +56,13 @@ async def read_policy(redis: Redis) -> Policy:
 
 
 async def write_policy(redis: Redis, policy: Policy) -> None:
-    await redis.hset(POLICY_KEY, mapping={
-        "cross_province_since": policy.cross_province_since.isoformat(),
-        "closed_regions": " ".join(sorted(policy.closed_regions)),
-    })
+    await redis.hset(
+        POLICY_KEY,
+        mapping={
+            "cross_province_since": policy.cross_province_since.isoformat(),
+            "closed_regions": " ".join(sorted(policy.closed_regions)),
+        },
+    )
 
 
 class PolicyCache:

@@ -14,11 +14,36 @@ from typing import Literal
 
 from shared.policy import POLICY_KEY
 from shared.topics import (
-    ACCOUNT_CREDITS, ACCOUNT_SPENDS, APP_DEAD_LETTERS, CLAIMS, CLEARING, DEAD_LETTERS, DRAW_ANSWERS, DRAW_REQUESTS,
-    ENROLLMENT, KINSHIP, PROVINCES, REFUND_REQUESTS, REGISTRY_DEAD_LETTERS, RELATIONSHIP_COMMANDS,
-    RELATIONSHIP_EVENTS, RELATIONSHIP_GROUP, SETTLEMENT_GROUP, SETTLEMENTS, STATISTICS, SUPERVISION,
-    SUPERVISOR_DEAD_LETTERS, WALLET_COMMANDS, WALLET_EVENTS, WALLET_GROUP, Topic, province_claims, province_clearing,
-    province_dead_letters, province_settlements, province_topic_prefix,
+    ACCOUNT_CREDITS,
+    ACCOUNT_SPENDS,
+    APP_DEAD_LETTERS,
+    CLAIMS,
+    CLEARING,
+    DEAD_LETTERS,
+    DRAW_ANSWERS,
+    DRAW_REQUESTS,
+    ENROLLMENT,
+    KINSHIP,
+    PROVINCES,
+    REFUND_REQUESTS,
+    REGISTRY_DEAD_LETTERS,
+    RELATIONSHIP_COMMANDS,
+    RELATIONSHIP_EVENTS,
+    RELATIONSHIP_GROUP,
+    SETTLEMENT_GROUP,
+    SETTLEMENTS,
+    STATISTICS,
+    SUPERVISION,
+    SUPERVISOR_DEAD_LETTERS,
+    WALLET_COMMANDS,
+    WALLET_EVENTS,
+    WALLET_GROUP,
+    Topic,
+    province_claims,
+    province_clearing,
+    province_dead_letters,
+    province_settlements,
+    province_topic_prefix,
 )
 
 Operation = Literal["read", "write"]
@@ -56,8 +81,10 @@ class KafkaQuota:
     request_percentage: int
 
     def shown(self) -> str:
-        return (f"produce {self.producer_byte_rate // 1024:,} KiB/s, fetch {self.consumer_byte_rate // 1024:,} KiB/s, "
-                f"{self.request_percentage}% of a request thread")
+        return (
+            f"produce {self.producer_byte_rate // 1024:,} KiB/s, fetch {self.consumer_byte_rate // 1024:,} KiB/s, "
+            f"{self.request_percentage}% of a request thread"
+        )
 
 
 # Every client outside the platform. A province sends about 1 M / 32 claims a day (12/s, ~1 KB
@@ -97,37 +124,102 @@ _SERVICE_COMMANDS = ("fcall", "fcall_ro", "config|get", "ping", "select")
 
 BROKER = Principal("broker", "the Kafka broker itself (inter-broker and controller traffic)", super_user=True)
 OPERATOR = Principal(
-    "operator", "the national platform and the operator: CLI, audit, tools, tests, national topics, dead letters",
-    redis=RedisAccess(keys=("*",), commands=("@all",)), super_user=True)
+    "operator",
+    "the national platform and the operator: CLI, audit, tools, tests, national topics, dead letters",
+    redis=RedisAccess(keys=("*",), commands=("@all",)),
+    super_user=True,
+)
 
 SERVICES: tuple[Principal, ...] = (
     Principal(
-        "relationship", "the relationship service",
-        kafka=(*reads(ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS), *group(RELATIONSHIP_GROUP),
-               *writes(RELATIONSHIP_EVENTS, DEAD_LETTERS, REGISTRY_DEAD_LETTERS, APP_DEAD_LETTERS)),
-        redis=RedisAccess(keys=("rel:*",), read_only_keys=(POLICY_KEY,), commands=(
-            *_SERVICE_COMMANDS, "hget", "hmget", "hgetall", "hexists", "hkeys", "hset", "hdel", "hincrby", "del")),
+        "relationship",
+        "the relationship service",
+        kafka=(
+            *reads(ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS),
+            *group(RELATIONSHIP_GROUP),
+            *writes(RELATIONSHIP_EVENTS, DEAD_LETTERS, REGISTRY_DEAD_LETTERS, APP_DEAD_LETTERS),
+        ),
+        redis=RedisAccess(
+            keys=("rel:*",),
+            read_only_keys=(POLICY_KEY,),
+            commands=(
+                *_SERVICE_COMMANDS,
+                "hget",
+                "hmget",
+                "hgetall",
+                "hexists",
+                "hkeys",
+                "hset",
+                "hdel",
+                "hincrby",
+                "del",
+            ),
+        ),
     ),
     Principal(
-        "wallet", "the wallet service",
-        kafka=(*reads(ACCOUNT_CREDITS, ACCOUNT_SPENDS, WALLET_COMMANDS, RELATIONSHIP_EVENTS, ENROLLMENT, SUPERVISION,
-                      DRAW_REQUESTS, REFUND_REQUESTS), *group(WALLET_GROUP),
-               *writes(WALLET_EVENTS, DRAW_ANSWERS, DEAD_LETTERS, REGISTRY_DEAD_LETTERS, APP_DEAD_LETTERS,
-                       SUPERVISOR_DEAD_LETTERS)),
-        redis=RedisAccess(keys=("wal:*",), read_only_keys=(POLICY_KEY,), commands=(
-            *_SERVICE_COMMANDS, "hget", "hmget", "hgetall", "hexists", "hkeys", "hset", "hsetnx", "hdel", "hincrby",
-            "zadd", "zcard", "zpopmin", "zrange", "zrem")),
+        "wallet",
+        "the wallet service",
+        kafka=(
+            *reads(
+                ACCOUNT_CREDITS,
+                ACCOUNT_SPENDS,
+                WALLET_COMMANDS,
+                RELATIONSHIP_EVENTS,
+                ENROLLMENT,
+                SUPERVISION,
+                DRAW_REQUESTS,
+                REFUND_REQUESTS,
+            ),
+            *group(WALLET_GROUP),
+            *writes(
+                WALLET_EVENTS,
+                DRAW_ANSWERS,
+                DEAD_LETTERS,
+                REGISTRY_DEAD_LETTERS,
+                APP_DEAD_LETTERS,
+                SUPERVISOR_DEAD_LETTERS,
+            ),
+        ),
+        redis=RedisAccess(
+            keys=("wal:*",),
+            read_only_keys=(POLICY_KEY,),
+            commands=(
+                *_SERVICE_COMMANDS,
+                "hget",
+                "hmget",
+                "hgetall",
+                "hexists",
+                "hkeys",
+                "hset",
+                "hsetnx",
+                "hdel",
+                "hincrby",
+                "zadd",
+                "zcard",
+                "zpopmin",
+                "zrange",
+                "zrem",
+            ),
+        ),
     ),
     Principal(
-        "settlement", "the settlement service (and `gongji clearing close`, its monthly job)",
-        kafka=(*reads(CLAIMS, ENROLLMENT, DRAW_ANSWERS), *reads(*map(province_claims, PROVINCES)),
-               *group(SETTLEMENT_GROUP),
-               *writes(SETTLEMENTS, CLEARING, STATISTICS, DRAW_REQUESTS, REFUND_REQUESTS, DEAD_LETTERS,
-                       REGISTRY_DEAD_LETTERS),
-               *writes(*map(province_settlements, PROVINCES)), *writes(*map(province_clearing, PROVINCES)),
-               *writes(*map(province_dead_letters, PROVINCES))),
-        redis=RedisAccess(keys=("stl:*",), commands=(
-            *_SERVICE_COMMANDS, "hget", "hmget", "hgetall", "hexists", "hset", "hsetnx", "hincrby", "expire")),
+        "settlement",
+        "the settlement service (and `gongji clearing close`, its monthly job)",
+        kafka=(
+            *reads(CLAIMS, ENROLLMENT, DRAW_ANSWERS),
+            *reads(*map(province_claims, PROVINCES)),
+            *group(SETTLEMENT_GROUP),
+            *writes(
+                SETTLEMENTS, CLEARING, STATISTICS, DRAW_REQUESTS, REFUND_REQUESTS, DEAD_LETTERS, REGISTRY_DEAD_LETTERS
+            ),
+            *writes(*map(province_settlements, PROVINCES)),
+            *writes(*map(province_clearing, PROVINCES)),
+            *writes(*map(province_dead_letters, PROVINCES)),
+        ),
+        redis=RedisAccess(
+            keys=("stl:*",),
+            commands=(*_SERVICE_COMMANDS, "hget", "hmget", "hgetall", "hexists", "hset", "hsetnx", "hincrby", "expire"),
+        ),
     ),
 )
 
@@ -136,28 +228,47 @@ SERVICES: tuple[Principal, ...] = (
 def province_principal(province: str) -> Principal:
     """A province's own system: sends its claims, reads its own results, never another's."""
     return Principal(
-        f"province-{province}", f"province {province}'s own system",
-        kafka=(*writes(province_claims(province)),
-               KafkaRight("topic", province_topic_prefix(province), "read", prefixed=True),
-               *group(f"province-{province}", prefixed=True)),
+        f"province-{province}",
+        f"province {province}'s own system",
+        kafka=(
+            *writes(province_claims(province)),
+            KafkaRight("topic", province_topic_prefix(province), "read", prefixed=True),
+            *group(f"province-{province}", prefixed=True),
+        ),
         quota=CLIENT_QUOTA,
     )
 
 
 CLIENTS: tuple[Principal, ...] = (
     *(province_principal(province) for province in PROVINCES),
-    Principal("registry", "civil-registry and enrollment facts, and their refusals",
-              kafka=(*writes(KINSHIP, ENROLLMENT), *reads(REGISTRY_DEAD_LETTERS), *group("registry", prefixed=True)),
-              quota=CLIENT_QUOTA),
-    Principal("app", "the national service platform's app channel: commands, and their answers",
-              kafka=(*writes(RELATIONSHIP_COMMANDS, WALLET_COMMANDS),
-                     *reads(RELATIONSHIP_EVENTS, WALLET_EVENTS, APP_DEAD_LETTERS), *group("app", prefixed=True)),
-              quota=CLIENT_QUOTA),
-    Principal("supervisor", "the fund supervisors: freezes and unfreezes, and their refusals",
-              kafka=(*writes(SUPERVISION), *reads(SUPERVISOR_DEAD_LETTERS), *group("supervisor", prefixed=True)),
-              quota=CLIENT_QUOTA),
-    Principal("dashboard", "live dashboards: aggregates only, no personal data",
-              kafka=(*reads(STATISTICS), *group("dashboard", prefixed=True)), quota=CLIENT_QUOTA),
+    Principal(
+        "registry",
+        "civil-registry and enrollment facts, and their refusals",
+        kafka=(*writes(KINSHIP, ENROLLMENT), *reads(REGISTRY_DEAD_LETTERS), *group("registry", prefixed=True)),
+        quota=CLIENT_QUOTA,
+    ),
+    Principal(
+        "app",
+        "the national service platform's app channel: commands, and their answers",
+        kafka=(
+            *writes(RELATIONSHIP_COMMANDS, WALLET_COMMANDS),
+            *reads(RELATIONSHIP_EVENTS, WALLET_EVENTS, APP_DEAD_LETTERS),
+            *group("app", prefixed=True),
+        ),
+        quota=CLIENT_QUOTA,
+    ),
+    Principal(
+        "supervisor",
+        "the fund supervisors: freezes and unfreezes, and their refusals",
+        kafka=(*writes(SUPERVISION), *reads(SUPERVISOR_DEAD_LETTERS), *group("supervisor", prefixed=True)),
+        quota=CLIENT_QUOTA,
+    ),
+    Principal(
+        "dashboard",
+        "live dashboards: aggregates only, no personal data",
+        kafka=(*reads(STATISTICS), *group("dashboard", prefixed=True)),
+        quota=CLIENT_QUOTA,
+    ),
 )
 
 PRINCIPALS: tuple[Principal, ...] = (BROKER, OPERATOR, *SERVICES, *CLIENTS)
@@ -173,9 +284,15 @@ def principal(name: str) -> Principal:
 
 def redis_acl_rules(access: RedisAccess) -> list[str]:
     """The rules of `ACL SETUSER` (after the password) for one user: it starts from nothing."""
-    return ["on", "resetkeys", "resetchannels", *(f"~{pattern}" for pattern in access.keys),
-            *(f"%R~{pattern}" for pattern in access.read_only_keys), "-@all",
-            *(f"+{command}" for command in access.commands)]
+    return [
+        "on",
+        "resetkeys",
+        "resetchannels",
+        *(f"~{pattern}" for pattern in access.keys),
+        *(f"%R~{pattern}" for pattern in access.read_only_keys),
+        "-@all",
+        *(f"+{command}" for command in access.commands),
+    ]
 
 
 _PROVINCE_IN_NAME = re.compile(r"(?<=province[.-])\d\d(?=\.|$)")
@@ -189,8 +306,10 @@ def _shown(right: KafkaRight) -> str:
 
 def rights_table() -> str:
     """docs/security.md's table: one line per principal, the 32 provinces as one (`PP` standing for each)."""
-    lines = ["| principal | role | writes | reads | consumer groups | Redis | Kafka quota |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| principal | role | writes | reads | consumer groups | Redis | Kafka quota |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for one in PRINCIPALS:
         if one.name.startswith("province-") and one.name != f"province-{PROVINCES[0]}":
             continue
@@ -209,6 +328,8 @@ def rights_table() -> str:
             redis += f"; commands {', '.join(command.replace('|', ' ') for command in one.redis.commands)}"
         name = _PROVINCE_IN_NAME.sub("PP", one.name)
         role = one.role.replace(f"province {PROVINCES[0]}'s", "each province's")
-        lines.append(f"| `{name}` | {role} | {', '.join(cells['write']) or '—'} | {', '.join(cells['read']) or '—'} "
-                     f"| {', '.join(cells['group']) or '—'} | {redis} | {one.quota.shown() if one.quota else '—'} |")
+        lines.append(
+            f"| `{name}` | {role} | {', '.join(cells['write']) or '—'} | {', '.join(cells['read']) or '—'} "
+            f"| {', '.join(cells['group']) or '—'} | {redis} | {one.quota.shown() if one.quota else '—'} |"
+        )
     return "\n".join(lines)

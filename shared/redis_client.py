@@ -16,8 +16,12 @@ def in_database(redis_url: str, db: int) -> str:
 
 def connect(settings: Settings, principal: str) -> Redis:
     """A pool authenticated as `principal`'s Redis user (shared/principals.py says what it may do)."""
-    pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=settings.redis_max_connections,
-                                           timeout=30, **redis_options(settings, principal))
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=30,
+        **redis_options(settings, principal),
+    )
     return Redis(connection_pool=pool)
 
 
@@ -34,4 +38,5 @@ async def require_durable(redis: Redis) -> None:
     if (config.get("appendonly"), config.get("appendfsync")) != ("yes", "always"):
         raise RedisNotDurable(
             f"Redis runs with appendonly={config.get('appendonly')}, appendfsync={config.get('appendfsync')}: "
-            "Gongji needs appendonly yes and appendfsync always (see docs/architecture.md, Redis durability)")
+            "Gongji needs appendonly yes and appendfsync always (see docs/architecture.md, Redis durability)"
+        )

@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Literal
 
 from redis.asyncio import Redis
@@ -69,8 +69,10 @@ class Library:
         except ResponseError as error:
             if "Function not found" not in str(error):
                 raise
-            raise LibraryNotLoaded(f"Redis has no library {self.name}: run `gongji infra up` "
-                                   "(the operator loads every service's Functions)") from None
+            raise LibraryNotLoaded(
+                f"Redis has no library {self.name}: run `gongji infra up` "
+                "(the operator loads every service's Functions)"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -90,9 +92,14 @@ class Function:
         (Redis takes strings and numbers only); a name missing or unknown is an error here."""
         names = {*self.keys, *self.args}
         if set(values) != names:
-            raise TypeError(f"{self.name}: missing {sorted(names - set(values))}, unknown {sorted(set(values) - names)}")
-        return Call(self.library.function(self.name), [values[name] for name in self.keys],
-                    [_as_argument(values[name]) for name in self.args])
+            raise TypeError(
+                f"{self.name}: missing {sorted(names - set(values))}, unknown {sorted(set(values) - names)}"
+            )
+        return Call(
+            self.library.function(self.name),
+            [values[name] for name in self.keys],
+            [_as_argument(values[name]) for name in self.args],
+        )
 
 
 def _as_argument(value: Any) -> Any:

@@ -26,7 +26,6 @@ from dataclasses import dataclass, replace
 from itertools import chain
 from typing import Any
 
-
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
 from faststream import AckPolicy
@@ -36,8 +35,14 @@ from faststream.security import SASLScram512
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import (
-    ClusterDownError, MasterDownError, NoPermissionError, NoScriptError, OutOfMemoryError, ReadOnlyError,
-    ResponseError, TryAgainError,
+    ClusterDownError,
+    MasterDownError,
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -62,7 +67,9 @@ MESSAGES = Counter("gongji_messages_total", "Input messages by topic and outcome
 OUTPUTS = Counter("gongji_outputs_total", "Messages published by topic", ["service", "topic"])
 CONFLICTS = Counter("gongji_conflicting_inputs_total", "Inputs refused as CONFLICT", ["service", "topic"])
 BATCH_SECONDS = Histogram(
-    "gongji_batch_seconds", "Time to handle one batch, its outputs handed to the producer", ["service", "topic"],
+    "gongji_batch_seconds",
+    "Time to handle one batch, its outputs handed to the producer",
+    ["service", "topic"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 # Where a record's time goes on a hop (the latency budget of `gongji load`), summed over records:
@@ -70,7 +77,9 @@ BATCH_SECONDS = Histogram(
 # `waiting` (created by its producer → handed to the handler: linger, broker, fetch, the queue),
 # `handler` (Python), `redis` (round trips), `publish` (the previous batch's outputs confirmed, this
 # batch's handed to the producer). Their confirmation and the commit overlap the next batch.
-HOP_SECONDS = Counter("gongji_hop_seconds", "Record-seconds spent in each phase of a hop", ["service", "topic", "phase"])
+HOP_SECONDS = Counter(
+    "gongji_hop_seconds", "Record-seconds spent in each phase of a hop", ["service", "topic", "phase"]
+)
 HOP_RECORDS = Counter("gongji_hop_records", "Records timed by the hop budget", ["service", "topic"])
 HOP_PHASES = ("waiting", "handler", "redis", "publish")
 
@@ -81,8 +90,11 @@ class HopBudget:
 
     def __init__(self, service: str, topics: Sequence[Topic]) -> None:
         patterns = {topic.name: topic.pattern for topic in topics}
-        self._phase = {(name, phase): HOP_SECONDS.labels(service, pattern, phase)
-                       for name, pattern in patterns.items() for phase in HOP_PHASES}
+        self._phase = {
+            (name, phase): HOP_SECONDS.labels(service, pattern, phase)
+            for name, pattern in patterns.items()
+            for phase in HOP_PHASES
+        }
         self._records = {name: HOP_RECORDS.labels(service, pattern) for name, pattern in patterns.items()}
         self._batch: dict[str, int] = {}  # records of the batch in hand, by topic
 
@@ -163,8 +175,13 @@ class Outbox:
         self._service = service
         # A province's topics are documented once, by name pattern (gongji/docs.py), not 32 times.
         self._publishers = {
-            topic.name: broker.publisher(topic.name, schema=topic.model, title=f"{topic.name}:{service}",
-                                         description=topic.model.__doc__, include_in_schema=not topic.province)
+            topic.name: broker.publisher(
+                topic.name,
+                schema=topic.model,
+                title=f"{topic.name}:{service}",
+                description=topic.model.__doc__,
+                include_in_schema=not topic.province,
+            )
             for topic in topics
         }
         self._topic_by_model = topics_by_model(topics)
@@ -192,8 +209,14 @@ class DeadLetterDecoder:
     letters, held until the batch's outputs are published (so that a batch retried after an
     outage writes each of them once); the valid ones go to the handler as contract models."""
 
-    def __init__(self, service: str, topics: Sequence[Topic], clock: Clock, deliveries: bool = False,
-                 answer_sender: SenderAnswer | None = None) -> None:
+    def __init__(
+        self,
+        service: str,
+        topics: Sequence[Topic],
+        clock: Clock,
+        deliveries: bool = False,
+        answer_sender: SenderAnswer | None = None,
+    ) -> None:
         self._service = service
         self._topics = {topic.name: topic for topic in topics}
         self._clock = clock
@@ -227,8 +250,9 @@ class DeadLetterDecoder:
         self.dead_letters.append(letter)  # type: ignore[arg-type]
         self.to_senders.extend(to_sender)
 
-    def refusal(self, record: ConsumerRecord, error: str, reason: ReasonCode,
-                broke_the_contract: bool = True) -> list[BaseModel | ToTopic]:
+    def refusal(
+        self, record: ConsumerRecord, error: str, reason: ReasonCode, broke_the_contract: bool = True
+    ) -> list[BaseModel | ToTopic]:
         """A refused record's dead letter, then what its sender is told: the service's answer on
         the sender's own topics if it gives one (only for a record that broke the contract: one the
         handler refused or kept failing on may have changed state), else the dead letter on the
@@ -236,19 +260,24 @@ class DeadLetterDecoder:
         own inputs: it reads the national one)."""
         letter = self.dead_letter(record, error, reason)
         topic = self._topics[record.topic]
-        answer = self._answer_sender(topic, record.value or b"", letter) \
-            if self._answer_sender and broke_the_contract else None
+        answer = (
+            self._answer_sender(topic, record.value or b"", letter)
+            if self._answer_sender and broke_the_contract
+            else None
+        )
         if answer is not None:
             return [letter, *answer]
         return [letter, *([ToTopic(topic.refusals_to, masked(letter))] if topic.refusals_to else [])]
 
     def dead_letter(self, record: ConsumerRecord, error: str, reason: ReasonCode) -> DeadLetter:
         value = record.value or b""
-        logger.warning("dead-lettered %s[%d]@%d (%s): %s", record.topic, record.partition, record.offset,
-                       reason.value, error)
+        logger.warning(
+            "dead-lettered %s[%d]@%d (%s): %s", record.topic, record.partition, record.offset, reason.value, error
+        )
         return DeadLetter(
-            event_id=derived_event_id("dead-letter", self._service, record.topic, str(record.partition),
-                                      str(record.offset)),
+            event_id=derived_event_id(
+                "dead-letter", self._service, record.topic, str(record.partition), str(record.offset)
+            ),
             source_topic=record.topic,
             partition=record.partition,
             offset=record.offset,
@@ -267,10 +296,13 @@ def masked(letter: DeadLetter) -> DeadLetter:
     """A dead letter as its sender reads it: every resident id in its payload, key and error masked
     (its size and hash stay those of the record as sent, so that the sender can tell which it was)."""
     shown = base64.b64decode(letter.payload).decode(errors="surrogateescape")
-    return letter.model_copy(update={
-        "payload": base64.b64encode(mask_person_ids(shown).encode(errors="surrogateescape")).decode(),
-        "source_key": mask_person_ids(letter.source_key), "error": mask_person_ids(letter.error),
-    })
+    return letter.model_copy(
+        update={
+            "payload": base64.b64encode(mask_person_ids(shown).encode(errors="surrogateescape")).decode(),
+            "source_key": mask_person_ids(letter.source_key),
+            "error": mask_person_ids(letter.error),
+        }
+    )
 
 
 def _wrong_key(topic: Topic, record: ConsumerRecord, model: BaseModel) -> str | None:
@@ -303,10 +335,29 @@ def _reason(error: ValidationError) -> ReasonCode:
 # Errors that say the infrastructure is unwell, not the message: the batch is retried as a whole
 # (nothing is skipped) until Kafka or Redis answers again. redis-py raises its own class for the
 # replies it knows (and strips their code); the others keep the code at the start of their text.
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError, NoPermissionError,
-              NoScriptError, ClusterDownError, MasterDownError, TryAgainError, OSError, asyncio.TimeoutError)
-_TRANSIENT_REPLIES = ("BUSY", "MISCONF", "NOREPLICAS", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "LOADING",
-                      "Function not found")
+_TRANSIENT = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    NoPermissionError,
+    NoScriptError,
+    ClusterDownError,
+    MasterDownError,
+    TryAgainError,
+    OSError,
+    asyncio.TimeoutError,
+)
+_TRANSIENT_REPLIES = (
+    "BUSY",
+    "MISCONF",
+    "NOREPLICAS",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "LOADING",
+    "Function not found",
+)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -343,23 +394,32 @@ async def handle_isolating_poison(
     outputs: list[BaseModel | ToTopic] = []
     for answer in answers:
         if isinstance(answer, Refused):
-            outputs.extend(decoder.refusal(records[id(answer.message)], answer.error, answer.reason,
-                                           broke_the_contract=False))
+            outputs.extend(
+                decoder.refusal(records[id(answer.message)], answer.error, answer.reason, broke_the_contract=False)
+            )
         else:
             outputs.append(answer)
     return [*decoder.dead_letters, *decoder.to_senders, *outputs]
 
 
-async def _handle_alone(handler: BatchHandler, decoder: DeadLetterDecoder, record: ConsumerRecord, model: BaseModel,
-                        attempts: int) -> Sequence[BaseModel | Refused]:
+async def _handle_alone(
+    handler: BatchHandler, decoder: DeadLetterDecoder, record: ConsumerRecord, model: BaseModel, attempts: int
+) -> Sequence[BaseModel | Refused]:
     for attempt in range(1, attempts + 1):
         try:
             return await handler([model])
         except Exception as error:  # noqa: BLE001
             if is_transient(error):
                 raise
-            logger.warning("%s[%d]@%d failed (try %d of %d): %s", record.topic, record.partition, record.offset,
-                           attempt, attempts, type(error).__name__)
+            logger.warning(
+                "%s[%d]@%d failed (try %d of %d): %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                attempt,
+                attempts,
+                type(error).__name__,
+            )
             failure = f"processing failed {attempts} times: {type(error).__name__}"
     return [Refused(model, ReasonCode.INVALID_MESSAGE, failure)]
 
@@ -368,11 +428,19 @@ async def _without_instructions(records: tuple[ConsumerRecord, ...], parse: Call
     """Kafka headers are data, never instructions: `reply_to` is dropped (FastStream would publish
     the handler's result to whatever topic it names), and a header that is not UTF-8 is kept
     readable instead of failing the whole batch."""
-    return await parse(tuple(
-        replace(record, headers=[(name, (value or b"").decode(errors="replace").encode())
-                                 for name, value in record.headers if name != "reply_to"])
-        for record in records
-    ))
+    return await parse(
+        tuple(
+            replace(
+                record,
+                headers=[
+                    (name, (value or b"").decode(errors="replace").encode())
+                    for name, value in record.headers
+                    if name != "reply_to"
+                ],
+            )
+            for record in records
+        )
+    )
 
 
 def subscribe(
@@ -461,12 +529,14 @@ def _poll_without_pause(settings: Settings, acknowledgements: Acknowledgements) 
     """FastStream's batch poll sleeps a whole batch timeout after an empty poll, so a record that
     arrives then waits for nothing (a third of a claim's time at 100 claims/s). This poll returns
     as soon as any record is fetched, and only polls again after an empty wait."""
+
     async def get_msg(consumer: Any) -> tuple[ConsumerRecord, ...]:
         if pause := acknowledgements.polling(consumer):
             await asyncio.sleep(pause)
         try:
-            batches = await consumer.getmany(timeout_ms=settings.poll_timeout_ms,
-                                             max_records=settings.batch_max_records)
+            batches = await consumer.getmany(
+                timeout_ms=settings.poll_timeout_ms, max_records=settings.batch_max_records
+            )
         except KafkaError as error:
             if is_fatal(error):
                 end_process(error, acknowledgements.subscriber)
@@ -530,9 +600,20 @@ def build_service_app(
     inputs = [topic for route in routes for topic in route.topics]
     outputs = [*outputs, DEAD_LETTERS, *dict.fromkeys(one.refusals_to for one in inputs if one.refusals_to)]
     outbox = Outbox(broker, service, outputs)
-    pipelines = [subscribe(broker, route.topics, route.bound(handlers), service=service, group_id=group_id,
-                           settings=settings, outbox=outbox, clock=clock, answer_sender=answer_sender)
-                 for route in routes]
+    pipelines = [
+        subscribe(
+            broker,
+            route.topics,
+            route.bound(handlers),
+            service=service,
+            group_id=group_id,
+            settings=settings,
+            outbox=outbox,
+            clock=clock,
+            answer_sender=answer_sender,
+        )
+        for route in routes
+    ]
 
     @asynccontextmanager
     async def lifespan(*_: Any, **__: Any):

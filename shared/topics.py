@@ -44,8 +44,9 @@ ACCOUNT_SPENDS = Topic("gongji.account-spends.v1", "person_id", c.AccountSpent)
 KINSHIP = Topic("gongji.kinship.v1", "person_id", c.KinshipRecorded, refusals_to=REGISTRY_DEAD_LETTERS)
 CLAIMS = Topic("gongji.claims.v1", "recipient_id", c.Claim)
 SUPERVISION = Topic("gongji.supervision.v1", "person_id", c.SupervisionActed, refusals_to=SUPERVISOR_DEAD_LETTERS)
-RELATIONSHIP_COMMANDS = Topic("gongji.relationship-commands.v1", "provider_id", c.RelationshipCommand,
-                              refusals_to=APP_DEAD_LETTERS)
+RELATIONSHIP_COMMANDS = Topic(
+    "gongji.relationship-commands.v1", "provider_id", c.RelationshipCommand, refusals_to=APP_DEAD_LETTERS
+)
 WALLET_COMMANDS = Topic("gongji.wallet-commands.v1", "provider_id", c.WalletCommand, refusals_to=APP_DEAD_LETTERS)
 RELATIONSHIP_EVENTS = Topic("gongji.relationship-events.v1", "provider_id", c.RelationshipEvent)
 WALLET_EVENTS = Topic("gongji.wallet-events.v1", "provider_id", c.WalletEvent)
@@ -60,10 +61,26 @@ DRAW_ANSWERS = Topic("gongji.internal.draw-answers.v1", "recipient_id", c.DrawAn
 REFUND_REQUESTS = Topic("gongji.internal.refund-requests.v1", "recipient_id", c.RefundRequested)
 
 ALL_TOPICS: tuple[Topic, ...] = (
-    ENROLLMENT, ACCOUNT_CREDITS, ACCOUNT_SPENDS, KINSHIP, CLAIMS, SUPERVISION,
-    RELATIONSHIP_COMMANDS, WALLET_COMMANDS, RELATIONSHIP_EVENTS, WALLET_EVENTS, SETTLEMENTS,
-    CLEARING, DEAD_LETTERS, STATISTICS, DRAW_REQUESTS, DRAW_ANSWERS, REFUND_REQUESTS,
-    REGISTRY_DEAD_LETTERS, APP_DEAD_LETTERS, SUPERVISOR_DEAD_LETTERS,
+    ENROLLMENT,
+    ACCOUNT_CREDITS,
+    ACCOUNT_SPENDS,
+    KINSHIP,
+    CLAIMS,
+    SUPERVISION,
+    RELATIONSHIP_COMMANDS,
+    WALLET_COMMANDS,
+    RELATIONSHIP_EVENTS,
+    WALLET_EVENTS,
+    SETTLEMENTS,
+    CLEARING,
+    DEAD_LETTERS,
+    STATISTICS,
+    DRAW_REQUESTS,
+    DRAW_ANSWERS,
+    REFUND_REQUESTS,
+    REGISTRY_DEAD_LETTERS,
+    APP_DEAD_LETTERS,
+    SUPERVISOR_DEAD_LETTERS,
 )
 
 # Per-province topics (wave 2), for provinces that connect directly: a province sends its claims on
@@ -75,8 +92,14 @@ PROVINCE_CLAIM_MAX_BYTES = 192 * 1024
 
 
 def province_claims(province: str) -> Topic:
-    return Topic(f"gongji.province.{province}.claims.v1", CLAIMS.key_field, CLAIMS.model, province,
-                 max_message_bytes=PROVINCE_CLAIM_MAX_BYTES, refusals_to=province_dead_letters(province))
+    return Topic(
+        f"gongji.province.{province}.claims.v1",
+        CLAIMS.key_field,
+        CLAIMS.model,
+        province,
+        max_message_bytes=PROVINCE_CLAIM_MAX_BYTES,
+        refusals_to=province_dead_letters(province),
+    )
 
 
 def province_dead_letters(province: str) -> Topic:
@@ -100,10 +123,12 @@ def province_topic_prefix(province: str) -> str:
 PROVINCES: tuple[str, ...] = tuple(sorted(PROVINCE_CODES))
 PROVINCE_CLAIMS: tuple[Topic, ...] = tuple(province_claims(province) for province in PROVINCES)
 # The hops a claim waits on: their consumers fetch with a short wait (shared/runtime.py).
-CLAIM_PATH: frozenset[str] = frozenset({CLAIMS.name, DRAW_REQUESTS.name, DRAW_ANSWERS.name,
-                                        *(topic.name for topic in PROVINCE_CLAIMS)})
+CLAIM_PATH: frozenset[str] = frozenset(
+    {CLAIMS.name, DRAW_REQUESTS.name, DRAW_ANSWERS.name, *(topic.name for topic in PROVINCE_CLAIMS)}
+)
 PROVINCE_TOPICS: tuple[Topic, ...] = tuple(
-    topic(province) for province in PROVINCES
+    topic(province)
+    for province in PROVINCES
     for topic in (province_claims, province_settlements, province_clearing, province_dead_letters)
 )
 

@@ -27,8 +27,9 @@ def infrastructure(settings: Settings):
         # Opt-in on machines with a Docker engine: the official images from deploy/compose.yaml.
         from testcontainers.compose import DockerCompose
 
-        with DockerCompose(PROJECT_ROOT / "deploy", compose_file_name="compose.yaml",
-                           services=["kafka", "redis", "topics"], wait=True):
+        with DockerCompose(
+            PROJECT_ROOT / "deploy", compose_file_name="compose.yaml", services=["kafka", "redis", "topics"], wait=True
+        ):
             yield settings
         return
     try:
@@ -56,8 +57,12 @@ async def kafka(infrastructure: Settings):
 @pytest.fixture(scope="session")
 def service_processes(infrastructure: Settings):
     # Tests change the policy and expect the services to see it at once.
-    processes = {name: ServiceProcess(name, infrastructure, infrastructure.state_dir / "test-logs",
-                                      {"GONGJI_POLICY_CACHE_SECONDS": "0"}) for name in SERVICE_NAMES}
+    processes = {
+        name: ServiceProcess(
+            name, infrastructure, infrastructure.state_dir / "test-logs", {"GONGJI_POLICY_CACHE_SECONDS": "0"}
+        )
+        for name in SERVICE_NAMES
+    }
     for process in processes.values():
         process.start()
     yield processes

@@ -17,12 +17,12 @@ from pydantic import BaseModel
 
 from gongji.kafka_io import TopicWatcher
 from shared.clock import SHANGHAI
+from shared.contracts import DrawAnswered
 from shared.credentials import aiokafka_options
 from shared.ids import claim_id_prefix, make_person_id
 from shared.principals import OPERATOR
-from shared.settings import Settings
-from shared.contracts import DrawAnswered
 from shared.runtime import Delivery
+from shared.settings import Settings
 from shared.topics import ALL_TOPICS, CLAIMS, DRAW_ANSWERS, PROVINCE_TOPICS, Topic
 
 WAIT_SECONDS = 45.0
@@ -59,8 +59,9 @@ def new_reversal_id(reverses: str) -> str:
 async def through_claim_path(settlement: Any, messages: list[BaseModel], topic: Topic = CLAIMS) -> list[Any]:
     """Claims (sent on `topic`) and draw answers through settlement's claim path, as its consumer
     hands them over (services/settlement/app.py: ROUTES)."""
-    return await settlement.on_claim_path([Delivery(DRAW_ANSWERS if isinstance(message, DrawAnswered) else topic, message)
-                                           for message in messages])
+    return await settlement.on_claim_path(
+        [Delivery(DRAW_ANSWERS if isinstance(message, DrawAnswered) else topic, message) for message in messages]
+    )
 
 
 def now_iso() -> str:
@@ -72,8 +73,9 @@ class Kafka:
     both as the operator (tests act as the operator unless a test is about a door)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.producer = AIOKafkaProducer(**aiokafka_options(settings, OPERATOR.name), acks="all",
-                                         enable_idempotence=True, linger_ms=1)
+        self.producer = AIOKafkaProducer(
+            **aiokafka_options(settings, OPERATOR.name), acks="all", enable_idempotence=True, linger_ms=1
+        )
         self.watcher = TopicWatcher(settings, (*ALL_TOPICS, *PROVINCE_TOPICS), self._record)
         self.seen: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._arrived = asyncio.Event()
@@ -105,7 +107,10 @@ class Kafka:
         return [message for message in self.seen[topic.name] if predicate(message)]
 
     async def wait_for(
-        self, topic: Topic, predicate: Callable[[dict[str, Any]], bool], count: int = 1,
+        self,
+        topic: Topic,
+        predicate: Callable[[dict[str, Any]], bool],
+        count: int = 1,
         timeout: float = WAIT_SECONDS,
     ) -> list[dict[str, Any]]:
         """Waits (bounded) until at least `count` messages of `topic` match; returns them all."""
@@ -123,13 +128,16 @@ class Kafka:
             except TimeoutError:
                 pass
 
-    async def wait_for_each(self, topic: Topic, field: str, ids: set[str], timeout: float = WAIT_SECONDS
-                            ) -> list[dict[str, Any]]:
+    async def wait_for_each(
+        self, topic: Topic, field: str, ids: set[str], timeout: float = WAIT_SECONDS
+    ) -> list[dict[str, Any]]:
         """Waits (bounded) until every one of `ids` has a message whose `field` names it (counting
         messages would count one published again twice); returns every message that names one."""
         deadline = time.monotonic() + timeout
         for one in ids:
-            await self.wait_for(topic, lambda m, one=one: m[field] == one, timeout=max(0.0, deadline - time.monotonic()))
+            await self.wait_for(
+                topic, lambda m, one=one: m[field] == one, timeout=max(0.0, deadline - time.monotonic())
+            )
         return self.matching(topic, lambda m: m[field] in ids)
 
     async def settle_quietly(self, seconds: float = 2.0) -> None:

@@ -21,8 +21,20 @@ from pydantic import ValidationError
 from services.settlement.domain import NATIONAL
 from shared.contracts import REFUSED_BEFORE_ID, ClearingRow, RelationshipEvent, SettlementEvent, WalletEvent
 from shared.topics import (
-    ACCOUNT_CREDITS, ACCOUNT_SPENDS, CLAIMS, CLEARING, DEAD_LETTERS, ENROLLMENT, RELATIONSHIP_COMMANDS,
-    PROVINCE_CLAIMS, RELATIONSHIP_EVENTS, SETTLEMENTS, SUPERVISION, WALLET_COMMANDS, WALLET_EVENTS, Topic,
+    ACCOUNT_CREDITS,
+    ACCOUNT_SPENDS,
+    CLAIMS,
+    CLEARING,
+    DEAD_LETTERS,
+    ENROLLMENT,
+    PROVINCE_CLAIMS,
+    RELATIONSHIP_COMMANDS,
+    RELATIONSHIP_EVENTS,
+    SETTLEMENTS,
+    SUPERVISION,
+    WALLET_COMMANDS,
+    WALLET_EVENTS,
+    Topic,
 )
 
 # Each input topic's id field and the field naming the person whose id space it is (claim ids are national).
@@ -36,13 +48,31 @@ INPUT_IDS: dict[str, tuple[str, str | None]] = {
     # A claim is one input whichever claims topic brought it, the national one or a province's own.
     **{topic.name: ("claim_id", None) for topic in (CLAIMS, *PROVINCE_CLAIMS)},
 }
-INPUT_TOPICS: dict[str, Topic] = {topic.name: topic for topic in (
-    ENROLLMENT, ACCOUNT_CREDITS, ACCOUNT_SPENDS, SUPERVISION, RELATIONSHIP_COMMANDS, WALLET_COMMANDS, CLAIMS,
-    *PROVINCE_CLAIMS)}
+INPUT_TOPICS: dict[str, Topic] = {
+    topic.name: topic
+    for topic in (
+        ENROLLMENT,
+        ACCOUNT_CREDITS,
+        ACCOUNT_SPENDS,
+        SUPERVISION,
+        RELATIONSHIP_COMMANDS,
+        WALLET_COMMANDS,
+        CLAIMS,
+        *PROVINCE_CLAIMS,
+    )
+}
 OUTPUTS: tuple[Topic, ...] = (WALLET_EVENTS, RELATIONSHIP_EVENTS, SETTLEMENTS, CLEARING)
 AUDITED_TOPICS: tuple[Topic, ...] = (
-    ENROLLMENT, ACCOUNT_CREDITS, ACCOUNT_SPENDS, SUPERVISION, RELATIONSHIP_COMMANDS, WALLET_COMMANDS, CLAIMS,
-    *PROVINCE_CLAIMS, *OUTPUTS, DEAD_LETTERS,
+    ENROLLMENT,
+    ACCOUNT_CREDITS,
+    ACCOUNT_SPENDS,
+    SUPERVISION,
+    RELATIONSHIP_COMMANDS,
+    WALLET_COMMANDS,
+    CLAIMS,
+    *PROVINCE_CLAIMS,
+    *OUTPUTS,
+    DEAD_LETTERS,
 )
 # Times are when a service answered: an output published again keeps its figures, not always its time
 # (a refusal of a reused id is dated when it is refused).
@@ -104,11 +134,20 @@ def rebuild(records: Iterable[Record]) -> Books:
         where = (record.topic, record.partition)
         first_offsets[where] = min(first_offsets.get(where, record.offset), record.offset)
     books.truncated = {where: offset for where, offset in first_offsets.items() if offset > 0}
-    letters = [value for record in records if record.topic == DEAD_LETTERS.name and (value := record.value)
-               and {"source_topic", "partition", "offset"} <= value.keys()]
+    letters = [
+        value
+        for record in records
+        if record.topic == DEAD_LETTERS.name
+        and (value := record.value)
+        and {"source_topic", "partition", "offset"} <= value.keys()
+    ]
     dead_lettered = {(value["source_topic"], value["partition"], value["offset"]) for value in letters}
-    books.dead_lettered_claims = {claim_id for value in letters if INPUT_IDS.get(str(value["source_topic"])) == ("claim_id", None)
-                                  if (claim_id := _claim_id_of(value.get("payload")))}
+    books.dead_lettered_claims = {
+        claim_id
+        for value in letters
+        if INPUT_IDS.get(str(value["source_topic"])) == ("claim_id", None)
+        if (claim_id := _claim_id_of(value.get("payload")))
+    }
     published: dict[str, dict[str, Any]] = {}
     for record in records:
         if record.topic in INPUT_IDS:

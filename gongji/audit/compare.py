@@ -14,13 +14,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gongji.audit.books import Books, InputKey
-from gongji.audit.state import TOTALS, RedisState, WalletAccount
 from gongji.audit.rules import check_rules
+from gongji.audit.state import TOTALS, RedisState, WalletAccount
 from services.settlement.domain import NATIONAL
 from services.settlement.handlers import claim_output_id
 from shared.contracts import REFUSED_BEFORE_ID, Payer, ReasonCode, RelationshipEvent, SettlementEvent, WalletEvent
 from shared.topics import (
-    ACCOUNT_CREDITS, ACCOUNT_SPENDS, CLAIMS, ENROLLMENT, RELATIONSHIP_COMMANDS, SUPERVISION, WALLET_COMMANDS,
+    ACCOUNT_CREDITS,
+    ACCOUNT_SPENDS,
+    CLAIMS,
+    ENROLLMENT,
+    RELATIONSHIP_COMMANDS,
+    SUPERVISION,
+    WALLET_COMMANDS,
 )
 
 # The invariants, as differences name them.
@@ -39,9 +45,13 @@ WALLET_RELATIONSHIP_TYPES = frozenset({"established", "dissolved", "terminated"}
 STATE_AFTER = {"requested": "pending", "established": "active"}  # any other change ends the pair
 # The wallet event that answers each wallet input, and the input topic of each answer's type.
 ANSWERED_BY_WALLET = {
-    "credited": ACCOUNT_CREDITS.name, "spent": ACCOUNT_SPENDS.name, "spend_rejected": ACCOUNT_SPENDS.name,
-    "granted": WALLET_COMMANDS.name, "grant_rejected": WALLET_COMMANDS.name,
-    "frozen": SUPERVISION.name, "unfrozen": SUPERVISION.name,
+    "credited": ACCOUNT_CREDITS.name,
+    "spent": ACCOUNT_SPENDS.name,
+    "spend_rejected": ACCOUNT_SPENDS.name,
+    "granted": WALLET_COMMANDS.name,
+    "grant_rejected": WALLET_COMMANDS.name,
+    "frozen": SUPERVISION.name,
+    "unfrozen": SUPERVISION.name,
 }
 ANSWERED_TOPICS = frozenset({*ANSWERED_BY_WALLET.values(), CLAIMS.name, RELATIONSHIP_COMMANDS.name})
 SUPERVISION_ANSWER = {"freeze": "frozen", "unfreeze": "unfrozen"}
@@ -135,19 +145,31 @@ class _View:
                 self.takes[claim_id][provider] = take
         # The refund of a reversed claim is stored under the reversal's id (that of a draw for a claim
         # never recorded, under its own).
-        self.refund_ids = {result.reverses: result.claim_id for result in books.settlements
-                           if result.status == "reversed" and result.reverses}
+        self.refund_ids = {
+            result.reverses: result.claim_id
+            for result in books.settlements
+            if result.status == "reversed" and result.reverses
+        }
         # Claims Redis holds as final whose result is not published yet: their money is counted as Redis has it.
-        self.unpublished = {claim_id: record for claim_id, record in state.claims.items()
-                            if record.get("status") == "final" and claim_id not in self.results}
+        self.unpublished = {
+            claim_id: record
+            for claim_id, record in state.claims.items()
+            if record.get("status") == "final" and claim_id not in self.results
+        }
 
     def unanswered(self, claim_id: str) -> list[dict[str, Any]]:
         """The contents sent under a claim id that no refusal before the id answers: one of them
         must be recorded (a refusal answers only the claim whose figures it carries)."""
         refusals = self.refusals.get(claim_id, [])
-        return [content for content in self.books.inputs.get((CLAIMS.name, NATIONAL, claim_id), [])
-                if not any(content.get("recipient_id") == refusal.recipient_id
-                           and _answer_mismatch(CLAIMS.name, content, refusal) is None for refusal in refusals)]
+        return [
+            content
+            for content in self.books.inputs.get((CLAIMS.name, NATIONAL, claim_id), [])
+            if not any(
+                content.get("recipient_id") == refusal.recipient_id
+                and _answer_mismatch(CLAIMS.name, content, refusal) is None
+                for refusal in refusals
+            )
+        ]
 
     def result(self, claim_id: str) -> SettlementEvent | None:
         results = self.results.get(claim_id)
@@ -164,8 +186,17 @@ class _View:
 def compare(books: Books, state: RedisState) -> AuditReport:
     view = _View(books, state)
     found = _Findings()
-    for rule in (_history, _dead_lettered, _claims, _reversals, _accounts, _relationships, _clearing, _answers,
-                 _republished):
+    for rule in (
+        _history,
+        _dead_lettered,
+        _claims,
+        _reversals,
+        _accounts,
+        _relationships,
+        _clearing,
+        _answers,
+        _republished,
+    ):
         rule(view, found)
     check_rules(books, found.differ)
     return AuditReport(found.differences, found.pending, _counts(view, found))
@@ -174,7 +205,8 @@ def compare(books: Books, state: RedisState) -> AuditReport:
 def _counts(view: _View, found: _Findings) -> dict[str, int]:
     results = [view.result(claim_id) for claim_id in view.results]
     months = {row.month for row in view.books.clearing_rows} | {
-        month for months in view.state.clearing.values() for month in months}
+        month for months in view.state.clearing.values() for month in months
+    }
     return {
         "records": sum(view.books.records.values()),
         # Output records no service of this system wrote: not of the contract, or a statement of a
@@ -215,11 +247,21 @@ def _claims(view: _View, found: _Findings) -> None:
         if len(results) > 1:
             found.differ(CLAIM, "a claim has more than one result", ids, 1, len(results))
         if record is None or record.get("status") != "final":
-            found.differ(CLAIM, "a result published for a claim settlement does not hold as final", ids,
-                         "final", record["status"] if record else "no record")
+            found.differ(
+                CLAIM,
+                "a result published for a claim settlement does not hold as final",
+                ids,
+                "final",
+                record["status"] if record else "no record",
+            )
         elif (record["result"]["status"], record["result"]["paid"]) != (result.status, result.paid_fen):
-            found.differ(CLAIM, "the published result differs from settlement's record", ids,
-                         record["result"]["paid"], result.paid_fen)
+            found.differ(
+                CLAIM,
+                "the published result differs from settlement's record",
+                ids,
+                record["result"]["paid"],
+                result.paid_fen,
+            )
         if result.status != "reversed":
             _paid_once(view, result, ids, found)
 
@@ -230,7 +272,9 @@ def _paid_once(view: _View, result: SettlementEvent, ids: dict[str, str], found:
         found.differ(CLAIM, "a provider is named twice among a claim's payers", ids, len(payers), len(result.payers))
     if sum(payers.values()) != result.paid_fen:
         found.differ(CLAIM, "the payers do not add up to what was paid", ids, result.paid_fen, sum(payers.values()))
-    fitting = "rejected" if result.paid_fen == 0 else "settled" if result.paid_fen == result.requested_fen else "partial"
+    fitting = (
+        "rejected" if result.paid_fen == 0 else "settled" if result.paid_fen == result.requested_fen else "partial"
+    )
     if result.paid_fen > result.requested_fen or fitting != result.status:
         found.differ(CLAIM, "the status does not fit the amounts", ids, fitting, result.status)
     debits: dict[str, list[WalletEvent]] = defaultdict(list)
@@ -246,15 +290,30 @@ def _paid_once(view: _View, result: SettlementEvent, ids: dict[str, str], found:
             found.differ(CLAIM, "a provider was debited more than once for a claim", by_provider, 1, len(events))
         debited = sum(event.amount_fen for event in events)
         if debited != payers.get(provider, 0):
-            found.differ(CLAIM, "what the wallet debited differs from what settlement recorded", by_provider,
-                         payers.get(provider, 0), debited)
+            found.differ(
+                CLAIM,
+                "what the wallet debited differs from what settlement recorded",
+                by_provider,
+                payers.get(provider, 0),
+                debited,
+            )
         if any(event.recipient_id != result.recipient_id for event in events):
-            found.differ(CLAIM, "a debit for the claim names another recipient", by_provider, result.recipient_id,
-                         next(event.recipient_id for event in events if event.recipient_id != result.recipient_id))
+            found.differ(
+                CLAIM,
+                "a debit for the claim names another recipient",
+                by_provider,
+                result.recipient_id,
+                next(event.recipient_id for event in events if event.recipient_id != result.recipient_id),
+            )
     for provider, take in sorted(takes.items()):
         if take["recipient"] == result.recipient_id and take["amount"] != payers.get(provider, 0):
-            found.differ(CLAIM, "what the wallet holds as drawn differs from what settlement recorded",
-                         {**ids, "provider": provider}, payers.get(provider, 0), take["amount"])
+            found.differ(
+                CLAIM,
+                "what the wallet holds as drawn differs from what settlement recorded",
+                {**ids, "provider": provider},
+                payers.get(provider, 0),
+                take["amount"],
+            )
 
 
 # ---- reversals: what was paid goes back, once, to the providers for the claim's recipient --------
@@ -273,12 +332,18 @@ def _reversals(view: _View, found: _Findings) -> None:
             found.differ(REFUND, "a claim was reversed more than once", ids, 1, len(of_original))
         original = view.result(original_id)
         if original is None or original.status not in PAID_STATUSES or original.recipient_id != reversal.recipient_id:
-            found.differ(REFUND, "a reversal of no paid claim of its recipient", ids,
-                         "a paid claim of the recipient", original.status if original else "no result")
+            found.differ(
+                REFUND,
+                "a reversal of no paid claim of its recipient",
+                ids,
+                "a paid claim of the recipient",
+                original.status if original else "no result",
+            )
             continue
         if reversal.paid_fen != original.paid_fen:
-            found.differ(REFUND, "a reversal gives back other than what was paid", ids, original.paid_fen,
-                         reversal.paid_fen)
+            found.differ(
+                REFUND, "a reversal gives back other than what was paid", ids, original.paid_fen, reversal.paid_fen
+            )
         _refunded_once(view, original, ids, found)
     for claim_id in sorted(set(view.refunds) | set(view.debits)):
         if claim_id in reversals:
@@ -287,8 +352,13 @@ def _reversals(view: _View, found: _Findings) -> None:
             # (A reversal settlement holds as made, whose result is on its way, is pending under claims.)
             reversed_in_redis = view.state.claims.get(claim_id, {}).get("reversed_by")
             if view.refunds.get(claim_id) and not reversed_in_redis:
-                found.differ(REFUND, "a refund for a claim that was not reversed", {"claim": claim_id}, 0,
-                             sum(event.amount_fen for event in view.refunds[claim_id]))
+                found.differ(
+                    REFUND,
+                    "a refund for a claim that was not reversed",
+                    {"claim": claim_id},
+                    0,
+                    sum(event.amount_fen for event in view.refunds[claim_id]),
+                )
         else:
             _unclaimed_draw_given_back(view, claim_id, found)
 
@@ -312,12 +382,17 @@ def _refunded_once(view: _View, original: SettlementEvent, ids: dict[str, str], 
             found.differ(REFUND, "a provider was refunded more than once for a claim", by_provider, 1, len(events))
         refunded = sum(event.amount_fen for event in events)
         if refunded != paid.get(provider, 0):
-            found.differ(REFUND, "refunded differs from what the provider paid", by_provider, paid.get(provider, 0),
-                         refunded)
+            found.differ(
+                REFUND, "refunded differs from what the provider paid", by_provider, paid.get(provider, 0), refunded
+            )
         if any(event.recipient_id != original.recipient_id for event in events):
-            found.differ(REFUND, "a refund went to the quota of another recipient", by_provider,
-                         original.recipient_id, next(event.recipient_id for event in events
-                                                     if event.recipient_id != original.recipient_id))
+            found.differ(
+                REFUND,
+                "a refund went to the quota of another recipient",
+                by_provider,
+                original.recipient_id,
+                next(event.recipient_id for event in events if event.recipient_id != original.recipient_id),
+            )
 
 
 def _unclaimed_draw_given_back(view: _View, claim_id: str, found: _Findings) -> None:
@@ -331,8 +406,9 @@ def _unclaimed_draw_given_back(view: _View, claim_id: str, found: _Findings) -> 
     for provider in sorted(set(debited) | set(refunded)):
         ids = {"claim": claim_id, "provider": provider}
         if refunded[provider] > debited[provider]:
-            found.differ(REFUND, "more given back than a never-recorded claim drew", ids, debited[provider],
-                         refunded[provider])
+            found.differ(
+                REFUND, "more given back than a never-recorded claim drew", ids, debited[provider], refunded[provider]
+            )
         elif refunded[provider] < debited[provider] and view.stored_refund(provider, claim_id) is None:
             found.pend("draw for a claim never recorded, to be given back", ids)
 
@@ -357,24 +433,39 @@ def _event_effect(view: _View, event: WalletEvent) -> Effect | None:
 def _stored_effects(account: WalletAccount) -> list[Effect]:
     """The money steps Redis recorded for one account, by the ids the events carry."""
     effects = []
-    for topic, kind in (("credits", "credited"), ("spends", "spent"), ("commands", "granted"),
-                        ("relationship-events", "released")):
-        effects += [Effect(kind, input_id, result.get("recipient"), result["amount"])
-                    for input_id, result in account.applied.get(topic, {}).items() if result.get("type") == kind]
+    for topic, kind in (
+        ("credits", "credited"),
+        ("spends", "spent"),
+        ("commands", "granted"),
+        ("relationship-events", "released"),
+    ):
+        effects += [
+            Effect(kind, input_id, result.get("recipient"), result["amount"])
+            for input_id, result in account.applied.get(topic, {}).items()
+            if result.get("type") == kind
+        ]
     for claim_id, take in account.takes.items():
         if take["amount"] > 0:
             effects.append(Effect("debited", claim_id, take["recipient"], take["amount"]))
         if take.get("refunded_by"):
-            effects.append(Effect("refunded", claim_id, take["recipient"], take["amount"],
-                                  (account.refunds.get(take["refunded_by"]) or {}).get("to")))
+            effects.append(
+                Effect(
+                    "refunded",
+                    claim_id,
+                    take["recipient"],
+                    take["amount"],
+                    (account.refunds.get(take["refunded_by"]) or {}).get("to"),
+                )
+            )
     return effects
 
 
 def _accounts(view: _View, found: _Findings) -> None:
     for person in sorted(set(view.state.wallets) | set(view.wallet_events)):
         account = view.wallet(person)
-        effects = [effect for event in view.wallet_events.get(person, [])
-                   if (effect := _event_effect(view, event)) is not None]
+        effects = [
+            effect for event in view.wallet_events.get(person, []) if (effect := _event_effect(view, event)) is not None
+        ]
         published = {(effect.kind, effect.effect_id) for effect in effects}
         for effect in _stored_effects(account):
             if (effect.kind, effect.effect_id) not in published:
@@ -388,30 +479,54 @@ def _account_books(person: str, account: WalletAccount, effects: list[Effect], f
     quotas: Counter[str] = Counter()
     for effect in effects:
         sums[effect.kind] += effect.amount
-        change = {"granted": 1, "released": -1, "debited": -1,
-                  "refunded": 1 if effect.to == "grant" else 0}.get(effect.kind, 0)
+        change = {"granted": 1, "released": -1, "debited": -1, "refunded": 1 if effect.to == "grant" else 0}.get(
+            effect.kind, 0
+        )
         if change:
             quotas[effect.recipient or ""] += change * effect.amount
     expected = {
-        "credited": sums["credited"], "spent": sums["spent"], "paid": sums["debited"], "refunded": sums["refunded"],
+        "credited": sums["credited"],
+        "spent": sums["spent"],
+        "paid": sums["debited"],
+        "refunded": sums["refunded"],
         "balance": sums["credited"] - sums["spent"] - sums["debited"] + sums["refunded"],
         "frozen": sum(quotas.values()),
     }
     if not 0 <= expected["frozen"] <= expected["balance"]:  # rule 8: quota is frozen out of the account
-        found.differ(ACCOUNT, "the books freeze more than the balance, or hold a balance below zero",
-                     {"person": person}, f"0 <= frozen <= balance {expected['balance']}", expected["frozen"])
+        found.differ(
+            ACCOUNT,
+            "the books freeze more than the balance, or hold a balance below zero",
+            {"person": person},
+            f"0 <= frozen <= balance {expected['balance']}",
+            expected["frozen"],
+        )
     for recipient, quota in sorted(quotas.items()):
         if quota < 0:
-            found.differ(ACCOUNT, "the books hold a quota below zero", {"provider": person, "recipient": recipient},
-                         ">= 0", quota)
+            found.differ(
+                ACCOUNT,
+                "the books hold a quota below zero",
+                {"provider": person, "recipient": recipient},
+                ">= 0",
+                quota,
+            )
     for name in TOTALS:
         if account.totals.get(name, 0) != expected[name]:
-            found.differ(ACCOUNT, f"{name} differs from the books", {"person": person}, expected[name],
-                         account.totals.get(name, 0))
+            found.differ(
+                ACCOUNT,
+                f"{name} differs from the books",
+                {"person": person},
+                expected[name],
+                account.totals.get(name, 0),
+            )
     for recipient in sorted(set(quotas) | set(account.grants)):
         if account.grants.get(recipient, 0) != quotas[recipient]:
-            found.differ(ACCOUNT, "a quota differs from the books", {"provider": person, "recipient": recipient},
-                         quotas[recipient], account.grants.get(recipient, 0))
+            found.differ(
+                ACCOUNT,
+                "a quota differs from the books",
+                {"provider": person, "recipient": recipient},
+                quotas[recipient],
+                account.grants.get(recipient, 0),
+            )
 
 
 # ---- relationships: the same state in the relationship service and the wallet -------------------
@@ -422,18 +537,23 @@ def _relationships(view: _View, found: _Findings) -> None:
     for event in view.books.relationship_events:
         if event.type != "rejected":  # a refusal changes no pair
             changes[(event.provider_id, event.recipient_id)].append(event)
-    wallet_pairs = {(provider, recipient) for provider, account in view.state.wallets.items()
-                    for recipient in (*account.relationships, *account.relationship_versions)}
-    for pair in sorted(set(changes) | set(view.state.relationships) | set(view.state.relationship_versions)
-                       | wallet_pairs):
+    wallet_pairs = {
+        (provider, recipient)
+        for provider, account in view.state.wallets.items()
+        for recipient in (*account.relationships, *account.relationship_versions)
+    }
+    for pair in sorted(
+        set(changes) | set(view.state.relationships) | set(view.state.relationship_versions) | wallet_pairs
+    ):
         history = sorted(changes.get(pair, []), key=lambda event: _change_order(view.books, event))
         ids = {"provider": pair[0], "recipient": pair[1]}
         versions = Counter(event.version for event in history if event.version is not None)
         if (most := max(versions.values(), default=1)) > 1:
             found.differ(RELATIONSHIP, "two changes of a pair carry one version", ids, 1, most)
         _relationship_service(view, pair, history, ids, found)
-        _wallet_relationship(view, pair, [event for event in history if event.type in WALLET_RELATIONSHIP_TYPES],
-                             ids, found)
+        _wallet_relationship(
+            view, pair, [event for event in history if event.type in WALLET_RELATIONSHIP_TYPES], ids, found
+        )
 
 
 def _change_order(books: Books, event: RelationshipEvent) -> tuple[bool, int]:
@@ -441,27 +561,31 @@ def _change_order(books: Books, event: RelationshipEvent) -> tuple[bool, int]:
     return (event.version is not None, event.version if event.version is not None else books.offsets[event.event_id])
 
 
-def _relationship_service(view: _View, pair: tuple[str, str], history: list[RelationshipEvent],
-                          ids: dict[str, str], found: _Findings) -> None:
+def _relationship_service(
+    view: _View, pair: tuple[str, str], history: list[RelationshipEvent], ids: dict[str, str], found: _Findings
+) -> None:
     newest = history[-1] if history else None
     published = newest.version if newest and newest.version is not None else 0
     held = view.state.relationship_versions.get(pair, 0)
     if held > published:
         found.pend("relationship change in the relationship service, its event not yet published", ids)
     elif held < published:
-        found.differ(RELATIONSHIP, "the relationship service holds an older version than its events", ids,
-                     published, held)
+        found.differ(
+            RELATIONSHIP, "the relationship service holds an older version than its events", ids, published, held
+        )
     else:
         expected = STATE_AFTER.get(newest.type, "ended") if newest else "ended"
         stored = view.state.relationships.get(pair)
         holds = stored["state"] if stored else "ended"
         if holds != expected:
-            found.differ(RELATIONSHIP, "the relationship service holds another state than its events", ids,
-                         expected, holds)
+            found.differ(
+                RELATIONSHIP, "the relationship service holds another state than its events", ids, expected, holds
+            )
 
 
-def _wallet_relationship(view: _View, pair: tuple[str, str], history: list[RelationshipEvent],
-                         ids: dict[str, str], found: _Findings) -> None:
+def _wallet_relationship(
+    view: _View, pair: tuple[str, str], history: list[RelationshipEvent], ids: dict[str, str], found: _Findings
+) -> None:
     provider, recipient = pair
     account = view.wallet(provider)
     newest = history[-1] if history else None
@@ -476,14 +600,25 @@ def _wallet_relationship(view: _View, pair: tuple[str, str], history: list[Relat
     active = newest is not None and newest.type == "established"
     holds = "active" if recipient in account.relationships else "ended"
     if holds != ("active" if active else "ended"):
-        found.differ(RELATIONSHIP, "the wallet holds another relationship state than the relationship service",
-                     ids, "active" if active else "ended", holds)
+        found.differ(
+            RELATIONSHIP,
+            "the wallet holds another relationship state than the relationship service",
+            ids,
+            "active" if active else "ended",
+            holds,
+        )
     elif active and newest and account.relationships[recipient] != newest.recipient_region:
-        found.differ(RELATIONSHIP, "the wallet holds another region for the recipient", ids,
-                     newest.recipient_region, account.relationships[recipient])
+        found.differ(
+            RELATIONSHIP,
+            "the wallet holds another region for the recipient",
+            ids,
+            newest.recipient_region,
+            account.relationships[recipient],
+        )
     if not active and account.grants.get(recipient, 0):
-        found.differ(RELATIONSHIP, "a quota stands for a relationship that has ended", ids, 0,
-                     account.grants[recipient])
+        found.differ(
+            RELATIONSHIP, "a quota stands for a relationship that has ended", ids, 0, account.grants[recipient]
+        )
 
 
 # ---- clearing: per month and province pair, accumulated = Σ settlements -------------------------
@@ -501,15 +636,25 @@ def _clearing(view: _View, found: _Findings) -> None:
             _accumulate(books[result["month"]], result["owed"], 1 if record["kind"] == "settle" else -1)
     months = set(books) | {month for months in view.state.clearing.values() for month in months}
     for month in sorted(months):
-        _same_lines(month, _lines(books[month]), _lines(view.state.accumulators(month)),
-                    "accumulated differs from the settlements of the month", found)
+        _same_lines(
+            month,
+            _lines(books[month]),
+            _lines(view.state.accumulators(month)),
+            "accumulated differs from the settlements of the month",
+            found,
+        )
     _statements(view, books, found)
     for shard, closed_months in sorted(view.state.closed.items()):
         for month, closed in sorted(closed_months.items()):
             now = view.state.clearing.get(shard, {}).get(month, {})
             if {k: v for k, v in closed.items() if v} != {k: v for k, v in now.items() if v}:
-                found.differ(CLEARING, "a month changed after it was closed", {"month": month, "shard": str(shard)},
-                             _lines(closed), _lines(now))
+                found.differ(
+                    CLEARING,
+                    "a month changed after it was closed",
+                    {"month": month, "shard": str(shard)},
+                    _lines(closed),
+                    _lines(now),
+                )
 
 
 def _clearing_of(view: _View, result: SettlementEvent) -> tuple[str, dict[str, int], int] | None:
@@ -544,13 +689,17 @@ Line = tuple[int, int, int]  # amount, claims, reversals of one province pair in
 def _lines(totals: dict[str, int]) -> dict[str, Line]:
     """A month's totals (`"44>51"`: fen, `"44>51#claims"`, `"44>51#reversals"`) per province pair;
     a pair with nothing in the month is left out."""
-    lines = {pair: (amount, totals.get(f"{pair}#claims", 0), totals.get(f"{pair}#reversals", 0))
-             for pair, amount in totals.items() if "#" not in pair}
+    lines = {
+        pair: (amount, totals.get(f"{pair}#claims", 0), totals.get(f"{pair}#reversals", 0))
+        for pair, amount in totals.items()
+        if "#" not in pair
+    }
     return {pair: line for pair, line in sorted(lines.items()) if any(line)}
 
 
-def _same_lines(month: str, expected: dict[str, Line], found_lines: dict[str, Line], what: str,
-                found: _Findings) -> None:
+def _same_lines(
+    month: str, expected: dict[str, Line], found_lines: dict[str, Line], what: str, found: _Findings
+) -> None:
     for pair in sorted(set(expected) | set(found_lines)):
         if not _counted_alike(expected.get(pair, (0, 0, 0)), found_lines.get(pair, (0, 0, 0))):
             found.differ(CLEARING, what, {"month": month, "pair": pair}, expected.get(pair), found_lines.get(pair))
@@ -561,8 +710,11 @@ def _counted_alike(expected: Line, held: Line) -> bool:
     was counted by the release before reversals were counted apart (it took a reversal off `claims`
     and counted none)."""
     (amount, claims, reversals), (held_amount, held_claims, held_reversals) = expected, held
-    return (amount == held_amount and claims - reversals == held_claims - held_reversals
-            and held_reversals in (0, reversals))
+    return (
+        amount == held_amount
+        and claims - reversals == held_claims - held_reversals
+        and held_reversals in (0, reversals)
+    )
 
 
 def _statements(view: _View, books: dict[str, Counter[str]], found: _Findings) -> None:
@@ -576,10 +728,17 @@ def _statements(view: _View, books: dict[str, Counter[str]], found: _Findings) -
         else:
             found.counts["foreign_records"] += 1
     for month, rows in sorted(rows_by_month.items()):
-        _same_lines(month, _lines(books[month]),
-                    {f"{row.payer_province}>{row.payee_province}": (row.amount_fen, row.claims, row.reversals)
-                     for row in rows if row.row == "gross"},
-                    "a statement's gross row differs from the settlements of the month", found)
+        _same_lines(
+            month,
+            _lines(books[month]),
+            {
+                f"{row.payer_province}>{row.payee_province}": (row.amount_fen, row.claims, row.reversals)
+                for row in rows
+                if row.row == "gross"
+            },
+            "a statement's gross row differs from the settlements of the month",
+            found,
+        )
         net = {row.province or "": row.amount_fen for row in rows if row.row == "net"}
         if sum(net.values()):
             found.differ(CLEARING, "a statement's net rows do not sum to zero", {"month": month}, 0, sum(net.values()))
@@ -589,8 +748,13 @@ def _statements(view: _View, books: dict[str, Counter[str]], found: _Findings) -
             positions[pair[:2]] -= amount  # the payer pays
         for province in sorted(set(positions) | set(net)):
             if positions.get(province, 0) != net.get(province, 0):
-                found.differ(CLEARING, "a statement's net row differs from the settlements of the month",
-                             {"month": month, "province": province}, positions.get(province, 0), net.get(province, 0))
+                found.differ(
+                    CLEARING,
+                    "a statement's net row differs from the settlements of the month",
+                    {"month": month, "province": province},
+                    positions.get(province, 0),
+                    net.get(province, 0),
+                )
 
 
 # ---- answers: every input answered once, with its figures ----------------------------------------
@@ -606,15 +770,30 @@ def _answers(view: _View, found: _Findings) -> None:
     for refusal in view.books.refused_before_id:
         key = (CLAIMS.name, NATIONAL, refusal.claim_id)
         if (refusal.status, refusal.paid_fen, refusal.payers) != ("rejected", 0, []):
-            found.differ(ANSWER, "a refusal before the claim id was taken pays or names payers", _input_ids(key),
-                         "rejected, nothing paid", f"{refusal.status}, {refusal.paid_fen} paid")
+            found.differ(
+                ANSWER,
+                "a refusal before the claim id was taken pays or names payers",
+                _input_ids(key),
+                "rejected, nothing paid",
+                f"{refusal.status}, {refusal.paid_fen} paid",
+            )
         elif refusal.reason in UNREADABLE:
             if refusal.claim_id not in view.books.dead_lettered_claims:
-                found.differ(ANSWER, "a refusal of a broken claim names no dead-lettered claim", _input_ids(key),
-                             "a dead letter of a claim with this id", "none")
+                found.differ(
+                    ANSWER,
+                    "a refusal of a broken claim names no dead-lettered claim",
+                    _input_ids(key),
+                    "a dead letter of a claim with this id",
+                    "none",
+                )
         elif _standing_input(view.books, key, refusal) is None:
-            found.differ(ANSWER, "a refusal describes no claim sent under its id", _input_ids(key),
-                         "a claim of its figures", "none")
+            found.differ(
+                ANSWER,
+                "a refusal describes no claim sent under its id",
+                _input_ids(key),
+                "a claim of its figures",
+                "none",
+            )
     for change in view.books.relationship_events:
         if change.reason != ReasonCode.CONFLICT:
             answers[_relationship_cause(view.books, change)].append(change)
@@ -631,8 +810,9 @@ def _answers(view: _View, found: _Findings) -> None:
                 found.differ(ANSWER, "an output names no input", _input_ids(key), "an input", "none")
             elif mismatch := _answer_mismatch(topic, content, event):
                 figure, expected, answered = mismatch
-                found.differ(ANSWER, f"an answer's {figure} differs from its input's", _input_ids(key), expected,
-                             answered)
+                found.differ(
+                    ANSWER, f"an answer's {figure} differs from its input's", _input_ids(key), expected, answered
+                )
     for key in sorted(view.books.inputs):
         if key[0] == CLAIMS.name and key not in answers and key[2] in view.refusals and not view.unanswered(key[2]):
             continue  # every claim sent under the id was refused before it was taken
@@ -687,17 +867,29 @@ def _answer_mismatch(topic: str, content: dict[str, Any], answer: Any) -> tuple[
 def _dead_lettered(view: _View, found: _Findings) -> None:
     """An input that breaks the contract is answered by its dead letter: until it is, it is pending."""
     for topic, partition, offset in view.books.undead:
-        found.pend("an input that breaks the contract, not yet dead-lettered",
-                   {"topic": topic, "partition": str(partition), "offset": str(offset)})
+        found.pend(
+            "an input that breaks the contract, not yet dead-lettered",
+            {"topic": topic, "partition": str(partition), "offset": str(offset)},
+        )
 
 
 def _history(view: _View, found: _Findings) -> None:
     for (topic, partition), offset in sorted(view.books.truncated.items()):
-        found.differ(HISTORY, "a partition no longer holds its first records (retention): the books are incomplete",
-                     {"topic": topic, "partition": str(partition)}, 0, offset)
+        found.differ(
+            HISTORY,
+            "a partition no longer holds its first records (retention): the books are incomplete",
+            {"topic": topic, "partition": str(partition)},
+            0,
+            offset,
+        )
 
 
 def _republished(view: _View, found: _Findings) -> None:
     for topic, event_id in view.books.clashes:
-        found.differ(REPUBLISHED, "an output was published again under its id with other figures",
-                     {"topic": topic, "event": event_id}, "the same figures", "other figures")
+        found.differ(
+            REPUBLISHED,
+            "an output was published again under its id with other figures",
+            {"topic": topic, "event": event_id},
+            "the same figures",
+            "other figures",
+        )

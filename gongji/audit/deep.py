@@ -73,8 +73,12 @@ def _identity(pending: Pending) -> tuple:
 
 def _stuck_as_differences(report: AuditReport, first: set[tuple], wait_seconds: float) -> None:
     stuck = [pending for pending in report.pending if _identity(pending) in first]
-    report.differences += [Difference(IN_FLIGHT, f"still pending after {wait_seconds:g} s: {pending.what}",
-                                      pending.ids, "landed", "pending") for pending in stuck]
+    report.differences += [
+        Difference(
+            IN_FLIGHT, f"still pending after {wait_seconds:g} s: {pending.what}", pending.ids, "landed", "pending"
+        )
+        for pending in stuck
+    ]
     report.pending = [pending for pending in report.pending if _identity(pending) not in first]
     report.counts["differences"], report.counts["pending"] = len(report.differences), len(report.pending)
 
@@ -88,8 +92,9 @@ async def _read_state_once_loaded(redis: Redis) -> tuple[RedisState, float]:
             return await read_state(redis), time.monotonic() - started
         except BusyLoadingError:
             if time.monotonic() - started >= REDIS_LOADING_SECONDS:
-                raise AuditUnavailable(f"Redis was still loading its data after {REDIS_LOADING_SECONDS:g} s: "
-                                       "audit again once it has") from None
+                raise AuditUnavailable(
+                    f"Redis was still loading its data after {REDIS_LOADING_SECONDS:g} s: audit again once it has"
+                ) from None
             await asyncio.sleep(0.5)
 
 
@@ -98,12 +103,19 @@ class AuditUnavailable(Exception):
 
 
 async def _audit_once(settings: Settings, redis: Redis) -> tuple[AuditReport, float]:
-    consumer = AIOKafkaConsumer(**aiokafka_options(settings, OPERATOR.name), enable_auto_commit=False,
-                                max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        **aiokafka_options(settings, OPERATOR.name),
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic.name, number) for topic in AUDITED_TOPICS
-                      for number in range(topic.partitions(settings))]
+        partitions = [
+            TopicPartition(topic.name, number)
+            for topic in AUDITED_TOPICS
+            for number in range(topic.partitions(settings))
+        ]
         ends = await consumer.end_offsets(partitions)
         state, loading = await _read_state_once_loaded(redis)
         records = await read_records(consumer, ends)
@@ -127,9 +139,17 @@ async def read_records(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, in
     consumer.pause(*(set(ends) - open_partitions))
     while open_partitions:
         for partition, batch in (await consumer.getmany(*open_partitions, timeout_ms=1000, max_records=20_000)).items():
-            records += [Record(record.topic, record.key.decode(errors="replace") if record.key is not None else None,
-                               json_object(record.value), record.partition, record.offset)
-                        for record in batch if record.offset < ends[partition]]
+            records += [
+                Record(
+                    record.topic,
+                    record.key.decode(errors="replace") if record.key is not None else None,
+                    json_object(record.value),
+                    record.partition,
+                    record.offset,
+                )
+                for record in batch
+                if record.offset < ends[partition]
+            ]
         for partition in list(open_partitions):
             if await consumer.position(partition) >= ends[partition]:
                 open_partitions.discard(partition)
@@ -180,8 +200,10 @@ def report_lines(audit: DeepAudit) -> list[str]:
         lines.append(f"waited {audit.redis_loading_seconds:.0f} s for Redis to load its data")
     if report.pending:
         kinds = Counter(pending.what for pending in report.pending).most_common()
-        lines.append(f"[yellow]pending {len(report.pending):,}[/yellow]: "
-                     + "; ".join(f"{what} ({count:,})" for what, count in kinds))
+        lines.append(
+            f"[yellow]pending {len(report.pending):,}[/yellow]: "
+            + "; ".join(f"{what} ({count:,})" for what, count in kinds)
+        )
     if first := report.first:
         by_invariant = Counter(difference.invariant for difference in report.differences).most_common()
         lines += [

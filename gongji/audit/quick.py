@@ -82,5 +82,7 @@ async def audit(redis: Redis, settlement_shards: int) -> QuickReport:
         accumulated = await settlement.accumulators(month)
         for pair, amount in owed.items():
             if accumulated.get(pair, 0) != amount:
-                report.breaches.append(f"clearing {month} {pair}: accumulated {accumulated.get(pair, 0)} != claims {amount}")
+                report.breaches.append(
+                    f"clearing {month} {pair}: accumulated {accumulated.get(pair, 0)} != claims {amount}"
+                )
     return report

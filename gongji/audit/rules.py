@@ -56,14 +56,23 @@ def _grants(books: Books, differ: Differ) -> None:
             differ(RULE, "rule 9: a grant above 2,000 yuan", ids, MOST_PER_GRANT_FEN, event.amount_fen)
         command = books.input((WALLET_COMMANDS.name, event.provider_id, event.cause_id))
         if command is not None and command.get("actor_id") != event.provider_id:
-            differ(RULE, "rule 10: a grant made by someone other than the provider", ids, event.provider_id,
-                   command.get("actor_id"))
+            differ(
+                RULE,
+                "rule 10: a grant made by someone other than the provider",
+                ids,
+                event.provider_id,
+                command.get("actor_id"),
+            )
         per_day[(event.provider_id, shanghai_day(event.occurred_at))].append(event.cause_id)
     for (provider, day), commands in sorted(per_day.items()):
         if len(commands) > MOST_GRANTS_A_DAY:
-            differ(RULE, "rule 9: more grants in one Asia/Shanghai day than allowed",
-                   {"provider": provider, "day": day, "commands": " ".join(sorted(commands))},
-                   MOST_GRANTS_A_DAY, len(commands))
+            differ(
+                RULE,
+                "rule 9: more grants in one Asia/Shanghai day than allowed",
+                {"provider": provider, "day": day, "commands": " ".join(sorted(commands))},
+                MOST_GRANTS_A_DAY,
+                len(commands),
+            )
 
 
 def shanghai_day(moment: datetime) -> str:
@@ -72,13 +81,18 @@ def shanghai_day(moment: datetime) -> str:
 
 def _related_before_quota(books: Books, differ: Differ) -> None:
     """Rules 2, 5, 8: quota is set only for a close relative the provider is related to."""
-    established = {(event.provider_id, event.recipient_id) for event in books.relationship_events
-                   if event.type == "established"}
+    established = {
+        (event.provider_id, event.recipient_id) for event in books.relationship_events if event.type == "established"
+    }
     for event in books.wallet_events:
         if event.type == "granted" and (event.provider_id, event.recipient_id or "") not in established:
-            differ(RULE, "rules 2, 8: quota granted to someone never related to the provider",
-                   {"provider": event.provider_id, "recipient": event.recipient_id or "", "input": event.cause_id},
-                   "an established relationship", "none")
+            differ(
+                RULE,
+                "rules 2, 8: quota granted to someone never related to the provider",
+                {"provider": event.provider_id, "recipient": event.recipient_id or "", "input": event.cause_id},
+                "an established relationship",
+                "none",
+            )
 
 
 # ---- rule 16: a frozen account grants and pays nothing ------------------------------------------
@@ -101,16 +115,24 @@ def _frozen_accounts(books: Books, differ: Differ) -> None:
             elif event.type == "unfrozen":
                 standing = max(0, standing - 1)
             elif event.type in ("granted", "debited") and event.amount_fen and standing:
-                differ(RULE, f"rule 16: {'a grant' if event.type == 'granted' else 'a draw'} from a frozen account",
-                       {"provider": provider, "input": event.claim_id or event.cause_id}, 0, event.amount_fen)
+                differ(
+                    RULE,
+                    f"rule 16: {'a grant' if event.type == 'granted' else 'a draw'} from a frozen account",
+                    {"provider": provider, "input": event.claim_id or event.cause_id},
+                    0,
+                    event.amount_fen,
+                )
 
 
 # ---- rules 12, 13: only medical uses are paid, and only the recipient's own share --------------
 
 
 def _paid_claims(books: Books, differ: Differ) -> None:
-    resident_insured = {key[1] for key, contents in books.inputs.items() if key[0] == ENROLLMENT.name
-                        and any(content.get("insurance_type") == "resident" for content in contents)}
+    resident_insured = {
+        key[1]
+        for key, contents in books.inputs.items()
+        if key[0] == ENROLLMENT.name and any(content.get("insurance_type") == "resident" for content in contents)
+    }
     for result in books.settlements:
         if result.status not in ("settled", "partial"):
             continue
@@ -122,31 +144,52 @@ def _paid_claims(books: Books, differ: Differ) -> None:
         if why is not None:
             differ(RULE, f"rule 12: {why}", ids, "nothing paid", result.paid_fen)
         elif result.paid_fen > _payable(claim):
-            differ(RULE, "rule 13: more paid than the claim's own share (catalogue items at a pharmacy)", ids,
-                   _payable(claim), result.paid_fen)
+            differ(
+                RULE,
+                "rule 13: more paid than the claim's own share (catalogue items at a pharmacy)",
+                ids,
+                _payable(claim),
+                result.paid_fen,
+            )
 
 
 def _claims_of_their_own_care(books: Books, differ: Differ) -> None:
     """A province sends on its own topic only claims of its own care (a reversal: of a claim whose
     id names its region). Another province's claim is refused SERVICE_REGION_MISMATCH before its id
     is looked at, so that no province can take a hospital's claim id, or learn whether it exists."""
-    refused = {(refusal.claim_id, refusal.recipient_id, refusal.requested_fen) for refusal in books.refused_before_id
-               if refusal.reason == "SERVICE_REGION_MISMATCH"}
-    answered = {result.claim_id for result in books.settlements} | {refusal.claim_id for refusal in books.refused_before_id}
+    refused = {
+        (refusal.claim_id, refusal.recipient_id, refusal.requested_fen)
+        for refusal in books.refused_before_id
+        if refusal.reason == "SERVICE_REGION_MISMATCH"
+    }
+    answered = {result.claim_id for result in books.settlements} | {
+        refusal.claim_id for refusal in books.refused_before_id
+    }
     for province, claim in books.sent_by_provinces:
         claim_id = str(claim.get("claim_id"))
         region = claim.get("service_region") if claim.get("kind") == "settle" else claim_id.split("-")[0]
         if str(region)[:2] == province or claim_id not in answered:  # unanswered: the answers check waits for it
             continue
         if (claim_id, claim.get("recipient_id"), claim.get("amount_fen") or 0) not in refused:
-            differ(RULE, "province topics: a claim of another province's care was judged by its claim id",
-                   {"claim": claim_id, "province": province}, "SERVICE_REGION_MISMATCH before the id", "judged by the id")
+            differ(
+                RULE,
+                "province topics: a claim of another province's care was judged by its claim id",
+                {"claim": claim_id, "province": province},
+                "SERVICE_REGION_MISMATCH before the id",
+                "judged by the id",
+            )
 
 
 def _claim_of(books: Books, result: SettlementEvent) -> dict[str, Any] | None:
     contents = books.inputs.get((CLAIMS.name, NATIONAL, result.claim_id), [])
-    return next((content for content in contents if content.get("recipient_id") == result.recipient_id
-                 and content.get("amount_fen") == result.requested_fen), None)
+    return next(
+        (
+            content
+            for content in contents
+            if content.get("recipient_id") == result.recipient_id and content.get("amount_fen") == result.requested_fen
+        ),
+        None,
+    )
 
 
 def _not_payable(claim: dict[str, Any], result: SettlementEvent, resident_insured: set[str]) -> str | None:
@@ -172,5 +215,7 @@ def _payable(claim: dict[str, Any]) -> int:
     amount = int(claim.get("amount_fen") or 0)
     if claim.get("category") != "pharmacy":
         return amount
-    return min(amount, sum(int(item.get("amount_fen") or 0) for item in claim.get("items") or []
-                           if item.get("in_catalogue") is True))
+    return min(
+        amount,
+        sum(int(item.get("amount_fen") or 0) for item in claim.get("items") or [] if item.get("in_catalogue") is True),
+    )

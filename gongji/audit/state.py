@@ -23,13 +23,25 @@ from shared.redis_functions import execute
 
 RELATIONSHIP_PREFIX = "rel:"  # services/relationship/relationship.lua
 _PERSON_KEY = re.compile(r"(?P<prefix>[a-z]+:)\{p:(?P<person>[^}]+)\}:(?P<part>.+)")
-_SHARD_KEY = re.compile(re.escape(SETTLEMENT_PREFIX)
-                        + r"\{s(?P<shard>\d+)\}:(?P<part>claims|closed|clearing:\d{4}-\d{2})")
+_SHARD_KEY = re.compile(
+    re.escape(SETTLEMENT_PREFIX) + r"\{s(?P<shard>\d+)\}:(?P<part>claims|closed|clearing:\d{4}-\d{2})"
+)
 
 # The wallet's per-person hashes the audit reads; `seen:<topic>` hold each applied input's result.
 # `seen` is where a release before per-topic ids kept every result, its refunds as `refund:<id>`.
-WALLET_PARTS = ("account", "grants", "relationships", "rel-versions", "takes", "refunds",
-                "seen:credits", "seen:spends", "seen:commands", "seen:relationship-events", "seen")
+WALLET_PARTS = (
+    "account",
+    "grants",
+    "relationships",
+    "rel-versions",
+    "takes",
+    "refunds",
+    "seen:credits",
+    "seen:spends",
+    "seen:commands",
+    "seen:relationship-events",
+    "seen",
+)
 _EARLIER_REFUND = "refund:"
 _CLEARING = "clearing:"
 TOTALS = ("balance", "frozen", "credited", "spent", "paid", "refunded")  # the account's running totals
@@ -80,15 +92,16 @@ def _persons(keys: list[str], prefix: str) -> list[str]:
     """Everyone with a key of the prefix. Their keys are then read by name, every part at once: a
     key made after the scan is read as it stands (one made after the end offsets holds nothing the
     records read say)."""
-    return sorted({match["person"] for key in keys
-                   if (match := _PERSON_KEY.fullmatch(key)) and match["prefix"] == prefix})
+    return sorted(
+        {match["person"] for key in keys if (match := _PERSON_KEY.fullmatch(key)) and match["prefix"] == prefix}
+    )
 
 
 async def _hashes_in_batches(redis: Redis, groups: list[list[str]]) -> list[list[dict[bytes, bytes]]]:
     """HGETALL of each group's keys, every batch of groups in one MULTI."""
     replies: list[list[dict[bytes, bytes]]] = []
     for start in range(0, len(groups), _READ_BATCH):
-        batch = groups[start:start + _READ_BATCH]
+        batch = groups[start : start + _READ_BATCH]
         async with redis.pipeline(transaction=True) as pipe:
             for keys in batch:
                 for key in keys:
@@ -135,10 +148,13 @@ async def _read_settlement(redis: Redis, keys: list[str], state: RedisState) -> 
                 unread.append(shard)
                 continue
             state.claims.update(records)
-            state.closed[shard] = {month: {name: int(value) for name, value in totals.items() if name != "_closed_at"}
-                                   for month, totals in _json(closed).items()}
-            state.clearing[shard] = {month: _numbers(raw)
-                                     for month, raw in zip(sorted(months[shard]), clearing, strict=True)}
+            state.closed[shard] = {
+                month: {name: int(value) for name, value in totals.items() if name != "_closed_at"}
+                for month, totals in _json(closed).items()
+            }
+            state.clearing[shard] = {
+                month: _numbers(raw) for month, raw in zip(sorted(months[shard]), clearing, strict=True)
+            }
         shards = unread
 
 
@@ -154,12 +170,14 @@ def _month_of(record: dict[str, Any]) -> str | None:
 
 async def _read_relationships(redis: Redis, keys: list[str], state: RedisState) -> None:
     providers = _persons(keys, RELATIONSHIP_PREFIX)
-    groups = [[f"{RELATIONSHIP_PREFIX}{{p:{provider}}}:{part}" for part in RELATIONSHIP_PARTS]
-              for provider in providers]
+    groups = [
+        [f"{RELATIONSHIP_PREFIX}{{p:{provider}}}:{part}" for part in RELATIONSHIP_PARTS] for provider in providers
+    ]
     for provider, (rels, versions) in zip(providers, await _hashes_in_batches(redis, groups), strict=True):
         state.relationships.update({(provider, recipient): stored for recipient, stored in _json(rels).items()})
-        state.relationship_versions.update({(provider, recipient): version
-                                            for recipient, version in _numbers(versions).items()})
+        state.relationship_versions.update(
+            {(provider, recipient): version for recipient, version in _numbers(versions).items()}
+        )
 
 
 async def _read_wallets(redis: Redis, keys: list[str], state: RedisState) -> None:
@@ -167,15 +185,18 @@ async def _read_wallets(redis: Redis, keys: list[str], state: RedisState) -> Non
     groups = [[f"{WALLET_PREFIX}{{p:{person}}}:{part}" for part in WALLET_PARTS] for person in persons]
     for person, hashes in zip(persons, await _hashes_in_batches(redis, groups), strict=True):
         parts = dict(zip(WALLET_PARTS, hashes, strict=True))
-        earlier_refunds = {name: value for name, value in parts["seen"].items()
-                           if name.startswith(_EARLIER_REFUND.encode())}
+        earlier_refunds = {
+            name: value for name, value in parts["seen"].items() if name.startswith(_EARLIER_REFUND.encode())
+        }
         state.wallets[person] = WalletAccount(
             totals={name: int(value) for name, value in _text(parts["account"]).items() if name in TOTALS},
             grants=_numbers(parts["grants"]),
             relationships=_text(parts["relationships"]),
             relationship_versions=_numbers(parts["rel-versions"]),
             takes=_json(parts["takes"]),
-            refunds={**{name.removeprefix(_EARLIER_REFUND): stored for name, stored in _seen(earlier_refunds).items()},
-                     **_json(parts["refunds"])},
+            refunds={
+                **{name.removeprefix(_EARLIER_REFUND): stored for name, stored in _seen(earlier_refunds).items()},
+                **_json(parts["refunds"]),
+            },
             applied={part.split(":", 1)[1]: _seen(parts[part]) for part in WALLET_PARTS if part.startswith("seen:")},
         )

@@ -48,9 +48,13 @@ class Cast:
         self.people: dict[str, Person] = {}
         used: set[str] = set()
         for alias in ("P0", "P1", "P2", "R0", "R1", "R2", "R3"):
-            while (person_id := make_person_id(rng.choice(BIRTH_PLACES),
-                                               f"{rng.randint(1940, 2005)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}",
-                                               rng.randrange(1000))) in used:
+            while (
+                person_id := make_person_id(
+                    rng.choice(BIRTH_PLACES),
+                    f"{rng.randint(1940, 2005)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}",
+                    rng.randrange(1000),
+                )
+            ) in used:
                 pass
             used.add(person_id)
             insurance_type = "employee" if alias.startswith("P") else rng.choice(["resident", "resident", "employee"])
@@ -95,4 +99,7 @@ class Cast:
         return [alias for alias in self.people if alias.startswith("R")]
 
     def describe(self) -> list[str]:
-        return [f"{alias} {mask_person_id(p.person_id)} {p.insurance_type} in {p.region}" for alias, p in self.people.items()]
+        return [
+            f"{alias} {mask_person_id(p.person_id)} {p.insurance_type} in {p.region}"
+            for alias, p in self.people.items()
+        ]

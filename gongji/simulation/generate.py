@@ -52,16 +52,29 @@ class Generator:
         everything = Op("deliver_all", {"inboxes": []})
         steps = [self._enroll(alias, *self.enrolled[alias]) for alias in self.cast.people]
         steps.append(everything)
-        steps += [self._input("kinship", "k", person=link.provider, relative=link.recipient, kinship=link.kinship)
-                  for link in self.cast.links]
-        steps += [self._input("credit", "cr", person=alias, amount=rng.randrange(300_000, 3_000_000, 100))
-                  for alias in self.cast.providers]
+        steps += [
+            self._input("kinship", "k", person=link.provider, relative=link.recipient, kinship=link.kinship)
+            for link in self.cast.links
+        ]
+        steps += [
+            self._input("credit", "cr", person=alias, amount=rng.randrange(300_000, 3_000_000, 100))
+            for alias in self.cast.providers
+        ]
         steps.append(everything)
         related = [link for link in self.cast.links if rng.random() < 0.85]
         steps += [self._request(link.provider, link.recipient, link.kinship) for link in related]
         steps.append(everything)
-        steps += [self._input("command", "cmd", action="accept", actor=link.recipient, provider=link.provider,
-                              recipient=link.recipient) for link in related]
+        steps += [
+            self._input(
+                "command",
+                "cmd",
+                action="accept",
+                actor=link.recipient,
+                provider=link.provider,
+                recipient=link.recipient,
+            )
+            for link in related
+        ]
         steps.append(everything)
         steps += [self._grant(link.provider, link.recipient, rng.randrange(5_000, 150_000, 100)) for link in related]
         steps.append(everything)
@@ -71,12 +84,30 @@ class Generator:
 
     def _menu(self) -> list[tuple[float, Callable[[], Op | None]]]:
         return [
-            (30, self._delivery), (1, self._quiet_moment), (3, self._crash), (2, self._twin), (3, self._redelivery), (2, self._zombie),
-            (1.5, self._race), (2, self._rebalance),
-            (12, self._claim), (5, self._reversal), (8, self._random_grant), (2, self._credit), (2, self._spend),
-            (0.7, self._freeze), (1.5, self._unfreeze), (8, self._relationship_command), (1.5, self._enrollment_change),
-            (0.7, self._kinship_fact), (2, self._resend), (1.5, self._reuse), (3, self._advance),
-            (0.7, self._policy_change), (0.7, self._close_month), (0.3, self._invalid),
+            (30, self._delivery),
+            (1, self._quiet_moment),
+            (3, self._crash),
+            (2, self._twin),
+            (3, self._redelivery),
+            (2, self._zombie),
+            (1.5, self._race),
+            (2, self._rebalance),
+            (12, self._claim),
+            (5, self._reversal),
+            (8, self._random_grant),
+            (2, self._credit),
+            (2, self._spend),
+            (0.7, self._freeze),
+            (1.5, self._unfreeze),
+            (8, self._relationship_command),
+            (1.5, self._enrollment_change),
+            (0.7, self._kinship_fact),
+            (2, self._resend),
+            (1.5, self._reuse),
+            (3, self._advance),
+            (0.7, self._policy_change),
+            (0.7, self._close_month),
+            (0.3, self._invalid),
         ]
 
     def _id(self, prefix: str) -> str:
@@ -88,7 +119,9 @@ class Generator:
             return str(self.counter % 7)
         if roll < 0.12:
             shape = self.rng.choice(SHAPED_IDS)
-            return shape.format(n=f"{prefix}{self.counter}", person=self.cast.id(self.rng.choice(list(self.cast.people))))
+            return shape.format(
+                n=f"{prefix}{self.counter}", person=self.cast.id(self.rng.choice(list(self.cast.people)))
+            )
         return f"{prefix}{self.counter}"
 
     def _at(self) -> str:
@@ -116,17 +149,30 @@ class Generator:
 
     def _request(self, provider: str, recipient: str, kinship: str) -> Op:
         region = self._region_of(recipient) if self.rng.random() < 0.9 else self._elsewhere(recipient)
-        return self._input("command", "cmd", action="request", actor=provider, provider=provider, recipient=recipient,
-                           region=region, kinship=kinship)
+        return self._input(
+            "command",
+            "cmd",
+            action="request",
+            actor=provider,
+            provider=provider,
+            recipient=recipient,
+            region=region,
+            kinship=kinship,
+        )
 
     def _grant(self, provider: str, recipient: str, amount: int) -> Op:
         region = self._region_of(recipient) if self.rng.random() < 0.92 else self._elsewhere(recipient)
         actor = provider if self.rng.random() < 0.95 else recipient
-        return self._input("grant", "g", actor=actor, provider=provider, recipient=recipient, region=region, amount=amount)
+        return self._input(
+            "grant", "g", actor=actor, provider=provider, recipient=recipient, region=region, amount=amount
+        )
 
     def _inflight(self, inboxes: list[str] | None = None) -> str | None:
-        waiting = {inbox: len(queue) for inbox, queue in self.world.network.inflight.items()
-                   if queue and (inboxes is None or inbox in inboxes)}
+        waiting = {
+            inbox: len(queue)
+            for inbox, queue in self.world.network.inflight.items()
+            if queue and (inboxes is None or inbox in inboxes)
+        }
         if not waiting:
             return None
         return self.rng.choices(list(waiting), list(waiting.values()))[0]
@@ -186,8 +232,16 @@ class Generator:
         others = [label for label in self._batch(other, 2) if label not in labels]
         if not others:
             return None
-        return Op("race", {"inbox": inbox, "labels": labels, "pause": self.rng.randint(1, 9),
-                           "other_inbox": other, "other_labels": others})
+        return Op(
+            "race",
+            {
+                "inbox": inbox,
+                "labels": labels,
+                "pause": self.rng.randint(1, 9),
+                "other_inbox": other,
+                "other_labels": others,
+            },
+        )
 
     def _rebalance(self) -> Op | None:
         if self._inflight(["wallet/draw-requests"]) is None:
@@ -196,20 +250,31 @@ class Generator:
 
     def _claim(self) -> Op:
         rng = self.rng
-        with_quota = sorted({self.cast.alias(recipient) for account in self.world.books.accounts.values()
-                             for recipient, left in account.grants.items() if left > 0})
+        with_quota = sorted(
+            {
+                self.cast.alias(recipient)
+                for account in self.world.books.accounts.values()
+                for recipient, left in account.grants.items()
+                if left > 0
+            }
+        )
         if with_quota and rng.random() < 0.6:
             recipient = rng.choice(with_quota)
         else:
             recipient = rng.choice(self.cast.recipients + ["P0"]) if rng.random() < 0.95 else self._someone()
         away = rng.random() < 0.3
         service_region = self._elsewhere(recipient) if away else self._region_of(recipient)
-        category = rng.choices(["institution", "pharmacy", "resident_premium", "ltc_premium", "massage"],
-                               [60, 15, 10, 8, 3])[0]
+        category = rng.choices(
+            ["institution", "pharmacy", "resident_premium", "ltc_premium", "massage"], [60, 15, 10, 8, 3]
+        )[0]
         amount = MAX_AMOUNT_FEN if rng.random() < 0.01 else rng.randint(1, 40_000)
-        args: dict = {"recipient": recipient, "category": category, "service_region": service_region,
-                      "recipient_region": self._region_of(recipient) if rng.random() < 0.92 else self._elsewhere(recipient),
-                      "amount": amount}
+        args: dict = {
+            "recipient": recipient,
+            "category": category,
+            "service_region": service_region,
+            "recipient_region": self._region_of(recipient) if rng.random() < 0.92 else self._elsewhere(recipient),
+            "amount": amount,
+        }
         if category in ("institution", "pharmacy"):
             letter = {"institution": "H", "pharmacy": "P"}[category]
             if rng.random() < 0.05:
@@ -245,8 +310,11 @@ class Generator:
         return op
 
     def _random_grant(self) -> Op:
-        active = [(self.cast.alias(p), self.cast.alias(r)) for (p, r), pair in self.world.books.wallet_pairs.items()
-                  if pair.active]
+        active = [
+            (self.cast.alias(p), self.cast.alias(r))
+            for (p, r), pair in self.world.books.wallet_pairs.items()
+            if pair.active
+        ]
         if active and self.rng.random() < 0.7:
             provider, recipient = self.rng.choice(sorted(active))
         elif self.rng.random() < 0.85:
@@ -266,12 +334,16 @@ class Generator:
 
     def _freeze(self) -> Op:
         person = self._someone()
-        op = self._input("supervise", "sv", person=person, action="freeze", reason=self.rng.choice(["misuse", "audit case 7"]))
+        op = self._input(
+            "supervise", "sv", person=person, action="freeze", reason=self.rng.choice(["misuse", "audit case 7"])
+        )
         self.freezes[person].append(op.args["id"])
         return op
 
     def _unfreeze(self) -> Op:
-        frozen = sorted(self.cast.alias(person) for person, account in self.world.books.accounts.items() if account.freezes)
+        frozen = sorted(
+            self.cast.alias(person) for person, account in self.world.books.accounts.items() if account.freezes
+        )
         person = self.rng.choice(frozen) if frozen and self.rng.random() < 0.8 else self._someone()
         standing = self.world.books.accounts[self.cast.id(person)].freezes if person in frozen else []
         lifts = None
@@ -292,10 +364,14 @@ class Generator:
             provider, recipient, kinship = self._someone(0.8), self._someone(0.2), rng.choice(list(Kinship)).value
         held = self.world.books.pairs.get((self.cast.id(provider), self.cast.id(recipient)))
         state = held.state if held else "none"
-        action = rng.choices(["request", "accept", "decline", "dissolve"],
-                             {"none": [8, 1, 0.5, 0.5], "pending": [1, 8, 1, 1], "active": [1, 1, 1, 3]}[state])[0]
+        action = rng.choices(
+            ["request", "accept", "decline", "dissolve"],
+            {"none": [8, 1, 0.5, 0.5], "pending": [1, 8, 1, 1], "active": [1, 1, 1, 3]}[state],
+        )[0]
         if action == "request":
-            return self._request(provider, recipient, kinship if rng.random() < 0.9 else rng.choice(["cousin", "sibling"]))
+            return self._request(
+                provider, recipient, kinship if rng.random() < 0.9 else rng.choice(["cousin", "sibling"])
+            )
         actor = {"accept": recipient, "decline": recipient, "dissolve": rng.choice([provider, recipient])}[action]
         if rng.random() < 0.08:
             actor = provider if actor == recipient else recipient
@@ -307,8 +383,9 @@ class Generator:
         if status != "normal" and self.rng.random() < 0.6:
             change = "status"  # a suspension usually ends
         else:
-            change = self.rng.choices(["move", "district", "status", "type", "none"],
-                                      [2, 2, 2, 1 if person.startswith("R") else 0.2, 1])[0]
+            change = self.rng.choices(
+                ["move", "district", "status", "type", "none"], [2, 2, 2, 1 if person.startswith("R") else 0.2, 1]
+            )[0]
         if change == "move":
             region = self._elsewhere(person)
         elif change == "district":
@@ -322,10 +399,20 @@ class Generator:
     def _kinship_fact(self) -> Op:
         link = self.rng.choice(self.cast.links)
         if self.rng.random() < 0.5:  # the recipient's own fact: what the provider is to them
-            return self._input("kinship", "k", person=link.recipient, relative=link.provider,
-                               kinship=INVERSE[Kinship(link.kinship)].value)
-        return self._input("kinship", "k", person=link.provider, relative=link.recipient,
-                           kinship=self.rng.choice([link.kinship, link.kinship, "sibling"]))
+            return self._input(
+                "kinship",
+                "k",
+                person=link.recipient,
+                relative=link.provider,
+                kinship=INVERSE[Kinship(link.kinship)].value,
+            )
+        return self._input(
+            "kinship",
+            "k",
+            person=link.provider,
+            relative=link.recipient,
+            kinship=self.rng.choice([link.kinship, link.kinship, "sibling"]),
+        )
 
     def _resend(self) -> Op | None:
         """An input sent again unchanged: the same id, one effect."""
@@ -361,14 +448,33 @@ class Generator:
 
     def _close_month(self) -> Op | None:
         current = shanghai_month(self.world.clock.now())
-        months = sorted(month for month in self.world.books.clearing if month < current and month not in self.world.books.closed)
+        months = sorted(
+            month for month in self.world.books.clearing if month < current and month not in self.world.books.closed
+        )
         return Op("close", {"month": months[0]}) if months else None
 
     def _invalid(self) -> Op:
         """Input the contract must refuse at the edge."""
         person = self._someone()
         if self.rng.random() < 0.5:
-            return Op("supervise", {"person": person, "action": "freeze", "reason": "   ", "id": f"blank{self.counter}",
-                                    "at": self._at(), "invalid": True})
-        return Op("credit", {"person": person, "amount": MAX_AMOUNT_FEN + 1, "id": f"huge{self.counter}",
-                             "at": self._at(), "invalid": True})
+            return Op(
+                "supervise",
+                {
+                    "person": person,
+                    "action": "freeze",
+                    "reason": "   ",
+                    "id": f"blank{self.counter}",
+                    "at": self._at(),
+                    "invalid": True,
+                },
+            )
+        return Op(
+            "credit",
+            {
+                "person": person,
+                "amount": MAX_AMOUNT_FEN + 1,
+                "id": f"huge{self.counter}",
+                "at": self._at(),
+                "invalid": True,
+            },
+        )

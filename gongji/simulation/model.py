@@ -25,9 +25,23 @@ from services.wallet.store import PREFIX as WALLET_PREFIX
 from services.wallet.store import DrawPlan, WalletStore
 from shared.clock import Clock, shanghai_day, shanghai_month
 from shared.contracts import (
-    AccountCredited, AccountSpent, Claim, ClaimCategory, ClearingRow, DrawAnswered, DrawRequested,
-    EnrollmentChanged, KinshipRecorded, ReasonCode, RefundRequested, RelationshipCommand, RelationshipEvent,
-    SettlementEvent, SupervisionActed, WalletCommand, WalletEvent,
+    AccountCredited,
+    AccountSpent,
+    Claim,
+    ClaimCategory,
+    ClearingRow,
+    DrawAnswered,
+    DrawRequested,
+    EnrollmentChanged,
+    KinshipRecorded,
+    ReasonCode,
+    RefundRequested,
+    RelationshipCommand,
+    RelationshipEvent,
+    SettlementEvent,
+    SupervisionActed,
+    WalletCommand,
+    WalletEvent,
 )
 from shared.ids import PROVINCE_CODES, province_of
 from shared.policy import Policy
@@ -252,23 +266,35 @@ class Books:
         for message in batch:
             explain(message, groups.get(input_key(message), []))
         unexplained = set(groups) - inputs
-        require(not unexplained, "unexplained-output", lambda: f"{inbox}: outputs for no input of the batch {unexplained}")
+        require(
+            not unexplained, "unexplained-output", lambda: f"{inbox}: outputs for no input of the batch {unexplained}"
+        )
 
     def _province_copy(self, inbox: str, copy: ToTopic, outputs: list) -> None:
         """A province's copy of an answer on its own topic: the same answer, the payers' ids masked."""
-        answer = next((output for output in outputs if getattr(output, "event_id", None) == copy.message.event_id), None)
-        require(isinstance(answer, SettlementEvent) and isinstance(copy.message, SettlementEvent)
-                and copy.message.model_dump(exclude={"payers"}) == answer.model_dump(exclude={"payers"})
-                and [payer.amount_fen for payer in copy.message.payers] == [payer.amount_fen for payer in answer.payers]
-                and not {payer.provider_id for payer in copy.message.payers} & {payer.provider_id for payer in answer.payers},
-                "province-copy", lambda: f"{inbox}: {copy.topic.name} got {copy.message}, the answer is {answer}")
+        answer = next(
+            (output for output in outputs if getattr(output, "event_id", None) == copy.message.event_id), None
+        )
+        require(
+            isinstance(answer, SettlementEvent)
+            and isinstance(copy.message, SettlementEvent)
+            and copy.message.model_dump(exclude={"payers"}) == answer.model_dump(exclude={"payers"})
+            and [payer.amount_fen for payer in copy.message.payers] == [payer.amount_fen for payer in answer.payers]
+            and not {payer.provider_id for payer in copy.message.payers}
+            & {payer.provider_id for payer in answer.payers},
+            "province-copy",
+            lambda: f"{inbox}: {copy.topic.name} got {copy.message}, the answer is {answer}",
+        )
 
     def _same_id_same_content(self, output: BaseModel) -> None:
         identity = _identity(output)
         content = output.model_dump(mode="json", exclude=TIMES)
         prior = self.outputs.setdefault(identity, content)
-        require(prior == content, "output-id-collision",
-                lambda: f"{type(output).__name__} {identity} was published with other content: {prior} / {content}")
+        require(
+            prior == content,
+            "output-id-collision",
+            lambda: f"{type(output).__name__} {identity} was published with other content: {prior} / {content}",
+        )
 
     def _fresh(self, inbox: str, scope: str, input_id: str, message: BaseModel) -> str:
         content = message.model_dump_json()
@@ -282,8 +308,11 @@ class Books:
         conflict (which must be refused as one and change nothing)."""
         state = self._fresh(inbox, scope, input_id, message)
         if state == "conflict":  # whatever else it did shows in the books
-            require(any(_is_conflict(output) for output in group), "reused-id",
-                    f"{inbox}: id {input_id!r} of {self.a(scope)} reused for other content was not refused as CONFLICT")
+            require(
+                any(_is_conflict(output) for output in group),
+                "reused-id",
+                f"{inbox}: id {input_id!r} of {self.a(scope)} reused for other content was not refused as CONFLICT",
+            )
             return None
         if state == "duplicate":
             return None
@@ -303,8 +332,13 @@ class Books:
         account = self.accounts[credit.person_id]
         account.credited += credit.amount_fen
         event = self._one(effects, WalletEvent, f"credit {credit.event_id}")
-        require(event.type == "credited" and event.amount_fen == credit.amount_fen and event.balance_fen == account.balance,
-                "credit", lambda: f"credit {credit.event_id} of {self.a(credit.person_id)}: {event}, books say balance {account.balance}")
+        require(
+            event.type == "credited" and event.amount_fen == credit.amount_fen and event.balance_fen == account.balance,
+            "credit",
+            lambda: (
+                f"credit {credit.event_id} of {self.a(credit.person_id)}: {event}, books say balance {account.balance}"
+            ),
+        )
 
     def _wallet_spends(self, spend: AccountSpent, group: list) -> None:
         effects = self._decided("wallet/spends", spend.person_id, spend.event_id, spend, group)
@@ -313,13 +347,21 @@ class Books:
         account = self.accounts[spend.person_id]
         allowed = not account.freezes and account.balance - account.frozen >= spend.amount_fen
         event = self._one(effects, WalletEvent, f"spend {spend.event_id}")
-        require(event.type == ("spent" if allowed else "spend_rejected"), "spend-decision",
-                lambda: f"spend {spend.event_id} of {spend.amount_fen} by {self.a(spend.person_id)}: {event.type} "
-                        f"{event.reason}; books: balance {account.balance}, frozen {account.frozen}, freezes {account.freezes}")
+        require(
+            event.type == ("spent" if allowed else "spend_rejected"),
+            "spend-decision",
+            lambda: (
+                f"spend {spend.event_id} of {spend.amount_fen} by {self.a(spend.person_id)}: {event.type} "
+                f"{event.reason}; books: balance {account.balance}, frozen {account.frozen}, freezes {account.freezes}"
+            ),
+        )
         if allowed:
             account.spent += spend.amount_fen
-        require(event.balance_fen == account.balance, "balance",
-                lambda: f"spend {spend.event_id}: event balance {event.balance_fen}, books {account.balance}")
+        require(
+            event.balance_fen == account.balance,
+            "balance",
+            lambda: f"spend {spend.event_id}: event balance {event.balance_fen}, books {account.balance}",
+        )
 
     def _grant_refusal(self, grant: WalletCommand, now: datetime) -> str | None:
         """Rules 1, 3, 8–10 and 16 at grant time, as the wallet knows the world."""
@@ -352,9 +394,14 @@ class Books:
         now = self.clock.now()
         refusal = self._grant_refusal(grant, now)
         event = self._one(effects, WalletEvent, f"grant {grant.command_id}")
-        require((event.type == "granted") == (refusal is None), "grant-decision",
-                lambda: f"grant {grant.command_id} {self.a(grant.provider_id)}>{self.a(grant.recipient_id)} "
-                        f"{grant.amount_fen}: wallet {event.type} {event.reason or ''}, books: {refusal or 'allowed'}")
+        require(
+            (event.type == "granted") == (refusal is None),
+            "grant-decision",
+            lambda: (
+                f"grant {grant.command_id} {self.a(grant.provider_id)}>{self.a(grant.recipient_id)} "
+                f"{grant.amount_fen}: wallet {event.type} {event.reason or ''}, books: {refusal or 'allowed'}"
+            ),
+        )
         if refusal is None:
             account = self.accounts[grant.provider_id]
             account.grants[grant.recipient_id] = account.grants.get(grant.recipient_id, 0) + grant.amount_fen
@@ -362,8 +409,11 @@ class Books:
             account.grants_by_day[today] = account.grants_by_day.get(today, 0) + 1
             account.grants_by_day = {day: n for day, n in account.grants_by_day.items() if day >= oldest_kept}
             self.draw_order[grant.recipient_id].setdefault(grant.provider_id, int(event.occurred_at.timestamp() * 1000))
-            require(event.frozen_fen == account.frozen, "frozen",
-                    lambda: f"grant {grant.command_id}: event frozen {event.frozen_fen}, books {account.frozen}")
+            require(
+                event.frozen_fen == account.frozen,
+                "frozen",
+                lambda: f"grant {grant.command_id}: event frozen {event.frozen_fen}, books {account.frozen}",
+            )
 
     def _wallet_relationship_events(self, event: RelationshipEvent, group: list) -> None:
         if event.type not in WALLET_RELEVANT:
@@ -383,9 +433,14 @@ class Books:
             if event.type == "established":
                 pair.active, pair.region, pair.since = True, event.recipient_region or "", event.version or 0
         expected = [("released", released)] if released else []
-        require([(e.type, e.amount_fen) for e in effects] == expected, "release",
-                lambda: f"{event.type} v{event.version} {self.a(event.provider_id)}>{self.a(event.recipient_id)}: "
-                        f"wallet {[(e.type, e.amount_fen) for e in effects]}, books {expected}")
+        require(
+            [(e.type, e.amount_fen) for e in effects] == expected,
+            "release",
+            lambda: (
+                f"{event.type} v{event.version} {self.a(event.provider_id)}>{self.a(event.recipient_id)}: "
+                f"wallet {[(e.type, e.amount_fen) for e in effects]}, books {expected}"
+            ),
+        )
 
     def _wallet_enrollment(self, change: EnrollmentChanged, group: list) -> None:
         effects = self._decided("wallet/enrollment", change.person_id, change.event_id, change, group)
@@ -406,18 +461,24 @@ class Books:
         elif freezes:
             freezes.pop(0)
         event = self._one(effects, WalletEvent, f"supervision {action.event_id}")
-        require(event.type == ("frozen" if action.action == "freeze" else "unfrozen")
-                and event.standing_freezes == len(freezes), "freezes",
-                lambda: f"{action.action} {action.event_id} of {self.a(action.person_id)}: {event.type} with "
-                        f"{event.standing_freezes} standing, books {freezes}")
+        require(
+            event.type == ("frozen" if action.action == "freeze" else "unfrozen")
+            and event.standing_freezes == len(freezes),
+            "freezes",
+            lambda: (
+                f"{action.action} {action.event_id} of {self.a(action.person_id)}: {event.type} with "
+                f"{event.standing_freezes} standing, books {freezes}"
+            ),
+        )
 
     def plan(self, claim_id: str, recipient: str) -> Plan:
         """A draw's plan, fixed at its first step: the recipient's providers by first grant, and its freeze."""
         key = (claim_id, recipient)
         if key not in self.plans:
             order = self.draw_order[recipient]
-            self.plans[key] = Plan(sorted(order, key=lambda provider: (order[provider], provider)),
-                                   bool(self.accounts[recipient].freezes))
+            self.plans[key] = Plan(
+                sorted(order, key=lambda provider: (order[provider], provider)), bool(self.accounts[recipient].freezes)
+            )
         return self.plans[key]
 
     def take(self, claim_id: str, provider: str, recipient: str, needed: int) -> int:
@@ -437,21 +498,32 @@ class Books:
     def observe_plan(self, request: DrawRequested, plan: DrawPlan) -> None:
         """Instance A's first step of a draw (a rebalance mid-draw)."""
         if plan.answer is not None:
-            require((request.claim_id, request.recipient_id) in self.answers, "draw-plan",
-                    f"draw {request.claim_id}: an answer the books never saw")
+            require(
+                (request.claim_id, request.recipient_id) in self.answers,
+                "draw-plan",
+                f"draw {request.claim_id}: an answer the books never saw",
+            )
             return
         expected = self.plan(request.claim_id, request.recipient_id)
-        require((plan.providers, plan.recipient_frozen) == (expected.providers, expected.frozen), "draw-plan",
-                lambda: f"draw {request.claim_id} of {self.a(request.recipient_id)}: plan "
-                        f"{[self.a(p) for p in plan.providers]} frozen={plan.recipient_frozen}, books "
-                        f"{[self.a(p) for p in expected.providers]} frozen={expected.frozen}")
+        require(
+            (plan.providers, plan.recipient_frozen) == (expected.providers, expected.frozen),
+            "draw-plan",
+            lambda: (
+                f"draw {request.claim_id} of {self.a(request.recipient_id)}: plan "
+                f"{[self.a(p) for p in plan.providers]} frozen={plan.recipient_frozen}, books "
+                f"{[self.a(p) for p in expected.providers]} frozen={expected.frozen}"
+            ),
+        )
 
     def observe_take(self, request: DrawRequested, provider: str, needed: int, step: Step) -> None:
         """Instance A's take from one provider."""
         expected = self.take(request.claim_id, provider, request.recipient_id, needed)
         taken = 0 if step.conflict else step.result["amount"]
-        require(taken == expected, "paid-once",
-                lambda: f"draw {request.claim_id}: {self.a(provider)} gave {taken}, books say {expected}")
+        require(
+            taken == expected,
+            "paid-once",
+            lambda: f"draw {request.claim_id}: {self.a(provider)} gave {taken}, books say {expected}",
+        )
 
     def _wallet_draw_requests(self, request: DrawRequested, group: list) -> None:
         key = (request.claim_id, request.recipient_id)
@@ -471,13 +543,23 @@ class Books:
         answer = self._one(effects, DrawAnswered, f"draw {request.claim_id}")
         debits = [(e.provider_id, e.amount_fen) for e in effects if isinstance(e, WalletEvent)]
         got = [(payer.provider_id, payer.amount_fen) for payer in answer.payers]
-        require(answer.paid_fen == paid and got == payers and debits == payers, "draw",
-                lambda: f"draw {request.claim_id} of {self.a(request.recipient_id)} for {request.amount_fen}: wallet paid "
-                        f"{answer.paid_fen} by {[(self.a(p), n) for p, n in got]} (debits {[(self.a(p), n) for p, n in debits]}), "
-                        f"books {paid} by {[(self.a(p), n) for p, n in payers]} (plan {[self.a(p) for p in plan.providers]}, "
-                        f"recipient frozen {plan.frozen})")
-        reason = ReasonCode.ACCOUNT_FROZEN if plan.frozen else ReasonCode.NO_QUOTA if paid < request.amount_fen else None
-        require(answer.reason == reason, "draw", lambda: f"draw {request.claim_id}: reason {answer.reason}, books {reason}")
+        require(
+            answer.paid_fen == paid and got == payers and debits == payers,
+            "draw",
+            lambda: (
+                f"draw {request.claim_id} of {self.a(request.recipient_id)} for {request.amount_fen}: wallet paid "
+                f"{answer.paid_fen} by {[(self.a(p), n) for p, n in got]} "
+                f"(debits {[(self.a(p), n) for p, n in debits]}), "
+                f"books {paid} by {[(self.a(p), n) for p, n in payers]} (plan {[self.a(p) for p in plan.providers]}, "
+                f"recipient frozen {plan.frozen})"
+            ),
+        )
+        reason = (
+            ReasonCode.ACCOUNT_FROZEN if plan.frozen else ReasonCode.NO_QUOTA if paid < request.amount_fen else None
+        )
+        require(
+            answer.reason == reason, "draw", lambda: f"draw {request.claim_id}: reason {answer.reason}, books {reason}"
+        )
 
     def _wallet_refund_requests(self, request: RefundRequested, group: list) -> None:
         expected = {}
@@ -488,9 +570,15 @@ class Books:
             if self.refunds[key][0]:
                 expected[payer.provider_id] = self.refunds[key]
         got = {event.provider_id: (event.amount_fen, event.refunded_to) for event in _distinct(group)}
-        require(got == expected, "refund",
-                lambda: f"refund {request.claim_id} of {request.original_claim_id} for {self.a(request.recipient_id)}: "
-                        f"wallet {[(self.a(p), n) for p, n in got.items()]}, books {[(self.a(p), n) for p, n in expected.items()]}")
+        require(
+            got == expected,
+            "refund",
+            lambda: (
+                f"refund {request.claim_id} of {request.original_claim_id} for {self.a(request.recipient_id)}: "
+                f"wallet {[(self.a(p), n) for p, n in got.items()]}, "
+                f"books {[(self.a(p), n) for p, n in expected.items()]}"
+            ),
+        )
 
     def _give_back(self, request: RefundRequested, provider: str) -> tuple[int, str]:
         """What a refund returns from one provider, and where to: that claim's take for that
@@ -501,9 +589,13 @@ class Books:
         original = self.claims.get(request.original_claim_id)
         reversed_here = original is not None and original.reversed_by == request.claim_id
         unclaimed = request.claim_id == claim_output_id(request.original_claim_id, "unclaimed draw") and (
-            original is None or original.recipient != request.recipient_id)
-        require(reversed_here or unclaimed, "refund-without-reversal",
-                f"refund {request.claim_id} gives back claim {request.original_claim_id}, which settlement did not reverse")
+            original is None or original.recipient != request.recipient_id
+        )
+        require(
+            reversed_here or unclaimed,
+            "refund-without-reversal",
+            f"refund {request.claim_id} gives back claim {request.original_claim_id}, which settlement did not reverse",
+        )
         take.refunded_by = request.claim_id
         account = self.accounts[provider]
         account.refunded += take.amount
@@ -536,7 +628,10 @@ class Books:
             return (claim.recipient_region or "")[:2] != service_province
         code = claim.institution_code or ""
         if claim.category in ("institution", "pharmacy"):
-            return not (len(code) >= 7 and code[1:7].isascii() and code[1:7].isdigit() and code[1:3] in PROVINCE_CODES) or code[1:3] != service_province
+            return (
+                not (len(code) >= 7 and code[1:7].isascii() and code[1:7].isdigit() and code[1:3] in PROVINCE_CODES)
+                or code[1:3] != service_province
+            )
         return False
 
     def payable(self, claim: Claim) -> int:
@@ -575,37 +670,66 @@ class Books:
             self._settlement_draw_answer(delivery.message, group)  # type: ignore[arg-type]
 
     def _settlement_claim(self, claim: Claim, province: str | None, group: list) -> None:
-        what = f"{claim.kind} {claim.claim_id} of {self.a(claim.recipient_id)}" + (f" from {province}" if province else "")
+        what = f"{claim.kind} {claim.claim_id} of {self.a(claim.recipient_id)}" + (
+            f" from {province}" if province else ""
+        )
         if self.misplaced(claim, province):  # its id's other claims in the batch answer in the same group
-            require(any(isinstance(output, SettlementEvent) and output.status == "rejected"
-                        and output.reason == ReasonCode.SERVICE_REGION_MISMATCH
-                        and (output.requested_fen, output.category) == (claim.amount_fen or 0, claim.category)
-                        for output in group), "claim-decision",
-                    lambda: f"{what}: misplaced, refused before its id is taken, yet {group}")
+            require(
+                any(
+                    isinstance(output, SettlementEvent)
+                    and output.status == "rejected"
+                    and output.reason == ReasonCode.SERVICE_REGION_MISMATCH
+                    and (output.requested_fen, output.category) == (claim.amount_fen or 0, claim.category)
+                    for output in group
+                ),
+                "claim-decision",
+                lambda: f"{what}: misplaced, refused before its id is taken, yet {group}",
+            )
             return
         record = self.claims.get(claim.claim_id)
         if self.owners[claim.claim_id] != claim.recipient_id or (record and record.content != claim.model_dump_json()):
-            require(any(_is_conflict(output) for output in group), "reused-id",
-                    lambda: f"{what}: its id is another's (owner {self.a(self.owners[claim.claim_id])}), yet {group}")
+            require(
+                any(_is_conflict(output) for output in group),
+                "reused-id",
+                lambda: f"{what}: its id is another's (owner {self.a(self.owners[claim.claim_id])}), yet {group}",
+            )
             return
         if record is not None:
             return  # a redelivery: its stored result (or its draw request) again
-        effects = [output for output in _distinct(group) if not _is_conflict(output)]  # a reuse of its id may share the batch
-        record = self.claims[claim.claim_id] = ClaimBook(claim.claim_id, claim.kind, claim.recipient_id,
-                                                         claim.model_dump_json(), reverses=claim.reverses,
-                                                         province=province)
+        effects = [
+            output for output in _distinct(group) if not _is_conflict(output)
+        ]  # a reuse of its id may share the batch
+        record = self.claims[claim.claim_id] = ClaimBook(
+            claim.claim_id,
+            claim.kind,
+            claim.recipient_id,
+            claim.model_dump_json(),
+            reverses=claim.reverses,
+            province=province,
+        )
         if claim.kind == "settle":
-            record.requested, record.payable, record.service_region = claim.amount_fen, self.payable(claim), claim.service_region
+            record.requested, record.payable, record.service_region = (
+                claim.amount_fen,
+                self.payable(claim),
+                claim.service_region,
+            )
             if record.payable == 0:
                 record.status, record.result = "final", "rejected"
                 event = self._one(effects, SettlementEvent, what)
-                require(event.status == "rejected" and event.paid_fen == 0 and len(effects) == 1, "claim-decision",
-                        lambda: f"{what}: {event.status} paid {event.paid_fen}, books: nothing payable")
+                require(
+                    event.status == "rejected" and event.paid_fen == 0 and len(effects) == 1,
+                    "claim-decision",
+                    lambda: f"{what}: {event.status} paid {event.paid_fen}, books: nothing payable",
+                )
             else:
                 request = self._one(effects, DrawRequested, what)
-                require(request.amount_fen == record.payable and request.context.requested_fen == claim.amount_fen
-                        and len(effects) == 1, "claim-decision",
-                        lambda: f"{what}: asks the wallet for {request.amount_fen}, books: {record.payable} payable")
+                require(
+                    request.amount_fen == record.payable
+                    and request.context.requested_fen == claim.amount_fen
+                    and len(effects) == 1,
+                    "claim-decision",
+                    lambda: f"{what}: asks the wallet for {request.amount_fen}, books: {record.payable} payable",
+                )
             return
         self._reverse(claim, record, effects)
 
@@ -614,31 +738,56 @@ class Books:
         original = self.claims.get(reversal.reverses or "")
         if record.province is not None and not self.known_to(original, record.province):
             original = None  # another province's claim looks to a province exactly like an unknown one
-        reversible = (original is not None and original.kind == "settle" and original.recipient == reversal.recipient_id
-                      and original.result in ("settled", "partial") and original.reversed_by is None)
+        reversible = (
+            original is not None
+            and original.kind == "settle"
+            and original.recipient == reversal.recipient_id
+            and original.result in ("settled", "partial")
+            and original.reversed_by is None
+        )
         event = self._one(effects, SettlementEvent, what)
         refunds = [output for output in effects if isinstance(output, RefundRequested)]
         record.status = "final"
         if not reversible:
             record.result = "rejected"
-            require(event.status == "rejected" and event.paid_fen == 0 and not refunds, "reversal-decision",
-                    lambda: f"{what}: {event.status} paid {event.paid_fen} back, books: not reversible "
-                            f"({original.kind + ' ' + original.result + ' of ' + self.a(original.recipient) if original else 'unknown here'}"
-                            f"{', reversed by ' + original.reversed_by if original and original.reversed_by else ''})")
+            known = f"{original.kind} {original.result} of {self.a(original.recipient)}" if original else "unknown here"
+            require(
+                event.status == "rejected" and event.paid_fen == 0 and not refunds,
+                "reversal-decision",
+                lambda: (
+                    f"{what}: {event.status} paid {event.paid_fen} back, books: not reversible ({known}"
+                    f"{', reversed by ' + original.reversed_by if original and original.reversed_by else ''})"
+                ),
+            )
             return
         assert original is not None
-        record.result, record.paid, record.payers, record.owed = "reversed", original.paid, original.payers, original.owed
+        record.result, record.paid, record.payers, record.owed = (
+            "reversed",
+            original.paid,
+            original.payers,
+            original.owed,
+        )
         record.month = self.open_month(self.clock.now())
         original.reversed_by = reversal.claim_id
         self._accumulate(record.month, original.owed, -1)
         payers = [(p.provider_id, p.provider_region, p.amount_fen) for p in event.payers]
-        require(event.status == "reversed" and event.paid_fen == original.paid and payers == original.payers
-                and event.clearing_month == record.month, "reversal-decision",
-                lambda: f"{what}: {event.status} paid {event.paid_fen} in {event.clearing_month}, books: "
-                        f"reversed {original.paid} in {record.month}")
-        require(len(refunds) == 1 and [(p.provider_id, p.amount_fen) for p in refunds[0].payers]
-                == [(p, n) for p, _, n in original.payers], "reversal-decision",
-                lambda: f"{what}: refund requests {refunds}, books: {original.payers}")
+        require(
+            event.status == "reversed"
+            and event.paid_fen == original.paid
+            and payers == original.payers
+            and event.clearing_month == record.month,
+            "reversal-decision",
+            lambda: (
+                f"{what}: {event.status} paid {event.paid_fen} in {event.clearing_month}, books: "
+                f"reversed {original.paid} in {record.month}"
+            ),
+        )
+        require(
+            len(refunds) == 1
+            and [(p.provider_id, p.amount_fen) for p in refunds[0].payers] == [(p, n) for p, _, n in original.payers],
+            "reversal-decision",
+            lambda: f"{what}: refund requests {refunds}, books: {original.payers}",
+        )
 
     @staticmethod
     def known_to(original: ClaimBook | None, province: str) -> bool:
@@ -653,49 +802,83 @@ class Books:
         what = f"answer for {answer.claim_id} of {self.a(answer.recipient_id)}"
         effects = _distinct(group)
         amounts = [payer.amount_fen for payer in answer.payers]
-        if not (0 <= answer.paid_fen <= answer.requested_fen and sum(amounts) == answer.paid_fen and all(n > 0 for n in amounts)):
-            require([type(e) for e in effects] == [Refused], "answer-check", f"{what}: figures do not add up, yet {effects}")
+        if not (
+            0 <= answer.paid_fen <= answer.requested_fen
+            and sum(amounts) == answer.paid_fen
+            and all(n > 0 for n in amounts)
+        ):
+            require(
+                [type(e) for e in effects] == [Refused], "answer-check", f"{what}: figures do not add up, yet {effects}"
+            )
             return
         record = self.claims.get(answer.claim_id)
         if record is None or self.shard_of(record.recipient) != self.shard_of(answer.recipient_id):
             refunds = [e for e in effects if isinstance(e, RefundRequested)]
-            require(len(refunds) == 1 and refunds[0].payers == answer.payers and
-                    not any(isinstance(e, SettlementEvent) for e in effects), "answer-check",
-                    lambda: f"{what}: no such claim recorded, so what it drew must go back; got {effects}")
+            require(
+                len(refunds) == 1
+                and refunds[0].payers == answer.payers
+                and not any(isinstance(e, SettlementEvent) for e in effects),
+                "answer-check",
+                lambda: f"{what}: no such claim recorded, so what it drew must go back; got {effects}",
+            )
             return
         if record.kind != "settle" or record.recipient != answer.recipient_id or record.payable != answer.requested_fen:
-            require([type(e) for e in effects] == [Refused], "answer-check",
-                    lambda: f"{what}: not for claim {record.claim_id} as recorded, yet {effects}")
+            require(
+                [type(e) for e in effects] == [Refused],
+                "answer-check",
+                lambda: f"{what}: not for claim {record.claim_id} as recorded, yet {effects}",
+            )
             return
         if record.status == "final":
             return  # a redelivered answer: the stored settlement again
         record.status, record.paid = "final", answer.paid_fen
-        record.result = "rejected" if answer.paid_fen == 0 else "settled" if answer.paid_fen == record.requested else "partial"
+        record.result = (
+            "rejected" if answer.paid_fen == 0 else "settled" if answer.paid_fen == record.requested else "partial"
+        )
         record.payers = [(p.provider_id, p.provider_region, p.amount_fen) for p in answer.payers]
         record.owed = _owed(answer.payers, record.service_region or "")
         record.month = self.open_month(self.clock.now())
         self._accumulate(record.month, record.owed, 1)
         event = self._one(effects, SettlementEvent, what)
-        require((event.status, event.paid_fen, event.clearing_month) == (record.result, record.paid, record.month)
-                and [(p.provider_id, p.amount_fen) for p in event.payers] == [(p, n) for p, _, n in record.payers],
-                "settlement", lambda: f"{what}: {event.status} {event.paid_fen} in {event.clearing_month}, books "
-                                      f"{record.result} {record.paid} in {record.month}")
+        require(
+            (event.status, event.paid_fen, event.clearing_month) == (record.result, record.paid, record.month)
+            and [(p.provider_id, p.amount_fen) for p in event.payers] == [(p, n) for p, _, n in record.payers],
+            "settlement",
+            lambda: (
+                f"{what}: {event.status} {event.paid_fen} in {event.clearing_month}, books "
+                f"{record.result} {record.paid} in {record.month}"
+            ),
+        )
         drawn = self.answers.get((answer.claim_id, answer.recipient_id))
-        require(drawn is not None and (drawn.paid, drawn.payers) == (record.paid, [(p, n) for p, _, n in record.payers]),
-                "paid-as-drawn", lambda: f"{what}: settled {record.paid} by {record.payers}, the wallet drew "
-                                         f"{(drawn.paid, drawn.payers) if drawn else 'nothing'}")
+        require(
+            drawn is not None and (drawn.paid, drawn.payers) == (record.paid, [(p, n) for p, _, n in record.payers]),
+            "paid-as-drawn",
+            lambda: (
+                f"{what}: settled {record.paid} by {record.payers}, the wallet drew "
+                f"{(drawn.paid, drawn.payers) if drawn else 'nothing'}"
+            ),
+        )
 
     def close_month(self, month: str, rows: list[ClearingRow]) -> None:
         self.closed[month] = dict(self.clearing[month])
         totals = self.closed[month]
-        expected = [(pair[:2], pair[3:], amount, totals.get(f"{pair}#claims", 0), totals.get(f"{pair}#reversals", 0))
-                    for pair, amount in sorted(totals.items()) if "#" not in pair]
+        expected = [
+            (pair[:2], pair[3:], amount, totals.get(f"{pair}#claims", 0), totals.get(f"{pair}#reversals", 0))
+            for pair, amount in sorted(totals.items())
+            if "#" not in pair
+        ]
         expected = [line for line in expected if any(line[2:])]
-        got = [(row.payer_province, row.payee_province, row.amount_fen, row.claims, row.reversals)
-               for row in rows if row.row == "gross"]
+        got = [
+            (row.payer_province, row.payee_province, row.amount_fen, row.claims, row.reversals)
+            for row in rows
+            if row.row == "gross"
+        ]
         require(got == expected, "clearing-statement", lambda: f"{month}: statement {got}, books {expected}")
-        require(sum(row.amount_fen for row in rows if row.row == "net") == 0, "clearing-statement",
-                f"{month}: net rows do not sum to zero")
+        require(
+            sum(row.amount_fen for row in rows if row.row == "net") == 0,
+            "clearing-statement",
+            f"{month}: net rows do not sum to zero",
+        )
 
     # ---- relationship ---------------------------------------------------------------------
 
@@ -709,14 +892,22 @@ class Books:
         changed = before is None or (before.insurance_type, before.region, before.status) != facts
         generation = (before.generation if before else 0) + (1 if changed else 0)
         self.rel_enrollment[person] = RelEnrollment(*facts, generation)
-        ending = {pair for pair, held in self.pairs.items() if held.state != "none" and person in pair} \
-            if changed and before else set()
+        ending = (
+            {pair for pair, held in self.pairs.items() if held.state != "none" and person in pair}
+            if changed and before
+            else set()
+        )
         ended = {(e.provider_id, e.recipient_id) for e in effects}
-        require(all(e.type == "terminated" and e.reason == ReasonCode.INSURANCE_CHANGED for e in effects)
-                and ended == ending, "rule-7",
-                lambda: f"enrollment {change.event_id} of {self.a(person)} ended "
-                        f"{sorted(f'{self.a(p)}>{self.a(r)}' for p, r in ended)}, books: "
-                        f"{sorted(f'{self.a(p)}>{self.a(r)}' for p, r in ending)} must end")
+        require(
+            all(e.type == "terminated" and e.reason == ReasonCode.INSURANCE_CHANGED for e in effects)
+            and ended == ending,
+            "rule-7",
+            lambda: (
+                f"enrollment {change.event_id} of {self.a(person)} ended "
+                f"{sorted(f'{self.a(p)}>{self.a(r)}' for p, r in ended)}, books: "
+                f"{sorted(f'{self.a(p)}>{self.a(r)}' for p, r in ending)} must end"
+            ),
+        )
         for event in effects:
             self._change(event, "none")
 
@@ -726,9 +917,14 @@ class Books:
 
     def _change(self, event: RelationshipEvent, state: str) -> None:
         pair = self.pairs[(event.provider_id, event.recipient_id)]
-        require(event.version == pair.version + 1, "pair-version",
-                lambda: f"{event.type} {self.a(event.provider_id)}>{self.a(event.recipient_id)} has version "
-                        f"{event.version}; the pair was at {pair.version}")
+        require(
+            event.version == pair.version + 1,
+            "pair-version",
+            lambda: (
+                f"{event.type} {self.a(event.provider_id)}>{self.a(event.recipient_id)} has version "
+                f"{event.version}; the pair was at {pair.version}"
+            ),
+        )
         pair.version, pair.state = event.version, state  # type: ignore[assignment]
         if event.type in WALLET_RELEVANT:
             pair.wallet_version = pair.version
@@ -736,8 +932,14 @@ class Books:
     def _eligible(self, provider: str, recipient: str, region: str) -> bool:
         """Rules 3, 4 as the relationship service knows both parties (policy may race: the wallet holds it at grant)."""
         p, r = self.rel_enrollment.get(provider), self.rel_enrollment.get(recipient)
-        return (p is not None and p.insurance_type == "employee" and p.status == "normal"
-                and r is not None and r.status == "normal" and r.region == region)
+        return (
+            p is not None
+            and p.insurance_type == "employee"
+            and p.status == "normal"
+            and r is not None
+            and r.status == "normal"
+            and r.region == region
+        )
 
     def _relationship_commands(self, command: RelationshipCommand, group: list) -> None:
         effects = self._decided("relationship/commands", command.provider_id, command.command_id, command, group)
@@ -745,10 +947,15 @@ class Books:
             return
         provider, recipient = command.provider_id, command.recipient_id
         pair = self.pairs[(provider, recipient)]
-        what = f"{command.action} {command.command_id} {self.a(provider)}>{self.a(recipient)} by {self.a(command.actor_id)}"
+        between = f"{self.a(provider)}>{self.a(recipient)}"
+        what = f"{command.action} {command.command_id} {between} by {self.a(command.actor_id)}"
         types = [event.type for event in effects]
-        require(types in (["requested"], ["established"], ["declined"], ["dissolved"], ["rejected"],
-                          ["rejected", "terminated"]), "answer", f"{what}: {types}")
+        require(
+            types
+            in (["requested"], ["established"], ["declined"], ["dissolved"], ["rejected"], ["rejected", "terminated"]),
+            "answer",
+            f"{what}: {types}",
+        )
         first = effects[0]
         if first.type == "rejected":
             require(first.version is None, "pair-version", f"{what}: a refusal carries version {first.version}")
@@ -758,17 +965,29 @@ class Books:
             return
         recipient_now = self.rel_enrollment.get(recipient)
         allowed = {
-            "requested": command.action == "request" and command.actor_id == provider and pair.state == "none"
-                         and self._eligible(provider, recipient, command.recipient_region or ""),
-            "established": command.action == "accept" and command.actor_id == recipient and pair.state == "pending"
-                           and recipient_now is not None and recipient_now.generation == pair.request_generation
-                           and self._eligible(provider, recipient, pair.region),
+            "requested": command.action == "request"
+            and command.actor_id == provider
+            and pair.state == "none"
+            and self._eligible(provider, recipient, command.recipient_region or ""),
+            "established": command.action == "accept"
+            and command.actor_id == recipient
+            and pair.state == "pending"
+            and recipient_now is not None
+            and recipient_now.generation == pair.request_generation
+            and self._eligible(provider, recipient, pair.region),
             "declined": command.action == "decline" and command.actor_id == recipient and pair.state == "pending",
-            "dissolved": command.action == "dissolve" and command.actor_id in (provider, recipient) and pair.state != "none",
+            "dissolved": command.action == "dissolve"
+            and command.actor_id in (provider, recipient)
+            and pair.state != "none",
         }[first.type]
-        require(allowed, "relationship-decision",
-                lambda: f"{what}: {first.type}, books: pair {pair.state}, provider {self.rel_enrollment.get(provider)}, "
-                        f"recipient {recipient_now}, requested for {pair.region} at generation {pair.request_generation}")
+        require(
+            allowed,
+            "relationship-decision",
+            lambda: (
+                f"{what}: {first.type}, books: pair {pair.state}, provider {self.rel_enrollment.get(provider)}, "
+                f"recipient {recipient_now}, requested for {pair.region} at generation {pair.request_generation}"
+            ),
+        )
         if first.type == "requested":
             pair.region = command.recipient_region or ""
             pair.request_generation = recipient_now.generation if recipient_now else 0
@@ -776,13 +995,17 @@ class Books:
 
     # ---- after every step: the books against what Redis holds ------------------------------
 
-    async def check(self, wallet: WalletStore, relationships: RelationshipStore, settlement: SettlementStore,
-                    quiet: bool) -> int:
+    async def check(
+        self, wallet: WalletStore, relationships: RelationshipStore, settlement: SettlementStore, quiet: bool
+    ) -> int:
         """Every invariant; `quiet`: nothing is in flight, so every saga has ended. Returns how many were checked."""
         people = [person.person_id for person in self.cast.people.values()]
-        results = await asyncio.gather(self._check_accounts(wallet, people),
-                                       self._check_relationships(wallet, relationships, people, quiet),
-                                       self._check_claims(settlement, quiet), return_exceptions=True)
+        results = await asyncio.gather(
+            self._check_accounts(wallet, people),
+            self._check_relationships(wallet, relationships, people, quiet),
+            self._check_claims(settlement, quiet),
+            return_exceptions=True,
+        )
         for result in results:  # the first breach in a fixed order, so that a replay names the same one
             if isinstance(result, BaseException):
                 raise result
@@ -794,72 +1017,148 @@ class Books:
             breaches = account_breaches(snapshot)
             require(not breaches, "account", "; ".join(breaches))
             books = self.accounts.get(snapshot.person_id, Account())
-            held = (snapshot.balance_fen, snapshot.frozen_fen, snapshot.credited_fen, snapshot.spent_fen,
-                    snapshot.paid_fen, snapshot.refunded_fen, snapshot.grants_fen)
+            held = (
+                snapshot.balance_fen,
+                snapshot.frozen_fen,
+                snapshot.credited_fen,
+                snapshot.spent_fen,
+                snapshot.paid_fen,
+                snapshot.refunded_fen,
+                snapshot.grants_fen,
+            )
             kept = (books.balance, books.frozen, books.credited, books.spent, books.paid, books.refunded, books.grants)
-            require(held == kept, "books", lambda: (
-                f"{self.a(snapshot.person_id)}: wallet holds balance, frozen, credited, spent, paid, refunded, grants = "
-                f"{held[:6]} {self._aliased(held[6])}, the books {kept[:6]} {self._aliased(kept[6])}"))
-            require(snapshot.grants_by_day == books.grants_by_day, "daily-count",
-                    lambda: f"{self.a(snapshot.person_id)}: grants by day {snapshot.grants_by_day}, books {books.grants_by_day}")
+            require(
+                held == kept,
+                "books",
+                lambda: (
+                    f"{self.a(snapshot.person_id)}: wallet holds balance, frozen, credited, spent, paid, refunded, "
+                    "grants = "
+                    f"{held[:6]} {self._aliased(held[6])}, the books {kept[:6]} {self._aliased(kept[6])}"
+                ),
+            )
+            require(
+                snapshot.grants_by_day == books.grants_by_day,
+                "daily-count",
+                lambda: (
+                    f"{self.a(snapshot.person_id)}: grants by day {snapshot.grants_by_day}, books {books.grants_by_day}"
+                ),
+            )
         return 4 * len(snapshots)
 
     def _aliased(self, amounts: dict[str, int]) -> dict[str, int]:
         return {self.a(person): amount for person, amount in amounts.items()}
 
-    async def _check_relationships(self, wallet: WalletStore, relationships: RelationshipStore, people: list[str],
-                                   quiet: bool) -> int:
-        pairs = sorted(set(self.pairs) | {(self.cast.id(link.provider), self.cast.id(link.recipient)) for link in self.cast.links})
+    async def _check_relationships(
+        self, wallet: WalletStore, relationships: RelationshipStore, people: list[str], quiet: bool
+    ) -> int:
+        pairs = sorted(
+            set(self.pairs) | {(self.cast.id(link.provider), self.cast.id(link.recipient)) for link in self.cast.links}
+        )
         held_by_wallet, stored = await asyncio.gather(
-            asyncio.gather(*(wallet.redis.hgetall(f"{WALLET_PREFIX}{{p:{person}}}:relationships") for person in people)),
-            asyncio.gather(*(relationships.relationship(*pair) for pair in pairs)))
+            asyncio.gather(
+                *(wallet.redis.hgetall(f"{WALLET_PREFIX}{{p:{person}}}:relationships") for person in people)
+            ),
+            asyncio.gather(*(relationships.relationship(*pair) for pair in pairs)),
+        )
         for provider, held in zip(people, held_by_wallet, strict=True):
             active = {recipient.decode(): region.decode() for recipient, region in held.items()}
-            kept = {recipient: pair.region for (p, recipient), pair in self.wallet_pairs.items() if p == provider and pair.active}
-            require(active == kept, "wallet-relationships",
-                    lambda: f"{self.a(provider)}: the wallet holds {self._aliased(active)} active, books {self._aliased(kept)}")
+            kept = {
+                recipient: pair.region
+                for (p, recipient), pair in self.wallet_pairs.items()
+                if p == provider and pair.active
+            }
+            require(
+                active == kept,
+                "wallet-relationships",
+                lambda: (
+                    f"{self.a(provider)}: the wallet holds {self._aliased(active)} active, books {self._aliased(kept)}"
+                ),
+            )
         for (provider, recipient), relationship in zip(pairs, stored, strict=True):
             kept = self.pairs.get((provider, recipient), RelPair())
             what = f"{self.a(provider)}>{self.a(recipient)}"
             if kept.state == "none":
-                require(relationship is None, "relationship-state",
-                        lambda: f"{what}: the relationship service holds {relationship}, its events ended it (v{kept.version})")
+                require(
+                    relationship is None,
+                    "relationship-state",
+                    lambda: (
+                        f"{what}: the relationship service holds {relationship}, its events ended it (v{kept.version})"
+                    ),
+                )
             else:
-                require(relationship is not None and (relationship.state, relationship.recipient_region, relationship.version)
-                        == (kept.state, kept.region, kept.version), "relationship-state",
-                        lambda: f"{what}: the relationship service holds {relationship}, its events say {kept}")
+                require(
+                    relationship is not None
+                    and (relationship.state, relationship.recipient_region, relationship.version)
+                    == (kept.state, kept.region, kept.version),
+                    "relationship-state",
+                    lambda: f"{what}: the relationship service holds {relationship}, its events say {kept}",
+                )
                 assert relationship is not None
                 generation = self.rel_enrollment[recipient].generation
-                require(relationship.recipient_generation == generation, "rule-7",
-                        lambda: f"{what} is {kept.state}, decided on the recipient's enrollment generation "
-                                f"{relationship.recipient_generation}; the recipient has changed since (now {generation})")
+                require(
+                    relationship.recipient_generation == generation,
+                    "rule-7",
+                    lambda: (
+                        f"{what} is {kept.state}, decided on the recipient's enrollment generation "
+                        f"{relationship.recipient_generation}; the recipient has changed since (now {generation})"
+                    ),
+                )
             in_wallet = self.wallet_pairs.get((provider, recipient), WalletPair())
             if quiet:
-                require(in_wallet.version == kept.wallet_version, "relationship-delivery",
-                        f"{what}: nothing in flight, yet the wallet applied v{in_wallet.version} of v{kept.wallet_version}")
+                require(
+                    in_wallet.version == kept.wallet_version,
+                    "relationship-delivery",
+                    f"{what}: nothing in flight, yet the wallet applied v{in_wallet.version} of v{kept.wallet_version}",
+                )
             if in_wallet.version == kept.wallet_version:
-                require(in_wallet.active == (kept.state == "active"), "wallet-relationships",
-                        lambda: f"{what}: active in the wallet {in_wallet.active}, in the relationship service {kept.state}")
+                require(
+                    in_wallet.active == (kept.state == "active"),
+                    "wallet-relationships",
+                    lambda: (
+                        f"{what}: active in the wallet {in_wallet.active}, in the relationship service {kept.state}"
+                    ),
+                )
         return len(people) + 2 * len(pairs)
 
     async def _check_claims(self, settlement: SettlementStore, quiet: bool) -> int:
         months = sorted(set(self.clearing) | set(self.closed))
-        stored, accumulated = await asyncio.gather(self._stored_claims(settlement),
-                                                   asyncio.gather(*(settlement.accumulators(month) for month in months)))
-        require(set(stored) == set(self.claims), "claims",
-                lambda: f"settlement holds claims {sorted(set(stored) - set(self.claims))} the books never saw and lacks "
-                        f"{sorted(set(self.claims) - set(stored))}")
+        stored, accumulated = await asyncio.gather(
+            self._stored_claims(settlement), asyncio.gather(*(settlement.accumulators(month) for month in months))
+        )
+        require(
+            set(stored) == set(self.claims),
+            "claims",
+            lambda: (
+                f"settlement holds claims {sorted(set(stored) - set(self.claims))} the books never saw and lacks "
+                f"{sorted(set(self.claims) - set(stored))}"
+            ),
+        )
         takes_by_claim: dict[tuple[str, str], list[Take]] = defaultdict(list)
         for (claim_id, _), take in self.takes.items():
             takes_by_claim[(claim_id, take.recipient)].append(take)
         for claim_id, book in self.claims.items():
             record = stored[claim_id]
             result = record.get("result") or {}
-            held = (record["recipient_id"], record["kind"], record["status"] == "pending", result.get("status", ""),
-                    result.get("paid", 0), [(p["provider_id"], p["provider_region"], p["amount_fen"]) for p in result.get("payers") or []],
-                    result.get("month") or None, record.get("reversed_by"))
-            kept = (book.recipient, book.kind, book.status == "pending", book.result, book.paid, book.payers, book.month,
-                    book.reversed_by)
+            held = (
+                record["recipient_id"],
+                record["kind"],
+                record["status"] == "pending",
+                result.get("status", ""),
+                result.get("paid", 0),
+                [(p["provider_id"], p["provider_region"], p["amount_fen"]) for p in result.get("payers") or []],
+                result.get("month") or None,
+                record.get("reversed_by"),
+            )
+            kept = (
+                book.recipient,
+                book.kind,
+                book.status == "pending",
+                book.result,
+                book.paid,
+                book.payers,
+                book.month,
+                book.reversed_by,
+            )
             require(held == kept, "claims", lambda: f"claim {claim_id}: settlement holds {held}, books {kept}")
             if book.kind != "settle":
                 continue
@@ -870,20 +1169,38 @@ class Books:
                 require(not quiet, "saga-ended", f"claim {claim_id}: still pending with nothing in flight")
                 require(drawn <= book.payable, "paid-once", f"claim {claim_id}: drew {drawn} of {book.payable} asked")
             else:
-                require(drawn == book.paid, "paid-once", f"claim {claim_id}: settled {book.paid}, the wallet drew {drawn}")
-            require(refunded <= (book.paid if book.reversed_by else 0), "refunded-once",
-                    f"claim {claim_id}: refunded {refunded} of {book.paid} paid, reversed by {book.reversed_by}")
+                require(
+                    drawn == book.paid, "paid-once", f"claim {claim_id}: settled {book.paid}, the wallet drew {drawn}"
+                )
+            require(
+                refunded <= (book.paid if book.reversed_by else 0),
+                "refunded-once",
+                f"claim {claim_id}: refunded {refunded} of {book.paid} paid, reversed by {book.reversed_by}",
+            )
             if quiet and book.reversed_by:
-                require(refunded == book.paid, "refunded-once",
-                        f"claim {claim_id}: reversed by {book.reversed_by}, yet only {refunded} of {book.paid} went back")
-        for (claim_id, recipient), takes in takes_by_claim.items():  # drawn for a claim never recorded for that recipient
+                require(
+                    refunded == book.paid,
+                    "refunded-once",
+                    f"claim {claim_id}: reversed by {book.reversed_by}, yet only {refunded} of {book.paid} went back",
+                )
+        for (
+            claim_id,
+            recipient,
+        ), takes in takes_by_claim.items():  # drawn for a claim never recorded for that recipient
             kept_back = sum(take.amount for take in takes if not take.refunded_by)
-            require(not quiet or kept_back == 0, "unclaimed-draw",
-                    f"claim {claim_id} of {self.a(recipient)}: {kept_back} drawn for no recorded claim was never given back")
+            require(
+                not quiet or kept_back == 0,
+                "unclaimed-draw",
+                f"claim {claim_id} of {self.a(recipient)}: {kept_back} drawn for no recorded claim "
+                "was never given back",
+            )
         for month, totals in zip(months, accumulated, strict=True):
             kept_totals = {name: value for name, value in self.clearing[month].items()}
-            require(totals == kept_totals, "clearing",
-                    lambda: f"{month}: the accumulators hold {totals}, the claims of the month add up to {kept_totals}")
+            require(
+                totals == kept_totals,
+                "clearing",
+                lambda: f"{month}: the accumulators hold {totals}, the claims of the month add up to {kept_totals}",
+            )
         return 3 * len(self.claims) + len(months)
 
     @staticmethod

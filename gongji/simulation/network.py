@@ -17,22 +17,36 @@ from services.relationship import app as relationship_app
 from services.settlement import app as settlement_app
 from services.wallet import app as wallet_app
 from shared.contracts import (
-    AccountCredited, AccountSpent, Claim, DeadLetter, DrawAnswered, DrawRequested, EnrollmentChanged, KinshipRecorded,
-    RefundRequested, RelationshipCommand, RelationshipEvent, SupervisionActed, WalletCommand,
+    AccountCredited,
+    AccountSpent,
+    Claim,
+    DeadLetter,
+    DrawAnswered,
+    DrawRequested,
+    EnrollmentChanged,
+    KinshipRecorded,
+    RefundRequested,
+    RelationshipCommand,
+    RelationshipEvent,
+    SupervisionActed,
+    WalletCommand,
 )
 from shared.ids import derived_event_id
-from shared.runtime import Refused
+from shared.runtime import Refused, topics_by_model
 from shared.runtime import Route as ServiceRoute
-from shared.runtime import topics_by_model
 from shared.topics import CLEARING, DEAD_LETTERS, Topic
 
 # Every service's subscriptions and outputs, as its app.py declares them.
 SERVICE_ROUTES: dict[str, tuple[ServiceRoute, ...]] = {
-    "relationship": relationship_app.ROUTES, "wallet": wallet_app.ROUTES, "settlement": settlement_app.ROUTES}
+    "relationship": relationship_app.ROUTES,
+    "wallet": wallet_app.ROUTES,
+    "settlement": settlement_app.ROUTES,
+}
 # Where every output is published (the topics the deep audit reads among them); the monthly
 # clearing job publishes its rows.
 OUTPUT_TOPICS: dict[type[BaseModel], Topic] = topics_by_model(
-    [*relationship_app.OUTPUTS, *wallet_app.OUTPUTS, *settlement_app.OUTPUTS, CLEARING])
+    [*relationship_app.OUTPUTS, *wallet_app.OUTPUTS, *settlement_app.OUTPUTS, CLEARING]
+)
 # The handlers that run a batch as one pipeline in batch order, not key by key concurrently
 # (gather_by_key): their batches may mix keys and still replay exactly.
 MIXED_KEYS = frozenset({"wallet/draw-requests", "settlement/enrollment", "settlement/claim-path"})
@@ -57,12 +71,13 @@ class Route:
 
 ROUTES: dict[str, Route] = {
     inbox: Route(inbox, service, subscription)
-    for service, subscriptions in SERVICE_ROUTES.items() for subscription in subscriptions
+    for service, subscriptions in SERVICE_ROUTES.items()
+    for subscription in subscriptions
     if (inbox := f"{service}/{subscription.name.removeprefix('on_').replace('_', '-')}")
 }
 
 
-def alike(route: Route, first: "Envelope", other: "Envelope") -> bool:
+def alike(route: Route, first: Envelope, other: Envelope) -> bool:
     """Whether `other` may share a batch with `first`: one kind of message (the claim path runs a
     batch's claims and its draw answers side by side, and the order of their Redis steps would not
     replay), and one key where the handler runs keys concurrently."""
@@ -84,7 +99,8 @@ def label(message: BaseModel, cast: Cast) -> str:
     a, c = cast.alias, cast.claim_alias
     match message:
         case EnrollmentChanged():
-            return f"enrollment {message.event_id} {a(message.person_id)} {message.insurance_type} {message.region} {message.status}"
+            enrolled = f"{message.insurance_type} {message.region} {message.status}"
+            return f"enrollment {message.event_id} {a(message.person_id)} {enrolled}"
         case KinshipRecorded():
             return f"kinship {message.event_id} {a(message.person_id)}:{a(message.relative_id)} {message.kinship}"
         case AccountCredited():
@@ -92,9 +108,12 @@ def label(message: BaseModel, cast: Cast) -> str:
         case AccountSpent():
             return f"spend {message.event_id} {a(message.person_id)} {message.amount_fen}"
         case SupervisionActed():
-            return f"{message.action} {message.event_id} {a(message.person_id)}" + (f" lifts {message.lifts}" if message.lifts else "")
+            return f"{message.action} {message.event_id} {a(message.person_id)}" + (
+                f" lifts {message.lifts}" if message.lifts else ""
+            )
         case RelationshipCommand():
-            return f"{message.action} {message.command_id} {a(message.provider_id)}>{a(message.recipient_id)} by {a(message.actor_id)}"
+            pair = f"{a(message.provider_id)}>{a(message.recipient_id)}"
+            return f"{message.action} {message.command_id} {pair} by {a(message.actor_id)}"
         case WalletCommand():
             return f"grant {message.command_id} {a(message.provider_id)}>{a(message.recipient_id)} {message.amount_fen}"
         case Claim(kind="settle"):
@@ -103,7 +122,8 @@ def label(message: BaseModel, cast: Cast) -> str:
             return f"reversal {c(message.claim_id)} {a(message.recipient_id)} of {c(message.reverses or '')}"
         case RelationshipEvent():
             version = f" v{message.version}" if message.version is not None else ""
-            return f"{message.type}{version} {a(message.provider_id)}>{a(message.recipient_id)} ({message.cause_id}) #{message.event_id[:6]}"
+            pair = f"{a(message.provider_id)}>{a(message.recipient_id)}"
+            return f"{message.type}{version} {pair} ({message.cause_id}) #{message.event_id[:6]}"
         case DrawRequested():
             return f"draw {c(message.claim_id)} {a(message.recipient_id)} {message.amount_fen}"
         case DrawAnswered():
@@ -113,7 +133,7 @@ def label(message: BaseModel, cast: Cast) -> str:
     raise TypeError(f"no label for {type(message).__name__}")
 
 
-def named(envelope: "Envelope", wanted: str) -> bool:
+def named(envelope: Envelope, wanted: str) -> bool:
     """A label, or its first words (a script says `draw c1` for `draw c1 R0 5000`)."""
     return envelope.label == wanted or envelope.label.startswith(wanted + " ")
 
@@ -160,10 +180,18 @@ class Topics:
 
 def dead_letter_of(record: Record, refused: Refused, at: datetime) -> DeadLetter:
     """The dead letter the runtime would publish for a refused record (its payload left out)."""
-    return DeadLetter(event_id=derived_event_id("dead-letter", record.topic, str(record.offset)),
-                      source_topic=record.topic, partition=record.partition, offset=record.offset,
-                      error=refused.error, payload="", at=at, service="simulation", source_key=record.key or "",
-                      reason=refused.reason)
+    return DeadLetter(
+        event_id=derived_event_id("dead-letter", record.topic, str(record.offset)),
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        error=refused.error,
+        payload="",
+        at=at,
+        service="simulation",
+        source_key=record.key or "",
+        reason=refused.reason,
+    )
 
 
 class Network:
@@ -192,8 +220,10 @@ class Network:
 
     def handled_batch(self, inbox: str, labels: list[str]) -> list[Envelope]:
         """Messages handled before, for a redelivery: a Kafka consumer that rewinds sees them again."""
-        found = (next((envelope for envelope in reversed(self.handled[inbox]) if named(envelope, wanted)), None)
-                 for wanted in labels)
+        found = (
+            next((envelope for envelope in reversed(self.handled[inbox]) if named(envelope, wanted)), None)
+            for wanted in labels
+        )
         return [envelope for envelope in found if envelope is not None]
 
     def acknowledge(self, inbox: str, envelopes: list[Envelope]) -> None:

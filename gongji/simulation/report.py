@@ -19,16 +19,25 @@ def render(console: Console, outcomes: list[Outcome], replay_hint: str) -> None:
         table.add_column(column, justify="right" if column not in ("seed", "result") else "left")
     for outcome in outcomes:
         result = "[green]ok[/green]" if outcome.failure is None else f"[red]{outcome.failure.invariant}[/red]"
-        table.add_row(str(outcome.seed), str(len(outcome.ops)), str(sum(outcome.faults.values())), f"{outcome.checks:,}",
-                      f"{outcome.seconds:.1f}", f"{len(outcome.ops) / outcome.seconds:.0f}", result)
+        table.add_row(
+            str(outcome.seed),
+            str(len(outcome.ops)),
+            str(sum(outcome.faults.values())),
+            f"{outcome.checks:,}",
+            f"{outcome.seconds:.1f}",
+            f"{len(outcome.ops) / outcome.seconds:.0f}",
+            result,
+        )
     console.print(table)
     kinds = sum((outcome.kinds for outcome in outcomes), Counter())
     faults = sum((outcome.faults for outcome in outcomes), Counter())
     console.print("operations by kind: " + ", ".join(f"{kind} {n}" for kind, n in kinds.most_common()))
     console.print("faults injected: " + (", ".join(f"{fault} {n}" for fault, n in faults.most_common()) or "none"))
     seconds = sum(outcome.seconds for outcome in outcomes)
-    console.print(f"{sum(len(o.ops) for o in outcomes):,} operations, {sum(o.checks for o in outcomes):,} invariant "
-                  f"checks in {seconds:.1f}s ({sum(len(o.ops) for o in outcomes) / seconds:.0f} steps/s)")
+    console.print(
+        f"{sum(len(o.ops) for o in outcomes):,} operations, {sum(o.checks for o in outcomes):,} invariant "
+        f"checks in {seconds:.1f}s ({sum(len(o.ops) for o in outcomes) / seconds:.0f} steps/s)"
+    )
     for outcome in outcomes:
         if outcome.failure is not None:
             _render_failure(console, outcome, replay_hint.format(seed=outcome.seed))
@@ -37,11 +46,13 @@ def render(console: Console, outcomes: list[Outcome], replay_hint: str) -> None:
 def _render_failure(console: Console, outcome: Outcome, replay: str) -> None:
     failure = outcome.failure
     assert failure is not None
-    console.print(f"\n[red]FAILED[/red] seed {outcome.seed}, at operation {failure.step} of {len(outcome.ops)}"
-                  + (" (delivering everything left in flight)" if failure.step > len(outcome.ops) else ""))
+    console.print(
+        f"\n[red]FAILED[/red] seed {outcome.seed}, at operation {failure.step} of {len(outcome.ops)}"
+        + (" (delivering everything left in flight)" if failure.step > len(outcome.ops) else "")
+    )
     console.print(f"invariant [bold]{failure.invariant}[/bold]: {failure.detail}", markup=False, highlight=False)
     console.print("cast: " + "; ".join(outcome.cast))
-    ops = outcome.shrunk if outcome.shrunk is not None else outcome.ops[:failure.step]
+    ops = outcome.shrunk if outcome.shrunk is not None else outcome.ops[: failure.step]
     shrunk = f", shrunk from {failure.step} in {outcome.replays} replays" if outcome.shrunk is not None else ""
     console.print(f"shortest sequence found ({len(ops)} operations{shrunk}), then everything in flight delivered:")
     for number, op in enumerate(ops, 1):
@@ -52,18 +63,25 @@ def _render_failure(console: Console, outcome: Outcome, replay: str) -> None:
 def as_json(outcomes: list[Outcome]) -> dict:
     return {
         "valid": all(outcome.failure is None for outcome in outcomes),
-        "runs": [{
-            "seed": outcome.seed,
-            "operations": len(outcome.ops),
-            "operations_by_kind": dict(outcome.kinds),
-            "faults": dict(outcome.faults),
-            "invariants_checked": outcome.checks,
-            "seconds": round(outcome.seconds, 3),
-            "failure": None if outcome.failure is None else {
-                "step": outcome.failure.step, "invariant": outcome.failure.invariant, "detail": outcome.failure.detail,
-                "shortest": [op.to_json() for op in (outcome.shrunk or outcome.ops[:outcome.failure.step])],
-            },
-        } for outcome in outcomes],
+        "runs": [
+            {
+                "seed": outcome.seed,
+                "operations": len(outcome.ops),
+                "operations_by_kind": dict(outcome.kinds),
+                "faults": dict(outcome.faults),
+                "invariants_checked": outcome.checks,
+                "seconds": round(outcome.seconds, 3),
+                "failure": None
+                if outcome.failure is None
+                else {
+                    "step": outcome.failure.step,
+                    "invariant": outcome.failure.invariant,
+                    "detail": outcome.failure.detail,
+                    "shortest": [op.to_json() for op in (outcome.shrunk or outcome.ops[: outcome.failure.step])],
+                },
+            }
+            for outcome in outcomes
+        ],
     }
 
 

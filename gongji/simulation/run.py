@@ -70,8 +70,9 @@ async def execute(redis: Redis, seed: int, ops: list[Op] | None = None, steps: i
         failure = Failure(len(done) + draining, breach.invariant, breach.detail)
     except Exception as error:  # a handler that raises is a finding too
         failure = Failure(len(done) + draining, "error", f"{type(error).__name__}: {error}")
-    return Outcome(seed, done, log, failure, world.checks, world.faults, time.perf_counter() - started,
-                   world.cast.describe())
+    return Outcome(
+        seed, done, log, failure, world.checks, world.faults, time.perf_counter() - started, world.cast.describe()
+    )
 
 
 async def shrink(redis: Redis, outcome: Outcome, seconds: float = 60.0) -> Outcome:
@@ -88,9 +89,9 @@ async def shrink(redis: Redis, outcome: Outcome, seconds: float = 60.0) -> Outco
         result = await execute(redis, outcome.seed, candidate)
         if result.failure is None or result.failure.invariant != invariant:
             return None
-        return candidate[:result.failure.step]  # what comes after the failure is not needed
+        return candidate[: result.failure.step]  # what comes after the failure is not needed
 
-    ops = outcome.ops[:outcome.failure.step]
+    ops = outcome.ops[: outcome.failure.step]
     # Operations that found nothing to do go first, in one try.
     busy = [op for op, line in zip(ops, outcome.log, strict=False) if " -> nothing" not in line]
     if len(busy) < len(ops) and (smaller := await still_fails(busy)):

@@ -12,16 +12,24 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from gongji.simulation.cast import Cast
 from gongji.audit.books import rebuild
 from gongji.audit.compare import compare
 from gongji.audit.state import read_state
+from gongji.simulation.cast import Cast
 from gongji.simulation.model import Books, Breach, require
 from gongji.simulation.network import (
-    OUTPUT_TOPICS, ROUTES, Envelope, Network, Route, Topics, alike, inboxes_of, label,
+    OUTPUT_TOPICS,
+    ROUTES,
+    Envelope,
+    Network,
+    Route,
+    Topics,
+    alike,
+    inboxes_of,
+    label,
 )
 from services.relationship.handlers import RelationshipHandlers
 from services.relationship.store import RelationshipStore
@@ -33,11 +41,21 @@ from services.wallet.store import WalletStore
 from shared.clock import FixedClock, rfc3339
 from shared.ids import claim_id_prefix
 from shared.policy import Policy, PolicyCache, write_policy
-from shared.topics import (
-    ACCOUNT_CREDITS, ACCOUNT_SPENDS, ALL_TOPICS, CLAIMS, CLEARING, ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS,
-    SUPERVISION, WALLET_COMMANDS, Topic, province_claims,
-)
 from shared.runtime import Refused, ToTopic
+from shared.topics import (
+    ACCOUNT_CREDITS,
+    ACCOUNT_SPENDS,
+    ALL_TOPICS,
+    CLAIMS,
+    CLEARING,
+    ENROLLMENT,
+    KINSHIP,
+    RELATIONSHIP_COMMANDS,
+    SUPERVISION,
+    WALLET_COMMANDS,
+    Topic,
+    province_claims,
+)
 
 # Near a month's end, so that runs close months and reverse claims of closed ones.
 START = datetime.fromisoformat("2026-03-27T09:00:00+08:00")
@@ -48,8 +66,21 @@ SHARDS = 4
 UNBOUNDED = ClaimLimits(per_recipient_per_day=10**6, province_per_minute=10**6)
 # The steps that decide what an instance publishes: once one ran, the instance's outputs describe
 # a change made before whatever ran while it was stopped.
-DECISIVE_STEPS = {"apply_command", "record_enrollment", "end_relationship", "grant", "credit", "spend", "supervise",
-                  "relationship_changed", "record_kinship", "refund", "run", "draw_begin", "claim_facts"}
+DECISIVE_STEPS = {
+    "apply_command",
+    "record_enrollment",
+    "end_relationship",
+    "grant",
+    "credit",
+    "spend",
+    "supervise",
+    "relationship_changed",
+    "record_kinship",
+    "refund",
+    "run",
+    "draw_begin",
+    "claim_facts",
+}
 
 
 @dataclass(frozen=True)
@@ -66,15 +97,17 @@ class Op:
             words.append(shown.pop("inbox"))
         if "labels" in shown:
             words.append("[" + "; ".join(shown.pop("labels")) + "]")
-        words += [f"{name}={value!r}" if isinstance(value, str) and " " in value else f"{name}={value}"
-                  for name, value in shown.items()]
+        words += [
+            f"{name}={value!r}" if isinstance(value, str) and " " in value else f"{name}={value}"
+            for name, value in shown.items()
+        ]
         return " ".join(words)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.args}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Op":
+    def from_json(cls, data: dict[str, Any]) -> Op:
         return cls(data["kind"], {name: value for name, value in data.items() if name != "kind"})
 
 
@@ -207,8 +240,9 @@ class World:
         return self.last_outcome
 
     async def check(self) -> None:
-        self.checks += await self.books.check(self.stores["wallet"], self.stores["relationship"],
-                                              self.stores["settlement"], self.network.quiet())
+        self.checks += await self.books.check(
+            self.stores["wallet"], self.stores["relationship"], self.stores["settlement"], self.network.quiet()
+        )
 
     # ---- inputs ---------------------------------------------------------------------------
 
@@ -229,64 +263,163 @@ class World:
         return f"sent {envelope.label}" + (f" on {topic.province}'s topic" if topic.province else "")
 
     async def _enroll(self, person: str, insurance_type: str, region: str, status: str, id: str, at: str) -> str:
-        return self._send(ENROLLMENT, {"event_id": id, "person_id": self.person(person), "insurance_type": insurance_type,
-                                       "region": region, "status": status, "occurred_at": at})
+        return self._send(
+            ENROLLMENT,
+            {
+                "event_id": id,
+                "person_id": self.person(person),
+                "insurance_type": insurance_type,
+                "region": region,
+                "status": status,
+                "occurred_at": at,
+            },
+        )
 
     async def _kinship(self, person: str, relative: str, kinship: str, id: str, at: str) -> str:
-        return self._send(KINSHIP, {"event_id": id, "person_id": self.person(person),
-                                    "relative_id": self.person(relative), "kinship": kinship, "occurred_at": at})
+        return self._send(
+            KINSHIP,
+            {
+                "event_id": id,
+                "person_id": self.person(person),
+                "relative_id": self.person(relative),
+                "kinship": kinship,
+                "occurred_at": at,
+            },
+        )
 
     async def _credit(self, person: str, amount: int, id: str, at: str, invalid: bool = False) -> str:
-        return self._send(ACCOUNT_CREDITS, {"event_id": id, "person_id": self.person(person), "amount_fen": amount,
-                                            "occurred_at": at}, invalid)
+        return self._send(
+            ACCOUNT_CREDITS,
+            {"event_id": id, "person_id": self.person(person), "amount_fen": amount, "occurred_at": at},
+            invalid,
+        )
 
     async def _spend(self, person: str, amount: int, id: str, at: str) -> str:
-        return self._send(ACCOUNT_SPENDS, {"event_id": id, "person_id": self.person(person), "amount_fen": amount,
-                                           "occurred_at": at})
+        return self._send(
+            ACCOUNT_SPENDS, {"event_id": id, "person_id": self.person(person), "amount_fen": amount, "occurred_at": at}
+        )
 
-    async def _supervise(self, person: str, action: str, reason: str, id: str, at: str, lifts: str | None = None,
-                         invalid: bool = False) -> str:
-        return self._send(SUPERVISION, {"event_id": id, "person_id": self.person(person), "action": action,
-                                        "reason": reason, "lifts": lifts, "occurred_at": at}, invalid)
+    async def _supervise(
+        self, person: str, action: str, reason: str, id: str, at: str, lifts: str | None = None, invalid: bool = False
+    ) -> str:
+        return self._send(
+            SUPERVISION,
+            {
+                "event_id": id,
+                "person_id": self.person(person),
+                "action": action,
+                "reason": reason,
+                "lifts": lifts,
+                "occurred_at": at,
+            },
+            invalid,
+        )
 
-    async def _command(self, action: str, actor: str, provider: str, recipient: str, id: str, at: str,
-                       region: str | None = None, kinship: str | None = None) -> str:
-        return self._send(RELATIONSHIP_COMMANDS, {
-            "command_id": id, "action": action, "actor_id": self.person(actor), "provider_id": self.person(provider),
-            "recipient_id": self.person(recipient), "recipient_region": region, "kinship": kinship, "requested_at": at})
+    async def _command(
+        self,
+        action: str,
+        actor: str,
+        provider: str,
+        recipient: str,
+        id: str,
+        at: str,
+        region: str | None = None,
+        kinship: str | None = None,
+    ) -> str:
+        return self._send(
+            RELATIONSHIP_COMMANDS,
+            {
+                "command_id": id,
+                "action": action,
+                "actor_id": self.person(actor),
+                "provider_id": self.person(provider),
+                "recipient_id": self.person(recipient),
+                "recipient_region": region,
+                "kinship": kinship,
+                "requested_at": at,
+            },
+        )
 
-    async def _grant(self, actor: str, provider: str, recipient: str, region: str, amount: int, id: str, at: str) -> str:
-        return self._send(WALLET_COMMANDS, {
-            "command_id": id, "action": "grant", "actor_id": self.person(actor), "provider_id": self.person(provider),
-            "recipient_id": self.person(recipient), "recipient_region": region, "amount_fen": amount, "requested_at": at})
+    async def _grant(
+        self, actor: str, provider: str, recipient: str, region: str, amount: int, id: str, at: str
+    ) -> str:
+        return self._send(
+            WALLET_COMMANDS,
+            {
+                "command_id": id,
+                "action": "grant",
+                "actor_id": self.person(actor),
+                "provider_id": self.person(provider),
+                "recipient_id": self.person(recipient),
+                "recipient_region": region,
+                "amount_fen": amount,
+                "requested_at": at,
+            },
+        )
 
-    async def _settle(self, recipient: str, id: str, category: str, service_region: str, recipient_region: str,
-                      amount: int, at: str, code: str | None = None, items: list | None = None, invalid: bool = False,
-                      via: str | None = None) -> str:
+    async def _settle(
+        self,
+        recipient: str,
+        id: str,
+        category: str,
+        service_region: str,
+        recipient_region: str,
+        amount: int,
+        at: str,
+        code: str | None = None,
+        items: list | None = None,
+        invalid: bool = False,
+        via: str | None = None,
+    ) -> str:
         """A claim, sent on the national topic or on province `via`'s own."""
         claim_id = self.cast.name_claim(id, claim_id_prefix(service_region, code))
-        return self._send(CLAIMS if via is None else province_claims(via), {
-            "claim_id": claim_id, "kind": "settle", "recipient_id": self.person(recipient), "recipient_region": recipient_region,
-            "category": category, "institution_code": code, "service_region": service_region, "amount_fen": amount,
-            "items": [{"code": c, "in_catalogue": listed, "amount_fen": n} for c, listed, n in items] if items else None,
-            "occurred_at": at}, invalid)
+        return self._send(
+            CLAIMS if via is None else province_claims(via),
+            {
+                "claim_id": claim_id,
+                "kind": "settle",
+                "recipient_id": self.person(recipient),
+                "recipient_region": recipient_region,
+                "category": category,
+                "institution_code": code,
+                "service_region": service_region,
+                "amount_fen": amount,
+                "items": [{"code": c, "in_catalogue": listed, "amount_fen": n} for c, listed, n in items]
+                if items
+                else None,
+                "occurred_at": at,
+            },
+            invalid,
+        )
 
     async def _reverse(self, recipient: str, id: str, reverses: str, at: str, via: str | None = None) -> str:
         original = self.cast.claim_id(reverses) or f"110100-{reverses}"  # a claim never sent
         claim_id = self.cast.name_claim(id, f"{original.partition('-')[0]}-")
-        return self._send(CLAIMS if via is None else province_claims(via), {"claim_id": claim_id, "kind": "reverse", "recipient_id": self.person(recipient),
-                                   "reverses": original, "occurred_at": at})
+        return self._send(
+            CLAIMS if via is None else province_claims(via),
+            {
+                "claim_id": claim_id,
+                "kind": "reverse",
+                "recipient_id": self.person(recipient),
+                "reverses": original,
+                "occurred_at": at,
+            },
+        )
 
     async def _inject(self, topic: str, message: dict[str, Any]) -> str:
         """An internal message no service sent (a scenario's forgery), as if it were on the topic."""
         found = next(known for known in ALL_TOPICS if known.name == topic)
-        people = {name: self.person(value) if name.endswith("_id") and isinstance(value, str) else value
-                  for name, value in message.items()}
+        people = {
+            name: self.person(value) if name.endswith("_id") and isinstance(value, str) else value
+            for name, value in message.items()
+        }
         for name in ("claim_id", "original_claim_id"):
             if name in people:
                 people[name] = self.cast.claim_id(people[name]) or people[name]
         if "payers" in people:
-            people["payers"] = [{**payer, "provider_id": self.person(payer["provider_id"])} for payer in people["payers"]]
+            people["payers"] = [
+                {**payer, "provider_id": self.person(payer["provider_id"])} for payer in people["payers"]
+            ]
         parsed = found.model.model_validate(people)
         envelope = Envelope(label(parsed, self.cast), parsed, found)
         for inbox in inboxes_of(found):
@@ -325,8 +458,11 @@ class World:
 
     @staticmethod
     def _summary(batch: list[Envelope], outputs: list) -> str:
-        kinds = Counter(getattr(output, "type", None) or getattr(output, "status", None) or type(output).__name__
-                        for output in outputs if not isinstance(output, ToTopic))
+        kinds = Counter(
+            getattr(output, "type", None) or getattr(output, "status", None) or type(output).__name__
+            for output in outputs
+            if not isinstance(output, ToTopic)
+        )
         return f"{len(batch)} in, out: " + (", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "nothing")
 
     async def _take_and_handle(self, inbox: str, labels: list[str]):
@@ -345,8 +481,9 @@ class World:
         if fault == "twin":
             self.faults["twin"] += 1
             turnstile, store = Turnstile(pattern), self.stores[route.service]
-            first, second = await asyncio.gather(*(turnstile.run(me, self._handle(route, envelopes, turnstile.store(store, me)))
-                                                   for me in (0, 1)))
+            first, second = await asyncio.gather(
+                *(turnstile.run(me, self._handle(route, envelopes, turnstile.store(store, me))) for me in (0, 1))
+            )
             self._effects(route, envelopes, first)
             self._effects(route, envelopes, second)
             outputs = first
@@ -370,8 +507,9 @@ class World:
         self._effects(route, envelopes, outputs)
         return "again: " + self._summary(envelopes, outputs)
 
-    async def _interleaved(self, inbox: str, labels: list[str], pause: int, other_inbox: str | None,
-                           other_labels: list[str]) -> str:
+    async def _interleaved(
+        self, inbox: str, labels: list[str], pause: int, other_inbox: str | None, other_labels: list[str]
+    ) -> str:
         """Instance A takes the batch and stops before its `pause`-th Redis step; meanwhile another
         delivery runs whole (of `other_labels`, or without them the same batch by instance B);
         then A goes on and publishes too. The books follow the order the decisive steps took."""
@@ -435,8 +573,9 @@ class World:
             for provider in plan.providers[:takes]:
                 if needed <= 0:
                     break
-                (step,) = await wallet.run([wallet.draw_from_grant(request.claim_id, provider, request.recipient_id,
-                                                                   needed, now)])
+                (step,) = await wallet.run(
+                    [wallet.draw_from_grant(request.claim_id, provider, request.recipient_id, needed, now)]
+                )
                 self.books.observe_take(request, provider, needed, step)
                 if not step.conflict:
                     needed -= step.result["amount"]
@@ -472,8 +611,11 @@ class World:
         report = compare(rebuild(self.topics.records), await read_state(self.redis))
         if not report.valid:
             first = report.differences[0]
-            raise Breach("deep-audit", f"{first.invariant}: {first.what} {first.ids}: expected {first.expected}, "
-                                       f"found {first.found} ({len(report.differences)} differences)")
+            raise Breach(
+                "deep-audit",
+                f"{first.invariant}: {first.what} {first.ids}: expected {first.expected}, "
+                f"found {first.found} ({len(report.differences)} differences)",
+            )
         if report.pending:
             raise Breach("deep-audit", f"still pending once everything landed: {report.pending[0]}")
 

@@ -27,7 +27,9 @@ def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
     store = RelationshipStore(redis)
     handlers = RelationshipHandlers(store, PolicyCache(redis, settings.policy_cache_seconds), clock)
     return build_service_app(
-        SERVICE, settings, clock,
+        SERVICE,
+        settings,
+        clock,
         group_id=RELATIONSHIP_GROUP,
         handlers=handlers,
         routes=ROUTES,

@@ -33,7 +33,7 @@ class Enrollment:
     # the person is at another. It counts changes; it is not itself part of the enrollment.
     generation: int = field(default=0, compare=False)
 
-    def differs_from(self, other: "Enrollment") -> bool:
+    def differs_from(self, other: Enrollment) -> bool:
         """Rule 7: a change of type, region or status is an insurance-relationship change."""
         return self != other
 

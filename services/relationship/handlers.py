@@ -8,7 +8,13 @@ from dataclasses import replace
 from datetime import datetime
 
 from services.relationship.domain import (
-    Enrollment, Facts, check_accept, check_actor, check_request, generation_of, registry_kinship,
+    Enrollment,
+    Facts,
+    check_accept,
+    check_actor,
+    check_request,
+    generation_of,
+    registry_kinship,
 )
 from services.relationship.store import RelationshipStore
 from shared.clock import Clock, rfc3339
@@ -30,8 +36,9 @@ def _event_id(topic: Topic, scope: str, input_id: str, *distinguishing: str) -> 
     return derived_event_id(SERVICE, topic.name, scope, input_id, *distinguishing)
 
 
-def _event(event_id: str, cause_id: str, event_type: str, result: dict, provider_id: str,
-           recipient_id: str) -> RelationshipEvent:
+def _event(
+    event_id: str, cause_id: str, event_type: str, result: dict, provider_id: str, recipient_id: str
+) -> RelationshipEvent:
     return RelationshipEvent(
         event_id=event_id,
         cause_id=cause_id,
@@ -65,8 +72,9 @@ def _conflict_event(command: RelationshipCommand, content: str, now: datetime) -
 def _refused_as_conflict(topic: Topic, message: EnrollmentChanged | KinshipRecorded) -> Refused:
     """Enrollment and kinship have no event stream of their own: the refusal is a dead letter."""
     CONFLICTS.labels(SERVICE, topic.name).inc()
-    return Refused(message, ReasonCode.CONFLICT,
-                   f"event_id {message.event_id!r} was used before on {topic.name} for other content")
+    return Refused(
+        message, ReasonCode.CONFLICT, f"event_id {message.event_id!r} was used before on {topic.name} for other content"
+    )
 
 
 class RelationshipHandlers:
@@ -81,8 +89,10 @@ class RelationshipHandlers:
         return Facts(
             provider=await self.store.enrollment(provider_id),
             recipient=await self.store.enrollment(recipient_id),
-            recorded_kinship=registry_kinship(await self.store.recorded_kinship(provider_id, recipient_id),
-                                              await self.store.recorded_kinship(recipient_id, provider_id)),
+            recorded_kinship=registry_kinship(
+                await self.store.recorded_kinship(provider_id, recipient_id),
+                await self.store.recorded_kinship(recipient_id, provider_id),
+            ),
         )
 
     async def on_commands(self, commands: Sequence[RelationshipCommand]) -> list[RelationshipEvent]:
@@ -112,9 +122,18 @@ class RelationshipHandlers:
             refusal = check_actor(command)
         content = fingerprint(command.model_dump_json())
         step = await self.store.apply_command(
-            command.command_id, content, command.action, provider_id, recipient_id, refusal or "",
-            command.kinship or "", command.recipient_region or "", generation_of(facts.recipient),
-            generation_of(facts.provider), requested.version if requested else 0, rfc3339(now),
+            command.command_id,
+            content,
+            command.action,
+            provider_id,
+            recipient_id,
+            refusal or "",
+            command.kinship or "",
+            command.recipient_region or "",
+            generation_of(facts.recipient),
+            generation_of(facts.provider),
+            requested.version if requested else 0,
+            rfc3339(now),
         )
         if step.conflict:
             return [_conflict_event(command, content, now)]
@@ -141,7 +160,11 @@ class RelationshipHandlers:
         person_id = change.person_id
         enrollment = Enrollment(change.insurance_type, change.region, change.status)
         step = await self.store.record_enrollment(
-            change.event_id, fingerprint(change.model_dump_json()), person_id, enrollment, rfc3339(self.clock.now()),
+            change.event_id,
+            fingerprint(change.model_dump_json()),
+            person_id,
+            enrollment,
+            rfc3339(self.clock.now()),
         )
         if step.conflict:
             return [_refused_as_conflict(ENROLLMENT, change)]
@@ -172,6 +195,10 @@ class RelationshipHandlers:
     async def _kinship(self, fact: KinshipRecorded) -> list[Refused]:
         # Only the person's own fact: the relative's side is read, inverted, when a request is checked.
         step = await self.store.record_kinship(
-            fact.event_id, fingerprint(fact.model_dump_json()), fact.person_id, fact.relative_id, fact.kinship.value,
+            fact.event_id,
+            fingerprint(fact.model_dump_json()),
+            fact.person_id,
+            fact.relative_id,
+            fact.kinship.value,
         )
         return [_refused_as_conflict(KINSHIP, fact)] if step.conflict else []

@@ -15,18 +15,40 @@ from shared.redis_functions import Library, Step, call_step, execute
 LIBRARY = Library("gongji_relationship", Path(__file__).with_name("relationship.lua"))
 
 COMMAND = LIBRARY.declare(
-    "relationship_command", keys=("seen_key", "rels_key", "versions_key", "enrollment_key", "generations_key"),
-    args=("input_id", "fingerprint", "action", "recipient", "refusal", "kinship", "recipient_region",
-          "recipient_generation", "provider_generation", "version", "now"))
+    "relationship_command",
+    keys=("seen_key", "rels_key", "versions_key", "enrollment_key", "generations_key"),
+    args=(
+        "input_id",
+        "fingerprint",
+        "action",
+        "recipient",
+        "refusal",
+        "kinship",
+        "recipient_region",
+        "recipient_generation",
+        "provider_generation",
+        "version",
+        "now",
+    ),
+)
 RECORD_ENROLLMENT = LIBRARY.declare(
-    "relationship_record_enrollment", keys=("seen_key", "enrollment_key", "rels_key", "versions_key", "providers_key"),
-    args=("input_id", "fingerprint", "insurance_type", "region", "status", "now"))
-END = LIBRARY.declare("relationship_end", keys=("terminations_key", "rels_key", "versions_key", "generations_key"),
-                      args=("recipient", "generation"))
-RECORD_KINSHIP = LIBRARY.declare("relationship_record_kinship", keys=("seen_key", "kinship_key"),
-                                 args=("input_id", "fingerprint", "relative", "kinship"))
-INDEX_PROVIDER = LIBRARY.declare("relationship_index_provider", keys=("providers_key",),
-                                 args=("provider", "version", "state"))
+    "relationship_record_enrollment",
+    keys=("seen_key", "enrollment_key", "rels_key", "versions_key", "providers_key"),
+    args=("input_id", "fingerprint", "insurance_type", "region", "status", "now"),
+)
+END = LIBRARY.declare(
+    "relationship_end",
+    keys=("terminations_key", "rels_key", "versions_key", "generations_key"),
+    args=("recipient", "generation"),
+)
+RECORD_KINSHIP = LIBRARY.declare(
+    "relationship_record_kinship",
+    keys=("seen_key", "kinship_key"),
+    args=("input_id", "fingerprint", "relative", "kinship"),
+)
+INDEX_PROVIDER = LIBRARY.declare(
+    "relationship_index_provider", keys=("providers_key",), args=("provider", "version", "state")
+)
 EXPECT_PROVIDER = LIBRARY.declare("relationship_expect_provider", keys=("providers_key",), args=("provider",))
 
 
@@ -45,17 +67,41 @@ class RelationshipStore:
         await LIBRARY.require_loaded(self.redis)
 
     async def apply_command(
-        self, input_id: str, fingerprint: str, action: str, provider_id: str, recipient_id: str,
-        refusal: str, kinship: str, recipient_region: str, recipient_generation: int, provider_generation: int,
-        version: int, now: str,
+        self,
+        input_id: str,
+        fingerprint: str,
+        action: str,
+        provider_id: str,
+        recipient_id: str,
+        refusal: str,
+        kinship: str,
+        recipient_region: str,
+        recipient_generation: int,
+        provider_generation: int,
+        version: int,
+        now: str,
     ) -> Step:
-        return await call_step(self.redis, COMMAND.call(
-            seen_key=_key(provider_id, "seen:commands"), rels_key=_key(provider_id, "rels"),
-            versions_key=_key(provider_id, "versions"), enrollment_key=_key(provider_id, "enrollment"),
-            generations_key=_key(provider_id, "recipient-generations"),
-            input_id=input_id, fingerprint=fingerprint, action=action, recipient=recipient_id, refusal=refusal,
-            kinship=kinship, recipient_region=recipient_region, recipient_generation=recipient_generation,
-            provider_generation=provider_generation, version=version, now=now))
+        return await call_step(
+            self.redis,
+            COMMAND.call(
+                seen_key=_key(provider_id, "seen:commands"),
+                rels_key=_key(provider_id, "rels"),
+                versions_key=_key(provider_id, "versions"),
+                enrollment_key=_key(provider_id, "enrollment"),
+                generations_key=_key(provider_id, "recipient-generations"),
+                input_id=input_id,
+                fingerprint=fingerprint,
+                action=action,
+                recipient=recipient_id,
+                refusal=refusal,
+                kinship=kinship,
+                recipient_region=recipient_region,
+                recipient_generation=recipient_generation,
+                provider_generation=provider_generation,
+                version=version,
+                now=now,
+            ),
+        )
 
     async def command_seen(self, provider_id: str, input_id: str) -> bool:
         return bool(await self.redis.hexists(_key(provider_id, "seen:commands"), input_id))
@@ -63,38 +109,65 @@ class RelationshipStore:
     async def record_enrollment(
         self, input_id: str, fingerprint: str, person_id: str, enrollment: Enrollment, now: str
     ) -> Step:
-        return await call_step(self.redis, RECORD_ENROLLMENT.call(
-            seen_key=_key(person_id, "seen:enrollment"), enrollment_key=_key(person_id, "enrollment"),
-            rels_key=_key(person_id, "rels"), versions_key=_key(person_id, "versions"),
-            providers_key=_key(person_id, "providers"),
-            input_id=input_id, fingerprint=fingerprint, insurance_type=enrollment.insurance_type,
-            region=enrollment.region, status=enrollment.status, now=now))
+        return await call_step(
+            self.redis,
+            RECORD_ENROLLMENT.call(
+                seen_key=_key(person_id, "seen:enrollment"),
+                enrollment_key=_key(person_id, "enrollment"),
+                rels_key=_key(person_id, "rels"),
+                versions_key=_key(person_id, "versions"),
+                providers_key=_key(person_id, "providers"),
+                input_id=input_id,
+                fingerprint=fingerprint,
+                insurance_type=enrollment.insurance_type,
+                region=enrollment.region,
+                status=enrollment.status,
+                now=now,
+            ),
+        )
 
     async def end_relationship(self, provider_id: str, recipient_id: str, generation: int) -> Step:
-        return await call_step(self.redis, END.call(
-            terminations_key=_key(provider_id, "terminations"), rels_key=_key(provider_id, "rels"),
-            versions_key=_key(provider_id, "versions"), generations_key=_key(provider_id, "recipient-generations"),
-            recipient=recipient_id, generation=generation))
+        return await call_step(
+            self.redis,
+            END.call(
+                terminations_key=_key(provider_id, "terminations"),
+                rels_key=_key(provider_id, "rels"),
+                versions_key=_key(provider_id, "versions"),
+                generations_key=_key(provider_id, "recipient-generations"),
+                recipient=recipient_id,
+                generation=generation,
+            ),
+        )
 
     async def record_kinship(
         self, input_id: str, fingerprint: str, person_id: str, relative_id: str, kinship: str
     ) -> Step:
-        return await call_step(self.redis, RECORD_KINSHIP.call(
-            seen_key=_key(person_id, "seen:kinship"), kinship_key=_key(person_id, "kinship"),
-            input_id=input_id, fingerprint=fingerprint, relative=relative_id, kinship=kinship))
+        return await call_step(
+            self.redis,
+            RECORD_KINSHIP.call(
+                seen_key=_key(person_id, "seen:kinship"),
+                kinship_key=_key(person_id, "kinship"),
+                input_id=input_id,
+                fingerprint=fingerprint,
+                relative=relative_id,
+                kinship=kinship,
+            ),
+        )
 
     async def index_provider(self, provider_id: str, recipient_id: str, version: int, state: str) -> None:
         """Keeps the recipient's index of providers, used to end them when the recipient's insurance
         changes; an update older than the index's holds nothing."""
-        await INDEX_PROVIDER.call(providers_key=_key(recipient_id, "providers"), provider=provider_id,
-                                  version=version, state=state).on(self.redis)
+        await INDEX_PROVIDER.call(
+            providers_key=_key(recipient_id, "providers"), provider=provider_id, version=version, state=state
+        ).on(self.redis)
 
     async def expect_provider(self, provider_id: str, recipient_id: str) -> None:
         await EXPECT_PROVIDER.call(providers_key=_key(recipient_id, "providers"), provider=provider_id).on(self.redis)
 
     async def enrollment(self, person_id: str) -> Enrollment | None:
-        values = await self.redis.hmget(_key(person_id, "enrollment"),
-                                        "insurance_type", "region", "status", "generation")
+        values = await self.redis.hmget(
+            _key(person_id, "enrollment"), "insurance_type", "region", "status", "generation"
+        )
         if values[0] is None:
             return None
         return Enrollment(*(value.decode() for value in values[:3]), generation=int(values[3] or 0))
@@ -108,8 +181,9 @@ class RelationshipStore:
             return None
         stored = json.loads(raw)
         # A relationship stored before generations existed counts as requested on generation 0.
-        return Relationship(stored["state"], stored["recipient_region"], stored.get("recipient_generation", 0),
-                            int(version or 0))
+        return Relationship(
+            stored["state"], stored["recipient_region"], stored.get("recipient_generation", 0), int(version or 0)
+        )
 
     async def recorded_kinship(self, person_id: str, relative_id: str) -> str | None:
         """What the civil registry says `relative_id` is to `person_id`, by `person_id`'s own facts."""

@@ -11,8 +11,17 @@ from shared.redis_client import connect
 from shared.runtime import Route, build_service_app
 from shared.settings import Settings
 from shared.topics import (
-    CLAIMS, DRAW_ANSWERS, DRAW_REQUESTS, ENROLLMENT, PROVINCE_CLAIMS, PROVINCES, REFUND_REQUESTS, SETTLEMENT_GROUP,
-    SETTLEMENTS, STATISTICS, province_settlements,
+    CLAIMS,
+    DRAW_ANSWERS,
+    DRAW_REQUESTS,
+    ENROLLMENT,
+    PROVINCE_CLAIMS,
+    PROVINCES,
+    REFUND_REQUESTS,
+    SETTLEMENT_GROUP,
+    SETTLEMENTS,
+    STATISTICS,
+    province_settlements,
 )
 
 SERVICE = "settlement"
@@ -31,9 +40,13 @@ def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
     clock = clock or clock_from_setting(settings.clock_fixed_at)
     redis = connect(settings, SERVICE)
     store = SettlementStore(redis, settings.settlement_shards)
-    handlers = SettlementHandlers(store, clock, settings.statistics_interval_seconds, ClaimLimits.from_settings(settings))
+    handlers = SettlementHandlers(
+        store, clock, settings.statistics_interval_seconds, ClaimLimits.from_settings(settings)
+    )
     return build_service_app(
-        SERVICE, settings, clock,
+        SERVICE,
+        settings,
+        clock,
         group_id=SETTLEMENT_GROUP,
         handlers=handlers,
         routes=ROUTES,

@@ -35,8 +35,14 @@ async def close_month(store: SettlementStore, month: str, now: datetime) -> list
     rows = [
         ClearingRow(
             event_id=derived_event_id("clearing", month, "gross", line.payer_province, line.payee_province),
-            month=month, row="gross", payer_province=line.payer_province, payee_province=line.payee_province,
-            amount_fen=line.amount_fen, claims=line.claims, reversals=line.reversals, closed_at=at,
+            month=month,
+            row="gross",
+            payer_province=line.payer_province,
+            payee_province=line.payee_province,
+            amount_fen=line.amount_fen,
+            claims=line.claims,
+            reversals=line.reversals,
+            closed_at=at,
         )
         for line in lines
     ]
@@ -47,9 +53,14 @@ async def close_month(store: SettlementStore, month: str, now: datetime) -> list
             counts_by_province[province][1] += line.reversals
     rows += [
         ClearingRow(
-            event_id=derived_event_id("clearing", month, "net", province), month=month, row="net",
-            province=province, amount_fen=net, claims=counts_by_province[province][0],
-            reversals=counts_by_province[province][1], closed_at=at,
+            event_id=derived_event_id("clearing", month, "net", province),
+            month=month,
+            row="net",
+            province=province,
+            amount_fen=net,
+            claims=counts_by_province[province][0],
+            reversals=counts_by_province[province][1],
+            closed_at=at,
         )
         for province, net in net_positions(lines).items()
     ]
@@ -58,5 +69,4 @@ async def close_month(store: SettlementStore, month: str, now: datetime) -> list
 
 def statement_destinations(rows: list[ClearingRow]) -> list[tuple[Topic, ClearingRow]]:
     """Every row to the national topic, and to the own topic of each province it concerns."""
-    return [(topic, row) for row in rows
-            for topic in (CLEARING, *map(province_clearing, clearing_row_provinces(row)))]
+    return [(topic, row) for row in rows for topic in (CLEARING, *map(province_clearing, clearing_row_provinces(row)))]

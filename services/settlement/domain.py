@@ -135,8 +135,13 @@ def for_province(event: SettlementEvent) -> SettlementEvent:
     """A province's copy of a settlement: the payers are other people than the province's patient
     (their relatives, insured elsewhere), so their resident ids are masked; their regions and
     amounts, which the province's books need, stay. The national platform's copy has them whole."""
-    return event.model_copy(update={"payers": [payer.model_copy(update={"provider_id": mask_person_id(payer.provider_id)})
-                                               for payer in event.payers]})
+    return event.model_copy(
+        update={
+            "payers": [
+                payer.model_copy(update={"provider_id": mask_person_id(payer.provider_id)}) for payer in event.payers
+            ]
+        }
+    )
 
 
 def clearing_row_provinces(row: ClearingRow) -> tuple[str, ...]:
@@ -194,9 +199,13 @@ class MinuteTally:
     rejections_by_reason: dict[str, list[int]]
 
     @classmethod
-    def empty(cls) -> "MinuteTally":
-        return cls(defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0]),
-                   defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0]))
+    def empty(cls) -> MinuteTally:
+        return cls(
+            defaultdict(lambda: [0, 0]),
+            defaultdict(lambda: [0, 0]),
+            defaultdict(lambda: [0, 0]),
+            defaultdict(lambda: [0, 0]),
+        )
 
     def add(self, status: str, category: str, paid_fen: int, owed: dict[str, int], reason: str | None) -> None:
         for table, key, amount in (

@@ -14,14 +14,33 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from services.settlement.domain import (
-    NATIONAL, SERVICE, MinuteTally, answer_mismatch, assess_claim, clearing_contributions, for_province,
-    output_event_id, refusal_before_id, settlement_status, statistics_category,
+    NATIONAL,
+    SERVICE,
+    MinuteTally,
+    answer_mismatch,
+    assess_claim,
+    clearing_contributions,
+    for_province,
+    output_event_id,
+    refusal_before_id,
+    settlement_status,
+    statistics_category,
 )
 from services.settlement.store import ClaimFacts, ClaimLimits, SettlementStore
 from shared.clock import Clock, rfc3339, shanghai_day, shanghai_minute, shanghai_month
 from shared.contracts import (
-    Claim, ClaimContext, DeadLetter, DrawAnswered, DrawRequested, EnrollmentChanged, Payer, ReasonCode,
-    RefundRequested, SettlementEvent, StatisticsCount, StatisticsSnapshot,
+    Claim,
+    ClaimContext,
+    DeadLetter,
+    DrawAnswered,
+    DrawRequested,
+    EnrollmentChanged,
+    Payer,
+    ReasonCode,
+    RefundRequested,
+    SettlementEvent,
+    StatisticsCount,
+    StatisticsSnapshot,
 )
 from shared.ids import derived_event_id, fingerprint, mask_person_ids
 from shared.money import MAX_AMOUNT_FEN
@@ -64,8 +83,13 @@ def settlement_event(claim_id: str, record: dict) -> SettlementEvent:
 
 
 class SettlementHandlers:
-    def __init__(self, store: SettlementStore, clock: Clock, statistics_interval_seconds: float,
-                 limits: ClaimLimits | None = None) -> None:
+    def __init__(
+        self,
+        store: SettlementStore,
+        clock: Clock,
+        statistics_interval_seconds: float,
+        limits: ClaimLimits | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.limits = limits or ClaimLimits.from_settings(Settings())
@@ -77,15 +101,27 @@ class SettlementHandlers:
     async def on_enrollment(self, changes: Sequence[EnrollmentChanged]) -> list[Refused]:
         """Keeps the service's own copy of who is insured where (for rule 4), in one pipeline. An
         event id used before for other content changes nothing and is refused visibly."""
-        steps = await self.store.run([
-            self.store.record_enrollment(change.event_id, fingerprint(change.model_dump_json()), change.person_id,
-                                         change.insurance_type, change.region, change.status)
-            for change in changes
-        ])
+        steps = await self.store.run(
+            [
+                self.store.record_enrollment(
+                    change.event_id,
+                    fingerprint(change.model_dump_json()),
+                    change.person_id,
+                    change.insurance_type,
+                    change.region,
+                    change.status,
+                )
+                for change in changes
+            ]
+        )
         refusals = [
-            Refused(message=change, reason=ReasonCode.CONFLICT,
-                    error="event_id used before for other content; the first enrollment stands")
-            for change, step in zip(changes, steps, strict=True) if step.conflict
+            Refused(
+                message=change,
+                reason=ReasonCode.CONFLICT,
+                error="event_id used before for other content; the first enrollment stands",
+            )
+            for change, step in zip(changes, steps, strict=True)
+            if step.conflict
         ]
         CONFLICTS.labels(SERVICE, ENROLLMENT.name).inc(len(refusals))
         return refusals
@@ -98,10 +134,13 @@ class SettlementHandlers:
         # Both run to their end before a failure of either is raised as it came (the runtime tells a
         # transient one by its class): a retry never overlaps a step still running.
         settled, answered = await asyncio.gather(
-            self._on_claims([delivery.message for delivery in claims],  # type: ignore[misc]
-                            [delivery.topic.province for delivery in claims]),
+            self._on_claims(
+                [delivery.message for delivery in claims],  # type: ignore[misc]
+                [delivery.topic.province for delivery in claims],
+            ),
             self._on_draw_answers(answers),  # type: ignore[arg-type]
-            return_exceptions=True)
+            return_exceptions=True,
+        )
         for outcome in (settled, answered):
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -125,12 +164,17 @@ class SettlementHandlers:
         for index, fact in facts.items():
             if fact.owner != claims[index].recipient_id:
                 refusals[index] = ReasonCode.CONFLICT
-        steps = iter(await self.store.run([
-            self._accept(claim, content, facts[index], province, now) if claim.kind == "settle"
-            else self._reverse(claim, content, facts[index], province, now)
-            for index, (claim, content, province) in enumerate(zip(claims, contents, provinces, strict=True))
-            if refusals[index] is None
-        ]))
+        steps = iter(
+            await self.store.run(
+                [
+                    self._accept(claim, content, facts[index], province, now)
+                    if claim.kind == "settle"
+                    else self._reverse(claim, content, facts[index], province, now)
+                    for index, (claim, content, province) in enumerate(zip(claims, contents, provinces, strict=True))
+                    if refusals[index] is None
+                ]
+            )
+        )
         outputs: list[BaseModel | ToTopic] = []
         for claim, content, refusal, province in zip(claims, contents, refusals, provinces, strict=True):
             step = next(steps) if refusal is None else None
@@ -146,25 +190,46 @@ class SettlementHandlers:
     def _accept(self, claim: Claim, content: str, facts: ClaimFacts, province: str | None, now: datetime) -> Call:
         assessment = assess_claim(claim, facts.recipient)
         record = {
-            "fingerprint": content, "kind": "settle", "recipient_id": claim.recipient_id,
-            "category": claim.category, "service_region": claim.service_region,
-            "requested": claim.amount_fen, "payable": assessment.payable_fen, "shortfall": assessment.shortfall,
-            "status": "pending", "province": province or "",
+            "fingerprint": content,
+            "kind": "settle",
+            "recipient_id": claim.recipient_id,
+            "category": claim.category,
+            "service_region": claim.service_region,
+            "requested": claim.amount_fen,
+            "payable": assessment.payable_fen,
+            "shortfall": assessment.shortfall,
+            "status": "pending",
+            "province": province or "",
         }
         if assessment.refusal:
             record |= {"status": "final", "result": _refusal(assessment.refusal, now)}
-        return self.store.accept(claim.recipient_id, claim.claim_id, record, self.limits, shanghai_day(now),
-                                 shanghai_minute(now), _refusal(ReasonCode.RATE_LIMITED, now))
+        return self.store.accept(
+            claim.recipient_id,
+            claim.claim_id,
+            record,
+            self.limits,
+            shanghai_day(now),
+            shanghai_minute(now),
+            _refusal(ReasonCode.RATE_LIMITED, now),
+        )
 
     def _accepted(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel | ToTopic]:
         record = step.result
         if record["status"] == "pending":  # new, or redelivered before the wallet answered: (re)ask
-            return [DrawRequested(
-                request_id=claim_output_id(claim.claim_id, "draw"), claim_id=claim.claim_id,
-                recipient_id=claim.recipient_id, amount_fen=record["payable"], requested_at=now,
-                context=ClaimContext(requested_fen=record["requested"], service_region=record["service_region"],
-                                     shortfall=record["shortfall"]),
-            )]
+            return [
+                DrawRequested(
+                    request_id=claim_output_id(claim.claim_id, "draw"),
+                    claim_id=claim.claim_id,
+                    recipient_id=claim.recipient_id,
+                    amount_fen=record["payable"],
+                    requested_at=now,
+                    context=ClaimContext(
+                        requested_fen=record["requested"],
+                        service_region=record["service_region"],
+                        shortfall=record["shortfall"],
+                    ),
+                )
+            ]
         if step.outcome == "applied":
             self._tally(record)
         return _also_to_provinces(settlement_event(claim.claim_id, record), record.get("province"))
@@ -176,17 +241,41 @@ class SettlementHandlers:
         if reason == ReasonCode.CONFLICT:
             CONFLICTS.labels(SERVICE, CLAIMS.name).inc()
         what = "conflict" if reason == ReasonCode.CONFLICT else reason
-        return _rejected(claim_output_id(claim.claim_id, what, content), claim.claim_id, claim.recipient_id,
-                         claim.amount_fen or 0, reason, now, category=claim.category,
-                         service_region=claim.service_region, reverses=claim.reverses)
+        return _rejected(
+            claim_output_id(claim.claim_id, what, content),
+            claim.claim_id,
+            claim.recipient_id,
+            claim.amount_fen or 0,
+            reason,
+            now,
+            category=claim.category,
+            service_region=claim.service_region,
+            reverses=claim.reverses,
+        )
 
     def _reverse(self, claim: Claim, content: str, facts: ClaimFacts, province: str | None, now: datetime) -> Call:
         assert claim.reverses is not None  # the contract requires it for a reversal
-        record = {"fingerprint": content, "kind": "reverse", "recipient_id": claim.recipient_id,
-                  "reverses": claim.reverses, "status": "pending", "province": province or ""}
-        return self.store.reverse(claim.recipient_id, claim.claim_id, record, claim.reverses,
-                                  shanghai_month(now), rfc3339(now), facts.reverses_owner, province, self.limits,
-                                  shanghai_day(now), shanghai_minute(now))
+        record = {
+            "fingerprint": content,
+            "kind": "reverse",
+            "recipient_id": claim.recipient_id,
+            "reverses": claim.reverses,
+            "status": "pending",
+            "province": province or "",
+        }
+        return self.store.reverse(
+            claim.recipient_id,
+            claim.claim_id,
+            record,
+            claim.reverses,
+            shanghai_month(now),
+            rfc3339(now),
+            facts.reverses_owner,
+            province,
+            self.limits,
+            shanghai_day(now),
+            shanghai_minute(now),
+        )
 
     def _reversed(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel | ToTopic]:
         if step.outcome == "applied":
@@ -196,14 +285,21 @@ class SettlementHandlers:
         province = step.result.get("province") or step.result.get("claim_province")
         outputs = _also_to_provinces(settlement_event(claim.claim_id, step.result), province)
         if step.result["result"]["status"] == "reversed":
-            outputs.append(RefundRequested(
-                request_id=claim_output_id(claim.claim_id, "refund"), claim_id=claim.claim_id,
-                original_claim_id=claim.reverses, recipient_id=claim.recipient_id,
-                payers=[Payer(**payer) for payer in step.result["result"]["payers"] or []], requested_at=now,
-            ))
+            outputs.append(
+                RefundRequested(
+                    request_id=claim_output_id(claim.claim_id, "refund"),
+                    claim_id=claim.claim_id,
+                    original_claim_id=claim.reverses,
+                    recipient_id=claim.recipient_id,
+                    payers=[Payer(**payer) for payer in step.result["result"]["payers"] or []],
+                    requested_at=now,
+                )
+            )
         return outputs
 
-    def answer_unreadable_claim(self, topic: Topic, value: bytes, letter: DeadLetter) -> list[BaseModel | ToTopic] | None:
+    def answer_unreadable_claim(
+        self, topic: Topic, value: bytes, letter: DeadLetter
+    ) -> list[BaseModel | ToTopic] | None:
         """A claim that breaks the contract, but whose claim_id can be read, is answered where its
         sender reads answers: rejected, with the dead letter's reason and error, on the national
         settlements topic and its province's own. None for any other record (its sender gets the
@@ -213,10 +309,15 @@ class SettlementHandlers:
         if fields is None or not isinstance(claim_id, str) or not 1 <= len(claim_id) <= 128:
             return None
         recipient_id, amount = fields.get("recipient_id"), fields.get("amount_fen")
-        event = _rejected(claim_output_id(claim_id, "unreadable", letter.event_id or ""), claim_id,
-                          recipient_id if isinstance(recipient_id, str) and len(recipient_id) <= 64 else "",
-                          amount if type(amount) is int and 1 <= amount <= MAX_AMOUNT_FEN else 0,
-                          letter.reason, self.clock.now(), error=mask_person_ids(letter.error))
+        event = _rejected(
+            claim_output_id(claim_id, "unreadable", letter.event_id or ""),
+            claim_id,
+            recipient_id if isinstance(recipient_id, str) and len(recipient_id) <= 64 else "",
+            amount if type(amount) is int and 1 <= amount <= MAX_AMOUNT_FEN else 0,
+            letter.reason,
+            self.clock.now(),
+            error=mask_person_ids(letter.error),
+        )
         return _also_to_provinces(event, topic.province)
 
     async def _on_draw_answers(self, answers: Sequence[DrawAnswered]) -> list[BaseModel | ToTopic | Refused]:
@@ -226,8 +327,13 @@ class SettlementHandlers:
         if not answers:
             return []
         now = self.clock.now()
-        checked = [(answer, answer_mismatch(answer.requested_fen, answer.paid_fen,
-                                            [payer.amount_fen for payer in answer.payers])) for answer in answers]
+        checked = [
+            (
+                answer,
+                answer_mismatch(answer.requested_fen, answer.paid_fen, [payer.amount_fen for payer in answer.payers]),
+            )
+            for answer in answers
+        ]
         sound = [answer for answer, why in checked if why is None]
         steps = await self.store.run([self._finish(answer, now) for answer in sound])
         outputs: list[BaseModel | ToTopic | Refused] = [
@@ -239,36 +345,48 @@ class SettlementHandlers:
                 continue
             if step.outcome == "applied":
                 self._tally(step.result)
-            outputs.extend(_also_to_provinces(settlement_event(answer.claim_id, step.result),
-                                              step.result.get("province")))
+            outputs.extend(
+                _also_to_provinces(settlement_event(answer.claim_id, step.result), step.result.get("province"))
+            )
         return [*outputs, *self._statistics_due()]
 
     def _refused_answer(self, answer: DrawAnswered, why: str, now: datetime) -> list[BaseModel | Refused]:
         logger.error("draw answer for claim %s refused: %s", answer.claim_id, why)
         if why == "mismatch":
-            return [Refused(answer, ReasonCode.INVALID_MESSAGE, "the answer is not for this claim as recorded "
-                                                                 "(recipient or amount asked differ)")]
+            return [
+                Refused(
+                    answer,
+                    ReasonCode.INVALID_MESSAGE,
+                    "the answer is not for this claim as recorded (recipient or amount asked differ)",
+                )
+            ]
         # No such claim: nothing will ever settle or reverse what was drawn, so it goes back now.
         return [
             Refused(answer, ReasonCode.INVALID_MESSAGE, "no such claim was recorded: what it drew is given back"),
-            RefundRequested(request_id=claim_output_id(answer.claim_id, "unclaimed draw"),
-                            claim_id=claim_output_id(answer.claim_id, "unclaimed draw"),
-                            original_claim_id=answer.claim_id, recipient_id=answer.recipient_id,
-                            payers=answer.payers, requested_at=now),
+            RefundRequested(
+                request_id=claim_output_id(answer.claim_id, "unclaimed draw"),
+                claim_id=claim_output_id(answer.claim_id, "unclaimed draw"),
+                original_claim_id=answer.claim_id,
+                recipient_id=answer.recipient_id,
+                payers=answer.payers,
+                requested_at=now,
+            ),
         ]
 
     def _finish(self, answer: DrawAnswered, now: datetime) -> Call:
         requested = answer.context.requested_fen
         shortfall = answer.reason if answer.paid_fen < answer.requested_fen else answer.context.shortfall
         result = {
-            "status": settlement_status(requested, answer.paid_fen), "paid": answer.paid_fen,
+            "status": settlement_status(requested, answer.paid_fen),
+            "paid": answer.paid_fen,
             "payers": [payer.model_dump() for payer in answer.payers],
             "owed": clearing_contributions(answer.payers, answer.context.service_region),
             "reason": shortfall if answer.paid_fen < requested else None,
             "at": rfc3339(now),
         }
-        return self.store.finish(answer.recipient_id, answer.claim_id, answer.requested_fen, result,
-                                 shanghai_month(now))
+        return self.store.finish(
+            answer.recipient_id, answer.claim_id, answer.requested_fen, result, shanghai_month(now)
+        )
 
     def _tally(self, record: dict) -> None:
         result = record["result"]
@@ -276,8 +394,13 @@ class SettlementHandlers:
         if minute not in self.tallies:
             self.tallies[minute] = MinuteTally.empty()
         tally = self.tallies[minute]
-        tally.add(result["status"], statistics_category(record), result["paid"], result.get("owed") or {},
-                  result.get("reason"))
+        tally.add(
+            result["status"],
+            statistics_category(record),
+            result["paid"],
+            result.get("owed") or {},
+            result.get("reason"),
+        )
 
     def _statistics_due(self) -> list[StatisticsSnapshot]:
         """Snapshots of the minutes tallied since the last publication, at most once per interval."""
@@ -288,10 +411,13 @@ class SettlementHandlers:
         snapshots = [
             StatisticsSnapshot(
                 event_id=derived_event_id(SERVICE, STATISTICS.name, self.instance, minute, now.isoformat()),
-                instance=self.instance, minute=minute,
-                by_status=_counts(tally.by_status), by_category=_counts(tally.by_category),
+                instance=self.instance,
+                minute=minute,
+                by_status=_counts(tally.by_status),
+                by_category=_counts(tally.by_category),
                 by_province_pair=_counts(tally.by_province_pair),
-                rejections_by_reason=_counts(tally.rejections_by_reason), published_at=now,
+                rejections_by_reason=_counts(tally.rejections_by_reason),
+                published_at=now,
             )
             for minute, tally in sorted(self.tallies.items())
         ]
@@ -300,12 +426,30 @@ class SettlementHandlers:
         return snapshots
 
 
-def _rejected(event_id: str, claim_id: str, recipient_id: str, requested_fen: int, reason: ReasonCode, now: datetime,
-              **fields: str | None) -> SettlementEvent:
+def _rejected(
+    event_id: str,
+    claim_id: str,
+    recipient_id: str,
+    requested_fen: int,
+    reason: ReasonCode,
+    now: datetime,
+    **fields: str | None,
+) -> SettlementEvent:
     """The answer to a claim refused before anything was recorded: nothing paid, all self-paid."""
-    return SettlementEvent(event_id=event_id, cause_id=claim_id, claim_id=claim_id, recipient_id=recipient_id,
-                           status="rejected", requested_fen=requested_fen, paid_fen=0, self_pay_fen=requested_fen,
-                           payers=[], reason=reason, settled_at=now, **fields)
+    return SettlementEvent(
+        event_id=event_id,
+        cause_id=claim_id,
+        claim_id=claim_id,
+        recipient_id=recipient_id,
+        status="rejected",
+        requested_fen=requested_fen,
+        paid_fen=0,
+        self_pay_fen=requested_fen,
+        payers=[],
+        reason=reason,
+        settled_at=now,
+        **fields,
+    )
 
 
 def _refusal(reason: ReasonCode, now: datetime) -> dict:

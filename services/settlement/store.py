@@ -6,8 +6,8 @@ import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -20,17 +20,37 @@ LIBRARY = Library("gongji_settlement", Path(__file__).with_name("settlement.lua"
 
 REGISTER_CLAIM = LIBRARY.declare("settlement_register_claim", keys=("owners_key",), args=("claim_id", "recipient"))
 ACCEPT = LIBRARY.declare(
-    "settlement_accept", keys=("claims_key", "day_counts_key", "minute_counts_key"),
-    args=("claim_id", "encoded", "per_recipient_day", "per_shard_minute", "refusal"))
-FINISH = LIBRARY.declare("settlement_finish", keys=("claims_key", "closed_key"),
-                         args=("claim_id", "result", "month", "shard_prefix", "recipient", "asked"))
+    "settlement_accept",
+    keys=("claims_key", "day_counts_key", "minute_counts_key"),
+    args=("claim_id", "encoded", "per_recipient_day", "per_shard_minute", "refusal"),
+)
+FINISH = LIBRARY.declare(
+    "settlement_finish",
+    keys=("claims_key", "closed_key"),
+    args=("claim_id", "result", "month", "shard_prefix", "recipient", "asked"),
+)
 REVERSE = LIBRARY.declare(
-    "settlement_reverse", keys=("claims_key", "closed_key", "day_counts_key", "minute_counts_key"),
-    args=("reversal_id", "encoded", "original_id", "month", "shard_prefix", "now", "owner", "province",
-          "per_recipient_day", "per_shard_minute"))
+    "settlement_reverse",
+    keys=("claims_key", "closed_key", "day_counts_key", "minute_counts_key"),
+    args=(
+        "reversal_id",
+        "encoded",
+        "original_id",
+        "month",
+        "shard_prefix",
+        "now",
+        "owner",
+        "province",
+        "per_recipient_day",
+        "per_shard_minute",
+    ),
+)
 CLOSE_MONTH = LIBRARY.declare("settlement_close_month", keys=("closed_key", "clearing_key"), args=("month", "now"))
-RECORD_ENROLLMENT = LIBRARY.declare("settlement_record_enrollment", keys=("seen_key", "enrollment_key"),
-                                    args=("input_id", "fingerprint", "insurance_type", "region", "status"))
+RECORD_ENROLLMENT = LIBRARY.declare(
+    "settlement_record_enrollment",
+    keys=("seen_key", "enrollment_key"),
+    args=("input_id", "fingerprint", "insurance_type", "region", "status"),
+)
 PREFIX = "stl:"
 
 
@@ -87,8 +107,9 @@ class SettlementStore:
         reversal's original owner. Each step touches one hash slot."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for claim in claims:
-                REGISTER_CLAIM.call(owners_key=self._owners_key(claim.claim_id), claim_id=claim.claim_id,
-                                    recipient=claim.recipient_id).on(pipe)
+                REGISTER_CLAIM.call(
+                    owners_key=self._owners_key(claim.claim_id), claim_id=claim.claim_id, recipient=claim.recipient_id
+                ).on(pipe)
                 if claim.kind == "settle":
                     pipe.hmget(_person_key(claim.recipient_id, "enrollment"), "insurance_type", "region", "status")
                 else:
@@ -103,41 +124,77 @@ class SettlementStore:
                 facts.append(ClaimFacts(owner.decode(), reverses_owner=read.decode() if read else ""))
         return facts
 
-    def accept(self, recipient_id: str, claim_id: str, record: dict, limits: ClaimLimits, day: str, minute: str,
-               refusal: dict) -> Call:
+    def accept(
+        self, recipient_id: str, claim_id: str, record: dict, limits: ClaimLimits, day: str, minute: str, refusal: dict
+    ) -> Call:
         """Records a new claim (pending, or final if refused: `refusal` is its result when its province
         is beyond `limits` on this `day` or in this `minute`), or answers a redelivery or a conflict."""
         prefix = self.shard_prefix(recipient_id)
-        return ACCEPT.call(claims_key=f"{prefix}:claims", **self._counts(prefix, record["province"], day, minute, limits),
-                           claim_id=claim_id, encoded=json.dumps(record), refusal=json.dumps(refusal))
+        return ACCEPT.call(
+            claims_key=f"{prefix}:claims",
+            **self._counts(prefix, record["province"], day, minute, limits),
+            claim_id=claim_id,
+            encoded=json.dumps(record),
+            refusal=json.dumps(refusal),
+        )
 
     def _counts(self, prefix: str, province: str, day: str, minute: str, limits: ClaimLimits) -> dict[str, Any]:
         """Where a province's claims are counted in one shard (per recipient for the day, per minute),
         and the bounds as one shard applies them: a province's minute is shared by the shards."""
-        return {"day_counts_key": f"{prefix}:limits:{day}:{province}", "minute_counts_key": f"{prefix}:limits:{minute}",
-                "per_recipient_day": limits.per_recipient_per_day,
-                "per_shard_minute": -(-limits.province_per_minute // self.shards)}  # rounded up
+        return {
+            "day_counts_key": f"{prefix}:limits:{day}:{province}",
+            "minute_counts_key": f"{prefix}:limits:{minute}",
+            "per_recipient_day": limits.per_recipient_per_day,
+            "per_shard_minute": -(-limits.province_per_minute // self.shards),
+        }  # rounded up
 
     def finish(self, recipient_id: str, claim_id: str, asked_fen: int, result: dict, month: str) -> Call:
         """Completes a pending claim with the wallet's answer and adds its clearing amounts, once;
         refuses an answer for no claim, or not for this recipient and amount asked."""
         prefix = self.shard_prefix(recipient_id)
-        return FINISH.call(claims_key=f"{prefix}:claims", closed_key=f"{prefix}:closed", claim_id=claim_id,
-                           result=json.dumps(result), month=month, shard_prefix=prefix, recipient=recipient_id,
-                           asked=asked_fen)
+        return FINISH.call(
+            claims_key=f"{prefix}:claims",
+            closed_key=f"{prefix}:closed",
+            claim_id=claim_id,
+            result=json.dumps(result),
+            month=month,
+            shard_prefix=prefix,
+            recipient=recipient_id,
+            asked=asked_fen,
+        )
 
-    def reverse(self, recipient_id: str, reversal_id: str, record: dict, original_claim_id: str, month: str,
-                now: str, original_owner: str, province: str | None, limits: ClaimLimits, day: str,
-                minute: str) -> Call:
+    def reverse(
+        self,
+        recipient_id: str,
+        reversal_id: str,
+        record: dict,
+        original_claim_id: str,
+        month: str,
+        now: str,
+        original_owner: str,
+        province: str | None,
+        limits: ClaimLimits,
+        day: str,
+        minute: str,
+    ) -> Call:
         """Cancels a whole settled claim of the recipient, once, taking its clearing amounts back.
         `original_owner`: whom the registry says the original id belongs to ("" if never seen);
         `province`: the province whose topic the reversal came on (it may reverse only its own care,
         and its reversals count against `limits` as its claims do)."""
         prefix = self.shard_prefix(recipient_id)
-        return REVERSE.call(claims_key=f"{prefix}:claims", closed_key=f"{prefix}:closed",
-                            **self._counts(prefix, province or "", day, minute, limits),
-                            reversal_id=reversal_id, encoded=json.dumps(record), original_id=original_claim_id,
-                            month=month, shard_prefix=prefix, now=now, owner=original_owner, province=province)
+        return REVERSE.call(
+            claims_key=f"{prefix}:claims",
+            closed_key=f"{prefix}:closed",
+            **self._counts(prefix, province or "", day, minute, limits),
+            reversal_id=reversal_id,
+            encoded=json.dumps(record),
+            original_id=original_claim_id,
+            month=month,
+            shard_prefix=prefix,
+            now=now,
+            owner=original_owner,
+            province=province,
+        )
 
     async def run(self, calls: Sequence[Call]) -> list[Step]:
         return await run_steps(self.redis, calls)
@@ -145,19 +202,26 @@ class SettlementStore:
     async def close_month(self, shard_prefix: str, month: str, now: str) -> tuple[str, dict[str, int]]:
         """Closes the month in one shard (once: later calls return the same totals): when it was
         closed, and its exact totals."""
-        encoded = await CLOSE_MONTH.call(closed_key=f"{shard_prefix}:closed",
-                                         clearing_key=f"{shard_prefix}:clearing:{month}", month=month,
-                                         now=now).on(self.redis)
+        encoded = await CLOSE_MONTH.call(
+            closed_key=f"{shard_prefix}:closed", clearing_key=f"{shard_prefix}:clearing:{month}", month=month, now=now
+        ).on(self.redis)
         totals = json.loads(encoded)
         closed_at = totals.pop("_closed_at")
         return closed_at, {field: int(value) for field, value in totals.items()}
 
-    def record_enrollment(self, input_id: str, fingerprint: str, person_id: str, insurance_type: str,
-                          region: str, status: str) -> Call:
+    def record_enrollment(
+        self, input_id: str, fingerprint: str, person_id: str, insurance_type: str, region: str, status: str
+    ) -> Call:
         """The enrollment copy, once per input id of gongji.enrollment.v1 (its ids are its own)."""
         return RECORD_ENROLLMENT.call(
-            seen_key=_person_key(person_id, "seen:enrollment"), enrollment_key=_person_key(person_id, "enrollment"),
-            input_id=input_id, fingerprint=fingerprint, insurance_type=insurance_type, region=region, status=status)
+            seen_key=_person_key(person_id, "seen:enrollment"),
+            enrollment_key=_person_key(person_id, "enrollment"),
+            input_id=input_id,
+            fingerprint=fingerprint,
+            insurance_type=insurance_type,
+            region=region,
+            status=status,
+        )
 
     async def claim(self, recipient_id: str | None, claim_id: str) -> dict | None:
         prefixes = [self.shard_prefix(recipient_id)] if recipient_id else self.all_shard_prefixes()

@@ -12,8 +12,17 @@ from shared.redis_client import connect
 from shared.runtime import Route, build_service_app
 from shared.settings import Settings
 from shared.topics import (
-    ACCOUNT_CREDITS, ACCOUNT_SPENDS, DRAW_ANSWERS, DRAW_REQUESTS, ENROLLMENT, REFUND_REQUESTS,
-    RELATIONSHIP_EVENTS, SUPERVISION, WALLET_COMMANDS, WALLET_EVENTS, WALLET_GROUP,
+    ACCOUNT_CREDITS,
+    ACCOUNT_SPENDS,
+    DRAW_ANSWERS,
+    DRAW_REQUESTS,
+    ENROLLMENT,
+    REFUND_REQUESTS,
+    RELATIONSHIP_EVENTS,
+    SUPERVISION,
+    WALLET_COMMANDS,
+    WALLET_EVENTS,
+    WALLET_GROUP,
 )
 
 SERVICE = "wallet"
@@ -37,7 +46,9 @@ def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
     store = WalletStore(redis)
     handlers = WalletHandlers(store, clock, PolicyCache(redis, settings.policy_cache_seconds))
     return build_service_app(
-        SERVICE, settings, clock,
+        SERVICE,
+        settings,
+        clock,
         group_id=WALLET_GROUP,
         handlers=handlers,
         routes=ROUTES,

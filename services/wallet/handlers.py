@@ -13,16 +13,33 @@ from services.wallet.store import DrawPlan, WalletStore
 from shared.clock import Clock, rfc3339
 from shared.concurrency import gather_by_key
 from shared.contracts import (
-    AccountCredited, AccountSpent, DrawAnswered, DrawRequested, EnrollmentChanged, Payer, ReasonCode,
-    RefundRequested, RelationshipEvent, SupervisionActed, WalletCommand, WalletEvent,
+    AccountCredited,
+    AccountSpent,
+    DrawAnswered,
+    DrawRequested,
+    EnrollmentChanged,
+    Payer,
+    ReasonCode,
+    RefundRequested,
+    RelationshipEvent,
+    SupervisionActed,
+    WalletCommand,
+    WalletEvent,
 )
 from shared.ids import derived_event_id, fingerprint, mask_person_id
 from shared.policy import PolicyCache
 from shared.redis_functions import Step
 from shared.runtime import CONFLICTS, Refused
 from shared.topics import (
-    ACCOUNT_CREDITS, ACCOUNT_SPENDS, DRAW_REQUESTS, ENROLLMENT, REFUND_REQUESTS, RELATIONSHIP_EVENTS, SUPERVISION,
-    WALLET_COMMANDS, Topic,
+    ACCOUNT_CREDITS,
+    ACCOUNT_SPENDS,
+    DRAW_REQUESTS,
+    ENROLLMENT,
+    REFUND_REQUESTS,
+    RELATIONSHIP_EVENTS,
+    SUPERVISION,
+    WALLET_COMMANDS,
+    Topic,
 )
 
 logger = logging.getLogger("gongji.wallet")
@@ -68,14 +85,28 @@ def _fen(stored: str | None) -> int | None:
     return None if stored is None else int(stored)
 
 
-def _conflict(topic: Topic, scope: str, input_id: str, content: str, provider_id: str, refused_type: str,
-              now: datetime, recipient_id: str | None = None, amount_fen: int = 0) -> WalletEvent:
+def _conflict(
+    topic: Topic,
+    scope: str,
+    input_id: str,
+    content: str,
+    provider_id: str,
+    refused_type: str,
+    now: datetime,
+    recipient_id: str | None = None,
+    amount_fen: int = 0,
+) -> WalletEvent:
     """The refusal of an input whose id was used before for other content; nothing changed."""
     CONFLICTS.labels("wallet", topic.name).inc()
     return WalletEvent(
         event_id=derived_event_id("wallet", topic.name, scope, input_id, "conflict", content),
-        cause_id=input_id, type=refused_type, provider_id=provider_id, recipient_id=recipient_id,
-        amount_fen=amount_fen, reason=ReasonCode.CONFLICT, occurred_at=now,
+        cause_id=input_id,
+        type=refused_type,
+        provider_id=provider_id,
+        recipient_id=recipient_id,
+        amount_fen=amount_fen,
+        reason=ReasonCode.CONFLICT,
+        occurred_at=now,
     )
 
 
@@ -95,8 +126,12 @@ class _Draw:
         self.payers: list[dict] = []
 
     def wants_more(self) -> bool:
-        return (self.plan.answer is None and not self.plan.recipient_frozen and self.needed_fen > 0
-                and self.asked < len(self.plan.providers))
+        return (
+            self.plan.answer is None
+            and not self.plan.recipient_frozen
+            and self.needed_fen > 0
+            and self.asked < len(self.plan.providers)
+        )
 
     def next_provider(self) -> str:
         return self.plan.providers[self.asked]
@@ -105,14 +140,23 @@ class _Draw:
         provider_id = self.plan.providers[self.asked]
         self.asked += 1
         if step.conflict:  # the claim id is another recipient's at this provider: nothing taken
-            logger.error("claim %s: its id drew from %s for another recipient", self.request.claim_id,
-                         mask_person_id(provider_id))
+            logger.error(
+                "claim %s: its id drew from %s for another recipient",
+                self.request.claim_id,
+                mask_person_id(provider_id),
+            )
             return
         if step.result["amount"] > 0:
             self.needed_fen -= step.result["amount"]
-            self.payers.append({"provider_id": provider_id, "provider_region": step.result["region"],
-                                "amount_fen": step.result["amount"], "balance_fen": _fen(step.result["balance"]),
-                                "frozen_fen": _fen(step.result["frozen"])})
+            self.payers.append(
+                {
+                    "provider_id": provider_id,
+                    "provider_region": step.result["region"],
+                    "amount_fen": step.result["amount"],
+                    "balance_fen": _fen(step.result["balance"]),
+                    "frozen_fen": _fen(step.result["frozen"]),
+                }
+            )
 
     def answer(self, now: str) -> dict:
         paid = self.request.amount_fen - self.needed_fen
@@ -123,20 +167,22 @@ class _Draw:
 class WalletHandlers:
     """Each `on_*` takes a batch: messages of one account in order, different accounts concurrently."""
 
-    def __init__(self, store: WalletStore, clock: Clock, policy: PolicyCache,
-                 limits: GrantLimits = GrantLimits()) -> None:
+    def __init__(
+        self, store: WalletStore, clock: Clock, policy: PolicyCache, limits: GrantLimits | None = None
+    ) -> None:
         self.store = store
         self.clock = clock
         self.policy = policy
-        self.limits = limits
+        self.limits = limits or GrantLimits()
 
     async def on_credits(self, credits: Sequence[AccountCredited]) -> list[WalletEvent | Refused]:
         return await gather_by_key(credits, _person, self._credit)
 
     async def _credit(self, credit: AccountCredited) -> list[WalletEvent | Refused]:
         content = fingerprint(credit.model_dump_json())
-        step = await self.store.credit(credit.event_id, content, credit.person_id, credit.amount_fen,
-                                       rfc3339(self.clock.now()))
+        step = await self.store.credit(
+            credit.event_id, content, credit.person_id, credit.amount_fen, rfc3339(self.clock.now())
+        )
         if step.conflict:
             return [_refused_as_conflict(ACCOUNT_CREDITS, credit, credit.event_id)]
         return [_wallet_event(ACCOUNT_CREDITS, credit.person_id, credit.event_id, credit.person_id, step.result)]
@@ -149,8 +195,18 @@ class WalletHandlers:
         content = fingerprint(spend.model_dump_json())
         step = await self.store.spend(spend.event_id, content, spend.person_id, spend.amount_fen, rfc3339(now))
         if step.conflict:
-            return [_conflict(ACCOUNT_SPENDS, spend.person_id, spend.event_id, content, spend.person_id,
-                              "spend_rejected", now, amount_fen=spend.amount_fen)]
+            return [
+                _conflict(
+                    ACCOUNT_SPENDS,
+                    spend.person_id,
+                    spend.event_id,
+                    content,
+                    spend.person_id,
+                    "spend_rejected",
+                    now,
+                    amount_fen=spend.amount_fen,
+                )
+            ]
         return [_wallet_event(ACCOUNT_SPENDS, spend.person_id, spend.event_id, spend.person_id, step.result)]
 
     async def on_commands(self, commands: Sequence[WalletCommand]) -> list[WalletEvent]:
@@ -161,17 +217,38 @@ class WalletHandlers:
         content = fingerprint(command.model_dump_json())
         refusal = check_grant(command)
         step = await self.store.grant(
-            command.command_id, content, command.actor_id, command.provider_id, command.recipient_id,
-            command.recipient_region, command.amount_fen, refusal or "", self.limits, await self.policy.get(), now,
+            command.command_id,
+            content,
+            command.actor_id,
+            command.provider_id,
+            command.recipient_id,
+            command.recipient_region,
+            command.amount_fen,
+            refusal or "",
+            self.limits,
+            await self.policy.get(),
+            now,
         )
         if step.conflict:
-            return [_conflict(WALLET_COMMANDS, command.provider_id, command.command_id, content, command.provider_id,
-                              "grant_rejected", now, command.recipient_id, command.amount_fen)]
+            return [
+                _conflict(
+                    WALLET_COMMANDS,
+                    command.provider_id,
+                    command.command_id,
+                    content,
+                    command.provider_id,
+                    "grant_rejected",
+                    now,
+                    command.recipient_id,
+                    command.amount_fen,
+                )
+            ]
         if step.result["type"] == "granted":
             first_grant_ms = int(datetime.fromisoformat(step.result["at"]).timestamp() * 1000)
             await self.store.index_provider(command.recipient_id, command.provider_id, first_grant_ms)
-        return [_wallet_event(WALLET_COMMANDS, command.provider_id, command.command_id, command.provider_id,
-                              step.result)]
+        return [
+            _wallet_event(WALLET_COMMANDS, command.provider_id, command.command_id, command.provider_id, step.result)
+        ]
 
     async def on_relationship_events(
         self, relationship_events: Sequence[RelationshipEvent]
@@ -182,34 +259,61 @@ class WalletHandlers:
         if event.type != "established" and event.type not in ENDING_TYPES:
             return []
         step = await self.store.relationship_changed(
-            event.event_id, fingerprint(event.model_dump_json()), event.type, event.provider_id,
-            event.recipient_id, event.recipient_region or "", event.version, rfc3339(self.clock.now()),
+            event.event_id,
+            fingerprint(event.model_dump_json()),
+            event.type,
+            event.provider_id,
+            event.recipient_id,
+            event.recipient_region or "",
+            event.version,
+            rfc3339(self.clock.now()),
         )
         if step.conflict:
             return [_refused_as_conflict(RELATIONSHIP_EVENTS, event, event.event_id)]
         if step.result.get("type") == "released":
-            return [_wallet_event(RELATIONSHIP_EVENTS, event.provider_id, event.event_id, event.provider_id,
-                                  step.result)]
+            return [
+                _wallet_event(RELATIONSHIP_EVENTS, event.provider_id, event.event_id, event.provider_id, step.result)
+            ]
         return []
 
     async def on_enrollment(self, changes: Sequence[EnrollmentChanged]) -> list[Refused]:
         return await gather_by_key(changes, _person, self._enrollment)
 
     async def _enrollment(self, change: EnrollmentChanged) -> list[Refused]:
-        step = await self.store.record_enrollment(change.event_id, fingerprint(change.model_dump_json()),
-                                                  change.person_id, change.insurance_type, change.region, change.status)
+        step = await self.store.record_enrollment(
+            change.event_id,
+            fingerprint(change.model_dump_json()),
+            change.person_id,
+            change.insurance_type,
+            change.region,
+            change.status,
+        )
         return [_refused_as_conflict(ENROLLMENT, change, change.event_id)] if step.conflict else []
 
     async def on_supervision(self, actions: Sequence[SupervisionActed]) -> list[WalletEvent | Refused]:
         return await gather_by_key(actions, _person, self._supervise)
 
     async def _supervise(self, action: SupervisionActed) -> list[WalletEvent | Refused]:
-        step = await self.store.supervise(action.event_id, fingerprint(action.model_dump_json()),
-                                          action.person_id, action.action, action.lifts, rfc3339(self.clock.now()))
+        step = await self.store.supervise(
+            action.event_id,
+            fingerprint(action.model_dump_json()),
+            action.person_id,
+            action.action,
+            action.lifts,
+            rfc3339(self.clock.now()),
+        )
         if step.conflict:
             return [_refused_as_conflict(SUPERVISION, action, action.event_id)]
-        return [_wallet_event(SUPERVISION, action.person_id, action.event_id, action.person_id, step.result,
-                              standing_freezes=step.result["freezes"])]
+        return [
+            _wallet_event(
+                SUPERVISION,
+                action.person_id,
+                action.event_id,
+                action.person_id,
+                step.result,
+                standing_freezes=step.result["freezes"],
+            )
+        ]
 
     async def on_draw_requests(self, requests: Sequence[DrawRequested]) -> list[BaseModel]:
         """Draws on the recipients' grants in the order they were first made (the earliest provider
@@ -224,15 +328,21 @@ class WalletHandlers:
         plans = await self.store.draw_begin([(request.claim_id, request.recipient_id) for request in requests])
         draws = [_Draw(request, plan) for request, plan in zip(requests, plans, strict=True)]
         while open_draws := [draw for draw in draws if draw.wants_more()]:
-            calls = [self.store.draw_from_grant(draw.request.claim_id, draw.next_provider(), draw.request.recipient_id,
-                                                draw.needed_fen, now) for draw in open_draws]
+            calls = [
+                self.store.draw_from_grant(
+                    draw.request.claim_id, draw.next_provider(), draw.request.recipient_id, draw.needed_fen, now
+                )
+                for draw in open_draws
+            ]
             for draw, step in zip(open_draws, await self.store.run(calls), strict=True):
                 draw.took(step)
         finishing = [draw for draw in draws if draw.plan.answer is None]
-        answers = await self.store.run([
-            self.store.draw_finish(draw.request.claim_id, draw.request.recipient_id, draw.answer(now))
-            for draw in finishing
-        ])
+        answers = await self.store.run(
+            [
+                self.store.draw_finish(draw.request.claim_id, draw.request.recipient_id, draw.answer(now))
+                for draw in finishing
+            ]
+        )
         for draw, step in zip(finishing, answers, strict=True):
             draw.plan = DrawPlan(step.result, draw.plan.recipient_frozen, draw.plan.providers)
         return [output for draw in draws for output in self._draw_outputs(draw.request, draw.plan.answer)]
@@ -241,21 +351,40 @@ class WalletHandlers:
         at = datetime.fromisoformat(answer["at"])
         debits = [
             WalletEvent(
-                event_id=derived_event_id("wallet", DRAW_REQUESTS.name, request.claim_id, "debited",
-                                          payer["provider_id"]),
-                cause_id=request.request_id, type="debited", provider_id=payer["provider_id"],
-                recipient_id=request.recipient_id, amount_fen=payer["amount_fen"], balance_fen=payer["balance_fen"],
-                frozen_fen=payer["frozen_fen"], claim_id=request.claim_id, occurred_at=at,
+                event_id=derived_event_id(
+                    "wallet", DRAW_REQUESTS.name, request.claim_id, "debited", payer["provider_id"]
+                ),
+                cause_id=request.request_id,
+                type="debited",
+                provider_id=payer["provider_id"],
+                recipient_id=request.recipient_id,
+                amount_fen=payer["amount_fen"],
+                balance_fen=payer["balance_fen"],
+                frozen_fen=payer["frozen_fen"],
+                claim_id=request.claim_id,
+                occurred_at=at,
             )
             for payer in answer["payers"]
         ]
-        return [*debits, DrawAnswered(
-            event_id=derived_event_id("wallet", DRAW_REQUESTS.name, request.request_id, "answered"),
-            claim_id=request.claim_id, recipient_id=request.recipient_id, requested_fen=request.amount_fen,
-            paid_fen=answer["paid"], reason=answer["reason"], context=request.context, answered_at=at,
-            payers=[Payer(provider_id=p["provider_id"], provider_region=p["provider_region"],
-                          amount_fen=p["amount_fen"]) for p in answer["payers"]],
-        )]
+        return [
+            *debits,
+            DrawAnswered(
+                event_id=derived_event_id("wallet", DRAW_REQUESTS.name, request.request_id, "answered"),
+                claim_id=request.claim_id,
+                recipient_id=request.recipient_id,
+                requested_fen=request.amount_fen,
+                paid_fen=answer["paid"],
+                reason=answer["reason"],
+                context=request.context,
+                answered_at=at,
+                payers=[
+                    Payer(
+                        provider_id=p["provider_id"], provider_region=p["provider_region"], amount_fen=p["amount_fen"]
+                    )
+                    for p in answer["payers"]
+                ],
+            ),
+        ]
 
     async def on_refund_requests(self, requests: Sequence[RefundRequested]) -> list[WalletEvent]:
         return await gather_by_key(requests, _recipient, self._refund)
@@ -264,13 +393,28 @@ class WalletHandlers:
         events = []
         now = rfc3339(self.clock.now())
         for payer in request.payers:
-            step: Step = await self.store.refund(request.claim_id, request.original_claim_id,
-                                                 payer.provider_id, request.recipient_id, now)
+            step: Step = await self.store.refund(
+                request.claim_id, request.original_claim_id, payer.provider_id, request.recipient_id, now
+            )
             if step.result["amount"] != payer.amount_fen:
-                logger.error("refund of %s from %s: drew %s, asked %s", request.original_claim_id,
-                             mask_person_id(payer.provider_id), step.result["amount"], payer.amount_fen)
+                logger.error(
+                    "refund of %s from %s: drew %s, asked %s",
+                    request.original_claim_id,
+                    mask_person_id(payer.provider_id),
+                    step.result["amount"],
+                    payer.amount_fen,
+                )
             if step.result["amount"] > 0:
-                events.append(_wallet_event(REFUND_REQUESTS, request.claim_id, request.request_id, payer.provider_id,
-                                            step.result, type="refunded", claim_id=request.original_claim_id,
-                                            refunded_to=step.result["to"]))
+                events.append(
+                    _wallet_event(
+                        REFUND_REQUESTS,
+                        request.claim_id,
+                        request.request_id,
+                        payer.provider_id,
+                        step.result,
+                        type="refunded",
+                        claim_id=request.original_claim_id,
+                        refunded_to=step.result["to"],
+                    )
+                )
         return events

@@ -19,32 +19,63 @@ from shared.redis_functions import Call, Library, Step, call_step, execute, run_
 LIBRARY = Library("gongji_wallet", Path(__file__).with_name("wallet.lua"))
 PREFIX = "wal:"
 
-CREDIT = LIBRARY.declare("wallet_credit", keys=("seen_key", "account_key"),
-                         args=("input_id", "fingerprint", "amount", "now"))
-SPEND = LIBRARY.declare("wallet_spend", keys=("seen_key", "account_key"),
-                        args=("input_id", "fingerprint", "amount", "now"))
+CREDIT = LIBRARY.declare(
+    "wallet_credit", keys=("seen_key", "account_key"), args=("input_id", "fingerprint", "amount", "now")
+)
+SPEND = LIBRARY.declare(
+    "wallet_spend", keys=("seen_key", "account_key"), args=("input_id", "fingerprint", "amount", "now")
+)
 GRANT = LIBRARY.declare(
-    "wallet_grant", keys=("seen_key", "account_key", "grants_key", "relationships_key", "by_day_key"),
-    args=("input_id", "fingerprint", "recipient", "recipient_region", "amount", "refusal", "max_per_day", "today",
-          "oldest_day_kept", "closed_regions", "cross_province_in_force", "now", "actor", "provider", "max_amount"))
+    "wallet_grant",
+    keys=("seen_key", "account_key", "grants_key", "relationships_key", "by_day_key"),
+    args=(
+        "input_id",
+        "fingerprint",
+        "recipient",
+        "recipient_region",
+        "amount",
+        "refusal",
+        "max_per_day",
+        "today",
+        "oldest_day_kept",
+        "closed_regions",
+        "cross_province_in_force",
+        "now",
+        "actor",
+        "provider",
+        "max_amount",
+    ),
+)
 INDEX_PROVIDER = LIBRARY.declare("wallet_index_provider", keys=("providers_key",), args=("provider", "first_grant_ms"))
 RELATIONSHIP_CHANGED = LIBRARY.declare(
     "wallet_relationship_changed",
     keys=("seen_key", "account_key", "grants_key", "relationships_key", "versions_key", "since_key"),
-    args=("input_id", "fingerprint", "event_type", "recipient", "recipient_region", "version", "now"))
-RECORD_ENROLLMENT = LIBRARY.declare("wallet_record_enrollment", keys=("seen_key", "enrollment_key"),
-                                    args=("input_id", "fingerprint", "insurance_type", "region", "status"))
-SUPERVISE = LIBRARY.declare("wallet_supervise", keys=("seen_key", "account_key", "freezes_key"),
-                            args=("input_id", "fingerprint", "action", "lifts", "now"))
-DRAW_BEGIN = LIBRARY.declare("wallet_draw_begin", keys=("plans_key", "answers_key", "providers_key", "account_key"),
-                             args=("claim_id",))
-DRAW_FROM_GRANT = LIBRARY.declare("wallet_draw_from_grant", keys=("account_key", "grants_key", "takes_key", "since_key"),
-                                  args=("claim_id", "recipient", "needed", "now"))
+    args=("input_id", "fingerprint", "event_type", "recipient", "recipient_region", "version", "now"),
+)
+RECORD_ENROLLMENT = LIBRARY.declare(
+    "wallet_record_enrollment",
+    keys=("seen_key", "enrollment_key"),
+    args=("input_id", "fingerprint", "insurance_type", "region", "status"),
+)
+SUPERVISE = LIBRARY.declare(
+    "wallet_supervise",
+    keys=("seen_key", "account_key", "freezes_key"),
+    args=("input_id", "fingerprint", "action", "lifts", "now"),
+)
+DRAW_BEGIN = LIBRARY.declare(
+    "wallet_draw_begin", keys=("plans_key", "answers_key", "providers_key", "account_key"), args=("claim_id",)
+)
+DRAW_FROM_GRANT = LIBRARY.declare(
+    "wallet_draw_from_grant",
+    keys=("account_key", "grants_key", "takes_key", "since_key"),
+    args=("claim_id", "recipient", "needed", "now"),
+)
 DRAW_FINISH = LIBRARY.declare("wallet_draw_finish", keys=("plans_key", "answers_key"), args=("claim_id", "answer"))
 REFUND = LIBRARY.declare(
     "wallet_refund",
     keys=("account_key", "grants_key", "relationships_key", "takes_key", "refunds_key", "since_key"),
-    args=("refund_id", "original_claim_id", "recipient", "now"))
+    args=("refund_id", "original_claim_id", "recipient", "now"),
+)
 
 
 def _key(person_id: str, part: str) -> str:
@@ -71,65 +102,150 @@ class WalletStore:
         await LIBRARY.require_loaded(self.redis)
 
     async def credit(self, input_id: str, fingerprint: str, person_id: str, amount_fen: int, now: str) -> Step:
-        return await call_step(self.redis, CREDIT.call(
-            seen_key=_key(person_id, "seen:credits"), account_key=_key(person_id, "account"),
-            input_id=input_id, fingerprint=fingerprint, amount=amount_fen, now=now))
+        return await call_step(
+            self.redis,
+            CREDIT.call(
+                seen_key=_key(person_id, "seen:credits"),
+                account_key=_key(person_id, "account"),
+                input_id=input_id,
+                fingerprint=fingerprint,
+                amount=amount_fen,
+                now=now,
+            ),
+        )
 
     async def spend(self, input_id: str, fingerprint: str, person_id: str, amount_fen: int, now: str) -> Step:
-        return await call_step(self.redis, SPEND.call(
-            seen_key=_key(person_id, "seen:spends"), account_key=_key(person_id, "account"),
-            input_id=input_id, fingerprint=fingerprint, amount=amount_fen, now=now))
+        return await call_step(
+            self.redis,
+            SPEND.call(
+                seen_key=_key(person_id, "seen:spends"),
+                account_key=_key(person_id, "account"),
+                input_id=input_id,
+                fingerprint=fingerprint,
+                amount=amount_fen,
+                now=now,
+            ),
+        )
 
     async def grant(
-        self, input_id: str, fingerprint: str, actor_id: str, provider_id: str, recipient_id: str,
-        recipient_region: str, amount_fen: int, refusal: str, limits: GrantLimits, policy: Policy, now: datetime,
+        self,
+        input_id: str,
+        fingerprint: str,
+        actor_id: str,
+        provider_id: str,
+        recipient_id: str,
+        recipient_region: str,
+        amount_fen: int,
+        refusal: str,
+        limits: GrantLimits,
+        policy: Policy,
+        now: datetime,
     ) -> Step:
-        return await call_step(self.redis, GRANT.call(
-            seen_key=_key(provider_id, "seen:commands"), account_key=_key(provider_id, "account"),
-            grants_key=_key(provider_id, "grants"), relationships_key=_key(provider_id, "relationships"),
-            by_day_key=_key(provider_id, "grants-by-day"),
-            input_id=input_id, fingerprint=fingerprint, recipient=recipient_id, recipient_region=recipient_region,
-            amount=amount_fen, refusal=refusal, max_per_day=limits.max_per_day, today=shanghai_day(now),
-            oldest_day_kept=shanghai_day(now - limits.counters_kept), closed_regions=" ".join(sorted(policy.closed_regions)),
-            cross_province_in_force=policy.cross_province_in_force(now), now=rfc3339(now), actor=actor_id,
-            provider=provider_id, max_amount=limits.max_amount_fen))
+        return await call_step(
+            self.redis,
+            GRANT.call(
+                seen_key=_key(provider_id, "seen:commands"),
+                account_key=_key(provider_id, "account"),
+                grants_key=_key(provider_id, "grants"),
+                relationships_key=_key(provider_id, "relationships"),
+                by_day_key=_key(provider_id, "grants-by-day"),
+                input_id=input_id,
+                fingerprint=fingerprint,
+                recipient=recipient_id,
+                recipient_region=recipient_region,
+                amount=amount_fen,
+                refusal=refusal,
+                max_per_day=limits.max_per_day,
+                today=shanghai_day(now),
+                oldest_day_kept=shanghai_day(now - limits.counters_kept),
+                closed_regions=" ".join(sorted(policy.closed_regions)),
+                cross_province_in_force=policy.cross_province_in_force(now),
+                now=rfc3339(now),
+                actor=actor_id,
+                provider=provider_id,
+                max_amount=limits.max_amount_fen,
+            ),
+        )
 
     async def index_provider(self, recipient_id: str, provider_id: str, first_grant_ms: int) -> None:
-        await INDEX_PROVIDER.call(providers_key=_key(recipient_id, "providers"), provider=provider_id,
-                                  first_grant_ms=first_grant_ms).on(self.redis)
+        await INDEX_PROVIDER.call(
+            providers_key=_key(recipient_id, "providers"), provider=provider_id, first_grant_ms=first_grant_ms
+        ).on(self.redis)
 
     async def relationship_changed(
-        self, input_id: str, fingerprint: str, event_type: str, provider_id: str, recipient_id: str,
-        recipient_region: str, version: int | None, now: str,
+        self,
+        input_id: str,
+        fingerprint: str,
+        event_type: str,
+        provider_id: str,
+        recipient_id: str,
+        recipient_region: str,
+        version: int | None,
+        now: str,
     ) -> Step:
-        return await call_step(self.redis, RELATIONSHIP_CHANGED.call(
-            seen_key=_key(provider_id, "seen:relationship-events"), account_key=_key(provider_id, "account"),
-            grants_key=_key(provider_id, "grants"), relationships_key=_key(provider_id, "relationships"),
-            versions_key=_key(provider_id, "rel-versions"), since_key=_key(provider_id, "rel-since"),
-            input_id=input_id, fingerprint=fingerprint, event_type=event_type, recipient=recipient_id,
-            recipient_region=recipient_region, version=version, now=now))
+        return await call_step(
+            self.redis,
+            RELATIONSHIP_CHANGED.call(
+                seen_key=_key(provider_id, "seen:relationship-events"),
+                account_key=_key(provider_id, "account"),
+                grants_key=_key(provider_id, "grants"),
+                relationships_key=_key(provider_id, "relationships"),
+                versions_key=_key(provider_id, "rel-versions"),
+                since_key=_key(provider_id, "rel-since"),
+                input_id=input_id,
+                fingerprint=fingerprint,
+                event_type=event_type,
+                recipient=recipient_id,
+                recipient_region=recipient_region,
+                version=version,
+                now=now,
+            ),
+        )
 
     async def record_enrollment(
         self, input_id: str, fingerprint: str, person_id: str, insurance_type: str, region: str, status: str
     ) -> Step:
-        return await call_step(self.redis, RECORD_ENROLLMENT.call(
-            seen_key=_key(person_id, "seen:enrollment"), enrollment_key=_key(person_id, "account"),
-            input_id=input_id, fingerprint=fingerprint, insurance_type=insurance_type, region=region, status=status))
+        return await call_step(
+            self.redis,
+            RECORD_ENROLLMENT.call(
+                seen_key=_key(person_id, "seen:enrollment"),
+                enrollment_key=_key(person_id, "account"),
+                input_id=input_id,
+                fingerprint=fingerprint,
+                insurance_type=insurance_type,
+                region=region,
+                status=status,
+            ),
+        )
 
-    async def supervise(self, input_id: str, fingerprint: str, person_id: str, action: str, lifts: str | None,
-                        now: str) -> Step:
-        return await call_step(self.redis, SUPERVISE.call(
-            seen_key=_key(person_id, "seen:supervision"), account_key=_key(person_id, "account"),
-            freezes_key=_key(person_id, "freezes"),
-            input_id=input_id, fingerprint=fingerprint, action=action, lifts=lifts, now=now))
+    async def supervise(
+        self, input_id: str, fingerprint: str, person_id: str, action: str, lifts: str | None, now: str
+    ) -> Step:
+        return await call_step(
+            self.redis,
+            SUPERVISE.call(
+                seen_key=_key(person_id, "seen:supervision"),
+                account_key=_key(person_id, "account"),
+                freezes_key=_key(person_id, "freezes"),
+                input_id=input_id,
+                fingerprint=fingerprint,
+                action=action,
+                lifts=lifts,
+                now=now,
+            ),
+        )
 
     async def draw_begin(self, requests: Sequence[tuple[str, str]]) -> list[DrawPlan]:
         """Step 1 for each (claim, recipient), in one pipeline."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for claim_id, recipient_id in requests:
-                DRAW_BEGIN.call(plans_key=_key(recipient_id, "plans"), answers_key=_key(recipient_id, "answers"),
-                                providers_key=_key(recipient_id, "providers"), account_key=_key(recipient_id, "account"),
-                                claim_id=claim_id).on(pipe)
+                DRAW_BEGIN.call(
+                    plans_key=_key(recipient_id, "plans"),
+                    answers_key=_key(recipient_id, "answers"),
+                    providers_key=_key(recipient_id, "providers"),
+                    account_key=_key(recipient_id, "account"),
+                    claim_id=claim_id,
+                ).on(pipe)
             replies = await execute(pipe)
         plans = []
         for outcome, encoded in replies:
@@ -143,25 +259,46 @@ class WalletStore:
     def draw_from_grant(self, claim_id: str, provider_id: str, recipient_id: str, needed_fen: int, now: str) -> Call:
         """Step 2: take up to `needed_fen` from the provider's grant to the recipient, once per claim."""
         return DRAW_FROM_GRANT.call(
-            account_key=_key(provider_id, "account"), grants_key=_key(provider_id, "grants"),
-            takes_key=_key(provider_id, "takes"), since_key=_key(provider_id, "rel-since"),
-            claim_id=claim_id, recipient=recipient_id, needed=needed_fen, now=now)
+            account_key=_key(provider_id, "account"),
+            grants_key=_key(provider_id, "grants"),
+            takes_key=_key(provider_id, "takes"),
+            since_key=_key(provider_id, "rel-since"),
+            claim_id=claim_id,
+            recipient=recipient_id,
+            needed=needed_fen,
+            now=now,
+        )
 
     def draw_finish(self, claim_id: str, recipient_id: str, answer: dict) -> Call:
         """Step 3: store the answer; the first one stored stands."""
-        return DRAW_FINISH.call(plans_key=_key(recipient_id, "plans"), answers_key=_key(recipient_id, "answers"),
-                                claim_id=claim_id, answer=json.dumps(answer))
+        return DRAW_FINISH.call(
+            plans_key=_key(recipient_id, "plans"),
+            answers_key=_key(recipient_id, "answers"),
+            claim_id=claim_id,
+            answer=json.dumps(answer),
+        )
 
     async def run(self, calls: Sequence[Call]) -> list[Step]:
         return await run_steps(self.redis, calls)
 
-    async def refund(self, refund_id: str, original_claim_id: str, provider_id: str, recipient_id: str,
-                     now: str) -> Step:
-        return await call_step(self.redis, REFUND.call(
-            account_key=_key(provider_id, "account"), grants_key=_key(provider_id, "grants"),
-            relationships_key=_key(provider_id, "relationships"), takes_key=_key(provider_id, "takes"),
-            refunds_key=_key(provider_id, "refunds"), since_key=_key(provider_id, "rel-since"),
-            refund_id=refund_id, original_claim_id=original_claim_id, recipient=recipient_id, now=now))
+    async def refund(
+        self, refund_id: str, original_claim_id: str, provider_id: str, recipient_id: str, now: str
+    ) -> Step:
+        return await call_step(
+            self.redis,
+            REFUND.call(
+                account_key=_key(provider_id, "account"),
+                grants_key=_key(provider_id, "grants"),
+                relationships_key=_key(provider_id, "relationships"),
+                takes_key=_key(provider_id, "takes"),
+                refunds_key=_key(provider_id, "refunds"),
+                since_key=_key(provider_id, "rel-since"),
+                refund_id=refund_id,
+                original_claim_id=original_claim_id,
+                recipient=recipient_id,
+                now=now,
+            ),
+        )
 
     async def snapshot(self, person_id: str) -> AccountSnapshot:
         """The account, its grants, and its grant counts of the days still kept (YYYYMMDD)."""
@@ -175,8 +312,10 @@ class WalletStore:
         by_day = {day.decode(): int(count) for day, count in days_raw.items()}
         return AccountSnapshot(
             person_id=person_id,
-            **{f"{name}_fen": int(account.get(name, 0)) for name in
-               ("balance", "frozen", "credited", "spent", "paid", "refunded")},
+            **{
+                f"{name}_fen": int(account.get(name, 0))
+                for name in ("balance", "frozen", "credited", "spent", "paid", "refunded")
+            },
             grants_fen=grants,
             grants_by_day=by_day,
         )
@@ -184,5 +323,4 @@ class WalletStore:
     async def account_holders(self):
         """Every person with a wallet account (for the audit)."""
         async for key in self.redis.scan_iter(match=f"{PREFIX}*:account", count=1000):
-            yield key.decode()[len(PREFIX) + 3:].split("}", 1)[0]
-
+            yield key.decode()[len(PREFIX) + 3 :].split("}", 1)[0]

@@ -29,7 +29,13 @@ from services.wallet.handlers import WalletHandlers
 from services.wallet.store import WalletStore
 from shared.clock import FixedClock
 from shared.contracts import (
-    AccountCredited, Claim, DrawAnswered, DrawRequested, EnrollmentChanged, RelationshipEvent, WalletCommand,
+    AccountCredited,
+    Claim,
+    DrawAnswered,
+    DrawRequested,
+    EnrollmentChanged,
+    RelationshipEvent,
+    WalletCommand,
 )
 from shared.credentials import redis_options
 from shared.ids import make_person_id
@@ -48,8 +54,10 @@ async def test_the_claim_path_on_the_secure_listener_beside_plaintext(infrastruc
     GONGJI_KAFKA_PLAINTEXT_DEV=1 gongji infra up` (clients still choose TLS unless they set it too)."""
     host = infrastructure.kafka_bootstrap.rpartition(":")[0]
     if not port_open(host, infrastructure.kafka_plaintext_dev_port):
-        pytest.fail("no development listener: restart the broker with GONGJI_KAFKA_PLAINTEXT_DEV=1 "
-                    "(`gongji infra down && GONGJI_KAFKA_PLAINTEXT_DEV=1 gongji infra up`)")
+        pytest.fail(
+            "no development listener: restart the broker with GONGJI_KAFKA_PLAINTEXT_DEV=1 "
+            "(`gongji infra down && GONGJI_KAFKA_PLAINTEXT_DEV=1 gongji infra up`)"
+        )
     options = BenchOptions(duration_seconds=CLAIMS / RATE, runs=1, rate=RATE)
     results = {}
     for label, plaintext in (("SASL_SSL (default)", False), ("SASL_PLAINTEXT (dev)", True)):
@@ -58,13 +66,17 @@ async def test_the_claim_path_on_the_secure_listener_beside_plaintext(infrastruc
         assert not results[label]["failures"], results[label]["failures"]
     print()
     for label, result in results.items():
-        print(f"{label:<21} raw pass-through {result['baseline_msgs_per_s']:>7,.0f} msg/s | gongji "
-              f"{result['claims_per_s']:>6,.0f} claims/s | ratio {result['ratio']:.2f} | latency ms p50 "
-              f"{result['p50_ms']:,.0f}, p99 {result['p99_ms']:,.0f} | services' CPU {result['cpu_us_per_claim']:,.0f} "
-              "µs per claim")
+        print(
+            f"{label:<21} raw pass-through {result['baseline_msgs_per_s']:>7,.0f} msg/s | gongji "
+            f"{result['claims_per_s']:>6,.0f} claims/s | ratio {result['ratio']:.2f} | latency ms p50 "
+            f"{result['p50_ms']:,.0f}, p99 {result['p99_ms']:,.0f} | services' CPU {result['cpu_us_per_claim']:,.0f} "
+            "µs per claim"
+        )
     secure, plain = results.values()
-    print(f"TLS costs {1 - secure['baseline_msgs_per_s'] / plain['baseline_msgs_per_s']:.0%} of the raw "
-          f"pass-through and {1 - secure['claims_per_s'] / plain['claims_per_s']:.0%} of gongji's settled rate")
+    print(
+        f"TLS costs {1 - secure['baseline_msgs_per_s'] / plain['baseline_msgs_per_s']:.0%} of the raw "
+        f"pass-through and {1 - secure['claims_per_s'] / plain['claims_per_s']:.0%} of gongji's settled rate"
+    )
 
 
 def _quiet_console():
@@ -73,27 +85,71 @@ def _quiet_console():
     return Console(quiet=True)
 
 
-async def _preload(wallet: WalletHandlers, settlement: SettlementHandlers, first: int, families: int
-                   ) -> list[tuple[str, str]]:
+async def _preload(
+    wallet: WalletHandlers, settlement: SettlementHandlers, first: int, families: int
+) -> list[tuple[str, str]]:
     """Families of one provider and one recipient, written straight through the handlers."""
     pairs = [(_person(2 * number), _person(2 * number + 1)) for number in range(first, first + families)]
     chunk = 500
     for start in range(0, len(pairs), chunk):
-        part = pairs[start:start + chunk]
-        await wallet.on_enrollment([EnrollmentChanged(event_id=f"e{p}", person_id=p, insurance_type="employee",
-                                                      region="440300", status="normal", occurred_at=NOON)
-                                    for p, _ in part])
-        enrollment = [EnrollmentChanged(event_id=f"e{r}", person_id=r, insurance_type="resident",
-                                        region="510100", status="normal", occurred_at=NOON) for _, r in part]
+        part = pairs[start : start + chunk]
+        await wallet.on_enrollment(
+            [
+                EnrollmentChanged(
+                    event_id=f"e{p}",
+                    person_id=p,
+                    insurance_type="employee",
+                    region="440300",
+                    status="normal",
+                    occurred_at=NOON,
+                )
+                for p, _ in part
+            ]
+        )
+        enrollment = [
+            EnrollmentChanged(
+                event_id=f"e{r}",
+                person_id=r,
+                insurance_type="resident",
+                region="510100",
+                status="normal",
+                occurred_at=NOON,
+            )
+            for _, r in part
+        ]
         await settlement.on_enrollment(enrollment)
-        await wallet.on_credits([AccountCredited(event_id=f"c{p}", person_id=p, amount_fen=10_000_000,
-                                                 occurred_at=NOON) for p, _ in part])
-        await wallet.on_relationship_events([RelationshipEvent(
-            event_id=f"r{p}", cause_id="bench", type="established", provider_id=p, recipient_id=r,
-            recipient_region="510100", occurred_at=NOON) for p, r in part])
-        await wallet.on_commands([WalletCommand(
-            command_id=f"g{p}", action="grant", actor_id=p, provider_id=p, recipient_id=r, recipient_region="510100",
-            amount_fen=200_000, requested_at=NOON) for p, r in part])
+        await wallet.on_credits(
+            [AccountCredited(event_id=f"c{p}", person_id=p, amount_fen=10_000_000, occurred_at=NOON) for p, _ in part]
+        )
+        await wallet.on_relationship_events(
+            [
+                RelationshipEvent(
+                    event_id=f"r{p}",
+                    cause_id="bench",
+                    type="established",
+                    provider_id=p,
+                    recipient_id=r,
+                    recipient_region="510100",
+                    occurred_at=NOON,
+                )
+                for p, r in part
+            ]
+        )
+        await wallet.on_commands(
+            [
+                WalletCommand(
+                    command_id=f"g{p}",
+                    action="grant",
+                    actor_id=p,
+                    provider_id=p,
+                    recipient_id=r,
+                    recipient_region="510100",
+                    amount_fen=200_000,
+                    requested_at=NOON,
+                )
+                for p, r in part
+            ]
+        )
     return pairs
 
 
@@ -119,10 +175,19 @@ async def _cost_per_claim(redis: Redis, pairs: list[tuple[str, str]], claims: in
         messages = []
         for _ in range(batch):
             _, recipient = rng.choice(pairs)
-            messages.append(Claim(claim_id=f"510100-H51010000001-{uuid.uuid4().hex}", kind="settle", recipient_id=recipient,
-                                  recipient_region="510100", category="institution",
-                                  institution_code="H51010000001", service_region="510100",
-                                  amount_fen=100, occurred_at=NOON))
+            messages.append(
+                Claim(
+                    claim_id=f"510100-H51010000001-{uuid.uuid4().hex}",
+                    kind="settle",
+                    recipient_id=recipient,
+                    recipient_region="510100",
+                    category="institution",
+                    institution_code="H51010000001",
+                    service_region="510100",
+                    amount_fen=100,
+                    occurred_at=NOON,
+                )
+            )
         t0 = time.perf_counter()
         requests = [m for m in await through_claim_path(settlement, messages) if isinstance(m, DrawRequested)]
         answers = [m for m in await wallet.on_draw_requests(requests) if isinstance(m, DrawAnswered)]
@@ -133,8 +198,7 @@ async def _cost_per_claim(redis: Redis, pairs: list[tuple[str, str]], claims: in
 
 async def test_cost_per_claim_stays_flat_as_the_population_grows(infrastructure) -> None:
     sizes = [int(size) for size in os.environ.get("GONGJI_BENCH_POPULATIONS", "10000,100000").split(",")]
-    redis = Redis.from_url(in_database(infrastructure.redis_url, 14),
-                           **redis_options(infrastructure, OPERATOR.name))
+    redis = Redis.from_url(in_database(infrastructure.redis_url, 14), **redis_options(infrastructure, OPERATOR.name))
     await redis.flushdb()
     wallet_store, settlement_store = WalletStore(redis), SettlementStore(redis, 64)
     await wallet_store.load()
@@ -151,9 +215,11 @@ async def test_cost_per_claim_stays_flat_as_the_population_grows(infrastructure)
         preload_seconds = time.perf_counter() - started
         cost_us, histogram = await _cost_per_claim(redis, loaded, min(CLAIMS, 10_000))
         results.append((persons, cost_us, histogram))
-        print(f"\n{persons:>9,} persons (preloaded in {preload_seconds:.0f}s, {await redis.dbsize():,} keys): "
-              f"{cost_us:,.0f} µs per claim; per-batch p50 {histogram.get_value_at_percentile(50)} µs, "
-              f"p99 {histogram.get_value_at_percentile(99)} µs")
+        print(
+            f"\n{persons:>9,} persons (preloaded in {preload_seconds:.0f}s, {await redis.dbsize():,} keys): "
+            f"{cost_us:,.0f} µs per claim; per-batch p50 {histogram.get_value_at_percentile(50)} µs, "
+            f"p99 {histogram.get_value_at_percentile(99)} µs"
+        )
     print(f"cost ratio largest / smallest population: {results[-1][1] / results[0][1]:.2f}")
     await redis.flushdb()
     await redis.aclose()

@@ -25,8 +25,16 @@ async def policy(redis):
     before = await read_policy(redis)
 
     async def change(**fields) -> None:
-        await write_policy(redis, Policy(**{"cross_province_since": before.cross_province_since,
-                                            "closed_regions": before.closed_regions, **fields}))
+        await write_policy(
+            redis,
+            Policy(
+                **{
+                    "cross_province_since": before.cross_province_since,
+                    "closed_regions": before.closed_regions,
+                    **fields,
+                }
+            ),
+        )
 
     yield change
     await write_policy(redis, before)

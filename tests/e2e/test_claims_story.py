@@ -21,8 +21,13 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def gongji(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gongji", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "gongji", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def after_the_month(month: str) -> dict[str, str]:
@@ -49,11 +54,24 @@ async def test_the_whole_story_and_its_monthly_statement(world: World, kafka) ->
     assert (clinic["status"], clinic["paid_fen"], clinic["self_pay_fen"]) == ("settled", 30_000, 0)
     assert clinic["payers"] == [{"provider_id": daughter, "provider_region": "350100", "amount_fen": 30_000}]
 
-    pharmacy = await world.settle(world.claim_message(mother, "530100", 10_000, "pharmacy", items=[
-        {"code": "XB01AC06", "in_catalogue": True, "amount_fen": 8_000},
-        {"code": "HEALTH-TEA", "in_catalogue": False, "amount_fen": 2_000}]))
-    assert (pharmacy["status"], pharmacy["paid_fen"], pharmacy["self_pay_fen"], pharmacy["reason"]) == \
-        ("partial", 8_000, 2_000, "NOT_IN_CATALOGUE")
+    pharmacy = await world.settle(
+        world.claim_message(
+            mother,
+            "530100",
+            10_000,
+            "pharmacy",
+            items=[
+                {"code": "XB01AC06", "in_catalogue": True, "amount_fen": 8_000},
+                {"code": "HEALTH-TEA", "in_catalogue": False, "amount_fen": 2_000},
+            ],
+        )
+    )
+    assert (pharmacy["status"], pharmacy["paid_fen"], pharmacy["self_pay_fen"], pharmacy["reason"]) == (
+        "partial",
+        8_000,
+        2_000,
+        "NOT_IN_CATALOGUE",
+    )
 
     premium = await world.settle(world.claim_message(mother, "530100", 38_000, "resident_premium"))
     assert (premium["status"], premium["paid_fen"]) == ("settled", 38_000)
@@ -63,26 +81,34 @@ async def test_the_whole_story_and_its_monthly_statement(world: World, kafka) ->
     assert [(p["provider_id"], p["amount_fen"]) for p in care["payers"]] == [(daughter, 24_000), (son, 6_000)]
 
     short = await world.settle(world.claim_message(mother, "530100", 20_000))
-    assert (short["status"], short["paid_fen"], short["self_pay_fen"], short["reason"]) == \
-        ("partial", 14_000, 6_000, "NO_QUOTA")
+    assert (short["status"], short["paid_fen"], short["self_pay_fen"], short["reason"]) == (
+        "partial",
+        14_000,
+        6_000,
+        "NO_QUOTA",
+    )
 
     cash = await world.settle(world.claim_message(mother, "530100", 5_000, "cash_withdrawal"))
     assert (cash["status"], cash["paid_fen"], cash["reason"]) == ("rejected", 0, "CATEGORY_NOT_ALLOWED")
 
     refund = await world.reverse(mother, pharmacy["claim_id"])
     assert (refund["status"], refund["paid_fen"], refund["reverses"]) == ("reversed", 8_000, pharmacy["claim_id"])
-    refunded = await kafka.wait_for(WALLET_EVENTS, lambda m: m["type"] == "refunded" and
-                                    m["claim_id"] == pharmacy["claim_id"])
-    assert (refunded[0]["provider_id"], refunded[0]["amount_fen"], refunded[0]["frozen_fen"]) == \
-        (daughter, 8_000, 8_000)  # back into the daughter's grant: the relationship lasts
+    refunded = await kafka.wait_for(
+        WALLET_EVENTS, lambda m: m["type"] == "refunded" and m["claim_id"] == pharmacy["claim_id"]
+    )
+    assert (refunded[0]["provider_id"], refunded[0]["amount_fen"], refunded[0]["frozen_fen"]) == (
+        daughter,
+        8_000,
+        8_000,
+    )  # back into the daughter's grant: the relationship lasts
 
     # The daughter's own money: 500,000 − 30,000 − 8,000 − 38,000 − 24,000 + 8,000 refunded.
     dissolved = await world.relationship_command("dissolve", daughter, daughter, mother)
     assert dissolved["type"] == "dissolved"
-    released = await kafka.wait_for(WALLET_EVENTS, lambda m: m["type"] == "released" and
-                                    m["cause_id"] == dissolved["event_id"])
-    assert (released[0]["amount_fen"], released[0]["balance_fen"], released[0]["frozen_fen"]) == \
-        (8_000, 408_000, 0)
+    released = await kafka.wait_for(
+        WALLET_EVENTS, lambda m: m["type"] == "released" and m["cause_id"] == dissolved["event_id"]
+    )
+    assert (released[0]["amount_fen"], released[0]["balance_fen"], released[0]["frozen_fen"]) == (8_000, 408_000, 0)
 
     months = {event["clearing_month"] for event in (clinic, pharmacy, premium, care, short, refund)}
     assert len(months) == 1
@@ -93,12 +119,17 @@ async def test_the_whole_story_and_its_monthly_statement(world: World, kafka) ->
     await kafka.wait_for(CLEARING, lambda m: m["month"] == month and m.get("province") in {"35", "62", "53"}, count=3)
     await kafka.settle_quietly()  # the rest of the statement, published in the same go
     rows = kafka.matching(CLEARING, lambda m: m["month"] == month)
-    gross = {(r["payer_province"], r["payee_province"]): (r["amount_fen"], r["claims"], r["reversals"])
-             for r in rows if r["row"] == "gross"}
+    gross = {
+        (r["payer_province"], r["payee_province"]): (r["amount_fen"], r["claims"], r["reversals"])
+        for r in rows
+        if r["row"] == "gross"
+    }
     net = {r["province"]: r["amount_fen"] for r in rows if r["row"] == "net"}
     earlier_lines = gross_lines(before_by_month.get(month, {}))
-    earlier = {(line.payer_province, line.payee_province): (line.amount_fen, line.claims, line.reversals)
-               for line in earlier_lines}
+    earlier = {
+        (line.payer_province, line.payee_province): (line.amount_fen, line.claims, line.reversals)
+        for line in earlier_lines
+    }
     earlier_net = net_positions(earlier_lines)
 
     def this_test(pair: tuple[str, str]) -> tuple[int, int, int]:
@@ -107,15 +138,20 @@ async def test_the_whole_story_and_its_monthly_statement(world: World, kafka) ->
     # Daughter (35) paid 30,000 + 8,000 + 38,000 + 24,000 in 4 claims, less the 8,000 of 1 reversal.
     assert this_test(("35", "53")) == (92_000, 4, 1)
     assert this_test(("62", "53")) == (20_000, 2, 0)  # the son: 6,000 + 14,000
-    assert {province: net[province] - earlier_net.get(province, 0) for province in ("35", "62", "53")} == \
-        {"35": -92_000, "62": -20_000, "53": 112_000}
+    assert {province: net[province] - earlier_net.get(province, 0) for province in ("35", "62", "53")} == {
+        "35": -92_000,
+        "62": -20_000,
+        "53": 112_000,
+    }
     assert sum(net.values()) == 0
     # Each province gets the rows that concern it on its own topic, and no other province's.
     for province in ("35", "62", "53"):
         own = kafka.matching(province_clearing(province), lambda m: m["month"] == month)
         assert {row["event_id"] for row in own} == {
-            row["event_id"] for row in rows if province in (row.get("payer_province"), row.get("payee_province"),
-                                                            row.get("province"))}
+            row["event_id"]
+            for row in rows
+            if province in (row.get("payer_province"), row.get("payee_province"), row.get("province"))
+        }
 
     again = gongji("clearing", "close", month, env=after_the_month(month))  # the same statement, however often
     assert again.returncode == 0
@@ -145,7 +181,9 @@ async def test_the_same_claim_delivered_50_times_pays_once(world: World, kafka) 
     for _ in range(50):
         await kafka.publish(CLAIMS, message)
     results = await kafka.wait_for(SETTLEMENTS, lambda m: m["claim_id"] == message["claim_id"], count=50)
-    assert {(r["event_id"], r["status"], r["paid_fen"]) for r in results} == {(results[0]["event_id"], "settled", 1_234)}
+    assert {(r["event_id"], r["status"], r["paid_fen"]) for r in results} == {
+        (results[0]["event_id"], "settled", 1_234)
+    }
     await kafka.settle_quietly()
     debits = kafka.matching(WALLET_EVENTS, lambda m: m["type"] == "debited" and m["claim_id"] == message["claim_id"])
     assert len({d["event_id"] for d in debits}) == 1
@@ -173,8 +211,7 @@ async def test_claims_for_people_not_insured_or_elsewhere_are_refused(world: Wor
     stranger = new_person_id()
     assert (await world.settle(world.claim_message(stranger, "510100", 100)))["reason"] == "RECIPIENT_NOT_INSURED"
     suspended = await world.person("resident", "510100", "suspended")
-    assert (await world.settle(world.claim_message(suspended, "510100", 100)))["reason"] == \
-        "RECIPIENT_STATUS_ABNORMAL"
+    assert (await world.settle(world.claim_message(suspended, "510100", 100)))["reason"] == "RECIPIENT_STATUS_ABNORMAL"
     elsewhere = await world.person("resident", "510100")
     assert (await world.settle(world.claim_message(elsewhere, "510700", 100)))["reason"] == "RECIPIENT_MISMATCH"
 
@@ -187,8 +224,9 @@ async def test_reversal_refusals_and_a_reversal_after_the_relationship_ended(wor
     await kafka.wait_for(WALLET_EVENTS, lambda m: m["type"] == "released" and m["cause_id"] == dissolved["event_id"])
     reversed_ = await world.reverse(recipient, paid["claim_id"])
     assert reversed_["status"] == "reversed"
-    refunded = await kafka.wait_for(WALLET_EVENTS, lambda m: m["type"] == "refunded" and
-                                    m["claim_id"] == paid["claim_id"])
+    refunded = await kafka.wait_for(
+        WALLET_EVENTS, lambda m: m["type"] == "refunded" and m["claim_id"] == paid["claim_id"]
+    )
     assert (refunded[0]["balance_fen"], refunded[0]["frozen_fen"]) == (1_000_000, 0)  # to the account
     assert (await world.reverse(recipient, paid["claim_id"]))["reason"] == "ALREADY_REVERSED"
 
@@ -196,8 +234,16 @@ async def test_reversal_refusals_and_a_reversal_after_the_relationship_ended(wor
 async def test_a_frozen_account_pays_no_claim(world: World, kafka) -> None:
     provider, recipient = await world.funded_family()
     event_id = new_id("sup")
-    await kafka.publish(SUPERVISION, {"event_id": event_id, "person_id": recipient, "action": "freeze",
-                                      "reason": "违规使用", "occurred_at": now_iso()})
+    await kafka.publish(
+        SUPERVISION,
+        {
+            "event_id": event_id,
+            "person_id": recipient,
+            "action": "freeze",
+            "reason": "违规使用",
+            "occurred_at": now_iso(),
+        },
+    )
     await kafka.wait_for(WALLET_EVENTS, lambda m: m["cause_id"] == event_id)
     result = await world.settle(world.claim_message(recipient, "510100", 1_000))
     assert (result["status"], result["reason"]) == ("rejected", "ACCOUNT_FROZEN")
@@ -217,8 +263,10 @@ async def test_grant_limits_through_the_wallet_service(world: World) -> None:
 async def test_an_insurance_change_releases_the_quota(world: World, kafka) -> None:
     provider, recipient = await world.funded_family(quota_fen=50_000)
     await world.enroll(recipient, "employee", "510100")  # became an employee: an insurance change
-    released = await kafka.wait_for(WALLET_EVENTS, lambda m: m["type"] == "released" and
-                                    m["provider_id"] == provider and m["recipient_id"] == recipient)
+    released = await kafka.wait_for(
+        WALLET_EVENTS,
+        lambda m: m["type"] == "released" and m["provider_id"] == provider and m["recipient_id"] == recipient,
+    )
     assert (released[0]["amount_fen"], released[0]["frozen_fen"]) == (50_000, 0)
 
 
@@ -227,8 +275,9 @@ async def test_statistics_are_published_for_dashboards(world: World, kafka) -> N
     await world.settle(world.claim_message(recipient, "510100", 700, "resident_premium"))
     await asyncio.sleep(5)  # the statistics interval
     await world.settle(world.claim_message(recipient, "510100", 700, "resident_premium"))
-    snapshots = await kafka.wait_for(STATISTICS, lambda m: any(c["key"] == "resident_premium"
-                                                               for c in m["by_category"]))
+    snapshots = await kafka.wait_for(
+        STATISTICS, lambda m: any(c["key"] == "resident_premium" for c in m["by_category"])
+    )
     assert snapshots[-1]["by_status"] and snapshots[-1]["instance"]
 
 

@@ -14,8 +14,12 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.after_all]
 
 
 def test_the_deep_audit_of_everything_so_far_is_valid(service_processes) -> None:
-    audit = subprocess.run([sys.executable, "-m", "gongji", "audit", "--deep", "--json", "--wait", "120"],
-                           capture_output=True, text=True, timeout=280)
+    audit = subprocess.run(
+        [sys.executable, "-m", "gongji", "audit", "--deep", "--json", "--wait", "120"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     report = json.loads(audit.stdout)
     assert report["valid?"], (report["differences_by_invariant"], report["first"])
     assert report["pending"] == [], report["pending"][:5]

@@ -18,10 +18,21 @@ async def test_a_small_load_run_reports_every_claim_once(infrastructure, service
     # A new population each run (no seed), so that a second run on the same state is not refused
     # DUPLICATE_RELATIONSHIP; the harness's own deadlines end well before the test's.
     # Shares high enough that a run without a duplicate or a malformed claim is one in millions.
-    options = LoadOptions(persons=60, rate=100, duration_seconds=3, duplicate_share=0.05, malformed_share=0.05,
-                          reversal_share=0.2, spend_share=0.1, freeze_share=0.02, enrollment_change_share=0.02,
-                          dissolve_share=0.02, report_dir=tmp_path, setup_timeout_seconds=90,
-                          drain_timeout_seconds=60)
+    options = LoadOptions(
+        persons=60,
+        rate=100,
+        duration_seconds=3,
+        duplicate_share=0.05,
+        malformed_share=0.05,
+        reversal_share=0.2,
+        spend_share=0.1,
+        freeze_share=0.02,
+        enrollment_change_share=0.02,
+        dissolve_share=0.02,
+        report_dir=tmp_path,
+        setup_timeout_seconds=90,
+        drain_timeout_seconds=60,
+    )
     report = await run_load(infrastructure, options, Console(quiet=True))
     population = report["population"]
     assert population["ready"] == population["relationships"] > 0, population
@@ -43,13 +54,23 @@ async def test_a_small_load_run_reports_every_claim_once(infrastructure, service
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-async def test_a_seed_run_twice_on_one_state_says_why_nothing_was_ready(infrastructure, service_processes,
-                                                                       tmp_path) -> None:
+async def test_a_seed_run_twice_on_one_state_says_why_nothing_was_ready(
+    infrastructure, service_processes, tmp_path
+) -> None:
     # No part of the mix may end a relationship of the first run (a dissolve, an insurance change),
     # or the second run could establish it again.
-    options = LoadOptions(persons=6, rate=20, duration_seconds=1, duplicate_share=0, malformed_share=0,
-                          enrollment_change_share=0, dissolve_share=0,
-                          seed=uuid.uuid4().int % 10**9, report_dir=tmp_path, setup_timeout_seconds=90)
+    options = LoadOptions(
+        persons=6,
+        rate=20,
+        duration_seconds=1,
+        duplicate_share=0,
+        malformed_share=0,
+        enrollment_change_share=0,
+        dissolve_share=0,
+        seed=uuid.uuid4().int % 10**9,
+        report_dir=tmp_path,
+        setup_timeout_seconds=90,
+    )
     first = await run_load(infrastructure, options, Console(quiet=True))
     assert first["claims"]["with_result"] == 20
     with pytest.raises(RuntimeError, match="DUPLICATE_RELATIONSHIP") as refused:

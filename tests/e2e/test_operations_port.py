@@ -19,8 +19,9 @@ from tests.e2e.world import World
 pytestmark = pytest.mark.timeout(300)
 
 
-def request(port: int, method: str, path: str, host: str | None = None, body: bytes = b"",
-            headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+def request(
+    port: int, method: str, path: str, host: str | None = None, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         connection.putrequest(method, path, skip_host=host is not None)
@@ -39,8 +40,12 @@ def request(port: int, method: str, path: str, host: str | None = None, body: by
 async def test_the_asyncapi_page_and_its_try_it_out_route_are_gone(settings, service_processes, name: str) -> None:
     port = http_port(settings, name)
     forged = b'{"channelName": "gongji.settlements.v1", "message": {"message": {}}, "options": {}}'
-    for method, path, body in (("POST", "/docs/asyncapi/try", forged), ("GET", "/docs/asyncapi", b""),
-                               ("GET", "/docs/asyncapi.json", b""), ("GET", "/asyncapi", b"")):
+    for method, path, body in (
+        ("POST", "/docs/asyncapi/try", forged),
+        ("GET", "/docs/asyncapi", b""),
+        ("GET", "/docs/asyncapi.json", b""),
+        ("GET", "/asyncapi", b""),
+    ):
         status, _ = request(port, method, path, body=body, headers={"Content-Type": "text/plain"})
         assert status in (404, 405), f"{name} {method} {path} answered {status}"
 
@@ -59,8 +64,15 @@ async def test_the_port_answers_loopback_names_only(settings, service_processes,
 
 
 def _relationship_group_acl() -> AclBindingFilter:
-    return AclBindingFilter(ResourceType.GROUP, "gongji-relationship", ResourcePatternType.LITERAL,
-                            "User:relationship", "*", AclOperation.READ, AclPermissionType.ALLOW)
+    return AclBindingFilter(
+        ResourceType.GROUP,
+        "gongji-relationship",
+        ResourcePatternType.LITERAL,
+        "User:relationship",
+        "*",
+        AclOperation.READ,
+        AclPermissionType.ALLOW,
+    )
 
 
 async def test_a_service_whose_group_is_revoked_ends_its_process_and_comes_back_when_restored(

@@ -51,10 +51,13 @@ def kill_9(pid: int) -> None:
     raise AssertionError(f"Redis (pid {pid}) did not die")
 
 
-async def test_the_deep_audit_waits_for_a_redis_loading_its_data_then_reports(infrastructure, service_processes) -> None:
+async def test_the_deep_audit_waits_for_a_redis_loading_its_data_then_reports(
+    infrastructure, service_processes
+) -> None:
     settings = infrastructure
-    ballast = Redis.from_url(in_database(settings.redis_url, BALLAST_DATABASE),
-                             **redis_options(settings, OPERATOR.name))
+    ballast = Redis.from_url(
+        in_database(settings.redis_url, BALLAST_DATABASE), **redis_options(settings, OPERATOR.name)
+    )
     paths = infra.Paths(settings.state_dir)
     try:
         for first in range(1, BALLAST_KEYS + 1, BALLAST_STEP):
@@ -63,8 +66,12 @@ async def test_the_deep_audit_waits_for_a_redis_loading_its_data_then_reports(in
         await ballast.aclose()
         kill_9(int(paths.redis_pid.read_text()))
         assert infra.start_redis(settings, paths)
-        audit = subprocess.run([sys.executable, "-m", "gongji", "audit", "--deep", "--json", "--wait", "120"],
-                               capture_output=True, text=True, timeout=400)
+        audit = subprocess.run(
+            [sys.executable, "-m", "gongji", "audit", "--deep", "--json", "--wait", "120"],
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
         assert "Traceback" not in audit.stderr, audit.stderr
         report = json.loads(audit.stdout)
         print(f"the audit waited {report['redis_loading_seconds']} s for Redis to load its data")
@@ -73,8 +80,9 @@ async def test_the_deep_audit_waits_for_a_redis_loading_its_data_then_reports(in
         assert audit.returncode == 0
     finally:
         infra.up(settings)  # the memory bound and the rest that a restart does not keep
-        ballast = Redis.from_url(in_database(settings.redis_url, BALLAST_DATABASE),
-                                 **redis_options(settings, OPERATOR.name))
+        ballast = Redis.from_url(
+            in_database(settings.redis_url, BALLAST_DATABASE), **redis_options(settings, OPERATOR.name)
+        )
         await ballast.flushdb(asynchronous=True)  # freed in the background: millions of keys take seconds
         with contextlib.suppress(ResponseError):  # "already in progress": Redis began one itself
             await ballast.bgrewriteaof()  # later restarts load only what the services hold

@@ -17,8 +17,13 @@ from tests.support import new_id, new_person_id, now_iso
 pytestmark = pytest.mark.timeout(240)
 
 
-async def family(world: World, provider_region: str = "440300", recipient_region: str = "510100",
-                 recipient_type: str = "resident", kinship: str = "parent") -> tuple[str, str]:
+async def family(
+    world: World,
+    provider_region: str = "440300",
+    recipient_region: str = "510100",
+    recipient_type: str = "resident",
+    kinship: str = "parent",
+) -> tuple[str, str]:
     provider = await world.person("employee", provider_region)
     recipient = await world.person(recipient_type, recipient_region)
     await world.kinship(provider, recipient, kinship)
@@ -41,8 +46,9 @@ async def test_the_recipient_may_decline(world: World) -> None:
     provider, recipient = await family(world)
     await world.request(provider, recipient, "510100")
     assert (await world.relationship_command("decline", recipient, provider, recipient))["type"] == "declined"
-    assert (await world.relationship_command("accept", recipient, provider, recipient))["reason"] == \
-        "RELATIONSHIP_NOT_ACTIVE"
+    assert (await world.relationship_command("accept", recipient, provider, recipient))[
+        "reason"
+    ] == "RELATIONSHIP_NOT_ACTIVE"
 
 
 async def test_the_registry_fact_may_be_recorded_from_either_side(world: World) -> None:
@@ -103,8 +109,9 @@ async def test_each_refusal_has_its_reason(world: World, scenario: str, reason: 
         await world.request(provider, recipient, region)
         event = await world.relationship_command("dissolve", new_person_id(), provider, recipient)
     else:
-        event = await world.relationship_command("request", actor, provider, recipient,
-                                                 recipient_region=region, kinship=kinship)
+        event = await world.relationship_command(
+            "request", actor, provider, recipient, recipient_region=region, kinship=kinship
+        )
     assert (event["type"], event["reason"]) == ("rejected", reason)
 
 
@@ -133,8 +140,9 @@ async def test_the_same_command_twice_has_one_effect_and_other_content_is_a_conf
     first = await world.request(provider, recipient, "510100", command_id=command_id, requested_at=requested_at)
     again = await world.request(provider, recipient, "510100", command_id=command_id, requested_at=requested_at)
     assert again["event_id"] == first["event_id"] and again["type"] == "requested"
-    conflict = await world.relationship_command("request", provider, provider, recipient, command_id=command_id,
-                                                recipient_region="510100", kinship="child")
+    conflict = await world.relationship_command(
+        "request", provider, provider, recipient, command_id=command_id, recipient_region="510100", kinship="child"
+    )
     assert (conflict["type"], conflict["reason"]) == ("rejected", "CONFLICT")
     # Nothing changed: the relationship is still the first request's, pending, as a parent.
     assert (await world.relationship_command("accept", recipient, provider, recipient))["kinship"] == "parent"
@@ -147,17 +155,26 @@ async def test_many_relatives_in_both_directions(world: World) -> None:
     for child in children:
         await world.establish(me, child, "440300", kinship="child")
     await world.establish(parent, me, "440300", kinship="child")
-    shown = subprocess.run([sys.executable, "-m", "gongji", "relationships", "show", me, "--json", "--full-ids"],
-                           capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [sys.executable, "-m", "gongji", "relationships", "show", me, "--json", "--full-ids"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert shown.returncode == 0, shown.stderr
     rows = {(row["provider_id"], row["recipient_id"]): row for row in json.loads(shown.stdout)}
-    masked = subprocess.run([sys.executable, "-m", "gongji", "relationships", "show", me, "--json"],
-                            capture_output=True, text=True, timeout=60).stdout
+    masked = subprocess.run(
+        [sys.executable, "-m", "gongji", "relationships", "show", me, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     assert me not in masked and mask_person_id(me) in masked  # full ids only when asked for
     assert set(rows) == {(me, children[0]), (me, children[1]), (parent, me)}
     assert {row["state"] for row in rows.values()} == {"active"}
-    table = subprocess.run([sys.executable, "-m", "gongji", "relationships", "show", me],
-                           capture_output=True, text=True, timeout=60).stdout
+    table = subprocess.run(
+        [sys.executable, "-m", "gongji", "relationships", "show", me], capture_output=True, text=True, timeout=60
+    ).stdout
     assert table.count("active") == 3 and me not in table.split("\n", 1)[1]  # the table masks ids
 
 
@@ -174,15 +191,26 @@ async def test_an_insurance_change_terminates_every_relationship_of_the_person_o
 
     await world.enroll(me, "employee", "310100")  # moved to Shanghai: a change of region
     involved = {(me, r) for r in (*recipients, pending)} | {(provider_of_mine, me)}
-    events = await kafka.wait_for(RELATIONSHIP_EVENTS, lambda m: m["type"] == "terminated" and
-                                  (m["provider_id"], m["recipient_id"]) in involved, count=4)
+    events = await kafka.wait_for(
+        RELATIONSHIP_EVENTS,
+        lambda m: m["type"] == "terminated" and (m["provider_id"], m["recipient_id"]) in involved,
+        count=4,
+    )
     await kafka.settle_quietly()
-    events = kafka.matching(RELATIONSHIP_EVENTS, lambda m: m["type"] == "terminated" and
-                            (m["provider_id"], m["recipient_id"]) in involved)
+    events = kafka.matching(
+        RELATIONSHIP_EVENTS, lambda m: m["type"] == "terminated" and (m["provider_id"], m["recipient_id"]) in involved
+    )
     assert sorted((m["provider_id"], m["recipient_id"]) for m in events) == sorted(involved)
     assert {m["reason"] for m in events} == {"INSURANCE_CHANGED"}
 
     await world.enroll(me, "employee", "310100")  # the same facts again: no change, nothing ends
     await kafka.settle_quietly()
-    assert len(kafka.matching(RELATIONSHIP_EVENTS, lambda m: m["type"] == "terminated" and
-                              (m["provider_id"], m["recipient_id"]) in involved)) == 4
+    assert (
+        len(
+            kafka.matching(
+                RELATIONSHIP_EVENTS,
+                lambda m: m["type"] == "terminated" and (m["provider_id"], m["recipient_id"]) in involved,
+            )
+        )
+        == 4
+    )

@@ -32,8 +32,9 @@ async def as_province(infrastructure):
 
     async def producer(province: str) -> AIOKafkaProducer:
         if province not in producers:
-            producers[province] = AIOKafkaProducer(**aiokafka_options(infrastructure, f"province-{province}"),
-                                                   acks="all", enable_idempotence=True)
+            producers[province] = AIOKafkaProducer(
+                **aiokafka_options(infrastructure, f"province-{province}"), acks="all", enable_idempotence=True
+            )
             await producers[province].start()
         return producers[province]
 
@@ -45,10 +46,12 @@ async def as_province(infrastructure):
 async def sent_by_province(kafka: Kafka, producer: AIOKafkaProducer, province: str, claim: dict) -> dict:
     """Publishes a claim on `province`'s own topic and returns its result as the province sees it."""
     seen = len(kafka.matching(province_settlements(province), lambda m: m["claim_id"] == claim["claim_id"]))
-    await producer.send_and_wait(province_claims(province).name, json.dumps(claim).encode(),
-                                 key=claim["recipient_id"].encode())
-    answers = await kafka.wait_for(province_settlements(province), lambda m: m["claim_id"] == claim["claim_id"],
-                                   count=seen + 1)
+    await producer.send_and_wait(
+        province_claims(province).name, json.dumps(claim).encode(), key=claim["recipient_id"].encode()
+    )
+    answers = await kafka.wait_for(
+        province_settlements(province), lambda m: m["claim_id"] == claim["claim_id"], count=seen + 1
+    )
     return answers[seen]
 
 
@@ -89,29 +92,45 @@ async def test_another_province_cannot_take_a_hospitals_claim_id(world: World, k
     hospital = world.claim_message(patient, "440300", 12_850, institution_code="H44030500012")
     squat = {**hospital, "category": "resident_premium", "institution_code": None, "amount_fen": 100}
     refused = await sent_by_province(kafka, await as_province("11"), "11", squat)
-    assert (refused["status"], refused["reason"], refused["requested_fen"]) == ("rejected", "SERVICE_REGION_MISMATCH", 100)
+    assert (refused["status"], refused["reason"], refused["requested_fen"]) == (
+        "rejected",
+        "SERVICE_REGION_MISMATCH",
+        100,
+    )
     # Billed to its own region instead, the id is not one a claim of 110100 may have: refused, and told.
     own_region = {**squat, "service_region": "110100", "amount_fen": 101}
     refused = await sent_by_province(kafka, await as_province("11"), "11", own_region)
     assert (refused["status"], refused["reason"], refused["requested_fen"]) == ("rejected", "INVALID_MESSAGE", 101)
     assert "claim_id must be 110100-<serial>" in refused["error"]
     paid = await sent_by_province(kafka, await as_province("44"), "44", hospital)
-    assert (paid["status"], paid["reason"], paid["requested_fen"], paid["paid_fen"]) == ("settled", None, 12_850, 12_850)
+    assert (paid["status"], paid["reason"], paid["requested_fen"], paid["paid_fen"]) == (
+        "settled",
+        None,
+        12_850,
+        12_850,
+    )
 
 
 async def test_a_province_reverses_only_claims_of_its_own_care(world: World, kafka: Kafka, as_province) -> None:
     _, recipient = await world.funded_family(recipient_region="510100")
     claim = world.claim_message(recipient, "510100", 3_000, service_region="310100")
     assert (await sent_by_province(kafka, await as_province("31"), "31", claim))["status"] == "settled"
-    reversal = {"claim_id": new_reversal_id(claim["claim_id"]), "kind": "reverse", "recipient_id": recipient,
-                "reverses": claim["claim_id"], "occurred_at": now_iso()}
+    reversal = {
+        "claim_id": new_reversal_id(claim["claim_id"]),
+        "kind": "reverse",
+        "recipient_id": recipient,
+        "reverses": claim["claim_id"],
+        "occurred_at": now_iso(),
+    }
     refused = await sent_by_province(kafka, await as_province("51"), "51", reversal)
     assert (refused["status"], refused["reason"]) == ("rejected", "SERVICE_REGION_MISMATCH")
     reversed_ = await sent_by_province(kafka, await as_province("31"), "31", reversal)  # its id was not taken
     assert (reversed_["status"], reversed_["paid_fen"]) == ("reversed", 3_000)
 
 
-async def test_another_provinces_claim_looks_exactly_like_an_unknown_one(world: World, kafka: Kafka, as_province) -> None:
+async def test_another_provinces_claim_looks_exactly_like_an_unknown_one(
+    world: World, kafka: Kafka, as_province
+) -> None:
     """Naming claim ids in reversals, a province learns nothing: not whether a claim exists, nor
     for whom, nor whether it was reversed, paid or of its care (the national platform is told)."""
     _, recipient = await world.funded_family(recipient_region="510100")
@@ -123,8 +142,13 @@ async def test_another_provinces_claim_looks_exactly_like_an_unknown_one(world: 
     probe = await as_province("51")
 
     async def reason(recipient_id: str, claim_id: str) -> str:
-        reversal = {"claim_id": new_reversal_id(claim_id), "kind": "reverse", "recipient_id": recipient_id,
-                    "reverses": claim_id, "occurred_at": now_iso()}
+        reversal = {
+            "claim_id": new_reversal_id(claim_id),
+            "kind": "reverse",
+            "recipient_id": recipient_id,
+            "reverses": claim_id,
+            "occurred_at": now_iso(),
+        }
         return (await sent_by_province(kafka, probe, "51", reversal))["reason"]
 
     # Another province's claim ids are refused before anything is read, whether they exist or not.
@@ -147,8 +171,9 @@ async def test_a_province_that_replays_anothers_claim_is_answered_nothing_of_it(
     _, recipient = await world.funded_family(recipient_region="510100")
     claim = world.claim_message(recipient, "510100", 1_200)
     assert (await world.settle(claim))["status"] == "settled"
-    await (await as_province("51")).send_and_wait(province_claims("51").name, json.dumps(claim).encode(),
-                                                  key=recipient.encode())
+    await (await as_province("51")).send_and_wait(
+        province_claims("51").name, json.dumps(claim).encode(), key=recipient.encode()
+    )
     # Answered again on the national topic (the same event, for the national platform) ...
     national = await kafka.wait_for(SETTLEMENTS, lambda m: m["claim_id"] == claim["claim_id"], count=2)
     assert national[0]["event_id"] == national[1]["event_id"]
@@ -171,8 +196,13 @@ async def test_after_every_refused_attempt_valid_claims_still_settle_and_the_aud
 async def read_as(settings, principal: str, topic: str, predicate, timeout: float = 20.0) -> dict:
     """The first record of `topic` that `predicate` takes, read with `principal`'s own credentials
     (no consumer group: assigned partitions, from the start)."""
-    consumer = AIOKafkaConsumer(topic, **aiokafka_options(settings, principal), group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        topic,
+        **aiokafka_options(settings, principal),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     try:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -197,16 +227,20 @@ async def test_a_province_reads_the_refusal_of_a_malformed_claim_with_its_own_cr
     claim = world.claim_message(patient, "440300", 12_850)
     claim["recipient_id"] = patient[:-1] + ("0" if patient[-1] != "0" else "1")
     producer = await as_province("44")
-    await producer.send_and_wait(province_claims("44").name, json.dumps(claim).encode(), key=claim["recipient_id"].encode())
-    refusal = await read_as(infrastructure, "province-44", province_settlements("44").name,
-                            lambda m: m["claim_id"] == claim["claim_id"])
+    await producer.send_and_wait(
+        province_claims("44").name, json.dumps(claim).encode(), key=claim["recipient_id"].encode()
+    )
+    refusal = await read_as(
+        infrastructure, "province-44", province_settlements("44").name, lambda m: m["claim_id"] == claim["claim_id"]
+    )
     assert (refusal["status"], refusal["reason"], refusal["requested_fen"]) == ("rejected", "INVALID_MESSAGE", 12_850)
     assert "recipient_id" in refusal["error"]
     unreadable = b'{"recipient_id": "' + patient.encode() + b'", "claim_id": ' + b"[" * 5 + b"}"
     await producer.send_and_wait(province_claims("44").name, unreadable, key=patient.encode())
     digest = hashlib.sha256(unreadable).hexdigest()
-    letter = await read_as(infrastructure, "province-44", province_dead_letters("44").name,
-                           lambda m: m["payload_sha256"] == digest)
+    letter = await read_as(
+        infrastructure, "province-44", province_dead_letters("44").name, lambda m: m["payload_sha256"] == digest
+    )
     assert patient not in base64.b64decode(letter["payload"]).decode() and patient[:6] in letter["source_key"]
     with pytest.raises(TopicAuthorizationFailedError):
         await read_as(infrastructure, "province-11", province_dead_letters("44").name, lambda m: True, timeout=3)

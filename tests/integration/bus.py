@@ -15,13 +15,27 @@ from services.relationship.handlers import RelationshipHandlers
 from services.relationship.store import RelationshipStore
 from services.settlement.clearing import close_month
 from shared.contracts import (
-    AccountCredited, Claim, ClearingRow, EnrollmentChanged, KinshipRecorded, RelationshipCommand, WalletCommand,
+    AccountCredited,
+    Claim,
+    ClearingRow,
+    EnrollmentChanged,
+    KinshipRecorded,
+    RelationshipCommand,
+    WalletCommand,
     WalletEvent,
 )
 from shared.policy import PolicyCache
 from shared.runtime import Refused, ToTopic
 from shared.topics import (
-    ACCOUNT_CREDITS, CLAIMS, CLEARING, DEAD_LETTERS, ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, WALLET_COMMANDS, Topic,
+    ACCOUNT_CREDITS,
+    CLAIMS,
+    CLEARING,
+    DEAD_LETTERS,
+    ENROLLMENT,
+    KINSHIP,
+    RELATIONSHIP_COMMANDS,
+    WALLET_COMMANDS,
+    Topic,
 )
 from tests.integration.saga import Saga
 from tests.support import new_id, new_person_id
@@ -37,7 +51,7 @@ class Bus:
         self.handlers = {"relationship": relationship, "wallet": self.saga.wallet, "settlement": self.saga.settlement}
         self.topics = Topics()
 
-    async def load(self) -> "Bus":
+    async def load(self) -> Bus:
         await self.saga.load()
         await self.relationship_store.load()
         return self
@@ -73,37 +87,78 @@ class Bus:
     @staticmethod
     def _routes(topic: Topic):
         """Who reads `topic`, as services/*/app.py declare it."""
-        return [(service, route) for service, routes in SERVICE_ROUTES.items() for route in routes if topic in route.topics]
+        return [
+            (service, route) for service, routes in SERVICE_ROUTES.items() for route in routes if topic in route.topics
+        ]
 
     # ---- the world, through the public topics ----
 
     async def person(self, insurance_type: str, region: str) -> str:
         person = new_person_id()
-        await self.publish(ENROLLMENT, EnrollmentChanged(
-            event_id=new_id("enr"), person_id=person, insurance_type=insurance_type, region=region, status="normal",
-            occurred_at=self.clock.now()))
+        await self.publish(
+            ENROLLMENT,
+            EnrollmentChanged(
+                event_id=new_id("enr"),
+                person_id=person,
+                insurance_type=insurance_type,
+                region=region,
+                status="normal",
+                occurred_at=self.clock.now(),
+            ),
+        )
         return person
 
     async def credit(self, person: str, amount_fen: int) -> None:
-        await self.publish(ACCOUNT_CREDITS, AccountCredited(event_id=new_id("cred"), person_id=person,
-                                                            amount_fen=amount_fen, occurred_at=self.clock.now()))
+        await self.publish(
+            ACCOUNT_CREDITS,
+            AccountCredited(
+                event_id=new_id("cred"), person_id=person, amount_fen=amount_fen, occurred_at=self.clock.now()
+            ),
+        )
 
     async def command(self, action: str, actor: str, provider: str, recipient: str, **fields) -> list[BaseModel]:
-        return await self.publish(RELATIONSHIP_COMMANDS, RelationshipCommand(
-            command_id=new_id("cmd"), action=action, actor_id=actor, provider_id=provider, recipient_id=recipient,
-            requested_at=self.clock.now(), **fields))
+        return await self.publish(
+            RELATIONSHIP_COMMANDS,
+            RelationshipCommand(
+                command_id=new_id("cmd"),
+                action=action,
+                actor_id=actor,
+                provider_id=provider,
+                recipient_id=recipient,
+                requested_at=self.clock.now(),
+                **fields,
+            ),
+        )
 
     async def establish(self, provider: str, recipient: str, region: str) -> None:
-        await self.publish(KINSHIP, KinshipRecorded(event_id=new_id("kin"), person_id=provider, relative_id=recipient,
-                                                    kinship="parent", occurred_at=self.clock.now()))
+        await self.publish(
+            KINSHIP,
+            KinshipRecorded(
+                event_id=new_id("kin"),
+                person_id=provider,
+                relative_id=recipient,
+                kinship="parent",
+                occurred_at=self.clock.now(),
+            ),
+        )
         await self.command("request", provider, provider, recipient, recipient_region=region, kinship="parent")
         (established,) = await self.command("accept", recipient, provider, recipient)
         assert established.type == "established", established
 
     async def grant(self, provider: str, recipient: str, region: str, amount_fen: int) -> WalletEvent:
-        (answer, *_) = await self.publish(WALLET_COMMANDS, WalletCommand(
-            command_id=new_id("grant"), action="grant", actor_id=provider, provider_id=provider, recipient_id=recipient,
-            recipient_region=region, amount_fen=amount_fen, requested_at=self.clock.now()))
+        (answer, *_) = await self.publish(
+            WALLET_COMMANDS,
+            WalletCommand(
+                command_id=new_id("grant"),
+                action="grant",
+                actor_id=provider,
+                provider_id=provider,
+                recipient_id=recipient,
+                recipient_region=region,
+                amount_fen=amount_fen,
+                requested_at=self.clock.now(),
+            ),
+        )
         return answer
 
     async def claim(self, claim: Claim, hold: frozenset[Topic] = frozenset(), topic: Topic = CLAIMS) -> list[BaseModel]:

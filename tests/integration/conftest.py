@@ -20,8 +20,9 @@ def integration_redis_url(redis_url: str) -> str:
 
 @pytest.fixture(scope="session")
 async def redis(infrastructure):
-    client = Redis.from_url(integration_redis_url(infrastructure.redis_url),
-                            **redis_options(infrastructure, OPERATOR.name))
+    client = Redis.from_url(
+        integration_redis_url(infrastructure.redis_url), **redis_options(infrastructure, OPERATOR.name)
+    )
     await client.flushdb()
     yield client
     await client.aclose()

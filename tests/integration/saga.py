@@ -15,8 +15,16 @@ from services.wallet.handlers import WalletHandlers
 from services.wallet.store import WalletStore
 from shared.clock import FixedClock
 from shared.contracts import (
-    AccountCredited, Claim, DrawAnswered, DrawRequested, EnrollmentChanged, RefundRequested, RelationshipEvent,
-    SettlementEvent, WalletCommand, WalletEvent,
+    AccountCredited,
+    Claim,
+    DrawAnswered,
+    DrawRequested,
+    EnrollmentChanged,
+    RefundRequested,
+    RelationshipEvent,
+    SettlementEvent,
+    WalletCommand,
+    WalletEvent,
 )
 from shared.policy import PolicyCache
 from tests.support import new_id, new_person_id, new_reversal_id, through_claim_path, with_claim_id
@@ -35,7 +43,7 @@ class Saga:
         self.settlement = SettlementHandlers(self.sstore, self.clock, statistics_interval_seconds=3600)
         self.people: set[str] = set()
 
-    async def load(self) -> "Saga":
+    async def load(self) -> Saga:
         await self.wstore.load()
         await self.sstore.load()
         return self
@@ -43,8 +51,14 @@ class Saga:
     # ---- population ----
     async def recipient(self, region: str = "510100") -> str:
         person = new_person_id()
-        change = EnrollmentChanged(event_id=new_id("enr"), person_id=person, insurance_type="resident",
-                                   region=region, status="normal", occurred_at=self.clock.now())
+        change = EnrollmentChanged(
+            event_id=new_id("enr"),
+            person_id=person,
+            insurance_type="resident",
+            region=region,
+            status="normal",
+            occurred_at=self.clock.now(),
+        )
         await self.settlement.on_enrollment([change])
         await self.wallet.on_enrollment([change])
         self.people.add(person)
@@ -52,25 +66,68 @@ class Saga:
 
     async def provider(self, balance_fen: int, region: str = "440300") -> str:
         person = new_person_id()
-        await self.wallet.on_enrollment([EnrollmentChanged(
-            event_id=new_id("enr"), person_id=person, insurance_type="employee", region=region, status="normal",
-            occurred_at=self.clock.now())])
+        await self.wallet.on_enrollment(
+            [
+                EnrollmentChanged(
+                    event_id=new_id("enr"),
+                    person_id=person,
+                    insurance_type="employee",
+                    region=region,
+                    status="normal",
+                    occurred_at=self.clock.now(),
+                )
+            ]
+        )
         if balance_fen:
-            await self.wallet.on_credits([AccountCredited(event_id=new_id("cr"), person_id=person,
-                                                          amount_fen=balance_fen, occurred_at=self.clock.now())])
+            await self.wallet.on_credits(
+                [
+                    AccountCredited(
+                        event_id=new_id("cr"), person_id=person, amount_fen=balance_fen, occurred_at=self.clock.now()
+                    )
+                ]
+            )
         self.people.add(person)
         return person
 
-    async def relate(self, provider: str, recipient: str, kind: str = "established", region: str = "510100",
-                     version: int | None = None) -> list:
-        return await self.wallet.on_relationship_events([RelationshipEvent(
-            event_id=new_id("rel"), cause_id=new_id(), type=kind, provider_id=provider, recipient_id=recipient,
-            recipient_region=region, kinship="parent", version=version, occurred_at=self.clock.now())])
+    async def relate(
+        self,
+        provider: str,
+        recipient: str,
+        kind: str = "established",
+        region: str = "510100",
+        version: int | None = None,
+    ) -> list:
+        return await self.wallet.on_relationship_events(
+            [
+                RelationshipEvent(
+                    event_id=new_id("rel"),
+                    cause_id=new_id(),
+                    type=kind,
+                    provider_id=provider,
+                    recipient_id=recipient,
+                    recipient_region=region,
+                    kinship="parent",
+                    version=version,
+                    occurred_at=self.clock.now(),
+                )
+            ]
+        )
 
     async def grant(self, provider: str, recipient: str, amount_fen: int, region: str = "510100") -> WalletEvent:
-        (event,) = await self.wallet.on_commands([WalletCommand(
-            command_id=new_id("g"), action="grant", actor_id=provider, provider_id=provider, recipient_id=recipient,
-            recipient_region=region, amount_fen=amount_fen, requested_at=self.clock.now())])
+        (event,) = await self.wallet.on_commands(
+            [
+                WalletCommand(
+                    command_id=new_id("g"),
+                    action="grant",
+                    actor_id=provider,
+                    provider_id=provider,
+                    recipient_id=recipient,
+                    recipient_region=region,
+                    amount_fen=amount_fen,
+                    requested_at=self.clock.now(),
+                )
+            ]
+        )
         return event
 
     async def family(self, grants: list[int], balance_fen: int = 1_000_000, provider_region: str = "440300"):
@@ -87,15 +144,33 @@ class Saga:
 
     # ---- claims ----
     def settle(self, recipient: str, amount_fen: int, **fields) -> Claim:
-        return Claim.model_validate(with_claim_id({
-            "kind": "settle", "recipient_id": recipient, "recipient_region": "510100",
-            "category": "institution", "institution_code": "H51010000001", "service_region": "510100",
-            "amount_fen": amount_fen,
-            "occurred_at": self.clock.now().isoformat(), **fields}))
+        return Claim.model_validate(
+            with_claim_id(
+                {
+                    "kind": "settle",
+                    "recipient_id": recipient,
+                    "recipient_region": "510100",
+                    "category": "institution",
+                    "institution_code": "H51010000001",
+                    "service_region": "510100",
+                    "amount_fen": amount_fen,
+                    "occurred_at": self.clock.now().isoformat(),
+                    **fields,
+                }
+            )
+        )
 
     def reverse(self, recipient: str, reverses: str, **fields) -> Claim:
-        return Claim.model_validate({"claim_id": new_reversal_id(reverses), "kind": "reverse", "recipient_id": recipient,
-                                     "reverses": reverses, "occurred_at": self.clock.now().isoformat(), **fields})
+        return Claim.model_validate(
+            {
+                "claim_id": new_reversal_id(reverses),
+                "kind": "reverse",
+                "recipient_id": recipient,
+                "reverses": reverses,
+                "occurred_at": self.clock.now().isoformat(),
+                **fields,
+            }
+        )
 
     async def run_claims(self, claims: list[Claim]) -> list[BaseModel]:
         """Claims through settlement, its draw requests through the wallet, the answers back, and the

@@ -20,8 +20,12 @@ from tests.support import new_id, through_claim_path
 async def handlers(redis, per_recipient_per_day: int, province_per_minute: int) -> SettlementHandlers:
     store = SettlementStore(redis, SHARDS)
     await store.load()
-    return SettlementHandlers(store, FixedClock(NOON), statistics_interval_seconds=3600,
-                              limits=ClaimLimits(per_recipient_per_day, province_per_minute))
+    return SettlementHandlers(
+        store,
+        FixedClock(NOON),
+        statistics_interval_seconds=3600,
+        limits=ClaimLimits(per_recipient_per_day, province_per_minute),
+    )
 
 
 async def from_province(settlement: SettlementHandlers, province: str, claim: Claim) -> str:
@@ -92,7 +96,8 @@ async def test_a_claim_sent_by_another_province_is_not_recorded_and_its_id_stays
     misplaced = settle_claim(recipient, 1_000, service_region="310100")
     assert await from_province(settlement, "51", misplaced) == "SERVICE_REGION_MISMATCH"
     assert await settlement.store.claim(recipient, misplaced.claim_id) is None
-    assert await from_province(settlement, "51", reverse_claim(recipient, misplaced.claim_id)) == \
-        "SERVICE_REGION_MISMATCH"
+    assert (
+        await from_province(settlement, "51", reverse_claim(recipient, misplaced.claim_id)) == "SERVICE_REGION_MISMATCH"
+    )
     assert await from_province(settlement, "31", reverse_claim(recipient, misplaced.claim_id)) == "UNKNOWN_CLAIM"
     assert await from_province(settlement, "31", misplaced) == "drawing"  # 51's attempts counted nowhere

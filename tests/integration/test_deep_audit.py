@@ -15,7 +15,16 @@ from redis.asyncio import Redis
 from gongji.audit import audit as quick_audit
 from gongji.audit.books import Record, rebuild
 from gongji.audit.compare import (
-    ACCOUNT, ANSWER, CLAIM, CLEARING, HISTORY, REFUND, RELATIONSHIP, REPUBLISHED, AuditReport, Difference,
+    ACCOUNT,
+    ANSWER,
+    CLAIM,
+    CLEARING,
+    HISTORY,
+    REFUND,
+    RELATIONSHIP,
+    REPUBLISHED,
+    AuditReport,
+    Difference,
     compare,
 )
 from gongji.audit.rules import RULE
@@ -28,8 +37,18 @@ from shared.credentials import redis_options
 from shared.principals import OPERATOR
 from shared.redis_client import in_database
 from shared.topics import (
-    ACCOUNT_CREDITS, CLAIMS, CLEARING as CLEARING_TOPIC, DRAW_REQUESTS, RELATIONSHIP_EVENTS, SETTLEMENTS, SUPERVISION,
-    WALLET_COMMANDS, WALLET_EVENTS, province_claims,
+    ACCOUNT_CREDITS,
+    CLAIMS,
+    DRAW_REQUESTS,
+    RELATIONSHIP_EVENTS,
+    SETTLEMENTS,
+    SUPERVISION,
+    WALLET_COMMANDS,
+    WALLET_EVENTS,
+    province_claims,
+)
+from shared.topics import (
+    CLEARING as CLEARING_TOPIC,
 )
 from tests.integration.bus import Bus
 from tests.integration.saga import SHARDS
@@ -42,8 +61,9 @@ MONTH, AFTER_THE_MONTH = "2026-03", datetime.fromisoformat("2026-04-01T00:00:00+
 
 @pytest.fixture
 async def bus(infrastructure):
-    redis = Redis.from_url(in_database(infrastructure.redis_url, AUDIT_DATABASE),
-                           **redis_options(infrastructure, OPERATOR.name))
+    redis = Redis.from_url(
+        in_database(infrastructure.redis_url, AUDIT_DATABASE), **redis_options(infrastructure, OPERATOR.name)
+    )
     await redis.flushdb()
     yield await Bus(redis).load()
     await redis.aclose()
@@ -96,13 +116,19 @@ async def deep(bus: Bus, records: list[Record] | None = None) -> AuditReport:
 
 def named(report: AuditReport, invariant: str, **ids: str) -> list[Difference]:
     assert not report.valid and report.first is not None
-    return [difference for difference in report.differences
-            if difference.invariant == invariant and all(difference.ids.get(k) == v for k, v in ids.items())]
+    return [
+        difference
+        for difference in report.differences
+        if difference.invariant == invariant and all(difference.ids.get(k) == v for k, v in ids.items())
+    ]
 
 
 def records_of(bus: Bus, topic: str, **fields) -> list[Record]:
-    return [record for record in bus.records
-            if record.topic == topic and all((record.value or {}).get(k) == v for k, v in fields.items())]
+    return [
+        record
+        for record in bus.records
+        if record.topic == topic and all((record.value or {}).get(k) == v for k, v in fields.items())
+    ]
 
 
 def changed(record: Record, **changes) -> Record:
@@ -180,7 +206,9 @@ async def test_a_result_whose_payers_do_not_add_up_is_named(bus: Bus) -> None:
     records = [changed(record, paid_fen=39_000) if record is result else record for record in bus.records]
     report = await deep(bus, records)
     assert {d.what for d in named(report, CLAIM, claim=world.split_claim)} >= {
-        "the payers do not add up to what was paid", "the published result differs from settlement's record"}
+        "the payers do not add up to what was paid",
+        "the published result differs from settlement's record",
+    }
 
 
 # ---- reversals: refunded = paid, to the right recipient's quota or account ----------------------
@@ -198,8 +226,12 @@ async def test_a_reversal_whose_refund_gives_nothing_back_is_named(bus: Bus) -> 
     await bus.claim(reversal)
     assert (await quick_audit(bus.redis, SHARDS)).clean  # it only ever flagged an over-refund
     (short,) = named(await deep(bus), REFUND, claim=claim.claim_id, provider=provider)
-    assert (short.what, short.expected, short.found, short.ids["reversal"]) == \
-        ("a refund gave nothing back", 30_000, 0, reversal.claim_id)
+    assert (short.what, short.expected, short.found, short.ids["reversal"]) == (
+        "a refund gave nothing back",
+        30_000,
+        0,
+        reversal.claim_id,
+    )
 
 
 async def test_a_refund_published_twice_under_two_ids_is_named(bus: Bus) -> None:
@@ -258,7 +290,9 @@ async def test_a_statement_whose_net_rows_do_not_sum_to_zero_is_named(bus: Bus) 
     records = [changed(r, amount_fen=r.value["amount_fen"] + 1) if r is net else r for r in bus.records]
     report = await deep(bus, records)
     assert {d.what for d in named(report, CLEARING, month=MONTH)} >= {
-        "a statement's net rows do not sum to zero", "a statement's net row differs from the settlements of the month"}
+        "a statement's net rows do not sum to zero",
+        "a statement's net row differs from the settlements of the month",
+    }
 
 
 # ---- grants per day, from the events ------------------------------------------------------------
@@ -317,7 +351,8 @@ async def test_a_claim_drawing_is_pending_not_a_difference(bus: Bus) -> None:
     assert report.valid, report.differences
     assert {(pending.what, pending.ids.get("claim") or pending.ids.get("input")) for pending in report.pending} == {
         ("claim drawing: the wallet's answer is on its way", claim.claim_id),
-        ("input not yet answered", claim.claim_id)}
+        ("input not yet answered", claim.claim_id),
+    }
     assert report.counts["claims_pending"] == 1
 
 
@@ -329,9 +364,11 @@ async def test_results_and_events_stored_but_not_yet_published_are_pending(bus: 
     unpublished = {output.event_id for output in outputs if isinstance(output, SettlementEvent | WalletEvent)}
     report = await deep(bus, [r for r in bus.records if not (r.value and r.value.get("event_id") in unpublished)])
     assert report.valid, report.differences
-    assert {pending.what for pending in report.pending} == {"claim final in Redis, its result not yet published",
-                                                           "debited in Redis, its event not yet published",
-                                                           "input not yet answered"}
+    assert {pending.what for pending in report.pending} == {
+        "claim final in Redis, its result not yet published",
+        "debited in Redis, its event not yet published",
+        "input not yet answered",
+    }
 
 
 async def test_topics_that_lost_their_first_records_make_the_audit_fail(bus: Bus) -> None:
@@ -368,11 +405,22 @@ async def test_keys_made_between_the_scan_and_the_reads_are_read_with_the_rest(b
 
 
 def refusal_of(claim, reason: str, **fields) -> SettlementEvent:
-    figures = {"status": "rejected", "requested_fen": claim.amount_fen, "paid_fen": 0,
-               "self_pay_fen": claim.amount_fen, "payers": []} | fields
-    return SettlementEvent(event_id=new_id("refusal"), cause_id=claim.claim_id, claim_id=claim.claim_id,
-                           recipient_id=claim.recipient_id, reason=reason,
-                           settled_at=datetime.fromisoformat("2026-03-02T12:00:00+08:00"), **figures)
+    figures = {
+        "status": "rejected",
+        "requested_fen": claim.amount_fen,
+        "paid_fen": 0,
+        "self_pay_fen": claim.amount_fen,
+        "payers": [],
+    } | fields
+    return SettlementEvent(
+        event_id=new_id("refusal"),
+        cause_id=claim.claim_id,
+        claim_id=claim.claim_id,
+        recipient_id=claim.recipient_id,
+        reason=reason,
+        settled_at=datetime.fromisoformat("2026-03-02T12:00:00+08:00"),
+        **figures,
+    )
 
 
 async def test_a_claim_never_taken_in_is_not_hidden_by_a_refusal_of_another_claim_under_its_id(bus: Bus) -> None:
@@ -387,7 +435,8 @@ async def test_a_claim_never_taken_in_is_not_hidden_by_a_refusal_of_another_clai
     bus.record(CLAIMS, squat.model_copy(update={"amount_fen": 12_850}))
     report = await deep(bus)
     assert ("claim not yet taken in by settlement", squat.claim_id) in {
-        (pending.what, pending.ids.get("claim")) for pending in report.pending}
+        (pending.what, pending.ids.get("claim")) for pending in report.pending
+    }
 
 
 async def test_a_refusal_that_pays_or_names_no_claim_is_named(bus: Bus) -> None:
@@ -398,10 +447,14 @@ async def test_a_refusal_that_pays_or_names_no_claim_is_named(bus: Bus) -> None:
     assert named(await deep(bus), ANSWER, input=claim.claim_id)
     broken = bus.saga.settle(world.recipient, 800)
     bus.record(SETTLEMENTS, refusal_of(broken, "INVALID_MESSAGE", error="recipient_id: invalid"))
-    records = [record for record in bus.records if record.topic != SETTLEMENTS.name
-               or record.value.get("claim_id") != claim.claim_id]
+    records = [
+        record
+        for record in bus.records
+        if record.topic != SETTLEMENTS.name or record.value.get("claim_id") != claim.claim_id
+    ]
     assert [difference.what for difference in named(await deep(bus, records), ANSWER, input=broken.claim_id)] == [
-        "a refusal of a broken claim names no dead-lettered claim"]
+        "a refusal of a broken claim names no dead-lettered claim"
+    ]
 
 
 # ---- the rules themselves: breaches that Redis and the records agree on ---------------------------
@@ -436,16 +489,27 @@ async def test_a_grant_made_by_someone_other_than_the_provider_is_named(bus: Bus
 
     monkeypatch.setattr(bus.saga.wstore, "grant", as_if_the_provider)
     provider, recipient = await related_pair(bus)
-    (granted, *_) = await bus.publish(WALLET_COMMANDS, WalletCommand(
-        command_id=new_id("grant"), action="grant", actor_id=recipient, provider_id=provider, recipient_id=recipient,
-        recipient_region=REGION, amount_fen=1_000, requested_at=bus.clock.now()))
+    (granted, *_) = await bus.publish(
+        WALLET_COMMANDS,
+        WalletCommand(
+            command_id=new_id("grant"),
+            action="grant",
+            actor_id=recipient,
+            provider_id=provider,
+            recipient_id=recipient,
+            recipient_region=REGION,
+            amount_fen=1_000,
+            requested_at=bus.clock.now(),
+        ),
+    )
     assert granted.type == "granted"
     assert rules_broken(await deep(bus)) == ["rule 10: a grant made by someone other than the provider"]
 
 
 async def test_a_use_that_is_not_medical_paid_is_named(bus: Bus, monkeypatch) -> None:
-    monkeypatch.setattr("services.settlement.handlers.assess_claim",
-                        lambda claim, recipient: Assessment(claim.amount_fen or 0))
+    monkeypatch.setattr(
+        "services.settlement.handlers.assess_claim", lambda claim, recipient: Assessment(claim.amount_fen or 0)
+    )
     provider, recipient = await related_pair(bus)
     await bus.grant(provider, recipient, REGION, 50_000)
     massage = bus.saga.settle(recipient, 20_000, category="massage", institution_code=None)
@@ -454,24 +518,40 @@ async def test_a_use_that_is_not_medical_paid_is_named(bus: Bus, monkeypatch) ->
     assert rules_broken(await deep(bus)) == ["rule 12: a use that is not medical (massage) was paid"]
 
 
-@pytest.mark.parametrize(("category", "insured", "service_region", "broken"), [
-    ("ltc_premium", "resident", "110100", "rule 12: a premium paid to a province other than the recipient's insured one"),
-    ("resident_premium", "employee", REGION,
-     "rule 12: a resident-insurance premium paid for a recipient never insured as a resident"),
-])
-async def test_a_premium_paid_where_it_is_not_owed_is_named(bus: Bus, monkeypatch, category, insured, service_region,
-                                                             broken) -> None:
+@pytest.mark.parametrize(
+    ("category", "insured", "service_region", "broken"),
+    [
+        (
+            "ltc_premium",
+            "resident",
+            "110100",
+            "rule 12: a premium paid to a province other than the recipient's insured one",
+        ),
+        (
+            "resident_premium",
+            "employee",
+            REGION,
+            "rule 12: a resident-insurance premium paid for a recipient never insured as a resident",
+        ),
+    ],
+)
+async def test_a_premium_paid_where_it_is_not_owed_is_named(
+    bus: Bus, monkeypatch, category, insured, service_region, broken
+) -> None:
     """Issue 20's defects 1 and 2, put back: the premium billed by another province, the resident
     premium of an employee."""
     monkeypatch.setattr("services.settlement.handlers.refusal_before_id", lambda claim, province: None)
-    monkeypatch.setattr("services.settlement.handlers.assess_claim",
-                        lambda claim, recipient: Assessment(claim.amount_fen or 0))
+    monkeypatch.setattr(
+        "services.settlement.handlers.assess_claim", lambda claim, recipient: Assessment(claim.amount_fen or 0)
+    )
     recipient = await bus.person(insured, REGION)
     provider = await bus.person("employee", "440300")
     await bus.credit(provider, 100_000)
     await bus.establish(provider, recipient, REGION)
     await bus.grant(provider, recipient, REGION, 50_000)
-    premium = bus.saga.settle(recipient, 10_500, category=category, institution_code=None, service_region=service_region)
+    premium = bus.saga.settle(
+        recipient, 10_500, category=category, institution_code=None, service_region=service_region
+    )
     (result, *_) = [output for output in await bus.claim(premium) if isinstance(output, SettlementEvent)]
     assert result.status == "settled"
     assert rules_broken(await deep(bus)) == [broken]
@@ -485,16 +565,22 @@ async def test_a_claim_id_squatted_by_another_province_is_named(bus: Bus, monkey
     refusal = handlers.refusal_before_id
     monkeypatch.setattr(handlers, "refusal_before_id", lambda claim, province: refusal(claim, None))
     recipient = await bus.person("resident", "440300")
-    hospital = bus.saga.settle(recipient, 12_850, recipient_region="440300", service_region="440300",
-                               institution_code="H44030500012")
+    hospital = bus.saga.settle(
+        recipient, 12_850, recipient_region="440300", service_region="440300", institution_code="H44030500012"
+    )
     squat = hospital.model_copy(update={"category": "ltc_premium", "institution_code": None, "amount_fen": 100})
-    (squatted, *_) = [output for output in await bus.claim(squat, topic=province_claims("11"))
-                      if isinstance(output, SettlementEvent)]
-    (conflict,) = [output for output in await bus.claim(hospital, topic=province_claims("44"))
-                   if isinstance(output, SettlementEvent)]
+    (squatted, *_) = [
+        output for output in await bus.claim(squat, topic=province_claims("11")) if isinstance(output, SettlementEvent)
+    ]
+    (conflict,) = [
+        output
+        for output in await bus.claim(hospital, topic=province_claims("44"))
+        if isinstance(output, SettlementEvent)
+    ]
     assert (squatted.claim_id, conflict.reason) == (hospital.claim_id, "CONFLICT")
     assert rules_broken(await deep(bus)) == [
-        "province topics: a claim of another province's care was judged by its claim id"]
+        "province topics: a claim of another province's care was judged by its claim id"
+    ]
     monkeypatch.setattr(handlers, "refusal_before_id", refusal)
     squat_again = squat.model_copy(update={"claim_id": another_claim_id(hospital.model_dump(mode="json"))})
     await bus.claim(squat_again, topic=province_claims("11"))
@@ -507,14 +593,20 @@ async def test_a_grant_from_a_frozen_account_is_named(bus: Bus) -> None:
     consumers.)"""
     provider, recipient = await related_pair(bus)
     await bus.grant(provider, recipient, REGION, 1_000)
-    await bus.publish(SUPERVISION, SupervisionActed(event_id=new_id("sup"), person_id=provider, action="freeze",
-                                                    reason="违规使用", occurred_at=bus.clock.now()))
+    await bus.publish(
+        SUPERVISION,
+        SupervisionActed(
+            event_id=new_id("sup"), person_id=provider, action="freeze", reason="违规使用", occurred_at=bus.clock.now()
+        ),
+    )
     assert (await deep(bus)).valid
     (grant,) = records_of(bus, WALLET_EVENTS.name, type="granted", provider_id=provider)
     (freeze,) = records_of(bus, WALLET_EVENTS.name, type="frozen", provider_id=provider)
     assert grant.value["account_seq"] < freeze.value["account_seq"]
-    swapped = {id(grant): changed(grant, account_seq=freeze.value["account_seq"]),
-               id(freeze): changed(freeze, account_seq=grant.value["account_seq"])}
+    swapped = {
+        id(grant): changed(grant, account_seq=freeze.value["account_seq"]),
+        id(freeze): changed(freeze, account_seq=grant.value["account_seq"]),
+    }
     records = [swapped.get(id(record), record) for record in bus.records]
     assert rules_broken(await deep(bus, records)) == ["rule 16: a grant from a frozen account"]
 
@@ -522,6 +614,11 @@ async def test_a_grant_from_a_frozen_account_is_named(bus: Bus) -> None:
 async def test_quota_for_someone_never_related_is_named(bus: Bus) -> None:
     provider, recipient = await related_pair(bus)
     await bus.grant(provider, recipient, REGION, 1_000)
-    records = [record for record in bus.records if not (record.topic == RELATIONSHIP_EVENTS.name
-                                                         and (record.value or {}).get("type") == "established")]
-    assert "rules 2, 8: quota granted to someone never related to the provider" in rules_broken(await deep(bus, records))
+    records = [
+        record
+        for record in bus.records
+        if not (record.topic == RELATIONSHIP_EVENTS.name and (record.value or {}).get("type") == "established")
+    ]
+    assert "rules 2, 8: quota granted to someone never related to the provider" in rules_broken(
+        await deep(bus, records)
+    )

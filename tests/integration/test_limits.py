@@ -32,10 +32,14 @@ async def test_every_principal_has_exactly_its_declared_quota(infrastructure) ->
         if principal.quota is None:
             assert principal.name not in users, principal.name
         else:
-            assert users[principal.name] == {"producer_byte_rate": principal.quota.producer_byte_rate,
-                                             "consumer_byte_rate": principal.quota.consumer_byte_rate,
-                                             "request_percentage": principal.quota.request_percentage}
-    assert await described_quotas(infrastructure, "ip") == {None: {"connection_creation_rate": CONNECTION_CREATION_RATE}}
+            assert users[principal.name] == {
+                "producer_byte_rate": principal.quota.producer_byte_rate,
+                "consumer_byte_rate": principal.quota.consumer_byte_rate,
+                "request_percentage": principal.quota.request_percentage,
+            }
+    assert await described_quotas(infrastructure, "ip") == {
+        None: {"connection_creation_rate": CONNECTION_CREATION_RATE}
+    }
 
 
 async def _send_junk(infrastructure, principal: str, total_bytes: int) -> float:
@@ -46,8 +50,10 @@ async def _send_junk(infrastructure, principal: str, total_bytes: int) -> float:
     try:
         record = b"x" * (128 * 1024)
         started = time.monotonic()
-        sent = [await producer.send(province_claims("11").name, record, key=b"quota test")
-                for _ in range(total_bytes // len(record))]
+        sent = [
+            await producer.send(province_claims("11").name, record, key=b"quota test")
+            for _ in range(total_bytes // len(record))
+        ]
         await asyncio.gather(*sent)
         # The broker answers a request over the quota at once, then reads nothing more from that
         # connection until the client is back within its rate (KIP-219): the next record waits.
@@ -68,10 +74,23 @@ async def test_a_province_that_sends_beyond_its_byte_rate_is_slowed(infrastructu
 
 def _largest_valid_claim() -> bytes:
     items = [{"code": "C" * 64, "in_catalogue": True, "amount_fen": 10**12} for _ in range(1000)]
-    return Claim.model_validate({
-        "claim_id": f"110101-{'P' * 64}-{'9' * 56}", "recipient_id": new_person_id(), "recipient_region": "110101", "category": "p" * 64,
-        "institution_code": "P" * 64, "service_region": "110101", "amount_fen": 10**12, "items": items,
-        "occurred_at": "2026-12-04T10:00:00.000000+08:00"}).model_dump_json().encode()
+    return (
+        Claim.model_validate(
+            {
+                "claim_id": f"110101-{'P' * 64}-{'9' * 56}",
+                "recipient_id": new_person_id(),
+                "recipient_region": "110101",
+                "category": "p" * 64,
+                "institution_code": "P" * 64,
+                "service_region": "110101",
+                "amount_fen": 10**12,
+                "items": items,
+                "occurred_at": "2026-12-04T10:00:00.000000+08:00",
+            }
+        )
+        .model_dump_json()
+        .encode()
+    )
 
 
 def test_the_largest_claim_the_contract_allows_fits_a_province_record() -> None:
@@ -83,8 +102,9 @@ async def test_a_record_bigger_than_any_claim_is_refused_by_the_broker(infrastru
     await producer.start()
     try:
         with pytest.raises(MessageSizeTooLargeError):
-            await producer.send_and_wait(province_claims("11").name, b"x" * (PROVINCE_CLAIM_MAX_BYTES + 1),
-                                         key=b"too big")
+            await producer.send_and_wait(
+                province_claims("11").name, b"x" * (PROVINCE_CLAIM_MAX_BYTES + 1), key=b"too big"
+            )
     finally:
         await producer.stop()
 
@@ -109,8 +129,13 @@ def test_status_warns_well_before_the_memory_bound(infrastructure) -> None:
     client = infra.operator_redis(infrastructure, socket_timeout=5)
 
     def status() -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "gongji", "infra", "status"], capture_output=True, text=True,
-                              timeout=60, env={**os.environ, "COLUMNS": "200"})
+        return subprocess.run(
+            [sys.executable, "-m", "gongji", "infra", "status"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "200"},
+        )
 
     assert status().returncode == 0
     used, _ = infra.redis_memory(client)

@@ -32,15 +32,27 @@ async def service(redis) -> RelationshipHandlers:
     return RelationshipHandlers(store, PolicyCache(redis, 0), FixedClock(NOON))
 
 
-def enrollment(person: str, insurance_type: str = "employee", region: str = "440300", status: str = "normal",
-               event_id: str | None = None) -> EnrollmentChanged:
-    return EnrollmentChanged(event_id=event_id or new_id("enr"), person_id=person, insurance_type=insurance_type,
-                             region=region, status=status, occurred_at=AT)
+def enrollment(
+    person: str,
+    insurance_type: str = "employee",
+    region: str = "440300",
+    status: str = "normal",
+    event_id: str | None = None,
+) -> EnrollmentChanged:
+    return EnrollmentChanged(
+        event_id=event_id or new_id("enr"),
+        person_id=person,
+        insurance_type=insurance_type,
+        region=region,
+        status=status,
+        occurred_at=AT,
+    )
 
 
 def kinship_fact(person: str, relative: str, kinship: str, event_id: str | None = None) -> KinshipRecorded:
-    return KinshipRecorded(event_id=event_id or new_id("kin"), person_id=person, relative_id=relative,
-                           kinship=kinship, occurred_at=AT)
+    return KinshipRecorded(
+        event_id=event_id or new_id("kin"), person_id=person, relative_id=relative, kinship=kinship, occurred_at=AT
+    )
 
 
 def command(action: str, provider: str, recipient: str, actor: str | None = None, **fields: Any) -> RelationshipCommand:
@@ -48,17 +60,24 @@ def command(action: str, provider: str, recipient: str, actor: str | None = None
         actor = provider if action in ("request", "dissolve") else recipient
     if action == "request":
         fields = {"recipient_region": "510100", "kinship": "parent", **fields}
-    return RelationshipCommand(command_id=fields.pop("command_id", None) or new_id("cmd"), action=action,
-                               actor_id=actor, provider_id=provider, recipient_id=recipient, requested_at=AT,
-                               **fields)
+    return RelationshipCommand(
+        command_id=fields.pop("command_id", None) or new_id("cmd"),
+        action=action,
+        actor_id=actor,
+        provider_id=provider,
+        recipient_id=recipient,
+        requested_at=AT,
+        **fields,
+    )
 
 
 async def enroll(service: RelationshipHandlers, person: str, *args: Any, **fields: Any) -> list:
     return await service.on_enrollment([enrollment(person, *args, **fields)])
 
 
-async def act(service: RelationshipHandlers, action: str, provider: str, recipient: str,
-              **fields: Any) -> list[RelationshipEvent]:
+async def act(
+    service: RelationshipHandlers, action: str, provider: str, recipient: str, **fields: Any
+) -> list[RelationshipEvent]:
     return await service.on_commands([command(action, provider, recipient, **fields)])
 
 
@@ -93,8 +112,13 @@ async def state_of(redis: Redis, *people: str) -> dict[bytes, Any]:
     return state
 
 
-def around(store: RelationshipStore, monkeypatch, name: str, before: Callable[[], Awaitable[Any]] | None = None,
-           after: Callable[[], Awaitable[Any]] | None = None) -> None:
+def around(
+    store: RelationshipStore,
+    monkeypatch,
+    name: str,
+    before: Callable[[], Awaitable[Any]] | None = None,
+    after: Callable[[], Awaitable[Any]] | None = None,
+) -> None:
     """Runs another handler's work just before or just after the next call of one of the store's
     steps: the worst moment for the handler that is deciding."""
     original = getattr(store, name)
@@ -130,13 +154,15 @@ async def test_an_event_id_is_derived_from_the_service_the_input_topic_its_scope
     provider, recipient = await family(service)
     requested = command("request", provider, recipient)
     (event,) = await service.on_commands([requested])
-    assert event.event_id == derived_event_id("relationship", RELATIONSHIP_COMMANDS.name, provider,
-                                              requested.command_id, "requested")
+    assert event.event_id == derived_event_id(
+        "relationship", RELATIONSHIP_COMMANDS.name, provider, requested.command_id, "requested"
+    )
     assert event.cause_id == requested.command_id
     change = enrollment(recipient, "resident", "510700")
     (ended,) = await service.on_enrollment([change])
-    assert ended.event_id == derived_event_id("relationship", ENROLLMENT.name, recipient, change.event_id,
-                                              provider, recipient)
+    assert ended.event_id == derived_event_id(
+        "relationship", ENROLLMENT.name, recipient, change.event_id, provider, recipient
+    )
     assert ended.cause_id == change.event_id
 
 
@@ -144,8 +170,10 @@ async def test_the_same_command_id_of_two_providers_gives_two_event_ids(service)
     (provider, recipient), (other, other_recipient) = await family(service), await family(service)
     (one,) = await act(service, "request", provider, recipient, command_id="1")
     (two,) = await act(service, "request", other, other_recipient, command_id="1")
-    conflicts = [await act(service, "request", someone, relative, command_id="1", kinship="child")
-                 for someone, relative in ((provider, recipient), (other, other_recipient))]
+    conflicts = [
+        await act(service, "request", someone, relative, command_id="1", kinship="child")
+        for someone, relative in ((provider, recipient), (other, other_recipient))
+    ]
     ids = {one.event_id, two.event_id} | {event.event_id for (event,) in conflicts}
     assert len(ids) == 4
 
@@ -235,8 +263,19 @@ async def test_every_redelivered_input_answers_as_before_and_changes_nothing(ser
     ]
     answers = [await handle([message]) for handle, message in inputs]
     assert [event.type for answer in answers for event in answer] == [
-        "requested", "established", "dissolved", "requested", "declined", "requested", "established",
-        "terminated", "requested", "established", "terminated", "requested"]
+        "requested",
+        "established",
+        "dissolved",
+        "requested",
+        "declined",
+        "requested",
+        "established",
+        "terminated",
+        "requested",
+        "established",
+        "terminated",
+        "requested",
+    ]
     before = await state_of(redis, provider, recipient)
     for (handle, message), answer in zip(inputs, answers, strict=True):
         assert await handle([message]) == answer
@@ -300,9 +339,19 @@ async def test_each_change_of_a_pair_carries_the_next_version_and_a_refusal_none
     events += await establish(service, provider, recipient)
     events += await enroll(service, recipient, "resident", "510100", "suspended")  # ends it as the recipient
     assert [(event.type, event.version) for event in events] == [
-        ("requested", 1), ("established", 2), ("rejected", None), ("dissolved", 3), ("requested", 4),
-        ("declined", 5), ("requested", 6), ("established", 7), ("terminated", 8), ("requested", 9),
-        ("established", 10), ("terminated", 11)]
+        ("requested", 1),
+        ("established", 2),
+        ("rejected", None),
+        ("dissolved", 3),
+        ("requested", 4),
+        ("declined", 5),
+        ("requested", 6),
+        ("established", 7),
+        ("terminated", 8),
+        ("requested", 9),
+        ("established", 10),
+        ("terminated", 11),
+    ]
 
 
 async def test_a_refused_command_and_a_conflict_carry_no_version(service) -> None:
@@ -311,7 +360,10 @@ async def test_a_refused_command_and_a_conflict_carry_no_version(service) -> Non
     (requested,) = await act(service, "request", provider, recipient, command_id="c1")
     (conflict,) = await act(service, "request", provider, recipient, command_id="c1", kinship="child")
     assert [(e.type, e.reason, e.version) for e in (refused, requested, conflict)] == [
-        ("rejected", "RELATIONSHIP_NOT_ACTIVE", None), ("requested", None, 1), ("rejected", "CONFLICT", None)]
+        ("rejected", "RELATIONSHIP_NOT_ACTIVE", None),
+        ("requested", None, 1),
+        ("rejected", "CONFLICT", None),
+    ]
 
 
 # ---- D: rule 7 races at request and at acceptance ------------------------------------------

@@ -42,7 +42,7 @@ async def test_two_releases_side_by_side_each_call_their_own_functions(redis, tm
     await next_release.load(redis)
     assert next_release.version != LIBRARY.version
     libraries = await redis.function_list("gongji_wallet*")
-    loaded = {dict(zip(entry[::2], entry[1::2]))[b"library_name"] for entry in libraries}
+    loaded = {dict(zip(entry[::2], entry[1::2], strict=True))[b"library_name"] for entry in libraries}
     assert {LIBRARY.name.encode(), next_release.name.encode()} <= loaded
     person = new_person_id()
     step = await current.credit(new_id(), "f", person, 100, "2026-03-02T12:00:00+08:00")

@@ -18,8 +18,14 @@ async def test_money_drawn_for_a_claim_never_recorded_is_given_back(redis) -> No
     saga = await Saga(redis).load()
     recipient, (provider,) = await saga.family([40_000], balance_fen=100_000)
     claim_id = new_id("ghost")
-    request = DrawRequested(request_id=new_id(), claim_id=claim_id, recipient_id=recipient, amount_fen=40_000,
-                            context=ClaimContext(requested_fen=40_000, service_region="510100"), requested_at=NOON)
+    request = DrawRequested(
+        request_id=new_id(),
+        claim_id=claim_id,
+        recipient_id=recipient,
+        amount_fen=40_000,
+        context=ClaimContext(requested_fen=40_000, service_region="510100"),
+        requested_at=NOON,
+    )
     (answer,) = of_type(await saga.wallet.on_draw_requests([request]), DrawAnswered)
     assert answer.paid_fen == 40_000
     # Before: settlement's step failed on the missing record, the answer was dead-lettered after
@@ -38,9 +44,16 @@ async def test_an_answer_addressed_to_another_recipient_does_not_finish_the_clai
     owner, (provider,) = await saga.family([40_000])
     other = await saga.recipient()
     (request,) = await through_claim_path(saga.settlement, [saga.settle(owner, 10_000)])
-    forged = DrawAnswered(event_id=new_id(), claim_id=request.claim_id, recipient_id=other, requested_fen=10_000,
-                          paid_fen=10_000, context=request.context, answered_at=NOON,
-                          payers=[Payer(provider_id=new_person_id(), provider_region="440300", amount_fen=10_000)])
+    forged = DrawAnswered(
+        event_id=new_id(),
+        claim_id=request.claim_id,
+        recipient_id=other,
+        requested_fen=10_000,
+        paid_fen=10_000,
+        context=request.context,
+        answered_at=NOON,
+        payers=[Payer(provider_id=new_person_id(), provider_region="440300", amount_fen=10_000)],
+    )
     (refusal,) = await through_claim_path(saga.settlement, [forged])
     assert isinstance(refusal, Refused) and "not for this claim" in refusal.error
     assert (await saga.sstore.claim(owner, request.claim_id))["status"] == "pending"
@@ -56,9 +69,16 @@ async def test_an_answer_whose_figures_do_not_add_up_is_not_recorded(redis) -> N
     (request,) = await through_claim_path(saga.settlement, [saga.settle(recipient, 10_000)])
     for paid, payers in ((20_000, [1]), (10_000, [4_000, 5_000]), (5_000, [5_000, 0]), (-1, [])):
         forged = DrawAnswered.model_construct(
-            event_id=new_id(), claim_id=request.claim_id, recipient_id=recipient, requested_fen=10_000,
-            paid_fen=paid, reason=None, context=request.context, answered_at=NOON,
-            payers=[Payer(provider_id=new_person_id(), provider_region="440300", amount_fen=fen) for fen in payers])
+            event_id=new_id(),
+            claim_id=request.claim_id,
+            recipient_id=recipient,
+            requested_fen=10_000,
+            paid_fen=paid,
+            reason=None,
+            context=request.context,
+            answered_at=NOON,
+            payers=[Payer(provider_id=new_person_id(), provider_region="440300", amount_fen=fen) for fen in payers],
+        )
         (refusal,) = await through_claim_path(saga.settlement, [forged])
         assert isinstance(refusal, Refused), (paid, payers)
     # Before: paid 20,000 on a 10,000 claim was recorded, self-pay -10,000.

@@ -20,22 +20,51 @@ import redis
 import redis.asyncio as redis_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import (
-    GroupAuthorizationFailedError, KafkaConnectionError, KafkaError, TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAuthorizationFailedError,
 )
 
 from gongji import infra
 from services.settlement.store import LIBRARY as SETTLEMENT_LIBRARY
 from services.wallet.store import WalletStore
 from shared.credentials import (
-    aiokafka_options, ca_file, make_secrets_dir, password, redis_options, secrets_dir, ssl_context,
+    aiokafka_options,
+    ca_file,
+    make_secrets_dir,
+    password,
+    redis_options,
+    secrets_dir,
+    ssl_context,
 )
 from shared.policy import POLICY_KEY
 from shared.principals import PRINCIPALS, SERVICES, principal
 from shared.settings import Settings
 from shared.topics import (
-    ACCOUNT_CREDITS, ALL_TOPICS, CLAIMS, CLEARING, DEAD_LETTERS, DRAW_ANSWERS, DRAW_REQUESTS, ENROLLMENT, KINSHIP,
-    PROVINCE_TOPICS, REFUND_REQUESTS, RELATIONSHIP_EVENTS, SETTLEMENT_GROUP, SETTLEMENTS, STATISTICS, SUPERVISION,
-    WALLET_COMMANDS, WALLET_EVENTS, WALLET_GROUP, Topic, province_claims, province_clearing, province_settlements,
+    ACCOUNT_CREDITS,
+    ALL_TOPICS,
+    CLAIMS,
+    CLEARING,
+    DEAD_LETTERS,
+    DRAW_ANSWERS,
+    DRAW_REQUESTS,
+    ENROLLMENT,
+    KINSHIP,
+    PROVINCE_TOPICS,
+    REFUND_REQUESTS,
+    RELATIONSHIP_EVENTS,
+    SETTLEMENT_GROUP,
+    SETTLEMENTS,
+    STATISTICS,
+    SUPERVISION,
+    WALLET_COMMANDS,
+    WALLET_EVENTS,
+    WALLET_GROUP,
+    Topic,
+    province_claims,
+    province_clearing,
+    province_settlements,
 )
 from tests.integration.conftest import integration_redis_url
 from tests.support import new_id, new_person_id
@@ -49,8 +78,9 @@ INTERNAL = (DRAW_REQUESTS, DRAW_ANSWERS, REFUND_REQUESTS)
 
 async def writable(settings: Settings, name: str, topics: list[Topic]) -> dict[str, bool]:
     """Which of `topics` `name` may produce to (one producer, one try each)."""
-    producer = AIOKafkaProducer(**aiokafka_options(settings, name), enable_idempotence=False, acks=1,
-                                request_timeout_ms=10_000)
+    producer = AIOKafkaProducer(
+        **aiokafka_options(settings, name), enable_idempotence=False, acks=1, request_timeout_ms=10_000
+    )
     await producer.start()
     answers = {}
     try:
@@ -71,8 +101,13 @@ async def readable(settings: Settings, name: str, topics: list[Topic]) -> dict[s
     that reads has one: `province-11…`, `dashboard…`). The broker refuses an unauthorized topic at once."""
     answers = {}
     for topic in topics:
-        consumer = AIOKafkaConsumer(topic.name, **aiokafka_options(settings, name), group_id=new_id(name),
-                                    enable_auto_commit=False, auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(
+            topic.name,
+            **aiokafka_options(settings, name),
+            group_id=new_id(name),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
         try:
             await consumer.start()
             await consumer.getmany(timeout_ms=2_000)
@@ -85,8 +120,9 @@ async def readable(settings: Settings, name: str, topics: list[Topic]) -> dict[s
 
 
 async def may_join(settings: Settings, name: str, group: str, topic: Topic) -> bool:
-    consumer = AIOKafkaConsumer(topic.name, **aiokafka_options(settings, name), group_id=group,
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic.name, **aiokafka_options(settings, name), group_id=group, enable_auto_commit=False
+    )
     try:
         await consumer.start()
         await consumer.getmany(timeout_ms=2_000)  # the join happens on the first fetch
@@ -115,8 +151,14 @@ async def _start(producer: AIOKafkaProducer) -> None:
 async def test_an_unauthenticated_client_is_refused(infrastructure) -> None:
     """TLS without SASL: the broker wants a SCRAM handshake first."""
     with pytest.raises(KafkaError):
-        await _start(AIOKafkaProducer(bootstrap_servers=infrastructure.kafka_bootstrap, security_protocol="SSL",
-                                      ssl_context=ssl_context(infrastructure), request_timeout_ms=5_000))
+        await _start(
+            AIOKafkaProducer(
+                bootstrap_servers=infrastructure.kafka_bootstrap,
+                security_protocol="SSL",
+                ssl_context=ssl_context(infrastructure),
+                request_timeout_ms=5_000,
+            )
+        )
 
 
 async def test_a_wrong_password_is_refused(infrastructure, caplog) -> None:
@@ -129,8 +171,10 @@ async def test_a_wrong_password_is_refused(infrastructure, caplog) -> None:
 async def test_plaintext_to_the_tls_port_is_refused(infrastructure) -> None:
     with pytest.raises(KafkaConnectionError):
         await _start(AIOKafkaProducer(bootstrap_servers=infrastructure.kafka_bootstrap, request_timeout_ms=5_000))
-    options = aiokafka_options(infrastructure, "operator") | {"security_protocol": "SASL_PLAINTEXT",
-                                                               "ssl_context": None}
+    options = aiokafka_options(infrastructure, "operator") | {
+        "security_protocol": "SASL_PLAINTEXT",
+        "ssl_context": None,
+    }
     with pytest.raises(KafkaConnectionError):
         await _start(AIOKafkaProducer(**options, request_timeout_ms=5_000))
 
@@ -141,8 +185,10 @@ async def test_a_client_cannot_reach_the_controller_listener(infrastructure) -> 
     than the TLS handshake."""
     controller = f"{infrastructure.kafka_bootstrap.rpartition(':')[0]}:{infrastructure.kafka_controller_port}"
     for protocol in ("SSL", "SASL_SSL"):
-        options = aiokafka_options(infrastructure, "operator") | {"bootstrap_servers": controller,
-                                                                   "security_protocol": protocol}
+        options = aiokafka_options(infrastructure, "operator") | {
+            "bootstrap_servers": controller,
+            "security_protocol": protocol,
+        }
         with pytest.raises(KafkaError):
             await _start(AIOKafkaProducer(**options, request_timeout_ms=5_000))
     with pytest.raises(KafkaConnectionError):
@@ -153,19 +199,48 @@ async def test_a_client_cannot_reach_the_controller_listener(infrastructure) -> 
 
 
 async def test_a_province_writes_only_its_own_claims_topic(infrastructure) -> None:
-    answers = await writable(infrastructure, "province-11", [
-        province_claims("11"), province_claims("31"), CLAIMS, WALLET_COMMANDS, SUPERVISION, *INTERNAL,
-        ENROLLMENT, KINSHIP, ACCOUNT_CREDITS, SETTLEMENTS, DEAD_LETTERS, STATISTICS, province_settlements("11"),
-        province_clearing("11"),
-    ])
+    answers = await writable(
+        infrastructure,
+        "province-11",
+        [
+            province_claims("11"),
+            province_claims("31"),
+            CLAIMS,
+            WALLET_COMMANDS,
+            SUPERVISION,
+            *INTERNAL,
+            ENROLLMENT,
+            KINSHIP,
+            ACCOUNT_CREDITS,
+            SETTLEMENTS,
+            DEAD_LETTERS,
+            STATISTICS,
+            province_settlements("11"),
+            province_clearing("11"),
+        ],
+    )
     assert answers.pop(province_claims("11").name) is True
     assert not any(answers.values()), [name for name, allowed in answers.items() if allowed]
 
 
 async def test_a_province_reads_only_its_own_topics(infrastructure) -> None:
-    answers = await readable(infrastructure, "province-11", [
-        province_settlements("11"), province_clearing("11"), province_settlements("31"), province_clearing("31"),
-        province_claims("31"), SETTLEMENTS, CLEARING, CLAIMS, DEAD_LETTERS, WALLET_EVENTS, *INTERNAL])
+    answers = await readable(
+        infrastructure,
+        "province-11",
+        [
+            province_settlements("11"),
+            province_clearing("11"),
+            province_settlements("31"),
+            province_clearing("31"),
+            province_claims("31"),
+            SETTLEMENTS,
+            CLEARING,
+            CLAIMS,
+            DEAD_LETTERS,
+            WALLET_EVENTS,
+            *INTERNAL,
+        ],
+    )
     assert answers.pop(province_settlements("11").name) and answers.pop(province_clearing("11").name)
     assert not any(answers.values()), [name for name, allowed in answers.items() if allowed]
 
@@ -190,9 +265,14 @@ async def test_the_dashboard_reads_statistics_and_nothing_else(infrastructure) -
 
 @pytest.mark.parametrize("service", [one.name for one in SERVICES])
 async def test_a_service_writes_only_the_topics_it_owns(infrastructure, service: str) -> None:
-    owned = {right.name for right in principal(service).kafka if right.resource == "topic" and right.operation == "write"}
-    answers = await writable(infrastructure, service, [*ALL_TOPICS, province_settlements("44"),
-                                                       province_claims("44"), province_clearing("44")])
+    owned = {
+        right.name for right in principal(service).kafka if right.resource == "topic" and right.operation == "write"
+    }
+    answers = await writable(
+        infrastructure,
+        service,
+        [*ALL_TOPICS, province_settlements("44"), province_claims("44"), province_clearing("44")],
+    )
     assert {name for name, allowed in answers.items() if allowed} == owned & set(answers)
     # Only the settlement service writes settlements and clearing; only the wallet draws.
     assert answers[SETTLEMENTS.name] == answers[CLEARING.name] == (service == "settlement")
@@ -223,8 +303,14 @@ def test_the_wallets_redis_user_cannot_touch_settlement_keys(infrastructure) -> 
     refused = [
         lambda: wallet.hget(f"{shard}:claims", "x"),
         lambda: wallet.hset(f"{shard}:claims", "x", "{}"),
-        lambda: wallet.fcall(SETTLEMENT_LIBRARY.function("settlement_close_month"), 2, f"{shard}:closed",
-                             f"{shard}:clearing:2026-01", "2026-01", "2026-02-01T00:00:00+08:00"),
+        lambda: wallet.fcall(
+            SETTLEMENT_LIBRARY.function("settlement_close_month"),
+            2,
+            f"{shard}:closed",
+            f"{shard}:clearing:2026-01",
+            "2026-01",
+            "2026-02-01T00:00:00+08:00",
+        ),
         lambda: wallet.hset(POLICY_KEY, "closed_regions", ""),  # the policy is read-only to services
         lambda: wallet.function_load(SETTLEMENT_LIBRARY.source, replace=True),  # no service loads code
         lambda: wallet.keys("*"),
@@ -253,8 +339,9 @@ async def test_a_redis_restart_keeps_every_functions_writes(infrastructure, redi
     store = WalletStore(redis)
     await store.load()
     person = new_person_id()
-    assert (await store.credit(new_id("cred"), "fingerprint", person, 1_234, "2026-03-02T12:00:00+08:00")).outcome \
-        == "applied"
+    assert (
+        await store.credit(new_id("cred"), "fingerprint", person, 1_234, "2026-03-02T12:00:00+08:00")
+    ).outcome == "applied"
     paths = infra.Paths(infrastructure.state_dir)
     logged = paths.redis_log.stat().st_size
     assert infra.stop(paths.redis_pid, "Redis") == "stopped Redis"
@@ -263,8 +350,9 @@ async def test_a_redis_restart_keeps_every_functions_writes(infrastructure, redi
     with paths.redis_log.open() as log:
         log.seek(logged)
         assert "AOF-loading-client" not in log.read()  # no transaction of the AOF refused
-    client = redis_asyncio.Redis.from_url(integration_redis_url(infrastructure.redis_url),
-                                          **redis_options(infrastructure, "operator"))
+    client = redis_asyncio.Redis.from_url(
+        integration_redis_url(infrastructure.redis_url), **redis_options(infrastructure, "operator")
+    )
     try:
         assert await client.hget(f"wal:{{p:{person}}}:account", "balance") == b"1234"
     finally:
@@ -288,8 +376,9 @@ def test_secret_files_are_0600_in_a_0700_directory_and_kept_out_of_git(infrastru
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert not (directory / "java-arguments").exists()  # read by the Java launcher, then deleted
-    ignored = subprocess.run(["git", "check-ignore", "-q", str(directory / "operator.password")],
-                             cwd=Path(__file__).parent)
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", str(directory / "operator.password")], cwd=Path(__file__).parent
+    )
     assert ignored.returncode == 0
 
 
@@ -312,18 +401,23 @@ def test_no_secret_is_in_a_process_argument_or_a_log(infrastructure) -> None:
 
 
 def gongji(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gongji", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "gongji", *args], capture_output=True, text=True, timeout=120, env={**os.environ, **env}
+    )
 
 
 def test_credentials_show_prints_a_principals_aiokafka_settings(infrastructure) -> None:
     shown = gongji("credentials", "show", "province-11", "--json")
     assert shown.returncode == 0, shown.stderr
     settings = json.loads(shown.stdout)
-    assert settings == {"bootstrap_servers": infrastructure.kafka_bootstrap, "security_protocol": "SASL_SSL",
-                        "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "province-11",
-                        "sasl_plain_password": password(infrastructure, "province-11"),
-                        "ssl_cafile": str(ca_file(infrastructure))}
+    assert settings == {
+        "bootstrap_servers": infrastructure.kafka_bootstrap,
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "province-11",
+        "sasl_plain_password": password(infrastructure, "province-11"),
+        "ssl_cafile": str(ca_file(infrastructure)),
+    }
     ssl.create_default_context(cafile=settings["ssl_cafile"])  # a CA file clients can load
     assert gongji("credentials", "show", "nobody", "--json").returncode == 1
 
@@ -337,8 +431,11 @@ async def test_a_rotated_password_works_at_once_and_the_old_one_no_longer_does(i
     assert new != old and stat.S_IMODE((secrets_dir(infrastructure) / "wallet.password").stat().st_mode) == 0o600
     await _start(AIOKafkaProducer(**aiokafka_options(infrastructure, "wallet"), request_timeout_ms=5_000))
     with pytest.raises(KafkaConnectionError):
-        await _start(AIOKafkaProducer(**aiokafka_options(infrastructure, "wallet") | {"sasl_plain_password": old},
-                                      request_timeout_ms=5_000))
+        await _start(
+            AIOKafkaProducer(
+                **aiokafka_options(infrastructure, "wallet") | {"sasl_plain_password": old}, request_timeout_ms=5_000
+            )
+        )
     assert "invalid credentials" in caplog.text
     assert _redis(infrastructure, "wallet").ping()
     with pytest.raises(redis.exceptions.AuthenticationError):
@@ -388,8 +485,11 @@ def test_the_brokers_jvm_writes_no_perf_data(infrastructure) -> None:
 def test_processes_the_launcher_starts_inherit_only_what_they_need(infrastructure, service_processes) -> None:
     pids = [*_processes_of(infrastructure), *(process.process.pid for process in service_processes.values())]
     for pid in pids:
-        names = {entry.split(b"=", 1)[0].decode() for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                 if entry}
+        names = {
+            entry.split(b"=", 1)[0].decode()
+            for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if entry
+        }
         assert {name for name in names if not name.startswith("GONGJI_")} <= infra.INHERITED_VARIABLES, pid
 
 
@@ -410,13 +510,15 @@ def test_the_cas_key_is_kept_apart_and_may_be_kept_offline(infrastructure, tmp_p
     with pytest.raises(CAKeyOffline, match="CA's key is not at"):
         ensure_certificates(apart, "broker.example")  # a new name needs the key
     offline.replace(ca_key_file(apart))
-    assert ensure_certificates(apart, "broker.example") == ["the broker's certificate for 127.0.0.1, broker.example, localhost"]
+    assert ensure_certificates(apart, "broker.example") == [
+        "the broker's certificate for 127.0.0.1, broker.example, localhost"
+    ]
 
 
 async def test_a_service_tells_its_library_is_loaded_with_its_own_narrow_rights(infrastructure) -> None:
+    from services.wallet.store import LIBRARY as WALLET_LIBRARY
     from shared.redis_client import connect
     from shared.redis_functions import Library, LibraryNotLoaded
-    from services.wallet.store import LIBRARY as WALLET_LIBRARY
 
     wallet = connect(infrastructure, "wallet")
     try:

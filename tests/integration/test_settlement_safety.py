@@ -20,7 +20,14 @@ from services.settlement.handlers import SettlementHandlers
 from services.settlement.store import SettlementStore
 from shared.clock import FixedClock
 from shared.contracts import (
-    Claim, DrawAnswered, DrawRequested, EnrollmentChanged, Payer, ReasonCode, RefundRequested, SettlementEvent,
+    Claim,
+    DrawAnswered,
+    DrawRequested,
+    EnrollmentChanged,
+    Payer,
+    ReasonCode,
+    RefundRequested,
+    SettlementEvent,
 )
 from shared.credentials import redis_options
 from shared.policy import POLICY_KEY
@@ -42,8 +49,14 @@ async def settlement(redis) -> SettlementHandlers:
 
 
 def enrollment(person_id: str, status: str = "normal", event_id: str | None = None) -> EnrollmentChanged:
-    return EnrollmentChanged(event_id=event_id or new_id("enr"), person_id=person_id, insurance_type="resident",
-                             region="510100", status=status, occurred_at=NOON)
+    return EnrollmentChanged(
+        event_id=event_id or new_id("enr"),
+        person_id=person_id,
+        insurance_type="resident",
+        region="510100",
+        status=status,
+        occurred_at=NOON,
+    )
 
 
 async def insured(settlement: SettlementHandlers, near: str | None = None, far: str | None = None) -> str:
@@ -61,31 +74,57 @@ async def insured(settlement: SettlementHandlers, near: str | None = None, far: 
 
 def settle_claim(recipient: str, amount_fen: int = 10_000, **fields) -> Claim:
     service_region = fields.pop("service_region", "510100")
-    return Claim.model_validate(with_claim_id({
-        "kind": "settle", "recipient_id": recipient, "recipient_region": "510100",
-        "category": "institution", "institution_code": f"H{service_region}00001", "service_region": service_region,
-        "amount_fen": amount_fen, "occurred_at": NOON.isoformat(), **fields,
-    }))
+    return Claim.model_validate(
+        with_claim_id(
+            {
+                "kind": "settle",
+                "recipient_id": recipient,
+                "recipient_region": "510100",
+                "category": "institution",
+                "institution_code": f"H{service_region}00001",
+                "service_region": service_region,
+                "amount_fen": amount_fen,
+                "occurred_at": NOON.isoformat(),
+                **fields,
+            }
+        )
+    )
 
 
 def reverse_claim(recipient: str, reverses: str, **fields) -> Claim:
-    return Claim.model_validate({"claim_id": new_reversal_id(reverses), "kind": "reverse", "recipient_id": recipient,
-                                 "reverses": reverses, "occurred_at": NOON.isoformat(), **fields})
+    return Claim.model_validate(
+        {
+            "claim_id": new_reversal_id(reverses),
+            "kind": "reverse",
+            "recipient_id": recipient,
+            "reverses": reverses,
+            "occurred_at": NOON.isoformat(),
+            **fields,
+        }
+    )
 
 
 def answer(request: DrawRequested, paid_fen: int, provider_region: str = "440300") -> DrawAnswered:
     """The wallet's answer: one provider (in `provider_region`) paid `paid_fen`."""
-    payers = [Payer(provider_id=new_person_id(), provider_region=provider_region, amount_fen=paid_fen)] if paid_fen else []
+    payers = (
+        [Payer(provider_id=new_person_id(), provider_region=provider_region, amount_fen=paid_fen)] if paid_fen else []
+    )
     return DrawAnswered(
-        event_id=new_id("answer"), claim_id=request.claim_id, recipient_id=request.recipient_id,
-        requested_fen=request.amount_fen, paid_fen=paid_fen, payers=payers,
-        reason=None if paid_fen == request.amount_fen else ReasonCode.NO_QUOTA, context=request.context,
+        event_id=new_id("answer"),
+        claim_id=request.claim_id,
+        recipient_id=request.recipient_id,
+        requested_fen=request.amount_fen,
+        paid_fen=paid_fen,
+        payers=payers,
+        reason=None if paid_fen == request.amount_fen else ReasonCode.NO_QUOTA,
+        context=request.context,
         answered_at=NOON,
     )
 
 
-async def settled(settlement: SettlementHandlers, claim: Claim, paid_fen: int | None = None,
-                  provider_region: str = "440300") -> SettlementEvent:
+async def settled(
+    settlement: SettlementHandlers, claim: Claim, paid_fen: int | None = None, provider_region: str = "440300"
+) -> SettlementEvent:
     (request,) = await through_claim_path(settlement, [claim])
     paid = claim.amount_fen if paid_fen is None else paid_fen
     (event,) = await through_claim_path(settlement, [answer(request, paid, provider_region)])
@@ -98,8 +137,9 @@ async def reverse(settlement: SettlementHandlers, recipient: str, reverses: str)
 
 def refused(outputs: list, reason: str) -> bool:
     """A single settlement event that pays nothing back and names `reason`."""
-    return [(type(o), *(getattr(o, name, None) for name in ("status", "reason", "paid_fen", "payers")))
-            for o in outputs] == [(SettlementEvent, "rejected", reason, 0, [])]
+    return [
+        (type(o), *(getattr(o, name, None) for name in ("status", "reason", "paid_fen", "payers"))) for o in outputs
+    ] == [(SettlementEvent, "rejected", reason, 0, [])]
 
 
 # ---- who may reverse what ------------------------------------------------------------------
@@ -110,8 +150,10 @@ async def test_a_reversal_of_a_reversal_is_not_reversible(settlement) -> None:
     before = await settlement.store.accumulators("2026-03")
     paid = await settled(settlement, settle_claim(recipient, 10_000), provider_region="120100")
     first = await reverse(settlement, recipient, paid.claim_id)
-    assert [(type(o), getattr(o, "status", None)) for o in first] == \
-        [(SettlementEvent, "reversed"), (RefundRequested, None)]
+    assert [(type(o), getattr(o, "status", None)) for o in first] == [
+        (SettlementEvent, "reversed"),
+        (RefundRequested, None),
+    ]
     assert refused(await reverse(settlement, recipient, first[0].claim_id), "NOT_REVERSIBLE")
     after = await settlement.store.accumulators("2026-03")
     assert after.get("12>51", 0) - before.get("12>51", 0) == 0  # paid once, taken back once
@@ -172,8 +214,11 @@ async def test_a_reversal_on_the_national_topic_is_told_to_the_province_that_sen
     paid = await through_claim_path(settlement, [answer(request, 6_000)])
     assert [getattr(output, "topic", None) for output in paid] == [None, province_settlements("51")]
     reversal = await reverse(settlement, recipient, claim.claim_id)
-    assert [(type(output).__name__, getattr(output, "topic", None)) for output in reversal] == \
-        [("SettlementEvent", None), ("ToTopic", province_settlements("51")), ("RefundRequested", None)]
+    assert [(type(output).__name__, getattr(output, "topic", None)) for output in reversal] == [
+        ("SettlementEvent", None),
+        ("ToTopic", province_settlements("51")),
+        ("RefundRequested", None),
+    ]
     assert reversal[1].message.status == "reversed" and reversal[1].message.paid_fen == 6_000
     # A refused reversal tells the province nothing of its claim.
     assert refused(await reverse(settlement, recipient, claim.claim_id), "ALREADY_REVERSED")
@@ -187,11 +232,17 @@ async def test_a_claim_id_used_by_another_recipient_is_a_conflict_and_changes_no
     second = await insured(settlement, far=first)
     claim = settle_claim(first, 10_000)
     await settled(settlement, claim)
-    for reused in (settle_claim(second, 10_000, claim_id=claim.claim_id),
-                   reverse_claim(second, f"510100-{new_id()}", claim_id=claim.claim_id)):
+    for reused in (
+        settle_claim(second, 10_000, claim_id=claim.claim_id),
+        reverse_claim(second, f"510100-{new_id()}", claim_id=claim.claim_id),
+    ):
         (conflict,) = await through_claim_path(settlement, [reused])  # no draw request, nothing recorded
-        assert (conflict.status, conflict.reason, conflict.recipient_id, conflict.cause_id) == \
-            ("rejected", "CONFLICT", second, claim.claim_id)
+        assert (conflict.status, conflict.reason, conflict.recipient_id, conflict.cause_id) == (
+            "rejected",
+            "CONFLICT",
+            second,
+            claim.claim_id,
+        )
     assert await settlement.store.claim(second, claim.claim_id) is None
     (again,) = await through_claim_path(settlement, [claim])  # the owner's redelivery is still a duplicate
     assert (again.status, again.paid_fen) == ("settled", 10_000)
@@ -222,8 +273,9 @@ async def test_a_batch_of_claims_takes_two_pipelined_round_trips(settlement, mon
     pipeline, execute_command = redis.pipeline, redis.execute_command
     monkeypatch.setattr(redis, "pipeline", lambda *a, **k: pipelines.append(1) or pipeline(*a, **k))
     monkeypatch.setattr(redis, "execute_command", lambda *a, **k: commands.append(a) or execute_command(*a, **k))
-    batch = [settle_claim(recipient) for recipient in recipients] + \
-        [reverse_claim(recipient, event.claim_id) for recipient, event in zip(recipients, paid, strict=True)]
+    batch = [settle_claim(recipient) for recipient in recipients] + [
+        reverse_claim(recipient, event.claim_id) for recipient, event in zip(recipients, paid, strict=True)
+    ]
     outputs = await through_claim_path(settlement, batch)
     assert len(outputs) == 15 and (len(pipelines), commands) == (2, [])
 
@@ -243,11 +295,14 @@ async def test_a_reversal_after_its_month_closed_changes_no_months_count_of_clai
     (reversal, _) = await reverse(settlement, recipient, october.claim_id)
     assert (reversal.status, reversal.clearing_month) == ("reversed", "2025-11")  # taken back in the open month
     november = await close_month(settlement.store, "2025-11", datetime.fromisoformat("2025-12-01T00:00:00+08:00"))
-    gross = [(r.payer_province, r.payee_province, r.amount_fen, r.claims, r.reversals)
-             for r in november if r.row == "gross"]
+    gross = [
+        (r.payer_province, r.payee_province, r.amount_fen, r.claims, r.reversals) for r in november if r.row == "gross"
+    ]
     assert gross == [("13", "52", -2_000, 1, 1)]
-    assert {r.province: (r.amount_fen, r.claims, r.reversals) for r in november if r.row == "net"} == \
-        {"13": (2_000, 1, 1), "52": (-2_000, 1, 1)}
+    assert {r.province: (r.amount_fen, r.claims, r.reversals) for r in november if r.row == "net"} == {
+        "13": (2_000, 1, 1),
+        "52": (-2_000, 1, 1),
+    }
     again = await close_month(settlement.store, "2025-10", datetime.fromisoformat("2026-01-01T00:00:00+08:00"))
     assert again == first_october  # the closed statement never changes
     assert [(r.amount_fen, r.claims, r.reversals) for r in again if r.row == "gross"] == [(3_000, 1, 0)]
@@ -261,10 +316,13 @@ async def test_closing_keeps_totals_exact_beyond_fourteen_digits(settlement) -> 
     requests = await through_claim_path(settlement, claims)
     await through_claim_path(settlement, [answer(request, request.amount_fen, "140100") for request in requests])
     rows = await close_month(settlement.store, "2025-09", datetime.fromisoformat("2025-10-01T00:00:00+08:00"))
-    assert [(r.payer_province, r.payee_province, r.amount_fen, r.claims) for r in rows if r.row == "gross"] == \
-        [("14", "53", 100_000_000_000_001, 101)]
-    assert {r.province: r.amount_fen for r in rows if r.row == "net"} == \
-        {"14": -100_000_000_000_001, "53": 100_000_000_000_001}
+    assert [(r.payer_province, r.payee_province, r.amount_fen, r.claims) for r in rows if r.row == "gross"] == [
+        ("14", "53", 100_000_000_000_001, 101)
+    ]
+    assert {r.province: r.amount_fen for r in rows if r.row == "net"} == {
+        "14": -100_000_000_000_001,
+        "53": 100_000_000_000_001,
+    }
 
 
 async def test_a_month_that_has_not_ended_cannot_be_closed(settlement, redis) -> None:
@@ -276,9 +334,11 @@ async def test_a_month_that_has_not_ended_cannot_be_closed(settlement, redis) ->
 
 
 def test_the_clearing_command_refuses_a_month_that_has_not_ended(infrastructure) -> None:
-    env = {"GONGJI_REDIS_URL": integration_redis_url(infrastructure.redis_url),
-           "GONGJI_CLOCK_FIXED_AT": "2026-03-31T23:59:59+08:00",
-           "GONGJI_KAFKA_BOOTSTRAP": "127.0.0.1:1"}  # were it not refused, no statement reaches the real topic
+    env = {
+        "GONGJI_REDIS_URL": integration_redis_url(infrastructure.redis_url),
+        "GONGJI_CLOCK_FIXED_AT": "2026-03-31T23:59:59+08:00",
+        "GONGJI_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+    }  # were it not refused, no statement reaches the real topic
     result = CliRunner().invoke(app, ["clearing", "close", "2026-03"], env=env)
     assert result.exit_code == 1
     assert "2026-03 has not ended" in " ".join(result.output.split())
@@ -329,13 +389,23 @@ def policy_command(infrastructure, *args: str):
 
 
 def stored_policy(infrastructure) -> dict:
-    with SyncRedis.from_url(integration_redis_url(infrastructure.redis_url),
-                            **redis_options(infrastructure, OPERATOR.name)) as client:
+    with SyncRedis.from_url(
+        integration_redis_url(infrastructure.redis_url), **redis_options(infrastructure, OPERATOR.name)
+    ) as client:
         return client.hgetall(POLICY_KEY)
 
 
-@pytest.mark.parametrize("option", [["--close", "99"], ["--close", "5101"], ["--open", "999999"],
-                                    ["--close", "51010"], ["--close", "shanghai"], ["--open", "00"]])
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--close", "99"],
+        ["--close", "5101"],
+        ["--open", "999999"],
+        ["--close", "51010"],
+        ["--close", "shanghai"],
+        ["--open", "00"],
+    ],
+)
 def test_the_policy_command_refuses_codes_that_name_nothing(infrastructure, option) -> None:
     before = stored_policy(infrastructure)
     result = policy_command(infrastructure, "--close", "66", *option)
@@ -352,35 +422,81 @@ def test_the_policy_command_takes_a_province_or_a_region(infrastructure) -> None
 
 
 def province_record(province: str, offset: int, value: bytes) -> ConsumerRecord:
-    return ConsumerRecord(topic=province_claims(province).name, partition=0, offset=offset, timestamp=0,
-                          timestamp_type=0, key=b"k", value=value, checksum=None, serialized_key_size=1,
-                          serialized_value_size=len(value), headers=[])
+    return ConsumerRecord(
+        topic=province_claims(province).name,
+        partition=0,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"k",
+        value=value,
+        checksum=None,
+        serialized_key_size=1,
+        serialized_value_size=len(value),
+        headers=[],
+    )
 
 
 async def test_a_claim_that_breaks_the_contract_is_answered_to_its_province_when_its_id_can_be_read(settlement):
     """A province's system waits for an answer: a claim it can name gets one on its own settlements
     topic (and the national one); a record it cannot name goes to its own dead-letter topic."""
-    decoder = DeadLetterDecoder("settlement", [province_claims("44")], settlement.clock, deliveries=True,
-                                answer_sender=settlement.answer_unreadable_claim)
+    decoder = DeadLetterDecoder(
+        "settlement",
+        [province_claims("44")],
+        settlement.clock,
+        deliveries=True,
+        answer_sender=settlement.answer_unreadable_claim,
+    )
     patient = new_person_id()
     bad_check_digit = patient[:-1] + ("0" if patient[-1] != "0" else "1")
-    claim = with_claim_id({"kind": "settle", "recipient_id": bad_check_digit, "recipient_region": "440300",
-                           "category": "institution", "institution_code": "H44030500012",
-                           "service_region": "440300", "amount_fen": 12_850, "occurred_at": NOON.isoformat()})
+    claim = with_claim_id(
+        {
+            "kind": "settle",
+            "recipient_id": bad_check_digit,
+            "recipient_region": "440300",
+            "category": "institution",
+            "institution_code": "H44030500012",
+            "service_region": "440300",
+            "amount_fen": 12_850,
+            "occurred_at": NOON.isoformat(),
+        }
+    )
     nested = b'{"claim_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    await decoder(SimpleNamespace(raw_message=(province_record("44", 1, json.dumps(claim).encode()),
-                                               province_record("44", 2, b'{"claim_id": "broken'),
-                                               province_record("44", 3, nested))))
+    await decoder(
+        SimpleNamespace(
+            raw_message=(
+                province_record("44", 1, json.dumps(claim).encode()),
+                province_record("44", 2, b'{"claim_id": "broken'),
+                province_record("44", 3, nested),
+            )
+        )
+    )
     national, province, unreadable, too_deep = decoder.to_senders
     assert province.topic == province_settlements("44") and province.message == national
-    assert (national.claim_id, national.status, national.reason, national.requested_fen, national.recipient_id) == \
-        (claim["claim_id"], "rejected", "INVALID_MESSAGE", 12_850, bad_check_digit)
+    assert (national.claim_id, national.status, national.reason, national.requested_fen, national.recipient_id) == (
+        claim["claim_id"],
+        "rejected",
+        "INVALID_MESSAGE",
+        12_850,
+        bad_check_digit,
+    )
     assert "recipient_id" in national.error and "check" in national.error
     assert unreadable.topic == too_deep.topic == province_dead_letters("44")
-    again = DeadLetterDecoder("settlement", [province_claims("44")], settlement.clock, deliveries=True,
-                              answer_sender=settlement.answer_unreadable_claim)
-    await again(SimpleNamespace(raw_message=(province_record("44", 1, json.dumps(claim).encode()),
-                                             province_record("44", 7, json.dumps(claim).encode()))))
+    again = DeadLetterDecoder(
+        "settlement",
+        [province_claims("44")],
+        settlement.clock,
+        deliveries=True,
+        answer_sender=settlement.answer_unreadable_claim,
+    )
+    await again(
+        SimpleNamespace(
+            raw_message=(
+                province_record("44", 1, json.dumps(claim).encode()),
+                province_record("44", 7, json.dumps(claim).encode()),
+            )
+        )
+    )
     assert again.to_senders[0].event_id == national.event_id  # the same record again: the same answer
     assert again.to_senders[2].event_id != national.event_id  # the same bytes sent again: an answer of its own
 
@@ -390,11 +506,15 @@ async def test_a_resident_premium_is_refused_for_an_employee_insured_recipient_a
     resident = await insured(settlement)
     employee = new_person_id()
     await settlement.on_enrollment([enrollment(employee).model_copy(update={"insurance_type": "employee"})])
-    (refused,) = await through_claim_path(settlement, [settle_claim(employee, 10_500, category="resident_premium",
-                                                          institution_code=None)])
+    (refused,) = await through_claim_path(
+        settlement, [settle_claim(employee, 10_500, category="resident_premium", institution_code=None)]
+    )
     assert (refused.status, refused.reason) == ("rejected", "CATEGORY_NOT_ALLOWED")
-    (asked,) = await through_claim_path(settlement, [settle_claim(employee, 10_500, category="ltc_premium", institution_code=None)])
+    (asked,) = await through_claim_path(
+        settlement, [settle_claim(employee, 10_500, category="ltc_premium", institution_code=None)]
+    )
     assert isinstance(asked, DrawRequested)  # long-term care: either scheme
-    (asked,) = await through_claim_path(settlement, [settle_claim(resident, 10_500, category="resident_premium",
-                                                        institution_code=None)])
+    (asked,) = await through_claim_path(
+        settlement, [settle_claim(resident, 10_500, category="resident_premium", institution_code=None)]
+    )
     assert isinstance(asked, DrawRequested)

@@ -28,8 +28,9 @@ STEPS = int(os.environ.get("GONGJI_SIMULATION_STEPS", "60"))
 
 @pytest.fixture(scope="module")
 async def redis(infrastructure):
-    client = Redis.from_url(in_database(infrastructure.redis_url, SIMULATION_DATABASE),
-                            **redis_options(infrastructure, OPERATOR.name))
+    client = Redis.from_url(
+        in_database(infrastructure.redis_url, SIMULATION_DATABASE), **redis_options(infrastructure, OPERATOR.name)
+    )
     yield client
     await client.aclose()
 
@@ -37,9 +38,11 @@ async def redis(infrastructure):
 def explained(outcome: Outcome) -> str:
     failure = outcome.failure
     assert failure is not None
-    ops = "\n".join(f"  {number}. {op}" for number, op in enumerate(outcome.shrunk or outcome.ops[:failure.step], 1))
-    return (f"seed {outcome.seed}: {failure.invariant} at operation {failure.step}: {failure.detail}\n"
-            f"replay: gongji simulate --seed {outcome.seed} --steps {STEPS}\n{ops}")
+    ops = "\n".join(f"  {number}. {op}" for number, op in enumerate(outcome.shrunk or outcome.ops[: failure.step], 1))
+    return (
+        f"seed {outcome.seed}: {failure.invariant} at operation {failure.step}: {failure.detail}\n"
+        f"replay: gongji simulate --seed {outcome.seed} --steps {STEPS}\n{ops}"
+    )
 
 
 @pytest.mark.parametrize("seed", range(SEEDS))
@@ -68,20 +71,24 @@ def draws_again_on_every_try(monkeypatch) -> None:
     """A broken wallet: each try of a draw takes from the grants anew (a take no longer keyed by claim)."""
     original = WalletStore.draw_from_grant
     tries = iter(range(1_000_000))
-    monkeypatch.setattr(WalletStore, "draw_from_grant",
-                        lambda self, claim_id, *args: original(self, f"{claim_id}#{next(tries)}", *args))
+    monkeypatch.setattr(
+        WalletStore, "draw_from_grant", lambda self, claim_id, *args: original(self, f"{claim_id}#{next(tries)}", *args)
+    )
 
 
 def drops_refunds(monkeypatch) -> None:
     """A broken wallet: a refund is acknowledged, and nothing is given back."""
+
     async def refund(self, refund_id, original_claim_id, provider_id, recipient_id, now) -> Step:
         return Step("applied", {"amount": 0})
+
     monkeypatch.setattr(WalletStore, "refund", refund)
 
 
 @pytest.mark.parametrize("breaks", [draws_again_on_every_try, drops_refunds])
 async def test_the_simulation_catches_a_money_bug_and_shrinks_it_to_a_short_replayable_sequence(
-        redis, monkeypatch, breaks) -> None:
+    redis, monkeypatch, breaks
+) -> None:
     breaks(monkeypatch)
     caught = None
     for seed in range(5):
@@ -98,18 +105,31 @@ async def test_the_simulation_catches_a_money_bug_and_shrinks_it_to_a_short_repl
 
 def _employee_pays_resident_premiums(assess):
     """Issue 20's defect 2 put back: the recipient's insurance type is not read."""
+
     def assess_claim(claim, recipient):
         return assess(claim, recipient and Enrolled("resident", recipient.region, recipient.status))
+
     return assess_claim
 
 
-@pytest.mark.parametrize("defect", ["a premium billed by another province", "a resident premium for an employee",
-                                    "a claim id squatted by another province"])
+@pytest.mark.parametrize(
+    "defect",
+    [
+        "a premium billed by another province",
+        "a resident premium for an employee",
+        "a claim id squatted by another province",
+    ],
+)
 async def test_money_round_3s_defects_put_back_are_found_by_the_simulation(redis, monkeypatch, defect) -> None:
     refusal = handlers.refusal_before_id
     if defect == "a premium billed by another province":
-        monkeypatch.setattr(handlers, "refusal_before_id", lambda claim, province: None if claim.category
-                            in ("resident_premium", "ltc_premium") else refusal(claim, province))
+        monkeypatch.setattr(
+            handlers,
+            "refusal_before_id",
+            lambda claim, province: (
+                None if claim.category in ("resident_premium", "ltc_premium") else refusal(claim, province)
+            ),
+        )
     elif defect == "a resident premium for an employee":
         monkeypatch.setattr(handlers, "assess_claim", _employee_pays_resident_premiums(handlers.assess_claim))
     else:  # the province whose topic brought a claim is not asked

@@ -12,11 +12,19 @@ from services.wallet.domain import account_breaches
 from services.wallet.handlers import WalletHandlers
 from services.wallet.store import WalletStore
 from shared.clock import FixedClock
-from shared.policy import PolicyCache
 from shared.contracts import (
-    AccountCredited, AccountSpent, ClaimContext, DrawRequested, EnrollmentChanged, Payer, RefundRequested, RelationshipEvent,
-    SupervisionActed, WalletCommand,
+    AccountCredited,
+    AccountSpent,
+    ClaimContext,
+    DrawRequested,
+    EnrollmentChanged,
+    Payer,
+    RefundRequested,
+    RelationshipEvent,
+    SupervisionActed,
+    WalletCommand,
 )
+from shared.policy import PolicyCache
 from tests.support import new_id, new_person_id
 
 NOON = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
@@ -31,10 +39,21 @@ async def wallet(redis) -> WalletHandlers:
 
 async def provider_with(wallet: WalletHandlers, balance_fen: int, recipients: int = 1) -> tuple[str, list[str]]:
     provider = new_person_id()
-    await wallet.on_enrollment([EnrollmentChanged(event_id=new_id(), person_id=provider, insurance_type="employee",
-                                                  region="440300", status="normal", occurred_at=NOON)])
-    await wallet.on_credits([AccountCredited(event_id=new_id(), person_id=provider, amount_fen=balance_fen,
-                                             occurred_at=NOON)])
+    await wallet.on_enrollment(
+        [
+            EnrollmentChanged(
+                event_id=new_id(),
+                person_id=provider,
+                insurance_type="employee",
+                region="440300",
+                status="normal",
+                occurred_at=NOON,
+            )
+        ]
+    )
+    await wallet.on_credits(
+        [AccountCredited(event_id=new_id(), person_id=provider, amount_fen=balance_fen, occurred_at=NOON)]
+    )
     people = [new_person_id() for _ in range(recipients)]
     for recipient in people:
         await relationship(wallet, provider, recipient, "established")
@@ -42,15 +61,33 @@ async def provider_with(wallet: WalletHandlers, balance_fen: int, recipients: in
 
 
 async def relationship(wallet: WalletHandlers, provider: str, recipient: str, kind: str) -> list:
-    return await wallet.on_relationship_events([RelationshipEvent(
-        event_id=new_id(), cause_id=new_id(), type=kind, provider_id=provider, recipient_id=recipient,
-        recipient_region="510100", kinship="parent", occurred_at=NOON)])
+    return await wallet.on_relationship_events(
+        [
+            RelationshipEvent(
+                event_id=new_id(),
+                cause_id=new_id(),
+                type=kind,
+                provider_id=provider,
+                recipient_id=recipient,
+                recipient_region="510100",
+                kinship="parent",
+                occurred_at=NOON,
+            )
+        ]
+    )
 
 
 def grant_command(provider: str, recipient: str, amount_fen: int, region: str = "510100", **fields) -> WalletCommand:
-    return WalletCommand(command_id=fields.pop("command_id", new_id()), action="grant", actor_id=provider,
-                         provider_id=provider, recipient_id=recipient, recipient_region=region,
-                         amount_fen=amount_fen, requested_at=NOON)
+    return WalletCommand(
+        command_id=fields.pop("command_id", new_id()),
+        action="grant",
+        actor_id=provider,
+        provider_id=provider,
+        recipient_id=recipient,
+        recipient_region=region,
+        amount_fen=amount_fen,
+        requested_at=NOON,
+    )
 
 
 async def grant(wallet: WalletHandlers, provider: str, recipient: str, amount_fen: int, **fields):
@@ -60,9 +97,18 @@ async def grant(wallet: WalletHandlers, provider: str, recipient: str, amount_fe
 
 async def draw(wallet: WalletHandlers, recipient: str, amount_fen: int, claim_id: str | None = None):
     claim_id = claim_id or new_id("claim")
-    outputs = await wallet.on_draw_requests([DrawRequested(request_id=f"r-{claim_id}", claim_id=claim_id,
-                                                           recipient_id=recipient, amount_fen=amount_fen,
-                                                           context=context(amount_fen), requested_at=NOON)])
+    outputs = await wallet.on_draw_requests(
+        [
+            DrawRequested(
+                request_id=f"r-{claim_id}",
+                claim_id=claim_id,
+                recipient_id=recipient,
+                amount_fen=amount_fen,
+                context=context(amount_fen),
+                requested_at=NOON,
+            )
+        ]
+    )
     return outputs[-1]
 
 
@@ -94,8 +140,11 @@ async def test_the_third_grant_of_a_day_passes_and_the_fourth_is_refused(wallet)
 async def test_only_successful_grants_count_towards_the_daily_limit(wallet) -> None:
     provider, (recipient,) = await provider_with(wallet, 1_000)
     refused = [await grant(wallet, provider, recipient, amount) for amount in (5_000, 200_001, 1_001)]
-    assert [event.reason for event in refused] == ["INSUFFICIENT_BALANCE", "TRANSFER_AMOUNT_OVER_LIMIT",
-                                                   "INSUFFICIENT_BALANCE"]
+    assert [event.reason for event in refused] == [
+        "INSUFFICIENT_BALANCE",
+        "TRANSFER_AMOUNT_OVER_LIMIT",
+        "INSUFFICIENT_BALANCE",
+    ]
     assert [(await grant(wallet, provider, recipient, 100)).type for _ in range(3)] == ["granted"] * 3
 
 
@@ -146,12 +195,31 @@ async def test_the_recipient_must_be_related_and_where_stated(wallet) -> None:
 async def test_the_provider_must_be_employee_insured_and_normal(wallet) -> None:
     provider, (recipient,) = await provider_with(wallet, 100_000)
     for status, reason in (("suspended", "PROVIDER_STATUS_ABNORMAL"),):
-        await wallet.on_enrollment([EnrollmentChanged(event_id=new_id(), person_id=provider,
-                                                      insurance_type="employee", region="440300", status=status,
-                                                      occurred_at=NOON)])
+        await wallet.on_enrollment(
+            [
+                EnrollmentChanged(
+                    event_id=new_id(),
+                    person_id=provider,
+                    insurance_type="employee",
+                    region="440300",
+                    status=status,
+                    occurred_at=NOON,
+                )
+            ]
+        )
         assert (await grant(wallet, provider, recipient, 100)).reason == reason
-    await wallet.on_enrollment([EnrollmentChanged(event_id=new_id(), person_id=provider, insurance_type="resident",
-                                                  region="440300", status="normal", occurred_at=NOON)])
+    await wallet.on_enrollment(
+        [
+            EnrollmentChanged(
+                event_id=new_id(),
+                person_id=provider,
+                insurance_type="resident",
+                region="440300",
+                status="normal",
+                occurred_at=NOON,
+            )
+        ]
+    )
     assert (await grant(wallet, provider, recipient, 100)).reason == "PROVIDER_NOT_EMPLOYEE"
 
 
@@ -187,8 +255,9 @@ async def test_spending_never_touches_frozen_quota(wallet) -> None:
     spend = AccountSpent(event_id=new_id(), person_id=provider, amount_fen=30_001, occurred_at=NOON)
     (refused,) = await wallet.on_spends([spend])
     assert (refused.type, refused.reason) == ("spend_rejected", "INSUFFICIENT_BALANCE")
-    (spent,) = await wallet.on_spends([AccountSpent(event_id=new_id(), person_id=provider, amount_fen=30_000,
-                                                    occurred_at=NOON)])
+    (spent,) = await wallet.on_spends(
+        [AccountSpent(event_id=new_id(), person_id=provider, amount_fen=30_000, occurred_at=NOON)]
+    )
     assert (spent.type, spent.balance_fen, spent.frozen_fen) == ("spent", 70_000, 70_000)
     await assert_sound(wallet, provider)
 
@@ -214,8 +283,10 @@ async def test_draws_take_the_earliest_grant_first_and_report_self_pay(wallet) -
     await grant(wallet, second_provider, recipient, 5_000)
     wallet.clock.set(NOON)
     answer = await draw(wallet, recipient, 18_000)
-    assert [(payer.provider_id, payer.amount_fen) for payer in answer.payers] == \
-        [(first_provider, 10_000), (second_provider, 5_000)]
+    assert [(payer.provider_id, payer.amount_fen) for payer in answer.payers] == [
+        (first_provider, 10_000),
+        (second_provider, 5_000),
+    ]
     assert (answer.paid_fen, answer.reason) == (15_000, "NO_QUOTA")
     assert all(payer.provider_region == "440300" for payer in answer.payers)
 
@@ -225,11 +296,22 @@ async def test_release_on_relationship_end_returns_the_unused_quota_once(wallet)
         provider, (recipient,) = await provider_with(wallet, 100_000)
         await grant(wallet, provider, recipient, 40_000)
         await draw(wallet, recipient, 15_000)
-        event = RelationshipEvent(event_id=new_id(), cause_id=new_id(), type=ending, provider_id=provider,
-                                  recipient_id=recipient, kinship="parent", occurred_at=NOON)
+        event = RelationshipEvent(
+            event_id=new_id(),
+            cause_id=new_id(),
+            type=ending,
+            provider_id=provider,
+            recipient_id=recipient,
+            kinship="parent",
+            occurred_at=NOON,
+        )
         (released,) = await wallet.on_relationship_events([event])
-        assert (released.type, released.amount_fen, released.balance_fen, released.frozen_fen) == \
-            ("released", 25_000, 85_000, 0)
+        assert (released.type, released.amount_fen, released.balance_fen, released.frozen_fen) == (
+            "released",
+            25_000,
+            85_000,
+            0,
+        )
         # Redelivered: the same event (same id) is re-published, the quota is not released twice.
         assert await wallet.on_relationship_events([event]) == [released]
         assert (await wallet.store.snapshot(provider)).balance_fen == 85_000
@@ -241,11 +323,21 @@ async def test_a_reversal_goes_back_to_the_grant_while_the_relationship_lasts(wa
     provider, (recipient,) = await provider_with(wallet, 100_000)
     await grant(wallet, provider, recipient, 40_000)
     answer = await draw(wallet, recipient, 15_000)
-    refund = RefundRequested(request_id=new_id(), claim_id=new_id("rev"), original_claim_id=answer.claim_id,
-                             recipient_id=recipient, payers=answer.payers, requested_at=NOON)
+    refund = RefundRequested(
+        request_id=new_id(),
+        claim_id=new_id("rev"),
+        original_claim_id=answer.claim_id,
+        recipient_id=recipient,
+        payers=answer.payers,
+        requested_at=NOON,
+    )
     (refunded,) = await wallet.on_refund_requests([refund])
-    assert (refunded.amount_fen, refunded.balance_fen, refunded.frozen_fen, refunded.refunded_to) == \
-        (15_000, 100_000, 40_000, "grant")
+    assert (refunded.amount_fen, refunded.balance_fen, refunded.frozen_fen, refunded.refunded_to) == (
+        15_000,
+        100_000,
+        40_000,
+        "grant",
+    )
     assert await wallet.on_refund_requests([refund]) == [refunded]  # redelivered: the same, once
     await assert_sound(wallet, provider)
 
@@ -255,14 +347,30 @@ async def test_a_reversal_after_the_relationship_ended_goes_to_the_providers_acc
     await grant(wallet, provider, recipient, 40_000)
     answer = await draw(wallet, recipient, 15_000)
     await relationship(wallet, provider, recipient, "dissolved")
-    refund = RefundRequested(request_id=new_id(), claim_id=new_id("rev"), original_claim_id=answer.claim_id,
-                             recipient_id=recipient, payers=answer.payers, requested_at=NOON)
+    refund = RefundRequested(
+        request_id=new_id(),
+        claim_id=new_id("rev"),
+        original_claim_id=answer.claim_id,
+        recipient_id=recipient,
+        payers=answer.payers,
+        requested_at=NOON,
+    )
     (refunded,) = await wallet.on_refund_requests([refund])
-    assert (refunded.amount_fen, refunded.balance_fen, refunded.frozen_fen, refunded.refunded_to) == \
-        (15_000, 100_000, 0, "account")
+    assert (refunded.amount_fen, refunded.balance_fen, refunded.frozen_fen, refunded.refunded_to) == (
+        15_000,
+        100_000,
+        0,
+        "account",
+    )
     # A second reversal of the same claim under another id finds nothing left to return.
-    again = RefundRequested(request_id=new_id(), claim_id=new_id("rev"), original_claim_id=answer.claim_id,
-                            recipient_id=recipient, payers=answer.payers, requested_at=NOON)
+    again = RefundRequested(
+        request_id=new_id(),
+        claim_id=new_id("rev"),
+        original_claim_id=answer.claim_id,
+        recipient_id=recipient,
+        payers=answer.payers,
+        requested_at=NOON,
+    )
     assert await wallet.on_refund_requests([again]) == []
     await assert_sound(wallet, provider)
 
@@ -270,25 +378,27 @@ async def test_a_reversal_after_the_relationship_ended_goes_to_the_providers_acc
 async def test_supervision_freezes_grants_spends_and_draws(wallet) -> None:
     provider, (recipient,) = await provider_with(wallet, 100_000)
     await grant(wallet, provider, recipient, 40_000)
-    freeze = SupervisionActed(event_id=new_id(), person_id=provider, action="freeze", reason="misuse",
-                              occurred_at=NOON)
+    freeze = SupervisionActed(event_id=new_id(), person_id=provider, action="freeze", reason="misuse", occurred_at=NOON)
     (frozen,) = await wallet.on_supervision([freeze])
     assert frozen.type == "frozen"
     assert (await grant(wallet, provider, recipient, 100)).reason == "ACCOUNT_FROZEN"
-    (spend,) = await wallet.on_spends([AccountSpent(event_id=new_id(), person_id=provider, amount_fen=1,
-                                                    occurred_at=NOON)])
+    (spend,) = await wallet.on_spends(
+        [AccountSpent(event_id=new_id(), person_id=provider, amount_fen=1, occurred_at=NOON)]
+    )
     assert spend.reason == "ACCOUNT_FROZEN"
     assert (await draw(wallet, recipient, 1_000)).paid_fen == 0
-    await wallet.on_supervision([SupervisionActed(event_id=new_id(), person_id=provider, action="unfreeze",
-                                                  reason="cleared", occurred_at=NOON)])
+    await wallet.on_supervision(
+        [SupervisionActed(event_id=new_id(), person_id=provider, action="unfreeze", reason="cleared", occurred_at=NOON)]
+    )
     assert (await draw(wallet, recipient, 1_000)).paid_fen == 1_000
 
 
 async def test_a_frozen_recipient_draws_nothing(wallet) -> None:
     provider, (recipient,) = await provider_with(wallet, 100_000)
     await grant(wallet, provider, recipient, 40_000)
-    await wallet.on_supervision([SupervisionActed(event_id=new_id(), person_id=recipient, action="freeze",
-                                                  reason="misuse", occurred_at=NOON)])
+    await wallet.on_supervision(
+        [SupervisionActed(event_id=new_id(), person_id=recipient, action="freeze", reason="misuse", occurred_at=NOON)]
+    )
     answer = await draw(wallet, recipient, 1_000)
     assert (answer.paid_fen, answer.reason) == (0, "ACCOUNT_FROZEN")
 

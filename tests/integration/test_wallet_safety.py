@@ -12,7 +12,14 @@ import pytest
 
 from services.wallet.domain import account_breaches
 from services.wallet.handlers import WalletHandlers
-from shared.contracts import AccountCredited, AccountSpent, DrawRequested, RefundRequested, RelationshipEvent, SupervisionActed
+from shared.contracts import (
+    AccountCredited,
+    AccountSpent,
+    DrawRequested,
+    RefundRequested,
+    RelationshipEvent,
+    SupervisionActed,
+)
 from shared.money import MAX_AMOUNT_FEN
 from shared.policy import Policy, write_policy
 from shared.runtime import Refused
@@ -21,14 +28,22 @@ from tests.support import new_id, new_person_id
 
 
 def draw_request(recipient: str, amount_fen: int, claim_id: str) -> DrawRequested:
-    return DrawRequested(request_id=f"r-{claim_id}", claim_id=claim_id, recipient_id=recipient, amount_fen=amount_fen,
-                         context=context(amount_fen), requested_at=NOON)
+    return DrawRequested(
+        request_id=f"r-{claim_id}",
+        claim_id=claim_id,
+        recipient_id=recipient,
+        amount_fen=amount_fen,
+        context=context(amount_fen),
+        requested_at=NOON,
+    )
 
 
 async def first_step_only(wallet: WalletHandlers, recipient: str, claim_id: str, provider: str, needed: int) -> None:
     """A draw that crashed after its plan and its first provider's take, before its answer."""
     await wallet.store.draw_begin([(claim_id, recipient)])
-    await wallet.store.run([wallet.store.draw_from_grant(claim_id, provider, recipient, needed, "2026-03-02T12:00:00+08:00")])
+    await wallet.store.run(
+        [wallet.store.draw_from_grant(claim_id, provider, recipient, needed, "2026-03-02T12:00:00+08:00")]
+    )
 
 
 async def paid_by(wallet: WalletHandlers, provider: str) -> int:
@@ -36,13 +51,23 @@ async def paid_by(wallet: WalletHandlers, provider: str) -> int:
 
 
 async def freeze(wallet: WalletHandlers, person: str, event_id: str | None = None, reason: str = "misuse") -> list:
-    return await wallet.on_supervision([SupervisionActed(event_id=event_id or new_id(), person_id=person,
-                                                         action="freeze", reason=reason, occurred_at=NOON)])
+    return await wallet.on_supervision(
+        [
+            SupervisionActed(
+                event_id=event_id or new_id(), person_id=person, action="freeze", reason=reason, occurred_at=NOON
+            )
+        ]
+    )
 
 
 async def unfreeze(wallet: WalletHandlers, person: str, lifts: str | None = None) -> list:
-    return await wallet.on_supervision([SupervisionActed(event_id=new_id(), person_id=person, action="unfreeze",
-                                                         reason="cleared", lifts=lifts, occurred_at=NOON)])
+    return await wallet.on_supervision(
+        [
+            SupervisionActed(
+                event_id=new_id(), person_id=person, action="unfreeze", reason="cleared", lifts=lifts, occurred_at=NOON
+            )
+        ]
+    )
 
 
 async def test_a_retried_draw_follows_its_first_plan_when_the_recipient_was_frozen_in_between(wallet) -> None:
@@ -106,22 +131,42 @@ async def test_a_refund_for_another_recipient_returns_nothing(wallet) -> None:
     await grant(wallet, provider, first, 10_000)
     await grant(wallet, provider, second, 10_000)
     answer = await draw(wallet, first, 10_000)
-    wrong = RefundRequested(request_id=new_id(), claim_id=new_id("rev"), original_claim_id=answer.claim_id,
-                            recipient_id=second, payers=answer.payers, requested_at=NOON)
+    wrong = RefundRequested(
+        request_id=new_id(),
+        claim_id=new_id("rev"),
+        original_claim_id=answer.claim_id,
+        recipient_id=second,
+        payers=answer.payers,
+        requested_at=NOON,
+    )
     # Before: the money went into the provider's grant for the wrong recipient.
     assert await wallet.on_refund_requests([wrong]) == []
     snapshot = await wallet.store.snapshot(provider)
     assert (snapshot.grants_fen[first], snapshot.grants_fen[second], snapshot.refunded_fen) == (0, 10_000, 0)
-    right = RefundRequested(request_id=new_id(), claim_id=new_id("rev"), original_claim_id=answer.claim_id,
-                            recipient_id=first, payers=answer.payers, requested_at=NOON)
+    right = RefundRequested(
+        request_id=new_id(),
+        claim_id=new_id("rev"),
+        original_claim_id=answer.claim_id,
+        recipient_id=first,
+        payers=answer.payers,
+        requested_at=NOON,
+    )
     (refunded,) = await wallet.on_refund_requests([right])
     assert refunded.amount_fen == 10_000
 
 
 def relationship_event(provider: str, recipient: str, kind: str, version: int) -> RelationshipEvent:
-    return RelationshipEvent(event_id=new_id(), cause_id=new_id(), type=kind, provider_id=provider,
-                             recipient_id=recipient, recipient_region="510100", kinship="parent", version=version,
-                             occurred_at=NOON)
+    return RelationshipEvent(
+        event_id=new_id(),
+        cause_id=new_id(),
+        type=kind,
+        provider_id=provider,
+        recipient_id=recipient,
+        recipient_region="510100",
+        kinship="parent",
+        version=version,
+        occurred_at=NOON,
+    )
 
 
 async def test_an_older_relationship_event_never_undoes_a_newer_one(wallet) -> None:
@@ -178,11 +223,13 @@ async def test_input_ids_are_scoped_per_topic_and_never_meet_internal_records(wa
     await draw(wallet, recipient, 1_000, claim_id)
     shared_id = new_id("same")
     for event_id in (shared_id, f"draw:{claim_id}", f"refund:{claim_id}", f"{shared_id}/{provider}"):
-        (credited,) = await wallet.on_credits([AccountCredited(event_id=event_id, person_id=provider, amount_fen=70_000,
-                                                               occurred_at=NOON)])
+        (credited,) = await wallet.on_credits(
+            [AccountCredited(event_id=event_id, person_id=provider, amount_fen=70_000, occurred_at=NOON)]
+        )
         assert credited.type == "credited"
-    (spent,) = await wallet.on_spends([AccountSpent(event_id=shared_id, person_id=provider, amount_fen=1,
-                                                    occurred_at=NOON)])
+    (spent,) = await wallet.on_spends(
+        [AccountSpent(event_id=shared_id, person_id=provider, amount_fen=1, occurred_at=NOON)]
+    )
     assert spent.type == "spent"
     snapshot = await wallet.store.snapshot(provider)
     assert snapshot.balance_fen == 100_000 - 1_000 + 4 * 70_000 - 1
@@ -192,7 +239,9 @@ async def test_input_ids_are_scoped_per_topic_and_never_meet_internal_records(wa
 async def test_a_credit_id_reused_for_other_content_is_refused_visibly(wallet) -> None:
     provider, _ = await provider_with(wallet, 100, recipients=0)
     event_id = new_id("cred")
-    await wallet.on_credits([AccountCredited(event_id=event_id, person_id=provider, amount_fen=70_000, occurred_at=NOON)])
+    await wallet.on_credits(
+        [AccountCredited(event_id=event_id, person_id=provider, amount_fen=70_000, occurred_at=NOON)]
+    )
     other = AccountCredited(event_id=event_id, person_id=provider, amount_fen=1, occurred_at=NOON)
     (refusal,) = await wallet.on_credits([other])
     assert isinstance(refusal, Refused) and refusal.message is other and refusal.reason == "CONFLICT"
@@ -201,8 +250,10 @@ async def test_a_credit_id_reused_for_other_content_is_refused_visibly(wallet) -
 
 async def test_balances_beyond_14_significant_digits_stay_exact(wallet) -> None:
     provider, _ = await provider_with(wallet, 1, recipients=0)
-    credits = [AccountCredited(event_id=new_id(), person_id=provider, amount_fen=MAX_AMOUNT_FEN, occurred_at=NOON)
-               for _ in range(1_000)]
+    credits = [
+        AccountCredited(event_id=new_id(), person_id=provider, amount_fen=MAX_AMOUNT_FEN, occurred_at=NOON)
+        for _ in range(1_000)
+    ]
     events = await wallet.on_credits(credits)
     # Before: 10^15 + 1 came back as 10^15 (cjson keeps 14 significant digits).
     assert events[-1].balance_fen == 10**15 + 1
@@ -236,8 +287,14 @@ async def test_a_reversal_of_a_claim_drawn_under_an_ended_relationship_goes_to_t
     answer = await draw(wallet, recipient, 60)
     await wallet.on_relationship_events([relationship_event(provider, recipient, "dissolved", 3)])
     await wallet.on_relationship_events([relationship_event(provider, recipient, "established", 5)])
-    refund = RefundRequested(request_id=new_id(), claim_id=new_id("rev"), original_claim_id=answer.claim_id,
-                             recipient_id=recipient, payers=answer.payers, requested_at=NOON)
+    refund = RefundRequested(
+        request_id=new_id(),
+        claim_id=new_id("rev"),
+        original_claim_id=answer.claim_id,
+        recipient_id=recipient,
+        payers=answer.payers,
+        requested_at=NOON,
+    )
     (refunded,) = await wallet.on_refund_requests([refund])
     # Before: the 60 was frozen into a grant the provider never made under the new relationship.
     snapshot = await wallet.store.snapshot(provider)

@@ -15,8 +15,14 @@ from services.wallet.handlers import WalletHandlers
 from services.wallet.store import WalletStore
 from shared.clock import FixedClock
 from shared.contracts import (
-    AccountCredited, AccountSpent, DrawRequested, EnrollmentChanged, RefundRequested, RelationshipEvent,
-    SupervisionActed, WalletCommand,
+    AccountCredited,
+    AccountSpent,
+    DrawRequested,
+    EnrollmentChanged,
+    RefundRequested,
+    RelationshipEvent,
+    SupervisionActed,
+    WalletCommand,
 )
 from shared.credentials import redis_options
 from shared.policy import PolicyCache
@@ -33,8 +39,9 @@ class WalletMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.redis = Redis.from_url(integration_redis_url(Settings().redis_url),
-                                    **redis_options(Settings(), OPERATOR.name))
+        self.redis = Redis.from_url(
+            integration_redis_url(Settings().redis_url), **redis_options(Settings(), OPERATOR.name)
+        )
         self.wallet = WalletHandlers(WalletStore(self.redis), FixedClock(NOON), PolicyCache(self.redis, 0))
         self.providers = [new_person_id() for _ in range(2)]
         self.recipients = [new_person_id() for _ in range(2)]
@@ -52,40 +59,88 @@ class WalletMachine(RuleBasedStateMachine):
     def enroll(self) -> None:
         self.run(self.wallet.store.load())
         for provider in self.providers:
-            self.run(self.wallet.on_enrollment([EnrollmentChanged(
-                event_id=new_id(), person_id=provider, insurance_type="employee", region="440300", status="normal",
-                occurred_at=NOON)]))
+            self.run(
+                self.wallet.on_enrollment(
+                    [
+                        EnrollmentChanged(
+                            event_id=new_id(),
+                            person_id=provider,
+                            insurance_type="employee",
+                            region="440300",
+                            status="normal",
+                            occurred_at=NOON,
+                        )
+                    ]
+                )
+            )
 
     @rule(who=st.integers(0, 1), amount=amounts)
     def credit(self, who: int, amount: int) -> None:
-        self.run(self.wallet.on_credits([AccountCredited(event_id=new_id(), person_id=self.providers[who],
-                                                         amount_fen=amount, occurred_at=NOON)]))
+        self.run(
+            self.wallet.on_credits(
+                [AccountCredited(event_id=new_id(), person_id=self.providers[who], amount_fen=amount, occurred_at=NOON)]
+            )
+        )
 
     @rule(who=st.integers(0, 1), amount=amounts)
     def spend(self, who: int, amount: int) -> None:
-        self.run(self.wallet.on_spends([AccountSpent(event_id=new_id(), person_id=self.providers[who],
-                                                     amount_fen=amount, occurred_at=NOON)]))
+        self.run(
+            self.wallet.on_spends(
+                [AccountSpent(event_id=new_id(), person_id=self.providers[who], amount_fen=amount, occurred_at=NOON)]
+            )
+        )
 
     @rule(who=st.integers(0, 1), to=st.integers(0, 1), kind=st.sampled_from(["established", "dissolved", "terminated"]))
     def relationship(self, who: int, to: int, kind: str) -> None:
         pair = (self.providers[who], self.recipients[to])
-        self.run(self.wallet.on_relationship_events([RelationshipEvent(
-            event_id=new_id(), cause_id=new_id(), type=kind, provider_id=pair[0], recipient_id=pair[1],
-            recipient_region="510100", occurred_at=NOON)]))
+        self.run(
+            self.wallet.on_relationship_events(
+                [
+                    RelationshipEvent(
+                        event_id=new_id(),
+                        cause_id=new_id(),
+                        type=kind,
+                        provider_id=pair[0],
+                        recipient_id=pair[1],
+                        recipient_region="510100",
+                        occurred_at=NOON,
+                    )
+                ]
+            )
+        )
         (self.related.add if kind == "established" else self.related.discard)(pair)
 
     @rule(who=st.integers(0, 1), to=st.integers(0, 1), amount=amounts, day=st.integers(1, 3))
     def grant(self, who: int, to: int, amount: int, day: int) -> None:
         self.wallet.clock.set(NOON.replace(day=day))
-        self.run(self.wallet.on_commands([WalletCommand(
-            command_id=new_id(), action="grant", actor_id=self.providers[who], provider_id=self.providers[who],
-            recipient_id=self.recipients[to], recipient_region="510100", amount_fen=amount, requested_at=NOON)]))
+        self.run(
+            self.wallet.on_commands(
+                [
+                    WalletCommand(
+                        command_id=new_id(),
+                        action="grant",
+                        actor_id=self.providers[who],
+                        provider_id=self.providers[who],
+                        recipient_id=self.recipients[to],
+                        recipient_region="510100",
+                        amount_fen=amount,
+                        requested_at=NOON,
+                    )
+                ]
+            )
+        )
 
     @rule(to=st.integers(0, 1), amount=amounts, repeat=st.integers(1, 3))
     def draw(self, to: int, amount: int, repeat: int) -> None:
         claim = new_id("claim")
-        request = DrawRequested(request_id=new_id(), claim_id=claim, recipient_id=self.recipients[to],
-                                amount_fen=amount, context=context(amount), requested_at=NOON)
+        request = DrawRequested(
+            request_id=new_id(),
+            claim_id=claim,
+            recipient_id=self.recipients[to],
+            amount_fen=amount,
+            context=context(amount),
+            requested_at=NOON,
+        )
         for _ in range(repeat):
             answer = self.run(self.wallet.on_draw_requests([request]))[-1]
         assert answer.paid_fen <= amount
@@ -96,14 +151,32 @@ class WalletMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def reverse(self, data) -> None:
         claim, recipient, payers = self.draws.pop(data.draw(st.integers(0, len(self.draws) - 1)))
-        self.run(self.wallet.on_refund_requests([RefundRequested(
-            request_id=new_id(), claim_id=new_id("rev"), original_claim_id=claim, recipient_id=recipient,
-            payers=payers, requested_at=NOON)]))
+        self.run(
+            self.wallet.on_refund_requests(
+                [
+                    RefundRequested(
+                        request_id=new_id(),
+                        claim_id=new_id("rev"),
+                        original_claim_id=claim,
+                        recipient_id=recipient,
+                        payers=payers,
+                        requested_at=NOON,
+                    )
+                ]
+            )
+        )
 
     @rule(who=st.integers(0, 1), action=st.sampled_from(["freeze", "unfreeze"]))
     def supervise(self, who: int, action: str) -> None:
-        self.run(self.wallet.on_supervision([SupervisionActed(event_id=new_id(), person_id=self.providers[who],
-                                                              action=action, reason="test", occurred_at=NOON)]))
+        self.run(
+            self.wallet.on_supervision(
+                [
+                    SupervisionActed(
+                        event_id=new_id(), person_id=self.providers[who], action=action, reason="test", occurred_at=NOON
+                    )
+                ]
+            )
+        )
 
     @invariant()
     def every_account_is_sound(self) -> None:
@@ -113,5 +186,6 @@ class WalletMachine(RuleBasedStateMachine):
 
 
 TestWalletMachine = WalletMachine.TestCase
-TestWalletMachine.settings = settings(max_examples=40, stateful_step_count=25, deadline=None,
-                                      suppress_health_check=[HealthCheck.too_slow])
+TestWalletMachine.settings = settings(
+    max_examples=40, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)

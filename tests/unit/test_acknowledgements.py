@@ -50,8 +50,9 @@ def pipeline(consumer: Consumer) -> Acknowledgements:
     return acknowledgements
 
 
-async def polled_and_sent(acknowledgements: Acknowledgements, batch: list[SimpleNamespace],
-                          confirmation: asyncio.Future) -> None:
+async def polled_and_sent(
+    acknowledgements: Acknowledgements, batch: list[SimpleNamespace], confirmation: asyncio.Future
+) -> None:
     """As the runtime does: the batch is polled, handled, then its outputs are sent."""
     acknowledgements.polled(batch)
     await acknowledgements.send(batch, outputs(confirmation))
@@ -60,6 +61,7 @@ async def polled_and_sent(acknowledgements: Acknowledgements, batch: list[Simple
 def outputs(*confirmations: asyncio.Future):
     async def send() -> list[asyncio.Future]:
         return list(confirmations)
+
     return send
 
 
@@ -104,7 +106,7 @@ async def test_the_next_batchs_outputs_wait_for_the_previous_confirmation_and_co
     assert [commit[P0] for commit in consumer.commits] in ([3, 4], [4])  # in order, never backwards
 
 
-async def test_when_the_previous_outputs_fail_both_batches_are_read_again_from_their_first_records_and_nothing_is_committed() -> None:
+async def test_when_the_previous_outputs_fail_both_batches_are_read_again_and_nothing_is_committed() -> None:
     consumer = Consumer(P0, P1, P2)
     acknowledgements = pipeline(consumer)
     failed = asyncio.get_running_loop().create_future()

@@ -9,13 +9,24 @@ from gongji.audit.deep import DeepAudit, report_json, report_lines
 from shared.ids import make_person_id, mask_person_id
 
 PROVIDER, RECIPIENT = make_person_id("440300", "19700101", 1), make_person_id("510100", "19450101", 2)
-COUNTS = {"records": 10, "foreign_records": 0, "persons": 2, "claims_final": 1, "claims_pending": 1, "reversals": 0,
-          "relationships": 1, "months": 1, "differences": 1, "pending": 1}
+COUNTS = {
+    "records": 10,
+    "foreign_records": 0,
+    "persons": 2,
+    "claims_final": 1,
+    "claims_pending": 1,
+    "reversals": 0,
+    "relationships": 1,
+    "months": 1,
+    "differences": 1,
+    "pending": 1,
+}
 
 
 def audit_with_a_difference() -> DeepAudit:
-    quota = Difference(ACCOUNT, "a quota differs from the books", {"provider": PROVIDER, "recipient": RECIPIENT},
-                       5_000, 0)
+    quota = Difference(
+        ACCOUNT, "a quota differs from the books", {"provider": PROVIDER, "recipient": RECIPIENT}, 5_000, 0
+    )
     drawing = Pending("claim drawing: the wallet's answer is on its way", {"claim": "c-1", "recipient": RECIPIENT})
     return DeepAudit(AuditReport([quota], [drawing], COUNTS), seconds=1.5, attempts=1)
 

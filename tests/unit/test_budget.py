@@ -15,16 +15,21 @@ from shared.topics import DRAW_ANSWERS, province_claims
 
 
 def _spent(service: str, topic: str, phase: str) -> float:
-    return REGISTRY.get_sample_value("gongji_hop_seconds_total", {"service": service, "topic": topic, "phase": phase}) or 0.0
+    return (
+        REGISTRY.get_sample_value("gongji_hop_seconds_total", {"service": service, "topic": topic, "phase": phase})
+        or 0.0
+    )
 
 
 def test_each_record_of_a_batch_is_charged_the_batch_phases_by_its_topic() -> None:
     claims, answers = province_claims("44"), DRAW_ANSWERS
     budget = HopBudget("unit-budget", [claims, answers])
     now_ms = time.time() * 1000
-    records = [SimpleNamespace(topic=claims.name, timestamp=now_ms - 30),
-               SimpleNamespace(topic=claims.name, timestamp=now_ms - 10),
-               SimpleNamespace(topic=answers.name, timestamp=now_ms - 20)]
+    records = [
+        SimpleNamespace(topic=claims.name, timestamp=now_ms - 30),
+        SimpleNamespace(topic=claims.name, timestamp=now_ms - 10),
+        SimpleNamespace(topic=answers.name, timestamp=now_ms - 20),
+    ]
     budget.handed(records)
     budget.done(handler=0.005, redis=0.008, publish=0.002)  # overlapping round trips exceed the handler's time
 
@@ -54,9 +59,14 @@ def test_the_report_gives_mean_milliseconds_per_record_and_adds_the_phases_of_ev
 
 def test_a_pair_refused_after_it_became_ready_counts_as_ready_so_nothing_goes_negative() -> None:
     pairs = {("p1", "r1"): {}, ("p2", "r2"): {}, ("p3", "r3"): {}, ("p4", "r4"): {}}
-    run = SimpleNamespace(pairs=pairs, ready={("p1", "r1"), ("p2", "r2")},
-                          refused={("p2", "r2"): "rejected: DUPLICATE_RELATIONSHIP",  # a retried request
-                                   ("p3", "r3"): "grant_rejected: QUOTA_EXCEEDS_BALANCE"})
+    run = SimpleNamespace(
+        pairs=pairs,
+        ready={("p1", "r1"), ("p2", "r2")},
+        refused={
+            ("p2", "r2"): "rejected: DUPLICATE_RELATIONSHIP",  # a retried request
+            ("p3", "r3"): "grant_rejected: QUOTA_EXCEEDS_BALANCE",
+        },
+    )
     refused, unanswered = LoadRun.setup_outcome(run)  # type: ignore[arg-type]
     assert refused == {("p3", "r3"): "grant_rejected: QUOTA_EXCEEDS_BALANCE"}
     assert unanswered == 1  # p4's family

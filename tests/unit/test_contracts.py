@@ -75,8 +75,9 @@ def test_money_above_the_bound_is_refused(amount: int) -> None:
         AccountCredited.model_validate_json(json.dumps(_credit(amount)))
 
 
-@pytest.mark.parametrize("when", [1772417700, 1772417700.5, "1772417700", "2026-03-02", "yesterday",
-                                  "2026-03-02T10:15:00"])
+@pytest.mark.parametrize(
+    "when", [1772417700, 1772417700.5, "1772417700", "2026-03-02", "yesterday", "2026-03-02T10:15:00"]
+)
 def test_a_time_is_an_rfc3339_string_with_an_offset(when: object) -> None:
     with pytest.raises(ValidationError, match="RFC 3339"):
         AccountCredited.model_validate_json(json.dumps({**_credit(100), "occurred_at": when}))
@@ -100,8 +101,15 @@ def test_unknown_fields_are_ignored_so_senders_may_add_fields() -> None:
 def test_settle_claim_needs_its_figures_and_reverse_needs_what_it_reverses() -> None:
     base = {"claim_id": "440300-H44030500012-2", "recipient_id": VALID_ID, "occurred_at": "2026-03-02T10:15:00+08:00"}
     with pytest.raises(ValidationError, match="amount_fen"):
-        Claim.model_validate({**base, "kind": "settle", "recipient_region": "440300",
-                              "category": "institution", "service_region": "440300"})
+        Claim.model_validate(
+            {
+                **base,
+                "kind": "settle",
+                "recipient_region": "440300",
+                "category": "institution",
+                "service_region": "440300",
+            }
+        )
     with pytest.raises(ValidationError, match="reverses"):
         Claim.model_validate({**base, "kind": "reverse"})
     reversal = {**base, "kind": "reverse", "reverses": "440300-H44030500012-1"}
@@ -110,19 +118,30 @@ def test_settle_claim_needs_its_figures_and_reverse_needs_what_it_reverses() -> 
         Claim.model_validate({**reversal, "kind": "refund"})
 
 
-HOSPITAL_CLAIM = {"claim_id": "440300-H44030500012-000000871", "kind": "settle", "recipient_id": VALID_ID,
-                  "recipient_region": "440300", "category": "institution", "institution_code": "H44030500012",
-                  "service_region": "440300", "amount_fen": 12850, "occurred_at": "2026-03-02T10:15:00+08:00"}
+HOSPITAL_CLAIM = {
+    "claim_id": "440300-H44030500012-000000871",
+    "kind": "settle",
+    "recipient_id": VALID_ID,
+    "recipient_region": "440300",
+    "category": "institution",
+    "institution_code": "H44030500012",
+    "service_region": "440300",
+    "amount_fen": 12850,
+    "occurred_at": "2026-03-02T10:15:00+08:00",
+}
 
 
-@pytest.mark.parametrize(("fields", "why"), [
-    ({"claim_id": "110100-H44030500012-000000871"}, "claim_id must be 440300-H44030500012-<serial>"),
-    ({"institution_code": "H44030500013"}, "claim_id must be 440300-H44030500013-<serial>"),
-    ({"claim_id": "440300-H44030500012-"}, "claim_id must be"),
-    ({"claim_id": "000000871"}, "claim_id must be"),
-    ({"service_region": "44٠٣٠٠"}, "region must be a 6-digit"),
-    ({"category": "resident_premium", "institution_code": None, "claim_id": "440301-1"}, "must be 440300-<serial>"),
-])
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"claim_id": "110100-H44030500012-000000871"}, "claim_id must be 440300-H44030500012-<serial>"),
+        ({"institution_code": "H44030500013"}, "claim_id must be 440300-H44030500013-<serial>"),
+        ({"claim_id": "440300-H44030500012-"}, "claim_id must be"),
+        ({"claim_id": "000000871"}, "claim_id must be"),
+        ({"service_region": "44٠٣٠٠"}, "region must be a 6-digit"),
+        ({"category": "resident_premium", "institution_code": None, "claim_id": "440301-1"}, "must be 440300-<serial>"),
+    ],
+)
 def test_a_claim_id_begins_with_its_service_region_and_institution_code(fields, why) -> None:
     """Else another sender could take an institution's next id first (issue 20): the id names its sender."""
     assert Claim.model_validate(HOSPITAL_CLAIM).claim_id == HOSPITAL_CLAIM["claim_id"]
@@ -134,8 +153,13 @@ def test_a_claim_id_begins_with_its_service_region_and_institution_code(fields, 
 
 @pytest.mark.parametrize("claim_id", ["110100-H44030500012-9", "reversal-9", "440300", "440301-H44030500012-9"])
 def test_a_reversal_id_begins_with_the_service_region_of_the_claim_it_reverses(claim_id) -> None:
-    reversal = {"claim_id": claim_id, "kind": "reverse", "recipient_id": VALID_ID,
-                "reverses": HOSPITAL_CLAIM["claim_id"], "occurred_at": "2026-03-02T10:15:00+08:00"}
+    reversal = {
+        "claim_id": claim_id,
+        "kind": "reverse",
+        "recipient_id": VALID_ID,
+        "reverses": HOSPITAL_CLAIM["claim_id"],
+        "occurred_at": "2026-03-02T10:15:00+08:00",
+    }
     with pytest.raises(ValidationError, match="claim_id must be 440300-<serial>"):
         Claim.model_validate(reversal)
     assert Claim.model_validate({**reversal, "claim_id": "440300-H44030500012-R9"}).kind == "reverse"
@@ -143,33 +167,57 @@ def test_a_reversal_id_begins_with_the_service_region_of_the_claim_it_reverses(c
 
 def test_a_claim_recorded_before_the_id_rule_may_still_be_reversed_by_an_id_of_a_region() -> None:
     """Its id names no region: the reversal's own id names one (the province's topic checks it)."""
-    reversal = {"claim_id": "440300-R9", "kind": "reverse", "recipient_id": VALID_ID, "reverses": "claim-1f2e",
-                "occurred_at": "2026-03-02T10:15:00+08:00"}
+    reversal = {
+        "claim_id": "440300-R9",
+        "kind": "reverse",
+        "recipient_id": VALID_ID,
+        "reverses": "claim-1f2e",
+        "occurred_at": "2026-03-02T10:15:00+08:00",
+    }
     assert Claim.model_validate(reversal).reverses == "claim-1f2e"
     with pytest.raises(ValidationError, match="claim_id must be <a service region>-<serial>"):
         Claim.model_validate({**reversal, "claim_id": "R9"})
 
 
 def test_an_item_of_no_amount_is_refused_every_fen_amount_is_1_to_10_to_the_12() -> None:
-    claim = {"claim_id": "440300-P44030500012-1", "recipient_id": VALID_ID, "recipient_region": "440300",
-             "category": "pharmacy", "institution_code": "P44030500012", "service_region": "440300",
-             "amount_fen": 100, "occurred_at": "2026-03-02T10:15:00+08:00"}
+    claim = {
+        "claim_id": "440300-P44030500012-1",
+        "recipient_id": VALID_ID,
+        "recipient_region": "440300",
+        "category": "pharmacy",
+        "institution_code": "P44030500012",
+        "service_region": "440300",
+        "amount_fen": 100,
+        "occurred_at": "2026-03-02T10:15:00+08:00",
+    }
     with pytest.raises(ValidationError, match="items.0.amount_fen"):
         Claim.model_validate({**claim, "items": [{"code": "x", "in_catalogue": True, "amount_fen": 0}]})
     assert Claim.model_validate({**claim, "items": [{"code": "x", "in_catalogue": True, "amount_fen": 1}]}).items
 
 
 def test_a_request_needs_region_and_kinship_and_other_actions_do_not() -> None:
-    base = {"command_id": "k1", "actor_id": VALID_ID, "provider_id": VALID_ID, "recipient_id": VALID_ID,
-            "requested_at": "2026-03-02T10:15:00+08:00"}
+    base = {
+        "command_id": "k1",
+        "actor_id": VALID_ID,
+        "provider_id": VALID_ID,
+        "recipient_id": VALID_ID,
+        "requested_at": "2026-03-02T10:15:00+08:00",
+    }
     with pytest.raises(ValidationError, match="recipient_region and kinship"):
         RelationshipCommand.model_validate({**base, "action": "request"})
     assert RelationshipCommand.model_validate({**base, "action": "dissolve"}).action == "dissolve"
 
 
 def test_only_grant_is_a_wallet_command_there_is_no_undo() -> None:
-    base = {"command_id": "k1", "actor_id": VALID_ID, "provider_id": VALID_ID, "recipient_id": VALID_ID,
-            "recipient_region": "440300", "amount_fen": 100, "requested_at": "2026-03-02T10:15:00+08:00"}
+    base = {
+        "command_id": "k1",
+        "actor_id": VALID_ID,
+        "provider_id": VALID_ID,
+        "recipient_id": VALID_ID,
+        "recipient_region": "440300",
+        "amount_fen": 100,
+        "requested_at": "2026-03-02T10:15:00+08:00",
+    }
     assert WalletCommand.model_validate({**base, "action": "grant"}).amount_fen == 100
     with pytest.raises(ValidationError):
         WalletCommand.model_validate({**base, "action": "revoke"})
@@ -192,5 +240,12 @@ def test_topic_registry_is_unique_and_every_key_field_exists() -> None:
 def test_a_supervision_action_needs_a_reason_in_words(reason: str) -> None:
     """An empty reason once froze nothing: the reason string was the flag."""
     with pytest.raises(ValidationError):
-        SupervisionActed.model_validate({"event_id": "s1", "person_id": VALID_ID, "action": "freeze", "reason": reason,
-                                         "occurred_at": "2026-03-02T10:15:00+08:00"})
+        SupervisionActed.model_validate(
+            {
+                "event_id": "s1",
+                "person_id": VALID_ID,
+                "action": "freeze",
+                "reason": reason,
+                "occurred_at": "2026-03-02T10:15:00+08:00",
+            }
+        )

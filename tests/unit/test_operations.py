@@ -7,17 +7,27 @@ import asyncio
 
 import pytest
 from aiokafka.errors import (
-    GroupAuthorizationFailedError, KafkaConnectionError, RequestTimedOutError, TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    RequestTimedOutError,
+    TopicAuthorizationFailedError,
 )
 
 from shared.acknowledgements import Acknowledgements
 from shared.operations import LOOPBACK_HOSTS, consumption_problems, host_allowed, host_name, is_fatal
 
 
-@pytest.mark.parametrize(("header", "name"), [
-    ("127.0.0.1:18080", "127.0.0.1"), ("LocalHost", "localhost"), ("[::1]:18080", "[::1]"), ("[::1]", "[::1]"),
-    ("attacker.example:18080", "attacker.example"), ("", ""),
-])
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [
+        ("127.0.0.1:18080", "127.0.0.1"),
+        ("LocalHost", "localhost"),
+        ("[::1]:18080", "[::1]"),
+        ("[::1]", "[::1]"),
+        ("attacker.example:18080", "attacker.example"),
+        ("", ""),
+    ],
+)
 def test_the_host_name_is_read_without_its_port(header: str, name: str) -> None:
     assert host_name(header) == name
 

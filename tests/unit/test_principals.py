@@ -12,8 +12,9 @@ from shared.topics import CLEARING, PROVINCES, province_clearing
 
 
 def test_the_security_doc_shows_the_declared_rights() -> None:
-    assert rights_table() in (PROJECT_ROOT / "docs" / "security.md").read_text(), \
+    assert rights_table() in (PROJECT_ROOT / "docs" / "security.md").read_text(), (
         "paste shared.principals.rights_table() into docs/security.md's principal table"
+    )
 
 
 def _rights(name: str, resource: str, operation: str) -> set[str]:

@@ -20,8 +20,11 @@ REGISTERED = re.compile(r"^register\('(\w+)', (\w+)\)$", re.MULTILINE)
 
 def unpacked(source: str, function: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The names a Lua function gives its KEYS and its ARGV, in order, on its first lines."""
-    found = re.search(rf"local function {function}\(keys, args\)\n\s*local ([\w,\s]+?) = unpack\(keys\)\n"
-                      rf"\s*local ([\w,\s]+?) = unpack\(args\)\n", source)
+    found = re.search(
+        rf"local function {function}\(keys, args\)\n\s*local ([\w,\s]+?) = unpack\(keys\)\n"
+        rf"\s*local ([\w,\s]+?) = unpack\(args\)\n",
+        source,
+    )
     assert found, f"{function} does not begin by unpacking its keys and args into named locals"
     keys, args = (tuple(re.split(r",\s*", names.strip())) for names in found.groups())
     return keys, args
@@ -31,8 +34,11 @@ def source_of(library: Library) -> str:
     return f"{PRELUDE_LUA.read_text()}\n{library.lua_file.read_text()}"
 
 
-@pytest.mark.parametrize("declared", [function for library in LIBRARIES for function in library.functions],
-                         ids=lambda function: function.name)
+@pytest.mark.parametrize(
+    "declared",
+    [function for library in LIBRARIES for function in library.functions],
+    ids=lambda function: function.name,
+)
 def test_a_declaration_names_the_keys_and_args_as_its_lua_function_unpacks_them(declared: Function) -> None:
     source = source_of(declared.library)
     lua_function = dict(REGISTERED.findall(source))[declared.name]

@@ -7,7 +7,14 @@ from datetime import date, datetime
 import pytest
 
 from services.relationship.domain import (
-    INVERSE, Enrollment, Facts, Relationship, check_accept, check_actor, check_request, registry_kinship,
+    INVERSE,
+    Enrollment,
+    Facts,
+    Relationship,
+    check_accept,
+    check_actor,
+    check_request,
+    registry_kinship,
 )
 from shared.contracts import Kinship, ReasonCode, RelationshipCommand
 from shared.ids import make_person_id
@@ -25,9 +32,16 @@ REQUESTED = Relationship("pending", "510100", recipient_generation=0, version=1)
 
 
 def command(action: str = "request", actor: str = PROVIDER, **fields) -> RelationshipCommand:
-    values = {"command_id": "c", "action": action, "actor_id": actor, "provider_id": PROVIDER,
-              "recipient_id": RECIPIENT, "recipient_region": "510100", "kinship": "parent",
-              "requested_at": "2026-03-02T10:00:00+08:00"} | fields
+    values = {
+        "command_id": "c",
+        "action": action,
+        "actor_id": actor,
+        "provider_id": PROVIDER,
+        "recipient_id": RECIPIENT,
+        "recipient_region": "510100",
+        "kinship": "parent",
+        "requested_at": "2026-03-02T10:00:00+08:00",
+    } | fields
     return RelationshipCommand.model_validate(values)
 
 
@@ -42,14 +56,18 @@ def test_cross_province_is_refused_before_2026_01_09_but_in_province_is_not() ->
 
 
 def test_the_date_in_force_is_configuration() -> None:
-    assert check_request(command(), GOOD, Policy(cross_province_since=date(2027, 1, 1)), AFTER) == \
-        ReasonCode.CROSS_PROVINCE_NOT_IN_FORCE
+    assert (
+        check_request(command(), GOOD, Policy(cross_province_since=date(2027, 1, 1)), AFTER)
+        == ReasonCode.CROSS_PROVINCE_NOT_IN_FORCE
+    )
 
 
 @pytest.mark.parametrize("closed", ["440300", "44", "510100", "51"])
 def test_both_regions_need_the_wallet_opened(closed: str) -> None:
-    assert check_request(command(), GOOD, Policy(closed_regions=frozenset({closed})), AFTER) == \
-        ReasonCode.REGION_WALLET_CLOSED
+    assert (
+        check_request(command(), GOOD, Policy(closed_regions=frozenset({closed})), AFTER)
+        == ReasonCode.REGION_WALLET_CLOSED
+    )
 
 
 def test_only_the_provider_may_request() -> None:
@@ -72,10 +90,14 @@ def test_every_close_relative_is_accepted_when_the_registry_backs_it(kinship: st
 
 
 def test_kinship_must_be_backed_by_the_registry_as_stated() -> None:
-    assert check_request(command(), Facts(EMPLOYEE, RESIDENT_SICHUAN, None), Policy(), AFTER) == \
-        ReasonCode.KINSHIP_UNVERIFIED
-    assert check_request(command(), Facts(EMPLOYEE, RESIDENT_SICHUAN, "sibling"), Policy(), AFTER) == \
-        ReasonCode.KINSHIP_UNVERIFIED
+    assert (
+        check_request(command(), Facts(EMPLOYEE, RESIDENT_SICHUAN, None), Policy(), AFTER)
+        == ReasonCode.KINSHIP_UNVERIFIED
+    )
+    assert (
+        check_request(command(), Facts(EMPLOYEE, RESIDENT_SICHUAN, "sibling"), Policy(), AFTER)
+        == ReasonCode.KINSHIP_UNVERIFIED
+    )
 
 
 @pytest.mark.parametrize(
@@ -121,27 +143,35 @@ def test_who_may_act() -> None:
 def test_acceptance_rechecks_eligibility() -> None:
     suspended = Facts(EMPLOYEE, Enrollment("resident", "510100", "suspended"), "parent")
     assert check_accept(command("accept", actor=RECIPIENT), GOOD, REQUESTED, Policy(), AFTER) is None
-    assert check_accept(command("accept", actor=RECIPIENT), suspended, REQUESTED, Policy(), AFTER) == \
-        ReasonCode.RECIPIENT_STATUS_ABNORMAL
+    assert (
+        check_accept(command("accept", actor=RECIPIENT), suspended, REQUESTED, Policy(), AFTER)
+        == ReasonCode.RECIPIENT_STATUS_ABNORMAL
+    )
 
 
 def test_acceptance_compares_the_recipients_region_with_the_region_of_the_request() -> None:
     moved = Facts(EMPLOYEE, Enrollment("resident", "510700", "normal"), "parent")
-    assert check_accept(command("accept", actor=RECIPIENT), moved, REQUESTED, Policy(), AFTER) == \
-        ReasonCode.RECIPIENT_MISMATCH
+    assert (
+        check_accept(command("accept", actor=RECIPIENT), moved, REQUESTED, Policy(), AFTER)
+        == ReasonCode.RECIPIENT_MISMATCH
+    )
 
 
 def test_acceptance_refuses_when_the_recipients_insurance_changed_since_the_request() -> None:
     changed = Facts(EMPLOYEE, Enrollment("resident", "510100", "normal", generation=1), "parent")
-    assert check_accept(command("accept", actor=RECIPIENT), changed, REQUESTED, Policy(), AFTER) == \
-        ReasonCode.INSURANCE_CHANGED
+    assert (
+        check_accept(command("accept", actor=RECIPIENT), changed, REQUESTED, Policy(), AFTER)
+        == ReasonCode.INSURANCE_CHANGED
+    )
 
 
 def test_only_a_pending_request_can_be_accepted() -> None:
     active = Relationship("active", "510100", recipient_generation=0, version=2)
     for relationship in (None, active):
-        assert check_accept(command("accept", actor=RECIPIENT), GOOD, relationship, Policy(), AFTER) == \
-            ReasonCode.RELATIONSHIP_NOT_ACTIVE
+        assert (
+            check_accept(command("accept", actor=RECIPIENT), GOOD, relationship, Policy(), AFTER)
+            == ReasonCode.RELATIONSHIP_NOT_ACTIVE
+        )
 
 
 def test_the_generation_counts_changes_but_is_no_part_of_the_enrollment() -> None:

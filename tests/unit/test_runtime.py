@@ -11,8 +11,7 @@ from datetime import datetime
 from types import SimpleNamespace
 
 import pytest
-from aiokafka import ConsumerRecord
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import MessageSizeTooLargeError
 from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -22,8 +21,14 @@ from shared.clock import FixedClock
 from shared.contracts import AccountCredited, ReasonCode, WalletEvent
 from shared.ids import make_person_id, mask_person_id
 from shared.runtime import (
-    DEAD_LETTER_PAYLOAD_BYTES, DeadLetterDecoder, Delivery, Refused, _learn_output_topics, _without_instructions,
-    handle_isolating_poison, is_transient,
+    DEAD_LETTER_PAYLOAD_BYTES,
+    DeadLetterDecoder,
+    Delivery,
+    Refused,
+    _learn_output_topics,
+    _without_instructions,
+    handle_isolating_poison,
+    is_transient,
 )
 from shared.topics import ACCOUNT_CREDITS, ACCOUNT_SPENDS, ENROLLMENT, REGISTRY_DEAD_LETTERS
 
@@ -33,14 +38,29 @@ NOW = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
 
 def record(offset: int, value: dict | bytes, key: bytes | None = PERSON.encode(), headers=()) -> ConsumerRecord:
     raw = value if isinstance(value, bytes) else json.dumps(value).encode()
-    return ConsumerRecord(topic=ACCOUNT_CREDITS.name, partition=3, offset=offset, timestamp=0, timestamp_type=0,
-                          key=key, value=raw, checksum=None, serialized_key_size=0, serialized_value_size=len(raw),
-                          headers=list(headers))
+    return ConsumerRecord(
+        topic=ACCOUNT_CREDITS.name,
+        partition=3,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=key,
+        value=raw,
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=len(raw),
+        headers=list(headers),
+    )
 
 
 def credit(event_id: str, amount_fen: int = 100, **fields) -> dict:
-    return {"event_id": event_id, "person_id": PERSON, "amount_fen": amount_fen,
-            "occurred_at": "2026-03-02T12:00:00+08:00", **fields}
+    return {
+        "event_id": event_id,
+        "person_id": PERSON,
+        "amount_fen": amount_fen,
+        "occurred_at": "2026-03-02T12:00:00+08:00",
+        **fields,
+    }
 
 
 async def decoded(*records: ConsumerRecord) -> DeadLetterDecoder:
@@ -50,8 +70,14 @@ async def decoded(*records: ConsumerRecord) -> DeadLetterDecoder:
 
 
 def answer(message: AccountCredited) -> WalletEvent:
-    return WalletEvent(event_id=f"out-{message.event_id}", cause_id=message.event_id, type="credited",
-                       provider_id=message.person_id, amount_fen=message.amount_fen, occurred_at=NOW)
+    return WalletEvent(
+        event_id=f"out-{message.event_id}",
+        cause_id=message.event_id,
+        type="credited",
+        provider_id=message.person_id,
+        amount_fen=message.amount_fen,
+        occurred_at=NOW,
+    )
 
 
 async def test_a_record_that_keeps_failing_is_dead_lettered_alone_and_its_neighbours_are_answered() -> None:
@@ -74,18 +100,29 @@ async def test_a_record_that_keeps_failing_is_dead_lettered_alone_and_its_neighb
     assert tries["e14"] == 1 + 3  # the whole batch once, then three tries alone
 
 
-@pytest.mark.parametrize("error", [RedisConnectionError("down"), ResponseError("LOADING Redis is loading"),
-                                   TimeoutError(), *(BaseParser.parse_error(reply) for reply in (
-                                       "OOM command not allowed when used memory > 'maxmemory'.",
-                                       "READONLY You can't write against a read only replica.",
-                                       "MASTERDOWN Link with MASTER is down",
-                                       "BUSY Redis is busy running a script.",
-                                       "NOPERM User gongji has no permissions to run the 'fcall' command",
-                                       "MISCONF Errors writing to the AOF file: No space left on device",
-                                       "NOREPLICAS Not enough good replicas to write.",
-                                       "TRYAGAIN Multiple keys request during rehashing of slot",
-                                       "CLUSTERDOWN The cluster is down",
-                                       "ERR Function not found"))])
+@pytest.mark.parametrize(
+    "error",
+    [
+        RedisConnectionError("down"),
+        ResponseError("LOADING Redis is loading"),
+        TimeoutError(),
+        *(
+            BaseParser.parse_error(reply)
+            for reply in (
+                "OOM command not allowed when used memory > 'maxmemory'.",
+                "READONLY You can't write against a read only replica.",
+                "MASTERDOWN Link with MASTER is down",
+                "BUSY Redis is busy running a script.",
+                "NOPERM User gongji has no permissions to run the 'fcall' command",
+                "MISCONF Errors writing to the AOF file: No space left on device",
+                "NOREPLICAS Not enough good replicas to write.",
+                "TRYAGAIN Multiple keys request during rehashing of slot",
+                "CLUSTERDOWN The cluster is down",
+                "ERR Function not found",
+            )
+        ),
+    ],
+)
 async def test_a_transient_error_retries_the_whole_batch_and_skips_nothing(error: Exception) -> None:
     decoder = await decoded(record(1, credit("a")), record(2, credit("b")))
 
@@ -98,7 +135,9 @@ async def test_a_transient_error_retries_the_whole_batch_and_skips_nothing(error
 
 
 def test_a_record_s_own_failure_is_not_mistaken_for_an_unwell_redis() -> None:
-    lua_error = BaseParser.parse_error("ERR user_script:12: attempt to compare nil with number script: x, on @user_script")
+    lua_error = BaseParser.parse_error(
+        "ERR user_script:12: attempt to compare nil with number script: x, on @user_script"
+    )
     assert not is_transient(lua_error) and not is_transient(ValueError("BUSY"))
     assert not is_transient(MessageSizeTooLargeError())  # never retried: it would fail the same way forever
 
@@ -131,8 +170,12 @@ async def test_a_consumer_of_several_topics_may_refuse_the_message_inside_a_deli
     await decoder(SimpleNamespace(raw_message=(record(5, credit("a")), record(6, credit("b")))))
 
     async def handler(batch: list[Delivery]) -> list:
-        return [Refused(d.message, ReasonCode.INVALID_MESSAGE, "no such claim") if d.message.event_id == "b"
-                else answer(d.message) for d in batch]
+        return [
+            Refused(d.message, ReasonCode.INVALID_MESSAGE, "no such claim")
+            if d.message.event_id == "b"
+            else answer(d.message)
+            for d in batch
+        ]
 
     first, letter = await handle_isolating_poison(handler, decoder, attempts=3)
     assert first.cause_id == "a"
@@ -145,8 +188,9 @@ async def test_a_dead_letter_has_one_id_however_often_its_record_is_seen() -> No
     assert (await decoded(record(9, b"not json"))).dead_letters[0].event_id != again[0].event_id
 
 
-@pytest.mark.parametrize(("key", "why"), [(None, "missing"), (b"", "differs"), (b"someone else", "differs"),
-                                          (b"\xff\xfe", "differs")])
+@pytest.mark.parametrize(
+    ("key", "why"), [(None, "missing"), (b"", "differs"), (b"someone else", "differs"), (b"\xff\xfe", "differs")]
+)
 async def test_the_kafka_key_must_be_the_contracts_key_field(key: bytes | None, why: str) -> None:
     decoder = await decoded(record(1, credit("a"), key=key))
     (letter,) = decoder.dead_letters
@@ -155,8 +199,10 @@ async def test_the_kafka_key_must_be_the_contracts_key_field(key: bytes | None, 
 
 async def test_an_amount_above_the_bound_has_its_own_reason() -> None:
     decoder = await decoded(record(1, credit("a", 2**63)), record(2, credit("b", 0)))
-    assert [letter.reason for letter in decoder.dead_letters] == [ReasonCode.AMOUNT_OUT_OF_RANGE,
-                                                                  ReasonCode.INVALID_MESSAGE]
+    assert [letter.reason for letter in decoder.dead_letters] == [
+        ReasonCode.AMOUNT_OUT_OF_RANGE,
+        ReasonCode.INVALID_MESSAGE,
+    ]
 
 
 async def test_headers_are_data_reply_to_is_dropped_and_bytes_that_are_not_utf8_are_kept_readable() -> None:
@@ -166,8 +212,16 @@ async def test_headers_are_data_reply_to_is_dropped_and_bytes_that_are_not_utf8_
         parsed["records"] = records
         return records
 
-    await _without_instructions((record(1, credit("a"), headers=[("reply_to", b"gongji.settlements.v1"),
-                                                                 ("trace", b"\xff\xfe"), ("empty", None)]),), parse)
+    await _without_instructions(
+        (
+            record(
+                1,
+                credit("a"),
+                headers=[("reply_to", b"gongji.settlements.v1"), ("trace", b"\xff\xfe"), ("empty", None)],
+            ),
+        ),
+        parse,
+    )
     (only,) = parsed["records"]
     assert [name for name, _ in only.headers] == ["trace", "empty"]
     assert all(isinstance(value, bytes) and value.decode() is not None for _, value in only.headers)
@@ -181,7 +235,9 @@ async def test_a_service_learns_its_output_topics_at_start_and_starts_anyway_if_
         return {0}
 
     producer = SimpleNamespace(partitions_for=partitions_for)
-    broker = SimpleNamespace(config=SimpleNamespace(producer=SimpleNamespace(_producer=SimpleNamespace(producer=producer))))
+    broker = SimpleNamespace(
+        config=SimpleNamespace(producer=SimpleNamespace(_producer=SimpleNamespace(producer=producer)))
+    )
     await _learn_output_topics(broker, [ACCOUNT_CREDITS, ACCOUNT_SPENDS])
     assert asked == [ACCOUNT_CREDITS.name, ACCOUNT_SPENDS.name]
 
@@ -189,9 +245,19 @@ async def test_a_service_learns_its_output_topics_at_start_and_starts_anyway_if_
 
 
 def enrollment_record(offset: int, value: bytes, key: bytes = PERSON.encode()) -> ConsumerRecord:
-    return ConsumerRecord(topic=ENROLLMENT.name, partition=0, offset=offset, timestamp=0, timestamp_type=0,
-                          key=key, value=value, checksum=None, serialized_key_size=0, serialized_value_size=len(value),
-                          headers=[])
+    return ConsumerRecord(
+        topic=ENROLLMENT.name,
+        partition=0,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=len(value),
+        headers=[],
+    )
 
 
 async def test_every_refusal_reaches_its_sender_on_its_own_dead_letter_topic_person_ids_masked() -> None:
@@ -203,12 +269,15 @@ async def test_every_refusal_reaches_its_sender_on_its_own_dead_letter_topic_per
     assert copy.topic == REGISTRY_DEAD_LETTERS
     assert PERSON in base64.b64decode(letter.payload).decode() and letter.source_key == PERSON  # the operator's: whole
     shown = copy.message
-    assert PERSON not in base64.b64decode(shown.payload).decode() and mask_person_id(PERSON) in base64.b64decode(
-        shown.payload).decode()
+    assert (
+        PERSON not in base64.b64decode(shown.payload).decode()
+        and mask_person_id(PERSON) in base64.b64decode(shown.payload).decode()
+    )
     assert shown.source_key == mask_person_id(PERSON) and shown.payload_sha256 == letter.payload_sha256
     # A refusal the handler gives (a reused id) reaches the sender the same way.
-    outputs = decoder.refusal(enrollment_record(5, broken), "event_id used before", ReasonCode.CONFLICT,
-                              broke_the_contract=False)
+    outputs = decoder.refusal(
+        enrollment_record(5, broken), "event_id used before", ReasonCode.CONFLICT, broke_the_contract=False
+    )
     assert [type(output).__name__ for output in outputs] == ["DeadLetter", "ToTopic"]
     assert outputs[1].topic == REGISTRY_DEAD_LETTERS and outputs[1].message.reason == ReasonCode.CONFLICT
 
@@ -226,12 +295,14 @@ async def test_a_service_may_answer_the_sender_instead_on_its_own_topics() -> No
         return [answer(AccountCredited.model_validate(credit("x")))] if value.startswith(b"{") else None
 
     decoder = DeadLetterDecoder("relationship", [ENROLLMENT], FixedClock(NOW), answer_sender=answer_sender)
-    await decoder(SimpleNamespace(raw_message=(enrollment_record(1, b'{"event_id": 1}'),
-                                               enrollment_record(2, b"not json"))))
+    await decoder(
+        SimpleNamespace(raw_message=(enrollment_record(1, b'{"event_id": 1}'), enrollment_record(2, b"not json")))
+    )
     assert [type(output).__name__ for output in decoder.to_senders] == ["WalletEvent", "ToTopic"]
     assert [value for _, value, _ in answered] == [b'{"event_id": 1}', b"not json"]
     # A record the handler refused or kept failing on may have changed state: it is not answered as
     # one that broke the contract (whose id stays free), only dead-lettered to its sender.
-    refused = decoder.refusal(enrollment_record(3, b'{"event_id": 1}'), "failed 3 times", ReasonCode.INVALID_MESSAGE,
-                              broke_the_contract=False)
+    refused = decoder.refusal(
+        enrollment_record(3, b'{"event_id": 1}'), "failed 3 times", ReasonCode.INVALID_MESSAGE, broke_the_contract=False
+    )
     assert [type(output).__name__ for output in refused] == ["DeadLetter", "ToTopic"] and len(answered) == 2

@@ -9,8 +9,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.settlement.domain import (
-    NATIONAL, Assessment, Enrolled, GrossLine, assess_claim, clearing_contributions, for_province, gross_lines,
-    month_has_ended, net_positions, output_event_id, refusal_before_id, settlement_status, statistics_category,
+    NATIONAL,
+    Assessment,
+    Enrolled,
+    GrossLine,
+    assess_claim,
+    clearing_contributions,
+    for_province,
+    gross_lines,
+    month_has_ended,
+    net_positions,
+    output_event_id,
+    refusal_before_id,
+    settlement_status,
+    statistics_category,
 )
 from shared.contracts import Claim, Payer, ReasonCode, SettlementEvent
 from shared.ids import claim_id_prefix, make_person_id
@@ -25,16 +37,32 @@ CODES = {"institution": "H51010500012", "pharmacy": "P51010700003"}
 
 
 def claim(category: str = "institution", amount_fen: int = 10_000, items=None, **fields) -> Claim:
-    message = {"kind": "settle", "recipient_id": RECIPIENT, "recipient_region": "510100",
-               "category": category, "institution_code": CODES.get(category), "service_region": "510100",
-               "amount_fen": amount_fen, "items": items, "occurred_at": "2026-03-02T10:00:00+08:00", **fields}
+    message = {
+        "kind": "settle",
+        "recipient_id": RECIPIENT,
+        "recipient_region": "510100",
+        "category": category,
+        "institution_code": CODES.get(category),
+        "service_region": "510100",
+        "amount_fen": amount_fen,
+        "items": items,
+        "occurred_at": "2026-03-02T10:00:00+08:00",
+        **fields,
+    }
     message.setdefault("claim_id", claim_id_prefix(message["service_region"], message["institution_code"]) + "871")
     return Claim.model_validate(message)
 
 
-@pytest.mark.parametrize(("category", "recipient"), [("institution", INSURED), ("institution", RESIDENT),
-                                                     ("resident_premium", RESIDENT), ("ltc_premium", INSURED),
-                                                     ("ltc_premium", RESIDENT)])
+@pytest.mark.parametrize(
+    ("category", "recipient"),
+    [
+        ("institution", INSURED),
+        ("institution", RESIDENT),
+        ("resident_premium", RESIDENT),
+        ("ltc_premium", INSURED),
+        ("ltc_premium", RESIDENT),
+    ],
+)
 def test_the_allowed_uses_are_payable_in_full(category: str, recipient: Enrolled) -> None:
     assert refusal_before_id(claim(category), None) is None
     assert assess_claim(claim(category), recipient) == Assessment(10_000)
@@ -57,9 +85,15 @@ def test_a_premium_is_owed_to_the_recipients_own_insured_province(category: str)
 def test_a_claim_on_a_provinces_own_topic_is_for_care_in_that_province() -> None:
     assert refusal_before_id(claim(), "51") is None
     assert refusal_before_id(claim(), "44") == ReasonCode.SERVICE_REGION_MISMATCH
-    reversal = Claim.model_validate({"claim_id": "510100-H51010500012-872", "kind": "reverse",
-                                     "recipient_id": RECIPIENT, "reverses": "510100-H51010500012-871",
-                                     "occurred_at": "2026-03-02T10:00:00+08:00"})
+    reversal = Claim.model_validate(
+        {
+            "claim_id": "510100-H51010500012-872",
+            "kind": "reverse",
+            "recipient_id": RECIPIENT,
+            "reverses": "510100-H51010500012-871",
+            "occurred_at": "2026-03-02T10:00:00+08:00",
+        }
+    )
     assert refusal_before_id(reversal, "51") is None
     assert refusal_before_id(reversal, "44") == ReasonCode.SERVICE_REGION_MISMATCH
 
@@ -70,10 +104,13 @@ def test_anything_else_is_refused(category: str) -> None:
 
 
 def test_pharmacy_pays_only_catalogue_items() -> None:
-    items = [{"code": "A", "in_catalogue": True, "amount_fen": 6_000},
-             {"code": "B", "in_catalogue": False, "amount_fen": 4_000}]
-    assert assess_claim(claim("pharmacy", 10_000, items), INSURED) == \
-        Assessment(6_000, shortfall=ReasonCode.NOT_IN_CATALOGUE)
+    items = [
+        {"code": "A", "in_catalogue": True, "amount_fen": 6_000},
+        {"code": "B", "in_catalogue": False, "amount_fen": 4_000},
+    ]
+    assert assess_claim(claim("pharmacy", 10_000, items), INSURED) == Assessment(
+        6_000, shortfall=ReasonCode.NOT_IN_CATALOGUE
+    )
 
 
 def test_a_pharmacy_claim_with_nothing_in_the_catalogue_is_refused() -> None:
@@ -99,8 +136,10 @@ def test_an_institution_code_of_the_right_kind_in_the_service_province_is_payabl
     assert assessment == Assessment(10_000)
 
 
-@pytest.mark.parametrize(("category", "code"), [("institution", "P51010700003"), ("pharmacy", "H51010500012"),
-                                                ("institution", "X51010500012"), ("pharmacy", "")])
+@pytest.mark.parametrize(
+    ("category", "code"),
+    [("institution", "P51010700003"), ("pharmacy", "H51010500012"), ("institution", "X51010500012"), ("pharmacy", "")],
+)
 def test_a_code_of_the_other_kind_is_not_allowed(category, code) -> None:
     """A pharmacy's P code sent as an institution would skip the catalogue check."""
     assessment = assess_claim(claim(category, items=CATALOGUE, institution_code=code), INSURED)
@@ -122,9 +161,11 @@ def test_the_code_may_name_another_region_of_the_same_province() -> None:
 
 @pytest.mark.parametrize(
     ("recipient", "reason"),
-    [(None, ReasonCode.RECIPIENT_NOT_INSURED),
-     (Enrolled("employee", "510100", "suspended"), ReasonCode.RECIPIENT_STATUS_ABNORMAL),
-     (Enrolled("employee", "440300", "normal"), ReasonCode.RECIPIENT_MISMATCH)],
+    [
+        (None, ReasonCode.RECIPIENT_NOT_INSURED),
+        (Enrolled("employee", "510100", "suspended"), ReasonCode.RECIPIENT_STATUS_ABNORMAL),
+        (Enrolled("employee", "440300", "normal"), ReasonCode.RECIPIENT_MISMATCH),
+    ],
 )
 def test_the_recipient_must_be_insured_normally_where_the_claim_says(recipient, reason) -> None:
     assert assess_claim(claim(), recipient).refusal == reason
@@ -137,13 +178,23 @@ def test_status_follows_what_was_paid() -> None:
 
 
 def test_only_cross_province_payments_are_cleared() -> None:
-    payers = [Payer(provider_id="a", provider_region="440300", amount_fen=700),
-              Payer(provider_id="b", provider_region="510700", amount_fen=300)]
+    payers = [
+        Payer(provider_id="a", provider_region="440300", amount_fen=700),
+        Payer(provider_id="b", provider_region="510700", amount_fen=300),
+    ]
     assert clearing_contributions(payers, "510100") == {"44>51": 700}
 
 
-@given(st.lists(st.tuples(st.sampled_from(["11", "44", "51", "65", "66"]),
-                          st.sampled_from(["11", "44", "51", "65", "66"]), st.integers(0, 10**9)), max_size=30))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["11", "44", "51", "65", "66"]),
+            st.sampled_from(["11", "44", "51", "65", "66"]),
+            st.integers(0, 10**9),
+        ),
+        max_size=30,
+    )
+)
 def test_net_positions_always_sum_to_zero(lines) -> None:
     gross = [GrossLine(payer, payee, amount, 1) for payer, payee, amount in lines if payer != payee]
     assert sum(net_positions(gross).values()) == 0
@@ -155,20 +206,30 @@ def test_net_positions_by_hand() -> None:
 
 
 def test_gross_lines_count_claims_and_reversals_apart() -> None:
-    totals = {"44>51": -2_000, "44>51#claims": 1, "44>51#reversals": 1, "11>51": 0, "11>51#claims": 1,
-              "11>51#reversals": 1, "12>51": 0}
+    totals = {
+        "44>51": -2_000,
+        "44>51#claims": 1,
+        "44>51#reversals": 1,
+        "11>51": 0,
+        "11>51#claims": 1,
+        "11>51#reversals": 1,
+        "12>51": 0,
+    }
     assert gross_lines(totals) == [GrossLine("11", "51", 0, 1, 1), GrossLine("44", "51", -2_000, 1, 1)]
 
 
-@pytest.mark.parametrize(("month", "now", "ended"), [
-    ("2026-03", "2026-03-31T23:59:59.999+08:00", False),
-    ("2026-03", "2026-04-01T00:00:00+08:00", True),
-    ("2026-03", "2026-03-31T16:00:00+00:00", True),  # midnight in Shanghai, still March in UTC
-    ("2026-12", "2026-12-31T23:00:00+08:00", False),
-    ("2026-12", "2027-01-01T00:00:00+08:00", True),
-    ("2099-01", "2026-03-02T12:00:00+08:00", False),
-    ("2025-02", "2026-03-02T12:00:00+08:00", True),
-])
+@pytest.mark.parametrize(
+    ("month", "now", "ended"),
+    [
+        ("2026-03", "2026-03-31T23:59:59.999+08:00", False),
+        ("2026-03", "2026-04-01T00:00:00+08:00", True),
+        ("2026-03", "2026-03-31T16:00:00+00:00", True),  # midnight in Shanghai, still March in UTC
+        ("2026-12", "2026-12-31T23:00:00+08:00", False),
+        ("2026-12", "2027-01-01T00:00:00+08:00", True),
+        ("2099-01", "2026-03-02T12:00:00+08:00", False),
+        ("2025-02", "2026-03-02T12:00:00+08:00", True),
+    ],
+)
 def test_a_month_has_ended_at_midnight_asia_shanghai(month, now, ended) -> None:
     assert month_has_ended(month, datetime.fromisoformat(now)) is ended
 
@@ -177,9 +238,15 @@ def test_an_input_id_holding_the_separator_cannot_pose_as_another_output() -> No
     assert output_event_id(CLAIMS.name, NATIONAL, "c\x1fdraw") != output_event_id(CLAIMS.name, NATIONAL, "c", "draw")
 
 
-OUTPUT_KINDS = st.sampled_from([("settlement",), ("draw",), ("refund",), ("conflict", "0" * 32), ("conflict", "f" * 32)])
-INPUTS = st.tuples(st.sampled_from([CLAIMS.name, ENROLLMENT.name]), st.sampled_from([NATIONAL, RECIPIENT]),
-                   st.text(min_size=1, max_size=20, alphabet=st.sampled_from("ab\x1f|:\\\"")), OUTPUT_KINDS)
+OUTPUT_KINDS = st.sampled_from(
+    [("settlement",), ("draw",), ("refund",), ("conflict", "0" * 32), ("conflict", "f" * 32)]
+)
+INPUTS = st.tuples(
+    st.sampled_from([CLAIMS.name, ENROLLMENT.name]),
+    st.sampled_from([NATIONAL, RECIPIENT]),
+    st.text(min_size=1, max_size=20, alphabet=st.sampled_from('ab\x1f|:\\"')),
+    OUTPUT_KINDS,
+)
 
 
 @given(INPUTS, INPUTS)
@@ -191,18 +258,26 @@ def test_different_inputs_never_give_the_same_output_id(first, second) -> None:
 
 
 def test_the_dashboard_counts_any_other_category_text_under_one_name() -> None:
-    assert [statistics_category({"kind": "settle", "category": text}) for text in
-            ("pharmacy", "cash", "emoji 🙂", None)] == ["pharmacy", "not_allowed", "not_allowed", "not_allowed"]
+    assert [
+        statistics_category({"kind": "settle", "category": text}) for text in ("pharmacy", "cash", "emoji 🙂", None)
+    ] == ["pharmacy", "not_allowed", "not_allowed", "not_allowed"]
     assert statistics_category({"kind": "reverse", "category": None}) == "reversal"
 
 
 def test_a_provinces_copy_masks_the_payers_ids_and_keeps_their_regions_and_amounts() -> None:
     provider = make_person_id("440305", "19600101", 17)
     event = SettlementEvent(
-        event_id="e", cause_id="c", claim_id="c", recipient_id=make_person_id("310101", "19900101", 5),
-        status="settled", requested_fen=900, paid_fen=900, self_pay_fen=0,
+        event_id="e",
+        cause_id="c",
+        claim_id="c",
+        recipient_id=make_person_id("310101", "19900101", 5),
+        status="settled",
+        requested_fen=900,
+        paid_fen=900,
+        self_pay_fen=0,
         payers=[Payer(provider_id=provider, provider_region="440305", amount_fen=900)],
-        settled_at=datetime.fromisoformat("2026-12-04T10:00:00+08:00"))
+        settled_at=datetime.fromisoformat("2026-12-04T10:00:00+08:00"),
+    )
     copy = for_province(event)
     assert copy.payers[0].provider_id == f"{provider[:6]}********{provider[-4:]}"
     assert (copy.payers[0].provider_region, copy.payers[0].amount_fen) == ("440305", 900)

@@ -16,8 +16,10 @@ def _locked() -> dict[str, tuple[str, list[str]]]:
     """{name: (version, hashes)} of requirements.lock."""
     text = (PROJECT_ROOT / "requirements.lock").read_text()
     entries = re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)((?:\s*\\\s*\n\s*--hash=sha256:[0-9a-f]{64})+)", text, re.M)
-    return {canonicalize_name(name): (version, re.findall(r"sha256:([0-9a-f]{64})", hashes))
-            for name, version, hashes in entries}
+    return {
+        canonicalize_name(name): (version, re.findall(r"sha256:([0-9a-f]{64})", hashes))
+        for name, version, hashes in entries
+    }
 
 
 def test_every_locked_package_has_hashes() -> None:

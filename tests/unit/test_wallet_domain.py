@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from services.wallet.domain import (
-    MAX_GRANT_FEN, MAX_GRANTS_PER_DAY, AccountSnapshot, account_breaches, check_grant, draw_shortfall_reason,
+    MAX_GRANT_FEN,
+    MAX_GRANTS_PER_DAY,
+    AccountSnapshot,
+    account_breaches,
+    check_grant,
+    draw_shortfall_reason,
 )
 from shared.contracts import ReasonCode, WalletCommand
 from shared.ids import make_person_id
@@ -13,10 +18,18 @@ RECIPIENT = make_person_id("310101", "19900101", 2)
 
 
 def grant(amount_fen: int, actor: str = PROVIDER, recipient: str = RECIPIENT) -> WalletCommand:
-    return WalletCommand.model_validate({
-        "command_id": "g", "action": "grant", "actor_id": actor, "provider_id": PROVIDER, "recipient_id": recipient,
-        "recipient_region": "510100", "amount_fen": amount_fen, "requested_at": "2026-03-02T10:00:00+08:00",
-    })
+    return WalletCommand.model_validate(
+        {
+            "command_id": "g",
+            "action": "grant",
+            "actor_id": actor,
+            "provider_id": PROVIDER,
+            "recipient_id": recipient,
+            "recipient_region": "510100",
+            "amount_fen": amount_fen,
+            "requested_at": "2026-03-02T10:00:00+08:00",
+        }
+    )
 
 
 def test_the_limits_are_3_a_day_of_2000_yuan() -> None:
@@ -40,9 +53,17 @@ def test_why_a_draw_paid_less() -> None:
 
 
 def snapshot(**fields) -> AccountSnapshot:
-    values = {"person_id": PROVIDER, "balance_fen": 1000, "frozen_fen": 300, "credited_fen": 1500,
-              "spent_fen": 200, "paid_fen": 400, "refunded_fen": 100, "grants_fen": {RECIPIENT: 300},
-              "grants_by_day": {"20260302": 3}} | fields
+    values = {
+        "person_id": PROVIDER,
+        "balance_fen": 1000,
+        "frozen_fen": 300,
+        "credited_fen": 1500,
+        "spent_fen": 200,
+        "paid_fen": 400,
+        "refunded_fen": 100,
+        "grants_fen": {RECIPIENT: 300},
+        "grants_by_day": {"20260302": 3},
+    } | fields
     return AccountSnapshot(**values)
 
 
