@@ -12,7 +12,7 @@ mkdir -p "$logs"
 services=$!
 trap 'kill -TERM $services 2>/dev/null; wait $services 2>/dev/null || true' EXIT
 # The services' HTTP ports follow the settings (GONGJI_HTTP_PORT_BASE).
-ports=$(.venv/bin/python -c 'from gongji.services import SERVICE_NAMES, http_port; from shared.settings import Settings
+ports=$(.venv/bin/python -c 'from gongji.ops.launcher import SERVICE_NAMES, http_port; from shared.settings import Settings
 print(*(http_port(Settings(), name) for name in SERVICE_NAMES))')
 for port in $ports; do
   for _ in $(seq 1 120); do curl -fs "http://127.0.0.1:$port/health" -o /dev/null && break; sleep 0.5; done

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from gongji import infra, services
+from gongji.ops import infra, launcher
 from shared.credentials import CredentialsMissing, kafka_client_settings, redis_options
 from shared.ids import mask_person_id, mask_person_ids, mask_person_ids_in_logs, validate_person_id
 from shared.money import format_fen
@@ -102,10 +102,10 @@ def run(service: Annotated[str, typer.Argument(help="relationship | wallet | set
     """Run one service in this process, or `all` as three separate processes."""
     settings = Settings()
     if service == "all":
-        raise typer.Exit(services.run_all(settings))
-    if service not in services.SERVICE_NAMES:
+        raise typer.Exit(launcher.run_all(settings))
+    if service not in launcher.SERVICE_NAMES:
         _fail(f"unknown service {service!r}: choose relationship, wallet, settlement or all")
-    services.run_service(service, settings)
+    launcher.run_service(service, settings)
 
 
 async def _with_redis(action, as_principal: str = OPERATOR.name):
@@ -228,7 +228,7 @@ def clearing_close(month: Annotated[str, typer.Argument(help="YYYY-MM")]) -> Non
     """Close a month and publish its statement to gongji.clearing.v1, and each row to the topics of
     the provinces it concerns (the same however often run). Runs as the settlement principal: the
     monthly job of the settlement service."""
-    from gongji.kafka_io import publish_routed
+    from gongji.ops.kafka_io import publish_routed
     from services.settlement.app import SERVICE
     from services.settlement.clearing import MonthNotEnded, close_month, statement_destinations
     from services.settlement.store import SettlementStore
@@ -422,7 +422,7 @@ def publish(
     """Validate messages against the contract and publish them (one JSON object per line)."""
     from pydantic import ValidationError
 
-    from gongji.kafka_io import publish_models
+    from gongji.ops.kafka_io import publish_models
     from shared.runtime import describe_validation_error
     from shared.topics import ALL_TOPICS, PROVINCE_TOPICS
 
@@ -442,7 +442,7 @@ def publish(
 def docs() -> None:
     """Write docs/asyncapi.json, generated from the three services' code (open it in any AsyncAPI
     viewer; nothing serves it: a served page would load its scripts from public CDNs)."""
-    from gongji.docs import write_docs
+    from gongji.ops.asyncapi import write_docs
 
     console.print(f"wrote {write_docs(Settings())}")
 
@@ -459,7 +459,7 @@ def load(
 ) -> None:
     """Build a synthetic population, stream claims at a target rate, and report throughput,
     latency percentiles, results by status and reason, and the audit."""
-    from gongji.load import LoadOptions, run_load, write_report
+    from gongji.perf.load import LoadOptions, run_load, write_report
 
     options = LoadOptions(
         persons=persons,
@@ -488,7 +488,7 @@ def load(
     }
     console.print_json(json.dumps(summary, ensure_ascii=False))
     if report["budget"]:
-        from gongji.budget import budget_table
+        from gongji.perf.latency_budget import budget_table
 
         console.print(budget_table(report["budget"]))
     console.print(f"report: {json_path}\nplot:   {png_path}")
@@ -520,7 +520,7 @@ def bench(
     and listener, then Gongji end to end (it starts and stops the three services itself: `gongji
     infra up` first, no `gongji run`), and the CPU per claim of each process; print each run and the
     medians. Exit 1 if a claim lacks exactly one result or the audit is not valid."""
-    from gongji.bench import BenchOptions, run_bench, tables
+    from gongji.perf.bench import BenchOptions, run_bench, tables
 
     options = BenchOptions(duration_seconds=duration, runs=runs, rate=rate, persons=persons)
     try:

@@ -173,7 +173,7 @@ class Outbox:
 
     def __init__(self, broker: KafkaBroker, service: str, topics: Sequence[Topic]) -> None:
         self._service = service
-        # A province's topics are documented once, by name pattern (gongji/docs.py), not 32 times.
+        # A province's topics are documented once, by name pattern (gongji/ops/asyncapi.py), not 32 times.
         self._publishers = {
             topic.name: broker.publisher(
                 topic.name,
@@ -517,7 +517,7 @@ def subscribe(
         decoder=decoder,
         no_reply=True,
         title=f"{label}:{service}",
-        # A province's topics are documented once, by name pattern (gongji/docs.py), not 32 times.
+        # A province's topics are documented once, by name pattern (gongji/ops/asyncapi.py), not 32 times.
         include_in_schema=not several,
     )
     subscriber(consume)

@@ -8,8 +8,8 @@ import os
 import pytest
 from redis.asyncio import Redis
 
-from gongji import infra
-from gongji.services import SERVICE_NAMES, ServiceProcess
+from gongji.ops import infra
+from gongji.ops.launcher import SERVICE_NAMES, ServiceProcess
 from shared.credentials import redis_options
 from shared.principals import OPERATOR
 from shared.settings import PROJECT_ROOT, Settings

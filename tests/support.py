@@ -15,7 +15,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
-from gongji.kafka_io import TopicWatcher
+from gongji.ops.kafka_io import TopicWatcher
 from shared.clock import SHANGHAI
 from shared.contracts import DrawAnswered
 from shared.credentials import aiokafka_options

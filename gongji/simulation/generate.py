@@ -253,7 +253,7 @@ class Generator:
         with_quota = sorted(
             {
                 self.cast.alias(recipient)
-                for account in self.world.books.accounts.values()
+                for account in self.world.model.accounts.values()
                 for recipient, left in account.grants.items()
                 if left > 0
             }
@@ -312,7 +312,7 @@ class Generator:
     def _random_grant(self) -> Op:
         active = [
             (self.cast.alias(p), self.cast.alias(r))
-            for (p, r), pair in self.world.books.wallet_pairs.items()
+            for (p, r), pair in self.world.model.wallet_pairs.items()
             if pair.active
         ]
         if active and self.rng.random() < 0.7:
@@ -342,10 +342,10 @@ class Generator:
 
     def _unfreeze(self) -> Op:
         frozen = sorted(
-            self.cast.alias(person) for person, account in self.world.books.accounts.items() if account.freezes
+            self.cast.alias(person) for person, account in self.world.model.accounts.items() if account.freezes
         )
         person = self.rng.choice(frozen) if frozen and self.rng.random() < 0.8 else self._someone()
-        standing = self.world.books.accounts[self.cast.id(person)].freezes if person in frozen else []
+        standing = self.world.model.accounts[self.cast.id(person)].freezes if person in frozen else []
         lifts = None
         if standing and self.rng.random() < 0.6:
             lifts = self.rng.choice(standing)
@@ -362,7 +362,7 @@ class Generator:
             provider, recipient, kinship = link.provider, link.recipient, link.kinship
         else:
             provider, recipient, kinship = self._someone(0.8), self._someone(0.2), rng.choice(list(Kinship)).value
-        held = self.world.books.pairs.get((self.cast.id(provider), self.cast.id(recipient)))
+        held = self.world.model.pairs.get((self.cast.id(provider), self.cast.id(recipient)))
         state = held.state if held else "none"
         action = rng.choices(
             ["request", "accept", "decline", "dissolve"],
@@ -449,7 +449,7 @@ class Generator:
     def _close_month(self) -> Op | None:
         current = shanghai_month(self.world.clock.now())
         months = sorted(
-            month for month in self.world.books.clearing if month < current and month not in self.world.books.closed
+            month for month in self.world.model.clearing if month < current and month not in self.world.model.closed
         )
         return Op("close", {"month": months[0]}) if months else None
 

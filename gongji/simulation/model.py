@@ -1,4 +1,4 @@
-"""The books as the simulator keeps them: a plain model of every account, quota, draw, claim,
+"""The simulator's model (its own books, apart from the audit's): a plain model of every account, quota, draw, claim,
 refund, clearing sum and relationship, updated from each input a handler consumed and the outputs
 it produced (also the outputs of an instance that crashed before publishing them: its steps are
 stored). Each decision of the system is checked where it is made — money only moves where the
@@ -213,7 +213,9 @@ def output_key(inputs: set[tuple], output) -> tuple:
     return (output.cause_id,)
 
 
-class Books:
+class Model:
+    """What the rules say every account, quota, draw, claim and relationship must be now."""
+
     def __init__(self, cast: Cast, clock: Clock, shard_of: Callable[[str], str]) -> None:
         self.cast = cast
         self.clock = clock

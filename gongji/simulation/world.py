@@ -19,7 +19,7 @@ from gongji.audit.books import rebuild
 from gongji.audit.compare import compare
 from gongji.audit.state import read_state
 from gongji.simulation.cast import Cast
-from gongji.simulation.model import Books, Breach, require
+from gongji.simulation.model import Breach, Model, require
 from gongji.simulation.network import (
     OUTPUT_TOPICS,
     ROUTES,
@@ -203,7 +203,7 @@ class World:
         self.instances = {service: self.instance(service) for service in self.stores}
         self.network = Network()
         self.topics = Topics()
-        self.books = Books(cast, self.clock, self.stores["settlement"].shard_prefix)
+        self.model = Model(cast, self.clock, self.stores["settlement"].shard_prefix)
         self.faults: Counter[str] = Counter()
         self.checks = 0
         self.last_outcome = ""
@@ -240,7 +240,7 @@ class World:
         return self.last_outcome
 
     async def check(self) -> None:
-        self.checks += await self.books.check(
+        self.checks += await self.model.check(
             self.stores["wallet"], self.stores["relationship"], self.stores["settlement"], self.network.quiet()
         )
 
@@ -443,7 +443,7 @@ class World:
     def _effects(self, route: Route, envelopes: list[Envelope], outputs: list, publish: bool = True) -> None:
         """The model takes note of what the handler did; its outputs go on their way unless the
         instance crashed before publishing them."""
-        self.books.observe(route.inbox, self._batch(route, envelopes), outputs)
+        self.model.observe(route.inbox, self._batch(route, envelopes), outputs)
         if publish:
             for output in outputs:
                 if isinstance(output, Refused):
@@ -512,7 +512,7 @@ class World:
     ) -> str:
         """Instance A takes the batch and stops before its `pause`-th Redis step; meanwhile another
         delivery runs whole (of `other_labels`, or without them the same batch by instance B);
-        then A goes on and publishes too. The books follow the order the decisive steps took."""
+        then A goes on and publishes too. The model follows the order the decisive steps took."""
         route = ROUTES[inbox]
         envelopes = self.network.take(inbox, labels)
         if not envelopes:
@@ -566,7 +566,7 @@ class World:
         taken = 0
         for request in (envelope.message for envelope in envelopes):
             (plan,) = await wallet.draw_begin([(request.claim_id, request.recipient_id)])
-            self.books.observe_plan(request, plan)
+            self.model.observe_plan(request, plan)
             if plan.answer is not None or plan.recipient_frozen:
                 continue
             needed = request.amount_fen
@@ -576,7 +576,7 @@ class World:
                 (step,) = await wallet.run(
                     [wallet.draw_from_grant(request.claim_id, provider, request.recipient_id, needed, now)]
                 )
-                self.books.observe_take(request, provider, needed, step)
+                self.model.observe_take(request, provider, needed, step)
                 if not step.conflict:
                     needed -= step.result["amount"]
                     taken += step.result["amount"]
@@ -629,7 +629,7 @@ class World:
         policy = Policy(cross_province_since=date.fromisoformat(since), closed_regions=frozenset(closed))
         await write_policy(self.redis, policy)
         self.stored = True
-        self.books.policy = policy
+        self.model.policy = policy
         return f"closed {closed or 'none'}, cross-province since {since}"
 
     async def _close(self, month: str) -> str:
@@ -637,7 +637,7 @@ class World:
             rows = await close_month(self.stores["settlement"], month, self.clock.now())
         except MonthNotEnded:
             return f"{month} has not ended"
-        self.books.close_month(month, rows)
+        self.model.close_month(month, rows)
         for row in rows:
             self.topics.publish(CLEARING, row)
         self.stored = True

@@ -2,7 +2,7 @@
 
 1. End to end versus a baseline on the same broker, on the secure listener (SASL_SSL) and beside it
    on the development one (SASL_PLAINTEXT, same SCRAM users and ACLs, no TLS), in the same run: one
-   run of `gongji bench` (gongji/bench.py) on each listener — claim messages through a raw aiokafka
+   run of `gongji bench` (gongji/perf/bench.py) on each listener — claim messages through a raw aiokafka
    consume → produce pass-through, and through Gongji (province claims → settlement → wallet →
    settlement, three service processes started for each listener); prints the rates, their ratio,
    the services' CPU per claim and what TLS costs.
@@ -21,8 +21,8 @@ import pytest
 from hdrh.histogram import HdrHistogram
 from redis.asyncio import Redis
 
-from gongji.bench import BenchOptions, bench_run
-from gongji.infra import port_open
+from gongji.ops.infra import port_open
+from gongji.perf.bench import BenchOptions, bench_run
 from services.settlement.handlers import SettlementHandlers
 from services.settlement.store import SettlementStore
 from services.wallet.handlers import WalletHandlers

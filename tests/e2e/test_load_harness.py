@@ -9,7 +9,7 @@ import uuid
 import pytest
 from rich.console import Console
 
-from gongji.load import LoadOptions, run_load, write_report
+from gongji.perf.load import LoadOptions, run_load, write_report
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -11,8 +11,8 @@ import time
 import pytest
 from confluent_kafka.admin import AclBindingFilter, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
 
-from gongji import infra
-from gongji.services import SERVICE_NAMES, ServiceFailed, ServiceProcess, http_port
+from gongji.ops import infra
+from gongji.ops.launcher import SERVICE_NAMES, ServiceFailed, ServiceProcess, http_port
 from shared.operations import EXIT_FATAL
 from tests.e2e.world import World
 

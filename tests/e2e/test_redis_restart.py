@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from gongji import infra
+from gongji.ops import infra
 from shared.credentials import redis_options
 from shared.principals import OPERATOR
 from shared.redis_client import in_database

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gongji import infra
+from gongji.ops import infra
 
 
 def gongji(*args: str) -> subprocess.CompletedProcess:

@@ -1,6 +1,6 @@
 """What one province, or anyone, can cost the platform: its bytes and requests per second, the
 size of a record, the connections an address opens, and Redis's memory. Each bound tried on the
-real broker and Redis (shared/principals.py, shared/topics.py, gongji/quotas.py, gongji/infra.py)."""
+real broker and Redis (shared/principals.py, shared/topics.py, gongji/ops/quotas.py, gongji/ops/infra.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import redis
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
-from gongji import infra
-from gongji.quotas import CONNECTION_CREATION_RATE, described_quotas
+from gongji.ops import infra
+from gongji.ops.quotas import CONNECTION_CREATION_RATE, described_quotas
 from shared.contracts import Claim
 from shared.credentials import aiokafka_options
 from shared.principals import OPERATOR, PRINCIPALS

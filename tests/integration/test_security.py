@@ -26,7 +26,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from gongji import infra
+from gongji.ops import infra
 from services.settlement.store import LIBRARY as SETTLEMENT_LIBRARY
 from services.wallet.store import WalletStore
 from shared.credentials import (
@@ -494,7 +494,7 @@ def test_processes_the_launcher_starts_inherit_only_what_they_need(infrastructur
 
 
 def test_the_cas_key_is_kept_apart_and_may_be_kept_offline(infrastructure, tmp_path) -> None:
-    from gongji.tls import CAKeyOffline, broker_keystore, ca_key_file, ensure_certificates
+    from gongji.ops.tls import CAKeyOffline, broker_keystore, ca_key_file, ensure_certificates
 
     assert ca_key_file(infrastructure).exists()
     assert not list(secrets_dir(infrastructure).glob("*ca-key*"))  # not beside the services' passwords

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from gongji.docs import DOCS_DIR, asyncapi_specification
+from gongji.ops.asyncapi import DOCS_DIR, asyncapi_specification
 from shared.settings import Settings
 from shared.topics import ALL_TOPICS
 

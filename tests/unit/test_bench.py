@@ -7,7 +7,7 @@ import json
 
 from rich.console import Console
 
-from gongji.bench import BenchOptions, CpuWindow, claim_messages, run_result, summary, tables
+from gongji.perf.bench import BenchOptions, CpuWindow, claim_messages, run_result, summary, tables
 
 
 def _report(

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 from prometheus_client import REGISTRY
 
-from gongji.budget import CLAIM_HOPS, claim_budget
-from gongji.load import LoadRun
+from gongji.perf.latency_budget import CLAIM_HOPS, claim_budget
+from gongji.perf.load import LoadRun
 from shared.runtime import HopBudget
 from shared.topics import DRAW_ANSWERS, province_claims
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gongji.services import SERVICE_NAMES, app_factory
+from gongji.ops.launcher import SERVICE_NAMES, app_factory
 from shared.principals import BY_NAME, PRINCIPALS, redis_acl_rules, rights_table
 from shared.settings import PROJECT_ROOT, Settings
 from shared.topics import CLEARING, PROVINCES, province_clearing

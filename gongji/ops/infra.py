@@ -40,9 +40,9 @@ from confluent_kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
-from gongji.kafka_io import make_producer
-from gongji.quotas import sync_quotas
-from gongji.tls import CAKeyOffline, broker_keystore, ensure_certificates
+from gongji.ops.kafka_io import make_producer
+from gongji.ops.quotas import sync_quotas
+from gongji.ops.tls import CAKeyOffline, broker_keystore, ensure_certificates
 from services.relationship.store import LIBRARY as RELATIONSHIP_LIBRARY
 from services.settlement.store import LIBRARY as SETTLEMENT_LIBRARY
 from services.wallet.store import LIBRARY as WALLET_LIBRARY
@@ -551,7 +551,7 @@ def load_functions(client: redis.Redis) -> None:
 
 
 def _librdkafka_log() -> logging.Logger:
-    quiet = logging.getLogger("gongji.infra.librdkafka")
+    quiet = logging.getLogger("gongji.ops.infra.librdkafka")
     quiet.setLevel(logging.CRITICAL)  # refused connections while the broker starts; the deadline reports failure
     return quiet
 

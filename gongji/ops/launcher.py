@@ -14,7 +14,7 @@ from pathlib import Path
 import uvicorn
 from faststream.asgi import AsgiFastStream
 
-from gongji.infra import child_environment, port_open
+from gongji.ops.infra import child_environment, port_open
 from shared.settings import PROJECT_ROOT, Settings
 
 SERVICE_NAMES = ("relationship", "wallet", "settlement")

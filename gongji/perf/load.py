@@ -27,9 +27,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gongji.audit.deep import AuditUnavailable, deep_audit, report_json
-from gongji.budget import claim_budget, snapshot
-from gongji.kafka_io import TopicWatcher, make_producer
-from gongji.population import Family, PopulationBuilder
+from gongji.ops.kafka_io import TopicWatcher, make_producer
+from gongji.perf.latency_budget import claim_budget, snapshot
+from gongji.perf.population import Family, PopulationBuilder
 from shared.clock import SHANGHAI
 from shared.credentials import redis_options
 from shared.ids import claim_id_prefix, province_of

@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from rich.table import Table
 
-from gongji.services import SERVICE_NAMES, http_port
+from gongji.ops.launcher import SERVICE_NAMES, http_port
 from shared.runtime import HOP_PHASES
 from shared.settings import Settings
 from shared.topics import DRAW_ANSWERS, DRAW_REQUESTS, province_claims

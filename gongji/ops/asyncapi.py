@@ -10,7 +10,7 @@ from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 from faststream.specification.base import Specification
 
-from gongji.services import SERVICE_NAMES, app_factory
+from gongji.ops.launcher import SERVICE_NAMES, app_factory
 from shared.contracts import Claim
 from shared.settings import PROJECT_ROOT, Settings
 from shared.topics import (

@@ -30,9 +30,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
 
-from gongji.infra import running_pids
-from gongji.load import LoadOptions, run_load
-from gongji.services import SERVICE_NAMES, ServiceProcess
+from gongji.ops.infra import running_pids
+from gongji.ops.launcher import SERVICE_NAMES, ServiceProcess
+from gongji.perf.load import LoadOptions, run_load
 from shared.clock import SHANGHAI
 from shared.credentials import aiokafka_options
 from shared.ids import make_person_id
