@@ -12,6 +12,7 @@ from faststream.specification.base import Specification
 
 from gongji.ops.launcher import SERVICE_NAMES, app_factory
 from shared.contracts import Claim
+from shared.faststream_hooks import set_batch_payload
 from shared.settings import PROJECT_ROOT, Settings
 from shared.topics import (
     CLAIMS,
@@ -83,7 +84,7 @@ def _document_subscription(broker: KafkaBroker, topic: Topic, service: str) -> N
 
     async def read(batch: list[Any]) -> None: ...
 
-    read.__annotations__ = {"batch": list[topic.model], "return": None}
+    set_batch_payload(read, list[topic.model])
     broker.subscriber(topic.name, batch=True, title=f"{topic.name}:{service}", description=topic.model.__doc__)(read)
 
 
