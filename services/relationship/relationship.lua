@@ -1,25 +1,9 @@
 --[[
-Relationship service state. Every function touches the keys of one person's hash slot
-({p:<person_id>}), so each is one atomic step that also works on Redis Cluster.
-
-Per person P (prefix rel:{p:P}):
-  :seen:<topic>  hash  input id -> "<fingerprint>|<result json>"  (exactly-once effect), one hash per
-                       input topic (commands, enrollment, kinship): ids are unique per sender and topic only
-  :enrollment    hash  insurance_type, region, status, generation (one more at each change of the three)
-  :kinship       hash  relative id -> what the relative is to P (P's own registry facts only)
-  :rels          hash  recipient id -> json {state = pending|active, kinship, recipient_region,
-                       recipient_generation (the recipient's, as the request was decided), since}
-  :versions      hash  recipient id -> version of the pair (P, recipient): one more in the step of each
-                       change of the pair, never reset, so it orders everything said about the pair
-  :providers     hash  provider id -> "<version>|<state>" of the pair (provider, P), state
-                       requesting|pending|active|ended: whom P's insurance change must reach (rule 7)
-  :terminations  hash  "<recipient id>|<recipient generation>" -> "-|<result json>": rule 7 from the
-                       recipient's side, ended once; internal records, never in an input's seen hash
-  :recipient-generations  hash  recipient id -> the highest generation of the recipient's enrollment
-                       that rule 7 brought to P's slot (only ever raised): a request decided on an
-                       older one is stale, since that change found nothing here to end
-`remembered` and `remember` come from shared/prelude.lua, loaded in front of this file.
-Versions and generations are small counters: safe in cjson.
+Relationship service state: every key and stored record is described in docs/state.md. Each function
+touches the keys of one hash slot, so each is one atomic step, on Redis or on a Redis Cluster. Its
+KEYS and ARGV are declared once, by name, in this service's store.py; it unpacks them into locals
+of the same names (tests/unit/test_redis_functions.py holds the two together). `remembered` and
+`remember` come from shared/prelude.lua, loaded in front of this file.
 ]]
 
 local function version_of(indexed)

@@ -1,17 +1,9 @@
 --[[
-Settlement service state. Claims are spread over shards ({s<N>}, N from the recipient id), so one
-claim, its reversal and the clearing accumulators they touch share one hash slot.
-Per shard S (prefix stl:{s<S>}):
-  :claims          hash  claim id -> record json (fingerprint, status pending|final, figures, result)
-  :clearing:<YYYY-MM>  hash  "<payer province>><payee province>" -> fen (paid less reversed);
-                         "...#claims" -> claims paid, "...#reversals" -> reversals, in that month
-  :closed          hash  month -> the month's accumulator as closed (a statement never changes)
-  :limits:<YYYYMMDD>:<province>  hash  recipient -> the province's claims for them that day (expires)
-  :limits:<YYYY-MM-DDTHH:MM>     hash  province -> its claims in that minute, in this shard (expires)
-The national claim-id registry, sharded by the claim id (prefix stl:{c<N>}, N from the claim id):
-  :owners          hash  claim id -> the recipient who used it first (claim ids are unique nationally)
-Per person X: stl:{p:X}:seen:enrollment (ids of gongji.enrollment.v1), stl:{p:X}:enrollment
-(insurance_type, region, status).
+Settlement service state: every key and stored record is described in docs/state.md. Each function
+touches the keys of one hash slot, so each is one atomic step, on Redis or on a Redis Cluster. Its
+KEYS and ARGV are declared once, by name, in this service's store.py; it unpacks them into locals
+of the same names (tests/unit/test_redis_functions.py holds the two together). `remembered` and
+`remember` come from shared/prelude.lua, loaded in front of this file.
 ]]
 
 local function month_after(month)

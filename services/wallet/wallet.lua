@@ -1,28 +1,9 @@
 --[[
-Wallet service state. Each function touches the keys of one person's hash slot ({p:<person_id>}).
-Per person X (prefix wal:{p:X}):
-  :seen:<topic>   hash  input id -> "<fingerprint>|<result json>", one hash per input topic, so
-                        that an id of one topic never meets another topic's or an internal one
-  :account        hash  balance, frozen, credited, spent, paid, refunded (fen, integers);
-                        insurance_type, region, status; freezes (standing supervision freezes);
-                        seq (the account's steps so far: each event carries its own)
-  :freezes        zset  event id of each standing freeze, in the order they were made
-  :grants         hash  recipient id -> remaining quota (fen): what X froze for that recipient
-  :relationships  hash  recipient id -> recipient region, for X's active relationships
-  :rel-versions   hash  recipient id -> version of the newest relationship event applied
-  :rel-since      hash  recipient id -> version at which the active relationship was established
-  :grants-by-day  hash  YYYYMMDD (Asia/Shanghai) -> X's successful grants that day; days older
-                        than a week are dropped as grants are made (the injected clock decides)
-  :takes          hash  claim id -> what that claim drew from X's grants (json, kept)
-  :refunds        hash  refund id -> result json
-As a recipient:
-  :providers      zset  providers who granted to X, scored by their first grant (draw order)
-  :plans          hash  claim id -> the draw's plan, fixed at its first step (until answered)
-  :answers        hash  claim id -> the draw's answer (the first one stored stands)
-Balances go out as strings: cjson keeps only 14 significant digits of a number.
-Each function's KEYS and ARGV are declared once, by name, in services/wallet/store.py; the
-function reads them into locals of the same names (tests/unit/test_redis_functions.py holds the
-two together).
+Wallet service state: every key and stored record is described in docs/state.md. Each function
+touches the keys of one hash slot, so each is one atomic step, on Redis or on a Redis Cluster. Its
+KEYS and ARGV are declared once, by name, in this service's store.py; it unpacks them into locals
+of the same names (tests/unit/test_redis_functions.py holds the two together). `remembered` and
+`remember` come from shared/prelude.lua, loaded in front of this file.
 ]]
 
 local function num(value) return tonumber(value) or 0 end
