@@ -219,7 +219,7 @@ def claims_show(claim_id: str, full_ids: FullIds = False) -> None:
     )
     if record is None:
         _fail(f"no claim {claim_id}")
-    shown = json.dumps(record, ensure_ascii=False)
+    shown = json.dumps(record.stored(), ensure_ascii=False)  # as Redis holds it (docs/state.md)
     console.print_json(shown if full_ids else mask_person_ids(shown))
 
 

@@ -49,23 +49,23 @@ async def audit(redis: Redis, settlement_shards: int) -> QuickReport:
     owed_by_month: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     async for claim_id, record in settlement.all_claims():
         report.claims += 1
-        if record["status"] == "pending":
+        result = record.result
+        if record.state == "pending" or result is None:
             report.pending_claims += 1
             continue
-        result = record["result"]
-        sign = {"reversed": -1, "settled": 1, "partial": 1}.get(result["status"], 0)
-        if sign == 0 and result["paid"] != 0:
-            report.breaches.append(f"claim {claim_id}: rejected yet paid {result['paid']}")
-        if record["kind"] == "settle":
-            if result["paid"] > record["requested"]:
-                report.breaches.append(f"claim {claim_id}: paid {result['paid']} > requested {record['requested']}")
-            if sum(payer["amount_fen"] for payer in result["payers"] or []) != result["paid"]:
+        sign = {"reversed": -1, "settled": 1, "partial": 1}.get(result.status, 0)
+        if sign == 0 and result.paid_fen != 0:
+            report.breaches.append(f"claim {claim_id}: rejected yet paid {result.paid_fen}")
+        if record.kind == "settle":
+            if result.paid_fen > record.requested_fen:
+                report.breaches.append(f"claim {claim_id}: paid {result.paid_fen} > requested {record.requested_fen}")
+            if sum(payer.amount_fen for payer in result.payers) != result.paid_fen:
                 report.breaches.append(f"claim {claim_id}: payers do not add up to paid")
-            paid_by_claims += result["paid"]
-        elif result["status"] == "reversed":
-            reversed_by_claims += result["paid"]
-        for pair, amount in (result.get("owed") or {}).items():
-            owed_by_month[result["month"]][pair] += sign * amount
+            paid_by_claims += result.paid_fen
+        elif result.status == "reversed":
+            reversed_by_claims += result.paid_fen
+        for pair, amount in result.owed_fen.items():
+            owed_by_month[result.month or ""][pair] += sign * amount
 
     report.totals |= {"paid": wallet_paid, "refunded": wallet_refunded}
     if report.pending_claims == 0:

@@ -28,7 +28,6 @@ _SHARD_KEY = re.compile(
 )
 
 # The wallet's per-person hashes the audit reads; `seen:<topic>` hold each applied input's result.
-# `seen` is where a release before per-topic ids kept every result, its refunds as `refund:<id>`.
 WALLET_PARTS = (
     "account",
     "grants",
@@ -40,9 +39,7 @@ WALLET_PARTS = (
     "seen:spends",
     "seen:commands",
     "seen:relationship-events",
-    "seen",
 )
-_EARLIER_REFUND = "refund:"
 _CLEARING = "clearing:"
 TOTALS = ("balance", "frozen", "credited", "spent", "paid", "refunded")  # the account's running totals
 RELATIONSHIP_PARTS = ("rels", "versions")
@@ -185,18 +182,12 @@ async def _read_wallets(redis: Redis, keys: list[str], state: RedisState) -> Non
     groups = [[f"{WALLET_PREFIX}{{p:{person}}}:{part}" for part in WALLET_PARTS] for person in persons]
     for person, hashes in zip(persons, await _hashes_in_batches(redis, groups), strict=True):
         parts = dict(zip(WALLET_PARTS, hashes, strict=True))
-        earlier_refunds = {
-            name: value for name, value in parts["seen"].items() if name.startswith(_EARLIER_REFUND.encode())
-        }
         state.wallets[person] = WalletAccount(
             totals={name: int(value) for name, value in _text(parts["account"]).items() if name in TOTALS},
             grants=_numbers(parts["grants"]),
             relationships=_text(parts["relationships"]),
             relationship_versions=_numbers(parts["rel-versions"]),
             takes=_json(parts["takes"]),
-            refunds={
-                **{name.removeprefix(_EARLIER_REFUND): stored for name, stored in _seen(earlier_refunds).items()},
-                **_json(parts["refunds"]),
-            },
+            refunds=_json(parts["refunds"]),
             applied={part.split(":", 1)[1]: _seen(parts[part]) for part in WALLET_PARTS if part.startswith("seen:")},
         )

@@ -45,6 +45,7 @@ from shared.contracts import (
 )
 from shared.ids import PROVINCE_CODES, province_of
 from shared.policy import Policy
+from shared.records import ClaimRecord
 from shared.redis_functions import Step
 from shared.runtime import Delivery, Refused, ToTopic
 
@@ -1140,16 +1141,16 @@ class Model:
             takes_by_claim[(claim_id, take.recipient)].append(take)
         for claim_id, book in self.claims.items():
             record = stored[claim_id]
-            result = record.get("result") or {}
+            result = record.result
             held = (
-                record["recipient_id"],
-                record["kind"],
-                record["status"] == "pending",
-                result.get("status", ""),
-                result.get("paid", 0),
-                [(p["provider_id"], p["provider_region"], p["amount_fen"]) for p in result.get("payers") or []],
-                result.get("month") or None,
-                record.get("reversed_by"),
+                record.recipient_id,
+                record.kind,
+                record.state == "pending",
+                result.status if result else "",
+                result.paid_fen if result else 0,
+                [(p.provider_id, p.provider_region, p.amount_fen) for p in result.payers] if result else [],
+                (result.month if result else None) or None,
+                record.reversed_by,
             )
             kept = (
                 book.recipient,
@@ -1206,5 +1207,5 @@ class Model:
         return 3 * len(self.claims) + len(months)
 
     @staticmethod
-    async def _stored_claims(settlement: SettlementStore) -> dict[str, dict]:
+    async def _stored_claims(settlement: SettlementStore) -> dict[str, ClaimRecord]:
         return {claim_id: record async for claim_id, record in settlement.all_claims()}

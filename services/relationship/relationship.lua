@@ -126,8 +126,7 @@ local function end_relationship(keys, args)
   local result = {ended = false}
   if current then
     current = cjson.decode(current)
-    -- (A relationship stored before generations existed counts as requested on generation 0.)
-    if (current.recipient_generation or 0) < tonumber(generation) then
+    if current.recipient_generation < tonumber(generation) then
       redis.call('HDEL', rels_key, recipient)
       result.ended, result.kinship, result.recipient_region = true, current.kinship, current.recipient_region
       result.version = redis.call('HINCRBY', versions_key, recipient, 1)

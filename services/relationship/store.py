@@ -180,9 +180,8 @@ class RelationshipStore:
         if raw is None:
             return None
         stored = json.loads(raw)
-        # A relationship stored before generations existed counts as requested on generation 0.
         return Relationship(
-            stored["state"], stored["recipient_region"], stored.get("recipient_generation", 0), int(version or 0)
+            stored["state"], stored["recipient_region"], stored["recipient_generation"], int(version or 0)
         )
 
     async def recorded_kinship(self, person_id: str, relative_id: str) -> str | None:

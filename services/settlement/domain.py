@@ -106,12 +106,12 @@ def answer_mismatch(requested_fen: int, paid_fen: int, payer_amounts: list[int])
     return None
 
 
-def statistics_category(record: dict) -> str:
+def statistics_category(kind: str, category: str | None) -> str:
     """The category a result is counted under on the dashboard: one of the allowed uses, `reversal`,
     or `not_allowed` for any other text a sender wrote (so that the table stays small)."""
-    if record["kind"] == "reverse":
+    if kind == "reverse":
         return "reversal"
-    return record["category"] if record.get("category") in ALLOWED_CATEGORIES else "not_allowed"
+    return category if category in ALLOWED_CATEGORIES and category is not None else "not_allowed"
 
 
 def settlement_status(requested_fen: int, paid_fen: int) -> str:

@@ -35,7 +35,6 @@ from shared.contracts import (
     DrawAnswered,
     DrawRequested,
     EnrollmentChanged,
-    Payer,
     ReasonCode,
     RefundRequested,
     SettlementEvent,
@@ -44,6 +43,7 @@ from shared.contracts import (
 )
 from shared.ids import derived_event_id, fingerprint, mask_person_ids
 from shared.money import MAX_AMOUNT_FEN
+from shared.records import ClaimRecord, ClaimResult
 from shared.redis_functions import Call, Step
 from shared.runtime import CONFLICTS, Delivery, Refused, ToTopic
 from shared.settings import Settings
@@ -57,28 +57,27 @@ def claim_output_id(claim_id: str, *what: str) -> str:
     return output_event_id(CLAIMS.name, NATIONAL, claim_id, *what)
 
 
-def settlement_event(claim_id: str, record: dict) -> SettlementEvent:
+def settlement_event(claim_id: str, record: ClaimRecord) -> SettlementEvent:
     """The published result of a final claim record; the same record always gives the same event,
     whether a redelivered claim or the wallet's answer brings it out."""
-    result = record["result"]
-    payers = [Payer(**payer) for payer in result.get("payers") or []]
-    reversal = record["kind"] == "reverse"
+    result = record.result
+    assert result is not None  # a final record has its result
     return SettlementEvent(
         event_id=claim_output_id(claim_id, "settlement"),
         cause_id=claim_id,
         claim_id=claim_id,
-        recipient_id=record["recipient_id"],
-        status=result["status"],
-        requested_fen=record["requested"],
-        paid_fen=result["paid"],
-        self_pay_fen=0 if reversal else record["requested"] - result["paid"],
-        payers=payers,
-        reason=result.get("reason") or None,
-        category=record.get("category"),
-        service_region=record.get("service_region"),
-        reverses=record.get("reverses"),
-        clearing_month=result.get("month") or None,
-        settled_at=datetime.fromisoformat(result["at"]),
+        recipient_id=record.recipient_id,
+        status=result.status,
+        requested_fen=record.requested_fen,
+        paid_fen=result.paid_fen,
+        self_pay_fen=0 if record.kind == "reverse" else record.requested_fen - result.paid_fen,
+        payers=result.payers,
+        reason=result.reason or None,
+        category=record.category,
+        service_region=record.service_region,
+        reverses=record.reverses,
+        clearing_month=result.month or None,
+        settled_at=datetime.fromisoformat(result.at),
     )
 
 
@@ -189,20 +188,21 @@ class SettlementHandlers:
 
     def _accept(self, claim: Claim, content: str, facts: ClaimFacts, province: str | None, now: datetime) -> Call:
         assessment = assess_claim(claim, facts.recipient)
-        record = {
-            "fingerprint": content,
-            "kind": "settle",
-            "recipient_id": claim.recipient_id,
-            "category": claim.category,
-            "service_region": claim.service_region,
-            "requested": claim.amount_fen,
-            "payable": assessment.payable_fen,
-            "shortfall": assessment.shortfall,
-            "status": "pending",
-            "province": province or "",
-        }
+        assert claim.amount_fen is not None  # a settle claim has it
+        record = ClaimRecord(
+            fingerprint=content,
+            kind="settle",
+            recipient_id=claim.recipient_id,
+            category=claim.category,
+            service_region=claim.service_region,
+            requested_fen=claim.amount_fen,
+            asked_fen=assessment.payable_fen,
+            shortfall=assessment.shortfall,
+            state="pending",
+            province=province or "",
+        )
         if assessment.refusal:
-            record |= {"status": "final", "result": _refusal(assessment.refusal, now)}
+            record.state, record.result = "final", _refusal(assessment.refusal, now)
         return self.store.accept(
             claim.recipient_id,
             claim.claim_id,
@@ -214,25 +214,26 @@ class SettlementHandlers:
         )
 
     def _accepted(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel | ToTopic]:
-        record = step.result
-        if record["status"] == "pending":  # new, or redelivered before the wallet answered: (re)ask
+        record = ClaimRecord.model_validate(step.result)
+        if record.state == "pending":  # new, or redelivered before the wallet answered: (re)ask
+            assert record.service_region is not None  # a settle claim has it
             return [
                 DrawRequested(
                     request_id=claim_output_id(claim.claim_id, "draw"),
                     claim_id=claim.claim_id,
                     recipient_id=claim.recipient_id,
-                    amount_fen=record["payable"],
+                    amount_fen=record.asked_fen,
                     requested_at=now,
                     context=ClaimContext(
-                        requested_fen=record["requested"],
-                        service_region=record["service_region"],
-                        shortfall=record["shortfall"],
+                        requested_fen=record.requested_fen,
+                        service_region=record.service_region,
+                        shortfall=record.shortfall,
                     ),
                 )
             ]
         if step.outcome == "applied":
             self._tally(record)
-        return _also_to_provinces(settlement_event(claim.claim_id, record), record.get("province"))
+        return _also_to_provinces(settlement_event(claim.claim_id, record), record.province)
 
     def _refused_before_id(self, claim: Claim, content: str, reason: ReasonCode, now: datetime) -> SettlementEvent:
         """A claim refused before its id was taken (shared/contracts.py: REFUSED_BEFORE_ID): nothing
@@ -255,14 +256,14 @@ class SettlementHandlers:
 
     def _reverse(self, claim: Claim, content: str, facts: ClaimFacts, province: str | None, now: datetime) -> Call:
         assert claim.reverses is not None  # the contract requires it for a reversal
-        record = {
-            "fingerprint": content,
-            "kind": "reverse",
-            "recipient_id": claim.recipient_id,
-            "reverses": claim.reverses,
-            "status": "pending",
-            "province": province or "",
-        }
+        record = ClaimRecord(
+            fingerprint=content,
+            kind="reverse",
+            recipient_id=claim.recipient_id,
+            reverses=claim.reverses,
+            state="pending",
+            province=province or "",
+        )
         return self.store.reverse(
             claim.recipient_id,
             claim.claim_id,
@@ -278,20 +279,21 @@ class SettlementHandlers:
         )
 
     def _reversed(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel | ToTopic]:
+        record = ClaimRecord.model_validate(step.result)
         if step.outcome == "applied":
-            self._tally(step.result)
+            self._tally(record)
         # A reversal sent on a province's topic reverses only claims of that province's care (or
         # the national platform's): the two provinces, when both are named, are one.
-        province = step.result.get("province") or step.result.get("claim_province")
-        outputs = _also_to_provinces(settlement_event(claim.claim_id, step.result), province)
-        if step.result["result"]["status"] == "reversed":
+        outputs = _also_to_provinces(settlement_event(claim.claim_id, record), record.province or record.claim_province)
+        assert record.result is not None and claim.reverses is not None  # a reversal is final at once
+        if record.result.status == "reversed":
             outputs.append(
                 RefundRequested(
                     request_id=claim_output_id(claim.claim_id, "refund"),
                     claim_id=claim.claim_id,
                     original_claim_id=claim.reverses,
                     recipient_id=claim.recipient_id,
-                    payers=[Payer(**payer) for payer in step.result["result"]["payers"] or []],
+                    payers=record.result.payers,
                     requested_at=now,
                 )
             )
@@ -343,11 +345,10 @@ class SettlementHandlers:
             if step.outcome == "refused":
                 outputs.extend(self._refused_answer(answer, step.result["why"], now))
                 continue
+            record = ClaimRecord.model_validate(step.result)
             if step.outcome == "applied":
-                self._tally(step.result)
-            outputs.extend(
-                _also_to_provinces(settlement_event(answer.claim_id, step.result), step.result.get("province"))
-            )
+                self._tally(record)
+            outputs.extend(_also_to_provinces(settlement_event(answer.claim_id, record), record.province))
         return [*outputs, *self._statistics_due()]
 
     def _refused_answer(self, answer: DrawAnswered, why: str, now: datetime) -> list[BaseModel | Refused]:
@@ -376,30 +377,30 @@ class SettlementHandlers:
     def _finish(self, answer: DrawAnswered, now: datetime) -> Call:
         requested = answer.context.requested_fen
         shortfall = answer.reason if answer.paid_fen < answer.requested_fen else answer.context.shortfall
-        result = {
-            "status": settlement_status(requested, answer.paid_fen),
-            "paid": answer.paid_fen,
-            "payers": [payer.model_dump() for payer in answer.payers],
-            "owed": clearing_contributions(answer.payers, answer.context.service_region),
-            "reason": shortfall if answer.paid_fen < requested else None,
-            "at": rfc3339(now),
-        }
+        result = ClaimResult(
+            status=settlement_status(requested, answer.paid_fen),
+            paid_fen=answer.paid_fen,
+            payers=answer.payers,
+            owed_fen=clearing_contributions(answer.payers, answer.context.service_region),
+            reason=shortfall if answer.paid_fen < requested else None,
+            at=rfc3339(now),
+        )
         return self.store.finish(
             answer.recipient_id, answer.claim_id, answer.requested_fen, result, shanghai_month(now)
         )
 
-    def _tally(self, record: dict) -> None:
-        result = record["result"]
-        minute = shanghai_minute(datetime.fromisoformat(result["at"]))
+    def _tally(self, record: ClaimRecord) -> None:
+        result = record.result
+        assert result is not None  # tallied once final
+        minute = shanghai_minute(datetime.fromisoformat(result.at))
         if minute not in self.tallies:
             self.tallies[minute] = MinuteTally.empty()
-        tally = self.tallies[minute]
-        tally.add(
-            result["status"],
-            statistics_category(record),
-            result["paid"],
-            result.get("owed") or {},
-            result.get("reason"),
+        self.tallies[minute].add(
+            result.status,
+            statistics_category(record.kind, record.category),
+            result.paid_fen,
+            result.owed_fen,
+            result.reason,
         )
 
     def _statistics_due(self) -> list[StatisticsSnapshot]:
@@ -452,8 +453,8 @@ def _rejected(
     )
 
 
-def _refusal(reason: ReasonCode, now: datetime) -> dict:
-    return {"status": "rejected", "paid": 0, "payers": [], "owed": {}, "reason": reason, "at": rfc3339(now)}
+def _refusal(reason: ReasonCode, now: datetime) -> ClaimResult:
+    return ClaimResult(status="rejected", paid_fen=0, reason=reason, at=rfc3339(now))
 
 
 def _also_to_provinces(event: SettlementEvent, province: str | None) -> list[BaseModel | ToTopic]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from services.settlement.domain import Enrolled
 from shared.contracts import Claim
+from shared.records import ClaimRecord, ClaimResult
 from shared.redis_functions import Call, Library, Step, execute, run_steps
 from shared.settings import Settings
 
@@ -125,17 +126,24 @@ class SettlementStore:
         return facts
 
     def accept(
-        self, recipient_id: str, claim_id: str, record: dict, limits: ClaimLimits, day: str, minute: str, refusal: dict
+        self,
+        recipient_id: str,
+        claim_id: str,
+        record: ClaimRecord,
+        limits: ClaimLimits,
+        day: str,
+        minute: str,
+        refusal: ClaimResult,
     ) -> Call:
         """Records a new claim (pending, or final if refused: `refusal` is its result when its province
         is beyond `limits` on this `day` or in this `minute`), or answers a redelivery or a conflict."""
         prefix = self.shard_prefix(recipient_id)
         return ACCEPT.call(
             claims_key=f"{prefix}:claims",
-            **self._counts(prefix, record["province"], day, minute, limits),
+            **self._counts(prefix, record.province, day, minute, limits),
             claim_id=claim_id,
-            encoded=json.dumps(record),
-            refusal=json.dumps(refusal),
+            encoded=json.dumps(record.stored()),
+            refusal=json.dumps(_stored(refusal)),
         )
 
     def _counts(self, prefix: str, province: str, day: str, minute: str, limits: ClaimLimits) -> dict[str, Any]:
@@ -148,7 +156,7 @@ class SettlementStore:
             "per_shard_minute": -(-limits.province_per_minute // self.shards),
         }  # rounded up
 
-    def finish(self, recipient_id: str, claim_id: str, asked_fen: int, result: dict, month: str) -> Call:
+    def finish(self, recipient_id: str, claim_id: str, asked_fen: int, result: ClaimResult, month: str) -> Call:
         """Completes a pending claim with the wallet's answer and adds its clearing amounts, once;
         refuses an answer for no claim, or not for this recipient and amount asked."""
         prefix = self.shard_prefix(recipient_id)
@@ -156,7 +164,7 @@ class SettlementStore:
             claims_key=f"{prefix}:claims",
             closed_key=f"{prefix}:closed",
             claim_id=claim_id,
-            result=json.dumps(result),
+            result=json.dumps(_stored(result)),
             month=month,
             shard_prefix=prefix,
             recipient=recipient_id,
@@ -167,7 +175,7 @@ class SettlementStore:
         self,
         recipient_id: str,
         reversal_id: str,
-        record: dict,
+        record: ClaimRecord,
         original_claim_id: str,
         month: str,
         now: str,
@@ -187,7 +195,7 @@ class SettlementStore:
             closed_key=f"{prefix}:closed",
             **self._counts(prefix, province or "", day, minute, limits),
             reversal_id=reversal_id,
-            encoded=json.dumps(record),
+            encoded=json.dumps(record.stored()),
             original_id=original_claim_id,
             month=month,
             shard_prefix=prefix,
@@ -223,18 +231,18 @@ class SettlementStore:
             status=status,
         )
 
-    async def claim(self, recipient_id: str | None, claim_id: str) -> dict | None:
+    async def claim(self, recipient_id: str | None, claim_id: str) -> ClaimRecord | None:
         prefixes = [self.shard_prefix(recipient_id)] if recipient_id else self.all_shard_prefixes()
         for prefix in prefixes:
             raw = await self.redis.hget(f"{prefix}:claims", claim_id)
             if raw:
-                return json.loads(raw)
+                return ClaimRecord.model_validate_json(raw)
         return None
 
-    async def all_claims(self):
+    async def all_claims(self) -> AsyncIterator[tuple[str, ClaimRecord]]:
         for prefix in self.all_shard_prefixes():
             async for claim_id, raw in self.redis.hscan_iter(f"{prefix}:claims", count=1000):
-                yield claim_id.decode(), json.loads(raw)
+                yield claim_id.decode(), ClaimRecord.model_validate_json(raw)
 
     async def accumulators(self, month: str) -> dict[str, int]:
         """The month's clearing totals summed over all shards, as they stand (closed or not)."""
@@ -243,3 +251,7 @@ class SettlementStore:
             for field, value in (await self.redis.hgetall(f"{prefix}:clearing:{month}")).items():
                 totals[field.decode()] = totals.get(field.decode(), 0) + int(value)
         return totals
+
+
+def _stored(result: ClaimResult) -> dict[str, Any]:
+    return result.model_dump(mode="json", by_alias=True, exclude_none=True)

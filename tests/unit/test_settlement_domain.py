@@ -258,10 +258,13 @@ def test_different_inputs_never_give_the_same_output_id(first, second) -> None:
 
 
 def test_the_dashboard_counts_any_other_category_text_under_one_name() -> None:
-    assert [
-        statistics_category({"kind": "settle", "category": text}) for text in ("pharmacy", "cash", "emoji 🙂", None)
-    ] == ["pharmacy", "not_allowed", "not_allowed", "not_allowed"]
-    assert statistics_category({"kind": "reverse", "category": None}) == "reversal"
+    assert [statistics_category("settle", text) for text in ("pharmacy", "cash", "emoji 🙂", None)] == [
+        "pharmacy",
+        "not_allowed",
+        "not_allowed",
+        "not_allowed",
+    ]
+    assert statistics_category("reverse", None) == "reversal"
 
 
 def test_a_provinces_copy_masks_the_payers_ids_and_keeps_their_regions_and_amounts() -> None:
