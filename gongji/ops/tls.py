@@ -142,9 +142,6 @@ def ensure_certificates(settings: Settings, host: str) -> list[str]:
     """Creates the CA once, and the broker's certificate when missing, about to expire, or not
     covering `host`; returns what it made."""
     made = []
-    if (earlier := secrets_dir(settings) / "ca-key.pem").exists() and not ca_key_file(settings).exists():
-        ca_key_file(settings).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        earlier.replace(ca_key_file(settings))  # kept beside the services' secrets by earlier releases
     if not ca_file(settings).exists():
         _make_ca(settings)
         broker_keystore(settings).unlink(missing_ok=True)
