@@ -59,11 +59,16 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+UseDocker = Annotated[bool, typer.Option("--docker", help="in containers (deploy/compose.yaml; needs Docker)")]
+
+
 @infra_app.command("up")
-def infra_up() -> None:
+def infra_up(use_docker: UseDocker = False) -> None:
     """Start Kafka and Redis unless running, wait until both answer, create the topics."""
+    from gongji.ops import docker
+
     try:
-        notes = infra.up(Settings())
+        notes = docker.up(Settings()) if use_docker else infra.up(Settings())
     except infra.InfraError as error:
         _fail(str(error))
     for note in notes or ["already running"]:
@@ -73,9 +78,15 @@ def infra_up() -> None:
 
 
 @infra_app.command("down")
-def infra_down() -> None:
+def infra_down(use_docker: UseDocker = False) -> None:
     """Stop the Kafka and Redis that `infra up` started."""
-    for note in infra.down(Settings()) or ["nothing was running"]:
+    from gongji.ops import docker
+
+    try:
+        notes = docker.down(Settings()) if use_docker else infra.down(Settings())
+    except infra.InfraError as error:
+        _fail(str(error))
+    for note in notes or ["nothing was running"]:
         console.print(note)
 
 

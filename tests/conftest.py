@@ -8,7 +8,7 @@ import os
 import pytest
 from redis.asyncio import Redis
 
-from gongji.ops import infra
+from gongji.ops import docker, infra
 from gongji.ops.launcher import SERVICE_NAMES, ServiceProcess
 from shared.credentials import redis_options
 from shared.principals import OPERATOR
@@ -24,12 +24,19 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def infrastructure(settings: Settings):
     if os.environ.get("GONGJI_INFRA") == "docker":
-        # Opt-in on machines with a Docker engine: the official images from deploy/compose.yaml.
+        # Opt-in on machines with a Docker engine: the official images, from deploy/compose.yaml,
+        # prepared and configured by the launcher's own declarations (gongji/ops/docker.py).
         from testcontainers.compose import DockerCompose
 
+        docker.prepare(settings)
         with DockerCompose(
-            PROJECT_ROOT / "deploy", compose_file_name="compose.yaml", services=["kafka", "redis", "topics"], wait=True
+            PROJECT_ROOT / "deploy",
+            compose_file_name=docker.COMPOSE_FILE.name,
+            env_file=str(docker.env_file(settings)),
+            services=["kafka", "redis"],
+            wait=True,
         ):
+            infra.configure(settings)
             yield settings
         return
     try:

@@ -230,65 +230,72 @@ def fetch_kafka_jars(paths: Paths) -> None:
 
 
 def _write_kafka_config(settings: Settings, paths: Paths) -> None:
+    paths.kafka_config.parent.mkdir(parents=True, exist_ok=True)
+    paths.kafka_config.write_text(kafka_properties(settings, paths.kafka_data))
+
+
+def kafka_properties(settings: Settings, data_dir: Path, listen_on: str | None = None) -> str:
+    """The broker's configuration, one declaration for the launcher's broker and the container's
+    (gongji/ops/docker.py): `listen_on` is the address it binds (the bootstrap host by default; a
+    container binds every address, and clients reach it through its published port)."""
     host, port = _host_port(settings.kafka_bootstrap)
+    bind = listen_on or host
     controller = f"{host}:{settings.kafka_controller_port}"
     listeners = {"CLIENT": (f"{host}:{port}", "SASL_SSL"), "CONTROLLER": (controller, "SSL")}
     if settings.kafka_plaintext_dev:
         listeners["DEV"] = (f"{host}:{settings.kafka_plaintext_dev_port}", "SASL_PLAINTEXT")
     advertised = [f"{name}://{address}" for name, (address, _) in listeners.items() if name != "CONTROLLER"]
-    paths.kafka_config.parent.mkdir(parents=True, exist_ok=True)
-    paths.kafka_config.write_text(
-        "\n".join(
-            [
-                "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.bootstrap.servers={controller}",
-                f"listeners={','.join(f'{name}://{address}' for name, (address, _) in listeners.items())}",
-                # The controller's listener is never advertised, so clients are never sent there.
-                f"advertised.listeners={','.join(advertised)}",
-                "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=CLIENT",
-                f"listener.security.protocol.map={','.join(f'{name}:{kind}' for name, (_, kind) in listeners.items())}",
-                f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
-                f"sasl.mechanism.inter.broker.protocol={SCRAM_MECHANISM}",
-                # SCRAM servers need a login module per listener; the broker's own password comes
-                # from the @argfile (see start_kafka).
-                "listener.name.dev.scram-sha-512.sasl.jaas.config="
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
-                # TLS from the local CA, as PEM files.
-                "ssl.keystore.type=PEM",
-                f"ssl.keystore.location={broker_keystore(settings)}",
-                "ssl.truststore.type=PEM",
-                f"ssl.truststore.location={ca_file(settings)}",
-                # The controller's listener takes only a client certificate signed by the local CA,
-                # and only the broker holds one: a client (which holds the CA's certificate, not its
-                # key) cannot even finish the handshake. Its certificate's CN is its principal.
-                "listener.name.controller.ssl.client.auth=required",
-                # TLS 1.3 only: its suites are all AEAD (1.2 still offers CBC ones), and every client
-                # here (Python's ssl, librdkafka, Java 17) speaks it.
-                "ssl.enabled.protocols=TLSv1.3",
-                "ssl.protocol=TLSv1.3",
-                # A SCRAM session authenticates again within the hour: a rotated or removed password
-                # shuts its old sessions out then, instead of never (0, Kafka's default).
-                f"connections.max.reauth.ms={REAUTHENTICATE_MS}",
-                "ssl.principal.mapping.rules=RULE:^CN=([^,]+)$/$1/,DEFAULT",
-                "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-                "allow.everyone.if.no.acl.found=false",
-                f"super.users=User:{BROKER.name};User:{OPERATOR.name}",
-                f"log.dirs={paths.kafka_data}",
-                # One local broker: internal topics cannot have more replicas than brokers.
-                "offsets.topic.replication.factor=1",
-                "offsets.topic.num.partitions=12",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
-                "group.initial.rebalance.delay.ms=0",
-                # Topics are created by the launcher with their partition counts; a typo must fail.
-                "auto.create.topics.enable=false",
-                "",
-            ]
-        )
+    bound = [f"{name}://{bind}:{address.rpartition(':')[2]}" for name, (address, _) in listeners.items()]
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers={controller}",
+            f"listeners={','.join(bound)}",
+            # The controller's listener is never advertised, so clients are never sent there.
+            f"advertised.listeners={','.join(advertised)}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=CLIENT",
+            f"listener.security.protocol.map={','.join(f'{name}:{kind}' for name, (_, kind) in listeners.items())}",
+            f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
+            f"sasl.mechanism.inter.broker.protocol={SCRAM_MECHANISM}",
+            # SCRAM servers need a login module per listener; the broker's own password comes
+            # from the @argfile (see start_kafka).
+            "listener.name.dev.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            # TLS from the local CA, as PEM files.
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={broker_keystore(settings)}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={ca_file(settings)}",
+            # The controller's listener takes only a client certificate signed by the local CA,
+            # and only the broker holds one: a client (which holds the CA's certificate, not its
+            # key) cannot even finish the handshake. Its certificate's CN is its principal.
+            "listener.name.controller.ssl.client.auth=required",
+            # TLS 1.3 only: its suites are all AEAD (1.2 still offers CBC ones), and every client
+            # here (Python's ssl, librdkafka, Java 17) speaks it.
+            "ssl.enabled.protocols=TLSv1.3",
+            "ssl.protocol=TLSv1.3",
+            # A SCRAM session authenticates again within the hour: a rotated or removed password
+            # shuts its old sessions out then, instead of never (0, Kafka's default).
+            f"connections.max.reauth.ms={REAUTHENTICATE_MS}",
+            "ssl.principal.mapping.rules=RULE:^CN=([^,]+)$/$1/,DEFAULT",
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found=false",
+            f"super.users=User:{BROKER.name};User:{OPERATOR.name}",
+            f"log.dirs={data_dir}",
+            # One local broker: internal topics cannot have more replicas than brokers.
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=12",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            # Topics are created by the launcher with their partition counts; a typo must fail.
+            "auto.create.topics.enable=false",
+            "",
+        ]
     )
 
 
@@ -445,31 +452,11 @@ def start_redis(settings: Settings, paths: Paths) -> bool:
         raise InfraError(f"port {port} is taken by another process: stop it or set GONGJI_REDIS_URL.")
     server = _redis_server()
     paths.redis_dir.mkdir(parents=True, exist_ok=True)
-    if not paths.redis_users.exists():
-        # No anonymous access from the first moment: the default user is off.
-        users = [_redis_user_line(settings, principal) for principal in PRINCIPALS if principal.redis]
-        write_secret(
-            paths.redis_users, "\n".join([" ".join(["user", "default", *REDIS_DEFAULT_USER]), *users, ""]).encode()
-        )
+    write_redis_users(settings, paths)
     process = subprocess.Popen(
         [
             server,
-            "--bind",
-            host,
-            "--port",
-            str(port),
-            "--dir",
-            str(paths.redis_dir),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--aclfile",
-            str(paths.redis_users),
-            "--save",
-            "",
-            "--protected-mode",
-            "yes",
+            *redis_arguments(host, port, paths.redis_dir, paths.redis_users),
             "--logfile",
             str(paths.redis_log),
             "--daemonize",
@@ -484,6 +471,27 @@ def start_redis(settings: Settings, paths: Paths) -> bool:
     )
     paths.redis_pid.write_text(str(process.pid))
     return True
+
+
+def write_redis_users(settings: Settings, paths: Paths) -> None:
+    """Redis's users, once: no anonymous access from the first moment (the default user is off)."""
+    if not paths.redis_users.exists():
+        users = [_redis_user_line(settings, principal) for principal in PRINCIPALS if principal.redis]
+        write_secret(
+            paths.redis_users, "\n".join([" ".join(["user", "default", *REDIS_DEFAULT_USER]), *users, ""]).encode()
+        )
+
+
+def redis_arguments(bind: str, port: int, data_dir: Path, users_file: Path, protected_mode: bool = True) -> list[str]:
+    """redis-server's settings, one declaration for the launcher's Redis and the container's: every
+    write on disk before it is answered, the declared users only. A container is reached through
+    its published port, from beyond its loopback: protected mode (loopback only) is off there, and
+    the default user, off, and every user's password keep it closed."""
+    return [
+        "--bind", bind, "--port", str(port), "--dir", str(data_dir),
+        "--appendonly", "yes", "--appendfsync", "always", "--aclfile", str(users_file), "--save", "",
+        "--protected-mode", "yes" if protected_mode else "no",
+    ]  # fmt: skip
 
 
 def redis_memory_config(settings: Settings) -> dict[str, str]:
@@ -728,17 +736,6 @@ def rotate(settings: Settings, name: str) -> list[str]:
     return notes
 
 
-def configure_now(settings: Settings | None = None) -> None:
-    """Topics, SCRAM users and ACLs on a broker started by someone else (the compose file's Kafka)."""
-    settings = settings or Settings()
-    admin = kafka_admin(settings)
-    _wait_for_kafka(settings, admin, time.monotonic() + READY_TIMEOUT_SECONDS)
-    create_topics(settings, admin)
-    ensure_scram_users(settings, admin)
-    sync_acls(admin)
-    asyncio.run(sync_quotas(settings))
-
-
 def up(settings: Settings) -> list[str]:
     """Idempotent: makes the secrets and certificates that are missing, starts what is not running,
     waits until both answer, then makes the topics, users, ACLs and Functions what the code declares."""
@@ -755,17 +752,24 @@ def up(settings: Settings) -> list[str]:
     try:
         if start_kafka(settings, paths):
             notes.append(f"started Apache Kafka {kafka_version(paths)} (KRaft, SASL_SSL)")
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        client = _wait_for_redis(settings, deadline)
-        for name, value in redis_memory_config(settings).items():  # on any Redis, one an earlier release started too
-            client.config_set(name, value)
-        sync_redis_users(settings, client)
-        load_functions(client)
-        client.close()
-        admin = kafka_admin(settings)
-        _wait_for_kafka(settings, admin, deadline)
+        return notes + configure(settings)
     finally:
         paths.java_arguments.unlink(missing_ok=True)  # read by the launcher at start
+
+
+def configure(settings: Settings) -> list[str]:
+    """Once both answer (the launcher's, or the containers'): Redis's memory bound, users and
+    Functions, and Kafka's topics, SCRAM users, ACLs and quotas, as the code declares them."""
+    notes = []
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    client = _wait_for_redis(settings, deadline)
+    for name, value in redis_memory_config(settings).items():  # on any Redis, one an earlier release started too
+        client.config_set(name, value)
+    sync_redis_users(settings, client)
+    load_functions(client)
+    client.close()
+    admin = kafka_admin(settings)
+    _wait_for_kafka(settings, admin, deadline)
     create_topics(settings, admin)
     ensure_scram_users(settings, admin)
     created, deleted = sync_acls(admin)
