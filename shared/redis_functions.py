@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
+from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
@@ -25,6 +26,8 @@ from redis.exceptions import ResponseError
 from shared.redis_client import require_durable
 
 PRELUDE_LUA = Path(__file__).with_name("prelude.lua")
+
+Result = TypeVar("Result", bound=BaseModel)
 
 
 class LibraryNotLoaded(RuntimeError):
@@ -45,8 +48,11 @@ class Library:
         """The name under which this release's `name` is registered (see `register` in prelude.lua)."""
         return f"{name}_v{self.version}"
 
-    def declare(self, name: str, keys: tuple[str, ...], args: tuple[str, ...]) -> Function:
-        declared = Function(self, name, keys, args)
+    def declare(
+        self, name: str, keys: tuple[str, ...], args: tuple[str, ...], result: type[Result] | None = None
+    ) -> Function[Result]:
+        """`result`: the stored record a step answers with (a function that is no step, none)."""
+        declared = Function(self, name, keys, args, result)
         self.functions.append(declared)
         return declared
 
@@ -76,7 +82,7 @@ class Library:
 
 
 @dataclass(frozen=True)
-class Function:
+class Function(Generic[Result]):
     """One Redis Function, declared once: its KEYS and its ARGV by name, in order. Its Lua function
     reads them into locals of the same names (`local seen_key, account_key = unpack(keys)`), and
     tests/unit/test_redis_functions.py holds the two together: a value follows its name across
@@ -86,8 +92,9 @@ class Function:
     name: str
     keys: tuple[str, ...]  # each named `…_key`
     args: tuple[str, ...]
+    result: type[Result] | None
 
-    def call(self, **values: Any) -> Call:
+    def call(self, **values: Any) -> Call[Result]:
         """The step with every key and argument named. None travels as '' and a bool as '1' or '0'
         (Redis takes strings and numbers only); a name missing or unknown is an error here."""
         names = {*self.keys, *self.args}
@@ -99,6 +106,7 @@ class Function:
             self.library.function(self.name),
             [values[name] for name in self.keys],
             [_as_argument(values[name]) for name in self.args],
+            self.result,
         )
 
 
@@ -111,13 +119,15 @@ def _as_argument(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class Step:
+class Step(Generic[Result]):
     """The answer of one atomic step: `applied` now, a `duplicate` of an earlier input (the stored
-    result comes back unchanged), a `conflict` (same id, other content: nothing changed), or
-    `refused` (the input does not fit the state it names: nothing changed; `result` says why)."""
+    result comes back unchanged), a `conflict` (same id, other content: nothing changed; `result`
+    is the record that holds the id, if the function says), or `refused` (the input does not fit
+    the state it names: nothing changed; `why` says why)."""
 
     outcome: Literal["applied", "duplicate", "conflict", "refused"]
-    result: dict[str, Any]
+    result: Result | None
+    why: str | None = None
 
     @property
     def conflict(self) -> bool:
@@ -143,19 +153,29 @@ async def execute(pipe: Pipeline) -> list[Any]:
     return replies
 
 
-async def call_step(redis: Redis, call: Call) -> Step:
+async def call_step(redis: Redis, call: Call[Result]) -> Step[Result]:
     """One step on its own."""
     (step,) = await run_steps(redis, [call])
     return step
 
 
 @dataclass(frozen=True)
-class Call:
-    """One atomic step to run: a function of a loaded library, its keys (one hash slot) and arguments."""
+class Call(Generic[Result]):
+    """One atomic step to run: a function of a loaded library, its keys (one hash slot) and
+    arguments, and the record its reply is read as."""
 
     function: str
     keys: list[str]
     args: list[Any]
+    result: type[Result] | None
+
+    def step(self, outcome: str, encoded: bytes) -> Step[Result]:
+        if self.result is None:
+            raise TypeError(f"{self.function} declares no result: it is not a step")
+        decoded = json.loads(encoded) if encoded else None
+        if outcome == "refused":
+            return Step("refused", None, decoded["why"])
+        return Step(outcome, None if decoded is None else self.result.model_validate(decoded))  # type: ignore[arg-type]
 
     def on(self, client: Redis | Pipeline) -> Any:
         """Sends it: on a client, its reply; on a pipeline, queued."""
@@ -171,4 +191,4 @@ async def run_steps(redis: Redis, calls: Sequence[Call]) -> list[Step]:
         for call in calls:
             call.on(pipe)
         replies = await execute(pipe)
-    return [Step(outcome.decode(), json.loads(encoded) if encoded else {}) for outcome, encoded in replies]  # type: ignore[arg-type]
+    return [call.step(outcome.decode(), encoded) for call, (outcome, encoded) in zip(calls, replies, strict=True)]

@@ -41,6 +41,7 @@ from services.wallet.store import WalletStore
 from shared.clock import FixedClock, rfc3339
 from shared.ids import claim_id_prefix
 from shared.policy import Policy, PolicyCache, write_policy
+from shared.records import DrawAnswer
 from shared.runtime import Refused, ToTopic
 from shared.topics import (
     ACCOUNT_CREDITS,
@@ -567,7 +568,7 @@ class World:
         for request in (envelope.message for envelope in envelopes):
             (plan,) = await wallet.draw_begin([(request.claim_id, request.recipient_id)])
             self.model.observe_plan(request, plan)
-            if plan.answer is not None or plan.recipient_frozen:
+            if isinstance(plan, DrawAnswer) or plan.recipient_frozen:
                 continue
             needed = request.amount_fen
             for provider in plan.providers[:takes]:
@@ -578,8 +579,8 @@ class World:
                 )
                 self.model.observe_take(request, provider, needed, step)
                 if not step.conflict:
-                    needed -= step.result["amount"]
-                    taken += step.result["amount"]
+                    needed -= step.result.amount_fen
+                    taken += step.result.amount_fen
         return f"instance A began {len(envelopes)} draw(s), took {taken}, and died"
 
     async def _deliver_all(self, inboxes: list[str] | None = None, after_each=None) -> str:

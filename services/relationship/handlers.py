@@ -22,6 +22,7 @@ from shared.concurrency import gather_by_key
 from shared.contracts import EnrollmentChanged, KinshipRecorded, ReasonCode, RelationshipCommand, RelationshipEvent
 from shared.ids import derived_event_id, fingerprint, mask_person_id
 from shared.policy import PolicyCache
+from shared.records import EndedAsProvider, RelationshipStep
 from shared.runtime import CONFLICTS, Refused
 from shared.topics import ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, Topic
 
@@ -37,7 +38,14 @@ def _event_id(topic: Topic, scope: str, input_id: str, *distinguishing: str) -> 
 
 
 def _event(
-    event_id: str, cause_id: str, event_type: str, result: dict, provider_id: str, recipient_id: str
+    event_id: str,
+    cause_id: str,
+    event_type: str,
+    pair: RelationshipStep | EndedAsProvider,
+    provider_id: str,
+    recipient_id: str,
+    reason: str | None,
+    at: str,
 ) -> RelationshipEvent:
     return RelationshipEvent(
         event_id=event_id,
@@ -45,12 +53,12 @@ def _event(
         type=event_type,
         provider_id=provider_id,
         recipient_id=recipient_id,
-        recipient_region=result.get("recipient_region"),
-        kinship=result.get("kinship"),
-        reason=result.get("reason"),
+        recipient_region=pair.recipient_region,
+        kinship=pair.kinship,
+        reason=reason,
         # A refusal reports no change of the pair; every other event reports the pair's new version.
-        version=None if event_type == "rejected" else result["version"],
-        occurred_at=datetime.fromisoformat(result["at"]),
+        version=None if event_type == "rejected" else pair.version,
+        occurred_at=datetime.fromisoformat(at),
     )
 
 
@@ -138,16 +146,19 @@ class RelationshipHandlers:
         if step.conflict:
             return [_conflict_event(command, content, now)]
         result = step.result
+        assert result is not None and result.type is not None and result.at is not None
 
         def answer(event_type: str) -> RelationshipEvent:
             event_id = _event_id(RELATIONSHIP_COMMANDS, provider_id, command.command_id, event_type)
-            return _event(event_id, command.command_id, event_type, result, provider_id, recipient_id)
+            return _event(
+                event_id, command.command_id, event_type, result, provider_id, recipient_id, result.reason, result.at
+            )
 
-        events = [answer(result["type"])]
-        if "version" in result:
+        events = [answer(result.type)]
+        if result.version is not None and result.state is not None:
             # Also on a redelivery: a crash may have come between the step and the index.
-            await self.store.index_provider(provider_id, recipient_id, result["version"], result["state"])
-            if result["type"] == "rejected":
+            await self.store.index_provider(provider_id, recipient_id, result.version, result.state)
+            if result.type == "rejected":
                 # The refusal ended the pending request (rule 7, see check_accept): that is a change too.
                 events.append(answer("terminated"))
         return events
@@ -168,25 +179,39 @@ class RelationshipHandlers:
         )
         if step.conflict:
             return [_refused_as_conflict(ENROLLMENT, change)]
-        if not step.result["changed"]:
+        recorded = step.result
+        assert recorded is not None
+        if not recorded.changed:
             return []
+        assert recorded.generation is not None  # a change raises it
         logger.info("insurance of %s changed: ending its relationships", mask_person_id(person_id))
-        ended = {"reason": ReasonCode.INSURANCE_CHANGED, "at": step.result["at"]}
         events: list[RelationshipEvent | Refused] = []
 
-        def terminated(provider_id: str, recipient_id: str, relationship: dict) -> RelationshipEvent:
+        def terminated(
+            provider_id: str, recipient_id: str, pair: RelationshipStep | EndedAsProvider
+        ) -> RelationshipEvent:
             event_id = _event_id(ENROLLMENT, person_id, change.event_id, provider_id, recipient_id)
-            return _event(event_id, change.event_id, "terminated", {**ended, **relationship}, provider_id, recipient_id)
+            return _event(
+                event_id,
+                change.event_id,
+                "terminated",
+                pair,
+                provider_id,
+                recipient_id,
+                ReasonCode.INSURANCE_CHANGED,
+                recorded.at,
+            )
 
-        for relationship in step.result["ended_as_provider"] or []:
-            recipient_id = relationship["recipient_id"]
-            await self.store.index_provider(person_id, recipient_id, relationship["version"], "ended")
-            events.append(terminated(person_id, recipient_id, relationship))
-        for provider_id in step.result["providers"] or []:
-            ending = await self.store.end_relationship(provider_id, person_id, step.result["generation"])
-            if ending.result["ended"]:
-                await self.store.index_provider(provider_id, person_id, ending.result["version"], "ended")
-                events.append(terminated(provider_id, person_id, ending.result))
+        for pair in recorded.ended_as_provider:
+            await self.store.index_provider(person_id, pair.recipient_id, pair.version, "ended")
+            events.append(terminated(person_id, pair.recipient_id, pair))
+        for provider_id in recorded.providers:
+            ending = (await self.store.end_relationship(provider_id, person_id, recorded.generation)).result
+            assert ending is not None
+            if ending.ended:
+                assert ending.version is not None  # ending a pair raises its version
+                await self.store.index_provider(provider_id, person_id, ending.version, "ended")
+                events.append(terminated(provider_id, person_id, ending))
         return events
 
     async def on_kinship(self, facts: Sequence[KinshipRecorded]) -> list[Refused]:

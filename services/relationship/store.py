@@ -3,13 +3,13 @@ Every key of a person carries the hash tag {p:<person_id>}."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
 
 from services.relationship.domain import Enrollment, Relationship
+from shared.records import EnrollmentStep, Recorded, RelationshipRecord, RelationshipStep
 from shared.redis_functions import Library, Step, call_step, execute
 
 LIBRARY = Library("gongji_relationship", Path(__file__).with_name("relationship.lua"))
@@ -30,21 +30,25 @@ COMMAND = LIBRARY.declare(
         "version",
         "now",
     ),
+    result=RelationshipStep,
 )
 RECORD_ENROLLMENT = LIBRARY.declare(
     "relationship_record_enrollment",
     keys=("seen_key", "enrollment_key", "rels_key", "versions_key", "providers_key"),
     args=("input_id", "fingerprint", "insurance_type", "region", "status", "now"),
+    result=EnrollmentStep,
 )
 END = LIBRARY.declare(
     "relationship_end",
     keys=("terminations_key", "rels_key", "versions_key", "generations_key"),
     args=("recipient", "generation"),
+    result=RelationshipStep,
 )
 RECORD_KINSHIP = LIBRARY.declare(
     "relationship_record_kinship",
     keys=("seen_key", "kinship_key"),
     args=("input_id", "fingerprint", "relative", "kinship"),
+    result=Recorded,
 )
 INDEX_PROVIDER = LIBRARY.declare(
     "relationship_index_provider", keys=("providers_key",), args=("provider", "version", "state")
@@ -54,6 +58,10 @@ EXPECT_PROVIDER = LIBRARY.declare("relationship_expect_provider", keys=("provide
 
 def _key(person_id: str, part: str) -> str:
     return f"rel:{{p:{person_id}}}:{part}"
+
+
+def _row(stored: bytes) -> dict[str, Any]:
+    return RelationshipRecord.model_validate_json(stored).model_dump()
 
 
 class RelationshipStore:
@@ -80,7 +88,7 @@ class RelationshipStore:
         provider_generation: int,
         version: int,
         now: str,
-    ) -> Step:
+    ) -> Step[RelationshipStep]:
         return await call_step(
             self.redis,
             COMMAND.call(
@@ -108,7 +116,7 @@ class RelationshipStore:
 
     async def record_enrollment(
         self, input_id: str, fingerprint: str, person_id: str, enrollment: Enrollment, now: str
-    ) -> Step:
+    ) -> Step[EnrollmentStep]:
         return await call_step(
             self.redis,
             RECORD_ENROLLMENT.call(
@@ -126,7 +134,7 @@ class RelationshipStore:
             ),
         )
 
-    async def end_relationship(self, provider_id: str, recipient_id: str, generation: int) -> Step:
+    async def end_relationship(self, provider_id: str, recipient_id: str, generation: int) -> Step[RelationshipStep]:
         return await call_step(
             self.redis,
             END.call(
@@ -141,7 +149,7 @@ class RelationshipStore:
 
     async def record_kinship(
         self, input_id: str, fingerprint: str, person_id: str, relative_id: str, kinship: str
-    ) -> Step:
+    ) -> Step[Recorded]:
         return await call_step(
             self.redis,
             RECORD_KINSHIP.call(
@@ -179,10 +187,8 @@ class RelationshipStore:
             raw, version = await execute(pipe)
         if raw is None:
             return None
-        stored = json.loads(raw)
-        return Relationship(
-            stored["state"], stored["recipient_region"], stored["recipient_generation"], int(version or 0)
-        )
+        stored = RelationshipRecord.model_validate_json(raw)
+        return Relationship(stored.state, stored.recipient_region, stored.recipient_generation, int(version or 0))
 
     async def recorded_kinship(self, person_id: str, relative_id: str) -> str | None:
         """What the civil registry says `relative_id` is to `person_id`, by `person_id`'s own facts."""
@@ -193,9 +199,9 @@ class RelationshipStore:
         """Both directions: where the person provides, and where they receive."""
         rows = []
         for recipient_id, raw in (await self.redis.hgetall(_key(person_id, "rels"))).items():
-            rows.append({"provider_id": person_id, "recipient_id": recipient_id.decode(), **json.loads(raw)})
+            rows.append({"provider_id": person_id, "recipient_id": recipient_id.decode(), **_row(raw)})
         for provider_id in await self.redis.hkeys(_key(person_id, "providers")):
             raw = await self.redis.hget(_key(provider_id.decode(), "rels"), person_id)
             if raw:
-                rows.append({"provider_id": provider_id.decode(), "recipient_id": person_id, **json.loads(raw)})
+                rows.append({"provider_id": provider_id.decode(), "recipient_id": person_id, **_row(raw)})
         return rows

@@ -213,8 +213,8 @@ class SettlementHandlers:
             _refusal(ReasonCode.RATE_LIMITED, now),
         )
 
-    def _accepted(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel | ToTopic]:
-        record = ClaimRecord.model_validate(step.result)
+    def _accepted(self, claim: Claim, step: Step[ClaimRecord], now: datetime) -> list[BaseModel | ToTopic]:
+        record = step.result
         if record.state == "pending":  # new, or redelivered before the wallet answered: (re)ask
             assert record.service_region is not None  # a settle claim has it
             return [
@@ -278,8 +278,8 @@ class SettlementHandlers:
             shanghai_minute(now),
         )
 
-    def _reversed(self, claim: Claim, step: Step, now: datetime) -> list[BaseModel | ToTopic]:
-        record = ClaimRecord.model_validate(step.result)
+    def _reversed(self, claim: Claim, step: Step[ClaimRecord], now: datetime) -> list[BaseModel | ToTopic]:
+        record = step.result
         if step.outcome == "applied":
             self._tally(record)
         # A reversal sent on a province's topic reverses only claims of that province's care (or
@@ -343,9 +343,9 @@ class SettlementHandlers:
         ]
         for answer, step in zip(sound, steps, strict=True):
             if step.outcome == "refused":
-                outputs.extend(self._refused_answer(answer, step.result["why"], now))
+                outputs.extend(self._refused_answer(answer, step.why, now))
                 continue
-            record = ClaimRecord.model_validate(step.result)
+            record = step.result
             if step.outcome == "applied":
                 self._tally(record)
             outputs.extend(_also_to_provinces(settlement_event(answer.claim_id, record), record.province))

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from services.settlement.domain import Enrolled
 from shared.contracts import Claim
-from shared.records import ClaimRecord, ClaimResult
+from shared.records import ClaimRecord, ClaimResult, Recorded
 from shared.redis_functions import Call, Library, Step, execute, run_steps
 from shared.settings import Settings
 
@@ -24,11 +24,13 @@ ACCEPT = LIBRARY.declare(
     "settlement_accept",
     keys=("claims_key", "day_counts_key", "minute_counts_key"),
     args=("claim_id", "encoded", "per_recipient_day", "per_shard_minute", "refusal"),
+    result=ClaimRecord,
 )
 FINISH = LIBRARY.declare(
     "settlement_finish",
     keys=("claims_key", "closed_key"),
     args=("claim_id", "result", "month", "shard_prefix", "recipient", "asked"),
+    result=ClaimRecord,
 )
 REVERSE = LIBRARY.declare(
     "settlement_reverse",
@@ -45,12 +47,14 @@ REVERSE = LIBRARY.declare(
         "per_recipient_day",
         "per_shard_minute",
     ),
+    result=ClaimRecord,
 )
 CLOSE_MONTH = LIBRARY.declare("settlement_close_month", keys=("closed_key", "clearing_key"), args=("month", "now"))
 RECORD_ENROLLMENT = LIBRARY.declare(
     "settlement_record_enrollment",
     keys=("seen_key", "enrollment_key"),
     args=("input_id", "fingerprint", "insurance_type", "region", "status"),
+    result=Recorded,
 )
 PREFIX = "stl:"
 

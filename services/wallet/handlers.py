@@ -9,7 +9,7 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from services.wallet.domain import GrantLimits, check_grant, draw_shortfall_reason
-from services.wallet.store import DrawPlan, WalletStore
+from services.wallet.store import WalletStore
 from shared.clock import Clock, rfc3339
 from shared.concurrency import gather_by_key
 from shared.contracts import (
@@ -28,6 +28,7 @@ from shared.contracts import (
 )
 from shared.ids import derived_event_id, fingerprint, mask_person_id
 from shared.policy import PolicyCache
+from shared.records import AccountStep, DrawAnswer, DrawPayer, DrawPlan, Refund, Take
 from shared.redis_functions import Step
 from shared.runtime import CONFLICTS, Refused
 from shared.topics import (
@@ -59,30 +60,27 @@ def _recipient(message: DrawRequested | RefundRequested) -> str:
     return message.recipient_id
 
 
-def _wallet_event(topic: Topic, scope: str, input_id: str, provider_id: str, result: dict, **fields) -> WalletEvent:
+def _wallet_event(
+    topic: Topic, scope: str, input_id: str, provider_id: str, result: AccountStep | Refund, **fields
+) -> WalletEvent:
     """The wallet event of an applied step. Its id names the input's topic and scope (the person an
     input id is unique for): two different inputs never share an output id."""
-    event_type = fields.pop("type", result.get("type"))
-    recipient_id = fields.pop("recipient_id", result.get("recipient"))
+    if isinstance(result, AccountStep):  # a refund's caller names its type
+        fields = {"type": result.type, "reason": result.reason, **fields}
     return WalletEvent(
-        event_id=derived_event_id("wallet", topic.name, scope, input_id, event_type, provider_id, recipient_id or ""),
+        event_id=derived_event_id(
+            "wallet", topic.name, scope, input_id, fields["type"], provider_id, result.recipient_id or ""
+        ),
         cause_id=input_id,
-        type=event_type,
         provider_id=provider_id,
-        recipient_id=recipient_id,
-        amount_fen=result.get("amount", 0),
-        balance_fen=_fen(result.get("balance")),
-        frozen_fen=_fen(result.get("frozen")),
-        reason=result.get("reason"),
-        account_seq=result.get("seq"),
-        occurred_at=datetime.fromisoformat(result["at"]),
+        recipient_id=result.recipient_id,
+        amount_fen=result.amount_fen,
+        balance_fen=result.balance_fen,
+        frozen_fen=result.frozen_fen,
+        account_seq=result.seq,
+        occurred_at=datetime.fromisoformat(result.at),
         **fields,
     )
-
-
-def _fen(stored: str | None) -> int | None:
-    """Balances come back from Redis as decimal strings (exact; cjson would round them)."""
-    return None if stored is None else int(stored)
 
 
 def _conflict(
@@ -118,26 +116,27 @@ def _refused_as_conflict(topic: Topic, message: BaseModel, input_id: str) -> Ref
 class _Draw:
     """One claim's draw in progress across the rounds of a batch, on the plan fixed at its first step."""
 
-    def __init__(self, request: DrawRequested, plan: DrawPlan) -> None:
+    def __init__(self, request: DrawRequested, plan: DrawAnswer | DrawPlan) -> None:
         self.request = request
         self.plan = plan
         self.needed_fen = request.amount_fen
         self.asked = 0
-        self.payers: list[dict] = []
+        self.payers: list[DrawPayer] = []
 
     def wants_more(self) -> bool:
         return (
-            self.plan.answer is None
+            isinstance(self.plan, DrawPlan)
             and not self.plan.recipient_frozen
             and self.needed_fen > 0
             and self.asked < len(self.plan.providers)
         )
 
     def next_provider(self) -> str:
+        assert isinstance(self.plan, DrawPlan)
         return self.plan.providers[self.asked]
 
-    def took(self, step: Step) -> None:
-        provider_id = self.plan.providers[self.asked]
+    def took(self, step: Step[Take]) -> None:
+        provider_id = self.next_provider()
         self.asked += 1
         if step.conflict:  # the claim id is another recipient's at this provider: nothing taken
             logger.error(
@@ -146,22 +145,25 @@ class _Draw:
                 mask_person_id(provider_id),
             )
             return
-        if step.result["amount"] > 0:
-            self.needed_fen -= step.result["amount"]
+        take = step.result
+        assert take is not None
+        if take.amount_fen > 0:
+            self.needed_fen -= take.amount_fen
             self.payers.append(
-                {
-                    "provider_id": provider_id,
-                    "provider_region": step.result["region"],
-                    "amount_fen": step.result["amount"],
-                    "balance_fen": _fen(step.result["balance"]),
-                    "frozen_fen": _fen(step.result["frozen"]),
-                }
+                DrawPayer(
+                    provider_id=provider_id,
+                    provider_region=take.provider_region,
+                    amount_fen=take.amount_fen,
+                    balance_fen=take.balance_fen,
+                    frozen_fen=take.frozen_fen,
+                )
             )
 
-    def answer(self, now: str) -> dict:
+    def answer(self, now: str) -> DrawAnswer:
+        assert isinstance(self.plan, DrawPlan)
         paid = self.request.amount_fen - self.needed_fen
         reason = draw_shortfall_reason(self.request.amount_fen, paid, self.plan.recipient_frozen)
-        return {"paid": paid, "reason": reason, "payers": self.payers, "at": now}
+        return DrawAnswer(paid_fen=paid, reason=reason, payers=self.payers, at=now)
 
 
 class WalletHandlers:
@@ -243,8 +245,8 @@ class WalletHandlers:
                     command.amount_fen,
                 )
             ]
-        if step.result["type"] == "granted":
-            first_grant_ms = int(datetime.fromisoformat(step.result["at"]).timestamp() * 1000)
+        if step.result.type == "granted":
+            first_grant_ms = int(datetime.fromisoformat(step.result.at).timestamp() * 1000)
             await self.store.index_provider(command.recipient_id, command.provider_id, first_grant_ms)
         return [
             _wallet_event(WALLET_COMMANDS, command.provider_id, command.command_id, command.provider_id, step.result)
@@ -270,7 +272,7 @@ class WalletHandlers:
         )
         if step.conflict:
             return [_refused_as_conflict(RELATIONSHIP_EVENTS, event, event.event_id)]
-        if step.result.get("type") == "released":
+        if step.result.type == "released":
             return [
                 _wallet_event(RELATIONSHIP_EVENTS, event.provider_id, event.event_id, event.provider_id, step.result)
             ]
@@ -311,7 +313,7 @@ class WalletHandlers:
                 action.event_id,
                 action.person_id,
                 step.result,
-                standing_freezes=step.result["freezes"],
+                standing_freezes=step.result.standing_freezes,
             )
         ]
 
@@ -336,7 +338,7 @@ class WalletHandlers:
             ]
             for draw, step in zip(open_draws, await self.store.run(calls), strict=True):
                 draw.took(step)
-        finishing = [draw for draw in draws if draw.plan.answer is None]
+        finishing = [draw for draw in draws if isinstance(draw.plan, DrawPlan)]
         answers = await self.store.run(
             [
                 self.store.draw_finish(draw.request.claim_id, draw.request.recipient_id, draw.answer(now))
@@ -344,27 +346,27 @@ class WalletHandlers:
             ]
         )
         for draw, step in zip(finishing, answers, strict=True):
-            draw.plan = DrawPlan(step.result, draw.plan.recipient_frozen, draw.plan.providers)
-        return [output for draw in draws for output in self._draw_outputs(draw.request, draw.plan.answer)]
+            assert step.result is not None
+            draw.plan = step.result
+        return [output for draw in draws for output in self._draw_outputs(draw.request, draw.plan)]
 
-    def _draw_outputs(self, request: DrawRequested, answer: dict) -> list[BaseModel]:
-        at = datetime.fromisoformat(answer["at"])
+    def _draw_outputs(self, request: DrawRequested, answer: DrawAnswer | DrawPlan) -> list[BaseModel]:
+        assert isinstance(answer, DrawAnswer)  # every draw is answered by now
+        at = datetime.fromisoformat(answer.at)
         debits = [
             WalletEvent(
-                event_id=derived_event_id(
-                    "wallet", DRAW_REQUESTS.name, request.claim_id, "debited", payer["provider_id"]
-                ),
+                event_id=derived_event_id("wallet", DRAW_REQUESTS.name, request.claim_id, "debited", payer.provider_id),
                 cause_id=request.request_id,
                 type="debited",
-                provider_id=payer["provider_id"],
+                provider_id=payer.provider_id,
                 recipient_id=request.recipient_id,
-                amount_fen=payer["amount_fen"],
-                balance_fen=payer["balance_fen"],
-                frozen_fen=payer["frozen_fen"],
+                amount_fen=payer.amount_fen,
+                balance_fen=payer.balance_fen,
+                frozen_fen=payer.frozen_fen,
                 claim_id=request.claim_id,
                 occurred_at=at,
             )
-            for payer in answer["payers"]
+            for payer in answer.payers
         ]
         return [
             *debits,
@@ -373,15 +375,13 @@ class WalletHandlers:
                 claim_id=request.claim_id,
                 recipient_id=request.recipient_id,
                 requested_fen=request.amount_fen,
-                paid_fen=answer["paid"],
-                reason=answer["reason"],
+                paid_fen=answer.paid_fen,
+                reason=answer.reason,
                 context=request.context,
                 answered_at=at,
                 payers=[
-                    Payer(
-                        provider_id=p["provider_id"], provider_region=p["provider_region"], amount_fen=p["amount_fen"]
-                    )
-                    for p in answer["payers"]
+                    Payer(provider_id=p.provider_id, provider_region=p.provider_region, amount_fen=p.amount_fen)
+                    for p in answer.payers
                 ],
             ),
         ]
@@ -393,28 +393,30 @@ class WalletHandlers:
         events = []
         now = rfc3339(self.clock.now())
         for payer in request.payers:
-            step: Step = await self.store.refund(
+            step = await self.store.refund(
                 request.claim_id, request.original_claim_id, payer.provider_id, request.recipient_id, now
             )
-            if step.result["amount"] != payer.amount_fen:
+            refund = step.result
+            assert refund is not None
+            if refund.amount_fen != payer.amount_fen:
                 logger.error(
                     "refund of %s from %s: drew %s, asked %s",
                     request.original_claim_id,
                     mask_person_id(payer.provider_id),
-                    step.result["amount"],
+                    refund.amount_fen,
                     payer.amount_fen,
                 )
-            if step.result["amount"] > 0:
+            if refund.amount_fen > 0:
                 events.append(
                     _wallet_event(
                         REFUND_REQUESTS,
                         request.claim_id,
                         request.request_id,
                         payer.provider_id,
-                        step.result,
+                        refund,
                         type="refunded",
                         claim_id=request.original_claim_id,
-                        refunded_to=step.result["to"],
+                        refunded_to=refund.to,
                     )
                 )
         return events

@@ -3,9 +3,7 @@ Every key of a person carries the hash tag {p:<person_id>}: one step, one slot."
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -14,16 +12,23 @@ from redis.asyncio import Redis
 from services.wallet.domain import AccountSnapshot, GrantLimits
 from shared.clock import rfc3339, shanghai_day
 from shared.policy import Policy
-from shared.redis_functions import Call, Library, Step, call_step, execute, run_steps
+from shared.records import AccountStep, DrawAnswer, DrawPlan, Recorded, Refund, Take
+from shared.redis_functions import Call, Library, Result, Step, call_step, execute, run_steps
 
 LIBRARY = Library("gongji_wallet", Path(__file__).with_name("wallet.lua"))
 PREFIX = "wal:"
 
 CREDIT = LIBRARY.declare(
-    "wallet_credit", keys=("seen_key", "account_key"), args=("input_id", "fingerprint", "amount", "now")
+    "wallet_credit",
+    keys=("seen_key", "account_key"),
+    args=("input_id", "fingerprint", "amount", "now"),
+    result=AccountStep,
 )
 SPEND = LIBRARY.declare(
-    "wallet_spend", keys=("seen_key", "account_key"), args=("input_id", "fingerprint", "amount", "now")
+    "wallet_spend",
+    keys=("seen_key", "account_key"),
+    args=("input_id", "fingerprint", "amount", "now"),
+    result=AccountStep,
 )
 GRANT = LIBRARY.declare(
     "wallet_grant",
@@ -45,22 +50,26 @@ GRANT = LIBRARY.declare(
         "provider",
         "max_amount",
     ),
+    result=AccountStep,
 )
 INDEX_PROVIDER = LIBRARY.declare("wallet_index_provider", keys=("providers_key",), args=("provider", "first_grant_ms"))
 RELATIONSHIP_CHANGED = LIBRARY.declare(
     "wallet_relationship_changed",
     keys=("seen_key", "account_key", "grants_key", "relationships_key", "versions_key", "since_key"),
     args=("input_id", "fingerprint", "event_type", "recipient", "recipient_region", "version", "now"),
+    result=AccountStep,
 )
 RECORD_ENROLLMENT = LIBRARY.declare(
     "wallet_record_enrollment",
     keys=("seen_key", "enrollment_key"),
     args=("input_id", "fingerprint", "insurance_type", "region", "status"),
+    result=Recorded,
 )
 SUPERVISE = LIBRARY.declare(
     "wallet_supervise",
     keys=("seen_key", "account_key", "freezes_key"),
     args=("input_id", "fingerprint", "action", "lifts", "now"),
+    result=AccountStep,
 )
 DRAW_BEGIN = LIBRARY.declare(
     "wallet_draw_begin", keys=("plans_key", "answers_key", "providers_key", "account_key"), args=("claim_id",)
@@ -69,26 +78,21 @@ DRAW_FROM_GRANT = LIBRARY.declare(
     "wallet_draw_from_grant",
     keys=("account_key", "grants_key", "takes_key", "since_key"),
     args=("claim_id", "recipient", "needed", "now"),
+    result=Take,
 )
-DRAW_FINISH = LIBRARY.declare("wallet_draw_finish", keys=("plans_key", "answers_key"), args=("claim_id", "answer"))
+DRAW_FINISH = LIBRARY.declare(
+    "wallet_draw_finish", keys=("plans_key", "answers_key"), args=("claim_id", "answer"), result=DrawAnswer
+)
 REFUND = LIBRARY.declare(
     "wallet_refund",
     keys=("account_key", "grants_key", "relationships_key", "takes_key", "refunds_key", "since_key"),
     args=("refund_id", "original_claim_id", "recipient", "now"),
+    result=Refund,
 )
 
 
 def _key(person_id: str, part: str) -> str:
     return f"{PREFIX}{{p:{person_id}}}:{part}"
-
-
-@dataclass(frozen=True)
-class DrawPlan:
-    """Step 1 of a draw: the stored answer of an earlier draw, or the plan fixed at the first try."""
-
-    answer: dict | None
-    recipient_frozen: bool
-    providers: list[str]
 
 
 class WalletStore:
@@ -101,7 +105,9 @@ class WalletStore:
     async def ready(self) -> None:
         await LIBRARY.require_loaded(self.redis)
 
-    async def credit(self, input_id: str, fingerprint: str, person_id: str, amount_fen: int, now: str) -> Step:
+    async def credit(
+        self, input_id: str, fingerprint: str, person_id: str, amount_fen: int, now: str
+    ) -> Step[AccountStep]:
         return await call_step(
             self.redis,
             CREDIT.call(
@@ -114,7 +120,9 @@ class WalletStore:
             ),
         )
 
-    async def spend(self, input_id: str, fingerprint: str, person_id: str, amount_fen: int, now: str) -> Step:
+    async def spend(
+        self, input_id: str, fingerprint: str, person_id: str, amount_fen: int, now: str
+    ) -> Step[AccountStep]:
         return await call_step(
             self.redis,
             SPEND.call(
@@ -140,7 +148,7 @@ class WalletStore:
         limits: GrantLimits,
         policy: Policy,
         now: datetime,
-    ) -> Step:
+    ) -> Step[AccountStep]:
         return await call_step(
             self.redis,
             GRANT.call(
@@ -182,7 +190,7 @@ class WalletStore:
         recipient_region: str,
         version: int | None,
         now: str,
-    ) -> Step:
+    ) -> Step[AccountStep]:
         return await call_step(
             self.redis,
             RELATIONSHIP_CHANGED.call(
@@ -204,7 +212,7 @@ class WalletStore:
 
     async def record_enrollment(
         self, input_id: str, fingerprint: str, person_id: str, insurance_type: str, region: str, status: str
-    ) -> Step:
+    ) -> Step[Recorded]:
         return await call_step(
             self.redis,
             RECORD_ENROLLMENT.call(
@@ -220,7 +228,7 @@ class WalletStore:
 
     async def supervise(
         self, input_id: str, fingerprint: str, person_id: str, action: str, lifts: str | None, now: str
-    ) -> Step:
+    ) -> Step[AccountStep]:
         return await call_step(
             self.redis,
             SUPERVISE.call(
@@ -235,8 +243,9 @@ class WalletStore:
             ),
         )
 
-    async def draw_begin(self, requests: Sequence[tuple[str, str]]) -> list[DrawPlan]:
-        """Step 1 for each (claim, recipient), in one pipeline."""
+    async def draw_begin(self, requests: Sequence[tuple[str, str]]) -> list[DrawAnswer | DrawPlan]:
+        """Step 1 for each (claim, recipient), in one pipeline: the stored answer of an earlier
+        draw, or the plan fixed at the first try."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for claim_id, recipient_id in requests:
                 DRAW_BEGIN.call(
@@ -247,16 +256,14 @@ class WalletStore:
                     claim_id=claim_id,
                 ).on(pipe)
             replies = await execute(pipe)
-        plans = []
-        for outcome, encoded in replies:
-            stored = json.loads(encoded)
-            if outcome == b"answered":
-                plans.append(DrawPlan(stored, False, []))
-            else:
-                plans.append(DrawPlan(None, stored["frozen"], stored.get("providers") or []))
-        return plans
+        return [
+            DrawAnswer.model_validate_json(encoded) if outcome == b"answered" else DrawPlan.model_validate_json(encoded)
+            for outcome, encoded in replies
+        ]
 
-    def draw_from_grant(self, claim_id: str, provider_id: str, recipient_id: str, needed_fen: int, now: str) -> Call:
+    def draw_from_grant(
+        self, claim_id: str, provider_id: str, recipient_id: str, needed_fen: int, now: str
+    ) -> Call[Take]:
         """Step 2: take up to `needed_fen` from the provider's grant to the recipient, once per claim."""
         return DRAW_FROM_GRANT.call(
             account_key=_key(provider_id, "account"),
@@ -269,21 +276,21 @@ class WalletStore:
             now=now,
         )
 
-    def draw_finish(self, claim_id: str, recipient_id: str, answer: dict) -> Call:
+    def draw_finish(self, claim_id: str, recipient_id: str, answer: DrawAnswer) -> Call[DrawAnswer]:
         """Step 3: store the answer; the first one stored stands."""
         return DRAW_FINISH.call(
             plans_key=_key(recipient_id, "plans"),
             answers_key=_key(recipient_id, "answers"),
             claim_id=claim_id,
-            answer=json.dumps(answer),
+            answer=answer.stored(),
         )
 
-    async def run(self, calls: Sequence[Call]) -> list[Step]:
+    async def run(self, calls: Sequence[Call[Result]]) -> list[Step[Result]]:
         return await run_steps(self.redis, calls)
 
     async def refund(
         self, refund_id: str, original_claim_id: str, provider_id: str, recipient_id: str, now: str
-    ) -> Step:
+    ) -> Step[Refund]:
         return await call_step(
             self.redis,
             REFUND.call(

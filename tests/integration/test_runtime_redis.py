@@ -9,6 +9,7 @@ import pytest
 from redis.exceptions import ResponseError
 
 from services.wallet.store import LIBRARY, WalletStore
+from shared.records import Recorded
 from shared.redis_functions import Call, Library, call_step
 from shared.runtime import is_transient
 from tests.support import new_id, new_person_id
@@ -20,7 +21,8 @@ async def test_a_missing_library_is_an_unwell_redis_not_a_poisonous_record(redis
     """What a step raises on a Redis that came back without the service's library (a failover to a
     node never loaded), through the real client and pipeline."""
     with pytest.raises(ResponseError) as caught:
-        await call_step(redis, Call(f"gongji_missing_{new_id().replace('-', '_')}", [f"x:{{p:{new_person_id()}}}"], []))
+        missing = Call(f"gongji_missing_{new_id().replace('-', '_')}", [f"x:{{p:{new_person_id()}}}"], [], Recorded)
+        await call_step(redis, missing)
     assert "pipeline" not in str(caught.value)  # the reply as Redis gave it
     assert is_transient(caught.value)
 
@@ -46,4 +48,4 @@ async def test_two_releases_side_by_side_each_call_their_own_functions(redis, tm
     assert {LIBRARY.name.encode(), next_release.name.encode()} <= loaded
     person = new_person_id()
     step = await current.credit(new_id(), "f", person, 100, "2026-03-02T12:00:00+08:00")
-    assert (step.outcome, step.result["balance"]) == ("applied", "100")
+    assert (step.outcome, step.result.balance_fen) == ("applied", 100)

@@ -12,6 +12,7 @@ from services.relationship.store import LIBRARY as RELATIONSHIP
 from services.settlement.store import LIBRARY as SETTLEMENT
 from services.wallet.store import LIBRARY as WALLET
 from shared.contracts import ReasonCode
+from shared.records import AccountStep
 from shared.redis_functions import PRELUDE_LUA, Function, Library
 
 LIBRARIES = (RELATIONSHIP, SETTLEMENT, WALLET)
@@ -52,6 +53,36 @@ def test_every_registered_function_is_declared_once(library: Library) -> None:
     assert sorted(function.name for function in library.functions) == sorted(registered)
 
 
+def body_of(source: str, lua_function: str) -> str:
+    start = source.index(f"local function {lua_function}(")
+    return source[start : source.index("\nend\n", start)]
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [function for library in LIBRARIES for function in library.functions],
+    ids=lambda function: function.name,
+)
+def test_a_step_declares_the_record_it_answers_with(declared: Function) -> None:
+    """A function that answers (outcome, stored record) — every step — is read through the model it
+    declares; one that answers anything else declares none and cannot be read as a step."""
+    source = source_of(declared.library)
+    body = body_of(source, dict(REGISTERED.findall(source))[declared.name])
+    is_step = re.search(r"remember(ed)?\(|\{'(applied|duplicate)'", body) is not None
+    assert (declared.result is not None) == is_step
+
+
+def test_a_reply_is_read_as_its_declared_record() -> None:
+    step = Function(WALLET, "example", (), (), AccountStep).call()
+    applied = step.step("applied", b'{"type": "credited", "amount": 5, "balance": "105", "frozen": "0", "at": "t"}')
+    assert (applied.outcome, applied.result.amount_fen, applied.result.balance_fen) == ("applied", 5, 105)
+    assert step.step("conflict", b"").result is None
+    refused = step.step("refused", b'{"why": "unknown"}')
+    assert (refused.result, refused.why) == (None, "unknown")
+    with pytest.raises(TypeError, match="not a step"):
+        Function(WALLET, "example", (), (), None).call().step("applied", b"{}")
+
+
 def test_a_call_names_every_key_and_argument_and_nothing_else() -> None:
     (declared, *_) = WALLET.functions
     values = {name: "x" for name in (*declared.keys, *declared.args)}
@@ -63,7 +94,7 @@ def test_a_call_names_every_key_and_argument_and_nothing_else() -> None:
 
 
 def test_none_and_booleans_cross_as_lua_reads_them() -> None:
-    function = Function(WALLET, "example", ("a_key",), ("missing", "yes", "no", "amount"))
+    function = Function(WALLET, "example", ("a_key",), ("missing", "yes", "no", "amount"), None)
     assert function.call(a_key="k", missing=None, yes=True, no=False, amount=7).args == ["", "1", "0", 7]
 
 

@@ -17,7 +17,6 @@ from gongji.simulation.model.base import (
 )
 from services.settlement.handlers import claim_output_id
 from services.wallet.domain import GrantLimits
-from services.wallet.store import DrawPlan
 from shared.clock import shanghai_day
 from shared.contracts import (
     AccountCredited,
@@ -33,6 +32,7 @@ from shared.contracts import (
     WalletEvent,
 )
 from shared.ids import province_of
+from shared.records import DrawAnswer, DrawPlan
 from shared.redis_functions import Step
 
 
@@ -209,9 +209,9 @@ class WalletModel(ModelBase):
             account.paid += amount
         return amount
 
-    def observe_plan(self, request: DrawRequested, plan: DrawPlan) -> None:
+    def observe_plan(self, request: DrawRequested, plan: DrawAnswer | DrawPlan) -> None:
         """Instance A's first step of a draw (a rebalance mid-draw)."""
-        if plan.answer is not None:
+        if isinstance(plan, DrawAnswer):
             require(
                 (request.claim_id, request.recipient_id) in self.answers,
                 "draw-plan",
@@ -232,7 +232,7 @@ class WalletModel(ModelBase):
     def observe_take(self, request: DrawRequested, provider: str, needed: int, step: Step) -> None:
         """Instance A's take from one provider."""
         expected = self.take(request.claim_id, provider, request.recipient_id, needed)
-        taken = 0 if step.conflict else step.result["amount"]
+        taken = 0 if step.conflict else step.result.amount_fen
         require(
             taken == expected,
             "paid-once",
