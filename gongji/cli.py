@@ -225,9 +225,7 @@ def claims_show(claim_id: str, full_ids: FullIds = False) -> None:
     from services.settlement.store import SettlementStore
 
     settings = Settings()
-    record = asyncio.run(
-        _with_redis(lambda redis: SettlementStore(redis, settings.settlement_shards).claim(None, claim_id))
-    )
+    record = asyncio.run(_with_redis(lambda redis: SettlementStore(redis, settings.settlement_shards).claim(claim_id)))
     if record is None:
         _fail(f"no claim {claim_id}")
     shown = json.dumps(record.stored(), ensure_ascii=False)  # as Redis holds it (docs/state.md)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -13,10 +13,22 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 class Clock(Protocol):
     def now(self) -> datetime: ...
 
+    def redis_ms(self, duration: timedelta) -> int:
+        """How many milliseconds of Redis's own clock `duration` of this clock lasts: what an expiry
+        written now is given."""
+        ...
+
+
+def _milliseconds(duration: timedelta) -> int:
+    return int(duration.total_seconds() * 1000)
+
 
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(SHANGHAI)
+
+    def redis_ms(self, duration: timedelta) -> int:
+        return _milliseconds(duration)
 
 
 @dataclass
@@ -30,6 +42,11 @@ class FixedClock:
 
     def set(self, at: datetime) -> None:
         self.at = at
+
+    def redis_ms(self, duration: timedelta) -> int:
+        """Real time: a record expires that long after it is written, however the clock is moved
+        (moved forward, a record outlives the window it was kept for, never the reverse)."""
+        return _milliseconds(duration)
 
 
 def clock_from_setting(clock_fixed_at: str) -> Clock:

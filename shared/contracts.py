@@ -81,6 +81,7 @@ REFUSED_BEFORE_ID: frozenset[ReasonCode] = frozenset(
         ReasonCode.INVALID_MESSAGE,
         ReasonCode.AMOUNT_OUT_OF_RANGE,
         ReasonCode.SERVICE_REGION_MISMATCH,
+        ReasonCode.CLAIM_TOO_OLD,
     }
 )
 
@@ -443,6 +444,8 @@ class ClaimContext(_ConsumedOutput):
     requested_fen: int
     service_region: str
     shortfall: ReasonCode | None = None
+    # The Asia/Shanghai day (YYYYMMDD) the claim occurred: the bucket its record is kept in.
+    claim_day: str = Field(pattern=r"^\d{8}$")
 
 
 class DrawRequested(_ConsumedOutput):

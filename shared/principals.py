@@ -218,7 +218,19 @@ SERVICES: tuple[Principal, ...] = (
         ),
         redis=RedisAccess(
             keys=("stl:*",),
-            commands=(*_SERVICE_COMMANDS, "hget", "hmget", "hgetall", "hexists", "hset", "hsetnx", "hincrby", "expire"),
+            commands=(
+                *_SERVICE_COMMANDS,
+                "get",
+                "set",
+                "hget",
+                "hmget",
+                "hgetall",
+                "hexists",
+                "hset",
+                "hincrby",
+                "expire",
+                "pexpire",
+            ),
         ),
     ),
 )

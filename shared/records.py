@@ -40,7 +40,8 @@ class ClaimResult(BaseModel):
 
 
 class ClaimRecord(BaseModel):
-    """A claim or a reversal as settlement holds it, under its claim id (`stl:{s<N>}:claims`)."""
+    """A claim or a reversal as settlement holds it (`stl:{s<N>}:claim:<claim id>`), for the
+    idempotency window and its grace from its last write."""
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -50,6 +51,7 @@ class ClaimRecord(BaseModel):
     category: str | None = None
     service_region: str | None = None
     reverses: str | None = None
+    occurred_at: str | None = None  # the claim's, rfc3339 in Asia/Shanghai: a reversal must come within its window
     requested_fen: int = Field(0, alias="requested")  # the claim's whole amount (a reversal: what it gave back)
     asked_fen: int = Field(0, alias="payable")  # what is asked of the grants: the share rule 12 allows
     shortfall: str | None = None  # why less than requested is asked (NOT_IN_CATALOGUE)

@@ -62,6 +62,16 @@ class Settings(BaseSettings):
     # province's average at a million claims a day nationally). The national topic has none.
     claims_per_recipient_per_day: int = Field(default=100, ge=1)
     province_claims_per_minute: int = Field(default=60_000, ge=1)
+    # The idempotency window (docs/contract.md): a claim or reversal is taken only while its
+    # `occurred_at` is no older than this (older: CLAIM_TOO_OLD, before any state is read) and no
+    # more than the clock skew ahead of the platform's clock (INVALID_MESSAGE). 30 days: a reversal
+    # (退费) comes within days, and a clearing month is closed within days of its end.
+    claim_window_seconds: int = Field(default=30 * 86400, ge=3600)
+    claim_clock_skew_seconds: int = Field(default=300, ge=0)
+    # What exists only to recognise a claim again (its record, its id's owner) is kept this much
+    # longer than the window after it is written, then leaves Redis by itself: longer than the
+    # skew, so every duplicate the window lets in is still recognised.
+    claim_record_grace_seconds: int = Field(default=2 * 86400, ge=3600)
     # How long the policy (opened regions, the cross-province date) is cached by a service.
     policy_cache_seconds: float = 1.0
     # Statistics are published every this many seconds.

@@ -16,6 +16,7 @@ from typing import Any
 from gongji.audit.books import Books, InputKey
 from gongji.audit.rules import check_rules
 from gongji.audit.state import TOTALS, RedisState, WalletAccount
+from gongji.audit.window import Window
 from services.settlement.domain import NATIONAL
 from services.settlement.handlers import claim_output_id
 from shared.contracts import REFUSED_BEFORE_ID, Payer, ReasonCode, RelationshipEvent, SettlementEvent, WalletEvent
@@ -119,9 +120,10 @@ class _Findings:
 class _View:
     """The books and the state, indexed the ways the rules look them up."""
 
-    def __init__(self, books: Books, state: RedisState) -> None:
+    def __init__(self, books: Books, state: RedisState, window: Window) -> None:
         self.books = books
         self.state = state
+        self.window = window
         self.results: dict[str, list[SettlementEvent]] = defaultdict(list)
         for result in books.settlements:
             self.results[result.claim_id].append(result)
@@ -183,8 +185,8 @@ class _View:
         return self.wallet(provider).refunds.get(refund_id)
 
 
-def compare(books: Books, state: RedisState) -> AuditReport:
-    view = _View(books, state)
+def compare(books: Books, state: RedisState, window: Window) -> AuditReport:
+    view = _View(books, state, window)
     found = _Findings()
     for rule in (
         _history,
@@ -198,7 +200,7 @@ def compare(books: Books, state: RedisState) -> AuditReport:
         _republished,
     ):
         rule(view, found)
-    check_rules(books, found.differ)
+    check_rules(books, found.differ, window)
     return AuditReport(found.differences, found.pending, _counts(view, found))
 
 
@@ -215,6 +217,7 @@ def _counts(view: _View, found: _Findings) -> dict[str, int]:
         "persons": len(set(view.state.wallets) | set(view.wallet_events)),
         "claims_final": sum(1 for result in results if result and result.status != "reversed"),
         "claims_pending": found.counts["claims_pending"],
+        "claims_expired": found.counts["claims_expired"],  # their records gone with their window
         "reversals": sum(1 for result in results if result and result.status == "reversed"),
         "relationships": len({(event.provider_id, event.recipient_id) for event in view.books.relationship_events}),
         "months": len(months),
@@ -246,7 +249,9 @@ def _claims(view: _View, found: _Findings) -> None:
         ids["recipient"] = result.recipient_id
         if len(results) > 1:
             found.differ(CLAIM, "a claim has more than one result", ids, 1, len(results))
-        if record is None or record.get("status") != "final":
+        if record is None and view.window.left_redis(result.settled_at):
+            found.counts["claims_expired"] += 1  # its record kept the window and its grace, and left
+        elif record is None or record.get("status") != "final":
             found.differ(
                 CLAIM,
                 "a result published for a claim settlement does not hold as final",

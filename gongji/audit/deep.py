@@ -24,6 +24,8 @@ from rich.markup import escape
 from gongji.audit.books import AUDITED_TOPICS, Record, json_object, rebuild
 from gongji.audit.compare import IN_FLIGHT, AuditReport, Difference, Pending, compare
 from gongji.audit.state import RedisState, read_state
+from gongji.audit.window import Window
+from shared.clock import clock_from_setting
 from shared.credentials import aiokafka_options
 from shared.ids import mask_person_id
 from shared.principals import OPERATOR
@@ -83,13 +85,13 @@ def _stuck_as_differences(report: AuditReport, first: set[tuple], wait_seconds: 
     report.counts["differences"], report.counts["pending"] = len(report.differences), len(report.pending)
 
 
-async def _read_state_once_loaded(redis: Redis) -> tuple[RedisState, float]:
+async def _read_state_once_loaded(redis: Redis, today: str) -> tuple[RedisState, float]:
     """Redis's state, waiting (up to REDIS_LOADING_SECONDS) while it loads its data after a
     restart; how long it waited."""
     started = time.monotonic()
     while True:
         try:
-            return await read_state(redis), time.monotonic() - started
+            return await read_state(redis, today), time.monotonic() - started
         except BusyLoadingError:
             if time.monotonic() - started >= REDIS_LOADING_SECONDS:
                 raise AuditUnavailable(
@@ -117,7 +119,8 @@ async def _audit_once(settings: Settings, redis: Redis) -> tuple[AuditReport, fl
             for number in range(topic.partitions(settings))
         ]
         ends = await consumer.end_offsets(partitions)
-        state, loading = await _read_state_once_loaded(redis)
+        window = Window.from_settings(settings, clock_from_setting(settings.clock_fixed_at).now())
+        state, loading = await _read_state_once_loaded(redis, window.today)
         records = await read_records(consumer, ends)
     finally:
         await consumer.stop()
@@ -125,7 +128,7 @@ async def _audit_once(settings: Settings, redis: Redis) -> tuple[AuditReport, fl
     # them again and again while the books are built.
     gc.disable()
     try:
-        return compare(rebuild(records), state), loading
+        return compare(rebuild(records), state, window), loading
     finally:
         gc.enable()
 

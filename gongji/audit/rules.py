@@ -20,6 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gongji.audit.books import Books
+from gongji.audit.window import Window
 from shared.contracts import SettlementEvent, WalletEvent
 from shared.topics import CLAIMS, ENROLLMENT, WALLET_COMMANDS
 
@@ -38,9 +39,10 @@ NATIONAL = "national"  # the scope of claim ids in the books
 Differ = Callable[[str, str, dict[str, str], Any, Any], None]
 
 
-def check_rules(books: Books, differ: Differ) -> None:
+def check_rules(books: Books, differ: Differ, window: Window) -> None:
     for rule in (_grants, _frozen_accounts, _paid_claims, _claims_of_their_own_care, _related_before_quota):
         rule(books, differ)
+    _claims_within_their_window(books, differ, window)
 
 
 # ---- rules 8-10: a grant is the provider's own, within the limits ------------------------------
@@ -180,16 +182,58 @@ def _claims_of_their_own_care(books: Books, differ: Differ) -> None:
             )
 
 
+def _claims_within_their_window(books: Books, differ: Differ, window: Window) -> None:
+    """The idempotency window: no claim is taken ahead of the clock (by more than the skew), a claim
+    is refused CLAIM_TOO_OLD only when it is, and a reversal cancels only a claim within the window
+    when it is decided. (When a paid claim was taken is not in the records: it was before it was
+    paid, so only its upper bound is judged.)"""
+    by_id = {result.claim_id: result for result in books.settlements}
+    for result in books.settlements:
+        ids = {"claim": result.claim_id, "recipient": result.recipient_id}
+        at = _occurred_at(_claim_of(books, result))
+        if at is not None and at > result.settled_at + window.skew:
+            differ(
+                RULE, "window: a claim was taken ahead of the clock", ids, f"by {window.skew}", at - result.settled_at
+            )
+        original = by_id.get(result.reverses or "")
+        when = _occurred_at(_claim_of(books, original)) if original else None
+        if result.status == "reversed" and when is not None and when < result.settled_at - window.length:
+            differ(RULE, "window: a claim older than the window was reversed", ids, "CLAIM_TOO_OLD", "reversed")
+    for refusal in books.refused_before_id:
+        if refusal.reason != "CLAIM_TOO_OLD":
+            continue
+        sent = [_occurred_at(content) for content in _contents_like(books, refusal)]
+        if not any(at is not None and at < refusal.settled_at - window.length for at in sent):
+            differ(
+                RULE,
+                "window: a claim within the window was refused as too old",
+                {"claim": refusal.claim_id},
+                "taken",
+                "CLAIM_TOO_OLD",
+            )
+
+
+def _occurred_at(claim: dict[str, Any] | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(claim["occurred_at"])) if claim else None
+    except ValueError:
+        return None
+
+
+def _contents_like(books: Books, answer: SettlementEvent) -> list[dict[str, Any]]:
+    """What was sent under the answer's claim id with the answer's recipient and amount."""
+    contents = books.inputs.get((CLAIMS.name, NATIONAL, answer.claim_id), [])
+    return [
+        content
+        for content in contents
+        if content.get("recipient_id") == answer.recipient_id
+        # a reversal's answer carries what it gave back, not an amount of its claim
+        and (answer.reverses is not None or (content.get("amount_fen") or 0) == answer.requested_fen)
+    ]
+
+
 def _claim_of(books: Books, result: SettlementEvent) -> dict[str, Any] | None:
-    contents = books.inputs.get((CLAIMS.name, NATIONAL, result.claim_id), [])
-    return next(
-        (
-            content
-            for content in contents
-            if content.get("recipient_id") == result.recipient_id and content.get("amount_fen") == result.requested_fen
-        ),
-        None,
-    )
+    return next(iter(_contents_like(books, result)), None)
 
 
 def _not_payable(claim: dict[str, Any], result: SettlementEvent, resident_insured: set[str]) -> str | None:

@@ -13,6 +13,7 @@ import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from redis.asyncio import Redis
@@ -24,8 +25,9 @@ from shared.redis_functions import execute
 RELATIONSHIP_PREFIX = "rel:"  # services/relationship/relationship.lua
 _PERSON_KEY = re.compile(r"(?P<prefix>[a-z]+:)\{p:(?P<person>[^}]+)\}:(?P<part>.+)")
 _SHARD_KEY = re.compile(
-    re.escape(SETTLEMENT_PREFIX) + r"\{s(?P<shard>\d+)\}:(?P<part>claims|closed|clearing:\d{4}-\d{2})"
+    re.escape(SETTLEMENT_PREFIX) + r"\{s(?P<shard>\d+)\}:(?P<part>claims:\d{8}|closed|clearing:\d{4}-\d{2})"
 )
+_CLAIMS = "claims:"
 
 # The wallet's per-person hashes the audit reads; `seen:<topic>` hold each applied input's result.
 WALLET_PARTS = (
@@ -76,10 +78,11 @@ class RedisState:
         return dict(totals)
 
 
-async def read_state(redis: Redis) -> RedisState:
+async def read_state(redis: Redis, today: str) -> RedisState:
+    """`today`: the audit's day on the services' clock (YYYYMMDD, Asia/Shanghai)."""
     keys = [key.decode() async for key in redis.scan_iter(count=5000)]
     state = RedisState()
-    await _read_settlement(redis, keys, state)
+    await _read_settlement(redis, keys, state, today)
     await _read_relationships(redis, keys, state)
     await _read_wallets(redis, keys, state)
     return state
@@ -125,21 +128,28 @@ def _seen(raw: dict[bytes, bytes]) -> dict[str, Any]:
     return {name.decode(): json.loads(value.decode().split("|", 1)[1]) for name, value in raw.items()}
 
 
-async def _read_settlement(redis: Redis, keys: list[str], state: RedisState) -> None:
-    """Each shard's claims, closed months and clearing accumulators in one MULTI. The months are those
-    the scan found and those the claims name; a shard whose claims name one more is read again."""
+async def _read_settlement(redis: Redis, keys: list[str], state: RedisState, today: str) -> None:
+    """Each shard's claims, closed months and clearing accumulators in one MULTI. The claims are read
+    by day bucket, every day from the oldest the scan found to the day after `today`, in every shard
+    (a day's first claim in a shard may come after the scan); the months are those the scan found
+    and those the claims name: a shard whose claims name one more is read again."""
     months: dict[int, set[str]] = defaultdict(set)
+    found_days = {today}
     for key in keys:
         if match := _SHARD_KEY.fullmatch(key):
-            shard_months = months[int(match["shard"])]
-            if match["part"].startswith(_CLEARING):
-                shard_months.add(match["part"].removeprefix(_CLEARING))
+            shard, part = int(match["shard"]), match["part"]
+            months[shard]  # every shard with a key is read
+            if part.startswith(_CLEARING):
+                months[shard].add(part.removeprefix(_CLEARING))
+            elif part.startswith(_CLAIMS):
+                found_days.add(part.removeprefix(_CLAIMS))
+    days = _days_between(min(found_days), max(found_days))
     shards = sorted(months)
     while shards:
-        groups = [_shard_keys(shard, sorted(months[shard])) for shard in shards]
         unread = []
-        for shard, (claims, closed, *clearing) in zip(shards, await _hashes_in_batches(redis, groups), strict=True):
-            records = _json(claims)
+        groups = [_shard_keys(shard, days, sorted(months[shard])) for shard in shards]
+        for shard, (closed, *hashes) in zip(shards, await _hashes_in_batches(redis, groups), strict=True):
+            records = {claim_id: record for raw in hashes[: len(days)] for claim_id, record in _json(raw).items()}
             if not (named := {month for record in records.values() if (month := _month_of(record))}) <= months[shard]:
                 months[shard] |= named
                 unread.append(shard)
@@ -149,15 +159,26 @@ async def _read_settlement(redis: Redis, keys: list[str], state: RedisState) -> 
                 month: {name: int(value) for name, value in totals.items() if name != "_closed_at"}
                 for month, totals in _json(closed).items()
             }
+            clearing = hashes[len(days) :]
             state.clearing[shard] = {
                 month: _numbers(raw) for month, raw in zip(sorted(months[shard]), clearing, strict=True)
             }
         shards = unread
 
 
-def _shard_keys(shard: int, months: list[str]) -> list[str]:
+def _days_between(first: str, last: str) -> list[str]:
+    """Every day from `first` to the day after `last` (YYYYMMDD)."""
+    day, end = (datetime.strptime(when, "%Y%m%d") for when in (first, last))
+    return [(day + timedelta(days=n)).strftime("%Y%m%d") for n in range((end - day).days + 2)]
+
+
+def _shard_keys(shard: int, days: list[str], months: list[str]) -> list[str]:
     prefix = f"{SETTLEMENT_PREFIX}{{s{shard}}}"
-    return [f"{prefix}:claims", f"{prefix}:closed", *(f"{prefix}:{_CLEARING}{month}" for month in months)]
+    return [
+        f"{prefix}:closed",
+        *(f"{prefix}:{_CLAIMS}{day}" for day in days),
+        *(f"{prefix}:{_CLEARING}{month}" for month in months),
+    ]
 
 
 def _month_of(record: dict[str, Any]) -> str | None:

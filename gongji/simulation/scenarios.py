@@ -14,6 +14,7 @@ from shared.ids import province_of
 from shared.money import MAX_AMOUNT_FEN
 
 AT = START.isoformat()
+DAY = START.strftime("%Y%m%d")  # the claims of a scenario occur on its first day
 
 
 class Script:
@@ -247,7 +248,7 @@ def _(s: Script) -> Script:
             "claim_id": "c1",
             "recipient_id": "R1",
             "amount_fen": 5_000,
-            "context": {"requested_fen": 5_000, "service_region": s.regions["R1"]},
+            "context": {"requested_fen": 5_000, "service_region": s.regions["R1"], "claim_day": DAY},
             "requested_at": AT,
         },
     )
@@ -508,7 +509,7 @@ def _(s: Script) -> Script:
             "claim_id": "ghost",
             "recipient_id": "R0",
             "amount_fen": 8_000,
-            "context": {"requested_fen": 8_000, "service_region": s.regions["R0"]},
+            "context": {"requested_fen": 8_000, "service_region": s.regions["R0"], "claim_day": DAY},
             "requested_at": AT,
         },
     )
@@ -533,7 +534,7 @@ def _(s: Script) -> Script:
                 "requested_fen": asked,
                 "paid_fen": 0,
                 "payers": [],
-                "context": {"requested_fen": asked, "service_region": s.regions["R0"]},
+                "context": {"requested_fen": asked, "service_region": s.regions["R0"], "claim_day": DAY},
                 "answered_at": AT,
             },
         )

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from gongji.audit.books import rebuild
 from gongji.audit.compare import compare
 from gongji.audit.state import read_state
+from gongji.audit.window import Window
 from gongji.simulation.cast import Cast
 from gongji.simulation.model import Breach, Model, require
 from gongji.simulation.network import (
@@ -43,6 +44,7 @@ from shared.ids import claim_id_prefix
 from shared.policy import Policy, PolicyCache, write_policy
 from shared.records import DrawAnswer
 from shared.runtime import Refused, ToTopic
+from shared.settings import Settings
 from shared.topics import (
     ACCOUNT_CREDITS,
     ACCOUNT_SPENDS,
@@ -609,7 +611,8 @@ class World:
         """The end of every run: `gongji audit --deep`'s books rebuilt from what the topics hold,
         against Redis, and the rules judged from the records. Everything has landed: nothing may be
         pending either."""
-        report = compare(rebuild(self.topics.records), await read_state(self.redis))
+        window = Window.from_settings(Settings(), self.clock.now())
+        report = compare(rebuild(self.topics.records), await read_state(self.redis, window.today), window)
         if not report.valid:
             first = report.differences[0]
             raise Breach(

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from services.settlement.domain import (
     NATIONAL,
     SERVICE,
+    ClaimWindow,
     MinuteTally,
     answer_mismatch,
     assess_claim,
@@ -26,7 +27,7 @@ from services.settlement.domain import (
     settlement_status,
     statistics_category,
 )
-from services.settlement.store import ClaimFacts, ClaimLimits, SettlementStore
+from services.settlement.store import ClaimFacts, ClaimLimits, ClaimOwner, SettlementStore
 from shared.clock import Clock, rfc3339, shanghai_day, shanghai_minute, shanghai_month
 from shared.contracts import (
     Claim,
@@ -88,10 +89,12 @@ class SettlementHandlers:
         clock: Clock,
         statistics_interval_seconds: float,
         limits: ClaimLimits | None = None,
+        window: ClaimWindow | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.limits = limits or ClaimLimits.from_settings(Settings())
+        self.window = window or ClaimWindow.from_settings(Settings())
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self.tallies: dict[str, MinuteTally] = {}
         self.statistics_interval_seconds = statistics_interval_seconds
@@ -157,11 +160,24 @@ class SettlementHandlers:
             return []
         now = self.clock.now()
         contents = [fingerprint(claim.model_dump_json()) for claim in claims]
-        refusals = [refusal_before_id(claim, province) for claim, province in zip(claims, provinces, strict=True)]
+        refusals = [
+            refusal_before_id(claim, province, self.window, now)
+            for claim, province in zip(claims, provinces, strict=True)
+        ]
         entering = [index for index, refusal in enumerate(refusals) if refusal is None]
-        facts = dict(zip(entering, await self.store.claim_facts([claims[index] for index in entering]), strict=True))
+        registering = [(claims[index], self._owner(claims[index])) for index in entering]
+        facts = dict(
+            zip(
+                entering,
+                await self.store.claim_facts(
+                    [(claim, owner, self._kept_ms(owner.day, now)) for claim, owner in registering]
+                ),
+                strict=True,
+            )
+        )
         for index, fact in facts.items():
-            if fact.owner != claims[index].recipient_id:
+            # Another recipient's id, or the same id for a claim of another day: not this claim.
+            if fact.owner != self._owner(claims[index]):
                 refusals[index] = ReasonCode.CONFLICT
         steps = iter(
             await self.store.run(
@@ -195,6 +211,7 @@ class SettlementHandlers:
             recipient_id=claim.recipient_id,
             category=claim.category,
             service_region=claim.service_region,
+            occurred_at=rfc3339(claim.occurred_at),
             requested_fen=claim.amount_fen,
             asked_fen=assessment.payable_fen,
             shortfall=assessment.shortfall,
@@ -203,15 +220,27 @@ class SettlementHandlers:
         )
         if assessment.refusal:
             record.state, record.result = "final", _refusal(assessment.refusal, now)
+        owner = self._owner(claim)
         return self.store.accept(
-            claim.recipient_id,
+            owner,
             claim.claim_id,
             record,
             self.limits,
             shanghai_day(now),
             shanghai_minute(now),
             _refusal(ReasonCode.RATE_LIMITED, now),
+            self._kept_ms(owner.day, now),
         )
+
+    @staticmethod
+    def _owner(claim: Claim) -> ClaimOwner:
+        """Whom a claim's id is registered to: its recipient, and the day it occurred (its bucket)."""
+        return ClaimOwner(claim.recipient_id, shanghai_day(claim.occurred_at))
+
+    def _kept_ms(self, day: str, now: datetime) -> int:
+        """How long from now the records of claims that occurred on `day` are kept in Redis (at least
+        a millisecond: a day written to is one whose claims can still come)."""
+        return max(1, self.clock.redis_ms(self.window.kept_until(day) - now))
 
     def _accepted(self, claim: Claim, step: Step[ClaimRecord], now: datetime) -> list[BaseModel | ToTopic]:
         record = step.result
@@ -228,6 +257,7 @@ class SettlementHandlers:
                         requested_fen=record.requested_fen,
                         service_region=record.service_region,
                         shortfall=record.shortfall,
+                        claim_day=shanghai_day(claim.occurred_at),
                     ),
                 )
             ]
@@ -261,21 +291,25 @@ class SettlementHandlers:
             kind="reverse",
             recipient_id=claim.recipient_id,
             reverses=claim.reverses,
+            occurred_at=rfc3339(claim.occurred_at),
             state="pending",
             province=province or "",
         )
+        owner, original = self._owner(claim), facts.reverses_owner
         return self.store.reverse(
-            claim.recipient_id,
+            owner,
             claim.claim_id,
             record,
             claim.reverses,
+            original,
             shanghai_month(now),
             rfc3339(now),
-            facts.reverses_owner,
             province,
             self.limits,
             shanghai_day(now),
             shanghai_minute(now),
+            rfc3339(self.window.opens(now)),
+            (self._kept_ms(owner.day, now), self._kept_ms(original.day if original else owner.day, now)),
         )
 
     def _reversed(self, claim: Claim, step: Step[ClaimRecord], now: datetime) -> list[BaseModel | ToTopic]:
@@ -353,6 +387,17 @@ class SettlementHandlers:
 
     def _refused_answer(self, answer: DrawAnswered, why: str, now: datetime) -> list[BaseModel | Refused]:
         logger.error("draw answer for claim %s refused: %s", answer.claim_id, why)
+        if why == "unknown" and answer.answered_at < self.window.opens(now):
+            # Its claim may have been settled and have left Redis since (docs/contract.md, the window):
+            # giving back what it drew could refund a paid claim. An operator looks at it.
+            return [
+                Refused(
+                    answer,
+                    ReasonCode.CLAIM_TOO_OLD,
+                    "no claim is held for this answer, and it is older than the idempotency window: "
+                    "nothing is given back",
+                )
+            ]
         if why == "mismatch":
             return [
                 Refused(
@@ -385,8 +430,14 @@ class SettlementHandlers:
             reason=shortfall if answer.paid_fen < requested else None,
             at=rfc3339(now),
         )
+        owner = ClaimOwner(answer.recipient_id, answer.context.claim_day)
         return self.store.finish(
-            answer.recipient_id, answer.claim_id, answer.requested_fen, result, shanghai_month(now)
+            owner,
+            answer.claim_id,
+            answer.requested_fen,
+            result,
+            shanghai_month(now),
+            self._kept_ms(owner.day, now),
         )
 
     def _tally(self, record: ClaimRecord) -> None:

@@ -37,12 +37,21 @@ local function recorded_before(claims_key, id, fingerprint)
   return {'duplicate', existing}
 end
 
--- Claim ids are unique nationally: the first recipient to use one owns it. Answers the owner.
+-- Claim ids are unique nationally: the first claim to use one owns it — `<recipient>|<day>`, the
+-- day its claim occurred, which names the bucket its record is kept in — for as long as that
+-- bucket is kept (`kept_ms`). Answers the owner.
 local function register_claim(keys, args)
-  local owners_key = unpack(keys)
-  local claim_id, recipient = unpack(args)
-  redis.call('HSETNX', owners_key, claim_id, recipient)
-  return redis.call('HGET', owners_key, claim_id)
+  local owner_key = unpack(keys)
+  local owner, kept_ms = unpack(args)
+  redis.call('SET', owner_key, owner, 'NX', 'PX', kept_ms)
+  return redis.call('GET', owner_key)
+end
+
+-- A claim record is written into the bucket of the day its claim occurred; the bucket is kept
+-- until that day's claims can no longer come, whichever write comes last (`kept_ms` from now).
+local function keep(claims_key, id, encoded, kept_ms)
+  redis.call('HSET', claims_key, id, encoded)
+  redis.call('PEXPIRE', claims_key, kept_ms)
 end
 
 -- Counts a province's new claim; true if it is beyond the province's bounds: claims for this
@@ -63,7 +72,7 @@ end
 -- have a day and what a province may send a minute in this shard; `refusal`: the result json then.
 local function accept(keys, args)
   local claims_key, day_counts_key, minute_counts_key = unpack(keys)
-  local claim_id, encoded, per_recipient_day, per_shard_minute, refusal = unpack(args)
+  local claim_id, encoded, per_recipient_day, per_shard_minute, refusal, kept_ms = unpack(args)
   local record = cjson.decode(encoded)
   local prior = recorded_before(claims_key, claim_id, record.fingerprint)
   if prior then return prior end
@@ -72,7 +81,7 @@ local function accept(keys, args)
     record.status, record.result = 'final', cjson.decode(refusal)
     encoded = cjson.encode(record)
   end
-  redis.call('HSET', claims_key, claim_id, encoded)
+  keep(claims_key, claim_id, encoded, kept_ms)
   return {'applied', encoded}
 end
 
@@ -81,7 +90,7 @@ end
 -- `result`: json {status, paid, payers, reason, owed, at}; `asked`: fen asked of the grants.
 local function finish(keys, args)
   local claims_key, closed_key = unpack(keys)
-  local claim_id, result, month, shard_prefix, recipient, asked = unpack(args)
+  local claim_id, result, month, shard_prefix, recipient, asked, kept_ms = unpack(args)
   local stored = redis.call('HGET', claims_key, claim_id)
   if not stored then return {'refused', cjson.encode({why = 'unknown'})} end
   local record = cjson.decode(stored)
@@ -95,7 +104,7 @@ local function finish(keys, args)
   accumulate(shard_prefix, result.month, result.owed, 1)
   record.status, record.result = 'final', result
   local encoded = cjson.encode(record)
-  redis.call('HSET', claims_key, claim_id, encoded)
+  keep(claims_key, claim_id, encoded, kept_ms)
   return {'applied', encoded}
 end
 
@@ -109,15 +118,19 @@ local function known_to(original, recipient_id, province)
 end
 
 -- Why a reversal cannot apply, or nil: only a settled or partial claim of the same recipient may
--- be reversed, once. `owner` (from the registry, '' if never seen) tells a claim recorded in
+-- be reversed, once, within the idempotency window of the claim (`window_opens`: the oldest
+-- occurred_at taken now; both are shared/clock.py's rfc3339, in one zone and one form, so they
+-- compare as text). A claim whose record has left Redis is unknown: it was older than the window.
+-- `original_claims_key`: the bucket the registry's owner names (the reversal's own if none). `owner` (from the registry, '' if never seen) tells a claim recorded in
 -- another shard, or not yet recorded, from an id never seen. A reversal sent on a province's own
 -- topic (`province`, '' on the national one) may reverse only a claim of that province's care, and
 -- every other claim id is unknown to it, whether it exists or not, for whom, and where: a province
 -- cannot probe other provinces' claims by naming their ids.
-local function reversal_refusal(original, recipient_id, owner, province)
+local function reversal_refusal(original, recipient_id, owner, province, window_opens)
   if province ~= '' and not known_to(original, recipient_id, province) then return 'UNKNOWN_CLAIM' end
   if not original then return owner == '' and 'UNKNOWN_CLAIM' or 'NOT_REVERSIBLE' end
   if original.kind ~= 'settle' or original.recipient_id ~= recipient_id then return 'NOT_REVERSIBLE' end
+  if (original.occurred_at or '') < window_opens then return 'CLAIM_TOO_OLD' end
   local paid = original.status == 'final'
     and (original.result.status == 'settled' or original.result.status == 'partial')
   if not paid then return 'NOT_REVERSIBLE' end
@@ -130,9 +143,9 @@ end
 -- `owner`: whom the registry says the original id belongs to ('' if never seen); `province`: the
 -- province whose topic it came on ('' for the national topic); the bounds as for `accept`.
 local function reverse(keys, args)
-  local claims_key, closed_key, day_counts_key, minute_counts_key = unpack(keys)
+  local claims_key, original_claims_key, closed_key, day_counts_key, minute_counts_key = unpack(keys)
   local reversal_id, encoded, original_id, month, shard_prefix, now, owner, province, per_recipient_day,
-        per_shard_minute = unpack(args)
+        per_shard_minute, window_opens, kept_ms, original_kept_ms = unpack(args)
   local record = cjson.decode(encoded)
   local prior = recorded_before(claims_key, reversal_id, record.fingerprint)
   if prior then return prior end
@@ -142,9 +155,9 @@ local function reverse(keys, args)
                                       tonumber(per_shard_minute)) then
     refusal = 'RATE_LIMITED'
   else
-    original = redis.call('HGET', claims_key, original_id)
+    original = redis.call('HGET', original_claims_key, original_id)
     original = original and cjson.decode(original) or nil
-    refusal = reversal_refusal(original, record.recipient_id, owner, province)
+    refusal = reversal_refusal(original, record.recipient_id, owner, province, window_opens)
   end
   if refusal then
     result.status, result.reason = 'rejected', refusal
@@ -156,12 +169,12 @@ local function reverse(keys, args)
     -- The province that sent the claim hears of its refund, whoever sent the refund.
     record.claim_province = original.province or ''
     original.reversed_by = reversal_id
-    redis.call('HSET', claims_key, original_id, cjson.encode(original))
+    keep(original_claims_key, original_id, cjson.encode(original), original_kept_ms)
   end
   -- A refused reversal asks for nothing back and tells nothing of the claim it named.
   record.status, record.result, record.requested = 'final', result, result.paid
   encoded = cjson.encode(record)
-  redis.call('HSET', claims_key, reversal_id, encoded)
+  keep(claims_key, reversal_id, encoded, kept_ms)
   return {'applied', encoded}
 end
 

@@ -14,27 +14,27 @@ from redis.asyncio import Redis
 from services.settlement.domain import Enrolled
 from shared.contracts import Claim
 from shared.records import ClaimRecord, ClaimResult, Recorded
-from shared.redis_functions import Call, Library, Step, execute, run_steps
+from shared.redis_functions import Call, Library, Result, Step, execute, run_steps
 from shared.settings import Settings
 
 LIBRARY = Library("gongji_settlement", Path(__file__).with_name("settlement.lua"))
 
-REGISTER_CLAIM = LIBRARY.declare("settlement_register_claim", keys=("owners_key",), args=("claim_id", "recipient"))
+REGISTER_CLAIM = LIBRARY.declare("settlement_register_claim", keys=("owner_key",), args=("owner", "kept_ms"))
 ACCEPT = LIBRARY.declare(
     "settlement_accept",
     keys=("claims_key", "day_counts_key", "minute_counts_key"),
-    args=("claim_id", "encoded", "per_recipient_day", "per_shard_minute", "refusal"),
+    args=("claim_id", "encoded", "per_recipient_day", "per_shard_minute", "refusal", "kept_ms"),
     result=ClaimRecord,
 )
 FINISH = LIBRARY.declare(
     "settlement_finish",
     keys=("claims_key", "closed_key"),
-    args=("claim_id", "result", "month", "shard_prefix", "recipient", "asked"),
+    args=("claim_id", "result", "month", "shard_prefix", "recipient", "asked", "kept_ms"),
     result=ClaimRecord,
 )
 REVERSE = LIBRARY.declare(
     "settlement_reverse",
-    keys=("claims_key", "closed_key", "day_counts_key", "minute_counts_key"),
+    keys=("claims_key", "original_claims_key", "closed_key", "day_counts_key", "minute_counts_key"),
     args=(
         "reversal_id",
         "encoded",
@@ -46,6 +46,9 @@ REVERSE = LIBRARY.declare(
         "province",
         "per_recipient_day",
         "per_shard_minute",
+        "window_opens",
+        "kept_ms",
+        "original_kept_ms",
     ),
     result=ClaimRecord,
 )
@@ -79,9 +82,28 @@ class ClaimLimits:
 class ClaimFacts:
     """What a claim's step needs to know first, read for a whole batch in one round trip."""
 
-    owner: str  # the recipient its claim id is registered to: the first to use the id
+    owner: ClaimOwner  # whom its claim id is registered to: the first claim to use the id
     recipient: Enrolled | None = None  # a settle claim's recipient, None if never enrolled
-    reverses_owner: str = ""  # a reversal: the recipient the reversed id is registered to, "" if never seen
+    reverses_owner: ClaimOwner | None = None  # a reversal: whom the reversed id is registered to (None: unknown)
+
+
+@dataclass(frozen=True)
+class ClaimOwner:
+    """A claim id's registered owner: the recipient, and the day (YYYYMMDD, Asia/Shanghai) its claim
+    occurred, which names the bucket its record is kept in."""
+
+    recipient_id: str
+    day: str
+
+    def stored(self) -> str:
+        return f"{self.recipient_id}|{self.day}"
+
+    @classmethod
+    def read(cls, stored: bytes | None) -> ClaimOwner | None:
+        if stored is None:
+            return None
+        recipient_id, day = stored.decode().split("|")
+        return cls(recipient_id, day)
 
 
 class SettlementStore:
@@ -102,70 +124,83 @@ class SettlementStore:
     def all_shard_prefixes(self) -> list[str]:
         return [f"{PREFIX}{{s{shard}}}" for shard in range(self.shards)]
 
-    def _owners_key(self, claim_id: str) -> str:
+    def _owner_key(self, claim_id: str) -> str:
         """The registry of claim ids is sharded by the claim id: ids are national, not per recipient."""
-        return f"{PREFIX}{{c{zlib.crc32(claim_id.encode()) % self.shards}}}:owners"
+        return f"{PREFIX}{{c{zlib.crc32(claim_id.encode()) % self.shards}}}:owner:{claim_id}"
 
-    async def claim_facts(self, claims: Sequence[Claim]) -> list[ClaimFacts]:
-        """In one pipeline, in batch order: registers each claim id to its recipient unless another
-        owns it already, reads a settle claim's recipient (this service's enrollment copy) and a
-        reversal's original owner. Each step touches one hash slot."""
+    def claims_key(self, recipient_id: str, day: str) -> str:
+        """The bucket of a recipient's claims that occurred on `day`: kept as long as they can come."""
+        return f"{self.shard_prefix(recipient_id)}:claims:{day}"
+
+    async def claim_facts(self, claims: Sequence[tuple[Claim, ClaimOwner, int]]) -> list[ClaimFacts]:
+        """In one pipeline, in batch order: registers each claim id to its owner unless another owns
+        it already (for the milliseconds given: as long as its bucket), reads a settle claim's
+        recipient (this service's enrollment copy) and a reversal's original owner. Each step
+        touches one hash slot."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for claim in claims:
+            for claim, owner, kept_ms in claims:
                 REGISTER_CLAIM.call(
-                    owners_key=self._owners_key(claim.claim_id), claim_id=claim.claim_id, recipient=claim.recipient_id
+                    owner_key=self._owner_key(claim.claim_id), owner=owner.stored(), kept_ms=kept_ms
                 ).on(pipe)
                 if claim.kind == "settle":
                     pipe.hmget(_person_key(claim.recipient_id, "enrollment"), "insurance_type", "region", "status")
                 else:
-                    pipe.hget(self._owners_key(claim.reverses), claim.reverses)
+                    pipe.get(self._owner_key(claim.reverses))
             replies = await execute(pipe)
         facts = []
-        for claim, owner, read in zip(claims, replies[::2], replies[1::2], strict=True):
+        for (claim, _, _), stored, read in zip(claims, replies[::2], replies[1::2], strict=True):
+            owner = ClaimOwner.read(stored)
+            assert owner is not None  # registered in the same pipeline
             if claim.kind == "settle":
                 enrolled = Enrolled(*(field.decode() for field in read)) if read[1] else None
-                facts.append(ClaimFacts(owner.decode(), recipient=enrolled))
+                facts.append(ClaimFacts(owner, recipient=enrolled))
             else:
-                facts.append(ClaimFacts(owner.decode(), reverses_owner=read.decode() if read else ""))
+                facts.append(ClaimFacts(owner, reverses_owner=ClaimOwner.read(read)))
         return facts
 
     def accept(
         self,
-        recipient_id: str,
+        owner: ClaimOwner,
         claim_id: str,
         record: ClaimRecord,
         limits: ClaimLimits,
-        day: str,
+        today: str,
         minute: str,
         refusal: ClaimResult,
-    ) -> Call:
-        """Records a new claim (pending, or final if refused: `refusal` is its result when its province
-        is beyond `limits` on this `day` or in this `minute`), or answers a redelivery or a conflict."""
-        prefix = self.shard_prefix(recipient_id)
+        kept_ms: int,
+    ) -> Call[ClaimRecord]:
+        """Records a new claim in its bucket, kept `kept_ms` (pending, or final if refused: `refusal` is
+        its result when its province is beyond `limits` `today` or in this `minute`), or answers a
+        redelivery or a conflict."""
+        prefix = self.shard_prefix(owner.recipient_id)
         return ACCEPT.call(
-            claims_key=f"{prefix}:claims",
-            **self._counts(prefix, record.province, day, minute, limits),
+            claims_key=self.claims_key(owner.recipient_id, owner.day),
+            **self._counts(prefix, record.province, today, minute, limits),
             claim_id=claim_id,
             encoded=json.dumps(record.stored()),
             refusal=json.dumps(_stored(refusal)),
+            kept_ms=kept_ms,
         )
 
-    def _counts(self, prefix: str, province: str, day: str, minute: str, limits: ClaimLimits) -> dict[str, Any]:
+    def _counts(self, prefix: str, province: str, today: str, minute: str, limits: ClaimLimits) -> dict[str, Any]:
         """Where a province's claims are counted in one shard (per recipient for the day, per minute),
         and the bounds as one shard applies them: a province's minute is shared by the shards."""
         return {
-            "day_counts_key": f"{prefix}:limits:{day}:{province}",
+            "day_counts_key": f"{prefix}:limits:{today}:{province}",
             "minute_counts_key": f"{prefix}:limits:{minute}",
             "per_recipient_day": limits.per_recipient_per_day,
             "per_shard_minute": -(-limits.province_per_minute // self.shards),
         }  # rounded up
 
-    def finish(self, recipient_id: str, claim_id: str, asked_fen: int, result: ClaimResult, month: str) -> Call:
+    def finish(
+        self, owner: ClaimOwner, claim_id: str, asked_fen: int, result: ClaimResult, month: str, kept_ms: int
+    ) -> Call[ClaimRecord]:
         """Completes a pending claim with the wallet's answer and adds its clearing amounts, once;
         refuses an answer for no claim, or not for this recipient and amount asked."""
+        recipient_id = owner.recipient_id
         prefix = self.shard_prefix(recipient_id)
         return FINISH.call(
-            claims_key=f"{prefix}:claims",
+            claims_key=self.claims_key(recipient_id, owner.day),
             closed_key=f"{prefix}:closed",
             claim_id=claim_id,
             result=json.dumps(_stored(result)),
@@ -173,42 +208,54 @@ class SettlementStore:
             shard_prefix=prefix,
             recipient=recipient_id,
             asked=asked_fen,
+            kept_ms=kept_ms,
         )
 
     def reverse(
         self,
-        recipient_id: str,
+        owner: ClaimOwner,
         reversal_id: str,
         record: ClaimRecord,
         original_claim_id: str,
+        original_owner: ClaimOwner | None,
         month: str,
         now: str,
-        original_owner: str,
         province: str | None,
         limits: ClaimLimits,
-        day: str,
+        today: str,
         minute: str,
-    ) -> Call:
+        window_opens: str,
+        kept_ms: tuple[int, int],
+    ) -> Call[ClaimRecord]:
         """Cancels a whole settled claim of the recipient, once, taking its clearing amounts back.
-        `original_owner`: whom the registry says the original id belongs to ("" if never seen);
-        `province`: the province whose topic the reversal came on (it may reverse only its own care,
-        and its reversals count against `limits` as its claims do)."""
+        `original_owner`: whom the registry says the original id belongs to (None if unknown: never
+        seen, or gone with its day); `province`: the province whose topic the reversal came on (it
+        may reverse only its own care, and its reversals count against `limits` as its claims do);
+        `window_opens`: the oldest claim (occurred_at, rfc3339) that may still be reversed;
+        `kept_ms`: how long the reversal's bucket and the original's are kept from now."""
+        recipient_id = owner.recipient_id
         prefix = self.shard_prefix(recipient_id)
+        # The original is looked for among the recipient's claims of the day its owner names.
+        original_day = original_owner.day if original_owner else owner.day
         return REVERSE.call(
-            claims_key=f"{prefix}:claims",
+            claims_key=self.claims_key(recipient_id, owner.day),
+            original_claims_key=self.claims_key(recipient_id, original_day),
             closed_key=f"{prefix}:closed",
-            **self._counts(prefix, province or "", day, minute, limits),
+            **self._counts(prefix, province or "", today, minute, limits),
             reversal_id=reversal_id,
             encoded=json.dumps(record.stored()),
             original_id=original_claim_id,
             month=month,
             shard_prefix=prefix,
             now=now,
-            owner=original_owner,
+            owner=original_owner.recipient_id if original_owner else "",
             province=province,
+            window_opens=window_opens,
+            kept_ms=kept_ms[0],
+            original_kept_ms=kept_ms[1],
         )
 
-    async def run(self, calls: Sequence[Call]) -> list[Step]:
+    async def run(self, calls: Sequence[Call[Result]]) -> list[Step[Result]]:
         return await run_steps(self.redis, calls)
 
     async def close_month(self, shard_prefix: str, month: str, now: str) -> tuple[str, dict[str, int]]:
@@ -235,17 +282,16 @@ class SettlementStore:
             status=status,
         )
 
-    async def claim(self, recipient_id: str | None, claim_id: str) -> ClaimRecord | None:
-        prefixes = [self.shard_prefix(recipient_id)] if recipient_id else self.all_shard_prefixes()
-        for prefix in prefixes:
-            raw = await self.redis.hget(f"{prefix}:claims", claim_id)
-            if raw:
-                return ClaimRecord.model_validate_json(raw)
-        return None
+    async def claim(self, claim_id: str) -> ClaimRecord | None:
+        """A claim's record, found through the registry (None once its day has left Redis)."""
+        owner = ClaimOwner.read(await self.redis.get(self._owner_key(claim_id)))
+        raw = await self.redis.hget(self.claims_key(owner.recipient_id, owner.day), claim_id) if owner else None
+        return ClaimRecord.model_validate_json(raw) if raw else None
 
     async def all_claims(self) -> AsyncIterator[tuple[str, ClaimRecord]]:
-        for prefix in self.all_shard_prefixes():
-            async for claim_id, raw in self.redis.hscan_iter(f"{prefix}:claims", count=1000):
+        """Every claim record Redis holds (the days whose claims can still come, and their grace)."""
+        async for key in self.redis.scan_iter(match=f"{PREFIX}{{s*}}:claims:*", count=5000):
+            async for claim_id, raw in self.redis.hscan_iter(key, count=1000):
                 yield claim_id.decode(), ClaimRecord.model_validate_json(raw)
 
     async def accumulators(self, month: str) -> dict[str, int]:

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
+from services.settlement.domain import ClaimWindow
 from services.settlement.handlers import SettlementHandlers
 from services.settlement.store import SettlementStore
 from services.wallet.domain import account_breaches
@@ -34,13 +35,13 @@ SHARDS = 64
 
 
 class Saga:
-    def __init__(self, redis, shards: int = SHARDS, at: datetime = NOON) -> None:
+    def __init__(self, redis, shards: int = SHARDS, at: datetime = NOON, window: ClaimWindow | None = None) -> None:
         self.redis = redis
         self.clock = FixedClock(at)
         self.wstore = WalletStore(redis)
         self.sstore = SettlementStore(redis, shards)
         self.wallet = WalletHandlers(self.wstore, self.clock, PolicyCache(redis, 0))
-        self.settlement = SettlementHandlers(self.sstore, self.clock, statistics_interval_seconds=3600)
+        self.settlement = SettlementHandlers(self.sstore, self.clock, statistics_interval_seconds=3600, window=window)
         self.people: set[str] = set()
 
     async def load(self) -> Saga:

@@ -29,13 +29,15 @@ from gongji.audit.compare import (
 )
 from gongji.audit.rules import RULE
 from gongji.audit.state import read_state
+from gongji.audit.window import Window
 from services.settlement import handlers
-from services.settlement.domain import Assessment
+from services.settlement.domain import Assessment, ClaimWindow
 from services.wallet.domain import GrantLimits
-from shared.contracts import SettlementEvent, SupervisionActed, WalletCommand, WalletEvent
+from shared.contracts import ReasonCode, SettlementEvent, SupervisionActed, WalletCommand, WalletEvent
 from shared.credentials import redis_options
 from shared.principals import OPERATOR
 from shared.redis_client import in_database
+from shared.settings import Settings
 from shared.topics import (
     ACCOUNT_CREDITS,
     CLAIMS,
@@ -111,7 +113,9 @@ async def related_pair(bus: Bus) -> tuple[str, str]:
 
 
 async def deep(bus: Bus, records: list[Record] | None = None) -> AuditReport:
-    return compare(rebuild(bus.records if records is None else records), await read_state(bus.redis))
+    window = Window.from_settings(Settings(), bus.saga.clock.now())
+    books = rebuild(bus.records if records is None else records)
+    return compare(books, await read_state(bus.redis, window.today), window)
 
 
 def named(report: AuditReport, invariant: str, **ids: str) -> list[Difference]:
@@ -193,7 +197,7 @@ async def test_a_debit_published_twice_under_two_ids_is_named_while_another_clai
 
 async def test_a_claim_record_changed_in_redis_is_named(bus: Bus) -> None:
     world = await story(bus)
-    claims = f"{bus.saga.sstore.shard_prefix(world.recipient)}:claims"
+    claims = bus.saga.sstore.claims_key(world.recipient, "20260302")
     record = json.loads(await bus.redis.hget(claims, world.split_claim))
     record["result"]["paid"] = 1
     await bus.redis.hset(claims, world.split_claim, json.dumps(record))
@@ -540,7 +544,7 @@ async def test_a_premium_paid_where_it_is_not_owed_is_named(
 ) -> None:
     """Issue 20's defects 1 and 2, put back: the premium billed by another province, the resident
     premium of an employee."""
-    monkeypatch.setattr("services.settlement.handlers.refusal_before_id", lambda claim, province: None)
+    monkeypatch.setattr("services.settlement.handlers.refusal_before_id", lambda claim, province, *when: None)
     monkeypatch.setattr(
         "services.settlement.handlers.assess_claim", lambda claim, recipient: Assessment(claim.amount_fen or 0)
     )
@@ -563,7 +567,7 @@ async def test_a_claim_id_squatted_by_another_province_is_named(bus: Bus, monkey
     the hospital's own claim under that id is then refused as a conflict. Redis and the records
     agree; the rule does not."""
     refusal = handlers.refusal_before_id
-    monkeypatch.setattr(handlers, "refusal_before_id", lambda claim, province: refusal(claim, None))
+    monkeypatch.setattr(handlers, "refusal_before_id", lambda claim, province, *when: refusal(claim, None, *when))
     recipient = await bus.person("resident", "440300")
     hospital = bus.saga.settle(
         recipient, 12_850, recipient_region="440300", service_region="440300", institution_code="H44030500012"
@@ -622,3 +626,56 @@ async def test_quota_for_someone_never_related_is_named(bus: Bus) -> None:
     assert "rules 2, 8: quota granted to someone never related to the provider" in rules_broken(
         await deep(bus, records)
     )
+
+
+# ---- the idempotency window, judged with the audit's own reading of it ----------------------------
+
+
+async def test_a_claim_within_the_window_refused_as_too_old_is_named(bus: Bus, monkeypatch) -> None:
+    monkeypatch.setattr(handlers, "refusal_before_id", lambda claim, province, *when: ReasonCode.CLAIM_TOO_OLD)
+    provider, recipient = await related_pair(bus)
+    await bus.claim(bus.saga.settle(recipient, 1_000))
+    assert rules_broken(await deep(bus)) == ["window: a claim within the window was refused as too old"]
+
+
+async def test_a_claim_taken_ahead_of_the_clock_is_named(bus: Bus, monkeypatch) -> None:
+    monkeypatch.setattr(handlers, "refusal_before_id", lambda claim, province, *when: None)
+    provider, recipient = await related_pair(bus)
+    await bus.grant(provider, recipient, REGION, 5_000)
+    tomorrow = (bus.clock.now() + timedelta(days=1)).isoformat()
+    (result, *_) = [
+        o
+        for o in await bus.claim(bus.saga.settle(recipient, 1_000, occurred_at=tomorrow))
+        if isinstance(o, SettlementEvent)
+    ]
+    assert result.status == "settled"
+    assert rules_broken(await deep(bus)) == ["window: a claim was taken ahead of the clock"]
+
+
+async def test_a_reversal_of_a_claim_older_than_the_window_is_named(bus: Bus) -> None:
+    provider, recipient = await related_pair(bus)
+    await bus.grant(provider, recipient, REGION, 5_000)
+    claim = bus.saga.settle(recipient, 1_000)
+    await bus.claim(claim)
+    bus.saga.settlement.window = ClaimWindow(length=timedelta(days=3650))  # the service judges otherwise
+    bus.clock.set(claim.occurred_at + timedelta(days=31))
+    (reversal, *_) = [
+        o for o in await bus.claim(bus.saga.reverse(recipient, claim.claim_id)) if isinstance(o, SettlementEvent)
+    ]
+    assert reversal.status == "reversed"
+    assert rules_broken(await deep(bus)) == ["window: a claim older than the window was reversed"]
+
+
+async def test_a_claim_record_gone_after_its_window_and_grace_is_no_difference(bus: Bus) -> None:
+    """Expired, as a day's bucket does: the record is gone, the audit knows it may be."""
+    provider, recipient = await related_pair(bus)
+    await bus.grant(provider, recipient, REGION, 5_000)
+    claim = bus.saga.settle(recipient, 1_000)
+    await bus.claim(claim)
+    bucket = bus.saga.sstore.claims_key(recipient, "20260302")
+    await bus.redis.delete(bucket)
+    assert named(await deep(bus), CLAIM, claim=claim.claim_id)  # too early to be gone: a difference
+    bus.clock.set(claim.occurred_at + timedelta(days=32, hours=12))
+    report = await deep(bus)
+    assert report.valid, report.differences
+    assert report.counts["claims_expired"] == 1

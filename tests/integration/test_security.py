@@ -301,8 +301,8 @@ def test_the_wallets_redis_user_cannot_touch_settlement_keys(infrastructure) -> 
     wallet = _redis(infrastructure, "wallet")
     shard = "stl:{s0}"
     refused = [
-        lambda: wallet.hget(f"{shard}:claims", "x"),
-        lambda: wallet.hset(f"{shard}:claims", "x", "{}"),
+        lambda: wallet.hget(f"{shard}:claims:20260302", "x"),
+        lambda: wallet.hset(f"{shard}:claims:20260302", "x", "{}"),
         lambda: wallet.fcall(
             SETTLEMENT_LIBRARY.function("settlement_close_month"),
             2,

@@ -91,6 +91,11 @@ def settle_claim(recipient: str, amount_fen: int = 10_000, **fields) -> Claim:
     )
 
 
+def now(settlement: SettlementHandlers) -> dict[str, str]:
+    """A claim that occurs at the settlement's clock (a test that moves it)."""
+    return {"occurred_at": settlement.clock.now().isoformat()}
+
+
 def reverse_claim(recipient: str, reverses: str, **fields) -> Claim:
     return Claim.model_validate(
         {
@@ -132,7 +137,8 @@ async def settled(
 
 
 async def reverse(settlement: SettlementHandlers, recipient: str, reverses: str) -> list:
-    return await through_claim_path(settlement, [reverse_claim(recipient, reverses)])
+    sent = reverse_claim(recipient, reverses, occurred_at=settlement.clock.now().isoformat())
+    return await through_claim_path(settlement, [sent])
 
 
 def refused(outputs: list, reason: str) -> bool:
@@ -169,7 +175,7 @@ async def test_another_recipient_cannot_reverse_a_claim_in_the_same_shard_or_in_
         outputs = await reverse(settlement, other, paid.claim_id)
         assert refused(outputs, "NOT_REVERSIBLE")
         assert outputs[0].requested_fen == 0  # nothing of another person's claim is told
-    record = await settlement.store.claim(owner, paid.claim_id)
+    record = await settlement.store.claim(paid.claim_id)
     assert record is not None and record.reversed_by is None
     assert (await reverse(settlement, owner, paid.claim_id))[0].status == "reversed"
 
@@ -243,7 +249,7 @@ async def test_a_claim_id_used_by_another_recipient_is_a_conflict_and_changes_no
             second,
             claim.claim_id,
         )
-    assert await settlement.store.claim(second, claim.claim_id) is None
+    assert (await settlement.store.claim(claim.claim_id)).recipient_id == first  # the first stands
     (again,) = await through_claim_path(settlement, [claim])  # the owner's redelivery is still a duplicate
     assert (again.status, again.paid_fen) == ("settled", 10_000)
 
@@ -287,11 +293,13 @@ async def test_a_reversal_after_its_month_closed_changes_no_months_count_of_clai
     recipient = await insured(settlement)
     pair = {"service_region": "520100"}  # 13 > 52: no other test clears this pair
     settlement.clock.set(datetime.fromisoformat("2025-10-31T23:00:00+08:00"))
-    october = await settled(settlement, settle_claim(recipient, 3_000, **pair), provider_region="130100")
+    october = await settled(
+        settlement, settle_claim(recipient, 3_000, **pair, **now(settlement)), provider_region="130100"
+    )
     assert october.clearing_month == "2025-10"
     first_october = await close_month(settlement.store, "2025-10", datetime.fromisoformat("2025-11-01T00:00:00+08:00"))
     settlement.clock.set(datetime.fromisoformat("2025-11-03T09:00:00+08:00"))
-    await settled(settlement, settle_claim(recipient, 1_000, **pair), provider_region="130100")
+    await settled(settlement, settle_claim(recipient, 1_000, **pair, **now(settlement)), provider_region="130100")
     (reversal, _) = await reverse(settlement, recipient, october.claim_id)
     assert (reversal.status, reversal.clearing_month) == ("reversed", "2025-11")  # taken back in the open month
     november = await close_month(settlement.store, "2025-11", datetime.fromisoformat("2025-12-01T00:00:00+08:00"))
@@ -311,8 +319,8 @@ async def test_a_reversal_after_its_month_closed_changes_no_months_count_of_clai
 async def test_closing_keeps_totals_exact_beyond_fourteen_digits(settlement) -> None:
     recipient = await insured(settlement)
     settlement.clock.set(datetime.fromisoformat("2025-09-15T12:00:00+08:00"))
-    claims = [settle_claim(recipient, 10**12, service_region="530100") for _ in range(100)]
-    claims.append(settle_claim(recipient, 1, service_region="530100"))
+    claims = [settle_claim(recipient, 10**12, service_region="530100", **now(settlement)) for _ in range(100)]
+    claims.append(settle_claim(recipient, 1, service_region="530100", **now(settlement)))
     requests = await through_claim_path(settlement, claims)
     await through_claim_path(settlement, [answer(request, request.amount_fen, "140100") for request in requests])
     rows = await close_month(settlement.store, "2025-09", datetime.fromisoformat("2025-10-01T00:00:00+08:00"))

@@ -126,14 +126,14 @@ async def test_money_round_3s_defects_put_back_are_found_by_the_simulation(redis
         monkeypatch.setattr(
             handlers,
             "refusal_before_id",
-            lambda claim, province: (
-                None if claim.category in ("resident_premium", "ltc_premium") else refusal(claim, province)
+            lambda claim, province, *when: (
+                None if claim.category in ("resident_premium", "ltc_premium") else refusal(claim, province, *when)
             ),
         )
     elif defect == "a resident premium for an employee":
         monkeypatch.setattr(handlers, "assess_claim", _employee_pays_resident_premiums(handlers.assess_claim))
     else:  # the province whose topic brought a claim is not asked
-        monkeypatch.setattr(handlers, "refusal_before_id", lambda claim, province: refusal(claim, None))
+        monkeypatch.setattr(handlers, "refusal_before_id", lambda claim, province, *when: refusal(claim, None, *when))
     failures = [outcome.failure for seed in range(12) if (outcome := await execute(redis, seed, steps=300)).failure]
     assert failures, f"no seed of 12 found {defect}"
     assert "error" not in {failure.invariant for failure in failures}, failures  # found by a rule, not a crash

@@ -113,7 +113,7 @@ async def draw(wallet: WalletHandlers, recipient: str, amount_fen: int, claim_id
 
 
 def context(amount_fen: int) -> ClaimContext:
-    return ClaimContext(requested_fen=amount_fen, service_region="510100")
+    return ClaimContext(requested_fen=amount_fen, service_region="510100", claim_day="20260302")
 
 
 async def assert_sound(wallet: WalletHandlers, *people: str) -> None:

@@ -60,7 +60,7 @@ async def test_without_a_wait_nothing_is_judged_stuck(monkeypatch) -> None:
 async def test_a_redis_loading_its_data_is_waited_for_and_said(monkeypatch) -> None:
     replies: list = [BusyLoadingError("Redis is loading the dataset in memory")] * 3 + [RedisState()]
 
-    async def read_state(redis):
+    async def read_state(redis, today):
         reply = replies.pop(0)
         if isinstance(reply, Exception):
             raise reply
@@ -68,16 +68,16 @@ async def test_a_redis_loading_its_data_is_waited_for_and_said(monkeypatch) -> N
 
     monkeypatch.setattr(deep, "read_state", read_state)
     monkeypatch.setattr(deep.asyncio, "sleep", _no_sleep)
-    state, _ = await deep._read_state_once_loaded(None)
+    state, _ = await deep._read_state_once_loaded(None, "20260302")
     assert isinstance(state, RedisState) and replies == []
 
 
 async def test_a_redis_that_keeps_loading_past_the_bound_is_said_in_words(monkeypatch) -> None:
-    async def read_state(redis):
+    async def read_state(redis, today):
         raise BusyLoadingError("Redis is loading the dataset in memory")
 
     monkeypatch.setattr(deep, "read_state", read_state)
     monkeypatch.setattr(deep.asyncio, "sleep", _no_sleep)
     monkeypatch.setattr(deep, "REDIS_LOADING_SECONDS", 0.01)
     with pytest.raises(deep.AuditUnavailable, match="Redis was still loading its data"):
-        await deep._read_state_once_loaded(None)
+        await deep._read_state_once_loaded(None, "20260302")

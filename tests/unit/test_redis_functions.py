@@ -99,7 +99,7 @@ def test_none_and_booleans_cross_as_lua_reads_them() -> None:
 
 
 # Uppercase literals in Lua that are Redis's words, not reasons (after `redis.call(` they are skipped).
-REDIS_WORDS = frozenset({"NX", "XX", "WITHSCORES"})
+REDIS_WORDS = frozenset({"NX", "XX", "PX", "WITHSCORES"})
 
 
 @pytest.mark.parametrize("library", LIBRARIES, ids=lambda library: library.lua_file.name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from services.settlement.domain import (
     NATIONAL,
     Assessment,
+    ClaimWindow,
     Enrolled,
     GrossLine,
     assess_claim,
@@ -29,6 +30,8 @@ from shared.ids import claim_id_prefix, make_person_id
 from shared.topics import CLAIMS, ENROLLMENT
 
 RECIPIENT = make_person_id("310101", "19900101", 2)
+WINDOW = ClaimWindow()
+NOW = datetime.fromisoformat("2026-03-02T10:05:00+08:00")
 INSURED = Enrolled("employee", "510100", "normal")
 RESIDENT = Enrolled("resident", "510100", "normal")
 
@@ -64,7 +67,7 @@ def claim(category: str = "institution", amount_fen: int = 10_000, items=None, *
     ],
 )
 def test_the_allowed_uses_are_payable_in_full(category: str, recipient: Enrolled) -> None:
-    assert refusal_before_id(claim(category), None) is None
+    assert refusal_before_id(claim(category), None, WINDOW, NOW) is None
     assert assess_claim(claim(category), recipient) == Assessment(10_000)
 
 
@@ -77,14 +80,17 @@ def test_a_resident_premium_is_not_paid_for_an_employee_insured_recipient() -> N
 def test_a_premium_is_owed_to_the_recipients_own_insured_province(category: str) -> None:
     """Else the monthly clearing would pay the province that billed it (44 -> 11 here)."""
     billed_elsewhere = claim(category, recipient_region="440300", service_region="110100")
-    assert refusal_before_id(billed_elsewhere, None) == ReasonCode.SERVICE_REGION_MISMATCH
-    assert refusal_before_id(billed_elsewhere, "11") == ReasonCode.SERVICE_REGION_MISMATCH
-    assert refusal_before_id(claim(category, recipient_region="440300", service_region="440100"), "44") is None
+    assert refusal_before_id(billed_elsewhere, None, WINDOW, NOW) == ReasonCode.SERVICE_REGION_MISMATCH
+    assert refusal_before_id(billed_elsewhere, "11", WINDOW, NOW) == ReasonCode.SERVICE_REGION_MISMATCH
+    assert (
+        refusal_before_id(claim(category, recipient_region="440300", service_region="440100"), "44", WINDOW, NOW)
+        is None
+    )
 
 
 def test_a_claim_on_a_provinces_own_topic_is_for_care_in_that_province() -> None:
-    assert refusal_before_id(claim(), "51") is None
-    assert refusal_before_id(claim(), "44") == ReasonCode.SERVICE_REGION_MISMATCH
+    assert refusal_before_id(claim(), "51", WINDOW, NOW) is None
+    assert refusal_before_id(claim(), "44", WINDOW, NOW) == ReasonCode.SERVICE_REGION_MISMATCH
     reversal = Claim.model_validate(
         {
             "claim_id": "510100-H51010500012-872",
@@ -94,8 +100,8 @@ def test_a_claim_on_a_provinces_own_topic_is_for_care_in_that_province() -> None
             "occurred_at": "2026-03-02T10:00:00+08:00",
         }
     )
-    assert refusal_before_id(reversal, "51") is None
-    assert refusal_before_id(reversal, "44") == ReasonCode.SERVICE_REGION_MISMATCH
+    assert refusal_before_id(reversal, "51", WINDOW, NOW) is None
+    assert refusal_before_id(reversal, "44", WINDOW, NOW) == ReasonCode.SERVICE_REGION_MISMATCH
 
 
 @pytest.mark.parametrize("category", ["cash", "withdrawal", "supermarket", "cosmetics", ""])
@@ -151,11 +157,11 @@ def test_the_code_must_name_a_region_in_the_service_province(code) -> None:
     """The service region decides who is paid in clearing: it must be where the institution is."""
     category = "institution" if code.startswith("H") else "pharmacy"
     refused = claim(category, items=CATALOGUE, institution_code=code)
-    assert refusal_before_id(refused, None) == ReasonCode.SERVICE_REGION_MISMATCH
+    assert refusal_before_id(refused, None, WINDOW, NOW) == ReasonCode.SERVICE_REGION_MISMATCH
 
 
 def test_the_code_may_name_another_region_of_the_same_province() -> None:
-    assert refusal_before_id(claim(institution_code="H51070000001"), None) is None
+    assert refusal_before_id(claim(institution_code="H51070000001"), None, WINDOW, NOW) is None
     assert assess_claim(claim(institution_code="H51070000001"), INSURED) == Assessment(10_000)
 
 
@@ -286,3 +292,27 @@ def test_a_provinces_copy_masks_the_payers_ids_and_keeps_their_regions_and_amoun
     assert (copy.payers[0].provider_region, copy.payers[0].amount_fen) == ("440305", 900)
     assert copy.model_dump(exclude={"payers"}) == event.model_dump(exclude={"payers"})
     assert event.payers[0].provider_id == provider  # the national copy keeps it whole
+
+
+def test_the_window_takes_its_last_second_and_refuses_the_first_after_it() -> None:
+    """Edges of the idempotency window, in Asia/Shanghai: the window is a duration, so a month's end
+    (here 2026-03-31, 16:00 UTC) changes nothing."""
+    window = ClaimWindow(length=timedelta(days=30), skew=timedelta(minutes=5))
+    now = datetime.fromisoformat("2026-04-01T00:00:00+08:00")
+    oldest = now - timedelta(days=30)
+    assert refusal_before_id(claim(occurred_at=oldest.isoformat()), None, window, now) is None
+    late = (oldest - timedelta(seconds=1)).isoformat()
+    assert refusal_before_id(claim(occurred_at=late), None, window, now) == ReasonCode.CLAIM_TOO_OLD
+    assert refusal_before_id(claim(occurred_at=late), "51", window, now) == ReasonCode.CLAIM_TOO_OLD
+    month_end = "2026-03-31T23:59:59+08:00"
+    assert refusal_before_id(claim(occurred_at=month_end), None, window, now) is None
+    ahead = now + timedelta(minutes=5)
+    assert refusal_before_id(claim(occurred_at=ahead.isoformat()), None, window, now) is None
+    too_far = (ahead + timedelta(seconds=1)).isoformat()
+    assert refusal_before_id(claim(occurred_at=too_far), None, window, now) == ReasonCode.INVALID_MESSAGE
+
+
+def test_a_days_records_are_kept_past_its_last_claims_window_by_the_grace() -> None:
+    assert ClaimWindow().kept_until("20260331") == datetime.fromisoformat("2026-05-03T00:00:00+08:00")
+    with pytest.raises(ValueError, match="skew"):
+        ClaimWindow(skew=timedelta(hours=1), grace=timedelta(minutes=30))

@@ -1,0 +1,40 @@
+"""The idempotency window as the audit reads it: its own reading of the settings, and its own
+arithmetic (docs/contract.md states the window). The audit judges with it which claims could be
+taken, which refused as too old, and which records may have left Redis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from shared.settings import Settings
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+@dataclass(frozen=True)
+class Window:
+    length: timedelta
+    skew: timedelta  # how far ahead of the clock a claim's occurred_at may be
+    kept: timedelta  # how long after its last write a claim's record stays in Redis
+    now: datetime  # the audit's moment, on the services' clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings, now: datetime) -> Window:
+        length = timedelta(seconds=settings.claim_window_seconds)
+        return cls(
+            length,
+            timedelta(seconds=settings.claim_clock_skew_seconds),
+            length + timedelta(seconds=settings.claim_record_grace_seconds),
+            now,
+        )
+
+    @property
+    def today(self) -> str:
+        """The audit's day in Asia/Shanghai (YYYYMMDD): claim records are kept by day."""
+        return self.now.astimezone(SHANGHAI).strftime("%Y%m%d")
+
+    def left_redis(self, last_written: datetime) -> bool:
+        """Whether a record last written then may have expired by now."""
+        return last_written + self.kept <= self.now

@@ -1,0 +1,132 @@
+"""The idempotency window on the real Redis: a claim is taken only while its occurred_at lies within
+the window, what recognises it again is kept past the window and then leaves Redis by itself, and
+no copy of a claim, early or late, before or after its record expires, is ever paid twice."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+from services.settlement.domain import ClaimWindow
+from shared.clock import shanghai_day
+from shared.contracts import DrawAnswered, DrawRequested, ReasonCode, RefundRequested
+from shared.runtime import Refused
+from tests.integration.saga import Saga, of_type, settlements
+from tests.support import through_claim_path
+
+# Short enough to watch records leave Redis: a day's records are kept 1.5 s past the day's end, so a
+# claim of a day's last second is kept 2.5 s of real time.
+BRIEF = ClaimWindow(length=timedelta(seconds=1), skew=timedelta(milliseconds=100), grace=timedelta(seconds=0.5))
+LAST_SECOND = datetime.fromisoformat("2026-03-02T23:59:59+08:00")
+
+
+async def paid_by(saga: Saga, provider: str) -> int:
+    snapshot = await saga.wstore.snapshot(provider)
+    return snapshot.paid_fen - snapshot.refunded_fen
+
+
+async def test_the_last_second_inside_the_window_is_taken_and_the_first_outside_is_refused_unread(redis) -> None:
+    saga = await Saga(redis).load()
+    recipient, (provider,) = await saga.family([50_000])
+    now = saga.clock.now()
+    oldest = saga.settle(recipient, 10_000, occurred_at=(now - timedelta(days=30)).isoformat())
+    too_old = saga.settle(recipient, 10_000, occurred_at=(now - timedelta(days=30, seconds=1)).isoformat())
+    ahead = saga.settle(recipient, 10_000, occurred_at=(now + timedelta(minutes=5, seconds=1)).isoformat())
+    outputs = await saga.run_claims([oldest, too_old, ahead])
+    answers = {result.claim_id: (result.status, result.reason) for result in settlements(outputs)}
+    assert answers == {
+        oldest.claim_id: ("settled", None),
+        too_old.claim_id: ("rejected", ReasonCode.CLAIM_TOO_OLD),
+        ahead.claim_id: ("rejected", ReasonCode.INVALID_MESSAGE),
+    }
+    assert await saga.sstore.claim(too_old.claim_id) is None  # nothing recorded, the id not taken
+    assert await redis.exists(saga.sstore._owner_key(too_old.claim_id)) == 0
+    assert await paid_by(saga, provider) == 10_000
+
+
+async def test_a_copy_inside_the_window_is_a_duplicate_and_one_outside_it_is_refused(redis) -> None:
+    saga = await Saga(redis).load()
+    recipient, (provider,) = await saga.family([50_000])
+    claim = saga.settle(recipient, 20_000)
+    (first,) = settlements(await saga.run_claims([claim]))
+    saga.clock.set(claim.occurred_at + timedelta(days=30))  # its last moment
+    again = await saga.run_claims([claim])
+    assert settlements(again) == [first] and not of_type(again, DrawRequested)
+    saga.clock.set(claim.occurred_at + timedelta(days=30, milliseconds=1))
+    (late,) = settlements(await saga.run_claims([claim]))
+    assert (late.status, late.reason, late.event_id != first.event_id) == ("rejected", ReasonCode.CLAIM_TOO_OLD, True)
+    assert await paid_by(saga, provider) == 20_000
+
+
+async def test_claim_records_leave_redis_after_the_window_and_a_late_copy_is_never_paid_again(redis) -> None:
+    saga = await Saga(redis, at=LAST_SECOND, window=BRIEF).load()
+    recipient, (provider,) = await saga.family([50_000])
+    claim = saga.settle(recipient, 20_000)
+    (first,) = settlements(await saga.run_claims([claim]))
+    record_key = saga.sstore.claims_key(recipient, shanghai_day(claim.occurred_at))
+    owner_key = saga.sstore._owner_key(claim.claim_id)
+    assert 0 < await redis.pttl(record_key) <= 2_500 and 0 < await redis.pttl(owner_key) <= 2_500
+    await asyncio.sleep(2.0)  # just before the record expires, the window (the clock moved too) still open
+    saga.clock.set(claim.occurred_at + timedelta(seconds=1))
+    again = await saga.run_claims([claim])
+    assert settlements(again) == [first] and not of_type(again, DrawRequested)
+    await asyncio.sleep(0.6)
+    assert await redis.exists(record_key, owner_key) == 0
+    saga.clock.set(claim.occurred_at + timedelta(seconds=2.6))
+    (late,) = settlements(await saga.run_claims([claim]))
+    assert (late.status, late.reason) == ("rejected", ReasonCode.CLAIM_TOO_OLD)
+    assert await paid_by(saga, provider) == 20_000
+
+
+async def test_a_reversal_within_the_window_of_a_claim_held_but_too_old_is_refused(redis) -> None:
+    saga = await Saga(redis).load()
+    recipient, (provider,) = await saga.family([50_000])
+    claim = saga.settle(recipient, 20_000)
+    await saga.run_claims([claim])
+    saga.clock.set(claim.occurred_at + timedelta(days=30, seconds=1))
+    reversal = saga.reverse(recipient, claim.claim_id)  # itself on time
+    (refused,) = settlements(outputs := await saga.run_claims([reversal]))
+    assert (refused.status, refused.reason) == ("rejected", ReasonCode.CLAIM_TOO_OLD)
+    assert not of_type(outputs, RefundRequested) and await paid_by(saga, provider) == 20_000
+    assert (await saga.sstore.claim(claim.claim_id)).reversed_by is None
+
+
+async def test_a_reversal_of_a_claim_whose_record_expired_is_unknown_and_refunds_nothing(redis) -> None:
+    saga = await Saga(redis, at=LAST_SECOND, window=BRIEF).load()
+    recipient, (provider,) = await saga.family([50_000])
+    claim = saga.settle(recipient, 20_000)
+    await saga.run_claims([claim])
+    await asyncio.sleep(2.6)
+    saga.clock.set(claim.occurred_at + timedelta(seconds=2.6))
+    reversal = saga.reverse(recipient, claim.claim_id)
+    (refused,) = settlements(outputs := await saga.run_claims([reversal]))
+    assert (refused.status, refused.reason) == ("rejected", ReasonCode.UNKNOWN_CLAIM)
+    assert not of_type(outputs, RefundRequested) and await paid_by(saga, provider) == 20_000
+
+
+async def test_a_claim_at_a_shanghai_month_end_is_taken_and_cleared_in_the_month_it_settles(redis) -> None:
+    saga = await Saga(redis).load()
+    recipient, _ = await saga.family([50_000])
+    saga.clock.set(saga.clock.now().replace(month=4, day=1, hour=0, minute=0, second=1))  # 2026-03-31T16:00:01Z
+    claim = saga.settle(recipient, 10_000, occurred_at="2026-03-31T23:59:59+08:00")
+    (result,) = settlements(await saga.run_claims([claim]))
+    assert (result.status, result.clearing_month) == ("settled", "2026-04")
+
+
+async def test_a_restarted_service_refuses_a_late_copy_and_a_late_answer_after_the_records_expired(redis) -> None:
+    """Settlement stopped with a draw answer not yet taken in and came back after its claim's record
+    expired: the claim sent again is too old, and the late answer gives nothing back, since its claim
+    may have been paid (it was not here: the provider's money is where the draw left it)."""
+    saga = await Saga(redis, at=LAST_SECOND, window=BRIEF).load()
+    recipient, (provider,) = await saga.family([50_000])
+    claim = saga.settle(recipient, 20_000)
+    (request,) = of_type(await through_claim_path(saga.settlement, [claim]), DrawRequested)
+    (answer,) = of_type(await saga.wallet.on_draw_requests([request]), DrawAnswered)
+    await asyncio.sleep(2.6)
+    restarted = await Saga(redis, window=BRIEF).load()
+    restarted.clock.set(claim.occurred_at + timedelta(seconds=2.6))
+    (late,) = settlements(await through_claim_path(restarted.settlement, [claim]))
+    assert (late.status, late.reason) == ("rejected", ReasonCode.CLAIM_TOO_OLD)
+    (refusal,) = await through_claim_path(restarted.settlement, [answer])
+    assert isinstance(refusal, Refused) and refusal.reason == ReasonCode.CLAIM_TOO_OLD
+    assert await paid_by(saga, provider) == 20_000
