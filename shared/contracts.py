@@ -482,3 +482,5 @@ class RefundRequested(_ConsumedOutput):
     recipient_id: str
     payers: list[Payer]
     requested_at: datetime
+    # The Asia/Shanghai day (YYYYMMDD) the original claim occurred: the bucket its draw is kept in.
+    claim_day: str = Field(pattern=r"^\d{8}$")

@@ -199,6 +199,7 @@ SERVICES: tuple[Principal, ...] = (
                 "zpopmin",
                 "zrange",
                 "zrem",
+                "pexpire",
             ),
         ),
     ),

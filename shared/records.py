@@ -51,6 +51,7 @@ class ClaimRecord(BaseModel):
     category: str | None = None
     service_region: str | None = None
     reverses: str | None = None
+    reverses_day: str | None = None  # a reversal: the day (YYYYMMDD) the claim it names occurred, if known
     occurred_at: str | None = None  # the claim's, rfc3339 in Asia/Shanghai: a reversal must come within its window
     requested_fen: int = Field(0, alias="requested")  # the claim's whole amount (a reversal: what it gave back)
     asked_fen: int = Field(0, alias="payable")  # what is asked of the grants: the share rule 12 allows

@@ -28,6 +28,7 @@ _SHARD_KEY = re.compile(
     re.escape(SETTLEMENT_PREFIX) + r"\{s(?P<shard>\d+)\}:(?P<part>claims:\d{8}|closed|clearing:\d{4}-\d{2})"
 )
 _CLAIMS = "claims:"
+_DRAW_BUCKET = re.compile(r"(?:takes|refunds):(?P<day>\d{8})")
 
 # The wallet's per-person hashes the audit reads; `seen:<topic>` hold each applied input's result.
 WALLET_PARTS = (
@@ -35,8 +36,6 @@ WALLET_PARTS = (
     "grants",
     "relationships",
     "rel-versions",
-    "takes",
-    "refunds",
     "seen:credits",
     "seen:spends",
     "seen:commands",
@@ -199,16 +198,37 @@ async def _read_relationships(redis: Redis, keys: list[str], state: RedisState) 
 
 
 async def _read_wallets(redis: Redis, keys: list[str], state: RedisState) -> None:
+    """Each person's hashes, and the day buckets of their takes and refunds: a refund is kept in the
+    bucket of the take it gives back, so each day a take or refund was scanned in is read whole."""
     persons = _persons(keys, WALLET_PREFIX)
-    groups = [[f"{WALLET_PREFIX}{{p:{person}}}:{part}" for part in WALLET_PARTS] for person in persons]
+    days: dict[str, set[str]] = defaultdict(set)
+    for key in keys:
+        if (match := _PERSON_KEY.fullmatch(key)) and match["prefix"] == WALLET_PREFIX:
+            if bucket := _DRAW_BUCKET.fullmatch(match["part"]):
+                days[match["person"]].add(bucket["day"])
+    parts_of = {
+        person: [*WALLET_PARTS, *(f"{part}:{day}" for day in sorted(days[person]) for part in ("takes", "refunds"))]
+        for person in persons
+    }
+    groups = [[f"{WALLET_PREFIX}{{p:{person}}}:{part}" for part in parts_of[person]] for person in persons]
     for person, hashes in zip(persons, await _hashes_in_batches(redis, groups), strict=True):
-        parts = dict(zip(WALLET_PARTS, hashes, strict=True))
+        parts = dict(zip(parts_of[person], hashes, strict=True))
         state.wallets[person] = WalletAccount(
             totals={name: int(value) for name, value in _text(parts["account"]).items() if name in TOTALS},
             grants=_numbers(parts["grants"]),
             relationships=_text(parts["relationships"]),
             relationship_versions=_numbers(parts["rel-versions"]),
-            takes=_json(parts["takes"]),
-            refunds=_json(parts["refunds"]),
+            takes={
+                claim: take
+                for part, raw in parts.items()
+                if part.startswith("takes:")
+                for claim, take in _json(raw).items()
+            },
+            refunds={
+                refund: stored
+                for part, raw in parts.items()
+                if part.startswith("refunds:")
+                for refund, stored in _json(raw).items()
+            },
             applied={part.split(":", 1)[1]: _seen(parts[part]) for part in WALLET_PARTS if part.startswith("seen:")},
         )

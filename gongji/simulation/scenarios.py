@@ -558,6 +558,7 @@ def _(s: Script) -> Script:
             "recipient_id": "R1",
             "payers": [{"provider_id": "P0", "provider_region": s.regions["P0"], "amount_fen": 10_000}],
             "requested_at": AT,
+            "claim_day": DAY,
         },
     )
     s.deliver("wallet/refund-requests", "refund forged-refund").expect("out: nothing")

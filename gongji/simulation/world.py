@@ -38,7 +38,7 @@ from services.settlement.clearing import MonthNotEnded, close_month
 from services.settlement.handlers import SettlementHandlers
 from services.settlement.store import ClaimLimits, SettlementStore
 from services.wallet.handlers import WalletHandlers
-from services.wallet.store import WalletStore
+from services.wallet.store import Bucket, WalletStore
 from shared.clock import FixedClock, rfc3339
 from shared.ids import claim_id_prefix
 from shared.policy import Policy, PolicyCache, write_policy
@@ -59,6 +59,7 @@ from shared.topics import (
     Topic,
     province_claims,
 )
+from shared.window import ClaimWindow
 
 # Near a month's end, so that runs close months and reverse claims of closed ones.
 START = datetime.fromisoformat("2026-03-27T09:00:00+08:00")
@@ -567,8 +568,10 @@ class World:
         self.stored = True
         now = rfc3339(self.clock.now())
         taken = 0
+        window = ClaimWindow.from_settings(Settings())
         for request in (envelope.message for envelope in envelopes):
-            (plan,) = await wallet.draw_begin([(request.claim_id, request.recipient_id)])
+            bucket = Bucket(request.context.claim_day, window.kept_ms(request.context.claim_day, self.clock))
+            (plan,) = await wallet.draw_begin([(request.claim_id, request.recipient_id, bucket)])
             self.model.observe_plan(request, plan)
             if isinstance(plan, DrawAnswer) or plan.recipient_frozen:
                 continue
@@ -577,7 +580,7 @@ class World:
                 if needed <= 0:
                     break
                 (step,) = await wallet.run(
-                    [wallet.draw_from_grant(request.claim_id, provider, request.recipient_id, needed, now)]
+                    [wallet.draw_from_grant(request.claim_id, provider, request.recipient_id, needed, now, bucket)]
                 )
                 self.model.observe_take(request, provider, needed, step)
                 if not step.conflict:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from shared.clock import SHANGHAI, shanghai_month
+from shared.clock import shanghai_month
 from shared.contracts import Claim, ClaimCategory, ClearingRow, Payer, ReasonCode, SettlementEvent
 from shared.ids import claim_id_region, derived_event_id, mask_person_id, province_of, region_or_none
-from shared.settings import Settings
+from shared.window import ClaimWindow
 
 SERVICE = "settlement"
 NATIONAL = "national"  # the scope of claim ids; other input ids are unique per person (scope: the person id)
@@ -35,47 +35,6 @@ class Assessment:
 
 
 PREMIUMS: frozenset[str] = frozenset({ClaimCategory.RESIDENT_PREMIUM, ClaimCategory.LTC_PREMIUM})
-
-
-@dataclass(frozen=True)
-class ClaimWindow:
-    """The idempotency window: a claim or reversal is taken only while `occurred_at` lies within
-    `length` before the platform's clock and at most `skew` after it. What recognises a claim again
-    is kept by the Asia/Shanghai day its claim occurred: a claim of day D can come until D's end +
-    `length`, and the day's records are kept `grace` longer. A copy after that is too old, whether
-    or not its record is left: no claim is paid twice."""
-
-    length: timedelta = timedelta(days=30)
-    skew: timedelta = timedelta(minutes=5)
-    grace: timedelta = timedelta(days=2)
-
-    def __post_init__(self) -> None:
-        if self.grace <= self.skew:
-            raise ValueError("records must be kept longer past the window than the clock skew")
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ClaimWindow:
-        return cls(
-            timedelta(seconds=settings.claim_window_seconds),
-            timedelta(seconds=settings.claim_clock_skew_seconds),
-            timedelta(seconds=settings.claim_record_grace_seconds),
-        )
-
-    def kept_until(self, day: str) -> datetime:
-        """When the records of claims that occurred on `day` (YYYYMMDD, Asia/Shanghai) may go."""
-        day_start = datetime.strptime(day, "%Y%m%d").replace(tzinfo=SHANGHAI)
-        return day_start + timedelta(days=1) + self.length + self.grace
-
-    def opens(self, now: datetime) -> datetime:
-        """The oldest `occurred_at` taken now."""
-        return now - self.length
-
-    def refusal(self, occurred_at: datetime, now: datetime) -> ReasonCode | None:
-        if occurred_at < self.opens(now):
-            return ReasonCode.CLAIM_TOO_OLD
-        if occurred_at > now + self.skew:
-            return ReasonCode.INVALID_MESSAGE  # not yet: sent again with its true time, it is taken
-        return None
 
 
 def refusal_before_id(claim: Claim, province: str | None, window: ClaimWindow, now: datetime) -> ReasonCode | None:

@@ -16,7 +16,6 @@ from pydantic import BaseModel
 from services.settlement.domain import (
     NATIONAL,
     SERVICE,
-    ClaimWindow,
     MinuteTally,
     answer_mismatch,
     assess_claim,
@@ -49,6 +48,7 @@ from shared.redis_functions import Call, Step
 from shared.runtime import CONFLICTS, Delivery, Refused, ToTopic
 from shared.settings import Settings
 from shared.topics import CLAIMS, DRAW_ANSWERS, ENROLLMENT, STATISTICS, Topic, province_settlements
+from shared.window import ClaimWindow
 
 logger = logging.getLogger("gongji.settlement")
 
@@ -170,7 +170,7 @@ class SettlementHandlers:
             zip(
                 entering,
                 await self.store.claim_facts(
-                    [(claim, owner, self._kept_ms(owner.day, now)) for claim, owner in registering]
+                    [(claim, owner, self.window.kept_ms(owner.day, self.clock)) for claim, owner in registering]
                 ),
                 strict=True,
             )
@@ -229,18 +229,13 @@ class SettlementHandlers:
             shanghai_day(now),
             shanghai_minute(now),
             _refusal(ReasonCode.RATE_LIMITED, now),
-            self._kept_ms(owner.day, now),
+            self.window.kept_ms(owner.day, self.clock),
         )
 
     @staticmethod
     def _owner(claim: Claim) -> ClaimOwner:
         """Whom a claim's id is registered to: its recipient, and the day it occurred (its bucket)."""
         return ClaimOwner(claim.recipient_id, shanghai_day(claim.occurred_at))
-
-    def _kept_ms(self, day: str, now: datetime) -> int:
-        """How long from now the records of claims that occurred on `day` are kept in Redis (at least
-        a millisecond: a day written to is one whose claims can still come)."""
-        return max(1, self.clock.redis_ms(self.window.kept_until(day) - now))
 
     def _accepted(self, claim: Claim, step: Step[ClaimRecord], now: datetime) -> list[BaseModel | ToTopic]:
         record = step.result
@@ -291,6 +286,7 @@ class SettlementHandlers:
             kind="reverse",
             recipient_id=claim.recipient_id,
             reverses=claim.reverses,
+            reverses_day=facts.reverses_owner.day if facts.reverses_owner else None,
             occurred_at=rfc3339(claim.occurred_at),
             state="pending",
             province=province or "",
@@ -309,7 +305,10 @@ class SettlementHandlers:
             shanghai_day(now),
             shanghai_minute(now),
             rfc3339(self.window.opens(now)),
-            (self._kept_ms(owner.day, now), self._kept_ms(original.day if original else owner.day, now)),
+            (
+                self.window.kept_ms(owner.day, self.clock),
+                self.window.kept_ms(original.day if original else owner.day, self.clock),
+            ),
         )
 
     def _reversed(self, claim: Claim, step: Step[ClaimRecord], now: datetime) -> list[BaseModel | ToTopic]:
@@ -321,6 +320,7 @@ class SettlementHandlers:
         outputs = _also_to_provinces(settlement_event(claim.claim_id, record), record.province or record.claim_province)
         assert record.result is not None and claim.reverses is not None  # a reversal is final at once
         if record.result.status == "reversed":
+            assert record.reverses_day is not None  # its claim was found, where its owner's day said
             outputs.append(
                 RefundRequested(
                     request_id=claim_output_id(claim.claim_id, "refund"),
@@ -329,6 +329,7 @@ class SettlementHandlers:
                     recipient_id=claim.recipient_id,
                     payers=record.result.payers,
                     requested_at=now,
+                    claim_day=record.reverses_day,
                 )
             )
         return outputs
@@ -416,6 +417,7 @@ class SettlementHandlers:
                 recipient_id=answer.recipient_id,
                 payers=answer.payers,
                 requested_at=now,
+                claim_day=answer.context.claim_day,
             ),
         ]
 
@@ -437,7 +439,7 @@ class SettlementHandlers:
             answer.requested_fen,
             result,
             shanghai_month(now),
-            self._kept_ms(owner.day, now),
+            self.window.kept_ms(owner.day, self.clock),
         )
 
     def _tally(self, record: ClaimRecord) -> None:

@@ -9,7 +9,7 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from services.wallet.domain import GrantLimits, check_grant, draw_shortfall_reason
-from services.wallet.store import WalletStore
+from services.wallet.store import Bucket, WalletStore
 from shared.clock import Clock, rfc3339
 from shared.concurrency import gather_by_key
 from shared.contracts import (
@@ -31,6 +31,7 @@ from shared.policy import PolicyCache
 from shared.records import AccountStep, DrawAnswer, DrawPayer, DrawPlan, Refund, Take
 from shared.redis_functions import Step
 from shared.runtime import CONFLICTS, Refused
+from shared.settings import Settings
 from shared.topics import (
     ACCOUNT_CREDITS,
     ACCOUNT_SPENDS,
@@ -42,6 +43,7 @@ from shared.topics import (
     WALLET_COMMANDS,
     Topic,
 )
+from shared.window import ClaimWindow
 
 logger = logging.getLogger("gongji.wallet")
 
@@ -170,12 +172,32 @@ class WalletHandlers:
     """Each `on_*` takes a batch: messages of one account in order, different accounts concurrently."""
 
     def __init__(
-        self, store: WalletStore, clock: Clock, policy: PolicyCache, limits: GrantLimits | None = None
+        self,
+        store: WalletStore,
+        clock: Clock,
+        policy: PolicyCache,
+        limits: GrantLimits | None = None,
+        window: ClaimWindow | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.policy = policy
         self.limits = limits or GrantLimits()
+        self.window = window or ClaimWindow.from_settings(Settings())
+
+    def _bucket(self, day: str) -> Bucket:
+        return Bucket(day, self.window.kept_ms(day, self.clock))
+
+    def _too_old(self, request: DrawRequested | RefundRequested, day: str, now: datetime) -> Refused | None:
+        """A draw or refund for a claim whose day's records may have left Redis is not made: drawing
+        again could pay twice, and a refund would find nothing to give back. An operator sees it."""
+        if self.window.held(day, now):
+            return None
+        return Refused(
+            request,
+            ReasonCode.CLAIM_TOO_OLD,
+            f"the records of claims of {day} may have left Redis (the idempotency window): nothing is done",
+        )
 
     async def on_credits(self, credits: Sequence[AccountCredited]) -> list[WalletEvent | Refused]:
         return await gather_by_key(credits, _person, self._credit)
@@ -317,7 +339,7 @@ class WalletHandlers:
             )
         ]
 
-    async def on_draw_requests(self, requests: Sequence[DrawRequested]) -> list[BaseModel]:
+    async def on_draw_requests(self, requests: Sequence[DrawRequested]) -> list[BaseModel | Refused]:
         """Draws on the recipients' grants in the order they were first made (the earliest provider
         first: predictable for families, and it leaves later quota for later care). Each provider's
         step is atomic and happens once per claim however often it is asked, and a retried draw
@@ -326,13 +348,28 @@ class WalletHandlers:
         The batch runs in rounds, one pipeline each: round k asks every open claim's k-th provider.
         Claims of one recipient keep their batch order at every provider, so the outcome is the
         same as drawing them one after another."""
-        now = rfc3339(self.clock.now())
-        plans = await self.store.draw_begin([(request.claim_id, request.recipient_id) for request in requests])
+        at = self.clock.now()
+        now = rfc3339(at)
+        refusals = {
+            request.request_id: refusal
+            for request in requests
+            if (refusal := self._too_old(request, request.context.claim_day, at))
+        }
+        requests = [request for request in requests if request.request_id not in refusals]
+        buckets = {request.claim_id: self._bucket(request.context.claim_day) for request in requests}
+        plans = await self.store.draw_begin(
+            [(request.claim_id, request.recipient_id, buckets[request.claim_id]) for request in requests]
+        )
         draws = [_Draw(request, plan) for request, plan in zip(requests, plans, strict=True)]
         while open_draws := [draw for draw in draws if draw.wants_more()]:
             calls = [
                 self.store.draw_from_grant(
-                    draw.request.claim_id, draw.next_provider(), draw.request.recipient_id, draw.needed_fen, now
+                    draw.request.claim_id,
+                    draw.next_provider(),
+                    draw.request.recipient_id,
+                    draw.needed_fen,
+                    now,
+                    buckets[draw.request.claim_id],
                 )
                 for draw in open_draws
             ]
@@ -341,14 +378,19 @@ class WalletHandlers:
         finishing = [draw for draw in draws if isinstance(draw.plan, DrawPlan)]
         answers = await self.store.run(
             [
-                self.store.draw_finish(draw.request.claim_id, draw.request.recipient_id, draw.answer(now))
+                self.store.draw_finish(
+                    draw.request.claim_id, draw.request.recipient_id, draw.answer(now), buckets[draw.request.claim_id]
+                )
                 for draw in finishing
             ]
         )
         for draw, step in zip(finishing, answers, strict=True):
             assert step.result is not None
             draw.plan = step.result
-        return [output for draw in draws for output in self._draw_outputs(draw.request, draw.plan)]
+        return [
+            *refusals.values(),
+            *(output for draw in draws for output in self._draw_outputs(draw.request, draw.plan)),
+        ]
 
     def _draw_outputs(self, request: DrawRequested, answer: DrawAnswer | DrawPlan) -> list[BaseModel]:
         assert isinstance(answer, DrawAnswer)  # every draw is answered by now
@@ -386,15 +428,18 @@ class WalletHandlers:
             ),
         ]
 
-    async def on_refund_requests(self, requests: Sequence[RefundRequested]) -> list[WalletEvent]:
+    async def on_refund_requests(self, requests: Sequence[RefundRequested]) -> list[WalletEvent | Refused]:
         return await gather_by_key(requests, _recipient, self._refund)
 
-    async def _refund(self, request: RefundRequested) -> list[WalletEvent]:
-        events = []
-        now = rfc3339(self.clock.now())
+    async def _refund(self, request: RefundRequested) -> list[WalletEvent | Refused]:
+        at = self.clock.now()
+        if refusal := self._too_old(request, request.claim_day, at):
+            return [refusal]
+        events: list[WalletEvent | Refused] = []
+        now, bucket = rfc3339(at), self._bucket(request.claim_day)
         for payer in request.payers:
             step = await self.store.refund(
-                request.claim_id, request.original_claim_id, payer.provider_id, request.recipient_id, now
+                request.claim_id, request.original_claim_id, payer.provider_id, request.recipient_id, now, bucket
             )
             refund = step.result
             assert refund is not None

@@ -4,6 +4,7 @@ Every key of a person carries the hash tag {p:<person_id>}: one step, one slot."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -72,27 +73,44 @@ SUPERVISE = LIBRARY.declare(
     result=AccountStep,
 )
 DRAW_BEGIN = LIBRARY.declare(
-    "wallet_draw_begin", keys=("plans_key", "answers_key", "providers_key", "account_key"), args=("claim_id",)
+    "wallet_draw_begin",
+    keys=("plans_key", "answers_key", "providers_key", "account_key"),
+    args=("claim_id", "kept_ms"),
 )
 DRAW_FROM_GRANT = LIBRARY.declare(
     "wallet_draw_from_grant",
     keys=("account_key", "grants_key", "takes_key", "since_key"),
-    args=("claim_id", "recipient", "needed", "now"),
+    args=("claim_id", "recipient", "needed", "now", "kept_ms"),
     result=Take,
 )
 DRAW_FINISH = LIBRARY.declare(
-    "wallet_draw_finish", keys=("plans_key", "answers_key"), args=("claim_id", "answer"), result=DrawAnswer
+    "wallet_draw_finish",
+    keys=("plans_key", "answers_key"),
+    args=("claim_id", "answer", "kept_ms"),
+    result=DrawAnswer,
 )
 REFUND = LIBRARY.declare(
     "wallet_refund",
     keys=("account_key", "grants_key", "relationships_key", "takes_key", "refunds_key", "since_key"),
-    args=("refund_id", "original_claim_id", "recipient", "now"),
+    args=("refund_id", "original_claim_id", "recipient", "now", "kept_ms"),
     result=Refund,
 )
 
 
 def _key(person_id: str, part: str) -> str:
     return f"{PREFIX}{{p:{person_id}}}:{part}"
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Where a claim's draw records are kept: the day its claim occurred (YYYYMMDD), and how long
+    from now (in Redis's time) that day's records are kept."""
+
+    day: str
+    kept_ms: int
+
+    def key(self, person_id: str, part: str) -> str:
+        return _key(person_id, f"{part}:{self.day}")
 
 
 class WalletStore:
@@ -243,17 +261,18 @@ class WalletStore:
             ),
         )
 
-    async def draw_begin(self, requests: Sequence[tuple[str, str]]) -> list[DrawAnswer | DrawPlan]:
-        """Step 1 for each (claim, recipient), in one pipeline: the stored answer of an earlier
-        draw, or the plan fixed at the first try."""
+    async def draw_begin(self, requests: Sequence[tuple[str, str, Bucket]]) -> list[DrawAnswer | DrawPlan]:
+        """Step 1 for each (claim, recipient, bucket), in one pipeline: the stored answer of an
+        earlier draw, or the plan fixed at the first try."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for claim_id, recipient_id in requests:
+            for claim_id, recipient_id, bucket in requests:
                 DRAW_BEGIN.call(
-                    plans_key=_key(recipient_id, "plans"),
-                    answers_key=_key(recipient_id, "answers"),
+                    plans_key=bucket.key(recipient_id, "plans"),
+                    answers_key=bucket.key(recipient_id, "answers"),
                     providers_key=_key(recipient_id, "providers"),
                     account_key=_key(recipient_id, "account"),
                     claim_id=claim_id,
+                    kept_ms=bucket.kept_ms,
                 ).on(pipe)
             replies = await execute(pipe)
         return [
@@ -262,48 +281,52 @@ class WalletStore:
         ]
 
     def draw_from_grant(
-        self, claim_id: str, provider_id: str, recipient_id: str, needed_fen: int, now: str
+        self, claim_id: str, provider_id: str, recipient_id: str, needed_fen: int, now: str, bucket: Bucket
     ) -> Call[Take]:
         """Step 2: take up to `needed_fen` from the provider's grant to the recipient, once per claim."""
         return DRAW_FROM_GRANT.call(
             account_key=_key(provider_id, "account"),
             grants_key=_key(provider_id, "grants"),
-            takes_key=_key(provider_id, "takes"),
+            takes_key=bucket.key(provider_id, "takes"),
             since_key=_key(provider_id, "rel-since"),
             claim_id=claim_id,
             recipient=recipient_id,
             needed=needed_fen,
             now=now,
+            kept_ms=bucket.kept_ms,
         )
 
-    def draw_finish(self, claim_id: str, recipient_id: str, answer: DrawAnswer) -> Call[DrawAnswer]:
+    def draw_finish(self, claim_id: str, recipient_id: str, answer: DrawAnswer, bucket: Bucket) -> Call[DrawAnswer]:
         """Step 3: store the answer; the first one stored stands."""
         return DRAW_FINISH.call(
-            plans_key=_key(recipient_id, "plans"),
-            answers_key=_key(recipient_id, "answers"),
+            plans_key=bucket.key(recipient_id, "plans"),
+            answers_key=bucket.key(recipient_id, "answers"),
             claim_id=claim_id,
             answer=answer.stored(),
+            kept_ms=bucket.kept_ms,
         )
 
     async def run(self, calls: Sequence[Call[Result]]) -> list[Step[Result]]:
         return await run_steps(self.redis, calls)
 
     async def refund(
-        self, refund_id: str, original_claim_id: str, provider_id: str, recipient_id: str, now: str
+        self, refund_id: str, original_claim_id: str, provider_id: str, recipient_id: str, now: str, bucket: Bucket
     ) -> Step[Refund]:
+        """What the original claim (whose day is `bucket`'s) drew from the provider goes back, once."""
         return await call_step(
             self.redis,
             REFUND.call(
                 account_key=_key(provider_id, "account"),
                 grants_key=_key(provider_id, "grants"),
                 relationships_key=_key(provider_id, "relationships"),
-                takes_key=_key(provider_id, "takes"),
-                refunds_key=_key(provider_id, "refunds"),
+                takes_key=bucket.key(provider_id, "takes"),
+                refunds_key=bucket.key(provider_id, "refunds"),
                 since_key=_key(provider_id, "rel-since"),
                 refund_id=refund_id,
                 original_claim_id=original_claim_id,
                 recipient=recipient_id,
                 now=now,
+                kept_ms=bucket.kept_ms,
             ),
         )
 

@@ -21,6 +21,13 @@ local function is_frozen(account_key)
   return num(redis.call('HGET', account_key, 'freezes')) > 0
 end
 
+-- A draw's records are kept in buckets of the day its claim occurred, as long as the claim's own
+-- records are (`kept_ms` from now, renewed by every write).
+local function keep(bucket_key, id, encoded, kept_ms)
+  redis.call('HSET', bucket_key, id, encoded)
+  redis.call('PEXPIRE', bucket_key, kept_ms)
+end
+
 local function credit(keys, args)
   local seen_key, account_key = unpack(keys)
   local input_id, fingerprint, amount, now = unpack(args)
@@ -187,14 +194,14 @@ end
 -- instance after a rebalance), so that a retry can never draw on another plan.
 local function draw_begin(keys, args)
   local plans_key, answers_key, providers_key, account_key = unpack(keys)
-  local claim_id = unpack(args)
+  local claim_id, kept_ms = unpack(args)
   local answered = redis.call('HGET', answers_key, claim_id)
   if answered then return {'answered', answered} end
   local plan = redis.call('HGET', plans_key, claim_id)
   if not plan then
     local providers = redis.call('ZRANGE', providers_key, 0, -1)
     plan = cjson.encode({frozen = is_frozen(account_key), providers = #providers > 0 and providers or nil})
-    redis.call('HSET', plans_key, claim_id, plan)
+    keep(plans_key, claim_id, plan, kept_ms)
   end
   return {'planned', plan}
 end
@@ -204,7 +211,7 @@ end
 -- names the relationship it drew under (its `since` version), for a refund.
 local function draw_from_grant(keys, args)
   local account_key, grants_key, takes_key, since_key = unpack(keys)
-  local claim_id, recipient, needed, now = unpack(args)
+  local claim_id, recipient, needed, now, kept_ms = unpack(args)
   local prior = redis.call('HGET', takes_key, claim_id)
   if prior then
     if cjson.decode(prior).recipient ~= recipient then return {'conflict', ''} end
@@ -224,25 +231,29 @@ local function draw_from_grant(keys, args)
     region = redis.call('HGET', account_key, 'region') or '', since = redis.call('HGET', since_key, recipient) or '',
     at = now})
   local encoded = cjson.encode(result)
-  redis.call('HSET', takes_key, claim_id, encoded)
+  keep(takes_key, claim_id, encoded, kept_ms)
   return {'applied', encoded}
 end
 
 -- Draw, step 3, in the recipient's slot: store the answer (the first one stands); the plan is done.
 local function draw_finish(keys, args)
   local plans_key, answers_key = unpack(keys)
-  local claim_id, answer = unpack(args)
+  local claim_id, answer, kept_ms = unpack(args)
   redis.call('HDEL', plans_key, claim_id)
-  if redis.call('HSETNX', answers_key, claim_id, answer) == 1 then return {'applied', answer} end
+  if redis.call('HSETNX', answers_key, claim_id, answer) == 1 then
+    redis.call('PEXPIRE', answers_key, kept_ms)
+    return {'applied', answer}
+  end
   return {'duplicate', redis.call('HGET', answers_key, claim_id)}
 end
 
 -- Reversal (退费), in the provider's slot: what the original claim drew from this provider for
 -- this recipient goes back, once, to the grant while the relationship it drew under lasts, else to
--- the account (a relationship set up again since is another one).
+-- the account (a relationship set up again since is another one). The take and the refund are kept
+-- in the buckets of the day the original claim occurred.
 local function refund(keys, args)
   local account_key, grants_key, relationships_key, takes_key, refunds_key, since_key = unpack(keys)
-  local refund_id, original_claim_id, recipient, now = unpack(args)
+  local refund_id, original_claim_id, recipient, now, kept_ms = unpack(args)
   local prior = redis.call('HGET', refunds_key, refund_id)
   if prior then return {'duplicate', prior} end
   local take = redis.call('HGET', takes_key, original_claim_id)
@@ -251,7 +262,7 @@ local function refund(keys, args)
   if take and take.recipient == recipient and not take.refunded_by and take.amount > 0 then
     local amount = take.amount
     take.refunded_by = refund_id
-    redis.call('HSET', takes_key, original_claim_id, cjson.encode(take))
+    keep(takes_key, original_claim_id, cjson.encode(take), kept_ms)
     redis.call('HINCRBY', account_key, 'balance', amount)
     redis.call('HINCRBY', account_key, 'refunded', amount)
     if redis.call('HEXISTS', relationships_key, recipient) == 1
@@ -265,7 +276,7 @@ local function refund(keys, args)
     result.amount = amount
   end
   local encoded = cjson.encode(account_view(account_key, result))
-  redis.call('HSET', refunds_key, refund_id, encoded)
+  keep(refunds_key, refund_id, encoded, kept_ms)
   return {'applied', encoded}
 end
 

@@ -8,7 +8,6 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from services.settlement.domain import ClaimWindow
 from services.settlement.handlers import SettlementHandlers
 from services.settlement.store import SettlementStore
 from services.wallet.domain import account_breaches
@@ -28,6 +27,7 @@ from shared.contracts import (
     WalletEvent,
 )
 from shared.policy import PolicyCache
+from shared.window import ClaimWindow
 from tests.support import new_id, new_person_id, new_reversal_id, through_claim_path, with_claim_id
 
 NOON = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
@@ -40,7 +40,7 @@ class Saga:
         self.clock = FixedClock(at)
         self.wstore = WalletStore(redis)
         self.sstore = SettlementStore(redis, shards)
-        self.wallet = WalletHandlers(self.wstore, self.clock, PolicyCache(redis, 0))
+        self.wallet = WalletHandlers(self.wstore, self.clock, PolicyCache(redis, 0), window=window)
         self.settlement = SettlementHandlers(self.sstore, self.clock, statistics_interval_seconds=3600, window=window)
         self.people: set[str] = set()
 

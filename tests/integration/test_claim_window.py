@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta
 
-from services.settlement.domain import ClaimWindow
 from shared.clock import shanghai_day
 from shared.contracts import DrawAnswered, DrawRequested, ReasonCode, RefundRequested
 from shared.runtime import Refused
+from shared.window import ClaimWindow
 from tests.integration.saga import Saga, of_type, settlements
 from tests.support import through_claim_path
 
@@ -130,3 +130,29 @@ async def test_a_restarted_service_refuses_a_late_copy_and_a_late_answer_after_t
     (refusal,) = await through_claim_path(restarted.settlement, [answer])
     assert isinstance(refusal, Refused) and refusal.reason == ReasonCode.CLAIM_TOO_OLD
     assert await paid_by(saga, provider) == 20_000
+
+
+async def test_a_claims_draw_records_are_kept_and_leave_with_its_day(redis) -> None:
+    saga = await Saga(redis, at=LAST_SECOND, window=BRIEF).load()
+    recipient, (provider,) = await saga.family([50_000])
+    claim = saga.settle(recipient, 20_000)
+    await saga.run_claims([claim])
+    day = shanghai_day(claim.occurred_at)
+    buckets = [f"wal:{{p:{provider}}}:takes:{day}", f"wal:{{p:{recipient}}}:answers:{day}"]
+    ttls = [await redis.pttl(bucket) for bucket in buckets]
+    assert all(0 < ttl <= 2_500 for ttl in ttls), ttls
+    await asyncio.sleep(2.6)
+    assert await redis.exists(*buckets) == 0
+
+
+async def test_the_wallet_neither_draws_nor_refunds_for_a_day_whose_records_may_be_gone(redis) -> None:
+    saga = await Saga(redis).load()
+    recipient, (provider,) = await saga.family([50_000])
+    claim = saga.settle(recipient, 20_000)
+    (request,) = of_type(await saga.run_claims([claim]), DrawRequested)
+    (refund,) = of_type(await saga.run_claims([saga.reverse(recipient, claim.claim_id)]), RefundRequested)
+    saga.clock.set(claim.occurred_at + timedelta(days=32))  # the day's end + 30 days + 1 day: half the grace gone
+    for handled in (await saga.wallet.on_draw_requests([request]), await saga.wallet.on_refund_requests([refund])):
+        (refusal,) = handled
+        assert isinstance(refusal, Refused) and refusal.reason == ReasonCode.CLAIM_TOO_OLD
+    assert await paid_by(saga, provider) == 0  # drawn once, given back once

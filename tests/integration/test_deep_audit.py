@@ -31,7 +31,7 @@ from gongji.audit.rules import RULE
 from gongji.audit.state import read_state
 from gongji.audit.window import Window
 from services.settlement import handlers
-from services.settlement.domain import Assessment, ClaimWindow
+from services.settlement.domain import Assessment
 from services.wallet.domain import GrantLimits
 from shared.contracts import ReasonCode, SettlementEvent, SupervisionActed, WalletCommand, WalletEvent
 from shared.credentials import redis_options
@@ -52,6 +52,7 @@ from shared.topics import (
 from shared.topics import (
     CLEARING as CLEARING_TOPIC,
 )
+from shared.window import ClaimWindow
 from tests.integration.bus import Bus
 from tests.integration.saga import SHARDS
 from tests.support import another_claim_id, new_id
@@ -225,7 +226,7 @@ async def test_a_reversal_whose_refund_gives_nothing_back_is_named(bus: Bus) -> 
     await bus.claim(claim)
     assert (await deep(bus)).valid
     # A defect loses what the claim drew before the reversal comes: the refund finds nothing.
-    await bus.redis.hdel(f"wal:{{p:{provider}}}:takes", claim.claim_id)
+    await bus.redis.hdel(f"wal:{{p:{provider}}}:takes:20260302", claim.claim_id)
     reversal = bus.saga.reverse(recipient, claim.claim_id)
     await bus.claim(reversal)
     assert (await quick_audit(bus.redis, SHARDS)).clean  # it only ever flagged an over-refund
@@ -391,7 +392,7 @@ async def test_keys_made_between_the_scan_and_the_reads_are_read_with_the_rest(b
     claim = bus.saga.settle(recipient, 30_000)
     await bus.claim(claim)
     scanned = [key async for key in bus.redis.scan_iter()]
-    await bus.claim(bus.saga.reverse(recipient, claim.claim_id))  # makes wal:{p:provider}:refunds
+    await bus.claim(bus.saga.reverse(recipient, claim.claim_id))  # makes wal:{p:provider}:refunds:20260302
     bus.clock.set(datetime.fromisoformat("2026-04-02T12:00:00+08:00"))
     await bus.claim(bus.saga.settle(recipient, 1_000))  # makes the shard's clearing:2026-04
 
@@ -400,7 +401,7 @@ async def test_keys_made_between_the_scan_and_the_reads_are_read_with_the_rest(b
             yield key
 
     monkeypatch.setattr(bus.redis, "scan_iter", the_earlier_scan)
-    assert f"wal:{{p:{provider}}}:refunds".encode() not in scanned
+    assert f"wal:{{p:{provider}}}:refunds:20260302".encode() not in scanned
     report = await deep(bus)
     assert report.valid, report.differences
 

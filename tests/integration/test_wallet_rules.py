@@ -324,6 +324,7 @@ async def test_a_reversal_goes_back_to_the_grant_while_the_relationship_lasts(wa
     await grant(wallet, provider, recipient, 40_000)
     answer = await draw(wallet, recipient, 15_000)
     refund = RefundRequested(
+        claim_day="20260302",
         request_id=new_id(),
         claim_id=new_id("rev"),
         original_claim_id=answer.claim_id,
@@ -348,6 +349,7 @@ async def test_a_reversal_after_the_relationship_ended_goes_to_the_providers_acc
     answer = await draw(wallet, recipient, 15_000)
     await relationship(wallet, provider, recipient, "dissolved")
     refund = RefundRequested(
+        claim_day="20260302",
         request_id=new_id(),
         claim_id=new_id("rev"),
         original_claim_id=answer.claim_id,
@@ -364,6 +366,7 @@ async def test_a_reversal_after_the_relationship_ended_goes_to_the_providers_acc
     )
     # A second reversal of the same claim under another id finds nothing left to return.
     again = RefundRequested(
+        claim_day="20260302",
         request_id=new_id(),
         claim_id=new_id("rev"),
         original_claim_id=answer.claim_id,

@@ -12,6 +12,7 @@ import pytest
 
 from services.wallet.domain import account_breaches
 from services.wallet.handlers import WalletHandlers
+from services.wallet.store import Bucket
 from shared.contracts import (
     AccountCredited,
     AccountSpent,
@@ -40,9 +41,10 @@ def draw_request(recipient: str, amount_fen: int, claim_id: str) -> DrawRequeste
 
 async def first_step_only(wallet: WalletHandlers, recipient: str, claim_id: str, provider: str, needed: int) -> None:
     """A draw that crashed after its plan and its first provider's take, before its answer."""
-    await wallet.store.draw_begin([(claim_id, recipient)])
+    bucket = Bucket("20260302", 60_000)
+    await wallet.store.draw_begin([(claim_id, recipient, bucket)])
     await wallet.store.run(
-        [wallet.store.draw_from_grant(claim_id, provider, recipient, needed, "2026-03-02T12:00:00+08:00")]
+        [wallet.store.draw_from_grant(claim_id, provider, recipient, needed, "2026-03-02T12:00:00+08:00", bucket)]
     )
 
 
@@ -132,6 +134,7 @@ async def test_a_refund_for_another_recipient_returns_nothing(wallet) -> None:
     await grant(wallet, provider, second, 10_000)
     answer = await draw(wallet, first, 10_000)
     wrong = RefundRequested(
+        claim_day="20260302",
         request_id=new_id(),
         claim_id=new_id("rev"),
         original_claim_id=answer.claim_id,
@@ -144,6 +147,7 @@ async def test_a_refund_for_another_recipient_returns_nothing(wallet) -> None:
     snapshot = await wallet.store.snapshot(provider)
     assert (snapshot.grants_fen[first], snapshot.grants_fen[second], snapshot.refunded_fen) == (0, 10_000, 0)
     right = RefundRequested(
+        claim_day="20260302",
         request_id=new_id(),
         claim_id=new_id("rev"),
         original_claim_id=answer.claim_id,
@@ -288,6 +292,7 @@ async def test_a_reversal_of_a_claim_drawn_under_an_ended_relationship_goes_to_t
     await wallet.on_relationship_events([relationship_event(provider, recipient, "dissolved", 3)])
     await wallet.on_relationship_events([relationship_event(provider, recipient, "established", 5)])
     refund = RefundRequested(
+        claim_day="20260302",
         request_id=new_id(),
         claim_id=new_id("rev"),
         original_claim_id=answer.claim_id,

@@ -155,6 +155,7 @@ class WalletMachine(RuleBasedStateMachine):
             self.wallet.on_refund_requests(
                 [
                     RefundRequested(
+                        claim_day="20260302",
                         request_id=new_id(),
                         claim_id=new_id("rev"),
                         original_claim_id=claim,

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from services.settlement.domain import (
     NATIONAL,
     Assessment,
-    ClaimWindow,
     Enrolled,
     GrossLine,
     assess_claim,
@@ -28,6 +27,7 @@ from services.settlement.domain import (
 from shared.contracts import Claim, Payer, ReasonCode, SettlementEvent
 from shared.ids import claim_id_prefix, make_person_id
 from shared.topics import CLAIMS, ENROLLMENT
+from shared.window import ClaimWindow
 
 RECIPIENT = make_person_id("310101", "19900101", 2)
 WINDOW = ClaimWindow()
