@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from gongji.audit.books import Books, InputKey
@@ -177,6 +178,15 @@ class _View:
         results = self.results.get(claim_id)
         return results[0] if results else None
 
+    def occurred_at(self, result: SettlementEvent) -> datetime | None:
+        """When the claim a result answers occurred (its records are kept by that day)."""
+        contents = self.books.inputs.get((CLAIMS.name, NATIONAL, result.claim_id), [])
+        sent = next((content for content in contents if content.get("recipient_id") == result.recipient_id), None)
+        try:
+            return datetime.fromisoformat(str(sent["occurred_at"])) if sent else None
+        except (KeyError, ValueError):
+            return None
+
     def wallet(self, person_id: str) -> WalletAccount:
         return self.state.wallets.get(person_id) or WalletAccount()
 
@@ -249,7 +259,7 @@ def _claims(view: _View, found: _Findings) -> None:
         ids["recipient"] = result.recipient_id
         if len(results) > 1:
             found.differ(CLAIM, "a claim has more than one result", ids, 1, len(results))
-        if record is None and view.window.left_redis(result.settled_at):
+        if record is None and (sent := view.occurred_at(result)) and view.window.left_redis(sent):
             found.counts["claims_expired"] += 1  # its record kept the window and its grace, and left
         elif record is None or record.get("status") != "final":
             found.differ(

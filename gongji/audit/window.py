@@ -35,6 +35,8 @@ class Window:
         """The audit's day in Asia/Shanghai (YYYYMMDD): claim records are kept by day."""
         return self.now.astimezone(SHANGHAI).strftime("%Y%m%d")
 
-    def left_redis(self, last_written: datetime) -> bool:
-        """Whether a record last written then may have expired by now."""
-        return last_written + self.kept <= self.now
+    def left_redis(self, occurred_at: datetime) -> bool:
+        """Whether the records of a claim that occurred then have left Redis by now: they are kept by
+        the claim's day, until the day's claims can no longer come, and `kept - length` longer."""
+        midnight = occurred_at.astimezone(SHANGHAI).replace(hour=0, minute=0, second=0, microsecond=0)
+        return midnight + timedelta(days=1) + self.kept <= self.now

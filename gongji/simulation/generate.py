@@ -13,7 +13,7 @@ from gongji.simulation.network import ROUTES, alike
 from gongji.simulation.world import Op, World
 from services.relationship.domain import INVERSE
 from shared.clock import shanghai_month
-from shared.contracts import Kinship
+from shared.contracts import Claim, DrawAnswered, DrawRequested, Kinship, RefundRequested
 from shared.ids import province_of
 from shared.money import MAX_AMOUNT_FEN
 
@@ -430,16 +430,34 @@ class Generator:
             changed = {"amount": max(1, op.args["amount"] - 1)}
         return Op(op.kind, {**op.args, **changed})
 
-    def _advance(self) -> Op:
+    def _advance(self) -> Op | None:
         now = self.world.clock.now()
         roll = self.rng.random()
         if roll < 0.15:  # to one minute before midnight: the day's limit turns over next
             minutes = (23 - now.hour) * 60 + (59 - now.minute) or 1
-        elif roll < 0.3:
+        elif roll < 0.2:  # past a claim's window, or its records' grace: claims come late, records expire
+            minutes = self.rng.randint(20, 40) * 24 * 60
+        elif roll < 0.35:
             minutes = self.rng.randint(1, 12) * 24 * 60
         else:
             minutes = self.rng.randint(1, 240)
-        return Op("advance", {"minutes": minutes})
+        # Never so far that a draw, an answer or a refund already on its way finds its claim's day
+        # gone: that would leave a claim pending for good (an operator's case, not a run's end).
+        minutes = min(minutes, self._minutes_while_in_flight_days_hold())
+        return Op("advance", {"minutes": minutes}) if minutes > 0 else None
+
+    def _minutes_while_in_flight_days_hold(self) -> int:
+        """Also never past the window of a claim recorded whose copy is on its way (its answer was
+        lost to a crash): refused as too old, its stored result would never be published."""
+        model, now = self.world.model, self.world.clock.now()
+        messages = [envelope.message for queue in self.world.network.inflight.values() for envelope in queue]
+        deadlines = [model.kept_until(day) - model.grace / 2 for m in messages if (day := _claim_day(m)) is not None]
+        deadlines += [
+            book.occurred_at + model.window
+            for m in messages
+            if isinstance(m, Claim) and (book := model.claims.get(m.claim_id)) and book.occurred_at is not None
+        ]
+        return min((int((deadline - now).total_seconds() // 60) - 1 for deadline in deadlines), default=10**9)
 
     def _policy_change(self) -> Op:
         closed = [self.rng.choice(self.cast.provinces)] if self.rng.random() < 0.4 else []
@@ -478,3 +496,12 @@ class Generator:
                 "invalid": True,
             },
         )
+
+
+def _claim_day(message: object) -> str | None:
+    """The claim's day an internal message of the claim path carries (a draw, its answer, a refund)."""
+    if isinstance(message, DrawRequested | DrawAnswered):
+        return message.context.claim_day
+    if isinstance(message, RefundRequested):
+        return message.claim_day
+    return None

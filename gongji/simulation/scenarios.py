@@ -469,6 +469,20 @@ def _(s: Script) -> Script:
     return s.everything()
 
 
+@scenario("claim-window", "a claim's records left Redis while a copy of it could still come: it was paid twice")
+def _(s: Script) -> Script:
+    s.families(("P0", "R0", 50_000)).settled("R0", "c1", 20_000)
+    day = 24 * 60
+    s.add("advance", minutes=20 * day)  # within the window: the stored result again
+    s.claim("R0", "c1", 20_000).deliver("settlement/claim-path", "claim c1").expect("1 settled")
+    s.add("advance", minutes=11 * day)  # past it: too old, whatever Redis still holds
+    s.claim("R0", "c1", 20_000).deliver("settlement/claim-path", "claim c1").expect("1 rejected")
+    s.add("advance", minutes=3 * day).expect("expired")  # its day's records gone
+    s.claim("R0", "c1", 20_000).deliver("settlement/claim-path", "claim c1").expect("1 rejected")
+    s.reverse("R0", "r1", "c1").deliver("settlement/claim-path", "reversal r1").expect("1 rejected")
+    return s.everything()
+
+
 @scenario("daily-limit-by-the-injected-clock", "the daily count of grants followed real time, not the injected clock")
 def _(s: Script) -> Script:
     s.families(("P0", "R0", 10_000))

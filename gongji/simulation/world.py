@@ -630,7 +630,31 @@ class World:
 
     async def _advance(self, minutes: int) -> str:
         self.clock.set(self.clock.now() + timedelta(minutes=minutes))
-        return f"now {self.clock.now().isoformat(timespec='minutes')}"
+        expired = await self._redis_lives(timedelta(minutes=minutes))
+        self.model.forget_expired()
+        return f"now {self.clock.now().isoformat(timespec='minutes')}" + (
+            f", {expired} key(s) expired" if expired else ""
+        )
+
+    async def _redis_lives(self, elapsed: timedelta) -> int:
+        """Redis's clock moved with the injected one: every key with an expiry lives `elapsed` less,
+        and one whose time is up is gone, as the services' expiries say (a record kept too briefly
+        is forgotten too early, and the model finds what that breaks)."""
+        elapsed_ms = int(elapsed.total_seconds() * 1000)
+        keys = [key async for key in self.redis.scan_iter(count=1000)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.pttl(key)
+            lives = await pipe.execute()
+        gone = [key for key, left in zip(keys, lives, strict=True) if 0 <= left <= elapsed_ms]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, left in zip(keys, lives, strict=True):
+                if left > elapsed_ms:  # (-1: kept for good; -2: gone since the scan)
+                    pipe.pexpire(key, left - elapsed_ms)
+            if gone:
+                pipe.delete(*gone)
+            await pipe.execute()
+        return len(gone)
 
     async def _policy(self, closed: list[str], since: str) -> str:
         policy = Policy(cross_province_since=date.fromisoformat(since), closed_regions=frozenset(closed))

@@ -39,13 +39,16 @@ PREMIUMS: frozenset[str] = frozenset({ClaimCategory.RESIDENT_PREMIUM, ClaimCateg
 
 def refusal_before_id(claim: Claim, province: str | None, window: ClaimWindow, now: datetime) -> ReasonCode | None:
     """Why a claim is refused from it, its topic and the clock alone, before its id is taken or any
-    state read: outside the idempotency window (CLAIM_TOO_OLD, or ahead of the clock), or not
-    where it belongs (SERVICE_REGION_MISMATCH, so that the id stays free for its own sender): a claim sent
-    on a province's own topic (`province`) is for care in that province (a reversal: its id's region
-    is), an institution's code lies in the service region's province (the service region decides who
-    is paid in clearing), and a premium is owed to the recipient's own insured province (rule 12c)."""
-    if refusal := window.refusal(claim.occurred_at, now):
-        return refusal
+    state read: not where it belongs (SERVICE_REGION_MISMATCH, so that the id stays free for its own
+    sender), else outside the idempotency window (CLAIM_TOO_OLD, or ahead of the clock)."""
+    return _misplaced(claim, province) or window.refusal(claim.occurred_at, now)
+
+
+def _misplaced(claim: Claim, province: str | None) -> ReasonCode | None:
+    """A claim sent on a province's own topic (`province`) is for care in that province (a reversal:
+    its id's region is), an institution's code lies in the service region's province (the service
+    region decides who is paid in clearing), and a premium is owed to the recipient's own insured
+    province (rule 12c)."""
     region = claim.service_region if claim.kind == "settle" else claim_id_region(claim.claim_id)
     assert region is not None  # the contract requires it of either kind
     if province is not None and province_of(region) != province:

@@ -130,7 +130,7 @@ local function reversal_refusal(original, recipient_id, owner, province, window_
   if province ~= '' and not known_to(original, recipient_id, province) then return 'UNKNOWN_CLAIM' end
   if not original then return owner == '' and 'UNKNOWN_CLAIM' or 'NOT_REVERSIBLE' end
   if original.kind ~= 'settle' or original.recipient_id ~= recipient_id then return 'NOT_REVERSIBLE' end
-  if (original.occurred_at or '') < window_opens then return 'CLAIM_TOO_OLD' end
+  if (original.occurred_at or '') < window_opens then return 'NOT_REVERSIBLE' end  -- past its window
   local paid = original.status == 'final'
     and (original.result.status == 'settled' or original.result.status == 'partial')
   if not paid then return 'NOT_REVERSIBLE' end

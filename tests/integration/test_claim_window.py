@@ -86,7 +86,7 @@ async def test_a_reversal_within_the_window_of_a_claim_held_but_too_old_is_refus
     saga.clock.set(claim.occurred_at + timedelta(days=30, seconds=1))
     reversal = saga.reverse(recipient, claim.claim_id)  # itself on time
     (refused,) = settlements(outputs := await saga.run_claims([reversal]))
-    assert (refused.status, refused.reason) == ("rejected", ReasonCode.CLAIM_TOO_OLD)
+    assert (refused.status, refused.reason) == ("rejected", ReasonCode.NOT_REVERSIBLE)
     assert not of_type(outputs, RefundRequested) and await paid_by(saga, provider) == 20_000
     assert (await saga.sstore.claim(claim.claim_id)).reversed_by is None
 

@@ -6,6 +6,7 @@ runs long ones."""
 from __future__ import annotations
 
 import os
+from datetime import datetime, timedelta
 
 import pytest
 from redis.asyncio import Redis
@@ -15,10 +16,12 @@ from gongji.simulation.run import Outcome
 from services.settlement import handlers
 from services.settlement.domain import Enrolled
 from services.wallet.store import WalletStore
+from shared.clock import SHANGHAI
 from shared.credentials import redis_options
 from shared.principals import OPERATOR
 from shared.redis_client import in_database
 from shared.redis_functions import Step
+from shared.window import ClaimWindow
 
 # A database of the simulation's own: every run flushes it.
 SIMULATION_DATABASE = 14
@@ -137,3 +140,17 @@ async def test_money_round_3s_defects_put_back_are_found_by_the_simulation(redis
     failures = [outcome.failure for seed in range(12) if (outcome := await execute(redis, seed, steps=300)).failure]
     assert failures, f"no seed of 12 found {defect}"
     assert "error" not in {failure.invariant for failure in failures}, failures  # found by a rule, not a crash
+
+
+async def test_claim_records_kept_too_briefly_are_found_by_the_simulation(redis, monkeypatch) -> None:
+    """The window's keep put back wrong: a day's claim records leave Redis ten days after the day,
+    while copies of its claims may come for thirty. The simulation's Redis lives by the injected
+    clock, so the records go as the services' expiries say, and a copy is paid again."""
+    monkeypatch.setattr(
+        ClaimWindow,
+        "kept_until",
+        lambda self, day: datetime.strptime(day, "%Y%m%d").replace(tzinfo=SHANGHAI) + timedelta(days=11),
+    )
+    outcome = await run_scenario(redis, "claim-window")
+    assert outcome.failure is not None
+    assert outcome.failure.invariant != "error", outcome.failure  # found by a check, not a crash

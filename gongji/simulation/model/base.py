@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
@@ -24,6 +26,15 @@ from shared.contracts import (
 )
 from shared.policy import Policy
 from shared.runtime import Delivery, Refused, ToTopic
+from shared.settings import Settings
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+def day_of(moment: datetime) -> str:
+    """The Asia/Shanghai day of a moment, YYYYMMDD."""
+    return moment.astimezone(SHANGHAI).strftime("%Y%m%d")
+
 
 TIMES = {"occurred_at", "settled_at", "answered_at", "requested_at"}
 WALLET_RELEVANT = ("established", "dissolved", "terminated")
@@ -110,6 +121,7 @@ class ClaimBook:
     reverses: str | None = None
     reversed_by: str | None = None
     province: str | None = None  # whose own topic sent it (None: the national one)
+    occurred_at: datetime | None = None
 
 
 @dataclass
@@ -211,13 +223,40 @@ class ModelBase:
         self.refunds: dict[tuple[str, str], tuple[int, str]] = {}  # (refund id, provider) -> (amount, where to)
         # settlement
         self.settlement_enrollment: dict[str, tuple[str, str, str]] = {}
-        self.owners: dict[str, str] = {}
+        self.owners: dict[str, tuple[str, str]] = {}  # claim id -> (recipient, the day its claim occurred)
         self.claims: dict[str, ClaimBook] = {}
         self.clearing: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.closed: dict[str, dict[str, int]] = {}
         # relationship
         self.rel_enrollment: dict[str, RelEnrollment] = {}
         self.pairs: dict[tuple[str, str], RelPair] = defaultdict(RelPair)
+        # The idempotency window, the model's own reading of the settings and its own arithmetic.
+        settings = Settings()
+        self.window = timedelta(seconds=settings.claim_window_seconds)
+        self.grace = timedelta(seconds=settings.claim_record_grace_seconds)
+
+    def too_old(self, occurred_at: datetime) -> bool:
+        return occurred_at < self.clock.now() - self.window
+
+    def kept_until(self, day: str) -> datetime:
+        """When the records of claims that occurred on `day` leave Redis."""
+        midnight = datetime.strptime(day, "%Y%m%d").replace(tzinfo=SHANGHAI)
+        return midnight + timedelta(days=1) + self.window + self.grace
+
+    def day_held(self, day: str) -> bool:
+        """Whether the wallet still draws and refunds for claims of `day`: half the grace left."""
+        return self.clock.now() < self.kept_until(day) - self.grace / 2
+
+    def forget_expired(self) -> None:
+        """After the clock moved: a claim whose day's records left Redis is forgotten, with its id's
+        owner and its draw, as Redis forgot them."""
+        gone = {claim_id for claim_id, (_, day) in self.owners.items() if self.kept_until(day) <= self.clock.now()}
+        for claim_id in gone:
+            del self.owners[claim_id]
+            self.claims.pop(claim_id, None)
+        for book in (self.plans, self.answers, self.takes):
+            for key in [key for key in book if key[0] in gone]:
+                del book[key]
 
     def a(self, person_id: str | None) -> str:
         return self.cast.alias(person_id)
@@ -239,8 +278,8 @@ class ModelBase:
             groups[output_key(inputs, output)].append(output)
         for item in batch:  # every claim id of the batch is registered before any claim is decided
             if isinstance(item, Delivery) and isinstance(claim := item.message, Claim):
-                if not self.misplaced(claim, item.topic.province):
-                    self.owners.setdefault(claim.claim_id, claim.recipient_id)
+                if not self.too_old(claim.occurred_at) and not self.misplaced(claim, item.topic.province):
+                    self.owners.setdefault(claim.claim_id, (claim.recipient_id, day_of(claim.occurred_at)))
         explain = getattr(self, "_" + inbox.split("/")[0] + "_" + inbox.split("/")[1].replace("-", "_"))
         for message in batch:
             explain(message, groups.get(input_key(message), []))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from gongji.simulation.model.base import ClaimBook, ModelBase, _distinct, _is_conflict, _owed, require
+from gongji.simulation.model.base import ClaimBook, ModelBase, _distinct, _is_conflict, _owed, day_of, require
 from shared.clock import shanghai_month
 from shared.contracts import (
     Claim,
@@ -103,12 +103,26 @@ class SettlementModel(ModelBase):
                 lambda: f"{what}: misplaced, refused before its id is taken, yet {group}",
             )
             return
+        if self.too_old(claim.occurred_at):  # refused before any state is read
+            require(
+                any(
+                    isinstance(output, SettlementEvent)
+                    and output.status == "rejected"
+                    and output.reason == ReasonCode.CLAIM_TOO_OLD
+                    and output.requested_fen == (claim.amount_fen or 0)
+                    for output in group
+                ),
+                "claim-window",
+                lambda: f"{what}: occurred {claim.occurred_at}, older than the window, yet {group}",
+            )
+            return
         record = self.claims.get(claim.claim_id)
-        if self.owners[claim.claim_id] != claim.recipient_id or (record and record.content != claim.model_dump_json()):
+        owner = (claim.recipient_id, day_of(claim.occurred_at))
+        if self.owners[claim.claim_id] != owner or (record and record.content != claim.model_dump_json()):
             require(
                 any(_is_conflict(output) for output in group),
                 "reused-id",
-                lambda: f"{what}: its id is another's (owner {self.a(self.owners[claim.claim_id])}), yet {group}",
+                lambda: f"{what}: its id is another's (owner {self.owners[claim.claim_id]}), yet {group}",
             )
             return
         if record is not None:
@@ -123,6 +137,7 @@ class SettlementModel(ModelBase):
             claim.model_dump_json(),
             reverses=claim.reverses,
             province=province,
+            occurred_at=claim.occurred_at,
         )
         if claim.kind == "settle":
             record.requested, record.payable, record.service_region = (
@@ -157,6 +172,8 @@ class SettlementModel(ModelBase):
             original = None  # another province's claim looks to a province exactly like an unknown one
         reversible = (
             original is not None
+            and original.occurred_at is not None
+            and not self.too_old(original.occurred_at)  # a reversal comes within its claim's window
             and original.kind == "settle"
             and original.recipient == reversal.recipient_id
             and original.result in ("settled", "partial")
@@ -229,7 +246,11 @@ class SettlementModel(ModelBase):
             )
             return
         record = self.claims.get(answer.claim_id)
-        if record is None or self.shard_of(record.recipient) != self.shard_of(answer.recipient_id):
+        unknown = record is None or self.shard_of(record.recipient) != self.shard_of(answer.recipient_id)
+        if unknown and self.too_old(answer.answered_at):  # its claim may have been paid and gone: kept back
+            require([type(e) for e in effects] == [Refused], "answer-check", f"{what}: late and unknown, yet {effects}")
+            return
+        if unknown:
             refunds = [e for e in effects if isinstance(e, RefundRequested)]
             require(
                 len(refunds) == 1

@@ -34,6 +34,7 @@ from shared.contracts import (
 from shared.ids import province_of
 from shared.records import DrawAnswer, DrawPlan
 from shared.redis_functions import Step
+from shared.runtime import Refused
 
 
 class WalletModel(ModelBase):
@@ -239,7 +240,20 @@ class WalletModel(ModelBase):
             lambda: f"draw {request.claim_id}: {self.a(provider)} gave {taken}, books say {expected}",
         )
 
+    def _late(self, request: DrawRequested | RefundRequested, day: str, group: list) -> bool:
+        """A draw or refund for a day whose records may be gone is not made: dead-lettered."""
+        if self.day_held(day):
+            return False
+        require(
+            [type(output) for output in group] == [Refused],
+            "claim-window",
+            lambda: f"{type(request).__name__} {request.claim_id} of {day}: its day's records may be gone, yet {group}",
+        )
+        return True
+
     def _wallet_draw_requests(self, request: DrawRequested, group: list) -> None:
+        if self._late(request, request.context.claim_day, group):
+            return
         key = (request.claim_id, request.recipient_id)
         if key in self.answers:
             return  # its stored answer again: the id check holds it to the first
@@ -276,6 +290,8 @@ class WalletModel(ModelBase):
         )
 
     def _wallet_refund_requests(self, request: RefundRequested, group: list) -> None:
+        if self._late(request, request.claim_day, group):
+            return
         expected = {}
         for payer in request.payers:
             key = (request.claim_id, payer.provider_id)
