@@ -328,10 +328,15 @@ def audit_command(
         _deep_audit(as_json, full_ids, wait)
         return
     from gongji.audit import audit
+    from gongji.audit.window import Window
+    from shared.clock import clock_from_setting
 
     settings = Settings()
-    report = asyncio.run(_with_redis(lambda redis: audit(redis, settings.settlement_shards)))
+    window = Window.from_settings(settings, clock_from_setting(settings.clock_fixed_at).now())
+    report = asyncio.run(_with_redis(lambda redis: audit(redis, settings.settlement_shards, window)))
     console.print(f"{report.accounts} accounts, {report.claims} claims ({report.pending_claims} in flight)")
+    if not report.history_held:
+        console.print("claims have left Redis with their window: the totals across services are the deep audit's")
     for name, value in report.totals.items():
         console.print(f"  {name}: {format_fen(value)}")
     for breach in report.breaches:

@@ -42,3 +42,9 @@ local function record_enrollment_copy(keys, args)
   return remember(seen_key, input_id, fingerprint, {})
 end
 
+
+-- Keeps `key` at least `kept_ms` from now: its expiry is set, or lengthened, never shortened (an
+-- instance whose clock runs ahead must not cut a day's records short for the others).
+local function keep_for(key, kept_ms)
+  if redis.call('PTTL', key) < tonumber(kept_ms) then redis.call('PEXPIRE', key, kept_ms) end
+end

@@ -40,8 +40,8 @@ class ClaimResult(BaseModel):
 
 
 class ClaimRecord(BaseModel):
-    """A claim or a reversal as settlement holds it (`stl:{s<N>}:claim:<claim id>`), for the
-    idempotency window and its grace from its last write."""
+    """A claim or a reversal as settlement holds it (`stl:{s<N>}:claims:<day it occurred>`, under its
+    claim id), until that day's claims can no longer come, plus the grace."""
 
     model_config = ConfigDict(populate_by_name=True)
 

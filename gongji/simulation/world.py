@@ -649,8 +649,8 @@ class World:
         gone = [key for key, left in zip(keys, lives, strict=True) if 0 <= left <= elapsed_ms]
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, left in zip(keys, lives, strict=True):
-                if left > elapsed_ms:  # (-1: kept for good; -2: gone since the scan)
-                    pipe.pexpire(key, left - elapsed_ms)
+                if left >= 0 and left > elapsed_ms:  # (-1: kept for good; -2: gone since the scan)
+                    pipe.pexpire(key, left - elapsed_ms)  # (the clock moved back: it lives longer)
             if gone:
                 pipe.delete(*gone)
             await pipe.execute()

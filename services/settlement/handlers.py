@@ -388,15 +388,15 @@ class SettlementHandlers:
 
     def _refused_answer(self, answer: DrawAnswered, why: str, now: datetime) -> list[BaseModel | Refused]:
         logger.error("draw answer for claim %s refused: %s", answer.claim_id, why)
-        if why == "unknown" and answer.answered_at < self.window.opens(now):
-            # Its claim may have been settled and have left Redis since (docs/contract.md, the window):
-            # giving back what it drew could refund a paid claim. An operator looks at it.
+        if why == "unknown" and not self.window.held(answer.context.claim_day, now):
+            # Its claim's day may have left Redis (docs/contract.md, the window): the claim may have
+            # been paid, and giving back what it drew would refund it. An operator looks at it.
             return [
                 Refused(
                     answer,
                     ReasonCode.CLAIM_TOO_OLD,
-                    "no claim is held for this answer, and it is older than the idempotency window: "
-                    "nothing is given back",
+                    f"no claim is held for this answer, and the records of claims of {answer.context.claim_day} "
+                    "may have left Redis: nothing is given back",
                 )
             ]
         if why == "mismatch":

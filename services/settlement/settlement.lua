@@ -51,7 +51,7 @@ end
 -- until that day's claims can no longer come, whichever write comes last (`kept_ms` from now).
 local function keep(claims_key, id, encoded, kept_ms)
   redis.call('HSET', claims_key, id, encoded)
-  redis.call('PEXPIRE', claims_key, kept_ms)
+  keep_for(claims_key, kept_ms)
 end
 
 -- Counts a province's new claim; true if it is beyond the province's bounds: claims for this

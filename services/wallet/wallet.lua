@@ -25,7 +25,7 @@ end
 -- records are (`kept_ms` from now, renewed by every write).
 local function keep(bucket_key, id, encoded, kept_ms)
   redis.call('HSET', bucket_key, id, encoded)
-  redis.call('PEXPIRE', bucket_key, kept_ms)
+  keep_for(bucket_key, kept_ms)
 end
 
 local function credit(keys, args)
@@ -241,7 +241,7 @@ local function draw_finish(keys, args)
   local claim_id, answer, kept_ms = unpack(args)
   redis.call('HDEL', plans_key, claim_id)
   if redis.call('HSETNX', answers_key, claim_id, answer) == 1 then
-    redis.call('PEXPIRE', answers_key, kept_ms)
+    keep_for(answers_key, kept_ms)
     return {'applied', answer}
   end
   return {'duplicate', redis.call('HGET', answers_key, claim_id)}

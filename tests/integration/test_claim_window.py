@@ -15,9 +15,10 @@ from tests.integration.saga import Saga, of_type, settlements
 from tests.support import through_claim_path
 
 # Short enough to watch records leave Redis: a day's records are kept 1.5 s past the day's end, so a
-# claim of a day's last second is kept 2.5 s of real time.
+# claim of a day's last second is kept 2.5 s of real time. A shard's day bucket lives as long as its
+# longest-kept claim: the day is one no other test writes claims for.
 BRIEF = ClaimWindow(length=timedelta(seconds=1), skew=timedelta(milliseconds=100), grace=timedelta(seconds=0.5))
-LAST_SECOND = datetime.fromisoformat("2026-03-02T23:59:59+08:00")
+LAST_SECOND = datetime.fromisoformat("2026-02-17T23:59:59+08:00")
 
 
 async def paid_by(saga: Saga, provider: str) -> int:
@@ -156,3 +157,16 @@ async def test_the_wallet_neither_draws_nor_refunds_for_a_day_whose_records_may_
         (refusal,) = handled
         assert isinstance(refusal, Refused) and refusal.reason == ReasonCode.CLAIM_TOO_OLD
     assert await paid_by(saga, provider) == 0  # drawn once, given back once
+
+
+async def test_a_refused_claims_record_leaves_with_its_day_too(redis) -> None:
+    """Issue 19: refused claims are not kept for good."""
+    saga = await Saga(redis, at=LAST_SECOND, window=BRIEF).load()
+    recipient = await saga.recipient()
+    refused = saga.settle(recipient, 1_000, category="massage", institution_code=None)
+    (answer,) = settlements(await saga.run_claims([refused]))
+    assert (answer.status, answer.reason) == ("rejected", ReasonCode.CATEGORY_NOT_ALLOWED)
+    bucket = saga.sstore.claims_key(recipient, shanghai_day(refused.occurred_at))
+    assert await redis.hexists(bucket, refused.claim_id) and 0 < await redis.pttl(bucket) <= 2_500
+    await asyncio.sleep(2.6)
+    assert await redis.exists(bucket) == 0

@@ -164,7 +164,9 @@ async def test_money_added_to_an_account_and_its_totals_in_redis_is_named(bus: B
     account = f"wal:{{p:{world.first}}}:account"
     await bus.redis.hincrby(account, "balance", 100)
     await bus.redis.hincrby(account, "credited", 100)
-    assert (await quick_audit(bus.redis, SHARDS)).clean  # consistent within Redis: re-reading sees nothing
+    assert (
+        await quick_audit(bus.redis, SHARDS, Window.from_settings(Settings(), bus.clock.now()))
+    ).clean  # consistent within Redis: re-reading sees nothing
     report = await deep(bus)
     (balance,) = [d for d in named(report, ACCOUNT, person=world.first) if d.what.startswith("balance")]
     assert balance.found - balance.expected == 100
@@ -175,7 +177,9 @@ async def test_a_quota_restored_in_redis_is_named(bus: Bus) -> None:
     world = await story(bus)
     await bus.redis.hincrby(f"wal:{{p:{world.second}}}:grants", world.recipient, 5_000)
     await bus.redis.hincrby(f"wal:{{p:{world.second}}}:account", "frozen", 5_000)
-    assert (await quick_audit(bus.redis, SHARDS)).clean  # frozen = Σ quotas still holds
+    assert (
+        await quick_audit(bus.redis, SHARDS, Window.from_settings(Settings(), bus.clock.now()))
+    ).clean  # frozen = Σ quotas still holds
     report = await deep(bus)
     assert named(report, ACCOUNT, provider=world.second, recipient=world.recipient)
     assert named(report, ACCOUNT, person=world.second)  # frozen
@@ -229,7 +233,9 @@ async def test_a_reversal_whose_refund_gives_nothing_back_is_named(bus: Bus) -> 
     await bus.redis.hdel(f"wal:{{p:{provider}}}:takes:20260302", claim.claim_id)
     reversal = bus.saga.reverse(recipient, claim.claim_id)
     await bus.claim(reversal)
-    assert (await quick_audit(bus.redis, SHARDS)).clean  # it only ever flagged an over-refund
+    assert (
+        await quick_audit(bus.redis, SHARDS, Window.from_settings(Settings(), bus.clock.now()))
+    ).clean  # it only ever flagged an over-refund
     (short,) = named(await deep(bus), REFUND, claim=claim.claim_id, provider=provider)
     assert (short.what, short.expected, short.found, short.ids["reversal"]) == (
         "a refund gave nothing back",
@@ -309,7 +315,9 @@ async def test_a_fourth_grant_in_a_day_is_named_though_the_counter_agrees(bus: B
     await bus.redis.delete(f"wal:{{p:{provider}}}:grants-by-day")  # the counter lost: the limit no longer holds
     granted.append(await bus.grant(provider, recipient, REGION, 1_000))
     assert [event.type for event in granted] == ["granted"] * 4
-    assert (await quick_audit(bus.redis, SHARDS)).clean  # it counted from the very counter
+    assert (
+        await quick_audit(bus.redis, SHARDS, Window.from_settings(Settings(), bus.clock.now()))
+    ).clean  # it counted from the very counter
     (too_many,) = named(await deep(bus), RULE, provider=provider, day="20260302")
     assert (too_many.expected, too_many.found) == (3, 4)
     assert too_many.ids["commands"].split() == sorted(event.cause_id for event in granted)
@@ -680,3 +688,17 @@ async def test_a_claim_record_gone_after_its_window_and_grace_is_no_difference(b
     report = await deep(bus)
     assert report.valid, report.differences
     assert report.counts["claims_expired"] == 1
+
+
+async def test_the_quick_audit_leaves_totals_over_all_history_to_the_deep_audit_once_claims_expire(bus: Bus) -> None:
+    provider, recipient = await related_pair(bus)
+    await bus.grant(provider, recipient, REGION, 5_000)
+    claim = bus.saga.settle(recipient, 1_000)
+    await bus.claim(claim)
+    await bus.redis.delete(bus.saga.sstore.claims_key(recipient, "20260302"))  # as if expired
+    early = await quick_audit(bus.redis, SHARDS, Window.from_settings(Settings(), bus.clock.now()))
+    assert early.history_held and "wallet paid 1000 != settled claims paid 0" in early.breaches
+    late = await quick_audit(
+        bus.redis, SHARDS, Window.from_settings(Settings(), claim.occurred_at + timedelta(days=40))
+    )
+    assert (late.history_held, late.breaches) == (False, [])

@@ -19,6 +19,7 @@ from services.wallet.store import WalletStore
 from shared.clock import SHANGHAI
 from shared.credentials import redis_options
 from shared.principals import OPERATOR
+from shared.records import Refund
 from shared.redis_client import in_database
 from shared.redis_functions import Step
 from shared.window import ClaimWindow
@@ -82,8 +83,8 @@ def draws_again_on_every_try(monkeypatch) -> None:
 def drops_refunds(monkeypatch) -> None:
     """A broken wallet: a refund is acknowledged, and nothing is given back."""
 
-    async def refund(self, refund_id, original_claim_id, provider_id, recipient_id, now) -> Step:
-        return Step("applied", {"amount": 0})
+    async def refund(self, refund_id, original_claim_id, provider_id, recipient_id, now, bucket) -> Step:
+        return Step("applied", Refund(recipient=recipient_id, amount=0, to="none", at=now))
 
     monkeypatch.setattr(WalletStore, "refund", refund)
 
@@ -100,6 +101,7 @@ async def test_the_simulation_catches_a_money_bug_and_shrinks_it_to_a_short_repl
             caught = outcome
             break
     assert caught is not None, "the broken wallet went unnoticed"
+    assert caught.failure.invariant != "error", caught.failure  # found by a check, not a crash
     await shrink(redis, caught, seconds=15)
     assert caught.shrunk is not None and len(caught.shrunk) < caught.failure.step
     again = await execute(redis, caught.seed, caught.shrunk)

@@ -247,7 +247,7 @@ class SettlementModel(ModelBase):
             return
         record = self.claims.get(answer.claim_id)
         unknown = record is None or self.shard_of(record.recipient) != self.shard_of(answer.recipient_id)
-        if unknown and self.too_old(answer.answered_at):  # its claim may have been paid and gone: kept back
+        if unknown and not self.day_held(answer.context.claim_day):  # its claim may have been paid and gone
             require([type(e) for e in effects] == [Refused], "answer-check", f"{what}: late and unknown, yet {effects}")
             return
         if unknown:
