@@ -43,9 +43,11 @@ from confluent_kafka.admin import (
 from gongji.ops.kafka_io import make_producer
 from gongji.ops.quotas import sync_quotas
 from gongji.ops.tls import CAKeyOffline, broker_keystore, ensure_certificates
+from gongji.ops.window import keep_for_window
 from services.relationship.store import LIBRARY as RELATIONSHIP_LIBRARY
 from services.settlement.store import LIBRARY as SETTLEMENT_LIBRARY
 from services.wallet.store import LIBRARY as WALLET_LIBRARY
+from shared.clock import clock_from_setting
 from shared.credentials import (
     SCRAM_MECHANISM,
     CredentialsMissing,
@@ -71,6 +73,7 @@ from shared.principals import (
 )
 from shared.settings import PROJECT_ROOT, Settings
 from shared.topics import ALL_TOPICS, PROVINCE_TOPICS, Topic
+from shared.window import ClaimWindow
 
 POM = PROJECT_ROOT / "deploy" / "kafka" / "pom.xml"
 JARS_LOCK = PROJECT_ROOT / "deploy" / "kafka" / "jars.sha256"
@@ -767,6 +770,9 @@ def configure(settings: Settings) -> list[str]:
         client.config_set(name, value)
     sync_redis_users(settings, client)
     load_functions(client)
+    now = clock_from_setting(settings.clock_fixed_at).now()
+    if kept := keep_for_window(client, ClaimWindow.from_settings(settings), now):
+        notes.append(f"the claim window grew: {kept} keys of claims' days kept for it")
     client.close()
     admin = kafka_admin(settings)
     _wait_for_kafka(settings, admin, deadline)

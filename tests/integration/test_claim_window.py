@@ -7,8 +7,14 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta
 
+import redis as sync_redis
+
+from gongji.ops.window import KEPT_FOR, keep_for_window
 from shared.clock import shanghai_day
 from shared.contracts import DrawAnswered, DrawRequested, ReasonCode, RefundRequested
+from shared.credentials import redis_options
+from shared.principals import OPERATOR
+from shared.redis_client import in_database
 from shared.runtime import Refused
 from shared.window import ClaimWindow
 from tests.integration.saga import Saga, of_type, settlements
@@ -170,3 +176,30 @@ async def test_a_refused_claims_record_leaves_with_its_day_too(redis) -> None:
     assert await redis.hexists(bucket, refused.claim_id) and 0 < await redis.pttl(bucket) <= 2_500
     await asyncio.sleep(2.6)
     assert await redis.exists(bucket) == 0
+
+
+def test_a_longer_window_keeps_the_records_written_under_the_shorter_one(infrastructure) -> None:
+    """`gongji infra up` with a longer window lengthens every day's records to it before a copy the
+    longer window lets in could find them gone; a shorter one changes nothing."""
+    client = sync_redis.Redis.from_url(
+        in_database(infrastructure.redis_url, 11), **redis_options(infrastructure, OPERATOR.name)
+    )
+    client.flushdb()
+    day_keys = ["stl:{s1}:claims:20260302", "wal:{p:P}:takes:20260302", "stl:{c1}:owner:c1"]
+    client.hset(day_keys[0], "c1", "{}")
+    client.hset(day_keys[1], "c1", "{}")
+    client.set(day_keys[2], "R|20260302")
+    for key in day_keys:
+        client.pexpire(key, 86_400_000)
+    client.hset("wal:{p:P}:account", "balance", 1)  # kept for good, and stays so
+    client.set(KEPT_FOR, 32 * 86_400)  # what Redis was kept for: the default window and grace
+    now = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
+    longer = ClaimWindow(length=timedelta(days=60))
+    assert keep_for_window(client, longer, now) == 3
+    expected = (longer.kept_until("20260302") - now).total_seconds() * 1000
+    assert all(abs(client.pttl(key) - expected) < 5_000 for key in day_keys)
+    assert client.ttl("wal:{p:P}:account") == -1
+    assert keep_for_window(client, ClaimWindow(), now) == 0  # shorter: nothing to do
+    assert all(abs(client.pttl(key) - expected) < 5_000 for key in day_keys)
+    client.flushdb()
+    client.close()

@@ -1,0 +1,51 @@
+"""The idempotency window, as the operator changes it. Each claim's records are kept by the day the
+claim occurred, until the window has closed on that day plus the grace, an expiry written with
+each record. Lengthening the window would leave the records written before the change to expire
+by the old one, while copies of their claims are still let in: so when `gongji infra up` finds the
+window longer than the one Redis was last kept for, it lengthens every day's records to the new
+keep first. Shortening needs nothing: records only outlive what they must."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+import redis
+
+from shared.window import ClaimWindow
+
+KEPT_FOR = "gongji:claim-window"  # seconds past a day's end its records were last kept for
+_DAY_BUCKET = re.compile(r"(?:stl:\{s\d+\}:claims|wal:\{p:[^}]+\}:(?:plans|answers|takes|refunds)):(?P<day>\d{8})")
+_OWNER = "stl:{c*}:owner:*"
+
+
+def keep_for_window(client: redis.Redis, window: ClaimWindow, now: datetime) -> int:
+    """Lengthens what the window has grown past; answers how many keys it re-kept."""
+    kept_for = int((window.length + window.grace).total_seconds())
+    before = client.get(KEPT_FOR)
+    kept = 0
+    if before is not None and int(before) < kept_for:
+        kept = _lengthen(client, window, now)
+    client.set(KEPT_FOR, kept_for)
+    return kept
+
+
+def _lengthen(client: redis.Redis, window: ClaimWindow, now: datetime) -> int:
+    days: dict[bytes, str] = {}
+    for key in client.scan_iter(count=5000):
+        if match := _DAY_BUCKET.fullmatch(key.decode()):
+            days[key] = match["day"]
+    owners = list(client.scan_iter(match=_OWNER, count=5000))
+    with client.pipeline(transaction=False) as pipe:
+        for key in owners:
+            pipe.get(key)
+        for key, owner in zip(owners, pipe.execute(), strict=True):
+            if owner is not None:
+                days[key] = owner.decode().rsplit("|", 1)[1]  # <recipient>|<day>
+    with client.pipeline(transaction=False) as pipe:
+        for key, day in days.items():
+            left = window.kept_until(day) - now
+            if left.total_seconds() > 0:
+                pipe.pexpire(key, int(left.total_seconds() * 1000), gt=True)
+        pipe.execute()
+    return len(days)
