@@ -17,7 +17,7 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 class Window:
     length: timedelta
     skew: timedelta  # how far ahead of the clock a claim's occurred_at may be
-    kept: timedelta  # how long after its last write a claim's record stays in Redis
+    kept: timedelta  # how long past the end of its claim's day a claim's records stay in Redis
     now: datetime  # the audit's moment, on the services' clock
 
     @classmethod

@@ -33,7 +33,7 @@ from gongji.audit.window import Window
 from services.settlement import handlers
 from services.settlement.domain import Assessment
 from services.wallet.domain import GrantLimits
-from shared.contracts import ReasonCode, SettlementEvent, SupervisionActed, WalletCommand, WalletEvent
+from shared.contracts import Claim, ReasonCode, SettlementEvent, SupervisionActed, WalletCommand, WalletEvent
 from shared.credentials import redis_options
 from shared.principals import OPERATOR
 from shared.redis_client import in_database
@@ -640,6 +640,15 @@ async def test_quota_for_someone_never_related_is_named(bus: Bus) -> None:
 # ---- the idempotency window, judged with the audit's own reading of it ----------------------------
 
 
+async def a_paid_claim(bus: Bus) -> tuple[str, Claim]:
+    """A recipient with a 5,000-fen grant, and a claim of 1,000 settled from it today."""
+    provider, recipient = await related_pair(bus)
+    await bus.grant(provider, recipient, REGION, 5_000)
+    claim = bus.saga.settle(recipient, 1_000)
+    await bus.claim(claim)
+    return recipient, claim
+
+
 async def test_a_claim_within_the_window_refused_as_too_old_is_named(bus: Bus, monkeypatch) -> None:
     monkeypatch.setattr(handlers, "refusal_before_id", lambda claim, province, *when: ReasonCode.CLAIM_TOO_OLD)
     provider, recipient = await related_pair(bus)
@@ -662,10 +671,7 @@ async def test_a_claim_taken_ahead_of_the_clock_is_named(bus: Bus, monkeypatch) 
 
 
 async def test_a_reversal_of_a_claim_older_than_the_window_is_named(bus: Bus) -> None:
-    provider, recipient = await related_pair(bus)
-    await bus.grant(provider, recipient, REGION, 5_000)
-    claim = bus.saga.settle(recipient, 1_000)
-    await bus.claim(claim)
+    recipient, claim = await a_paid_claim(bus)
     bus.saga.settlement.window = ClaimWindow(length=timedelta(days=3650))  # the service judges otherwise
     bus.clock.set(claim.occurred_at + timedelta(days=31))
     (reversal, *_) = [
@@ -677,10 +683,7 @@ async def test_a_reversal_of_a_claim_older_than_the_window_is_named(bus: Bus) ->
 
 async def test_a_claim_record_gone_after_its_window_and_grace_is_no_difference(bus: Bus) -> None:
     """Expired, as a day's bucket does: the record is gone, the audit knows it may be."""
-    provider, recipient = await related_pair(bus)
-    await bus.grant(provider, recipient, REGION, 5_000)
-    claim = bus.saga.settle(recipient, 1_000)
-    await bus.claim(claim)
+    recipient, claim = await a_paid_claim(bus)
     bucket = bus.saga.sstore.claims_key(recipient, "20260302")
     await bus.redis.delete(bucket)
     assert named(await deep(bus), CLAIM, claim=claim.claim_id)  # too early to be gone: a difference
@@ -691,10 +694,7 @@ async def test_a_claim_record_gone_after_its_window_and_grace_is_no_difference(b
 
 
 async def test_the_quick_audit_leaves_totals_over_all_history_to_the_deep_audit_once_claims_expire(bus: Bus) -> None:
-    provider, recipient = await related_pair(bus)
-    await bus.grant(provider, recipient, REGION, 5_000)
-    claim = bus.saga.settle(recipient, 1_000)
-    await bus.claim(claim)
+    recipient, claim = await a_paid_claim(bus)
     await bus.redis.delete(bus.saga.sstore.claims_key(recipient, "20260302"))  # as if expired
     early = await quick_audit(bus.redis, SHARDS, Window.from_settings(Settings(), bus.clock.now()))
     assert early.history_held and "wallet paid 1000 != settled claims paid 0" in early.breaches
