@@ -70,6 +70,9 @@ class ReasonCode(StrEnum):
     AMOUNT_OUT_OF_RANGE = "AMOUNT_OUT_OF_RANGE"
     # A province sent more claims than it may (per recipient a day, or in a minute).
     RATE_LIMITED = "RATE_LIMITED"
+    # An input other than a claim (enrollment, credit, spend, kinship, supervision, command) older
+    # than its topic's idempotency window: its id may no longer be recognised, so it is not applied.
+    INPUT_TOO_OLD = "INPUT_TOO_OLD"
 
 
 # A claim refused for one of these reasons was never recorded: they are decided from the claim and
@@ -395,7 +398,9 @@ class DeadLetter(_Output):
     """`gongji.dead-letters.v1`, keyed by the source message's key. `event_id` is derived from
     (service, topic, partition, offset): a record is dead-lettered under one id however often it is seen.
     `reason`: `INVALID_MESSAGE` (it breaks the contract, or it failed every try: `error` says how),
-    `AMOUNT_OUT_OF_RANGE`, or `CONFLICT` (its id was used before for other content). The operator
+    `AMOUNT_OUT_OF_RANGE`, `CONFLICT` (its id was used before for other content), `INPUT_TOO_OLD`
+    (outside its topic's window), or `CLAIM_TOO_OLD` (a draw or refund for a claim whose day's
+    records may have left Redis: an operator's case). The operator
     reads them whole; each sender reads its own on its own topic, person ids masked
     (`gongji.province.PP.dead-letters.v1`, `gongji.registry.…`, `gongji.app.…`, `gongji.supervisor.…`)."""
 

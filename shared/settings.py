@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     # longer than the window after it is written, then leaves Redis by itself: longer than the
     # skew, so every duplicate the window lets in is still recognised.
     claim_record_grace_seconds: int = Field(default=2 * 86400, ge=3600)
+    # The window of every other input topic (enrollment, credits, spends, kinship, supervision, the
+    # app's commands), by its `occurred_at` or `requested_at`: older is refused INPUT_TOO_OLD, ahead
+    # of the clock by more than the skew INVALID_MESSAGE, before any state is read. Its ids are kept
+    # at least this plus the grace (two generations of seen ids per person and topic).
+    input_window_seconds: int = Field(default=30 * 86400, ge=3600)
     # How long the policy (opened regions, the cross-province date) is cached by a service.
     policy_cache_seconds: float = 1.0
     # Statistics are published every this many seconds.

@@ -1,31 +1,121 @@
-"""The idempotency window of claims, shared by settlement (which takes a claim only within it) and
-the wallet (which keeps a claim's draw records as long as the claim's own are kept)."""
+"""The idempotency windows. Claims': settlement takes a claim only within it, and the wallet keeps a
+claim's draw records as long as the claim's own are kept. The other inputs' (enrollment, credits,
+spends, kinship, supervision, commands): a service applies one only within it, and keeps its id
+(seen ids, two generations per person and topic) at least as long."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 from shared.clock import SHANGHAI, Clock
 from shared.contracts import ReasonCode
 from shared.settings import Settings
 
 
+def _milliseconds(duration: timedelta) -> int:
+    return int(duration.total_seconds() * 1000)
+
+
 @dataclass(frozen=True)
-class ClaimWindow:
-    """The idempotency window: a claim or reversal is taken only while `occurred_at` lies within
-    `length` before the platform's clock and at most `skew` after it. What recognises a claim again
-    is kept by the Asia/Shanghai day its claim occurred: a claim of day D can come until D's end +
-    `length`, and the day's records are kept `grace` longer. A copy after that is too old, whether
-    or not its record is left: no claim is paid twice."""
+class Window:
+    """An input is taken only while its time (`occurred_at`, a command's `requested_at`) lies within
+    `length` before the platform's clock and at most `skew` after it; what recognises it again is
+    kept `grace` longer than it can come. A copy after that is too old, whether or not its record is
+    left: nothing is applied twice."""
 
     length: timedelta = timedelta(days=30)
     skew: timedelta = timedelta(minutes=5)
     grace: timedelta = timedelta(days=2)
 
+    too_old: ClassVar[ReasonCode]
+
     def __post_init__(self) -> None:
         if self.grace <= self.skew:
             raise ValueError("records must be kept longer past the window than the clock skew")
+
+    def opens(self, now: datetime) -> datetime:
+        """The oldest time taken now."""
+        return now - self.length
+
+    def refusal(self, occurred_at: datetime, now: datetime) -> ReasonCode | None:
+        if occurred_at < self.opens(now):
+            return self.too_old
+        if occurred_at > now + self.skew:
+            return ReasonCode.INVALID_MESSAGE  # not yet: sent again with its true time, it is taken
+        return None
+
+    def refused(self, occurred_at: datetime, now: datetime) -> tuple[ReasonCode, str] | None:
+        """The refusal of an input at `occurred_at`, with why in words; None if it is within."""
+        if (reason := self.refusal(occurred_at, now)) is None:
+            return None
+        if reason == self.too_old:
+            return reason, f"{occurred_at.isoformat()} is older than the idempotency window ({self.length})"
+        return reason, f"{occurred_at.isoformat()} is more than {self.skew} ahead of the platform's clock"
+
+
+@dataclass(frozen=True)
+class InputWindow(Window):
+    """The window of every input topic but claims (docs/contract.md). Its ids are kept in two
+    generations per person and topic (shared/prelude.lua: `remember`): the current one becomes the
+    earlier one once a generation old, and the earlier one is dropped then, so an id is recognised
+    for at least a generation after it is applied, longer than any copy the window lets in."""
+
+    too_old: ClassVar[ReasonCode] = ReasonCode.INPUT_TOO_OLD
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InputWindow:
+        return cls(
+            timedelta(seconds=settings.input_window_seconds),
+            timedelta(seconds=settings.claim_clock_skew_seconds),
+            timedelta(seconds=settings.claim_record_grace_seconds),
+        )
+
+    @property
+    def generation(self) -> timedelta:
+        return self.length + self.grace
+
+    def seen_ids(self, clock: Clock) -> SeenIds:
+        return SeenIds(
+            seen_generation_ms=_milliseconds(self.generation),
+            now_ms=_milliseconds(clock.now() - EPOCH),
+            seen_kept_ms=clock.redis_ms(self.generation),
+        )
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SEEN_KEYS = ("seen_key", "earlier_seen_key")
+SEEN_ARGS = ("seen_generation_ms", "now_ms", "seen_kept_ms")
+
+
+@dataclass(frozen=True)
+class SeenIds:
+    """How an input's id is looked up and kept now (the keys and arguments SEEN_KEYS and SEEN_ARGS
+    of every function that applies an input): `seen_generation_ms` on the services' clock, `now_ms` that
+    clock's time, `seen_kept_ms` a generation in Redis's own time (each key's expiry)."""
+
+    seen_generation_ms: int
+    now_ms: int
+    seen_kept_ms: int
+
+    @staticmethod
+    def keys_of(seen_key: str) -> tuple[str, str]:
+        """The current generation's key and the earlier one's."""
+        return seen_key, f"{seen_key}:earlier"
+
+    def of(self, seen_key: str) -> dict[str, str | int]:
+        """The keys and arguments for the seen ids under `seen_key` (`…:seen:<topic>`)."""
+        return {**dict(zip(SEEN_KEYS, self.keys_of(seen_key), strict=True)), **asdict(self)}
+
+
+@dataclass(frozen=True)
+class ClaimWindow(Window):
+    """The claims' window. What recognises a claim again is kept by the Asia/Shanghai day its claim
+    occurred: a claim of day D can come until D's end + `length`, and the day's records are kept
+    `grace` longer."""
+
+    too_old: ClassVar[ReasonCode] = ReasonCode.CLAIM_TOO_OLD
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClaimWindow:
@@ -49,14 +139,3 @@ class ClaimWindow:
         """Whether the records of `day`'s claims are surely still in Redis: half the grace is left
         before they may go (a margin for the clocks of the services and of Redis)."""
         return now < self.kept_until(day) - self.grace / 2
-
-    def opens(self, now: datetime) -> datetime:
-        """The oldest `occurred_at` taken now."""
-        return now - self.length
-
-    def refusal(self, occurred_at: datetime, now: datetime) -> ReasonCode | None:
-        if occurred_at < self.opens(now):
-            return ReasonCode.CLAIM_TOO_OLD
-        if occurred_at > now + self.skew:
-            return ReasonCode.INVALID_MESSAGE  # not yet: sent again with its true time, it is taken
-        return None

@@ -19,7 +19,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.settlement.domain import NATIONAL
-from shared.contracts import REFUSED_BEFORE_ID, ClearingRow, RelationshipEvent, SettlementEvent, WalletEvent
+from shared.contracts import (
+    REFUSED_BEFORE_ID,
+    ClearingRow,
+    DeadLetter,
+    ReasonCode,
+    RelationshipEvent,
+    SettlementEvent,
+    WalletEvent,
+)
 from shared.topics import (
     ACCOUNT_CREDITS,
     ACCOUNT_SPENDS,
@@ -74,6 +82,16 @@ AUDITED_TOPICS: tuple[Topic, ...] = (
     *OUTPUTS,
     DEAD_LETTERS,
 )
+# The wallet's answers to inputs, by the topic of the input each answers.
+ANSWERED_BY_WALLET = {
+    "credited": ACCOUNT_CREDITS.name,
+    "spent": ACCOUNT_SPENDS.name,
+    "spend_rejected": ACCOUNT_SPENDS.name,
+    "granted": WALLET_COMMANDS.name,
+    "grant_rejected": WALLET_COMMANDS.name,
+    "frozen": SUPERVISION.name,
+    "unfrozen": SUPERVISION.name,
+}
 # Times are when a service answered: an output published again keeps its figures, not always its time
 # (a refusal of a reused id is dated when it is refused).
 _TIMES = frozenset({"occurred_at", "settled_at", "closed_at"})
@@ -97,6 +115,10 @@ InputKey = tuple[str, str, str]  # (input topic, scope, input id)
 class Books:
     # Every content each input id was taken in with, in the order read: the first one stands.
     inputs: dict[InputKey, list[dict[str, Any]]] = field(default_factory=dict)
+    # Input records a service refused as older than the window (INPUT_TOO_OLD): never taken in, or
+    # taken in before and delivered again too late (another service may also have taken it in).
+    too_old: dict[InputKey, list[dict[str, Any]]] = field(default_factory=dict)
+    too_old_letters: list[DeadLetter] = field(default_factory=list)
     wallet_events: list[WalletEvent] = field(default_factory=list)
     relationship_events: list[RelationshipEvent] = field(default_factory=list)
     # The results of claims recorded; a claim refused before its id was taken (a reused id, one sent
@@ -120,7 +142,9 @@ class Books:
     unreadable: Counter[str] = field(default_factory=Counter)  # output records that fit no contract
 
     def input(self, key: InputKey) -> dict[str, Any] | None:
-        contents = self.inputs.get(key)
+        """The content that stands under the key: the first taken in; else, for an answer of a record
+        taken in and then delivered again past its window, that record's."""
+        contents = self.inputs.get(key) or self.too_old.get(key)
         return contents[0] if contents else None
 
 
@@ -141,7 +165,15 @@ def rebuild(records: Iterable[Record]) -> Books:
         and (value := record.value)
         and {"source_topic", "partition", "offset"} <= value.keys()
     ]
-    dead_lettered = {(value["source_topic"], value["partition"], value["offset"]) for value in letters}
+    too_old = {
+        (value["source_topic"], value["partition"], value["offset"])
+        for value in letters
+        if value.get("reason") == ReasonCode.INPUT_TOO_OLD
+    }
+    books.too_old_letters = [
+        DeadLetter.model_validate(value) for value in letters if value.get("reason") == ReasonCode.INPUT_TOO_OLD
+    ]
+    dead_lettered = {(value["source_topic"], value["partition"], value["offset"]) for value in letters} - too_old
     books.dead_lettered_claims = {
         claim_id
         for value in letters
@@ -153,6 +185,9 @@ def rebuild(records: Iterable[Record]) -> Books:
         if record.topic in INPUT_IDS:
             where = (record.topic, record.partition, record.offset)
             if where in dead_lettered:
+                continue
+            if where in too_old:
+                _take_input(books, record, books.too_old)
                 continue
             if _breaks_the_contract(INPUT_TOPICS[record.topic], record):
                 books.undead.append(where)
@@ -199,7 +234,7 @@ def _output_topic(name: str) -> Topic | None:
     return next((topic for topic in OUTPUTS if topic.name == name), None)
 
 
-def _take_input(books: Books, record: Record) -> None:
+def _take_input(books: Books, record: Record, taken: dict[InputKey, list[dict[str, Any]]] | None = None) -> None:
     id_field, scope_field = INPUT_IDS[record.topic]
     value = record.value
     # A record not dead-lettered was taken in: one read before the audit caught up is pending.
@@ -207,7 +242,7 @@ def _take_input(books: Books, record: Record) -> None:
         return
     scope = NATIONAL if scope_field is None else str(value.get(scope_field))
     topic = CLAIMS.name if scope_field is None else record.topic  # claim ids are national, on every claims topic
-    contents = books.inputs.setdefault((topic, scope, value[id_field]), [])
+    contents = (books.inputs if taken is None else taken).setdefault((topic, scope, value[id_field]), [])
     if value not in contents:
         contents.append(value)
     if (province := INPUT_TOPICS[record.topic].province) is not None:

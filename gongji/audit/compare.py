@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from gongji.audit.books import Books, InputKey
+from gongji.audit.books import ANSWERED_BY_WALLET, Books, InputKey
 from gongji.audit.rules import check_rules
 from gongji.audit.state import TOTALS, RedisState, WalletAccount
 from gongji.audit.window import Window
@@ -46,18 +46,12 @@ PAID_STATUSES = frozenset({"settled", "partial"})
 WALLET_RELATIONSHIP_TYPES = frozenset({"established", "dissolved", "terminated"})  # what the wallet applies
 STATE_AFTER = {"requested": "pending", "established": "active"}  # any other change ends the pair
 # The wallet event that answers each wallet input, and the input topic of each answer's type.
-ANSWERED_BY_WALLET = {
-    "credited": ACCOUNT_CREDITS.name,
-    "spent": ACCOUNT_SPENDS.name,
-    "spend_rejected": ACCOUNT_SPENDS.name,
-    "granted": WALLET_COMMANDS.name,
-    "grant_rejected": WALLET_COMMANDS.name,
-    "frozen": SUPERVISION.name,
-    "unfrozen": SUPERVISION.name,
-}
 ANSWERED_TOPICS = frozenset({*ANSWERED_BY_WALLET.values(), CLAIMS.name, RELATIONSHIP_COMMANDS.name})
 SUPERVISION_ANSWER = {"freeze": "frozen", "unfreeze": "unfrozen"}
 UNREADABLE = frozenset({ReasonCode.INVALID_MESSAGE, ReasonCode.AMOUNT_OUT_OF_RANGE})  # a claim dead-lettered
+# An input refused with one of these was not applied: the answer, if any, is another's (a reused id's
+# first content, a copy's taken in within its window) or none (rules.py judges the window's refusals).
+UNAPPLIED = frozenset({ReasonCode.CONFLICT, ReasonCode.INPUT_TOO_OLD, ReasonCode.INVALID_MESSAGE})
 
 
 @dataclass(frozen=True)
@@ -778,7 +772,7 @@ def _statements(view: _View, books: dict[str, Counter[str]], found: _Findings) -
 def _answers(view: _View, found: _Findings) -> None:
     answers: dict[InputKey, list[Any]] = defaultdict(list)
     for event in view.books.wallet_events:
-        if event.type in ANSWERED_BY_WALLET and event.reason != ReasonCode.CONFLICT:
+        if event.type in ANSWERED_BY_WALLET and event.reason not in UNAPPLIED:
             answers[(ANSWERED_BY_WALLET[event.type], event.provider_id, event.cause_id)].append(event)
     for result in view.books.settlements:
         answers[(CLAIMS.name, NATIONAL, result.claim_id)].append(result)
@@ -810,7 +804,7 @@ def _answers(view: _View, found: _Findings) -> None:
                 "none",
             )
     for change in view.books.relationship_events:
-        if change.reason != ReasonCode.CONFLICT:
+        if change.reason not in UNAPPLIED:
             answers[_relationship_cause(view.books, change)].append(change)
     for key, events in sorted(answers.items(), key=lambda item: item[0]):
         topic = key[0]
@@ -843,7 +837,7 @@ def _input_ids(key: InputKey) -> dict[str, str]:
 def _relationship_cause(books: Books, change: RelationshipEvent) -> InputKey:
     """A change answers a command of the provider, or ends the pair on an enrollment change of either party."""
     for scope in (change.provider_id, change.recipient_id):
-        if change.type == "terminated" and (ENROLLMENT.name, scope, change.cause_id) in books.inputs:
+        if change.type == "terminated" and books.input((ENROLLMENT.name, scope, change.cause_id)) is not None:
             return (ENROLLMENT.name, scope, change.cause_id)
     return (RELATIONSHIP_COMMANDS.name, change.provider_id, change.cause_id)
 

@@ -13,16 +13,17 @@ steps in Redis; each carries the account's step number (`account_seq`), which is
 
 from __future__ import annotations
 
+import base64
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from gongji.audit.books import Books
+from gongji.audit.books import ANSWERED_BY_WALLET, Books, json_object
 from gongji.audit.window import Window
 from shared.contracts import SettlementEvent, WalletEvent
-from shared.topics import CLAIMS, ENROLLMENT, WALLET_COMMANDS
+from shared.topics import CLAIMS, ENROLLMENT, RELATIONSHIP_COMMANDS, WALLET_COMMANDS
 
 RULE = "rule"  # a rule of the brief broken, though records and Redis may agree
 
@@ -43,6 +44,7 @@ def check_rules(books: Books, differ: Differ, window: Window) -> None:
     for rule in (_grants, _frozen_accounts, _paid_claims, _claims_of_their_own_care, _related_before_quota):
         rule(books, differ)
     _claims_within_their_window(books, differ, window)
+    _inputs_within_their_window(books, differ, window)
 
 
 # ---- rules 8-10: a grant is the provider's own, within the limits ------------------------------
@@ -211,6 +213,44 @@ def _claims_within_their_window(books: Books, differ: Differ, window: Window) ->
                 "taken",
                 "CLAIM_TOO_OLD",
             )
+
+
+def _inputs_within_their_window(books: Books, differ: Differ, window: Window) -> None:
+    """Every other input's window: one applied was within it when it was applied (its answer's time),
+    and one refused as too old (INPUT_TOO_OLD: an answer on its topic, or a dead letter) was not."""
+    answers = [
+        (ANSWERED_BY_WALLET[event.type], event.provider_id, event)
+        for event in books.wallet_events
+        if event.type in ANSWERED_BY_WALLET
+    ]
+    answers += [
+        (RELATIONSHIP_COMMANDS.name, event.provider_id, event)
+        for event in books.relationship_events
+        if event.type != "terminated"
+    ]
+    for topic, scope, answer in answers:
+        ids = {"topic": topic, "input": answer.cause_id}
+        at = _sent_at(books.input((topic, scope, answer.cause_id)))
+        if at is None:
+            continue
+        if answer.reason == "INPUT_TOO_OLD":
+            if at >= answer.occurred_at - window.inputs:
+                differ(RULE, "window: an input within the window was refused as too old", ids, "taken", "INPUT_TOO_OLD")
+        elif answer.reason not in ("CONFLICT", "INVALID_MESSAGE") and at < answer.occurred_at - window.inputs:
+            differ(RULE, "window: an input older than the window was applied", ids, "INPUT_TOO_OLD", answer.type)
+    for letter in books.too_old_letters:
+        at = _sent_at(json_object(base64.b64decode(letter.payload)))
+        if at is not None and at >= letter.at - window.inputs:
+            ids = {"topic": letter.source_topic, "offset": str(letter.offset)}
+            differ(RULE, "window: an input within the window was refused as too old", ids, "taken", "INPUT_TOO_OLD")
+
+
+def _sent_at(content: dict[str, Any] | None) -> datetime | None:
+    """When an input says it was sent: its `requested_at` (a command) or `occurred_at`."""
+    try:
+        return datetime.fromisoformat(str(content.get("requested_at") or content["occurred_at"])) if content else None
+    except (KeyError, ValueError):
+        return None
 
 
 def _occurred_at(claim: dict[str, Any] | None) -> datetime | None:

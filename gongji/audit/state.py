@@ -30,16 +30,15 @@ _SHARD_KEY = re.compile(
 _CLAIMS = "claims:"
 _DRAW_BUCKET = re.compile(r"(?:takes|refunds):(?P<day>\d{8})")
 
-# The wallet's per-person hashes the audit reads; `seen:<topic>` hold each applied input's result.
+# The wallet's per-person hashes the audit reads; `seen:<topic>` (and `seen:<topic>:earlier`, the
+# generation before) hold each applied input's result.
+_APPLIED = ("credits", "spends", "commands", "relationship-events")
 WALLET_PARTS = (
     "account",
     "grants",
     "relationships",
     "rel-versions",
-    "seen:credits",
-    "seen:spends",
-    "seen:commands",
-    "seen:relationship-events",
+    *(f"seen:{topic}{generation}" for topic in _APPLIED for generation in ("", ":earlier")),
 )
 _CLEARING = "clearing:"
 TOTALS = ("balance", "frozen", "credited", "spent", "paid", "refunded")  # the account's running totals
@@ -122,9 +121,15 @@ def _json(raw: dict[bytes, bytes]) -> dict[str, Any]:
     return {name.decode(): json.loads(value) for name, value in raw.items()}
 
 
-def _seen(raw: dict[bytes, bytes]) -> dict[str, Any]:
-    """A seen hash holds "<fingerprint>|<result json>" per input id (shared/prelude.lua)."""
-    return {name.decode(): json.loads(value.decode().split("|", 1)[1]) for name, value in raw.items()}
+def _seen(*generations: dict[bytes, bytes]) -> dict[str, Any]:
+    """A seen hash holds "<fingerprint>|<result json>" per input id, in two generations, the current
+    one's field '' holding when it began (shared/prelude.lua)."""
+    return {
+        name.decode(): json.loads(value.decode().split("|", 1)[1])
+        for raw in generations
+        for name, value in raw.items()
+        if name
+    }
 
 
 async def _read_settlement(redis: Redis, keys: list[str], state: RedisState, today: str) -> None:
@@ -230,5 +235,5 @@ async def _read_wallets(redis: Redis, keys: list[str], state: RedisState) -> Non
                 if part.startswith("refunds:")
                 for refund, stored in _json(raw).items()
             },
-            applied={part.split(":", 1)[1]: _seen(parts[part]) for part in WALLET_PARTS if part.startswith("seen:")},
+            applied={topic: _seen(parts[f"seen:{topic}"], parts[f"seen:{topic}:earlier"]) for topic in _APPLIED},
         )

@@ -19,6 +19,7 @@ class Window:
     skew: timedelta  # how far ahead of the clock a claim's occurred_at may be
     kept: timedelta  # how long past the end of its claim's day a claim's records stay in Redis
     now: datetime  # the audit's moment, on the services' clock
+    inputs: timedelta = timedelta(days=30)  # every other input topic's window
 
     @classmethod
     def from_settings(cls, settings: Settings, now: datetime) -> Window:
@@ -28,6 +29,7 @@ class Window:
             timedelta(seconds=settings.claim_clock_skew_seconds),
             length + timedelta(seconds=settings.claim_record_grace_seconds),
             now,
+            timedelta(seconds=settings.input_window_seconds),
         )
 
     @property

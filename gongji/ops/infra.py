@@ -43,7 +43,7 @@ from confluent_kafka.admin import (
 from gongji.ops.kafka_io import make_producer
 from gongji.ops.quotas import sync_quotas
 from gongji.ops.tls import CAKeyOffline, broker_keystore, ensure_certificates
-from gongji.ops.window import keep_for_window
+from gongji.ops.window import keep_for_window, keep_seen_for_window
 from services.relationship.store import LIBRARY as RELATIONSHIP_LIBRARY
 from services.settlement.store import LIBRARY as SETTLEMENT_LIBRARY
 from services.wallet.store import LIBRARY as WALLET_LIBRARY
@@ -73,7 +73,7 @@ from shared.principals import (
 )
 from shared.settings import PROJECT_ROOT, Settings
 from shared.topics import ALL_TOPICS, PROVINCE_TOPICS, Topic
-from shared.window import ClaimWindow
+from shared.window import ClaimWindow, InputWindow
 
 POM = PROJECT_ROOT / "deploy" / "kafka" / "pom.xml"
 JARS_LOCK = PROJECT_ROOT / "deploy" / "kafka" / "jars.sha256"
@@ -773,6 +773,8 @@ def configure(settings: Settings) -> list[str]:
     now = clock_from_setting(settings.clock_fixed_at).now()
     if kept := keep_for_window(client, ClaimWindow.from_settings(settings), now):
         notes.append(f"the claim window grew: {kept} keys of claims' days kept for it")
+    if kept := keep_seen_for_window(client, InputWindow.from_settings(settings)):
+        notes.append(f"the input window grew: {kept} keys of seen ids kept for it")
     client.close()
     admin = kafka_admin(settings)
     _wait_for_kafka(settings, admin, deadline)

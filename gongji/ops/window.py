@@ -3,7 +3,11 @@ claim occurred, until the window has closed on that day plus the grace, an expir
 each record. Lengthening the window would leave the records written before the change to expire
 by the old one, while copies of their claims are still let in: so when `gongji infra up` finds the
 window longer than the one Redis was last kept for, it lengthens every day's records to the new
-keep first. Shortening needs nothing: records only outlive what they must."""
+keep first. Shortening needs nothing: records only outlive what they must.
+
+The inputs' seen ids are kept a generation (the input window and the grace) past each key's last
+write: when that grows, every key of seen ids (and of rule 7's terminations, kept alike) is kept
+that much longer."""
 
 from __future__ import annotations
 
@@ -12,9 +16,11 @@ from datetime import datetime
 
 import redis
 
-from shared.window import ClaimWindow
+from shared.window import ClaimWindow, InputWindow
 
 KEPT_FOR = "gongji:claim-window"  # seconds past a day's end its records were last kept for
+SEEN_KEPT_FOR = "gongji:input-window"  # seconds past its last write a key of seen ids was last kept for
+_SEEN = re.compile(r"[a-z]+:\{p:[^}]+\}:(?:seen:[a-z-]+|terminations)(?::earlier)?")
 _DAY_BUCKET = re.compile(r"(?:stl:\{s\d+\}:claims|wal:\{p:[^}]+\}:(?:plans|answers|takes|refunds)):(?P<day>\d{8})")
 _OWNER = "stl:{c*}:owner:*"
 
@@ -49,3 +55,23 @@ def _lengthen(client: redis.Redis, window: ClaimWindow, now: datetime) -> int:
                 pipe.pexpire(key, int(left.total_seconds() * 1000), gt=True)
         pipe.execute()
     return len(days)
+
+
+def keep_seen_for_window(client: redis.Redis, window: InputWindow) -> int:
+    """Lengthens every key of seen ids by what the generation has grown; answers how many."""
+    kept_for = int(window.generation.total_seconds())
+    before = client.get(SEEN_KEPT_FOR)
+    keys = []
+    if before is not None and int(before) < kept_for:
+        grown_ms = (kept_for - int(before)) * 1000
+        keys = [key for key in client.scan_iter(count=5000) if _SEEN.fullmatch(key.decode())]
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.pttl(key)
+            left = pipe.execute()
+            for key, ms in zip(keys, left, strict=True):
+                if ms > 0:
+                    pipe.pexpire(key, ms + grown_ms)
+            pipe.execute()
+    client.set(SEEN_KEPT_FOR, kept_for)
+    return len(keys)

@@ -72,7 +72,7 @@ class Script:
             link.kinship for link in self.cast.links if (link.provider, link.recipient) == (provider, recipient)
         )
 
-    def grant(self, provider: str, recipient: str, amount: int, id: str) -> Script:
+    def grant(self, provider: str, recipient: str, amount: int, id: str, at: str = AT) -> Script:
         return self.add(
             "grant",
             actor=provider,
@@ -81,7 +81,7 @@ class Script:
             region=self.regions[recipient],
             amount=amount,
             id=id,
-            at=AT,
+            at=at,
         )
 
     def claim(
@@ -224,7 +224,8 @@ def _(s: Script) -> Script:
     )
     s.add("rebalance", labels=["draw c1"], takes=1).expect("took 20000")
     s.add("advance", minutes=-24 * 60)  # the new provider's first grant sorts ahead of the first one's
-    s.grant("P1", "R0", 15_000, "g2").deliver("wallet/commands", "grant g2").expect("1 granted")
+    a_day_before = (START - timedelta(days=1)).isoformat()
+    s.grant("P1", "R0", 15_000, "g2", at=a_day_before).deliver("wallet/commands", "grant g2").expect("1 granted")
     s.add("advance", minutes=24 * 60)
     s.deliver("wallet/draw-requests", "draw c1").expect("1 debited")
     s.deliver("settlement/claim-path", "answer c1").expect("1 partial")
@@ -480,6 +481,26 @@ def _(s: Script) -> Script:
     s.add("advance", minutes=3 * day).expect("expired")  # its day's records gone
     s.claim("R0", "c1", 20_000).deliver("settlement/claim-path", "claim c1").expect("1 rejected")
     s.reverse("R0", "r1", "c1").deliver("settlement/claim-path", "reversal r1").expect("1 rejected")
+    return s.everything()
+
+
+@scenario("input-window", "a credit's id was forgotten while a copy of it could still come: it was credited twice")
+def _(s: Script) -> Script:
+    s.families(("P0", "R0", None))  # P0's first credit begins the generation of its credits' ids
+
+    def credit(id: str, day: int) -> Script:
+        s.add("credit", person="P0", amount=100, id=id, at=(START + timedelta(days=day)).isoformat())
+        return s.deliver("wallet/credits", f"credit {id}")
+
+    day = 24 * 60
+    s.add("advance", minutes=10 * day)
+    credit("c10", 10).expect("1 credited")
+    s.add("advance", minutes=23 * day)
+    credit("c33", 33).expect("1 credited")  # the generation is 33 days old: c10 moves to the earlier one
+    s.add("advance", minutes=6 * day)
+    credit("c10", 10).expect("1 credited")  # 29 days on: its stored answer again, not a second credit
+    s.add("advance", minutes=2 * day)
+    credit("c10", 10).expect("1 Refused")  # 31 days on: too old, whatever Redis still holds
     return s.everything()
 
 

@@ -24,7 +24,9 @@ from shared.ids import derived_event_id, fingerprint, mask_person_id
 from shared.policy import PolicyCache
 from shared.records import EndedAsProvider, RelationshipStep
 from shared.runtime import CONFLICTS, Refused
+from shared.settings import Settings
 from shared.topics import ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, Topic
+from shared.window import InputWindow
 
 SERVICE = "relationship"
 
@@ -62,17 +64,19 @@ def _event(
     )
 
 
-def _conflict_event(command: RelationshipCommand, content: str, now: datetime) -> RelationshipEvent:
-    """The refusal of a command whose id was used before for other content; nothing changed."""
-    CONFLICTS.labels(SERVICE, RELATIONSHIP_COMMANDS.name).inc()
+def _unapplied(command: RelationshipCommand, content: str, reason: ReasonCode, now: datetime) -> RelationshipEvent:
+    """The refusal of a command that is not applied at all: its id was used before for other content
+    (CONFLICT), or it is outside its window (INPUT_TOO_OLD, INVALID_MESSAGE). Nothing changed."""
+    if reason == ReasonCode.CONFLICT:
+        CONFLICTS.labels(SERVICE, RELATIONSHIP_COMMANDS.name).inc()
     return RelationshipEvent(
-        event_id=_event_id(RELATIONSHIP_COMMANDS, command.provider_id, command.command_id, "conflict", content),
+        event_id=_event_id(RELATIONSHIP_COMMANDS, command.provider_id, command.command_id, reason.lower(), content),
         cause_id=command.command_id,
         type="rejected",
         provider_id=command.provider_id,
         recipient_id=command.recipient_id,
         kinship=command.kinship,
-        reason=ReasonCode.CONFLICT,
+        reason=reason,
         occurred_at=now,
     )
 
@@ -88,10 +92,13 @@ def _refused_as_conflict(topic: Topic, message: EnrollmentChanged | KinshipRecor
 class RelationshipHandlers:
     """Each `on_*` takes a batch: messages of one key in order, different keys concurrently."""
 
-    def __init__(self, store: RelationshipStore, policy: PolicyCache, clock: Clock) -> None:
+    def __init__(
+        self, store: RelationshipStore, policy: PolicyCache, clock: Clock, inputs: InputWindow | None = None
+    ) -> None:
         self.store = store
         self.policy = policy
         self.clock = clock
+        self.inputs = inputs or InputWindow.from_settings(Settings())
 
     async def _facts(self, provider_id: str, recipient_id: str) -> Facts:
         return Facts(
@@ -108,6 +115,9 @@ class RelationshipHandlers:
 
     async def _command(self, command: RelationshipCommand) -> list[RelationshipEvent]:
         now = self.clock.now()
+        content = fingerprint(command.model_dump_json())
+        if reason := self.inputs.refusal(command.requested_at, now):
+            return [_unapplied(command, content, reason, now)]
         provider_id, recipient_id = command.provider_id, command.recipient_id
         facts = Facts(None, None, None)
         requested = None
@@ -128,7 +138,6 @@ class RelationshipHandlers:
             refusal = check_accept(command, facts, requested, await self.policy.get(), now)
         else:
             refusal = check_actor(command)
-        content = fingerprint(command.model_dump_json())
         step = await self.store.apply_command(
             command.command_id,
             content,
@@ -142,9 +151,10 @@ class RelationshipHandlers:
             generation_of(facts.provider),
             requested.version if requested else 0,
             rfc3339(now),
+            self.inputs.seen_ids(self.clock),
         )
         if step.conflict:
-            return [_conflict_event(command, content, now)]
+            return [_unapplied(command, content, ReasonCode.CONFLICT, now)]
         result = step.result
         assert result is not None and result.type is not None and result.at is not None
 
@@ -168,14 +178,14 @@ class RelationshipHandlers:
 
     async def _enrollment(self, change: EnrollmentChanged) -> list[RelationshipEvent | Refused]:
         """Rule 7: a change of insurance type, region or status ends all the person's relationships."""
+        now = self.clock.now()
+        if refused := self.inputs.refused(change.occurred_at, now):
+            return [Refused(change, *refused)]
         person_id = change.person_id
         enrollment = Enrollment(change.insurance_type, change.region, change.status)
+        seen = self.inputs.seen_ids(self.clock)
         step = await self.store.record_enrollment(
-            change.event_id,
-            fingerprint(change.model_dump_json()),
-            person_id,
-            enrollment,
-            rfc3339(self.clock.now()),
+            change.event_id, fingerprint(change.model_dump_json()), person_id, enrollment, rfc3339(now), seen
         )
         if step.conflict:
             return [_refused_as_conflict(ENROLLMENT, change)]
@@ -206,7 +216,7 @@ class RelationshipHandlers:
             await self.store.index_provider(person_id, pair.recipient_id, pair.version, "ended")
             events.append(terminated(person_id, pair.recipient_id, pair))
         for provider_id in recorded.providers:
-            ending = (await self.store.end_relationship(provider_id, person_id, recorded.generation)).result
+            ending = (await self.store.end_relationship(provider_id, person_id, recorded.generation, seen)).result
             assert ending is not None
             if ending.ended:
                 assert ending.version is not None  # ending a pair raises its version
@@ -219,11 +229,14 @@ class RelationshipHandlers:
 
     async def _kinship(self, fact: KinshipRecorded) -> list[Refused]:
         # Only the person's own fact: the relative's side is read, inverted, when a request is checked.
+        if refused := self.inputs.refused(fact.occurred_at, self.clock.now()):
+            return [Refused(fact, *refused)]
         step = await self.store.record_kinship(
             fact.event_id,
             fingerprint(fact.model_dump_json()),
             fact.person_id,
             fact.relative_id,
             fact.kinship.value,
+            self.inputs.seen_ids(self.clock),
         )
         return [_refused_as_conflict(KINSHIP, fact)] if step.conflict else []

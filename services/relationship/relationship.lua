@@ -14,10 +14,11 @@ end
 -- `provider_generation`: as the decision read them; `version`: of the pending request an accept
 -- was decided on.
 local function relationship_command(keys, args)
-  local seen_key, rels_key, versions_key, enrollment_key, generations_key = unpack(keys)
-  local input_id, fingerprint, action, recipient, refusal, kinship, recipient_region, recipient_generation,
-        provider_generation, version, now = unpack(args)
-  local prior = remembered(seen_key, input_id, fingerprint)
+  local seen_key, earlier_seen_key, rels_key, versions_key, enrollment_key, generations_key = unpack(keys)
+  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, action, recipient, refusal, kinship,
+        recipient_region, recipient_generation, provider_generation, version, now = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local prior = remembered(seen, input_id, fingerprint)
   if prior then return prior end
   local current = redis.call('HGET', rels_key, recipient)
   current = current and cjson.decode(current) or nil
@@ -69,16 +70,17 @@ local function relationship_command(keys, args)
   if current then
     result.kinship, result.recipient_region = current.kinship, current.recipient_region
   end
-  return remember(seen_key, input_id, fingerprint, result)
+  return remember(seen, input_id, fingerprint, result)
 end
 
 -- Rule 7, all keys the person's. Ends every relationship where the person is the provider (here)
 -- and returns the providers whose relationships to the person the caller must end in their own
 -- slots, with the generation the person's enrollment reached.
 local function record_enrollment(keys, args)
-  local seen_key, enrollment_key, rels_key, versions_key, providers_key = unpack(keys)
-  local input_id, fingerprint, insurance_type, region, status, now = unpack(args)
-  local prior = remembered(seen_key, input_id, fingerprint)
+  local seen_key, earlier_seen_key, enrollment_key, rels_key, versions_key, providers_key = unpack(keys)
+  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, insurance_type, region, status, now = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local prior = remembered(seen, input_id, fingerprint)
   if prior then return prior end
   local before = redis.call('HMGET', enrollment_key, 'insurance_type', 'region', 'status')
   local result = {at = now, changed = false, ended_as_provider = {}, providers = {}}
@@ -103,7 +105,7 @@ local function record_enrollment(keys, args)
     end
   end
   -- cjson encodes an empty table as an object; the caller reads both as "none".
-  return remember(seen_key, input_id, fingerprint, result)
+  return remember(seen, input_id, fingerprint, result)
 end
 
 -- Rule 7 from the recipient's side, in the provider's slot (all keys the provider's): the
@@ -113,14 +115,15 @@ end
 -- request decided on an earlier one, whose step comes after this, is refused
 -- (relationship_command): a change at any moment reaches it.
 local function end_relationship(keys, args)
-  local terminations_key, rels_key, versions_key, generations_key = unpack(keys)
-  local recipient, generation = unpack(args)
+  local seen_key, earlier_seen_key, rels_key, versions_key, generations_key = unpack(keys)
+  local recipient, generation, seen_generation_ms, now_ms, seen_kept_ms = unpack(args)
   -- Only ever raised, so asking again (or late, for an older generation) changes nothing.
   if tonumber(redis.call('HGET', generations_key, recipient) or '0') < tonumber(generation) then
     redis.call('HSET', generations_key, recipient, generation)
   end
   local record = recipient .. '|' .. generation
-  local prior = remembered(terminations_key, record, '-')
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local prior = remembered(seen, record, '-')
   if prior then return prior end
   local current = redis.call('HGET', rels_key, recipient)
   local result = {ended = false}
@@ -132,16 +135,17 @@ local function end_relationship(keys, args)
       result.version = redis.call('HINCRBY', versions_key, recipient, 1)
     end
   end
-  return remember(terminations_key, record, '-', result)
+  return remember(seen, record, '-', result)
 end
 
 local function record_kinship(keys, args)
-  local seen_key, kinship_key = unpack(keys)
-  local input_id, fingerprint, relative, kinship = unpack(args)
-  local prior = remembered(seen_key, input_id, fingerprint)
+  local seen_key, earlier_seen_key, kinship_key = unpack(keys)
+  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, relative, kinship = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local prior = remembered(seen, input_id, fingerprint)
   if prior then return prior end
   redis.call('HSET', kinship_key, relative, kinship)
-  return remember(seen_key, input_id, fingerprint, {})
+  return remember(seen, input_id, fingerprint, {})
 end
 
 -- The recipient's index after a change of the pair (provider, recipient). It applies only if it is

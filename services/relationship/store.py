@@ -11,15 +11,17 @@ from redis.asyncio import Redis
 from services.relationship.domain import Enrollment, Relationship
 from shared.records import EnrollmentStep, Recorded, RelationshipRecord, RelationshipStep
 from shared.redis_functions import Library, Step, call_step, execute
+from shared.window import SEEN_ARGS, SEEN_KEYS, SeenIds
 
 LIBRARY = Library("gongji_relationship", Path(__file__).with_name("relationship.lua"))
 
 COMMAND = LIBRARY.declare(
     "relationship_command",
-    keys=("seen_key", "rels_key", "versions_key", "enrollment_key", "generations_key"),
+    keys=(*SEEN_KEYS, "rels_key", "versions_key", "enrollment_key", "generations_key"),
     args=(
         "input_id",
         "fingerprint",
+        *SEEN_ARGS,
         "action",
         "recipient",
         "refusal",
@@ -34,20 +36,20 @@ COMMAND = LIBRARY.declare(
 )
 RECORD_ENROLLMENT = LIBRARY.declare(
     "relationship_record_enrollment",
-    keys=("seen_key", "enrollment_key", "rels_key", "versions_key", "providers_key"),
-    args=("input_id", "fingerprint", "insurance_type", "region", "status", "now"),
+    keys=(*SEEN_KEYS, "enrollment_key", "rels_key", "versions_key", "providers_key"),
+    args=("input_id", "fingerprint", *SEEN_ARGS, "insurance_type", "region", "status", "now"),
     result=EnrollmentStep,
 )
 END = LIBRARY.declare(
     "relationship_end",
-    keys=("terminations_key", "rels_key", "versions_key", "generations_key"),
-    args=("recipient", "generation"),
+    keys=(*SEEN_KEYS, "rels_key", "versions_key", "generations_key"),
+    args=("recipient", "generation", *SEEN_ARGS),
     result=RelationshipStep,
 )
 RECORD_KINSHIP = LIBRARY.declare(
     "relationship_record_kinship",
-    keys=("seen_key", "kinship_key"),
-    args=("input_id", "fingerprint", "relative", "kinship"),
+    keys=(*SEEN_KEYS, "kinship_key"),
+    args=("input_id", "fingerprint", *SEEN_ARGS, "relative", "kinship"),
     result=Recorded,
 )
 INDEX_PROVIDER = LIBRARY.declare(
@@ -88,11 +90,12 @@ class RelationshipStore:
         provider_generation: int,
         version: int,
         now: str,
+        seen: SeenIds,
     ) -> Step[RelationshipStep]:
         return await call_step(
             self.redis,
             COMMAND.call(
-                seen_key=_key(provider_id, "seen:commands"),
+                **seen.of(_key(provider_id, "seen:commands")),
                 rels_key=_key(provider_id, "rels"),
                 versions_key=_key(provider_id, "versions"),
                 enrollment_key=_key(provider_id, "enrollment"),
@@ -112,15 +115,20 @@ class RelationshipStore:
         )
 
     async def command_seen(self, provider_id: str, input_id: str) -> bool:
-        return bool(await self.redis.hexists(_key(provider_id, "seen:commands"), input_id))
+        """Whether the command's id is held, in either generation of seen ids."""
+        seen_key = _key(provider_id, "seen:commands")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in SeenIds.keys_of(seen_key):
+                pipe.hexists(key, input_id)
+            return any(await execute(pipe))
 
     async def record_enrollment(
-        self, input_id: str, fingerprint: str, person_id: str, enrollment: Enrollment, now: str
+        self, input_id: str, fingerprint: str, person_id: str, enrollment: Enrollment, now: str, seen: SeenIds
     ) -> Step[EnrollmentStep]:
         return await call_step(
             self.redis,
             RECORD_ENROLLMENT.call(
-                seen_key=_key(person_id, "seen:enrollment"),
+                **seen.of(_key(person_id, "seen:enrollment")),
                 enrollment_key=_key(person_id, "enrollment"),
                 rels_key=_key(person_id, "rels"),
                 versions_key=_key(person_id, "versions"),
@@ -134,11 +142,15 @@ class RelationshipStore:
             ),
         )
 
-    async def end_relationship(self, provider_id: str, recipient_id: str, generation: int) -> Step[RelationshipStep]:
+    async def end_relationship(
+        self, provider_id: str, recipient_id: str, generation: int, seen: SeenIds
+    ) -> Step[RelationshipStep]:
+        """Rule 7 from the recipient's side, once per (recipient, generation): kept as seen ids are,
+        since it is asked again only while the enrollment change that asks it can come again."""
         return await call_step(
             self.redis,
             END.call(
-                terminations_key=_key(provider_id, "terminations"),
+                **seen.of(_key(provider_id, "terminations")),
                 rels_key=_key(provider_id, "rels"),
                 versions_key=_key(provider_id, "versions"),
                 generations_key=_key(provider_id, "recipient-generations"),
@@ -148,12 +160,12 @@ class RelationshipStore:
         )
 
     async def record_kinship(
-        self, input_id: str, fingerprint: str, person_id: str, relative_id: str, kinship: str
+        self, input_id: str, fingerprint: str, person_id: str, relative_id: str, kinship: str, seen: SeenIds
     ) -> Step[Recorded]:
         return await call_step(
             self.redis,
             RECORD_KINSHIP.call(
-                seen_key=_key(person_id, "seen:kinship"),
+                **seen.of(_key(person_id, "seen:kinship")),
                 kinship_key=_key(person_id, "kinship"),
                 input_id=input_id,
                 fingerprint=fingerprint,

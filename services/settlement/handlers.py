@@ -48,7 +48,7 @@ from shared.redis_functions import Call, Step
 from shared.runtime import CONFLICTS, Delivery, Refused, ToTopic
 from shared.settings import Settings
 from shared.topics import CLAIMS, DRAW_ANSWERS, ENROLLMENT, STATISTICS, Topic, province_settlements
-from shared.window import ClaimWindow
+from shared.window import ClaimWindow, InputWindow
 
 logger = logging.getLogger("gongji.settlement")
 
@@ -90,11 +90,13 @@ class SettlementHandlers:
         statistics_interval_seconds: float,
         limits: ClaimLimits | None = None,
         window: ClaimWindow | None = None,
+        inputs: InputWindow | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.limits = limits or ClaimLimits.from_settings(Settings())
         self.window = window or ClaimWindow.from_settings(Settings())
+        self.inputs = inputs or InputWindow.from_settings(Settings())
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self.tallies: dict[str, MinuteTally] = {}
         self.statistics_interval_seconds = statistics_interval_seconds
@@ -102,7 +104,14 @@ class SettlementHandlers:
 
     async def on_enrollment(self, changes: Sequence[EnrollmentChanged]) -> list[Refused]:
         """Keeps the service's own copy of who is insured where (for rule 4), in one pipeline. An
-        event id used before for other content changes nothing and is refused visibly."""
+        event id used before for other content changes nothing and is refused visibly, and so is
+        one outside its window (its id may be forgotten)."""
+        now = self.clock.now()
+        seen = self.inputs.seen_ids(self.clock)
+        too_old = [
+            Refused(change, *refused) for change in changes if (refused := self.inputs.refused(change.occurred_at, now))
+        ]
+        taken = [change for change in changes if self.inputs.refusal(change.occurred_at, now) is None]
         steps = await self.store.run(
             [
                 self.store.record_enrollment(
@@ -112,21 +121,22 @@ class SettlementHandlers:
                     change.insurance_type,
                     change.region,
                     change.status,
+                    seen,
                 )
-                for change in changes
+                for change in taken
             ]
         )
-        refusals = [
+        conflicts = [
             Refused(
                 message=change,
                 reason=ReasonCode.CONFLICT,
                 error="event_id used before for other content; the first enrollment stands",
             )
-            for change, step in zip(changes, steps, strict=True)
+            for change, step in zip(taken, steps, strict=True)
             if step.conflict
         ]
-        CONFLICTS.labels(SERVICE, ENROLLMENT.name).inc(len(refusals))
-        return refusals
+        CONFLICTS.labels(SERVICE, ENROLLMENT.name).inc(len(conflicts))
+        return too_old + conflicts
 
     async def on_claim_path(self, deliveries: Sequence[Delivery]) -> list[BaseModel | ToTopic | Refused]:
         """Everything a claim waits on here, read by one consumer (one fetch loop, not three):

@@ -16,6 +16,7 @@ from shared.contracts import Claim
 from shared.records import ClaimRecord, ClaimResult, Recorded
 from shared.redis_functions import Call, Library, Result, Step, execute, run_steps
 from shared.settings import Settings
+from shared.window import SEEN_ARGS, SEEN_KEYS, SeenIds
 
 LIBRARY = Library("gongji_settlement", Path(__file__).with_name("settlement.lua"))
 
@@ -55,8 +56,8 @@ REVERSE = LIBRARY.declare(
 CLOSE_MONTH = LIBRARY.declare("settlement_close_month", keys=("closed_key", "clearing_key"), args=("month", "now"))
 RECORD_ENROLLMENT = LIBRARY.declare(
     "settlement_record_enrollment",
-    keys=("seen_key", "enrollment_key"),
-    args=("input_id", "fingerprint", "insurance_type", "region", "status"),
+    keys=(*SEEN_KEYS, "enrollment_key"),
+    args=("input_id", "fingerprint", *SEEN_ARGS, "insurance_type", "region", "status"),
     result=Recorded,
 )
 PREFIX = "stl:"
@@ -269,11 +270,18 @@ class SettlementStore:
         return closed_at, {field: int(value) for field, value in totals.items()}
 
     def record_enrollment(
-        self, input_id: str, fingerprint: str, person_id: str, insurance_type: str, region: str, status: str
+        self,
+        input_id: str,
+        fingerprint: str,
+        person_id: str,
+        insurance_type: str,
+        region: str,
+        status: str,
+        seen: SeenIds,
     ) -> Call:
         """The enrollment copy, once per input id of gongji.enrollment.v1 (its ids are its own)."""
         return RECORD_ENROLLMENT.call(
-            seen_key=_person_key(person_id, "seen:enrollment"),
+            **seen.of(_person_key(person_id, "seen:enrollment")),
             enrollment_key=_person_key(person_id, "enrollment"),
             input_id=input_id,
             fingerprint=fingerprint,

@@ -43,7 +43,7 @@ from shared.topics import (
     WALLET_COMMANDS,
     Topic,
 )
-from shared.window import ClaimWindow
+from shared.window import ClaimWindow, InputWindow
 
 logger = logging.getLogger("gongji.wallet")
 
@@ -85,27 +85,30 @@ def _wallet_event(
     )
 
 
-def _conflict(
+def _unapplied(
     topic: Topic,
     scope: str,
     input_id: str,
     content: str,
+    reason: ReasonCode,
     provider_id: str,
     refused_type: str,
     now: datetime,
     recipient_id: str | None = None,
     amount_fen: int = 0,
 ) -> WalletEvent:
-    """The refusal of an input whose id was used before for other content; nothing changed."""
-    CONFLICTS.labels("wallet", topic.name).inc()
+    """The refusal of an input that is not applied at all: its id was used before for other content
+    (CONFLICT), or it is outside its window (INPUT_TOO_OLD, INVALID_MESSAGE). Nothing changed."""
+    if reason == ReasonCode.CONFLICT:
+        CONFLICTS.labels("wallet", topic.name).inc()
     return WalletEvent(
-        event_id=derived_event_id("wallet", topic.name, scope, input_id, "conflict", content),
+        event_id=derived_event_id("wallet", topic.name, scope, input_id, reason.lower(), content),
         cause_id=input_id,
         type=refused_type,
         provider_id=provider_id,
         recipient_id=recipient_id,
         amount_fen=amount_fen,
-        reason=ReasonCode.CONFLICT,
+        reason=reason,
         occurred_at=now,
     )
 
@@ -178,12 +181,14 @@ class WalletHandlers:
         policy: PolicyCache,
         limits: GrantLimits | None = None,
         window: ClaimWindow | None = None,
+        inputs: InputWindow | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.policy = policy
         self.limits = limits or GrantLimits()
         self.window = window or ClaimWindow.from_settings(Settings())
+        self.inputs = inputs or InputWindow.from_settings(Settings())
 
     def _bucket(self, day: str) -> Bucket:
         return Bucket(day, self.window.kept_ms(day, self.clock))
@@ -203,9 +208,17 @@ class WalletHandlers:
         return await gather_by_key(credits, _person, self._credit)
 
     async def _credit(self, credit: AccountCredited) -> list[WalletEvent | Refused]:
+        now = self.clock.now()
+        if refused := self.inputs.refused(credit.occurred_at, now):
+            return [Refused(credit, *refused)]
         content = fingerprint(credit.model_dump_json())
         step = await self.store.credit(
-            credit.event_id, content, credit.person_id, credit.amount_fen, rfc3339(self.clock.now())
+            credit.event_id,
+            content,
+            credit.person_id,
+            credit.amount_fen,
+            rfc3339(now),
+            self.inputs.seen_ids(self.clock),
         )
         if step.conflict:
             return [_refused_as_conflict(ACCOUNT_CREDITS, credit, credit.event_id)]
@@ -217,20 +230,28 @@ class WalletHandlers:
     async def _spend(self, spend: AccountSpent) -> list[WalletEvent]:
         now = self.clock.now()
         content = fingerprint(spend.model_dump_json())
-        step = await self.store.spend(spend.event_id, content, spend.person_id, spend.amount_fen, rfc3339(now))
-        if step.conflict:
+
+        def unapplied(reason: ReasonCode) -> list[WalletEvent]:
             return [
-                _conflict(
+                _unapplied(
                     ACCOUNT_SPENDS,
                     spend.person_id,
                     spend.event_id,
                     content,
+                    reason,
                     spend.person_id,
                     "spend_rejected",
                     now,
                     amount_fen=spend.amount_fen,
                 )
             ]
+
+        if reason := self.inputs.refusal(spend.occurred_at, now):
+            return unapplied(reason)
+        seen = self.inputs.seen_ids(self.clock)
+        step = await self.store.spend(spend.event_id, content, spend.person_id, spend.amount_fen, rfc3339(now), seen)
+        if step.conflict:
+            return unapplied(ReasonCode.CONFLICT)
         return [_wallet_event(ACCOUNT_SPENDS, spend.person_id, spend.event_id, spend.person_id, step.result)]
 
     async def on_commands(self, commands: Sequence[WalletCommand]) -> list[WalletEvent]:
@@ -239,6 +260,25 @@ class WalletHandlers:
     async def _grant(self, command: WalletCommand) -> list[WalletEvent]:
         now = self.clock.now()
         content = fingerprint(command.model_dump_json())
+
+        def unapplied(reason: ReasonCode) -> list[WalletEvent]:
+            return [
+                _unapplied(
+                    WALLET_COMMANDS,
+                    command.provider_id,
+                    command.command_id,
+                    content,
+                    reason,
+                    command.provider_id,
+                    "grant_rejected",
+                    now,
+                    command.recipient_id,
+                    command.amount_fen,
+                )
+            ]
+
+        if reason := self.inputs.refusal(command.requested_at, now):
+            return unapplied(reason)
         refusal = check_grant(command)
         step = await self.store.grant(
             command.command_id,
@@ -252,21 +292,10 @@ class WalletHandlers:
             self.limits,
             await self.policy.get(),
             now,
+            self.inputs.seen_ids(self.clock),
         )
         if step.conflict:
-            return [
-                _conflict(
-                    WALLET_COMMANDS,
-                    command.provider_id,
-                    command.command_id,
-                    content,
-                    command.provider_id,
-                    "grant_rejected",
-                    now,
-                    command.recipient_id,
-                    command.amount_fen,
-                )
-            ]
+            return unapplied(ReasonCode.CONFLICT)
         if step.result.type == "granted":
             first_grant_ms = int(datetime.fromisoformat(step.result.at).timestamp() * 1000)
             await self.store.index_provider(command.recipient_id, command.provider_id, first_grant_ms)
@@ -291,6 +320,7 @@ class WalletHandlers:
             event.recipient_region or "",
             event.version,
             rfc3339(self.clock.now()),
+            self.inputs.seen_ids(self.clock),
         )
         if step.conflict:
             return [_refused_as_conflict(RELATIONSHIP_EVENTS, event, event.event_id)]
@@ -304,6 +334,8 @@ class WalletHandlers:
         return await gather_by_key(changes, _person, self._enrollment)
 
     async def _enrollment(self, change: EnrollmentChanged) -> list[Refused]:
+        if refused := self.inputs.refused(change.occurred_at, self.clock.now()):
+            return [Refused(change, *refused)]
         step = await self.store.record_enrollment(
             change.event_id,
             fingerprint(change.model_dump_json()),
@@ -311,6 +343,7 @@ class WalletHandlers:
             change.insurance_type,
             change.region,
             change.status,
+            self.inputs.seen_ids(self.clock),
         )
         return [_refused_as_conflict(ENROLLMENT, change, change.event_id)] if step.conflict else []
 
@@ -318,13 +351,17 @@ class WalletHandlers:
         return await gather_by_key(actions, _person, self._supervise)
 
     async def _supervise(self, action: SupervisionActed) -> list[WalletEvent | Refused]:
+        now = self.clock.now()
+        if refused := self.inputs.refused(action.occurred_at, now):
+            return [Refused(action, *refused)]
         step = await self.store.supervise(
             action.event_id,
             fingerprint(action.model_dump_json()),
             action.person_id,
             action.action,
             action.lifts,
-            rfc3339(self.clock.now()),
+            rfc3339(now),
+            self.inputs.seen_ids(self.clock),
         )
         if step.conflict:
             return [_refused_as_conflict(SUPERVISION, action, action.event_id)]

@@ -15,28 +15,30 @@ from shared.clock import rfc3339, shanghai_day
 from shared.policy import Policy
 from shared.records import AccountStep, DrawAnswer, DrawPlan, Recorded, Refund, Take
 from shared.redis_functions import Call, Library, Result, Step, call_step, execute, run_steps
+from shared.window import SEEN_ARGS, SEEN_KEYS, SeenIds
 
 LIBRARY = Library("gongji_wallet", Path(__file__).with_name("wallet.lua"))
 PREFIX = "wal:"
 
 CREDIT = LIBRARY.declare(
     "wallet_credit",
-    keys=("seen_key", "account_key"),
-    args=("input_id", "fingerprint", "amount", "now"),
+    keys=(*SEEN_KEYS, "account_key"),
+    args=("input_id", "fingerprint", *SEEN_ARGS, "amount", "now"),
     result=AccountStep,
 )
 SPEND = LIBRARY.declare(
     "wallet_spend",
-    keys=("seen_key", "account_key"),
-    args=("input_id", "fingerprint", "amount", "now"),
+    keys=(*SEEN_KEYS, "account_key"),
+    args=("input_id", "fingerprint", *SEEN_ARGS, "amount", "now"),
     result=AccountStep,
 )
 GRANT = LIBRARY.declare(
     "wallet_grant",
-    keys=("seen_key", "account_key", "grants_key", "relationships_key", "by_day_key"),
+    keys=(*SEEN_KEYS, "account_key", "grants_key", "relationships_key", "by_day_key"),
     args=(
         "input_id",
         "fingerprint",
+        *SEEN_ARGS,
         "recipient",
         "recipient_region",
         "amount",
@@ -56,20 +58,20 @@ GRANT = LIBRARY.declare(
 INDEX_PROVIDER = LIBRARY.declare("wallet_index_provider", keys=("providers_key",), args=("provider", "first_grant_ms"))
 RELATIONSHIP_CHANGED = LIBRARY.declare(
     "wallet_relationship_changed",
-    keys=("seen_key", "account_key", "grants_key", "relationships_key", "versions_key", "since_key"),
-    args=("input_id", "fingerprint", "event_type", "recipient", "recipient_region", "version", "now"),
+    keys=(*SEEN_KEYS, "account_key", "grants_key", "relationships_key", "versions_key", "since_key"),
+    args=("input_id", "fingerprint", *SEEN_ARGS, "event_type", "recipient", "recipient_region", "version", "now"),
     result=AccountStep,
 )
 RECORD_ENROLLMENT = LIBRARY.declare(
     "wallet_record_enrollment",
-    keys=("seen_key", "enrollment_key"),
-    args=("input_id", "fingerprint", "insurance_type", "region", "status"),
+    keys=(*SEEN_KEYS, "enrollment_key"),
+    args=("input_id", "fingerprint", *SEEN_ARGS, "insurance_type", "region", "status"),
     result=Recorded,
 )
 SUPERVISE = LIBRARY.declare(
     "wallet_supervise",
-    keys=("seen_key", "account_key", "freezes_key"),
-    args=("input_id", "fingerprint", "action", "lifts", "now"),
+    keys=(*SEEN_KEYS, "account_key", "freezes_key"),
+    args=("input_id", "fingerprint", *SEEN_ARGS, "action", "lifts", "now"),
     result=AccountStep,
 )
 DRAW_BEGIN = LIBRARY.declare(
@@ -124,12 +126,12 @@ class WalletStore:
         await LIBRARY.require_loaded(self.redis)
 
     async def credit(
-        self, input_id: str, fingerprint: str, person_id: str, amount_fen: int, now: str
+        self, input_id: str, fingerprint: str, person_id: str, amount_fen: int, now: str, seen: SeenIds
     ) -> Step[AccountStep]:
         return await call_step(
             self.redis,
             CREDIT.call(
-                seen_key=_key(person_id, "seen:credits"),
+                **seen.of(_key(person_id, "seen:credits")),
                 account_key=_key(person_id, "account"),
                 input_id=input_id,
                 fingerprint=fingerprint,
@@ -139,12 +141,12 @@ class WalletStore:
         )
 
     async def spend(
-        self, input_id: str, fingerprint: str, person_id: str, amount_fen: int, now: str
+        self, input_id: str, fingerprint: str, person_id: str, amount_fen: int, now: str, seen: SeenIds
     ) -> Step[AccountStep]:
         return await call_step(
             self.redis,
             SPEND.call(
-                seen_key=_key(person_id, "seen:spends"),
+                **seen.of(_key(person_id, "seen:spends")),
                 account_key=_key(person_id, "account"),
                 input_id=input_id,
                 fingerprint=fingerprint,
@@ -166,11 +168,12 @@ class WalletStore:
         limits: GrantLimits,
         policy: Policy,
         now: datetime,
+        seen: SeenIds,
     ) -> Step[AccountStep]:
         return await call_step(
             self.redis,
             GRANT.call(
-                seen_key=_key(provider_id, "seen:commands"),
+                **seen.of(_key(provider_id, "seen:commands")),
                 account_key=_key(provider_id, "account"),
                 grants_key=_key(provider_id, "grants"),
                 relationships_key=_key(provider_id, "relationships"),
@@ -208,11 +211,12 @@ class WalletStore:
         recipient_region: str,
         version: int | None,
         now: str,
+        seen: SeenIds,
     ) -> Step[AccountStep]:
         return await call_step(
             self.redis,
             RELATIONSHIP_CHANGED.call(
-                seen_key=_key(provider_id, "seen:relationship-events"),
+                **seen.of(_key(provider_id, "seen:relationship-events")),
                 account_key=_key(provider_id, "account"),
                 grants_key=_key(provider_id, "grants"),
                 relationships_key=_key(provider_id, "relationships"),
@@ -229,12 +233,19 @@ class WalletStore:
         )
 
     async def record_enrollment(
-        self, input_id: str, fingerprint: str, person_id: str, insurance_type: str, region: str, status: str
+        self,
+        input_id: str,
+        fingerprint: str,
+        person_id: str,
+        insurance_type: str,
+        region: str,
+        status: str,
+        seen: SeenIds,
     ) -> Step[Recorded]:
         return await call_step(
             self.redis,
             RECORD_ENROLLMENT.call(
-                seen_key=_key(person_id, "seen:enrollment"),
+                **seen.of(_key(person_id, "seen:enrollment")),
                 enrollment_key=_key(person_id, "account"),
                 input_id=input_id,
                 fingerprint=fingerprint,
@@ -245,12 +256,12 @@ class WalletStore:
         )
 
     async def supervise(
-        self, input_id: str, fingerprint: str, person_id: str, action: str, lifts: str | None, now: str
+        self, input_id: str, fingerprint: str, person_id: str, action: str, lifts: str | None, now: str, seen: SeenIds
     ) -> Step[AccountStep]:
         return await call_step(
             self.redis,
             SUPERVISE.call(
-                seen_key=_key(person_id, "seen:supervision"),
+                **seen.of(_key(person_id, "seen:supervision")),
                 account_key=_key(person_id, "account"),
                 freezes_key=_key(person_id, "freezes"),
                 input_id=input_id,

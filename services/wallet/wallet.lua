@@ -29,20 +29,22 @@ local function keep(bucket_key, id, encoded, kept_ms)
 end
 
 local function credit(keys, args)
-  local seen_key, account_key = unpack(keys)
-  local input_id, fingerprint, amount, now = unpack(args)
-  local prior = remembered(seen_key, input_id, fingerprint)
+  local seen_key, earlier_seen_key, account_key = unpack(keys)
+  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, amount, now = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local prior = remembered(seen, input_id, fingerprint)
   if prior then return prior end
   redis.call('HINCRBY', account_key, 'balance', amount)
   redis.call('HINCRBY', account_key, 'credited', amount)
-  return remember(seen_key, input_id, fingerprint,
+  return remember(seen, input_id, fingerprint,
                   account_view(account_key, {type = 'credited', amount = num(amount), at = now}))
 end
 
 local function spend(keys, args)
-  local seen_key, account_key = unpack(keys)
-  local input_id, fingerprint, amount, now = unpack(args)
-  local prior = remembered(seen_key, input_id, fingerprint)
+  local seen_key, earlier_seen_key, account_key = unpack(keys)
+  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, amount, now = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local prior = remembered(seen, input_id, fingerprint)
   if prior then return prior end
   amount = num(amount)
   local state = redis.call('HMGET', account_key, 'balance', 'frozen')
@@ -56,7 +58,7 @@ local function spend(keys, args)
     redis.call('HINCRBY', account_key, 'spent', amount)
     result.type = 'spent'
   end
-  return remember(seen_key, input_id, fingerprint, account_view(account_key, result))
+  return remember(seen, input_id, fingerprint, account_view(account_key, result))
 end
 
 -- Rule 1 at grant time: both regions opened, and cross-province sharing in force.
@@ -73,10 +75,12 @@ end
 -- `refusal`: what Python found ('' if nothing); `closed_regions`: space-separated.
 -- Every limit that guards money is refused here, where the money moves, whatever Python checked.
 local function grant(keys, args)
-  local seen_key, account_key, grants_key, relationships_key, by_day_key = unpack(keys)
-  local input_id, fingerprint, recipient, recipient_region, amount, refusal, max_per_day, today, oldest_day_kept,
-        closed_regions, cross_province_in_force, now, actor, provider, max_amount = unpack(args)
-  local prior = remembered(seen_key, input_id, fingerprint)
+  local seen_key, earlier_seen_key, account_key, grants_key, relationships_key, by_day_key = unpack(keys)
+  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, recipient, recipient_region, amount, refusal,
+        max_per_day, today, oldest_day_kept, closed_regions, cross_province_in_force, now, actor, provider,
+        max_amount = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local prior = remembered(seen, input_id, fingerprint)
   if prior then return prior end
   amount = num(amount)
   local state = redis.call('HMGET', account_key, 'balance', 'frozen', 'insurance_type', 'status', 'region')
@@ -118,7 +122,7 @@ local function grant(keys, args)
       result.type = 'granted'
     end
   end
-  return remember(seen_key, input_id, fingerprint, account_view(account_key, result))
+  return remember(seen, input_id, fingerprint, account_view(account_key, result))
 end
 
 -- The recipient's side of a grant: remember the provider for draws (first grant decides the order).
@@ -147,15 +151,16 @@ end
 -- held means that one ended in between (its end is still on its way): its quota is released now.
 -- `version`: '' if the event has none.
 local function relationship_changed(keys, args)
-  local seen_key, account_key, grants_key, relationships_key, versions_key, since_key = unpack(keys)
-  local input_id, fingerprint, event_type, recipient, recipient_region, version, now = unpack(args)
-  local prior = remembered(seen_key, input_id, fingerprint)
+  local seen_key, earlier_seen_key, account_key, grants_key, relationships_key, versions_key, since_key = unpack(keys)
+  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, event_type, recipient, recipient_region, version, now = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local prior = remembered(seen, input_id, fingerprint)
   if prior then return prior end
   version = version ~= '' and num(version) or nil
   local result = {type = '', recipient = recipient, at = now}
   if version and version <= num(redis.call('HGET', versions_key, recipient)) then
     result.stale = true
-    return remember(seen_key, input_id, fingerprint, result)
+    return remember(seen, input_id, fingerprint, result)
   end
   if version then redis.call('HSET', versions_key, recipient, version) end
   release(account_key, grants_key, relationships_key, since_key, recipient, result)
@@ -163,15 +168,16 @@ local function relationship_changed(keys, args)
     redis.call('HSET', relationships_key, recipient, recipient_region)
     redis.call('HSET', since_key, recipient, version or 0)
   end
-  return remember(seen_key, input_id, fingerprint, result)
+  return remember(seen, input_id, fingerprint, result)
 end
 
 -- Rule 16: each freeze stands until an unfreeze lifts it (the one named, else the oldest).
 -- `lifts`: '' if the unfreeze names none.
 local function supervise(keys, args)
-  local seen_key, account_key, freezes_key = unpack(keys)
-  local input_id, fingerprint, action, lifts, now = unpack(args)
-  local prior = remembered(seen_key, input_id, fingerprint)
+  local seen_key, earlier_seen_key, account_key, freezes_key = unpack(keys)
+  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, action, lifts, now = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local prior = remembered(seen, input_id, fingerprint)
   if prior then return prior end
   local result = {type = 'unfrozen', amount = 0, at = now}
   if action == 'freeze' then
@@ -185,7 +191,7 @@ local function supervise(keys, args)
   local standing = redis.call('ZCARD', freezes_key)
   redis.call('HSET', account_key, 'freezes', standing)
   result.freezes = standing
-  return remember(seen_key, input_id, fingerprint, account_view(account_key, result))
+  return remember(seen, input_id, fingerprint, account_view(account_key, result))
 end
 
 -- Draw, step 1, in the recipient's slot: the stored answer if this claim was answered before;

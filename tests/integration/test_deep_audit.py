@@ -30,17 +30,28 @@ from gongji.audit.compare import (
 from gongji.audit.rules import RULE
 from gongji.audit.state import read_state
 from gongji.audit.window import Window
+from gongji.simulation.network import dead_letter_of
 from services.settlement import handlers
 from services.settlement.domain import Assessment
 from services.wallet.domain import GrantLimits
-from shared.contracts import Claim, ReasonCode, SettlementEvent, SupervisionActed, WalletCommand, WalletEvent
+from shared.contracts import (
+    AccountCredited,
+    Claim,
+    ReasonCode,
+    SettlementEvent,
+    SupervisionActed,
+    WalletCommand,
+    WalletEvent,
+)
 from shared.credentials import redis_options
 from shared.principals import OPERATOR
 from shared.redis_client import in_database
+from shared.runtime import Refused
 from shared.settings import Settings
 from shared.topics import (
     ACCOUNT_CREDITS,
     CLAIMS,
+    DEAD_LETTERS,
     DRAW_REQUESTS,
     RELATIONSHIP_EVENTS,
     SETTLEMENTS,
@@ -702,3 +713,36 @@ async def test_the_quick_audit_leaves_totals_over_all_history_to_the_deep_audit_
         bus.redis, SHARDS, Window.from_settings(Settings(), claim.occurred_at + timedelta(days=40))
     )
     assert (late.history_held, late.breaches) == (False, [])
+
+
+async def test_an_input_refused_as_too_old_within_its_window_is_named(bus: Bus) -> None:
+    world = await story(bus)
+    (granted,) = records_of(bus, WALLET_EVENTS.name, type="granted", provider_id=world.first)
+    refusal = again(granted, event_id=new_id("ev"), type="grant_rejected", reason="INPUT_TOO_OLD", frozen_fen=0)
+    report = await deep(bus, [*bus.records, refusal])
+    assert rules_broken(report) == ["window: an input within the window was refused as too old"]
+
+
+async def test_an_input_applied_though_older_than_its_window_is_named(bus: Bus) -> None:
+    world = await story(bus)
+    (credit,) = records_of(bus, ACCOUNT_CREDITS.name, person_id=world.second)
+    sent = datetime.fromisoformat(credit.value["occurred_at"]) - timedelta(days=31)
+    report = await deep(bus, [changed(r, occurred_at=sent.isoformat()) if r is credit else r for r in bus.records])
+    assert rules_broken(report) == ["window: an input older than the window was applied"]
+
+
+async def test_an_input_applied_then_delivered_again_past_its_window_is_not_taken_for_unsent(bus: Bus) -> None:
+    """The wallet took a credit in, then (down for a month) was given it again: refused INPUT_TOO_OLD
+    with a dead letter. The credit still stands in the books: its answer names it."""
+    world = await story(bus)
+    (credit,) = records_of(bus, ACCOUNT_CREDITS.name, person_id=world.second)
+    bus.clock.set(bus.clock.now() + timedelta(days=31))
+    (letter,) = [
+        output
+        for output in await bus.saga.wallet.on_credits([AccountCredited.model_validate(credit.value)])
+        if isinstance(output, Refused)
+    ]
+    assert letter.reason == ReasonCode.INPUT_TOO_OLD
+    bus.record(DEAD_LETTERS, dead_letter_of(credit, letter, bus.clock.now()))
+    report = await deep(bus)
+    assert report.valid, report.differences

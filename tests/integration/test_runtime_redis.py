@@ -12,7 +12,7 @@ from services.wallet.store import LIBRARY, WalletStore
 from shared.records import Recorded
 from shared.redis_functions import Call, Library, call_step
 from shared.runtime import is_transient
-from tests.support import new_id, new_person_id
+from tests.support import SEEN, new_id, new_person_id
 
 WALLET_LIBRARY_FILE = Path(__file__).parents[2] / "services" / "wallet" / "wallet.lua"
 
@@ -47,5 +47,5 @@ async def test_two_releases_side_by_side_each_call_their_own_functions(redis, tm
     loaded = {dict(zip(entry[::2], entry[1::2], strict=True))[b"library_name"] for entry in libraries}
     assert {LIBRARY.name.encode(), next_release.name.encode()} <= loaded
     person = new_person_id()
-    step = await current.credit(new_id(), "f", person, 100, "2026-03-02T12:00:00+08:00")
+    step = await current.credit(new_id(), "f", person, 100, "2026-03-02T12:00:00+08:00", SEEN)
     assert (step.outcome, step.result.balance_fen) == ("applied", 100)

@@ -67,7 +67,7 @@ from shared.topics import (
     province_settlements,
 )
 from tests.integration.conftest import integration_redis_url
-from tests.support import new_id, new_person_id
+from tests.support import SEEN, new_id, new_person_id
 
 pytestmark = pytest.mark.timeout(300)
 INTERNAL = (DRAW_REQUESTS, DRAW_ANSWERS, REFUND_REQUESTS)
@@ -340,7 +340,7 @@ async def test_a_redis_restart_keeps_every_functions_writes(infrastructure, redi
     await store.load()
     person = new_person_id()
     assert (
-        await store.credit(new_id("cred"), "fingerprint", person, 1_234, "2026-03-02T12:00:00+08:00")
+        await store.credit(new_id("cred"), "fingerprint", person, 1_234, "2026-03-02T12:00:00+08:00", SEEN)
     ).outcome == "applied"
     paths = infra.Paths(infrastructure.state_dir)
     logged = paths.redis_log.stat().st_size

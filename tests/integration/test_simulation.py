@@ -22,7 +22,7 @@ from shared.principals import OPERATOR
 from shared.records import Refund
 from shared.redis_client import in_database
 from shared.redis_functions import Step
-from shared.window import ClaimWindow
+from shared.window import ClaimWindow, InputWindow
 
 # A database of the simulation's own: every run flushes it.
 SIMULATION_DATABASE = 14
@@ -154,5 +154,14 @@ async def test_claim_records_kept_too_briefly_are_found_by_the_simulation(redis,
         lambda self, day: datetime.strptime(day, "%Y%m%d").replace(tzinfo=SHANGHAI) + timedelta(days=11),
     )
     outcome = await run_scenario(redis, "claim-window")
+    assert outcome.failure is not None
+    assert outcome.failure.invariant != "error", outcome.failure  # found by a check, not a crash
+
+
+async def test_input_ids_kept_too_briefly_are_found_by_the_simulation(redis, monkeypatch) -> None:
+    """The inputs' seen ids put back wrong: a generation of ten days, while a copy of a credit may
+    come for thirty. The id is forgotten by the time its copy comes, and the copy is credited again."""
+    monkeypatch.setattr(InputWindow, "generation", property(lambda self: timedelta(days=10)))
+    outcome = await run_scenario(redis, "input-window")
     assert outcome.failure is not None
     assert outcome.failure.invariant != "error", outcome.failure  # found by a check, not a crash

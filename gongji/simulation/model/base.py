@@ -210,7 +210,7 @@ class ModelBase:
         self.clock = clock
         self.shard_of = shard_of
         self.policy = Policy()
-        self.seen: dict[tuple[str, str, str], str] = {}
+        self.seen: dict[tuple[str, str, str], tuple[str, datetime]] = {}  # -> (content, when applied)
         self.outputs: dict[str, dict] = {}
         # wallet
         self.accounts: dict[str, Account] = defaultdict(Account)
@@ -234,6 +234,9 @@ class ModelBase:
         settings = Settings()
         self.window = timedelta(seconds=settings.claim_window_seconds)
         self.grace = timedelta(seconds=settings.claim_record_grace_seconds)
+        self.skew = timedelta(seconds=settings.claim_clock_skew_seconds)
+        # Every other input's: taken only within it; its id recognised at least this plus the grace.
+        self.input_window = timedelta(seconds=settings.input_window_seconds)
 
     def too_old(self, occurred_at: datetime) -> bool:
         return occurred_at < self.clock.now() - self.window
@@ -314,17 +317,41 @@ class ModelBase:
             lambda: f"{type(output).__name__} {identity} was published with other content: {prior} / {content}",
         )
 
-    def _fresh(self, inbox: str, scope: str, input_id: str, message: BaseModel) -> str:
-        content = message.model_dump_json()
-        prior = self.seen.setdefault((inbox, scope, input_id), content)
-        if prior is content:
+    def _outside_window(self, message: BaseModel) -> ReasonCode | None:
+        """An input the window does not let in (a relationship event, internal, has none: it is
+        ordered by its version)."""
+        at = getattr(message, "requested_at", None) or message.occurred_at  # type: ignore[attr-defined]
+        if at < self.clock.now() - self.input_window:
+            return ReasonCode.INPUT_TOO_OLD
+        return ReasonCode.INVALID_MESSAGE if at > self.clock.now() + self.skew else None
+
+    def _fresh(self, inbox: str, scope: str, input_id: str, message: BaseModel, group: list) -> str:
+        """New, a duplicate, or a conflict. An id applied longer ago than the window and its grace
+        may have been forgotten: the same id for other content may then be taken as new."""
+        content, now = message.model_dump_json(), self.clock.now()
+        prior = self.seen.setdefault((inbox, scope, input_id), (content, now))
+        if prior[0] is content:
             return "new"
-        return "duplicate" if prior == content else "conflict"
+        if prior[0] == content:
+            return "duplicate"
+        if now - prior[1] > self.input_window + self.grace and not any(_is_conflict(output) for output in group):
+            self.seen[(inbox, scope, input_id)] = (content, now)
+            return "new"
+        return "conflict"
 
     def _decided(self, inbox: str, scope: str, input_id: str, message: BaseModel, group: list) -> list | None:
-        """The effect outputs of a new input; None for a duplicate (its stored answer again) or a
-        conflict (which must be refused as one and change nothing)."""
-        state = self._fresh(inbox, scope, input_id, message)
+        """The effect outputs of a new input; None for one outside the window or a conflict (each
+        refused, changing nothing) or a duplicate (its stored answer again)."""
+        if inbox != "wallet/relationship-events" and (reason := self._outside_window(message)):
+            require(
+                bool(group) and all(getattr(output, "reason", None) == reason for output in group),
+                "input-window",
+                lambda: (
+                    f"{inbox}: {input_id!r} of {self.a(scope)} outside the window was not refused {reason}: {group}"
+                ),
+            )
+            return None
+        state = self._fresh(inbox, scope, input_id, message, group)
         if state == "conflict":  # whatever else it did shows in the books
             require(
                 any(_is_conflict(output) for output in group),
