@@ -243,13 +243,7 @@ def clearing_close(month: Annotated[str, typer.Argument(help="YYYY-MM")]) -> Non
     from services.settlement.store import SettlementStore
     from shared.clock import clock_from_setting
 
-    if (
-        len(month) != 7
-        or month[4] != "-"
-        or not (month[:4] + month[5:]).isascii()
-        or not (month[:4] + month[5:]).isdigit()
-    ):
-        _fail("month must be YYYY-MM")
+    _require_month(month)
     settings = Settings()
     now = clock_from_setting(settings.clock_fixed_at).now()
 
@@ -275,6 +269,60 @@ def clearing_close(month: Annotated[str, typer.Argument(help="YYYY-MM")]) -> Non
             str(row.claims),
         )
     console.print(table)
+
+
+def _require_month(month: str) -> None:
+    digits = month[:4] + month[5:]
+    if len(month) != 7 or month[4] != "-" or not digits.isascii() or not digits.isdigit():
+        _fail("month must be YYYY-MM")
+
+
+@app.command("archive")
+def archive_command(
+    month: Annotated[str, typer.Option(help="the closed clearing month, YYYY-MM")],
+    province: Annotated[str | None, typer.Option(help="one province's files only (PP)")] = None,
+    out: Annotated[Path, typer.Option(help="where <month>/<province>/*.parquet and the manifest go")] = Path("archive"),
+    verify: Annotated[bool, typer.Option("--verify", help="read an archive back and check it")] = False,
+) -> None:
+    """Write a closed month's settlements, reversals and clearing statement per province as Parquet,
+    with a manifest (checksums, rows, sums); exit 1 unless the sums equal the published statement.
+    Files hold resident IDs: for the operator alone (0600)."""
+    from gongji.archive import NotArchivable, month_of, verify_month, write
+    from gongji.audit.deep import read_topics
+    from shared.topics import CLEARING, SETTLEMENTS
+
+    _require_month(month)
+    if province is not None and not (len(province) == 2 and province.isascii() and province.isdigit()):
+        _fail("province must be two digits, e.g. 44")
+    manifest_name = "manifest.json" if province is None else f"manifest-{province}.json"
+    if verify:
+        problems = verify_month(out / month, manifest_name)
+        for problem in problems:
+            console.print(f"[red]DIFFERS[/red] {problem}")
+        if problems:
+            raise typer.Exit(1)
+        console.print(f"[green]{out / month} stands: every file, row and sum as its manifest says[/green]")
+        return
+    records = asyncio.run(read_topics(Settings(), [SETTLEMENTS, CLEARING]))
+    try:
+        manifest = write(month_of(records, month), month, out, province)
+    except NotArchivable as error:
+        _fail(str(error))
+    table = Table(title=f"Archive {month} ({out / month})")
+    for column in ("province", "settlements", "paid", "reversals", "reversed", "net (clearing)"):
+        table.add_column(column)
+    for code, written in manifest["provinces"].items():
+        sums = written["sums"]
+        table.add_row(
+            code,
+            f"{sums['settlements']:,}",
+            format_fen(sums["paid_fen"]),
+            f"{sums['reversals']:,}",
+            format_fen(sums["reversed_fen"]),
+            format_fen(sums["net_fen"]),
+        )
+    console.print(table)
+    console.print("[green]the settlements add up to the clearing statement published[/green]")
 
 
 @credentials_app.command("show")

@@ -30,6 +30,7 @@ from shared.credentials import aiokafka_options
 from shared.ids import mask_person_id
 from shared.principals import OPERATOR
 from shared.settings import Settings
+from shared.topics import Topic
 
 LISTED = 100  # differences and pending items a JSON report lists; its counts have them all
 _PERSON_ID = re.compile(r"\b\d{17}[\dX]\b")
@@ -131,6 +132,19 @@ async def _audit_once(settings: Settings, redis: Redis) -> tuple[AuditReport, fl
         return compare(rebuild(records), state, window), loading
     finally:
         gc.enable()
+
+
+async def read_topics(settings: Settings, topics: list[Topic]) -> list[Record]:
+    """Every record of the topics up to their ends when asked, as the operator reads them."""
+    consumer = AIOKafkaConsumer(**aiokafka_options(settings, OPERATOR.name), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic.name, number) for topic in topics for number in range(topic.partitions(settings))
+        ]
+        return await read_records(consumer, await consumer.end_offsets(partitions))
+    finally:
+        await consumer.stop()
 
 
 async def read_records(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> list[Record]:

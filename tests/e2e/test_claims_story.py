@@ -5,10 +5,12 @@ its statement checked against figures computed by hand; then duplicates, conflic
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,7 +39,7 @@ def after_the_month(month: str) -> dict[str, str]:
     return {"GONGJI_CLOCK_FIXED_AT": f"{year:04d}-{number:02d}-01T00:00:00+08:00"}
 
 
-async def test_the_whole_story_and_its_monthly_statement(world: World, kafka) -> None:
+async def test_the_whole_story_and_its_monthly_statement(world: World, kafka, tmp_path: Path) -> None:
     # The statement is checked against figures computed by hand, on top of whatever other tests and
     # load runs put into the same month before.
     before_by_month = await world.clearing_totals()
@@ -162,6 +164,13 @@ async def test_the_whole_story_and_its_monthly_statement(world: World, kafka) ->
         row = {k: v for k, v in row.items() if not k.startswith("_")}
         assert by_id.setdefault(row["event_id"], row) == row
     assert len(ours) == 2 * len(by_id)
+
+    # The closed month archived for the son's province, read from the topics: it adds up to the statement.
+    archived = gongji("archive", "--month", month, "--province", "62", "--out", str(tmp_path))
+    assert archived.returncode == 0, archived.stdout + archived.stderr
+    manifest = json.loads((tmp_path / month / "manifest-62.json").read_text())
+    assert manifest["provinces"]["62"]["sums"]["cross_province"]["62>53"]["amount_fen"] == gross[("62", "53")][0]
+    assert gongji("archive", "--month", month, "--province", "62", "--out", str(tmp_path), "--verify").returncode == 0
 
     # A claim after the close counts in the next month.
     sister = await world.person("employee", "360100")
