@@ -241,11 +241,11 @@ def clearing_close(month: Annotated[str, typer.Argument(help="YYYY-MM")]) -> Non
     from services.settlement.app import SERVICE
     from services.settlement.clearing import MonthNotEnded, close_month, statement_destinations
     from services.settlement.store import SettlementStore
-    from shared.clock import clock_from_setting
+    from shared.clock import clock_from_settings
 
     _require_month(month)
     settings = Settings()
-    now = clock_from_setting(settings.clock_fixed_at).now()
+    now = clock_from_settings(settings).now()
 
     async def close(redis: Redis):
         store = SettlementStore(redis, settings.settlement_shards)
@@ -377,10 +377,10 @@ def audit_command(
         return
     from gongji.audit import audit
     from gongji.audit.window import Window
-    from shared.clock import clock_from_setting
+    from shared.clock import clock_from_settings
 
     settings = Settings()
-    window = Window.from_settings(settings, clock_from_setting(settings.clock_fixed_at).now())
+    window = Window.from_settings(settings, clock_from_settings(settings).now())
     report = asyncio.run(_with_redis(lambda redis: audit(redis, settings.settlement_shards, window)))
     console.print(f"{report.accounts} accounts, {report.claims} claims ({report.pending_claims} in flight)")
     if not report.history_held:
@@ -596,4 +596,46 @@ def bench(
     if as_json:
         print(json.dumps(result, ensure_ascii=False))
     if result["failures"]:
+        raise typer.Exit(1)
+
+
+@app.command("soak")
+def soak(
+    days: Annotated[int, typer.Option(min=1, help="simulated days")] = 40,
+    claims_per_day: Annotated[int, typer.Option(min=1, help="claims sent each simulated day")] = 1_000,
+    persons: Annotated[int, typer.Option(min=10, help="population size")] = 900,
+    day_seconds: Annotated[float, typer.Option(min=5, help="real seconds a simulated day lasts")] = 40.0,
+    start: Annotated[str, typer.Option(help="the first simulated moment (RFC 3339)")] = "2026-03-01T00:00:00+08:00",
+    window_days: Annotated[int, typer.Option(min=1, help="the claims' and inputs' windows for the run")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="also one JSON object on the last line")] = False,
+) -> None:
+    """Live through DAYS days of claims in minutes: the three services (started here, on a clock
+    86,400/DAY_SECONDS times as fast) against the real Kafka and Redis, emptied first (`infra
+    reset`). A month that ends is closed and archived. Per day: Redis's memory, claims settled, the
+    deep audit's result and time. Exit 1 if an audit is not clean, an archive does not add up to its
+    statement, or (from 40 days) memory or the audit's time grows from day 30 to day 40."""
+    from datetime import datetime
+
+    from gongji.perf.soak import SoakOptions, failures, run_soak
+
+    options = SoakOptions(
+        days=days,
+        claims_per_day=claims_per_day,
+        persons=persons,
+        day_seconds=day_seconds,
+        start=datetime.fromisoformat(start),
+        window_days=window_days,
+    )
+    try:
+        result = asyncio.run(run_soak(Settings(), options, Console(stderr=True) if as_json else console))
+    except RuntimeError as error:  # a service that did not start, a population never ready
+        _fail(str(error))
+    summary = {key: value for key, value in result.items() if key != "per_day"}
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        console.print_json(json.dumps(summary))
+    for failure in failures(result):
+        (Console(stderr=True) if as_json else console).print(f"[red]FAILED[/red] {failure}")
+    if failures(result):
         raise typer.Exit(1)

@@ -35,15 +35,24 @@ end
 local GENERATION_BEGAN = ''  -- the field of a current generation that holds when it began
 
 -- An input's seen ids, from the keys and arguments every function that applies one receives
--- (shared/window.py: SEEN_KEYS, SEEN_ARGS).
-local function seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+-- (shared/window.py: SEEN_KEYS, SEEN_ARGS). `outside_window`: the reason an input outside its
+-- window is refused for ('' within it).
+local function seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms, outside_window)
   return {key = seen_key, earlier_key = earlier_seen_key, generation_ms = tonumber(seen_generation_ms),
-          now_ms = tonumber(now_ms), kept_ms = seen_kept_ms}
+          now_ms = tonumber(now_ms), kept_ms = seen_kept_ms, outside_window = outside_window}
 end
 
+-- The answer to an input seen before, or to one outside its window: an input applied and delivered
+-- again late (a crash before its answer was published) gets its stored answer; one never applied
+-- is refused, nothing read but its id.
 local function remembered(seen, input_id, fingerprint)
   local prior = redis.call('HGET', seen.key, input_id) or redis.call('HGET', seen.earlier_key, input_id)
-  if not prior then return nil end
+  if not prior then
+    if seen.outside_window and seen.outside_window ~= '' then
+      return {'refused', cjson.encode({why = seen.outside_window})}
+    end
+    return nil
+  end
   local bar = string.find(prior, '|', 1, true)
   if string.sub(prior, 1, bar - 1) ~= fingerprint then return {'conflict', ''} end
   return {'duplicate', string.sub(prior, bar + 1)}
@@ -66,8 +75,9 @@ end
 -- A service's own copy of a person's enrollment (each service keeps its own; none reads another's).
 local function record_enrollment_copy(keys, args)
   local seen_key, earlier_seen_key, enrollment_key = unpack(keys)
-  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, insurance_type, region, status = unpack(args)
-  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, outside_window, insurance_type,
+        region, status = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms, outside_window)
   local prior = remembered(seen, input_id, fingerprint)
   if prior then return prior end
   redis.call('HSET', enrollment_key, 'insurance_type', insurance_type, 'region', region, 'status', status)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -73,9 +73,10 @@ class Settings(BaseSettings):
     # skew, so every duplicate the window lets in is still recognised.
     claim_record_grace_seconds: int = Field(default=2 * 86400, ge=3600)
     # The window of every other input topic (enrollment, credits, spends, kinship, supervision, the
-    # app's commands), by its `occurred_at` or `requested_at`: older is refused INPUT_TOO_OLD, ahead
-    # of the clock by more than the skew INVALID_MESSAGE, before any state is read. Its ids are kept
-    # at least this plus the grace (two generations of seen ids per person and topic).
+    # app's commands), by its `occurred_at` or `requested_at`: outside it only its id is read (an
+    # input applied and delivered again late gets its stored answer); any other older input is
+    # refused INPUT_TOO_OLD, one ahead of the clock by more than the skew INVALID_MESSAGE. Its ids
+    # are kept at least this plus the grace (two generations of seen ids per person and topic).
     input_window_seconds: int = Field(default=30 * 86400, ge=3600)
     # How long the policy (opened regions, the cross-province date) is cached by a service.
     policy_cache_seconds: float = 1.0
@@ -84,3 +85,18 @@ class Settings(BaseSettings):
     # A fixed processing time for every service process (RFC 3339), for demonstrations and tests
     # of day and month edges; empty means the real clock.
     clock_fixed_at: str = ""
+    # A clock faster than real time, for `gongji soak` only: it read `clock_origin` (RFC 3339) at
+    # Unix time `clock_real_origin` and runs `clock_speed` times as fast; 1 means the real clock.
+    # Every instance must run on the same one: an expiry written under it lasts its span of it.
+    clock_speed: float = Field(default=1.0, gt=0)
+    clock_origin: str = ""
+    clock_real_origin: float = 0.0
+
+    @model_validator(mode="after")
+    def _one_clock(self) -> Settings:
+        if self.clock_speed != 1.0 and (self.clock_fixed_at or not self.clock_origin or self.clock_real_origin <= 0):
+            raise ValueError(
+                "GONGJI_CLOCK_SPEED needs GONGJI_CLOCK_ORIGIN and GONGJI_CLOCK_REAL_ORIGIN, "
+                "and no GONGJI_CLOCK_FIXED_AT"
+            )
+        return self

@@ -76,17 +76,21 @@ class InputWindow(Window):
     def generation(self) -> timedelta:
         return self.length + self.grace
 
-    def seen_ids(self, clock: Clock) -> SeenIds:
+    def seen_ids(self, clock: Clock, refused: tuple[ReasonCode, str] | None = None) -> SeenIds:
+        """How an input's id is kept now; `refused`: why the input is outside its window, if it is
+        (it is then refused in the step, unless its id is remembered: an input applied and
+        delivered again late gets its stored answer)."""
         return SeenIds(
             seen_generation_ms=_milliseconds(self.generation),
             now_ms=_milliseconds(clock.now() - EPOCH),
             seen_kept_ms=clock.redis_ms(self.generation),
+            outside_window=refused[0] if refused else "",
         )
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SEEN_KEYS = ("seen_key", "earlier_seen_key")
-SEEN_ARGS = ("seen_generation_ms", "now_ms", "seen_kept_ms")
+SEEN_ARGS = ("seen_generation_ms", "now_ms", "seen_kept_ms", "outside_window")
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class SeenIds:
     seen_generation_ms: int
     now_ms: int
     seen_kept_ms: int
+    outside_window: str = ""  # the reason an input outside its window is refused for, if it is
 
     @staticmethod
     def keys_of(seen_key: str) -> tuple[str, str]:

@@ -51,7 +51,8 @@ SUPERVISION_ANSWER = {"freeze": "frozen", "unfreeze": "unfrozen"}
 UNREADABLE = frozenset({ReasonCode.INVALID_MESSAGE, ReasonCode.AMOUNT_OUT_OF_RANGE})  # a claim dead-lettered
 # An input refused with one of these was not applied: the answer, if any, is another's (a reused id's
 # first content, a copy's taken in within its window) or none (rules.py judges the window's refusals).
-UNAPPLIED = frozenset({ReasonCode.CONFLICT, ReasonCode.INPUT_TOO_OLD, ReasonCode.INVALID_MESSAGE})
+OUTSIDE_WINDOW = frozenset({ReasonCode.INPUT_TOO_OLD, ReasonCode.INVALID_MESSAGE})
+UNAPPLIED = frozenset({ReasonCode.CONFLICT, *OUTSIDE_WINDOW})
 
 
 @dataclass(frozen=True)
@@ -771,9 +772,13 @@ def _statements(view: _View, books: dict[str, Counter[str]], found: _Findings) -
 
 def _answers(view: _View, found: _Findings) -> None:
     answers: dict[InputKey, list[Any]] = defaultdict(list)
+    # Inputs refused as outside their window: answered, though not applied (rules.py judges the refusal).
+    outside: set[InputKey] = set()
     for event in view.books.wallet_events:
         if event.type in ANSWERED_BY_WALLET and event.reason not in UNAPPLIED:
             answers[(ANSWERED_BY_WALLET[event.type], event.provider_id, event.cause_id)].append(event)
+        elif event.type in ANSWERED_BY_WALLET and event.reason in OUTSIDE_WINDOW:
+            outside.add((ANSWERED_BY_WALLET[event.type], event.provider_id, event.cause_id))
     for result in view.books.settlements:
         answers[(CLAIMS.name, NATIONAL, result.claim_id)].append(result)
     for refusal in view.books.refused_before_id:
@@ -806,6 +811,8 @@ def _answers(view: _View, found: _Findings) -> None:
     for change in view.books.relationship_events:
         if change.reason not in UNAPPLIED:
             answers[_relationship_cause(view.books, change)].append(change)
+        elif change.reason in OUTSIDE_WINDOW:
+            outside.add(_relationship_cause(view.books, change))
     for key, events in sorted(answers.items(), key=lambda item: item[0]):
         topic = key[0]
         # An accept refused for a changed insurance also ends the request: two answers. An enrollment
@@ -825,7 +832,7 @@ def _answers(view: _View, found: _Findings) -> None:
     for key in sorted(view.books.inputs):
         if key[0] == CLAIMS.name and key not in answers and key[2] in view.refusals and not view.unanswered(key[2]):
             continue  # every claim sent under the id was refused before it was taken
-        if key[0] in ANSWERED_TOPICS and key not in answers:
+        if key[0] in ANSWERED_TOPICS and key not in answers and key not in outside:
             found.pend("input not yet answered", _input_ids(key))
 
 

@@ -25,7 +25,7 @@ from gongji.audit.books import AUDITED_TOPICS, Record, json_object, rebuild
 from gongji.audit.compare import IN_FLIGHT, AuditReport, Difference, Pending, compare
 from gongji.audit.state import RedisState, read_state
 from gongji.audit.window import Window
-from shared.clock import clock_from_setting
+from shared.clock import clock_from_settings
 from shared.credentials import aiokafka_options
 from shared.ids import mask_person_id
 from shared.principals import OPERATOR
@@ -120,7 +120,7 @@ async def _audit_once(settings: Settings, redis: Redis) -> tuple[AuditReport, fl
             for number in range(topic.partitions(settings))
         ]
         ends = await consumer.end_offsets(partitions)
-        window = Window.from_settings(settings, clock_from_setting(settings.clock_fixed_at).now())
+        window = Window.from_settings(settings, clock_from_settings(settings).now())
         state, loading = await _read_state_once_loaded(redis, window.today)
         records = await read_records(consumer, ends)
     finally:

@@ -47,7 +47,7 @@ from gongji.ops.window import keep_for_window, keep_seen_for_window
 from services.relationship.store import LIBRARY as RELATIONSHIP_LIBRARY
 from services.settlement.store import LIBRARY as SETTLEMENT_LIBRARY
 from services.wallet.store import LIBRARY as WALLET_LIBRARY
-from shared.clock import clock_from_setting
+from shared.clock import clock_from_settings
 from shared.credentials import (
     SCRAM_MECHANISM,
     CredentialsMissing,
@@ -770,7 +770,7 @@ def configure(settings: Settings) -> list[str]:
         client.config_set(name, value)
     sync_redis_users(settings, client)
     load_functions(client)
-    now = clock_from_setting(settings.clock_fixed_at).now()
+    now = clock_from_settings(settings).now()
     if kept := keep_for_window(client, ClaimWindow.from_settings(settings), now):
         notes.append(f"the claim window grew: {kept} keys of claims' days kept for it")
     if kept := keep_seen_for_window(client, InputWindow.from_settings(settings)):

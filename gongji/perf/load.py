@@ -30,7 +30,7 @@ from gongji.audit.deep import AuditUnavailable, deep_audit, report_json
 from gongji.ops.kafka_io import TopicWatcher, make_producer
 from gongji.perf.latency_budget import claim_budget, snapshot
 from gongji.perf.population import Family, PopulationBuilder
-from shared.clock import SHANGHAI
+from shared.clock import SHANGHAI, clock_from_settings
 from shared.credentials import redis_options
 from shared.ids import claim_id_prefix, province_of
 from shared.principals import OPERATOR, province_principal
@@ -100,10 +100,6 @@ class LoadOptions:
     drain_timeout_seconds: float = 120.0
 
 
-def _now() -> str:
-    return datetime.now(SHANGHAI).isoformat()
-
-
 def _id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
@@ -114,6 +110,7 @@ class LoadRun:
         self.options = options
         self.console = console
         self.builder = PopulationBuilder(options.seed or uuid.uuid4().int)
+        self.clock = clock_from_settings(settings)  # the services' clock: every message's time is theirs
         self.producers: dict[str, AIOKafkaProducer] = {}  # by principal
         self.watcher = TopicWatcher(
             settings, [RELATIONSHIP_EVENTS, WALLET_EVENTS, SETTLEMENTS, DEAD_LETTERS], self._on_message
@@ -162,6 +159,9 @@ class LoadRun:
         value = message if isinstance(message, bytes) else json.dumps(message).encode()
         sender = province_principal(topic.province).name if topic.province else SENDERS[topic]
         await self.producers[sender].send(topic.name, value, key=key.encode())
+
+    def _now(self) -> str:
+        return self.clock.now().isoformat()
 
     # ---- watching the outputs ------------------------------------------------------------
 
@@ -258,7 +258,7 @@ class LoadRun:
                         "insurance_type": person.insurance_type,
                         "region": person.region,
                         "status": "normal",
-                        "occurred_at": _now(),
+                        "occurred_at": self._now(),
                     },
                     person.person_id,
                 )
@@ -270,7 +270,7 @@ class LoadRun:
                     "event_id": credit_id,
                     "person_id": family.provider.person_id,
                     "amount_fen": family.balance_fen,
-                    "occurred_at": _now(),
+                    "occurred_at": self._now(),
                 },
                 family.provider.person_id,
             )
@@ -289,7 +289,7 @@ class LoadRun:
                         "person_id": pair[0],
                         "relative_id": pair[1],
                         "kinship": kinship,
-                        "occurred_at": _now(),
+                        "occurred_at": self._now(),
                     },
                     pair[0],
                 )
@@ -332,7 +332,7 @@ class LoadRun:
             "actor_id": recipient_id if action == "accept" else provider_id,
             "provider_id": provider_id,
             "recipient_id": recipient_id,
-            "requested_at": _now(),
+            "requested_at": self._now(),
         }
         if action == "request":
             message |= {"recipient_region": details["region"], "kinship": details["kinship"]}
@@ -366,7 +366,7 @@ class LoadRun:
             "service_region": service_region,
             "amount_fen": amount,
             "institution_code": institution_code,
-            "occurred_at": _now(),
+            "occurred_at": self._now(),
         }
         if category.name == "pharmacy":
             in_catalogue = amount if rng.random() < 0.9 else max(1, amount // 2)
@@ -445,7 +445,7 @@ class LoadRun:
                     "kind": "reverse",
                     "recipient_id": recipient_id,
                     "reverses": original,
-                    "occurred_at": _now(),
+                    "occurred_at": self._now(),
                 },
                 recipient_id,
             )
@@ -491,7 +491,7 @@ class LoadRun:
                     "actor_id": provider,
                     "provider_id": provider,
                     "recipient_id": recipient_id,
-                    "requested_at": _now(),
+                    "requested_at": self._now(),
                 },
             )
         if rng.random() < options.enrollment_change_share and may_end:
@@ -527,7 +527,7 @@ class LoadRun:
         input_id = message.get("event_id") or message["command_id"]
         self.mix[input_id] = (kind, None)
         time_field = "requested_at" if "command_id" in message else "occurred_at"
-        await self.send(topic, {**message, time_field: _now()}, key)
+        await self.send(topic, {**message, time_field: self._now()}, key)
 
     def _no_longer_ready(self, ended, recipients: list[tuple[str, str, str]]) -> None:
         """Claims go on only to recipients with a relationship still in force."""

@@ -13,33 +13,10 @@ from gongji.simulation.network import ROUTES, alike
 from gongji.simulation.world import Op, World
 from services.relationship.domain import INVERSE
 from shared.clock import shanghai_month
-from shared.contracts import (
-    AccountCredited,
-    AccountSpent,
-    Claim,
-    DrawAnswered,
-    DrawRequested,
-    EnrollmentChanged,
-    Kinship,
-    KinshipRecorded,
-    RefundRequested,
-    RelationshipCommand,
-    SupervisionActed,
-    WalletCommand,
-)
+from shared.contracts import Claim, DrawAnswered, DrawRequested, Kinship, RefundRequested
 from shared.ids import province_of
 from shared.money import MAX_AMOUNT_FEN
 
-# The inputs with an idempotency window of their own (docs/contract.md).
-WINDOWED_INPUTS = (
-    AccountCredited,
-    AccountSpent,
-    EnrollmentChanged,
-    KinshipRecorded,
-    SupervisionActed,
-    RelationshipCommand,
-    WalletCommand,
-)
 SHAPED_IDS = ("draw:{n}", "refund:{n}", "E/P", "1|2", "seen:credits", "{person}", "unclaimed draw")
 
 
@@ -479,14 +456,6 @@ class Generator:
             book.occurred_at + model.window
             for m in messages
             if isinstance(m, Claim) and (book := model.claims.get(m.claim_id)) and book.occurred_at is not None
-        ]
-        # ... and of every other input on its way (applied, its answer lost to a crash, it would be
-        # refused as too old and its answer never published).
-        deadlines += [
-            (m.requested_at if isinstance(m, RelationshipCommand | WalletCommand) else m.occurred_at)
-            + model.input_window
-            for m in messages
-            if isinstance(m, WINDOWED_INPUTS)
         ]
         return min((int((deadline - now).total_seconds() // 60) - 1 for deadline in deadlines), default=10**9)
 

@@ -500,7 +500,8 @@ def _(s: Script) -> Script:
     s.add("advance", minutes=6 * day)
     credit("c10", 10).expect("1 credited")  # 29 days on: its stored answer again, not a second credit
     s.add("advance", minutes=2 * day)
-    credit("c10", 10).expect("1 Refused")  # 31 days on: too old, whatever Redis still holds
+    credit("c10", 10).expect("1 credited")  # 31 days on, outside the window but remembered: the same
+    credit("c11", 10).expect("1 Refused")  # as old, never applied: refused, nothing read but its id
     return s.everything()
 
 

@@ -6,7 +6,7 @@ from faststream.asgi import AsgiFastStream
 
 from services.relationship.handlers import SERVICE, RelationshipHandlers
 from services.relationship.store import RelationshipStore
-from shared.clock import Clock, clock_from_setting
+from shared.clock import Clock, clock_from_settings
 from shared.policy import PolicyCache
 from shared.redis_client import connect
 from shared.runtime import Route, build_service_app
@@ -22,7 +22,7 @@ OUTPUTS = (RELATIONSHIP_EVENTS,)
 
 
 def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
-    clock = clock or clock_from_setting(settings.clock_fixed_at)
+    clock = clock or clock_from_settings(settings)
     redis = connect(settings, SERVICE)
     store = RelationshipStore(redis)
     handlers = RelationshipHandlers(store, PolicyCache(redis, settings.policy_cache_seconds), clock)

@@ -10,6 +10,7 @@ from datetime import datetime
 from services.relationship.domain import (
     Enrollment,
     Facts,
+    Relationship,
     check_accept,
     check_actor,
     check_request,
@@ -113,14 +114,11 @@ class RelationshipHandlers:
     async def on_commands(self, commands: Sequence[RelationshipCommand]) -> list[RelationshipEvent]:
         return await gather_by_key(commands, lambda command: command.provider_id, self._command)
 
-    async def _command(self, command: RelationshipCommand) -> list[RelationshipEvent]:
-        now = self.clock.now()
-        content = fingerprint(command.model_dump_json())
-        if reason := self.inputs.refusal(command.requested_at, now):
-            return [_unapplied(command, content, reason, now)]
+    async def _decide(
+        self, command: RelationshipCommand, now: datetime
+    ) -> tuple[Facts, Relationship | None, ReasonCode | None]:
+        """What the command is decided on (the facts, the pending request), and its refusal if any."""
         provider_id, recipient_id = command.provider_id, command.recipient_id
-        facts = Facts(None, None, None)
-        requested = None
         if command.action == "request":
             facts = await self._facts(provider_id, recipient_id)
             refusal = check_request(command, facts, await self.policy.get(), now)
@@ -132,12 +130,22 @@ class RelationshipHandlers:
                 await self.store.expect_provider(provider_id, recipient_id)
                 facts = replace(facts, recipient=await self.store.enrollment(recipient_id))
                 refusal = check_request(command, facts, await self.policy.get(), now)
-        elif command.action == "accept":
+            return facts, None, refusal
+        if command.action == "accept":
             facts = await self._facts(provider_id, recipient_id)
             requested = await self.store.relationship(provider_id, recipient_id)
-            refusal = check_accept(command, facts, requested, await self.policy.get(), now)
+            return facts, requested, check_accept(command, facts, requested, await self.policy.get(), now)
+        return Facts(None, None, None), None, check_actor(command)
+
+    async def _command(self, command: RelationshipCommand) -> list[RelationshipEvent]:
+        now = self.clock.now()
+        content = fingerprint(command.model_dump_json())
+        provider_id, recipient_id = command.provider_id, command.recipient_id
+        # Outside its window nothing is read: its step answers it if its id is remembered, else refuses it.
+        if refused := self.inputs.refused(command.requested_at, now):
+            facts, requested, refusal = Facts(None, None, None), None, None
         else:
-            refusal = check_actor(command)
+            facts, requested, refusal = await self._decide(command, now)
         step = await self.store.apply_command(
             command.command_id,
             content,
@@ -151,8 +159,10 @@ class RelationshipHandlers:
             generation_of(facts.provider),
             requested.version if requested else 0,
             rfc3339(now),
-            self.inputs.seen_ids(self.clock),
+            self.inputs.seen_ids(self.clock, refused),
         )
+        if refused and step.outcome == "refused":
+            return [_unapplied(command, content, refused[0], now)]
         if step.conflict:
             return [_unapplied(command, content, ReasonCode.CONFLICT, now)]
         result = step.result
@@ -179,14 +189,22 @@ class RelationshipHandlers:
     async def _enrollment(self, change: EnrollmentChanged) -> list[RelationshipEvent | Refused]:
         """Rule 7: a change of insurance type, region or status ends all the person's relationships."""
         now = self.clock.now()
-        if refused := self.inputs.refused(change.occurred_at, now):
-            return [Refused(change, *refused)]
+        refused = self.inputs.refused(change.occurred_at, now)
         person_id = change.person_id
         enrollment = Enrollment(change.insurance_type, change.region, change.status)
-        seen = self.inputs.seen_ids(self.clock)
         step = await self.store.record_enrollment(
-            change.event_id, fingerprint(change.model_dump_json()), person_id, enrollment, rfc3339(now), seen
+            change.event_id,
+            fingerprint(change.model_dump_json()),
+            person_id,
+            enrollment,
+            rfc3339(now),
+            self.inputs.seen_ids(self.clock, refused),
         )
+        if refused and step.outcome == "refused":
+            return [Refused(change, *refused)]
+        # Ended once per (recipient, generation), asked again on a redelivery, however late: a
+        # crash may have come before the change reached every provider.
+        seen = self.inputs.seen_ids(self.clock)
         if step.conflict:
             return [_refused_as_conflict(ENROLLMENT, change)]
         recorded = step.result
@@ -229,14 +247,15 @@ class RelationshipHandlers:
 
     async def _kinship(self, fact: KinshipRecorded) -> list[Refused]:
         # Only the person's own fact: the relative's side is read, inverted, when a request is checked.
-        if refused := self.inputs.refused(fact.occurred_at, self.clock.now()):
-            return [Refused(fact, *refused)]
+        refused = self.inputs.refused(fact.occurred_at, self.clock.now())
         step = await self.store.record_kinship(
             fact.event_id,
             fingerprint(fact.model_dump_json()),
             fact.person_id,
             fact.relative_id,
             fact.kinship.value,
-            self.inputs.seen_ids(self.clock),
+            self.inputs.seen_ids(self.clock, refused),
         )
+        if refused and step.outcome == "refused":
+            return [Refused(fact, *refused)]
         return [_refused_as_conflict(KINSHIP, fact)] if step.conflict else []

@@ -15,9 +15,9 @@ end
 -- was decided on.
 local function relationship_command(keys, args)
   local seen_key, earlier_seen_key, rels_key, versions_key, enrollment_key, generations_key = unpack(keys)
-  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, action, recipient, refusal, kinship,
-        recipient_region, recipient_generation, provider_generation, version, now = unpack(args)
-  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, outside_window, action, recipient,
+        refusal, kinship, recipient_region, recipient_generation, provider_generation, version, now = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms, outside_window)
   local prior = remembered(seen, input_id, fingerprint)
   if prior then return prior end
   local current = redis.call('HGET', rels_key, recipient)
@@ -78,8 +78,9 @@ end
 -- slots, with the generation the person's enrollment reached.
 local function record_enrollment(keys, args)
   local seen_key, earlier_seen_key, enrollment_key, rels_key, versions_key, providers_key = unpack(keys)
-  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, insurance_type, region, status, now = unpack(args)
-  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, outside_window, insurance_type,
+        region, status, now = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms, outside_window)
   local prior = remembered(seen, input_id, fingerprint)
   if prior then return prior end
   local before = redis.call('HMGET', enrollment_key, 'insurance_type', 'region', 'status')
@@ -116,13 +117,13 @@ end
 -- (relationship_command): a change at any moment reaches it.
 local function end_relationship(keys, args)
   local seen_key, earlier_seen_key, rels_key, versions_key, generations_key = unpack(keys)
-  local recipient, generation, seen_generation_ms, now_ms, seen_kept_ms = unpack(args)
+  local recipient, generation, seen_generation_ms, now_ms, seen_kept_ms, outside_window = unpack(args)
   -- Only ever raised, so asking again (or late, for an older generation) changes nothing.
   if tonumber(redis.call('HGET', generations_key, recipient) or '0') < tonumber(generation) then
     redis.call('HSET', generations_key, recipient, generation)
   end
   local record = recipient .. '|' .. generation
-  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms, outside_window)
   local prior = remembered(seen, record, '-')
   if prior then return prior end
   local current = redis.call('HGET', rels_key, recipient)
@@ -140,8 +141,9 @@ end
 
 local function record_kinship(keys, args)
   local seen_key, earlier_seen_key, kinship_key = unpack(keys)
-  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, relative, kinship = unpack(args)
-  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, outside_window, relative,
+        kinship = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms, outside_window)
   local prior = remembered(seen, input_id, fingerprint)
   if prior then return prior end
   redis.call('HSET', kinship_key, relative, kinship)

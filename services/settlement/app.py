@@ -6,7 +6,7 @@ from faststream.asgi import AsgiFastStream
 
 from services.settlement.handlers import SettlementHandlers
 from services.settlement.store import ClaimLimits, SettlementStore
-from shared.clock import Clock, clock_from_setting
+from shared.clock import Clock, clock_from_settings
 from shared.redis_client import connect
 from shared.runtime import Route, build_service_app
 from shared.settings import Settings
@@ -37,7 +37,7 @@ OUTPUTS = (SETTLEMENTS, DRAW_REQUESTS, REFUND_REQUESTS, STATISTICS, *map(provinc
 
 
 def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
-    clock = clock or clock_from_setting(settings.clock_fixed_at)
+    clock = clock or clock_from_settings(settings)
     redis = connect(settings, SERVICE)
     store = SettlementStore(redis, settings.settlement_shards)
     handlers = SettlementHandlers(

@@ -26,7 +26,7 @@ from services.settlement.domain import (
     settlement_status,
     statistics_category,
 )
-from services.settlement.store import ClaimFacts, ClaimLimits, ClaimOwner, SettlementStore
+from services.settlement.store import ClaimFacts, ClaimLimits, ClaimOwner, Counting, SettlementStore
 from shared.clock import Clock, rfc3339, shanghai_day, shanghai_minute, shanghai_month
 from shared.contracts import (
     Claim,
@@ -105,13 +105,9 @@ class SettlementHandlers:
     async def on_enrollment(self, changes: Sequence[EnrollmentChanged]) -> list[Refused]:
         """Keeps the service's own copy of who is insured where (for rule 4), in one pipeline. An
         event id used before for other content changes nothing and is refused visibly, and so is
-        one outside its window (its id may be forgotten)."""
+        one outside its window whose id is not remembered."""
         now = self.clock.now()
-        seen = self.inputs.seen_ids(self.clock)
-        too_old = [
-            Refused(change, *refused) for change in changes if (refused := self.inputs.refused(change.occurred_at, now))
-        ]
-        taken = [change for change in changes if self.inputs.refusal(change.occurred_at, now) is None]
+        refusals = [self.inputs.refused(change.occurred_at, now) for change in changes]
         steps = await self.store.run(
             [
                 self.store.record_enrollment(
@@ -121,22 +117,22 @@ class SettlementHandlers:
                     change.insurance_type,
                     change.region,
                     change.status,
-                    seen,
+                    self.inputs.seen_ids(self.clock, refused),
                 )
-                for change in taken
+                for change, refused in zip(changes, refusals, strict=True)
             ]
         )
-        conflicts = [
-            Refused(
-                message=change,
-                reason=ReasonCode.CONFLICT,
-                error="event_id used before for other content; the first enrollment stands",
+        answers = [
+            Refused(change, *refused)
+            if refused and step.outcome == "refused"
+            else Refused(
+                change, ReasonCode.CONFLICT, "event_id used before for other content; the first enrollment stands"
             )
-            for change, step in zip(taken, steps, strict=True)
-            if step.conflict
+            for change, refused, step in zip(changes, refusals, steps, strict=True)
+            if step.conflict or step.outcome == "refused"
         ]
-        CONFLICTS.labels(SERVICE, ENROLLMENT.name).inc(len(conflicts))
-        return too_old + conflicts
+        CONFLICTS.labels(SERVICE, ENROLLMENT.name).inc(sum(step.conflict for step in steps))
+        return answers
 
     async def on_claim_path(self, deliveries: Sequence[Delivery]) -> list[BaseModel | ToTopic | Refused]:
         """Everything a claim waits on here, read by one consumer (one fetch loop, not three):
@@ -236,8 +232,7 @@ class SettlementHandlers:
             claim.claim_id,
             record,
             self.limits,
-            shanghai_day(now),
-            shanghai_minute(now),
+            Counting.at(now, self.clock),
             _refusal(ReasonCode.RATE_LIMITED, now),
             self.window.kept_ms(owner.day, self.clock),
         )
@@ -312,8 +307,7 @@ class SettlementHandlers:
             rfc3339(now),
             province,
             self.limits,
-            shanghai_day(now),
-            shanghai_minute(now),
+            Counting.at(now, self.clock),
             rfc3339(self.window.opens(now)),
             (
                 self.window.kept_ms(owner.day, self.clock),

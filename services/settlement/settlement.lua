@@ -57,12 +57,13 @@ end
 -- Counts a province's new claim; true if it is beyond the province's bounds: claims for this
 -- recipient this day, or claims in this minute (counted per shard: the bound is the province's
 -- over the shards, and claims of many recipients spread evenly over them). The counts expire
--- with their day or minute.
-local function beyond_bounds(day_key, minute_key, record, per_recipient_day, per_shard_minute)
+-- after two of their days or minutes (`day_kept_ms`, `minute_kept_ms`, in Redis's time).
+local function beyond_bounds(day_key, minute_key, record, per_recipient_day, per_shard_minute, day_kept_ms,
+                             minute_kept_ms)
   local today = redis.call('HINCRBY', day_key, record.recipient_id, 1)
-  redis.call('EXPIRE', day_key, 2 * 86400)
+  redis.call('PEXPIRE', day_key, day_kept_ms)
   local this_minute = redis.call('HINCRBY', minute_key, record.province, 1)
-  redis.call('EXPIRE', minute_key, 120)
+  redis.call('PEXPIRE', minute_key, minute_kept_ms)
   return today > per_recipient_day or this_minute > per_shard_minute
 end
 
@@ -72,12 +73,14 @@ end
 -- have a day and what a province may send a minute in this shard; `refusal`: the result json then.
 local function accept(keys, args)
   local claims_key, day_counts_key, minute_counts_key = unpack(keys)
-  local claim_id, encoded, per_recipient_day, per_shard_minute, refusal, kept_ms = unpack(args)
+  local claim_id, encoded, per_recipient_day, per_shard_minute, day_counts_kept_ms, minute_counts_kept_ms, refusal,
+        kept_ms = unpack(args)
   local record = cjson.decode(encoded)
   local prior = recorded_before(claims_key, claim_id, record.fingerprint)
   if prior then return prior end
   if record.province ~= '' and beyond_bounds(day_counts_key, minute_counts_key, record, tonumber(per_recipient_day),
-                                             tonumber(per_shard_minute)) then
+                                             tonumber(per_shard_minute), day_counts_kept_ms,
+                                             minute_counts_kept_ms) then
     record.status, record.result = 'final', cjson.decode(refusal)
     encoded = cjson.encode(record)
   end
@@ -145,14 +148,15 @@ end
 local function reverse(keys, args)
   local claims_key, original_claims_key, closed_key, day_counts_key, minute_counts_key = unpack(keys)
   local reversal_id, encoded, original_id, month, shard_prefix, now, owner, province, per_recipient_day,
-        per_shard_minute, window_opens, kept_ms, original_kept_ms = unpack(args)
+        per_shard_minute, day_counts_kept_ms, minute_counts_kept_ms, window_opens, kept_ms,
+        original_kept_ms = unpack(args)
   local record = cjson.decode(encoded)
   local prior = recorded_before(claims_key, reversal_id, record.fingerprint)
   if prior then return prior end
   local result = {at = now, paid = 0, payers = {}, owed = {}}
   local original, refusal = nil, nil
   if province ~= '' and beyond_bounds(day_counts_key, minute_counts_key, record, tonumber(per_recipient_day),
-                                      tonumber(per_shard_minute)) then
+                                      tonumber(per_shard_minute), day_counts_kept_ms, minute_counts_kept_ms) then
     refusal = 'RATE_LIMITED'
   else
     original = redis.call('HGET', original_claims_key, original_id)

@@ -6,12 +6,14 @@ import json
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
 
 from services.settlement.domain import Enrolled
+from shared.clock import Clock, shanghai_day, shanghai_minute
 from shared.contracts import Claim
 from shared.records import ClaimRecord, ClaimResult, Recorded
 from shared.redis_functions import Call, Library, Result, Step, execute, run_steps
@@ -24,7 +26,16 @@ REGISTER_CLAIM = LIBRARY.declare("settlement_register_claim", keys=("owner_key",
 ACCEPT = LIBRARY.declare(
     "settlement_accept",
     keys=("claims_key", "day_counts_key", "minute_counts_key"),
-    args=("claim_id", "encoded", "per_recipient_day", "per_shard_minute", "refusal", "kept_ms"),
+    args=(
+        "claim_id",
+        "encoded",
+        "per_recipient_day",
+        "per_shard_minute",
+        "day_counts_kept_ms",
+        "minute_counts_kept_ms",
+        "refusal",
+        "kept_ms",
+    ),
     result=ClaimRecord,
 )
 FINISH = LIBRARY.declare(
@@ -47,6 +58,8 @@ REVERSE = LIBRARY.declare(
         "province",
         "per_recipient_day",
         "per_shard_minute",
+        "day_counts_kept_ms",
+        "minute_counts_kept_ms",
         "window_opens",
         "kept_ms",
         "original_kept_ms",
@@ -77,6 +90,26 @@ class ClaimLimits:
     @classmethod
     def from_settings(cls, settings: Settings) -> ClaimLimits:
         return cls(settings.claims_per_recipient_per_day, settings.province_claims_per_minute)
+
+
+@dataclass(frozen=True)
+class Counting:
+    """Where a province's claims are counted now (its Asia/Shanghai day and minute), and how long,
+    in Redis's time, each count is kept: two of its days, two of its minutes."""
+
+    day: str
+    minute: str
+    day_kept_ms: int
+    minute_kept_ms: int
+
+    @classmethod
+    def at(cls, now: datetime, clock: Clock) -> Counting:
+        return cls(
+            shanghai_day(now),
+            shanghai_minute(now),
+            clock.redis_ms(timedelta(days=2)),
+            clock.redis_ms(timedelta(minutes=2)),
+        )
 
 
 @dataclass(frozen=True)
@@ -165,33 +198,34 @@ class SettlementStore:
         claim_id: str,
         record: ClaimRecord,
         limits: ClaimLimits,
-        today: str,
-        minute: str,
+        counting: Counting,
         refusal: ClaimResult,
         kept_ms: int,
     ) -> Call[ClaimRecord]:
         """Records a new claim in its bucket, kept `kept_ms` (pending, or final if refused: `refusal` is
-        its result when its province is beyond `limits` `today` or in this `minute`), or answers a
-        redelivery or a conflict."""
+        its result when its province is beyond `limits` in the day or minute of `counting`), or
+        answers a redelivery or a conflict."""
         prefix = self.shard_prefix(owner.recipient_id)
         return ACCEPT.call(
             claims_key=self.claims_key(owner.recipient_id, owner.day),
-            **self._counts(prefix, record.province, today, minute, limits),
+            **self._counts(prefix, record.province, counting, limits),
             claim_id=claim_id,
             encoded=json.dumps(record.stored()),
             refusal=json.dumps(_stored(refusal)),
             kept_ms=kept_ms,
         )
 
-    def _counts(self, prefix: str, province: str, today: str, minute: str, limits: ClaimLimits) -> dict[str, Any]:
+    def _counts(self, prefix: str, province: str, counting: Counting, limits: ClaimLimits) -> dict[str, Any]:
         """Where a province's claims are counted in one shard (per recipient for the day, per minute),
         and the bounds as one shard applies them: a province's minute is shared by the shards."""
         return {
-            "day_counts_key": f"{prefix}:limits:{today}:{province}",
-            "minute_counts_key": f"{prefix}:limits:{minute}",
+            "day_counts_key": f"{prefix}:limits:{counting.day}:{province}",
+            "minute_counts_key": f"{prefix}:limits:{counting.minute}",
             "per_recipient_day": limits.per_recipient_per_day,
-            "per_shard_minute": -(-limits.province_per_minute // self.shards),
-        }  # rounded up
+            "per_shard_minute": -(-limits.province_per_minute // self.shards),  # rounded up
+            "day_counts_kept_ms": counting.day_kept_ms,
+            "minute_counts_kept_ms": counting.minute_kept_ms,
+        }
 
     def finish(
         self, owner: ClaimOwner, claim_id: str, asked_fen: int, result: ClaimResult, month: str, kept_ms: int
@@ -223,8 +257,7 @@ class SettlementStore:
         now: str,
         province: str | None,
         limits: ClaimLimits,
-        today: str,
-        minute: str,
+        counting: Counting,
         window_opens: str,
         kept_ms: tuple[int, int],
     ) -> Call[ClaimRecord]:
@@ -242,7 +275,7 @@ class SettlementStore:
             claims_key=self.claims_key(recipient_id, owner.day),
             original_claims_key=self.claims_key(recipient_id, original_day),
             closed_key=f"{prefix}:closed",
-            **self._counts(prefix, province or "", today, minute, limits),
+            **self._counts(prefix, province or "", counting, limits),
             reversal_id=reversal_id,
             encoded=json.dumps(record.stored()),
             original_id=original_claim_id,

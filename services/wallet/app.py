@@ -6,7 +6,7 @@ from faststream.asgi import AsgiFastStream
 
 from services.wallet.handlers import WalletHandlers
 from services.wallet.store import WalletStore
-from shared.clock import Clock, clock_from_setting
+from shared.clock import Clock, clock_from_settings
 from shared.policy import PolicyCache
 from shared.redis_client import connect
 from shared.runtime import Route, build_service_app
@@ -41,7 +41,7 @@ OUTPUTS = (WALLET_EVENTS, DRAW_ANSWERS)
 
 
 def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
-    clock = clock or clock_from_setting(settings.clock_fixed_at)
+    clock = clock or clock_from_settings(settings)
     redis = connect(settings, SERVICE)
     store = WalletStore(redis)
     handlers = WalletHandlers(store, clock, PolicyCache(redis, settings.policy_cache_seconds))

@@ -209,8 +209,7 @@ class WalletHandlers:
 
     async def _credit(self, credit: AccountCredited) -> list[WalletEvent | Refused]:
         now = self.clock.now()
-        if refused := self.inputs.refused(credit.occurred_at, now):
-            return [Refused(credit, *refused)]
+        refused = self.inputs.refused(credit.occurred_at, now)
         content = fingerprint(credit.model_dump_json())
         step = await self.store.credit(
             credit.event_id,
@@ -218,8 +217,10 @@ class WalletHandlers:
             credit.person_id,
             credit.amount_fen,
             rfc3339(now),
-            self.inputs.seen_ids(self.clock),
+            self.inputs.seen_ids(self.clock, refused),
         )
+        if refused and step.outcome == "refused":
+            return [Refused(credit, *refused)]
         if step.conflict:
             return [_refused_as_conflict(ACCOUNT_CREDITS, credit, credit.event_id)]
         return [_wallet_event(ACCOUNT_CREDITS, credit.person_id, credit.event_id, credit.person_id, step.result)]
@@ -246,10 +247,11 @@ class WalletHandlers:
                 )
             ]
 
-        if reason := self.inputs.refusal(spend.occurred_at, now):
-            return unapplied(reason)
-        seen = self.inputs.seen_ids(self.clock)
+        refused = self.inputs.refused(spend.occurred_at, now)
+        seen = self.inputs.seen_ids(self.clock, refused)
         step = await self.store.spend(spend.event_id, content, spend.person_id, spend.amount_fen, rfc3339(now), seen)
+        if refused and step.outcome == "refused":
+            return unapplied(refused[0])
         if step.conflict:
             return unapplied(ReasonCode.CONFLICT)
         return [_wallet_event(ACCOUNT_SPENDS, spend.person_id, spend.event_id, spend.person_id, step.result)]
@@ -277,8 +279,7 @@ class WalletHandlers:
                 )
             ]
 
-        if reason := self.inputs.refusal(command.requested_at, now):
-            return unapplied(reason)
+        refused = self.inputs.refused(command.requested_at, now)
         refusal = check_grant(command)
         step = await self.store.grant(
             command.command_id,
@@ -292,8 +293,10 @@ class WalletHandlers:
             self.limits,
             await self.policy.get(),
             now,
-            self.inputs.seen_ids(self.clock),
+            self.inputs.seen_ids(self.clock, refused),
         )
+        if refused and step.outcome == "refused":
+            return unapplied(refused[0])
         if step.conflict:
             return unapplied(ReasonCode.CONFLICT)
         if step.result.type == "granted":
@@ -334,8 +337,7 @@ class WalletHandlers:
         return await gather_by_key(changes, _person, self._enrollment)
 
     async def _enrollment(self, change: EnrollmentChanged) -> list[Refused]:
-        if refused := self.inputs.refused(change.occurred_at, self.clock.now()):
-            return [Refused(change, *refused)]
+        refused = self.inputs.refused(change.occurred_at, self.clock.now())
         step = await self.store.record_enrollment(
             change.event_id,
             fingerprint(change.model_dump_json()),
@@ -343,8 +345,10 @@ class WalletHandlers:
             change.insurance_type,
             change.region,
             change.status,
-            self.inputs.seen_ids(self.clock),
+            self.inputs.seen_ids(self.clock, refused),
         )
+        if refused and step.outcome == "refused":
+            return [Refused(change, *refused)]
         return [_refused_as_conflict(ENROLLMENT, change, change.event_id)] if step.conflict else []
 
     async def on_supervision(self, actions: Sequence[SupervisionActed]) -> list[WalletEvent | Refused]:
@@ -352,8 +356,7 @@ class WalletHandlers:
 
     async def _supervise(self, action: SupervisionActed) -> list[WalletEvent | Refused]:
         now = self.clock.now()
-        if refused := self.inputs.refused(action.occurred_at, now):
-            return [Refused(action, *refused)]
+        refused = self.inputs.refused(action.occurred_at, now)
         step = await self.store.supervise(
             action.event_id,
             fingerprint(action.model_dump_json()),
@@ -361,8 +364,10 @@ class WalletHandlers:
             action.action,
             action.lifts,
             rfc3339(now),
-            self.inputs.seen_ids(self.clock),
+            self.inputs.seen_ids(self.clock, refused),
         )
+        if refused and step.outcome == "refused":
+            return [Refused(action, *refused)]
         if step.conflict:
             return [_refused_as_conflict(SUPERVISION, action, action.event_id)]
         return [

@@ -30,8 +30,8 @@ end
 
 local function credit(keys, args)
   local seen_key, earlier_seen_key, account_key = unpack(keys)
-  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, amount, now = unpack(args)
-  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, outside_window, amount, now = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms, outside_window)
   local prior = remembered(seen, input_id, fingerprint)
   if prior then return prior end
   redis.call('HINCRBY', account_key, 'balance', amount)
@@ -42,8 +42,8 @@ end
 
 local function spend(keys, args)
   local seen_key, earlier_seen_key, account_key = unpack(keys)
-  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, amount, now = unpack(args)
-  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, outside_window, amount, now = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms, outside_window)
   local prior = remembered(seen, input_id, fingerprint)
   if prior then return prior end
   amount = num(amount)
@@ -76,10 +76,10 @@ end
 -- Every limit that guards money is refused here, where the money moves, whatever Python checked.
 local function grant(keys, args)
   local seen_key, earlier_seen_key, account_key, grants_key, relationships_key, by_day_key = unpack(keys)
-  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, recipient, recipient_region, amount, refusal,
-        max_per_day, today, oldest_day_kept, closed_regions, cross_province_in_force, now, actor, provider,
-        max_amount = unpack(args)
-  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, outside_window, recipient,
+        recipient_region, amount, refusal, max_per_day, today, oldest_day_kept, closed_regions,
+        cross_province_in_force, now, actor, provider, max_amount = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms, outside_window)
   local prior = remembered(seen, input_id, fingerprint)
   if prior then return prior end
   amount = num(amount)
@@ -152,8 +152,9 @@ end
 -- `version`: '' if the event has none.
 local function relationship_changed(keys, args)
   local seen_key, earlier_seen_key, account_key, grants_key, relationships_key, versions_key, since_key = unpack(keys)
-  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, event_type, recipient, recipient_region, version, now = unpack(args)
-  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, outside_window, event_type,
+        recipient, recipient_region, version, now = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms, outside_window)
   local prior = remembered(seen, input_id, fingerprint)
   if prior then return prior end
   version = version ~= '' and num(version) or nil
@@ -175,8 +176,9 @@ end
 -- `lifts`: '' if the unfreeze names none.
 local function supervise(keys, args)
   local seen_key, earlier_seen_key, account_key, freezes_key = unpack(keys)
-  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, action, lifts, now = unpack(args)
-  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms)
+  local input_id, fingerprint, seen_generation_ms, now_ms, seen_kept_ms, outside_window, action, lifts,
+        now = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms, outside_window)
   local prior = remembered(seen, input_id, fingerprint)
   if prior then return prior end
   local result = {type = 'unfrozen', amount = 0, at = now}

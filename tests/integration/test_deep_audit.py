@@ -731,18 +731,43 @@ async def test_an_input_applied_though_older_than_its_window_is_named(bus: Bus) 
     assert rules_broken(report) == ["window: an input older than the window was applied"]
 
 
-async def test_an_input_applied_then_delivered_again_past_its_window_is_not_taken_for_unsent(bus: Bus) -> None:
-    """The wallet took a credit in, then (down for a month) was given it again: refused INPUT_TOO_OLD
-    with a dead letter. The credit still stands in the books: its answer names it."""
+async def test_an_input_applied_then_refused_on_a_late_redelivery_is_not_taken_for_unsent(bus: Bus) -> None:
+    """The wallet took a credit in; delivered again once its id was forgotten (two generations on),
+    it was refused INPUT_TOO_OLD with a dead letter. The credit still stands in the books: its
+    answer names it."""
     world = await story(bus)
     (credit,) = records_of(bus, ACCOUNT_CREDITS.name, person_id=world.second)
-    bus.clock.set(bus.clock.now() + timedelta(days=31))
-    (letter,) = [
-        output
-        for output in await bus.saga.wallet.on_credits([AccountCredited.model_validate(credit.value)])
-        if isinstance(output, Refused)
-    ]
-    assert letter.reason == ReasonCode.INPUT_TOO_OLD
-    bus.record(DEAD_LETTERS, dead_letter_of(credit, letter, bus.clock.now()))
+    bus.clock.set(bus.clock.now() + timedelta(days=70))
+    refused = Refused(AccountCredited.model_validate(credit.value), ReasonCode.INPUT_TOO_OLD, "older than the window")
+    bus.record(DEAD_LETTERS, dead_letter_of(credit, refused, bus.clock.now()))
     report = await deep(bus)
     assert report.valid, report.differences
+
+
+async def test_an_input_applied_and_delivered_again_late_gets_its_stored_answer(bus: Bus) -> None:
+    world = await story(bus)
+    (credit,) = records_of(bus, ACCOUNT_CREDITS.name, person_id=world.second)
+    (credited,) = records_of(bus, WALLET_EVENTS.name, type="credited", provider_id=world.second)
+    bus.clock.set(bus.clock.now() + timedelta(days=31))  # outside its window, its id still remembered
+    (again,) = await bus.saga.wallet.on_credits([AccountCredited.model_validate(credit.value)])
+    assert again.model_dump(mode="json") == credited.value  # the same answer, once more
+    bus.record(WALLET_EVENTS, again)
+    assert (await deep(bus)).valid
+
+
+async def test_an_input_refused_as_outside_its_window_is_answered_not_pending(bus: Bus) -> None:
+    provider, recipient = await related_pair(bus)
+    late = WalletCommand(
+        command_id=new_id("g"),
+        action="grant",
+        actor_id=provider,
+        provider_id=provider,
+        recipient_id=recipient,
+        recipient_region=REGION,
+        amount_fen=1_000,
+        requested_at=bus.clock.now() - timedelta(days=31),
+    )
+    (refused,) = await bus.publish(WALLET_COMMANDS, late)
+    assert (refused.type, refused.reason) == ("grant_rejected", ReasonCode.INPUT_TOO_OLD)
+    report = await deep(bus)
+    assert report.valid and not report.pending, (report.differences, report.pending)

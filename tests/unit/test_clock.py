@@ -1,8 +1,12 @@
-"""Days and months are Asia/Shanghai whatever the host's zone."""
+"""Days and months are Asia/Shanghai whatever the host's zone; the clocks a process may run on."""
 
 from datetime import UTC, datetime, timedelta
 
-from shared.clock import FixedClock, shanghai_day, shanghai_month
+import pytest
+from pydantic import ValidationError
+
+from shared.clock import FixedClock, ScaledClock, SystemClock, clock_from_settings, shanghai_day, shanghai_month
+from shared.settings import Settings
 
 
 def test_a_shanghai_day_starts_at_16_00_utc() -> None:
@@ -20,3 +24,30 @@ def test_fixed_clock_moves_only_when_told() -> None:
     assert clock.now() == clock.now()
     clock.set(clock.now() + timedelta(days=1))
     assert shanghai_day(clock.now()) == "20260303"
+
+
+ORIGIN = "2026-03-01T00:00:00+08:00"
+
+
+def test_a_scaled_clock_runs_its_speed_and_its_expiries_last_its_span(monkeypatch) -> None:
+    monkeypatch.setattr("time.time", lambda: 1_000_010.0)
+    clock = clock_from_settings(Settings(clock_speed=8_640, clock_origin=ORIGIN, clock_real_origin=1_000_000.0))
+    assert isinstance(clock, ScaledClock)
+    assert clock.now() == datetime.fromisoformat(ORIGIN) + timedelta(days=1)  # ten real seconds: a day
+    assert clock.redis_ms(timedelta(days=32)) == 320_000  # a 32-day keep lasts 320 s of Redis's clock
+
+
+def test_a_scaled_clock_is_refused_incomplete_or_beside_a_fixed_one() -> None:
+    for incomplete in (
+        {"clock_speed": 2.0},
+        {"clock_speed": 2.0, "clock_origin": ORIGIN},
+        {"clock_speed": 2.0, "clock_origin": ORIGIN, "clock_real_origin": 1.0, "clock_fixed_at": ORIGIN},
+    ):
+        with pytest.raises(ValidationError, match="GONGJI_CLOCK_SPEED needs"):
+            Settings(**incomplete)
+
+
+def test_the_default_clock_is_the_systems_and_a_fixed_one_stands_still() -> None:
+    assert isinstance(clock_from_settings(Settings()), SystemClock)
+    fixed = clock_from_settings(Settings(clock_fixed_at=ORIGIN))
+    assert isinstance(fixed, FixedClock) and fixed.now() == datetime.fromisoformat(ORIGIN)

@@ -326,23 +326,31 @@ class ModelBase:
         return ReasonCode.INVALID_MESSAGE if at > self.clock.now() + self.skew else None
 
     def _fresh(self, inbox: str, scope: str, input_id: str, message: BaseModel, group: list) -> str:
-        """New, a duplicate, or a conflict. An id applied longer ago than the window and its grace
-        may have been forgotten: the same id for other content may then be taken as new."""
-        content, now = message.model_dump_json(), self.clock.now()
-        prior = self.seen.setdefault((inbox, scope, input_id), (content, now))
-        if prior[0] is content:
-            return "new"
-        if prior[0] == content:
-            return "duplicate"
-        if now - prior[1] > self.input_window + self.grace and not any(_is_conflict(output) for output in group):
-            self.seen[(inbox, scope, input_id)] = (content, now)
-            return "new"
-        return "conflict"
+        """New, a duplicate, a conflict, or refused: outside its window and not remembered. An id
+        applied longer ago than the window and its grace may have been forgotten: the same id for
+        other content may then be taken as new."""
+        key, content, now = (inbox, scope, input_id), message.model_dump_json(), self.clock.now()
+        # A relationship event (internal) has no window: it is ordered by its version.
+        outside = inbox != "wallet/relationship-events" and self._outside_window(message) is not None
+        prior = self.seen.get(key)
+        if prior is not None and prior[0] == content:
+            return "duplicate"  # its stored answer, however late
+        forgotten = prior is None or (
+            now - prior[1] > self.input_window + self.grace and not any(_is_conflict(output) for output in group)
+        )
+        if not forgotten:
+            return "conflict"
+        if outside:
+            return "refused"
+        self.seen[key] = (content, now)
+        return "new"
 
     def _decided(self, inbox: str, scope: str, input_id: str, message: BaseModel, group: list) -> list | None:
-        """The effect outputs of a new input; None for one outside the window or a conflict (each
-        refused, changing nothing) or a duplicate (its stored answer again)."""
-        if inbox != "wallet/relationship-events" and (reason := self._outside_window(message)):
+        """The effect outputs of a new input; None for one refused as outside its window or as a
+        conflict (each changing nothing) or a duplicate (its stored answer again)."""
+        state = self._fresh(inbox, scope, input_id, message, group)
+        if state == "refused":
+            reason = self._outside_window(message)
             require(
                 bool(group) and all(getattr(output, "reason", None) == reason for output in group),
                 "input-window",
@@ -351,7 +359,6 @@ class ModelBase:
                 ),
             )
             return None
-        state = self._fresh(inbox, scope, input_id, message, group)
         if state == "conflict":  # whatever else it did shows in the books
             require(
                 any(_is_conflict(output) for output in group),
