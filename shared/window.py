@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from shared.clock import SHANGHAI, Clock
 from shared.contracts import ReasonCode
@@ -30,6 +30,15 @@ class Window:
     grace: timedelta = timedelta(days=2)
 
     too_old: ClassVar[ReasonCode]
+    length_setting: ClassVar[str]  # the setting of its length; the skew and the grace are shared
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        return cls(
+            timedelta(seconds=getattr(settings, cls.length_setting)),
+            timedelta(seconds=settings.claim_clock_skew_seconds),
+            timedelta(seconds=settings.claim_record_grace_seconds),
+        )
 
     def __post_init__(self) -> None:
         if self.grace <= self.skew:
@@ -63,14 +72,7 @@ class InputWindow(Window):
     for at least a generation after it is applied, longer than any copy the window lets in."""
 
     too_old: ClassVar[ReasonCode] = ReasonCode.INPUT_TOO_OLD
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> InputWindow:
-        return cls(
-            timedelta(seconds=settings.input_window_seconds),
-            timedelta(seconds=settings.claim_clock_skew_seconds),
-            timedelta(seconds=settings.claim_record_grace_seconds),
-        )
+    length_setting: ClassVar[str] = "input_window_seconds"
 
     @property
     def generation(self) -> timedelta:
@@ -121,14 +123,7 @@ class ClaimWindow(Window):
     `grace` longer."""
 
     too_old: ClassVar[ReasonCode] = ReasonCode.CLAIM_TOO_OLD
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ClaimWindow:
-        return cls(
-            timedelta(seconds=settings.claim_window_seconds),
-            timedelta(seconds=settings.claim_clock_skew_seconds),
-            timedelta(seconds=settings.claim_record_grace_seconds),
-        )
+    length_setting: ClassVar[str] = "claim_window_seconds"
 
     def kept_until(self, day: str) -> datetime:
         """When the records of claims that occurred on `day` (YYYYMMDD, Asia/Shanghai) may go."""
