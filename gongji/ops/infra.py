@@ -774,7 +774,7 @@ def configure(settings: Settings) -> list[str]:
     if kept := keep_for_window(client, ClaimWindow.from_settings(settings), now):
         notes.append(f"the claim window grew: {kept} keys of claims' days kept for it")
     if kept := keep_seen_for_window(client, InputWindow.from_settings(settings)):
-        notes.append(f"the input window grew: {kept} keys of seen ids kept for it")
+        notes.append(f"the input window: {kept} keys of seen ids kept for it (grown, or first kept by a generation)")
     client.close()
     admin = kafka_admin(settings)
     _wait_for_kafka(settings, admin, deadline)

@@ -58,20 +58,23 @@ def _lengthen(client: redis.Redis, window: ClaimWindow, now: datetime) -> int:
 
 
 def keep_seen_for_window(client: redis.Redis, window: InputWindow) -> int:
-    """Lengthens every key of seen ids by what the generation has grown; answers how many."""
+    """Lengthens every key of seen ids by what the generation has grown; answers how many. At the
+    first `infra up` that finds no record of a generation, the seen ids the release before kept for
+    good are given one: kept as if written now, they stop growing for good."""
     kept_for = int(window.generation.total_seconds())
     before = client.get(SEEN_KEPT_FOR)
     keys = []
-    if before is not None and int(before) < kept_for:
-        grown_ms = (kept_for - int(before)) * 1000
+    if before is None or int(before) < kept_for:
         keys = [key for key in client.scan_iter(count=5000) if _SEEN.fullmatch(key.decode())]
         with client.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.pttl(key)
             left = pipe.execute()
             for key, ms in zip(keys, left, strict=True):
-                if ms > 0:
-                    pipe.pexpire(key, ms + grown_ms)
+                if before is None and ms == -1:  # kept for good so far
+                    pipe.pexpire(key, kept_for * 1000)
+                elif before is not None and ms > 0:
+                    pipe.pexpire(key, ms + (kept_for - int(before)) * 1000)
             pipe.execute()
     client.set(SEEN_KEPT_FOR, kept_for)
     return len(keys)

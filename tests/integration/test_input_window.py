@@ -239,3 +239,22 @@ def test_a_longer_input_window_keeps_the_seen_ids_written_under_the_shorter_one(
     assert keep_seen_for_window(client, InputWindow()) == 0  # shorter: nothing to do
     client.flushdb()
     client.close()
+
+
+def test_seen_ids_kept_for_good_by_the_release_before_are_given_a_generation(infrastructure) -> None:
+    client = sync_redis.Redis.from_url(
+        in_database(infrastructure.redis_url, 11), **redis_options(infrastructure, OPERATOR.name)
+    )
+    client.flushdb()
+    client.hset("wal:{p:P}:seen:credits", "old-id", "-|{}")  # as the release before wrote it: no expiry
+    client.hset("rel:{p:P}:seen:commands", "id", "-|{}")
+    client.pexpire("rel:{p:P}:seen:commands", 60_000)  # already kept by a generation: left as it is
+    client.hset("wal:{p:P}:account", "balance", 1)
+    assert keep_seen_for_window(client, InputWindow()) == 2
+    generation_ms = InputWindow().generation.total_seconds() * 1000
+    assert abs(client.pttl("wal:{p:P}:seen:credits") - generation_ms) < 5_000
+    assert 0 < client.pttl("rel:{p:P}:seen:commands") <= 60_000
+    assert client.ttl("wal:{p:P}:account") == -1
+    assert keep_seen_for_window(client, InputWindow()) == 0  # once: the generation is on record now
+    client.flushdb()
+    client.close()
