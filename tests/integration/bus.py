@@ -5,9 +5,12 @@ change any record or any key afterwards, as a defect would."""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 
 from pydantic import BaseModel
+from redis.asyncio import Redis
 
 from gongji.audit.books import Record
 from gongji.simulation.network import OUTPUT_TOPICS, SERVICE_ROUTES, Topics, dead_letter_of
@@ -24,7 +27,10 @@ from shared.contracts import (
     WalletCommand,
     WalletEvent,
 )
+from shared.credentials import redis_options
 from shared.policy import PolicyCache
+from shared.principals import OPERATOR
+from shared.redis_client import in_database
 from shared.runtime import Refused, ToTopic
 from shared.topics import (
     ACCOUNT_CREDITS,
@@ -169,3 +175,17 @@ class Bus:
         for row in rows:
             self.record(CLEARING, row)
         return rows
+
+
+@asynccontextmanager
+async def bus_on_its_own_database(infrastructure, database: int) -> AsyncIterator[Bus]:
+    """A bus on a Redis database emptied for it: for tests that sum every claim of the database
+    (closing a month, the deep audit)."""
+    redis = Redis.from_url(
+        in_database(infrastructure.redis_url, database), **redis_options(infrastructure, OPERATOR.name)
+    )
+    await redis.flushdb()
+    try:
+        yield await Bus(redis).load()
+    finally:
+        await redis.aclose()

@@ -12,14 +12,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from redis.asyncio import Redis
 
 from gongji.archive import NotArchivable, month_of, verify_month, write
-from shared.credentials import redis_options
-from shared.principals import OPERATOR
-from shared.redis_client import in_database
 from shared.topics import CLEARING
-from tests.integration.bus import Bus
+from tests.integration.bus import Bus, bus_on_its_own_database
 
 ARCHIVE_DATABASE = 10  # closing a month sums every claim of the database: this test's alone
 REGION = "510100"  # the recipient's, and where the care is given (province 51)
@@ -27,12 +23,8 @@ REGION = "510100"  # the recipient's, and where the care is given (province 51)
 
 @pytest.fixture
 async def bus(infrastructure):
-    redis = Redis.from_url(
-        in_database(infrastructure.redis_url, ARCHIVE_DATABASE), **redis_options(infrastructure, OPERATOR.name)
-    )
-    await redis.flushdb()
-    yield await Bus(redis).load()
-    await redis.aclose()
+    async with bus_on_its_own_database(infrastructure, ARCHIVE_DATABASE) as bus:
+        yield bus
 
 
 async def two_months(bus: Bus) -> dict[str, str]:

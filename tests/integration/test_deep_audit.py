@@ -10,7 +10,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import pytest
-from redis.asyncio import Redis
 
 from gongji.audit import audit as quick_audit
 from gongji.audit.books import Record, rebuild
@@ -43,9 +42,6 @@ from shared.contracts import (
     WalletCommand,
     WalletEvent,
 )
-from shared.credentials import redis_options
-from shared.principals import OPERATOR
-from shared.redis_client import in_database
 from shared.runtime import Refused
 from shared.settings import Settings
 from shared.topics import (
@@ -64,7 +60,7 @@ from shared.topics import (
     CLEARING as CLEARING_TOPIC,
 )
 from shared.window import ClaimWindow
-from tests.integration.bus import Bus
+from tests.integration.bus import Bus, bus_on_its_own_database
 from tests.integration.saga import SHARDS
 from tests.support import another_claim_id, new_id
 
@@ -75,12 +71,8 @@ MONTH, AFTER_THE_MONTH = "2026-03", datetime.fromisoformat("2026-04-01T00:00:00+
 
 @pytest.fixture
 async def bus(infrastructure):
-    redis = Redis.from_url(
-        in_database(infrastructure.redis_url, AUDIT_DATABASE), **redis_options(infrastructure, OPERATOR.name)
-    )
-    await redis.flushdb()
-    yield await Bus(redis).load()
-    await redis.aclose()
+    async with bus_on_its_own_database(infrastructure, AUDIT_DATABASE) as bus:
+        yield bus
 
 
 @dataclass
