@@ -369,11 +369,20 @@ def audit_command(
             "pending at the start and still is after them is a difference"
         ),
     ] = 30.0,
+    from_scratch: Annotated[
+        bool,
+        typer.Option(
+            "--from-scratch",
+            help="with --deep: read and judge every record, not only those since the checkpoint "
+            "(for when the checkpoint itself is in doubt); a clean audit writes a new one",
+        ),
+    ] = False,
 ) -> None:
     """Check the money invariants over the whole state; exit 1 on any breach. `--deep` recomputes
-    the books from the topics instead of re-reading Redis's own totals."""
+    the books from the topics instead of re-reading Redis's own totals: from the last clean deep
+    audit's checkpoint on, reading the records since (and a horizon before them)."""
     if deep:
-        _deep_audit(as_json, full_ids, wait)
+        _deep_audit(as_json, full_ids, wait, from_scratch)
         return
     from gongji.audit import audit
     from gongji.audit.window import Window
@@ -394,13 +403,17 @@ def audit_command(
     console.print("[green]all invariants hold[/green]")
 
 
-def _deep_audit(as_json: bool, full_ids: bool, wait: float) -> None:
+def _deep_audit(as_json: bool, full_ids: bool, wait: float, from_scratch: bool) -> None:
+    from gongji.audit.checkpoint import CheckpointInDoubt, CheckpointStore
     from gongji.audit.deep import AuditUnavailable, deep_audit, report_json, report_lines
 
     settings = Settings()
+    checkpoints = CheckpointStore.of(settings)
     try:
-        result = asyncio.run(_with_redis(lambda redis: deep_audit(settings, redis, wait)))
-    except AuditUnavailable as error:
+        result = asyncio.run(
+            _with_redis(lambda redis: deep_audit(settings, redis, wait, checkpoints, from_scratch=from_scratch))
+        )
+    except (AuditUnavailable, CheckpointInDoubt) as error:
         _fail(str(error))
     if as_json:
         print(json.dumps(report_json(result, full_ids), ensure_ascii=False))

@@ -62,7 +62,12 @@ local function remember(seen, input_id, fingerprint, result)
   local began = tonumber(redis.call('HGET', seen.key, GENERATION_BEGAN))
   if began and seen.now_ms - began >= seen.generation_ms then
     redis.call('RENAME', seen.key, seen.earlier_key)
-    keep_for(seen.earlier_key, seen.kept_ms)  -- its ids stay recognised a generation more
+    -- Its ids stay recognised until a generation after it ended: at least a generation after each
+    -- was applied, at most two (the deep audit's horizon counts on it). In Redis's own time.
+    local ended_ms = began + seen.generation_ms
+    redis.call('PEXPIRE', seen.earlier_key,
+               math.max(1, math.floor(tonumber(seen.kept_ms) * (ended_ms + seen.generation_ms - seen.now_ms)
+                                      / seen.generation_ms)))
     began = nil
   end
   if not began then redis.call('HSET', seen.key, GENERATION_BEGAN, seen.now_ms) end

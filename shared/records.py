@@ -129,6 +129,7 @@ class DrawPayer(BaseModel):
     amount_fen: int
     balance_fen: int | None
     frozen_fen: int | None
+    account_seq: int | None = None  # the take's step number (answers stored before it have none)
 
 
 class DrawAnswer(BaseModel):

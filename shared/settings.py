@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     # refused INPUT_TOO_OLD, one ahead of the clock by more than the skew INVALID_MESSAGE. Its ids
     # are kept at least this plus the grace (two generations of seen ids per person and topic).
     input_window_seconds: int = Field(default=30 * 86400, ge=3600)
+    # How long the topics (the books) keep a record; 0: for good. The deep audit starts from its
+    # last clean checkpoint and reads back two generations of the windows before it (docs/retention.md):
+    # a finite retention must keep that and a week more (a week to run a clean audit in); and
+    # `gongji audit --deep --from-scratch` needs every record since the first.
+    books_retention_days: int = Field(default=0, ge=0)
     # How long the policy (opened regions, the cross-province date) is cached by a service.
     policy_cache_seconds: float = 1.0
     # Statistics are published every this many seconds.
@@ -91,6 +96,17 @@ class Settings(BaseSettings):
     clock_speed: float = Field(default=1.0, gt=0)
     clock_origin: str = ""
     clock_real_origin: float = 0.0
+
+    @model_validator(mode="after")
+    def _books_kept_past_the_audit(self) -> Settings:
+        windows = max(self.claim_window_seconds, self.input_window_seconds) + self.claim_record_grace_seconds
+        least = (2 * windows + 86400) // 86400 + 1 + 7
+        if self.books_retention_days and self.books_retention_days < least:
+            raise ValueError(
+                f"GONGJI_BOOKS_RETENTION_DAYS must be 0 (for good) or at least {least}: the deep audit reads "
+                "two generations of the windows back from its last checkpoint, and a week more"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_clock(self) -> Settings:

@@ -109,6 +109,7 @@ class Record:
 
 
 InputKey = tuple[str, str, str]  # (input topic, scope, input id)
+Offsets = dict[tuple[str, int], int]  # (topic, partition) -> offset
 
 
 @dataclass
@@ -135,10 +136,14 @@ class Books:
     # Where each output was first published: orders a pair's relationship events that carry no version.
     offsets: dict[str, int] = field(default_factory=dict)
     clashes: list[tuple[str, str]] = field(default_factory=list)  # (topic, event_id) published with other figures
-    # Partitions whose first record read is not their first ever (retention deleted the rest): books
-    # rebuilt without them would be wrong.
+    # Partitions whose first record read is not the first asked for (retention deleted the rest):
+    # books rebuilt without them would be wrong.
     truncated: dict[tuple[str, int], int] = field(default_factory=dict)
     records: Counter[str] = field(default_factory=Counter)
+    # Outputs first published before the checkpoint's cut: read to look up what later records name,
+    # never judged or counted again (the audit that read them after its own cut did).
+    earlier: set[str] = field(default_factory=set)
+    judged_records: int = 0  # the records at or after the cut
     unreadable: Counter[str] = field(default_factory=Counter)  # output records that fit no contract
 
     def input(self, key: InputKey) -> dict[str, Any] | None:
@@ -147,31 +152,46 @@ class Books:
         contents = self.inputs.get(key) or self.too_old.get(key)
         return contents[0] if contents else None
 
+    def judged(self, event: Any) -> bool:
+        """Whether an output is this audit's to judge: first published at or after the cut."""
+        return event.event_id not in self.earlier
 
-def rebuild(records: Iterable[Record]) -> Books:
+
+def rebuild(records: Iterable[Record], cut: Offsets | None = None, starts: Offsets | None = None) -> Books:
+    """`starts`: where each partition was read from (else its beginning); `cut`: the checkpoint's
+    offsets, before which records are read only to look up what later ones name (else none)."""
     # In each partition's order, whatever order they were read in: "first" means first published.
     records = sorted(records, key=lambda record: (record.topic, record.partition, record.offset))
+    cut, starts = cut or {}, starts or {}
     books = Books()
     books.records.update(record.topic for record in records)
+
+    def before_cut(record: Record) -> bool:
+        return record.offset < cut.get((record.topic, record.partition), 0)
+
+    books.judged_records = sum(1 for record in records if not before_cut(record))
     first_offsets: dict[tuple[str, int], int] = {}
     for record in records:
         where = (record.topic, record.partition)
         first_offsets[where] = min(first_offsets.get(where, record.offset), record.offset)
-    books.truncated = {where: offset for where, offset in first_offsets.items() if offset > 0}
-    letters = [
-        value
+    books.truncated = {where: offset for where, offset in first_offsets.items() if offset > starts.get(where, 0)}
+    letter_records = [
+        record
         for record in records
         if record.topic == DEAD_LETTERS.name
-        and (value := record.value)
-        and {"source_topic", "partition", "offset"} <= value.keys()
+        and record.value
+        and {"source_topic", "partition", "offset"} <= record.value.keys()
     ]
+    letters = [record.value for record in letter_records if record.value]
     too_old = {
         (value["source_topic"], value["partition"], value["offset"])
         for value in letters
         if value.get("reason") == ReasonCode.INPUT_TOO_OLD
     }
     books.too_old_letters = [
-        DeadLetter.model_validate(value) for value in letters if value.get("reason") == ReasonCode.INPUT_TOO_OLD
+        DeadLetter.model_validate(record.value)
+        for record in letter_records
+        if (record.value or {}).get("reason") == ReasonCode.INPUT_TOO_OLD and not before_cut(record)
     ]
     dead_lettered = {(value["source_topic"], value["partition"], value["offset"]) for value in letters} - too_old
     books.dead_lettered_claims = {
@@ -192,9 +212,9 @@ def rebuild(records: Iterable[Record]) -> Books:
             if _breaks_the_contract(INPUT_TOPICS[record.topic], record):
                 books.undead.append(where)
             else:
-                _take_input(books, record)
+                _take_input(books, record, judged=not before_cut(record))
         elif (topic := _output_topic(record.topic)) is not None:
-            _take_output(books, topic, record, published)
+            _take_output(books, topic, record, published, judged=not before_cut(record))
     return books
 
 
@@ -234,7 +254,9 @@ def _output_topic(name: str) -> Topic | None:
     return next((topic for topic in OUTPUTS if topic.name == name), None)
 
 
-def _take_input(books: Books, record: Record, taken: dict[InputKey, list[dict[str, Any]]] | None = None) -> None:
+def _take_input(
+    books: Books, record: Record, taken: dict[InputKey, list[dict[str, Any]]] | None = None, judged: bool = False
+) -> None:
     id_field, scope_field = INPUT_IDS[record.topic]
     value = record.value
     # A record not dead-lettered was taken in: one read before the audit caught up is pending.
@@ -245,11 +267,13 @@ def _take_input(books: Books, record: Record, taken: dict[InputKey, list[dict[st
     contents = (books.inputs if taken is None else taken).setdefault((topic, scope, value[id_field]), [])
     if value not in contents:
         contents.append(value)
-    if (province := INPUT_TOPICS[record.topic].province) is not None:
+    if judged and (province := INPUT_TOPICS[record.topic].province) is not None:
         books.sent_by_provinces.append((province, value))
 
 
-def _take_output(books: Books, topic: Topic, record: Record, published: dict[str, dict[str, Any]]) -> None:
+def _take_output(
+    books: Books, topic: Topic, record: Record, published: dict[str, dict[str, Any]], judged: bool
+) -> None:
     try:
         event = topic.model.model_validate(record.value)
     except ValidationError:
@@ -259,11 +283,13 @@ def _take_output(books: Books, topic: Topic, record: Record, published: dict[str
     figures = _figures(record.value or {})
     if event_id in published:
         before = published[event_id]
-        if any(before[name] != value for name, value in figures.items() if name in before):
+        if judged and any(before[name] != value for name, value in figures.items() if name in before):
             books.clashes.append((topic.name, event_id))
         return
     published[event_id] = figures
     books.offsets[event_id] = record.offset
+    if not judged:
+        books.earlier.add(event_id)
     if isinstance(event, WalletEvent):
         books.wallet_events.append(event)
     elif isinstance(event, RelationshipEvent):

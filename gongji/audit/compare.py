@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from gongji.audit.books import ANSWERED_BY_WALLET, Books, InputKey
+from gongji.audit.opening import Opening, PairChange, PairState
 from gongji.audit.rules import check_rules
 from gongji.audit.state import TOTALS, RedisState, WalletAccount
 from gongji.audit.window import Window
@@ -75,6 +76,9 @@ class AuditReport:
     differences: list[Difference]
     pending: list[Pending]
     counts: dict[str, int] = field(default_factory=dict)
+    # The books' figures at the end of the records read (what Redis holds ahead of them left out):
+    # the next checkpoint's opening, once the audit is clean.
+    closing: Opening = field(default_factory=Opening)
 
     @property
     def valid(self) -> bool:
@@ -116,10 +120,12 @@ class _Findings:
 class _View:
     """The books and the state, indexed the ways the rules look them up."""
 
-    def __init__(self, books: Books, state: RedisState, window: Window) -> None:
+    def __init__(self, books: Books, state: RedisState, window: Window, opening: Opening) -> None:
         self.books = books
         self.state = state
         self.window = window
+        self.opening = opening
+        self.closing = Opening(records=opening.records + books.judged_records)
         self.results: dict[str, list[SettlementEvent]] = defaultdict(list)
         for result in books.settlements:
             self.results[result.claim_id].append(result)
@@ -190,8 +196,9 @@ class _View:
         return self.wallet(provider).refunds.get(refund_id)
 
 
-def compare(books: Books, state: RedisState, window: Window) -> AuditReport:
-    view = _View(books, state, window)
+def compare(books: Books, state: RedisState, window: Window, opening: Opening | None = None) -> AuditReport:
+    """`opening`: the checkpoint's figures at the books' cut (rebuild's), else none: from scratch."""
+    view = _View(books, state, window, opening or Opening())
     found = _Findings()
     for rule in (
         _history,
@@ -205,26 +212,32 @@ def compare(books: Books, state: RedisState, window: Window) -> AuditReport:
         _republished,
     ):
         rule(view, found)
-    check_rules(books, found.differ, window)
-    return AuditReport(found.differences, found.pending, _counts(view, found))
+    check_rules(books, found.differ, window, view.opening, view.closing)
+    return AuditReport(found.differences, found.pending, _counts(view, found), view.closing)
 
 
 def _counts(view: _View, found: _Findings) -> dict[str, int]:
-    results = [view.result(claim_id) for claim_id in view.results]
-    months = {row.month for row in view.books.clearing_rows} | {
-        month for months in view.state.clearing.values() for month in months
-    }
+    judged = [result for claim_id in view.results if (result := view.result(claim_id)) and view.books.judged(result)]
+    view.closing.claims_final = view.opening.claims_final + sum(1 for one in judged if one.status != "reversed")
+    view.closing.reversals = view.opening.reversals + sum(1 for one in judged if one.status == "reversed")
+    months = (
+        {row.month for row in view.books.clearing_rows}
+        | {month for months in view.state.clearing.values() for month in months}
+        | set(view.opening.clearing)
+    )
     return {
-        "records": sum(view.books.records.values()),
+        "records": sum(view.books.records.values()),  # read: after the checkpoint's cut, and the horizon before it
+        "records_judged": view.books.judged_records,
+        "records_in_books": view.closing.records,  # every record ever judged: the checkpoint's and these
         # Output records no service of this system wrote: not of the contract, or a statement of a
         # month its settlement never closed. Ignored, and counted.
         "foreign_records": sum(view.books.unreadable.values()) + found.counts["foreign_records"],
-        "persons": len(set(view.state.wallets) | set(view.wallet_events)),
-        "claims_final": sum(1 for result in results if result and result.status != "reversed"),
+        "persons": len(set(view.state.wallets) | set(view.wallet_events) | set(view.opening.accounts)),
+        "claims_final": view.closing.claims_final,
         "claims_pending": found.counts["claims_pending"],
         "claims_expired": found.counts["claims_expired"],  # their records gone with their window
-        "reversals": sum(1 for result in results if result and result.status == "reversed"),
-        "relationships": len({(event.provider_id, event.recipient_id) for event in view.books.relationship_events}),
+        "reversals": view.closing.reversals,
+        "relationships": len(view.closing.pairs),
         "months": len(months),
         "differences": len(found.differences),
         "pending": len(found.pending),
@@ -250,6 +263,8 @@ def _claims(view: _View, found: _Findings) -> None:
             else:
                 found.pend("claim final in Redis, its result not yet published", ids)
             continue
+        if not any(view.books.judged(one) for one in results):
+            continue  # judged by the audit that read it after its cut
         result = results[0]
         ids["recipient"] = result.recipient_id
         if len(results) > 1:
@@ -336,6 +351,8 @@ def _reversals(view: _View, found: _Findings) -> None:
         if result and result.status == "reversed":
             reversals[result.reverses or ""].append(result)
     for original_id, of_original in sorted(reversals.items()):
+        if not any(view.books.judged(one) for one in of_original):
+            continue  # judged by the audit that read it after its cut
         reversal = of_original[0]
         ids = {"claim": original_id, "reversal": reversal.claim_id, "recipient": reversal.recipient_id}
         if len(of_original) > 1:
@@ -358,10 +375,11 @@ def _reversals(view: _View, found: _Findings) -> None:
     for claim_id in sorted(set(view.refunds) | set(view.debits)):
         if claim_id in reversals:
             continue
+        judged = any(view.books.judged(event) for event in (*view.refunds[claim_id], *view.debits[claim_id]))
         if view.result(claim_id) or claim_id in view.state.claims or claim_id in view.claim_inputs:
             # (A reversal settlement holds as made, whose result is on its way, is pending under claims.)
             reversed_in_redis = view.state.claims.get(claim_id, {}).get("reversed_by")
-            if view.refunds.get(claim_id) and not reversed_in_redis:
+            if judged and view.refunds.get(claim_id) and not reversed_in_redis:
                 found.differ(
                     REFUND,
                     "a refund for a claim that was not reversed",
@@ -370,7 +388,7 @@ def _reversals(view: _View, found: _Findings) -> None:
                     sum(event.amount_fen for event in view.refunds[claim_id]),
                 )
         else:
-            _unclaimed_draw_given_back(view, claim_id, found)
+            _unclaimed_draw_given_back(view, claim_id, found, judged)
 
 
 def _refunded_once(view: _View, original: SettlementEvent, ids: dict[str, str], found: _Findings) -> None:
@@ -405,7 +423,7 @@ def _refunded_once(view: _View, original: SettlementEvent, ids: dict[str, str], 
             )
 
 
-def _unclaimed_draw_given_back(view: _View, claim_id: str, found: _Findings) -> None:
+def _unclaimed_draw_given_back(view: _View, claim_id: str, found: _Findings, judged: bool) -> None:
     """Money drawn for a claim settlement never recorded is given back at once (in full)."""
     debited: Counter[str] = Counter()
     refunded: Counter[str] = Counter()
@@ -415,7 +433,7 @@ def _unclaimed_draw_given_back(view: _View, claim_id: str, found: _Findings) -> 
         refunded[refund.provider_id] += refund.amount_fen
     for provider in sorted(set(debited) | set(refunded)):
         ids = {"claim": claim_id, "provider": provider}
-        if refunded[provider] > debited[provider]:
+        if refunded[provider] > debited[provider] and judged:
             found.differ(
                 REFUND, "more given back than a never-recorded claim drew", ids, debited[provider], refunded[provider]
             )
@@ -471,29 +489,38 @@ def _stored_effects(account: WalletAccount) -> list[Effect]:
 
 
 def _accounts(view: _View, found: _Findings) -> None:
-    for person in sorted(set(view.state.wallets) | set(view.wallet_events)):
+    opening = view.opening
+    for person in sorted(
+        set(view.state.wallets) | set(view.wallet_events) | set(opening.accounts) | set(opening.quotas)
+    ):
         account = view.wallet(person)
-        effects = [
-            effect for event in view.wallet_events.get(person, []) if (effect := _event_effect(view, event)) is not None
-        ]
-        published = {(effect.kind, effect.effect_id) for effect in effects}
+        sums, quotas = Counter(opening.accounts.get(person, {})), Counter(opening.quotas.get(person, {}))
+        published = set()
+        for event in view.wallet_events.get(person, []):
+            if (effect := _event_effect(view, event)) is not None:
+                published.add((effect.kind, effect.effect_id))
+                if view.books.judged(event):
+                    _add_effect(sums, quotas, effect)
+        view.closing.accounts[person], view.closing.quotas[person] = Counter(sums), Counter(quotas)
         for effect in _stored_effects(account):
             if (effect.kind, effect.effect_id) not in published:
                 found.pend(f"{effect.kind} in Redis, its event not yet published", {"person": person, **effect.ids})
-                effects.append(effect)
-        _account_books(person, account, effects, found)
+                _add_effect(sums, quotas, effect)
+        _account_books(person, account, sums, quotas, found)
 
 
-def _account_books(person: str, account: WalletAccount, effects: list[Effect], found: _Findings) -> None:
-    sums: Counter[str] = Counter()
-    quotas: Counter[str] = Counter()
-    for effect in effects:
-        sums[effect.kind] += effect.amount
-        change = {"granted": 1, "released": -1, "debited": -1, "refunded": 1 if effect.to == "grant" else 0}.get(
-            effect.kind, 0
-        )
-        if change:
-            quotas[effect.recipient or ""] += change * effect.amount
+def _add_effect(sums: Counter[str], quotas: Counter[str], effect: Effect) -> None:
+    sums[effect.kind] += effect.amount
+    change = {"granted": 1, "released": -1, "debited": -1, "refunded": 1 if effect.to == "grant" else 0}.get(
+        effect.kind, 0
+    )
+    if change:
+        quotas[effect.recipient or ""] += change * effect.amount
+
+
+def _account_books(
+    person: str, account: WalletAccount, sums: Counter[str], quotas: Counter[str], found: _Findings
+) -> None:
     expected = {
         "credited": sums["credited"],
         "spent": sums["spent"],
@@ -553,17 +580,42 @@ def _relationships(view: _View, found: _Findings) -> None:
         for recipient in (*account.relationships, *account.relationship_versions)
     }
     for pair in sorted(
-        set(changes) | set(view.state.relationships) | set(view.state.relationship_versions) | wallet_pairs
+        set(changes)
+        | set(view.state.relationships)
+        | set(view.state.relationship_versions)
+        | wallet_pairs
+        | set(view.opening.pairs)
     ):
         history = sorted(changes.get(pair, []), key=lambda event: _change_order(view.books, event))
         ids = {"provider": pair[0], "recipient": pair[1]}
         versions = Counter(event.version for event in history if event.version is not None)
-        if (most := max(versions.values(), default=1)) > 1:
-            found.differ(RELATIONSHIP, "two changes of a pair carry one version", ids, 1, most)
-        _relationship_service(view, pair, history, ids, found)
-        _wallet_relationship(
-            view, pair, [event for event in history if event.type in WALLET_RELATIONSHIP_TYPES], ids, found
+        twice = [count for version, count in versions.items() if count > 1 and _judged_version(view, history, version)]
+        if twice:
+            found.differ(RELATIONSHIP, "two changes of a pair carry one version", ids, 1, max(twice))
+        folded = view.opening.pairs.get(pair, PairState())
+        state = PairState(
+            _newer(folded.newest, history),
+            _newer(folded.wallet, [event for event in history if event.type in WALLET_RELATIONSHIP_TYPES]),
+            folded.established or any(event.type == "established" for event in history),
         )
+        if state.newest or state.established:
+            view.closing.pairs[pair] = state
+        _relationship_service(view, pair, state.newest, ids, found)
+        _wallet_relationship(view, pair, state.wallet, ids, found)
+
+
+def _judged_version(view: _View, history: list[RelationshipEvent], version: int) -> bool:
+    return any(view.books.judged(event) for event in history if event.version == version)
+
+
+def _newer(folded: PairChange | None, history: list[RelationshipEvent]) -> PairChange | None:
+    """A pair's newest change: the last one read, unless the checkpoint's carries a later version."""
+    if not history:
+        return folded
+    last = history[-1]
+    if folded and folded.version is not None and (last.version is None or last.version < folded.version):
+        return folded
+    return PairChange(last.type, last.version, last.recipient_region)
 
 
 def _change_order(books: Books, event: RelationshipEvent) -> tuple[bool, int]:
@@ -572,9 +624,8 @@ def _change_order(books: Books, event: RelationshipEvent) -> tuple[bool, int]:
 
 
 def _relationship_service(
-    view: _View, pair: tuple[str, str], history: list[RelationshipEvent], ids: dict[str, str], found: _Findings
+    view: _View, pair: tuple[str, str], newest: PairChange | None, ids: dict[str, str], found: _Findings
 ) -> None:
-    newest = history[-1] if history else None
     published = newest.version if newest and newest.version is not None else 0
     held = view.state.relationship_versions.get(pair, 0)
     if held > published:
@@ -594,11 +645,10 @@ def _relationship_service(
 
 
 def _wallet_relationship(
-    view: _View, pair: tuple[str, str], history: list[RelationshipEvent], ids: dict[str, str], found: _Findings
+    view: _View, pair: tuple[str, str], newest: PairChange | None, ids: dict[str, str], found: _Findings
 ) -> None:
     provider, recipient = pair
     account = view.wallet(provider)
-    newest = history[-1] if history else None
     published = newest.version if newest and newest.version is not None else 0
     held = account.relationship_versions.get(recipient, 0)
     if held > published:
@@ -617,12 +667,12 @@ def _wallet_relationship(
             "active" if active else "ended",
             holds,
         )
-    elif active and newest and account.relationships[recipient] != newest.recipient_region:
+    elif active and newest and account.relationships[recipient] != newest.region:
         found.differ(
             RELATIONSHIP,
             "the wallet holds another region for the recipient",
             ids,
-            newest.recipient_region,
+            newest.region,
             account.relationships[recipient],
         )
     if not active and account.grants.get(recipient, 0):
@@ -635,11 +685,13 @@ def _wallet_relationship(
 
 
 def _clearing(view: _View, found: _Findings) -> None:
-    books: dict[str, Counter[str]] = defaultdict(Counter)
+    books: dict[str, Counter[str]] = defaultdict(Counter, {m: Counter(t) for m, t in view.opening.clearing.items()})
     for claim_id in view.results:
-        if (result := view.result(claim_id)) and (counted := _clearing_of(view, result)):
+        result = view.result(claim_id)
+        if result and view.books.judged(result) and (counted := _clearing_of(view, result)):
             month, owed, sign = counted
             _accumulate(books[month], owed, sign)
+    view.closing.clearing = {month: Counter(totals) for month, totals in books.items()}
     for record in view.unpublished.values():  # counted as Redis counted them; reported pending under claims
         result = record["result"]
         if result.get("owed"):
@@ -733,6 +785,8 @@ def _statements(view: _View, books: dict[str, Counter[str]], found: _Findings) -
     closed_months = {month for months in view.state.closed.values() for month in months}
     rows_by_month = defaultdict(list)
     for row in view.books.clearing_rows:
+        if not view.books.judged(row):
+            continue  # judged by the audit that read it after its cut
         if row.month in closed_months:
             rows_by_month[row.month].append(row)
         else:
@@ -783,6 +837,8 @@ def _answers(view: _View, found: _Findings) -> None:
         answers[(CLAIMS.name, NATIONAL, result.claim_id)].append(result)
     for refusal in view.books.refused_before_id:
         key = (CLAIMS.name, NATIONAL, refusal.claim_id)
+        if not view.books.judged(refusal):
+            continue  # judged by the audit that read it after its cut
         if (refusal.status, refusal.paid_fen, refusal.payers) != ("rejected", 0, []):
             found.differ(
                 ANSWER,
@@ -814,13 +870,15 @@ def _answers(view: _View, found: _Findings) -> None:
         elif change.reason in OUTSIDE_WINDOW:
             outside.add(_relationship_cause(view.books, change))
     for key, events in sorted(answers.items(), key=lambda item: item[0]):
+        if not any(view.books.judged(event) for event in events):
+            continue  # judged by the audit that read them after its cut
         topic = key[0]
         # An accept refused for a changed insurance also ends the request: two answers. An enrollment
         # change ends every relationship of the person.
         ends_request = topic == RELATIONSHIP_COMMANDS.name and {e.type for e in events} == {"rejected", "terminated"}
         if topic != ENROLLMENT.name and len(events) > (2 if ends_request else 1):
             found.differ(ANSWER, "an input has more than one answer", _input_ids(key), 1, len(events))
-        for event in events:
+        for event in filter(view.books.judged, events):
             content = _standing_input(view.books, key, event)
             if content is None:
                 found.differ(ANSWER, "an output names no input", _input_ids(key), "an input", "none")

@@ -4,6 +4,10 @@ The order makes a running system safe to audit: the topics' end offsets are take
 is read, then every record up to those offsets. An output up to them was published after its step
 was stored, so Redis holds all the books say; what Redis holds beyond them is reported pending, and
 records published meanwhile are not read.
+
+With a checkpoint (gongji/audit/checkpoint.py), only the records after its cut are judged and added
+to its figures, those a horizon before the cut read to look up what they name; a clean audit writes
+the next checkpoint at its own end offsets. From scratch, every record is read and judged.
 """
 
 from __future__ import annotations
@@ -14,14 +18,18 @@ import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 from redis.exceptions import BusyLoadingError
 from rich.markup import escape
 
-from gongji.audit.books import AUDITED_TOPICS, Record, json_object, rebuild
+from gongji.audit.books import AUDITED_TOPICS, Offsets, Record, json_object, rebuild
+from gongji.audit.checkpoint import Checkpoint, CheckpointInDoubt, CheckpointStore, Cut
 from gongji.audit.compare import IN_FLIGHT, AuditReport, Difference, Pending, compare
 from gongji.audit.state import RedisState, read_state
 from gongji.audit.window import Window
@@ -47,18 +55,31 @@ class DeepAudit:
     seconds: float
     attempts: int
     redis_loading_seconds: float = 0.0  # how long Redis was loading its data while the audit waited
+    started_from: datetime | None = None  # the cut of the checkpoint it started from; None: from scratch
+    checkpoint_written: Path | None = None
 
 
-async def deep_audit(settings: Settings, redis: Redis, wait_seconds: float = 0.0) -> DeepAudit:
+async def deep_audit(
+    settings: Settings,
+    redis: Redis,
+    wait_seconds: float = 0.0,
+    checkpoints: CheckpointStore | None = None,
+    from_scratch: bool = False,
+) -> DeepAudit:
     """Audits once; while something is pending, audits again (new end offsets, a new read of Redis)
     until nothing is or `wait_seconds` have passed. In flight has a limit: what was pending at the
-    first attempt and still is once `wait_seconds` have passed is stuck, a difference."""
+    first attempt and still is once `wait_seconds` have passed is stuck, a difference.
+
+    With `checkpoints`, it starts from the stored checkpoint (unless `from_scratch`) and, clean,
+    stores the next one."""
     started = time.monotonic()
     attempts, loading = 0, 0.0
     first: set[tuple] = set()
+    cluster_id = await _cluster_id(settings) if checkpoints else ""
+    checkpoint = None if from_scratch or checkpoints is None else checkpoints.load(cluster_id)
     while True:
         attempts += 1
-        report, waited = await _audit_once(settings, redis)
+        report, waited, cut = await _audit_once(settings, redis, checkpoint)
         loading += waited
         if attempts == 1:
             first = {_identity(pending) for pending in report.pending}
@@ -66,8 +87,30 @@ async def deep_audit(settings: Settings, redis: Redis, wait_seconds: float = 0.0
         if not report.pending or elapsed >= wait_seconds:
             if wait_seconds > 0:
                 _stuck_as_differences(report, first, wait_seconds)
-            return DeepAudit(report, elapsed, attempts, loading)
+            written = None
+            if checkpoints and report.valid:
+                written = checkpoints.save(_next_checkpoint(settings, checkpoint, cluster_id, cut, report))
+            started_from = checkpoint.cut.at if checkpoint else None
+            return DeepAudit(report, time.monotonic() - started, attempts, loading, started_from, written)
         await asyncio.sleep(1.0)
+
+
+def _next_checkpoint(
+    settings: Settings, checkpoint: Checkpoint | None, cluster_id: str, cut: Cut, report: AuditReport
+) -> Checkpoint:
+    if checkpoint is None:
+        return Checkpoint(cluster_id, cut, report.closing)
+    return checkpoint.followed_by(cut, report.closing, Window.from_settings(settings, cut.at).horizon)
+
+
+async def _cluster_id(settings: Settings) -> str:
+    """The Kafka cluster's id: a checkpoint's offsets are of one cluster (a reset makes another)."""
+    admin = AIOKafkaAdminClient(**aiokafka_options(settings, OPERATOR.name))
+    await admin.start()
+    try:
+        return str((await admin.describe_cluster())["cluster_id"])
+    finally:
+        await admin.close()
 
 
 def _identity(pending: Pending) -> tuple:
@@ -105,10 +148,13 @@ class AuditUnavailable(Exception):
     """The audit could not read what it checks (said in words, never a traceback)."""
 
 
-async def _audit_once(settings: Settings, redis: Redis) -> tuple[AuditReport, float]:
+async def _audit_once(
+    settings: Settings, redis: Redis, checkpoint: Checkpoint | None
+) -> tuple[AuditReport, float, Cut]:
     consumer = AIOKafkaConsumer(
         **aiokafka_options(settings, OPERATOR.name),
         enable_auto_commit=False,
+        auto_offset_reset="earliest",  # a start retention deleted reads from what is left: reported
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
     )
@@ -121,17 +167,33 @@ async def _audit_once(settings: Settings, redis: Redis) -> tuple[AuditReport, fl
         ]
         ends = await consumer.end_offsets(partitions)
         window = Window.from_settings(settings, clock_from_settings(settings).now())
+        cut = Cut(window.now, {(partition.topic, partition.partition): end for partition, end in ends.items()})
+        starts = checkpoint.starts(window.horizon) if checkpoint else {}
+        if checkpoint:
+            _within(checkpoint.cut.offsets, cut.offsets)
         state, loading = await _read_state_once_loaded(redis, window.today)
-        records = await read_records(consumer, ends)
+        records = await read_records(consumer, ends, starts)
     finally:
         await consumer.stop()
     # The records and the state live to the end and hold no cycles: the collector would only scan
     # them again and again while the books are built.
     gc.disable()
     try:
-        return compare(rebuild(records), state, window), loading
+        books = rebuild(records, checkpoint.cut.offsets if checkpoint else None, starts)
+        return compare(books, state, window, checkpoint.opening if checkpoint else None), loading, cut
     finally:
         gc.enable()
+
+
+def _within(cut: Offsets, ends: Offsets) -> None:
+    beyond = sorted(
+        f"{topic}/{partition}" for (topic, partition), offset in cut.items() if offset > ends.get((topic, partition), 0)
+    )
+    if beyond:
+        raise CheckpointInDoubt(
+            f"the checkpoint names records the topics do not hold ({', '.join(beyond[:3])}): "
+            "audit --deep --from-scratch"
+        )
 
 
 async def read_topics(settings: Settings, topics: list[Topic]) -> list[Record]:
@@ -147,12 +209,21 @@ async def read_topics(settings: Settings, topics: list[Topic]) -> list[Record]:
         await consumer.stop()
 
 
-async def read_records(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> list[Record]:
-    """Every record of the partitions from their beginning up to (not including) `ends`."""
+async def read_records(
+    consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int], starts: Offsets | None = None
+) -> list[Record]:
+    """Every record of the partitions from `starts` (else their beginning) up to (not including) `ends`."""
     consumer.assign(list(ends))
     await consumer.seek_to_beginning(*ends)
+    for partition in ends:
+        if start := (starts or {}).get((partition.topic, partition.partition)):
+            consumer.seek(partition, start)
     records: list[Record] = []
-    open_partitions = {partition for partition, end in ends.items() if end > 0}
+    open_partitions = {
+        partition
+        for partition, end in ends.items()
+        if end > (starts or {}).get((partition.topic, partition.partition), 0)
+    }
     consumer.pause(*(set(ends) - open_partitions))
     while open_partitions:
         for partition, batch in (await consumer.getmany(*open_partitions, timeout_ms=1000, max_records=20_000)).items():
@@ -198,6 +269,9 @@ def report_json(audit: DeepAudit, full_ids: bool = False) -> dict[str, Any]:
         "seconds": round(audit.seconds, 2),
         "attempts": audit.attempts,
         "redis_loading_seconds": round(audit.redis_loading_seconds, 2),
+        # The cut of the checkpoint it started from (None: from scratch), and where it wrote the next.
+        "started_from": audit.started_from.isoformat() if audit.started_from else None,
+        "checkpoint_written": str(audit.checkpoint_written) if audit.checkpoint_written else None,
     }
     return document if full_ids else masked(document)
 
@@ -208,7 +282,13 @@ def report_lines(audit: DeepAudit) -> list[str]:
     lines = [
         f"[bold]valid?[/bold] {'[green]true[/green]' if report.valid else '[red]false[/red]'}",
         f"{counts['records']:,} records read ({counts['foreign_records']:,} foreign, ignored) "
-        f"in {audit.seconds:.1f} s, {audit.attempts} attempt(s)",
+        f"in {audit.seconds:.1f} s, {audit.attempts} attempt(s), "
+        + (
+            f"from the checkpoint of {audit.started_from:%Y-%m-%d %H:%M} ({counts['records_judged']:,} judged, "
+            f"{counts['records_in_books']:,} in the books)"
+            if audit.started_from
+            else "from scratch"
+        ),
         f"persons {counts['persons']:,} · claims {counts['claims_final']:,} final, "
         f"{counts['claims_pending']:,} pending · reversals {counts['reversals']:,}",
         f"relationships {counts['relationships']:,} · months {counts['months']:,}",

@@ -21,6 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gongji.audit.books import ANSWERED_BY_WALLET, Books, json_object
+from gongji.audit.opening import Opening
 from gongji.audit.window import Window
 from shared.contracts import SettlementEvent, WalletEvent
 from shared.topics import CLAIMS, ENROLLMENT, RELATIONSHIP_COMMANDS, WALLET_COMMANDS
@@ -40,9 +41,14 @@ NATIONAL = "national"  # the scope of claim ids in the books
 Differ = Callable[[str, str, dict[str, str], Any, Any], None]
 
 
-def check_rules(books: Books, differ: Differ, window: Window) -> None:
-    for rule in (_grants, _frozen_accounts, _paid_claims, _claims_of_their_own_care, _related_before_quota):
+def check_rules(books: Books, differ: Differ, window: Window, opening: Opening, closing: Opening) -> None:
+    """Judges what `books` holds from its cut on (rebuild's), `opening` holding what the books held
+    before it; adds the figures the rules carry on to `closing`."""
+    for rule in (_grants, _claims_of_their_own_care):
         rule(books, differ)
+    _frozen_accounts(books, differ, opening, closing)
+    _paid_claims(books, differ, opening, closing)
+    _related_before_quota(books, differ, opening)
     _claims_within_their_window(books, differ, window)
     _inputs_within_their_window(books, differ, window)
 
@@ -51,10 +57,13 @@ def check_rules(books: Books, differ: Differ, window: Window) -> None:
 
 
 def _grants(books: Books, differ: Differ) -> None:
-    per_day: dict[tuple[str, str], list[str]] = defaultdict(list)
+    per_day: dict[tuple[str, str], list[WalletEvent]] = defaultdict(list)
     for event in books.wallet_events:
         if event.type != "granted":
             continue
+        per_day[(event.provider_id, shanghai_day(event.occurred_at))].append(event)
+        if not books.judged(event):
+            continue  # read only to count its day's grants
         ids = {"provider": event.provider_id, "input": event.cause_id}
         if not 1 <= event.amount_fen <= MOST_PER_GRANT_FEN:
             differ(RULE, "rule 9: a grant above 2,000 yuan", ids, MOST_PER_GRANT_FEN, event.amount_fen)
@@ -67,15 +76,14 @@ def _grants(books: Books, differ: Differ) -> None:
                 event.provider_id,
                 command.get("actor_id"),
             )
-        per_day[(event.provider_id, shanghai_day(event.occurred_at))].append(event.cause_id)
-    for (provider, day), commands in sorted(per_day.items()):
-        if len(commands) > MOST_GRANTS_A_DAY:
+    for (provider, day), grants in sorted(per_day.items()):
+        if len(grants) > MOST_GRANTS_A_DAY and any(books.judged(grant) for grant in grants):
             differ(
                 RULE,
                 "rule 9: more grants in one Asia/Shanghai day than allowed",
-                {"provider": provider, "day": day, "commands": " ".join(sorted(commands))},
+                {"provider": provider, "day": day, "commands": " ".join(sorted(grant.cause_id for grant in grants))},
                 MOST_GRANTS_A_DAY,
-                len(commands),
+                len(grants),
             )
 
 
@@ -83,12 +91,12 @@ def shanghai_day(moment: datetime) -> str:
     return moment.astimezone(SHANGHAI).strftime("%Y%m%d")
 
 
-def _related_before_quota(books: Books, differ: Differ) -> None:
+def _related_before_quota(books: Books, differ: Differ, opening: Opening) -> None:
     """Rules 2, 5, 8: quota is set only for a close relative the provider is related to."""
     established = {
         (event.provider_id, event.recipient_id) for event in books.relationship_events if event.type == "established"
-    }
-    for event in books.wallet_events:
+    } | {pair for pair, state in opening.pairs.items() if state.established}
+    for event in filter(books.judged, books.wallet_events):
         if event.type == "granted" and (event.provider_id, event.recipient_id or "") not in established:
             differ(
                 RULE,
@@ -102,17 +110,21 @@ def _related_before_quota(books: Books, differ: Differ) -> None:
 # ---- rule 16: a frozen account grants and pays nothing ------------------------------------------
 
 
-def _frozen_accounts(books: Books, differ: Differ) -> None:
+def _frozen_accounts(books: Books, differ: Differ, opening: Opening, closing: Opening) -> None:
     """Walking one account's events in the order of its steps, the freezes standing before a grant
     or a draw must be none. (An account with events of a release before step numbers is skipped.)"""
     by_account: dict[str, list[WalletEvent]] = defaultdict(list)
-    for event in books.wallet_events:
+    for event in filter(books.judged, books.wallet_events):
         by_account[event.provider_id].append(event)
+    closing.unstepped |= opening.unstepped
+    closing.standing |= opening.standing
     for provider, events in sorted(by_account.items()):
         stepped = [event for event in events if event.account_seq is not None]
-        if len(stepped) < len(events):
+        if len(stepped) < len(events) or provider in opening.unstepped:
+            closing.unstepped.add(provider)
+            closing.standing.pop(provider, None)
             continue
-        standing = 0
+        standing = opening.standing.get(provider, 0)
         for event in sorted(stepped, key=lambda one: one.account_seq or 0):
             if event.type == "frozen":
                 standing += 1
@@ -126,18 +138,20 @@ def _frozen_accounts(books: Books, differ: Differ) -> None:
                     0,
                     event.amount_fen,
                 )
+        closing.standing[provider] = standing
 
 
 # ---- rules 12, 13: only medical uses are paid, and only the recipient's own share --------------
 
 
-def _paid_claims(books: Books, differ: Differ) -> None:
-    resident_insured = {
+def _paid_claims(books: Books, differ: Differ, opening: Opening, closing: Opening) -> None:
+    resident_insured = opening.resident | {
         key[1]
         for key, contents in books.inputs.items()
         if key[0] == ENROLLMENT.name and any(content.get("insurance_type") == "resident" for content in contents)
     }
-    for result in books.settlements:
+    closing.resident = resident_insured
+    for result in filter(books.judged, books.settlements):
         if result.status not in ("settled", "partial"):
             continue
         ids = {"claim": result.claim_id, "recipient": result.recipient_id}
@@ -190,7 +204,7 @@ def _claims_within_their_window(books: Books, differ: Differ, window: Window) ->
     when it is decided. (When a paid claim was taken is not in the records: it was before it was
     paid, so only its upper bound is judged.)"""
     by_id = {result.claim_id: result for result in books.settlements}
-    for result in books.settlements:
+    for result in filter(books.judged, books.settlements):
         ids = {"claim": result.claim_id, "recipient": result.recipient_id}
         at = _occurred_at(_claim_of(books, result))
         if at is not None and at > result.settled_at + window.skew:
@@ -201,7 +215,7 @@ def _claims_within_their_window(books: Books, differ: Differ, window: Window) ->
         when = _occurred_at(_claim_of(books, original)) if original else None
         if result.status == "reversed" and when is not None and when < result.settled_at - window.length:
             differ(RULE, "window: a claim older than the window was reversed", ids, "CLAIM_TOO_OLD", "reversed")
-    for refusal in books.refused_before_id:
+    for refusal in filter(books.judged, books.refused_before_id):
         if refusal.reason != "CLAIM_TOO_OLD":
             continue
         sent = [_occurred_at(content) for content in _contents_like(books, refusal)]
@@ -229,6 +243,8 @@ def _inputs_within_their_window(books: Books, differ: Differ, window: Window) ->
         if event.type != "terminated"
     ]
     for topic, scope, answer in answers:
+        if not books.judged(answer):
+            continue  # judged by the audit that read it after its cut
         ids = {"topic": topic, "input": answer.cause_id}
         at = _sent_at(books.input((topic, scope, answer.cause_id)))
         if at is None:

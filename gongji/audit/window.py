@@ -33,6 +33,15 @@ class Window:
         )
 
     @property
+    def horizon(self) -> timedelta:
+        """How far back a record may name an earlier one, or Redis hold what one did: a seen id is
+        kept at most two generations (the window and the grace) after it is applied (shared/prelude.lua:
+        `remember`), a claim's records to its day's end and `kept` more (a reversal comes within the
+        window); a day more for a consumer's lag. A checkpointed audit reads this far before its cut."""
+        grace = self.kept - self.length
+        return max(2 * (self.inputs + grace), timedelta(days=1) + self.kept + self.skew) + timedelta(days=1)
+
+    @property
     def today(self) -> str:
         """The audit's day in Asia/Shanghai (YYYYMMDD): claim records are kept by day."""
         return self.now.astimezone(SHANGHAI).strftime("%Y%m%d")

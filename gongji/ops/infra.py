@@ -609,9 +609,10 @@ def _settle(futures: dict, tolerated: tuple[int, ...] = ()) -> None:
                 raise
 
 
-def topic_config(topic: Topic) -> dict[str, str]:
-    # The topics are the books the deep audit rebuilds: nothing expires from them.
-    config = {"retention.ms": "-1"}
+def topic_config(topic: Topic, settings: Settings) -> dict[str, str]:
+    # The topics are the books the deep audit rebuilds: kept for good, or as long as set.
+    days = settings.books_retention_days
+    config = {"retention.ms": str(days * 86_400_000) if days else "-1"}
     if topic.max_message_bytes is not None:
         config["max.message.bytes"] = str(topic.max_message_bytes)
     return config
@@ -623,7 +624,12 @@ def create_topics(settings: Settings, admin: AdminClient) -> None:
     topics = (*ALL_TOPICS, *PROVINCE_TOPICS)
     existing = set(admin.list_topics(timeout=10).topics)
     missing = [
-        NewTopic(topic.name, topic.partitions(settings), settings.topic_replication_factor, config=topic_config(topic))
+        NewTopic(
+            topic.name,
+            topic.partitions(settings),
+            settings.topic_replication_factor,
+            config=topic_config(topic, settings),
+        )
         for topic in topics
         if topic.name not in existing
     ]
@@ -635,7 +641,7 @@ def create_topics(settings: Settings, admin: AdminClient) -> None:
             topic.name,
             incremental_configs=[
                 ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
-                for name, value in topic_config(topic).items()
+                for name, value in topic_config(topic, settings).items()
             ],
         )
         for topic in topics

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 
 from gongji.archive import NotArchivable, month_of, write
+from gongji.audit.checkpoint import CheckpointInDoubt, CheckpointStore
 from gongji.audit.deep import AuditUnavailable, deep_audit, read_topics, report_json
 from gongji.ops import infra
 from gongji.ops.kafka_io import publish_routed
@@ -86,6 +87,7 @@ async def run_soak(settings: Settings, options: SoakOptions, console: Console) -
     run = LoadRun(settings, _load_options(options), console)
     days: list[dict[str, Any]] = []
     archives: dict[str, Any] = {}
+    checkpoints = CheckpointStore.of(settings)
     try:
         for process in processes:
             process.start()
@@ -103,7 +105,7 @@ async def run_soak(settings: Settings, options: SoakOptions, console: Console) -
                 archives[month] = await _close_and_archive(settings, redis, month, now, options.archive_dir)
                 month = shanghai_month(now)
             started = time.monotonic()
-            audit = await _audit(settings, redis)
+            audit = await _audit(settings, redis, checkpoints)
             row = {
                 "day": day,
                 "date": now.astimezone(SHANGHAI).date().isoformat(),
@@ -114,13 +116,23 @@ async def run_soak(settings: Settings, options: SoakOptions, console: Console) -
                 "audit": "clean" if audit["valid?"] else str(audit["first"]),
                 "audit_seconds": round(time.monotonic() - started, 2),
                 "audit_records": audit.get("counts", {}).get("records"),
+                "audit_records_judged": audit.get("counts", {}).get("records_judged"),
             }
             days.append(row)
             console.print(
                 f"day {day:>3} {row['date']}: {row['claims_settled']:>9,} settled, Redis "
                 f"{row['redis_used_memory_bytes'] / 2**20:8.1f} MiB ({row['claims_in_redis']:,} claims held), "
-                f"audit {row['audit']} in {row['audit_seconds']:.1f} s"
+                f"audit {row['audit']} in {row['audit_seconds']:.1f} s ({row['audit_records']:,} records read)"
             )
+        # The checkpoints' chain checked once against every record read and judged again.
+        started = time.monotonic()
+        audit = await _audit(settings, redis, checkpoints, from_scratch=True)
+        from_scratch = {
+            "audit": "clean" if audit["valid?"] else str(audit["first"]),
+            "seconds": round(time.monotonic() - started, 2),
+            "records": audit.get("counts", {}).get("records"),
+        }
+        console.print(f"from scratch: audit {from_scratch['audit']} in {from_scratch['seconds']:.1f} s")
     finally:
         await run.watcher.stop()
         await run.stop_producers()
@@ -128,7 +140,7 @@ async def run_soak(settings: Settings, options: SoakOptions, console: Console) -
             if process.running():
                 process.stop()
         await redis.aclose()
-    return _report(options, days, archives)
+    return _report(options, days, archives, from_scratch)
 
 
 def _load_options(options: SoakOptions) -> LoadOptions:
@@ -160,10 +172,15 @@ async def _claims_held(redis: Redis) -> int:
     return held
 
 
-async def _audit(settings: Settings, redis: Redis) -> dict[str, Any]:
+async def _audit(
+    settings: Settings, redis: Redis, checkpoints: CheckpointStore, from_scratch: bool = False
+) -> dict[str, Any]:
+    """The deep audit, from the last day's checkpoint (or from scratch), as `gongji audit --deep` runs."""
     try:
-        return report_json(await deep_audit(settings, redis, wait_seconds=AUDIT_WAIT_SECONDS))
-    except AuditUnavailable as error:
+        return report_json(
+            await deep_audit(settings, redis, AUDIT_WAIT_SECONDS, checkpoints, from_scratch=from_scratch)
+        )
+    except (AuditUnavailable, CheckpointInDoubt) as error:
         return {"valid?": False, "first": str(error)}
 
 
@@ -178,7 +195,9 @@ async def _close_and_archive(settings: Settings, redis: Redis, month: str, now: 
     return {"matches": True, "provinces": len(manifest["provinces"]), "lines": len(manifest["clearing"])}
 
 
-def _report(options: SoakOptions, days: list[dict[str, Any]], archives: dict[str, Any]) -> dict[str, Any]:
+def _report(
+    options: SoakOptions, days: list[dict[str, Any]], archives: dict[str, Any], from_scratch: dict[str, Any]
+) -> dict[str, Any]:
     memory = [row["redis_used_memory_bytes"] for row in days]
     audit_seconds = [row["audit_seconds"] for row in days]
     held = [row["claims_in_redis"] for row in days]
@@ -193,6 +212,7 @@ def _report(options: SoakOptions, days: list[dict[str, Any]], archives: dict[str
         "audit_seconds_by_day": audit_seconds,
         "audit_records_by_day": [row["audit_records"] for row in days],
         "audit": next((row["audit"] for row in days if row["audit"] != "clean"), "clean"),
+        "audit_from_scratch": from_scratch,  # at the end, every record read and judged again
         "archives": archives,
         "bytes_per_claim_held": round(per_claim) if per_claim else None,
         # What a million claims a day would hold at steady state: each day's claims are kept 32 days.
@@ -210,6 +230,8 @@ def _report(options: SoakOptions, days: list[dict[str, Any]], archives: dict[str
 def failures(report: dict[str, Any]) -> list[str]:
     """What makes a soak fail: an audit not clean, an archive that does not add up, a plateau missed."""
     found = [] if report["audit"] == "clean" else [f"audit: {report['audit']}"]
+    if (scratch := report["audit_from_scratch"]["audit"]) != "clean":
+        found.append(f"audit from scratch: {scratch}")
     found += [f"archive {month}: {a.get('why')}" for month, a in report["archives"].items() if not a["matches"]]
     found += [name for name in ("memory_plateau", "audit_plateau") if report.get(name) is False]
     return found

@@ -169,6 +169,10 @@ class Topics:
         self.records.append(record)
         return record
 
+    def ends(self) -> dict[tuple[str, int], int]:
+        """Each topic's end offset (its one partition's)."""
+        return {(topic, 0): end for topic, end in self._offsets.items()}
+
     def taken_in(self, topic: Topic, message: BaseModel) -> None:
         if id(message) not in self._inputs:
             self._inputs[id(message)] = (message, self.publish(topic, message))

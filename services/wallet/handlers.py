@@ -161,6 +161,7 @@ class _Draw:
                     amount_fen=take.amount_fen,
                     balance_fen=take.balance_fen,
                     frozen_fen=take.frozen_fen,
+                    account_seq=take.seq,
                 )
             )
 
@@ -447,6 +448,7 @@ class WalletHandlers:
                 amount_fen=payer.amount_fen,
                 balance_fen=payer.balance_fen,
                 frozen_fen=payer.frozen_fen,
+                account_seq=payer.account_seq,
                 claim_id=request.claim_id,
                 occurred_at=at,
             )

@@ -763,3 +763,65 @@ async def test_an_input_refused_as_outside_its_window_is_answered_not_pending(bu
     assert (refused.type, refused.reason) == ("grant_rejected", ReasonCode.INPUT_TOO_OLD)
     report = await deep(bus)
     assert report.valid and not report.pending, (report.differences, report.pending)
+
+
+# ---- a checkpoint: the records after its cut judged, added to the figures before it -------------
+
+
+def ends(records: list[Record]) -> dict[tuple[str, int], int]:
+    """Each partition's end offset: where an audit reading them now would cut."""
+    offsets: dict[tuple[str, int], int] = {}
+    for record in records:
+        offsets[(record.topic, record.partition)] = max(
+            offsets.get((record.topic, record.partition), 0), record.offset + 1
+        )
+    return offsets
+
+
+async def from_checkpoint(bus: Bus, cut: dict[tuple[str, int], int], opening, records: list[Record] | None = None):
+    window = Window.from_settings(Settings(), bus.saga.clock.now())
+    books = rebuild(bus.records if records is None else records, cut)
+    return compare(books, await read_state(bus.redis, window.today), window, opening)
+
+
+async def test_a_checkpointed_audit_judges_what_came_after_its_cut_and_folds_the_same_books(bus: Bus) -> None:
+    """A claim paid before the cut reversed after it, a new claim, a quota released: judged from the
+    checkpoint's figures, valid, and the books folded on equal the books rebuilt from scratch."""
+    world = await story(bus)
+    first = await deep(bus)
+    assert first.valid and first.pending == []
+    cut, opening = ends(bus.records), first.closing
+    reversal = bus.saga.reverse(world.recipient, world.split_claim)  # paid before the cut
+    await bus.claim(reversal)
+    await bus.claim(bus.saga.settle(world.recipient, 5_000))
+    await bus.command("dissolve", world.first, world.first, world.recipient)
+
+    later = await from_checkpoint(bus, cut, opening)
+    assert later.valid, later.differences
+    assert later.pending == []
+    assert 0 < later.counts["records_judged"] < later.counts["records"]
+    assert later.counts["records_in_books"] == later.counts["records"]  # all of them read: within the horizon
+    assert (later.counts["claims_final"], later.counts["reversals"]) == (3, 2)
+    assert later.closing.to_json() == (await deep(bus)).closing.to_json()
+
+
+async def test_a_checkpointed_audit_names_what_breaks_after_its_cut_against_what_came_before(bus: Bus) -> None:
+    world = await story(bus)
+    cut, opening = ends(bus.records), (await deep(bus)).closing
+    (result,) = records_of(bus, SETTLEMENTS.name, claim_id=world.split_claim)
+    await bus.redis.hincrby(f"wal:{{p:{world.first}}}:account", "balance", 100)  # money made in Redis
+    report = await from_checkpoint(bus, cut, opening, [*bus.records, again(result, event_id=new_id())])
+    assert named(report, CLAIM, claim=world.split_claim)  # a second result for a claim paid before the cut
+    (balance,) = [d for d in named(report, ACCOUNT, person=world.first) if d.what.startswith("balance")]
+    assert balance.found - balance.expected == 100  # the checkpoint's figures, compared with Redis
+
+
+async def test_what_a_checkpoint_folded_is_not_judged_again_but_a_from_scratch_audit_finds_it(bus: Bus) -> None:
+    """The checkpoint is trusted for what came before its cut: `--from-scratch` is there for when
+    it is in doubt."""
+    world = await story(bus)
+    (result,) = records_of(bus, SETTLEMENTS.name, claim_id=world.split_claim)
+    records = [changed(record, paid_fen=39_000) if record is result else record for record in bus.records]
+    assert named(await deep(bus, records), CLAIM, claim=world.split_claim)
+    checkpointed = await from_checkpoint(bus, ends(records), (await deep(bus)).closing, records)
+    assert checkpointed.valid and checkpointed.counts["records_judged"] == 0

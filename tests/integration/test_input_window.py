@@ -169,6 +169,10 @@ async def test_a_copy_within_the_window_is_recognised_after_its_id_moved_to_the_
     await credit("next", 33)  # a generation on: the current one becomes the earlier one
     assert await redis.hexists(f"{seen_key}:earlier", "kept") and not await redis.hexists(seen_key, "kept")
     assert set(await redis.hkeys(seen_key)) == {b"", b"next"}  # "" holds when the generation began
+    # The earlier one ends a generation after it ended: each id kept at least a generation after it
+    # was applied, at most two (the deep audit reads the books back that far).
+    left = timedelta(milliseconds=await redis.pttl(f"{seen_key}:earlier"))
+    assert began + timedelta(days=10) + WINDOW.generation < clock.now() + left <= began + 2 * WINDOW.generation
 
     clock.set(began + timedelta(days=10) + WINDOW.length)  # kept's last moment in the window
     assert await credit("kept", 10) == kept  # its stored answer, not a second credit

@@ -3,10 +3,13 @@ for (within a bound) instead of ending the audit with a traceback."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from redis.exceptions import BusyLoadingError
 
 from gongji.audit import deep
+from gongji.audit.checkpoint import Cut
 from gongji.audit.compare import IN_FLIGHT, AuditReport, Pending
 from gongji.audit.state import RedisState
 from shared.settings import Settings
@@ -20,8 +23,8 @@ def audits(monkeypatch, *reports: AuditReport) -> None:
     """Each attempt of the audit finds the next report (the last one again once they run out)."""
     sequence = list(reports)
 
-    async def audit_once(settings, redis):
-        return (sequence.pop(0) if len(sequence) > 1 else sequence[0]), 0.0
+    async def audit_once(settings, redis, checkpoint):
+        return (sequence.pop(0) if len(sequence) > 1 else sequence[0]), 0.0, Cut(datetime.now(UTC), {})
 
     monkeypatch.setattr(deep, "_audit_once", audit_once)
     monkeypatch.setattr(deep.asyncio, "sleep", _no_sleep)

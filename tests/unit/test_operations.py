@@ -85,3 +85,16 @@ def test_only_refusals_an_operator_must_act_on_are_fatal() -> None:
     assert is_fatal(TopicAuthorizationFailedError())
     assert not is_fatal(KafkaConnectionError())
     assert not is_fatal(RequestTimedOutError())
+
+
+def test_the_books_are_kept_for_good_or_past_what_the_deep_audit_reads_back() -> None:
+    from pydantic import ValidationError
+
+    from gongji.ops.infra import topic_config
+    from shared.settings import Settings
+    from shared.topics import SETTLEMENTS
+
+    assert topic_config(SETTLEMENTS, Settings())["retention.ms"] == "-1"
+    assert topic_config(SETTLEMENTS, Settings(books_retention_days=400))["retention.ms"] == str(400 * 86_400_000)
+    with pytest.raises(ValidationError, match="at least 73"):  # 2 × (30 + 2) + 1 days read back, a week more
+        Settings(books_retention_days=60)
