@@ -79,9 +79,9 @@ class Settings(BaseSettings):
     # are kept at least this plus the grace (two generations of seen ids per person and topic).
     input_window_seconds: int = Field(default=30 * 86400, ge=3600)
     # How long the topics (the books) keep a record; 0: for good. The deep audit starts from its
-    # last clean checkpoint and reads back two generations of the windows before it (docs/retention.md):
-    # a finite retention must keep that and a week more (a week to run a clean audit in); and
-    # `gongji audit --deep --from-scratch` needs every record since the first.
+    # last clean checkpoint and reads back two generations of the windows and a day before it
+    # (docs/retention.md): a finite retention must keep that and two weeks more (a clean audit at
+    # least weekly); `gongji audit --deep --from-scratch` needs every record since the first.
     books_retention_days: int = Field(default=0, ge=0)
     # How long the policy (opened regions, the cross-province date) is cached by a service.
     policy_cache_seconds: float = 1.0
@@ -100,11 +100,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _books_kept_past_the_audit(self) -> Settings:
         windows = max(self.claim_window_seconds, self.input_window_seconds) + self.claim_record_grace_seconds
-        least = (2 * windows + 86400) // 86400 + 1 + 7
+        least = -(-(2 * windows + 86400) // 86400) + 14
         if self.books_retention_days and self.books_retention_days < least:
             raise ValueError(
                 f"GONGJI_BOOKS_RETENTION_DAYS must be 0 (for good) or at least {least}: the deep audit reads "
-                "two generations of the windows back from its last checkpoint, and a week more"
+                "two generations of the windows and a day back from its last checkpoint, and two weeks more"
             )
         return self
 

@@ -126,8 +126,9 @@ class Books:
     # where it does not belong) has an answer, not a result.
     settlements: list[SettlementEvent] = field(default_factory=list)
     refused_before_id: list[SettlementEvent] = field(default_factory=list)
-    # Each claim taken in from a province's own topic, with that province: (province, content).
-    sent_by_provinces: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # Each claim taken in from a province's own topic, with that province: (province, content, whether
+    # it is after the checkpoint's cut).
+    sent_by_provinces: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)  # and if judged
     # The claim ids that dead-lettered claims (broken, but their id readable) were sent under.
     dead_lettered_claims: set[str] = field(default_factory=set)
     # Input records that break the contract and have no dead letter (yet): (topic, partition, offset).
@@ -267,8 +268,8 @@ def _take_input(
     contents = (books.inputs if taken is None else taken).setdefault((topic, scope, value[id_field]), [])
     if value not in contents:
         contents.append(value)
-    if judged and (province := INPUT_TOPICS[record.topic].province) is not None:
-        books.sent_by_provinces.append((province, value))
+    if (province := INPUT_TOPICS[record.topic].province) is not None:
+        books.sent_by_provinces.append((province, value, judged))
 
 
 def _take_output(

@@ -1,5 +1,5 @@
-"""The deep audit's checkpoint: the books folded up to a cut, written by a clean audit with its own
-checksum, so that the next audit reads only the records since (and the horizon before them).
+"""The deep audit's checkpoint: the books folded up to a cut, written by a clean audit and sealed
+(HMAC-SHA256), so that the next audit reads only the records since (and the horizon before them).
 
 A cut is where an audit took the topics' end offsets, and when (on the services' clock). A
 checkpoint holds the last clean audit's cut, the figures the books held there (`Opening`) and the
@@ -10,8 +10,11 @@ than the cut (gongji/audit/window.py), so that every record a later one may name
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
+import secrets
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,8 +28,8 @@ FORMAT = 1
 
 
 class CheckpointInDoubt(Exception):
-    """A checkpoint that cannot be trusted: its checksum fails, or it names records the topics do
-    not hold. Said in words; `gongji audit --deep --from-scratch` rebuilds everything."""
+    """A checkpoint that cannot be trusted: its seal fails, or it names records the topics do not
+    hold. Said in words; `gongji audit --deep --from-scratch` rebuilds everything."""
 
 
 @dataclass(frozen=True)
@@ -90,20 +93,23 @@ class Checkpoint:
         )
 
 
-def _checksum(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def _seal(key: bytes, body: dict[str, Any]) -> str:
+    """HMAC-SHA256 of the body: a checkpoint changed by anyone without the audit's key (a balance
+    edited in Redis and in the checkpoint alike) is in doubt."""
+    return hmac.new(key, json.dumps(body, sort_keys=True, separators=(",", ":")).encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
 class CheckpointStore:
-    """One file per Kafka cluster, written whole (a new file renamed over the old), 0600: it names
-    persons and their money."""
+    """One file per Kafka cluster, written whole (a file of its own, renamed over the old), 0600 in
+    a 0700 directory: it names persons and their money. Sealed with a key of the operator's."""
 
     directory: Path
+    key: bytes
 
     @classmethod
     def of(cls, settings: Settings) -> CheckpointStore:
-        return cls(Path(settings.state_dir) / "audit")
+        return cls(Path(settings.state_dir) / "audit", _key(Path(settings.state_dir) / "secrets" / KEY_FILE))
 
     def path(self, cluster_id: str) -> Path:
         return self.directory / f"checkpoint-{cluster_id}.json"
@@ -117,21 +123,47 @@ class CheckpointStore:
         except ValueError as error:
             raise CheckpointInDoubt(f"{path} is not JSON ({error}): audit --deep --from-scratch") from None
         body = document.get("body") if isinstance(document, dict) else None
-        if not isinstance(body, dict) or document.get("sha256") != _checksum(body):
-            raise CheckpointInDoubt(f"{path} fails its checksum: audit --deep --from-scratch")
+        if not isinstance(body, dict) or not hmac.compare_digest(str(document.get("seal")), _seal(self.key, body)):
+            raise CheckpointInDoubt(f"{path} fails its seal: audit --deep --from-scratch")
         if body.get("format") != FORMAT or body.get("cluster_id") != cluster_id:
             raise CheckpointInDoubt(f"{path} is of another format or cluster: audit --deep --from-scratch")
-        return Checkpoint.from_body(body)
+        try:
+            return Checkpoint.from_body(body)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointInDoubt(f"{path} is incomplete ({error!r}): audit --deep --from-scratch") from None
 
     def save(self, checkpoint: Checkpoint) -> Path:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.chmod(0o700)
         path = self.path(checkpoint.cluster_id)
         body = checkpoint.body()
-        written = path.with_suffix(".new")
-        descriptor = os.open(written, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        descriptor, written = tempfile.mkstemp(dir=self.directory, prefix=path.name, suffix=".new")  # 0600
         with os.fdopen(descriptor, "w") as file:
-            json.dump({"sha256": _checksum(body), "body": body}, file, sort_keys=True, separators=(",", ":"))
+            json.dump({"seal": _seal(self.key, body), "body": body}, file, sort_keys=True, separators=(",", ":"))
             file.flush()
             os.fsync(file.fileno())
-        written.replace(path)
+        os.replace(written, path)
+        directory = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a crash
+        finally:
+            os.close(directory)
         return path
+
+
+KEY_FILE = "audit-checkpoint.key"
+
+
+def _key(path: Path) -> bytes:
+    """The audit's sealing key, made once (0600) beside the operator's other secrets."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another audit made it meanwhile
+            return path.read_bytes()
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(secrets.token_bytes(32))
+        return path.read_bytes()

@@ -826,13 +826,15 @@ def _statements(view: _View, books: dict[str, Counter[str]], found: _Findings) -
 
 def _answers(view: _View, found: _Findings) -> None:
     answers: dict[InputKey, list[Any]] = defaultdict(list)
-    # Inputs refused as outside their window: answered, though not applied (rules.py judges the refusal).
-    outside: set[InputKey] = set()
+    # Inputs answered though not applied: refused as outside their window (rules.py judges the
+    # refusal), or as a conflict (the id was taken before, its answer with it: from a checkpoint,
+    # maybe before what was read).
+    refused: set[InputKey] = set()
     for event in view.books.wallet_events:
         if event.type in ANSWERED_BY_WALLET and event.reason not in UNAPPLIED:
             answers[(ANSWERED_BY_WALLET[event.type], event.provider_id, event.cause_id)].append(event)
-        elif event.type in ANSWERED_BY_WALLET and event.reason in OUTSIDE_WINDOW:
-            outside.add((ANSWERED_BY_WALLET[event.type], event.provider_id, event.cause_id))
+        elif event.type in ANSWERED_BY_WALLET:
+            refused.add((ANSWERED_BY_WALLET[event.type], event.provider_id, event.cause_id))
     for result in view.books.settlements:
         answers[(CLAIMS.name, NATIONAL, result.claim_id)].append(result)
     for refusal in view.books.refused_before_id:
@@ -867,8 +869,8 @@ def _answers(view: _View, found: _Findings) -> None:
     for change in view.books.relationship_events:
         if change.reason not in UNAPPLIED:
             answers[_relationship_cause(view.books, change)].append(change)
-        elif change.reason in OUTSIDE_WINDOW:
-            outside.add(_relationship_cause(view.books, change))
+        else:
+            refused.add(_relationship_cause(view.books, change))
     for key, events in sorted(answers.items(), key=lambda item: item[0]):
         if not any(view.books.judged(event) for event in events):
             continue  # judged by the audit that read them after its cut
@@ -890,7 +892,7 @@ def _answers(view: _View, found: _Findings) -> None:
     for key in sorted(view.books.inputs):
         if key[0] == CLAIMS.name and key not in answers and key[2] in view.refusals and not view.unanswered(key[2]):
             continue  # every claim sent under the id was refused before it was taken
-        if key[0] in ANSWERED_TOPICS and key not in answers and key not in outside:
+        if key[0] in ANSWERED_TOPICS and key not in answers and key not in refused:
             found.pend("input not yet answered", _input_ids(key))
 
 

@@ -76,7 +76,8 @@ async def deep_audit(
     attempts, loading = 0, 0.0
     first: set[tuple] = set()
     cluster_id = await _cluster_id(settings) if checkpoints else ""
-    checkpoint = None if from_scratch or checkpoints is None else checkpoints.load(cluster_id)
+    stored = _stored(checkpoints, cluster_id, from_scratch)
+    checkpoint = None if from_scratch else stored
     while True:
         attempts += 1
         report, waited, cut = await _audit_once(settings, redis, checkpoint)
@@ -88,11 +89,23 @@ async def deep_audit(
             if wait_seconds > 0:
                 _stuck_as_differences(report, first, wait_seconds)
             written = None
-            if checkpoints and report.valid:
-                written = checkpoints.save(_next_checkpoint(settings, checkpoint, cluster_id, cut, report))
+            if checkpoints and report.valid:  # from scratch, it keeps the earlier cuts to read from
+                written = checkpoints.save(_next_checkpoint(settings, stored, cluster_id, cut, report))
             started_from = checkpoint.cut.at if checkpoint else None
             return DeepAudit(report, time.monotonic() - started, attempts, loading, started_from, written)
         await asyncio.sleep(1.0)
+
+
+def _stored(checkpoints: CheckpointStore | None, cluster_id: str, from_scratch: bool) -> Checkpoint | None:
+    """The stored checkpoint; from scratch, one in doubt is none (it is replaced)."""
+    if checkpoints is None:
+        return None
+    try:
+        return checkpoints.load(cluster_id)
+    except CheckpointInDoubt:
+        if from_scratch:
+            return None
+        raise
 
 
 def _next_checkpoint(

@@ -37,6 +37,7 @@ class Opening:
     quotas: dict[str, Counter[str]] = field(default_factory=dict)  # provider -> recipient -> fen
     pairs: dict[tuple[str, str], PairState] = field(default_factory=dict)  # (provider, recipient)
     standing: dict[str, int] = field(default_factory=dict)  # provider -> freezes standing (rule 16)
+    last_seq: dict[str, int] = field(default_factory=dict)  # provider -> the newest step folded
     unstepped: set[str] = field(default_factory=set)  # providers with events of before step numbers
     # Persons ever insured as residents (rule 12). An enrollment in flight at the cut counts, though
     # it may then be refused as too old: the rule may miss a premium paid for such a person, never
@@ -60,9 +61,11 @@ class Opening:
                 for (provider, recipient), state in sorted(self.pairs.items())
             },
             "standing": {provider: count for provider, count in sorted(self.standing.items()) if count},
+            "last_seq": dict(sorted(self.last_seq.items())),
             "unstepped": sorted(self.unstepped),
             "resident": sorted(self.resident),
-            "clearing": {month: _nonzero(totals) for month, totals in sorted(self.clearing.items())},
+            # every figure: a pair whose claims and reversals cancel out has an amount of 0, and is listed
+            "clearing": {month: dict(sorted(totals.items())) for month, totals in sorted(self.clearing.items())},
             "claims_final": self.claims_final,
             "reversals": self.reversals,
         }
@@ -80,6 +83,7 @@ class Opening:
                 for pair, state in document["pairs"].items()
             },
             standing=dict(document["standing"]),
+            last_seq=dict(document["last_seq"]),
             unstepped=set(document["unstepped"]),
             resident=set(document["resident"]),
             clearing={month: Counter(totals) for month, totals in document["clearing"].items()},

@@ -37,6 +37,7 @@ USES = frozenset({"institution", "pharmacy", "resident_premium", "ltc_premium"})
 CODE_LETTER = {"institution": "H", "pharmacy": "P"}
 PREMIUMS = frozenset({"resident_premium", "ltc_premium"})
 NATIONAL = "national"  # the scope of claim ids in the books
+UNAPPLIED = frozenset({"CONFLICT", "INPUT_TOO_OLD", "INVALID_MESSAGE"})  # refused, nothing applied: no step
 
 Differ = Callable[[str, str, dict[str, str], Any, Any], None]
 
@@ -112,42 +113,53 @@ def _related_before_quota(books: Books, differ: Differ, opening: Opening) -> Non
 
 def _frozen_accounts(books: Books, differ: Differ, opening: Opening, closing: Opening) -> None:
     """Walking one account's events in the order of its steps, the freezes standing before a grant
-    or a draw must be none. (An account with events of a release before step numbers is skipped.)"""
+    or a draw must be none. (An account with events of a release before step numbers is skipped; a
+    refusal that applied nothing has no step.) From a checkpoint, the walk goes on from the freezes
+    standing after the steps it folded; an event published after its cut for a step before one it
+    folded (another consumer's, late) counts for the freezes, but is not judged: the steps before
+    it are not all known."""
     by_account: dict[str, list[WalletEvent]] = defaultdict(list)
     for event in filter(books.judged, books.wallet_events):
-        by_account[event.provider_id].append(event)
+        if event.reason not in UNAPPLIED:
+            by_account[event.provider_id].append(event)
     closing.unstepped |= opening.unstepped
     closing.standing |= opening.standing
+    closing.last_seq |= opening.last_seq
     for provider, events in sorted(by_account.items()):
         stepped = [event for event in events if event.account_seq is not None]
         if len(stepped) < len(events) or provider in opening.unstepped:
             closing.unstepped.add(provider)
             closing.standing.pop(provider, None)
             continue
-        standing = opening.standing.get(provider, 0)
+        standing, folded_to = opening.standing.get(provider, 0), opening.last_seq.get(provider, 0)
         for event in sorted(stepped, key=lambda one: one.account_seq or 0):
             if event.type == "frozen":
                 standing += 1
             elif event.type == "unfrozen":
                 standing = max(0, standing - 1)
             elif event.type in ("granted", "debited") and event.amount_fen and standing:
-                differ(
-                    RULE,
-                    f"rule 16: {'a grant' if event.type == 'granted' else 'a draw'} from a frozen account",
-                    {"provider": provider, "input": event.claim_id or event.cause_id},
-                    0,
-                    event.amount_fen,
-                )
+                if (event.account_seq or 0) > folded_to:
+                    differ(
+                        RULE,
+                        f"rule 16: {'a grant' if event.type == 'granted' else 'a draw'} from a frozen account",
+                        {"provider": provider, "input": event.claim_id or event.cause_id},
+                        0,
+                        event.amount_fen,
+                    )
         closing.standing[provider] = standing
+        closing.last_seq[provider] = max(folded_to, *(event.account_seq or 0 for event in stepped))
 
 
 # ---- rules 12, 13: only medical uses are paid, and only the recipient's own share --------------
 
 
 def _paid_claims(books: Books, differ: Differ, opening: Opening, closing: Opening) -> None:
+    # An enrollment taken in, or refused as too old on a late redelivery (it was taken in before,
+    # when it came within its window: the record is the same).
     resident_insured = opening.resident | {
         key[1]
-        for key, contents in books.inputs.items()
+        for taken in (books.inputs, books.too_old)
+        for key, contents in taken.items()
         if key[0] == ENROLLMENT.name and any(content.get("insurance_type") == "resident" for content in contents)
     }
     closing.resident = resident_insured
@@ -180,14 +192,16 @@ def _claims_of_their_own_care(books: Books, differ: Differ) -> None:
         for refusal in books.refused_before_id
         if refusal.reason == "SERVICE_REGION_MISMATCH"
     }
-    answered = {result.claim_id for result in books.settlements} | {
-        refusal.claim_id for refusal in books.refused_before_id
-    }
-    for province, claim in books.sent_by_provinces:
+    answers = [*books.settlements, *books.refused_before_id]
+    answered = {answer.claim_id for answer in answers}
+    answered_after_the_cut = {answer.claim_id for answer in answers if books.judged(answer)}
+    for province, claim, judged in books.sent_by_provinces:
         claim_id = str(claim.get("claim_id"))
         region = claim.get("service_region") if claim.get("kind") == "settle" else claim_id.split("-")[0]
         if str(region)[:2] == province or claim_id not in answered:  # unanswered: the answers check waits for it
             continue
+        if not judged and claim_id not in answered_after_the_cut:
+            continue  # judged by the audit that read it after its cut
         if (claim_id, claim.get("recipient_id"), claim.get("amount_fen") or 0) not in refused:
             differ(
                 RULE,

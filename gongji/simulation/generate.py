@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from gongji.simulation.network import ROUTES, alike
-from gongji.simulation.world import Op, World
+from gongji.simulation.world import START, Op, World
 from services.relationship.domain import INVERSE
 from shared.clock import shanghai_month
 from shared.contracts import Claim, DrawAnswered, DrawRequested, Kinship, RefundRequested
@@ -116,7 +116,11 @@ class Generator:
         self.counter += 1
         roll = self.rng.random()
         if roll < 0.08:
-            return str(self.counter % 7)
+            # Used again only within one generation of the inputs' memory (their window and the
+            # grace), where it is recognised: the contract forbids using an id again, and one used
+            # again once forgotten would be another input under the same id (nothing can tell).
+            generation = (self.world.clock.now() - START) // self.world.model.memory
+            return str(self.counter % 7) + (f"g{generation}" if generation else "")
         if roll < 0.12:
             shape = self.rng.choice(SHAPED_IDS)
             return shape.format(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -18,6 +19,7 @@ from redis.asyncio import Redis
 from gongji.audit.books import Record, rebuild
 from gongji.audit.checkpoint import Checkpoint, Cut
 from gongji.audit.compare import AuditReport, compare
+from gongji.audit.opening import Opening
 from gongji.audit.state import read_state
 from gongji.audit.window import Window
 from gongji.simulation.cast import Cast
@@ -628,7 +630,8 @@ class World:
         middle = len(self.cuts) // 2
         cut = self.cuts[middle]
         before = [record for record in self.topics.records if _before(record, cut.offsets)]
-        opening = compare(rebuild(before), state, Window.from_settings(Settings(), cut.at)).closing
+        folded = compare(rebuild(before), state, Window.from_settings(Settings(), cut.at)).closing
+        opening = Opening.from_json(json.loads(json.dumps(folded.to_json())))  # as a checkpoint file keeps it
         starts = Checkpoint("simulation", cut, opening, self.cuts[:middle]).starts(window.horizon)
         read = [record for record in self.topics.records if not _before(record, starts)]
         checkpointed = compare(rebuild(read, cut.offsets, starts), state, window, opening)

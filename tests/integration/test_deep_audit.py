@@ -36,6 +36,7 @@ from services.wallet.domain import GrantLimits
 from shared.contracts import (
     AccountCredited,
     Claim,
+    EnrollmentChanged,
     ReasonCode,
     SettlementEvent,
     SupervisionActed,
@@ -49,6 +50,7 @@ from shared.topics import (
     CLAIMS,
     DEAD_LETTERS,
     DRAW_REQUESTS,
+    ENROLLMENT,
     RELATIONSHIP_EVENTS,
     SETTLEMENTS,
     SUPERVISION,
@@ -825,3 +827,21 @@ async def test_what_a_checkpoint_folded_is_not_judged_again_but_a_from_scratch_a
     assert named(await deep(bus, records), CLAIM, claim=world.split_claim)
     checkpointed = await from_checkpoint(bus, ends(records), (await deep(bus)).closing, records)
     assert checkpointed.valid and checkpointed.counts["records_judged"] == 0
+
+
+async def test_a_premium_paid_stays_owed_when_its_recipients_enrollment_is_refused_on_a_late_redelivery(
+    bus: Bus,
+) -> None:
+    """The recipient's resident enrollment, taken in, then delivered again once its id was forgotten
+    and refused INPUT_TOO_OLD: the recipient was insured as a resident all along (rule 12)."""
+    provider, recipient = await related_pair(bus)
+    await bus.grant(provider, recipient, REGION, 50_000)
+    premium = bus.saga.settle(recipient, 20_000, category="resident_premium", institution_code=None)
+    (result, *_) = [output for output in await bus.claim(premium) if isinstance(output, SettlementEvent)]
+    assert (result.status, result.paid_fen) == ("settled", 20_000)
+    (enrollment,) = records_of(bus, ENROLLMENT.name, person_id=recipient)
+    bus.clock.set(bus.clock.now() + timedelta(days=70))
+    refused = Refused(EnrollmentChanged.model_validate(enrollment.value), ReasonCode.INPUT_TOO_OLD, "too old")
+    bus.record(DEAD_LETTERS, dead_letter_of(enrollment, refused, bus.clock.now()))
+    report = await deep(bus)
+    assert report.valid, report.differences

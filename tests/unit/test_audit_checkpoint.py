@@ -3,6 +3,7 @@ cuts it keeps are those a later audit reads from (a horizon before its own)."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import stat
 from collections import Counter
@@ -17,6 +18,7 @@ from shared.settings import Settings
 
 T0 = datetime.fromisoformat("2026-03-01T00:00:00+08:00")
 HORIZON = timedelta(days=25)
+KEY = b"k" * 32
 
 
 def cut(days: int, offset: int) -> Cut:
@@ -34,16 +36,24 @@ def opening() -> Opening:
         standing={"P": 1},
         unstepped={"Q"},
         resident={"R"},
-        clearing={"2026-03": Counter({"44>51": 30_000, "44>51#claims": 1})},
+        # 44>63: a claim and its reversal in one month, 0 fen in all: still a line of the month
+        clearing={
+            "2026-03": Counter(
+                {"44>51": 30_000, "44>51#claims": 1, "44>63": 0, "44>63#claims": 1, "44>63#reversals": 1}
+            )
+        },
         claims_final=1,
     )
 
 
 def test_a_checkpoint_reads_back_as_written_and_only_its_owner_may_read_it(tmp_path) -> None:
-    store = CheckpointStore(tmp_path / "audit")
+    store = CheckpointStore(tmp_path / "audit", KEY)
     written = Checkpoint("cluster-1", cut(30, 500), opening(), [cut(1, 10), cut(4, 40)])
     path = store.save(written)
-    assert store.load("cluster-1") == written
+    assert (loaded := store.load("cluster-1")) == written
+    assert (
+        "44>63" in loaded.opening.clearing["2026-03"]
+    )  # a pair that nets to 0 fen is kept (Counters equal without it)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert store.load("cluster-2") is None  # another cluster (a reset Kafka): no checkpoint, from scratch
 
@@ -53,12 +63,19 @@ def test_a_checkpoint_reads_back_as_written_and_only_its_owner_may_read_it(tmp_p
     [
         lambda document: document["body"]["opening"]["accounts"]["P"].update(credited=200_000),
         lambda document: document["body"]["cut"]["offsets"]["gongji.claims.v1"].update({"0": 1}),
-        lambda document: document.update(sha256="0" * 64),
+        lambda document: document.update(seal="0" * 64),
+        # changed and sealed again by someone without the audit's key
+        lambda document: document.update(
+            body=(body := {**document["body"], "format": 1}),
+            seal=hmac.new(
+                b"not the key", json.dumps(body, sort_keys=True, separators=(",", ":")).encode(), "sha256"
+            ).hexdigest(),
+        ),
     ],
-    ids=["money", "offsets", "checksum"],
+    ids=["money", "offsets", "seal", "resealed"],
 )
 def test_a_checkpoint_changed_after_it_was_written_is_in_doubt(tmp_path, tamper) -> None:
-    store = CheckpointStore(tmp_path)
+    store = CheckpointStore(tmp_path, KEY)
     path = store.save(Checkpoint("cluster-1", cut(30, 500), opening()))
     document = json.loads(path.read_text())
     tamper(document)
@@ -67,11 +84,22 @@ def test_a_checkpoint_changed_after_it_was_written_is_in_doubt(tmp_path, tamper)
         store.load("cluster-1")
 
 
-def test_a_checkpoint_that_is_not_json_is_in_doubt(tmp_path) -> None:
-    store = CheckpointStore(tmp_path)
+def test_a_checkpoint_that_is_not_json_or_incomplete_is_in_doubt(tmp_path) -> None:
+    store = CheckpointStore(tmp_path, KEY)
     store.path("cluster-1").write_text("{half")
     with pytest.raises(CheckpointInDoubt, match="not JSON"):
         store.load("cluster-1")
+    body = {"format": 1, "cluster_id": "cluster-1", "cut": {"at": T0.isoformat(), "offsets": {}}}
+    seal = hmac.new(KEY, json.dumps(body, sort_keys=True, separators=(",", ":")).encode(), "sha256").hexdigest()
+    store.path("cluster-1").write_text(json.dumps({"seal": seal, "body": body}))
+    with pytest.raises(CheckpointInDoubt, match="incomplete"):
+        store.load("cluster-1")
+
+
+def test_the_sealing_key_is_made_once_and_kept_for_the_operator_alone(tmp_path) -> None:
+    first = CheckpointStore.of(Settings(state_dir=tmp_path))
+    assert len(first.key) == 32 and CheckpointStore.of(Settings(state_dir=tmp_path)).key == first.key
+    assert stat.S_IMODE((tmp_path / "secrets" / "audit-checkpoint.key").stat().st_mode) == 0o600
 
 
 def test_an_audit_reads_from_the_newest_cut_a_horizon_before_its_checkpoint() -> None:

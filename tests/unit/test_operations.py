@@ -96,5 +96,6 @@ def test_the_books_are_kept_for_good_or_past_what_the_deep_audit_reads_back() ->
 
     assert topic_config(SETTLEMENTS, Settings())["retention.ms"] == "-1"
     assert topic_config(SETTLEMENTS, Settings(books_retention_days=400))["retention.ms"] == str(400 * 86_400_000)
-    with pytest.raises(ValidationError, match="at least 73"):  # 2 × (30 + 2) + 1 days read back, a week more
-        Settings(books_retention_days=60)
+    with pytest.raises(ValidationError, match="at least 79"):  # 2 × (30 + 2) + 1 days read back, two weeks more
+        Settings(books_retention_days=78)
+    assert Settings(books_retention_days=79).books_retention_days == 79

@@ -237,6 +237,8 @@ class ModelBase:
         self.skew = timedelta(seconds=settings.claim_clock_skew_seconds)
         # Every other input's: taken only within it; its id recognised at least this plus the grace.
         self.input_window = timedelta(seconds=settings.input_window_seconds)
+        # How long an id is surely recognised after it is taken: the longer window and the grace.
+        self.memory = max(self.window, self.input_window) + self.grace
 
     def too_old(self, occurred_at: datetime) -> bool:
         return occurred_at < self.clock.now() - self.window
