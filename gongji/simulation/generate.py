@@ -115,13 +115,13 @@ class Generator:
         content: a conflict), some shaped like another topic's or an internal record's key."""
         self.counter += 1
         roll = self.rng.random()
+        # Ids are used again only within one generation of the inputs' memory (their window and the
+        # grace), where they are recognised: the contract forbids using an id again, and one used
+        # again once forgotten would be another input under the same id (nothing can tell).
+        generation = (self.world.clock.now() - START) // self.world.model.memory
         if roll < 0.08:
-            # Used again only within one generation of the inputs' memory (their window and the
-            # grace), where it is recognised: the contract forbids using an id again, and one used
-            # again once forgotten would be another input under the same id (nothing can tell).
-            generation = (self.world.clock.now() - START) // self.world.model.memory
             return str(self.counter % 7) + (f"g{generation}" if generation else "")
-        if roll < 0.12:
+        if roll < 0.12 and not generation:  # a person's id, say: used again whenever it comes up
             shape = self.rng.choice(SHAPED_IDS)
             return shape.format(
                 n=f"{prefix}{self.counter}", person=self.cast.id(self.rng.choice(list(self.cast.people)))
