@@ -92,6 +92,9 @@ ANSWERED_BY_WALLET = {
     "frozen": SUPERVISION.name,
     "unfrozen": SUPERVISION.name,
 }
+# Refused, nothing applied (no step taken): outside the input's window, or its id taken before for
+# other content.
+UNAPPLIED = frozenset({ReasonCode.INPUT_TOO_OLD, ReasonCode.INVALID_MESSAGE, ReasonCode.CONFLICT})
 # Times are when a service answered: an output published again keeps its figures, not always its time
 # (a refusal of a reused id is dated when it is refused).
 _TIMES = frozenset({"occurred_at", "settled_at", "closed_at"})
@@ -157,6 +160,15 @@ class Books:
         """Whether an output is this audit's to judge: first published at or after the cut."""
         return event.event_id not in self.earlier
 
+    def any_judged(self, events: Iterable[Any]) -> bool:
+        """Whether any of them is this audit's to judge; none: the audit that read them after its cut did."""
+        return any(map(self.judged, events))
+
+
+def before(record: Record, offsets: Offsets) -> bool:
+    """Whether a record lies before the offsets (a cut, or where reading starts) of its partition."""
+    return record.offset < offsets.get((record.topic, record.partition), 0)
+
 
 def rebuild(records: Iterable[Record], cut: Offsets | None = None, starts: Offsets | None = None) -> Books:
     """`starts`: where each partition was read from (else its beginning); `cut`: the checkpoint's
@@ -168,7 +180,7 @@ def rebuild(records: Iterable[Record], cut: Offsets | None = None, starts: Offse
     books.records.update(record.topic for record in records)
 
     def before_cut(record: Record) -> bool:
-        return record.offset < cut.get((record.topic, record.partition), 0)
+        return before(record, cut)
 
     books.judged_records = sum(1 for record in records if not before_cut(record))
     first_offsets: dict[tuple[str, int], int] = {}

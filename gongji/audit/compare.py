@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from gongji.audit.books import ANSWERED_BY_WALLET, Books, InputKey
+from gongji.audit.books import ANSWERED_BY_WALLET, UNAPPLIED, Books, InputKey
 from gongji.audit.opening import Opening, PairChange, PairState
 from gongji.audit.rules import check_rules
 from gongji.audit.state import TOTALS, RedisState, WalletAccount
@@ -52,8 +52,6 @@ SUPERVISION_ANSWER = {"freeze": "frozen", "unfreeze": "unfrozen"}
 UNREADABLE = frozenset({ReasonCode.INVALID_MESSAGE, ReasonCode.AMOUNT_OUT_OF_RANGE})  # a claim dead-lettered
 # An input refused with one of these was not applied: the answer, if any, is another's (a reused id's
 # first content, a copy's taken in within its window) or none (rules.py judges the window's refusals).
-OUTSIDE_WINDOW = frozenset({ReasonCode.INPUT_TOO_OLD, ReasonCode.INVALID_MESSAGE})
-UNAPPLIED = frozenset({ReasonCode.CONFLICT, *OUTSIDE_WINDOW})
 
 
 @dataclass(frozen=True)
@@ -263,7 +261,7 @@ def _claims(view: _View, found: _Findings) -> None:
             else:
                 found.pend("claim final in Redis, its result not yet published", ids)
             continue
-        if not any(view.books.judged(one) for one in results):
+        if not view.books.any_judged(results):
             continue  # judged by the audit that read it after its cut
         result = results[0]
         ids["recipient"] = result.recipient_id
@@ -351,7 +349,7 @@ def _reversals(view: _View, found: _Findings) -> None:
         if result and result.status == "reversed":
             reversals[result.reverses or ""].append(result)
     for original_id, of_original in sorted(reversals.items()):
-        if not any(view.books.judged(one) for one in of_original):
+        if not view.books.any_judged(of_original):
             continue  # judged by the audit that read it after its cut
         reversal = of_original[0]
         ids = {"claim": original_id, "reversal": reversal.claim_id, "recipient": reversal.recipient_id}
@@ -375,7 +373,7 @@ def _reversals(view: _View, found: _Findings) -> None:
     for claim_id in sorted(set(view.refunds) | set(view.debits)):
         if claim_id in reversals:
             continue
-        judged = any(view.books.judged(event) for event in (*view.refunds[claim_id], *view.debits[claim_id]))
+        judged = view.books.any_judged((*view.refunds[claim_id], *view.debits[claim_id]))
         if view.result(claim_id) or claim_id in view.state.claims or claim_id in view.claim_inputs:
             # (A reversal settlement holds as made, whose result is on its way, is pending under claims.)
             reversed_in_redis = view.state.claims.get(claim_id, {}).get("reversed_by")
@@ -605,7 +603,7 @@ def _relationships(view: _View, found: _Findings) -> None:
 
 
 def _judged_version(view: _View, history: list[RelationshipEvent], version: int) -> bool:
-    return any(view.books.judged(event) for event in history if event.version == version)
+    return view.books.any_judged(event for event in history if event.version == version)
 
 
 def _newer(folded: PairChange | None, history: list[RelationshipEvent]) -> PairChange | None:
@@ -872,7 +870,7 @@ def _answers(view: _View, found: _Findings) -> None:
         else:
             refused.add(_relationship_cause(view.books, change))
     for key, events in sorted(answers.items(), key=lambda item: item[0]):
-        if not any(view.books.judged(event) for event in events):
+        if not view.books.any_judged(events):
             continue  # judged by the audit that read them after its cut
         topic = key[0]
         # An accept refused for a changed insurance also ends the request: two answers. An enrollment

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from gongji.audit.books import ANSWERED_BY_WALLET, Books, json_object
+from gongji.audit.books import ANSWERED_BY_WALLET, UNAPPLIED, Books, json_object
 from gongji.audit.opening import Opening
 from gongji.audit.window import Window
 from shared.contracts import SettlementEvent, WalletEvent
@@ -37,7 +37,6 @@ USES = frozenset({"institution", "pharmacy", "resident_premium", "ltc_premium"})
 CODE_LETTER = {"institution": "H", "pharmacy": "P"}
 PREMIUMS = frozenset({"resident_premium", "ltc_premium"})
 NATIONAL = "national"  # the scope of claim ids in the books
-UNAPPLIED = frozenset({"CONFLICT", "INPUT_TOO_OLD", "INVALID_MESSAGE"})  # refused, nothing applied: no step
 
 Differ = Callable[[str, str, dict[str, str], Any, Any], None]
 
@@ -78,7 +77,7 @@ def _grants(books: Books, differ: Differ) -> None:
                 command.get("actor_id"),
             )
     for (provider, day), grants in sorted(per_day.items()):
-        if len(grants) > MOST_GRANTS_A_DAY and any(books.judged(grant) for grant in grants):
+        if len(grants) > MOST_GRANTS_A_DAY and books.any_judged(grants):
             differ(
                 RULE,
                 "rule 9: more grants in one Asia/Shanghai day than allowed",

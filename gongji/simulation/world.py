@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from gongji.audit.books import Record, rebuild
+from gongji.audit.books import before, rebuild
 from gongji.audit.checkpoint import Checkpoint, Cut
 from gongji.audit.compare import AuditReport, compare
 from gongji.audit.opening import Opening
@@ -629,11 +629,11 @@ class World:
         # horizon before it read), added to the figures folded before it, must find the same.
         middle = len(self.cuts) // 2
         cut = self.cuts[middle]
-        before = [record for record in self.topics.records if _before(record, cut.offsets)]
-        folded = compare(rebuild(before), state, Window.from_settings(Settings(), cut.at)).closing
+        earlier = [record for record in self.topics.records if before(record, cut.offsets)]
+        folded = compare(rebuild(earlier), state, Window.from_settings(Settings(), cut.at)).closing
         opening = Opening.from_json(json.loads(json.dumps(folded.to_json())))  # as a checkpoint file keeps it
         starts = Checkpoint("simulation", cut, opening, self.cuts[:middle]).starts(window.horizon)
-        read = [record for record in self.topics.records if not _before(record, starts)]
+        read = [record for record in self.topics.records if not before(record, starts)]
         checkpointed = compare(rebuild(read, cut.offsets, starts), state, window, opening)
         _landed_and_valid(checkpointed, f" from the checkpoint at {cut.at:%Y-%m-%d %H:%M}")
         folded, rebuilt = checkpointed.closing.to_json(), report.closing.to_json()
@@ -695,10 +695,6 @@ class World:
             self.topics.publish(CLEARING, row)
         self.stored = True
         return f"closed {month}: {len(rows)} rows"
-
-
-def _before(record: Record, offsets: dict[tuple[str, int], int]) -> bool:
-    return record.offset < offsets.get((record.topic, record.partition), 0)
 
 
 def _landed_and_valid(report: AuditReport, how: str) -> None:
