@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -323,6 +323,89 @@ def archive_command(
         )
     console.print(table)
     console.print("[green]the settlements add up to the clearing statement published[/green]")
+
+
+@app.command("reconcile")
+def reconcile_command(
+    date: Annotated[str, typer.Option(help="the Asia/Shanghai day, YYYY-MM-DD (today: the day so far)")],
+    province: Annotated[str | None, typer.Option(help="one province (PP); else every province")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+) -> None:
+    """A day's reconciliation (对账) per province as the settlement service holds it, checked against
+    the ledger rebuilt from the settlements topic; exit 1, showing each difference, unless they agree."""
+    from gongji.audit.deep import read_topics
+    from gongji.reconcile import checked, held
+    from shared.clock import clock_from_settings
+    from shared.redis_client import connect
+    from shared.topics import SETTLEMENTS
+
+    try:
+        datetime.strptime(date, "%Y-%m-%d")
+    except ValueError:
+        _fail("date must be YYYY-MM-DD")
+    if province is not None and not (len(province) == 2 and province.isascii() and province.isdigit()):
+        _fail("province must be two digits, e.g. 44")
+    settings = Settings()
+
+    async def run() -> list:
+        redis = connect(settings, "operator")
+        try:
+            days = await held(
+                redis,
+                settings.statistics_shards,
+                date,
+                clock_from_settings(settings),
+                settings.reconciliation_settle_seconds,
+            )
+        finally:
+            await redis.aclose()
+        return checked(
+            [day for day in days if province in (None, day.province)], await read_topics(settings, [SETTLEMENTS])
+        )
+
+    results = asyncio.run(run())
+    agree = all(not result.differences for result in results)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "day": date,
+                    "matches_ledger": agree,
+                    "provinces": [
+                        {**result.day.model_dump(mode="json"), "differences": result.differences} for result in results
+                    ],
+                },
+                ensure_ascii=False,
+            )
+        )
+    else:
+        final = results[0].day.final if results else False
+        table = Table(title=f"Reconciliation {date} ({'final' if final else 'the day so far'})")
+        for column in ("province", "side", "settlements", "medical", "mutual aid", "refunds", "refunded", "ledger"):
+            table.add_column(column)
+        for result in results:
+            for side in ("as_service", "as_insured"):
+                total = getattr(result.day, side).total
+                if not (total.settlements or total.refunds) and province is None:
+                    continue
+                table.add_row(
+                    result.day.province,
+                    "service (就医地)" if side == "as_service" else "insured (参保地)",
+                    f"{total.settlements:,}",
+                    format_fen(total.medical_fen),
+                    format_fen(total.mutual_aid_fen),
+                    f"{total.refunds:,}",
+                    format_fen(total.refunded_fen),
+                    "[green]matches[/green]"
+                    if not result.differences
+                    else f"[red]{len(result.differences)} differ[/red]",
+                )
+        console.print(table)
+        for result in results:
+            for difference in result.differences:
+                console.print(f"[red]DIFFERS[/red] {result.day.province} {difference}")
+    if not agree:
+        raise typer.Exit(1)
 
 
 @credentials_app.command("show")

@@ -92,6 +92,16 @@ def shanghai_minute(moment: datetime) -> str:
     return moment.astimezone(SHANGHAI).strftime("%Y-%m-%dT%H:%M")
 
 
+def minute_start(minute: str) -> datetime:
+    """When a minute (YYYY-MM-DDTHH:MM, China Standard Time) begins."""
+    return datetime.strptime(minute, "%Y-%m-%dT%H:%M").replace(tzinfo=SHANGHAI)
+
+
+def day_start(day: str) -> datetime:
+    """When a day (YYYY-MM-DD, China Standard Time) begins."""
+    return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=SHANGHAI)
+
+
 def shanghai_month(moment: datetime) -> str:
     """The clearing month in China Standard Time, as YYYY-MM."""
     return moment.astimezone(SHANGHAI).strftime("%Y-%m")

@@ -373,6 +373,12 @@ class SettlementEvent(_Output):
     settled_at: datetime
     # Why a claim that breaks the contract was refused (reason INVALID_MESSAGE or AMOUNT_OUT_OF_RANGE).
     error: str | None = None
+    # The recipient's insured region (参保地区划), as the claim stated it. A reversal carries its
+    # claim's category, service region and insured region.
+    recipient_region: str | None = None
+    # When the claim was sent (its Kafka record's time; of the first copy taken): the statistics'
+    # latency is settled_at less this.
+    claim_sent_at: datetime | None = None
 
 
 class ClearingRow(_Output):
@@ -424,10 +430,21 @@ class StatisticsCount(_Output):
     amount_fen: int
 
 
+class LatencyBucket(_Output):
+    """Results whose latency (settled_at less claim_sent_at) was at most `le_ms`, and more than
+    the bucket below: bounds of two significant digits (1, 2, … 99, 100, 110, … 990, 1000, 1100, …)."""
+
+    le_ms: int
+    count: int
+
+
 class StatisticsSnapshot(_Output):
-    """`gongji.statistics.v1`, keyed by minute: what one settlement instance settled in one
-    Asia/Shanghai minute so far. Sum the snapshots of all instances (`instance`) for the total;
-    a later snapshot of the same (instance, minute) replaces the earlier one."""
+    """`gongji.statistics.v1`, keyed by minute: the results and dead letters of one Asia/Shanghai
+    minute so far, exact: folded from `gongji.settlements.v1` and `gongji.dead-letters.v1`, each
+    event id once (its first copy's minute), the counts kept in Redis with the ids counted. A result
+    counts in the minute of its `settled_at`. `instance` is always `gongji` (readers that sum over
+    instances stay right). Of one minute, keep the snapshot with the highest `revision` (the results
+    and dead letters counted in it so far: it only grows); one revision always has the same figures."""
 
     event_id: str
     instance: str
@@ -436,6 +453,55 @@ class StatisticsSnapshot(_Output):
     by_category: list[StatisticsCount]
     by_province_pair: list[StatisticsCount]
     rejections_by_reason: list[StatisticsCount]
+    published_at: datetime
+    revision: int = 0
+    # Dead letters by the pattern of their source topic (`gongji.province.PP.claims.v1`); amount 0.
+    dead_letters: list[StatisticsCount] = Field(default_factory=list)
+    latency: list[LatencyBucket] = Field(default_factory=list)
+    latency_p50_ms: int | None = None
+    latency_p99_ms: int | None = None
+
+
+class ReconciliationLine(_Output):
+    """One line of a day's reconciliation: settlements (settled or partly, a count), their medical
+    total (what was claimed) and the amount paid from mutual aid (个人账户共济支付), and refunds
+    (reversals: a count, and what went back)."""
+
+    key: str
+    settlements: int = 0
+    medical_fen: int = 0
+    mutual_aid_fen: int = 0
+    refunds: int = 0
+    refunded_fen: int = 0
+
+
+class ReconciliationSide(_Output):
+    """A province's day from one side: as the service province (就医地: care given in it; the
+    counter-province is the patient's insured province) or as the insured province (参保地: its
+    insured patients' care; the counter-province is where it was given). By clearing type: 11
+    outpatient (care at an institution), 21 inpatient (no claim says so yet: always 0), 41 pharmacy,
+    99 other (the resident and long-term-care premiums)."""
+
+    total: ReconciliationLine
+    by_clearing_type: list[ReconciliationLine]
+    by_counter_province: list[ReconciliationLine]
+
+
+class ReconciliationDay(_Output):
+    """`gongji.reconciliation.v1` (every province, the national platform's) and
+    `gongji.province.PP.reconciliation.v1` (its own), keyed by province: a province's Asia/Shanghai
+    day (对账), folded exactly from the settlements as the statistics are. A result counts on the day
+    of its `settled_at`, a refund on the day of its reversal. `final` once the day has ended (and a
+    minute more for results settled just before midnight); a later result of the day publishes it
+    again. Of one (province, day), keep the highest `revision` (the results counted in it)."""
+
+    event_id: str
+    province: str
+    day: str  # YYYY-MM-DD
+    final: bool
+    revision: int
+    as_service: ReconciliationSide
+    as_insured: ReconciliationSide
     published_at: datetime
 
 

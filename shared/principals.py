@@ -25,6 +25,7 @@ from shared.topics import (
     ENROLLMENT,
     KINSHIP,
     PROVINCES,
+    RECONCILIATION,
     REFUND_REQUESTS,
     REGISTRY_DEAD_LETTERS,
     RELATIONSHIP_COMMANDS,
@@ -42,6 +43,7 @@ from shared.topics import (
     province_claims,
     province_clearing,
     province_dead_letters,
+    province_reconciliation,
     province_settlements,
     province_topic_prefix,
 )
@@ -214,11 +216,21 @@ SERVICES: tuple[Principal, ...] = (
         kafka=(
             *reads(CLAIMS, ENROLLMENT, DRAW_ANSWERS),
             *reads(*map(province_claims, PROVINCES)),
+            # What it published and every dead letter: the exact statistics and reconciliation.
+            *reads(SETTLEMENTS, DEAD_LETTERS),
             *group(SETTLEMENT_GROUP),
             *writes(
-                SETTLEMENTS, CLEARING, STATISTICS, DRAW_REQUESTS, REFUND_REQUESTS, DEAD_LETTERS, REGISTRY_DEAD_LETTERS
+                SETTLEMENTS,
+                CLEARING,
+                STATISTICS,
+                RECONCILIATION,
+                DRAW_REQUESTS,
+                REFUND_REQUESTS,
+                DEAD_LETTERS,
+                REGISTRY_DEAD_LETTERS,
             ),
             *writes(*map(province_settlements, PROVINCES)),
+            *writes(*map(province_reconciliation, PROVINCES)),
             *writes(*map(province_clearing, PROVINCES)),
             *writes(*map(province_dead_letters, PROVINCES)),
         ),
@@ -234,6 +246,7 @@ SERVICES: tuple[Principal, ...] = (
                 "hexists",
                 "hset",
                 "hincrby",
+                "hdel",
                 "expire",
                 "pttl",
                 "pexpire",
@@ -286,7 +299,7 @@ CLIENTS: tuple[Principal, ...] = (
     Principal(
         "dashboard",
         "live dashboards: aggregates only, no personal data",
-        kafka=(*reads(STATISTICS), *group("dashboard", prefixed=True)),
+        kafka=(*reads(STATISTICS, RECONCILIATION), *group("dashboard", prefixed=True)),
         quota=CLIENT_QUOTA,
     ),
 )

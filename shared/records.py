@@ -48,8 +48,10 @@ class ClaimRecord(BaseModel):
     fingerprint: str  # the content's hash: the same id with other content is a conflict
     kind: Literal["settle", "reverse"]
     recipient_id: str
-    category: str | None = None
+    category: str | None = None  # a reversal: its claim's, once it has reversed it (so the service region)
     service_region: str | None = None
+    recipient_region: str | None = None  # the recipient's insured region, as the claim stated it
+    sent_at: str | None = None  # rfc3339: when the claim was sent (its Kafka record's time), of the copy taken
     reverses: str | None = None
     reverses_day: str | None = None  # a reversal: the day (YYYYMMDD) the claim it names occurred, if known
     occurred_at: str | None = None  # the claim's, rfc3339 in Asia/Shanghai: a reversal must come within its window

@@ -140,6 +140,7 @@ class Delivery:
 
     topic: Topic
     message: BaseModel
+    sent_ms: int | None = None  # its Kafka record's time (the sender's), in ms since the epoch
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,7 @@ class DeadLetterDecoder:
             if (wrong_key := _wrong_key(topic, record, model)) is not None:
                 self._refuse(record, wrong_key, ReasonCode.INVALID_MESSAGE)
                 continue
-            self.batch.append((record, Delivery(topic, model) if self._deliveries else model))
+            self.batch.append((record, Delivery(topic, model, record.timestamp) if self._deliveries else model))
         for letter in self.dead_letters:
             MESSAGES.labels(self._service, letter.source_topic, "dead_lettered").inc()
         return [item for _, item in self.batch]
@@ -571,6 +572,27 @@ class Route:
         return functools.partial(self.method, handlers)
 
 
+@dataclass(frozen=True)
+class Periodic:
+    """A job a service runs every `seconds` beside its consumers: `due` gives what to publish now,
+    and `done` is told once Kafka has confirmed all of it (a job that fails is tried again at the
+    next tick: what it publishes is derived from Redis, so publishing it again is harmless)."""
+
+    seconds: float
+    due: Callable[[], Awaitable[Any]]  # an object with `outputs`
+    done: Callable[[Any], Awaitable[None]]
+
+    async def run(self, outbox: Outbox) -> None:
+        while True:
+            await asyncio.sleep(self.seconds)
+            try:
+                publication = await self.due()
+                await asyncio.gather(*await outbox.send(publication.outputs))
+                await self.done(publication)
+            except Exception as error:  # noqa: BLE001 - the next tick tries again; the consumers go on
+                logger.warning("periodic publication failed, tried again next tick: %r", error)
+
+
 def topics_by_model(topics: Sequence[Topic]) -> dict[type[BaseModel], Topic]:
     """Where a service's output of each model goes: the first topic listed of it. Its others (a
     province's copy, a sender's dead letters) are written as ToTopic."""
@@ -593,6 +615,7 @@ def build_service_app(
     on_stop: Callable[[], Awaitable[None]],
     broker: KafkaBroker | None = None,
     answer_sender: SenderAnswer | None = None,
+    periodic: Periodic | None = None,
 ) -> AsgiFastStream:
     """One service process: its batch subscribers (`routes` bound to `handlers`), and its operations
     port (shared/operations.py): `/health` (every consumer consuming) and `/metrics` (Prometheus).
@@ -630,14 +653,20 @@ def build_service_app(
         lifespan=lifespan,
     )
 
+    jobs: list[asyncio.Task] = []
+
     @app.after_startup
     async def learn_output_topics() -> None:
         await _learn_output_topics(broker, outputs)
+        if periodic is not None:
+            jobs.append(asyncio.create_task(periodic.run(outbox), name=f"{service} periodic"))
 
     @app.on_shutdown
     async def commit_what_is_confirmed() -> None:
         """Before the consumers close: the last batches' confirmations and commits (else their
         records are only delivered again after the restart)."""
+        for job in jobs:
+            job.cancel()
         await asyncio.gather(*(pipeline.flush() for pipeline in pipelines))
 
     return app

@@ -86,7 +86,15 @@ class Settings(BaseSettings):
     # How long the policy (opened regions, the cross-province date) is cached by a service.
     policy_cache_seconds: float = 1.0
     # Statistics are published every this many seconds.
-    statistics_interval_seconds: float = 5.0
+    # How often the exact statistics and the day's reconciliation are published when they changed
+    # (the dashboard shows them within 2 s), in how many Redis slots they are counted, how long a
+    # minute's and a day's sums stay in Redis (the topics keep them for good), and how long after
+    # midnight a day is published final (a result settled just before it may be published just after).
+    statistics_interval_seconds: float = Field(default=1.0, gt=0)
+    statistics_shards: int = Field(default=8, ge=1)
+    statistics_minutes_kept_seconds: int = Field(default=2 * 86400, ge=3600)
+    reconciliation_days_kept_seconds: int = Field(default=62 * 86400, ge=2 * 86400)
+    reconciliation_settle_seconds: int = Field(default=60, ge=0)
     # A fixed processing time for every service process (RFC 3339), for demonstrations and tests
     # of day and month edges; empty means the real clock.
     clock_fixed_at: str = ""

@@ -54,6 +54,7 @@ SETTLEMENTS = Topic("gongji.settlements.v1", "recipient_id", c.SettlementEvent)
 CLEARING = Topic("gongji.clearing.v1", "month", c.ClearingRow)
 DEAD_LETTERS = Topic("gongji.dead-letters.v1", "source_key", c.DeadLetter)
 STATISTICS = Topic("gongji.statistics.v1", "minute", c.StatisticsSnapshot)
+RECONCILIATION = Topic("gongji.reconciliation.v1", "province", c.ReconciliationDay)
 
 # Internal: the claim saga. Keyed by recipient so that one claim's messages stay in order.
 DRAW_REQUESTS = Topic("gongji.internal.draw-requests.v1", "recipient_id", c.DrawRequested)
@@ -75,6 +76,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     CLEARING,
     DEAD_LETTERS,
     STATISTICS,
+    RECONCILIATION,
     DRAW_REQUESTS,
     DRAW_ANSWERS,
     REFUND_REQUESTS,
@@ -116,6 +118,12 @@ def province_clearing(province: str) -> Topic:
     return Topic(f"gongji.province.{province}.clearing.v1", CLEARING.key_field, CLEARING.model, province)
 
 
+def province_reconciliation(province: str) -> Topic:
+    return Topic(
+        f"gongji.province.{province}.reconciliation.v1", RECONCILIATION.key_field, RECONCILIATION.model, province
+    )
+
+
 def province_topic_prefix(province: str) -> str:
     return f"gongji.province.{province}."
 
@@ -129,8 +137,23 @@ CLAIM_PATH: frozenset[str] = frozenset(
 PROVINCE_TOPICS: tuple[Topic, ...] = tuple(
     topic(province)
     for province in PROVINCES
-    for topic in (province_claims, province_settlements, province_clearing, province_dead_letters)
+    for topic in (
+        province_claims,
+        province_settlements,
+        province_clearing,
+        province_dead_letters,
+        province_reconciliation,
+    )
 )
+
+_PATTERNS = {topic.name: topic.pattern for topic in (*ALL_TOPICS, *PROVINCE_TOPICS)}
+
+
+def pattern_of(name: str) -> str:
+    """A topic's name as the 32 of its kind are named together (`gongji.province.PP.claims.v1`);
+    `other` for a name that is no topic of the contract."""
+    return _PATTERNS.get(name, "other")
+
 
 # One consumer group per service: N instances of a service share its partitions.
 RELATIONSHIP_GROUP = "gongji-relationship"

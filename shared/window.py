@@ -135,6 +135,17 @@ class ClaimWindow(Window):
         millisecond: a day written to is one whose claims can still come)."""
         return max(1, clock.redis_ms(self.kept_until(day) - clock.now()))
 
+    def counted_ids(self, clock: Clock) -> SeenIds:
+        """How the statistics keep the event ids they counted (shared/prelude.lua: `remember`): a
+        result is published again only while its claim is held, so at most a day, the window and
+        the grace after it was first."""
+        generation = timedelta(days=1) + self.length + self.grace
+        return SeenIds(
+            seen_generation_ms=_milliseconds(generation),
+            now_ms=_milliseconds(clock.now() - EPOCH),
+            seen_kept_ms=clock.redis_ms(generation),
+        )
+
     def held(self, day: str, now: datetime) -> bool:
         """Whether the records of `day`'s claims are surely still in Redis: half the grace is left
         before they may go (a margin for the clocks of the services and of Redis)."""

@@ -28,6 +28,7 @@ from shared.contracts import (
     RefundRequested,
     RelationshipCommand,
     RelationshipEvent,
+    SettlementEvent,
     SupervisionActed,
     WalletCommand,
 )
@@ -130,6 +131,10 @@ def label(message: BaseModel, cast: Cast) -> str:
             return f"answer {c(message.claim_id)} {a(message.recipient_id)} paid {message.paid_fen}"
         case RefundRequested():
             return f"refund {c(message.claim_id)} of {c(message.original_claim_id)} {a(message.recipient_id)}"
+        case SettlementEvent():
+            return f"result {c(message.claim_id)} {a(message.recipient_id)} {message.status} #{message.event_id[:6]}"
+        case DeadLetter():
+            return f"dead letter {message.source_topic}@{message.offset}"
     raise TypeError(f"no label for {type(message).__name__}")
 
 
@@ -177,9 +182,11 @@ class Topics:
         if id(message) not in self._inputs:
             self._inputs[id(message)] = (message, self.publish(topic, message))
 
-    def dead_letter(self, refused: Refused, at: datetime) -> None:
+    def dead_letter(self, refused: Refused, at: datetime) -> DeadLetter:
         _, record = self._inputs[id(refused.message)]
-        self.publish(DEAD_LETTERS, dead_letter_of(record, refused, at))
+        letter = dead_letter_of(record, refused, at)
+        self.publish(DEAD_LETTERS, letter)
+        return letter
 
 
 def dead_letter_of(record: Record, refused: Refused, at: datetime) -> DeadLetter:

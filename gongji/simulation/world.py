@@ -19,9 +19,11 @@ from redis.asyncio import Redis
 from gongji.audit.books import before, rebuild
 from gongji.audit.checkpoint import Checkpoint, Cut
 from gongji.audit.compare import AuditReport, compare
+from gongji.audit.figures import figures
 from gongji.audit.opening import Opening
 from gongji.audit.state import read_state
 from gongji.audit.window import Window
+from gongji.reconcile import SIDES
 from gongji.simulation.cast import Cast
 from gongji.simulation.model import Breach, Model, require
 from gongji.simulation.network import (
@@ -39,10 +41,11 @@ from services.relationship.handlers import RelationshipHandlers
 from services.relationship.store import RelationshipStore
 from services.settlement.clearing import MonthNotEnded, close_month
 from services.settlement.handlers import SettlementHandlers
-from services.settlement.store import ClaimLimits, SettlementStore
+from services.settlement.statistics import reconciliations, snapshot
+from services.settlement.store import ClaimLimits, SettlementStore, Tallies
 from services.wallet.handlers import WalletHandlers
 from services.wallet.store import Bucket, WalletStore
-from shared.clock import FixedClock, rfc3339
+from shared.clock import FixedClock, day_start, minute_start, rfc3339
 from shared.ids import claim_id_prefix
 from shared.policy import Policy, PolicyCache, write_policy
 from shared.records import DrawAnswer
@@ -54,6 +57,7 @@ from shared.topics import (
     ALL_TOPICS,
     CLAIMS,
     CLEARING,
+    DEAD_LETTERS,
     ENROLLMENT,
     KINSHIP,
     RELATIONSHIP_COMMANDS,
@@ -229,7 +233,7 @@ class World:
             return RelationshipHandlers(store, PolicyCache(self.redis, 0), self.clock)
         if service == "wallet":
             return WalletHandlers(store, self.clock, PolicyCache(self.redis, 0))
-        return SettlementHandlers(store, self.clock, statistics_interval_seconds=3600, limits=UNBOUNDED)
+        return SettlementHandlers(store, self.clock, limits=UNBOUNDED)
 
     def person(self, alias: str) -> str:
         return self.cast.id(alias) if alias in self.cast.people else alias
@@ -456,7 +460,9 @@ class World:
         if publish:
             for output in outputs:
                 if isinstance(output, Refused):
-                    self.topics.dead_letter(output, self.clock.now())
+                    letter = self.topics.dead_letter(output, self.clock.now())
+                    for inbox in inboxes_of(DEAD_LETTERS):
+                        self.network.send(inbox, Envelope(label(letter, self.cast), letter, DEAD_LETTERS))
                 elif isinstance(output, ToTopic):
                     self.topics.publish(output.topic, output.message)
                 else:
@@ -623,6 +629,7 @@ class World:
         state = await read_state(self.redis, window.today)
         report = compare(rebuild(self.topics.records), state, window)
         _landed_and_valid(report, "")
+        await self._statistics_as_the_ledger_says()
         if not self.cuts:
             return
         # Again from a checkpoint at the run's middle: the records after its cut judged (and those a
@@ -647,6 +654,37 @@ class World:
             f"the books folded from a checkpoint differ from the books rebuilt from scratch in {differing}: "
             + "; ".join(f"{folded[name]} against {rebuilt[name]}" for name in differing[:1]),
         )
+
+    async def _statistics_as_the_ledger_says(self) -> None:
+        """The exact statistics and the days' reconciliations Redis still holds equal the audit's own
+        figures from the topics (each event once, its first copy), whatever was delivered twice,
+        reordered or crashed on."""
+        settings, now = Settings(), self.clock.now()
+        ledger = figures(self.topics.records)
+        tallies = Tallies(self.redis, settings.statistics_shards)
+        kept = timedelta(seconds=settings.statistics_minutes_kept_seconds)
+        for minute in sorted(ledger.minutes):
+            if minute_start(minute) + kept - timedelta(hours=1) < now:
+                continue  # its sums may have left Redis
+            shown = snapshot(minute, await tallies.sums("minute", minute), now)
+            held = shown.model_dump(mode="json", include=set(ledger.statistics(minute)))
+            require(
+                held == ledger.statistics(minute),
+                "statistics",
+                f"minute {minute}: Redis holds {held}, the topics say {ledger.statistics(minute)}",
+            )
+        kept = timedelta(seconds=settings.reconciliation_days_kept_seconds)
+        for day in sorted(ledger.days):
+            if day_start(day) + kept - timedelta(days=1) < now:
+                continue
+            for one in reconciliations(day, await tallies.sums("day", day), False, now):
+                held = one.model_dump(mode="json", include=set(SIDES))
+                expected = ledger.reconciliation(day, one.province)
+                require(
+                    held == expected,
+                    "reconciliation",
+                    f"{day} province {one.province}: Redis holds {held}, the topics say {expected}",
+                )
 
     # ---- the world around --------------------------------------------------------------------
 

@@ -8,19 +8,22 @@ from services.settlement.handlers import SettlementHandlers
 from services.settlement.store import ClaimLimits, SettlementStore
 from shared.clock import Clock, clock_from_settings
 from shared.redis_client import connect
-from shared.runtime import Route, build_service_app
+from shared.runtime import Periodic, Route, build_service_app
 from shared.settings import Settings
 from shared.topics import (
     CLAIMS,
+    DEAD_LETTERS,
     DRAW_ANSWERS,
     DRAW_REQUESTS,
     ENROLLMENT,
     PROVINCE_CLAIMS,
     PROVINCES,
+    RECONCILIATION,
     REFUND_REQUESTS,
     SETTLEMENT_GROUP,
     SETTLEMENTS,
     STATISTICS,
+    province_reconciliation,
     province_settlements,
 )
 
@@ -32,17 +35,25 @@ ROUTES = (
     # draw answers. Separate consumers would each hold their own connections, heartbeats, group
     # membership and fetch loop (a claim-path fetch loop polls often).
     Route((CLAIMS, *PROVINCE_CLAIMS, DRAW_ANSWERS), SettlementHandlers.on_claim_path),
+    # The exact statistics and reconciliation: every result and dead letter as published.
+    Route((SETTLEMENTS, DEAD_LETTERS), SettlementHandlers.on_published),
 )
-OUTPUTS = (SETTLEMENTS, DRAW_REQUESTS, REFUND_REQUESTS, STATISTICS, *map(province_settlements, PROVINCES))
+OUTPUTS = (
+    SETTLEMENTS,
+    DRAW_REQUESTS,
+    REFUND_REQUESTS,
+    STATISTICS,
+    RECONCILIATION,
+    *map(province_settlements, PROVINCES),
+    *map(province_reconciliation, PROVINCES),
+)
 
 
 def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
     clock = clock or clock_from_settings(settings)
     redis = connect(settings, SERVICE)
     store = SettlementStore(redis, settings.settlement_shards)
-    handlers = SettlementHandlers(
-        store, clock, settings.statistics_interval_seconds, ClaimLimits.from_settings(settings)
-    )
+    handlers = SettlementHandlers(store, clock, ClaimLimits.from_settings(settings), settings=settings)
     return build_service_app(
         SERVICE,
         settings,
@@ -54,4 +65,5 @@ def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
         on_start=store.ready,
         on_stop=redis.aclose,
         answer_sender=handlers.answer_unreadable_claim,
+        periodic=Periodic(settings.statistics_interval_seconds, handlers.publication_due, handlers.published),
     )

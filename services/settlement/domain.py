@@ -194,35 +194,3 @@ def net_positions(lines: list[GrossLine]) -> dict[str, int]:
         net[line.payer_province] -= line.amount_fen
     assert sum(net.values()) == 0, "net positions must sum to zero"
     return dict(sorted(net.items()))
-
-
-@dataclass
-class MinuteTally:
-    """Counts and amounts of final results in one Asia/Shanghai minute, for live dashboards."""
-
-    by_status: dict[str, list[int]]
-    by_category: dict[str, list[int]]
-    by_province_pair: dict[str, list[int]]
-    rejections_by_reason: dict[str, list[int]]
-
-    @classmethod
-    def empty(cls) -> MinuteTally:
-        return cls(
-            defaultdict(lambda: [0, 0]),
-            defaultdict(lambda: [0, 0]),
-            defaultdict(lambda: [0, 0]),
-            defaultdict(lambda: [0, 0]),
-        )
-
-    def add(self, status: str, category: str, paid_fen: int, owed: dict[str, int], reason: str | None) -> None:
-        for table, key, amount in (
-            (self.by_status, status, paid_fen),
-            (self.by_category, category, paid_fen),
-        ):
-            table[key][0] += 1
-            table[key][1] += amount
-        for pair, amount in owed.items():
-            self.by_province_pair[pair][0] += 1
-            self.by_province_pair[pair][1] += amount
-        if status == "rejected" and reason:
-            self.rejections_by_reason[reason][0] += 1

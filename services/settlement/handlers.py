@@ -5,18 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import socket
-import time
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
 
 from services.settlement.domain import (
     NATIONAL,
     SERVICE,
-    MinuteTally,
     answer_mismatch,
     assess_claim,
     clearing_contributions,
@@ -24,10 +21,10 @@ from services.settlement.domain import (
     output_event_id,
     refusal_before_id,
     settlement_status,
-    statistics_category,
 )
-from services.settlement.store import ClaimFacts, ClaimLimits, ClaimOwner, Counting, SettlementStore
-from shared.clock import Clock, rfc3339, shanghai_day, shanghai_minute, shanghai_month
+from services.settlement.statistics import counted_dead_letter, counted_result, reconciliations, snapshot
+from services.settlement.store import ClaimFacts, ClaimLimits, ClaimOwner, Counting, SettlementStore, Tallies
+from shared.clock import Clock, day_start, minute_start, rfc3339, shanghai_day, shanghai_month
 from shared.contracts import (
     Claim,
     ClaimContext,
@@ -38,8 +35,6 @@ from shared.contracts import (
     ReasonCode,
     RefundRequested,
     SettlementEvent,
-    StatisticsCount,
-    StatisticsSnapshot,
 )
 from shared.ids import derived_event_id, fingerprint, mask_person_ids
 from shared.money import MAX_AMOUNT_FEN
@@ -47,7 +42,15 @@ from shared.records import ClaimRecord, ClaimResult
 from shared.redis_functions import Call, Step
 from shared.runtime import CONFLICTS, Delivery, Refused, ToTopic
 from shared.settings import Settings
-from shared.topics import CLAIMS, DRAW_ANSWERS, ENROLLMENT, STATISTICS, Topic, province_settlements
+from shared.topics import (
+    CLAIMS,
+    DRAW_ANSWERS,
+    ENROLLMENT,
+    Topic,
+    pattern_of,
+    province_reconciliation,
+    province_settlements,
+)
 from shared.window import ClaimWindow, InputWindow
 
 logger = logging.getLogger("gongji.settlement")
@@ -79,7 +82,18 @@ def settlement_event(claim_id: str, record: ClaimRecord) -> SettlementEvent:
         reverses=record.reverses,
         clearing_month=result.month or None,
         settled_at=datetime.fromisoformat(result.at),
+        recipient_region=record.recipient_region,
+        claim_sent_at=datetime.fromisoformat(record.sent_at) if record.sent_at else None,
     )
+
+
+@dataclass
+class Publication:
+    """The statistics and reconciliations due, and the marks of what they publish (shard, name,
+    changes), cleared once Kafka has confirmed them."""
+
+    outputs: list[BaseModel | ToTopic]
+    marks: list[tuple[int, str, str]]
 
 
 class SettlementHandlers:
@@ -87,20 +101,23 @@ class SettlementHandlers:
         self,
         store: SettlementStore,
         clock: Clock,
-        statistics_interval_seconds: float,
         limits: ClaimLimits | None = None,
         window: ClaimWindow | None = None,
         inputs: InputWindow | None = None,
+        settings: Settings | None = None,
     ) -> None:
+        settings = settings or Settings()
         self.store = store
         self.clock = clock
-        self.limits = limits or ClaimLimits.from_settings(Settings())
-        self.window = window or ClaimWindow.from_settings(Settings())
-        self.inputs = inputs or InputWindow.from_settings(Settings())
-        self.instance = f"{socket.gethostname()}-{os.getpid()}"
-        self.tallies: dict[str, MinuteTally] = {}
-        self.statistics_interval_seconds = statistics_interval_seconds
-        self.statistics_published_at = time.monotonic()
+        self.limits = limits or ClaimLimits.from_settings(settings)
+        self.window = window or ClaimWindow.from_settings(settings)
+        self.inputs = inputs or InputWindow.from_settings(settings)
+        self.tallies = Tallies(store.redis, settings.statistics_shards)
+        self.minutes_kept = timedelta(seconds=settings.statistics_minutes_kept_seconds)
+        self.days_kept = timedelta(seconds=settings.reconciliation_days_kept_seconds)
+        self.settle = timedelta(seconds=settings.reconciliation_settle_seconds)
+        # The open days as last published: their changes counted, and each province's revision.
+        self.days_published: dict[str, tuple[str, dict[str, int]]] = {}
 
     async def on_enrollment(self, changes: Sequence[EnrollmentChanged]) -> list[Refused]:
         """Keeps the service's own copy of who is insured where (for rule 4), in one pipeline. An
@@ -145,6 +162,7 @@ class SettlementHandlers:
             self._on_claims(
                 [delivery.message for delivery in claims],  # type: ignore[misc]
                 [delivery.topic.province for delivery in claims],
+                [_sent_at(delivery.sent_ms) for delivery in claims],
             ),
             self._on_draw_answers(answers),  # type: ignore[arg-type]
             return_exceptions=True,
@@ -154,7 +172,9 @@ class SettlementHandlers:
                 raise outcome
         return [*settled, *answered]
 
-    async def _on_claims(self, claims: Sequence[Claim], provinces: Sequence[str | None]) -> list[BaseModel | ToTopic]:
+    async def _on_claims(
+        self, claims: Sequence[Claim], provinces: Sequence[str | None], sent: Sequence[datetime | None]
+    ) -> list[BaseModel | ToTopic]:
         """Claims of the national topic (province None) and of each province's own: a claim sent on
         a province's topic is held to its province, and its results go to that province's
         settlements topic as well as the national one. A claim that does not belong where it was
@@ -188,27 +208,35 @@ class SettlementHandlers:
         steps = iter(
             await self.store.run(
                 [
-                    self._accept(claim, content, facts[index], province, now)
+                    self._accept(claim, content, facts[index], province, sent[index], now)
                     if claim.kind == "settle"
-                    else self._reverse(claim, content, facts[index], province, now)
+                    else self._reverse(claim, content, facts[index], province, sent[index], now)
                     for index, (claim, content, province) in enumerate(zip(claims, contents, provinces, strict=True))
                     if refusals[index] is None
                 ]
             )
         )
         outputs: list[BaseModel | ToTopic] = []
-        for claim, content, refusal, province in zip(claims, contents, refusals, provinces, strict=True):
+        for claim, content, refusal, province, sent_at in zip(claims, contents, refusals, provinces, sent, strict=True):
             step = next(steps) if refusal is None else None
             if step is None or step.conflict:
-                answer = self._refused_before_id(claim, content, refusal or ReasonCode.CONFLICT, now)
+                answer = self._refused_before_id(claim, content, refusal or ReasonCode.CONFLICT, sent_at, now)
                 outputs.extend(_also_to_provinces(answer, province))
             elif claim.kind == "settle":
                 outputs.extend(self._accepted(claim, step, now))
             else:
                 outputs.extend(self._reversed(claim, step, now))
-        return [*outputs, *self._statistics_due()]
+        return outputs
 
-    def _accept(self, claim: Claim, content: str, facts: ClaimFacts, province: str | None, now: datetime) -> Call:
+    def _accept(
+        self,
+        claim: Claim,
+        content: str,
+        facts: ClaimFacts,
+        province: str | None,
+        sent_at: datetime | None,
+        now: datetime,
+    ) -> Call:
         assessment = assess_claim(claim, facts.recipient)
         assert claim.amount_fen is not None  # a settle claim has it
         record = ClaimRecord(
@@ -217,6 +245,8 @@ class SettlementHandlers:
             recipient_id=claim.recipient_id,
             category=claim.category,
             service_region=claim.service_region,
+            recipient_region=claim.recipient_region,
+            sent_at=rfc3339(sent_at) if sent_at else None,
             occurred_at=rfc3339(claim.occurred_at),
             requested_fen=claim.amount_fen,
             asked_fen=assessment.payable_fen,
@@ -261,11 +291,11 @@ class SettlementHandlers:
                     ),
                 )
             ]
-        if step.outcome == "applied":
-            self._tally(record)
         return _also_to_provinces(settlement_event(claim.claim_id, record), record.province)
 
-    def _refused_before_id(self, claim: Claim, content: str, reason: ReasonCode, now: datetime) -> SettlementEvent:
+    def _refused_before_id(
+        self, claim: Claim, content: str, reason: ReasonCode, sent_at: datetime | None, now: datetime
+    ) -> SettlementEvent:
         """A claim refused before its id was taken (shared/contracts.py: REFUSED_BEFORE_ID): nothing
         is recorded, and a claim id used before for other content, or by another recipient, keeps
         its first result. The answer describes this claim, under an id of its own content."""
@@ -281,10 +311,20 @@ class SettlementHandlers:
             now,
             category=claim.category,
             service_region=claim.service_region,
+            recipient_region=claim.recipient_region,
+            claim_sent_at=sent_at,
             reverses=claim.reverses,
         )
 
-    def _reverse(self, claim: Claim, content: str, facts: ClaimFacts, province: str | None, now: datetime) -> Call:
+    def _reverse(
+        self,
+        claim: Claim,
+        content: str,
+        facts: ClaimFacts,
+        province: str | None,
+        sent_at: datetime | None,
+        now: datetime,
+    ) -> Call:
         assert claim.reverses is not None  # the contract requires it for a reversal
         record = ClaimRecord(
             fingerprint=content,
@@ -292,6 +332,7 @@ class SettlementHandlers:
             recipient_id=claim.recipient_id,
             reverses=claim.reverses,
             reverses_day=facts.reverses_owner.day if facts.reverses_owner else None,
+            sent_at=rfc3339(sent_at) if sent_at else None,
             occurred_at=rfc3339(claim.occurred_at),
             state="pending",
             province=province or "",
@@ -317,8 +358,6 @@ class SettlementHandlers:
 
     def _reversed(self, claim: Claim, step: Step[ClaimRecord], now: datetime) -> list[BaseModel | ToTopic]:
         record = step.result
-        if step.outcome == "applied":
-            self._tally(record)
         # A reversal sent on a province's topic reverses only claims of that province's care (or
         # the national platform's): the two provinces, when both are named, are one.
         outputs = _also_to_provinces(settlement_event(claim.claim_id, record), record.province or record.claim_province)
@@ -385,10 +424,8 @@ class SettlementHandlers:
                 outputs.extend(self._refused_answer(answer, step.why, now))
                 continue
             record = step.result
-            if step.outcome == "applied":
-                self._tally(record)
             outputs.extend(_also_to_provinces(settlement_event(answer.claim_id, record), record.province))
-        return [*outputs, *self._statistics_due()]
+        return outputs
 
     def _refused_answer(self, answer: DrawAnswered, why: str, now: datetime) -> list[BaseModel | Refused]:
         logger.error("draw answer for claim %s refused: %s", answer.claim_id, why)
@@ -446,42 +483,69 @@ class SettlementHandlers:
             self.window.kept_ms(owner.day, self.clock),
         )
 
-    def _tally(self, record: ClaimRecord) -> None:
-        result = record.result
-        assert result is not None  # tallied once final
-        minute = shanghai_minute(datetime.fromisoformat(result.at))
-        if minute not in self.tallies:
-            self.tallies[minute] = MinuteTally.empty()
-        self.tallies[minute].add(
-            result.status,
-            statistics_category(record.kind, record.category),
-            result.paid_fen,
-            result.owed_fen,
-            result.reason,
-        )
-
-    def _statistics_due(self) -> list[StatisticsSnapshot]:
-        """Snapshots of the minutes tallied since the last publication, at most once per interval."""
-        if not self.tallies or time.monotonic() - self.statistics_published_at < self.statistics_interval_seconds:
-            return []
-        self.statistics_published_at = time.monotonic()
+    async def on_published(self, deliveries: Sequence[Delivery]) -> list[BaseModel]:
+        """Counts every result and dead letter published, once each by its event id, in the exact
+        statistics of its minute and the reconciliation of its day (services/settlement/statistics.py)."""
+        seen = self.window.counted_ids(self.clock)
         now = self.clock.now()
-        snapshots = [
-            StatisticsSnapshot(
-                event_id=derived_event_id(SERVICE, STATISTICS.name, self.instance, minute, now.isoformat()),
-                instance=self.instance,
-                minute=minute,
-                by_status=_counts(tally.by_status),
-                by_category=_counts(tally.by_category),
-                by_province_pair=_counts(tally.by_province_pair),
-                rejections_by_reason=_counts(tally.rejections_by_reason),
-                published_at=now,
-            )
-            for minute, tally in sorted(self.tallies.items())
+        calls = []
+        for delivery in deliveries:
+            message = delivery.message
+            if isinstance(message, SettlementEvent):
+                event_id, counted = message.event_id, counted_result(message)
+            else:
+                assert isinstance(message, DeadLetter)
+                event_id = message.event_id or derived_event_id(
+                    "dead-letter", message.service, message.source_topic, str(message.partition), str(message.offset)
+                )
+                counted = counted_dead_letter(message, pattern_of(message.source_topic))
+            minute_kept = max(1, self.clock.redis_ms(minute_start(counted.minute) + self.minutes_kept - now))
+            day_kept = max(1, self.clock.redis_ms(day_start(counted.day) + self.days_kept - now))
+            calls.append(self.tallies.count(event_id, counted, seen, minute_kept, day_kept))
+        await self.store.run(calls)
+        return []
+
+    async def publication_due(self) -> Publication:
+        """The snapshots of the minutes changed since they were published, and the reconciliations
+        of the days changed: every province's on the national topic while the day is open (those
+        whose figures moved), and once it has ended (and settled), final, on each province's own too."""
+        changed = await self.tallies.changed()
+        now = self.clock.now()
+        marks_of: dict[str, list[tuple[int, str, str]]] = {}
+        for shard, names in changed.items():
+            for name, changes in names.items():
+                marks_of.setdefault(name, []).append((shard, name, changes))
+        publication = Publication([], [])
+        for name, marks in sorted(marks_of.items()):
+            what, when = name.split("|", 1)
+            if what == "minute":
+                publication.outputs.append(snapshot(when, await self.tallies.sums("minute", when), now))
+                publication.marks.extend(marks)
+            elif now >= day_start(when) + timedelta(days=1) + self.settle:
+                for day in reconciliations(when, await self.tallies.sums("day", when), True, now):
+                    publication.outputs.extend([day, ToTopic(province_reconciliation(day.province), day)])
+                publication.marks.extend(marks)
+                self.days_published.pop(when, None)
+            else:
+                publication.outputs.extend(await self._open_day(when, marks, now))
+        return publication
+
+    async def _open_day(self, day: str, marks: list[tuple[int, str, str]], now: datetime) -> list[BaseModel]:
+        """An open day's reconciliations whose figures moved since this instance last published them."""
+        changes = ",".join(f"{shard}:{count}" for shard, _, count in sorted(marks))
+        before_changes, before = self.days_published.get(day, ("", {}))
+        if changes == before_changes:
+            return []
+        moved = [
+            one
+            for one in reconciliations(day, await self.tallies.sums("day", day), False, now)
+            if one.revision != before.get(one.province, 0)
         ]
-        current_minute = shanghai_minute(now)
-        self.tallies = {minute: tally for minute, tally in self.tallies.items() if minute >= current_minute}
-        return snapshots
+        self.days_published[day] = (changes, {**before, **{one.province: one.revision for one in moved}})
+        return moved
+
+    async def published(self, publication: Publication) -> None:
+        await self.tallies.published(publication.marks)
 
 
 def _rejected(
@@ -491,7 +555,7 @@ def _rejected(
     requested_fen: int,
     reason: ReasonCode,
     now: datetime,
-    **fields: str | None,
+    **fields: str | datetime | None,
 ) -> SettlementEvent:
     """The answer to a claim refused before anything was recorded: nothing paid, all self-paid."""
     return SettlementEvent(
@@ -522,6 +586,11 @@ def _also_to_provinces(event: SettlementEvent, province: str | None) -> list[Bas
     return [event, ToTopic(province_settlements(province), for_province(event))] if province else [event]
 
 
+def _sent_at(sent_ms: int | None) -> datetime | None:
+    """A Kafka record's time as an aware datetime (None if the record carried none)."""
+    return datetime.fromtimestamp(sent_ms / 1000, UTC) if sent_ms is not None and sent_ms >= 0 else None
+
+
 def _json_object(value: bytes) -> dict | None:
     """A record's JSON object, or None if it is none (broken, too deeply nested, not an object)."""
     try:
@@ -529,7 +598,3 @@ def _json_object(value: bytes) -> dict | None:
     except (ValueError, RecursionError):
         return None
     return decoded if isinstance(decoded, dict) else None
-
-
-def _counts(table: dict[str, list[int]]) -> list[StatisticsCount]:
-    return [StatisticsCount(key=key, count=count, amount_fen=amount) for key, (count, amount) in sorted(table.items())]

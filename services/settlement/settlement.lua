@@ -170,8 +170,11 @@ local function reverse(keys, args)
       original.result.payers, original.result.owed
     result.month = open_month(closed_key, month)
     accumulate(shard_prefix, result.month, result.owed, -1)
-    -- The province that sent the claim hears of its refund, whoever sent the refund.
+    -- The province that sent the claim hears of its refund, whoever sent the refund; the day's
+    -- reconciliation counts the refund where the claim was counted.
     record.claim_province = original.province or ''
+    record.category, record.service_region, record.recipient_region =
+      original.category, original.service_region, original.recipient_region
     original.reversed_by = reversal_id
     keep(original_claims_key, original_id, cjson.encode(original), original_kept_ms)
   end
@@ -196,7 +199,41 @@ local function close_month(keys, args)
   return encoded
 end
 
+-- The exact statistics and reconciliation: a published result or dead letter counts once, by its event
+-- id, in its minute (and a settlement or a refund in its day), and marks them to be published.
+-- `added`: JSON {minute = {field = amount}, day = {field = amount}}, amounts as strings.
+local function count(keys, args)
+  local seen_key, earlier_seen_key, minute_key, day_key, dirty_key = unpack(keys)
+  local event_id, seen_generation_ms, now_ms, seen_kept_ms, outside_window, minute, day, minute_kept_ms,
+        day_kept_ms, added = unpack(args)
+  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms, outside_window)
+  local prior = remembered(seen, event_id, '')
+  if prior then return prior end
+  added = cjson.decode(added)
+  for name, amount in pairs(added.minute) do redis.call('HINCRBY', minute_key, name, amount) end
+  keep_for(minute_key, minute_kept_ms)
+  redis.call('HINCRBY', dirty_key, 'minute|' .. minute, 1)
+  if next(added.day) then
+    for name, amount in pairs(added.day) do redis.call('HINCRBY', day_key, name, amount) end
+    keep_for(day_key, day_kept_ms)
+    redis.call('HINCRBY', dirty_key, 'day|' .. day, 1)
+  end
+  keep_for(dirty_key, day_kept_ms)
+  return remember(seen, event_id, '', {})
+end
+
+-- A minute or day published as it stood when `changes` were marked: its mark goes, unless more
+-- came meanwhile (they are published next time).
+local function published(keys, args)
+  local dirty_key = unpack(keys)
+  local name, changes = unpack(args)
+  if redis.call('HGET', dirty_key, name) == changes then return redis.call('HDEL', dirty_key, name) end
+  return 0
+end
+
 register('settlement_register_claim', register_claim)
+register('settlement_count', count)
+register('settlement_published', published)
 register('settlement_accept', accept)
 register('settlement_finish', finish)
 register('settlement_reverse', reverse)

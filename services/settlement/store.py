@@ -13,6 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.settlement.domain import Enrolled
+from services.settlement.statistics import Counted
 from shared.clock import Clock, shanghai_day, shanghai_minute
 from shared.contracts import Claim
 from shared.records import ClaimRecord, ClaimResult, Recorded
@@ -73,6 +74,13 @@ RECORD_ENROLLMENT = LIBRARY.declare(
     args=("input_id", "fingerprint", *SEEN_ARGS, "insurance_type", "region", "status"),
     result=Recorded,
 )
+COUNT = LIBRARY.declare(
+    "settlement_count",
+    keys=(*SEEN_KEYS, "minute_key", "day_key", "dirty_key"),
+    args=("event_id", *SEEN_ARGS, "minute", "day", "minute_kept_ms", "day_kept_ms", "added"),
+    result=Recorded,
+)
+PUBLISHED = LIBRARY.declare("settlement_published", keys=("dirty_key",), args=("name", "changes"))
 PREFIX = "stl:"
 
 
@@ -342,6 +350,71 @@ class SettlementStore:
             for field, value in (await self.redis.hgetall(f"{prefix}:clearing:{month}")).items():
                 totals[field.decode()] = totals.get(field.decode(), 0) + int(value)
         return totals
+
+
+class Tallies:
+    """The exact statistics (per minute) and reconciliation (per day) in Redis, in `shards` slots
+    by event id (`stl:{k<N>}:…`): the ids counted, the sums, and what changed since it was last
+    published (`…:dirty`: `minute|<minute>` or `day|<day>` -> changes counted)."""
+
+    def __init__(self, redis: Redis, shards: int) -> None:
+        self.redis = redis
+        self.shards = shards
+
+    def _prefix(self, shard: int) -> str:
+        return f"{PREFIX}{{k{shard}}}"
+
+    def count(self, event_id: str, counted: Counted, seen: SeenIds, minute_kept_ms: int, day_kept_ms: int) -> Call:
+        """Counts one event once, however often it is published or read."""
+        prefix = self._prefix(zlib.crc32(event_id.encode()) % self.shards)
+        return COUNT.call(
+            **seen.of(f"{prefix}:counted"),
+            minute_key=f"{prefix}:minute:{counted.minute}",
+            day_key=f"{prefix}:day:{counted.day}",
+            dirty_key=f"{prefix}:dirty",
+            event_id=event_id,
+            minute=counted.minute,
+            day=counted.day,
+            minute_kept_ms=minute_kept_ms,
+            day_kept_ms=day_kept_ms,
+            added=json.dumps(
+                {
+                    "minute": {name: str(amount) for name, amount in counted.minute_fields.items()},
+                    "day": {name: str(amount) for name, amount in counted.day_fields.items()},
+                }
+            ),
+        )
+
+    async def changed(self) -> dict[int, dict[str, str]]:
+        """What changed since it was last published, by shard: `minute|…`/`day|…` -> changes."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in range(self.shards):
+                pipe.hgetall(f"{self._prefix(shard)}:dirty")
+            replies = await execute(pipe)
+        return {
+            shard: {name.decode(): changes.decode() for name, changes in reply.items()}
+            for shard, reply in enumerate(replies)
+            if reply
+        }
+
+    async def sums(self, what: str, when: str) -> dict[str, int]:
+        """A minute's (`what` = "minute") or a day's ("day") fields summed over the shards."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in range(self.shards):
+                pipe.hgetall(f"{self._prefix(shard)}:{what}:{when}")
+            replies = await execute(pipe)
+        totals: dict[str, int] = {}
+        for reply in replies:
+            for name, value in reply.items():
+                totals[name.decode()] = totals.get(name.decode(), 0) + int(value)
+        return totals
+
+    async def published(self, marks: Sequence[tuple[int, str, str]]) -> None:
+        """(shard, name, changes) published: each mark goes unless more changes came since."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard, name, changes in marks:
+                PUBLISHED.call(dirty_key=f"{self._prefix(shard)}:dirty", name=name, changes=changes).on(pipe)
+            await execute(pipe)
 
 
 def _stored(result: ClaimResult) -> dict[str, Any]:

@@ -165,7 +165,7 @@ async def _cost_per_claim(redis: Redis, pairs: list[tuple[str, str]], claims: in
     import random
 
     clock = FixedClock(NOON)
-    settlement = SettlementHandlers(SettlementStore(redis, 64), clock, statistics_interval_seconds=3600)
+    settlement = SettlementHandlers(SettlementStore(redis, 64), clock)
     wallet = WalletHandlers(WalletStore(redis), clock)
     histogram = HdrHistogram(1, 10_000_000, 3)
     rng = random.Random(7)
@@ -205,7 +205,7 @@ async def test_cost_per_claim_stays_flat_as_the_population_grows(infrastructure)
     await settlement_store.load()
     clock = FixedClock(NOON)
     wallet = WalletHandlers(wallet_store, clock)
-    settlement = SettlementHandlers(settlement_store, clock, statistics_interval_seconds=3600)
+    settlement = SettlementHandlers(settlement_store, clock)
     results = []
     loaded: list[tuple[str, str]] = []
     for persons in sizes:

@@ -4,7 +4,6 @@ its statement checked against figures computed by hand; then duplicates, conflic
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -15,7 +14,16 @@ from pathlib import Path
 import pytest
 
 from services.settlement.domain import gross_lines, net_positions
-from shared.topics import CLAIMS, CLEARING, SETTLEMENTS, STATISTICS, SUPERVISION, WALLET_EVENTS, province_clearing
+from shared.topics import (
+    CLAIMS,
+    CLEARING,
+    RECONCILIATION,
+    SETTLEMENTS,
+    STATISTICS,
+    SUPERVISION,
+    WALLET_EVENTS,
+    province_clearing,
+)
 from tests.e2e.world import World
 from tests.support import new_id, new_person_id, now_iso
 
@@ -279,15 +287,22 @@ async def test_an_insurance_change_releases_the_quota(world: World, kafka) -> No
     assert (released[0]["amount_fen"], released[0]["frozen_fen"]) == (50_000, 0)
 
 
-async def test_statistics_are_published_for_dashboards(world: World, kafka) -> None:
+async def test_statistics_and_the_days_reconciliation_are_published_and_match_the_ledger(world: World, kafka) -> None:
     provider, recipient = await world.funded_family()
-    await world.settle(world.claim_message(recipient, "510100", 700, "resident_premium"))
-    await asyncio.sleep(5)  # the statistics interval
-    await world.settle(world.claim_message(recipient, "510100", 700, "resident_premium"))
+    for _ in range(2):
+        await world.settle(world.claim_message(recipient, "510100", 700, "resident_premium"))
     snapshots = await kafka.wait_for(
-        STATISTICS, lambda m: any(c["key"] == "resident_premium" for c in m["by_category"])
+        STATISTICS,
+        lambda m: any(c["key"] == "resident_premium" and c["count"] >= 2 for c in m["by_category"]),
     )
-    assert snapshots[-1]["by_status"] and snapshots[-1]["instance"]
+    assert snapshots[-1]["instance"] == "gongji" and snapshots[-1]["latency_p99_ms"] is not None
+    days = await kafka.wait_for(
+        RECONCILIATION, lambda m: m["province"] == "51" and m["as_insured"]["total"]["settlements"] >= 2
+    )
+    assert days[-1]["as_insured"]["by_clearing_type"][3]["key"] == "99"  # a premium is "other"
+    checked = gongji("reconcile", "--date", days[-1]["day"], "--province", "51", "--json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["matches_ledger"] is True
 
 
 @pytest.mark.parametrize("service", ["settlement", "wallet"])

@@ -41,7 +41,7 @@ class Saga:
         self.wstore = WalletStore(redis)
         self.sstore = SettlementStore(redis, shards)
         self.wallet = WalletHandlers(self.wstore, self.clock, PolicyCache(redis, 0), window=window)
-        self.settlement = SettlementHandlers(self.sstore, self.clock, statistics_interval_seconds=3600, window=window)
+        self.settlement = SettlementHandlers(self.sstore, self.clock, window=window)
         self.people: set[str] = set()
 
     async def load(self) -> Saga:

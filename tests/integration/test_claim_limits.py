@@ -23,7 +23,6 @@ async def handlers(redis, per_recipient_per_day: int, province_per_minute: int) 
     return SettlementHandlers(
         store,
         FixedClock(NOON),
-        statistics_interval_seconds=3600,
         limits=ClaimLimits(per_recipient_per_day, province_per_minute),
     )
 
@@ -62,7 +61,6 @@ async def test_a_province_may_send_so_many_claims_a_minute(redis) -> None:
     (event, *_) = await settlement.on_claim_path([Delivery(province_claims("44"), refused)])
     assert isinstance(event, SettlementEvent)
     assert (event.status, event.reason, event.paid_fen, event.self_pay_fen) == ("rejected", "RATE_LIMITED", 0, 1_000)
-    assert settlement.tallies[NOON.strftime("%Y-%m-%dT%H:%M")].rejections_by_reason["RATE_LIMITED"] == [1, 0]
     settlement.clock = FixedClock(NOON + timedelta(minutes=1))
     assert await from_province(settlement, "44", settle_claim(neighbour, 1_000, service_region="440300")) == "drawing"
 

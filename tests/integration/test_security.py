@@ -52,6 +52,7 @@ from shared.topics import (
     ENROLLMENT,
     KINSHIP,
     PROVINCE_TOPICS,
+    RECONCILIATION,
     REFUND_REQUESTS,
     RELATIONSHIP_EVENTS,
     SETTLEMENT_GROUP,
@@ -256,11 +257,12 @@ async def test_a_province_cannot_join_a_services_consumer_group(infrastructure) 
 # ---- dashboards and services ------------------------------------------------------------------
 
 
-async def test_the_dashboard_reads_statistics_and_nothing_else(infrastructure) -> None:
-    answers = await readable(infrastructure, "dashboard", [STATISTICS, *everything_but(STATISTICS)[:25]])
-    assert answers.pop(STATISTICS.name) is True
+async def test_the_dashboard_reads_statistics_and_the_reconciliation_and_nothing_else(infrastructure) -> None:
+    aggregates = [STATISTICS, RECONCILIATION]
+    answers = await readable(infrastructure, "dashboard", [*aggregates, *everything_but(*aggregates)[:25]])
+    assert answers.pop(STATISTICS.name) is answers.pop(RECONCILIATION.name) is True
     assert not any(answers.values()), [name for name, allowed in answers.items() if allowed]
-    assert not any((await writable(infrastructure, "dashboard", [STATISTICS, CLAIMS, SETTLEMENTS])).values())
+    assert not any((await writable(infrastructure, "dashboard", [*aggregates, CLAIMS, SETTLEMENTS])).values())
 
 
 @pytest.mark.parametrize("service", [one.name for one in SERVICES])

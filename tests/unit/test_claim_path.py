@@ -15,7 +15,7 @@ async def test_a_failure_of_one_side_is_raised_as_it_came_once_the_other_side_ha
     handlers = SettlementHandlers.__new__(SettlementHandlers)  # no store: both sides are stand-ins
     ended: list[str] = []
 
-    async def claims(_claims, _provinces):
+    async def claims(_claims, _provinces, _sent):
         await asyncio.sleep(0.05)  # still running when the answers fail
         ended.append("claims")
         return []

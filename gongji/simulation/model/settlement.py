@@ -30,6 +30,11 @@ class SettlementModel(ModelBase):
             self.settlement_enrollment[change.person_id] = (change.insurance_type, change.region, change.status)
             require(not effects, "answer", f"settlement enrollment {change.event_id}: {effects}")
 
+    def _settlement_published(self, delivery: Delivery, group: list) -> None:
+        """Counting a published result or dead letter in the statistics answers nothing (what it
+        counted is checked against the topics at the end of a run: World.check_statistics)."""
+        require(not group, "answer", f"settlement answered a result or dead letter it counted: {group}")
+
     @staticmethod
     def misplaced(claim: Claim, province: str | None) -> bool:
         """Refused before its id is taken: a claim sent on a province's own topic (`province`) for
