@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything the project needs on a fresh Debian machine: redis-server, Java and Maven
-# where missing (apt), and the Python environment in .venv. The Kafka jars come from Maven
+# Installs everything the project needs on a fresh Debian machine: redis-server, Java, Maven and
+# Chromium where missing (apt), and the Python environment in .venv. The Kafka jars come from Maven
 # Central on the first `gongji infra up`. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,9 @@ need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
+# The dashboard's browser test and its picture: Debian's Chromium, headless, and Chinese fonts.
+command -v chromium >/dev/null || need+=(chromium)
+dpkg-query -W fonts-noto-cjk >/dev/null 2>&1 || need+=(fonts-noto-cjk)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}"

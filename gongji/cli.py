@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from redis.asyncio import Redis
@@ -117,6 +118,22 @@ def run(service: Annotated[str, typer.Argument(help="relationship | wallet | set
     if service not in launcher.SERVICE_NAMES:
         _fail(f"unknown service {service!r}: choose relationship, wallet, settlement or all")
     launcher.run_service(service, settings)
+
+
+@app.command("dashboard")
+def dashboard(
+    port: Annotated[int | None, typer.Option(help="the port on 127.0.0.1 (GONGJI_DASHBOARD_PORT, 18090)")] = None,
+) -> None:
+    """The live dashboard at http://127.0.0.1:18090/: exact statistics, flows between provinces,
+    latency, dead letters, the services' health and lag, today's reconciliation per province.
+    Reads as the `dashboard` principal: aggregates only."""
+    from gongji.dashboard.server import serve
+
+    settings = Settings()
+    port = port or settings.dashboard_port
+    console.print(f"dashboard at http://127.0.0.1:{port}/")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings, port))
 
 
 async def _with_redis(action, as_principal: str = OPERATOR.name):
@@ -614,10 +631,14 @@ def load(
     malformed: Annotated[float, typer.Option(help="share of malformed messages")] = 0.001,
     seed: Annotated[int, typer.Option(help="0: a new population each run")] = 0,
     report_dir: Annotated[Path, typer.Option()] = Path("reports"),
+    picture: Annotated[
+        Path | None,
+        typer.Option(help="a picture of the running dashboard (`gongji dashboard`) two thirds into the claims"),
+    ] = None,
 ) -> None:
     """Build a synthetic population, stream claims at a target rate, and report throughput,
     latency percentiles, results by status and reason, and the audit."""
-    from gongji.perf.load import LoadOptions, run_load, write_report
+    from gongji.perf.load import LoadOptions, write_report
 
     options = LoadOptions(
         persons=persons,
@@ -628,7 +649,8 @@ def load(
         seed=seed,
         report_dir=report_dir,
     )
-    report = asyncio.run(run_load(Settings(), options, console))
+    settings = Settings()
+    report = asyncio.run(_load_with_picture(settings, options, picture))
     json_path, png_path = write_report(report, report_dir)
     summary = {
         key: report[key]
@@ -659,6 +681,33 @@ def load(
     )
     if not ok:
         raise typer.Exit(1)
+
+
+async def _load_with_picture(settings: Settings, options: Any, picture: Path | None) -> dict[str, Any]:
+    """The load; with `picture`, the dashboard's page taken in headless Chromium mid-way through."""
+    from gongji.perf.load import run_load
+
+    taking: list[asyncio.Task] = []
+
+    async def take_picture() -> None:
+        from gongji.dashboard.browser import picture as take
+
+        await asyncio.sleep(options.duration_seconds * 2 / 3)
+        url = f"http://127.0.0.1:{settings.dashboard_port}/"
+        try:
+            errors = await take(url, picture)
+        except Exception as error:  # noqa: BLE001 - the load's report stands without its picture
+            console.print(f"[yellow]no picture of {url}: {error}[/yellow]")
+            return
+        console.print(f"dashboard picture: {picture}" + (f" (console errors: {errors})" if errors else ""))
+
+    def on_phase(phase: str) -> None:
+        if phase == "claims" and picture is not None:
+            taking.append(asyncio.get_running_loop().create_task(take_picture()))
+
+    report = await run_load(settings, options, console, on_phase)
+    await asyncio.gather(*taking)
+    return report
 
 
 @app.command("bench")

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     redis_max_memory_bytes: int = 4 * 1024**3
     # Health and metrics HTTP ports; a service listens on base + its index (0 = relationship).
     http_port_base: int = 18080
+    dashboard_port: int = 18090  # `gongji dashboard`, on loopback
     # Host names, besides the loopback ones, that the health and metrics port answers to (a
     # Prometheus scraping it through a name of its own); any other `Host` is refused.
     http_allowed_hosts: list[str] = []

@@ -68,10 +68,13 @@ def run_service(name: str, settings: Settings) -> None:
 
 
 def run_all(settings: Settings) -> int:
-    """Three separate processes, stopped together; returns the worst exit code."""
+    """Three separate processes and the dashboard, stopped together; returns the worst exit code."""
     children = [
-        subprocess.Popen([sys.executable, "-m", "gongji", "run", name], env=child_environment())
-        for name in SERVICE_NAMES
+        *(
+            subprocess.Popen([sys.executable, "-m", "gongji", "run", name], env=child_environment())
+            for name in SERVICE_NAMES
+        ),
+        subprocess.Popen([sys.executable, "-m", "gongji", "dashboard"], env=child_environment()),
     ]
 
     def forward(signum: int, _frame: object) -> None:
