@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -347,9 +348,14 @@ def reconcile_command(
     date: Annotated[str, typer.Option(help="the Asia/Shanghai day, YYYY-MM-DD (today: the day so far)")],
     province: Annotated[str | None, typer.Option(help="one province (PP); else every province")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+    wait: Annotated[
+        float, typer.Option(help="seconds to let results in flight be counted before a difference is one")
+    ] = 30.0,
 ) -> None:
     """A day's reconciliation (对账) per province as the settlement service holds it, checked against
-    the ledger rebuilt from the settlements topic; exit 1, showing each difference, unless they agree."""
+    the ledger rebuilt from the settlements topic; exit 1, showing each difference, unless they agree.
+    A result published but not yet counted differs for a moment: it is compared again, every second,
+    for `--wait` seconds."""
     from gongji.audit.deep import read_topics
     from gongji.reconcile import checked, held
     from shared.clock import clock_from_settings
@@ -366,19 +372,25 @@ def reconcile_command(
 
     async def run() -> list:
         redis = connect(settings, "operator")
+        deadline = time.monotonic() + wait
         try:
-            days = await held(
-                redis,
-                settings.statistics_shards,
-                date,
-                clock_from_settings(settings),
-                settings.reconciliation_settle_seconds,
-            )
+            while True:
+                days = await held(
+                    redis,
+                    settings.statistics_shards,
+                    date,
+                    clock_from_settings(settings),
+                    settings.reconciliation_settle_seconds,
+                )
+                results = checked(
+                    [day for day in days if province in (None, day.province)],
+                    await read_topics(settings, [SETTLEMENTS]),
+                )
+                if all(not result.differences for result in results) or time.monotonic() >= deadline:
+                    return results
+                await asyncio.sleep(1)
         finally:
             await redis.aclose()
-        return checked(
-            [day for day in days if province in (None, day.province)], await read_topics(settings, [SETTLEMENTS])
-        )
 
     results = asyncio.run(run())
     agree = all(not result.differences for result in results)

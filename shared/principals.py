@@ -246,6 +246,7 @@ SERVICES: tuple[Principal, ...] = (
                 "hexists",
                 "hset",
                 "hincrby",
+                "hsetnx",
                 "hdel",
                 "expire",
                 "pttl",

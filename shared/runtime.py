@@ -223,12 +223,15 @@ class DeadLetterDecoder:
         clock: Clock,
         deliveries: bool = False,
         answer_sender: SenderAnswer | None = None,
+        writes_dead_letters: bool = True,
     ) -> None:
-        self._service = service
+        self.service = service
         self._topics = {topic.name: topic for topic in topics}
         self._clock = clock
         self._deliveries = deliveries  # hand the handler Delivery(topic, message), not bare messages
         self._answer_sender = answer_sender
+        # False for a route that reads the platform's own outputs (Route.own_outputs).
+        self.writes_dead_letters = writes_dead_letters
         self.records: Sequence[ConsumerRecord] = ()  # the batch in hand, every record
         self.batch: list[tuple[ConsumerRecord, Any]] = []  # its valid records, with their models
         self.dead_letters: list[DeadLetter] = []
@@ -244,15 +247,21 @@ class DeadLetterDecoder:
             except ValidationError as error:
                 self._refuse(record, describe_validation_error(error), _reason(error))
                 continue
+            if not self.writes_dead_letters:  # its key is the platform's own (a dead letter's may be empty)
+                self.batch.append((record, Delivery(topic, model, record.timestamp) if self._deliveries else model))
+                continue
             if (wrong_key := _wrong_key(topic, record, model)) is not None:
                 self._refuse(record, wrong_key, ReasonCode.INVALID_MESSAGE)
                 continue
             self.batch.append((record, Delivery(topic, model, record.timestamp) if self._deliveries else model))
         for letter in self.dead_letters:
-            MESSAGES.labels(self._service, letter.source_topic, "dead_lettered").inc()
+            MESSAGES.labels(self.service, letter.source_topic, "dead_lettered").inc()
         return [item for _, item in self.batch]
 
     def _refuse(self, record: ConsumerRecord, error: str, reason: ReasonCode) -> None:
+        if not self.writes_dead_letters:
+            _skipped(self.service, record, error)
+            return
         letter, *to_sender = self.refusal(record, error, reason)
         self.dead_letters.append(letter)  # type: ignore[arg-type]
         self.to_senders.extend(to_sender)
@@ -283,7 +292,7 @@ class DeadLetterDecoder:
         )
         return DeadLetter(
             event_id=derived_event_id(
-                "dead-letter", self._service, record.topic, str(record.partition), str(record.offset)
+                "dead-letter", self.service, record.topic, str(record.partition), str(record.offset)
             ),
             source_topic=record.topic,
             partition=record.partition,
@@ -293,10 +302,20 @@ class DeadLetterDecoder:
             payload_bytes=len(value),
             payload_sha256=hashlib.sha256(value).hexdigest(),
             at=self._clock.now(),
-            service=self._service,
+            service=self.service,
             source_key=(record.key or b"").decode(errors="replace"),
             reason=reason,
         )
+
+
+def _skipped(service: str, record: ConsumerRecord, error: str) -> None:
+    """A record of the platform's own outputs that fits no contract: its dead letter would be read
+    again (a dead letter of a dead letter, for ever), so it is logged and skipped. The deep audit
+    finds an output that fits no contract."""
+    logger.error(
+        "skipped %s[%d]@%d, an output that cannot be read: %s", record.topic, record.partition, record.offset, error
+    )
+    MESSAGES.labels(service, record.topic, "skipped").inc()
 
 
 def masked(letter: DeadLetter) -> DeadLetter:
@@ -389,7 +408,9 @@ async def handle_isolating_poison(
     try:
         answers = list(await handler([model for _, model in batch]))
     except Exception as error:  # noqa: BLE001 - sorted below: transient, or one poisonous record
-        if is_transient(error):
+        # A route of the platform's own outputs: a record that was read fails through no fault of its
+        # own (it is the platform's); it is read again until it is handled, never skipped.
+        if is_transient(error) or not decoder.writes_dead_letters:
             raise
         logger.warning("batch of %d failed (%s); handling its records one by one", len(batch), type(error).__name__)
         answers = []
@@ -461,6 +482,7 @@ def subscribe(
     outbox: Outbox,
     clock: Clock,
     answer_sender: SenderAnswer | None = None,
+    writes_dead_letters: bool = True,
 ) -> Acknowledgements:
     """Registers `handler` for bounded batches of `topics`; its outputs and the batch's dead
     letters go through `outbox`, confirmed before the batch's offsets are committed (the returned
@@ -469,7 +491,9 @@ def subscribe(
     several = len(topics) > 1
     topic = topics[0]
     label = topic.pattern
-    decoder = DeadLetterDecoder(service, topics, clock, deliveries=several, answer_sender=answer_sender)
+    decoder = DeadLetterDecoder(
+        service, topics, clock, deliveries=several, answer_sender=answer_sender, writes_dead_letters=writes_dead_letters
+    )
 
     budget = HopBudget(service, topics)
     acknowledgements = Acknowledgements(f"{service} {label}")
@@ -581,6 +605,10 @@ class Route:
 
     topics: tuple[Topic, ...]
     method: Callable[..., Awaitable[Sequence[BaseModel | ToTopic | Refused]]]  # unbound: Handlers.on_x
+    # It reads the platform's own outputs (results, dead letters): a record that fits no contract is
+    # logged and skipped, never dead-lettered (its dead letter would come back to it); one that fails
+    # is read again until it is handled.
+    own_outputs: bool = False
 
     @property
     def name(self) -> str:
@@ -657,6 +685,7 @@ def build_service_app(
             outbox=outbox,
             clock=clock,
             answer_sender=answer_sender,
+            writes_dead_letters=not route.own_outputs,
         )
         for route in routes
     ]

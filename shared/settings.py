@@ -89,12 +89,13 @@ class Settings(BaseSettings):
     # Statistics are published every this many seconds.
     # How often the exact statistics and the day's reconciliation are published when they changed
     # (the dashboard shows them within 2 s), in how many Redis slots they are counted, how long a
-    # minute's and a day's sums stay in Redis (the topics keep them for good), and how long after
+    # minute's and a day's sums stay in Redis (the topics keep them for good; a day's, with the ids
+    # counted in it, at least as long as its results may come again), and how long after
     # midnight a day is published final (a result settled just before it may be published just after).
     statistics_interval_seconds: float = Field(default=1.0, gt=0)
-    statistics_shards: int = Field(default=8, ge=1)
+    statistics_shards: int = Field(default=16, ge=1)  # fixed for a deployment's life: an id is found in its shard
     statistics_minutes_kept_seconds: int = Field(default=2 * 86400, ge=3600)
-    reconciliation_days_kept_seconds: int = Field(default=62 * 86400, ge=2 * 86400)
+    reconciliation_days_kept_seconds: int = Field(default=35 * 86400, ge=2 * 86400)
     reconciliation_settle_seconds: int = Field(default=60, ge=0)
     # A fixed processing time for every service process (RFC 3339), for demonstrations and tests
     # of day and month edges; empty means the real clock.

@@ -135,16 +135,11 @@ class ClaimWindow(Window):
         millisecond: a day written to is one whose claims can still come)."""
         return max(1, clock.redis_ms(self.kept_until(day) - clock.now()))
 
-    def counted_ids(self, clock: Clock) -> SeenIds:
-        """How the statistics keep the event ids they counted (shared/prelude.lua: `remember`): a
-        result is published again only while its claim is held, so at most a day, the window and
-        the grace after it was first."""
-        generation = timedelta(days=1) + self.length + self.grace
-        return SeenIds(
-            seen_generation_ms=_milliseconds(generation),
-            now_ms=_milliseconds(clock.now() - EPOCH),
-            seen_kept_ms=clock.redis_ms(generation),
-        )
+    def answers_kept_until(self, day: str) -> datetime:
+        """Until when a result of `day` (YYYY-MM-DD) may be published again: only while its claim is
+        held (at most until its day's records go), or for a draw answered again late, up to the
+        clock skew after. The statistics keep the ids they counted at least that long."""
+        return self.kept_until(day.replace("-", "")) + self.skew
 
     def held(self, day: str, now: datetime) -> bool:
         """Whether the records of `day`'s claims are surely still in Redis: half the grace is left

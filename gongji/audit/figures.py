@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from pydantic import ValidationError
+
 from gongji.audit.books import Record
+from shared.contracts import DeadLetter, SettlementEvent
 from shared.topics import DEAD_LETTERS, SETTLEMENTS, pattern_of
 
 SHANGHAI = timezone(timedelta(hours=8))  # China Standard Time has kept no daylight saving since 1991
@@ -75,20 +78,27 @@ class Figures:
 
 
 def figures(records: Iterable[Record]) -> Figures:
-    """The figures of every first copy among `records` (the settlements and dead letters topics)."""
+    """The figures of the settlements and dead letters among `records`: each event id once a day
+    (the day of its time: a result published again keeps its time, an answer given again on another
+    day is another answer), its first copy; a record that fits no contract is no event."""
     found = Figures()
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for record in sorted(records, key=lambda one: (one.topic, one.partition, one.offset)):
+        model = {SETTLEMENTS.name: SettlementEvent, DEAD_LETTERS.name: DeadLetter}.get(record.topic)
+        if model is None:
+            continue
+        try:
+            event = model.model_validate(record.value)
+        except ValidationError:
+            continue
         value = record.value or {}
-        event_id = value.get("event_id")
-        if record.topic not in (SETTLEMENTS.name, DEAD_LETTERS.name) or not isinstance(event_id, str):
+        moment = value["at"] if isinstance(event, DeadLetter) else value["settled_at"]
+        key = (str(event.event_id), _minute(moment)[:10])
+        if event.event_id is None or key in seen:
             continue
-        if (record.topic, event_id) in seen:
-            continue
-        seen.add((record.topic, event_id))  # type: ignore[arg-type]
-        if record.topic == DEAD_LETTERS.name:
-            minute = _minute(value["at"])
-            found.minutes[minute]["dead"][pattern_of(value["source_topic"])][0] += 1
+        seen.add(key)
+        if isinstance(event, DeadLetter):
+            found.minutes[_minute(moment)]["dead"][pattern_of(value["source_topic"])][0] += 1
         else:
             _result(found, value)
     return found

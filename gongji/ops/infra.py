@@ -494,6 +494,9 @@ def redis_arguments(bind: str, port: int, data_dir: Path, users_file: Path, prot
         "--bind", bind, "--port", str(port), "--dir", str(data_dir),
         "--appendonly", "yes", "--appendfsync", "always", "--aclfile", str(users_file), "--save", "",
         "--protected-mode", "yes" if protected_mode else "no",
+        # A whole day of records (a day's claims, the ids counted that day) expires as one key: freed
+        # in the background, so that Redis never stops to free it.
+        "--lazyfree-lazy-expire", "yes",
     ]  # fmt: skip
 
 

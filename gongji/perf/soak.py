@@ -27,6 +27,7 @@ from gongji.ops import infra
 from gongji.ops.kafka_io import publish_routed
 from gongji.ops.launcher import SERVICE_NAMES, ServiceProcess
 from gongji.perf.load import SENDERS, LoadOptions, LoadRun
+from gongji.reconcile import checked, held
 from services.settlement.app import SERVICE as SETTLEMENT
 from services.settlement.clearing import close_month, statement_destinations
 from services.settlement.store import SettlementStore
@@ -117,12 +118,15 @@ async def run_soak(settings: Settings, options: SoakOptions, console: Console) -
                 "audit_seconds": round(time.monotonic() - started, 2),
                 "audit_records": audit.get("counts", {}).get("records"),
                 "audit_records_judged": audit.get("counts", {}).get("records_judged"),
+                # The day that ended at the last midnight and the day so far, against the ledger.
+                "reconciled": await _reconciled(settings, redis, clock, [now - DAY, now]),
             }
             days.append(row)
             console.print(
                 f"day {day:>3} {row['date']}: {row['claims_settled']:>9,} settled, Redis "
                 f"{row['redis_used_memory_bytes'] / 2**20:8.1f} MiB ({row['claims_in_redis']:,} claims held), "
-                f"audit {row['audit']} in {row['audit_seconds']:.1f} s ({row['audit_records']:,} records read)"
+                f"audit {row['audit']} in {row['audit_seconds']:.1f} s ({row['audit_records']:,} records read), "
+                f"reconciliation {row['reconciled']}"
             )
         # The checkpoints' chain checked once against every record read and judged again.
         started = time.monotonic()
@@ -184,6 +188,19 @@ async def _audit(
         return {"valid?": False, "first": str(error)}
 
 
+async def _reconciled(settings: Settings, redis: Redis, clock: ScaledClock, moments: list[datetime]) -> str:
+    """`matches` if every province's day, as the settlement service holds it, equals the ledger
+    rebuilt from the settlements topic (`gongji reconcile`); else the first difference."""
+    records = await read_topics(settings, [SETTLEMENTS])
+    for moment in moments:
+        day = moment.astimezone(SHANGHAI).date().isoformat()
+        held_days = await held(redis, settings.statistics_shards, day, clock, settings.reconciliation_settle_seconds)
+        for one in checked(held_days, records):
+            if one.differences:
+                return f"{day} province {one.day.province}: {one.differences[0]}"
+    return "matches"
+
+
 async def _close_and_archive(settings: Settings, redis: Redis, month: str, now: datetime, out: Path) -> dict[str, Any]:
     """The monthly close (as `gongji clearing close`), then the archive, checked against the statement."""
     rows = await close_month(SettlementStore(redis, settings.settlement_shards), month, now)
@@ -234,4 +251,9 @@ def failures(report: dict[str, Any]) -> list[str]:
         found.append(f"audit from scratch: {scratch}")
     found += [f"archive {month}: {a.get('why')}" for month, a in report["archives"].items() if not a["matches"]]
     found += [name for name in ("memory_plateau", "audit_plateau") if report.get(name) is False]
+    found += [
+        f"day {row['day']}: reconciliation {row['reconciled']}"
+        for row in report["per_day"]
+        if row["reconciled"] != "matches"
+    ]
     return found

@@ -41,11 +41,11 @@ from services.relationship.handlers import RelationshipHandlers
 from services.relationship.store import RelationshipStore
 from services.settlement.clearing import MonthNotEnded, close_month
 from services.settlement.handlers import SettlementHandlers
-from services.settlement.statistics import reconciliations, snapshot
+from services.settlement.statistics import day_kept_until, reconciliations, snapshot
 from services.settlement.store import ClaimLimits, SettlementStore, Tallies
 from services.wallet.handlers import WalletHandlers
 from services.wallet.store import Bucket, WalletStore
-from shared.clock import FixedClock, day_start, minute_start, rfc3339
+from shared.clock import FixedClock, minute_start, rfc3339
 from shared.ids import claim_id_prefix
 from shared.policy import Policy, PolicyCache, write_policy
 from shared.records import DrawAnswer
@@ -673,10 +673,10 @@ class World:
                 "statistics",
                 f"minute {minute}: Redis holds {held}, the topics say {ledger.statistics(minute)}",
             )
-        kept = timedelta(seconds=settings.reconciliation_days_kept_seconds)
+        kept, window = timedelta(seconds=settings.reconciliation_days_kept_seconds), ClaimWindow.from_settings(settings)
         for day in sorted(ledger.days):
-            if day_start(day) + kept - timedelta(days=1) < now:
-                continue
+            if day_kept_until(day, kept, window) - timedelta(days=1) < now:
+                continue  # its sums may have left Redis
             for one in reconciliations(day, await tallies.sums("day", day), False, now):
                 held = one.model_dump(mode="json", include=set(SIDES))
                 expected = ledger.reconciliation(day, one.province)

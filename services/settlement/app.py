@@ -36,7 +36,7 @@ ROUTES = (
     # membership and fetch loop (a claim-path fetch loop polls often).
     Route((CLAIMS, *PROVINCE_CLAIMS, DRAW_ANSWERS), SettlementHandlers.on_claim_path),
     # The exact statistics and reconciliation: every result and dead letter as published.
-    Route((SETTLEMENTS, DEAD_LETTERS), SettlementHandlers.on_published),
+    Route((SETTLEMENTS, DEAD_LETTERS), SettlementHandlers.on_published, own_outputs=True),
 )
 OUTPUTS = (
     SETTLEMENTS,

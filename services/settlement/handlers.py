@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
@@ -22,9 +22,16 @@ from services.settlement.domain import (
     refusal_before_id,
     settlement_status,
 )
-from services.settlement.statistics import counted_dead_letter, counted_result, reconciliations, snapshot
-from services.settlement.store import ClaimFacts, ClaimLimits, ClaimOwner, Counting, SettlementStore, Tallies
-from shared.clock import Clock, day_start, minute_start, rfc3339, shanghai_day, shanghai_month
+from services.settlement.statistics import (
+    Counted,
+    counted_dead_letter,
+    counted_result,
+    day_kept_until,
+    reconciliations,
+    snapshot,
+)
+from services.settlement.store import ClaimFacts, ClaimLimits, ClaimOwner, Counting, Kept, SettlementStore, Tallies
+from shared.clock import Clock, day_start, minute_start, rfc3339, shanghai_day, shanghai_minute, shanghai_month
 from shared.contracts import (
     Claim,
     ClaimContext,
@@ -36,7 +43,7 @@ from shared.contracts import (
     RefundRequested,
     SettlementEvent,
 )
-from shared.ids import derived_event_id, fingerprint, mask_person_ids
+from shared.ids import fingerprint, mask_person_ids
 from shared.money import MAX_AMOUNT_FEN
 from shared.records import ClaimRecord, ClaimResult
 from shared.redis_functions import Call, Step
@@ -89,11 +96,13 @@ def settlement_event(claim_id: str, record: ClaimRecord) -> SettlementEvent:
 
 @dataclass
 class Publication:
-    """The statistics and reconciliations due, and the marks of what they publish (shard, name,
-    changes), cleared once Kafka has confirmed them."""
+    """The statistics and reconciliations due, the marks of what they publish (shard, name, mark),
+    cleared once Kafka has confirmed them, and the open days as published (day -> its marks, and
+    each province's revision), noted then too: a publication that failed is made again."""
 
-    outputs: list[BaseModel | ToTopic]
-    marks: list[tuple[int, str, str]]
+    outputs: list[BaseModel | ToTopic] = field(default_factory=list)
+    marks: list[tuple[int, str, str]] = field(default_factory=list)
+    open_days: dict[str, tuple[str, dict[str, int]]] = field(default_factory=dict)
 
 
 class SettlementHandlers:
@@ -116,8 +125,8 @@ class SettlementHandlers:
         self.minutes_kept = timedelta(seconds=settings.statistics_minutes_kept_seconds)
         self.days_kept = timedelta(seconds=settings.reconciliation_days_kept_seconds)
         self.settle = timedelta(seconds=settings.reconciliation_settle_seconds)
-        # The open days as last published: their changes counted, and each province's revision.
-        self.days_published: dict[str, tuple[str, dict[str, int]]] = {}
+        # The open days as last published: their marks, and each province's revision.
+        self.open_days: dict[str, tuple[str, dict[str, int]]] = {}
 
     async def on_enrollment(self, changes: Sequence[EnrollmentChanged]) -> list[Refused]:
         """Keeps the service's own copy of who is insured where (for rule 4), in one pipeline. An
@@ -486,36 +495,44 @@ class SettlementHandlers:
     async def on_published(self, deliveries: Sequence[Delivery]) -> list[BaseModel]:
         """Counts every result and dead letter published, once each by its event id, in the exact
         statistics of its minute and the reconciliation of its day (services/settlement/statistics.py)."""
-        seen = self.window.counted_ids(self.clock)
         now = self.clock.now()
         calls = []
         for delivery in deliveries:
             message = delivery.message
             if isinstance(message, SettlementEvent):
                 event_id, counted = message.event_id, counted_result(message)
+            elif isinstance(message, DeadLetter) and message.event_id is not None:
+                event_id, counted = message.event_id, counted_dead_letter(message, pattern_of(message.source_topic))
             else:
-                assert isinstance(message, DeadLetter)
-                event_id = message.event_id or derived_event_id(
-                    "dead-letter", message.service, message.source_topic, str(message.partition), str(message.offset)
-                )
-                counted = counted_dead_letter(message, pattern_of(message.source_topic))
-            minute_kept = max(1, self.clock.redis_ms(minute_start(counted.minute) + self.minutes_kept - now))
-            day_kept = max(1, self.clock.redis_ms(day_start(counted.day) + self.days_kept - now))
-            calls.append(self.tallies.count(event_id, counted, seen, minute_kept, day_kept))
+                continue
+            kept = self._kept(counted, now)
+            if kept is not None:
+                calls.append(self.tallies.count(event_id, counted, kept))
         await self.store.run(calls)
         return []
+
+    def _kept(self, counted: Counted, now: datetime) -> Kept | None:
+        """How long the event's id and sums are kept (None: its day is no longer kept, so it is not
+        counted); a minute whose sums are gone already is left out of what it adds."""
+        day_ms = self.clock.redis_ms(day_kept_until(counted.day, self.days_kept, self.window) - now)
+        minute_ms = self.clock.redis_ms(minute_start(counted.minute) + self.minutes_kept - now)
+        if day_ms <= 0:
+            logger.warning("a result or dead letter of %s came after its day left Redis: not counted", counted.minute)
+            return None
+        if minute_ms <= 0:
+            counted.minute_fields = {}
+        return Kept(counted=day_ms, minute=max(1, minute_ms), day=day_ms)
 
     async def publication_due(self) -> Publication:
         """The snapshots of the minutes changed since they were published, and the reconciliations
         of the days changed: every province's on the national topic while the day is open (those
         whose figures moved), and once it has ended (and settled), final, on each province's own too."""
-        changed = await self.tallies.changed()
         now = self.clock.now()
         marks_of: dict[str, list[tuple[int, str, str]]] = {}
-        for shard, names in changed.items():
-            for name, changes in names.items():
-                marks_of.setdefault(name, []).append((shard, name, changes))
-        publication = Publication([], [])
+        for shard, names in (await self.tallies.changed()).items():
+            for name, mark in names.items():
+                marks_of.setdefault(name, []).append((shard, name, mark))
+        publication = Publication()
         for name, marks in sorted(marks_of.items()):
             what, when = name.split("|", 1)
             if what == "minute":
@@ -525,27 +542,33 @@ class SettlementHandlers:
                 for day in reconciliations(when, await self.tallies.sums("day", when), True, now):
                     publication.outputs.extend([day, ToTopic(province_reconciliation(day.province), day)])
                 publication.marks.extend(marks)
-                self.days_published.pop(when, None)
             else:
-                publication.outputs.extend(await self._open_day(when, marks, now))
+                await self._open_day(when, marks, now, publication)
         return publication
 
-    async def _open_day(self, day: str, marks: list[tuple[int, str, str]], now: datetime) -> list[BaseModel]:
+    async def _open_day(
+        self, day: str, marks: list[tuple[int, str, str]], now: datetime, publication: Publication
+    ) -> None:
         """An open day's reconciliations whose figures moved since this instance last published them."""
-        changes = ",".join(f"{shard}:{count}" for shard, _, count in sorted(marks))
-        before_changes, before = self.days_published.get(day, ("", {}))
-        if changes == before_changes:
-            return []
+        seen = ",".join(f"{shard}:{mark}" for shard, _, mark in sorted(marks))
+        seen_before, before = self.open_days.get(day, ("", {}))
+        if seen == seen_before:
+            return
         moved = [
             one
             for one in reconciliations(day, await self.tallies.sums("day", day), False, now)
             if one.revision != before.get(one.province, 0)
         ]
-        self.days_published[day] = (changes, {**before, **{one.province: one.revision for one in moved}})
-        return moved
+        publication.outputs.extend(moved)
+        publication.open_days[day] = (seen, {**before, **{one.province: one.revision for one in moved}})
 
     async def published(self, publication: Publication) -> None:
+        """Kafka has confirmed the publication: its marks go, and its open days are noted (a day
+        no longer open is forgotten)."""
         await self.tallies.published(publication.marks)
+        self.open_days |= publication.open_days
+        yesterday = shanghai_minute(self.clock.now() - timedelta(days=1))[:10]
+        self.open_days = {day: noted for day, noted in self.open_days.items() if day >= yesterday}
 
 
 def _rejected(

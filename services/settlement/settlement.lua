@@ -200,34 +200,40 @@ local function close_month(keys, args)
 end
 
 -- The exact statistics and reconciliation: a published result or dead letter counts once, by its event
--- id, in its minute (and a settlement or a refund in its day), and marks them to be published.
--- `added`: JSON {minute = {field = amount}, day = {field = amount}}, amounts as strings.
+-- id, among the ids counted for the day of its time (a result published again keeps its time; an
+-- answer given again on another day is another answer), in its minute (and a settlement or a refund
+-- in its day), and marks them to be published. A mark's value is drawn from the shard's own sequence
+-- (`#`), never used twice: a publisher clears only the mark it read, never one set after (by a
+-- result it did not publish). `added`: JSON {minute = {field = amount}, day = {field = amount}},
+-- amounts as strings; a part whose sums are no longer kept is empty.
+local MARKS = '#'
 local function count(keys, args)
-  local seen_key, earlier_seen_key, minute_key, day_key, dirty_key = unpack(keys)
-  local event_id, seen_generation_ms, now_ms, seen_kept_ms, outside_window, minute, day, minute_kept_ms,
-        day_kept_ms, added = unpack(args)
-  local seen = seen_ids(seen_key, earlier_seen_key, seen_generation_ms, now_ms, seen_kept_ms, outside_window)
-  local prior = remembered(seen, event_id, '')
-  if prior then return prior end
+  local counted_key, minute_key, day_key, dirty_key = unpack(keys)
+  local event_id, minute, day, counted_kept_ms, minute_kept_ms, day_kept_ms, added = unpack(args)
+  if redis.call('HSETNX', counted_key, event_id, '') == 0 then return {'duplicate', '{}'} end
+  keep_for(counted_key, counted_kept_ms)
   added = cjson.decode(added)
-  for name, amount in pairs(added.minute) do redis.call('HINCRBY', minute_key, name, amount) end
-  keep_for(minute_key, minute_kept_ms)
-  redis.call('HINCRBY', dirty_key, 'minute|' .. minute, 1)
-  if next(added.day) then
-    for name, amount in pairs(added.day) do redis.call('HINCRBY', day_key, name, amount) end
-    keep_for(day_key, day_kept_ms)
-    redis.call('HINCRBY', dirty_key, 'day|' .. day, 1)
+  local mark = nil
+  for _, part in ipairs({{added.minute, minute_key, 'minute|' .. minute, minute_kept_ms},
+                        {added.day, day_key, 'day|' .. day, day_kept_ms}}) do
+    local fields, key, name, kept_ms = unpack(part)
+    if next(fields) then
+      for field, amount in pairs(fields) do redis.call('HINCRBY', key, field, amount) end
+      keep_for(key, kept_ms)
+      mark = mark or redis.call('HINCRBY', dirty_key, MARKS, 1)
+      redis.call('HSET', dirty_key, name, mark)
+    end
   end
   keep_for(dirty_key, day_kept_ms)
-  return remember(seen, event_id, '', {})
+  return {'applied', '{}'}
 end
 
--- A minute or day published as it stood when `changes` were marked: its mark goes, unless more
--- came meanwhile (they are published next time).
+-- A minute or day published as it stood when `mark` was read: the mark goes, unless another was
+-- set meanwhile (what set it is published next time).
 local function published(keys, args)
   local dirty_key = unpack(keys)
-  local name, changes = unpack(args)
-  if redis.call('HGET', dirty_key, name) == changes then return redis.call('HDEL', dirty_key, name) end
+  local name, mark = unpack(args)
+  if redis.call('HGET', dirty_key, name) == mark then return redis.call('HDEL', dirty_key, name) end
   return 0
 end
 

@@ -6,14 +6,15 @@ sums. The counts live in Redis as hash fields (`table|key|measure` for a minute,
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from services.settlement.domain import ALLOWED_CATEGORIES, clearing_contributions, statistics_category
-from shared.clock import shanghai_minute
+from shared.clock import day_start, shanghai_minute
 from shared.contracts import (
     DeadLetter,
     LatencyBucket,
@@ -24,8 +25,9 @@ from shared.contracts import (
     StatisticsCount,
     StatisticsSnapshot,
 )
-from shared.ids import derived_event_id, province_of
+from shared.ids import derived_event_id, fingerprint, province_of
 from shared.topics import PROVINCES
+from shared.window import ClaimWindow
 
 # Every snapshot is the whole minute's, whichever instance folded its results.
 INSTANCE = "gongji"
@@ -93,6 +95,13 @@ def _add_to_day(counted: Counted, event: SettlementEvent) -> None:
             counted.add(counted.day_fields, f"{side}|{province}|{clearing_type}|{counter}|{measure}", amount)
 
 
+def day_kept_until(day: str, days_kept: timedelta, window: ClaimWindow) -> datetime:
+    """Until when a day's sums and the ids counted in it are kept: `days_kept` from its start, and at
+    least as long as a result of the day may be published again (its claim held). An event of a day
+    no longer kept is not counted: the ids that would tell a copy of it are gone."""
+    return max(day_start(day) + days_kept, window.answers_kept_until(day))
+
+
 def counted_dead_letter(letter: DeadLetter, source_pattern: str) -> Counted:
     """A dead letter, by the pattern of its source topic, in the minute it was written."""
     counted = Counted(shanghai_minute(letter.at))
@@ -117,7 +126,9 @@ def snapshot(minute: str, fields: dict[str, int], now: datetime) -> StatisticsSn
     latency = sorted((int(bound), counts[0]) for bound, counts in tables["latency"].items())
     revision = sum(count for count, _ in tables["status"].values()) + sum(count for count, _ in tables["dead"].values())
     return StatisticsSnapshot(
-        event_id=derived_event_id("settlement", "statistics", minute, str(revision)),
+        # Two instances reading a minute being counted may see the same number of results but not
+        # the same ones: the figures are part of the id.
+        event_id=derived_event_id("settlement", "statistics", minute, str(revision), _figures_of(fields)),
         instance=INSTANCE,
         minute=minute,
         by_status=_counts(tables["status"]),
@@ -161,9 +172,14 @@ def reconciliations(day: str, fields: dict[str, int], final: bool, now: datetime
     for province in PROVINCES:
         sides = {name: _side(lines.get((side, province))) for side, name in SIDES.items()}
         revision = sum(side.total.settlements + side.total.refunds for side in sides.values())
+        figures = _figures_of(
+            {f"{name}.{measure}": value for name, side in sides.items() for measure, value in _flat(side)}
+        )
         days.append(
             ReconciliationDay(
-                event_id=derived_event_id("settlement", "reconciliation", province, day, str(revision), str(final)),
+                event_id=derived_event_id(
+                    "settlement", "reconciliation", province, day, str(revision), str(final), figures
+                ),
                 province=province,
                 day=day,
                 final=final,
@@ -184,6 +200,20 @@ def _side(tables: dict[str, dict[str, dict[str, int]]] | None) -> Reconciliation
     )
     by_counter = [ReconciliationLine(key=key, **line) for key, line in sorted(tables["counter"].items())]
     return ReconciliationSide(total=total, by_clearing_type=by_type, by_counter_province=by_counter)
+
+
+def _figures_of(fields: dict[str, int]) -> str:
+    return fingerprint(json.dumps(sorted(fields.items())))
+
+
+def _flat(side: ReconciliationSide) -> list[tuple[str, int]]:
+    """Every figure of a side, named by its line."""
+    lines = [
+        side.total,
+        *side.by_clearing_type,
+        *(line.model_copy(update={"key": f"c{line.key}"}) for line in side.by_counter_province),
+    ]
+    return [(f"{line.key}.{measure}", getattr(line, measure)) for line in lines for measure in MEASURES.values()]
 
 
 def _counts(table: dict[str, list[int]]) -> list[StatisticsCount]:

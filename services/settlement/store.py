@@ -76,11 +76,13 @@ RECORD_ENROLLMENT = LIBRARY.declare(
 )
 COUNT = LIBRARY.declare(
     "settlement_count",
-    keys=(*SEEN_KEYS, "minute_key", "day_key", "dirty_key"),
-    args=("event_id", *SEEN_ARGS, "minute", "day", "minute_kept_ms", "day_kept_ms", "added"),
+    keys=("counted_key", "minute_key", "day_key", "dirty_key"),
+    args=("event_id", "minute", "day", "counted_kept_ms", "minute_kept_ms", "day_kept_ms", "added"),
     result=Recorded,
 )
-PUBLISHED = LIBRARY.declare("settlement_published", keys=("dirty_key",), args=("name", "changes"))
+# A dirty hash's field that holds its sequence of marks (settlement.lua: MARKS), not a mark.
+MARKS = "#"
+PUBLISHED = LIBRARY.declare("settlement_published", keys=("dirty_key",), args=("name", "mark"))
 PREFIX = "stl:"
 
 
@@ -352,10 +354,19 @@ class SettlementStore:
         return totals
 
 
+@dataclass(frozen=True)
+class Kept:
+    """How long, from now in Redis's time, an event's counted id and the sums it adds to are kept."""
+
+    counted: int
+    minute: int
+    day: int
+
+
 class Tallies:
     """The exact statistics (per minute) and reconciliation (per day) in Redis, in `shards` slots
     by event id (`stl:{k<N>}:…`): the ids counted, the sums, and what changed since it was last
-    published (`…:dirty`: `minute|<minute>` or `day|<day>` -> changes counted)."""
+    published (`…:dirty`: `minute|<minute>` or `day|<day>` -> a mark, drawn from the shard's sequence)."""
 
     def __init__(self, redis: Redis, shards: int) -> None:
         self.redis = redis
@@ -364,19 +375,20 @@ class Tallies:
     def _prefix(self, shard: int) -> str:
         return f"{PREFIX}{{k{shard}}}"
 
-    def count(self, event_id: str, counted: Counted, seen: SeenIds, minute_kept_ms: int, day_kept_ms: int) -> Call:
-        """Counts one event once, however often it is published or read."""
+    def count(self, event_id: str, counted: Counted, kept_ms: Kept) -> Call:
+        """Counts one event once, however often it is published or read, in the day of its time."""
         prefix = self._prefix(zlib.crc32(event_id.encode()) % self.shards)
         return COUNT.call(
-            **seen.of(f"{prefix}:counted"),
+            counted_key=f"{prefix}:counted:{counted.day}",
             minute_key=f"{prefix}:minute:{counted.minute}",
             day_key=f"{prefix}:day:{counted.day}",
             dirty_key=f"{prefix}:dirty",
             event_id=event_id,
             minute=counted.minute,
             day=counted.day,
-            minute_kept_ms=minute_kept_ms,
-            day_kept_ms=day_kept_ms,
+            counted_kept_ms=kept_ms.counted,
+            minute_kept_ms=kept_ms.minute,
+            day_kept_ms=kept_ms.day,
             added=json.dumps(
                 {
                     "minute": {name: str(amount) for name, amount in counted.minute_fields.items()},
@@ -386,13 +398,13 @@ class Tallies:
         )
 
     async def changed(self) -> dict[int, dict[str, str]]:
-        """What changed since it was last published, by shard: `minute|…`/`day|…` -> changes."""
+        """What changed since it was last published, by shard: `minute|…`/`day|…` -> its mark."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for shard in range(self.shards):
                 pipe.hgetall(f"{self._prefix(shard)}:dirty")
             replies = await execute(pipe)
         return {
-            shard: {name.decode(): changes.decode() for name, changes in reply.items()}
+            shard: {name.decode(): mark.decode() for name, mark in reply.items() if name.decode() != MARKS}
             for shard, reply in enumerate(replies)
             if reply
         }
@@ -410,10 +422,10 @@ class Tallies:
         return totals
 
     async def published(self, marks: Sequence[tuple[int, str, str]]) -> None:
-        """(shard, name, changes) published: each mark goes unless more changes came since."""
+        """(shard, name, mark) published: each mark goes unless another was set since."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for shard, name, changes in marks:
-                PUBLISHED.call(dirty_key=f"{self._prefix(shard)}:dirty", name=name, changes=changes).on(pipe)
+            for shard, name, mark in marks:
+                PUBLISHED.call(dirty_key=f"{self._prefix(shard)}:dirty", name=name, mark=mark).on(pipe)
             await execute(pipe)
 
 

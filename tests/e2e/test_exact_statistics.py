@@ -105,3 +105,14 @@ async def test_figures_stay_exact_through_duplicates_a_kill_and_two_instances(
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert json.loads(checked.stdout)["matches_ledger"] is True
+
+
+async def test_a_dead_letter_is_counted_and_never_dead_lettered_again(world: World, kafka) -> None:
+    """A record sent without a key is dead-lettered with an empty key; read back by the statistics,
+    it is counted, not refused for its key (a dead letter of a dead letter would come back for ever)."""
+    recipient = await world.person("resident", "510100")
+    claim = world.claim_message(recipient, "510100", 700)
+    await kafka.publish(CLAIMS, json.dumps(claim).encode(), key="")
+    await kafka.wait_for(DEAD_LETTERS, lambda m: m["source_topic"] == CLAIMS.name and m["source_key"] == "")
+    await asyncio.sleep(5)  # what the statistics would dead-letter of it would be there by now
+    assert kafka.matching(DEAD_LETTERS, lambda m: m["source_topic"] == DEAD_LETTERS.name) == []

@@ -10,7 +10,7 @@ import pytest
 
 from gongji.audit.figures import figures
 from gongji.reconcile import SIDES, checked, held
-from services.settlement.handlers import Publication
+from services.settlement.handlers import Publication, SettlementHandlers
 from shared.contracts import DeadLetter, ReconciliationDay, SettlementEvent, StatisticsSnapshot
 from shared.runtime import Delivery, ToTopic
 from shared.settings import Settings
@@ -111,7 +111,9 @@ async def test_a_change_while_publishing_keeps_its_minute_marked(bus: Bus) -> No
     assert {one.key: one.count for one in snapshot.by_status} == {"settled": 2}
 
 
-async def test_a_result_of_just_before_midnight_published_again_after_it_belongs_to_its_day_only(bus: Bus) -> None:
+async def test_a_result_of_just_before_midnight_published_again_after_it_belongs_to_its_day_only(
+    bus: Bus,
+) -> None:
     recipient = await provided_recipient(bus)
     before_midnight = datetime.fromisoformat("2026-03-02T23:59:59.500+08:00")
     bus.clock.set(before_midnight)
@@ -128,7 +130,11 @@ async def test_a_result_of_just_before_midnight_published_again_after_it_belongs
     bus.clock.set(datetime.fromisoformat("2026-03-03T00:00:00+08:00") + settle)
 
     publication = await settlement.publication_due()
-    assert {snapshot.minute for snapshot in published(publication, StatisticsSnapshot)} == {"2026-03-02T23:59"}
+    snapshots = {one.minute: one for one in published(publication, StatisticsSnapshot)}
+    statuses = {minute: {one.key: one.count for one in snapshot.by_status} for minute, snapshot in snapshots.items()}
+    # The result counts before midnight only; the refusal, answered again the next day, is that
+    # day's answer too.
+    assert statuses == {"2026-03-02T23:59": {"settled": 1, "rejected": 1}, "2026-03-03T00:00": {"rejected": 1}}
     days = [day for day in published(publication, ReconciliationDay) if day.province == "51"]
     assert [(day.day, day.final, day.as_service.total.settlements) for day in days] == [("2026-03-02", True, 1)]
     # Final: every province gets its day, on its own topic too.
@@ -157,3 +163,30 @@ async def test_a_difference_from_the_ledger_is_shown(bus: Bus) -> None:
     (found,) = [one for one in checked(held_days, ledger_without_it) if one.differences]
     assert found.day.province == "51"
     assert "as_service.total.settlements: 1 held, 0 in the ledger" in found.differences
+
+
+async def test_a_publisher_never_clears_a_mark_set_after_what_it_read(bus: Bus) -> None:
+    """Two instances publish: the slower one's publication, confirmed after a result was counted
+    again in the same minute, leaves that result's mark (it was not in what it published)."""
+    recipient = await provided_recipient(bus)
+    await bus.claim(bus.saga.settle(recipient, 10_000))
+    settlement = bus.saga.settlement
+    other = SettlementHandlers(settlement.store, bus.clock)  # another instance on the same Redis
+    first, second = await settlement.publication_due(), await other.publication_due()
+    await settlement.published(first)
+    await bus.claim(bus.saga.settle(recipient, 5_000))  # counted after both read the marks
+    await other.published(second)
+    (snapshot,) = published(await settlement.publication_due(), StatisticsSnapshot)
+    assert {one.key: one.count for one in snapshot.by_status} == {"settled": 2}
+
+
+async def test_an_open_day_whose_publication_failed_is_published_again(bus: Bus) -> None:
+    recipient = await provided_recipient(bus)
+    await bus.claim(bus.saga.settle(recipient, 10_000))
+    settlement = bus.saga.settlement
+    failed = await settlement.publication_due()  # never confirmed: `published` is not told
+    assert [day.province for day in published(failed, ReconciliationDay)] == ["51"]
+    again = await settlement.publication_due()
+    assert [day.province for day in published(again, ReconciliationDay)] == ["51"]
+    await settlement.published(again)
+    assert published(await settlement.publication_due(), ReconciliationDay) == []

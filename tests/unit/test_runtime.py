@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from dataclasses import replace
 from datetime import datetime
 from types import SimpleNamespace
 
@@ -18,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from shared.clock import FixedClock
-from shared.contracts import AccountCredited, ReasonCode, WalletEvent
+from shared.contracts import AccountCredited, DeadLetter, ReasonCode, WalletEvent
 from shared.ids import make_person_id, mask_person_id
 from shared.runtime import (
     DEAD_LETTER_PAYLOAD_BYTES,
@@ -30,7 +31,7 @@ from shared.runtime import (
     handle_isolating_poison,
     is_transient,
 )
-from shared.topics import ACCOUNT_CREDITS, ACCOUNT_SPENDS, ENROLLMENT, REGISTRY_DEAD_LETTERS
+from shared.topics import ACCOUNT_CREDITS, ACCOUNT_SPENDS, DEAD_LETTERS, ENROLLMENT, REGISTRY_DEAD_LETTERS
 
 PERSON = make_person_id("110101", "19800101", 7)
 NOW = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
@@ -306,3 +307,34 @@ async def test_a_service_may_answer_the_sender_instead_on_its_own_topics() -> No
         enrollment_record(3, b'{"event_id": 1}'), "failed 3 times", ReasonCode.INVALID_MESSAGE, broke_the_contract=False
     )
     assert [type(output).__name__ for output in refused] == ["DeadLetter", "ToTopic"] and len(answered) == 2
+
+
+# ---- a route that reads the platform's own outputs ---------------------------------------------
+
+
+def letter_record(offset: int, value: bytes, key: bytes | None) -> ConsumerRecord:
+    return replace(record(offset, value, key), topic=DEAD_LETTERS.name)
+
+
+async def test_a_route_of_own_outputs_dead_letters_nothing_it_reads() -> None:
+    """A dead letter of a keyless record is keyless itself: dead-lettered again for its key, it would
+    come back for ever. Read back, it is taken as it is; one that fits no contract is skipped; a
+    failure to handle one is the platform's, and the batch is read again."""
+    letter = DeadLetter(
+        event_id="d1", source_topic=ACCOUNT_CREDITS.name, partition=0, offset=1, error="x", payload="",
+        at=NOW, service="wallet", source_key="",
+    )  # fmt: skip
+    decoder = DeadLetterDecoder("settlement", [DEAD_LETTERS], FixedClock(NOW), writes_dead_letters=False)
+    taken = await decoder(
+        SimpleNamespace(
+            raw_message=(letter_record(1, letter.model_dump_json().encode(), None), letter_record(2, b"{", b"k"))
+        )
+    )
+    assert taken == [letter]
+    assert decoder.dead_letters == [] and decoder.to_senders == []
+
+    async def failing(_: list) -> list:
+        raise ValueError("the platform's own failure")
+
+    with pytest.raises(ValueError):  # read again until handled: neither skipped nor dead-lettered
+        await handle_isolating_poison(failing, decoder, attempts=2)

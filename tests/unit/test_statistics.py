@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import random
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from gongji.audit.books import Record
+from gongji.audit.figures import figures
 from services.settlement.statistics import (
     CLEARING_TYPE_OF_CATEGORY,
     counted_dead_letter,
@@ -16,8 +21,11 @@ from services.settlement.statistics import (
     snapshot,
 )
 from shared.contracts import DeadLetter, Payer, SettlementEvent
+from shared.topics import SETTLEMENTS
 
 AT = datetime(2026, 12, 5, 15, 59, 59, 500_000, tzinfo=UTC)  # 23:59:59.5 in Asia/Shanghai
+SHOWN = {"by_status", "by_category", "by_province_pair", "rejections_by_reason", "dead_letters", "latency"}
+SIDES = {"as_service", "as_insured"}
 
 
 def result(status: str = "settled", paid: int = 5_000, **fields) -> SettlementEvent:
@@ -106,7 +114,7 @@ def test_percentiles_are_read_from_the_buckets() -> None:
     assert percentile([], 0.5) is None
 
 
-def test_a_snapshot_reads_back_the_summed_fields_and_its_revision_only_grows() -> None:
+def test_a_snapshot_reads_back_the_summed_fields_under_an_id_of_its_figures() -> None:
     first = counted_result(result())
     second = counted_result(result("rejected", 0, event_id="e2", reason="NO_QUOTA"))
     letter = counted_dead_letter(
@@ -135,6 +143,9 @@ def test_a_snapshot_reads_back_the_summed_fields_and_its_revision_only_grows() -
     assert [(one.key, one.count) for one in shown.dead_letters] == [("gongji.province.PP.claims.v1", 1)]
     assert shown.latency_p50_ms == shown.latency_p99_ms == 140
     assert shown.event_id == snapshot("2026-12-05T23:59", fields, AT + timedelta(seconds=1)).event_id
+    # As many results, not the same ones (two instances reading a minute being counted): another id.
+    other = {**fields, "status|settled|fen": 4_000}
+    assert snapshot("2026-12-05T23:59", other, AT).event_id != shown.event_id
 
 
 def test_every_province_gets_its_day_and_both_sides_agree() -> None:
@@ -149,3 +160,49 @@ def test_every_province_gets_its_day_and_both_sides_agree() -> None:
     assert [(line.key, line.settlements) for line in service.by_counter_province] == [("53", 1)]
     assert [(line.key, line.settlements) for line in insured.by_counter_province] == [("44", 1)]
     assert days["44"].final and days["44"].revision == 1
+
+
+def test_the_audits_own_arithmetic_finds_the_same_figures_for_any_mix_of_results() -> None:
+    """services/settlement/statistics.py against gongji/audit/figures.py (which shares none of its
+    code), on results of every kind around midnight, published again with their own time or, for an
+    answer given again, a later one; each counted once a day, as the store counts them."""
+    draw = random.Random(24)
+    regions = ["440300", "530100", "350100", "110100", None]
+    records, minutes, days, counted = [], defaultdict(Counter), defaultdict(Counter), set()
+    for offset in range(3_000):
+        status = draw.choice(["settled", "partial", "rejected", "reversed"])
+        paid = 0 if status == "rejected" else draw.randint(1, 10_000)
+        payers, left = [], paid
+        while left:
+            amount = draw.randint(1, left)
+            payers.append(Payer(provider_id="p", provider_region=draw.choice(regions[:4]), amount_fen=amount))
+            left -= amount
+        at = AT + timedelta(milliseconds=draw.randint(-3_000, 3_000))
+        event = result(
+            status,
+            paid,
+            event_id=f"e{draw.randint(0, 2_000)}",
+            payers=payers,
+            requested_fen=paid + draw.randint(0, 100),
+            self_pay_fen=0,
+            reason=draw.choice([None, "NO_QUOTA", "CLAIM_TOO_OLD"]) if status == "rejected" else None,
+            category=draw.choice([*CLEARING_TYPE_OF_CATEGORY, "cosmetics", None]),
+            service_region=draw.choice(regions),
+            recipient_region=draw.choice(regions),
+            reverses=draw.choice([None, "c0"]),
+            settled_at=at,
+            claim_sent_at=draw.choice([None, at - timedelta(milliseconds=draw.randint(-5, 3_000))]),
+        )
+        records.append(Record(SETTLEMENTS.name, "r", json.loads(event.model_dump_json()), 0, offset))
+        one = counted_result(event)
+        if (event.event_id, one.day) not in counted:
+            counted.add((event.event_id, one.day))
+            minutes[one.minute].update(one.minute_fields)
+            days[one.day].update(one.day_fields)
+    ledger = figures(records)
+    assert set(minutes) == set(ledger.minutes) and len(days) == 2
+    for minute, fields in minutes.items():
+        assert snapshot(minute, fields, AT).model_dump(mode="json", include=SHOWN) == ledger.statistics(minute)
+    for day, fields in days.items():
+        for one in reconciliations(day, fields, True, AT):
+            assert one.model_dump(mode="json", include=SIDES) == ledger.reconciliation(day, one.province)
