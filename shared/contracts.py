@@ -455,6 +455,9 @@ class StatisticsSnapshot(_Output):
     rejections_by_reason: list[StatisticsCount]
     published_at: datetime
     revision: int = 0
+    # Reversals by the pair their claim paid across (payer province > service province): a month's
+    # `by_province_pair` less these is the month's clearing, pair by pair.
+    reversals_by_province_pair: list[StatisticsCount] = Field(default_factory=list)
     # Dead letters by the pattern of their source topic (`gongji.province.PP.claims.v1`); amount 0.
     dead_letters: list[StatisticsCount] = Field(default_factory=list)
     latency: list[LatencyBucket] = Field(default_factory=list)

@@ -51,6 +51,7 @@ class Figures:
                 ("by_status", tables.get("status", {})),
                 ("by_category", tables.get("category", {})),
                 ("by_province_pair", tables.get("pair", {})),
+                ("reversals_by_province_pair", tables.get("reversed_pair", {})),
                 ("rejections_by_reason", tables.get("reason", {})),
                 ("dead_letters", tables.get("dead", {})),
             )
@@ -116,14 +117,15 @@ def _result(found: Figures, value: dict[str, Any]) -> None:
     if status == "rejected" and value.get("reason"):
         tables["reason"][value["reason"]][0] += 1
     service_region, insured_region = value.get("service_region"), value.get("recipient_region")
-    if status in ("settled", "partial") and service_region:
+    pairs = {"settled": "pair", "partial": "pair", "reversed": "reversed_pair"}
+    if status in pairs and service_region:
         owed: dict[str, int] = defaultdict(int)  # cross-province only, by pair
         for payer in value.get("payers", []):
             if payer["provider_region"][:2] != service_region[:2]:
                 owed[f"{payer['provider_region'][:2]}>{service_region[:2]}"] += payer["amount_fen"]
         for pair, amount in owed.items():
-            tables["pair"][pair][0] += 1
-            tables["pair"][pair][1] += amount
+            tables[pairs[status]][pair][0] += 1
+            tables[pairs[status]][pair][1] += amount
     if value.get("claim_sent_at"):
         elapsed = _moment(value["settled_at"]) - _moment(value["claim_sent_at"])
         tables["latency"][str(_bucket(max(0, int(elapsed.total_seconds() * 1000))))][0] += 1

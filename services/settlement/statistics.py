@@ -69,10 +69,12 @@ def counted_result(event: SettlementEvent) -> Counted:
         counted.add(minute, f"{table}|{key}|fen", event.paid_fen)
     if event.status == "rejected" and event.reason:
         counted.add(minute, f"reason|{event.reason}|n", 1)
-    if event.status in SETTLED and event.service_region:
+    # What the clearing counts: a month's gross line is its pair's amounts less its reversed ones.
+    table = "pair" if event.status in SETTLED else "reversed_pair" if event.status == "reversed" else None
+    if table and event.service_region:
         for pair, amount in clearing_contributions(event.payers, event.service_region).items():
-            counted.add(minute, f"pair|{pair}|n", 1)
-            counted.add(minute, f"pair|{pair}|fen", amount)
+            counted.add(minute, f"{table}|{pair}|n", 1)
+            counted.add(minute, f"{table}|{pair}|fen", amount)
     if event.claim_sent_at is not None:
         latency_ms = max(0, int((event.settled_at - event.claim_sent_at).total_seconds() * 1000))
         counted.add(minute, f"latency|{latency_bound(latency_ms)}|n", 1)
@@ -134,6 +136,7 @@ def snapshot(minute: str, fields: dict[str, int], now: datetime) -> StatisticsSn
         by_status=_counts(tables["status"]),
         by_category=_counts(tables["category"]),
         by_province_pair=_counts(tables["pair"]),
+        reversals_by_province_pair=_counts(tables["reversed_pair"]),
         rejections_by_reason=_counts(tables["reason"]),
         dead_letters=_counts(tables["dead"]),
         latency=[LatencyBucket(le_ms=bound, count=count) for bound, count in latency],

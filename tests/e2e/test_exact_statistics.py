@@ -23,7 +23,15 @@ from shared.topics import CLAIMS, DEAD_LETTERS, RECONCILIATION, SETTLEMENTS, STA
 from tests.e2e.world import World
 
 pytestmark = pytest.mark.timeout(300)
-SHOWN = {"by_status", "by_category", "by_province_pair", "rejections_by_reason", "dead_letters", "latency"}
+SHOWN = {
+    "by_status",
+    "by_category",
+    "by_province_pair",
+    "reversals_by_province_pair",
+    "rejections_by_reason",
+    "dead_letters",
+    "latency",
+}
 SIDES = {"as_service", "as_insured"}
 
 

@@ -19,7 +19,15 @@ from tests.integration.bus import Bus, bus_on_its_own_database
 
 STATISTICS_DATABASE = 9  # the sums are the whole database's: this test's alone
 REGION = "510100"
-SHOWN = {"by_status", "by_category", "by_province_pair", "rejections_by_reason", "dead_letters", "latency"}
+SHOWN = {
+    "by_status",
+    "by_category",
+    "by_province_pair",
+    "reversals_by_province_pair",
+    "rejections_by_reason",
+    "dead_letters",
+    "latency",
+}
 
 
 @pytest.fixture
@@ -190,3 +198,24 @@ async def test_an_open_day_whose_publication_failed_is_published_again(bus: Bus)
     assert [day.province for day in published(again, ReconciliationDay)] == ["51"]
     await settlement.published(again)
     assert published(await settlement.publication_due(), ReconciliationDay) == []
+
+
+async def test_a_months_pairs_less_their_reversals_are_its_clearing_statement(bus: Bus) -> None:
+    recipient = await provided_recipient(bus)  # paid from province 44 for care in 51
+    paid = bus.saga.settle(recipient, 30_000)
+    for claim in (paid, bus.saga.settle(recipient, 15_000), bus.saga.reverse(recipient, paid.claim_id)):
+        await bus.claim(claim)
+    rows = await bus.close("2026-03", datetime.fromisoformat("2026-04-01T00:00:00+08:00"))
+    snapshots = published(await bus.saga.settlement.publication_due(), StatisticsSnapshot)
+    pairs: dict[str, list[int]] = {}
+    for snapshot in snapshots:
+        for line, sign in [
+            *((one, 1) for one in snapshot.by_province_pair),
+            *((one, -1) for one in snapshot.reversals_by_province_pair),
+        ]:
+            figures_of = pairs.setdefault(line.key, [0, 0, 0])
+            figures_of[0] += sign * line.amount_fen
+            figures_of[1 if sign == 1 else 2] += line.count
+    gross = {f"{row.payer_province}>{row.payee_province}": row for row in rows if row.row == "gross"}
+    assert pairs == {pair: [row.amount_fen, row.claims, row.reversals] for pair, row in gross.items()}
+    assert pairs == {"44>51": [15_000, 2, 1]}

@@ -24,7 +24,15 @@ from shared.contracts import DeadLetter, Payer, SettlementEvent
 from shared.topics import SETTLEMENTS
 
 AT = datetime(2026, 12, 5, 15, 59, 59, 500_000, tzinfo=UTC)  # 23:59:59.5 in Asia/Shanghai
-SHOWN = {"by_status", "by_category", "by_province_pair", "rejections_by_reason", "dead_letters", "latency"}
+SHOWN = {
+    "by_status",
+    "by_category",
+    "by_province_pair",
+    "reversals_by_province_pair",
+    "rejections_by_reason",
+    "dead_letters",
+    "latency",
+}
 SIDES = {"as_service", "as_insured"}
 
 
