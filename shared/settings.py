@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     statistics_minutes_kept_seconds: int = Field(default=2 * 86400, ge=3600)
     reconciliation_days_kept_seconds: int = Field(default=35 * 86400, ge=2 * 86400)
     reconciliation_settle_seconds: int = Field(default=60, ge=0)
+    # How often an open day (the day so far) is published while it changes.
+    reconciliation_interval_seconds: float = Field(default=10.0, ge=0)
     # A fixed processing time for every service process (RFC 3339), for demonstrations and tests
     # of day and month edges; empty means the real clock.
     clock_fixed_at: str = ""

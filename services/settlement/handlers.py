@@ -98,11 +98,11 @@ def settlement_event(claim_id: str, record: ClaimRecord) -> SettlementEvent:
 class Publication:
     """The statistics and reconciliations due, the marks of what they publish (shard, name, mark),
     cleared once Kafka has confirmed them, and the open days as published (day -> its marks, and
-    each province's revision), noted then too: a publication that failed is made again."""
+    each province's revision, and when), noted then too: a publication that failed is made again."""
 
     outputs: list[BaseModel | ToTopic] = field(default_factory=list)
     marks: list[tuple[int, str, str]] = field(default_factory=list)
-    open_days: dict[str, tuple[str, dict[str, int]]] = field(default_factory=dict)
+    open_days: dict[str, tuple[str, dict[str, int], datetime]] = field(default_factory=dict)
 
 
 class SettlementHandlers:
@@ -125,8 +125,10 @@ class SettlementHandlers:
         self.minutes_kept = timedelta(seconds=settings.statistics_minutes_kept_seconds)
         self.days_kept = timedelta(seconds=settings.reconciliation_days_kept_seconds)
         self.settle = timedelta(seconds=settings.reconciliation_settle_seconds)
-        # The open days as last published: their marks, and each province's revision.
-        self.open_days: dict[str, tuple[str, dict[str, int]]] = {}
+        # An open day is summed over every province pair and type: read at most this often.
+        self.open_day_interval = timedelta(seconds=settings.reconciliation_interval_seconds)
+        # The open days as last published: their marks, each province's revision, and when.
+        self.open_days: dict[str, tuple[str, dict[str, int], datetime | None]] = {}
 
     async def on_enrollment(self, changes: Sequence[EnrollmentChanged]) -> list[Refused]:
         """Keeps the service's own copy of who is insured where (for rule 4), in one pipeline. An
@@ -551,8 +553,8 @@ class SettlementHandlers:
     ) -> None:
         """An open day's reconciliations whose figures moved since this instance last published them."""
         seen = ",".join(f"{shard}:{mark}" for shard, _, mark in sorted(marks))
-        seen_before, before = self.open_days.get(day, ("", {}))
-        if seen == seen_before:
+        seen_before, before, published_at = self.open_days.get(day, ("", {}, None))
+        if seen == seen_before or (published_at is not None and now - published_at < self.open_day_interval):
             return
         moved = [
             one
@@ -560,7 +562,7 @@ class SettlementHandlers:
             if one.revision != before.get(one.province, 0)
         ]
         publication.outputs.extend(moved)
-        publication.open_days[day] = (seen, {**before, **{one.province: one.revision for one in moved}})
+        publication.open_days[day] = (seen, {**before, **{one.province: one.revision for one in moved}}, now)
 
     async def published(self, publication: Publication) -> None:
         """Kafka has confirmed the publication: its marks go, and its open days are noted (a day
