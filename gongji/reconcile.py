@@ -10,13 +10,11 @@ from typing import Any
 from redis.asyncio import Redis
 
 from gongji.audit.books import Record
-from gongji.audit.figures import figures
+from gongji.audit.figures import RECONCILIATION_SIDES, figures
 from services.settlement.statistics import reconciliations
 from services.settlement.store import Tallies
 from shared.clock import Clock, day_start
 from shared.contracts import ReconciliationDay
-
-SIDES = ("as_service", "as_insured")
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,10 @@ def checked(days: list[ReconciliationDay], records: list[Record]) -> list[Reconc
     return [
         Reconciled(
             day,
-            differences(day.model_dump(mode="json", include=set(SIDES)), ledger.reconciliation(day.day, day.province)),
+            differences(
+                day.model_dump(mode="json", include=set(RECONCILIATION_SIDES)),
+                ledger.reconciliation(day.day, day.province),
+            ),
         )
         for day in days
     ]

@@ -26,6 +26,19 @@ TYPES = {"institution": "11", "pharmacy": "41", "resident_premium": "99", "ltc_p
 ALL_TYPES = ("11", "21", "41", "99")
 USES = frozenset(TYPES)
 MEASURES = ("settlements", "medical_fen", "mutual_aid_fen", "refunds", "refunded_fen")
+# The fields of a statistics snapshot and of a reconciliation this audit recomputes.
+STATISTICS_FIELDS = frozenset(
+    {
+        "by_status",
+        "by_category",
+        "by_province_pair",
+        "reversals_by_province_pair",
+        "rejections_by_reason",
+        "dead_letters",
+        "latency",
+    }
+)
+RECONCILIATION_SIDES = frozenset({"as_service", "as_insured"})
 
 
 @dataclass

@@ -19,11 +19,10 @@ from redis.asyncio import Redis
 from gongji.audit.books import before, rebuild
 from gongji.audit.checkpoint import Checkpoint, Cut
 from gongji.audit.compare import AuditReport, compare
-from gongji.audit.figures import figures
+from gongji.audit.figures import RECONCILIATION_SIDES, figures
 from gongji.audit.opening import Opening
 from gongji.audit.state import read_state
 from gongji.audit.window import Window
-from gongji.reconcile import SIDES
 from gongji.simulation.cast import Cast
 from gongji.simulation.model import Breach, Model, require
 from gongji.simulation.network import (
@@ -678,7 +677,7 @@ class World:
             if day_kept_until(day, kept, window) - timedelta(days=1) < now:
                 continue  # its sums may have left Redis
             for one in reconciliations(day, await tallies.sums("day", day), False, now):
-                held = one.model_dump(mode="json", include=set(SIDES))
+                held = one.model_dump(mode="json", include=set(RECONCILIATION_SIDES))
                 expected = ledger.reconciliation(day, one.province)
                 require(
                     held == expected,

@@ -16,23 +16,13 @@ from typing import Any
 import pytest
 
 from gongji.audit.deep import read_topics
-from gongji.audit.figures import SHANGHAI, Figures, figures
+from gongji.audit.figures import RECONCILIATION_SIDES, SHANGHAI, STATISTICS_FIELDS, Figures, figures
 from gongji.ops.launcher import ServiceProcess
 from shared.settings import Settings
 from shared.topics import CLAIMS, DEAD_LETTERS, PROVINCES, RECONCILIATION, SETTLEMENTS, STATISTICS
 from tests.e2e.world import World
 
 pytestmark = pytest.mark.timeout(300)
-SHOWN = {
-    "by_status",
-    "by_category",
-    "by_province_pair",
-    "reversals_by_province_pair",
-    "rejections_by_reason",
-    "dead_letters",
-    "latency",
-}
-SIDES = {"as_service", "as_insured"}
 
 
 @pytest.fixture
@@ -68,7 +58,7 @@ def differing(kafka, ledger: Figures, minutes: set[str], day: str) -> list[str]:
     wrong = [
         f"minute {minute}"
         for minute in sorted(minutes)
-        if {name: snapshots.get(minute, {}).get(name) for name in SHOWN} != ledger.statistics(minute)
+        if {name: snapshots.get(minute, {}).get(name) for name in STATISTICS_FIELDS} != ledger.statistics(minute)
     ]
     # Every province's day is published (one of a result recorded by an earlier release, which
     # names no insured region, is in no province's).
@@ -76,7 +66,8 @@ def differing(kafka, ledger: Figures, minutes: set[str], day: str) -> list[str]:
     wrong += [
         f"province {province} on {day}"
         for province in sorted(provinces)
-        if {name: days.get(province, {}).get(name) for name in SIDES} != ledger.reconciliation(day, province)
+        if {name: days.get(province, {}).get(name) for name in RECONCILIATION_SIDES}
+        != ledger.reconciliation(day, province)
     ]
     return wrong
 

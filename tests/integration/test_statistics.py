@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from gongji.audit.figures import figures
-from gongji.reconcile import SIDES, checked, held
+from gongji.audit.figures import RECONCILIATION_SIDES, STATISTICS_FIELDS, figures
+from gongji.reconcile import checked, held
 from services.settlement.handlers import Publication, SettlementHandlers
 from shared.contracts import DeadLetter, ReconciliationDay, SettlementEvent, StatisticsSnapshot
 from shared.runtime import Delivery, ToTopic
@@ -19,15 +19,6 @@ from tests.integration.bus import Bus, bus_on_its_own_database
 
 STATISTICS_DATABASE = 9  # the sums are the whole database's: this test's alone
 REGION = "510100"
-SHOWN = {
-    "by_status",
-    "by_category",
-    "by_province_pair",
-    "reversals_by_province_pair",
-    "rejections_by_reason",
-    "dead_letters",
-    "latency",
-}
 
 
 @pytest.fixture
@@ -66,9 +57,11 @@ def assert_as_the_ledger_says(bus: Bus, publication: Publication) -> None:
     snapshots = published(publication, StatisticsSnapshot)
     assert snapshots
     for snapshot in snapshots:
-        assert snapshot.model_dump(mode="json", include=SHOWN) == ledger.statistics(snapshot.minute)
+        assert snapshot.model_dump(mode="json", include=set(STATISTICS_FIELDS)) == ledger.statistics(snapshot.minute)
     for day in published(publication, ReconciliationDay):
-        assert day.model_dump(mode="json", include=set(SIDES)) == ledger.reconciliation(day.day, day.province)
+        assert day.model_dump(mode="json", include=set(RECONCILIATION_SIDES)) == ledger.reconciliation(
+            day.day, day.province
+        )
 
 
 async def test_each_result_counts_once_whatever_its_copies_and_as_the_ledger_says(bus: Bus) -> None:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gongji.audit.books import Record
-from gongji.audit.figures import figures
+from gongji.audit.figures import RECONCILIATION_SIDES, STATISTICS_FIELDS, figures
 from services.settlement.statistics import (
     CLEARING_TYPE_OF_CATEGORY,
     counted_dead_letter,
@@ -24,16 +24,6 @@ from shared.contracts import DeadLetter, Payer, SettlementEvent
 from shared.topics import SETTLEMENTS
 
 AT = datetime(2026, 12, 5, 15, 59, 59, 500_000, tzinfo=UTC)  # 23:59:59.5 in Asia/Shanghai
-SHOWN = {
-    "by_status",
-    "by_category",
-    "by_province_pair",
-    "reversals_by_province_pair",
-    "rejections_by_reason",
-    "dead_letters",
-    "latency",
-}
-SIDES = {"as_service", "as_insured"}
 
 
 def result(status: str = "settled", paid: int = 5_000, **fields) -> SettlementEvent:
@@ -210,7 +200,11 @@ def test_the_audits_own_arithmetic_finds_the_same_figures_for_any_mix_of_results
     ledger = figures(records)
     assert set(minutes) == set(ledger.minutes) and len(days) == 2
     for minute, fields in minutes.items():
-        assert snapshot(minute, fields, AT).model_dump(mode="json", include=SHOWN) == ledger.statistics(minute)
+        assert snapshot(minute, fields, AT).model_dump(
+            mode="json", include=set(STATISTICS_FIELDS)
+        ) == ledger.statistics(minute)
     for day, fields in days.items():
         for one in reconciliations(day, fields, True, AT):
-            assert one.model_dump(mode="json", include=SIDES) == ledger.reconciliation(day, one.province)
+            assert one.model_dump(mode="json", include=set(RECONCILIATION_SIDES)) == ledger.reconciliation(
+                day, one.province
+            )
