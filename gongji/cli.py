@@ -22,7 +22,7 @@ from shared.ids import mask_person_id, mask_person_ids, mask_person_ids_in_logs,
 from shared.money import format_fen
 from shared.policy import read_policy, validate_area, write_policy
 from shared.principals import OPERATOR, principal
-from shared.redis_client import in_database
+from shared.redis_client import connect, in_database
 from shared.settings import Settings
 
 app = typer.Typer(
@@ -65,18 +65,33 @@ UseDocker = Annotated[bool, typer.Option("--docker", help="in containers (deploy
 
 
 @infra_app.command("up")
-def infra_up(use_docker: UseDocker = False) -> None:
+def infra_up(
+    use_docker: UseDocker = False,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster",
+            help="three Kafka nodes and a Redis Cluster (3 primaries, 3 replicas) instead of one of each; "
+            "the same as GONGJI_CLUSTER=true, which every other command then needs too",
+        ),
+    ] = False,
+) -> None:
     """Start Kafka and Redis unless running, wait until both answer, create the topics."""
     from gongji.ops import docker
 
+    settings = Settings(cluster=True) if cluster else Settings()
+    if settings.cluster and use_docker:
+        _fail("--docker starts one broker and one Redis; the clusters run with the launcher only")
     try:
-        notes = docker.up(Settings()) if use_docker else infra.up(Settings())
+        notes = docker.up(settings) if use_docker else infra.up(settings)
     except infra.InfraError as error:
         _fail(str(error))
     for note in notes or ["already running"]:
         console.print(note)
-    for line in infra.status(Settings()).values():
+    for line in infra.status(settings).values():
         console.print(line)
+    if cluster and not Settings().cluster:
+        console.print("the other commands reach the clusters with GONGJI_CLUSTER=true in their environment")
 
 
 @infra_app.command("down")
@@ -111,14 +126,27 @@ def infra_reset() -> None:
 
 
 @app.command("run")
-def run(service: Annotated[str, typer.Argument(help="relationship | wallet | settlement | all")]) -> None:
-    """Run one service in this process, or `all` as three separate processes."""
+def run(
+    service: Annotated[str, typer.Argument(help="relationship | wallet | settlement | all")],
+    instances: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=launcher.MAX_INSTANCES,
+            help="processes of each service, in one consumer group (instance i listens on port base + 100 × i)",
+        ),
+    ] = 1,
+    instance: Annotated[int, typer.Option(hidden=True, min=0, max=launcher.MAX_INSTANCES - 1)] = 0,
+) -> None:
+    """Run one service in this process, or `all` as separate processes (and the dashboard); with
+    `--instances N`, N processes of each."""
     settings = Settings()
-    if service == "all":
-        raise typer.Exit(launcher.run_all(settings))
-    if service not in launcher.SERVICE_NAMES:
+    if service != "all" and service not in launcher.SERVICE_NAMES:
         _fail(f"unknown service {service!r}: choose relationship, wallet, settlement or all")
-    launcher.run_service(service, settings)
+    if service == "all" or instances > 1:
+        names = launcher.SERVICE_NAMES if service == "all" else (service,)
+        raise typer.Exit(launcher.run_instances(names, instances, dashboard=service == "all"))
+    launcher.run_service(service, settings, instance)
 
 
 @app.command("dashboard")
@@ -139,7 +167,7 @@ def dashboard(
 
 async def _with_redis(action, as_principal: str = OPERATOR.name):
     settings = Settings()
-    redis = Redis.from_url(settings.redis_url, **redis_options(settings, as_principal))
+    redis = connect(settings, as_principal)
     try:
         return await action(redis)
     finally:
@@ -359,7 +387,6 @@ def reconcile_command(
     from gongji.audit.deep import read_topics
     from gongji.reconcile import checked, held
     from shared.clock import clock_from_settings
-    from shared.redis_client import connect
     from shared.topics import SETTLEMENTS
 
     try:
@@ -796,3 +823,71 @@ def soak(
         (Console(stderr=True) if as_json else console).print(f"[red]FAILED[/red] {failure}")
     if failures(result):
         raise typer.Exit(1)
+
+
+@app.command("faults")
+def faults_command(
+    rate: Annotated[float, typer.Option(min=1, help="claims offered per second")] = 300.0,
+    duration: Annotated[float, typer.Option(min=10, help="seconds of claims; the faults are spread over them")] = 120.0,
+    persons: Annotated[int, typer.Option(min=10, help="population size")] = 1_500,
+    instances: Annotated[int, typer.Option(min=2, max=launcher.MAX_INSTANCES, help="instances of each service")] = 2,
+    restore_after: Annotated[float, typer.Option(min=1, help="seconds before a killed part is started again")] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json", help="also one JSON object on the last line")] = False,
+) -> None:
+    """Kill parts of the clustered platform under load and check that nothing was lost or paid twice:
+    one instance of each service, the Kafka node leading the most claims partitions, and a Redis
+    primary, each killed with SIGKILL and started again (`infra up --cluster` first, here if need
+    be). Reports each fault's gap in settlements. Exit 1 if a claim lacks exactly one result or the
+    deep audit is not valid."""
+    from gongji.perf.faults import options_with, run_faults
+
+    settings = Settings()
+    if not settings.cluster:
+        _fail("gongji faults runs on the clusters: run it with GONGJI_CLUSTER=true")
+    options = options_with(
+        rate=rate, duration_seconds=duration, persons=persons, instances=instances, restore_after_seconds=restore_after
+    )
+    out = Console(stderr=True) if as_json else console
+    try:
+        result = asyncio.run(run_faults(settings, options, out))
+    except (RuntimeError, infra.InfraError) as error:
+        _fail(str(error))
+    summary = {"faults": result["faults"], "claims": result["load"]["claims"], "failures": result["failures"]}
+    if as_json:
+        print(json.dumps(summary, ensure_ascii=False))
+    else:
+        console.print_json(json.dumps(summary))
+        console.print(f"load report: {result['load_report']}")
+    for failure in result["failures"]:
+        out.print(f"[red]FAILED[/red] {failure}")
+    if result["failures"]:
+        raise typer.Exit(1)
+
+
+@app.command("status")
+def status_command(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object: lists kafka, redis and services")] = False,
+) -> None:
+    """The whole system at a glance: each Kafka node (role, partitions it leads, under-replicated
+    ones), each Redis node (primary or replica, slots, replication lag) and each service instance
+    (address, pid, health, partitions held, consumer lag)."""
+    from rich.table import Table
+
+    from gongji.ops.status import system_status
+
+    found = system_status(Settings())
+    if as_json:
+        print(json.dumps(found))
+        return
+    columns = {
+        "kafka": ("node_id", "address", "pid", "role", "up", "leader_of", "under_replicated"),
+        "redis": ("address", "pid", "role", "up", "slots", "replica_of", "replication_lag_bytes", "memory_bytes"),
+        "services": ("name", "instance", "address", "pid", "healthy", "partitions", "lag"),
+    }
+    for part, names in columns.items():
+        table = Table(title=part, title_justify="left")
+        for name in names:
+            table.add_column(name.replace("_", " "))
+        for item in found[part]:
+            table.add_row(*("" if item.get(name) is None else str(item.get(name)) for name in names))
+        console.print(table)

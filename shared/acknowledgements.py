@@ -74,6 +74,7 @@ class Acknowledgements:
         self.member = False
         self.progressed_at = time.monotonic()
         self.consumer: Any = None  # the AIOKafkaConsumer; FastStream builds a new one when it restarts
+        self.lag = 0  # records on its partitions not read yet, as of its last poll (at most a second old)
         self._in_hand: Sequence[ConsumerRecord] = ()  # polled, neither sent on nor rewound yet
         self._read_under = 0  # the assignment the batch in hand was polled under
         self._failed_before_handler = 0  # times in a row

@@ -132,6 +132,10 @@ class SecretFileCredentials(CredentialProvider):
         return self.get_credentials()
 
 
-def redis_options(settings: Settings, name: str) -> dict[str, CredentialProvider]:
-    """Keyword arguments for redis-py: the principal's Redis ACL user."""
-    return {"credential_provider": SecretFileCredentials(settings, name)}
+def redis_options(settings: Settings, name: str) -> dict[str, Any]:
+    """Keyword arguments for redis-py: the principal's Redis ACL user, and on a TLS address
+    (`rediss://`, a cluster's) the local CA to verify the node against."""
+    options: dict[str, Any] = {"credential_provider": SecretFileCredentials(settings, name)}
+    if settings.redis_url.startswith("rediss://"):
+        options["ssl_ca_certs"] = str(ca_file(settings))
+    return options

@@ -1,7 +1,8 @@
-"""A service's own HTTP port, for operating it: `/health` (is it consuming?) and `/metrics`
-(Prometheus), and nothing else. No AsyncAPI page: FastStream's page comes with a "try it out"
-route that publishes any payload to any topic with the service's own Kafka credentials, and loads
-its scripts from public CDNs; the contract is `docs/asyncapi.json`, written by `gongji docs`.
+"""A service's own HTTP port, for operating it: `/health` (is it consuming?), `/status` (its pid, and
+its consumers' partitions and lag, for `gongji status`) and `/metrics` (Prometheus), and nothing
+else. No AsyncAPI page: FastStream's page comes with a "try it out" route that publishes any
+payload to any topic with the service's own Kafka credentials, and loads its scripts from public
+CDNs; the contract is `docs/asyncapi.json`, written by `gongji docs`.
 
 The port listens on loopback only, and answers only requests addressed to a loopback name (or one
 that the operator allows): a web page that rebinds its own host name to 127.0.0.1 still sends its
@@ -14,6 +15,7 @@ loops on the refusal while its health says all is well.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -114,11 +116,37 @@ def health_route(pipelines: Sequence[Acknowledgements], stale_after: float) -> A
     return health
 
 
+def status_route(service: str, pipelines: Sequence[Acknowledgements], stale_after: float) -> ASGIApp:
+    """What `gongji status` shows of an instance: its process, whether it is healthy, and each
+    consumer's partitions and lag (JSON)."""
+
+    async def status(scope: Scope, receive: Receive, send: Send) -> None:
+        consumers = [
+            {
+                "subscriber": pipeline.subscriber,
+                "member": pipeline.member,
+                "partitions": len(pipeline.consumer.assignment()) if pipeline.consumer is not None else 0,
+                "lag": pipeline.lag,
+            }
+            for pipeline in pipelines
+        ]
+        body = {
+            "name": service,
+            "pid": os.getpid(),
+            "problems": consumption_problems(pipelines, stale_after),
+            "consumers": consumers,
+        }
+        await AsgiResponse(json.dumps(body).encode(), 200, {"Content-Type": "application/json"})(scope, receive, send)
+
+    return status
+
+
 def operations_routes(
-    pipelines: Sequence[Acknowledgements], stale_after: float, extra_hosts: Sequence[str] = ()
+    service: str, pipelines: Sequence[Acknowledgements], stale_after: float, extra_hosts: Sequence[str] = ()
 ) -> list[tuple[str, Any]]:
     allowed = LOOPBACK_HOSTS | {host.lower() for host in extra_hosts}
     return [
         ("/health", only_for_hosts(health_route(pipelines, stale_after), allowed)),
+        ("/status", only_for_hosts(status_route(service, pipelines, stale_after), allowed)),
         ("/metrics", only_for_hosts(make_asgi_app(), allowed)),
     ]

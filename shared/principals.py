@@ -121,8 +121,15 @@ def group(name: str, prefixed: bool = False) -> tuple[KafkaRight, ...]:
 # What every service's Redis user may run besides its own functions' commands: the durability
 # check at start (CONFIG GET: no narrower command tells `appendfsync`), FCALL itself, FCALL_RO
 # (the check that its release's library is loaded; FUNCTION LIST would show every library's code),
-# and what redis-py may send on connecting (its CLIENT SETINFO may be refused: it ignores that).
-_SERVICE_COMMANDS = ("fcall", "fcall_ro", "config|get", "ping", "select")
+# and what redis-py may send on connecting (its CLIENT SETINFO may be refused: it ignores that);
+# on a Redis Cluster, what its cluster client asks to route (the slots' owners, the command table
+# it reads keys by) and ASKING, which a call redirected while a slot moves is sent with; and the
+# replication barrier's INCR of its marker and WAIT (shared/redis_client.py).
+_SERVICE_COMMANDS = (
+    "fcall", "fcall_ro", "config|get", "ping", "select",
+    "cluster|slots", "cluster|shards", "command", "asking",
+    "incr", "wait",
+)  # fmt: skip
 
 BROKER = Principal("broker", "the Kafka broker itself (inter-broker and controller traffic)", super_user=True)
 OPERATOR = Principal(
@@ -130,6 +137,14 @@ OPERATOR = Principal(
     "the national platform and the operator: CLI, audit, tools, tests, national topics, dead letters",
     redis=RedisAccess(keys=("*",), commands=("@all",)),
     super_user=True,
+)
+
+# A Redis Cluster node that replicates its primary (`masteruser`): it may read the replication
+# stream, nothing else. It is no Kafka user.
+REPLICA = Principal(
+    "replica",
+    "a Redis Cluster replica, reading its primary's replication stream",
+    redis=RedisAccess(keys=(), commands=("psync", "replconf", "ping")),
 )
 
 SERVICES: tuple[Principal, ...] = (
@@ -305,7 +320,9 @@ CLIENTS: tuple[Principal, ...] = (
     ),
 )
 
-PRINCIPALS: tuple[Principal, ...] = (BROKER, OPERATOR, *SERVICES, *CLIENTS)
+PRINCIPALS: tuple[Principal, ...] = (BROKER, OPERATOR, REPLICA, *SERVICES, *CLIENTS)
+# Who has a SCRAM user on Kafka: every principal with a right there.
+KAFKA_USERS: tuple[Principal, ...] = tuple(one for one in PRINCIPALS if one.kafka or one.super_user)
 BY_NAME: dict[str, Principal] = {principal.name: principal for principal in PRINCIPALS}
 
 

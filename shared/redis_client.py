@@ -1,9 +1,17 @@
-"""The Redis client every service uses: a bounded pool whose callers wait for a free connection
-(batches run many keys at once; an unbounded burst would otherwise fail with "too many connections")."""
+"""The Redis client every service uses: on one Redis, a bounded pool whose callers wait for a free
+connection (batches run many keys at once; an unbounded burst would otherwise fail with "too many
+connections"); on a Redis Cluster, redis-py's cluster client, which routes each call to its slot's
+primary and follows MOVED, ASK and failovers."""
 
 from __future__ import annotations
 
-from redis.asyncio import BlockingConnectionPool, Redis
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.exceptions import RedisError
 
 from shared.credentials import redis_options
 from shared.settings import Settings
@@ -15,7 +23,13 @@ def in_database(redis_url: str, db: int) -> str:
 
 
 def connect(settings: Settings, principal: str) -> Redis:
-    """A pool authenticated as `principal`'s Redis user (shared/principals.py says what it may do)."""
+    """A client authenticated as `principal`'s Redis user (shared/principals.py says what it may do).
+    A cluster client has the same calls as a single Redis's (the keys of one call share a slot)."""
+    if settings.cluster:
+        # Connections per node; a batch's keys in flight are bounded well under it (shared/concurrency.py).
+        return RedisCluster.from_url(  # type: ignore[return-value]
+            settings.redis_url, max_connections=settings.redis_max_connections, **redis_options(settings, principal)
+        )
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
@@ -33,10 +47,101 @@ async def require_durable(redis: Redis) -> None:
     """Refuses to run on a Redis that may lose acknowledged writes. A service commits its Kafka
     offset once Redis has answered; with `appendfsync everysec` a crash could then roll back a
     debit whose answer was already published as paid. Only AOF with `appendfsync always` is safe."""
-    config = await redis.config_get("appendonly")
-    config |= await redis.config_get("appendfsync")
-    if (config.get("appendonly"), config.get("appendfsync")) != ("yes", "always"):
-        raise RedisNotDurable(
-            f"Redis runs with appendonly={config.get('appendonly')}, appendfsync={config.get('appendfsync')}: "
-            "Gongji needs appendonly yes and appendfsync always (see docs/architecture.md, Redis durability)"
-        )
+    for node, config in (await _every_node(redis, "CONFIG", "GET", "append*")).items():
+        if (config.get("appendonly"), config.get("appendfsync")) != ("yes", "always"):
+            raise RedisNotDurable(
+                f"Redis {node} runs with appendonly={config.get('appendonly')}, "
+                f"appendfsync={config.get('appendfsync')}: Gongji needs appendonly yes and appendfsync "
+                "always (see docs/architecture.md, Redis durability)"
+            )
+
+
+async def _every_node(redis: Redis, *command: str) -> dict[str, dict[str, str]]:
+    """A CONFIG GET's answer from each node, replicas too (one may be promoted), by node name."""
+    if isinstance(redis, RedisCluster):
+        answers = await redis.execute_command(*command, target_nodes=RedisCluster.ALL_NODES)
+    else:
+        answers = {"": await redis.execute_command(*command)}
+    return {name: _pairs(answer) for name, answer in answers.items()}
+
+
+def _pairs(answer: dict | list) -> dict[str, str]:
+    if isinstance(answer, dict):
+        return {_text(name): _text(value) for name, value in answer.items()}
+    return {_text(name): _text(value) for name, value in zip(answer[::2], answer[1::2], strict=True)}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class ReplicaBehind(RedisError):
+    """A primary's writes did not reach a replica in time: the batch is not confirmed, and is read
+    again (its steps are idempotent)."""
+
+
+# How long a batch waits for a replica before it is read again.
+REPLICA_WAIT_MS = 2000
+
+
+class ReplicationBarrier:
+    """On a Redis Cluster, called before a batch's outputs are published and its offsets committed:
+    once it returns, every write the batch made is on a replica of its primary too.
+
+    Why: Redis replicates asynchronously. A primary that died holding a write its replica lacked
+    is replaced by that replica, and the write is gone while its output (a draw's answer, a
+    result) is already on Kafka and its input committed: a quota that paid comes back, money is
+    paid twice. With the barrier, a write a failover can lose was never answered: its input is
+    read again and the step applied again on the new primary.
+
+    How: WAIT counts the writes of its own connection only. On each primary one connection writes a
+    marker, then WAITs for one replica; the replication stream keeps its order, so a replica that
+    has the marker has every write made before it, whoever made it. One round trip per primary, per
+    batch, all primaries at once."""
+
+    def __init__(self, cluster: RedisCluster, settings: Settings, principal: str, key_prefix: str) -> None:
+        self.cluster = cluster
+        self.options = redis_options(settings, principal)
+        self.key_prefix = key_prefix
+        self.clients: dict[str, Redis] = {}  # by node name, primaries only
+        self.markers: dict[str, str] = {}  # by node name: a key of one of its slots
+
+    async def __call__(self) -> None:
+        primaries = {node.name: node for node in self.cluster.get_primaries()}
+        for gone in set(self.clients) - set(primaries):
+            await self.clients.pop(gone).aclose()
+            self.markers.pop(gone, None)
+        await asyncio.gather(*(self._replicated(node) for node in primaries.values()))
+
+    async def _replicated(self, node: ClusterNode) -> None:
+        if node.name not in self.clients:
+            self.clients[node.name] = Redis(host=node.host, port=node.port, ssl=True, **self.options)
+            self.markers[node.name] = self._marker(node)
+        async with self.clients[node.name].pipeline(transaction=False) as pipe:
+            pipe.incr(self.markers[node.name])
+            pipe.wait(1, REPLICA_WAIT_MS)
+            _, replicas = await pipe.execute()
+        if replicas < 1:
+            raise ReplicaBehind(f"no replica of {node.name} had this batch's writes within {REPLICA_WAIT_MS} ms")
+
+    def _marker(self, node: ClusterNode) -> str:
+        """The first key of the form `<prefix>{r<n>}:replicated` that lies in one of the node's slots."""
+        for n in itertools.count():
+            key = f"{self.key_prefix}{{r{n}}}:replicated"
+            if self.cluster.get_node_from_key(key).name == node.name:
+                return key
+        raise AssertionError("unreachable")
+
+
+async def _already_replicated() -> None:
+    """A single Redis has no replica to wait for: every write is on its disk (appendfsync always)
+    before it is answered, and no failover can put an older copy in its place."""
+
+
+def replication_barrier(
+    redis: Redis, settings: Settings, principal: str, key_prefix: str
+) -> Callable[[], Awaitable[None]]:
+    """What a service awaits before a batch's outputs leave (see ReplicationBarrier)."""
+    if isinstance(redis, RedisCluster):
+        return ReplicationBarrier(redis, settings, principal, key_prefix)
+    return _already_replicated

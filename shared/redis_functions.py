@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
@@ -68,10 +68,12 @@ class Library:
 
     async def require_loaded(self, redis: Redis) -> None:
         """Every service checks, before it consumes anything, that Redis keeps acknowledged writes
-        and that its release's library is there (its own user may call functions, never load one)."""
+        and that its release's library is there (its own user may call functions, never load one):
+        on a cluster, on every primary (a replica has its primary's)."""
         await require_durable(redis)
+        every_primary = {"target_nodes": RedisCluster.PRIMARIES} if isinstance(redis, RedisCluster) else {}
         try:
-            await redis.fcall_ro(self.function("library_loaded"), 0)
+            await redis.execute_command("FCALL_RO", self.function("library_loaded"), 0, **every_primary)
         except ResponseError as error:
             if "Function not found" not in str(error):
                 raise

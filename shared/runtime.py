@@ -54,6 +54,7 @@ from shared.credentials import kafka_bootstrap, password, ssl_context
 from shared.faststream_hooks import aiokafka_producer, replace_batch_poll, set_batch_payload
 from shared.ids import derived_event_id, mask_person_ids
 from shared.operations import end_process, is_fatal, operations_routes
+from shared.redis_client import ReplicaBehind
 from shared.redis_functions import REDIS_SECONDS
 from shared.settings import Settings
 from shared.topics import CLAIM_PATH, DEAD_LETTERS, Topic
@@ -160,7 +161,7 @@ def make_broker(settings: Settings, principal: str) -> KafkaBroker:
     """A broker client authenticated as `principal` (SCRAM over TLS, the CA verified)."""
     # acks=all with idempotence: a confirmed output is on every in-sync replica, never doubled.
     return KafkaBroker(
-        kafka_bootstrap(settings),
+        kafka_bootstrap(settings).split(","),  # FastStream takes a list of addresses, not a comma list
         security=SASLScram512(principal, password(settings, principal), ssl_context=ssl_context(settings)),
         allow_auto_create_topics=False,  # topics are the operator's (`gongji infra up`), never a service's
         acks="all",
@@ -362,6 +363,7 @@ def _reason(error: ValidationError) -> ReasonCode:
 # (nothing is skipped) until Kafka or Redis answers again. redis-py raises its own class for the
 # replies it knows (and strips their code); the others keep the code at the start of their text.
 _TRANSIENT = (
+    ReplicaBehind,
     RedisConnectionError,
     RedisTimeoutError,
     OutOfMemoryError,
@@ -483,6 +485,7 @@ def subscribe(
     clock: Clock,
     answer_sender: SenderAnswer | None = None,
     writes_dead_letters: bool = True,
+    replicated: Callable[[], Awaitable[None]],
 ) -> Acknowledgements:
     """Registers `handler` for bounded batches of `topics`; its outputs and the batch's dead
     letters go through `outbox`, confirmed before the batch's offsets are committed (the returned
@@ -508,6 +511,9 @@ def subscribe(
                 started = time.perf_counter()
                 try:
                     outputs = await handle_isolating_poison(handler, decoder, settings.poison_attempts)
+                    waited = time.perf_counter()
+                    await replicated()  # the batch's writes survive a failover before anything leaves
+                    redis_seconds[0] += time.perf_counter() - waited
                 except Exception:
                     acknowledgements.rewind(records)  # transient: the batch is read again, nothing skipped
                     raise
@@ -529,9 +535,10 @@ def subscribe(
         batch=True,
         group_id=group_id,
         auto_offset_reset="earliest",
-        # A crashed instance's partitions move on once its session lapses: the broker's minimum.
-        session_timeout_ms=6_000,
-        heartbeat_interval_ms=1_500,
+        # A crashed instance's partitions move on once its session lapses (a stopped one's at once:
+        # it leaves its group).
+        session_timeout_ms=settings.consumer_session_timeout_ms,
+        heartbeat_interval_ms=settings.consumer_session_timeout_ms // 4,
         # aiokafka keeps one fetch in flight per broker, for the partitions with nothing buffered:
         # a partition just handed over is fetched again only when that fetch returns, which the
         # broker holds until data comes or this wait ends (500 ms by default: the warm-up stall).
@@ -580,7 +587,8 @@ def _poll_without_pause(
         acknowledgements.polled(records)
         if time.monotonic() - lag_set_at[0] >= 1:
             lag_set_at[0] = time.monotonic()
-            lag.set(await _lag(consumer))
+            acknowledgements.lag = await _lag(consumer)
+            lag.set(acknowledgements.lag)
         return records
 
     return get_msg
@@ -664,12 +672,15 @@ def build_service_app(
     on_start: Callable[[], Awaitable[None]],
     on_stop: Callable[[], Awaitable[None]],
     broker: KafkaBroker | None = None,
+    replicated: Callable[[], Awaitable[None]],
     answer_sender: SenderAnswer | None = None,
     periodic: Periodic | None = None,
 ) -> AsgiFastStream:
     """One service process: its batch subscribers (`routes` bound to `handlers`), and its operations
     port (shared/operations.py): `/health` (every consumer consuming) and `/metrics` (Prometheus).
-    `answer_sender` answers the senders of records it dead-letters where it can (SenderAnswer)."""
+    `answer_sender` answers the senders of records it dead-letters where it can (SenderAnswer);
+    `replicated` is awaited after each batch's handler, before its outputs leave
+    (shared/redis_client.py: replication_barrier)."""
     broker = broker or make_broker(settings, service)
     inputs = [topic for route in routes for topic in route.topics]
     outputs = [*outputs, DEAD_LETTERS, *dict.fromkeys(one.refusals_to for one in inputs if one.refusals_to)]
@@ -686,6 +697,7 @@ def build_service_app(
             clock=clock,
             answer_sender=answer_sender,
             writes_dead_letters=not route.own_outputs,
+            replicated=replicated,
         )
         for route in routes
     ]
@@ -700,7 +712,7 @@ def build_service_app(
 
     app = AsgiFastStream(
         broker,
-        asgi_routes=operations_routes(pipelines, settings.health_stale_seconds, settings.http_allowed_hosts),
+        asgi_routes=operations_routes(service, pipelines, settings.health_stale_seconds, settings.http_allowed_hosts),
         lifespan=lifespan,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -10,9 +11,26 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+# The clusters `gongji infra up --cluster` starts on this machine (gongji/ops/cluster.py): three
+# KRaft nodes, and a Redis Cluster of three primaries and three replicas, every link TLS.
+LOCAL_KAFKA_CLUSTER = ("127.0.0.1:29092", "127.0.0.1:29093", "127.0.0.1:29094")
+LOCAL_REDIS_CLUSTER = (
+    "127.0.0.1:17001",
+    "127.0.0.1:17002",
+    "127.0.0.1:17003",
+    "127.0.0.1:17004",
+    "127.0.0.1:17005",
+    "127.0.0.1:17006",
+)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GONGJI_", extra="ignore")
 
+    # Kafka and Redis are clusters: every client of Redis is a Redis Cluster client, and topics
+    # are replicated three times, two of them in sync before a write is confirmed. Unless set
+    # otherwise, the addresses are those of the clusters `gongji infra up --cluster` starts.
+    cluster: bool = False
     kafka_bootstrap: str = "127.0.0.1:19092"
     kafka_controller_port: int = 19093
     # Development only: the broker also opens a SASL_PLAINTEXT listener (SCRAM, no TLS) on this
@@ -52,6 +70,10 @@ class Settings(BaseSettings):
     claim_path_fetch_max_wait_ms: int = 10
     # ... unless this much data (about ten claims) came sooner: larger batches under load.
     claim_path_fetch_min_bytes: int = 4096
+    # How long a consumer may be silent before its group hands its partitions to the other
+    # instances: a crashed instance's partitions are read again about this plus a rebalance after
+    # it died. It heartbeats four times in it; the brokers accept sessions down to 1 s.
+    consumer_session_timeout_ms: int = Field(default=2000, ge=1000)
     # A record that fails this many times for a reason of its own is dead-lettered alone.
     poison_attempts: int = Field(default=3, ge=1)
     # Settlement spreads claim records and clearing accumulators over this many Redis hash
@@ -108,6 +130,21 @@ class Settings(BaseSettings):
     clock_speed: float = Field(default=1.0, gt=0)
     clock_origin: str = ""
     clock_real_origin: float = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cluster_addresses(cls, values: Any) -> Any:
+        if isinstance(values, dict) and str(values.get("cluster", "")).lower() in ("1", "true", "yes", "on"):
+            values.setdefault("kafka_bootstrap", ",".join(LOCAL_KAFKA_CLUSTER))
+            values.setdefault("redis_url", f"rediss://{LOCAL_REDIS_CLUSTER[0]}/0")
+            values.setdefault("topic_replication_factor", 3)
+        return values
+
+    @property
+    def topic_min_insync_replicas(self) -> int:
+        """A write is confirmed (acks=all) once this many replicas have it: with three, one broker
+        may be lost without losing a confirmed record or stopping writes."""
+        return min(2, self.topic_replication_factor)
 
     @model_validator(mode="after")
     def _books_kept_past_the_audit(self) -> Settings:

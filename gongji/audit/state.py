@@ -95,18 +95,30 @@ def _persons(keys: list[str], prefix: str) -> list[str]:
     )
 
 
+# Every hash of a group at one instant: a script runs alone. (MULTI would do on one Redis; redis-py's
+# cluster client runs a MULTI's commands on a thread of their own, one by one.)
+_HASHES_AT_ONCE = """
+local hashes = {}
+for i, key in ipairs(KEYS) do hashes[i] = redis.call('HGETALL', key) end
+return hashes
+"""
+
+
 async def _hashes_in_batches(redis: Redis, groups: list[list[str]]) -> list[list[dict[bytes, bytes]]]:
-    """HGETALL of each group's keys, every batch of groups in one MULTI."""
+    """HGETALL of each group's keys (one person's, or one shard's: one slot), a group's keys read
+    at one instant; a batch of groups in one pipeline (on a cluster, one per node)."""
     replies: list[list[dict[bytes, bytes]]] = []
     for start in range(0, len(groups), _READ_BATCH):
-        batch = groups[start : start + _READ_BATCH]
-        async with redis.pipeline(transaction=True) as pipe:
-            for keys in batch:
-                for key in keys:
-                    pipe.hgetall(key)
-            flat = iter(await execute(pipe))
-        replies += [[next(flat) for _ in keys] for keys in batch]
+        async with redis.pipeline(transaction=False) as pipe:
+            for keys in groups[start : start + _READ_BATCH]:
+                pipe.eval_ro(_HASHES_AT_ONCE, len(keys), *keys)
+            answers = await execute(pipe)
+        replies += [[_as_hash(flat) for flat in answer] for answer in answers]
     return replies
+
+
+def _as_hash(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _text(raw: dict[bytes, bytes]) -> dict[str, str]:

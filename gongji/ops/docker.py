@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 from gongji.ops.infra import (
@@ -27,6 +28,7 @@ from gongji.ops.infra import (
     _host_port,
     _redis_address,
     configure,
+    kafka_nodes,
     kafka_properties,
     redis_arguments,
     write_redis_users,
@@ -104,7 +106,9 @@ def compose_text(settings: Settings) -> str:
 def container_properties(settings: Settings) -> str:
     """The broker's properties in its container: the launcher's, bound to every address."""
     inside = settings.model_copy(update={"state_dir": CONTAINER_STATE})
-    return kafka_properties(inside, docker_dir(CONTAINER_STATE) / "kafka" / "data", listen_on="0.0.0.0")
+    (node,) = kafka_nodes(inside)
+    node = replace(node, data=docker_dir(CONTAINER_STATE) / "kafka" / "data")
+    return kafka_properties(inside, node, [node], listen_on="0.0.0.0")
 
 
 def prepare(settings: Settings) -> list[str]:
@@ -118,7 +122,7 @@ def prepare(settings: Settings) -> list[str]:
         notes += [f"made {what}" for what in ensure_certificates(settings, _host_port(settings.kafka_bootstrap)[0])]
     except CAKeyOffline as error:
         raise InfraError(str(error)) from None
-    write_redis_users(settings, Paths(settings.state_dir))
+    write_redis_users(settings, Paths(settings.state_dir).redis_users)
     here = docker_dir(settings.state_dir)
     for part in ("kafka/data", "redis"):
         (here / part).mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from confluent_kafka.admin import (
 
 from gongji.ops.kafka_io import make_producer
 from gongji.ops.quotas import sync_quotas
-from gongji.ops.tls import CAKeyOffline, broker_keystore, ensure_certificates
+from gongji.ops.tls import CAKeyOffline, broker_keystore, ensure_certificates, redis_keystore
 from gongji.ops.window import keep_for_window, keep_seen_for_window
 from services.relationship.store import LIBRARY as RELATIONSHIP_LIBRARY
 from services.settlement.store import LIBRARY as SETTLEMENT_LIBRARY
@@ -51,6 +52,7 @@ from shared.clock import clock_from_settings
 from shared.credentials import (
     SCRAM_MECHANISM,
     CredentialsMissing,
+    SecretFileCredentials,
     ca_file,
     ensure_passwords,
     kafka_client_settings,
@@ -64,14 +66,16 @@ from shared.credentials import (
 from shared.principals import (
     BROKER,
     BY_NAME,
+    KAFKA_USERS,
     OPERATOR,
     PRINCIPALS,
+    REPLICA,
     SERVICES,
     KafkaRight,
     Principal,
     redis_acl_rules,
 )
-from shared.settings import PROJECT_ROOT, Settings
+from shared.settings import LOCAL_KAFKA_CLUSTER, LOCAL_REDIS_CLUSTER, PROJECT_ROOT, Settings
 from shared.topics import ALL_TOPICS, PROVINCE_TOPICS, Topic
 from shared.window import ClaimWindow, InputWindow
 
@@ -138,6 +142,90 @@ class Paths:
         return self.root / "redis" / "redis.log"
 
 
+@dataclass(frozen=True)
+class KafkaNode:
+    """One KRaft node the launcher runs (broker and controller in one process): its addresses and files."""
+
+    node_id: int
+    host: str
+    port: int
+    controller_port: int
+    data: Path
+    config: Path
+    log: Path
+    pid: Path
+
+    @property
+    def controller(self) -> str:
+        return f"{self.host}:{self.controller_port}"
+
+
+@dataclass(frozen=True)
+class RedisNode:
+    """One redis-server the launcher runs: its address, its files, and whether it is a Redis Cluster
+    node (TLS on every link, and its replication password in a 0600 configuration file)."""
+
+    host: str
+    port: int
+    dir: Path
+    users: Path
+    in_cluster: bool = False
+
+    @property
+    def pid(self) -> Path:
+        return self.dir / "redis.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "redis.log"
+
+    @property
+    def secret_config(self) -> Path:
+        """Its `masterauth` (a cluster node's): redis-users-N.acl's neighbour redis-node-N.conf."""
+        return self.users.with_name(self.users.name.replace("users", "node").replace(".acl", ".conf"))
+
+
+def kafka_nodes(settings: Settings) -> list[KafkaNode]:
+    """The single node, or the three of `--cluster` (each in `cluster/kafka-N`; controller port =
+    client port + 100)."""
+    paths = Paths(settings.state_dir)
+    if not settings.cluster:
+        host, port = _host_port(settings.kafka_bootstrap)
+        return [
+            KafkaNode(
+                1, host, port, settings.kafka_controller_port,
+                paths.kafka_data, paths.kafka_config, paths.kafka_log, paths.kafka_pid,
+            )
+        ]  # fmt: skip
+    nodes = []
+    for node_id, address in enumerate(LOCAL_KAFKA_CLUSTER, 1):
+        host, port = _host_port(address)
+        root = paths.root / "cluster" / f"kafka-{node_id}"
+        nodes.append(
+            KafkaNode(
+                node_id, host, port, port + 100,
+                root / "data", root / "server.properties", root / "broker.log", root / "broker.pid",
+            )
+        )  # fmt: skip
+    return nodes
+
+
+def redis_nodes(settings: Settings) -> list[RedisNode]:
+    """The single Redis, or the six nodes of `--cluster` (each in `cluster/redis-N`)."""
+    paths = Paths(settings.state_dir)
+    if not settings.cluster:
+        return [RedisNode(*_redis_address(settings), paths.redis_dir, paths.redis_users)]
+    return [
+        RedisNode(
+            *_host_port(address),
+            paths.root / "cluster" / f"redis-{index}",
+            paths.root / "secrets" / f"redis-users-{index}.acl",
+            in_cluster=True,
+        )
+        for index, address in enumerate(LOCAL_REDIS_CLUSTER, 1)
+    ]
+
+
 # What a process the launcher starts (the broker, Redis, a service) inherits of its environment:
 # what it needs to run, and Gongji's own settings; nothing else the operator's shell holds (tokens,
 # other programs' passwords) is handed on.
@@ -164,7 +252,7 @@ def port_open(host: str, port: int) -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
-def _pid_alive(pid_file: Path) -> int | None:
+def pid_alive(pid_file: Path) -> int | None:
     try:
         pid = int(pid_file.read_text().strip())
         os.kill(pid, 0)
@@ -232,28 +320,23 @@ def fetch_kafka_jars(paths: Paths) -> None:
         raise InfraError(f"the jars Maven fetched differ from {JARS_LOCK.relative_to(PROJECT_ROOT)}: none is run")
 
 
-def _write_kafka_config(settings: Settings, paths: Paths) -> None:
-    paths.kafka_config.parent.mkdir(parents=True, exist_ok=True)
-    paths.kafka_config.write_text(kafka_properties(settings, paths.kafka_data))
-
-
-def kafka_properties(settings: Settings, data_dir: Path, listen_on: str | None = None) -> str:
-    """The broker's configuration, one declaration for the launcher's broker and the container's
-    (gongji/ops/docker.py): `listen_on` is the address it binds (the bootstrap host by default; a
-    container binds every address, and clients reach it through its published port)."""
-    host, port = _host_port(settings.kafka_bootstrap)
-    bind = listen_on or host
-    controller = f"{host}:{settings.kafka_controller_port}"
-    listeners = {"CLIENT": (f"{host}:{port}", "SASL_SSL"), "CONTROLLER": (controller, "SSL")}
+def kafka_properties(settings: Settings, node: KafkaNode, quorum: list[KafkaNode], listen_on: str | None = None) -> str:
+    """A node's configuration, one declaration for the launcher's nodes and the container's
+    (gongji/ops/docker.py): `listen_on` is the address it binds (its host by default; a container
+    binds every address, and clients reach it through its published port). `quorum`: every
+    controller, itself included."""
+    bind = listen_on or node.host
+    listeners = {"CLIENT": (f"{node.host}:{node.port}", "SASL_SSL"), "CONTROLLER": (node.controller, "SSL")}
     if settings.kafka_plaintext_dev:
-        listeners["DEV"] = (f"{host}:{settings.kafka_plaintext_dev_port}", "SASL_PLAINTEXT")
+        listeners["DEV"] = (f"{node.host}:{settings.kafka_plaintext_dev_port}", "SASL_PLAINTEXT")
     advertised = [f"{name}://{address}" for name, (address, _) in listeners.items() if name != "CONTROLLER"]
     bound = [f"{name}://{bind}:{address.rpartition(':')[2]}" for name, (address, _) in listeners.items()]
+    replicas, in_sync = settings.topic_replication_factor, settings.topic_min_insync_replicas
     return "\n".join(
         [
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers={controller}",
+            f"node.id={node.node_id}",
+            f"controller.quorum.bootstrap.servers={','.join(one.controller for one in quorum)}",
             f"listeners={','.join(bound)}",
             # The controller's listener is never advertised, so clients are never sent there.
             f"advertised.listeners={','.join(advertised)}",
@@ -272,7 +355,7 @@ def kafka_properties(settings: Settings, data_dir: Path, listen_on: str | None =
             "ssl.truststore.type=PEM",
             f"ssl.truststore.location={ca_file(settings)}",
             # The controller's listener takes only a client certificate signed by the local CA,
-            # and only the broker holds one: a client (which holds the CA's certificate, not its
+            # and only the brokers hold one: a client (which holds the CA's certificate, not its
             # key) cannot even finish the handshake. Its certificate's CN is its principal.
             "listener.name.controller.ssl.client.auth=required",
             # TLS 1.3 only: its suites are all AEAD (1.2 still offers CBC ones), and every client
@@ -286,15 +369,23 @@ def kafka_properties(settings: Settings, data_dir: Path, listen_on: str | None =
             "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
             "allow.everyone.if.no.acl.found=false",
             f"super.users=User:{BROKER.name};User:{OPERATOR.name}",
-            f"log.dirs={data_dir}",
-            # One local broker: internal topics cannot have more replicas than brokers.
-            "offsets.topic.replication.factor=1",
+            f"log.dirs={node.data}",
+            # Every topic, the internal ones too, on `replicas` nodes, `in_sync` of them holding a
+            # write before it is confirmed; a replica that fell behind never becomes leader (it
+            # would drop confirmed records).
+            f"default.replication.factor={replicas}",
+            f"min.insync.replicas={in_sync}",
+            "unclean.leader.election.enable=false",
+            f"offsets.topic.replication.factor={replicas}",
             "offsets.topic.num.partitions=12",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
+            f"transaction.state.log.replication.factor={replicas}",
+            f"transaction.state.log.min.isr={in_sync}",
+            f"share.coordinator.state.topic.replication.factor={replicas}",
+            f"share.coordinator.state.topic.min.isr={in_sync}",
             "group.initial.rebalance.delay.ms=0",
+            # A consumer may ask for a session this short (GONGJI_CONSUMER_SESSION_TIMEOUT_MS): a
+            # crashed service instance's partitions move to the others within seconds.
+            "group.min.session.timeout.ms=1000",
             # Topics are created by the launcher with their partition counts; a typo must fail.
             "auto.create.topics.enable=false",
             "",
@@ -302,13 +393,20 @@ def kafka_properties(settings: Settings, data_dir: Path, listen_on: str | None =
     )
 
 
-def _write_java_arguments(paths: Paths, arguments: list[str]) -> str:
-    """Writes arguments that hold secrets to the @argfile, one per line, each quoted (the
-    launcher splits on white space outside quotes); returns the `@path` argument."""
+def _write_java_arguments(paths: Paths, arguments: list[str], node_id: int = 0) -> str:
+    """Writes arguments that hold secrets to an @argfile of the node's own (each JVM reads its own
+    as it starts), one per line, each quoted (the launcher splits on white space outside quotes);
+    returns the `@path` argument."""
     assert all("'" not in argument and "\\" not in argument for argument in arguments)
     paths.java_arguments.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_secret(paths.java_arguments, "".join(f"'{argument}'\n" for argument in arguments).encode())
-    return f"@{paths.java_arguments}"
+    argfile = paths.java_arguments.with_name(f"{paths.java_arguments.name}-{node_id}")
+    write_secret(argfile, "".join(f"'{argument}'\n" for argument in arguments).encode())
+    return f"@{argfile}"
+
+
+def _forget_java_arguments(paths: Paths) -> None:
+    for argfile in paths.java_arguments.parent.glob(f"{paths.java_arguments.name}-*"):
+        argfile.unlink(missing_ok=True)
 
 
 def _java() -> str:
@@ -325,11 +423,16 @@ def _scram(settings: Settings, principal: Principal) -> str:
     )
 
 
-def format_kafka_storage(java: str, paths: Paths, cluster_id: str, settings: Settings) -> None:
-    """Formats the KRaft storage once, with every principal's SCRAM credentials in it (KIP-900):
-    the broker authenticates from its very first start, with no window without users.
-    `--cluster-id=` keeps an id that starts with '-' (one in 64 random ids) from being read as an option."""
-    users = [argument for principal in PRINCIPALS for argument in ("--add-scram", _scram(settings, principal))]
+def format_kafka_storage(
+    java: str, paths: Paths, node: KafkaNode, cluster_id: str, settings: Settings, initial_controllers: str | None
+) -> None:
+    """Formats a node's KRaft storage once, with every principal's SCRAM credentials in it
+    (KIP-900): the brokers authenticate from their very first start, with no window without users.
+    One node is its own quorum (`--standalone`); the cluster's are formatted with the same
+    `initial_controllers` (id@host:port:directory-id of each). `--cluster-id=` keeps an id that
+    starts with '-' (one in 64 random ids) from being read as an option."""
+    users = [argument for principal in KAFKA_USERS for argument in ("--add-scram", _scram(settings, principal))]
+    quorum = ["--standalone"] if initial_controllers is None else [f"--initial-controllers={initial_controllers}"]
     try:
         formatted = subprocess.run(
             [
@@ -342,10 +445,10 @@ def format_kafka_storage(java: str, paths: Paths, cluster_id: str, settings: Set
                     [
                         "kafka.tools.StorageTool",
                         "format",
-                        "--standalone",
+                        *quorum,
                         f"--cluster-id={cluster_id}",
                         "-c",
-                        str(paths.kafka_config),
+                        str(node.config),
                         *users,
                     ],
                 ),
@@ -355,7 +458,7 @@ def format_kafka_storage(java: str, paths: Paths, cluster_id: str, settings: Set
             env=child_environment(),
         )
     finally:
-        paths.java_arguments.unlink(missing_ok=True)
+        _forget_java_arguments(paths)
     if formatted.returncode != 0:
         # The tool's own sentence: its usage text comes before it, a Java stack trace after it.
         said = [
@@ -363,50 +466,79 @@ def format_kafka_storage(java: str, paths: Paths, cluster_id: str, settings: Set
             for line in (formatted.stderr or formatted.stdout).splitlines()
             if line.strip() and not line.lstrip().startswith("at ")
         ]
-        raise InfraError(f"formatting Kafka's storage in {paths.kafka_data} failed: {said[-1] if said else '?'}")
+        raise InfraError(f"formatting Kafka's storage in {node.data} failed: {said[-1] if said else '?'}")
 
 
-def start_kafka(settings: Settings, paths: Paths) -> bool:
-    """Start the broker unless ours is running; return True if it was started now."""
-    host, port = _host_port(settings.kafka_bootstrap)
-    if _pid_alive(paths.kafka_pid):
-        return False
-    if port_open(host, port):
-        raise InfraError(f"port {port} is taken by another process: stop it or set GONGJI_KAFKA_BOOTSTRAP.")
+def _kafka_uuid() -> str:
+    """A Kafka Uuid as its tools write it: 16 random bytes, URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _format_new_nodes(java: str, settings: Settings, paths: Paths, nodes: list[KafkaNode]) -> None:
+    """Formats the nodes whose storage is new. A quorum is formatted whole or not at all: a node
+    formatted apart would not know the others' directory ids."""
+    new = [node for node in nodes if not (node.data / "meta.properties").exists()]
+    if not new:
+        return
+    if len(new) != len(nodes):
+        raise InfraError(
+            f"Kafka nodes {[node.node_id for node in new]} have no storage while the others do: "
+            "`gongji infra reset` and start again"
+        )
+    cluster_id = _kafka_uuid()
+    initial = None
+    if len(nodes) > 1:
+        initial = ",".join(f"{node.node_id}@{node.controller}:{_kafka_uuid()}" for node in nodes)
+    for node in nodes:
+        format_kafka_storage(java, paths, node, cluster_id, settings, initial)
+
+
+def start_kafka(settings: Settings, paths: Paths) -> list[int]:
+    """Starts every node of the settings' Kafka (one, or the cluster's three) that is not running;
+    returns the ids of those started now."""
+    nodes = kafka_nodes(settings)
+    waiting = [node for node in nodes if not pid_alive(node.pid)]
+    if not waiting:
+        return []
+    for node in waiting:
+        if port_open(node.host, node.port):
+            raise InfraError(f"port {node.port} is taken by another process: stop it or set GONGJI_KAFKA_BOOTSTRAP.")
     java = _java()
     fetch_kafka_jars(paths)
-    _write_kafka_config(settings, paths)
-    classpath = f"{paths.kafka_libs}/*"
-    if not (paths.kafka_data / "meta.properties").exists():
-        format_kafka_storage(java, paths, base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="), settings)
+    for node in nodes:
+        node.config.parent.mkdir(parents=True, exist_ok=True)
+        node.config.write_text(kafka_properties(settings, node, nodes))
+    _format_new_nodes(java, settings, paths, nodes)
     broker_login = (
         "listener.name.client.scram-sha-512.sasl.jaas.config="
         "org.apache.kafka.common.security.scram.ScramLoginModule required "
         f'username="{BROKER.name}" password="{password(settings, BROKER.name)}";'
     )
-    arguments = _write_java_arguments(paths, ["kafka.Kafka", str(paths.kafka_config), "--override", broker_login])
-    log = paths.kafka_log.open("ab")
-    process = subprocess.Popen(
-        [
-            java,
-            *JVM_OPTIONS,
-            "-Xms256m",
-            "-Xmx1g",
-            "-XX:+UseG1GC",
-            "-Djava.awt.headless=true",
-            "-cp",
-            classpath,
-            arguments,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        env=child_environment(),
-        umask=0o077,  # its data is personal data: only its owner reads the files it writes
-    )
-    paths.kafka_pid.write_text(str(process.pid))
-    return True
+    for node in waiting:
+        arguments = _write_java_arguments(
+            paths, ["kafka.Kafka", str(node.config), "--override", broker_login], node.node_id
+        )
+        process = subprocess.Popen(
+            [
+                java,
+                *JVM_OPTIONS,
+                "-Xms256m",
+                "-Xmx1g",
+                "-XX:+UseG1GC",
+                "-Djava.awt.headless=true",
+                "-cp",
+                f"{paths.kafka_libs}/*",
+                arguments,
+            ],
+            stdout=node.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=child_environment(),
+            umask=0o077,  # its data is personal data: only its owner reads the files it writes
+        )
+        node.pid.write_text(str(process.pid))
+    return [node.node_id for node in waiting]
 
 
 def _redis_server() -> str:
@@ -447,42 +579,52 @@ def _redis_address(settings: Settings) -> tuple[str, int]:
     return kwargs["host"], kwargs["port"]
 
 
-def start_redis(settings: Settings, paths: Paths) -> bool:
-    host, port = _redis_address(settings)
-    if _pid_alive(paths.redis_pid):
-        return False
-    if port_open(host, port):
-        raise InfraError(f"port {port} is taken by another process: stop it or set GONGJI_REDIS_URL.")
+def start_redis(settings: Settings) -> int:
+    """Starts every node of the settings' Redis (one, or the cluster's six) that is not running;
+    returns how many were started now."""
+    waiting = [node for node in redis_nodes(settings) if not pid_alive(node.pid)]
+    for node in waiting:
+        if port_open(node.host, node.port):
+            raise InfraError(f"port {node.port} is taken by another process: stop it or set GONGJI_REDIS_URL.")
+    if not waiting:
+        return 0
     server = _redis_server()
-    paths.redis_dir.mkdir(parents=True, exist_ok=True)
-    write_redis_users(settings, paths)
-    process = subprocess.Popen(
-        [
-            server,
-            *redis_arguments(host, port, paths.redis_dir, paths.redis_users),
-            "--logfile",
-            str(paths.redis_log),
-            "--daemonize",
-            "no",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=child_environment(),
-        start_new_session=True,
-        umask=0o077,  # its data and its ACL file (rewritten by ACL SAVE) stay 0600
-    )
-    paths.redis_pid.write_text(str(process.pid))
-    return True
-
-
-def write_redis_users(settings: Settings, paths: Paths) -> None:
-    """Redis's users, once: no anonymous access from the first moment (the default user is off)."""
-    if not paths.redis_users.exists():
-        users = [_redis_user_line(settings, principal) for principal in PRINCIPALS if principal.redis]
-        write_secret(
-            paths.redis_users, "\n".join([" ".join(["user", "default", *REDIS_DEFAULT_USER]), *users, ""]).encode()
+    for node in waiting:
+        node.dir.mkdir(parents=True, exist_ok=True)
+        write_redis_users(settings, node.users, node.in_cluster)
+        secret_config = []
+        if node.in_cluster:
+            # A replica logs in to its primary as `replica`; its password is read from a 0600
+            # file, never from the process's arguments.
+            write_secret(node.secret_config, f'masterauth "{password(settings, REPLICA.name)}"\n'.encode())
+            secret_config = [str(node.secret_config)]
+        process = subprocess.Popen(
+            [
+                server,
+                *secret_config,
+                *redis_arguments(node.host, node.port, node.dir, node.users),
+                *(cluster_node_arguments(settings, node.port) if node.in_cluster else []),
+                "--logfile",
+                str(node.log),
+                "--daemonize",
+                "no",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=child_environment(),
+            start_new_session=True,
+            umask=0o077,  # its data and its ACL file (rewritten by ACL SAVE) stay 0600
         )
+        node.pid.write_text(str(process.pid))
+    return len(waiting)
+
+
+def write_redis_users(settings: Settings, users_file: Path, in_cluster: bool = False) -> None:
+    """Redis's users, once: no anonymous access from the first moment (the default user is off)."""
+    if not users_file.exists():
+        users = [_redis_user_line(settings, principal) for principal in _redis_principals(in_cluster).values()]
+        write_secret(users_file, "\n".join([" ".join(["user", "default", *REDIS_DEFAULT_USER]), *users, ""]).encode())
 
 
 def redis_arguments(bind: str, port: int, data_dir: Path, users_file: Path, protected_mode: bool = True) -> list[str]:
@@ -500,6 +642,29 @@ def redis_arguments(bind: str, port: int, data_dir: Path, users_file: Path, prot
     ]  # fmt: skip
 
 
+# How long a Redis Cluster primary may be silent before its replica takes over: the longest a
+# primary's slots go unanswered after it dies is about this plus an election (a second or two).
+REDIS_CLUSTER_NODE_TIMEOUT_MS = 3000
+
+
+def cluster_node_arguments(settings: Settings, port: int) -> list[str]:
+    """What makes a redis-server a node of the cluster: its nodes would sit on different hosts, so
+    clients, replication and the cluster bus all speak TLS 1.3 (the bus and replication mutual TLS,
+    with the nodes' certificate from the local CA; clients present none and log in as their ACL
+    user), the plain port is closed, and a replica logs in to its primary as `replica`."""
+    return [
+        # After redis_arguments: these take the place of its plain port.
+        "--tls-port", str(port), "--port", "0",
+        "--tls-cert-file", str(redis_keystore(settings)), "--tls-key-file", str(redis_keystore(settings)),
+        "--tls-ca-cert-file", str(ca_file(settings)),
+        "--tls-auth-clients", "optional", "--tls-replication", "yes", "--tls-cluster", "yes",
+        "--tls-protocols", "TLSv1.3",
+        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+        "--cluster-node-timeout", str(REDIS_CLUSTER_NODE_TIMEOUT_MS),
+        "--masteruser", REPLICA.name,
+    ]  # fmt: skip
+
+
 def redis_memory_config(settings: Settings) -> dict[str, str]:
     """A bound on Redis's memory, and writes refused (OOM) at the bound rather than keys evicted:
     an evicted key would be a lost balance or a forgotten claim id. The services retry a refused
@@ -511,18 +676,39 @@ def redis_memory_config(settings: Settings) -> dict[str, str]:
 REDIS_MEMORY_WARNING = 0.8
 
 
-def redis_memory(client: redis.Redis) -> tuple[int, int]:
-    """(bytes used, the bound)."""
-    info = client.info("memory")
-    return int(info["used_memory"]), int(info["maxmemory"])
+def redis_memory(client: redis.Redis | redis.RedisCluster) -> tuple[int, int]:
+    """(bytes used, the bound) of the node nearest its bound: on a cluster, a full node refuses the
+    writes of its slots whatever the others hold."""
+    if isinstance(client, redis.RedisCluster):
+        infos = list(client.info("memory", target_nodes=redis.RedisCluster.ALL_NODES).values())
+    else:
+        infos = [client.info("memory")]
+    fullest = max(infos, key=lambda info: int(info["used_memory"]) / max(1, int(info["maxmemory"])))
+    return int(fullest["used_memory"]), int(fullest["maxmemory"])
 
 
-def operator_redis(settings: Settings, **options) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, **redis_options(settings, OPERATOR.name), **options)
+def _server_version(client: redis.Redis | redis.RedisCluster) -> str:
+    if isinstance(client, redis.RedisCluster):
+        return client.info("server", target_nodes=redis.RedisCluster.RANDOM)["redis_version"]
+    return client.info("server")["redis_version"]
 
 
-def _wait_for_redis(settings: Settings, deadline: float) -> redis.Redis:
-    client = operator_redis(settings, socket_timeout=5)
+def operator_redis(settings: Settings, **options) -> redis.Redis | redis.RedisCluster:
+    """The operator's client of the settings' Redis: a Redis Cluster client on a cluster."""
+    kind = redis.RedisCluster if settings.cluster else redis.Redis
+    return kind.from_url(settings.redis_url, **redis_options(settings, OPERATOR.name), **options)
+
+
+def node_redis(settings: Settings, node: RedisNode, **options) -> redis.Redis:
+    """The operator's client of one node (users, memory and the cluster's shape are per node)."""
+    tls = {"ssl": True, "ssl_ca_certs": str(ca_file(settings))} if node.in_cluster else {}
+    return redis.Redis(
+        node.host, node.port, credential_provider=SecretFileCredentials(settings, OPERATOR.name), **tls, **options
+    )
+
+
+def _wait_for_redis_node(settings: Settings, node: RedisNode, deadline: float) -> redis.Redis:
+    client = node_redis(settings, node, socket_timeout=5)
     while time.monotonic() < deadline:
         try:
             if client.ping():
@@ -534,14 +720,20 @@ def _wait_for_redis(settings: Settings, deadline: float) -> redis.Redis:
             ) from None
         except redis.exceptions.RedisError:
             time.sleep(0.2)
-    raise InfraError(f"Redis did not answer within {READY_TIMEOUT_SECONDS}s; see {Paths(settings.state_dir).redis_log}")
+    raise InfraError(f"Redis at {node.host}:{node.port} did not answer within {READY_TIMEOUT_SECONDS}s; see {node.log}")
 
 
-def sync_redis_users(settings: Settings, client: redis.Redis) -> None:
+def _redis_principals(in_cluster: bool) -> dict[str, Principal]:
+    """The users of a node: a single Redis has no replica, and so no `replica` user."""
+    return {one.name: one for one in PRINCIPALS if one.redis is not None and (in_cluster or one.name != REPLICA.name)}
+
+
+def sync_redis_users(settings: Settings, client: redis.Redis, in_cluster: bool = False) -> None:
     """Makes Redis's users exactly the declared ones (rules and current passwords), and saves them
     to the ACL file: a right taken out of the declaration is taken out of Redis too."""
-    declared = {principal.name: principal for principal in PRINCIPALS if principal.redis}
+    declared = _redis_principals(in_cluster)
     for principal in declared.values():
+        assert principal.redis is not None
         client.execute_command(
             "ACL",
             "SETUSER",
@@ -555,6 +747,46 @@ def sync_redis_users(settings: Settings, client: redis.Redis) -> None:
         if name.decode() not in declared and name.decode() != "default":
             client.execute_command("ACL", "DELUSER", name)
     client.execute_command("ACL", "SAVE")
+
+
+def form_redis_cluster(settings: Settings, nodes: list[RedisNode], deadline: float) -> bool:
+    """Joins the six nodes into a cluster of three primaries with a replica each (`redis-cli
+    --cluster create`), unless they are one already; waits until every node says it is ok.
+    Returns True if it was formed now."""
+    with node_redis(settings, nodes[0]) as first:
+        formed = int(first.cluster("INFO").get("cluster_slots_assigned", 0)) > 0
+    if not formed:
+        created = subprocess.run(
+            [
+                _require("redis-cli", "install it with `apt-get install redis-tools`."),
+                "--tls",
+                "--cacert",
+                str(ca_file(settings)),
+                "--user",
+                OPERATOR.name,
+                "--cluster",
+                "create",
+                *(f"{node.host}:{node.port}" for node in nodes),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],  # fmt: skip
+            capture_output=True,
+            text=True,
+            # Its password from the environment, never from its arguments.
+            env=child_environment({"REDISCLI_AUTH": password(settings, OPERATOR.name)}),
+        )
+        if created.returncode != 0:
+            raise InfraError(f"redis-cli could not form the Redis Cluster:\n{created.stdout}{created.stderr}")
+    for node in nodes:
+        with node_redis(settings, node) as client:
+            while (info := client.cluster("INFO")).get("cluster_state") != "ok" or int(
+                info["cluster_known_nodes"]
+            ) < len(nodes):
+                if time.monotonic() > deadline:
+                    raise InfraError(f"the Redis Cluster was not ok within {READY_TIMEOUT_SECONDS}s: {info}")
+                time.sleep(0.2)
+    return not formed
 
 
 def load_functions(client: redis.Redis) -> None:
@@ -587,20 +819,27 @@ def kafka_admin(settings: Settings) -> AdminClient:
 
 
 def _wait_for_kafka(settings: Settings, admin: AdminClient, deadline: float) -> None:
+    """Until every broker the settings name has registered: a topic is created with all its replicas."""
+    expected = len(settings.kafka_bootstrap.split(","))
+    registered = 0
     while True:
         try:
-            admin.list_topics(timeout=5)
-            return
+            registered = len(admin.list_topics(timeout=5).brokers)
+            if registered >= expected:
+                return
         except KafkaException as error:
             if error.args[0].code() == KafkaError._AUTHENTICATION:
                 raise InfraError(
                     "Kafka refuses the operator's credentials: its data may predate security or "
                     "the secrets were replaced — `gongji infra reset`"
                 ) from None
-            if time.monotonic() > deadline:
-                raise InfraError(
-                    f"Kafka did not answer within {READY_TIMEOUT_SECONDS}s; see {Paths(settings.state_dir).kafka_log}"
-                ) from None
+        if time.monotonic() > deadline:
+            logs = ", ".join(str(node.log) for node in kafka_nodes(settings))
+            raise InfraError(
+                f"Kafka did not answer with {expected} broker(s) within {READY_TIMEOUT_SECONDS}s "
+                f"({registered} registered); see {logs}"
+            ) from None
+        time.sleep(0.2)
 
 
 def _settle(futures: dict, tolerated: tuple[int, ...] = ()) -> None:
@@ -657,13 +896,13 @@ def create_topics(settings: Settings, admin: AdminClient) -> None:
 def ensure_scram_users(settings: Settings, admin: AdminClient) -> None:
     """Principals declared after the storage was formatted get their SCRAM credentials now."""
     known = set()
-    for name, future in admin.describe_user_scram_credentials([p.name for p in PRINCIPALS]).items():
+    for name, future in admin.describe_user_scram_credentials([p.name for p in KAFKA_USERS]).items():
         try:
             if future.result().scram_credential_infos:
                 known.add(name)
         except KafkaException:  # RESOURCE_NOT_FOUND: no credentials for that user yet
             pass
-    missing = {p.name: password(settings, p.name) for p in PRINCIPALS if p.name not in known}
+    missing = {p.name: password(settings, p.name) for p in KAFKA_USERS if p.name not in known}
     if missing:
         set_scram_passwords(admin, missing)
 
@@ -729,20 +968,28 @@ def sync_acls(admin: AdminClient) -> tuple[int, int]:
 
 
 def rotate(settings: Settings, name: str) -> list[str]:
-    """A new password for a principal: set on the running broker (SCRAM, through the admin API) and
-    in Redis (ACL SETUSER), then kept. The new one waits in a file of its own until both have it,
-    so that a rotation cut short can be run again and finish with the same password."""
+    """A new password for a principal: set on the running brokers (SCRAM, through the admin API) and
+    on every Redis node (ACL SETUSER; a replica's `masterauth` too), then kept. The new one waits in
+    a file of its own until all have it, so that a rotation cut short can be run again and finish
+    with the same password."""
     pending = secrets_dir(settings) / f"{name}.password.next"
     if not pending.exists():
         write_secret(pending, new_password().encode())
     value = pending.read_text().strip()
-    set_scram_passwords(kafka_admin(settings), {name: value})
-    notes = [f"Kafka: {name}'s SCRAM password changed"]
-    if BY_NAME[name].redis is not None:
-        with operator_redis(settings) as client:
+    notes = []
+    if BY_NAME[name] in KAFKA_USERS:
+        set_scram_passwords(kafka_admin(settings), {name: value})
+        notes.append(f"Kafka: {name}'s SCRAM password changed")
+    nodes = [node for node in redis_nodes(settings) if name in _redis_principals(node.in_cluster)]
+    for node in nodes:
+        with node_redis(settings, node) as client:
             client.execute_command("ACL", "SETUSER", name, "resetpass", _hashed(value))
             client.execute_command("ACL", "SAVE")
-        notes.append(f"Redis: {name}'s password changed")
+            if name == REPLICA.name:
+                client.config_set("masterauth", value)
+                write_secret(node.secret_config, f'masterauth "{value}"\n'.encode())
+    if nodes:
+        notes.append(f"Redis: {name}'s password changed on {len(nodes)} node(s)")
     set_password(settings, name, value)
     pending.unlink()
     return notes
@@ -750,41 +997,53 @@ def rotate(settings: Settings, name: str) -> list[str]:
 
 def up(settings: Settings) -> list[str]:
     """Idempotent: makes the secrets and certificates that are missing, starts what is not running,
-    waits until both answer, then makes the topics, users, ACLs and Functions what the code declares."""
+    waits until all answer, then makes the topics, users, ACLs and Functions what the code declares."""
     paths = Paths(settings.state_dir)
     notes = []
     if made := ensure_passwords(settings):
         notes.append(f"generated credentials for {len(made)} principals")
+    servers = ("broker", "redis") if settings.cluster else ("broker",)
     try:
-        notes += [f"made {what}" for what in ensure_certificates(settings, _host_port(settings.kafka_bootstrap)[0])]
+        host = _host_port(settings.kafka_bootstrap.split(",")[0])[0]
+        notes += [f"made {what}" for what in ensure_certificates(settings, host, servers)]
     except CAKeyOffline as error:
         raise InfraError(str(error)) from None
-    if start_redis(settings, paths):
-        notes.append("started redis-server")
+    if started := start_redis(settings):
+        notes.append(f"started redis-server ×{started}" if settings.cluster else "started redis-server")
     try:
-        if start_kafka(settings, paths):
-            notes.append(f"started Apache Kafka {kafka_version(paths)} (KRaft, SASL_SSL)")
+        if started := start_kafka(settings, paths):
+            shape = f"nodes {', '.join(map(str, started))} of 3" if settings.cluster else "KRaft"
+            notes.append(f"started Apache Kafka {kafka_version(paths)} ({shape}, SASL_SSL)")
         return notes + configure(settings)
     finally:
-        paths.java_arguments.unlink(missing_ok=True)  # read by the launcher at start
+        _forget_java_arguments(paths)  # read by the launcher at start
 
 
 def configure(settings: Settings) -> list[str]:
-    """Once both answer (the launcher's, or the containers'): Redis's memory bound, users and
-    Functions, and Kafka's topics, SCRAM users, ACLs and quotas, as the code declares them."""
+    """Once all answer (the launcher's, or the containers'): each Redis node's memory bound and
+    users, the cluster formed, the Functions, and Kafka's topics, SCRAM users, ACLs and quotas, as
+    the code declares them."""
     notes = []
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    client = _wait_for_redis(settings, deadline)
-    for name, value in redis_memory_config(settings).items():  # on any Redis, one an earlier release started too
-        client.config_set(name, value)
-    sync_redis_users(settings, client)
-    load_functions(client)
-    now = clock_from_settings(settings).now()
-    if kept := keep_for_window(client, ClaimWindow.from_settings(settings), now):
-        notes.append(f"the claim window grew: {kept} keys of claims' days kept for it")
-    if kept := keep_seen_for_window(client, InputWindow.from_settings(settings)):
-        notes.append(f"the input window: {kept} keys of seen ids kept for it (grown, or first kept by a generation)")
-    client.close()
+    nodes = redis_nodes(settings)
+    for node in nodes:
+        with _wait_for_redis_node(settings, node, deadline) as each:
+            for name, value in redis_memory_config(
+                settings
+            ).items():  # on any Redis, one an earlier release started too
+                each.config_set(name, value)
+            sync_redis_users(settings, each, node.in_cluster)  # users are a node's own, never replicated
+    if settings.cluster and form_redis_cluster(settings, nodes, deadline):
+        notes.append("formed the Redis Cluster: 3 primaries, a replica each")
+    with operator_redis(settings) as client:
+        load_functions(client)  # on every primary; replicas receive them from theirs
+        now = clock_from_settings(settings).now()
+        if kept := keep_for_window(client, ClaimWindow.from_settings(settings), now):
+            notes.append(f"the claim window grew: {kept} keys of claims' days kept for it")
+        if kept := keep_seen_for_window(client, InputWindow.from_settings(settings)):
+            notes.append(
+                f"the input window: {kept} keys of seen ids kept for it (grown, or first kept by a generation)"
+            )
     admin = kafka_admin(settings)
     _wait_for_kafka(settings, admin, deadline)
     create_topics(settings, admin)
@@ -821,7 +1080,7 @@ async def _until_services_are_authorized(settings: Settings, deadline: float) ->
 
 
 def stop(pid_file: Path, name: str) -> str | None:
-    pid = _pid_alive(pid_file)
+    pid = pid_alive(pid_file)
     pid_file.unlink(missing_ok=True)
     if pid is None:
         return None
@@ -840,40 +1099,70 @@ def stop(pid_file: Path, name: str) -> str | None:
     return f"killed {name} (it did not stop within 30s)"
 
 
+def _both(settings: Settings) -> tuple[Settings, Settings]:
+    """The settings of the single nodes and of the cluster's: `down` and `reset` act on both."""
+    return settings.model_copy(update={"cluster": False}), settings.model_copy(update={"cluster": True})
+
+
 def running_pids(settings: Settings) -> dict[str, int]:
-    """The process ids of the broker and Redis that this launcher started and that still run."""
-    paths = Paths(settings.state_dir)
-    found = {"kafka": _pid_alive(paths.kafka_pid), "redis": _pid_alive(paths.redis_pid)}
+    """The process ids of the Kafka and Redis nodes that this launcher started and that still run
+    (`kafka`, `redis` for the single ones; `kafka-N`, `redis-N` for a cluster's)."""
+    kafka, redis_ = kafka_nodes(settings), redis_nodes(settings)
+    found = {
+        **{("kafka" if len(kafka) == 1 else f"kafka-{node.node_id}"): pid_alive(node.pid) for node in kafka},
+        **{("redis" if len(redis_) == 1 else f"redis-{i}"): pid_alive(node.pid) for i, node in enumerate(redis_, 1)},
+    }
     return {name: pid for name, pid in found.items() if pid is not None}
 
 
+def stop_nodes(settings: Settings) -> list[str]:
+    """Stops the settings' nodes (the single ones, or the cluster's) that this launcher started."""
+    stopped = [
+        stop(node.pid, f"Kafka node {node.node_id}" if settings.cluster else "Kafka") for node in kafka_nodes(settings)
+    ]
+    stopped += [
+        stop(node.pid, f"Redis {node.host}:{node.port}" if node.in_cluster else "Redis")
+        for node in redis_nodes(settings)
+    ]
+    return [note for note in stopped if note]
+
+
 def down(settings: Settings) -> list[str]:
-    """Stops only the processes this launcher started (from their pid files)."""
-    paths = Paths(settings.state_dir)
-    return [note for note in (stop(paths.kafka_pid, "Kafka"), stop(paths.redis_pid, "Redis")) if note]
+    """Stops only the processes this launcher started (from their pid files): the single Kafka and
+    Redis, and the clusters' nodes."""
+    return [note for each in _both(settings) for note in stop_nodes(each)]
 
 
 def reset(settings: Settings) -> list[str]:
-    """Stops both and deletes their data (the cached jars stay)."""
+    """Stops all and deletes their data, the clusters' too (the cached jars stay)."""
     notes = down(settings)
-    paths = Paths(settings.state_dir)
-    shutil.rmtree(paths.kafka_data, ignore_errors=True)
-    shutil.rmtree(paths.redis_dir, ignore_errors=True)
+    for each in _both(settings):
+        for node in kafka_nodes(each):
+            shutil.rmtree(node.data, ignore_errors=True)
+        for redis_node in redis_nodes(each):
+            shutil.rmtree(redis_node.dir, ignore_errors=True)
     return [*notes, "deleted Kafka and Redis data"]
 
 
 def status(settings: Settings) -> dict[str, str]:
     paths = Paths(settings.state_dir)
-    kafka_host, kafka_port = _host_port(settings.kafka_bootstrap)
+    nodes = kafka_nodes(settings)
+    running = sum(1 for node in nodes if pid_alive(node.pid) and port_open(node.host, node.port))
     report = {
         "kafka": f"Apache Kafka {kafka_version(paths) or '(jars not fetched)'} (KRaft) at {settings.kafka_bootstrap}: "
-        + ("running" if _pid_alive(paths.kafka_pid) and port_open(kafka_host, kafka_port) else "not running"),
+        + (
+            "running"
+            if running == len(nodes)
+            else f"{running} of {len(nodes)} nodes running"
+            if running
+            else "not running"
+        ),
     }
     try:
         client = operator_redis(settings, socket_timeout=1)
         used, bound = redis_memory(client)
         report["redis"] = (
-            f"Redis {client.info('server')['redis_version']} at {settings.redis_url}: running, "
+            f"Redis {_server_version(client)} at {settings.redis_url}: running, "
             f"memory {used / 2**20:,.0f} MiB of {bound / 2**20:,.0f} MiB"
         )
         if used >= REDIS_MEMORY_WARNING * bound:
@@ -885,3 +1174,83 @@ def status(settings: Settings) -> dict[str, str]:
     except (redis.exceptions.RedisError, CredentialsMissing):
         report["redis"] = f"Redis at {settings.redis_url}: not running"
     return report
+
+
+def restart_stopped(settings: Settings) -> list[str]:
+    """Starts again the settings' nodes that are not running (killed, crashed), as `up` would, and
+    waits until each answers; the users, topics and Functions are theirs already."""
+    paths = Paths(settings.state_dir)
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    notes = []
+    try:
+        if started := start_redis(settings):
+            notes.append(f"started {started} Redis node(s)")
+        if started_kafka := start_kafka(settings, paths):
+            notes.append(f"started Kafka node(s) {', '.join(map(str, started_kafka))}")
+        for node in redis_nodes(settings):
+            _wait_for_redis_node(settings, node, deadline).close()
+        _wait_for_kafka(settings, kafka_admin(settings), deadline)
+    finally:
+        _forget_java_arguments(paths)
+    return notes
+
+
+def kafka_leaders(settings: Settings, topic_suffix: str = "") -> Counter[int]:
+    """How many partitions each broker leads, of the topics whose name ends with `topic_suffix`."""
+    metadata = kafka_admin(settings).list_topics(timeout=10)
+    return Counter(
+        partition.leader
+        for name, topic in metadata.topics.items()
+        if name.endswith(topic_suffix) and not name.startswith("__")
+        for partition in topic.partitions.values()
+    )
+
+
+@dataclass(frozen=True)
+class ClusterNodeState:
+    """One Redis Cluster node as the cluster sees it (CLUSTER NODES)."""
+
+    node_id: str
+    address: str  # host:port
+    role: str  # primary | replica
+    primary_id: str | None  # a replica's primary
+    slots: int
+    failing: bool
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+
+def redis_cluster_state(settings: Settings) -> list[ClusterNodeState]:
+    """The cluster's nodes, as the first node that answers sees them."""
+    for node in redis_nodes(settings):
+        try:
+            with node_redis(settings, node, socket_timeout=2) as client:
+                text = client.execute_command("CLUSTER", "NODES")
+        except redis.exceptions.RedisError:
+            continue
+        return [
+            cluster_node_from_line(line)
+            for line in (text.decode() if isinstance(text, bytes) else text).splitlines()
+            if line
+        ]
+    raise InfraError("no Redis Cluster node answers")
+
+
+def cluster_node_from_line(line: str) -> ClusterNodeState:
+    node_id, address, flags, primary, *_, state = line.split()[:8]
+    slots = 0
+    for one in line.split()[8:]:
+        if not one.startswith("["):  # `[slot->-node]`: a slot on its way, counted where it is
+            start, _, end = one.partition("-")
+            slots += int(end or start) - int(start) + 1
+    flag_set = set(flags.split(","))
+    return ClusterNodeState(
+        node_id,
+        address.split("@")[0],
+        "primary" if "master" in flag_set else "replica",
+        None if primary == "-" else primary,
+        slots,
+        bool(flag_set & {"fail", "fail?"}) or state != "connected",
+    )

@@ -1,4 +1,6 @@
-"""Runs the service processes: one uvicorn server per service, each with its health/metrics port."""
+"""Runs the service processes: one uvicorn server per service instance, each with its health/metrics
+port. Instances of one service share its consumer group: Kafka shares the partitions among them,
+and a stopped or crashed one's partitions move to the others."""
 
 from __future__ import annotations
 
@@ -34,8 +36,13 @@ def app_factory(name: str) -> Callable[[Settings], AsgiFastStream]:
     return build_app
 
 
-def http_port(settings: Settings, name: str) -> int:
-    return settings.http_port_base + SERVICE_NAMES.index(name)
+# Instance i of a service listens on base + its index + i × INSTANCE_PORT_STEP (18080, 18180, …).
+INSTANCE_PORT_STEP = 100
+MAX_INSTANCES = 16
+
+
+def http_port(settings: Settings, name: str, instance: int = 0) -> int:
+    return settings.http_port_base + SERVICE_NAMES.index(name) + INSTANCE_PORT_STEP * instance
 
 
 class _StopOnSignal(uvicorn.Server):
@@ -49,7 +56,7 @@ class _StopOnSignal(uvicorn.Server):
         yield
 
 
-def run_service(name: str, settings: Settings) -> None:
+def run_service(name: str, settings: Settings, instance: int = 0) -> None:
     """Serves until SIGTERM/SIGINT; the app then stops its subscribers (the batch in hand is
     finished and committed), closes its producer and Redis, and the process exits 0."""
     app = app_factory(name)(settings)
@@ -58,7 +65,7 @@ def run_service(name: str, settings: Settings) -> None:
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
-        port=http_port(settings, name),
+        port=http_port(settings, name, instance),
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=30,
@@ -67,15 +74,18 @@ def run_service(name: str, settings: Settings) -> None:
     _StopOnSignal(config).run()
 
 
-def run_all(settings: Settings) -> int:
-    """Three separate processes and the dashboard, stopped together; returns the worst exit code."""
+def run_instances(names: tuple[str, ...], instances: int, dashboard: bool) -> int:
+    """`instances` separate processes of each service (and the dashboard), stopped together: a
+    signal is passed on to each. Returns the worst exit code."""
     children = [
-        *(
-            subprocess.Popen([sys.executable, "-m", "gongji", "run", name], env=child_environment())
-            for name in SERVICE_NAMES
-        ),
-        subprocess.Popen([sys.executable, "-m", "gongji", "dashboard"], env=child_environment()),
+        subprocess.Popen(
+            [sys.executable, "-m", "gongji", "run", name, "--instance", str(instance)], env=child_environment()
+        )
+        for instance in range(instances)
+        for name in names
     ]
+    if dashboard:
+        children.append(subprocess.Popen([sys.executable, "-m", "gongji", "dashboard"], env=child_environment()))
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
@@ -94,28 +104,43 @@ class ServiceProcess:
     """One service as a separate OS process (`python -m gongji run NAME`), as in production, logging
     to `log_dir/NAME.log`; for the tests and `gongji bench`, which measures its CPU by its pid."""
 
-    def __init__(self, name: str, settings: Settings, log_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, settings: Settings, log_dir: Path, env: dict[str, str] | None = None, instance: int = 0
+    ) -> None:
         self.name = name
+        self.instance = instance
         self.settings = settings
         self.env = child_environment(env)
-        self.log = log_dir / f"{name}.log"
+        self.log = log_dir / (f"{name}.log" if instance == 0 else f"{name}-{instance}.log")
         self.process: subprocess.Popen | None = None
 
+    @property
+    def port(self) -> int:
+        return http_port(self.settings, self.name, self.instance)
+
     def start(self) -> None:
-        port = http_port(self.settings, self.name)
+        self.spawn()
+        self.wait_healthy()
+
+    def spawn(self) -> None:
+        """Starts the process without waiting for it: instances started together come up together."""
+        port = self.port
         # Another instance on the port would answer the health check in this one's place.
         if port_open("127.0.0.1", port):
             raise ServiceFailed(f"port {port} of {self.name} is taken: is a service already running (`gongji run`)?")
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gongji", "run", self.name],
+            [sys.executable, "-m", "gongji", "run", self.name, "--instance", str(self.instance)],
             env=self.env,
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
             cwd=PROJECT_ROOT,
         )
+
+    def wait_healthy(self) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        url = f"http://127.0.0.1:{port}/health"
+        url = f"http://127.0.0.1:{self.port}/health"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServiceFailed(f"{self.name} exited with {self.process.returncode}:\n{self.tail()}")

@@ -1,9 +1,9 @@
 """The local certificate authority that `gongji infra up` creates (with `cryptography`): a CA whose
-certificate clients trust, and the broker's key and certificate (for 127.0.0.1 and localhost),
-signed by it. Kafka reads both as PEM. The broker's key stays in `.gongji/secrets/` (0600); the
-CA's key apart from every service's secrets, in `.gongji/ca/` (GONGJI_CA_KEY_DIR), and it is read
-only to issue or renew the broker's certificate: an operator may keep it offline the rest of the
-time."""
+certificate clients trust, and the servers' keys and certificates (for 127.0.0.1 and localhost),
+signed by it: the Kafka brokers', and the Redis Cluster nodes' (`--cluster`). Kafka and Redis read
+both as PEM. The servers' keys stay in `.gongji/secrets/` (0600); the CA's key apart from every
+service's secrets, in `.gongji/ca/` (GONGJI_CA_KEY_DIR), and it is read only to issue or renew a
+server's certificate: an operator may keep it offline the rest of the time."""
 
 from __future__ import annotations
 
@@ -36,6 +36,18 @@ def ca_key_file(settings: Settings) -> Path:
 def broker_keystore(settings: Settings) -> Path:
     """The broker's private key and certificate chain in one PEM file (ssl.keystore.type=PEM)."""
     return secrets_dir(settings) / "broker-keystore.pem"
+
+
+def redis_keystore(settings: Settings) -> Path:
+    """A Redis Cluster node's private key and certificate chain in one PEM file (Redis reads the
+    key and the certificates from it by their PEM headers)."""
+    return secrets_dir(settings) / "redis-keystore.pem"
+
+
+# Each server's certificate: its file and its common name. A broker's CN is its principal on the
+# controller's listener (mutual TLS, ssl.principal.mapping.rules); Redis nodes present theirs to
+# each other on the cluster bus and to their primary when they replicate (mutual TLS).
+SERVERS = {"broker": (broker_keystore, BROKER.name), "redis": (redis_keystore, "redis-node")}
 
 
 def _now() -> datetime.datetime:
@@ -94,9 +106,9 @@ def _names(hosts: set[str]) -> list[x509.GeneralName]:
     return names
 
 
-def _broker_certificate_fits(settings: Settings, hosts: set[str]) -> bool:
+def _certificate_fits(keystore: Path, hosts: set[str]) -> bool:
     try:
-        pem = broker_keystore(settings).read_bytes()
+        pem = keystore.read_bytes()
     except FileNotFoundError:
         return False
     certificate = x509.load_pem_x509_certificates(pem)[0]
@@ -104,21 +116,22 @@ def _broker_certificate_fits(settings: Settings, hosts: set[str]) -> bool:
     return set(_names(hosts)) <= covered and certificate.not_valid_after_utc - _now() > RENEW_BEFORE
 
 
-def _make_broker_certificate(settings: Settings, hosts: set[str]) -> None:
+def _make_certificate(settings: Settings, server: str, hosts: set[str]) -> None:
+    where, common_name = SERVERS[server]
+    keystore = where(settings)
     try:
         ca_key = serialization.load_pem_private_key(ca_key_file(settings).read_bytes(), password=None)
     except FileNotFoundError:
         raise CAKeyOffline(
-            f"the broker's certificate must be issued or renewed (it expires within "
+            f"the {server}'s certificate must be issued or renewed (it expires within "
             f"{RENEW_BEFORE.days} days, or misses a host name), and the CA's key is not at "
             f"{ca_key_file(settings)}: put it back (or set GONGJI_CA_KEY_DIR) and run again"
         ) from None
     ca_certificate = x509.load_pem_x509_certificate(ca_file(settings).read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     certificate = (
-        # Its CN is its principal on the controller's listener (mutual TLS, ssl.principal.mapping.rules).
         x509.CertificateBuilder()
-        .subject_name(_name(BROKER.name))
+        .subject_name(_name(common_name))
         .issuer_name(ca_certificate.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -126,7 +139,7 @@ def _make_broker_certificate(settings: Settings, hosts: set[str]) -> None:
         .not_valid_after(_now() + datetime.timedelta(days=BROKER_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(_names(hosts)), critical=False)
-        # Server on every listener, and client of the controller listener (mutual TLS).
+        # A server to its clients, and a client of its peers (mutual TLS).
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )
@@ -135,19 +148,21 @@ def _make_broker_certificate(settings: Settings, hosts: set[str]) -> None:
     chain = certificate.public_bytes(serialization.Encoding.PEM) + ca_certificate.public_bytes(
         serialization.Encoding.PEM
     )
-    write_secret(broker_keystore(settings), _private_pem(key) + chain)
+    write_secret(keystore, _private_pem(key) + chain)
 
 
-def ensure_certificates(settings: Settings, host: str) -> list[str]:
-    """Creates the CA once, and the broker's certificate when missing, about to expire, or not
+def ensure_certificates(settings: Settings, host: str, servers: tuple[str, ...] = ("broker",)) -> list[str]:
+    """Creates the CA once, and each server's certificate when missing, about to expire, or not
     covering `host`; returns what it made."""
     made = []
     if not ca_file(settings).exists():
         _make_ca(settings)
-        broker_keystore(settings).unlink(missing_ok=True)
+        for keystore, _ in SERVERS.values():
+            keystore(settings).unlink(missing_ok=True)
         made.append("a local CA")
     hosts = {"127.0.0.1", "localhost", host}
-    if not _broker_certificate_fits(settings, hosts):
-        _make_broker_certificate(settings, hosts)
-        made.append(f"the broker's certificate for {', '.join(sorted(hosts))}")
+    for server in servers:
+        if not _certificate_fits(SERVERS[server][0](settings), hosts):
+            _make_certificate(settings, server, hosts)
+            made.append(f"the {server}'s certificate for {', '.join(sorted(hosts))}")
     return made

@@ -22,7 +22,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from hdrh.histogram import HdrHistogram
-from redis.asyncio import Redis
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -31,9 +30,9 @@ from gongji.ops.kafka_io import TopicWatcher, make_producer
 from gongji.perf.latency_budget import claim_budget, snapshot
 from gongji.perf.population import Family, PopulationBuilder
 from shared.clock import SHANGHAI, clock_from_settings
-from shared.credentials import redis_options
 from shared.ids import claim_id_prefix, province_of
 from shared.principals import OPERATOR, province_principal
+from shared.redis_client import connect
 from shared.settings import Settings
 from shared.topics import (
     ACCOUNT_CREDITS,
@@ -70,6 +69,7 @@ RETRY_SECONDS = 0.5
 FREEZE_SECONDS = 2.0  # a supervision freeze of the mix is lifted this much later
 AUDIT_WAIT_SECONDS = 60.0  # the deep audit at the end waits this long for what is still in flight
 LATENCY_MAX_US = 600_000_000
+PAUSE_SECONDS = 0.5  # a stretch this long without a new result is reported (a fault's gap)
 CARE_AWAY = ("110100", "310100", "440100", "510100")  # where care away from home is given
 
 
@@ -133,6 +133,9 @@ class LoadRun:
             lambda: {"published": 0, "settled": 0, "hist": HdrHistogram(1, LATENCY_MAX_US, 2)}
         )
         self.claims_started_ns = 0
+        # Stretches with no new result: (seconds after the claims started, how long), from PAUSE_SECONDS on.
+        self.pauses: list[tuple[float, float]] = []
+        self.last_result_ns = 0
         self.result_transit_ms = 0.0  # first results: from their producer's send to this client, summed
         self.dead_letters = 0
         # The rest of the mix: input id -> (kind, the answer's type or status once it came).
@@ -194,6 +197,11 @@ class LoadRun:
         if claim_id in self.first_result:
             return
         arrived = time.monotonic_ns()
+        if self.last_result_ns and arrived - self.last_result_ns >= PAUSE_SECONDS * 1e9:
+            self.pauses.append(
+                ((self.last_result_ns - self.claims_started_ns) / 1e9, (arrived - self.last_result_ns) / 1e9)
+            )
+        self.last_result_ns = arrived
         self.first_result[claim_id] = value
         self.result_transit_ms += max(0.0, time.time() * 1000 - value["_timestamp_ms"])
         if value["status"] in ("settled", "partial"):
@@ -599,7 +607,7 @@ async def run_load(
     finally:
         await run.watcher.stop()
         await run.stop_producers()
-    redis = Redis.from_url(settings.redis_url, **redis_options(settings, OPERATOR.name))
+    redis = connect(settings, OPERATOR.name)
     try:
         # The books rebuilt from the topics, against Redis; what is still in flight is waited for.
         audit = report_json(await deep_audit(settings, redis, wait_seconds=AUDIT_WAIT_SECONDS))
@@ -665,6 +673,7 @@ async def run_load(
         "rejections_by_reason": dict(Counter(r["reason"] for r in results.values() if r["reason"])),
         "mix": run.mix_report(),
         "dead_letters_seen": run.dead_letters,
+        "pauses": [{"at_s": round(at, 2), "seconds": round(length, 2)} for at, length in run.pauses],
         "audit": audit,
         "timeline": timeline,
     }

@@ -32,8 +32,8 @@ from services.settlement.app import SERVICE as SETTLEMENT
 from services.settlement.clearing import close_month, statement_destinations
 from services.settlement.store import SettlementStore
 from shared.clock import SHANGHAI, ScaledClock, shanghai_month
-from shared.credentials import redis_options
 from shared.principals import OPERATOR
+from shared.redis_client import connect
 from shared.settings import Settings
 from shared.topics import CLEARING, SETTLEMENTS
 
@@ -84,7 +84,7 @@ async def run_soak(settings: Settings, options: SoakOptions, console: Console) -
         "GONGJI_INPUT_WINDOW_SECONDS": str(window_seconds),
     }
     processes = [ServiceProcess(name, settings, settings.state_dir / "logs" / "soak", env) for name in SERVICE_NAMES]
-    redis = Redis.from_url(settings.redis_url, **redis_options(settings, OPERATOR.name))
+    redis = connect(settings, OPERATOR.name)
     run = LoadRun(settings, _load_options(options), console)
     days: list[dict[str, Any]] = []
     archives: dict[str, Any] = {}

@@ -5,10 +5,10 @@ from __future__ import annotations
 from faststream.asgi import AsgiFastStream
 
 from services.relationship.handlers import SERVICE, RelationshipHandlers
-from services.relationship.store import RelationshipStore
+from services.relationship.store import PREFIX, RelationshipStore
 from shared.clock import Clock, clock_from_settings
 from shared.policy import PolicyCache
-from shared.redis_client import connect
+from shared.redis_client import connect, replication_barrier
 from shared.runtime import Route, build_service_app
 from shared.settings import Settings
 from shared.topics import ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS, RELATIONSHIP_EVENTS, RELATIONSHIP_GROUP
@@ -36,4 +36,5 @@ def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
         outputs=OUTPUTS,
         on_start=store.ready,
         on_stop=redis.aclose,
+        replicated=replication_barrier(redis, settings, SERVICE, PREFIX),
     )

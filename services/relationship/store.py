@@ -58,8 +58,11 @@ INDEX_PROVIDER = LIBRARY.declare(
 EXPECT_PROVIDER = LIBRARY.declare("relationship_expect_provider", keys=("providers_key",), args=("provider",))
 
 
+PREFIX = "rel:"
+
+
 def _key(person_id: str, part: str) -> str:
-    return f"rel:{{p:{person_id}}}:{part}"
+    return f"{PREFIX}{{p:{person_id}}}:{part}"
 
 
 def _row(stored: bytes) -> dict[str, Any]:

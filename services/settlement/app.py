@@ -5,9 +5,9 @@ from __future__ import annotations
 from faststream.asgi import AsgiFastStream
 
 from services.settlement.handlers import SettlementHandlers
-from services.settlement.store import ClaimLimits, SettlementStore
+from services.settlement.store import PREFIX, ClaimLimits, SettlementStore
 from shared.clock import Clock, clock_from_settings
-from shared.redis_client import connect
+from shared.redis_client import connect, replication_barrier
 from shared.runtime import Periodic, Route, build_service_app
 from shared.settings import Settings
 from shared.topics import (
@@ -64,6 +64,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
         outputs=OUTPUTS,
         on_start=store.ready,
         on_stop=redis.aclose,
+        replicated=replication_barrier(redis, settings, SERVICE, PREFIX),
         answer_sender=handlers.answer_unreadable_claim,
         periodic=Periodic(settings.statistics_interval_seconds, handlers.publication_due, handlers.published),
     )

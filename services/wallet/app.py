@@ -5,10 +5,10 @@ from __future__ import annotations
 from faststream.asgi import AsgiFastStream
 
 from services.wallet.handlers import WalletHandlers
-from services.wallet.store import WalletStore
+from services.wallet.store import PREFIX, WalletStore
 from shared.clock import Clock, clock_from_settings
 from shared.policy import PolicyCache
-from shared.redis_client import connect
+from shared.redis_client import connect, replication_barrier
 from shared.runtime import Route, build_service_app
 from shared.settings import Settings
 from shared.topics import (
@@ -55,4 +55,5 @@ def build_app(settings: Settings, clock: Clock | None = None) -> AsgiFastStream:
         outputs=OUTPUTS,
         on_start=store.ready,
         on_stop=redis.aclose,
+        replicated=replication_barrier(redis, settings, SERVICE, PREFIX),
     )

@@ -65,7 +65,7 @@ async def test_the_deep_audit_waits_for_a_redis_loading_its_data_then_reports(
         assert await ballast.dbsize() == BALLAST_KEYS
         await ballast.aclose()
         kill_9(int(paths.redis_pid.read_text()))
-        assert infra.start_redis(settings, paths)
+        assert infra.start_redis(settings)
         audit = subprocess.run(
             [sys.executable, "-m", "gongji", "audit", "--deep", "--json", "--wait", "120"],
             capture_output=True,

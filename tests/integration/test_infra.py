@@ -55,11 +55,13 @@ def test_kafka_storage_formats_with_a_cluster_id_that_starts_with_a_dash(infrast
     config = own.kafka_config.read_text().replace(f"log.dirs={own.kafka_data}", f"log.dirs={scratch.kafka_data}")
     scratch.kafka_config.write_text(config)
     scratch.kafka_libs.symlink_to(own.kafka_libs)
-    infra.format_kafka_storage(infra._java(), scratch, "-iBg2lTuRKWv6CqVtSPNbg", infrastructure)
+    (node,) = infra.kafka_nodes(infrastructure.model_copy(update={"state_dir": tmp_path}))
+    infra.format_kafka_storage(infra._java(), scratch, node, "-iBg2lTuRKWv6CqVtSPNbg", infrastructure, None)
     assert "cluster.id=-iBg2lTuRKWv6CqVtSPNbg" in (scratch.kafka_data / "meta.properties").read_text()
-    assert not scratch.java_arguments.exists()  # the users' passwords went in through it, and it is gone
+    # The users' passwords went in through an argument file, and it is gone.
+    assert not list(scratch.java_arguments.parent.glob("java-arguments*"))
     with pytest.raises(infra.InfraError, match="formatting Kafka's storage .* failed: .*Invalid cluster.id"):
-        infra.format_kafka_storage(infra._java(), scratch, "AAAAAAAAAAAAAAAAAAAAAA", infrastructure)
+        infra.format_kafka_storage(infra._java(), scratch, node, "AAAAAAAAAAAAAAAAAAAAAA", infrastructure, None)
 
 
 def test_only_the_locked_kafka_jars_are_run(infrastructure, tmp_path) -> None:

@@ -28,7 +28,8 @@ def test_the_compose_file_is_the_one_the_declarations_render() -> None:
 
 def test_the_containers_broker_is_the_launchers_but_where_it_listens_and_keeps_its_files(tmp_path) -> None:
     settings = Settings()
-    launcher = properties(infra.kafka_properties(settings, tmp_path / "data"))
+    nodes = infra.kafka_nodes(settings)
+    launcher = properties(infra.kafka_properties(settings, nodes[0], nodes))
     container = properties(docker.container_properties(settings))
     assert launcher.keys() == container.keys()
     assert {name for name in launcher if launcher[name] != container[name]} <= WHERE

@@ -9,13 +9,14 @@ from shared.redis_client import RedisNotDurable, require_durable
 
 
 class RedisConfiguredWith:
-    """Answers CONFIG GET as a Redis with these settings would (only what the check reads)."""
+    """Answers `CONFIG GET append*` as a Redis with these settings would (only what the check reads)."""
 
     def __init__(self, **config: str) -> None:
         self.config = config
 
-    async def config_get(self, name: str) -> dict[str, str]:
-        return {name: self.config[name]}
+    async def execute_command(self, *command: str) -> dict[str, str]:
+        assert command == ("CONFIG", "GET", "append*")
+        return {**self.config, "appendfilename": "appendonly.aof"}
 
 
 @pytest.mark.parametrize(("appendonly", "appendfsync"), [("yes", "everysec"), ("yes", "no"), ("no", "always")])

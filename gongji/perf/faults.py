@@ -1,0 +1,209 @@
+"""`gongji faults`: the platform on clusters — three Kafka nodes, a Redis Cluster of three primaries
+with a replica each, and several instances of each service — under a steady stream of claims with
+duplicates, while its parts are killed with SIGKILL one after another and started again:
+
+- `instances`: one instance of each service at once (their partitions move to the others);
+- `broker`: the Kafka node that leads the most claims partitions;
+- `redis-primary`: the Redis primary that holds the most slots (its replica takes over).
+
+Every claim must still have exactly one result, nobody be paid twice, and the deep audit be valid.
+For each fault it reports the longest stretch with no new result after it (the gap)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from gongji.ops import infra
+from gongji.ops.launcher import SERVICE_NAMES, ServiceProcess
+from gongji.perf.load import LoadOptions, run_load, write_report
+from shared.settings import Settings
+
+FAULTS = ("instances", "broker", "redis-primary")
+# The longest a gap may be, by fault, before the run says so (the issue's targets; a measurement,
+# reported, not a test's pass or fail: CI's two cores are shared by nine servers and six services).
+GAP_TARGETS = {"instances": 3.0, "broker": 10.0, "redis-primary": 10.0}
+
+
+@dataclass(frozen=True)
+class FaultOptions:
+    rate: float = 300.0
+    duration_seconds: float = 120.0
+    persons: int = 1_500
+    instances: int = 2
+    duplicate_share: float = 0.10
+    faults: tuple[str, ...] = FAULTS
+    # A killed part is started again this long after (a Redis primary: after its replica took over).
+    restore_after_seconds: float = 10.0
+    report_dir: Path = Path("reports")
+
+
+@dataclass
+class Fault:
+    name: str
+    at_s: float = 0.0  # seconds after the claims began
+    killed: str = ""
+    node: str = ""  # what was killed: a Redis node's address, a Kafka node's id, the instances' pids
+    restored_at_s: float | None = None
+    restored: str = ""
+
+
+class Faults:
+    """Kills and restores the parts of the running clusters and service instances."""
+
+    def __init__(self, settings: Settings, processes: list[ServiceProcess], started: float) -> None:
+        self.settings = settings
+        self.processes = processes
+        self.started = started
+
+    def _now(self) -> float:
+        return round(time.monotonic() - self.started, 2)
+
+    async def inject(self, name: str, restore_after: float) -> Fault:
+        fault = Fault(name, self._now())
+        kill, restore = {
+            "instances": (self._kill_instances, self._restore_instances),
+            "broker": (self._kill_broker, self._restore_nodes),
+            "redis-primary": (self._kill_redis_primary, self._restore_nodes),
+        }[name]
+        fault.killed, fault.node = await kill()
+        await asyncio.sleep(restore_after)
+        fault.restored = await restore()
+        fault.restored_at_s = self._now()
+        return fault
+
+    async def _kill_instances(self) -> tuple[str, str]:
+        pids = {}
+        for process in self.processes:
+            if process.instance == 0 and process.process is not None and process.running():
+                pids[process.name] = process.process.pid
+                os.kill(process.process.pid, signal.SIGKILL)
+                process.process.wait()
+        return ", ".join(f"{name} instance 0 (pid {pid})" for name, pid in pids.items()), ",".join(
+            map(str, pids.values())
+        )
+
+    async def _restore_instances(self) -> str:
+        down = [process for process in self.processes if not process.running()]
+        for process in down:
+            process.spawn()
+        await asyncio.gather(*(asyncio.to_thread(process.wait_healthy) for process in down))
+        return f"{len(down)} instance(s) started again and healthy"
+
+    async def _kill_broker(self) -> tuple[str, str]:
+        leaders = await asyncio.to_thread(infra.kafka_leaders, self.settings, "claims.v1")
+        leader, led = leaders.most_common(1)[0]
+        (node,) = [node for node in infra.kafka_nodes(self.settings) if node.node_id == leader]
+        pid = int(node.pid.read_text())
+        os.kill(pid, signal.SIGKILL)
+        return f"Kafka node {leader} (pid {pid}), leader of {led} claims partitions", str(leader)
+
+    async def _kill_redis_primary(self) -> tuple[str, str]:
+        state = await asyncio.to_thread(infra.redis_cluster_state, self.settings)
+        primary = max((node for node in state if node.role == "primary" and not node.failing), key=lambda n: n.slots)
+        (node,) = [node for node in infra.redis_nodes(self.settings) if node.port == primary.port]
+        pid = int(node.pid.read_text())
+        os.kill(pid, signal.SIGKILL)
+        return f"Redis primary {primary.address} (pid {pid}), {primary.slots} slots", primary.address
+
+    async def _restore_nodes(self) -> str:
+        return "; ".join(await asyncio.to_thread(infra.restart_stopped, self.settings)) or "nothing was down"
+
+
+def gap_after(pauses: list[dict[str, float]], fault: Fault, within: float) -> float:
+    """The longest stretch with no new result that began between the fault and `within` seconds after
+    it was repaired (0 when none reached the load's threshold)."""
+    end = (fault.restored_at_s or fault.at_s) + within
+    return max((pause["seconds"] for pause in pauses if fault.at_s - 1.0 <= pause["at_s"] <= end), default=0.0)
+
+
+def failures(report: dict[str, Any]) -> list[str]:
+    claims = report["load"]["claims"]
+    found = []
+    if claims["without_result"]:
+        found.append(f"{claims['without_result']} claims without a result")
+    if claims["with_more_than_one_result"]:
+        found.append(f"{claims['with_more_than_one_result']} claims with more than one result")
+    if not report["load"]["audit"].get("valid?"):
+        found.append(f"the deep audit is not valid: {report['load']['audit'].get('first')}")
+    return found
+
+
+async def run_faults(settings: Settings, options: FaultOptions, console: Console) -> dict[str, Any]:
+    """`settings` name the clusters (GONGJI_CLUSTER=true): started here unless running."""
+    if not settings.cluster:
+        raise ValueError("gongji faults runs on the clusters: set GONGJI_CLUSTER=true")
+    for note in await asyncio.to_thread(infra.up, settings):
+        console.print(note)
+    env = {"GONGJI_CLUSTER": "true", "GONGJI_HTTP_PORT_BASE": str(settings.http_port_base)}
+    log_dir = settings.state_dir / "logs" / "faults"
+    processes = [
+        ServiceProcess(name, settings, log_dir, env, instance=instance)
+        for instance in range(options.instances)
+        for name in SERVICE_NAMES
+    ]
+    for process in processes:
+        process.spawn()
+    try:
+        await asyncio.gather(*(asyncio.to_thread(process.wait_healthy) for process in processes))
+        console.print(f"{len(processes)} service instances healthy")
+        schedule: list[asyncio.Task[Fault]] = []
+
+        def on_phase(phase: str) -> None:
+            if phase == "claims":
+                injector = Faults(settings, processes, time.monotonic())
+                spacing = options.duration_seconds / (len(options.faults) + 1)
+                schedule.extend(
+                    asyncio.create_task(_later(spacing * (index + 1), injector.inject, name, options))
+                    for index, name in enumerate(options.faults)
+                )
+
+        load = LoadOptions(
+            persons=options.persons,
+            rate=options.rate,
+            duration_seconds=options.duration_seconds,
+            duplicate_share=options.duplicate_share,
+            report_dir=options.report_dir,
+        )
+        report = await run_load(settings, load, console, on_phase)
+        done = [await task for task in schedule]
+    finally:
+        for process in processes:
+            if process.running():
+                await asyncio.to_thread(process.stop)
+    path, _ = write_report(report, options.report_dir)
+    faults = [
+        {
+            "fault": fault.name,
+            "at_s": fault.at_s,
+            "killed": fault.killed,
+            "node": fault.node,
+            "restored_at_s": fault.restored_at_s,
+            "restored": fault.restored,
+            "gap_s": gap_after(report["pauses"], fault, within=options.restore_after_seconds),
+            "gap_target_s": GAP_TARGETS[fault.name],
+        }
+        for fault in done
+    ]
+    result = {"faults": faults, "load": report, "load_report": str(path)}
+    result["failures"] = failures(result)
+    return result
+
+
+async def _later(
+    delay: float, inject: Callable[[str, float], Awaitable[Fault]], name: str, options: FaultOptions
+) -> Fault:
+    await asyncio.sleep(delay)
+    return await inject(name, options.restore_after_seconds)
+
+
+def options_with(**changes: Any) -> FaultOptions:
+    return replace(FaultOptions(), **{name: value for name, value in changes.items() if value is not None})

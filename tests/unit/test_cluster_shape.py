@@ -1,0 +1,83 @@
+"""The clusters `gongji infra up --cluster` starts, as declared (gongji/ops/infra.py): three KRaft
+nodes whose every topic has three replicas, two in sync before a write is confirmed; six Redis
+nodes speaking TLS on every link, their replicas logging in as `replica`; and the pieces read
+back from them (CLUSTER NODES) and from a fault run's pauses."""
+
+from __future__ import annotations
+
+from gongji.ops import infra
+from gongji.perf.faults import Fault, gap_after
+from shared.settings import LOCAL_KAFKA_CLUSTER, Settings
+
+
+def properties(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def test_cluster_settings_name_the_local_clusters_and_three_replicas() -> None:
+    settings = Settings(cluster=True)
+    assert settings.kafka_bootstrap == ",".join(LOCAL_KAFKA_CLUSTER)
+    assert settings.redis_url.startswith("rediss://")
+    assert (settings.topic_replication_factor, settings.topic_min_insync_replicas) == (3, 2)
+    single = Settings()
+    assert (single.topic_replication_factor, single.topic_min_insync_replicas) == (1, 1)
+    assert Settings(cluster=True, kafka_bootstrap="k1:9092,k2:9092").kafka_bootstrap == "k1:9092,k2:9092"
+
+
+def test_each_kafka_node_is_a_voter_of_one_quorum_with_three_replicas_and_no_unclean_leader() -> None:
+    settings = Settings(cluster=True)
+    nodes = infra.kafka_nodes(settings)
+    assert [node.node_id for node in nodes] == [1, 2, 3]
+    assert len({node.port for node in nodes} | {node.controller_port for node in nodes}) == 6
+    assert len({node.data for node in nodes}) == 3
+    for node in nodes:
+        config = properties(infra.kafka_properties(settings, node, nodes))
+        assert config["node.id"] == str(node.node_id)
+        assert config["controller.quorum.bootstrap.servers"] == ",".join(one.controller for one in nodes)
+        assert config["advertised.listeners"] == f"CLIENT://{node.host}:{node.port}"
+        assert config["default.replication.factor"] == config["offsets.topic.replication.factor"] == "3"
+        assert config["min.insync.replicas"] == config["transaction.state.log.min.isr"] == "2"
+        assert config["unclean.leader.election.enable"] == "false"
+        assert config["listener.name.controller.ssl.client.auth"] == "required"
+        assert int(config["group.min.session.timeout.ms"]) <= Settings().consumer_session_timeout_ms
+
+
+def test_redis_cluster_nodes_speak_tls_on_every_link_and_keep_no_secret_in_their_arguments(tmp_path) -> None:
+    settings = Settings(cluster=True, state_dir=tmp_path)
+    nodes = infra.redis_nodes(settings)
+    assert len(nodes) == 6 and all(node.in_cluster for node in nodes)
+    assert len({node.users for node in nodes} | {node.secret_config for node in nodes}) == 12
+    arguments = [
+        *infra.redis_arguments(nodes[0].host, nodes[0].port, nodes[0].dir, nodes[0].users),
+        *infra.cluster_node_arguments(settings, nodes[0].port),
+    ]
+    # Later arguments win: the plain port is closed, the TLS one is the node's.
+    options: dict[str, str] = {}
+    for name, value in zip(arguments[::2], arguments[1::2], strict=True):
+        options[name] = value
+    assert options["--port"] == "0" and options["--tls-port"] == str(nodes[0].port)
+    assert options["--tls-replication"] == options["--tls-cluster"] == options["--cluster-enabled"] == "yes"
+    assert options["--tls-protocols"] == "TLSv1.3"
+    assert options["--masteruser"] == "replica" and "--masterauth" not in options
+    assert options["--appendfsync"] == "always"
+
+
+def test_a_single_redis_has_no_replica_user_and_a_cluster_node_has_one() -> None:
+    assert "replica" not in infra._redis_principals(in_cluster=False)
+    assert "replica" in infra._redis_principals(in_cluster=True)
+
+
+def test_cluster_nodes_lines_are_read_as_roles_and_slots() -> None:
+    primary = infra.cluster_node_from_line(
+        "c923 127.0.0.1:17001@27001 myself,master - 0 1796500058000 1 connected 0-5460 7000 [7001->-1a35]"
+    )
+    assert (primary.role, primary.slots, primary.port, primary.failing) == ("primary", 5462, 17001, False)
+    replica = infra.cluster_node_from_line("ea21 127.0.0.1:17006@27006 slave,fail bea7 0 1796500060000 3 disconnected")
+    assert (replica.role, replica.primary_id, replica.slots, replica.failing) == ("replica", "bea7", 0, True)
+
+
+def test_a_faults_gap_is_the_longest_pause_that_began_after_it_until_it_was_repaired() -> None:
+    pauses = [{"at_s": 5.0, "seconds": 4.0}, {"at_s": 20.5, "seconds": 1.2}, {"at_s": 24.0, "seconds": 2.5}]
+    fault = Fault("broker", at_s=20.0, restored_at_s=30.0)
+    assert gap_after(pauses, fault, within=5.0) == 2.5
+    assert gap_after(pauses, Fault("instances", at_s=50.0, restored_at_s=55.0), within=5.0) == 0.0
