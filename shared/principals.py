@@ -124,11 +124,11 @@ def group(name: str, prefixed: bool = False) -> tuple[KafkaRight, ...]:
 # and what redis-py may send on connecting (its CLIENT SETINFO may be refused: it ignores that);
 # on a Redis Cluster, what its cluster client asks to route (the slots' owners, the command table
 # it reads keys by) and ASKING, which a call redirected while a slot moves is sent with; and the
-# replication barrier's INCR of its marker and WAIT (shared/redis_client.py).
+# replication barrier's INCRBY of its marker and WAIT (shared/redis_client.py).
 _SERVICE_COMMANDS = (
     "fcall", "fcall_ro", "config|get", "ping", "select",
     "cluster|slots", "cluster|shards", "command", "asking",
-    "incr", "wait",
+    "incrby", "wait",
 )  # fmt: skip
 
 BROKER = Principal("broker", "the Kafka broker itself (inter-broker and controller traffic)", super_user=True)

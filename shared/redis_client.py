@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from redis.exceptions import RedisError
+from redis.exceptions import AskError, MovedError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.credentials import redis_options
 from shared.settings import Settings
@@ -103,22 +104,29 @@ class ReplicationBarrier:
         self.cluster = cluster
         self.options = redis_options(settings, principal)
         self.key_prefix = key_prefix
-        self.clients: dict[str, Redis] = {}  # by node name, primaries only
-        self.markers: dict[str, str] = {}  # by node name: a key of one of its slots
+        # By node name. Clients are kept for the process's life (a cluster has a few nodes, and a
+        # batch still waiting on one must not see it closed); markers are chosen again whenever
+        # the slots move.
+        self.clients: dict[str, Redis] = {}
+        self.markers: dict[str, str] = {}
 
     async def __call__(self) -> None:
-        primaries = {node.name: node for node in self.cluster.get_primaries()}
-        for gone in set(self.clients) - set(primaries):
-            await self.clients.pop(gone).aclose()
-            self.markers.pop(gone, None)
-        await asyncio.gather(*(self._replicated(node) for node in primaries.values()))
+        try:
+            await asyncio.gather(*(self._replicated(node) for node in self.cluster.get_primaries()))
+        except (MovedError, AskError, RedisConnectionError) as error:
+            # The slots moved (a failover): the cluster client's map is read again, and the
+            # markers are chosen again from it; the batch is read again meanwhile.
+            self.markers = {}
+            await self.cluster.nodes_manager.initialize()
+            raise ReplicaBehind(f"the cluster's slots moved under the replication barrier: {error}") from error
 
     async def _replicated(self, node: ClusterNode) -> None:
-        if node.name not in self.clients:
-            self.clients[node.name] = Redis(host=node.host, port=node.port, ssl=True, **self.options)
-            self.markers[node.name] = self._marker(node)
-        async with self.clients[node.name].pipeline(transaction=False) as pipe:
-            pipe.incr(self.markers[node.name])
+        client = self.clients.get(node.name)
+        if client is None:
+            client = self.clients[node.name] = Redis(host=node.host, port=node.port, ssl=True, **self.options)
+        marker = self.markers.get(node.name) or self.markers.setdefault(node.name, self._marker(node))
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.incr(marker)
             pipe.wait(1, REPLICA_WAIT_MS)
             _, replicas = await pipe.execute()
         if replicas < 1:

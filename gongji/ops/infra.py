@@ -893,18 +893,12 @@ def create_topics(settings: Settings, admin: AdminClient) -> None:
         _settle(admin.incremental_alter_configs(configured, request_timeout=30))
 
 
-def ensure_scram_users(settings: Settings, admin: AdminClient) -> None:
-    """Principals declared after the storage was formatted get their SCRAM credentials now."""
-    known = set()
-    for name, future in admin.describe_user_scram_credentials([p.name for p in KAFKA_USERS]).items():
-        try:
-            if future.result().scram_credential_infos:
-                known.add(name)
-        except KafkaException:  # RESOURCE_NOT_FOUND: no credentials for that user yet
-            pass
-    missing = {p.name: password(settings, p.name) for p in KAFKA_USERS if p.name not in known}
-    if missing:
-        set_scram_passwords(admin, missing)
+def sync_scram_users(settings: Settings, admin: AdminClient) -> None:
+    """Every Kafka user's SCRAM credential is set to its current password: a principal declared
+    after the storage was formatted, or a password rotated while these brokers were down (the
+    single node and the clusters share the secrets), is right again. Kafka keeps only a salted
+    hash, so each is set, not compared."""
+    set_scram_passwords(admin, {principal.name: password(settings, principal.name) for principal in KAFKA_USERS})
 
 
 def set_scram_passwords(admin: AdminClient, passwords: dict[str, str]) -> None:
@@ -1047,7 +1041,7 @@ def configure(settings: Settings) -> list[str]:
     admin = kafka_admin(settings)
     _wait_for_kafka(settings, admin, deadline)
     create_topics(settings, admin)
-    ensure_scram_users(settings, admin)
+    sync_scram_users(settings, admin)
     created, deleted = sync_acls(admin)
     if created or deleted:
         notes.append(f"ACLs: {created} created, {deleted} removed")

@@ -15,7 +15,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from rich.console import Console
 
 from gongji.ops import infra
-from gongji.ops.launcher import SERVICE_NAMES, ServiceProcess
+from gongji.ops.launcher import SERVICE_NAMES, ServiceFailed, ServiceProcess
 from gongji.perf.load import LoadOptions, run_load, write_report
 from shared.settings import Settings
 
@@ -67,7 +66,10 @@ class Faults:
     def _now(self) -> float:
         return round(time.monotonic() - self.started, 2)
 
-    async def inject(self, name: str, restore_after: float) -> Fault:
+    async def inject(self, name: str, restore_after: float) -> tuple[Fault, asyncio.Task[None]]:
+        """Kills, waits `restore_after` seconds, then starts the part again in the background (a part
+        under load may take a while to be ready; the next fault does not wait for it). A part that
+        does not come back is reported, and the run goes on: its claims must still be answered."""
         fault = Fault(name, self._now())
         kill, restore = {
             "instances": (self._kill_instances, self._restore_instances),
@@ -76,9 +78,27 @@ class Faults:
         }[name]
         fault.killed, fault.node = await kill()
         await asyncio.sleep(restore_after)
-        fault.restored = await restore()
-        fault.restored_at_s = self._now()
-        return fault
+
+        async def restored() -> None:
+            try:
+                fault.restored = await restore()
+            except (infra.InfraError, ServiceFailed) as error:
+                fault.restored = f"not restored: {str(error).splitlines()[0]}"
+            fault.restored_at_s = self._now()
+
+        return fault, asyncio.create_task(restored())
+
+    async def one_after_another(self, names: tuple[str, ...], spacing: float, restore_after: float) -> list[Fault]:
+        """A fault every `spacing` seconds (the first after `spacing`); returns once every part is back."""
+        done, restoring = [], []
+        started = time.monotonic()
+        for index, name in enumerate(names, 1):
+            await asyncio.sleep(max(0.0, started + index * spacing - time.monotonic()))
+            fault, restore = await self.inject(name, restore_after)
+            done.append(fault)
+            restoring.append(restore)
+        await asyncio.gather(*restoring)
+        return done
 
     async def _kill_instances(self) -> tuple[str, str]:
         pids = {}
@@ -155,15 +175,16 @@ async def run_faults(settings: Settings, options: FaultOptions, console: Console
     try:
         await asyncio.gather(*(asyncio.to_thread(process.wait_healthy) for process in processes))
         console.print(f"{len(processes)} service instances healthy")
-        schedule: list[asyncio.Task[Fault]] = []
+        schedule: list[asyncio.Task[list[Fault]]] = []
 
         def on_phase(phase: str) -> None:
             if phase == "claims":
                 injector = Faults(settings, processes, time.monotonic())
                 spacing = options.duration_seconds / (len(options.faults) + 1)
-                schedule.extend(
-                    asyncio.create_task(_later(spacing * (index + 1), injector.inject, name, options))
-                    for index, name in enumerate(options.faults)
+                schedule.append(
+                    asyncio.create_task(
+                        injector.one_after_another(options.faults, spacing, options.restore_after_seconds)
+                    )
                 )
 
         load = LoadOptions(
@@ -174,7 +195,7 @@ async def run_faults(settings: Settings, options: FaultOptions, console: Console
             report_dir=options.report_dir,
         )
         report = await run_load(settings, load, console, on_phase)
-        done = [await task for task in schedule]
+        done = [fault for task in schedule for fault in await task]
     finally:
         for process in processes:
             if process.running():
@@ -196,13 +217,6 @@ async def run_faults(settings: Settings, options: FaultOptions, console: Console
     result = {"faults": faults, "load": report, "load_report": str(path)}
     result["failures"] = failures(result)
     return result
-
-
-async def _later(
-    delay: float, inject: Callable[[str, float], Awaitable[Fault]], name: str, options: FaultOptions
-) -> Fault:
-    await asyncio.sleep(delay)
-    return await inject(name, options.restore_after_seconds)
 
 
 def options_with(**changes: Any) -> FaultOptions:
