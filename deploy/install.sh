@@ -12,6 +12,8 @@ command -v mvn >/dev/null || need+=(maven)
 # The dashboard's browser test and its picture: Debian's Chromium, headless, and Chinese fonts.
 command -v chromium >/dev/null || need+=(chromium)
 dpkg-query -W fonts-noto-cjk >/dev/null 2>&1 || need+=(fonts-noto-cjk)
+# `gongji faults` cuts a Kafka node off the network with `ip route`.
+command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}"

@@ -832,25 +832,34 @@ def faults_command(
     persons: Annotated[int, typer.Option(min=10, help="population size")] = 1_500,
     instances: Annotated[int, typer.Option(min=2, max=launcher.MAX_INSTANCES, help="instances of each service")] = 2,
     restore_after: Annotated[float, typer.Option(min=1, help="seconds before a killed part is started again")] = 10.0,
+    fault: Annotated[
+        list[str] | None, typer.Option(help="a fault to inject, in order (repeat it); all of them by default")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="also one JSON object on the last line")] = False,
 ) -> None:
-    """Kill parts of the clustered platform under load and check that nothing was lost or paid twice:
-    one instance of each service, the Kafka node leading the most claims partitions, and a Redis
+    """Kill parts of the platform under load and check that nothing was lost or paid twice: one
+    instance of each service, the Kafka node leading the most claims partitions, and a Redis
     primary, each killed with SIGKILL and started again (`infra up --cluster` first, here if need
-    be). Reports each fault's gap in settlements. Exit 1 if a claim lacks exactly one result or the
-    deep audit is not valid."""
-    from gongji.perf.faults import options_with, run_faults
+    be; on the single nodes, GONGJI_CLUSTER unset, only `--fault instances`). Reports each fault's
+    gap in settlements. Exit 1 if a claim lacks exactly one result or the deep audit is not valid."""
+    from gongji.perf.faults import FAULTS, FaultOptions, run_faults
 
+    for name in fault or ():
+        if name not in FAULTS:
+            _fail(f"unknown fault {name!r}: choose from {', '.join(FAULTS)}")
     settings = Settings()
-    if not settings.cluster:
-        _fail("gongji faults runs on the clusters: run it with GONGJI_CLUSTER=true")
-    options = options_with(
-        rate=rate, duration_seconds=duration, persons=persons, instances=instances, restore_after_seconds=restore_after
+    options = FaultOptions(
+        rate=rate,
+        duration_seconds=duration,
+        persons=persons,
+        instances=instances,
+        restore_after_seconds=restore_after,
+        faults=tuple(fault or FAULTS),
     )
     out = Console(stderr=True) if as_json else console
     try:
         result = asyncio.run(run_faults(settings, options, out))
-    except (RuntimeError, infra.InfraError) as error:
+    except (RuntimeError, ValueError, infra.InfraError) as error:
         _fail(str(error))
     summary = {"faults": result["faults"], "claims": result["load"]["claims"], "failures": result["failures"]}
     if as_json:

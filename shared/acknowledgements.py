@@ -32,7 +32,7 @@ logger = logging.getLogger("gongji")
 
 
 # How long a rebalance or a shutdown waits for the last confirmation and commit: well within the
-# group's rebalance timeout (the session timeout, 6 s). An idempotent producer and the commit both
+# group's rebalance timeout (GONGJI_CONSUMER_REBALANCE_TIMEOUT_MS, 10 s). An idempotent producer and the commit both
 # retry for as long as Kafka is unwell; giving up only means the records are delivered again.
 FLUSH_TIMEOUT_SECONDS = 2.0
 # A batch that keeps failing before its handler (it is never skipped) is polled again after a pause

@@ -396,6 +396,26 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, ResponseError) and str(error).startswith(_TRANSIENT_REPLIES)
 
 
+# How long a starting service waits out an unwell Kafka or Redis (a node down, a failover under
+# way) before it gives up: its checks are retried, as a batch is, instead of failing the start.
+START_PATIENCE_SECONDS = 60.0
+
+
+async def patiently(check: Callable[[], Awaitable[None]], what: str, patience: float = START_PATIENCE_SECONDS) -> None:
+    """Runs `check` until it passes; a transient error is retried (pausing up to 2 s) until
+    `patience` runs out, any other error (Redis not durable, a library missing) is raised at once."""
+    deadline, pause = time.monotonic() + patience, 0.2
+    while True:
+        try:
+            return await check()
+        except Exception as error:
+            if not is_transient(error) or time.monotonic() + pause > deadline:
+                raise
+            logger.warning("%s: %s; trying again in %.1f s", what, error, pause)
+        await asyncio.sleep(pause)
+        pause = min(2 * pause, 2.0)
+
+
 BatchHandler = Callable[[list[Any]], Awaitable[Sequence[BaseModel | ToTopic | Refused]]]
 
 
@@ -539,6 +559,7 @@ def subscribe(
         # it leaves its group).
         session_timeout_ms=settings.consumer_session_timeout_ms,
         heartbeat_interval_ms=settings.consumer_session_timeout_ms // 4,
+        rebalance_timeout_ms=settings.consumer_rebalance_timeout_ms,
         # aiokafka keeps one fetch in flight per broker, for the partitions with nothing buffered:
         # a partition just handed over is fetched again only when that fetch returns, which the
         # broker holds until data comes or this wait ends (500 ms by default: the warm-up stall).
@@ -704,7 +725,7 @@ def build_service_app(
 
     @asynccontextmanager
     async def lifespan(*_: Any, **__: Any):
-        await on_start()
+        await patiently(on_start, f"{service} start")
         try:
             yield
         finally:

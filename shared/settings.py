@@ -11,17 +11,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-# The clusters `gongji infra up --cluster` starts on this machine (gongji/ops/cluster.py): three
-# KRaft nodes, and a Redis Cluster of three primaries and three replicas, every link TLS.
-LOCAL_KAFKA_CLUSTER = ("127.0.0.1:29092", "127.0.0.1:29093", "127.0.0.1:29094")
-LOCAL_REDIS_CLUSTER = (
-    "127.0.0.1:17001",
-    "127.0.0.1:17002",
-    "127.0.0.1:17003",
-    "127.0.0.1:17004",
-    "127.0.0.1:17005",
-    "127.0.0.1:17006",
-)
+# The clusters `gongji infra up --cluster` starts on this machine (gongji/ops/infra.py): three
+# KRaft nodes, and a Redis Cluster of three primaries with two replicas each, every link TLS. Two
+# replicas, because a batch waits for one of them (shared/redis_client.py: ReplicationBarrier):
+# once a primary fails over, its shard still has a replica to wait for.
+# Each Kafka node on a loopback address of its own, so that a fault can cut one off from the others
+# and from the clients (gongji/perf/faults.py: partition).
+LOCAL_KAFKA_CLUSTER = ("127.0.1.1:29092", "127.0.1.2:29093", "127.0.1.3:29094")
+REDIS_REPLICAS_PER_PRIMARY = 2
+LOCAL_REDIS_CLUSTER = tuple(f"127.0.0.1:{port}" for port in range(17001, 17010))
 
 
 class Settings(BaseSettings):
@@ -74,6 +72,10 @@ class Settings(BaseSettings):
     # instances: a crashed instance's partitions are read again about this plus a rebalance after
     # it died. It heartbeats four times in it; the brokers accept sessions down to 1 s.
     consumer_session_timeout_ms: int = Field(default=2000, ge=1000)
+    # How long a rebalance waits for the group's live members to join again. Longer than a
+    # session: a member busy with a batch, or flushing what it read before giving its partitions up
+    # (shared/acknowledgements.py), would otherwise be dropped and start another rebalance.
+    consumer_rebalance_timeout_ms: int = Field(default=10_000, ge=1000)
     # A record that fails this many times for a reason of its own is dead-lettered alone.
     poison_attempts: int = Field(default=3, ge=1)
     # Settlement spreads claim records and clearing accumulators over this many Redis hash

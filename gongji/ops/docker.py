@@ -119,7 +119,7 @@ def prepare(settings: Settings) -> list[str]:
     if made := ensure_passwords(settings):
         notes.append(f"generated credentials for {len(made)} principals")
     try:
-        notes += [f"made {what}" for what in ensure_certificates(settings, _host_port(settings.kafka_bootstrap)[0])]
+        notes += [f"made {what}" for what in ensure_certificates(settings, {_host_port(settings.kafka_bootstrap)[0]})]
     except CAKeyOffline as error:
         raise InfraError(str(error)) from None
     write_redis_users(settings, Paths(settings.state_dir).redis_users)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
 import os
@@ -75,7 +76,7 @@ from shared.principals import (
     Principal,
     redis_acl_rules,
 )
-from shared.settings import LOCAL_KAFKA_CLUSTER, LOCAL_REDIS_CLUSTER, PROJECT_ROOT, Settings
+from shared.settings import LOCAL_KAFKA_CLUSTER, LOCAL_REDIS_CLUSTER, PROJECT_ROOT, REDIS_REPLICAS_PER_PRIMARY, Settings
 from shared.topics import ALL_TOPICS, PROVINCE_TOPICS, Topic
 from shared.window import ClaimWindow, InputWindow
 
@@ -211,7 +212,7 @@ def kafka_nodes(settings: Settings) -> list[KafkaNode]:
 
 
 def redis_nodes(settings: Settings) -> list[RedisNode]:
-    """The single Redis, or the six nodes of `--cluster` (each in `cluster/redis-N`)."""
+    """The single Redis, or the nine nodes of `--cluster` (each in `cluster/redis-N`)."""
     paths = Paths(settings.state_dir)
     if not settings.cluster:
         return [RedisNode(*_redis_address(settings), paths.redis_dir, paths.redis_users)]
@@ -253,10 +254,16 @@ def port_open(host: str, port: int) -> bool:
 
 
 def pid_alive(pid_file: Path) -> int | None:
+    """The pid in the file if that process runs. A killed child of ours stays a zombie until it is
+    reaped, and signal 0 still reaches a zombie: read its state, and reap it so it can be restarted."""
     try:
         pid = int(pid_file.read_text().strip())
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
         return None
     return pid
 
@@ -383,6 +390,10 @@ def kafka_properties(settings: Settings, node: KafkaNode, quorum: list[KafkaNode
             f"share.coordinator.state.topic.replication.factor={replicas}",
             f"share.coordinator.state.topic.min.isr={in_sync}",
             "group.initial.rebalance.delay.ms=0",
+            # A node that stops heartbeating to the controllers is fenced, and its partitions led
+            # elsewhere, after 3 s instead of 9 (Kafka's default): the broker fault's gap.
+            "broker.heartbeat.interval.ms=1000",
+            "broker.session.timeout.ms=3000",
             # A consumer may ask for a session this short (GONGJI_CONSUMER_SESSION_TIMEOUT_MS): a
             # crashed service instance's partitions move to the others within seconds.
             "group.min.session.timeout.ms=1000",
@@ -478,7 +489,15 @@ def _format_new_nodes(java: str, settings: Settings, paths: Paths, nodes: list[K
     """Formats the nodes whose storage is new. A quorum is formatted whole or not at all: a node
     formatted apart would not know the others' directory ids."""
     new = [node for node in nodes if not (node.data / "meta.properties").exists()]
+    # The voters' addresses are written into the storage when it is formatted: nodes now declared
+    # at other addresses would look for a quorum that is not there.
+    quorum, formed = nodes[0].data.parent.parent / "kafka-quorum", ",".join(node.controller for node in nodes)
     if not new:
+        if len(nodes) > 1 and (not quorum.exists() or quorum.read_text() != formed):
+            raise InfraError(
+                f"the Kafka nodes in {quorum.parent} were formatted for other addresses than {formed} "
+                "(by an older Gongji): `gongji infra reset` starts them afresh"
+            )
         return
     if len(new) != len(nodes):
         raise InfraError(
@@ -491,6 +510,8 @@ def _format_new_nodes(java: str, settings: Settings, paths: Paths, nodes: list[K
         initial = ",".join(f"{node.node_id}@{node.controller}:{_kafka_uuid()}" for node in nodes)
     for node in nodes:
         format_kafka_storage(java, paths, node, cluster_id, settings, initial)
+    if len(nodes) > 1:
+        quorum.write_text(formed)
 
 
 def start_kafka(settings: Settings, paths: Paths) -> list[int]:
@@ -580,7 +601,7 @@ def _redis_address(settings: Settings) -> tuple[str, int]:
 
 
 def start_redis(settings: Settings) -> int:
-    """Starts every node of the settings' Redis (one, or the cluster's six) that is not running;
+    """Starts every node of the settings' Redis (one, or the cluster's nine) that is not running;
     returns how many were started now."""
     waiting = [node for node in redis_nodes(settings) if not pid_alive(node.pid)]
     for node in waiting:
@@ -750,11 +771,17 @@ def sync_redis_users(settings: Settings, client: redis.Redis, in_cluster: bool =
 
 
 def form_redis_cluster(settings: Settings, nodes: list[RedisNode], deadline: float) -> bool:
-    """Joins the six nodes into a cluster of three primaries with a replica each (`redis-cli
+    """Joins the nodes into a cluster of three primaries with two replicas each (`redis-cli
     --cluster create`), unless they are one already; waits until every node says it is ok.
     Returns True if it was formed now."""
     with node_redis(settings, nodes[0]) as first:
-        formed = int(first.cluster("INFO").get("cluster_slots_assigned", 0)) > 0
+        info = first.cluster("INFO")
+    formed = int(info.get("cluster_slots_assigned", 0)) > 0
+    if formed and int(info["cluster_known_nodes"]) < len(nodes):
+        raise InfraError(
+            f"the Redis Cluster in {nodes[0].dir.parent} has {info['cluster_known_nodes']} nodes, not "
+            f"{len(nodes)}: it was formed by an older Gongji. `gongji infra reset` starts it afresh."
+        )
     if not formed:
         created = subprocess.run(
             [
@@ -768,7 +795,7 @@ def form_redis_cluster(settings: Settings, nodes: list[RedisNode], deadline: flo
                 "create",
                 *(f"{node.host}:{node.port}" for node in nodes),
                 "--cluster-replicas",
-                "1",
+                str(REDIS_REPLICAS_PER_PRIMARY),
                 "--cluster-yes",
             ],  # fmt: skip
             capture_output=True,
@@ -998,8 +1025,8 @@ def up(settings: Settings) -> list[str]:
         notes.append(f"generated credentials for {len(made)} principals")
     servers = ("broker", "redis") if settings.cluster else ("broker",)
     try:
-        host = _host_port(settings.kafka_bootstrap.split(",")[0])[0]
-        notes += [f"made {what}" for what in ensure_certificates(settings, host, servers)]
+        hosts = {_host_port(address)[0] for address in settings.kafka_bootstrap.split(",")}
+        notes += [f"made {what}" for what in ensure_certificates(settings, hosts, servers)]
     except CAKeyOffline as error:
         raise InfraError(str(error)) from None
     if started := start_redis(settings):
@@ -1028,7 +1055,7 @@ def configure(settings: Settings) -> list[str]:
                 each.config_set(name, value)
             sync_redis_users(settings, each, node.in_cluster)  # users are a node's own, never replicated
     if settings.cluster and form_redis_cluster(settings, nodes, deadline):
-        notes.append("formed the Redis Cluster: 3 primaries, a replica each")
+        notes.append("formed the Redis Cluster: 3 primaries, two replicas each")
     with operator_redis(settings) as client:
         load_functions(client)  # on every primary; replicas receive them from theirs
         now = clock_from_settings(settings).now()

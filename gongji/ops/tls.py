@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography import x509
@@ -151,16 +152,16 @@ def _make_certificate(settings: Settings, server: str, hosts: set[str]) -> None:
     write_secret(keystore, _private_pem(key) + chain)
 
 
-def ensure_certificates(settings: Settings, host: str, servers: tuple[str, ...] = ("broker",)) -> list[str]:
+def ensure_certificates(settings: Settings, hosts: Iterable[str], servers: tuple[str, ...] = ("broker",)) -> list[str]:
     """Creates the CA once, and each server's certificate when missing, about to expire, or not
-    covering `host`; returns what it made."""
+    covering every one of `hosts` (the addresses clients reach its nodes at); returns what it made."""
     made = []
     if not ca_file(settings).exists():
         _make_ca(settings)
         for keystore, _ in SERVERS.values():
             keystore(settings).unlink(missing_ok=True)
         made.append("a local CA")
-    hosts = {"127.0.0.1", "localhost", host}
+    hosts = {"127.0.0.1", "localhost", *hosts}
     for server in servers:
         if not _certificate_fits(SERVERS[server][0](settings), hosts):
             _make_certificate(settings, server, hosts)

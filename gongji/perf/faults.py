@@ -1,10 +1,12 @@
 """`gongji faults`: the platform on clusters — three Kafka nodes, a Redis Cluster of three primaries
-with a replica each, and several instances of each service — under a steady stream of claims with
+with two replicas each, and several instances of each service — under a steady stream of claims with
 duplicates, while its parts are killed with SIGKILL one after another and started again:
 
 - `instances`: one instance of each service at once (their partitions move to the others);
 - `broker`: the Kafka node that leads the most claims partitions;
-- `redis-primary`: the Redis primary that holds the most slots (its replica takes over).
+- `redis-primary`: the Redis primary that holds the most slots (its replica takes over);
+- `partition`: the Kafka node that leads the most claims partitions, cut off from the other nodes and
+  from every client while it runs on (its loopback address is routed nowhere), then joined again.
 
 Every claim must still have exactly one result, nobody be paid twice, and the deep audit be valid.
 For each fault it reports the longest stretch with no new result after it (the gap)."""
@@ -14,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +29,12 @@ from gongji.ops.launcher import SERVICE_NAMES, ServiceFailed, ServiceProcess
 from gongji.perf.load import LoadOptions, run_load, write_report
 from shared.settings import Settings
 
-FAULTS = ("instances", "broker", "redis-primary")
+FAULTS = ("instances", "broker", "redis-primary", "partition")
+# The single nodes have no second broker or Redis to fail over to.
+SINGLE_NODE_FAULTS = ("instances",)
 # The longest a gap may be, by fault, before the run says so (the issue's targets; a measurement,
-# reported, not a test's pass or fail: CI's two cores are shared by nine servers and six services).
-GAP_TARGETS = {"instances": 3.0, "broker": 10.0, "redis-primary": 10.0}
+# reported, not a test's pass or fail: CI's two cores are shared by twelve servers and six services).
+GAP_TARGETS = {"instances": 3.0, "broker": 10.0, "redis-primary": 10.0, "partition": 10.0}
 
 
 @dataclass(frozen=True)
@@ -58,10 +63,11 @@ class Fault:
 class Faults:
     """Kills and restores the parts of the running clusters and service instances."""
 
-    def __init__(self, settings: Settings, processes: list[ServiceProcess], started: float) -> None:
+    def __init__(self, settings: Settings, processes: list[ServiceProcess]) -> None:
         self.settings = settings
         self.processes = processes
-        self.started = started
+        self.started = time.monotonic()  # fault times are counted from here: the claims' start
+        self.cut_off: list[str] = []  # the addresses of nodes cut off now
 
     def _now(self) -> float:
         return round(time.monotonic() - self.started, 2)
@@ -75,6 +81,7 @@ class Faults:
             "instances": (self._kill_instances, self._restore_instances),
             "broker": (self._kill_broker, self._restore_nodes),
             "redis-primary": (self._kill_redis_primary, self._restore_nodes),
+            "partition": (self._cut_off_broker, self._join_broker),
         }[name]
         fault.killed, fault.node = await kill()
         await asyncio.sleep(restore_after)
@@ -91,7 +98,7 @@ class Faults:
     async def one_after_another(self, names: tuple[str, ...], spacing: float, restore_after: float) -> list[Fault]:
         """A fault every `spacing` seconds (the first after `spacing`); returns once every part is back."""
         done, restoring = [], []
-        started = time.monotonic()
+        started = self.started = time.monotonic()
         for index, name in enumerate(names, 1):
             await asyncio.sleep(max(0.0, started + index * spacing - time.monotonic()))
             fault, restore = await self.inject(name, restore_after)
@@ -118,13 +125,33 @@ class Faults:
         await asyncio.gather(*(asyncio.to_thread(process.wait_healthy) for process in down))
         return f"{len(down)} instance(s) started again and healthy"
 
-    async def _kill_broker(self) -> tuple[str, str]:
+    async def _claims_leader(self) -> tuple[infra.KafkaNode, int]:
         leaders = await asyncio.to_thread(infra.kafka_leaders, self.settings, "claims.v1")
         leader, led = leaders.most_common(1)[0]
         (node,) = [node for node in infra.kafka_nodes(self.settings) if node.node_id == leader]
+        return node, led
+
+    async def _kill_broker(self) -> tuple[str, str]:
+        node, led = await self._claims_leader()
         pid = int(node.pid.read_text())
         os.kill(pid, signal.SIGKILL)
-        return f"Kafka node {leader} (pid {pid}), leader of {led} claims partitions", str(leader)
+        return f"Kafka node {node.node_id} (pid {pid}), leader of {led} claims partitions", str(node.node_id)
+
+    async def _cut_off_broker(self) -> tuple[str, str]:
+        node, led = await self._claims_leader()
+        self.cut_off.append(node.host)
+        await asyncio.to_thread(cut_off, node.host)
+        return f"Kafka node {node.node_id} at {node.host}, leader of {led} claims partitions, cut off", node.host
+
+    async def _join_broker(self) -> str:
+        host = self.cut_off.pop()
+        await asyncio.to_thread(join, host)
+        return f"{host} reachable again"
+
+    def heal(self) -> None:
+        """Joins every node this run cut off, whatever happened meanwhile."""
+        while self.cut_off:
+            join(self.cut_off.pop())
 
     async def _kill_redis_primary(self) -> tuple[str, str]:
         state = await asyncio.to_thread(infra.redis_cluster_state, self.settings)
@@ -138,11 +165,39 @@ class Faults:
         return "; ".join(await asyncio.to_thread(infra.restart_stopped, self.settings)) or "nothing was down"
 
 
-def gap_after(pauses: list[dict[str, float]], fault: Fault, within: float) -> float:
-    """The longest stretch with no new result that began between the fault and `within` seconds after
-    it was repaired (0 when none reached the load's threshold)."""
-    end = (fault.restored_at_s or fault.at_s) + within
-    return max((pause["seconds"] for pause in pauses if fault.at_s - 1.0 <= pause["at_s"] <= end), default=0.0)
+def _route(action: str, host: str) -> None:
+    """Packets to or from `host` (a node's own loopback address) are routed nowhere: its open
+    connections fail and no new one is made, while the node itself runs on. In the `local` table, as
+    loopback addresses are routed there; only a /32 that is no other node's."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"{host} is every node's address: a node to cut off needs one of its own")
+    finished = subprocess.run(
+        ["ip", "route", action, "prohibit", f"{host}/32", "table", "local"], capture_output=True, text=True
+    )
+    if finished.returncode != 0:
+        raise RuntimeError(f"ip route {action} {host} failed (root is needed): {finished.stderr.strip()}")
+
+
+def cut_off(host: str) -> None:
+    _route("add", host)
+
+
+def join(host: str) -> None:
+    _route("del", host)
+
+
+def gaps(pauses: list[dict[str, float]], faults: list[Fault], within: float) -> list[float]:
+    """Each fault's gap: the longest stretch with no new result that began after it (or in the second
+    before it) and before the next fault, the last fault's until `within` seconds after its repair.
+    A pause is charged to the latest fault before it; 0 when none reached the load's threshold."""
+    found = []
+    for index, fault in enumerate(faults):
+        later = faults[index + 1 :]
+        end = later[0].at_s - 1.0 if later else (fault.restored_at_s or fault.at_s) + within
+        found.append(
+            max((pause["seconds"] for pause in pauses if fault.at_s - 1.0 <= pause["at_s"] < end), default=0.0)
+        )
+    return found
 
 
 def failures(report: dict[str, Any]) -> list[str]:
@@ -158,12 +213,15 @@ def failures(report: dict[str, Any]) -> list[str]:
 
 
 async def run_faults(settings: Settings, options: FaultOptions, console: Console) -> dict[str, Any]:
-    """`settings` name the clusters (GONGJI_CLUSTER=true): started here unless running."""
-    if not settings.cluster:
-        raise ValueError("gongji faults runs on the clusters: set GONGJI_CLUSTER=true")
+    """`settings` name the clusters (GONGJI_CLUSTER=true), or the single nodes for the `instances`
+    fault alone: started here unless running."""
+    if not settings.cluster and set(options.faults) - set(SINGLE_NODE_FAULTS):
+        raise ValueError(
+            f"only {', '.join(SINGLE_NODE_FAULTS)} can be killed on a single node: set GONGJI_CLUSTER=true"
+        )
     for note in await asyncio.to_thread(infra.up, settings):
         console.print(note)
-    env = {"GONGJI_CLUSTER": "true", "GONGJI_HTTP_PORT_BASE": str(settings.http_port_base)}
+    env = {"GONGJI_CLUSTER": str(settings.cluster).lower(), "GONGJI_HTTP_PORT_BASE": str(settings.http_port_base)}
     log_dir = settings.state_dir / "logs" / "faults"
     processes = [
         ServiceProcess(name, settings, log_dir, env, instance=instance)
@@ -172,6 +230,7 @@ async def run_faults(settings: Settings, options: FaultOptions, console: Console
     ]
     for process in processes:
         process.spawn()
+    injector = Faults(settings, processes)
     try:
         await asyncio.gather(*(asyncio.to_thread(process.wait_healthy) for process in processes))
         console.print(f"{len(processes)} service instances healthy")
@@ -179,7 +238,6 @@ async def run_faults(settings: Settings, options: FaultOptions, console: Console
 
         def on_phase(phase: str) -> None:
             if phase == "claims":
-                injector = Faults(settings, processes, time.monotonic())
                 spacing = options.duration_seconds / (len(options.faults) + 1)
                 schedule.append(
                     asyncio.create_task(
@@ -197,6 +255,7 @@ async def run_faults(settings: Settings, options: FaultOptions, console: Console
         report = await run_load(settings, load, console, on_phase)
         done = [fault for task in schedule for fault in await task]
     finally:
+        injector.heal()
         for process in processes:
             if process.running():
                 await asyncio.to_thread(process.stop)
@@ -209,15 +268,11 @@ async def run_faults(settings: Settings, options: FaultOptions, console: Console
             "node": fault.node,
             "restored_at_s": fault.restored_at_s,
             "restored": fault.restored,
-            "gap_s": gap_after(report["pauses"], fault, within=options.restore_after_seconds),
+            "gap_s": gap,
             "gap_target_s": GAP_TARGETS[fault.name],
         }
-        for fault in done
+        for fault, gap in zip(done, gaps(report["pauses"], done, within=options.restore_after_seconds), strict=True)
     ]
     result = {"faults": faults, "load": report, "load_report": str(path)}
     result["failures"] = failures(result)
     return result
-
-
-def options_with(**changes: Any) -> FaultOptions:
-    return replace(FaultOptions(), **{name: value for name, value in changes.items() if value is not None})

@@ -1,6 +1,7 @@
 """Redis replicates asynchronously: a batch's outputs leave only once a replica of every primary has
-its writes (shared/redis_client.py, ReplicationBarrier). With a replica paused, the barrier refuses
-(the batch is read again later), and lets the batch go once the replica has caught up."""
+its writes (shared/redis_client.py, ReplicationBarrier). Each primary has two replicas and the
+barrier waits for one: with one of them paused the batch goes on; with both paused the barrier
+refuses (the batch is read again later), and lets the batch go once a replica has caught up."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from gongji.ops import infra
 from shared.redis_client import ReplicaBehind, connect, replication_barrier
-from shared.settings import Settings
+from shared.settings import REDIS_REPLICAS_PER_PRIMARY, Settings
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -24,15 +25,18 @@ async def test_a_batch_waits_for_a_replica_of_every_primary(cluster: Settings) -
         await barrier()
         state = infra.redis_cluster_state(cluster)
         primary = next(node for node in state if node.role == "primary")
-        replica = next(node for node in state if node.primary_id == primary.node_id)
-        (paused,) = [node for node in infra.redis_nodes(cluster) if node.port == replica.port]
-        pid = int(paused.pid.read_text())
-        os.kill(pid, signal.SIGSTOP)
+        replicas = [node.port for node in state if node.primary_id == primary.node_id]
+        assert len(replicas) == REDIS_REPLICAS_PER_PRIMARY
+        pids = [int(node.pid.read_text()) for node in infra.redis_nodes(cluster) if node.port in replicas]
+        os.kill(pids[0], signal.SIGSTOP)
         try:
+            await barrier()  # the other replica has the batch
+            os.kill(pids[1], signal.SIGSTOP)
             with pytest.raises(ReplicaBehind, match=primary.address):
                 await barrier()
         finally:
-            os.kill(pid, signal.SIGCONT)
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
         await barrier()
     finally:
         await redis.aclose()

@@ -1,12 +1,22 @@
 """The clusters `gongji infra up --cluster` starts, as declared (gongji/ops/infra.py): three KRaft
-nodes whose every topic has three replicas, two in sync before a write is confirmed; six Redis
+nodes whose every topic has three replicas, two in sync before a write is confirmed; nine Redis
 nodes speaking TLS on every link, their replicas logging in as `replica`; and the pieces read
 back from them (CLUSTER NODES) and from a fault run's pauses."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
 from gongji.ops import infra
-from gongji.perf.faults import Fault, gap_after
+from gongji.perf import faults
+from gongji.perf.faults import Fault, gaps
+from shared.acknowledgements import FLUSH_TIMEOUT_SECONDS
 from shared.settings import LOCAL_KAFKA_CLUSTER, Settings
 
 
@@ -40,13 +50,17 @@ def test_each_kafka_node_is_a_voter_of_one_quorum_with_three_replicas_and_no_unc
         assert config["unclean.leader.election.enable"] == "false"
         assert config["listener.name.controller.ssl.client.auth"] == "required"
         assert int(config["group.min.session.timeout.ms"]) <= Settings().consumer_session_timeout_ms
+        # A member flushing what it read before giving its partitions up is waited for, not dropped.
+        assert Settings().consumer_rebalance_timeout_ms >= 2 * FLUSH_TIMEOUT_SECONDS * 1000
+        # A dead node's partitions are led elsewhere within the broker fault's target (10 s).
+        assert int(config["broker.session.timeout.ms"]) <= 3000
 
 
 def test_redis_cluster_nodes_speak_tls_on_every_link_and_keep_no_secret_in_their_arguments(tmp_path) -> None:
     settings = Settings(cluster=True, state_dir=tmp_path)
     nodes = infra.redis_nodes(settings)
-    assert len(nodes) == 6 and all(node.in_cluster for node in nodes)
-    assert len({node.users for node in nodes} | {node.secret_config for node in nodes}) == 12
+    assert len(nodes) == 9 and all(node.in_cluster for node in nodes)
+    assert len({node.users for node in nodes} | {node.secret_config for node in nodes}) == 2 * len(nodes)
     arguments = [
         *infra.redis_arguments(nodes[0].host, nodes[0].port, nodes[0].dir, nodes[0].users),
         *infra.cluster_node_arguments(settings, nodes[0].port),
@@ -76,8 +90,38 @@ def test_cluster_nodes_lines_are_read_as_roles_and_slots() -> None:
     assert (replica.role, replica.primary_id, replica.slots, replica.failing) == ("replica", "bea7", 0, True)
 
 
-def test_a_faults_gap_is_the_longest_pause_that_began_after_it_until_it_was_repaired() -> None:
-    pauses = [{"at_s": 5.0, "seconds": 4.0}, {"at_s": 20.5, "seconds": 1.2}, {"at_s": 24.0, "seconds": 2.5}]
-    fault = Fault("broker", at_s=20.0, restored_at_s=30.0)
-    assert gap_after(pauses, fault, within=5.0) == 2.5
-    assert gap_after(pauses, Fault("instances", at_s=50.0, restored_at_s=55.0), within=5.0) == 0.0
+def test_a_pause_is_charged_to_the_latest_fault_before_it() -> None:
+    pauses = [
+        {"at_s": 5.0, "seconds": 4.0},
+        {"at_s": 20.5, "seconds": 1.2},
+        {"at_s": 24.0, "seconds": 2.5},
+        {"at_s": 39.5, "seconds": 7.0},
+        {"at_s": 61.0, "seconds": 3.0},
+    ]
+    broker = Fault("broker", at_s=20.0, restored_at_s=30.0)
+    redis = Fault("redis-primary", at_s=40.0, restored_at_s=50.0)
+    assert gaps(pauses, [broker, redis], within=5.0) == [2.5, 7.0]
+    assert gaps(pauses, [broker, redis], within=15.0) == [2.5, 7.0]
+    assert gaps(pauses, [Fault("instances", at_s=70.0, restored_at_s=75.0)], within=5.0) == [0.0]
+
+
+def test_a_killed_child_that_is_still_a_zombie_counts_as_stopped(tmp_path: Path) -> None:
+    """A fault run kills nodes its own process started; until reaped they are zombies, and signal 0
+    still reaches them. Taken for alive, they were never started again."""
+    child = subprocess.Popen(["sleep", "60"])
+    pid_file = tmp_path / "node.pid"
+    pid_file.write_text(str(child.pid))
+    assert infra.pid_alive(pid_file) == child.pid
+    os.kill(child.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert infra.pid_alive(pid_file) is None
+    assert not Path(f"/proc/{child.pid}").exists(), "the zombie is reaped"
+
+
+def test_a_partition_never_cuts_off_the_address_every_node_shares() -> None:
+    with pytest.raises(ValueError, match="every node's address"):
+        faults.cut_off("127.0.0.1")
+    assert len({infra._host_port(address)[0] for address in LOCAL_KAFKA_CLUSTER}) == len(LOCAL_KAFKA_CLUSTER)

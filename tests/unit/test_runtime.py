@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 from shared.clock import FixedClock
 from shared.contracts import AccountCredited, DeadLetter, ReasonCode, WalletEvent
 from shared.ids import make_person_id, mask_person_id
+from shared.redis_client import RedisNotDurable
 from shared.runtime import (
     DEAD_LETTER_PAYLOAD_BYTES,
     DeadLetterDecoder,
@@ -30,6 +31,7 @@ from shared.runtime import (
     _without_instructions,
     handle_isolating_poison,
     is_transient,
+    patiently,
 )
 from shared.topics import ACCOUNT_CREDITS, ACCOUNT_SPENDS, DEAD_LETTERS, ENROLLMENT, REGISTRY_DEAD_LETTERS
 
@@ -338,3 +340,32 @@ async def test_a_route_of_own_outputs_dead_letters_nothing_it_reads() -> None:
 
     with pytest.raises(ValueError):  # read again until handled: neither skipped nor dead-lettered
         await handle_isolating_poison(failing, decoder, attempts=2)
+
+
+async def test_a_start_waits_out_a_node_that_is_down_but_not_a_redis_that_loses_writes() -> None:
+    """A service started while a Redis node is down (a failover under way) retries its checks; a
+    reason of Redis's own (not durable, a library missing) fails the start at once."""
+    attempts = []
+
+    async def down_twice() -> None:
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise RedisConnectionError("Error 111 connecting to 127.0.0.1:17005")
+
+    await patiently(down_twice, "wallet start")
+    assert len(attempts) == 3
+
+    async def not_durable() -> None:
+        attempts.append(1)
+        raise RedisNotDurable("appendfsync everysec")
+
+    attempts.clear()
+    with pytest.raises(RedisNotDurable):
+        await patiently(not_durable, "wallet start")
+    assert len(attempts) == 1
+
+    async def always_down() -> None:
+        raise RedisConnectionError("Error 111")
+
+    with pytest.raises(RedisConnectionError):
+        await patiently(always_down, "wallet start", patience=0.5)
