@@ -6,8 +6,7 @@ primary and follows MOVED, ASK and failovers."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
@@ -81,8 +80,21 @@ class ReplicaBehind(RedisError):
     again (its steps are idempotent)."""
 
 
-# How long a batch waits for a replica before it is read again.
+# How long a batch waits for a replica before it is read again; and for the whole barrier, should a
+# primary not answer at all (frozen, or cut off) rather than refuse.
 REPLICA_WAIT_MS = 2000
+BARRIER_TIMEOUT_SECONDS = REPLICA_WAIT_MS / 1000 + 2.0
+# A marker key is looked for among this many hash tags; a primary that owns no slot has none.
+MARKER_CANDIDATES = 100_000
+
+
+class Barrier(Protocol):
+    """What a service awaits after a batch's handler, before its outputs leave: `primaries()` is
+    called as the batch begins, and the barrier given its answer once the batch's writes are done."""
+
+    def primaries(self) -> frozenset[str]: ...
+
+    async def __call__(self, primaries: frozenset[str]) -> None: ...
 
 
 class ReplicationBarrier:
@@ -98,7 +110,11 @@ class ReplicationBarrier:
     How: WAIT counts the writes of its own connection only. On each primary one connection writes a
     marker, then WAITs for one replica; the replication stream keeps its order, so a replica that
     has the marker has every write made before it, whoever made it. One round trip per primary, per
-    batch, all primaries at once."""
+    batch, all primaries at once.
+
+    Only the primaries the batch began with can hold its writes. If the client's map changed during
+    the batch (a failover: a write may have gone to a primary since demoted, whose replicas will
+    drop it), the batch is read again rather than waited for on the new primaries."""
 
     def __init__(self, cluster: RedisCluster, settings: Settings, principal: str, key_prefix: str) -> None:
         self.cluster = cluster
@@ -110,9 +126,21 @@ class ReplicationBarrier:
         self.clients: dict[str, Redis] = {}
         self.markers: dict[str, str] = {}
 
-    async def __call__(self) -> None:
+    def primaries(self) -> frozenset[str]:
+        return frozenset(node.name for node in self.cluster.get_primaries())
+
+    async def __call__(self, primaries: frozenset[str]) -> None:
+        if (now := self.primaries()) != primaries:
+            self.markers = {}
+            raise ReplicaBehind(
+                f"the primaries changed during the batch ({', '.join(sorted(primaries))} → "
+                f"{', '.join(sorted(now))}): a write may be on a primary that lost its slots"
+            )
         try:
-            await asyncio.gather(*(self._replicated(node) for node in self.cluster.get_primaries()))
+            async with asyncio.timeout(BARRIER_TIMEOUT_SECONDS):
+                await asyncio.gather(*(self._replicated(node) for node in self.cluster.get_primaries()))
+        except TimeoutError:
+            raise ReplicaBehind(f"a primary did not answer the barrier within {BARRIER_TIMEOUT_SECONDS} s") from None
         except (MovedError, AskError, RedisConnectionError) as error:
             # The slots moved (a failover): the cluster client's map is read again, and the
             # markers are chosen again from it; the batch is read again meanwhile.
@@ -134,22 +162,26 @@ class ReplicationBarrier:
 
     def _marker(self, node: ClusterNode) -> str:
         """The first key of the form `<prefix>{r<n>}:replicated` that lies in one of the node's slots."""
-        for n in itertools.count():
+        for n in range(MARKER_CANDIDATES):
             key = f"{self.key_prefix}{{r{n}}}:replicated"
             if self.cluster.get_node_from_key(key).name == node.name:
                 return key
-        raise AssertionError("unreachable")
+        raise ReplicaBehind(f"{node.name} owns no slot in the client's map: the slots are moving")
 
 
-async def _already_replicated() -> None:
+class AlreadyReplicated:
     """A single Redis has no replica to wait for: every write is on its disk (appendfsync always)
     before it is answered, and no failover can put an older copy in its place."""
 
+    def primaries(self) -> frozenset[str]:
+        return frozenset()
 
-def replication_barrier(
-    redis: Redis, settings: Settings, principal: str, key_prefix: str
-) -> Callable[[], Awaitable[None]]:
+    async def __call__(self, primaries: frozenset[str]) -> None:
+        return None
+
+
+def replication_barrier(redis: Redis, settings: Settings, principal: str, key_prefix: str) -> Barrier:
     """What a service awaits before a batch's outputs leave (see ReplicationBarrier)."""
     if isinstance(redis, RedisCluster):
         return ReplicationBarrier(redis, settings, principal, key_prefix)
-    return _already_replicated
+    return AlreadyReplicated()

@@ -36,11 +36,13 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import (
     ClusterDownError,
+    ClusterError,
     MasterDownError,
     NoPermissionError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     ResponseError,
     TryAgainError,
 )
@@ -54,7 +56,7 @@ from shared.credentials import kafka_bootstrap, password, ssl_context
 from shared.faststream_hooks import aiokafka_producer, replace_batch_poll, set_batch_payload
 from shared.ids import derived_event_id, mask_person_ids
 from shared.operations import end_process, is_fatal, operations_routes
-from shared.redis_client import ReplicaBehind
+from shared.redis_client import Barrier, ReplicaBehind
 from shared.redis_functions import REDIS_SECONDS
 from shared.settings import Settings
 from shared.topics import CLAIM_PATH, DEAD_LETTERS, Topic
@@ -364,6 +366,10 @@ def _reason(error: ValidationError) -> ReasonCode:
 # replies it knows (and strips their code); the others keep the code at the start of their text.
 _TRANSIENT = (
     ReplicaBehind,
+    # A Redis Cluster out of reach, or slots not covered while it fails over (not RedisErrors): a
+    # batch then waits, never dead-letters what it could not apply (a refund, a draw).
+    RedisClusterException,
+    ClusterError,
     RedisConnectionError,
     RedisTimeoutError,
     OutOfMemoryError,
@@ -505,7 +511,7 @@ def subscribe(
     clock: Clock,
     answer_sender: SenderAnswer | None = None,
     writes_dead_letters: bool = True,
-    replicated: Callable[[], Awaitable[None]],
+    replicated: Barrier,
 ) -> Acknowledgements:
     """Registers `handler` for bounded batches of `topics`; its outputs and the batch's dead
     letters go through `outbox`, confirmed before the batch's offsets are committed (the returned
@@ -530,9 +536,10 @@ def subscribe(
             with BATCH_SECONDS.labels(service, label).time():
                 started = time.perf_counter()
                 try:
+                    primaries = replicated.primaries()  # where this batch's writes can go
                     outputs = await handle_isolating_poison(handler, decoder, settings.poison_attempts)
                     waited = time.perf_counter()
-                    await replicated()  # the batch's writes survive a failover before anything leaves
+                    await replicated(primaries)  # the batch's writes survive a failover before anything leaves
                     redis_seconds[0] += time.perf_counter() - waited
                 except Exception:
                     acknowledgements.rewind(records)  # transient: the batch is read again, nothing skipped
@@ -693,15 +700,15 @@ def build_service_app(
     on_start: Callable[[], Awaitable[None]],
     on_stop: Callable[[], Awaitable[None]],
     broker: KafkaBroker | None = None,
-    replicated: Callable[[], Awaitable[None]],
+    replicated: Barrier,
     answer_sender: SenderAnswer | None = None,
     periodic: Periodic | None = None,
 ) -> AsgiFastStream:
     """One service process: its batch subscribers (`routes` bound to `handlers`), and its operations
     port (shared/operations.py): `/health` (every consumer consuming) and `/metrics` (Prometheus).
     `answer_sender` answers the senders of records it dead-letters where it can (SenderAnswer);
-    `replicated` is awaited after each batch's handler, before its outputs leave
-    (shared/redis_client.py: replication_barrier)."""
+    `replicated` is asked for the primaries as each batch begins, and awaited after its handler,
+    before its outputs leave (shared/redis_client.py: replication_barrier)."""
     broker = broker or make_broker(settings, service)
     inputs = [topic for route in routes for topic in route.topics]
     outputs = [*outputs, DEAD_LETTERS, *dict.fromkeys(one.refusals_to for one in inputs if one.refusals_to)]

@@ -503,16 +503,16 @@ def test_the_cas_key_is_kept_apart_and_may_be_kept_offline(infrastructure, tmp_p
     assert stat.S_IMODE(ca_key_file(infrastructure).parent.stat().st_mode) == 0o700
     apart = Settings(state_dir=tmp_path)
     make_secrets_dir(apart)
-    assert ensure_certificates(apart, "127.0.0.1")  # a CA and the broker's certificate
+    assert ensure_certificates(apart, {"127.0.0.1"})  # a CA and the broker's certificate
     offline = tmp_path / "offline-ca-key.pem"
     ca_key_file(apart).replace(offline)
     issued = broker_keystore(apart).read_bytes()
-    assert ensure_certificates(apart, "127.0.0.1") == []  # the certificate fits: no key needed, no new CA
+    assert ensure_certificates(apart, {"127.0.0.1"}) == []  # the certificate fits: no key needed, no new CA
     assert broker_keystore(apart).read_bytes() == issued
     with pytest.raises(CAKeyOffline, match="CA's key is not at"):
-        ensure_certificates(apart, "broker.example")  # a new name needs the key
+        ensure_certificates(apart, {"broker.example"})  # a new name needs the key
     offline.replace(ca_key_file(apart))
-    assert ensure_certificates(apart, "broker.example") == [
+    assert ensure_certificates(apart, {"broker.example"}) == [
         "the broker's certificate for 127.0.0.1, broker.example, localhost"
     ]
 
