@@ -838,10 +838,11 @@ def faults_command(
     as_json: Annotated[bool, typer.Option("--json", help="also one JSON object on the last line")] = False,
 ) -> None:
     """Kill parts of the platform under load and check that nothing was lost or paid twice: one
-    instance of each service, the Kafka node leading the most claims partitions, and a Redis
-    primary, each killed with SIGKILL and started again (`infra up --cluster` first, here if need
-    be; on the single nodes, GONGJI_CLUSTER unset, only `--fault instances`). Reports each fault's
-    gap in settlements. Exit 1 if a claim lacks exactly one result or the deep audit is not valid."""
+    instance of each service, the Kafka node leading the claims and a Redis primary, each killed
+    with SIGKILL and started again; a Kafka node cut off and joined again; a rolling restart
+    (`infra up --cluster` first, here if need be; on the single nodes, GONGJI_CLUSTER unset, only
+    `instances` and `rolling`). Reports each fault's gap in settlements. Exit 1 if a claim lacks
+    exactly one result or the deep audit is not valid."""
     from gongji.perf.faults import FAULTS, FaultOptions, run_faults
 
     for name in fault or ():

@@ -6,7 +6,9 @@ duplicates, while its parts are killed with SIGKILL one after another and starte
 - `broker`: the Kafka node that leads the most claims partitions;
 - `redis-primary`: the Redis primary that holds the most slots (its replica takes over);
 - `partition`: the Kafka node that leads the most claims partitions, cut off from the other nodes and
-  from every client while it runs on (its loopback address is routed nowhere), then joined again.
+  from every client while it runs on (its loopback address is routed nowhere), then joined again;
+- `rolling`: a rolling restart, every instance stopped (SIGTERM) and started again, one at a time,
+  each healthy before the next.
 
 Every claim must still have exactly one result, nobody be paid twice, and the deep audit be valid.
 For each fault it reports the longest stretch with no new result after it (the gap)."""
@@ -29,12 +31,12 @@ from gongji.ops.launcher import SERVICE_NAMES, ServiceFailed, ServiceProcess
 from gongji.perf.load import LoadOptions, run_load, write_report
 from shared.settings import Settings
 
-FAULTS = ("instances", "broker", "redis-primary", "partition")
+FAULTS = ("instances", "broker", "redis-primary", "partition", "rolling")
 # The single nodes have no second broker or Redis to fail over to.
-SINGLE_NODE_FAULTS = ("instances",)
+SINGLE_NODE_FAULTS = ("instances", "rolling")
 # The longest a gap may be, by fault, before the run says so (the issue's targets; a measurement,
 # reported, not a test's pass or fail: CI's two cores are shared by twelve servers and six services).
-GAP_TARGETS = {"instances": 3.0, "broker": 10.0, "redis-primary": 10.0, "partition": 10.0}
+GAP_TARGETS = {"instances": 3.0, "broker": 10.0, "redis-primary": 10.0, "partition": 10.0, "rolling": 3.0}
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Faults:
             "broker": (self._kill_broker, self._restore_nodes),
             "redis-primary": (self._kill_redis_primary, self._restore_nodes),
             "partition": (self._cut_off_broker, self._join_broker),
+            "rolling": (self._roll_instances, self._nothing_to_restore),
         }[name]
         fault.killed, fault.node = await kill()
         await asyncio.sleep(restore_after)
@@ -117,6 +120,26 @@ class Faults:
         return ", ".join(f"{name} instance 0 (pid {pid})" for name, pid in pids.items()), ",".join(
             map(str, pids.values())
         )
+
+    async def _roll_instances(self) -> tuple[str, str]:
+        """Stops each instance as a deploy would (it leaves its group and commits what is confirmed)
+        and starts it again; the next one only once this one is healthy."""
+        rolled = []
+        for process in self.processes:
+            if not process.running():
+                continue
+            await asyncio.to_thread(process.stop)
+            process.spawn()
+            try:
+                await asyncio.to_thread(process.wait_healthy)
+            except ServiceFailed as error:
+                rolled.append(f"{process.name} {process.instance} not healthy again: {str(error).splitlines()[0]}")
+                break
+            rolled.append(f"{process.name} {process.instance}")
+        return f"restarted one at a time: {', '.join(rolled)}", str(len(rolled))
+
+    async def _nothing_to_restore(self) -> str:
+        return "every instance was started again as it was stopped"
 
     async def _restore_instances(self) -> str:
         down = [process for process in self.processes if not process.running()]
