@@ -46,6 +46,7 @@ from shared.topics import (
     province_reconciliation,
     province_settlements,
     province_topic_prefix,
+    route_group_prefix,
 )
 
 Operation = Literal["read", "write"]
@@ -153,7 +154,7 @@ SERVICES: tuple[Principal, ...] = (
         "the relationship service",
         kafka=(
             *reads(ENROLLMENT, KINSHIP, RELATIONSHIP_COMMANDS),
-            *group(RELATIONSHIP_GROUP),
+            *group(route_group_prefix(RELATIONSHIP_GROUP), prefixed=True),
             *writes(RELATIONSHIP_EVENTS, DEAD_LETTERS, REGISTRY_DEAD_LETTERS, APP_DEAD_LETTERS),
         ),
         redis=RedisAccess(
@@ -190,7 +191,7 @@ SERVICES: tuple[Principal, ...] = (
                 DRAW_REQUESTS,
                 REFUND_REQUESTS,
             ),
-            *group(WALLET_GROUP),
+            *group(route_group_prefix(WALLET_GROUP), prefixed=True),
             *writes(
                 WALLET_EVENTS,
                 DRAW_ANSWERS,
@@ -233,7 +234,7 @@ SERVICES: tuple[Principal, ...] = (
             *reads(*map(province_claims, PROVINCES)),
             # What it published and every dead letter: the exact statistics and reconciliation.
             *reads(SETTLEMENTS, DEAD_LETTERS),
-            *group(SETTLEMENT_GROUP),
+            *group(route_group_prefix(SETTLEMENT_GROUP), prefixed=True),
             *writes(
                 SETTLEMENTS,
                 CLEARING,

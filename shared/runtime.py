@@ -59,7 +59,7 @@ from shared.operations import end_process, is_fatal, operations_routes
 from shared.redis_client import Barrier, ReplicaBehind
 from shared.redis_functions import REDIS_SECONDS
 from shared.settings import Settings
-from shared.topics import CLAIM_PATH, DEAD_LETTERS, Topic
+from shared.topics import CLAIM_PATH, DEAD_LETTERS, Topic, route_group
 
 logger = logging.getLogger("gongji")
 
@@ -159,6 +159,9 @@ class ToTopic:
     message: BaseModel
 
 
+METADATA_MAX_AGE_MS = 5_000
+
+
 def make_broker(settings: Settings, principal: str) -> KafkaBroker:
     """A broker client authenticated as `principal` (SCRAM over TLS, the CA verified)."""
     # acks=all with idempotence: a confirmed output is on every in-sync replica, never doubled.
@@ -172,6 +175,10 @@ def make_broker(settings: Settings, principal: str) -> KafkaBroker:
         # leave together anyway; a linger would only add its milliseconds to every hop.
         linger_ms=0,
         request_timeout_ms=30_000,
+        # aiokafka 0.14 retries a ListOffsets answered NotLeaderForPartition without refreshing its
+        # metadata: a partition awaiting its first position when its leader moved (a consumer
+        # joining while a broker fails) waited for the next periodic refresh, 5 minutes by default.
+        metadata_max_age_ms=METADATA_MAX_AGE_MS,
         client_id="gongji",
         logger=logger,
     )
@@ -505,7 +512,7 @@ def subscribe(
     handler: BatchHandler,
     *,
     service: str,
-    group_id: str,
+    service_group: str,
     settings: Settings,
     outbox: Outbox,
     clock: Clock,
@@ -515,8 +522,9 @@ def subscribe(
 ) -> Acknowledgements:
     """Registers `handler` for bounded batches of `topics`; its outputs and the batch's dead
     letters go through `outbox`, confirmed before the batch's offsets are committed (the returned
-    pipeline). Several topics are read by one consumer, and the handler gets each message as a
-    Delivery that names its topic (Route.handed)."""
+    pipeline). The route reads in a consumer group of its own, named under `service_group`.
+    Several topics are read by one consumer, and the handler gets each message as a Delivery that
+    names its topic (Route.handed)."""
     several = len(topics) > 1
     topic = topics[0]
     label = topic.pattern
@@ -560,7 +568,7 @@ def subscribe(
     subscriber = broker.subscriber(
         *(one.name for one in topics),
         batch=True,
-        group_id=group_id,
+        group_id=route_group(service_group, topic),
         auto_offset_reset="earliest",
         # A crashed instance's partitions move on once its session lapses (a stopped one's at once:
         # it leaves its group).
@@ -719,7 +727,7 @@ def build_service_app(
             route.topics,
             route.bound(handlers),
             service=service,
-            group_id=group_id,
+            service_group=group_id,
             settings=settings,
             outbox=outbox,
             clock=clock,

@@ -155,8 +155,20 @@ def pattern_of(name: str) -> str:
     return _PATTERNS.get(name, "other")
 
 
-# One consumer group per service: N instances of a service share its partitions.
+# Each service's consumer groups are named under its prefix. Releases before 2026-12-06 read
+# every route of a service in one group of this name (`gongji infra up` moves its offsets over).
 RELATIONSHIP_GROUP = "gongji-relationship"
 WALLET_GROUP = "gongji-wallet"
 SETTLEMENT_GROUP = "gongji-settlement"
-SERVICE_GROUPS = (RELATIONSHIP_GROUP, WALLET_GROUP, SETTLEMENT_GROUP)
+
+
+def route_group(service_group: str, first_topic: Topic) -> str:
+    """The consumer group of one route of a service (`gongji-wallet.gongji.account-credits.v1`):
+    N instances share each route's partitions. One group per route, not per service: an instance
+    joining or leaving rebalances each route's group apart, where one group of all its routes
+    stopped every route while each of the instance's consumers joined in turn."""
+    return f"{route_group_prefix(service_group)}{first_topic.name}"
+
+
+def route_group_prefix(service_group: str) -> str:
+    return f"{service_group}."

@@ -42,6 +42,7 @@ from confluent_kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
+from gongji.ops.groups import OldReleaseRunning, adopt_service_group_offsets
 from gongji.ops.kafka_io import make_producer
 from gongji.ops.quotas import sync_quotas
 from gongji.ops.tls import CAKeyOffline, broker_keystore, ensure_certificates, redis_keystore
@@ -327,6 +328,9 @@ def fetch_kafka_jars(paths: Paths) -> None:
         raise InfraError(f"the jars Maven fetched differ from {JARS_LOCK.relative_to(PROJECT_ROOT)}: none is run")
 
 
+OFFSETS_RETENTION_MINUTES = 10 * 366 * 24 * 60
+
+
 def kafka_properties(settings: Settings, node: KafkaNode, quorum: list[KafkaNode], listen_on: str | None = None) -> str:
     """A node's configuration, one declaration for the launcher's nodes and the container's
     (gongji/ops/docker.py): `listen_on` is the address it binds (its host by default; a container
@@ -390,6 +394,10 @@ def kafka_properties(settings: Settings, node: KafkaNode, quorum: list[KafkaNode
             f"share.coordinator.state.topic.replication.factor={replicas}",
             f"share.coordinator.state.topic.min.isr={in_sync}",
             "group.initial.rebalance.delay.ms=0",
+            # A group's offsets are kept while its service is stopped, however long: Kafka drops an
+            # empty group's after 7 days, and the group would then read its topics from the
+            # beginning, paying again a claim older than the window Redis keeps its id for.
+            f"offsets.retention.minutes={OFFSETS_RETENTION_MINUTES}",
             # A node that stops heartbeating to the controllers is fenced, and its partitions led
             # elsewhere, after 3 s instead of 9 (Kafka's default): the broker fault's gap.
             "broker.heartbeat.interval.ms=1000",
@@ -1068,6 +1076,10 @@ def configure(settings: Settings) -> list[str]:
     admin = kafka_admin(settings)
     _wait_for_kafka(settings, admin, deadline)
     create_topics(settings, admin)
+    try:
+        notes += [f"consumer group {note}" for note in adopt_service_group_offsets(admin)]
+    except OldReleaseRunning as error:
+        raise InfraError(str(error)) from None
     sync_scram_users(settings, admin)
     created, deleted = sync_acls(admin)
     if created or deleted:

@@ -20,6 +20,7 @@ import os
 import statistics
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,6 +34,7 @@ from rich.table import Table
 from gongji.ops.infra import running_pids
 from gongji.ops.launcher import SERVICE_NAMES, ServiceProcess
 from gongji.perf.load import LoadOptions, run_load
+from gongji.perf.results import peak_resident_mib
 from shared.clock import SHANGHAI
 from shared.credentials import aiokafka_options
 from shared.ids import make_person_id
@@ -55,12 +57,11 @@ class BenchOptions:
     persons: int = 3_000
 
 
-def claim_messages(count: int) -> list[tuple[bytes, bytes]]:
+def claim_messages(count: int) -> Iterator[tuple[bytes, bytes]]:
     """Claims as `gongji load` sends them (an institution claim, ids of the same length), each
-    (value, key) keyed by its recipient."""
+    (value, key) keyed by its recipient; made as they are sent, not held (a long run's would fill memory)."""
     recipients = [make_person_id("110101", "19800101", serial) for serial in range(BASELINE_RECIPIENTS)]
     occurred_at = datetime.now(SHANGHAI).isoformat()
-    messages = []
     for number in range(count):
         recipient_id = recipients[number % BASELINE_RECIPIENTS]
         claim = {
@@ -74,12 +75,11 @@ def claim_messages(count: int) -> list[tuple[bytes, bytes]]:
             "institution_code": "H11010012345",
             "occurred_at": occurred_at,
         }
-        messages.append((json.dumps(claim).encode(), recipient_id.encode()))
-    return messages
+        yield json.dumps(claim).encode(), recipient_id.encode()
 
 
-async def pass_through(settings: Settings, messages: list[tuple[bytes, bytes]]) -> float:
-    """Raw aiokafka, as the operator on the services' listener: publishes the messages to a new
+async def pass_through(settings: Settings, count: int) -> float:
+    """Raw aiokafka, as the operator on the services' listener: publishes `count` claim messages to a new
     topic, then consumes each, parses it and produces it to another topic, committing per batch of
     at most the services' batch size. Returns messages moved per second, timed from the first batch
     (joining the consumer group is not moving messages). Both topics are deleted afterwards."""
@@ -108,12 +108,12 @@ async def pass_through(settings: Settings, messages: list[tuple[bytes, bytes]]) 
                     for partition in range(settings.topic_partitions)
                 ]
             )
-            for value, key in messages:
+            for value, key in claim_messages(count):
                 await producer.send(source, value, key=key)
             await producer.flush()
             consumer.subscribe([source])  # only now, so that nothing is fetched before the clock runs
             started, moved = None, 0
-            while moved < len(messages):
+            while moved < count:
                 batches = await consumer.getmany(timeout_ms=100, max_records=settings.batch_max_records)
                 started = started or (time.perf_counter() if batches else None)
                 pending = []
@@ -125,7 +125,7 @@ async def pass_through(settings: Settings, messages: list[tuple[bytes, bytes]]) 
                     await delivery
                 await consumer.commit()
                 moved += len(pending)
-            return len(messages) / (time.perf_counter() - started)
+            return count / (time.perf_counter() - started)
         finally:
             await consumer.stop()
             await producer.stop()
@@ -226,6 +226,9 @@ def summary(options: BenchOptions, runs: list[dict[str, Any]]) -> dict[str, Any]
         "offered_per_s": options.rate,
         "persons": options.persons,
         "failures": [f"run {number}: {failure}" for number, run in enumerate(runs, 1) for failure in run["failures"]],
+        # This process's peak over every run: the baseline's messages and the claims' results are
+        # streamed, so it stays flat however long the runs.
+        "harness_peak_resident_mib": peak_resident_mib(),
         "per_run": runs,
     }
 
@@ -238,7 +241,7 @@ def _services_env(settings: Settings) -> dict[str, str]:
 async def bench_run(settings: Settings, options: BenchOptions, console: Console) -> dict[str, Any]:
     """One run: the baseline, then the services started, a load run through them, and stopped."""
     offered = int(options.rate * options.duration_seconds)
-    baseline_msgs_per_s = await pass_through(settings, claim_messages(offered))
+    baseline_msgs_per_s = await pass_through(settings, offered)
     processes = [
         ServiceProcess(name, settings, settings.state_dir / "logs" / "bench", _services_env(settings))
         for name in SERVICE_NAMES

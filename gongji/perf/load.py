@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from hdrh.histogram import HdrHistogram
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -29,6 +28,7 @@ from gongji.audit.deep import AuditUnavailable, deep_audit, report_json
 from gongji.ops.kafka_io import TopicWatcher, make_producer
 from gongji.perf.latency_budget import claim_budget, snapshot
 from gongji.perf.population import Family, PopulationBuilder
+from gongji.perf.results import ClaimResults, peak_resident_mib
 from shared.clock import SHANGHAI, clock_from_settings
 from shared.ids import claim_id_prefix, province_of
 from shared.principals import OPERATOR, province_principal
@@ -68,8 +68,8 @@ NOT_YET = {"KINSHIP_UNVERIFIED", "RECIPIENT_NOT_INSURED", "PROVIDER_NOT_EMPLOYEE
 RETRY_SECONDS = 0.5
 FREEZE_SECONDS = 2.0  # a supervision freeze of the mix is lifted this much later
 AUDIT_WAIT_SECONDS = 60.0  # the deep audit at the end waits this long for what is still in flight
-LATENCY_MAX_US = 600_000_000
 PAUSE_SECONDS = 0.5  # a stretch this long without a new result is reported (a fault's gap)
+REVERSIBLE_KEPT = 10_000  # settled claims a reversal may pick from: the newest this many and more
 CARE_AWAY = ("110100", "310100", "440100", "510100")  # where care away from home is given
 
 
@@ -124,22 +124,17 @@ class LoadRun:
         self.refused: dict[tuple[str, str], str] = {}  # refused for good: "type: REASON"
         self.credits_sent: set[str] = set()
         self.credits_confirmed: set[str] = set()
-        # Claims: publish time, results and latencies.
-        self.published_ns: dict[str, int] = {}
-        self.result_ids: dict[str, set[str]] = defaultdict(set)
-        self.first_result: dict[str, dict] = {}
-        self.histogram = HdrHistogram(1, LATENCY_MAX_US, 3)
-        self.seconds: dict[int, dict[str, Any]] = defaultdict(
-            lambda: {"published": 0, "settled": 0, "hist": HdrHistogram(1, LATENCY_MAX_US, 2)}
-        )
-        self.claims_started_ns = 0
+        # Claims: in flight, their results and latencies (set again when the claims start).
+        self.claims = ClaimResults(time.monotonic_ns())
         # Stretches with no new result: (seconds after the claims started, how long), from PAUSE_SECONDS on.
         self.pauses: list[tuple[float, float]] = []
         self.last_result_ns = 0
         self.result_transit_ms = 0.0  # first results: from their producer's send to this client, summed
         self.dead_letters = 0
-        # The rest of the mix: input id -> (kind, the answer's type or status once it came).
-        self.mix: dict[str, tuple[str, str | None]] = {}
+        # The rest of the mix: what each kind sent, the first answers to it, and the ids unanswered.
+        self.mix_sent: Counter[str] = Counter()
+        self.mix_answers: dict[str, Counter[str]] = {}
+        self.mix_waiting: dict[str, str] = {}  # input id -> kind
         self.reversible: list[tuple[str, str, str]] = []  # (claim id, recipient, service region) of settled claims
         self.lifting: set[asyncio.Task] = set()  # unfreezes waiting for their moment
 
@@ -179,38 +174,35 @@ class LoadRun:
             self.dead_letters += 1
 
     def _answered(self, input_id: str, answer: str) -> bool:
-        """Records the first answer to an operation of the mix; False if the id is not one."""
-        if input_id not in self.mix:
+        """Records the first answer to an operation of the mix; False if the id is not one waiting."""
+        kind = self.mix_waiting.pop(input_id, None)
+        if kind is None:
             return False
-        kind, earlier = self.mix[input_id]
-        self.mix[input_id] = (kind, earlier or answer)
+        self.mix_answers.setdefault(kind, Counter())[answer] += 1
         return True
+
+    def _mix_sent(self, input_id: str, kind: str) -> None:
+        if input_id not in self.mix_waiting:  # an unfreeze is waited for from when it is planned
+            self.mix_sent[kind] += 1
+            self.mix_waiting[input_id] = kind
 
     def _on_settlement(self, value: dict[str, Any]) -> None:
         claim_id = value["claim_id"]
         if self._answered(claim_id, value["status"]):
             return
-        started = self.published_ns.get(claim_id)
-        if started is None:
-            return
-        self.result_ids[claim_id].add(value["event_id"])
-        if claim_id in self.first_result:
-            return
         arrived = time.monotonic_ns()
+        if self.claims.result(claim_id, value["event_id"], value, arrived) is None:
+            return  # not a claim of this run, or not its first result
         if self.last_result_ns and arrived - self.last_result_ns >= PAUSE_SECONDS * 1e9:
             self.pauses.append(
-                ((self.last_result_ns - self.claims_started_ns) / 1e9, (arrived - self.last_result_ns) / 1e9)
+                ((self.last_result_ns - self.claims.started_ns) / 1e9, (arrived - self.last_result_ns) / 1e9)
             )
         self.last_result_ns = arrived
-        self.first_result[claim_id] = value
         self.result_transit_ms += max(0.0, time.time() * 1000 - value["_timestamp_ms"])
         if value["status"] in ("settled", "partial"):
             self.reversible.append((claim_id, value["recipient_id"], value["service_region"]))
-        latency_us = max(1, (arrived - started) // 1000)
-        self.histogram.record_value(latency_us)
-        second = self.seconds[(arrived - self.claims_started_ns) // 1_000_000_000]
-        second["settled"] += 1
-        second["hist"].record_value(latency_us)
+            if len(self.reversible) > 2 * REVERSIBLE_KEPT:  # the newest are kept: memory bounded
+                del self.reversible[:REVERSIBLE_KEPT]
 
     def _on_relationship_event(self, value: dict[str, Any]) -> None:
         if self._answered(value["cause_id"], value["type"]):
@@ -404,12 +396,12 @@ class LoadRun:
             )
         sent: list[tuple[Topic, bytes, str]] = []
         counts = Counter()
-        self.claims_started_ns = time.monotonic_ns()
+        self.claims = ClaimResults(time.monotonic_ns())
         total = int(self.options.rate * self.options.duration_seconds)
         with self._progress() as progress:
             task = progress.add_task(f"claims at {self.options.rate:,.0f}/s", total=total)
             while counts["claims"] < total:
-                elapsed = (time.monotonic_ns() - self.claims_started_ns) / 1e9
+                elapsed = (time.monotonic_ns() - self.claims.started_ns) / 1e9
                 due = min(total, int(self.options.rate * elapsed)) - counts["claims"]
                 for _ in range(due):
                     roll = rng.random()
@@ -426,8 +418,7 @@ class LoadRun:
                         claim = self._claim(recipient_id, region, insurance)
                         topic = self._claims_topic(claim["service_region"])
                         value = json.dumps(claim).encode()
-                        self.published_ns[claim["claim_id"]] = time.monotonic_ns()
-                        self.seconds[int(elapsed)]["published"] += 1
+                        self.claims.sent(claim["claim_id"], time.monotonic_ns())
                         await self.send(topic, value, recipient_id)
                         if len(sent) < 10_000:
                             sent.append((topic, value, recipient_id))
@@ -445,7 +436,7 @@ class LoadRun:
             # A refund comes from the province that settled the claim.
             original, recipient_id, service_region = self.reversible.pop(rng.randrange(len(self.reversible)))
             reversal_id = f"{service_region}-{_id('rev')}"  # of the region its claim's id names
-            self.mix[reversal_id] = ("reversal", None)
+            self._mix_sent(reversal_id, "reversal")
             await self.send(
                 self._claims_topic(service_region),
                 {
@@ -482,7 +473,7 @@ class LoadRun:
                 "reason": "load: cleared",
                 "lifts": freeze_id,
             }
-            self.mix[unfreeze["event_id"]] = ("unfreeze", None)  # the drain waits for it too
+            self._mix_sent(unfreeze["event_id"], "unfreeze")  # the drain waits for it too
             self.lifting.add(asyncio.create_task(self._lift_later(provider, unfreeze)))
         # Claims need relationships in force: at most half of them end during a run.
         may_end = len(self.ready) > len(self.pairs) // 2
@@ -533,7 +524,7 @@ class LoadRun:
 
     async def _mixed(self, kind: str, topic: Topic, key: str, message: dict[str, Any]) -> None:
         input_id = message.get("event_id") or message["command_id"]
-        self.mix[input_id] = (kind, None)
+        self._mix_sent(input_id, kind)
         time_field = "requested_at" if "command_id" in message else "occurred_at"
         await self.send(topic, {**message, time_field: self._now()}, key)
 
@@ -546,27 +537,22 @@ class LoadRun:
     async def drain(self) -> None:
         deadline = time.monotonic() + self.options.drain_timeout_seconds
         with self._progress() as progress:
-            task = progress.add_task("waiting for every settlement", total=len(self.published_ns))
-            while (
-                len(self.first_result) < len(self.published_ns) or self._mix_unanswered()
-            ) and time.monotonic() < deadline:
-                progress.update(task, completed=len(self.first_result))
+            task = progress.add_task("waiting for every settlement", total=self.claims.published)
+            while (self.claims.in_flight or self._mix_unanswered()) and time.monotonic() < deadline:
+                progress.update(task, completed=self.claims.with_result)
                 await asyncio.sleep(0.2)
             await asyncio.sleep(1.0)  # late duplicates would show as a second result
-            progress.update(task, completed=len(self.first_result))
+            progress.update(task, completed=self.claims.with_result)
 
     def _mix_unanswered(self) -> int:
-        return sum(1 for _, answer in self.mix.values() if answer is None)
+        return len(self.mix_waiting)
 
     def mix_report(self) -> dict[str, dict[str, Any]]:
-        report: dict[str, dict[str, Any]] = {}
-        for kind, answer in self.mix.values():
-            entry = report.setdefault(kind, {"sent": 0, "answered": 0, "answers": Counter()})
-            entry["sent"] += 1
-            if answer is not None:
-                entry["answered"] += 1
-                entry["answers"][answer] += 1
-        return {kind: {**entry, "answers": dict(entry["answers"])} for kind, entry in sorted(report.items())}
+        report = {}
+        for kind, sent in sorted(self.mix_sent.items()):
+            answers = self.mix_answers.get(kind, Counter())
+            report[kind] = {"sent": sent, "answered": answers.total(), "answers": dict(answers)}
+        return report
 
     def _progress(self) -> Progress:
         return Progress(
@@ -579,7 +565,7 @@ class LoadRun:
         )
 
 
-def _percentiles_ms(histogram: HdrHistogram) -> dict[str, float]:
+def _percentiles_ms(histogram) -> dict[str, float]:
     return {
         name: round(histogram.get_value_at_percentile(p) / 1000, 2)
         for name, p in (("p50", 50), ("p95", 95), ("p99", 99))
@@ -616,25 +602,10 @@ async def run_load(
     finally:
         await redis.aclose()
 
-    results = run.first_result
-    last_result_second = max((s for s, v in run.seconds.items() if v["settled"]), default=0) + 1
+    claims = run.claims
+    timeline = claims.timeline()
+    last_result_second = max((point["second"] for point in timeline if point["settled"]), default=0) + 1
     window = max(options.duration_seconds, last_result_second)
-    timeline = [
-        {
-            "second": second,
-            "published": v["published"],
-            "settled": v["settled"],
-            **(
-                {
-                    "p50_ms": v["hist"].get_value_at_percentile(50) / 1000,
-                    "p99_ms": v["hist"].get_value_at_percentile(99) / 1000,
-                }
-                if v["settled"]
-                else {}
-            ),
-        }
-        for second, v in sorted(run.seconds.items())
-    ]
     steady = [point["settled"] for point in timeline[2:-2]] or [0]
     report = {
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
@@ -652,30 +623,35 @@ async def run_load(
             "published": counts.get("claims", 0),
             "duplicates_sent": counts.get("duplicates", 0),
             "malformed_sent": counts.get("malformed", 0),
-            "with_result": len(results),
-            "without_result": len(run.published_ns) - len(results),
-            "with_more_than_one_result": sum(1 for ids in run.result_ids.values() if len(ids) > 1),
+            "with_result": claims.with_result,
+            "without_result": len(claims.in_flight),
+            "with_more_than_one_result": claims.with_more_than_one_result,
         },
         "throughput": {
             "offered_per_second": options.rate,
-            "settled_per_second": round(len(results) / window, 1),
+            "settled_per_second": round(claims.with_result / window, 1),
             "settled_per_second_median_of_seconds": sorted(steady)[len(steady) // 2],
         },
-        "latency_ms": _percentiles_ms(run.histogram),
+        "latency_ms": _percentiles_ms(claims.histogram),
         # Read from the services on this machine (absent when they run elsewhere).
         "budget": claim_budget(
-            hops_before, hops_after, run.result_transit_ms / max(1, len(results)), run.histogram.get_mean_value() / 1000
+            hops_before,
+            hops_after,
+            run.result_transit_ms / max(1, claims.with_result),
+            claims.histogram.get_mean_value() / 1000,
         )
         if hops_before and hops_after
         else None,
-        "by_status": dict(Counter(r["status"] for r in results.values())),
-        "by_category": dict(Counter(r.get("category") for r in results.values())),
-        "rejections_by_reason": dict(Counter(r["reason"] for r in results.values() if r["reason"])),
+        "by_status": dict(claims.by_status),
+        "by_category": dict(claims.by_category),
+        "rejections_by_reason": dict(claims.rejections_by_reason),
         "mix": run.mix_report(),
         "dead_letters_seen": run.dead_letters,
         "pauses": [{"at_s": round(at, 2), "seconds": round(length, 2)} for at, length in run.pauses],
         "audit": audit,
         "timeline": timeline,
+        # This process's peak: what the run kept grows with the rate, not with the run's length.
+        "harness": {"peak_resident_mib": peak_resident_mib()},
     }
     return report
 

@@ -98,7 +98,6 @@ async def run_soak(settings: Settings, options: SoakOptions, console: Console) -
         month = shanghai_month(clock.now())
         for day in range(1, options.days + 1):
             await _until(clock, options.start + day * DAY)
-            sent_before = len(run.published_ns)
             await run.publish_claims()
             await run.drain()
             now = clock.now()
@@ -110,8 +109,8 @@ async def run_soak(settings: Settings, options: SoakOptions, console: Console) -
             row = {
                 "day": day,
                 "date": now.astimezone(SHANGHAI).date().isoformat(),
-                "claims_sent": len(run.published_ns) - sent_before,
-                "claims_settled": len(run.first_result),
+                "claims_sent": run.claims.published,  # this day's: each day's claims are counted apart
+                "claims_settled": run.claims.with_result,
                 "redis_used_memory_bytes": await _used_memory(redis),
                 "claims_in_redis": await _claims_held(redis),
                 "audit": "clean" if audit["valid?"] else str(audit["first"]),

@@ -8,9 +8,7 @@ fetch wait of 100 ms: three JVMs, nine Redis nodes, six services and the load sh
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 import time
 
 import pytest
@@ -21,8 +19,9 @@ from gongji.perf.faults import FAULTS
 from services.relationship.store import LIBRARY as RELATIONSHIP_LIBRARY
 from services.settlement.store import LIBRARY as SETTLEMENT_LIBRARY
 from services.wallet.store import LIBRARY as WALLET_LIBRARY
-from shared.settings import PROJECT_ROOT, Settings
+from shared.settings import Settings
 from tests.cluster.conftest import PORT_BASE
+from tests.faults_cli import run_faults
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 
@@ -33,39 +32,15 @@ CLUSTER_FAULTS = tuple(fault for fault in FAULTS if fault != "rolling")
 
 @pytest.fixture(scope="module")
 def faults_run(cluster: Settings) -> dict:
-    finished = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gongji",
-            "faults",
-            "--duration",
-            "60",
-            "--rate",
-            "20",
-            "--persons",
-            "400",
-            "--restore-after",
-            "8",
-            *(argument for fault in CLUSTER_FAULTS for argument in ("--fault", fault)),
-            "--json",
-        ],  # fmt: skip
-        cwd=PROJECT_ROOT,
-        env={
-            **infra.child_environment(),
-            "GONGJI_CLUSTER": "true",
-            "GONGJI_HTTP_PORT_BASE": str(PORT_BASE),
-            # Idle fetches every 10 ms, by each of six services, cost more than these cores have.
-            "GONGJI_CLAIM_PATH_FETCH_MAX_WAIT_MS": "100",
-        },
-        capture_output=True,
-        text=True,
-        timeout=1100,
-    )
-    summary = json.loads(finished.stdout.strip().splitlines()[-1]) if finished.stdout.strip() else {}
-    print(json.dumps(summary.get("faults"), indent=2))  # the gaps, in the test's output
-    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-5000:]
-    return summary
+    options = ["--duration", "60", "--rate", "20", "--persons", "400", "--restore-after", "8"]
+    faults = [argument for fault in CLUSTER_FAULTS for argument in ("--fault", fault)]
+    environment = {
+        "GONGJI_CLUSTER": "true",
+        "GONGJI_HTTP_PORT_BASE": str(PORT_BASE),
+        # Idle fetches every 10 ms, by each of six services, cost more than these cores have.
+        "GONGJI_CLAIM_PATH_FETCH_MAX_WAIT_MS": "100",
+    }
+    return run_faults([*options, *faults], environment, timeout=1100)
 
 
 def test_every_claim_has_exactly_one_result_through_every_fault(faults_run: dict) -> None:

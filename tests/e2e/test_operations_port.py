@@ -14,6 +14,7 @@ from confluent_kafka.admin import AclBindingFilter, AclOperation, AclPermissionT
 from gongji.ops import infra
 from gongji.ops.launcher import SERVICE_NAMES, ServiceFailed, ServiceProcess, http_port
 from shared.operations import EXIT_FATAL
+from shared.topics import RELATIONSHIP_GROUP, route_group_prefix
 from tests.e2e.world import World
 
 pytestmark = pytest.mark.timeout(300)
@@ -66,8 +67,8 @@ async def test_the_port_answers_loopback_names_only(settings, service_processes,
 def _relationship_group_acl() -> AclBindingFilter:
     return AclBindingFilter(
         ResourceType.GROUP,
-        "gongji-relationship",
-        ResourcePatternType.LITERAL,
+        route_group_prefix(RELATIONSHIP_GROUP),
+        ResourcePatternType.PREFIXED,
         "User:relationship",
         "*",
         AclOperation.READ,

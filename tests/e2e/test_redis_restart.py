@@ -30,6 +30,8 @@ BALLAST_KEYS = 6_000_000
 # Written in steps: one script of millions of writes would hold Redis past its 5 s busy threshold,
 # and the running services would be answered BUSY.
 BALLAST_STEP = 300_000
+# A step, the flush and the rewrite may each take longer than redis-py's 5 s default on busy cores.
+BALLAST_SOCKET_TIMEOUT_SECONDS = 120
 WRITE_BALLAST = """
 for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do redis.call('SET', 'ballast:' .. i, i) end
 return 1
@@ -56,7 +58,9 @@ async def test_the_deep_audit_waits_for_a_redis_loading_its_data_then_reports(
 ) -> None:
     settings = infrastructure
     ballast = Redis.from_url(
-        in_database(settings.redis_url, BALLAST_DATABASE), **redis_options(settings, OPERATOR.name)
+        in_database(settings.redis_url, BALLAST_DATABASE),
+        socket_timeout=BALLAST_SOCKET_TIMEOUT_SECONDS,
+        **redis_options(settings, OPERATOR.name),
     )
     paths = infra.Paths(settings.state_dir)
     try:
@@ -81,7 +85,9 @@ async def test_the_deep_audit_waits_for_a_redis_loading_its_data_then_reports(
     finally:
         infra.up(settings)  # the memory bound and the rest that a restart does not keep
         ballast = Redis.from_url(
-            in_database(settings.redis_url, BALLAST_DATABASE), **redis_options(settings, OPERATOR.name)
+            in_database(settings.redis_url, BALLAST_DATABASE),
+            socket_timeout=BALLAST_SOCKET_TIMEOUT_SECONDS,
+            **redis_options(settings, OPERATOR.name),
         )
         await ballast.flushdb(asynchronous=True)  # freed in the background: millions of keys take seconds
         with contextlib.suppress(ResponseError):  # "already in progress": Redis began one itself

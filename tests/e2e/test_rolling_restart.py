@@ -5,14 +5,10 @@ Nothing is lost and nothing paid twice: every claim has exactly one result, the 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from gongji.ops import infra
-from shared.settings import PROJECT_ROOT, Settings
+from shared.settings import Settings
+from tests.faults_cli import run_faults
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -20,31 +16,8 @@ PORT_BASE = 19280  # its instances' operations ports, apart from the other tests
 
 
 def test_a_rolling_restart_loses_nothing_and_pays_nothing_twice(infrastructure: Settings) -> None:
-    finished = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gongji",
-            "faults",
-            "--fault",
-            "rolling",
-            "--duration",
-            "60",
-            "--rate",
-            "30",
-            "--persons",
-            "300",
-            "--json",
-        ],  # fmt: skip
-        cwd=PROJECT_ROOT,
-        env={**infra.child_environment(), "GONGJI_HTTP_PORT_BASE": str(PORT_BASE)},
-        capture_output=True,
-        text=True,
-        timeout=540,
-    )
-    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-5000:]
-    summary = json.loads(finished.stdout.strip().splitlines()[-1])
-    print(json.dumps(summary["faults"], indent=2))
+    options = ["--fault", "rolling", "--duration", "60", "--rate", "30", "--persons", "300"]
+    summary = run_faults(options, {"GONGJI_HTTP_PORT_BASE": str(PORT_BASE)}, timeout=540)
     (rolling,) = summary["faults"]
     assert "not healthy" not in rolling["killed"] and rolling["node"] == "6", rolling  # 2 of each of 3
     assert summary["failures"] == []

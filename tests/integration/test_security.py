@@ -66,6 +66,7 @@ from shared.topics import (
     province_claims,
     province_clearing,
     province_settlements,
+    route_group,
 )
 from tests.integration.conftest import integration_redis_url
 from tests.support import SEEN, new_id, new_person_id
@@ -250,6 +251,7 @@ async def test_a_province_cannot_join_a_services_consumer_group(infrastructure) 
     own = province_settlements("11")
     assert not await may_join(infrastructure, "province-11", SETTLEMENT_GROUP, own)
     assert not await may_join(infrastructure, "province-11", WALLET_GROUP, own)
+    assert not await may_join(infrastructure, "province-11", route_group(SETTLEMENT_GROUP, SETTLEMENTS), own)
     assert not await may_join(infrastructure, "province-11", "province-31-reader", own)
     assert await may_join(infrastructure, "province-11", f"province-11-{new_id('reader')}", own)
 

@@ -110,7 +110,9 @@ def test_the_json_line_is_one_object_with_the_figures_at_the_top() -> None:
         "cpu_us_per_claim",
         "runs",
         "per_run",
+        "harness_peak_resident_mib",
     } <= set(parsed)
+    assert parsed["harness_peak_resident_mib"] > 0
     console = Console(record=True, width=160)
     for table in tables(result):
         console.print(table)
@@ -118,7 +120,7 @@ def test_the_json_line_is_one_object_with_the_figures_at_the_top() -> None:
 
 
 def test_baseline_messages_are_claims_of_a_real_claims_size_keyed_by_recipient() -> None:
-    messages = claim_messages(3)
+    messages = list(claim_messages(3))
     claims = [json.loads(value) for value, _ in messages]
     assert len({claim["claim_id"] for claim in claims}) == 3
     assert all(key.decode() == claim["recipient_id"] for (_, key), claim in zip(messages, claims, strict=True))

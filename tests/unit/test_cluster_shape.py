@@ -17,6 +17,7 @@ from gongji.ops import infra
 from gongji.perf import faults
 from gongji.perf.faults import Fault, gaps
 from shared.acknowledgements import FLUSH_TIMEOUT_SECONDS
+from shared.runtime import make_broker
 from shared.settings import LOCAL_KAFKA_CLUSTER, Settings
 
 
@@ -48,6 +49,7 @@ def test_each_kafka_node_is_a_voter_of_one_quorum_with_three_replicas_and_no_unc
         assert config["default.replication.factor"] == config["offsets.topic.replication.factor"] == "3"
         assert config["min.insync.replicas"] == config["transaction.state.log.min.isr"] == "2"
         assert config["unclean.leader.election.enable"] == "false"
+        assert int(config["offsets.retention.minutes"]) >= 5 * 365 * 24 * 60  # a stopped group keeps its offsets
         assert config["listener.name.controller.ssl.client.auth"] == "required"
         assert int(config["group.min.session.timeout.ms"]) <= Settings().consumer_session_timeout_ms
         # A member flushing what it read before giving its partitions up is waited for, not dropped.
@@ -125,3 +127,9 @@ def test_a_partition_never_cuts_off_the_address_every_node_shares() -> None:
     with pytest.raises(ValueError, match="every node's address"):
         faults.cut_off("127.0.0.1")
     assert len({infra._host_port(address)[0] for address in LOCAL_KAFKA_CLUSTER}) == len(LOCAL_KAFKA_CLUSTER)
+
+
+def test_a_services_consumers_learn_a_moved_leader_within_seconds() -> None:
+    # A partition awaiting its first position is only told of its new leader by a metadata refresh.
+    consumer_options = make_broker(Settings(), "wallet").config.broker_config.builder.keywords
+    assert consumer_options["metadata_max_age_ms"] <= 10_000

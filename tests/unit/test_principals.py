@@ -30,7 +30,16 @@ def test_a_service_is_granted_exactly_what_its_app_uses(service: str) -> None:
     monthly_job = {CLEARING.name, *(province_clearing(p).name for p in PROVINCES)} if service == "settlement" else set()
     assert _rights(service, "topic", "read") == consumed
     assert _rights(service, "topic", "write") == published | monthly_job
-    assert _rights(service, "group", "read") == {subscriber.group_id for subscriber in broker.subscribers}
+    (groups,) = [right for right in BY_NAME[service].kafka if right.resource == "group"]
+    assert groups.prefixed and groups.operation == "read"
+    assert all(subscriber.group_id.startswith(groups.name) for subscriber in broker.subscribers)
+    # A route of its own per group: one service's routes never share a group, nor two services'.
+    assert len({subscriber.group_id for subscriber in broker.subscribers}) == len(broker.subscribers)
+
+
+def test_no_services_route_groups_fall_under_another_services_prefix() -> None:
+    prefixes = [right.name for name in SERVICE_NAMES for right in BY_NAME[name].kafka if right.resource == "group"]
+    assert not any(one != other and other.startswith(one) for one in prefixes for other in prefixes)
 
 
 def test_only_the_broker_and_the_operator_are_super_users_and_every_right_is_an_allow_of_one_kind() -> None:
