@@ -133,7 +133,7 @@ def run(
         typer.Option(
             min=1,
             max=launcher.MAX_INSTANCES,
-            help="processes of each service, in one consumer group (instance i listens on port base + 100 × i)",
+            help="processes of each service, sharing its consumer groups (instance i listens on port base + 100 × i)",
         ),
     ] = 1,
     instance: Annotated[int, typer.Option(hidden=True, min=0, max=launcher.MAX_INSTANCES - 1)] = 0,

@@ -55,41 +55,74 @@ def _once_coordinated(ask: Callable[[], T]) -> T:
         time.sleep(0.5)
 
 
+def without_partition_errors(result: ConsumerGroupTopicPartitions) -> ConsumerGroupTopicPartitions:
+    """Kafka answers an offset fetch or commit partition by partition: the group's answer may be
+    a success while some of its partitions failed (not stored, or not read)."""
+    for partition in result.topic_partitions:
+        if partition.error is not None:
+            raise KafkaException(partition.error)
+    return result
+
+
 def committed(admin: AdminClient, group: str) -> dict[tuple[str, int], int]:
     """A group's committed offsets by (topic, partition); empty for a group that never was."""
     request = [ConsumerGroupTopicPartitions(group)]
-    listed = _once_coordinated(lambda: admin.list_consumer_group_offsets(request)[group].result())
+    listed = _once_coordinated(
+        lambda: without_partition_errors(admin.list_consumer_group_offsets(request)[group].result())
+    )
     return {(one.topic, one.partition): one.offset for one in listed.topic_partitions if one.offset != _NOT_COMMITTED}
+
+
+def _refuse_if_running(admin: AdminClient, service_group: str) -> None:
+    state = _once_coordinated(lambda: admin.describe_consumer_groups([service_group])[service_group].result())
+    if state.state not in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
+        raise OldReleaseRunning(
+            f"{len(state.members)} member(s) of the old group {service_group} still run: stop the "
+            "release before route groups, then `gongji infra up` again"
+        )
 
 
 def adopt_service_group_offsets(
     admin: AdminClient, routes_by_service_group: Mapping[str, Sequence[Route]] = ROUTES_BY_SERVICE_GROUP
-) -> list[str]:
-    """Each route group without offsets gets its service's old group's offsets for its topics;
-    then the old group is deleted, so that offsets it held are never adopted again (a route
-    group's own offsets could expire after a long stop). Returns what was done."""
+) -> tuple[list[str], list[str]]:
+    """Each route group without offsets gets its service's old group's offsets for its topics,
+    read back to be sure they are stored. Refuses, before changing anything, while an old group
+    has members. Returns what was done, and the old groups adopted: `forget_service_groups`
+    deletes them once their users may no longer join them."""
+    old_groups = {group: committed(admin, group) for group in routes_by_service_group}
+    old_groups = {group: offsets for group, offsets in old_groups.items() if offsets}
+    for service_group in old_groups:
+        _refuse_if_running(admin, service_group)
     notes = []
-    for service_group, routes in routes_by_service_group.items():
-        old = committed(admin, service_group)
-        if not old:
-            continue
-        state = _once_coordinated(lambda: admin.describe_consumer_groups([service_group])[service_group].result())
-        if state.state not in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
-            raise OldReleaseRunning(
-                f"{len(state.members)} member(s) of the old group {service_group} still run: stop the "
-                "release before route groups, then `gongji infra up` again"
-            )
-        for route in routes:
+    for service_group, old in old_groups.items():
+        for route in routes_by_service_group[service_group]:
             group = route_group(service_group, route.topics[0])
             names = {topic.name for topic in route.topics}
-            offsets = [TopicPartition(t, p, offset) for (t, p), offset in sorted(old.items()) if t in names]
+            offsets = {(t, p): offset for (t, p), offset in old.items() if t in names}
             if offsets and not committed(admin, group):
-                request = ConsumerGroupTopicPartitions(group, offsets)
-                _once_coordinated(lambda: admin.alter_consumer_group_offsets([request])[group].result())
+                request = ConsumerGroupTopicPartitions(
+                    group, [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                )
+                _once_coordinated(
+                    lambda: without_partition_errors(admin.alter_consumer_group_offsets([request])[group].result())
+                )
+                if committed(admin, group) != offsets:
+                    raise RuntimeError(f"{group} did not keep the offsets given it: `gongji infra up` again")
                 notes.append(f"{group}: {len(offsets)} offsets from {service_group}")
+    return notes, list(old_groups)
+
+
+def forget_service_groups(admin: AdminClient, service_groups: Sequence[str]) -> None:
+    """Deletes the old groups adopted, so that what they hold is never adopted again (a route
+    group's own offsets could be gone one day); called once the services' rights no longer cover
+    them, so that no instance of the old release joins one again meanwhile."""
+    for service_group in service_groups:
         try:
             _once_coordinated(lambda: admin.delete_consumer_groups([service_group])[service_group].result())
         except KafkaException as error:
+            if error.args[0].code() == KafkaError.NON_EMPTY_GROUP:
+                raise OldReleaseRunning(
+                    f"the old group {service_group} has members again: stop them, then `gongji infra up` again"
+                ) from None
             if error.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
                 raise
-    return notes

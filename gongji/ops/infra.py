@@ -42,7 +42,7 @@ from confluent_kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
-from gongji.ops.groups import OldReleaseRunning, adopt_service_group_offsets
+from gongji.ops.groups import OldReleaseRunning, adopt_service_group_offsets, forget_service_groups
 from gongji.ops.kafka_io import make_producer
 from gongji.ops.quotas import sync_quotas
 from gongji.ops.tls import CAKeyOffline, broker_keystore, ensure_certificates, redis_keystore
@@ -1077,11 +1077,13 @@ def configure(settings: Settings) -> list[str]:
     _wait_for_kafka(settings, admin, deadline)
     create_topics(settings, admin)
     try:
-        notes += [f"consumer group {note}" for note in adopt_service_group_offsets(admin)]
+        adopted, old_groups = adopt_service_group_offsets(admin)
+        notes += [f"consumer group {note}" for note in adopted]
+        sync_scram_users(settings, admin)
+        created, deleted = sync_acls(admin)
+        forget_service_groups(admin, old_groups)
     except OldReleaseRunning as error:
         raise InfraError(str(error)) from None
-    sync_scram_users(settings, admin)
-    created, deleted = sync_acls(admin)
     if created or deleted:
         notes.append(f"ACLs: {created} created, {deleted} removed")
     # Its own loop in its own thread: `up` is called from event loops too (tests restarting Redis).

@@ -1,5 +1,5 @@
 """Runs the service processes: one uvicorn server per service instance, each with its health/metrics
-port. Instances of one service share its consumer group: Kafka shares the partitions among them,
+port. Instances of one service share its consumer groups: Kafka shares the partitions among them,
 and a stopped or crashed one's partitions move to the others."""
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaConsumer
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
 from gongji.ops import infra
-from gongji.ops.groups import OldReleaseRunning, adopt_service_group_offsets, committed
+from gongji.ops.groups import OldReleaseRunning, adopt_service_group_offsets, committed, forget_service_groups
 from services.settlement.app import ROUTES as SETTLEMENT_ROUTES
 from shared.credentials import aiokafka_options
 from shared.principals import OPERATOR
@@ -42,14 +42,17 @@ def test_each_route_group_starts_where_the_old_group_stopped_and_the_old_group_i
     enrollment_group = route_group(old, ENROLLMENT)
     commit(admin, enrollment_group, {(ENROLLMENT.name, 0): 9})  # a route group that runs already keeps its own
 
-    notes = adopt_service_group_offsets(admin, {old: SETTLEMENT_ROUTES})
+    notes, adopted = adopt_service_group_offsets(admin, {old: SETTLEMENT_ROUTES})
 
     assert committed(admin, route_group(old, CLAIMS)) == {(CLAIMS.name, 0): 7, (province_claims("11").name, 2): 3}
     assert committed(admin, route_group(old, SETTLEMENTS)) == {(SETTLEMENTS.name, 1): 5}
     assert committed(admin, enrollment_group) == {(ENROLLMENT.name, 0): 9}
+    assert len(notes) == 2 and adopted == [old]
+    assert committed(admin, old) == OLD_OFFSETS, "kept until its users are locked out of it"
+    forget_service_groups(admin, adopted)
     assert committed(admin, old) == {}, "the old group's offsets would be adopted again some day"
-    assert len(notes) == 2
-    assert adopt_service_group_offsets(admin, {old: SETTLEMENT_ROUTES}) == []
+    assert adopt_service_group_offsets(admin, {old: SETTLEMENT_ROUTES}) == ([], [])
+    forget_service_groups(admin, adopted)  # again, after a crash: nothing left to delete is fine
 
 
 async def test_nothing_moves_while_the_old_release_still_reads_in_the_old_group(infrastructure, admin) -> None:
@@ -62,5 +65,8 @@ async def test_nothing_moves_while_the_old_release_still_reads_in_the_old_group(
         with pytest.raises(OldReleaseRunning, match="still run"):
             adopt_service_group_offsets(admin, {old: SETTLEMENT_ROUTES})
         assert committed(admin, route_group(old, CLAIMS)) == {}
+        with pytest.raises(OldReleaseRunning, match="members again"):
+            forget_service_groups(admin, [old])
+        assert committed(admin, old) == OLD_OFFSETS
     finally:
         await member.stop()
