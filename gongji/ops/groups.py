@@ -35,7 +35,9 @@ _NOT_YET = {
     KafkaError.NOT_COORDINATOR,
     KafkaError._TIMED_OUT,
 }
-COORDINATOR_PATIENCE_SECONDS = 60.0
+# A fresh broker makes its coordinators on the first ask: one ask may hang until it times out.
+COORDINATOR_PATIENCE_SECONDS = 120.0
+ASK_TIMEOUT_SECONDS = 10.0
 T = TypeVar("T")
 
 
@@ -44,7 +46,7 @@ class OldReleaseRunning(RuntimeError):
 
 
 def _once_coordinated(ask: Callable[[], T]) -> T:
-    """Asks again while the group's coordinator is not ready yet, for up to a minute."""
+    """Asks again while the group's coordinator is not ready yet, for up to two minutes."""
     deadline = time.monotonic() + COORDINATOR_PATIENCE_SECONDS
     while True:
         try:
@@ -68,13 +70,19 @@ def committed(admin: AdminClient, group: str) -> dict[tuple[str, int], int]:
     """A group's committed offsets by (topic, partition); empty for a group that never was."""
     request = [ConsumerGroupTopicPartitions(group)]
     listed = _once_coordinated(
-        lambda: without_partition_errors(admin.list_consumer_group_offsets(request)[group].result())
+        lambda: without_partition_errors(
+            admin.list_consumer_group_offsets(request, request_timeout=ASK_TIMEOUT_SECONDS)[group].result()
+        )
     )
     return {(one.topic, one.partition): one.offset for one in listed.topic_partitions if one.offset != _NOT_COMMITTED}
 
 
 def _refuse_if_running(admin: AdminClient, service_group: str) -> None:
-    state = _once_coordinated(lambda: admin.describe_consumer_groups([service_group])[service_group].result())
+    state = _once_coordinated(
+        lambda: admin.describe_consumer_groups([service_group], request_timeout=ASK_TIMEOUT_SECONDS)[
+            service_group
+        ].result()
+    )
     if state.state not in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
         raise OldReleaseRunning(
             f"{len(state.members)} member(s) of the old group {service_group} still run: stop the "
@@ -104,7 +112,11 @@ def adopt_service_group_offsets(
                     group, [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
                 )
                 _once_coordinated(
-                    lambda: without_partition_errors(admin.alter_consumer_group_offsets([request])[group].result())
+                    lambda: without_partition_errors(
+                        admin.alter_consumer_group_offsets([request], request_timeout=ASK_TIMEOUT_SECONDS)[
+                            group
+                        ].result()
+                    )
                 )
                 if committed(admin, group) != offsets:
                     raise RuntimeError(f"{group} did not keep the offsets given it: `gongji infra up` again")
@@ -118,7 +130,11 @@ def forget_service_groups(admin: AdminClient, service_groups: Sequence[str]) -> 
     them, so that no instance of the old release joins one again meanwhile."""
     for service_group in service_groups:
         try:
-            _once_coordinated(lambda: admin.delete_consumer_groups([service_group])[service_group].result())
+            _once_coordinated(
+                lambda: admin.delete_consumer_groups([service_group], request_timeout=ASK_TIMEOUT_SECONDS)[
+                    service_group
+                ].result()
+            )
         except KafkaException as error:
             if error.args[0].code() == KafkaError.NON_EMPTY_GROUP:
                 raise OldReleaseRunning(
