@@ -35,9 +35,7 @@ _NOT_YET = {
     KafkaError.NOT_COORDINATOR,
     KafkaError._TIMED_OUT,
 }
-# A fresh broker makes its coordinators on the first ask: one ask may hang until it times out.
 COORDINATOR_PATIENCE_SECONDS = 120.0
-ASK_TIMEOUT_SECONDS = 10.0
 T = TypeVar("T")
 
 
@@ -70,19 +68,27 @@ def committed(admin: AdminClient, group: str) -> dict[tuple[str, int], int]:
     """A group's committed offsets by (topic, partition); empty for a group that never was."""
     request = [ConsumerGroupTopicPartitions(group)]
     listed = _once_coordinated(
-        lambda: without_partition_errors(
-            admin.list_consumer_group_offsets(request, request_timeout=ASK_TIMEOUT_SECONDS)[group].result()
-        )
+        lambda: without_partition_errors(admin.list_consumer_group_offsets(request)[group].result())
     )
     return {(one.topic, one.partition): one.offset for one in listed.topic_partitions if one.offset != _NOT_COMMITTED}
 
 
+def _existing_groups(admin: AdminClient) -> set[str]:
+    """The groups the brokers know, asked of every broker (no coordinator is looked up): on a
+    fresh cluster no group's offsets are asked for at all. librdkafka 2.16 aborts the process
+    when an offsets request times out while a fresh cluster makes its coordinators."""
+
+    def listed() -> set[str]:
+        result = admin.list_consumer_groups().result()
+        if result.errors:
+            raise result.errors[0]
+        return {group.group_id for group in result.valid}
+
+    return _once_coordinated(listed)
+
+
 def _refuse_if_running(admin: AdminClient, service_group: str) -> None:
-    state = _once_coordinated(
-        lambda: admin.describe_consumer_groups([service_group], request_timeout=ASK_TIMEOUT_SECONDS)[
-            service_group
-        ].result()
-    )
+    state = _once_coordinated(lambda: admin.describe_consumer_groups([service_group])[service_group].result())
     if state.state not in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
         raise OldReleaseRunning(
             f"{len(state.members)} member(s) of the old group {service_group} still run: stop the "
@@ -97,7 +103,8 @@ def adopt_service_group_offsets(
     read back to be sure they are stored. Refuses, before changing anything, while an old group
     has members. Returns what was done, and the old groups adopted: `forget_service_groups`
     deletes them once their users may no longer join them."""
-    old_groups = {group: committed(admin, group) for group in routes_by_service_group}
+    existing = _existing_groups(admin)
+    old_groups = {group: committed(admin, group) for group in routes_by_service_group if group in existing}
     old_groups = {group: offsets for group, offsets in old_groups.items() if offsets}
     for service_group in old_groups:
         _refuse_if_running(admin, service_group)
@@ -107,16 +114,12 @@ def adopt_service_group_offsets(
             group = route_group(service_group, route.topics[0])
             names = {topic.name for topic in route.topics}
             offsets = {(t, p): offset for (t, p), offset in old.items() if t in names}
-            if offsets and not committed(admin, group):
+            if offsets and (group not in existing or not committed(admin, group)):
                 request = ConsumerGroupTopicPartitions(
                     group, [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
                 )
                 _once_coordinated(
-                    lambda: without_partition_errors(
-                        admin.alter_consumer_group_offsets([request], request_timeout=ASK_TIMEOUT_SECONDS)[
-                            group
-                        ].result()
-                    )
+                    lambda: without_partition_errors(admin.alter_consumer_group_offsets([request])[group].result())
                 )
                 if committed(admin, group) != offsets:
                     raise RuntimeError(f"{group} did not keep the offsets given it: `gongji infra up` again")
@@ -130,11 +133,7 @@ def forget_service_groups(admin: AdminClient, service_groups: Sequence[str]) -> 
     them, so that no instance of the old release joins one again meanwhile."""
     for service_group in service_groups:
         try:
-            _once_coordinated(
-                lambda: admin.delete_consumer_groups([service_group], request_timeout=ASK_TIMEOUT_SECONDS)[
-                    service_group
-                ].result()
-            )
+            _once_coordinated(lambda: admin.delete_consumer_groups([service_group])[service_group].result())
         except KafkaException as error:
             if error.args[0].code() == KafkaError.NON_EMPTY_GROUP:
                 raise OldReleaseRunning(
