@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -82,29 +83,38 @@ def clock_from_settings(settings: Settings) -> Clock:
     return SystemClock()
 
 
+# The days, minutes and months below run several times for every claim: they are formatted with
+# f-strings (strftime costs twice as much) and parsed once per distinct value (strptime, 12 µs).
+
+
 def shanghai_day(moment: datetime) -> str:
     """The calendar day in China Standard Time, as YYYYMMDD (the daily-limit counter key)."""
-    return moment.astimezone(SHANGHAI).strftime("%Y%m%d")
+    local = moment.astimezone(SHANGHAI)
+    return f"{local.year:04d}{local.month:02d}{local.day:02d}"
 
 
 def shanghai_minute(moment: datetime) -> str:
     """The minute in China Standard Time, as YYYY-MM-DDTHH:MM (statistics, a province's claim counts)."""
-    return moment.astimezone(SHANGHAI).strftime("%Y-%m-%dT%H:%M")
+    local = moment.astimezone(SHANGHAI)
+    return f"{local.year:04d}-{local.month:02d}-{local.day:02d}T{local.hour:02d}:{local.minute:02d}"
 
 
+@functools.lru_cache(maxsize=1024)
 def minute_start(minute: str) -> datetime:
     """When a minute (YYYY-MM-DDTHH:MM, China Standard Time) begins."""
     return datetime.strptime(minute, "%Y-%m-%dT%H:%M").replace(tzinfo=SHANGHAI)
 
 
+@functools.lru_cache(maxsize=1024)
 def day_start(day: str) -> datetime:
-    """When a day (YYYY-MM-DD, China Standard Time) begins."""
-    return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=SHANGHAI)
+    """When a day (YYYY-MM-DD, or YYYYMMDD as counter keys name it; China Standard Time) begins."""
+    return datetime.strptime(day, "%Y%m%d" if len(day) == 8 else "%Y-%m-%d").replace(tzinfo=SHANGHAI)
 
 
 def shanghai_month(moment: datetime) -> str:
     """The clearing month in China Standard Time, as YYYY-MM."""
-    return moment.astimezone(SHANGHAI).strftime("%Y-%m")
+    local = moment.astimezone(SHANGHAI)
+    return f"{local.year:04d}-{local.month:02d}"
 
 
 def rfc3339(moment: datetime) -> str:

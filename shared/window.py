@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Self
 
-from shared.clock import SHANGHAI, Clock
+from shared.clock import Clock, day_start
 from shared.contracts import ReasonCode
 from shared.settings import Settings
 
@@ -127,8 +127,7 @@ class ClaimWindow(Window):
 
     def kept_until(self, day: str) -> datetime:
         """When the records of claims that occurred on `day` (YYYYMMDD, Asia/Shanghai) may go."""
-        day_start = datetime.strptime(day, "%Y%m%d").replace(tzinfo=SHANGHAI)
-        return day_start + timedelta(days=1) + self.length + self.grace
+        return day_start(day) + timedelta(days=1) + self.length + self.grace
 
     def kept_ms(self, day: str, clock: Clock) -> int:
         """How long from now, in Redis's own time, the records of `day`'s claims are kept (at least a

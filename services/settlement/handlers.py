@@ -216,12 +216,13 @@ class SettlementHandlers:
             # Another recipient's id, or the same id for a claim of another day: not this claim.
             if fact.owner != self._owner(claims[index]):
                 refusals[index] = ReasonCode.CONFLICT
+        counting, rate_limited = Counting.at(now, self.clock), _refusal(ReasonCode.RATE_LIMITED, now)
         steps = iter(
             await self.store.run(
                 [
-                    self._accept(claim, content, facts[index], province, sent[index], now)
+                    self._accept(claim, content, facts[index], province, sent[index], now, counting, rate_limited)
                     if claim.kind == "settle"
-                    else self._reverse(claim, content, facts[index], province, sent[index], now)
+                    else self._reverse(claim, content, facts[index], province, sent[index], now, counting)
                     for index, (claim, content, province) in enumerate(zip(claims, contents, provinces, strict=True))
                     if refusals[index] is None
                 ]
@@ -247,7 +248,10 @@ class SettlementHandlers:
         province: str | None,
         sent_at: datetime | None,
         now: datetime,
+        counting: Counting,
+        rate_limited: ClaimResult,
     ) -> Call:
+        """The step of a settle claim; `counting` and `rate_limited` are the batch's (one `now`)."""
         assessment = assess_claim(claim, facts.recipient)
         assert claim.amount_fen is not None  # a settle claim has it
         record = ClaimRecord(
@@ -273,8 +277,8 @@ class SettlementHandlers:
             claim.claim_id,
             record,
             self.limits,
-            Counting.at(now, self.clock),
-            _refusal(ReasonCode.RATE_LIMITED, now),
+            counting,
+            rate_limited,
             self.window.kept_ms(owner.day, self.clock),
         )
 
@@ -335,6 +339,7 @@ class SettlementHandlers:
         province: str | None,
         sent_at: datetime | None,
         now: datetime,
+        counting: Counting,
     ) -> Call:
         assert claim.reverses is not None  # the contract requires it for a reversal
         record = ClaimRecord(
@@ -359,7 +364,7 @@ class SettlementHandlers:
             rfc3339(now),
             province,
             self.limits,
-            Counting.at(now, self.clock),
+            counting,
             rfc3339(self.window.opens(now)),
             (
                 self.window.kept_ms(owner.day, self.clock),

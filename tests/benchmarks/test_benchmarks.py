@@ -39,6 +39,7 @@ from shared.contracts import (
 )
 from shared.credentials import redis_options
 from shared.ids import make_person_id
+from shared.policy import PolicyCache
 from shared.principals import OPERATOR
 from shared.redis_client import in_database
 from tests.support import through_claim_path
@@ -166,7 +167,7 @@ async def _cost_per_claim(redis: Redis, pairs: list[tuple[str, str]], claims: in
 
     clock = FixedClock(NOON)
     settlement = SettlementHandlers(SettlementStore(redis, 64), clock)
-    wallet = WalletHandlers(WalletStore(redis), clock)
+    wallet = WalletHandlers(WalletStore(redis), clock, PolicyCache(redis, 60))
     histogram = HdrHistogram(1, 10_000_000, 3)
     rng = random.Random(7)
     batch = 200
@@ -204,7 +205,7 @@ async def test_cost_per_claim_stays_flat_as_the_population_grows(infrastructure)
     await wallet_store.load()
     await settlement_store.load()
     clock = FixedClock(NOON)
-    wallet = WalletHandlers(wallet_store, clock)
+    wallet = WalletHandlers(wallet_store, clock, PolicyCache(redis, 60))
     settlement = SettlementHandlers(settlement_store, clock)
     results = []
     loaded: list[tuple[str, str]] = []

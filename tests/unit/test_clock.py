@@ -5,7 +5,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from shared.clock import FixedClock, ScaledClock, SystemClock, clock_from_settings, shanghai_day, shanghai_month
+from shared.clock import (
+    SHANGHAI,
+    FixedClock,
+    ScaledClock,
+    SystemClock,
+    clock_from_settings,
+    day_start,
+    minute_start,
+    shanghai_day,
+    shanghai_minute,
+    shanghai_month,
+)
 from shared.settings import Settings
 
 
@@ -17,6 +28,19 @@ def test_a_shanghai_day_starts_at_16_00_utc() -> None:
 def test_the_month_turns_at_shanghai_midnight() -> None:
     assert shanghai_month(datetime(2026, 3, 31, 15, 59, 59, tzinfo=UTC)) == "2026-03"
     assert shanghai_month(datetime(2026, 3, 31, 16, 0, 0, tzinfo=UTC)) == "2026-04"
+
+
+def test_days_minutes_and_months_read_as_strftime_writes_them_and_parse_back() -> None:
+    moment = datetime(1999, 12, 31, 15, 59, tzinfo=UTC)
+    for _ in range(2_000):  # about 2,000 minutes a step apart: days, months, a year and a leap day turn
+        local = moment.astimezone(SHANGHAI)
+        assert shanghai_day(moment) == local.strftime("%Y%m%d")
+        assert shanghai_minute(moment) == local.strftime("%Y-%m-%dT%H:%M")
+        assert shanghai_month(moment) == local.strftime("%Y-%m")
+        assert minute_start(shanghai_minute(moment)) == local.replace(second=0, microsecond=0)
+        assert day_start(shanghai_day(moment)) == day_start(local.strftime("%Y-%m-%d"))
+        assert day_start(shanghai_day(moment)) == local.replace(hour=0, minute=0, second=0, microsecond=0)
+        moment += timedelta(minutes=1_999)
 
 
 def test_fixed_clock_moves_only_when_told() -> None:
