@@ -37,7 +37,7 @@ def faults_run(cluster: Settings) -> dict:
     environment = {
         "GONGJI_CLUSTER": "true",
         "GONGJI_HTTP_PORT_BASE": str(PORT_BASE),
-        # Idle fetches every 10 ms, by each of six services, cost more than these cores have.
+        # Idle fetches every 25 ms, by each of six services, cost more than these cores have.
         "GONGJI_CLAIM_PATH_FETCH_MAX_WAIT_MS": "100",
     }
     return run_faults([*options, *faults], environment, timeout=1100)
