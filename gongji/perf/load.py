@@ -593,6 +593,8 @@ async def run_load(
     finally:
         await run.watcher.stop()
         await run.stop_producers()
+    # The peak is the process's so far: read before the deep audit, it is the load's own.
+    peak_before_audit = peak_resident_mib()
     redis = connect(settings, OPERATOR.name)
     try:
         # The books rebuilt from the topics, against Redis; what is still in flight is waited for.
@@ -650,8 +652,9 @@ async def run_load(
         "pauses": [{"at_s": round(at, 2), "seconds": round(length, 2)} for at, length in run.pauses],
         "audit": audit,
         "timeline": timeline,
-        # This process's peak: what the run kept grows with the rate, not with the run's length.
-        "harness": {"peak_resident_mib": peak_resident_mib()},
+        # This process's peak: what the load keeps grows with the rate, not with the run's length;
+        # the deep audit's (the whole peak, after it) grows with the records it reads.
+        "harness": {"peak_resident_mib_before_audit": peak_before_audit, "peak_resident_mib": peak_resident_mib()},
     }
     return report
 
