@@ -108,7 +108,7 @@ def minute_start(minute: str) -> datetime:
 @functools.lru_cache(maxsize=1024)
 def day_start(day: str) -> datetime:
     """When a day (YYYY-MM-DD, or YYYYMMDD as counter keys name it; China Standard Time) begins."""
-    return datetime.strptime(day, "%Y%m%d" if len(day) == 8 else "%Y-%m-%d").replace(tzinfo=SHANGHAI)
+    return datetime.strptime(day, "%Y-%m-%d" if "-" in day else "%Y%m%d").replace(tzinfo=SHANGHAI)
 
 
 def shanghai_month(moment: datetime) -> str:

@@ -220,9 +220,11 @@ class Outbox:
                 topic, message = message.topic, message.message
             else:
                 topic = self._topic_by_model[type(message)]
-            key = str(getattr(message, topic.key_field)).encode()
+            sent = self._sent[topic.name]  # a topic not given to the outbox fails before anything leaves
+            # An empty key (a keyless record's dead letter) goes as no key, as FastStream sent it.
+            key = str(getattr(message, topic.key_field)).encode() or None
             pending.append(await producer.send(topic.name, to_json(message), key=key))
-            self._sent[topic.name].inc()
+            sent.inc()
         return pending
 
 

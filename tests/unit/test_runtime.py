@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import MessageSizeTooLargeError
+from faststream.kafka import KafkaBroker
 from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -26,7 +27,9 @@ from shared.runtime import (
     DEAD_LETTER_PAYLOAD_BYTES,
     DeadLetterDecoder,
     Delivery,
+    Outbox,
     Refused,
+    ToTopic,
     _learn_output_topics,
     _without_instructions,
     handle_isolating_poison,
@@ -369,3 +372,37 @@ async def test_a_start_waits_out_a_node_that_is_down_but_not_a_redis_that_loses_
 
     with pytest.raises(RedisConnectionError):
         await patiently(always_down, "wallet start", patience=0.5)
+
+
+class RecordingProducer:
+    """Stands in for the broker's aiokafka producer: what the outbox hands it, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes | None]] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> object:
+        self.sent.append((topic, value, key))
+        return object()
+
+
+async def test_the_outbox_sends_each_output_as_its_contract_json_keyed_by_its_key_field(monkeypatch) -> None:
+    producer = RecordingProducer()
+    monkeypatch.setattr("shared.runtime.aiokafka_producer", lambda broker: producer)
+    outbox = Outbox(KafkaBroker(), "wallet", [ACCOUNT_CREDITS, DEAD_LETTERS, REGISTRY_DEAD_LETTERS])
+    credit = AccountCredited(
+        event_id="e1", person_id=make_person_id("110101", "19800101", 1), amount_fen=5, occurred_at=NOW
+    )
+    keyless = DeadLetter(
+        event_id="d1", source_topic=ACCOUNT_CREDITS.name, partition=0, offset=1, error="x", payload="",
+        at=NOW, service="wallet", source_key="",
+    )  # fmt: skip
+    assert len(await outbox.send([credit, keyless, ToTopic(REGISTRY_DEAD_LETTERS, keyless)])) == 3
+    assert producer.sent == [
+        (ACCOUNT_CREDITS.name, credit.model_dump_json().encode(), credit.person_id.encode()),
+        # A keyless record's dead letter is keyless too (FastStream sent an empty key as none).
+        (DEAD_LETTERS.name, keyless.model_dump_json().encode(), None),
+        (REGISTRY_DEAD_LETTERS.name, keyless.model_dump_json().encode(), None),
+    ]
+    with pytest.raises(KeyError):  # a topic the outbox was not given: refused before anything leaves
+        await outbox.send([ToTopic(ENROLLMENT, credit)])
+    assert len(producer.sent) == 3
