@@ -10,7 +10,14 @@ import sys
 
 import pytest
 
+from services.settlement.handlers import SettlementHandlers
+from services.settlement.store import SettlementStore
+from services.wallet.handlers import WalletHandlers
+from services.wallet.store import WalletStore
+from shared.clock import FixedClock
+from shared.policy import PolicyCache
 from shared.settings import PROJECT_ROOT
+from tests.benchmarks.test_benchmarks import NOON, _cost_per_claim, _preload
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -56,3 +63,15 @@ def test_bench_prints_its_figures_as_one_json_object_on_the_last_line(infrastruc
     assert result["runs"] == len(result["per_run"]) == 1 and result["failures"] == []
     assert result["per_run"][0]["claims"] == 1_500  # every claim offered (rate × duration) had its result
     assert {"relationship", "wallet", "settlement", "kafka", "redis"} <= set(result["cpu_us_per_claim_by_process"])
+
+
+async def test_the_handler_benchmark_settles_every_claim_it_times(redis) -> None:
+    """tests/benchmarks is outside the default run: this keeps its handler benchmark working (it had
+    broken once, unnoticed, when the wallet's handlers took a policy cache)."""
+    await WalletStore(redis).load()
+    await SettlementStore(redis, 64).load()
+    clock = FixedClock(NOON)
+    wallet = WalletHandlers(WalletStore(redis), clock, PolicyCache(redis, 60))
+    pairs = await _preload(wallet, SettlementHandlers(SettlementStore(redis, 64), clock), 0, 20)
+    cost_us, histogram = await _cost_per_claim(redis, pairs, 400)
+    assert cost_us > 0 and histogram.get_total_count() == 2  # two timed batches of 200
