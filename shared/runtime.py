@@ -197,7 +197,6 @@ class Outbox:
 
     def __init__(self, broker: KafkaBroker, service: str, topics: Sequence[Topic]) -> None:
         self._broker = broker
-        self._service = service
         for topic in topics:
             broker.publisher(
                 topic.name,
