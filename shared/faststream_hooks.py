@@ -1,6 +1,7 @@
-"""Every place where Gongji reaches past FastStream's public API, in one module, each checked
-against FastStream CHECKED_WITH (pinned in pyproject.toml). tests/unit/test_faststream_hooks.py
-fails loudly when an upgrade moves one: read this module again before changing the pin."""
+"""Every place where Gongji reaches past FastStream's or aiokafka's public API, in one module, each
+checked against FastStream CHECKED_WITH and aiokafka AIOKAFKA_CHECKED_WITH (both pinned in
+pyproject.toml). tests/unit/test_faststream_hooks.py fails loudly when an upgrade moves one: read
+this module again before changing a pin."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from faststream.exceptions import IncorrectState
 from faststream.kafka import KafkaBroker
 
 CHECKED_WITH = "0.7.8"
+AIOKAFKA_CHECKED_WITH = "0.14.0"
 
 
 def replace_batch_poll(subscriber: Any, get_msg: Callable[[Any], Awaitable[tuple]]) -> None:
@@ -32,3 +34,33 @@ def set_batch_payload(handler: Callable[..., Any], payload: Any) -> None:
     """FastStream reads a subscriber's payload schema (for its own validation and the AsyncAPI
     document) from its handler's annotation: a handler built at run time gets one set here."""
     handler.__annotations__ = {"batch": payload, "return": None}
+
+
+def wait_longer_when_idle(consumer: Any, idle_wait_ms: int) -> None:
+    """The consumer's fetches keep the wait and minimum it was made with while data flows; a fetch
+    to a broker whose last fetch brought nothing waits up to `idle_wait_ms` for its first byte
+    instead. The broker answers it as soon as one record comes, so an idle consumer costs a fetch
+    per `idle_wait_ms`, not one per short wait, and the first record after a quiet spell is not held
+    for the minimum. The short wait stays while a partition is left out of the fetch and will need
+    one of its own soon, which aiokafka sends only once the fetch in flight returns: a partition
+    whose records the consumer has not taken yet (a slow batch), or one awaiting its position.
+    Applied once per consumer."""
+    fetcher = consumer._fetcher
+    if getattr(fetcher, "_gongji_waits_longer_when_idle", False):
+        return
+    fetch = fetcher._proc_fetch_request
+    idle_brokers: set[int] = set()  # brokers whose last fetch brought no record
+
+    async def fetch_waiting_longer_when_idle(assignment: Any, node_id: int, request: Any) -> bool:
+        if (
+            node_id in idle_brokers
+            and not fetcher._records
+            and all(assignment.state_value(tp).has_valid_position for tp in assignment.tps)
+        ):
+            request._max_wait_ms, request._min_bytes = idle_wait_ms, 1
+        brought_records = await fetch(assignment, node_id, request)
+        (idle_brokers.discard if brought_records else idle_brokers.add)(node_id)
+        return brought_records
+
+    fetcher._proc_fetch_request = fetch_waiting_longer_when_idle
+    fetcher._gongji_waits_longer_when_idle = True

@@ -54,7 +54,7 @@ from shared.acknowledgements import Acknowledgements, FlushOnRevoke
 from shared.clock import Clock
 from shared.contracts import DeadLetter, ReasonCode
 from shared.credentials import kafka_bootstrap, password, ssl_context
-from shared.faststream_hooks import aiokafka_producer, replace_batch_poll, set_batch_payload
+from shared.faststream_hooks import aiokafka_producer, replace_batch_poll, set_batch_payload, wait_longer_when_idle
 from shared.ids import derived_event_id, mask_person_ids
 from shared.operations import end_process, is_fatal, operations_routes
 from shared.redis_client import Barrier, ReplicaBehind
@@ -538,6 +538,7 @@ def subscribe(
     names its topic (Route.handed)."""
     several = len(topics) > 1
     topic = topics[0]
+    claim_path = topic.name in CLAIM_PATH
     label = topic.pattern
     decoder = DeadLetterDecoder(
         service, topics, clock, deliveries=several, answer_sender=answer_sender, writes_dead_letters=writes_dead_letters
@@ -589,11 +590,12 @@ def subscribe(
         # aiokafka keeps one fetch in flight per broker, for the partitions with nothing buffered:
         # a partition just handed over is fetched again only when that fetch returns, which the
         # broker holds until data comes or this wait ends (500 ms by default: the warm-up stall).
-        # A short wait costs idle fetches, so only the hops a claim waits on pay it. Under load a
-        # fetch that waits for a few records first makes fewer, larger batches: at 500 claims/s
-        # p99 fell from 1.5 s to 0.5 s here (fewer requests, Redis round trips and commits).
-        fetch_max_wait_ms=settings.claim_path_fetch_max_wait_ms if topic.name in CLAIM_PATH else 500,
-        fetch_min_bytes=settings.claim_path_fetch_min_bytes if topic.name in CLAIM_PATH else 1,
+        # Under load a fetch that waits for a few records first makes fewer, larger batches: at
+        # 500 claims/s p99 fell from 1.5 s to 0.5 s here (fewer requests, Redis round trips and
+        # commits). Only the hops a claim waits on pay for the short wait, and only while claims
+        # flow: idle, their fetches wait as long as the others' (_poll_without_pause).
+        fetch_max_wait_ms=settings.claim_path_fetch_max_wait_ms if claim_path else settings.idle_fetch_max_wait_ms,
+        fetch_min_bytes=settings.claim_path_fetch_min_bytes if claim_path else 1,
         # `acknowledgements` commits, once the batch's effects are done and its outputs confirmed;
         # on a transient error it seeks back (the effects are idempotent), never skips.
         ack_policy=AckPolicy.MANUAL,
@@ -606,20 +608,27 @@ def subscribe(
         include_in_schema=not several,
     )
     subscriber(consume)
-    replace_batch_poll(subscriber, _poll_without_pause(settings, acknowledgements, CONSUMER_LAG.labels(service, label)))
+    replace_batch_poll(
+        subscriber,
+        _poll_without_pause(settings, acknowledgements, CONSUMER_LAG.labels(service, label), claim_path),
+    )
     return acknowledgements
 
 
 def _poll_without_pause(
-    settings: Settings, acknowledgements: Acknowledgements, lag: Gauge
+    settings: Settings, acknowledgements: Acknowledgements, lag: Gauge, claim_path: bool
 ) -> Callable[[Any], Awaitable[tuple]]:
     """FastStream's batch poll sleeps a whole batch timeout after an empty poll, so a record that
     arrives then waits for nothing (a third of a claim's time at 100 claims/s). This poll returns
     as soon as any record is fetched, and only polls again after an empty wait. It also sets the
-    route's lag, at most once a second (what the dashboard shows)."""
+    route's lag, at most once a second (what the dashboard shows). On the claim path, the short
+    fetch wait holds only while records come: idle, 40 empty fetches a second of 120 partitions
+    cost settlement a fifth of a core and Kafka as much again (docs/performance.md)."""
     lag_set_at = [0.0]
 
     async def get_msg(consumer: Any) -> tuple[ConsumerRecord, ...]:
+        if claim_path:
+            wait_longer_when_idle(consumer, settings.idle_fetch_max_wait_ms)
         if pause := acknowledgements.polling(consumer):
             await asyncio.sleep(pause)
         try:

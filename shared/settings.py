@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     claim_path_fetch_max_wait_ms: int = 25
     # ... unless this much data (about ten claims) came sooner: larger batches under load.
     claim_path_fetch_min_bytes: int = 4096
+    # The wait of every other fetch, and of a claim-path fetch once its last one brought nothing
+    # (answered at its first record): what an idle consumer costs is a fetch this often.
+    idle_fetch_max_wait_ms: int = 500
     # How long a consumer may be silent before its group hands its partitions to the other
     # instances: a crashed instance's partitions are read again about this plus a rebalance after
     # it died. It heartbeats four times in it; the brokers accept sessions down to 1 s.

@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import inspect
 from importlib.metadata import version
+from types import SimpleNamespace
 
+from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.protocol.fetch import FetchRequest
 from faststream.kafka import KafkaBroker
 from faststream.kafka.publisher.state import RealProducer
 from faststream.kafka.subscriber import usecase
 from faststream.specification import AsyncAPI
 
-from shared.faststream_hooks import CHECKED_WITH, aiokafka_producer, replace_batch_poll, set_batch_payload
+from shared.faststream_hooks import (
+    AIOKAFKA_CHECKED_WITH,
+    CHECKED_WITH,
+    aiokafka_producer,
+    replace_batch_poll,
+    set_batch_payload,
+    wait_longer_when_idle,
+)
 
 
 def test_the_pinned_faststream_is_the_one_the_hooks_were_checked_with() -> None:
@@ -46,3 +56,69 @@ def test_faststream_reads_the_payload_from_the_annotation_the_hook_sets() -> Non
     broker.subscriber("gongji.example.v1", batch=True)(handler)
     schema = str(AsyncAPI(broker).to_specification().to_jsonable())
     assert "integer" in schema
+
+
+def test_the_pinned_aiokafka_is_the_one_the_hooks_were_checked_with() -> None:
+    assert version("aiokafka") == AIOKAFKA_CHECKED_WITH, "a new aiokafka: check each hook, then AIOKAFKA_CHECKED_WITH"
+
+
+def test_aiokafka_fetches_through_the_method_the_hook_wraps_with_the_wait_it_sets() -> None:
+    assert "self._proc_fetch_request(" in inspect.getsource(Fetcher._fetch_requests_routine)
+    assert "if tp in self._records" in inspect.getsource(Fetcher._get_actions_per_node)
+    built = inspect.getsource(FetchRequest.build)
+    assert "self._max_wait_ms" in built and "self._min_bytes" in built
+
+
+class _Position:
+    def __init__(self, valid: bool) -> None:
+        self.has_valid_position = valid
+
+
+class _Assignment:
+    def __init__(self, *valid: bool) -> None:
+        self.tps = list(range(len(valid)))
+        self._states = [_Position(one) for one in valid]
+
+    def state_value(self, tp: int) -> _Position:
+        return self._states[tp]
+
+
+class _Fetcher:
+    """aiokafka's fetcher as the hook sees it: one fetch per call, which brings records or not."""
+
+    def __init__(self, brings: list[bool]) -> None:
+        self._records: dict[int, object] = {}
+        self.brings = brings
+        self.waits: list[tuple[int, int]] = []  # (max wait ms, min bytes) of each fetch sent
+
+    async def _proc_fetch_request(self, assignment: object, node_id: int, request: FetchRequest) -> bool:
+        self.waits.append((request._max_wait_ms, request._min_bytes))
+        return self.brings.pop(0)
+
+
+async def _fetch(fetcher: _Fetcher, assignment: _Assignment, node_id: int = 1) -> None:
+    await fetcher._proc_fetch_request(assignment, node_id, FetchRequest(25, 4096, 1 << 20, 0, []))
+
+
+async def test_a_fetch_waits_longer_only_once_the_last_one_to_its_broker_brought_nothing() -> None:
+    fetcher = _Fetcher(brings=[False, False, True, False, False])
+    consumer = SimpleNamespace(_fetcher=fetcher)
+    wait_longer_when_idle(consumer, idle_wait_ms=500)
+    wait_longer_when_idle(consumer, idle_wait_ms=500)  # a second call changes nothing
+    assignment = _Assignment(True, True)
+    for _ in range(4):
+        await _fetch(fetcher, assignment)
+    await _fetch(fetcher, assignment, node_id=2)  # another broker: its own last fetch counts
+    assert fetcher.waits == [(25, 4096), (500, 1), (500, 1), (25, 4096), (25, 4096)]
+
+
+async def test_the_short_wait_stays_while_a_partition_will_soon_need_a_fetch_of_its_own() -> None:
+    fetcher = _Fetcher(brings=[False, False, False, False])
+    wait_longer_when_idle(SimpleNamespace(_fetcher=fetcher), idle_wait_ms=500)
+    await _fetch(fetcher, _Assignment(True))
+    await _fetch(fetcher, _Assignment(True, False))  # a partition awaits its position
+    fetcher._records[0] = object()  # a partition's records not taken by the consumer yet
+    await _fetch(fetcher, _Assignment(True))
+    fetcher._records.clear()
+    await _fetch(fetcher, _Assignment(True))
+    assert fetcher.waits == [(25, 4096), (25, 4096), (25, 4096), (500, 1)]
