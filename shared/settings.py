@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # The wait of every other fetch, and of a claim-path fetch once its last one brought nothing
     # (answered at its first record): what an idle consumer costs is a fetch this often.
     idle_fetch_max_wait_ms: int = 500
+    # A route that reads the platform's own results (nobody waits on it) fetches once this much
+    # came, or the idle wait ended: a batch of about a hundred results, not one at a time.
+    own_outputs_fetch_min_bytes: int = 64 * 1024
     # How long a consumer may be silent before its group hands its partitions to the other
     # instances: a crashed instance's partitions are read again about this plus a rebalance after
     # it died. It heartbeats four times in it; the brokers accept sessions down to 1 s.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -110,6 +111,7 @@ def province_dead_letters(province: str) -> Topic:
     return Topic(f"gongji.province.{province}.dead-letters.v1", DEAD_LETTERS.key_field, DEAD_LETTERS.model, province)
 
 
+@functools.cache  # a province's copy of every result is addressed by it
 def province_settlements(province: str) -> Topic:
     return Topic(f"gongji.province.{province}.settlements.v1", SETTLEMENTS.key_field, SETTLEMENTS.model, province)
 

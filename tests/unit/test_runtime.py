@@ -30,12 +30,14 @@ from shared.runtime import (
     Outbox,
     Refused,
     ToTopic,
+    _fetch_waits,
     _learn_output_topics,
     _without_instructions,
     handle_isolating_poison,
     is_transient,
     patiently,
 )
+from shared.settings import Settings
 from shared.topics import ACCOUNT_CREDITS, ACCOUNT_SPENDS, DEAD_LETTERS, ENROLLMENT, REGISTRY_DEAD_LETTERS
 
 PERSON = make_person_id("110101", "19800101", 7)
@@ -406,3 +408,13 @@ async def test_the_outbox_sends_each_output_as_its_contract_json_keyed_by_its_ke
     with pytest.raises(KeyError):  # a topic the outbox was not given: refused before anything leaves
         await outbox.send([ToTopic(ENROLLMENT, credit)])
     assert len(producer.sent) == 3
+
+
+def test_only_the_claim_path_fetches_with_a_short_wait_and_only_the_own_outputs_wait_for_a_large_batch() -> None:
+    settings = Settings()
+    claim_path = _fetch_waits(settings, claim_path=True, own_outputs=False)
+    own_outputs = _fetch_waits(settings, claim_path=False, own_outputs=True)
+    others = _fetch_waits(settings, claim_path=False, own_outputs=False)
+    assert claim_path == {"fetch_max_wait_ms": 25, "fetch_min_bytes": 4096}
+    assert own_outputs == {"fetch_max_wait_ms": 500, "fetch_min_bytes": 64 * 1024}
+    assert others == {"fetch_max_wait_ms": 500, "fetch_min_bytes": 1}  # answered at their first record
