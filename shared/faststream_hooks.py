@@ -41,22 +41,22 @@ def wait_longer_when_idle(consumer: Any, idle_wait_ms: int) -> None:
     to a broker whose last fetch brought nothing waits up to `idle_wait_ms` for its first byte
     instead. The broker answers it as soon as one record comes, so an idle consumer costs a fetch
     per `idle_wait_ms`, not one per short wait, and the first record after a quiet spell is not held
-    for the minimum. The short wait stays while a partition is left out of the fetch and will need
-    one of its own soon, which aiokafka sends only once the fetch in flight returns: a partition
-    whose records the consumer has not taken yet (a slow batch), or one awaiting its position.
-    Applied once per consumer."""
+    for the minimum. Only a fetch that asks for every partition the consumer reads from that broker
+    waits longer: one left out (its records not taken yet by a slow batch, or its position not
+    known yet) is fetched only once the fetch in flight returns, so it must return soon. Applied
+    once per consumer."""
     fetcher = consumer._fetcher
     if getattr(fetcher, "_gongji_waits_longer_when_idle", False):
         return
     fetch = fetcher._proc_fetch_request
     idle_brokers: set[int] = set()  # brokers whose last fetch brought no record
 
+    def asks_for_all(assignment: Any, node_id: int, request: Any) -> bool:
+        asked = sum(len(partitions) for _, partitions in request.topics)
+        return asked == sum(1 for tp in assignment.tps if fetcher._select_read_replica(tp) == node_id)
+
     async def fetch_waiting_longer_when_idle(assignment: Any, node_id: int, request: Any) -> bool:
-        if (
-            node_id in idle_brokers
-            and not fetcher._records
-            and all(assignment.state_value(tp).has_valid_position for tp in assignment.tps)
-        ):
+        if node_id in idle_brokers and asks_for_all(assignment, node_id, request):
             request._max_wait_ms, request._min_bytes = idle_wait_ms, 1
         brought_records = await fetch(assignment, node_id, request)
         (idle_brokers.discard if brought_records else idle_brokers.add)(node_id)

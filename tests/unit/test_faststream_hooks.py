@@ -64,61 +64,61 @@ def test_the_pinned_aiokafka_is_the_one_the_hooks_were_checked_with() -> None:
 
 def test_aiokafka_fetches_through_the_method_the_hook_wraps_with_the_wait_it_sets() -> None:
     assert "self._proc_fetch_request(" in inspect.getsource(Fetcher._fetch_requests_routine)
-    assert "if tp in self._records" in inspect.getsource(Fetcher._get_actions_per_node)
+    assert "node_id = self._select_read_replica(tp)" in inspect.getsource(Fetcher._get_actions_per_node)
     built = inspect.getsource(FetchRequest.build)
     assert "self._max_wait_ms" in built and "self._min_bytes" in built
 
 
-class _Position:
-    def __init__(self, valid: bool) -> None:
-        self.has_valid_position = valid
-
-
 class _Assignment:
-    def __init__(self, *valid: bool) -> None:
-        self.tps = list(range(len(valid)))
-        self._states = [_Position(one) for one in valid]
+    """Partitions 0..n-1 of one topic, each read from the broker given."""
 
-    def state_value(self, tp: int) -> _Position:
-        return self._states[tp]
+    def __init__(self, *brokers: int) -> None:
+        self.tps = list(range(len(brokers)))
+        self.brokers = brokers
 
 
 class _Fetcher:
     """aiokafka's fetcher as the hook sees it: one fetch per call, which brings records or not."""
 
     def __init__(self, brings: list[bool]) -> None:
-        self._records: dict[int, object] = {}
         self.brings = brings
+        self.assignment = _Assignment()
         self.waits: list[tuple[int, int]] = []  # (max wait ms, min bytes) of each fetch sent
+
+    def _select_read_replica(self, tp: int) -> int:
+        return self.assignment.brokers[tp]
 
     async def _proc_fetch_request(self, assignment: object, node_id: int, request: FetchRequest) -> bool:
         self.waits.append((request._max_wait_ms, request._min_bytes))
         return self.brings.pop(0)
 
 
-async def _fetch(fetcher: _Fetcher, assignment: _Assignment, node_id: int = 1) -> None:
-    await fetcher._proc_fetch_request(assignment, node_id, FetchRequest(25, 4096, 1 << 20, 0, []))
+async def _fetch(fetcher: _Fetcher, node_id: int, *partitions: int) -> None:
+    """A fetch to `node_id` asking for `partitions`, as aiokafka builds it (25 ms, 4 KiB)."""
+    topics = [("gongji.example.v1", [(partition, 0, 1 << 20) for partition in partitions])]
+    await fetcher._proc_fetch_request(fetcher.assignment, node_id, FetchRequest(25, 4096, 1 << 20, 0, topics))
 
 
 async def test_a_fetch_waits_longer_only_once_the_last_one_to_its_broker_brought_nothing() -> None:
-    fetcher = _Fetcher(brings=[False, False, True, False, False])
+    fetcher = _Fetcher(brings=[False, False, True, False, False, False])
     consumer = SimpleNamespace(_fetcher=fetcher)
     wait_longer_when_idle(consumer, idle_wait_ms=500)
     wait_longer_when_idle(consumer, idle_wait_ms=500)  # a second call changes nothing
-    assignment = _Assignment(True, True)
+    fetcher.assignment = _Assignment(1, 1, 2)
     for _ in range(4):
-        await _fetch(fetcher, assignment)
-    await _fetch(fetcher, assignment, node_id=2)  # another broker: its own last fetch counts
-    assert fetcher.waits == [(25, 4096), (500, 1), (500, 1), (25, 4096), (25, 4096)]
+        await _fetch(fetcher, 1, 0, 1)
+    await _fetch(fetcher, 2, 2)  # another broker: its own last fetch counts
+    await _fetch(fetcher, 2, 2)
+    assert fetcher.waits == [(25, 4096), (500, 1), (500, 1), (25, 4096), (25, 4096), (500, 1)]
 
 
-async def test_the_short_wait_stays_while_a_partition_will_soon_need_a_fetch_of_its_own() -> None:
-    fetcher = _Fetcher(brings=[False, False, False, False])
+async def test_the_short_wait_stays_while_a_partition_is_left_out_of_the_fetch() -> None:
+    # Left out: its records not taken yet, or its position not known yet. It is fetched only once
+    # the fetch in flight returns.
+    fetcher = _Fetcher(brings=[False, False, False])
     wait_longer_when_idle(SimpleNamespace(_fetcher=fetcher), idle_wait_ms=500)
-    await _fetch(fetcher, _Assignment(True))
-    await _fetch(fetcher, _Assignment(True, False))  # a partition awaits its position
-    fetcher._records[0] = object()  # a partition's records not taken by the consumer yet
-    await _fetch(fetcher, _Assignment(True))
-    fetcher._records.clear()
-    await _fetch(fetcher, _Assignment(True))
-    assert fetcher.waits == [(25, 4096), (25, 4096), (25, 4096), (500, 1)]
+    fetcher.assignment = _Assignment(1, 1)
+    await _fetch(fetcher, 1, 0, 1)
+    await _fetch(fetcher, 1, 0)
+    await _fetch(fetcher, 1, 1, 0)
+    assert fetcher.waits == [(25, 4096), (25, 4096), (500, 1)]
