@@ -49,7 +49,9 @@ async def test_the_page_follows_claims_from_two_provinces_live(world: World, kaf
     provider, recipient = await world.funded_family(provider_region="350100", quota_fen=200_000)
     async with opened(dashboard) as browser:
         page = browser.page
-        await page.wait_for_function("document.getElementById('settled-total').textContent !== '…'")
+        # A function, not an expression: Playwright evals an expression again at every poll,
+        # which the page's CSP (no 'unsafe-eval') refuses once the first check was false.
+        await page.wait_for_function("() => document.getElementById('settled-total').textContent !== '…'")
         total = settled_total(await page.text_content("#settled-total"))
         cells = {pair: int(await page.get_attribute(f"#cell-{pair}", "data-count") or 0) for pair in ("35-44", "35-53")}
         # Care in Guangdong (44) and Yunnan (53), each sent on its province's own topic, paid by
