@@ -24,15 +24,14 @@ from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from gongji.audit.deep import AuditUnavailable, deep_audit, report_json
 from gongji.ops.kafka_io import TopicWatcher, make_producer
+from gongji.perf.audited import audited_apart
 from gongji.perf.latency_budget import claim_budget, snapshot
 from gongji.perf.population import Family, PopulationBuilder
 from gongji.perf.results import ClaimResults, peak_resident_mib
 from shared.clock import SHANGHAI, clock_from_settings
 from shared.ids import claim_id_prefix, province_of
 from shared.principals import OPERATOR, province_principal
-from shared.redis_client import connect
 from shared.settings import Settings
 from shared.topics import (
     ACCOUNT_CREDITS,
@@ -593,16 +592,8 @@ async def run_load(
     finally:
         await run.watcher.stop()
         await run.stop_producers()
-    # The peak is the process's so far: read before the deep audit, it is the load's own.
-    peak_before_audit = peak_resident_mib()
-    redis = connect(settings, OPERATOR.name)
-    try:
-        # The books rebuilt from the topics, against Redis; what is still in flight is waited for.
-        audit = report_json(await deep_audit(settings, redis, wait_seconds=AUDIT_WAIT_SECONDS))
-    except AuditUnavailable as error:
-        audit = {"valid?": False, "first": str(error), "pending": [], "unavailable": str(error)}
-    finally:
-        await redis.aclose()
+    # The books rebuilt from the topics, against Redis; what is still in flight is waited for.
+    audit = await audited_apart(settings, AUDIT_WAIT_SECONDS)
 
     claims = run.claims
     timeline = claims.timeline()
@@ -652,9 +643,9 @@ async def run_load(
         "pauses": [{"at_s": round(at, 2), "seconds": round(length, 2)} for at, length in run.pauses],
         "audit": audit,
         "timeline": timeline,
-        # This process's peak: what the load keeps grows with the rate, not with the run's length;
-        # the deep audit's (the whole peak, after it) grows with the records it reads.
-        "harness": {"peak_resident_mib_before_audit": peak_before_audit, "peak_resident_mib": peak_resident_mib()},
+        # This process's peak: what the load keeps grows with the rate, not with the run's length
+        # (the deep audit's, which grows with the records it reads, is `audit.peak_resident_mib`).
+        "harness": {"peak_resident_mib": peak_resident_mib()},
     }
     return report
 

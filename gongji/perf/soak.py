@@ -21,11 +21,12 @@ from redis.asyncio import Redis
 from rich.console import Console
 
 from gongji.archive import NotArchivable, month_of, write
-from gongji.audit.checkpoint import CheckpointInDoubt, CheckpointStore
-from gongji.audit.deep import AuditUnavailable, deep_audit, read_topics, report_json
+from gongji.audit.checkpoint import CheckpointStore
+from gongji.audit.deep import read_topics
 from gongji.ops import infra
 from gongji.ops.kafka_io import publish_routed
 from gongji.ops.launcher import SERVICE_NAMES, ServiceProcess
+from gongji.perf.audited import audited_apart
 from gongji.perf.load import SENDERS, LoadOptions, LoadRun
 from gongji.reconcile import checked, held
 from services.settlement.app import SERVICE as SETTLEMENT
@@ -105,7 +106,7 @@ async def run_soak(settings: Settings, options: SoakOptions, console: Console) -
                 archives[month] = await _close_and_archive(settings, redis, month, now, options.archive_dir)
                 month = shanghai_month(now)
             started = time.monotonic()
-            audit = await _audit(settings, redis, checkpoints)
+            audit = await audited_apart(settings, AUDIT_WAIT_SECONDS, checkpoints)
             row = {
                 "day": day,
                 "date": now.astimezone(SHANGHAI).date().isoformat(),
@@ -117,6 +118,7 @@ async def run_soak(settings: Settings, options: SoakOptions, console: Console) -
                 "audit_seconds": round(time.monotonic() - started, 2),
                 "audit_records": audit.get("counts", {}).get("records"),
                 "audit_records_judged": audit.get("counts", {}).get("records_judged"),
+                "audit_peak_resident_mib": audit.get("peak_resident_mib"),
                 # The day that ended at the last midnight and the day so far, against the ledger.
                 "reconciled": await _reconciled(settings, redis, clock, [now - DAY, now]),
             }
@@ -129,11 +131,12 @@ async def run_soak(settings: Settings, options: SoakOptions, console: Console) -
             )
         # The checkpoints' chain checked once against every record read and judged again.
         started = time.monotonic()
-        audit = await _audit(settings, redis, checkpoints, from_scratch=True)
+        audit = await audited_apart(settings, AUDIT_WAIT_SECONDS, checkpoints, from_scratch=True)
         from_scratch = {
             "audit": "clean" if audit["valid?"] else str(audit["first"]),
             "seconds": round(time.monotonic() - started, 2),
             "records": audit.get("counts", {}).get("records"),
+            "peak_resident_mib": audit.get("peak_resident_mib"),
         }
         console.print(f"from scratch: audit {from_scratch['audit']} in {from_scratch['seconds']:.1f} s")
     finally:
@@ -173,18 +176,6 @@ async def _claims_held(redis: Redis) -> int:
     async for key in redis.scan_iter(match="stl:{s*}:claims:*", count=5000):
         held += await redis.hlen(key)
     return held
-
-
-async def _audit(
-    settings: Settings, redis: Redis, checkpoints: CheckpointStore, from_scratch: bool = False
-) -> dict[str, Any]:
-    """The deep audit, from the last day's checkpoint (or from scratch), as `gongji audit --deep` runs."""
-    try:
-        return report_json(
-            await deep_audit(settings, redis, AUDIT_WAIT_SECONDS, checkpoints, from_scratch=from_scratch)
-        )
-    except (AuditUnavailable, CheckpointInDoubt) as error:
-        return {"valid?": False, "first": str(error)}
 
 
 async def _reconciled(settings: Settings, redis: Redis, clock: ScaledClock, moments: list[datetime]) -> str:

@@ -49,8 +49,8 @@ async def test_a_small_load_run_reports_every_claim_once(infrastructure, service
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"] <= report["latency_ms"]["max"]
     # The final check is the deep audit: the books rebuilt from the topics agree with Redis.
     assert report["audit"]["valid?"] and not report["audit"]["pending"], report["audit"]["first"]
-    harness = report["harness"]
-    assert 0 < harness["peak_resident_mib_before_audit"] <= harness["peak_resident_mib"]
+    # Each figure its own process's: the audit ran in a child, which gave its memory back.
+    assert report["harness"]["peak_resident_mib"] > 0 and report["audit"]["peak_resident_mib"] > 0
     json_path, png_path = write_report(report, tmp_path)
     assert json.loads(json_path.read_text())["throughput"]["offered_per_second"] == 100
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -62,6 +62,8 @@ def test_bench_prints_its_figures_as_one_json_object_on_the_last_line(infrastruc
     assert result["claims_per_s"] > 0 and result["ratio"] > 0 and result["cpu_us_per_claim"] > 0
     assert result["runs"] == len(result["per_run"]) == 1 and result["failures"] == []
     assert result["per_run"][0]["claims"] == 1_500  # every claim offered (rate × duration) had its result
+    # The deep audit ran in a child of its own, which reported its peak: the harness's is apart.
+    assert result["audit_peak_resident_mib"] == result["per_run"][0]["audit_peak_resident_mib"] > 0
     assert {"relationship", "wallet", "settlement", "kafka", "redis"} <= set(result["cpu_us_per_claim_by_process"])
 
 
