@@ -174,61 +174,83 @@ def rebuild(records: Iterable[Record], cut: Offsets | None = None, starts: Offse
     """`starts`: where each partition was read from (else its beginning); `cut`: the checkpoint's
     offsets, before which records are read only to look up what later ones name (else none)."""
     # In each partition's order, whatever order they were read in: "first" means first published.
-    records = sorted(records, key=lambda record: (record.topic, record.partition, record.offset))
-    cut, starts = cut or {}, starts or {}
-    books = Books()
-    books.records.update(record.topic for record in records)
-
-    def before_cut(record: Record) -> bool:
-        return before(record, cut)
-
-    books.judged_records = sum(1 for record in records if not before_cut(record))
-    first_offsets: dict[tuple[str, int], int] = {}
+    records = sorted(records, key=in_order)
+    rebuilding = Rebuilding([record for record in records if record.topic == DEAD_LETTERS.name], cut, starts)
     for record in records:
-        where = (record.topic, record.partition)
-        first_offsets[where] = min(first_offsets.get(where, record.offset), record.offset)
-    books.truncated = {where: offset for where, offset in first_offsets.items() if offset > starts.get(where, 0)}
-    letter_records = [
-        record
-        for record in records
-        if record.topic == DEAD_LETTERS.name
-        and record.value
-        and {"source_topic", "partition", "offset"} <= record.value.keys()
-    ]
-    letters = [record.value for record in letter_records if record.value]
-    too_old = {
-        (value["source_topic"], value["partition"], value["offset"])
-        for value in letters
-        if value.get("reason") == ReasonCode.INPUT_TOO_OLD
-    }
-    books.too_old_letters = [
-        DeadLetter.model_validate(record.value)
-        for record in letter_records
-        if (record.value or {}).get("reason") == ReasonCode.INPUT_TOO_OLD and not before_cut(record)
-    ]
-    dead_lettered = {(value["source_topic"], value["partition"], value["offset"]) for value in letters} - too_old
-    books.dead_lettered_claims = {
-        claim_id
-        for value in letters
-        if INPUT_IDS.get(str(value["source_topic"])) == ("claim_id", None)
-        if (claim_id := _claim_id_of(value.get("payload")))
-    }
-    published: dict[str, dict[str, Any]] = {}
-    for record in records:
+        rebuilding.take(record)
+    return rebuilding.books
+
+
+def in_order(record: Record) -> tuple[str, int, int]:
+    """The order records are taken in: partition by partition, each in its offsets' order."""
+    return record.topic, record.partition, record.offset
+
+
+class Rebuilding:
+    """The books rebuilt record by record, so that no record need be held once taken: the dead
+    letters first (they say which inputs a service refused), then every record in `in_order`."""
+
+    def __init__(self, letter_records: Iterable[Record], cut: Offsets | None = None, starts: Offsets | None = None):
+        self.books = Books()
+        self._cut, self._starts = cut or {}, starts or {}
+        self._published: dict[str, dict[str, Any]] = {}  # each output's figures as first published
+        self._first: set[tuple[str, int]] = set()  # the partitions a record was taken from
+        letter_records = list(letter_records)
+        for record in letter_records:
+            self._count(record)
+        letters = [
+            record
+            for record in letter_records
+            if record.value and {"source_topic", "partition", "offset"} <= record.value.keys()
+        ]
+        values = [record.value for record in letters if record.value]
+        self._too_old = {
+            (value["source_topic"], value["partition"], value["offset"])
+            for value in values
+            if value.get("reason") == ReasonCode.INPUT_TOO_OLD
+        }
+        self.books.too_old_letters = [
+            DeadLetter.model_validate(record.value)
+            for record in letters
+            if (record.value or {}).get("reason") == ReasonCode.INPUT_TOO_OLD and not before(record, self._cut)
+        ]
+        self._dead_lettered = {
+            (value["source_topic"], value["partition"], value["offset"]) for value in values
+        } - self._too_old
+        self.books.dead_lettered_claims = {
+            claim_id
+            for value in values
+            if INPUT_IDS.get(str(value["source_topic"])) == ("claim_id", None)
+            if (claim_id := _claim_id_of(value.get("payload")))
+        }
+
+    def take(self, record: Record) -> None:
+        """One record, after every record before it `in_order` (the dead letters are taken already)."""
+        if record.topic == DEAD_LETTERS.name:
+            return
+        self._count(record)
+        judged = not before(record, self._cut)
         if record.topic in INPUT_IDS:
             where = (record.topic, record.partition, record.offset)
-            if where in dead_lettered:
-                continue
-            if where in too_old:
-                _take_input(books, record, books.too_old)
-                continue
-            if _breaks_the_contract(INPUT_TOPICS[record.topic], record):
-                books.undead.append(where)
+            if where in self._dead_lettered:
+                return
+            if where in self._too_old:
+                _take_input(self.books, record, self.books.too_old)
+            elif _breaks_the_contract(INPUT_TOPICS[record.topic], record):
+                self.books.undead.append(where)
             else:
-                _take_input(books, record, judged=not before_cut(record))
+                _take_input(self.books, record, judged=judged)
         elif (topic := _output_topic(record.topic)) is not None:
-            _take_output(books, topic, record, published, judged=not before_cut(record))
-    return books
+            _take_output(self.books, topic, record, self._published, judged=judged)
+
+    def _count(self, record: Record) -> None:
+        where = (record.topic, record.partition)
+        self.books.records[record.topic] += 1
+        self.books.judged_records += not before(record, self._cut)
+        # The first record read of a partition: later than where reading started, retention deleted the rest.
+        if where not in self._first and record.offset > self._starts.get(where, 0):
+            self.books.truncated[where] = record.offset
+        self._first.add(where)
 
 
 def _breaks_the_contract(topic: Topic, record: Record) -> bool:

@@ -17,6 +17,8 @@ import gc
 import re
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import BusyLoadingError
 from rich.markup import escape
 
-from gongji.audit.books import AUDITED_TOPICS, Offsets, Record, json_object, rebuild
+from gongji.audit.books import AUDITED_TOPICS, Books, Offsets, Rebuilding, Record, json_object
 from gongji.audit.checkpoint import Checkpoint, CheckpointInDoubt, CheckpointStore, Cut
 from gongji.audit.compare import IN_FLIGHT, AuditReport, Difference, Pending, compare
 from gongji.audit.state import RedisState, read_state
@@ -38,7 +40,7 @@ from shared.credentials import aiokafka_options
 from shared.ids import mask_person_id
 from shared.principals import OPERATOR
 from shared.settings import Settings
-from shared.topics import Topic
+from shared.topics import DEAD_LETTERS, Topic
 
 LISTED = 100  # differences and pending items a JSON report lists; its counts have them all
 _PERSON_ID = re.compile(r"\b\d{17}[\dX]\b")
@@ -171,31 +173,48 @@ async def _audit_once(
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
     )
-    await consumer.start()
-    try:
-        partitions = [
-            TopicPartition(topic.name, number)
-            for topic in AUDITED_TOPICS
-            for number in range(topic.partitions(settings))
-        ]
-        ends = await consumer.end_offsets(partitions)
-        window = Window.from_settings(settings, clock_from_settings(settings).now())
-        cut = Cut(window.now, {(partition.topic, partition.partition): end for partition, end in ends.items()})
-        starts = checkpoint.starts(window.horizon) if checkpoint else {}
-        if checkpoint:
-            _within(checkpoint.cut.offsets, cut.offsets)
-        state, loading = await _read_state_once_loaded(redis, window.today)
-        records = await read_records(consumer, ends, starts)
-    finally:
-        await consumer.stop()
-    # The records and the state live to the end and hold no cycles: the collector would only scan
-    # them again and again while the books are built.
+    with _collector_paused():
+        await consumer.start()
+        try:
+            partitions = [
+                TopicPartition(topic.name, number)
+                for topic in AUDITED_TOPICS
+                for number in range(topic.partitions(settings))
+            ]
+            ends = await consumer.end_offsets(partitions)
+            window = Window.from_settings(settings, clock_from_settings(settings).now())
+            cut = Cut(window.now, {(partition.topic, partition.partition): end for partition, end in ends.items()})
+            starts = checkpoint.starts(window.horizon) if checkpoint else {}
+            if checkpoint:
+                _within(checkpoint.cut.offsets, cut.offsets)
+            state, loading = await _read_state_once_loaded(redis, window.today)
+            books = await _rebuilt(consumer, ends, starts, checkpoint.cut.offsets if checkpoint else None)
+        finally:
+            await consumer.stop()
+        return compare(books, state, window, checkpoint.opening if checkpoint else None), loading, cut
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The state and the books grow with what is read and hold no cycles: the collector would only
+    scan them again and again while they are read, built and compared."""
     gc.disable()
     try:
-        books = rebuild(records, checkpoint.cut.offsets if checkpoint else None, starts)
-        return compare(books, state, window, checkpoint.opening if checkpoint else None), loading, cut
+        yield
     finally:
         gc.enable()
+
+
+async def _rebuilt(
+    consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int], starts: Offsets, cut: Offsets | None
+) -> Books:
+    """The books, each record taken as it is read and none held after: the dead letters first."""
+    letters = {partition: end for partition, end in ends.items() if partition.topic == DEAD_LETTERS.name}
+    rebuilding = Rebuilding([record async for record in records_in_order(consumer, letters, starts)], cut, starts)
+    rest = {partition: end for partition, end in ends.items() if partition not in letters}
+    async for record in records_in_order(consumer, rest, starts):
+        rebuilding.take(record)
+    return rebuilding.books
 
 
 def _within(cut: Offsets, ends: Offsets) -> None:
@@ -217,45 +236,39 @@ async def read_topics(settings: Settings, topics: list[Topic]) -> list[Record]:
         partitions = [
             TopicPartition(topic.name, number) for topic in topics for number in range(topic.partitions(settings))
         ]
-        return await read_records(consumer, await consumer.end_offsets(partitions))
+        return [record async for record in records_in_order(consumer, await consumer.end_offsets(partitions))]
     finally:
         await consumer.stop()
 
 
-async def read_records(
+async def records_in_order(
     consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int], starts: Offsets | None = None
-) -> list[Record]:
-    """Every record of the partitions from `starts` (else their beginning) up to (not including) `ends`."""
+) -> AsyncIterator[Record]:
+    """Every record of the partitions from `starts` (else their beginning) up to (not including)
+    `ends`, one partition after another in the books' order (`in_order`)."""
     consumer.assign(list(ends))
-    await consumer.seek_to_beginning(*ends)
-    for partition in ends:
-        if start := (starts or {}).get((partition.topic, partition.partition)):
+    consumer.pause(*ends)
+    for partition in sorted(ends, key=lambda partition: (partition.topic, partition.partition)):
+        end, start = ends[partition], (starts or {}).get((partition.topic, partition.partition), 0)
+        if end <= start:
+            continue
+        if start:
             consumer.seek(partition, start)
-    records: list[Record] = []
-    open_partitions = {
-        partition
-        for partition, end in ends.items()
-        if end > (starts or {}).get((partition.topic, partition.partition), 0)
-    }
-    consumer.pause(*(set(ends) - open_partitions))
-    while open_partitions:
-        for partition, batch in (await consumer.getmany(*open_partitions, timeout_ms=1000, max_records=20_000)).items():
-            records += [
-                Record(
-                    record.topic,
-                    record.key.decode(errors="replace") if record.key is not None else None,
-                    json_object(record.value),
-                    record.partition,
-                    record.offset,
-                )
-                for record in batch
-                if record.offset < ends[partition]
-            ]
-        for partition in list(open_partitions):
-            if await consumer.position(partition) >= ends[partition]:
-                open_partitions.discard(partition)
-                consumer.pause(partition)
-    return records
+        else:
+            await consumer.seek_to_beginning(partition)
+        consumer.resume(partition)
+        while await consumer.position(partition) < end:
+            batch = await consumer.getmany(partition, timeout_ms=1000, max_records=20_000)
+            for record in batch.get(partition, []):
+                if record.offset < end:
+                    yield Record(
+                        record.topic,
+                        record.key.decode(errors="replace") if record.key is not None else None,
+                        json_object(record.value),
+                        record.partition,
+                        record.offset,
+                    )
+        consumer.pause(partition)
 
 
 def masked(value: Any) -> Any:
