@@ -616,8 +616,9 @@ def _fetch_waits(settings: Settings, claim_path: bool, own_outputs: bool) -> dic
     fetch that waits for a few records first makes fewer, larger batches: at 500 claims/s p99 fell
     from 1.5 s to 0.5 s here (fewer requests, Redis round trips and commits). Only the hops a claim
     waits on pay for the short wait, and only while claims flow: idle, their fetches wait as long
-    as the others' (_poll_without_pause). A route of the platform's own outputs (the statistics'
-    fold of every result) keeps no claim waiting: it waits for a large batch."""
+    as the others' (shared/faststream_hooks.py: wait_longer_when_idle). A route of the platform's
+    own outputs (the statistics' fold of every result) keeps no claim waiting: it waits for a large
+    batch."""
     if claim_path:
         return {
             "fetch_max_wait_ms": settings.claim_path_fetch_max_wait_ms,
@@ -635,9 +636,8 @@ def _poll_without_pause(
     """FastStream's batch poll sleeps a whole batch timeout after an empty poll, so a record that
     arrives then waits for nothing (a third of a claim's time at 100 claims/s). This poll returns
     as soon as any record is fetched, and only polls again after an empty wait. It also sets the
-    route's lag, at most once a second (what the dashboard shows). On the claim path, the short
-    fetch wait holds only while records come: idle, 40 empty fetches a second of 120 partitions
-    cost settlement a fifth of a core and Kafka as much again (docs/performance.md)."""
+    route's lag, at most once a second (what the dashboard shows). On the claim path, a fetch
+    waits long once its broker's last fetch brought nothing (`wait_longer_when_idle`)."""
     lag_set_at = [0.0]
 
     async def get_msg(consumer: Any) -> tuple[ConsumerRecord, ...]:
