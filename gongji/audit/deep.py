@@ -230,7 +230,9 @@ def _within(cut: Offsets, ends: Offsets) -> None:
 
 async def read_topics(settings: Settings, topics: list[Topic]) -> list[Record]:
     """Every record of the topics up to their ends when asked, as the operator reads them."""
-    consumer = AIOKafkaConsumer(**aiokafka_options(settings, OPERATOR.name), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **aiokafka_options(settings, OPERATOR.name), enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         partitions = [
@@ -246,16 +248,19 @@ async def records_in_order(
 ) -> AsyncIterator[Record]:
     """Every record of the partitions from `starts` (else their beginning) up to (not including)
     `ends`, one partition after another in the books' order (`in_order`)."""
+    # Every partition placed at once, before its reading starts: one left to the consumer's own
+    # reset meanwhile could have that reset land after the seek (at "latest", its end) and be read
+    # as empty.
     consumer.assign(list(ends))
+    await consumer.seek_to_beginning(*ends)
+    for partition in ends:
+        if start := (starts or {}).get((partition.topic, partition.partition)):
+            consumer.seek(partition, start)
     consumer.pause(*ends)
     for partition in sorted(ends, key=lambda partition: (partition.topic, partition.partition)):
         end, start = ends[partition], (starts or {}).get((partition.topic, partition.partition), 0)
         if end <= start:
             continue
-        if start:
-            consumer.seek(partition, start)
-        else:
-            await consumer.seek_to_beginning(partition)
         consumer.resume(partition)
         while await consumer.position(partition) < end:
             batch = await consumer.getmany(partition, timeout_ms=1000, max_records=20_000)

@@ -19,9 +19,12 @@ class OnePartitionAtATime:
         self.held = held
         self.positions = dict.fromkeys(held, 0)
         self.paused: set[TopicPartition] = set()
+        self.assigned: set[TopicPartition] = set()
+        self.placed: set[TopicPartition] = set()
 
     def assign(self, partitions: list[TopicPartition]) -> None:
         assert set(partitions) <= set(self.held)
+        self.assigned = set(partitions)
 
     def pause(self, *partitions: TopicPartition) -> None:
         self.paused |= set(partitions)
@@ -31,15 +34,19 @@ class OnePartitionAtATime:
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self.positions[partition] = offset
+        self.placed.add(partition)
 
     async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
         for partition in partitions:
             self.positions[partition] = 0
+        self.placed |= set(partitions)
 
     async def position(self, partition: TopicPartition) -> int:
         return self.positions[partition]
 
     async def getmany(self, *partitions: TopicPartition, timeout_ms: int, max_records: int):
+        # A real consumer resets a partition left unplaced on its own, and late (to its end).
+        assert self.placed == self.assigned, "every partition is placed before any is read"
         resumed = [partition for partition in partitions if partition not in self.paused]
         assert len(resumed) == 1, "one partition is read at a time"
         partition = resumed[0]
