@@ -257,7 +257,7 @@ async def records_in_order(
         if start := (starts or {}).get((partition.topic, partition.partition)):
             consumer.seek(partition, start)
     consumer.pause(*ends)
-    for partition in sorted(ends, key=lambda partition: (partition.topic, partition.partition)):
+    for partition in sorted(ends):  # (topic, partition): TopicPartition is a named tuple
         end, start = ends[partition], (starts or {}).get((partition.topic, partition.partition), 0)
         if end <= start:
             continue

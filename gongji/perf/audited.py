@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from gongji.audit.checkpoint import CheckpointInDoubt, CheckpointStore
 from gongji.audit.deep import AuditUnavailable, deep_audit, report_json
+from gongji.perf.results import peak_resident_mib
 from shared.principals import OPERATOR
 from shared.redis_client import connect
 from shared.settings import Settings
@@ -47,13 +47,4 @@ def _audited_here(
         finally:
             await redis.aclose()
 
-    return {**asyncio.run(audited()), "peak_resident_mib": own_peak_resident_mib()}
-
-
-def own_peak_resident_mib() -> float:
-    """This process's own peak resident memory (`VmHWM`, which starts again at exec): a spawned
-    child's `ru_maxrss` keeps its parent's peak, so it would say the harness's."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)  # in kB
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    return {**asyncio.run(audited()), "peak_resident_mib": peak_resident_mib()}

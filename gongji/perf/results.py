@@ -5,8 +5,8 @@ histograms, and each second of the timeline is reduced to its figures once it ha
 
 from __future__ import annotations
 
-import resource
 from collections import Counter, deque
+from pathlib import Path
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
@@ -96,5 +96,9 @@ class ClaimResults:
 
 
 def peak_resident_mib() -> float:
-    """This process's peak resident memory so far (Linux reports it in KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """This process's own peak resident memory so far (`VmHWM`, which starts again at exec): a
+    spawned child's `ru_maxrss` keeps its parent's peak (gongji/perf/audited.py's audit child)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)  # in kB
+    raise RuntimeError("no VmHWM in /proc/self/status")

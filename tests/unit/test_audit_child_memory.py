@@ -7,7 +7,7 @@ import multiprocessing
 import resource
 from concurrent.futures import ProcessPoolExecutor
 
-from gongji.perf.audited import own_peak_resident_mib
+from gongji.perf.results import peak_resident_mib
 
 
 def test_a_spawned_childs_peak_is_its_own_not_its_parents() -> None:
@@ -15,4 +15,4 @@ def test_a_spawned_childs_peak_is_its_own_not_its_parents() -> None:
     del ballast
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 >= 400
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
-        assert 0 < child.submit(own_peak_resident_mib).result() < 300
+        assert 0 < child.submit(peak_resident_mib).result() < 300
