@@ -17,7 +17,7 @@ from services.settlement.statistics import Counted
 from shared.clock import Clock, shanghai_day, shanghai_minute
 from shared.contracts import Claim
 from shared.records import ClaimRecord, ClaimResult, Recorded
-from shared.redis_functions import Call, Library, Result, Step, execute, run_steps
+from shared.redis_functions import Call, Command, Library, Result, Step, execute, run_steps, send_all
 from shared.settings import Settings
 from shared.window import SEEN_ARGS, SEEN_KEYS, SeenIds
 
@@ -181,16 +181,19 @@ class SettlementStore:
         it already (for the milliseconds given: as long as its bucket), reads a settle claim's
         recipient (this service's enrollment copy) and a reversal's original owner. Each step
         touches one hash slot."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for claim, owner, kept_ms in claims:
+        commands: list[Command] = []
+        for claim, owner, kept_ms in claims:
+            commands.append(
                 REGISTER_CLAIM.call(
                     owner_key=self._owner_key(claim.claim_id), owner=owner.stored(), kept_ms=kept_ms
-                ).on(pipe)
-                if claim.kind == "settle":
-                    pipe.hmget(_person_key(claim.recipient_id, "enrollment"), "insurance_type", "region", "status")
-                else:
-                    pipe.get(self._owner_key(claim.reverses))
-            replies = await execute(pipe)
+                ).command
+            )
+            if claim.kind == "settle":
+                enrollment = _person_key(claim.recipient_id, "enrollment")
+                commands.append(("HMGET", enrollment, "insurance_type", "region", "status"))
+            else:
+                commands.append(("GET", self._owner_key(claim.reverses)))
+        replies = await send_all(self.redis, commands)
         facts = []
         for (claim, _, _), stored, read in zip(claims, replies[::2], replies[1::2], strict=True):
             owner = ClaimOwner.read(stored)
@@ -423,10 +426,13 @@ class Tallies:
 
     async def published(self, marks: Sequence[tuple[int, str, str]]) -> None:
         """(shard, name, mark) published: each mark goes unless another was set since."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for shard, name, mark in marks:
-                PUBLISHED.call(dirty_key=f"{self._prefix(shard)}:dirty", name=name, mark=mark).on(pipe)
-            await execute(pipe)
+        await send_all(
+            self.redis,
+            [
+                PUBLISHED.call(dirty_key=f"{self._prefix(shard)}:dirty", name=name, mark=mark).command
+                for shard, name, mark in marks
+            ],
+        )
 
 
 def _stored(result: ClaimResult) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from services.wallet.domain import AccountSnapshot, GrantLimits
 from shared.clock import rfc3339, shanghai_day
 from shared.policy import Policy
 from shared.records import AccountStep, DrawAnswer, DrawPlan, Recorded, Refund, Take
-from shared.redis_functions import Call, Library, Result, Step, call_step, execute, run_steps
+from shared.redis_functions import Call, Library, Result, Step, call_step, execute, run_steps, send_all
 from shared.window import SEEN_ARGS, SEEN_KEYS, SeenIds
 
 LIBRARY = Library("gongji_wallet", Path(__file__).with_name("wallet.lua"))
@@ -275,8 +275,9 @@ class WalletStore:
     async def draw_begin(self, requests: Sequence[tuple[str, str, Bucket]]) -> list[DrawAnswer | DrawPlan]:
         """Step 1 for each (claim, recipient, bucket), in one pipeline: the stored answer of an
         earlier draw, or the plan fixed at the first try."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for claim_id, recipient_id, bucket in requests:
+        replies = await send_all(
+            self.redis,
+            [
                 DRAW_BEGIN.call(
                     plans_key=bucket.key(recipient_id, "plans"),
                     answers_key=bucket.key(recipient_id, "answers"),
@@ -284,8 +285,10 @@ class WalletStore:
                     account_key=_key(recipient_id, "account"),
                     claim_id=claim_id,
                     kept_ms=bucket.kept_ms,
-                ).on(pipe)
-            replies = await execute(pipe)
+                ).command
+                for claim_id, recipient_id, bucket in requests
+            ],
+        )
         return [
             DrawAnswer.model_validate_json(encoded) if outcome == b"answered" else DrawPlan.model_validate_json(encoded)
             for outcome, encoded in replies

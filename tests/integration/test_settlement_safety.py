@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 from aiokafka import ConsumerRecord
 from redis import Redis as SyncRedis
+from redis.asyncio.connection import AbstractConnection
 from typer.testing import CliRunner
 
 from gongji.cli import app
@@ -277,16 +278,19 @@ async def test_a_reversal_naming_another_recipients_claim_in_the_same_batch_is_n
 async def test_a_batch_of_claims_takes_two_pipelined_round_trips(settlement, monkeypatch) -> None:
     recipients = [await insured(settlement) for _ in range(5)]
     paid = [await settled(settlement, settle_claim(recipient)) for recipient in recipients]
-    redis = settlement.store.redis
-    pipelines, commands = [], []
-    pipeline, execute_command = redis.pipeline, redis.execute_command
-    monkeypatch.setattr(redis, "pipeline", lambda *a, **k: pipelines.append(1) or pipeline(*a, **k))
-    monkeypatch.setattr(redis, "execute_command", lambda *a, **k: commands.append(a) or execute_command(*a, **k))
+    writes = []  # every write to Redis, a command alone or a batch's
+    send_packed_command = AbstractConnection.send_packed_command
+
+    def counted(connection, command, *args, **kwargs):
+        writes.append(command)
+        return send_packed_command(connection, command, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
     batch = [settle_claim(recipient) for recipient in recipients] + [
         reverse_claim(recipient, event.claim_id) for recipient, event in zip(recipients, paid, strict=True)
     ]
     outputs = await through_claim_path(settlement, batch)
-    assert len(outputs) == 15 and (len(pipelines), commands) == (2, [])
+    assert len(outputs) == 15 and len(writes) == 2
 
 
 # ---- clearing ------------------------------------------------------------------------------
