@@ -243,14 +243,21 @@ class Rebuilding:
         elif (topic := _output_topic(record.topic)) is not None:
             _take_output(self.books, topic, record, self._published, judged=judged)
 
+    def unread(self, ends: Offsets) -> list[tuple[str, int]]:
+        """The partitions that had records to read before their end, and gave none."""
+        return [where for where, end in ends.items() if end > self._starts.get(where, 0) and where not in self._first]
+
+    def held_from(self, where: tuple[str, int], first: int) -> None:
+        """The first offset a partition holds (its first record read, or the topic's own beginning
+        for one that gave none): later than where reading started, retention deleted the rest."""
+        if where not in self._first and first > self._starts.get(where, 0):
+            self.books.truncated[where] = first
+        self._first.add(where)
+
     def _count(self, record: Record) -> None:
-        where = (record.topic, record.partition)
         self.books.records[record.topic] += 1
         self.books.judged_records += not before(record, self._cut)
-        # The first record read of a partition: later than where reading started, retention deleted the rest.
-        if where not in self._first and record.offset > self._starts.get(where, 0):
-            self.books.truncated[where] = record.offset
-        self._first.add(where)
+        self.held_from((record.topic, record.partition), record.offset)
 
 
 def _breaks_the_contract(topic: Topic, record: Record) -> bool:

@@ -214,6 +214,11 @@ async def _rebuilt(
     rest = {partition: end for partition, end in ends.items() if partition not in letters}
     async for record in records_in_order(consumer, rest, starts):
         rebuilding.take(record)
+    # A partition retention emptied up to (or past) its end gives no record to tell it by.
+    if unread := rebuilding.unread({(partition.topic, partition.partition): end for partition, end in ends.items()}):
+        beginnings = await consumer.beginning_offsets([TopicPartition(*where) for where in unread])
+        for partition, first in beginnings.items():
+            rebuilding.held_from((partition.topic, partition.partition), first)
     return rebuilding.books
 
 

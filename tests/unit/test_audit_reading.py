@@ -8,15 +8,16 @@ from types import SimpleNamespace
 from aiokafka import TopicPartition
 
 from gongji.audit.books import in_order
-from gongji.audit.deep import records_in_order
+from gongji.audit.deep import _rebuilt, records_in_order
 
 
 class OnePartitionAtATime:
     """A consumer over stored partitions whose fetches give two records at a time, past the end
     asked for too (records published since), and only from the one partition resumed."""
 
-    def __init__(self, held: dict[TopicPartition, int]) -> None:
+    def __init__(self, held: dict[TopicPartition, int], deleted: dict[TopicPartition, int] | None = None) -> None:
         self.held = held
+        self.log_starts = {partition: (deleted or {}).get(partition, 0) for partition in held}  # retention's
         self.positions = dict.fromkeys(held, 0)
         self.paused: set[TopicPartition] = set()
         self.assigned: set[TopicPartition] = set()
@@ -38,8 +39,11 @@ class OnePartitionAtATime:
 
     async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
         for partition in partitions:
-            self.positions[partition] = 0
+            self.positions[partition] = self.log_starts[partition]
         self.placed |= set(partitions)
+
+    async def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {partition: self.log_starts[partition] for partition in partitions}
 
     async def position(self, partition: TopicPartition) -> int:
         return self.positions[partition]
@@ -50,7 +54,7 @@ class OnePartitionAtATime:
         resumed = [partition for partition in partitions if partition not in self.paused]
         assert len(resumed) == 1, "one partition is read at a time"
         partition = resumed[0]
-        first = self.positions[partition]
+        first = max(self.positions[partition], self.log_starts[partition])  # reset to the earliest held
         offsets = range(first, min(first + 2, self.held[partition]))
         self.positions[partition] = offsets.stop
         return {
@@ -81,3 +85,14 @@ async def test_a_partition_with_nothing_between_its_start_and_end_is_not_fetched
     consumer = OnePartitionAtATime({empty: 0, read_before: 4})
     ends = {empty: 0, read_before: 4}
     assert [record async for record in records_in_order(consumer, ends, starts={("t", 1): 4})] == []
+
+
+async def test_a_partition_retention_emptied_past_its_end_is_reported_truncated() -> None:
+    """It gives no record whose offset would tell: the topic's own beginning does."""
+    emptied, partly, whole, nothing_asked = (TopicPartition("t", number) for number in range(4))
+    consumer = OnePartitionAtATime(
+        {emptied: 10, partly: 10, whole: 5, nothing_asked: 6}, deleted={emptied: 10, partly: 7, nothing_asked: 6}
+    )
+    ends = {emptied: 10, partly: 10, whole: 5, nothing_asked: 6}
+    books = await _rebuilt(consumer, ends, starts={("t", 0): 4, ("t", 3): 6}, cut=None)
+    assert books.truncated == {("t", 0): 10, ("t", 1): 7}
