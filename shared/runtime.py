@@ -57,6 +57,7 @@ from shared.credentials import kafka_bootstrap, password, ssl_context
 from shared.faststream_hooks import aiokafka_producer, replace_batch_poll, set_batch_payload, wait_longer_when_idle
 from shared.ids import derived_event_id, mask_person_ids
 from shared.operations import end_process, is_fatal, operations_routes
+from shared.partitioner import partition_of
 from shared.redis_client import Barrier, ReplicaBehind
 from shared.redis_functions import REDIS_SECONDS
 from shared.settings import Settings
@@ -214,15 +215,20 @@ class Outbox:
         if producer is None:
             raise RuntimeError("the broker's producer is not started, or FastStream moved its handle")
         pending = []
+        partitions: dict[str, int] = {}  # each topic's, from the producer's metadata, once a batch
         for message in messages:
             if isinstance(message, ToTopic):
                 topic, message = message.topic, message.message
             else:
                 topic = self._topic_by_model[type(message)]
             sent = self._sent[topic.name]  # a topic not given to the outbox fails before anything leaves
-            # An empty key (a keyless record's dead letter) goes as no key, as FastStream sent it.
+            # An empty key (a keyless record's dead letter) goes as no key (to any partition), as
+            # FastStream sent it.
             key = str(getattr(message, topic.key_field)).encode() or None
-            pending.append(await producer.send(topic.name, to_json(message), key=key))
+            if key is not None and topic.name not in partitions:
+                partitions[topic.name] = len(await producer.partitions_for(topic.name))
+            partition = partition_of(key, partitions[topic.name]) if key is not None else None
+            pending.append(await producer.send(topic.name, to_json(message), key=key, partition=partition))
             sent.inc()
         return pending
 

@@ -147,16 +147,17 @@ def _stuck_as_differences(report: AuditReport, first: set[tuple], wait_seconds: 
 async def _read_state_once_loaded(redis: Redis, today: str) -> tuple[RedisState, float]:
     """Redis's state, waiting (up to REDIS_LOADING_SECONDS) while it loads its data after a
     restart; how long it waited."""
-    started = time.monotonic()
+    started, waited = time.monotonic(), 0.0
     while True:
         try:
-            return await read_state(redis, today), time.monotonic() - started
+            return await read_state(redis, today), waited  # the wait, not the read (a large state takes a while)
         except BusyLoadingError:
             if time.monotonic() - started >= REDIS_LOADING_SECONDS:
                 raise AuditUnavailable(
                     f"Redis was still loading its data after {REDIS_LOADING_SECONDS:g} s: audit again once it has"
                 ) from None
             await asyncio.sleep(0.5)
+            waited = time.monotonic() - started
 
 
 class AuditUnavailable(Exception):

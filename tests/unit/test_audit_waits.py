@@ -3,6 +3,7 @@ for (within a bound) instead of ending the audit with a traceback."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -71,8 +72,17 @@ async def test_a_redis_loading_its_data_is_waited_for_and_said(monkeypatch) -> N
 
     monkeypatch.setattr(deep, "read_state", read_state)
     monkeypatch.setattr(deep.asyncio, "sleep", _no_sleep)
-    state, _ = await deep._read_state_once_loaded(None, "20260302")
-    assert isinstance(state, RedisState) and replies == []
+    state, waited = await deep._read_state_once_loaded(None, "20260302")
+    assert isinstance(state, RedisState) and replies == [] and waited > 0
+
+
+async def test_a_redis_read_at_once_is_no_wait_however_long_the_read(monkeypatch) -> None:
+    async def read_state(redis, today):
+        await asyncio.sleep(0.05)  # a large state
+        return RedisState()
+
+    monkeypatch.setattr(deep, "read_state", read_state)
+    assert (await deep._read_state_once_loaded(None, "20260302"))[1] == 0.0
 
 
 async def test_a_redis_that_keeps_loading_past_the_bound_is_said_in_words(monkeypatch) -> None:

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.partitioner import DefaultPartitioner
 from faststream.kafka import KafkaBroker
 from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -380,10 +381,13 @@ class RecordingProducer:
     """Stands in for the broker's aiokafka producer: what the outbox hands it, in order."""
 
     def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, bytes | None]] = []
+        self.sent: list[tuple[str, bytes, bytes | None, int | None]] = []
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> object:
-        self.sent.append((topic, value, key))
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(24))
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> object:
+        self.sent.append((topic, value, key, partition))
         return object()
 
 
@@ -399,11 +403,13 @@ async def test_the_outbox_sends_each_output_as_its_contract_json_keyed_by_its_ke
         at=NOW, service="wallet", source_key="",
     )  # fmt: skip
     assert len(await outbox.send([credit, keyless, ToTopic(REGISTRY_DEAD_LETTERS, keyless)])) == 3
+    key = credit.person_id.encode()
     assert producer.sent == [
-        (ACCOUNT_CREDITS.name, credit.model_dump_json().encode(), credit.person_id.encode()),
-        # A keyless record's dead letter is keyless too (FastStream sent an empty key as none).
-        (DEAD_LETTERS.name, keyless.model_dump_json().encode(), None),
-        (REGISTRY_DEAD_LETTERS.name, keyless.model_dump_json().encode(), None),
+        # In the partition every Kafka client would choose for its key.
+        (ACCOUNT_CREDITS.name, credit.model_dump_json().encode(), key, DefaultPartitioner()(key, [*range(24)], [])),
+        # A keyless record's dead letter is keyless too (FastStream sent an empty key as none), to any partition.
+        (DEAD_LETTERS.name, keyless.model_dump_json().encode(), None, None),
+        (REGISTRY_DEAD_LETTERS.name, keyless.model_dump_json().encode(), None, None),
     ]
     with pytest.raises(KeyError):  # a topic the outbox was not given: refused before anything leaves
         await outbox.send([ToTopic(ENROLLMENT, credit)])
