@@ -8,6 +8,8 @@
    the services' CPU per claim and what TLS costs.
 2. Cost per claim at two population sizes: the settlement and wallet handlers against the real
    Redis with 10^4 and a larger preloaded population; prints µs per claim for each.
+3. A batch of Redis commands through `send_all` beside redis-py's pipeline, in the same run: CPU
+   per command of each.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from shared.ids import make_person_id
 from shared.policy import PolicyCache
 from shared.principals import OPERATOR
 from shared.redis_client import in_database
+from shared.redis_functions import send_all
 from tests.support import through_claim_path
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.timeout(1800)]
@@ -226,4 +229,29 @@ async def test_cost_per_claim_stays_flat_as_the_population_grows(infrastructure)
         )
     print(f"cost ratio largest / smallest population: {results[-1][1] / results[0][1]:.2f}")
     await redis.flushdb()
+    await redis.aclose()
+
+
+async def test_a_batch_through_send_all_beside_redis_py_s_pipeline(infrastructure) -> None:
+    """200 commands of 11 arguments a batch, 150 batches each way, alternated twice."""
+    redis = Redis.from_url(in_database(infrastructure.redis_url, 14), **redis_options(infrastructure, OPERATOR.name))
+    commands = [("HMGET", f"bench:{number}", *"abcdefg", 12345, "xyz") for number in range(200)]
+
+    async def through_the_pipeline() -> list:
+        async with redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute()
+
+    async def through_send_all() -> list:
+        return await send_all(redis, commands)
+
+    for name, batch in [("redis-py's pipeline", through_the_pipeline), ("send_all", through_send_all)] * 2:
+        assert await batch() == [[None] * 9] * len(commands)
+        started = time.process_time()
+        for _ in range(150):
+            await batch()
+        print(
+            f"\n{name:<20} {(time.process_time() - started) / (150 * len(commands)) * 1e6:6.1f} µs of CPU per command"
+        )
     await redis.aclose()
