@@ -18,6 +18,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -1093,25 +1094,45 @@ def configure(settings: Settings) -> list[str]:
     return notes
 
 
+@contextlib.contextmanager
+def _authorization_refusals_unlogged() -> Iterator[None]:
+    """aiokafka logs each refusal of a producer's id as an error: while the ACLs are on their way
+    they are expected, and printed they only alarm whoever runs `gongji infra up`."""
+    sender_log = logging.getLogger("aiokafka.producer.sender")
+
+    def not_a_refusal(record: logging.LogRecord) -> bool:
+        return "ClusterAuthorizationFailed" not in record.getMessage()
+
+    sender_log.addFilter(not_a_refusal)
+    try:
+        yield
+    finally:
+        sender_log.removeFilter(not_a_refusal)
+
+
 async def _until_services_are_authorized(settings: Settings, deadline: float) -> None:
     """ACLs reach the broker's authorizer a moment after the admin API has accepted them: a service
     started in that moment had its idempotent producer refused (ClusterAuthorizationFailed) and
     stopped. Ready means each service's producer is accepted."""
-    for principal in SERVICES:
-        while True:
-            producer = make_producer(settings, principal.name)
-            try:
-                await producer.start()
-                break
-            except ClusterAuthorizationFailedError:
-                if time.monotonic() > deadline:
-                    raise InfraError(
-                        f"Kafka did not authorize {principal.name} within {READY_TIMEOUT_SECONDS}s "
-                        "of its ACLs being made"
-                    ) from None
-                await asyncio.sleep(0.2)
-            finally:
-                await producer.stop()
+    with _authorization_refusals_unlogged():
+        for principal in SERVICES:
+            await _until_authorized(settings, principal.name, deadline)
+
+
+async def _until_authorized(settings: Settings, principal: str, deadline: float) -> None:
+    while True:
+        producer = make_producer(settings, principal)
+        try:
+            await producer.start()
+            return
+        except ClusterAuthorizationFailedError:
+            if time.monotonic() > deadline:
+                raise InfraError(
+                    f"Kafka did not authorize {principal} within {READY_TIMEOUT_SECONDS}s of its ACLs being made"
+                ) from None
+            await asyncio.sleep(0.2)
+        finally:
+            await producer.stop()
 
 
 def stop(pid_file: Path, name: str) -> str | None:
