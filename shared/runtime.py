@@ -19,6 +19,7 @@ import base64
 import functools
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -27,7 +28,8 @@ from itertools import chain
 from typing import Any
 
 from aiokafka import ConsumerRecord
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
@@ -162,6 +164,9 @@ class ToTopic:
 
 
 METADATA_MAX_AGE_MS = 5_000
+# The largest request the producer sends, aiokafka's default: an output larger than it is refused
+# before anything leaves (dead letters carry at most DEAD_LETTER_PAYLOAD_BYTES of their record).
+MAX_REQUEST_BYTES = 1024 * 1024
 
 
 def make_broker(settings: Settings, principal: str) -> KafkaBroker:
@@ -176,6 +181,7 @@ def make_broker(settings: Settings, principal: str) -> KafkaBroker:
         # No linger: a batch's outputs are all handed to the producer before it next runs, so they
         # leave together anyway; a linger would only add its milliseconds to every hop.
         linger_ms=0,
+        max_request_size=MAX_REQUEST_BYTES,
         request_timeout_ms=30_000,
         # aiokafka 0.14 retries a ListOffsets answered NotLeaderForPartition without refreshing its
         # metadata: a partition awaiting its first position when its leader moved (a consumer
@@ -214,22 +220,41 @@ class Outbox:
         producer = aiokafka_producer(self._broker)
         if producer is None:
             raise RuntimeError("the broker's producer is not started, or FastStream moved its handle")
-        pending = []
         partitions: dict[str, int] = {}  # each topic's, from the producer's metadata, once a batch
+        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}  # in the outputs' order
         for message in messages:
             if isinstance(message, ToTopic):
                 topic, message = message.topic, message.message
             else:
                 topic = self._topic_by_model[type(message)]
-            sent = self._sent[topic.name]  # a topic not given to the outbox fails before anything leaves
-            # An empty key (a keyless record's dead letter) goes as no key (to any partition), as
+            if topic.name not in self._sent:  # a topic not given to the outbox fails before anything leaves
+                raise KeyError(f"{topic.name} is not among this outbox's topics")
+            # An empty key (a keyless record's dead letter) goes as no key, to any partition, as
             # FastStream sent it.
             key = str(getattr(message, topic.key_field)).encode() or None
-            if key is not None and topic.name not in partitions:
+            value = to_json(message)
+            if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, []) > MAX_REQUEST_BYTES:
+                # Refused here, as the producer's own check did: the broker's refusal would come
+                # back on every retry of the batch.
+                raise MessageSizeTooLargeError(f"an output for {topic.name} is larger than a request to Kafka")
+            if topic.name not in partitions:
                 partitions[topic.name] = len(await producer.partitions_for(topic.name))
-            partition = partition_of(key, partitions[topic.name]) if key is not None else None
-            pending.append(await producer.send(topic.name, to_json(message), key=key, partition=partition))
-            sent.inc()
+            count = partitions[topic.name]
+            partition = partition_of(key, count) if key is not None else random.randrange(count)
+            by_partition.setdefault((topic.name, partition), []).append((key, value))
+        # Each partition's outputs handed over as one record batch (more if they outgrow one): the
+        # producer's path for a single record (a future, a metadata wait, a lookup each) cost 27 µs
+        # of CPU a record here, a batch's about 10 (docs/performance.md).
+        pending = []
+        for (topic_name, partition), records in by_partition.items():
+            batch = producer.create_batch()
+            for key, value in records:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full: it goes, another begins
+                    pending.append(await producer.send_batch(batch, topic_name, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)  # a batch's first record always fits
+            pending.append(await producer.send_batch(batch, topic_name, partition=partition))
+            self._sent[topic_name].inc(len(records))
         return pending
 
 

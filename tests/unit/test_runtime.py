@@ -26,6 +26,7 @@ from shared.ids import make_person_id, mask_person_id
 from shared.redis_client import RedisNotDurable
 from shared.runtime import (
     DEAD_LETTER_PAYLOAD_BYTES,
+    MAX_REQUEST_BYTES,
     DeadLetterDecoder,
     Delivery,
     Outbox,
@@ -377,18 +378,40 @@ async def test_a_start_waits_out_a_node_that_is_down_but_not_a_redis_that_loses_
         await patiently(always_down, "wallet start", patience=0.5)
 
 
-class RecordingProducer:
-    """Stands in for the broker's aiokafka producer: what the outbox hands it, in order."""
+class RecordingBatch:
+    """Stands in for a producer's record batch: full once it holds `room` records."""
 
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, bytes | None, int | None]] = []
+    def __init__(self, room: int) -> None:
+        self.room, self.records = room, []
+
+    def append(self, *, key: bytes | None, value: bytes, timestamp: None) -> object | None:
+        if len(self.records) == self.room:
+            return None
+        self.records.append((key, value))
+        return object()
+
+
+class RecordingProducer:
+    """Stands in for the broker's aiokafka producer: the batches the outbox hands it, in order."""
+
+    def __init__(self, room: int = 100) -> None:
+        self.room = room
+        self.sent: list[tuple[str, int, list[tuple[bytes | None, bytes]]]] = []
 
     async def partitions_for(self, topic: str) -> set[int]:
         return set(range(24))
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> object:
-        self.sent.append((topic, value, key, partition))
+    def create_batch(self) -> RecordingBatch:
+        return RecordingBatch(self.room)
+
+    async def send_batch(self, batch: RecordingBatch, topic: str, *, partition: int) -> object:
+        self.sent.append((topic, partition, batch.records))
         return object()
+
+
+def partition_for(key: bytes) -> int:
+    """Where every Kafka client puts a key among 24 partitions."""
+    return DefaultPartitioner()(key, [*range(24)], [])
 
 
 async def test_the_outbox_sends_each_output_as_its_contract_json_keyed_by_its_key_field(monkeypatch) -> None:
@@ -404,16 +427,53 @@ async def test_the_outbox_sends_each_output_as_its_contract_json_keyed_by_its_ke
     )  # fmt: skip
     assert len(await outbox.send([credit, keyless, ToTopic(REGISTRY_DEAD_LETTERS, keyless)])) == 3
     key = credit.person_id.encode()
-    assert producer.sent == [
-        # In the partition every Kafka client would choose for its key.
-        (ACCOUNT_CREDITS.name, credit.model_dump_json().encode(), key, DefaultPartitioner()(key, [*range(24)], [])),
-        # A keyless record's dead letter is keyless too (FastStream sent an empty key as none), to any partition.
-        (DEAD_LETTERS.name, keyless.model_dump_json().encode(), None, None),
-        (REGISTRY_DEAD_LETTERS.name, keyless.model_dump_json().encode(), None, None),
-    ]
+    (credits, letters, registry_letters) = producer.sent
+    # In the partition every Kafka client would choose for its key.
+    assert credits == (ACCOUNT_CREDITS.name, partition_for(key), [(key, credit.model_dump_json().encode())])
+    # A keyless record's dead letter is keyless too (FastStream sent an empty key as none), in any partition.
+    for (topic, partition, records), topic_name in zip(
+        (letters, registry_letters), (DEAD_LETTERS.name, REGISTRY_DEAD_LETTERS.name), strict=True
+    ):
+        assert (topic, records) == (topic_name, [(None, keyless.model_dump_json().encode())]) and 0 <= partition < 24
     with pytest.raises(KeyError):  # a topic the outbox was not given: refused before anything leaves
-        await outbox.send([ToTopic(ENROLLMENT, credit)])
+        await outbox.send([credit, ToTopic(ENROLLMENT, credit)])
     assert len(producer.sent) == 3
+
+
+async def test_the_outbox_hands_each_partition_s_outputs_over_in_their_order_in_as_few_batches_as_fit(
+    monkeypatch,
+) -> None:
+    producer = RecordingProducer(room=2)
+    monkeypatch.setattr("shared.runtime.aiokafka_producer", lambda broker: producer)
+    outbox = Outbox(KafkaBroker(), "wallet", [ACCOUNT_CREDITS])
+    people = [make_person_id("110101", "19800101", serial) for serial in (1, 2)]
+    credits = [
+        AccountCredited(event_id=f"e{number}", person_id=people[number % 2], amount_fen=5, occurred_at=NOW)
+        for number in range(5)
+    ]
+    assert len(await outbox.send(credits)) == 3  # 3 and 2 outputs in two partitions, or 5 in one: 3 batches of 2
+    handed = {}
+    for topic, partition, records in producer.sent:
+        assert topic == ACCOUNT_CREDITS.name and 1 <= len(records) <= 2
+        handed.setdefault(partition, []).extend(json.loads(value)["event_id"] for _, value in records)
+    expected = {}
+    for credit in credits:
+        expected.setdefault(partition_for(credit.person_id.encode()), []).append(credit.event_id)
+    assert handed == expected  # every output once, each partition's in the order given
+
+
+async def test_an_output_larger_than_a_request_is_refused_before_anything_leaves(monkeypatch) -> None:
+    producer = RecordingProducer()
+    monkeypatch.setattr("shared.runtime.aiokafka_producer", lambda broker: producer)
+    outbox = Outbox(KafkaBroker(), "wallet", [ACCOUNT_CREDITS, DEAD_LETTERS])
+    credit = AccountCredited(event_id="e1", person_id=PERSON, amount_fen=5, occurred_at=NOW)
+    huge = DeadLetter(
+        event_id="d1", source_topic=ACCOUNT_CREDITS.name, partition=0, offset=1, error="x" * MAX_REQUEST_BYTES,
+        payload="", at=NOW, service="wallet", source_key=PERSON,
+    )  # fmt: skip
+    with pytest.raises(MessageSizeTooLargeError):
+        await outbox.send([credit, huge])
+    assert producer.sent == [] and not is_transient(MessageSizeTooLargeError())
 
 
 def test_only_the_claim_path_fetches_with_a_short_wait_and_only_the_own_outputs_wait_for_a_large_batch() -> None:
