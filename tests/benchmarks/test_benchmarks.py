@@ -10,10 +10,13 @@
    Redis with 10^4 and a larger preloaded population; prints µs per claim for each.
 3. A batch of Redis commands through `send_all` beside redis-py's pipeline, in the same run: CPU
    per command of each.
+4. Outputs handed to aiokafka's producer record by record beside one record batch per partition,
+   in the same run: CPU per record of each, confirmations included.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -42,6 +45,7 @@ from shared.contracts import (
 )
 from shared.credentials import redis_options
 from shared.ids import make_person_id
+from shared.partitioner import partition_of
 from shared.policy import PolicyCache
 from shared.principals import OPERATOR
 from shared.redis_client import in_database
@@ -255,3 +259,41 @@ async def test_a_batch_through_send_all_beside_redis_py_s_pipeline(infrastructur
             f"\n{name:<20} {(time.process_time() - started) / (150 * len(commands)) * 1e6:6.1f} µs of CPU per command"
         )
     await redis.aclose()
+
+
+async def test_outputs_in_one_record_batch_per_partition_beside_record_by_record(infrastructure) -> None:
+    """400 outputs of 600 bytes a round to the 24 partitions of a topic, 25 rounds each way,
+    alternated twice, each round confirmed."""
+    from gongji.ops.kafka_io import make_producer
+    from shared.topics import WALLET_EVENTS
+
+    producer = make_producer(infrastructure, OPERATOR.name)
+    await producer.start()
+    topic = WALLET_EVENTS.name
+    partitions = len(await producer.partitions_for(topic))
+    value = b"{" + b" " * 598 + b"}"
+    keys = [_person(number).encode() for number in range(400)]
+
+    async def record_by_record() -> None:
+        sent = [await producer.send(topic, value, key=key, partition=partition_of(key, partitions)) for key in keys]
+        await asyncio.gather(*sent)
+
+    async def a_batch_per_partition() -> None:
+        batches: dict = {}
+        for key in keys:
+            batch = batches.setdefault(partition_of(key, partitions), producer.create_batch())
+            assert batch.append(key=key, value=value, timestamp=None) is not None
+        await asyncio.gather(*[await producer.send_batch(b, topic, partition=p) for p, b in batches.items()])
+
+    try:
+        for name, send in [
+            ("record by record", record_by_record),
+            ("a batch per partition", a_batch_per_partition),
+        ] * 2:
+            await send()
+            started = time.process_time()
+            for _ in range(25):
+                await send()
+            print(f"\n{name:<22} {(time.process_time() - started) / (25 * len(keys)) * 1e6:6.1f} µs of CPU per record")
+    finally:
+        await producer.stop()
