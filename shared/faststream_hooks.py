@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aiokafka import TopicPartition
 from faststream.exceptions import IncorrectState
 from faststream.kafka import KafkaBroker
 
@@ -64,3 +65,10 @@ def wait_longer_when_idle(consumer: Any, idle_wait_ms: int) -> None:
 
     fetcher._proc_fetch_request = fetch_waiting_longer_when_idle
     fetcher._gongji_waits_longer_when_idle = True
+
+
+def batch_would_wait(producer: Any, topic: str, partition: int) -> bool:
+    """Whether aiokafka's producer holds a batch of the partition not yet taken for a request: its
+    `send_batch` would wait for that one to leave (up to its request timeout, a leader away), where
+    `send` adds to it at once."""
+    return bool(producer._message_accumulator._batches.get(TopicPartition(topic, partition)))

@@ -19,7 +19,6 @@ import base64
 import functools
 import hashlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -56,7 +55,13 @@ from shared.acknowledgements import Acknowledgements, FlushOnRevoke
 from shared.clock import Clock
 from shared.contracts import DeadLetter, ReasonCode
 from shared.credentials import kafka_bootstrap, password, ssl_context
-from shared.faststream_hooks import aiokafka_producer, replace_batch_poll, set_batch_payload, wait_longer_when_idle
+from shared.faststream_hooks import (
+    aiokafka_producer,
+    batch_would_wait,
+    replace_batch_poll,
+    set_batch_payload,
+    wait_longer_when_idle,
+)
 from shared.ids import derived_event_id, mask_person_ids
 from shared.operations import end_process, is_fatal, operations_routes
 from shared.partitioner import partition_of
@@ -221,7 +226,7 @@ class Outbox:
         if producer is None:
             raise RuntimeError("the broker's producer is not started, or FastStream moved its handle")
         partitions: dict[str, int] = {}  # each topic's, from the producer's metadata, once a batch
-        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}  # in the outputs' order
+        by_partition: dict[tuple[str, int | None], list[tuple[bytes | None, bytes]]] = {}  # in their order
         for message in messages:
             if isinstance(message, ToTopic):
                 topic, message = message.topic, message.message
@@ -229,31 +234,36 @@ class Outbox:
                 topic = self._topic_by_model[type(message)]
             if topic.name not in self._sent:  # a topic not given to the outbox fails before anything leaves
                 raise KeyError(f"{topic.name} is not among this outbox's topics")
-            # An empty key (a keyless record's dead letter) goes as no key, to any partition, as
-            # FastStream sent it.
+            # An empty key (a keyless record's dead letter) goes as no key, to a partition the
+            # producer picks among those with a leader, as FastStream sent it.
             key = str(getattr(message, topic.key_field)).encode() or None
             value = to_json(message)
             if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, []) > MAX_REQUEST_BYTES:
                 # Refused here, as the producer's own check did: the broker's refusal would come
                 # back on every retry of the batch.
                 raise MessageSizeTooLargeError(f"an output for {topic.name} is larger than a request to Kafka")
-            if topic.name not in partitions:
-                partitions[topic.name] = len(await producer.partitions_for(topic.name))
-            count = partitions[topic.name]
-            partition = partition_of(key, count) if key is not None else random.randrange(count)
+            partition = None
+            if key is not None:
+                if topic.name not in partitions:
+                    partitions[topic.name] = len(await producer.partitions_for(topic.name))
+                partition = partition_of(key, partitions[topic.name])
             by_partition.setdefault((topic.name, partition), []).append((key, value))
-        # Each partition's outputs handed over as one record batch (more if they outgrow one): the
-        # producer's path for a single record (a future, a metadata wait, a lookup each) cost 27 µs
-        # of CPU a record here, a batch's about 10 (docs/performance.md).
         pending = []
         for (topic_name, partition), records in by_partition.items():
-            batch = producer.create_batch()
-            for key, value in records:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full: it goes, another begins
-                    pending.append(await producer.send_batch(batch, topic_name, partition=partition))
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)  # a batch's first record always fits
-            pending.append(await producer.send_batch(batch, topic_name, partition=partition))
+            handed = 0
+            # A partition's outputs as one record batch: the producer's path for a single record
+            # (a future, a metadata wait, lookups each) cost 27 µs of CPU a record here, a batch's
+            # about 10 (docs/performance.md). Only while the partition has no batch waiting to go
+            # (another route's, or this one's if it did not leave yet): a batch would wait for it.
+            if partition is not None and not batch_would_wait(producer, topic_name, partition):
+                batch = producer.create_batch()
+                while handed < len(records) and batch.append(
+                    key=records[handed][0], value=records[handed][1], timestamp=None
+                ):
+                    handed += 1
+                pending.append(await producer.send_batch(batch, topic_name, partition=partition))
+            for key, value in records[handed:]:  # added to the batch waiting, or to a new one
+                pending.append(await producer.send(topic_name, value, key=key, partition=partition))
             self._sent[topic_name].inc(len(records))
         return pending
 

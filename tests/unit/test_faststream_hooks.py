@@ -7,6 +7,7 @@ import inspect
 from importlib.metadata import version
 from types import SimpleNamespace
 
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.protocol.fetch import FetchRequest
 from faststream.kafka import KafkaBroker
@@ -18,6 +19,7 @@ from shared.faststream_hooks import (
     AIOKAFKA_CHECKED_WITH,
     CHECKED_WITH,
     aiokafka_producer,
+    batch_would_wait,
     replace_batch_poll,
     set_batch_payload,
     wait_longer_when_idle,
@@ -122,3 +124,15 @@ async def test_the_short_wait_stays_while_a_partition_is_left_out_of_the_fetch()
     await _fetch(fetcher, 1, 0)
     await _fetch(fetcher, 1, 1, 0)
     assert fetcher.waits == [(25, 4096), (25, 4096), (500, 1)]
+
+
+async def test_a_batch_waiting_to_go_is_where_the_hook_reads_it() -> None:
+    """`send` adds to a partition's batch waiting to go; `send_batch` waits for it to leave."""
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")  # never started
+    accumulator = producer._message_accumulator
+    assert not batch_would_wait(producer, "gongji.example.v1", 3)
+    await accumulator.add_message(TopicPartition("gongji.example.v1", 3), b"k", b"v", timeout=1)
+    assert batch_would_wait(producer, "gongji.example.v1", 3)
+    assert not batch_would_wait(producer, "gongji.example.v1", 4)
+    assert "pending = self._batches.get(tp)" in inspect.getsource(type(accumulator).add_batch)  # what it waits on
+    accumulator._batches.clear()  # nothing to flush: the producer never started

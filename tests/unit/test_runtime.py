@@ -392,11 +392,12 @@ class RecordingBatch:
 
 
 class RecordingProducer:
-    """Stands in for the broker's aiokafka producer: the batches the outbox hands it, in order."""
+    """Stands in for the broker's aiokafka producer: what the outbox hands it, in order, as
+    ("batch", topic, partition, records) or ("one", topic, partition, record)."""
 
-    def __init__(self, room: int = 100) -> None:
-        self.room = room
-        self.sent: list[tuple[str, int, list[tuple[bytes | None, bytes]]]] = []
+    def __init__(self, room: int = 100, waiting: frozenset[tuple[str, int]] = frozenset()) -> None:
+        self.room, self.waiting = room, waiting  # partitions with a batch waiting to go
+        self.sent: list[tuple[str, str, int | None, object]] = []
 
     async def partitions_for(self, topic: str) -> set[int]:
         return set(range(24))
@@ -405,8 +406,25 @@ class RecordingProducer:
         return RecordingBatch(self.room)
 
     async def send_batch(self, batch: RecordingBatch, topic: str, *, partition: int) -> object:
-        self.sent.append((topic, partition, batch.records))
+        assert (topic, partition) not in self.waiting, "a batch would wait for the one waiting to go"
+        self.sent.append(("batch", topic, partition, batch.records))
         return object()
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> object:
+        self.sent.append(("one", topic, partition, (key, value)))
+        return object()
+
+
+@pytest.fixture
+def producer_of(monkeypatch):
+    def install(producer: RecordingProducer) -> RecordingProducer:
+        monkeypatch.setattr("shared.runtime.aiokafka_producer", lambda broker: producer)
+        monkeypatch.setattr(
+            "shared.runtime.batch_would_wait", lambda _, topic, partition: (topic, partition) in producer.waiting
+        )
+        return producer
+
+    return install
 
 
 def partition_for(key: bytes) -> int:
@@ -414,65 +432,88 @@ def partition_for(key: bytes) -> int:
     return DefaultPartitioner()(key, [*range(24)], [])
 
 
-async def test_the_outbox_sends_each_output_as_its_contract_json_keyed_by_its_key_field(monkeypatch) -> None:
-    producer = RecordingProducer()
-    monkeypatch.setattr("shared.runtime.aiokafka_producer", lambda broker: producer)
+CREDIT = AccountCredited(event_id="e1", person_id=PERSON, amount_fen=5, occurred_at=NOW)
+
+
+async def test_the_outbox_sends_each_output_as_its_contract_json_keyed_by_its_key_field(producer_of) -> None:
+    producer = producer_of(RecordingProducer())
     outbox = Outbox(KafkaBroker(), "wallet", [ACCOUNT_CREDITS, DEAD_LETTERS, REGISTRY_DEAD_LETTERS])
-    credit = AccountCredited(
-        event_id="e1", person_id=make_person_id("110101", "19800101", 1), amount_fen=5, occurred_at=NOW
-    )
     keyless = DeadLetter(
         event_id="d1", source_topic=ACCOUNT_CREDITS.name, partition=0, offset=1, error="x", payload="",
         at=NOW, service="wallet", source_key="",
     )  # fmt: skip
-    assert len(await outbox.send([credit, keyless, ToTopic(REGISTRY_DEAD_LETTERS, keyless)])) == 3
-    key = credit.person_id.encode()
-    (credits, letters, registry_letters) = producer.sent
-    # In the partition every Kafka client would choose for its key.
-    assert credits == (ACCOUNT_CREDITS.name, partition_for(key), [(key, credit.model_dump_json().encode())])
-    # A keyless record's dead letter is keyless too (FastStream sent an empty key as none), in any partition.
-    for (topic, partition, records), topic_name in zip(
-        (letters, registry_letters), (DEAD_LETTERS.name, REGISTRY_DEAD_LETTERS.name), strict=True
-    ):
-        assert (topic, records) == (topic_name, [(None, keyless.model_dump_json().encode())]) and 0 <= partition < 24
+    assert len(await outbox.send([CREDIT, keyless, ToTopic(REGISTRY_DEAD_LETTERS, keyless)])) == 3
+    key, letter = PERSON.encode(), keyless.model_dump_json().encode()
+    assert producer.sent == [
+        # In the partition every Kafka client would choose for its key.
+        ("batch", ACCOUNT_CREDITS.name, partition_for(key), [(key, CREDIT.model_dump_json().encode())]),
+        # A keyless record's dead letter is keyless too (FastStream sent an empty key as none), in
+        # the partition the producer picks.
+        ("one", DEAD_LETTERS.name, None, (None, letter)),
+        ("one", REGISTRY_DEAD_LETTERS.name, None, (None, letter)),
+    ]
     with pytest.raises(KeyError):  # a topic the outbox was not given: refused before anything leaves
-        await outbox.send([credit, ToTopic(ENROLLMENT, credit)])
+        await outbox.send([CREDIT, ToTopic(ENROLLMENT, CREDIT)])
     assert len(producer.sent) == 3
 
 
-async def test_the_outbox_hands_each_partition_s_outputs_over_in_their_order_in_as_few_batches_as_fit(
-    monkeypatch,
-) -> None:
-    producer = RecordingProducer(room=2)
-    monkeypatch.setattr("shared.runtime.aiokafka_producer", lambda broker: producer)
-    outbox = Outbox(KafkaBroker(), "wallet", [ACCOUNT_CREDITS])
-    people = [make_person_id("110101", "19800101", serial) for serial in (1, 2)]
-    credits = [
-        AccountCredited(event_id=f"e{number}", person_id=people[number % 2], amount_fen=5, occurred_at=NOW)
-        for number in range(5)
+def credits_of(people: list[str], count: int) -> list[AccountCredited]:
+    return [
+        AccountCredited(event_id=f"e{number}", person_id=people[number % len(people)], amount_fen=5, occurred_at=NOW)
+        for number in range(count)
     ]
-    assert len(await outbox.send(credits)) == 3  # 3 and 2 outputs in two partitions, or 5 in one: 3 batches of 2
-    handed = {}
-    for topic, partition, records in producer.sent:
-        assert topic == ACCOUNT_CREDITS.name and 1 <= len(records) <= 2
+
+
+def handed_over(producer: RecordingProducer) -> dict[int, list[str]]:
+    """Each partition's outputs' event ids, in the order handed over."""
+    handed: dict[int, list[str]] = {}
+    for how, _, partition, what in producer.sent:
+        records = what if how == "batch" else [what]
         handed.setdefault(partition, []).extend(json.loads(value)["event_id"] for _, value in records)
-    expected = {}
+    return handed
+
+
+def in_their_partitions(credits: list[AccountCredited]) -> dict[int, list[str]]:
+    expected: dict[int, list[str]] = {}
     for credit in credits:
         expected.setdefault(partition_for(credit.person_id.encode()), []).append(credit.event_id)
-    assert handed == expected  # every output once, each partition's in the order given
+    return expected
 
 
-async def test_an_output_larger_than_a_request_is_refused_before_anything_leaves(monkeypatch) -> None:
-    producer = RecordingProducer()
-    monkeypatch.setattr("shared.runtime.aiokafka_producer", lambda broker: producer)
+async def test_a_partition_s_outputs_go_as_one_batch_and_what_outgrows_it_one_by_one_in_their_order(
+    producer_of,
+) -> None:
+    producer = producer_of(RecordingProducer(room=2))
+    credits = credits_of([PERSON], 5)
+    await Outbox(KafkaBroker(), "wallet", [ACCOUNT_CREDITS]).send(credits)
+    assert [how for how, *_ in producer.sent] == ["batch", "one", "one", "one"]
+    assert handed_over(producer) == in_their_partitions(credits)  # every output once, in its order
+
+
+async def test_a_partition_with_a_batch_waiting_to_go_gets_its_outputs_one_by_one(producer_of) -> None:
+    """A new batch would wait for the one waiting (a leader away: up to the request timeout)."""
+    other = make_person_id("110101", "19800101", 2)
+    assert partition_for(other.encode()) != partition_for(PERSON.encode())
+    producer = producer_of(
+        RecordingProducer(waiting=frozenset({(ACCOUNT_CREDITS.name, partition_for(PERSON.encode()))}))
+    )
+    credits = credits_of([PERSON, other], 4)
+    await Outbox(KafkaBroker(), "wallet", [ACCOUNT_CREDITS]).send(credits)
+    assert sorted((how, partition) for how, _, partition, _ in producer.sent) == sorted(
+        [("one", partition_for(PERSON.encode()))] * 2 + [("batch", partition_for(other.encode()))]
+    )
+    assert handed_over(producer) == in_their_partitions(credits)
+
+
+async def test_an_output_larger_than_a_request_is_refused_before_anything_leaves(producer_of) -> None:
+    producer = producer_of(RecordingProducer())
     outbox = Outbox(KafkaBroker(), "wallet", [ACCOUNT_CREDITS, DEAD_LETTERS])
-    credit = AccountCredited(event_id="e1", person_id=PERSON, amount_fen=5, occurred_at=NOW)
     huge = DeadLetter(
         event_id="d1", source_topic=ACCOUNT_CREDITS.name, partition=0, offset=1, error="x" * MAX_REQUEST_BYTES,
         payload="", at=NOW, service="wallet", source_key=PERSON,
     )  # fmt: skip
     with pytest.raises(MessageSizeTooLargeError):
-        await outbox.send([credit, huge])
+        await outbox.send([CREDIT, huge])
     assert producer.sent == [] and not is_transient(MessageSizeTooLargeError())
 
 
