@@ -225,14 +225,25 @@ class Outbox:
         producer = aiokafka_producer(self._broker)
         if producer is None:
             raise RuntimeError("the broker's producer is not started, or FastStream moved its handle")
+        pending = []
+        for (topic_name, partition), records in (await self._by_partition(producer, messages)).items():
+            pending += await _handed_over(producer, topic_name, partition, records)
+            self._sent[topic_name].inc(len(records))
+        return pending
+
+    async def _by_partition(
+        self, producer: Any, messages: Sequence[BaseModel | ToTopic]
+    ) -> dict[tuple[str, int | None], list[tuple[bytes | None, bytes]]]:
+        """Each output as its contract's JSON, keyed, under its topic and partition, in the order
+        given; anything that cannot leave is refused before anything does."""
         partitions: dict[str, int] = {}  # each topic's, from the producer's metadata, once a batch
-        by_partition: dict[tuple[str, int | None], list[tuple[bytes | None, bytes]]] = {}  # in their order
+        by_partition: dict[tuple[str, int | None], list[tuple[bytes | None, bytes]]] = {}
         for message in messages:
             if isinstance(message, ToTopic):
                 topic, message = message.topic, message.message
             else:
                 topic = self._topic_by_model[type(message)]
-            if topic.name not in self._sent:  # a topic not given to the outbox fails before anything leaves
+            if topic.name not in self._sent:
                 raise KeyError(f"{topic.name} is not among this outbox's topics")
             # An empty key (a keyless record's dead letter) goes as no key, to a partition the
             # producer picks among those with a leader, as FastStream sent it.
@@ -248,24 +259,26 @@ class Outbox:
                     partitions[topic.name] = len(await producer.partitions_for(topic.name))
                 partition = partition_of(key, partitions[topic.name])
             by_partition.setdefault((topic.name, partition), []).append((key, value))
-        pending = []
-        for (topic_name, partition), records in by_partition.items():
-            handed = 0
-            # A partition's outputs as one record batch: the producer's path for a single record
-            # (a future, a metadata wait, lookups each) cost 27 µs of CPU a record here, a batch's
-            # about 10 (docs/performance.md). Only while the partition has no batch waiting to go
-            # (another route's, or this one's if it did not leave yet): a batch would wait for it.
-            if partition is not None and not batch_would_wait(producer, topic_name, partition):
-                batch = producer.create_batch()
-                while handed < len(records) and batch.append(
-                    key=records[handed][0], value=records[handed][1], timestamp=None
-                ):
-                    handed += 1
-                pending.append(await producer.send_batch(batch, topic_name, partition=partition))
-            for key, value in records[handed:]:  # added to the batch waiting, or to a new one
-                pending.append(await producer.send(topic_name, value, key=key, partition=partition))
-            self._sent[topic_name].inc(len(records))
-        return pending
+        return by_partition
+
+
+async def _handed_over(
+    producer: Any, topic: str, partition: int | None, records: list[tuple[bytes | None, bytes]]
+) -> list[asyncio.Future]:
+    """One partition's outputs, in their order, as one record batch: the producer's path for a
+    single record (a future, a metadata wait, lookups each) cost 27 µs of CPU a record here, a
+    batch's about 10 (docs/performance.md). Only while the partition has no batch waiting to go
+    (another route's, or this one's not gone yet): a batch would wait for it. Then, and for what
+    outgrows a batch and for keyless outputs, record by record, added to the batch waiting."""
+    pending, handed = [], 0
+    if partition is not None and not batch_would_wait(producer, topic, partition):
+        batch = producer.create_batch()
+        while handed < len(records) and batch.append(key=records[handed][0], value=records[handed][1], timestamp=None):
+            handed += 1
+        pending.append(await producer.send_batch(batch, topic, partition=partition))
+    for key, value in records[handed:]:
+        pending.append(await producer.send(topic, value, key=key, partition=partition))
+    return pending
 
 
 # A service's answer to a sender for a record it dead-lettered, on the sender's own topics (a claim
