@@ -116,6 +116,19 @@ def aiokafka_options(settings: Settings, name: str) -> dict[str, Any]:
     return options | {"ssl_context": ssl_context(settings)}
 
 
+def librdkafka_options(settings: Settings, name: str) -> dict[str, Any]:
+    """The same connection as librdkafka (confluent-kafka) configuration."""
+    options = kafka_client_settings(settings, name)
+    return {
+        "bootstrap.servers": options["bootstrap_servers"],
+        "security.protocol": options["security_protocol"],
+        "sasl.mechanism": options["sasl_mechanism"],
+        "sasl.username": options["sasl_plain_username"],
+        "sasl.password": options["sasl_plain_password"],
+        "ssl.ca.location": options["ssl_cafile"],
+    }
+
+
 class SecretFileCredentials(CredentialProvider):
     """A principal's Redis user and password, read when a connection opens: after `gongji
     credentials rotate`, new connections use the new password without a restart."""

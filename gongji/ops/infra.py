@@ -58,7 +58,7 @@ from shared.credentials import (
     SecretFileCredentials,
     ca_file,
     ensure_passwords,
-    kafka_client_settings,
+    librdkafka_options,
     new_password,
     password,
     redis_options,
@@ -840,18 +840,7 @@ def _librdkafka_log() -> logging.Logger:
 
 def kafka_admin(settings: Settings) -> AdminClient:
     """The operator's admin client (librdkafka: aiokafka has no API for ACLs or SCRAM users)."""
-    options = kafka_client_settings(settings, OPERATOR.name)
-    return AdminClient(
-        {
-            "bootstrap.servers": options["bootstrap_servers"],
-            "security.protocol": options["security_protocol"],
-            "sasl.mechanism": options["sasl_mechanism"],
-            "sasl.username": options["sasl_plain_username"],
-            "sasl.password": options["sasl_plain_password"],
-            "ssl.ca.location": options["ssl_cafile"],
-            "logger": _librdkafka_log(),
-        }
-    )
+    return AdminClient({**librdkafka_options(settings, OPERATOR.name), "logger": _librdkafka_log()})
 
 
 def _wait_for_kafka(settings: Settings, admin: AdminClient, deadline: float) -> None:

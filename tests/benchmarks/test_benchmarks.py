@@ -12,15 +12,21 @@
    per command of each.
 4. Outputs handed to aiokafka's producer record by record beside one record batch per partition,
    in the same run: CPU per record of each, confirmations included.
+5. A service's hop through aiokafka beside librdkafka (confluent-kafka, its blocking client and its
+   asyncio classes), in the same run: consume a batch, parse each record, produce it on, wait for
+   the confirmations, commit; CPU per record moved (librdkafka's threads included) and the rate,
+   for full batches and for the small ones of a light load.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import uuid
 from datetime import datetime
+from itertools import chain
 
 import pytest
 from hdrh.histogram import HdrHistogram
@@ -43,7 +49,7 @@ from shared.contracts import (
     SettlementEvent,
     WalletCommand,
 )
-from shared.credentials import redis_options
+from shared.credentials import aiokafka_options, librdkafka_options, redis_options
 from shared.ids import make_person_id
 from shared.partitioner import partition_of
 from shared.policy import PolicyCache
@@ -297,3 +303,164 @@ async def test_outputs_in_one_record_batch_per_partition_beside_record_by_record
             print(f"\n{name:<22} {(time.process_time() - started) / (25 * len(keys)) * 1e6:6.1f} µs of CPU per record")
     finally:
         await producer.stop()
+
+
+HOP_RECORDS = int(os.environ.get("GONGJI_BENCH_HOP_RECORDS", "10000"))
+
+
+@pytest.mark.parametrize("batch", [500, 20])
+async def test_a_hop_through_aiokafka_beside_librdkafka(infrastructure, batch: int) -> None:
+    """The lever of issue 26 measured before a migration: `HOP_RECORDS` records of 600 bytes on a
+    new topic of 24 partitions, moved to another by each client in turn (a group of its own each
+    time), alternated twice. Each client as the services would use it: aiokafka with a record
+    batch per partition (shared/runtime.py: Outbox), librdkafka record by record into its own queue."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from gongji.ops.kafka_io import make_producer
+
+    source, sink = f"bench-hop-in-{uuid.uuid4().hex[:8]}", f"bench-hop-out-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(**aiokafka_options(infrastructure, OPERATOR.name))
+    await admin.start()
+    await admin.create_topics(
+        [NewTopic(topic, 24, infrastructure.topic_replication_factor) for topic in (source, sink)]
+    )
+    try:
+        producer = make_producer(infrastructure, OPERATOR.name)
+        await producer.start()
+        await producer.partitions_for(source)
+        value = json.dumps({"claim_id": "x" * 40, "padding": " " * 530}).encode()
+        sent = [await producer.send(source, value, key=_person(number).encode()) for number in range(HOP_RECORDS)]
+        await asyncio.gather(*sent)
+        await producer.stop()
+        hops = {"aiokafka": _aiokafka_hop, "librdkafka": _librdkafka_hop, "librdkafka, asyncio": _librdkafka_aio_hop}
+        for name, hop in [*hops.items()] * 2:
+            cpu_us, rate = await hop(infrastructure, source, sink, batch)
+            print(f"\nbatches of {batch:<3} {name:<20} {cpu_us:6.1f} µs of CPU per record {rate:>8,.0f} records/s")
+    finally:
+        await admin.delete_topics([source, sink])
+        await admin.close()
+
+
+class _HopClock:
+    """CPU and wall time from the first batch on (joining the group is not moving records)."""
+
+    def __init__(self) -> None:
+        self.moved, self._cpu, self._wall = 0, 0.0, 0.0
+
+    def first_batch(self) -> None:
+        if not self._wall:
+            self._cpu, self._wall = time.process_time(), time.perf_counter()
+
+    def result(self) -> tuple[float, float]:
+        return (time.process_time() - self._cpu) / self.moved * 1e6, self.moved / (time.perf_counter() - self._wall)
+
+
+def _librdkafka_consumer_options(settings) -> dict:
+    """As the aiokafka side's consumer: a group of its own, from the beginning, the claim path's fetch."""
+    return librdkafka_options(settings, OPERATOR.name) | {
+        "group.id": f"bench-hop-{uuid.uuid4().hex[:8]}",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "fetch.wait.max.ms": 25,
+        "fetch.min.bytes": 4096,
+    }
+
+
+def _librdkafka_producer_options(settings) -> dict:
+    """As the aiokafka side's (gongji/ops/kafka_io.py: make_producer): idempotent, every replica, no linger."""
+    return librdkafka_options(settings, OPERATOR.name) | {"acks": "all", "enable.idempotence": True, "linger.ms": 0}
+
+
+async def _aiokafka_hop(settings, source: str, sink: str, batch: int) -> tuple[float, float]:
+    from aiokafka import AIOKafkaConsumer
+
+    from gongji.ops.kafka_io import make_producer
+
+    client = aiokafka_options(settings, OPERATOR.name)
+    consumer = AIOKafkaConsumer(
+        source,
+        **client,
+        group_id=f"bench-hop-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=25,
+        fetch_min_bytes=4096,
+    )
+    producer = make_producer(settings, OPERATOR.name)
+    await consumer.start()
+    await producer.start()
+    partitions, clock = len(await producer.partitions_for(sink)), _HopClock()
+    try:
+        while clock.moved < HOP_RECORDS:
+            fetched = await consumer.getmany(timeout_ms=200, max_records=batch)
+            if not fetched:
+                continue
+            clock.first_batch()
+            batches: dict = {}
+            for record in chain.from_iterable(fetched.values()):
+                json.loads(record.value)
+                one = batches.setdefault(partition_of(record.key, partitions), producer.create_batch())
+                one.append(key=record.key, value=record.value, timestamp=None)
+                clock.moved += 1
+            await asyncio.gather(*[await producer.send_batch(b, sink, partition=p) for p, b in batches.items()])
+            await consumer.commit()
+        return clock.result()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def _librdkafka_hop(settings, source: str, sink: str, batch: int) -> tuple[float, float]:
+    """Its blocking client in a thread of its own: librdkafka's cost without an asyncio bridge."""
+    from confluent_kafka import Consumer, Producer
+
+    def hop() -> tuple[float, float]:
+        consumer, producer = (
+            Consumer(_librdkafka_consumer_options(settings)),
+            Producer(_librdkafka_producer_options(settings)),
+        )
+        consumer.subscribe([source])
+        clock = _HopClock()
+        try:
+            while clock.moved < HOP_RECORDS:
+                if not (fetched := consumer.consume(num_messages=batch, timeout=0.2)):
+                    continue
+                clock.first_batch()
+                for message in fetched:
+                    json.loads(message.value())
+                    producer.produce(sink, value=message.value(), key=message.key())
+                    clock.moved += 1
+                producer.flush()
+                consumer.commit(asynchronous=False)
+            return clock.result()
+        finally:
+            consumer.close()
+
+    return await asyncio.get_running_loop().run_in_executor(None, hop)
+
+
+async def _librdkafka_aio_hop(settings, source: str, sink: str, batch: int) -> tuple[float, float]:
+    """confluent-kafka's asyncio classes (stable since 2.13), as a service on asyncio would use them."""
+    from confluent_kafka.aio import AIOConsumer, AIOProducer
+
+    consumer = AIOConsumer(_librdkafka_consumer_options(settings))
+    producer = AIOProducer(_librdkafka_producer_options(settings))
+    await consumer.subscribe([source])
+    clock = _HopClock()
+    try:
+        while clock.moved < HOP_RECORDS:
+            if not (fetched := await consumer.consume(num_messages=batch, timeout=0.2)):
+                continue
+            clock.first_batch()
+            confirmations = []
+            for message in fetched:
+                json.loads(message.value())
+                confirmations.append(await producer.produce(sink, value=message.value(), key=message.key()))
+                clock.moved += 1
+            await producer.flush()
+            await asyncio.gather(*confirmations)
+            await consumer.commit(asynchronous=False)
+        return clock.result()
+    finally:
+        await consumer.close()
+        await producer.close()
