@@ -841,8 +841,8 @@ def faults_command(
     instance of each service, the Kafka node leading the claims and a Redis primary, each killed
     with SIGKILL and started again; a Kafka node cut off and joined again; a rolling restart
     (`infra up --cluster` first, here if need be; on the single nodes, GONGJI_CLUSTER unset, only
-    `instances` and `rolling`). Reports each fault's gap in settlements. Exit 1 if a claim lacks
-    exactly one result or the deep audit is not valid."""
+    `instances` and `rolling`). Reports each fault's gap in settlements and the longest a claim
+    waited meanwhile. Exit 1 if a claim lacks exactly one result or the deep audit is not valid."""
     from gongji.perf.faults import FAULTS, FaultOptions, run_faults
 
     for name in fault or ():
@@ -862,7 +862,12 @@ def faults_command(
         result = asyncio.run(run_faults(settings, options, out))
     except (RuntimeError, ValueError, infra.InfraError) as error:
         _fail(str(error))
-    summary = {"faults": result["faults"], "claims": result["load"]["claims"], "failures": result["failures"]}
+    summary = {
+        "faults": result["faults"],
+        "longest_wait_before_faults_s": result["longest_wait_before_faults_s"],
+        "claims": result["load"]["claims"],
+        "failures": result["failures"],
+    }
     if as_json:
         print(json.dumps(summary, ensure_ascii=False))
     else:

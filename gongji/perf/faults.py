@@ -11,7 +11,9 @@ duplicates, while its parts are killed with SIGKILL one after another and starte
   each healthy before the next.
 
 Every claim must still have exactly one result, nobody be paid twice, and the deep audit be valid.
-For each fault it reports the longest stretch with no new result after it (the gap)."""
+For each fault it reports the longest stretch with no new result after it (the gap), and the
+longest a claim waited for its result meanwhile (a stop of some partitions only, which the gap
+does not see)."""
 
 from __future__ import annotations
 
@@ -209,18 +211,35 @@ def join(host: str) -> None:
     _route("del", host)
 
 
-def gaps(pauses: list[dict[str, float]], faults: list[Fault], within: float) -> list[float]:
-    """Each fault's gap: the longest stretch with no new result that began after it (or in the second
-    before it) and before the next fault, the last fault's until `within` seconds after its repair.
-    A pause is charged to the latest fault before it; 0 when none reached the load's threshold."""
-    found = []
+def _windows(faults: list[Fault], within: float) -> list[tuple[float, float]]:
+    """What each fault is charged with: from the second before it to the second before the next
+    fault; the last fault's until `within` seconds after its repair."""
+    windows = []
     for index, fault in enumerate(faults):
         later = faults[index + 1 :]
         end = later[0].at_s - 1.0 if later else (fault.restored_at_s or fault.at_s) + within
-        found.append(
-            max((pause["seconds"] for pause in pauses if fault.at_s - 1.0 <= pause["at_s"] < end), default=0.0)
-        )
-    return found
+        windows.append((fault.at_s - 1.0, end))
+    return windows
+
+
+def gaps(pauses: list[dict[str, float]], faults: list[Fault], within: float) -> list[float]:
+    """Each fault's gap: the longest stretch with no new result at all that began in its window
+    (`_windows`); 0 when none reached the load's threshold. Results from the partitions a fault
+    did not touch end a gap: `longest_waits` sees the partitions it did."""
+    return [
+        max((pause["seconds"] for pause in pauses if start <= pause["at_s"] < end), default=0.0)
+        for start, end in _windows(faults, within)
+    ]
+
+
+def longest_waits(timeline: list[dict[str, Any]], faults: list[Fault], within: float) -> list[float]:
+    """Each fault's longest wait: the longest a claim waited for its first result, of the results
+    that came in the fault's window (`_windows`): a claim held by a partition the fault stopped
+    waits through the whole stop, even while the other partitions answer."""
+    return [
+        max((second.get("max_ms", 0.0) / 1000 for second in timeline if start <= second["second"] < end), default=0.0)
+        for start, end in _windows(faults, within)
+    ]
 
 
 def failures(report: dict[str, Any]) -> list[str]:
@@ -293,9 +312,22 @@ async def run_faults(settings: Settings, options: FaultOptions, console: Console
             "restored": fault.restored,
             "gap_s": gap,
             "gap_target_s": GAP_TARGETS[fault.name],
+            "longest_wait_s": wait,
         }
-        for fault, gap in zip(done, gaps(report["pauses"], done, within=options.restore_after_seconds), strict=True)
+        for fault, gap, wait in zip(
+            done,
+            gaps(report["pauses"], done, within=options.restore_after_seconds),
+            longest_waits(report["timeline"], done, within=options.restore_after_seconds),
+            strict=True,
+        )
     ]
-    result = {"faults": faults, "load": report, "load_report": str(path)}
+    # What a claim waits without a fault, to read the faults' longest waits by.
+    before = [second for second in report["timeline"] if done and second["second"] < done[0].at_s - 1.0]
+    result = {
+        "faults": faults,
+        "longest_wait_before_faults_s": max((second.get("max_ms", 0.0) / 1000 for second in before), default=0.0),
+        "load": report,
+        "load_report": str(path),
+    }
     result["failures"] = failures(result)
     return result

@@ -67,7 +67,8 @@ class ClaimResults:
         return latency_us
 
     def timeline(self) -> list[dict[str, Any]]:
-        """Each second since the start: claims published, first results, and their p50 and p99."""
+        """Each second since the start: claims published, first results, and their p50, p99 and
+        longest wait."""
         self._close_seconds_before(None)
         return [{"second": second, **figures} for second, figures in sorted(self._seconds.items())]
 
@@ -88,6 +89,7 @@ class ClaimResults:
             if histogram.get_total_count():
                 self._seconds[second]["p50_ms"] = histogram.get_value_at_percentile(50) / 1000
                 self._seconds[second]["p99_ms"] = histogram.get_value_at_percentile(99) / 1000
+                self._seconds[second]["max_ms"] = histogram.get_max_value() / 1000
 
     def _forget_answered_before(self, horizon_ns: int) -> None:
         while self._answered_order and self._answered_order[0][0] < horizon_ns:

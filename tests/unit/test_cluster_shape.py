@@ -15,7 +15,7 @@ import pytest
 
 from gongji.ops import infra
 from gongji.perf import faults
-from gongji.perf.faults import Fault, gaps
+from gongji.perf.faults import Fault, gaps, longest_waits
 from shared.acknowledgements import FLUSH_TIMEOUT_SECONDS
 from shared.runtime import make_broker
 from shared.settings import LOCAL_KAFKA_CLUSTER, Settings
@@ -105,6 +105,23 @@ def test_a_pause_is_charged_to_the_latest_fault_before_it() -> None:
     assert gaps(pauses, [broker, redis], within=5.0) == [2.5, 7.0]
     assert gaps(pauses, [broker, redis], within=15.0) == [2.5, 7.0]
     assert gaps(pauses, [Fault("instances", at_s=70.0, restored_at_s=75.0)], within=5.0) == [0.0]
+
+
+def test_a_claim_held_by_a_stopped_partition_is_charged_to_the_fault_though_results_went_on() -> None:
+    """Half the partitions stopped for 9 s: results came every second (no gap), but the claims
+    those partitions held arrived 9 s late, in the fault's window."""
+    timeline = [
+        {"second": 18, "settled": 50, "max_ms": 240.0},
+        {"second": 21, "settled": 25, "max_ms": 310.0},
+        {"second": 30, "settled": 90, "max_ms": 9_400.0},
+        {"second": 41, "settled": 50, "max_ms": 12_000.0},  # the next fault's
+        {"second": 47, "settled": 0},  # no result that second: no latency
+        {"second": 60, "settled": 50, "max_ms": 5_000.0},  # after the last fault's window
+    ]
+    instances = Fault("instances", at_s=20.0, restored_at_s=30.0)
+    broker = Fault("broker", at_s=40.0, restored_at_s=45.0)
+    assert longest_waits(timeline, [instances, broker], within=5.0) == [9.4, 12.0]
+    assert gaps([], [instances, broker], within=5.0) == [0.0, 0.0]
 
 
 def test_a_killed_child_that_is_still_a_zombie_counts_as_stopped(tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ def test_the_timeline_has_each_seconds_figures() -> None:
     timeline = claims.timeline()
     assert [(point["second"], point["published"], point["settled"]) for point in timeline] == [(0, 10, 0), (1, 0, 10)]
     assert 1_000 <= timeline[1]["p50_ms"] <= 1_010 and "p50_ms" not in timeline[0]
+    assert 1_000 <= timeline[1]["max_ms"] <= 1_010 and "max_ms" not in timeline[0]
 
 
 def test_answered_claims_are_forgotten_after_the_repeat_window_so_memory_stays_flat() -> None:
