@@ -236,10 +236,15 @@ def longest_waits(timeline: list[dict[str, Any]], faults: list[Fault], within: f
     """Each fault's longest wait: the longest a claim waited for its first result, of the results
     that came in the fault's window (`_windows`): a claim held by a partition the fault stopped
     waits through the whole stop, even while the other partitions answer."""
-    return [
-        max((second.get("max_ms", 0.0) / 1000 for second in timeline if start <= second["second"] < end), default=0.0)
-        for start, end in _windows(faults, within)
-    ]
+    return [_longest_wait(timeline, start, end) for start, end in _windows(faults, within)]
+
+
+def _longest_wait(timeline: list[dict[str, Any]], start: float, end: float) -> float:
+    """The longest a claim waited for its first result, of the results that came from `start` to
+    `end` (seconds of the load's timeline)."""
+    return max(
+        (second.get("max_ms", 0.0) / 1000 for second in timeline if start <= second["second"] < end), default=0.0
+    )
 
 
 def failures(report: dict[str, Any]) -> list[str]:
@@ -321,11 +326,10 @@ async def run_faults(settings: Settings, options: FaultOptions, console: Console
             strict=True,
         )
     ]
-    # What a claim waits without a fault, to read the faults' longest waits by.
-    before = [second for second in report["timeline"] if done and second["second"] < done[0].at_s - 1.0]
     result = {
         "faults": faults,
-        "longest_wait_before_faults_s": max((second.get("max_ms", 0.0) / 1000 for second in before), default=0.0),
+        # What a claim waits without a fault, to read the faults' longest waits by.
+        "longest_wait_before_faults_s": _longest_wait(report["timeline"], 0.0, done[0].at_s - 1.0) if done else 0.0,
         "load": report,
         "load_report": str(path),
     }
