@@ -13,11 +13,12 @@ import base64
 import json
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
+from gongji.audit.spill import Shelf, Spill, models
 from services.settlement.domain import NATIONAL
 from shared.contracts import (
     REFUSED_BEFORE_ID,
@@ -115,46 +116,52 @@ InputKey = tuple[str, str, str]  # (input topic, scope, input id)
 Offsets = dict[tuple[str, int], int]  # (topic, partition) -> offset
 
 
-@dataclass
 class Books:
-    # Every content each input id was taken in with, in the order read: the first one stands.
-    inputs: dict[InputKey, list[dict[str, Any]]] = field(default_factory=dict)
-    # Input records a service refused as older than the window (INPUT_TOO_OLD): never taken in, or
-    # taken in before and delivered again too late (another service may also have taken it in).
-    too_old: dict[InputKey, list[dict[str, Any]]] = field(default_factory=dict)
-    too_old_letters: list[DeadLetter] = field(default_factory=list)
-    wallet_events: list[WalletEvent] = field(default_factory=list)
-    relationship_events: list[RelationshipEvent] = field(default_factory=list)
-    # The results of claims recorded; a claim refused before its id was taken (a reused id, one sent
-    # where it does not belong) has an answer, not a result.
-    settlements: list[SettlementEvent] = field(default_factory=list)
-    refused_before_id: list[SettlementEvent] = field(default_factory=list)
-    # Each claim taken in from a province's own topic, with that province: (province, content, whether
-    # it is after the checkpoint's cut).
-    sent_by_provinces: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)  # and if judged
-    # The claim ids that dead-lettered claims (broken, but their id readable) were sent under.
-    dead_lettered_claims: set[str] = field(default_factory=set)
-    # Input records that break the contract and have no dead letter (yet): (topic, partition, offset).
-    undead: list[tuple[str, int, int]] = field(default_factory=list)
-    clearing_rows: list[ClearingRow] = field(default_factory=list)
-    # Where each output was first published: orders a pair's relationship events that carry no version.
-    offsets: dict[str, int] = field(default_factory=dict)
-    clashes: list[tuple[str, str]] = field(default_factory=list)  # (topic, event_id) published with other figures
-    # Partitions whose first record read is not the first asked for (retention deleted the rest):
-    # books rebuilt without them would be wrong.
-    truncated: dict[tuple[str, int], int] = field(default_factory=dict)
-    records: Counter[str] = field(default_factory=Counter)
-    # Outputs first published before the checkpoint's cut: read to look up what later records name,
-    # never judged or counted again (the audit that read them after its own cut did).
-    earlier: set[str] = field(default_factory=set)
-    judged_records: int = 0  # the records at or after the cut
-    unreadable: Counter[str] = field(default_factory=Counter)  # output records that fit no contract
+    """On disk (gongji/audit/spill.py) whatever grows with the records read; in memory what only
+    faults and hostile records add to."""
+
+    def __init__(self) -> None:
+        self.spill = spill = Spill()
+        # Every content each input id was taken in with, in the order read: the first one stands.
+        self.inputs: Shelf[dict[str, Any]] = Shelf(spill)
+        # Input records a service refused as older than the window (INPUT_TOO_OLD): never taken in, or
+        # taken in before and delivered again too late (another service may also have taken it in).
+        self.too_old: Shelf[dict[str, Any]] = Shelf(spill)
+        self.too_old_letters: list[DeadLetter] = []
+        self.wallet_events = models(spill, WalletEvent)  # by provider
+        self.relationship_events = models(spill, RelationshipEvent)  # by pair (provider, recipient)
+        # The results of claims recorded, by claim id; a claim refused before its id was taken (a
+        # reused id, one sent where it does not belong) has an answer, not a result.
+        self.settlements = models(spill, SettlementEvent)
+        self.refused_before_id = models(spill, SettlementEvent)
+        # Each claim taken in from a province's own topic, by claim id: [province, content, whether
+        # it is after the checkpoint's cut].
+        self.sent_by_provinces: Shelf[list[Any]] = Shelf(spill)
+        # The claim ids that dead-lettered claims (broken, but their id readable) were sent under.
+        self.dead_lettered_claims: set[str] = set()
+        # Input records that break the contract and have no dead letter (yet): (topic, partition, offset).
+        self.undead: list[tuple[str, int, int]] = []
+        self.clearing_rows = models(spill, ClearingRow)  # by month
+        # Where each relationship event was first published: orders a pair's events that carry no version.
+        self.offsets: Shelf[int] = Shelf(spill)
+        # Each output's figures as first published (an output published again must carry the same).
+        self.published: Shelf[dict[str, Any]] = Shelf(spill, keep="first")
+        self.clashes: list[tuple[str, str]] = []  # (topic, event_id) published with other figures
+        # Partitions whose first record read is not the first asked for (retention deleted the rest):
+        # books rebuilt without them would be wrong.
+        self.truncated: dict[tuple[str, int], int] = {}
+        self.records: Counter[str] = Counter()
+        # Outputs first published before the checkpoint's cut: read to look up what later records name,
+        # never judged or counted again (the audit that read them after its own cut did).
+        self.earlier: Shelf[None] = Shelf(spill)
+        self.judged_records = 0  # the records at or after the cut
+        self.unreadable: Counter[str] = Counter()  # output records that fit no contract
 
     def input(self, key: InputKey) -> dict[str, Any] | None:
         """The content that stands under the key: the first taken in; else, for an answer of a record
         taken in and then delivered again past its window, that record's."""
-        contents = self.inputs.get(key) or self.too_old.get(key)
-        return contents[0] if contents else None
+        first = self.inputs.first(key)
+        return self.too_old.first(key) if first is None else first
 
     def judged(self, event: Any) -> bool:
         """Whether an output is this audit's to judge: first published at or after the cut."""
@@ -193,7 +200,6 @@ class Rebuilding:
     def __init__(self, letter_records: Iterable[Record], cut: Offsets | None = None, starts: Offsets | None = None):
         self.books = Books()
         self._cut, self._starts = cut or {}, starts or {}
-        self._published: dict[str, dict[str, Any]] = {}  # each output's figures as first published
         self._first: set[tuple[str, int]] = set()  # the partitions a record was taken from
         letter_records = list(letter_records)
         for record in letter_records:
@@ -239,9 +245,12 @@ class Rebuilding:
             elif _breaks_the_contract(INPUT_TOPICS[record.topic], record):
                 self.books.undead.append(where)
             else:
-                _take_input(self.books, record, judged=judged)
+                try:
+                    _take_input(self.books, record, judged=judged)
+                except RecursionError:  # nested too deep to be written again: the services' JSON refuses it too
+                    self.books.undead.append(where)
         elif (topic := _output_topic(record.topic)) is not None:
-            _take_output(self.books, topic, record, self._published, judged=judged)
+            _take_output(self.books, topic, record, judged=judged)
 
     def unread(self, ends: Offsets) -> list[tuple[str, int]]:
         """The partitions that had records to read before their end, and gave none."""
@@ -296,9 +305,7 @@ def _output_topic(name: str) -> Topic | None:
     return next((topic for topic in OUTPUTS if topic.name == name), None)
 
 
-def _take_input(
-    books: Books, record: Record, taken: dict[InputKey, list[dict[str, Any]]] | None = None, judged: bool = False
-) -> None:
+def _take_input(books: Books, record: Record, taken: Shelf[dict[str, Any]] | None = None, judged: bool = False) -> None:
     id_field, scope_field = INPUT_IDS[record.topic]
     value = record.value
     # A record not dead-lettered was taken in: one read before the audit caught up is pending.
@@ -306,16 +313,14 @@ def _take_input(
         return
     scope = NATIONAL if scope_field is None else str(value.get(scope_field))
     topic = CLAIMS.name if scope_field is None else record.topic  # claim ids are national, on every claims topic
-    contents = (books.inputs if taken is None else taken).setdefault((topic, scope, value[id_field]), [])
-    if value not in contents:
-        contents.append(value)
+    shelf, key = books.inputs if taken is None else taken, (topic, scope, value[id_field])
+    if value not in shelf.get(key):
+        shelf.add(key, value)
     if (province := INPUT_TOPICS[record.topic].province) is not None:
-        books.sent_by_provinces.append((province, value, judged))
+        books.sent_by_provinces.add(value[id_field], [province, value, judged])
 
 
-def _take_output(
-    books: Books, topic: Topic, record: Record, published: dict[str, dict[str, Any]], judged: bool
-) -> None:
+def _take_output(books: Books, topic: Topic, record: Record, judged: bool) -> None:
     try:
         event = topic.model.model_validate(record.value)
     except ValidationError:
@@ -323,23 +328,27 @@ def _take_output(
         return
     event_id = event.event_id
     figures = _figures(record.value or {})
-    if event_id in published:
-        before = published[event_id]
+    try:
+        first = books.published.add(event_id, figures)
+    except RecursionError:  # nested too deep to be written again: no output of this system
+        books.unreadable[topic.name] += 1
+        return
+    if not first:
+        before = books.published.first(event_id) or {}
         if judged and any(before[name] != value for name, value in figures.items() if name in before):
             books.clashes.append((topic.name, event_id))
         return
-    published[event_id] = figures
-    books.offsets[event_id] = record.offset
     if not judged:
-        books.earlier.add(event_id)
+        books.earlier.add(event_id, None)
     if isinstance(event, WalletEvent):
-        books.wallet_events.append(event)
+        books.wallet_events.add(event.provider_id, event)
     elif isinstance(event, RelationshipEvent):
-        books.relationship_events.append(event)
+        books.relationship_events.add((event.provider_id, event.recipient_id), event)
+        books.offsets.add(event_id, record.offset)
     elif isinstance(event, SettlementEvent):
-        (books.refused_before_id if event.reason in REFUSED_BEFORE_ID else books.settlements).append(event)
+        (books.refused_before_id if event.reason in REFUSED_BEFORE_ID else books.settlements).add(event.claim_id, event)
     elif isinstance(event, ClearingRow):
-        books.clearing_rows.append(event)
+        books.clearing_rows.add(event.month, event)
 
 
 def _figures(value: dict[str, Any]) -> dict[str, Any]:

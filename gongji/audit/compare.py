@@ -9,14 +9,18 @@ checks it touches count it as Redis does. Everything else that differs is a diff
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import groupby
 from typing import Any
 
 from gongji.audit.books import ANSWERED_BY_WALLET, UNAPPLIED, Books, InputKey
 from gongji.audit.opening import Opening, PairChange, PairState
 from gongji.audit.rules import check_rules
+from gongji.audit.spill import Shelf, models, tagged
 from gongji.audit.state import TOTALS, RedisState, WalletAccount
 from gongji.audit.window import Window
 from services.settlement.domain import NATIONAL
@@ -124,48 +128,51 @@ class _View:
         self.window = window
         self.opening = opening
         self.closing = Opening(records=opening.records + books.judged_records)
-        self.results: dict[str, list[SettlementEvent]] = defaultdict(list)
-        for result in books.settlements:
-            self.results[result.claim_id].append(result)
-        self.refusals: dict[str, list[SettlementEvent]] = defaultdict(list)  # of claims taken in, never recorded
-        for refusal in books.refused_before_id:
-            if refusal.reason not in UNREADABLE:
-                self.refusals[refusal.claim_id].append(refusal)
-        self.debits: dict[str, list[WalletEvent]] = defaultdict(list)
-        self.refunds: dict[str, list[WalletEvent]] = defaultdict(list)
-        self.wallet_events: dict[str, list[WalletEvent]] = defaultdict(list)
-        for event in books.wallet_events:
-            self.wallet_events[event.provider_id].append(event)
+        # A claim's results are the books' settlements under its id; a provider's wallet events, theirs.
+        self.debits: Shelf[WalletEvent] = models(books.spill, WalletEvent)  # by claim id
+        self.refunds: Shelf[WalletEvent] = models(books.spill, WalletEvent)  # by claim id
+        for event in books.wallet_events.values():
             if event.type == "debited":
-                self.debits[event.claim_id or ""].append(event)
+                self.debits.add(event.claim_id or "", event)
             elif event.type == "refunded":
-                self.refunds[event.claim_id or ""].append(event)
-        self.claim_inputs = {key[2] for key in books.inputs if key[0] == CLAIMS.name}
-        self.takes: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)  # claim id -> provider -> take
-        for provider, account in state.wallets.items():
+                self.refunds.add(event.claim_id or "", event)
+        self.takes: Shelf[list[Any]] = Shelf(books.spill)  # claim id -> [provider, take]
+        for provider, account in state.accounts():
             for claim_id, take in account.takes.items():
-                self.takes[claim_id][provider] = take
+                self.takes.add(claim_id, [provider, take])
         # The refund of a reversed claim is stored under the reversal's id (that of a draw for a claim
         # never recorded, under its own).
         self.refund_ids = {
             result.reverses: result.claim_id
-            for result in books.settlements
+            for result in books.settlements.values()
             if result.status == "reversed" and result.reverses
         }
         # Claims Redis holds as final whose result is not published yet: their money is counted as Redis has it.
         self.unpublished = {
             claim_id: record
-            for claim_id, record in state.claims.items()
-            if record.get("status") == "final" and claim_id not in self.results
+            for claim_id, record in state.claim_records()
+            if record.get("status") == "final" and claim_id not in books.settlements
         }
+
+    def claim_ids(self) -> Iterator[str]:
+        """Every claim id the books or Redis name, in order."""
+        sent = (key[2] for key in self.books.inputs.keys_under(CLAIMS.name))  # of one scope: in their ids' order
+        return _union(sent, self.books.settlements.keys(), self.state.claims.keys())
+
+    def sent(self, claim_id: str) -> bool:
+        return (CLAIMS.name, NATIONAL, claim_id) in self.books.inputs
+
+    def refusals(self, claim_id: str) -> list[SettlementEvent]:
+        """The refusals before the id of claims sent under it and taken in (read, not broken)."""
+        return [one for one in self.books.refused_before_id.get(claim_id) if one.reason not in UNREADABLE]
 
     def unanswered(self, claim_id: str) -> list[dict[str, Any]]:
         """The contents sent under a claim id that no refusal before the id answers: one of them
         must be recorded (a refusal answers only the claim whose figures it carries)."""
-        refusals = self.refusals.get(claim_id, [])
+        refusals = self.refusals(claim_id)
         return [
             content
-            for content in self.books.inputs.get((CLAIMS.name, NATIONAL, claim_id), [])
+            for content in self.books.inputs.get((CLAIMS.name, NATIONAL, claim_id))
             if not any(
                 content.get("recipient_id") == refusal.recipient_id
                 and _answer_mismatch(CLAIMS.name, content, refusal) is None
@@ -174,12 +181,21 @@ class _View:
         ]
 
     def result(self, claim_id: str) -> SettlementEvent | None:
-        results = self.results.get(claim_id)
-        return results[0] if results else None
+        return self.books.settlements.first(claim_id)
+
+    def first_result(self, result: SettlementEvent) -> bool:
+        """Whether it is its claim's result (the first published under its claim id)."""
+        first = self.result(result.claim_id)
+        return first is not None and first.event_id == result.event_id
+
+    def results(self) -> Iterator[SettlementEvent]:
+        """Each claim's result (the first published), in the claims' order."""
+        for _, results in self.books.settlements.items():
+            yield results[0]
 
     def occurred_at(self, result: SettlementEvent) -> datetime | None:
         """When the claim a result answers occurred (its records are kept by that day)."""
-        contents = self.books.inputs.get((CLAIMS.name, NATIONAL, result.claim_id), [])
+        contents = self.books.inputs.get((CLAIMS.name, NATIONAL, result.claim_id))
         sent = next((content for content in contents if content.get("recipient_id") == result.recipient_id), None)
         try:
             return datetime.fromisoformat(str(sent["occurred_at"])) if sent else None
@@ -187,11 +203,16 @@ class _View:
             return None
 
     def wallet(self, person_id: str) -> WalletAccount:
-        return self.state.wallets.get(person_id) or WalletAccount()
+        return self.state.wallets.first(person_id) or WalletAccount()
 
     def stored_refund(self, provider: str, claim_id: str) -> dict[str, Any] | None:
         refund_id = self.refund_ids.get(claim_id) or claim_output_id(claim_id, "unclaimed draw")
         return self.wallet(provider).refunds.get(refund_id)
+
+
+def _union(*in_order: Iterable[Any]) -> Iterator[Any]:
+    """Each value of sorted iterables once, in order, none held: `sorted(set().union(...))` streamed."""
+    return (value for value, _ in groupby(heapq.merge(*in_order)))
 
 
 def compare(books: Books, state: RedisState, window: Window, opening: Opening | None = None) -> AuditReport:
@@ -215,11 +236,11 @@ def compare(books: Books, state: RedisState, window: Window, opening: Opening | 
 
 
 def _counts(view: _View, found: _Findings) -> dict[str, int]:
-    judged = [result for claim_id in view.results if (result := view.result(claim_id)) and view.books.judged(result)]
-    view.closing.claims_final = view.opening.claims_final + sum(1 for one in judged if one.status != "reversed")
-    view.closing.reversals = view.opening.reversals + sum(1 for one in judged if one.status == "reversed")
+    judged = Counter(result.status == "reversed" for result in view.results() if view.books.judged(result))
+    view.closing.claims_final = view.opening.claims_final + judged[False]
+    view.closing.reversals = view.opening.reversals + judged[True]
     months = (
-        {row.month for row in view.books.clearing_rows}
+        {month for month in view.books.clearing_rows.keys()}
         | {month for months in view.state.clearing.values() for month in months}
         | set(view.opening.clearing)
     )
@@ -230,7 +251,9 @@ def _counts(view: _View, found: _Findings) -> dict[str, int]:
         # Output records no service of this system wrote: not of the contract, or a statement of a
         # month its settlement never closed. Ignored, and counted.
         "foreign_records": sum(view.books.unreadable.values()) + found.counts["foreign_records"],
-        "persons": len(set(view.state.wallets) | set(view.wallet_events) | set(view.opening.accounts)),
+        "persons": sum(
+            1 for _ in _union(view.state.wallets.keys(), view.books.wallet_events.keys(), sorted(view.opening.accounts))
+        ),
         "claims_final": view.closing.claims_final,
         "claims_pending": found.counts["claims_pending"],
         "claims_expired": found.counts["claims_expired"],  # their records gone with their window
@@ -246,12 +269,12 @@ def _counts(view: _View, found: _Findings) -> dict[str, int]:
 
 
 def _claims(view: _View, found: _Findings) -> None:
-    for claim_id in sorted(view.claim_inputs | set(view.results) | set(view.state.claims)):
-        results = view.results.get(claim_id, [])
-        record = view.state.claims.get(claim_id)
+    for claim_id in view.claim_ids():
+        results = view.books.settlements.get(claim_id)
+        record = view.state.claims.first(claim_id)
         ids = {"claim": claim_id}
         if not results:
-            if record is None and claim_id in view.refusals and not view.unanswered(claim_id):
+            if record is None and view.refusals(claim_id) and not view.unanswered(claim_id):
                 continue  # every claim sent under it refused before the id was taken
             found.counts["claims_pending"] += 1
             if record is None:
@@ -301,9 +324,9 @@ def _paid_once(view: _View, result: SettlementEvent, ids: dict[str, str], found:
     if result.paid_fen > result.requested_fen or fitting != result.status:
         found.differ(CLAIM, "the status does not fit the amounts", ids, fitting, result.status)
     debits: dict[str, list[WalletEvent]] = defaultdict(list)
-    for debit in view.debits.get(result.claim_id, []):
+    for debit in view.debits.get(result.claim_id):
         debits[debit.provider_id].append(debit)
-    takes = view.takes.get(result.claim_id, {})
+    takes = dict(view.takes.get(result.claim_id))
     for provider in sorted(set(payers) | set(debits)):
         by_provider = {**ids, "provider": provider}
         events = debits.get(provider, [])
@@ -343,12 +366,11 @@ def _paid_once(view: _View, result: SettlementEvent, ids: dict[str, str], found:
 
 
 def _reversals(view: _View, found: _Findings) -> None:
-    reversals: dict[str, list[SettlementEvent]] = defaultdict(list)
-    for claim_id in view.results:
-        result = view.result(claim_id)
-        if result and result.status == "reversed":
-            reversals[result.reverses or ""].append(result)
-    for original_id, of_original in sorted(reversals.items()):
+    reversals = models(view.books.spill, SettlementEvent)  # by the claim reversed, as first published
+    for result in view.books.settlements.values():
+        if result.status == "reversed" and view.first_result(result):
+            reversals.add(result.reverses or "", result)
+    for original_id, of_original in reversals.items():
         if not view.books.any_judged(of_original):
             continue  # judged by the audit that read it after its cut
         reversal = of_original[0]
@@ -370,20 +392,21 @@ def _reversals(view: _View, found: _Findings) -> None:
                 REFUND, "a reversal gives back other than what was paid", ids, original.paid_fen, reversal.paid_fen
             )
         _refunded_once(view, original, ids, found)
-    for claim_id in sorted(set(view.refunds) | set(view.debits)):
+    for claim_id in _union(view.refunds.keys(), view.debits.keys()):
         if claim_id in reversals:
             continue
-        judged = view.books.any_judged((*view.refunds[claim_id], *view.debits[claim_id]))
-        if view.result(claim_id) or claim_id in view.state.claims or claim_id in view.claim_inputs:
+        refunds = view.refunds.get(claim_id)
+        judged = view.books.any_judged((*refunds, *view.debits.get(claim_id)))
+        if view.result(claim_id) or claim_id in view.state.claims or view.sent(claim_id):
             # (A reversal settlement holds as made, whose result is on its way, is pending under claims.)
-            reversed_in_redis = view.state.claims.get(claim_id, {}).get("reversed_by")
-            if judged and view.refunds.get(claim_id) and not reversed_in_redis:
+            reversed_in_redis = (view.state.claims.first(claim_id) or {}).get("reversed_by")
+            if judged and refunds and not reversed_in_redis:
                 found.differ(
                     REFUND,
                     "a refund for a claim that was not reversed",
                     {"claim": claim_id},
                     0,
-                    sum(event.amount_fen for event in view.refunds[claim_id]),
+                    sum(event.amount_fen for event in refunds),
                 )
         else:
             _unclaimed_draw_given_back(view, claim_id, found, judged)
@@ -392,7 +415,7 @@ def _reversals(view: _View, found: _Findings) -> None:
 def _refunded_once(view: _View, original: SettlementEvent, ids: dict[str, str], found: _Findings) -> None:
     paid = {payer.provider_id: payer.amount_fen for payer in original.payers}
     refunds: dict[str, list[WalletEvent]] = defaultdict(list)
-    for refund in view.refunds.get(original.claim_id, []):
+    for refund in view.refunds.get(original.claim_id):
         refunds[refund.provider_id].append(refund)
     for provider in sorted(set(paid) | set(refunds)):
         by_provider = {**ids, "provider": provider}
@@ -425,9 +448,9 @@ def _unclaimed_draw_given_back(view: _View, claim_id: str, found: _Findings, jud
     """Money drawn for a claim settlement never recorded is given back at once (in full)."""
     debited: Counter[str] = Counter()
     refunded: Counter[str] = Counter()
-    for debit in view.debits.get(claim_id, []):
+    for debit in view.debits.get(claim_id):
         debited[debit.provider_id] += debit.amount_fen
-    for refund in view.refunds.get(claim_id, []):
+    for refund in view.refunds.get(claim_id):
         refunded[refund.provider_id] += refund.amount_fen
     for provider in sorted(set(debited) | set(refunded)):
         ids = {"claim": claim_id, "provider": provider}
@@ -488,13 +511,13 @@ def _stored_effects(account: WalletAccount) -> list[Effect]:
 
 def _accounts(view: _View, found: _Findings) -> None:
     opening = view.opening
-    for person in sorted(
-        set(view.state.wallets) | set(view.wallet_events) | set(opening.accounts) | set(opening.quotas)
+    for person in _union(
+        view.state.wallets.keys(), view.books.wallet_events.keys(), sorted({*opening.accounts, *opening.quotas})
     ):
         account = view.wallet(person)
         sums, quotas = Counter(opening.accounts.get(person, {})), Counter(opening.quotas.get(person, {}))
         published = set()
-        for event in view.wallet_events.get(person, []):
+        for event in view.books.wallet_events.get(person):
             if (effect := _event_effect(view, event)) is not None:
                 published.add((effect.kind, effect.effect_id))
                 if view.books.judged(event):
@@ -568,23 +591,19 @@ def _account_books(
 
 
 def _relationships(view: _View, found: _Findings) -> None:
-    changes: dict[tuple[str, str], list[RelationshipEvent]] = defaultdict(list)
-    for event in view.books.relationship_events:
-        if event.type != "rejected":  # a refusal changes no pair
-            changes[(event.provider_id, event.recipient_id)].append(event)
     wallet_pairs = {
         (provider, recipient)
-        for provider, account in view.state.wallets.items()
+        for provider, account in view.state.accounts()
         for recipient in (*account.relationships, *account.relationship_versions)
     }
     for pair in sorted(
-        set(changes)
+        set(_changed_pairs(view.books))
         | set(view.state.relationships)
         | set(view.state.relationship_versions)
         | wallet_pairs
         | set(view.opening.pairs)
     ):
-        history = sorted(changes.get(pair, []), key=lambda event: _change_order(view.books, event))
+        history = sorted(_changes(view.books, pair), key=lambda event: _change_order(view.books, event))
         ids = {"provider": pair[0], "recipient": pair[1]}
         versions = Counter(event.version for event in history if event.version is not None)
         twice = [count for version, count in versions.items() if count > 1 and _judged_version(view, history, version)]
@@ -600,6 +619,18 @@ def _relationships(view: _View, found: _Findings) -> None:
             view.closing.pairs[pair] = state
         _relationship_service(view, pair, state.newest, ids, found)
         _wallet_relationship(view, pair, state.wallet, ids, found)
+
+
+def _changes(books: Books, pair: tuple[str, str]) -> list[RelationshipEvent]:
+    return [
+        event for event in books.relationship_events.get(pair) if event.type != "rejected"
+    ]  # a refusal changes no pair
+
+
+def _changed_pairs(books: Books) -> Iterator[tuple[str, str]]:
+    for pair, events in books.relationship_events.items():
+        if any(event.type != "rejected" for event in events):
+            yield pair
 
 
 def _judged_version(view: _View, history: list[RelationshipEvent], version: int) -> bool:
@@ -618,7 +649,10 @@ def _newer(folded: PairChange | None, history: list[RelationshipEvent]) -> PairC
 
 def _change_order(books: Books, event: RelationshipEvent) -> tuple[bool, int]:
     """A change carries the pair's version; the oldest events, from before versions, keep the order read."""
-    return (event.version is not None, event.version if event.version is not None else books.offsets[event.event_id])
+    return (
+        event.version is not None,
+        event.version if event.version is not None else books.offsets.first(event.event_id) or 0,
+    )
 
 
 def _relationship_service(
@@ -684,9 +718,8 @@ def _wallet_relationship(
 
 def _clearing(view: _View, found: _Findings) -> None:
     books: dict[str, Counter[str]] = defaultdict(Counter, {m: Counter(t) for m, t in view.opening.clearing.items()})
-    for claim_id in view.results:
-        result = view.result(claim_id)
-        if result and view.books.judged(result) and (counted := _clearing_of(view, result)):
+    for result in view.results():
+        if view.books.judged(result) and (counted := _clearing_of(view, result)):
             month, owed, sign = counted
             _accumulate(books[month], owed, sign)
     view.closing.clearing = {month: Counter(totals) for month, totals in books.items()}
@@ -782,7 +815,7 @@ def _statements(view: _View, books: dict[str, Counter[str]], found: _Findings) -
     A statement of a month this system's settlement never closed is none of its own (counted apart)."""
     closed_months = {month for months in view.state.closed.values() for month in months}
     rows_by_month = defaultdict(list)
-    for row in view.books.clearing_rows:
+    for row in view.books.clearing_rows.values():
         if not view.books.judged(row):
             continue  # judged by the audit that read it after its cut
         if row.month in closed_months:
@@ -823,19 +856,19 @@ def _statements(view: _View, books: dict[str, Counter[str]], found: _Findings) -
 
 
 def _answers(view: _View, found: _Findings) -> None:
-    answers: dict[InputKey, list[Any]] = defaultdict(list)
+    answers = tagged(view.books.spill, WalletEvent, SettlementEvent, RelationshipEvent)  # by input
     # Inputs answered though not applied: refused as outside their window (rules.py judges the
     # refusal), or as a conflict (the id was taken before, its answer with it: from a checkpoint,
     # maybe before what was read).
     refused: set[InputKey] = set()
-    for event in view.books.wallet_events:
+    for event in view.books.wallet_events.values():
         if event.type in ANSWERED_BY_WALLET and event.reason not in UNAPPLIED:
-            answers[(ANSWERED_BY_WALLET[event.type], event.provider_id, event.cause_id)].append(event)
+            answers.add((ANSWERED_BY_WALLET[event.type], event.provider_id, event.cause_id), event)
         elif event.type in ANSWERED_BY_WALLET:
             refused.add((ANSWERED_BY_WALLET[event.type], event.provider_id, event.cause_id))
-    for result in view.books.settlements:
-        answers[(CLAIMS.name, NATIONAL, result.claim_id)].append(result)
-    for refusal in view.books.refused_before_id:
+    for result in view.books.settlements.values():
+        answers.add((CLAIMS.name, NATIONAL, result.claim_id), result)
+    for refusal in view.books.refused_before_id.values():
         key = (CLAIMS.name, NATIONAL, refusal.claim_id)
         if not view.books.judged(refusal):
             continue  # judged by the audit that read it after its cut
@@ -864,12 +897,12 @@ def _answers(view: _View, found: _Findings) -> None:
                 "a claim of its figures",
                 "none",
             )
-    for change in view.books.relationship_events:
+    for change in view.books.relationship_events.values():
         if change.reason not in UNAPPLIED:
-            answers[_relationship_cause(view.books, change)].append(change)
+            answers.add(_relationship_cause(view.books, change), change)
         else:
             refused.add(_relationship_cause(view.books, change))
-    for key, events in sorted(answers.items(), key=lambda item: item[0]):
+    for key, events in answers.items():
         if not view.books.any_judged(events):
             continue  # judged by the audit that read them after its cut
         topic = key[0]
@@ -887,8 +920,8 @@ def _answers(view: _View, found: _Findings) -> None:
                 found.differ(
                     ANSWER, f"an answer's {figure} differs from its input's", _input_ids(key), expected, answered
                 )
-    for key in sorted(view.books.inputs):
-        if key[0] == CLAIMS.name and key not in answers and key[2] in view.refusals and not view.unanswered(key[2]):
+    for key in view.books.inputs.keys():
+        if key[0] == CLAIMS.name and key not in answers and view.refusals(key[2]) and not view.unanswered(key[2]):
             continue  # every claim sent under the id was refused before it was taken
         if key[0] in ANSWERED_TOPICS and key not in answers and key not in refused:
             found.pend("input not yet answered", _input_ids(key))
@@ -914,7 +947,7 @@ def _standing_input(books: Books, key: InputKey, answer: Any) -> dict[str, Any] 
     order of sending)."""
     if key[0] != CLAIMS.name:
         return books.input(key)
-    own = [content for content in books.inputs.get(key, []) if content.get("recipient_id") == answer.recipient_id]
+    own = [content for content in books.inputs.get(key) if content.get("recipient_id") == answer.recipient_id]
     alike = next((content for content in own if _answer_mismatch(CLAIMS.name, content, answer) is None), None)
     if alike is not None or (isinstance(answer, SettlementEvent) and answer.reason in REFUSED_BEFORE_ID):
         return alike  # a refusal before the id describes only a claim of its own figures

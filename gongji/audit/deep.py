@@ -197,8 +197,8 @@ async def _audit_once(
 
 @contextmanager
 def _collector_paused() -> Iterator[None]:
-    """The state and the books grow with what is read and hold no cycles: the collector would only
-    scan them again and again while they are read, built and compared."""
+    """Millions of records, contents and models pass through memory on their way to and from disk,
+    none in a cycle: the collector would only scan them."""
     gc.disable()
     try:
         yield

@@ -14,14 +14,15 @@ steps in Redis; each carries the account's step number (`account_seq`), which is
 from __future__ import annotations
 
 import base64
-from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
+from itertools import chain
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from gongji.audit.books import ANSWERED_BY_WALLET, UNAPPLIED, Books, json_object
 from gongji.audit.opening import Opening
+from gongji.audit.spill import models
 from gongji.audit.window import Window
 from shared.contracts import SettlementEvent, WalletEvent
 from shared.topics import CLAIMS, ENROLLMENT, RELATIONSHIP_COMMANDS, WALLET_COMMANDS
@@ -57,11 +58,11 @@ def check_rules(books: Books, differ: Differ, window: Window, opening: Opening, 
 
 
 def _grants(books: Books, differ: Differ) -> None:
-    per_day: dict[tuple[str, str], list[WalletEvent]] = defaultdict(list)
-    for event in books.wallet_events:
+    per_day = models(books.spill, WalletEvent)  # by (provider, day)
+    for event in books.wallet_events.values():
         if event.type != "granted":
             continue
-        per_day[(event.provider_id, shanghai_day(event.occurred_at))].append(event)
+        per_day.add((event.provider_id, shanghai_day(event.occurred_at)), event)
         if not books.judged(event):
             continue  # read only to count its day's grants
         ids = {"provider": event.provider_id, "input": event.cause_id}
@@ -76,7 +77,7 @@ def _grants(books: Books, differ: Differ) -> None:
                 event.provider_id,
                 command.get("actor_id"),
             )
-    for (provider, day), grants in sorted(per_day.items()):
+    for (provider, day), grants in per_day.items():
         if len(grants) > MOST_GRANTS_A_DAY and books.any_judged(grants):
             differ(
                 RULE,
@@ -94,9 +95,11 @@ def shanghai_day(moment: datetime) -> str:
 def _related_before_quota(books: Books, differ: Differ, opening: Opening) -> None:
     """Rules 2, 5, 8: quota is set only for a close relative the provider is related to."""
     established = {
-        (event.provider_id, event.recipient_id) for event in books.relationship_events if event.type == "established"
+        (event.provider_id, event.recipient_id)
+        for event in books.relationship_events.values()
+        if event.type == "established"
     } | {pair for pair, state in opening.pairs.items() if state.established}
-    for event in filter(books.judged, books.wallet_events):
+    for event in filter(books.judged, books.wallet_events.values()):
         if event.type == "granted" and (event.provider_id, event.recipient_id or "") not in established:
             differ(
                 RULE,
@@ -117,14 +120,13 @@ def _frozen_accounts(books: Books, differ: Differ, opening: Opening, closing: Op
     standing after the steps it folded; an event published after its cut for a step before one it
     folded (another consumer's, late) counts for the freezes, but is not judged: the steps before
     it are not all known."""
-    by_account: dict[str, list[WalletEvent]] = defaultdict(list)
-    for event in filter(books.judged, books.wallet_events):
-        if event.reason not in UNAPPLIED:
-            by_account[event.provider_id].append(event)
     closing.unstepped |= opening.unstepped
     closing.standing |= opening.standing
     closing.last_seq |= opening.last_seq
-    for provider, events in sorted(by_account.items()):
+    for provider, of_account in books.wallet_events.items():
+        events = [event for event in filter(books.judged, of_account) if event.reason not in UNAPPLIED]
+        if not events:
+            continue
         stepped = [event for event in events if event.account_seq is not None]
         if len(stepped) < len(events) or provider in opening.unstepped:
             closing.unstepped.add(provider)
@@ -158,11 +160,11 @@ def _paid_claims(books: Books, differ: Differ, opening: Opening, closing: Openin
     resident_insured = opening.resident | {
         key[1]
         for taken in (books.inputs, books.too_old)
-        for key, contents in taken.items()
-        if key[0] == ENROLLMENT.name and any(content.get("insurance_type") == "resident" for content in contents)
+        for key in taken.keys_under(ENROLLMENT.name)
+        if any(content.get("insurance_type") == "resident" for content in taken.get(key))
     }
     closing.resident = resident_insured
-    for result in filter(books.judged, books.settlements):
+    for result in filter(books.judged, books.settlements.values()):
         if result.status not in ("settled", "partial"):
             continue
         ids = {"claim": result.claim_id, "recipient": result.recipient_id}
@@ -188,18 +190,16 @@ def _claims_of_their_own_care(books: Books, differ: Differ) -> None:
     is looked at, so that no province can take a hospital's claim id, or learn whether it exists."""
     refused = {
         (refusal.claim_id, refusal.recipient_id, refusal.requested_fen)
-        for refusal in books.refused_before_id
+        for refusal in books.refused_before_id.values()
         if refusal.reason == "SERVICE_REGION_MISMATCH"
     }
-    answers = [*books.settlements, *books.refused_before_id]
-    answered = {answer.claim_id for answer in answers}
-    answered_after_the_cut = {answer.claim_id for answer in answers if books.judged(answer)}
-    for province, claim, judged in books.sent_by_provinces:
+    for province, claim, judged in books.sent_by_provinces.values():
         claim_id = str(claim.get("claim_id"))
         region = claim.get("service_region") if claim.get("kind") == "settle" else claim_id.split("-")[0]
-        if str(region)[:2] == province or claim_id not in answered:  # unanswered: the answers check waits for it
+        answers = [*books.settlements.get(claim_id), *books.refused_before_id.get(claim_id)]
+        if str(region)[:2] == province or not answers:  # unanswered: the answers check waits for it
             continue
-        if not judged and claim_id not in answered_after_the_cut:
+        if not judged and not books.any_judged(answers):
             continue  # judged by the audit that read it after its cut
         if (claim_id, claim.get("recipient_id"), claim.get("amount_fen") or 0) not in refused:
             differ(
@@ -216,19 +216,18 @@ def _claims_within_their_window(books: Books, differ: Differ, window: Window) ->
     is refused CLAIM_TOO_OLD only when it is, and a reversal cancels only a claim within the window
     when it is decided. (When a paid claim was taken is not in the records: it was before it was
     paid, so only its upper bound is judged.)"""
-    by_id = {result.claim_id: result for result in books.settlements}
-    for result in filter(books.judged, books.settlements):
+    for result in filter(books.judged, books.settlements.values()):
         ids = {"claim": result.claim_id, "recipient": result.recipient_id}
         at = _occurred_at(_claim_of(books, result))
         if at is not None and at > result.settled_at + window.skew:
             differ(
                 RULE, "window: a claim was taken ahead of the clock", ids, f"by {window.skew}", at - result.settled_at
             )
-        original = by_id.get(result.reverses or "")
+        original = next(reversed(books.settlements.get(result.reverses or "")), None)  # the last published
         when = _occurred_at(_claim_of(books, original)) if original else None
         if result.status == "reversed" and when is not None and when < result.settled_at - window.length:
             differ(RULE, "window: a claim older than the window was reversed", ids, "CLAIM_TOO_OLD", "reversed")
-    for refusal in filter(books.judged, books.refused_before_id):
+    for refusal in filter(books.judged, books.refused_before_id.values()):
         if refusal.reason != "CLAIM_TOO_OLD":
             continue
         sent = [_occurred_at(content) for content in _contents_like(books, refusal)]
@@ -245,16 +244,18 @@ def _claims_within_their_window(books: Books, differ: Differ, window: Window) ->
 def _inputs_within_their_window(books: Books, differ: Differ, window: Window) -> None:
     """Every other input's window: one applied was within it when it was applied (its answer's time),
     and one refused as too old (INPUT_TOO_OLD: an answer on its topic, or a dead letter) was not."""
-    answers = [
-        (ANSWERED_BY_WALLET[event.type], event.provider_id, event)
-        for event in books.wallet_events
-        if event.type in ANSWERED_BY_WALLET
-    ]
-    answers += [
-        (RELATIONSHIP_COMMANDS.name, event.provider_id, event)
-        for event in books.relationship_events
-        if event.type != "terminated"
-    ]
+    answers = chain(
+        (
+            (ANSWERED_BY_WALLET[event.type], event.provider_id, event)
+            for event in books.wallet_events.values()
+            if event.type in ANSWERED_BY_WALLET
+        ),
+        (
+            (RELATIONSHIP_COMMANDS.name, event.provider_id, event)
+            for event in books.relationship_events.values()
+            if event.type != "terminated"
+        ),
+    )
     for topic, scope, answer in answers:
         if not books.judged(answer):
             continue  # judged by the audit that read it after its cut
@@ -291,7 +292,7 @@ def _occurred_at(claim: dict[str, Any] | None) -> datetime | None:
 
 def _contents_like(books: Books, answer: SettlementEvent) -> list[dict[str, Any]]:
     """What was sent under the answer's claim id with the answer's recipient and amount."""
-    contents = books.inputs.get((CLAIMS.name, NATIONAL, answer.claim_id), [])
+    contents = books.inputs.get((CLAIMS.name, NATIONAL, answer.claim_id))
     return [
         content
         for content in contents

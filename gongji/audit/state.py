@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any
 
 from redis.asyncio import Redis
 
+from gongji.audit.spill import Shelf, Spill
 from services.settlement.store import PREFIX as SETTLEMENT_PREFIX
 from services.wallet.store import PREFIX as WALLET_PREFIX
 from shared.redis_functions import execute
@@ -43,7 +46,8 @@ WALLET_PARTS = (
 _CLEARING = "clearing:"
 TOTALS = ("balance", "frozen", "credited", "spent", "paid", "refunded")  # the account's running totals
 RELATIONSHIP_PARTS = ("rels", "versions")
-_READ_BATCH = 200  # persons (or shards) per MULTI: short enough never to hold Redis up for long
+_READ_BATCH = 200  # persons per MULTI: short enough never to hold Redis up for long
+_SHARDS_AT_ONCE = 4  # a shard holds a 64th of the claims Redis keeps: a few at a time in memory
 
 
 @dataclass
@@ -57,15 +61,29 @@ class WalletAccount:
     applied: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # seen:<topic> -> id -> result
 
 
-@dataclass
 class RedisState:
-    wallets: dict[str, WalletAccount] = field(default_factory=dict)
-    # The relationship service: (provider, recipient) -> the pending or active relationship, and its version.
-    relationships: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    relationship_versions: dict[tuple[str, str], int] = field(default_factory=dict)
-    claims: dict[str, dict[str, Any]] = field(default_factory=dict)  # claim id -> record
-    clearing: dict[int, dict[str, dict[str, int]]] = field(default_factory=dict)  # shard -> month -> field -> fen
-    closed: dict[int, dict[str, dict[str, int]]] = field(default_factory=dict)  # shard -> month -> as closed
+    """What grows with the accounts and the claims Redis holds is on disk (gongji/audit/spill.py)."""
+
+    def __init__(self) -> None:
+        spill = Spill()
+        self.wallets: Shelf[WalletAccount] = Shelf(
+            spill, encode=lambda account: json.dumps(vars(account)), decode=_account, keep="last"
+        )  # by person
+        # The relationship service: (provider, recipient) -> the pending or active relationship, and its version.
+        self.relationships: dict[tuple[str, str], dict[str, Any]] = {}
+        self.relationship_versions: dict[tuple[str, str], int] = {}
+        self.claims: Shelf[dict[str, Any]] = Shelf(spill, keep="last")  # claim id -> record
+        self.clearing: dict[int, dict[str, dict[str, int]]] = {}  # shard -> month -> field -> fen
+        self.closed: dict[int, dict[str, dict[str, int]]] = {}  # shard -> month -> as closed
+
+    def accounts(self) -> Iterator[tuple[str, WalletAccount]]:
+        """Each person's account, in the persons' order."""
+        for person, (account,) in self.wallets.items():
+            yield str(person), account
+
+    def claim_records(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for claim_id, (record,) in self.claims.items():
+            yield str(claim_id), record
 
     def accumulators(self, month: str) -> dict[str, int]:
         """A month's clearing accumulators summed over the shards."""
@@ -78,21 +96,46 @@ class RedisState:
 
 async def read_state(redis: Redis, today: str) -> RedisState:
     """`today`: the audit's day on the services' clock (YYYYMMDD, Asia/Shanghai)."""
-    keys = [key.decode() async for key in redis.scan_iter(count=5000)]
+    scan = _Scan(found_days={today})
+    async for key in redis.scan_iter(count=5000):
+        scan.take(key.decode())
     state = RedisState()
-    await _read_settlement(redis, keys, state, today)
-    await _read_relationships(redis, keys, state)
-    await _read_wallets(redis, keys, state)
+    await _read_settlement(redis, scan, state)
+    await _read_relationships(redis, scan, state)
+    await _read_wallets(redis, scan, state)
     return state
 
 
-def _persons(keys: list[str], prefix: str) -> list[str]:
-    """Everyone with a key of the prefix. Their keys are then read by name, every part at once: a
-    key made after the scan is read as it stands (one made after the end offsets holds nothing the
-    records read say)."""
-    return sorted(
-        {match["person"] for key in keys if (match := _PERSON_KEY.fullmatch(key)) and match["prefix"] == prefix}
-    )
+@dataclass
+class _Scan:
+    """What the keys scanned name, not the keys (a few per person): everyone with a key is then read
+    by key name, every part at once, so a key made after the scan is read as it stands (one made
+    after the end offsets holds nothing the records read say)."""
+
+    found_days: set[str]  # the settlement's claims buckets
+    months: dict[int, set[str]] = field(default_factory=lambda: defaultdict(set))  # each shard's clearing months
+    providers: set[str] = field(default_factory=set)  # with relationship keys
+    draw_days: dict[str, set[str]] = field(default_factory=dict)  # each wallet's take and refund buckets
+
+    def take(self, key: str) -> None:
+        if match := _SHARD_KEY.fullmatch(key):
+            shard, part = int(match["shard"]), match["part"]
+            self.months[shard]  # every shard with a key is read
+            if part.startswith(_CLEARING):
+                self.months[shard].add(part.removeprefix(_CLEARING))
+            elif part.startswith(_CLAIMS):
+                self.found_days.add(part.removeprefix(_CLAIMS))
+        elif match := _PERSON_KEY.fullmatch(key):
+            if match["prefix"] == RELATIONSHIP_PREFIX:
+                self.providers.add(match["person"])
+            elif match["prefix"] == WALLET_PREFIX:
+                days = self.draw_days.setdefault(match["person"], set())
+                if bucket := _DRAW_BUCKET.fullmatch(match["part"]):
+                    days.add(bucket["day"])
+
+
+def _account(text: str) -> WalletAccount:
+    return WalletAccount(**json.loads(text))
 
 
 # Every hash of a group at one instant: a script runs alone. (MULTI would do on one Redis; redis-py's
@@ -104,17 +147,20 @@ return hashes
 """
 
 
-async def _hashes_in_batches(redis: Redis, groups: list[list[str]]) -> list[list[dict[bytes, bytes]]]:
+async def _hashes_in_batches(
+    redis: Redis, groups: Iterable[list[str]], batch: int = _READ_BATCH
+) -> AsyncIterator[list[dict[bytes, bytes]]]:
     """HGETALL of each group's keys (one person's, or one shard's: one slot), a group's keys read
-    at one instant; a batch of groups in one pipeline (on a cluster, one per node)."""
-    replies: list[list[dict[bytes, bytes]]] = []
-    for start in range(0, len(groups), _READ_BATCH):
+    at one instant; a batch of groups in one pipeline (on a cluster, one per node), one batch's
+    keys and replies held at a time."""
+    groups = iter(groups)
+    while some := list(islice(groups, batch)):
         async with redis.pipeline(transaction=False) as pipe:
-            for keys in groups[start : start + _READ_BATCH]:
+            for keys in some:
                 pipe.eval_ro(_HASHES_AT_ONCE, len(keys), *keys)
             answers = await execute(pipe)
-        replies += [[_as_hash(flat) for flat in answer] for answer in answers]
-    return replies
+        for answer in answers:
+            yield [_as_hash(flat) for flat in answer]
 
 
 def _as_hash(flat: list[bytes]) -> dict[bytes, bytes]:
@@ -144,33 +190,27 @@ def _seen(*generations: dict[bytes, bytes]) -> dict[str, Any]:
     }
 
 
-async def _read_settlement(redis: Redis, keys: list[str], state: RedisState, today: str) -> None:
+async def _read_settlement(redis: Redis, scan: _Scan, state: RedisState) -> None:
     """Each shard's claims, closed months and clearing accumulators in one MULTI. The claims are read
     by day bucket, every day from the oldest the scan found to the day after `today`, in every shard
     (a day's first claim in a shard may come after the scan); the months are those the scan found
     and those the claims name: a shard whose claims name one more is read again."""
-    months: dict[int, set[str]] = defaultdict(set)
-    found_days = {today}
-    for key in keys:
-        if match := _SHARD_KEY.fullmatch(key):
-            shard, part = int(match["shard"]), match["part"]
-            months[shard]  # every shard with a key is read
-            if part.startswith(_CLEARING):
-                months[shard].add(part.removeprefix(_CLEARING))
-            elif part.startswith(_CLAIMS):
-                found_days.add(part.removeprefix(_CLAIMS))
-    days = _days_between(min(found_days), max(found_days))
+    months = scan.months
+    days = _days_between(min(scan.found_days), max(scan.found_days))
     shards = sorted(months)
     while shards:
         unread = []
         groups = [_shard_keys(shard, days, sorted(months[shard])) for shard in shards]
-        for shard, (closed, *hashes) in zip(shards, await _hashes_in_batches(redis, groups), strict=True):
+        shard_of = iter(shards)
+        async for closed, *hashes in _hashes_in_batches(redis, groups, _SHARDS_AT_ONCE):
+            shard = next(shard_of)
             records = {claim_id: record for raw in hashes[: len(days)] for claim_id, record in _json(raw).items()}
             if not (named := {month for record in records.values() if (month := _month_of(record))}) <= months[shard]:
                 months[shard] |= named
                 unread.append(shard)
                 continue
-            state.claims.update(records)
+            for claim_id, record in records.items():
+                state.claims.add(claim_id, record)
             state.closed[shard] = {
                 month: {name: int(value) for name, value in totals.items() if name != "_closed_at"}
                 for month, totals in _json(closed).items()
@@ -202,35 +242,35 @@ def _month_of(record: dict[str, Any]) -> str | None:
     return (record.get("result") or {}).get("month")
 
 
-async def _read_relationships(redis: Redis, keys: list[str], state: RedisState) -> None:
-    providers = _persons(keys, RELATIONSHIP_PREFIX)
-    groups = [
+async def _read_relationships(redis: Redis, scan: _Scan, state: RedisState) -> None:
+    providers = sorted(scan.providers)
+    groups = (
         [f"{RELATIONSHIP_PREFIX}{{p:{provider}}}:{part}" for part in RELATIONSHIP_PARTS] for provider in providers
-    ]
-    for provider, (rels, versions) in zip(providers, await _hashes_in_batches(redis, groups), strict=True):
+    )
+    provider_of = iter(providers)
+    async for rels, versions in _hashes_in_batches(redis, groups):
+        provider = next(provider_of)
         state.relationships.update({(provider, recipient): stored for recipient, stored in _json(rels).items()})
         state.relationship_versions.update(
             {(provider, recipient): version for recipient, version in _numbers(versions).items()}
         )
 
 
-async def _read_wallets(redis: Redis, keys: list[str], state: RedisState) -> None:
+async def _read_wallets(redis: Redis, scan: _Scan, state: RedisState) -> None:
     """Each person's hashes, and the day buckets of their takes and refunds: a refund is kept in the
     bucket of the take it gives back, so each day a take or refund was scanned in is read whole."""
-    persons = _persons(keys, WALLET_PREFIX)
-    days: dict[str, set[str]] = defaultdict(set)
-    for key in keys:
-        if (match := _PERSON_KEY.fullmatch(key)) and match["prefix"] == WALLET_PREFIX:
-            if bucket := _DRAW_BUCKET.fullmatch(match["part"]):
-                days[match["person"]].add(bucket["day"])
-    parts_of = {
-        person: [*WALLET_PARTS, *(f"{part}:{day}" for day in sorted(days[person]) for part in ("takes", "refunds"))]
-        for person in persons
-    }
-    groups = [[f"{WALLET_PREFIX}{{p:{person}}}:{part}" for part in parts_of[person]] for person in persons]
-    for person, hashes in zip(persons, await _hashes_in_batches(redis, groups), strict=True):
-        parts = dict(zip(parts_of[person], hashes, strict=True))
-        state.wallets[person] = WalletAccount(
+    persons = sorted(scan.draw_days)
+
+    def parts_of(person: str) -> list[str]:
+        days = sorted(scan.draw_days[person])
+        return [*WALLET_PARTS, *(f"{part}:{day}" for day in days for part in ("takes", "refunds"))]
+
+    groups = ([f"{WALLET_PREFIX}{{p:{person}}}:{part}" for part in parts_of(person)] for person in persons)
+    person_of = iter(persons)
+    async for hashes in _hashes_in_batches(redis, groups):
+        person = next(person_of)
+        parts = dict(zip(parts_of(person), hashes, strict=True))
+        account = WalletAccount(
             totals={name: int(value) for name, value in _text(parts["account"]).items() if name in TOTALS},
             grants=_numbers(parts["grants"]),
             relationships=_text(parts["relationships"]),
@@ -249,3 +289,4 @@ async def _read_wallets(redis: Redis, keys: list[str], state: RedisState) -> Non
             },
             applied={topic: _seen(parts[f"seen:{topic}"], parts[f"seen:{topic}:earlier"]) for topic in _APPLIED},
         )
+        state.wallets.add(person, account)

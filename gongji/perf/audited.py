@@ -1,9 +1,9 @@
 """The deep audit a harness runs at its end (load, bench, soak), in a process of its own.
 
-The audit's memory grows with the records it reads; run in the harness, it stayed in the harness's
-peak (and, over a benchmark's runs, in every later run's). In a child it is given back when the
-child ends, and each figure is reported on its own: the harness's, flat however long it runs, and
-the audit's (`peak_resident_mib` in its report)."""
+Run in the harness, the audit's memory would stay in the harness's peak (and, over a benchmark's
+runs, in every later run's). In a child it is given back when the child ends, and each figure is
+reported on its own: the harness's, flat however long it runs, and the audit's (`peak_resident_mib`
+in its report), flat however many records it reads (its books are on disk: gongji/audit/spill.py)."""
 
 from __future__ import annotations
 

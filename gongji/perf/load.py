@@ -644,7 +644,7 @@ async def run_load(
         "audit": audit,
         "timeline": timeline,
         # This process's peak: what the load keeps grows with the rate, not with the run's length
-        # (the deep audit's, which grows with the records it reads, is `audit.peak_resident_mib`).
+        # (the deep audit's, in a child process, is `audit.peak_resident_mib`).
         "harness": {"peak_resident_mib": peak_resident_mib()},
     }
     return report
