@@ -120,8 +120,8 @@ class Books:
     """On disk (gongji/audit/spill.py) whatever grows with the records read; in memory what only
     faults and hostile records add to."""
 
-    def __init__(self) -> None:
-        self.spill = spill = Spill()
+    def __init__(self, spill: Spill | None = None) -> None:
+        self.spill = spill = spill or Spill()
         # Every content each input id was taken in with, in the order read: the first one stands.
         self.inputs: Shelf[dict[str, Any]] = Shelf(spill)
         # Input records a service refused as older than the window (INPUT_TOO_OLD): never taken in, or
@@ -197,8 +197,14 @@ class Rebuilding:
     """The books rebuilt record by record, so that no record need be held once taken: the dead
     letters first (they say which inputs a service refused), then every record in `in_order`."""
 
-    def __init__(self, letter_records: Iterable[Record], cut: Offsets | None = None, starts: Offsets | None = None):
-        self.books = Books()
+    def __init__(
+        self,
+        letter_records: Iterable[Record],
+        cut: Offsets | None = None,
+        starts: Offsets | None = None,
+        spill: Spill | None = None,
+    ):
+        self.books = Books(spill)
         self._cut, self._starts = cut or {}, starts or {}
         self._first: set[tuple[str, int]] = set()  # the partitions a record was taken from
         letter_records = list(letter_records)

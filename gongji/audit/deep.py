@@ -33,6 +33,7 @@ from rich.markup import escape
 from gongji.audit.books import AUDITED_TOPICS, Books, Offsets, Rebuilding, Record, json_object
 from gongji.audit.checkpoint import Checkpoint, CheckpointInDoubt, CheckpointStore, Cut
 from gongji.audit.compare import IN_FLIGHT, AuditReport, Difference, Pending, compare
+from gongji.audit.spill import Spill
 from gongji.audit.state import RedisState, read_state
 from gongji.audit.window import Window
 from shared.clock import clock_from_settings
@@ -189,7 +190,8 @@ async def _audit_once(
             if checkpoint:
                 _within(checkpoint.cut.offsets, cut.offsets)
             state, loading = await _read_state_once_loaded(redis, window.today)
-            books = await _rebuilt(consumer, ends, starts, checkpoint.cut.offsets if checkpoint else None)
+            cut_offsets = checkpoint.cut.offsets if checkpoint else None
+            books = await _rebuilt(consumer, ends, starts, cut_offsets, state.spill)
         finally:
             await consumer.stop()
         return compare(books, state, window, checkpoint.opening if checkpoint else None), loading, cut
@@ -207,11 +209,14 @@ def _collector_paused() -> Iterator[None]:
 
 
 async def _rebuilt(
-    consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int], starts: Offsets, cut: Offsets | None
+    consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int], starts: Offsets, cut: Offsets | None, spill: Spill
 ) -> Books:
-    """The books, each record taken as it is read and none held after: the dead letters first."""
+    """The books, each record taken as it is read and none held after (on disk, in `spill`): the dead
+    letters first."""
     letters = {partition: end for partition, end in ends.items() if partition.topic == DEAD_LETTERS.name}
-    rebuilding = Rebuilding([record async for record in records_in_order(consumer, letters, starts)], cut, starts)
+    rebuilding = Rebuilding(
+        [record async for record in records_in_order(consumer, letters, starts)], cut, starts, spill
+    )
     rest = {partition: end for partition, end in ends.items() if partition not in letters}
     async for record in records_in_order(consumer, rest, starts):
         rebuilding.take(record)

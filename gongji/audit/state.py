@@ -65,7 +65,7 @@ class RedisState:
     """What grows with the accounts and the claims Redis holds is on disk (gongji/audit/spill.py)."""
 
     def __init__(self) -> None:
-        spill = Spill()
+        self.spill = spill = Spill()  # the audit's one database: its books are kept in it too
         self.wallets: Shelf[WalletAccount] = Shelf(
             spill, encode=lambda account: json.dumps(vars(account)), decode=_account, keep="last"
         )  # by person

@@ -9,6 +9,7 @@ from aiokafka import TopicPartition
 
 from gongji.audit.books import in_order
 from gongji.audit.deep import _rebuilt, records_in_order
+from gongji.audit.spill import Spill
 
 
 class OnePartitionAtATime:
@@ -94,5 +95,5 @@ async def test_a_partition_retention_emptied_past_its_end_is_reported_truncated(
         {emptied: 10, partly: 10, whole: 5, nothing_asked: 6}, deleted={emptied: 10, partly: 7, nothing_asked: 6}
     )
     ends = {emptied: 10, partly: 10, whole: 5, nothing_asked: 6}
-    books = await _rebuilt(consumer, ends, starts={("t", 0): 4, ("t", 3): 6}, cut=None)
+    books = await _rebuilt(consumer, ends, starts={("t", 0): 4, ("t", 3): 6}, cut=None, spill=Spill())
     assert books.truncated == {("t", 0): 10, ("t", 1): 7}
