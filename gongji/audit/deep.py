@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -83,7 +84,13 @@ async def deep_audit(
     checkpoint = None if from_scratch else stored
     while True:
         attempts += 1
-        report, waited, cut = await _audit_once(settings, redis, checkpoint)
+        try:
+            report, waited, cut = await _audit_once(settings, redis, checkpoint)
+        except sqlite3.OperationalError as error:  # its books' database: the temporary directory full or shut
+            raise AuditUnavailable(
+                f"the audit could not keep its books on disk ({error}): give SQLite's temporary directory "
+                "room (SQLITE_TMPDIR, else /var/tmp or /tmp)"
+            ) from None
         loading += waited
         if attempts == 1:
             first = {_identity(pending) for pending in report.pending}

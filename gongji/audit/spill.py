@@ -1,7 +1,9 @@
-"""The deep audit's books on disk, so that its memory does not grow with the records it reads.
+"""The deep audit's books and its copy of Redis's state on disk, so that its memory does not grow
+with the records it reads.
 
 One private SQLite database per audit (deleted when its connection closes: SQLite's own temporary
-database, with a bounded page cache), holding shelves: values grouped under keys, read back in
+database, with a bounded page cache; SQLite for ordered keys and grouped reads, which the standard
+library's `shelve` and `dbm` do not give), holding shelves: values grouped under keys, read back in
 their keys' order and each key's values in the order they were added, as the dicts of lists they
 replace were sorted and read. A key is a string or a tuple of strings; a value goes in as JSON (or
 as the encoder given says) and comes out decoded each time it is read: nothing read stays behind.

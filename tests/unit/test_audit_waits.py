@@ -4,6 +4,7 @@ for (within a bound) instead of ending the audit with a traceback."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from datetime import UTC, datetime
 
 import pytest
@@ -94,3 +95,12 @@ async def test_a_redis_that_keeps_loading_past_the_bound_is_said_in_words(monkey
     monkeypatch.setattr(deep, "REDIS_LOADING_SECONDS", 0.01)
     with pytest.raises(deep.AuditUnavailable, match="Redis was still loading its data"):
         await deep._read_state_once_loaded(None, "20260302")
+
+
+async def test_books_that_cannot_be_kept_on_disk_are_said_in_words(monkeypatch) -> None:
+    async def audit_once(settings, redis, checkpoint):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(deep, "_audit_once", audit_once)
+    with pytest.raises(deep.AuditUnavailable, match="could not keep its books on disk .database or disk is full"):
+        await deep.deep_audit(Settings(), None)
