@@ -137,7 +137,7 @@ class _View:
             elif event.type == "refunded":
                 self.refunds.add(event.claim_id or "", event)
         self.takes: Shelf[list[Any]] = Shelf(books.spill)  # claim id -> [provider, take]
-        for provider, account in state.accounts():
+        for provider, account in state.wallets.kept():
             for claim_id, take in account.takes.items():
                 self.takes.add(claim_id, [provider, take])
         # The refund of a reversed claim is stored under the reversal's id (that of a draw for a claim
@@ -150,7 +150,7 @@ class _View:
         # Claims Redis holds as final whose result is not published yet: their money is counted as Redis has it.
         self.unpublished = {
             claim_id: record
-            for claim_id, record in state.claim_records()
+            for claim_id, record in state.claims.kept()
             if record.get("status") == "final" and claim_id not in books.settlements
         }
 
@@ -593,7 +593,7 @@ def _account_books(
 def _relationships(view: _View, found: _Findings) -> None:
     wallet_pairs = {
         (provider, recipient)
-        for provider, account in view.state.accounts()
+        for provider, account in view.state.wallets.kept()
         for recipient in (*account.relationships, *account.relationship_versions)
     }
     for pair in sorted(

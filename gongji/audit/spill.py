@@ -148,6 +148,11 @@ class Shelf(Generic[V]):
         for ordered, group in groupby(rows, key=itemgetter(0)):
             yield _key(ordered), [self._decode(value) for _, value in group]
 
+    def kept(self) -> Iterator[tuple[Key, V]]:
+        """Each key, in order, with the one value a shelf that keeps the first or the last holds."""
+        for key, (value,) in self.items():
+            yield key, value
+
     def values(self) -> Iterator[V]:
         """Every value, in the order added."""
         for (value,) in self._rows("SELECT value FROM {table} ORDER BY rowid"):

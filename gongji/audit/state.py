@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import islice
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
@@ -47,6 +47,7 @@ _CLEARING = "clearing:"
 TOTALS = ("balance", "frozen", "credited", "spent", "paid", "refunded")  # the account's running totals
 RELATIONSHIP_PARTS = ("rels", "versions")
 _READ_BATCH = 200  # persons per MULTI: short enough never to hold Redis up for long
+T = TypeVar("T")  # what names a group of keys read at one instant (a person, a shard)
 _SHARDS_AT_ONCE = 4  # a shard holds a 64th of the claims Redis keeps: a few at a time in memory
 
 
@@ -75,15 +76,6 @@ class RedisState:
         self.claims: Shelf[dict[str, Any]] = Shelf(spill, keep="last")  # claim id -> record
         self.clearing: dict[int, dict[str, dict[str, int]]] = {}  # shard -> month -> field -> fen
         self.closed: dict[int, dict[str, dict[str, int]]] = {}  # shard -> month -> as closed
-
-    def accounts(self) -> Iterator[tuple[str, WalletAccount]]:
-        """Each person's account, in the persons' order."""
-        for person, (account,) in self.wallets.items():
-            yield str(person), account
-
-    def claim_records(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        for claim_id, (record,) in self.claims.items():
-            yield str(claim_id), record
 
     def accumulators(self, month: str) -> dict[str, int]:
         """A month's clearing accumulators summed over the shards."""
@@ -148,19 +140,19 @@ return hashes
 
 
 async def _hashes_in_batches(
-    redis: Redis, groups: Iterable[list[str]], batch: int = _READ_BATCH
-) -> AsyncIterator[list[dict[bytes, bytes]]]:
+    redis: Redis, groups: Iterable[tuple[T, list[str]]], batch: int = _READ_BATCH
+) -> AsyncIterator[tuple[T, list[dict[bytes, bytes]]]]:
     """HGETALL of each group's keys (one person's, or one shard's: one slot), a group's keys read
-    at one instant; a batch of groups in one pipeline (on a cluster, one per node), one batch's
-    keys and replies held at a time."""
+    at one instant, with the group's name; a batch of groups in one pipeline (on a cluster, one per
+    node), one batch's keys and replies held at a time."""
     groups = iter(groups)
     while some := list(islice(groups, batch)):
         async with redis.pipeline(transaction=False) as pipe:
-            for keys in some:
+            for _, keys in some:
                 pipe.eval_ro(_HASHES_AT_ONCE, len(keys), *keys)
             answers = await execute(pipe)
-        for answer in answers:
-            yield [_as_hash(flat) for flat in answer]
+        for (name, _), answer in zip(some, answers, strict=True):
+            yield name, [_as_hash(flat) for flat in answer]
 
 
 def _as_hash(flat: list[bytes]) -> dict[bytes, bytes]:
@@ -200,10 +192,8 @@ async def _read_settlement(redis: Redis, scan: _Scan, state: RedisState) -> None
     shards = sorted(months)
     while shards:
         unread = []
-        groups = [_shard_keys(shard, days, sorted(months[shard])) for shard in shards]
-        shard_of = iter(shards)
-        async for closed, *hashes in _hashes_in_batches(redis, groups, _SHARDS_AT_ONCE):
-            shard = next(shard_of)
+        groups = [(shard, _shard_keys(shard, days, sorted(months[shard]))) for shard in shards]
+        async for shard, (closed, *hashes) in _hashes_in_batches(redis, groups, _SHARDS_AT_ONCE):
             records = {claim_id: record for raw in hashes[: len(days)] for claim_id, record in _json(raw).items()}
             if not (named := {month for record in records.values() if (month := _month_of(record))}) <= months[shard]:
                 months[shard] |= named
@@ -243,13 +233,11 @@ def _month_of(record: dict[str, Any]) -> str | None:
 
 
 async def _read_relationships(redis: Redis, scan: _Scan, state: RedisState) -> None:
-    providers = sorted(scan.providers)
     groups = (
-        [f"{RELATIONSHIP_PREFIX}{{p:{provider}}}:{part}" for part in RELATIONSHIP_PARTS] for provider in providers
+        (provider, [f"{RELATIONSHIP_PREFIX}{{p:{provider}}}:{part}" for part in RELATIONSHIP_PARTS])
+        for provider in sorted(scan.providers)
     )
-    provider_of = iter(providers)
-    async for rels, versions in _hashes_in_batches(redis, groups):
-        provider = next(provider_of)
+    async for provider, (rels, versions) in _hashes_in_batches(redis, groups):
         state.relationships.update({(provider, recipient): stored for recipient, stored in _json(rels).items()})
         state.relationship_versions.update(
             {(provider, recipient): version for recipient, version in _numbers(versions).items()}
@@ -259,16 +247,16 @@ async def _read_relationships(redis: Redis, scan: _Scan, state: RedisState) -> N
 async def _read_wallets(redis: Redis, scan: _Scan, state: RedisState) -> None:
     """Each person's hashes, and the day buckets of their takes and refunds: a refund is kept in the
     bucket of the take it gives back, so each day a take or refund was scanned in is read whole."""
-    persons = sorted(scan.draw_days)
 
     def parts_of(person: str) -> list[str]:
         days = sorted(scan.draw_days[person])
         return [*WALLET_PARTS, *(f"{part}:{day}" for day in days for part in ("takes", "refunds"))]
 
-    groups = ([f"{WALLET_PREFIX}{{p:{person}}}:{part}" for part in parts_of(person)] for person in persons)
-    person_of = iter(persons)
-    async for hashes in _hashes_in_batches(redis, groups):
-        person = next(person_of)
+    groups = (
+        (person, [f"{WALLET_PREFIX}{{p:{person}}}:{part}" for part in parts_of(person)])
+        for person in sorted(scan.draw_days)
+    )
+    async for person, hashes in _hashes_in_batches(redis, groups):
         parts = dict(zip(parts_of(person), hashes, strict=True))
         account = WalletAccount(
             totals={name: int(value) for name, value in _text(parts["account"]).items() if name in TOTALS},

@@ -47,6 +47,7 @@ def test_a_shelf_keeps_the_first_or_the_last_value_of_a_key_as_a_dict_would() ->
     for value in ("first", "second"):
         last.add("e", value)
     assert list(last.items()) == [("e", ["second"])]
+    assert list(last.kept()) == [("e", "second")] and list(first.kept()) == [("e", "first"), ("f", "other")]
 
 
 def test_models_come_back_validated_and_equal() -> None:
