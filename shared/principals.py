@@ -21,7 +21,9 @@ from shared.topics import (
     CLEARING,
     DEAD_LETTERS,
     DRAW_ANSWERS,
+    DRAW_ANSWERS_V1,
     DRAW_REQUESTS,
+    DRAW_REQUESTS_V1,
     ENROLLMENT,
     KINSHIP,
     PROVINCES,
@@ -126,6 +128,11 @@ def group(name: str, prefixed: bool = False) -> tuple[KafkaRight, ...]:
 # on a Redis Cluster, what its cluster client asks to route (the slots' owners, the command table
 # it reads keys by) and ASKING, which a call redirected while a slot moves is sent with; and the
 # replication barrier's INCRBY of its marker and WAIT (shared/redis_client.py).
+# What a service's instances of the release before write and this release's do not: granted until
+# the next release, so that both run side by side through a rolling upgrade (refused, the old
+# instances would lose nothing, but crash again and again and stall their hop).
+UPGRADE_WRITES: dict[str, tuple[Topic, ...]] = {"wallet": (DRAW_ANSWERS_V1,), "settlement": (DRAW_REQUESTS_V1,)}
+
 _SERVICE_COMMANDS = (
     "fcall", "fcall_ro", "config|get", "ping", "select",
     "cluster|slots", "cluster|shards", "command", "asking",
@@ -189,12 +196,14 @@ SERVICES: tuple[Principal, ...] = (
                 ENROLLMENT,
                 SUPERVISION,
                 DRAW_REQUESTS,
+                DRAW_REQUESTS_V1,
                 REFUND_REQUESTS,
             ),
             *group(route_group_prefix(WALLET_GROUP), prefixed=True),
             *writes(
                 WALLET_EVENTS,
                 DRAW_ANSWERS,
+                *UPGRADE_WRITES["wallet"],
                 DEAD_LETTERS,
                 REGISTRY_DEAD_LETTERS,
                 APP_DEAD_LETTERS,
@@ -230,7 +239,7 @@ SERVICES: tuple[Principal, ...] = (
         "settlement",
         "the settlement service (and `gongji clearing close`, its monthly job)",
         kafka=(
-            *reads(CLAIMS, ENROLLMENT, DRAW_ANSWERS),
+            *reads(CLAIMS, ENROLLMENT, DRAW_ANSWERS, DRAW_ANSWERS_V1),
             *reads(*map(province_claims, PROVINCES)),
             # What it published and every dead letter: the exact statistics and reconciliation.
             *reads(SETTLEMENTS, DEAD_LETTERS),
@@ -241,6 +250,7 @@ SERVICES: tuple[Principal, ...] = (
                 STATISTICS,
                 RECONCILIATION,
                 DRAW_REQUESTS,
+                *UPGRADE_WRITES["settlement"],
                 REFUND_REQUESTS,
                 DEAD_LETTERS,
                 REGISTRY_DEAD_LETTERS,

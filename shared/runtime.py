@@ -1,8 +1,10 @@
 """The Kafka side that the three services share, built on FastStream: the broker, batch subscribers
 that acknowledge only after the effect, the dead-letter path, the outbox, health and metrics.
 
-Every subscriber consumes bounded batches. Its decoder validates each record against the topic's
-contract (and its Kafka key against the contract's key field); a record that fails goes to
+Every subscriber consumes bounded batches, and hands its handler at most `batch_max_records`
+messages at a time (a record of a batched topic holds several). Its decoder validates each record
+against the topic's contract (and its Kafka key against the contract's key field, but for a
+batched topic's, whose messages' keys differ); a record that fails goes to
 `gongji.dead-letters.v1` with the reason and the batch goes on without it, and its sender hears of
 it (an answer on its own topics, or its own dead-letter topic). A record that the handler keeps
 failing on is dead-lettered alone after a few tries; its neighbours are not held up.
@@ -18,13 +20,14 @@ import asyncio
 import base64
 import functools
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
@@ -34,7 +37,7 @@ from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
 from faststream.security import SASLScram512
 from prometheus_client import Counter, Gauge, Histogram
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import to_json
 from redis.exceptions import (
     ClusterDownError,
@@ -212,30 +215,35 @@ class Outbox:
         for topic in topics:
             broker.publisher(
                 topic.name,
-                schema=topic.model,
+                schema=list[topic.model] if topic.batched else topic.model,  # type: ignore[valid-type]
                 title=f"{topic.name}:{service}",
-                description=topic.model.__doc__,
+                description=topic.description,
                 # A province's topics are documented once, by name pattern, not 32 times.
                 include_in_schema=not topic.province,
             )
         self._topic_by_model = topics_by_model(topics)
         self._sent = {topic.name: OUTPUTS.labels(service, topic.name) for topic in topics}
+        self._batched = {topic.name for topic in topics if topic.batched}
 
     async def send(self, messages: Sequence[BaseModel | ToTopic]) -> list[asyncio.Future]:
         producer = aiokafka_producer(self._broker)
         if producer is None:
             raise RuntimeError("the broker's producer is not started, or FastStream moved its handle")
         pending = []
-        for (topic_name, partition), records in (await self._by_partition(producer, messages)).items():
+        by_partition, counts = await self._by_partition(producer, messages)
+        for (topic_name, partition), records in by_partition.items():
             pending += await _handed_over(producer, topic_name, partition, records)
-            self._sent[topic_name].inc(len(records))
+        for topic_name, count in counts.items():
+            self._sent[topic_name].inc(count)
         return pending
 
     async def _by_partition(
         self, producer: Any, messages: Sequence[BaseModel | ToTopic]
-    ) -> dict[tuple[str, int | None], list[tuple[bytes | None, bytes]]]:
+    ) -> tuple[dict[tuple[str, int | None], list[tuple[bytes | None, bytes]]], dict[str, int]]:
         """Each output as its contract's JSON, keyed, under its topic and partition, in the order
-        given; anything that cannot leave is refused before anything does."""
+        given (a batched topic's as arrays, shared/topics.py: Topic.batched), and how many outputs
+        each topic has; anything that cannot leave is refused before anything does."""
+        counts: dict[str, int] = {}
         partitions: dict[str, int] = {}  # each topic's, from the producer's metadata, once a batch
         by_partition: dict[tuple[str, int | None], list[tuple[bytes | None, bytes]]] = {}
         for message in messages:
@@ -245,21 +253,44 @@ class Outbox:
                 topic = self._topic_by_model[type(message)]
             if topic.name not in self._sent:
                 raise KeyError(f"{topic.name} is not among this outbox's topics")
+            counts[topic.name] = counts.get(topic.name, 0) + 1
             # An empty key (a keyless record's dead letter) goes as no key, to a partition the
             # producer picks among those with a leader, as FastStream sent it.
             key = str(getattr(message, topic.key_field)).encode() or None
-            value = to_json(message)
-            if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, []) > MAX_REQUEST_BYTES:
-                # Refused here, as the producer's own check did: the broker's refusal would come
-                # back on every retry of the batch.
-                raise MessageSizeTooLargeError(f"an output for {topic.name} is larger than a request to Kafka")
             partition = None
             if key is not None:
                 if topic.name not in partitions:
                     partitions[topic.name] = len(await producer.partitions_for(topic.name))
                 partition = partition_of(key, partitions[topic.name])
-            by_partition.setdefault((topic.name, partition), []).append((key, value))
-        return by_partition
+            by_partition.setdefault((topic.name, partition), []).append((key, to_json(message)))
+        for (name, partition), records in by_partition.items():
+            if name in self._batched:
+                records = by_partition[(name, partition)] = _packed(records)
+            for key, value in records:
+                if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, []) > MAX_REQUEST_BYTES:
+                    # Refused here, as the producer's own check did: the broker's refusal would come
+                    # back on every retry of the batch.
+                    raise MessageSizeTooLargeError(f"an output for {name} is larger than a request to Kafka")
+        return by_partition, counts
+
+
+# How much of a request one record of a batched topic fills at most: half, so that its key and the
+# record's own bytes always fit beside it.
+PACKED_BYTES = MAX_REQUEST_BYTES // 2
+
+
+def _packed(records: list[tuple[bytes | None, bytes]]) -> list[tuple[bytes | None, bytes]]:
+    """One partition's messages of a batched topic as JSON arrays, in their order, as few as hold
+    them in PACKED_BYTES each (a larger message alone), each keyed by its first message's key."""
+    packed: list[tuple[bytes | None, bytes]] = []
+    start, size = 0, 1
+    for end, (_, value) in enumerate(records):
+        if end > start and size + len(value) + 1 > PACKED_BYTES:
+            packed.append((records[start][0], b"[" + b",".join(value for _, value in records[start:end]) + b"]"))
+            start, size = end, 1
+        size += len(value) + 1
+    packed.append((records[start][0], b"[" + b",".join(value for _, value in records[start:]) + b"]"))
+    return packed
 
 
 async def _handed_over(
@@ -308,51 +339,101 @@ class DeadLetterDecoder:
         # False for a route that reads the platform's own outputs (Route.own_outputs).
         self.writes_dead_letters = writes_dead_letters
         self.records: Sequence[ConsumerRecord] = ()  # the batch in hand, every record
-        self.batch: list[tuple[ConsumerRecord, Any]] = []  # its valid records, with their models
+        self.batch: list[tuple[ConsumerRecord, Any]] = []  # its valid messages, each with its record
+        # A message of a batched topic's record (shared/topics.py: Topic.batched): its place there,
+        # by the id of its model.
+        self.places: dict[int, int] = {}
         self.dead_letters: list[DeadLetter] = []
         self.to_senders: list[BaseModel | ToTopic] = []  # what the dead letters' senders are told
 
     async def __call__(self, message: Any) -> list[Any]:
         self.records = message.raw_message
-        self.batch, self.dead_letters, self.to_senders = [], [], []
+        self.batch, self.places, self.dead_letters, self.to_senders = [], {}, [], []
         for record in self.records:
             topic = self._topics[record.topic]
+            if topic.batched:
+                self._take_messages(topic, record)
+                continue
             try:
                 model = topic.model.model_validate_json(record.value or b"")
             except ValidationError as error:
                 self._refuse(record, describe_validation_error(error), _reason(error))
                 continue
             if not self.writes_dead_letters:  # its key is the platform's own (a dead letter's may be empty)
-                self.batch.append((record, Delivery(topic, model, record.timestamp) if self._deliveries else model))
+                self.batch.append((record, self._handed(topic, record, model)))
                 continue
             if (wrong_key := _wrong_key(topic, record, model)) is not None:
                 self._refuse(record, wrong_key, ReasonCode.INVALID_MESSAGE)
                 continue
-            self.batch.append((record, Delivery(topic, model, record.timestamp) if self._deliveries else model))
+            self.batch.append((record, self._handed(topic, record, model)))
         for letter in self.dead_letters:
             MESSAGES.labels(self.service, letter.source_topic, "dead_lettered").inc()
         return [item for _, item in self.batch]
 
-    def _refuse(self, record: ConsumerRecord, error: str, reason: ReasonCode) -> None:
+    def _handed(self, topic: Topic, record: ConsumerRecord, model: BaseModel) -> Any:
+        return Delivery(topic, model, record.timestamp) if self._deliveries else model
+
+    def _take_messages(self, topic: Topic, record: ConsumerRecord) -> None:
+        """A record of a batched topic: each of its messages is handed over alone, and each that
+        breaks the contract is refused alone, under its place in the record. Their keys are not
+        checked against the record's: the platform's own outbox put each message in its key's
+        partition (shared/partitioner.py), and only the platform writes these topics."""
+        try:
+            models: list[BaseModel | None] = list(_array_of(topic.model).validate_json(record.value or b""))
+        except ValidationError:
+            items = _json_array(record.value or b"")
+            if items is None:
+                self._refuse(record, "the record is not a JSON array of messages", ReasonCode.INVALID_MESSAGE)
+                return
+            models = []
+            for index, item in enumerate(items):
+                value = json.dumps(item).encode()
+                try:
+                    models.append(topic.model.model_validate_json(value))
+                except ValidationError as error:
+                    key = item.get(topic.key_field) if isinstance(item, dict) else None
+                    message = OneOfMany(index, value, key if isinstance(key, str) else "")
+                    self._refuse(record, describe_validation_error(error), _reason(error), message)
+                    models.append(None)
+        for index, model in enumerate(models):
+            if model is not None:
+                handed = self._handed(topic, record, model)
+                self.places[id(model)] = index
+                self.batch.append((record, handed))
+
+    def _refuse(self, record: ConsumerRecord, error: str, reason: ReasonCode, message: OneOfMany | None = None) -> None:
         if not self.writes_dead_letters:
             _skipped(self.service, record, error)
             return
-        letter, *to_sender = self.refusal(record, error, reason)
+        letter, *to_sender = self.refusal(record, error, reason, message=message)
         self.dead_letters.append(letter)  # type: ignore[arg-type]
         self.to_senders.extend(to_sender)
 
+    def refused(self, record: ConsumerRecord, refused: Refused) -> list[BaseModel | ToTopic]:
+        """The refusal of a message the handler refused (or kept failing on): it may have changed state."""
+        model = refused.message.message if isinstance(refused.message, Delivery) else refused.message
+        index = self.places.get(id(model))
+        topic = self._topics[record.topic]
+        message = None if index is None else OneOfMany(index, to_json(model), str(getattr(model, topic.key_field)))
+        return self.refusal(record, refused.error, refused.reason, broke_the_contract=False, message=message)
+
     def refusal(
-        self, record: ConsumerRecord, error: str, reason: ReasonCode, broke_the_contract: bool = True
+        self,
+        record: ConsumerRecord,
+        error: str,
+        reason: ReasonCode,
+        broke_the_contract: bool = True,
+        message: OneOfMany | None = None,
     ) -> list[BaseModel | ToTopic]:
-        """A refused record's dead letter, then what its sender is told: the service's answer on
-        the sender's own topics if it gives one (only for a record that broke the contract: one the
-        handler refused or kept failing on may have changed state), else the dead letter on the
-        sender's dead-letter topic with person ids masked (nothing more for the national platform's
-        own inputs: it reads the national one)."""
-        letter = self.dead_letter(record, error, reason)
+        """A refused record's dead letter (or of one message of it, with its place there), then what
+        its sender is told: the service's answer on the sender's own topics if it gives one (only
+        for a record that broke the contract: one the handler refused or kept failing on may have
+        changed state), else the dead letter on the sender's dead-letter topic with person ids
+        masked (nothing more for the national platform's own inputs: it reads the national one)."""
+        letter = self.dead_letter(record, error, reason, message)
         topic = self._topics[record.topic]
         answer = (
-            self._answer_sender(topic, record.value or b"", letter)
+            self._answer_sender(topic, message.value if message else record.value or b"", letter)
             if self._answer_sender and broke_the_contract
             else None
         )
@@ -360,27 +441,62 @@ class DeadLetterDecoder:
             return [letter, *answer]
         return [letter, *([ToTopic(topic.refusals_to, masked(letter))] if topic.refusals_to else [])]
 
-    def dead_letter(self, record: ConsumerRecord, error: str, reason: ReasonCode) -> DeadLetter:
-        value = record.value or b""
-        logger.warning(
-            "dead-lettered %s[%d]@%d (%s): %s", record.topic, record.partition, record.offset, reason.value, error
+    def dead_letter(
+        self, record: ConsumerRecord, error: str, reason: ReasonCode, message: OneOfMany | None = None
+    ) -> DeadLetter:
+        index, value, key = (
+            message if message else (None, record.value or b"", (record.key or b"").decode(errors="replace"))
         )
+        logger.warning(
+            "dead-lettered %s[%d]@%d%s (%s): %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            "" if index is None else f" #{index}",
+            reason.value,
+            error,
+        )
+        place = (str(record.partition), str(record.offset), *(() if index is None else (str(index),)))
         return DeadLetter(
-            event_id=derived_event_id(
-                "dead-letter", self.service, record.topic, str(record.partition), str(record.offset)
-            ),
+            event_id=derived_event_id("dead-letter", self.service, record.topic, *place),
             source_topic=record.topic,
             partition=record.partition,
             offset=record.offset,
+            index=index,
             error=error,
             payload=base64.b64encode(value[:DEAD_LETTER_PAYLOAD_BYTES]).decode(),
             payload_bytes=len(value),
             payload_sha256=hashlib.sha256(value).hexdigest(),
             at=self._clock.now(),
             service=self.service,
-            source_key=(record.key or b"").decode(errors="replace"),
+            source_key=key,
             reason=reason,
         )
+
+
+class OneOfMany(NamedTuple):
+    """A message of a batched topic's record (shared/topics.py: Topic.batched): its place in the
+    record, its JSON (as written again: a record's bytes hold many), and its own key."""
+
+    index: int
+    value: bytes
+    key: str
+
+
+@functools.cache
+def _array_of(model: type[BaseModel]) -> TypeAdapter:
+    """The contract of a batched topic's record: a JSON array of its model."""
+    return TypeAdapter(list[model])  # type: ignore[valid-type]
+
+
+def _json_array(value: bytes) -> list[Any] | None:
+    """A record that is not an array of valid messages, as its items, to be read one by one; None
+    when it is not a JSON array at all."""
+    try:
+        items = json.loads(value.decode())  # UTF-8 only, as the contract's own parser reads it
+    except (ValueError, RecursionError):
+        return None
+    return items if isinstance(items, list) else None
 
 
 def _skipped(service: str, record: ConsumerRecord, error: str) -> None:
@@ -498,33 +614,35 @@ BatchHandler = Callable[[list[Any]], Awaitable[Sequence[BaseModel | ToTopic | Re
 
 
 async def handle_isolating_poison(
-    handler: BatchHandler, decoder: DeadLetterDecoder, attempts: int
+    handler: BatchHandler, decoder: DeadLetterDecoder, attempts: int, most: int | None = None
 ) -> list[BaseModel | ToTopic]:
-    """Runs the batch; if a record in it fails for a reason of its own, runs the records one by one
-    in their order (effects are idempotent, so the ones already applied answer as duplicates), and a
-    record that fails `attempts` times is dead-lettered alone: its neighbours and its partition go on.
-    A transient error is raised, so that the whole batch is retried and nothing is skipped."""
+    """Runs the batch, `most` messages at a time, in their order; if a message in a part fails for
+    a reason of its own, runs that part's one by one (effects are idempotent, so the ones already
+    applied answer as duplicates), and a message that fails `attempts` times is dead-lettered alone:
+    its neighbours and its partition go on. A transient error is raised, so that the whole batch is
+    retried and nothing is skipped."""
     batch = decoder.batch
-    try:
-        answers = list(await handler([model for _, model in batch]))
-    except Exception as error:  # noqa: BLE001 - sorted below: transient, or one poisonous record
-        # A route of the platform's own outputs: a record that was read fails through no fault of its
-        # own (it is the platform's); it is read again until it is handled, never skipped.
-        if is_transient(error) or not decoder.writes_dead_letters:
-            raise
-        logger.warning("batch of %d failed (%s); handling its records one by one", len(batch), type(error).__name__)
-        answers = []
-        for record, model in batch:
-            answers.extend(await _handle_alone(handler, decoder, record, model, attempts))
+    most = most or max(1, len(batch))
+    answers: list[BaseModel | ToTopic | Refused] = []
+    for start in range(0, len(batch), most):
+        part = batch[start : start + most]
+        try:
+            answers.extend(await handler([model for _, model in part]))
+        except Exception as error:  # noqa: BLE001 - sorted below: transient, or one poisonous record
+            # A route of the platform's own outputs: a record that was read fails through no fault of
+            # its own (it is the platform's); it is read again until it is handled, never skipped.
+            if is_transient(error) or not decoder.writes_dead_letters:
+                raise
+            logger.warning("batch of %d failed (%s); handling it one by one", len(part), type(error).__name__)
+            for record, model in part:
+                answers.extend(await _handle_alone(handler, decoder, record, model, attempts))
     records = {id(model): record for record, model in batch}
     # A handler of several topics gets Deliveries and may refuse the message inside one.
     records |= {id(model.message): record for record, model in batch if isinstance(model, Delivery)}
     outputs: list[BaseModel | ToTopic] = []
     for answer in answers:
         if isinstance(answer, Refused):
-            outputs.extend(
-                decoder.refusal(records[id(answer.message)], answer.error, answer.reason, broke_the_contract=False)
-            )
+            outputs.extend(decoder.refused(records[id(answer.message)], answer))
         else:
             outputs.append(answer)
     return [*decoder.dead_letters, *decoder.to_senders, *outputs]
@@ -571,6 +689,13 @@ async def _without_instructions(records: tuple[ConsumerRecord, ...], parse: Call
     )
 
 
+def hands_deliveries(topics: Sequence[Topic]) -> bool:
+    """Whether a route's handler gets each message with its topic (a Delivery): when its topics
+    differ in what a handler tells apart, their contract or their province. Two versions of one
+    hop (shared/topics.py: DRAW_REQUESTS_V1) do not."""
+    return len({(topic.model, topic.province) for topic in topics}) > 1
+
+
 def subscribe(
     broker: KafkaBroker,
     topics: tuple[Topic, ...],
@@ -588,14 +713,20 @@ def subscribe(
     """Registers `handler` for bounded batches of `topics`; its outputs and the batch's dead
     letters go through `outbox`, confirmed before the batch's offsets are committed (the returned
     pipeline). The route reads in a consumer group of its own, named under `service_group`.
-    Several topics are read by one consumer, and the handler gets each message as a Delivery that
-    names its topic (Route.handed)."""
+    Several topics are read by one consumer; the handler gets each message as a Delivery that names
+    its topic when they differ in contract or province (hands_deliveries, Route.handed)."""
     several = len(topics) > 1
+    deliveries = hands_deliveries(topics)
     topic = topics[0]
     claim_path = topic.name in CLAIM_PATH
     label = topic.pattern
     decoder = DeadLetterDecoder(
-        service, topics, clock, deliveries=several, answer_sender=answer_sender, writes_dead_letters=writes_dead_letters
+        service,
+        topics,
+        clock,
+        deliveries=deliveries,
+        answer_sender=answer_sender,
+        writes_dead_letters=writes_dead_letters,
     )
 
     budget = HopBudget(service, topics)
@@ -611,7 +742,9 @@ def subscribe(
                 started = time.perf_counter()
                 try:
                     primaries = replicated.primaries()  # where this batch's writes can go
-                    outputs = await handle_isolating_poison(handler, decoder, settings.poison_attempts)
+                    outputs = await handle_isolating_poison(
+                        handler, decoder, settings.poison_attempts, settings.batch_max_records
+                    )
                     waited = time.perf_counter()
                     await replicated(primaries)  # the batch's writes survive a failover before anything leaves
                     redis_seconds[0] += time.perf_counter() - waited
@@ -628,7 +761,7 @@ def subscribe(
 
     # FastStream reads the payload's schema (for validation and AsyncAPI) from the annotation;
     # Deliveries were validated by the decoder already.
-    set_batch_payload(consume, list[Any] if several else list[topic.model])
+    set_batch_payload(consume, list[Any] if deliveries else list[topic.model])
     consume.__name__ = f"{service}_{label.replace('.', '_').replace('-', '_')}"
     consume.__doc__ = topic.model.__doc__
     subscriber = broker.subscriber(
@@ -733,7 +866,8 @@ class Route:
     """One subscription of a service: the topics one consumer reads, and the method of the service's
     handlers class that takes their batches. Each app.py declares its routes once, as data; the app
     binds them to its handlers, and the integration buses and the simulation wire themselves from
-    the same declaration. A route of several topics hands its handler Deliveries."""
+    the same declaration. A route hands its handler Deliveries when its topics differ in contract
+    or province (shared/runtime.py: hands_deliveries)."""
 
     topics: tuple[Topic, ...]
     method: Callable[..., Awaitable[Sequence[BaseModel | ToTopic | Refused]]]  # unbound: Handlers.on_x
@@ -748,7 +882,7 @@ class Route:
 
     def handed(self, topic: Topic, message: BaseModel) -> BaseModel | Delivery:
         """A message as this route's handler takes it."""
-        return Delivery(topic, message) if len(self.topics) > 1 else message
+        return Delivery(topic, message) if hands_deliveries(self.topics) else message
 
     def bound(self, handlers: object) -> BatchHandler:
         return functools.partial(self.method, handlers)

@@ -23,11 +23,21 @@ class Topic:
     # An input's: where its sender reads the dead letters of its records (None: the national
     # platform's own inputs, whose dead letters it reads on gongji.dead-letters.v1).
     refusals_to: Topic | None = None
+    # An internal hop whose every record carries several messages, one batch's for one partition,
+    # as a JSON array of the model (shared/runtime.py: Outbox, DeadLetterDecoder): much of what a
+    # record costs the producer, the broker and the consumer is per record, not per message.
+    batched: bool = False
 
     @property
     def pattern(self) -> str:
         """The name with the province's code as `PP`: how the 32 topics of one kind are named together."""
         return self.name.replace(f".{self.province}.", ".PP.") if self.province else self.name
+
+    @property
+    def description(self) -> str:
+        """What a record holds, as the AsyncAPI document says it."""
+        what = self.model.__doc__ or ""
+        return f"{what} Each record: a JSON array of these, one batch's for one partition." if self.batched else what
 
     def partitions(self, settings: Settings) -> int:
         return settings.province_topic_partitions if self.province else settings.topic_partitions
@@ -58,8 +68,13 @@ STATISTICS = Topic("gongji.statistics.v1", "minute", c.StatisticsSnapshot)
 RECONCILIATION = Topic("gongji.reconciliation.v1", "province", c.ReconciliationDay)
 
 # Internal: the claim saga. Keyed by recipient so that one claim's messages stay in order.
-DRAW_REQUESTS = Topic("gongji.internal.draw-requests.v1", "recipient_id", c.DrawRequested)
-DRAW_ANSWERS = Topic("gongji.internal.draw-answers.v1", "recipient_id", c.DrawAnswered)
+DRAW_REQUESTS = Topic("gongji.internal.draw-requests.v2", "recipient_id", c.DrawRequested, batched=True)
+DRAW_ANSWERS = Topic("gongji.internal.draw-answers.v2", "recipient_id", c.DrawAnswered, batched=True)
+# Releases before 2026-12-07 sent a record per draw here: still read, so that what they left
+# unread when an upgrade stopped them is answered, and written no more. A route that reads one
+# keeps it first, so that its consumer group keeps its name and its offsets.
+DRAW_REQUESTS_V1 = Topic("gongji.internal.draw-requests.v1", "recipient_id", c.DrawRequested)
+DRAW_ANSWERS_V1 = Topic("gongji.internal.draw-answers.v1", "recipient_id", c.DrawAnswered)
 REFUND_REQUESTS = Topic("gongji.internal.refund-requests.v1", "recipient_id", c.RefundRequested)
 
 ALL_TOPICS: tuple[Topic, ...] = (
@@ -80,6 +95,8 @@ ALL_TOPICS: tuple[Topic, ...] = (
     RECONCILIATION,
     DRAW_REQUESTS,
     DRAW_ANSWERS,
+    DRAW_REQUESTS_V1,
+    DRAW_ANSWERS_V1,
     REFUND_REQUESTS,
     REGISTRY_DEAD_LETTERS,
     APP_DEAD_LETTERS,
@@ -134,7 +151,11 @@ PROVINCES: tuple[str, ...] = tuple(sorted(PROVINCE_CODES))
 PROVINCE_CLAIMS: tuple[Topic, ...] = tuple(province_claims(province) for province in PROVINCES)
 # The hops a claim waits on: their consumers fetch with a short wait (shared/runtime.py).
 CLAIM_PATH: frozenset[str] = frozenset(
-    {CLAIMS.name, DRAW_REQUESTS.name, DRAW_ANSWERS.name, *(topic.name for topic in PROVINCE_CLAIMS)}
+    {
+        CLAIMS.name,
+        *(topic.name for topic in (DRAW_REQUESTS, DRAW_ANSWERS, DRAW_REQUESTS_V1, DRAW_ANSWERS_V1)),
+        *(topic.name for topic in PROVINCE_CLAIMS),
+    }
 )
 PROVINCE_TOPICS: tuple[Topic, ...] = tuple(
     topic(province)

@@ -18,6 +18,9 @@ from shared.topics import (
     CLAIMS,
     CLEARING,
     DRAW_ANSWERS,
+    DRAW_ANSWERS_V1,
+    DRAW_REQUESTS,
+    DRAW_REQUESTS_V1,
     Topic,
     province_claims,
     province_clearing,
@@ -67,8 +70,11 @@ def asyncapi_specification(settings: Settings) -> Specification:
         """Read by one consumer for all 32 provinces."""
 
     # The claim path's consumer reads these with every province's claims; each is documented alone.
-    for topic in (CLAIMS, DRAW_ANSWERS):
+    for topic in (CLAIMS, DRAW_ANSWERS, DRAW_ANSWERS_V1):
         _document_subscription(settlement, topic, "settlement")
+    # The wallet reads both versions of the draw requests' topic with one consumer.
+    for topic in (DRAW_REQUESTS_V1, DRAW_REQUESTS):
+        _document_subscription(brokers[SERVICE_NAMES.index("wallet")], topic, "wallet")
 
     return AsyncAPI(
         *brokers,
@@ -85,7 +91,7 @@ def _document_subscription(broker: KafkaBroker, topic: Topic, service: str) -> N
     async def read(batch: list[Any]) -> None: ...
 
     set_batch_payload(read, list[topic.model])
-    broker.subscriber(topic.name, batch=True, title=f"{topic.name}:{service}", description=topic.model.__doc__)(read)
+    broker.subscriber(topic.name, batch=True, title=f"{topic.name}:{service}", description=topic.description)(read)
 
 
 def write_docs(settings: Settings, directory: Path = DOCS_DIR) -> Path:

@@ -55,12 +55,13 @@ async def publish_routed(settings: Settings, messages: Iterable[tuple[Topic, Bas
 
 class TopicWatcher:
     """Reads every partition of some topics from their current end, handing each record's decoded
-    JSON to `on_message(topic, value)`; for clients that watch the system's outputs (as the
-    operator unless told)."""
+    JSON to `on_message(topic, value)` (each message of a batched topic's record alone, with its
+    `_index` and `_key` its own); for clients that watch the system's outputs (as the operator unless told)."""
 
     def __init__(self, settings: Settings, topics: Iterable[Topic], on_message, principal: str = OPERATOR.name) -> None:
         self._settings = settings
         self._topics = list(topics)
+        self._batched = {topic.name: topic.key_field for topic in self._topics if topic.batched}
         self._on_message = on_message
         self._consumer = AIOKafkaConsumer(
             **aiokafka_options(settings, principal),
@@ -92,12 +93,16 @@ class TopicWatcher:
                         value = json.loads(record.value)
                     except (TypeError, ValueError, RecursionError):  # senders write anything, nested without end too
                         value = None
-                    if not isinstance(value, dict):  # watched input topics may carry anything
-                        value = {"_raw": record.value}
-                    value["_key"] = record.key.decode(errors="replace") if record.key is not None else None
-                    value["_partition"], value["_offset"] = record.partition, record.offset
-                    value["_timestamp_ms"] = record.timestamp  # when its producer sent it
-                    self._on_message(record.topic, value)
+                    batched = record.topic in self._batched and isinstance(value, list)
+                    for index, message in enumerate(value if batched else [value]):
+                        if not isinstance(message, dict):  # watched input topics may carry anything
+                            message = {"_raw": record.value}
+                        message["_key"] = record.key.decode(errors="replace") if record.key is not None else None
+                        message["_partition"], message["_offset"] = record.partition, record.offset
+                        if batched:  # the record's key is its first message's
+                            message["_key"], message["_index"] = message.get(self._batched[record.topic]), index
+                        message["_timestamp_ms"] = record.timestamp  # when its producer sent it
+                        self._on_message(record.topic, message)
 
     async def stop(self) -> None:
         if self._task:

@@ -14,6 +14,7 @@ from shared.topics import (
     CLAIMS,
     DEAD_LETTERS,
     DRAW_ANSWERS,
+    DRAW_ANSWERS_V1,
     DRAW_REQUESTS,
     ENROLLMENT,
     PROVINCE_CLAIMS,
@@ -34,7 +35,7 @@ ROUTES = (
     # The claim path, read by one consumer: the national and every province's claims topic and the
     # draw answers. Separate consumers would each hold their own connections, heartbeats, group
     # membership and fetch loop (a claim-path fetch loop polls often).
-    Route((CLAIMS, *PROVINCE_CLAIMS, DRAW_ANSWERS), SettlementHandlers.on_claim_path),
+    Route((CLAIMS, *PROVINCE_CLAIMS, DRAW_ANSWERS, DRAW_ANSWERS_V1), SettlementHandlers.on_claim_path),
     # The exact statistics and reconciliation: every result and dead letter as published.
     Route((SETTLEMENTS, DEAD_LETTERS), SettlementHandlers.on_published, own_outputs=True),
 )

@@ -51,7 +51,6 @@ from shared.runtime import CONFLICTS, Delivery, Refused, ToTopic
 from shared.settings import Settings
 from shared.topics import (
     CLAIMS,
-    DRAW_ANSWERS,
     ENROLLMENT,
     Topic,
     pattern_of,
@@ -164,9 +163,10 @@ class SettlementHandlers:
 
     async def on_claim_path(self, deliveries: Sequence[Delivery]) -> list[BaseModel | ToTopic | Refused]:
         """Everything a claim waits on here, read by one consumer (one fetch loop, not three):
-        claims of the national and of every province's topic, and the wallet's draw answers."""
-        answers = [delivery.message for delivery in deliveries if delivery.topic.name == DRAW_ANSWERS.name]
-        claims = [delivery for delivery in deliveries if delivery.topic.name != DRAW_ANSWERS.name]
+        claims of the national and of every province's topic, and the wallet's draw answers (both
+        versions of their topic)."""
+        answers = [delivery.message for delivery in deliveries if delivery.topic.model is DrawAnswered]
+        claims = [delivery for delivery in deliveries if delivery.topic.model is Claim]
         # Both run to their end before a failure of either is raised as it came (the runtime tells a
         # transient one by its class): a retry never overlaps a step still running.
         settled, answered = await asyncio.gather(

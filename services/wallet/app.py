@@ -16,6 +16,7 @@ from shared.topics import (
     ACCOUNT_SPENDS,
     DRAW_ANSWERS,
     DRAW_REQUESTS,
+    DRAW_REQUESTS_V1,
     ENROLLMENT,
     REFUND_REQUESTS,
     RELATIONSHIP_EVENTS,
@@ -34,7 +35,7 @@ ROUTES = (
     Route((RELATIONSHIP_EVENTS,), WalletHandlers.on_relationship_events),
     Route((ENROLLMENT,), WalletHandlers.on_enrollment),
     Route((SUPERVISION,), WalletHandlers.on_supervision),
-    Route((DRAW_REQUESTS,), WalletHandlers.on_draw_requests),
+    Route((DRAW_REQUESTS_V1, DRAW_REQUESTS), WalletHandlers.on_draw_requests),  # v1 first: its group stays
     Route((REFUND_REQUESTS,), WalletHandlers.on_refund_requests),
 )
 OUTPUTS = (WALLET_EVENTS, DRAW_ANSWERS)

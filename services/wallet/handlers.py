@@ -35,7 +35,7 @@ from shared.settings import Settings
 from shared.topics import (
     ACCOUNT_CREDITS,
     ACCOUNT_SPENDS,
-    DRAW_REQUESTS,
+    DRAW_REQUESTS_V1,
     ENROLLMENT,
     REFUND_REQUESTS,
     RELATIONSHIP_EVENTS,
@@ -48,6 +48,8 @@ from shared.window import ClaimWindow, InputWindow
 logger = logging.getLogger("gongji.wallet")
 
 ENDING_TYPES = frozenset({"dissolved", "terminated"})
+# The draw hop as a draw's output ids name it: its topic's first version, so that no id changes.
+DRAW_HOP = DRAW_REQUESTS_V1.name
 
 
 def _person(message: AccountCredited | AccountSpent | EnrollmentChanged | SupervisionActed) -> str:
@@ -440,7 +442,7 @@ class WalletHandlers:
         at = datetime.fromisoformat(answer.at)
         debits = [
             WalletEvent(
-                event_id=derived_event_id("wallet", DRAW_REQUESTS.name, request.claim_id, "debited", payer.provider_id),
+                event_id=derived_event_id("wallet", DRAW_HOP, request.claim_id, "debited", payer.provider_id),
                 cause_id=request.request_id,
                 type="debited",
                 provider_id=payer.provider_id,
@@ -457,7 +459,7 @@ class WalletHandlers:
         return [
             *debits,
             DrawAnswered(
-                event_id=derived_event_id("wallet", DRAW_REQUESTS.name, request.request_id, "answered"),
+                event_id=derived_event_id("wallet", DRAW_HOP, request.request_id, "answered"),
                 claim_id=request.claim_id,
                 recipient_id=request.recipient_id,
                 requested_fen=request.amount_fen,
