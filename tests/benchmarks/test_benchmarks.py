@@ -16,6 +16,8 @@
    asyncio classes), in the same run: consume a batch, parse each record, produce it on, wait for
    the confirmations, commit; CPU per record moved (librdkafka's threads included) and the rate,
    for full batches and for the small ones of a light load.
+6. The draw hop's messages read from their JSON, a record each beside an array a record, lax and
+   strict (pydantic's TypeAdapter): CPU per message.
 """
 
 from __future__ import annotations
@@ -464,3 +466,49 @@ async def _librdkafka_aio_hop(settings, source: str, sink: str, batch: int) -> t
     finally:
         await consumer.close()
         await producer.close()
+
+
+def test_draw_hop_messages_read_one_per_record_beside_an_array_lax_and_strict() -> None:
+    """6,000 draw requests and answers (a hop's messages of 24 partitions, 250 to a record), read
+    from their JSON as the services read them: a record each (the first version of the hop), an
+    array a record (the second), and an array through a strict TypeAdapter (the issue's lever for
+    the internal hops); alternated twice, CPU per message."""
+    from pydantic import TypeAdapter
+
+    from shared.contracts import ClaimContext, Payer
+
+    context = ClaimContext(requested_fen=5_000, service_region="510100", claim_day="20260302")
+    requests = [
+        DrawRequested(
+            request_id=f"r{number}", claim_id=f"c{number}", recipient_id=_person(number), amount_fen=5_000,
+            context=context, requested_at=NOON,
+        )
+        for number in range(6_000)
+    ]  # fmt: skip
+    answers = [
+        DrawAnswered(
+            event_id=f"a{number}", claim_id=f"c{number}", recipient_id=_person(number), requested_fen=5_000,
+            paid_fen=5_000, payers=[Payer(provider_id=_person(number + 1), provider_region="440300", amount_fen=5_000)],
+            context=context, answered_at=NOON,
+        )
+        for number in range(6_000)
+    ]  # fmt: skip
+    for model, messages in ((DrawRequested, requests), (DrawAnswered, answers)):
+        each = [message.model_dump_json().encode() for message in messages]
+        arrays = [b"[" + b",".join(each[start : start + 250]) + b"]" for start in range(0, len(each), 250)]
+        lax = strict = TypeAdapter(list[model])
+        ways = {
+            "a record each": lambda each=each, model=model: [model.model_validate_json(value) for value in each],
+            "an array a record": lambda arrays=arrays, lax=lax: [lax.validate_json(value) for value in arrays],
+            "an array, strict": lambda arrays=arrays, strict=strict: [
+                strict.validate_json(value, strict=True) for value in arrays
+            ],
+        }
+        assert ways["an array, strict"]()[0][0] == messages[0]
+        for name, read in [*ways.items()] * 2:
+            started = time.process_time()
+            for _ in range(5):
+                read()
+            print(
+                f"\n{model.__name__:<14} {name:<18} {(time.process_time() - started) / (5 * len(each)) * 1e6:5.2f} µs"
+            )
