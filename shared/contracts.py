@@ -12,17 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    AwareDatetime,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    model_serializer,
-    model_validator,
-)
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from shared.ids import claim_id_prefix, claim_id_region, validate_person_id, validate_region
 from shared.money import PositiveFen
@@ -412,9 +402,10 @@ class ClearingRow(_Output):
 
 class DeadLetter(_Output):
     """`gongji.dead-letters.v1`, keyed by the source message's key. `event_id` is derived from
-    (service, topic, partition, offset, and `index` if any): a record is dead-lettered under one id
-    however often it is seen. `index`: the message's place in a record that carries several (an
-    internal hop's, one batch's for one partition); `payload` is then that message alone.
+    (service, topic, partition, offset, and the message's place in a record that carries several:
+    an internal hop's, one batch's for one partition): a record is dead-lettered under one id however
+    often it is seen. Such a message's `error` starts with its place (`message 3 of the record: …`),
+    and its `payload` and `source_key` are its own.
     `reason`: `INVALID_MESSAGE` (it breaks the contract, or it failed every try: `error` says how),
     `AMOUNT_OUT_OF_RANGE`, `CONFLICT` (its id was used before for other content), `INPUT_TOO_OLD`
     (outside its topic's window), or `CLAIM_TOO_OLD` (a draw or refund for a claim whose day's
@@ -434,16 +425,6 @@ class DeadLetter(_Output):
     service: str
     source_key: str
     reason: ReasonCode = ReasonCode.INVALID_MESSAGE
-    index: int | None = None
-
-    @model_serializer(mode="wrap")
-    def _index_only_when_there_is_one(self, write: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Releases before 2026-12-07 refuse a dead letter with a field they do not know: only a
-        # message of a batched record's has it.
-        fields = write(self)
-        if fields.get("index") is None:
-            fields.pop("index", None)
-        return fields
 
 
 class StatisticsCount(_Output):

@@ -383,7 +383,9 @@ class DeadLetterDecoder:
         except ValidationError:
             items = _json_array(record.value or b"")
             if items is None:
-                self._refuse(record, "the record is not a JSON array of messages", ReasonCode.INVALID_MESSAGE)
+                self._refuse(
+                    record, "the record is not a JSON array (in UTF-8) of messages", ReasonCode.INVALID_MESSAGE
+                )
                 return
             models = []
             for index, item in enumerate(items):
@@ -392,7 +394,7 @@ class DeadLetterDecoder:
                     models.append(topic.model.model_validate_json(value))
                 except ValidationError as error:
                     key = item.get(topic.key_field) if isinstance(item, dict) else None
-                    message = OneOfMany(index, value, key if isinstance(key, str) else "")
+                    message = OneOfMany(index, value, _usable_key(key))
                     self._refuse(record, describe_validation_error(error), _reason(error), message)
                     models.append(None)
         for index, model in enumerate(models):
@@ -414,7 +416,9 @@ class DeadLetterDecoder:
         model = refused.message.message if isinstance(refused.message, Delivery) else refused.message
         index = self.places.get(id(model))
         topic = self._topics[record.topic]
-        message = None if index is None else OneOfMany(index, to_json(model), str(getattr(model, topic.key_field)))
+        message = (
+            None if index is None else OneOfMany(index, to_json(model), _usable_key(getattr(model, topic.key_field)))
+        )
         return self.refusal(record, refused.error, refused.reason, broke_the_contract=False, message=message)
 
     def refusal(
@@ -447,22 +451,19 @@ class DeadLetterDecoder:
         index, value, key = (
             message if message else (None, record.value or b"", (record.key or b"").decode(errors="replace"))
         )
-        logger.warning(
-            "dead-lettered %s[%d]@%d%s (%s): %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            "" if index is None else f" #{index}",
-            reason.value,
-            error,
-        )
         place = (str(record.partition), str(record.offset), *(() if index is None else (str(index),)))
+        if index is not None:
+            # Its place in the record, in words: a field of its own would be refused by the
+            # release before's readers of dead letters (docs/contract.md).
+            error = f"message {index} of the record: {error}"
+        logger.warning(
+            "dead-lettered %s[%d]@%d (%s): %s", record.topic, record.partition, record.offset, reason.value, error
+        )
         return DeadLetter(
             event_id=derived_event_id("dead-letter", self.service, record.topic, *place),
             source_topic=record.topic,
             partition=record.partition,
             offset=record.offset,
-            index=index,
             error=error,
             payload=base64.b64encode(value[:DEAD_LETTER_PAYLOAD_BYTES]).decode(),
             payload_bytes=len(value),
@@ -487,6 +488,23 @@ class OneOfMany(NamedTuple):
 def _array_of(model: type[BaseModel]) -> TypeAdapter:
     """The contract of a batched topic's record: a JSON array of its model."""
     return TypeAdapter(list[model])  # type: ignore[valid-type]
+
+
+def _usable_key(value: object) -> str:
+    """A message's own key for its dead letter, as far as it can be one: a string that is UTF-8 and
+    no longer than a Kafka key of the contract's (an id); else none. A dead letter that cannot leave
+    would hold its partition back for ever."""
+    if not isinstance(value, str) or len(value) > MAX_KEY_CHARACTERS:
+        return ""
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate, which Python's json reads and UTF-8 cannot carry
+        return ""
+    return value
+
+
+# Every key field of the contract is an id of at most 128 characters (claim ids are the longest).
+MAX_KEY_CHARACTERS = 128
 
 
 def _json_array(value: bytes) -> list[Any] | None:

@@ -56,13 +56,10 @@ async def test_a_request_and_an_answer_left_on_the_first_version_are_still_read(
     (letter,) = await kafka.wait_for(
         DEAD_LETTERS, lambda m: m["source_topic"] == DRAW_ANSWERS.name and request.claim_id.encode() in _payload(m)
     )
-    assert (letter["partition"], letter["offset"], letter["index"]) == (
-        answer["_partition"],
-        answer["_offset"],
-        answer["_index"],
-    )
+    assert (letter["partition"], letter["offset"]) == (answer["_partition"], answer["_offset"])
+    assert letter["error"].startswith(f"message {answer['_index']} of the record: no such claim")
     assert json.loads(_payload(letter))["claim_id"] == request.claim_id  # that answer alone
-    assert "no such claim" in letter["error"]
+    assert letter["source_key"] == recipient
 
     # The same answer, as a release before would have sent it, is read too, and refused alike.
     await kafka.publish(DRAW_ANSWERS_V1, {key: value for key, value in answer.items() if not key.startswith("_")})
@@ -78,7 +75,7 @@ async def test_a_request_and_an_answer_left_on_the_first_version_are_still_read(
     (again,) = await kafka.wait_for(
         DEAD_LETTERS, lambda m: m["source_topic"] == DRAW_ANSWERS_V1.name and request.claim_id.encode() in _payload(m)
     )
-    assert (again["offset"], "index" in again, "no such claim" in again["error"]) == (sent["_offset"], False, True)
+    assert (again["offset"], again["error"].startswith("no such claim")) == (sent["_offset"], True)
     await kafka.settle_quietly()
     refunds = kafka.matching(WALLET_EVENTS, lambda m: m["type"] == "refunded" and m["recipient_id"] == recipient)
     assert len({refund["event_id"] for refund in refunds}) == 1  # given back once

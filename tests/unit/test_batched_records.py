@@ -18,7 +18,7 @@ from shared.clock import FixedClock
 from shared.contracts import ClaimContext, DrawRequested, ReasonCode
 from shared.ids import make_person_id
 from shared.runtime import PACKED_BYTES, DeadLetterDecoder, Outbox, Refused, handle_isolating_poison, hands_deliveries
-from shared.topics import DRAW_ANSWERS, DRAW_ANSWERS_V1, DRAW_REQUESTS, DRAW_REQUESTS_V1, route_group
+from shared.topics import DEAD_LETTERS, DRAW_ANSWERS, DRAW_ANSWERS_V1, DRAW_REQUESTS, DRAW_REQUESTS_V1, route_group
 from tests.unit.test_runtime import RecordingProducer, partition_for, producer_of  # noqa: F401 - a fixture
 
 NOW = datetime.fromisoformat("2026-03-02T12:00:00+08:00")
@@ -98,14 +98,26 @@ async def test_a_message_that_breaks_the_contract_is_dead_lettered_alone_with_it
     decoder = await decoded(record(7, array(good[0], broken[0], good[1], broken[1])))
     assert [message.claim_id for _, message in decoder.batch] == ["c0", "c1"]
     first, second = decoder.dead_letters
-    assert (first.offset, first.index, second.index) == (7, 1, 3)
+    assert (first.offset, second.offset) == (7, 7)
+    assert first.error.startswith("message 1 of the record: ") and second.error.startswith("message 3 of the record: ")
     assert json.loads(base64.b64decode(first.payload)) == json.loads(broken[0])  # that message alone
     assert first.event_id != second.event_id and first.reason == ReasonCode.INVALID_MESSAGE
     # Each names its own message's key, not the record's (its first message's: another person).
     assert (first.source_key, second.source_key) == (RECIPIENTS[3], "")
-    # Only such a dead letter has an index: the release before refuses a field it does not know.
-    assert b'"index":1' in first.model_dump_json().encode()
-    assert "index" not in json.loads((await decoded(record(8, b"[1"))).dead_letters[0].model_dump_json())
+
+
+async def test_a_message_whose_key_cannot_be_one_is_dead_lettered_without_it_and_the_batch_goes_on(
+    producer_of,  # noqa: F811
+) -> None:
+    """Python's json reads a lone surrogate that UTF-8 cannot carry, and a key may be of any length:
+    a dead letter keyed by either could never leave, and would hold its partition back for ever."""
+    producer = producer_of(RecordingProducer())
+    surrogate = b'{"claim_id": "c8", "recipient_id": "\\ud800"}'
+    huge = json.dumps({"claim_id": "c9", "recipient_id": "x" * 600_000}).encode()
+    decoder = await decoded(record(7, array(draw(1).model_dump_json().encode(), surrogate, huge)))
+    assert [letter.source_key for letter in decoder.dead_letters] == ["", ""]
+    await Outbox(KafkaBroker(), "wallet", [DEAD_LETTERS]).send(decoder.dead_letters)
+    assert len(producer.sent) == 2 and [message.claim_id for _, message in decoder.batch] == ["c1"]
 
 
 async def test_a_record_that_is_no_array_of_messages_is_dead_lettered_whole() -> None:
@@ -113,7 +125,7 @@ async def test_a_record_that_is_no_array_of_messages_is_dead_lettered_whole() ->
     for value in (b"not json", draw(1).model_dump_json().encode(), b'{"a": [1]}', utf16):
         decoder = await decoded(record(3, value))
         (letter,) = decoder.dead_letters
-        assert decoder.batch == [] and letter.index is None and base64.b64decode(letter.payload) == value
+        assert decoder.batch == [] and "JSON array" in letter.error and base64.b64decode(letter.payload) == value
 
 
 async def test_a_first_version_record_holds_one_message_as_before() -> None:
@@ -132,12 +144,8 @@ async def test_a_message_its_handler_refuses_or_keeps_failing_on_is_dead_lettere
         return [Refused(message, ReasonCode.CLAIM_TOO_OLD, "too old") for message in batch if message.claim_id == "c1"]
 
     refused, failed = await handle_isolating_poison(handler, decoder, attempts=2)
-    assert (refused.index, refused.reason, failed.index, failed.reason) == (
-        1,
-        ReasonCode.CLAIM_TOO_OLD,
-        3,
-        ReasonCode.INVALID_MESSAGE,
-    )
+    assert (refused.error, refused.reason) == ("message 1 of the record: too old", ReasonCode.CLAIM_TOO_OLD)
+    assert failed.error.startswith("message 3 of the record: processing failed 2 times")
     assert DrawRequested.model_validate_json(base64.b64decode(refused.payload)) == draws[1]
     assert (refused.source_key, failed.source_key) == (draws[1].recipient_id, draws[3].recipient_id)
     assert refused.event_id != failed.event_id
