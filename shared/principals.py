@@ -121,6 +121,11 @@ def group(name: str, prefixed: bool = False) -> tuple[KafkaRight, ...]:
     return (KafkaRight("group", name, "read", prefixed),)
 
 
+# What a service's instances of the release before write and this release's do not: granted until
+# the next release, so that both run side by side through a rolling upgrade (refused, the old
+# instances would lose nothing, but crash again and again and stall their hop).
+UPGRADE_WRITES: dict[str, tuple[Topic, ...]] = {"wallet": (DRAW_ANSWERS_V1,), "settlement": (DRAW_REQUESTS_V1,)}
+
 # What every service's Redis user may run besides its own functions' commands: the durability
 # check at start (CONFIG GET: no narrower command tells `appendfsync`), FCALL itself, FCALL_RO
 # (the check that its release's library is loaded; FUNCTION LIST would show every library's code),
@@ -128,11 +133,6 @@ def group(name: str, prefixed: bool = False) -> tuple[KafkaRight, ...]:
 # on a Redis Cluster, what its cluster client asks to route (the slots' owners, the command table
 # it reads keys by) and ASKING, which a call redirected while a slot moves is sent with; and the
 # replication barrier's INCRBY of its marker and WAIT (shared/redis_client.py).
-# What a service's instances of the release before write and this release's do not: granted until
-# the next release, so that both run side by side through a rolling upgrade (refused, the old
-# instances would lose nothing, but crash again and again and stall their hop).
-UPGRADE_WRITES: dict[str, tuple[Topic, ...]] = {"wallet": (DRAW_ANSWERS_V1,), "settlement": (DRAW_REQUESTS_V1,)}
-
 _SERVICE_COMMANDS = (
     "fcall", "fcall_ro", "config|get", "ping", "select",
     "cluster|slots", "cluster|shards", "command", "asking",

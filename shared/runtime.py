@@ -340,15 +340,15 @@ class DeadLetterDecoder:
         self.writes_dead_letters = writes_dead_letters
         self.records: Sequence[ConsumerRecord] = ()  # the batch in hand, every record
         self.batch: list[tuple[ConsumerRecord, Any]] = []  # its valid messages, each with its record
-        # A message of a batched topic's record (shared/topics.py: Topic.batched): its place there,
-        # by the id of its model.
-        self.places: dict[int, int] = {}
+        # Where each message handed over came from, by the id of its model: its record, and its place
+        # there when the record holds several (shared/topics.py: Topic.batched).
+        self.sources: dict[int, tuple[ConsumerRecord, int | None]] = {}
         self.dead_letters: list[DeadLetter] = []
         self.to_senders: list[BaseModel | ToTopic] = []  # what the dead letters' senders are told
 
     async def __call__(self, message: Any) -> list[Any]:
         self.records = message.raw_message
-        self.batch, self.places, self.dead_letters, self.to_senders = [], {}, [], []
+        self.batch, self.sources, self.dead_letters, self.to_senders = [], {}, [], []
         for record in self.records:
             topic = self._topics[record.topic]
             if topic.batched:
@@ -360,18 +360,19 @@ class DeadLetterDecoder:
                 self._refuse(record, describe_validation_error(error), _reason(error))
                 continue
             if not self.writes_dead_letters:  # its key is the platform's own (a dead letter's may be empty)
-                self.batch.append((record, self._handed(topic, record, model)))
+                self._hand_over(topic, record, model)
                 continue
             if (wrong_key := _wrong_key(topic, record, model)) is not None:
                 self._refuse(record, wrong_key, ReasonCode.INVALID_MESSAGE)
                 continue
-            self.batch.append((record, self._handed(topic, record, model)))
+            self._hand_over(topic, record, model)
         for letter in self.dead_letters:
             MESSAGES.labels(self.service, letter.source_topic, "dead_lettered").inc()
         return [item for _, item in self.batch]
 
-    def _handed(self, topic: Topic, record: ConsumerRecord, model: BaseModel) -> Any:
-        return Delivery(topic, model, record.timestamp) if self._deliveries else model
+    def _hand_over(self, topic: Topic, record: ConsumerRecord, model: BaseModel, index: int | None = None) -> None:
+        self.sources[id(model)] = (record, index)
+        self.batch.append((record, Delivery(topic, model, record.timestamp) if self._deliveries else model))
 
     def _take_messages(self, topic: Topic, record: ConsumerRecord) -> None:
         """A record of a batched topic: each of its messages is handed over alone, and each that
@@ -399,9 +400,7 @@ class DeadLetterDecoder:
                     models.append(None)
         for index, model in enumerate(models):
             if model is not None:
-                handed = self._handed(topic, record, model)
-                self.places[id(model)] = index
-                self.batch.append((record, handed))
+                self._hand_over(topic, record, model, index)
 
     def _refuse(self, record: ConsumerRecord, error: str, reason: ReasonCode, message: OneOfMany | None = None) -> None:
         if not self.writes_dead_letters:
@@ -411,10 +410,11 @@ class DeadLetterDecoder:
         self.dead_letters.append(letter)  # type: ignore[arg-type]
         self.to_senders.extend(to_sender)
 
-    def refused(self, record: ConsumerRecord, refused: Refused) -> list[BaseModel | ToTopic]:
-        """The refusal of a message the handler refused (or kept failing on): it may have changed state."""
+    def refused(self, refused: Refused) -> list[BaseModel | ToTopic]:
+        """The refusal of a message the handler refused (or kept failing on): it may have changed
+        state. A handler of several topics gets Deliveries and may refuse the message inside one."""
         model = refused.message.message if isinstance(refused.message, Delivery) else refused.message
-        index = self.places.get(id(model))
+        record, index = self.sources[id(model)]
         topic = self._topics[record.topic]
         message = (
             None if index is None else OneOfMany(index, to_json(model), _usable_key(getattr(model, topic.key_field)))
@@ -490,6 +490,10 @@ def _array_of(model: type[BaseModel]) -> TypeAdapter:
     return TypeAdapter(list[model])  # type: ignore[valid-type]
 
 
+# Every key field of the contract is an id of at most 128 characters (claim ids are the longest).
+MAX_KEY_CHARACTERS = 128
+
+
 def _usable_key(value: object) -> str:
     """A message's own key for its dead letter, as far as it can be one: a string that is UTF-8 and
     no longer than a Kafka key of the contract's (an id); else none. A dead letter that cannot leave
@@ -501,10 +505,6 @@ def _usable_key(value: object) -> str:
     except UnicodeEncodeError:  # a lone surrogate, which Python's json reads and UTF-8 cannot carry
         return ""
     return value
-
-
-# Every key field of the contract is an id of at most 128 characters (claim ids are the longest).
-MAX_KEY_CHARACTERS = 128
 
 
 def _json_array(value: bytes) -> list[Any] | None:
@@ -654,13 +654,10 @@ async def handle_isolating_poison(
             logger.warning("batch of %d failed (%s); handling it one by one", len(part), type(error).__name__)
             for record, model in part:
                 answers.extend(await _handle_alone(handler, decoder, record, model, attempts))
-    records = {id(model): record for record, model in batch}
-    # A handler of several topics gets Deliveries and may refuse the message inside one.
-    records |= {id(model.message): record for record, model in batch if isinstance(model, Delivery)}
     outputs: list[BaseModel | ToTopic] = []
     for answer in answers:
         if isinstance(answer, Refused):
-            outputs.extend(decoder.refused(records[id(answer.message)], answer))
+            outputs.extend(decoder.refused(answer))
         else:
             outputs.append(answer)
     return [*decoder.dead_letters, *decoder.to_senders, *outputs]
